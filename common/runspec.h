@@ -1,0 +1,63 @@
+/* runspec.h: the run spec (RUN.yaml) of a training run: what to train, on what data, for how
+ * long, and where checkpoints go. Parsed with libyaml from one descriptor table that drives
+ * parsing, defaults, bounds and error messages (file:line:column). Keys are documented in the
+ * README ("Run spec"). */
+#ifndef SHOAL_RUNSPEC_H
+#define SHOAL_RUNSPEC_H
+
+#include <stdint.h>
+
+#include "err.h"
+#include "model_config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RUNSPEC_MAX_FILES 64
+#define RUNSPEC_PATH_MAX 1024
+
+typedef struct {
+    char name[128];                  /* name: run name, [A-Za-z0-9._-]+ */
+    char model_preset[32];           /* model.preset (default "tiny") */
+    model_config_t model;            /* the preset with model.<key> overrides applied */
+    int n_data_files;
+    char data_files[RUNSPEC_MAX_FILES][RUNSPEC_PATH_MAX]; /* data.files (text files) */
+    uint64_t data_seed;              /* data.seed (default 0) */
+    int steps;                       /* train.steps */
+    int global_batch;                /* train.global_batch: sequences per step (G) */
+    int seq_len;                     /* train.seq_len (T) */
+    int micro_batch;                 /* train.micro_batch: sequences per forward/backward */
+    double lr, min_lr;               /* train.lr, train.min_lr (default 0) */
+    int warmup_steps;                /* train.warmup_steps (default steps/10) */
+    double weight_decay;             /* train.weight_decay (default 0.1) */
+    double clip_grad_norm;           /* train.clip_grad_norm (default 1.0) */
+    double beta1, beta2, adam_eps;   /* train.beta1/beta2/eps (0.9, 0.95, 1e-8) */
+    uint64_t init_seed;              /* train.init_seed: parameter init (default 1) */
+    int threads;                     /* train.threads: BLAS threads (default 1) */
+    char checkpoint_dir[RUNSPEC_PATH_MAX]; /* checkpoint.dir (default "checkpoints") */
+    int checkpoint_every;            /* checkpoint.every_steps (default 0 = only at the end) */
+    int checkpoint_keep;             /* checkpoint.keep (default 3) */
+} runspec_t;
+
+/* Fills the defaults of every optional key (preset tiny, ...); required keys are left unset. */
+void runspec_defaults(runspec_t *spec);
+
+/* Parses a YAML file. Unknown keys, wrong types, out-of-range values, duplicate keys and
+ * missing required keys fail with SHOAL_ERR_INVALID and a message "FILE:LINE:COLUMN: ..."
+ * (1-based). Relative data file paths are resolved against the YAML file's directory. */
+shoal_err_t runspec_load_file(const char *path, runspec_t *spec);
+
+/* Same, from a string; `origin` names it in messages; relative paths stay as written. */
+shoal_err_t runspec_load_string(const char *yaml, const char *origin, runspec_t *spec);
+
+/* Serialises the spec back to YAML (every key, resolved values). Caller frees. */
+char *runspec_to_yaml(const runspec_t *spec);
+
+/* The embedded default run (tiny preset on Debian's fortunes corpus) as YAML text. */
+const char *runspec_default_yaml(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

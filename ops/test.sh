@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds shoal and runs the whole test suite: unit + integration tests in a normal build, then the
+# unit tests again under AddressSanitizer + UBSan. Installs missing Debian packages first.
+# Usage: ops/test.sh            (from anywhere; builds in <repo>/build and <repo>/build-asan)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+bash ops/install-deps.sh
+jobs=$(nproc)
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+(cd build && ctest --output-on-failure -j"$jobs" -LE 'bench|gpu')
+
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSHOAL_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -L unit)
