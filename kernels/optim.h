@@ -1,0 +1,39 @@
+/* optim.h: the optimizer step pieces of MODEL.md: AdamW (PyTorch semantics), global-norm
+ * clipping (torch clip_grad_norm_), the LR schedule, and the aux-loss-free bias update. */
+#ifndef SHOAL_KERNELS_OPTIM_H
+#define SHOAL_KERNELS_OPTIM_H
+#include "kernels_common.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+typedef struct {
+    float beta1, beta2, eps, weight_decay;
+} adamw_hparams_t;
+
+/* One AdamW update of n elements at optimizer step t (1-based):
+ *   if decay: p ← p − lr·wd·p;  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;
+ *   p ← p − (lr/(1−β1^t)) · m / (sqrt(v)/sqrt(1−β2^t) + eps).
+ * `decay` is 1 for 2-D tensors, 0 otherwise. */
+void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, float lr, int decay,
+                  int64_t t, const adamw_hparams_t *hp);
+
+/* Σ g² over n elements, accumulated in double (for the global norm across tensors/ranks). */
+double grad_sum_squares(const float *g, int64_t n);
+
+/* torch clip_grad_norm_: coef = max_norm/(norm + 1e-6); returns coef if < 1 else 1. */
+double clip_coefficient(double total_norm, double max_norm);
+
+/* g ← g · coef. */
+void grad_scale(float *g, int64_t n, float coef);
+
+/* LR of optimizer step k (0-based) of `steps`: lr·k/warmup for k < warmup, then cosine from lr
+ * at k = warmup to min_lr at k = steps − 1. */
+double lr_at(int64_t k, int64_t steps, double lr, int64_t warmup, double min_lr);
+
+/* b_i ← b_i + γ·sign(c̄ − c_i) with c̄ the mean of counts, the sign evaluated exactly in
+ * integers (sign(Σc − N·c_i)), sign(0) = 0. */
+void moe_bias_update(float *bias, const int64_t *counts, int N, float gamma);
+#ifdef __cplusplus
+}
+#endif
+#endif
