@@ -1,0 +1,104 @@
+/* attention.c: causal MHA on the CPU. Per (sequence, head) the scores and the weighted sum are
+ * OpenBLAS GEMMs addressing q, k, v in place inside the fused qkv buffer (leading dimension 3d),
+ * so there is no head transpose. FLOPs forward ≈ 8·M·d² (projections) + 4·B·T²·d (scores, pv). */
+#include "attention.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "rope.h"
+
+void attention_forward(const attention_shape_t *s, const float *a, const float *w_qkv,
+                       const float *w_o, const float *cos_t, const float *sin_t, float *qkv,
+                       float *p, float *o, float *out)
+{
+    const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
+    const float scale = 1.0f / sqrtf((float)dh);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, 3 * d, d, 1.0f, a, d, w_qkv, d, 0.0f,
+                qkv, ld);
+    rope_forward(qkv, B, T, H, dh, ld, cos_t, sin_t);
+    rope_forward(qkv + d, B, T, H, dh, ld, cos_t, sin_t);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < H; h++) {
+            const float *q = qkv + (size_t)b * T * ld + h * dh;
+            const float *k = q + d, *v = q + 2 * d;
+            float *pb = p + ((size_t)b * H + h) * T * T;
+            /* scores [T, T] = scale · q k^T (the upper triangle is computed and discarded) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dh, scale, q, ld, k, ld,
+                        0.0f, pb, T);
+            for (int i = 0; i < T; i++) {
+                float *row = pb + (size_t)i * T;
+                float mx = row[0];
+                for (int j = 1; j <= i; j++)
+                    mx = row[j] > mx ? row[j] : mx;
+                float sum = 0.0f;
+                for (int j = 0; j <= i; j++) {
+                    row[j] = expf(row[j] - mx);
+                    sum += row[j];
+                }
+                const float inv = 1.0f / sum;
+                for (int j = 0; j <= i; j++)
+                    row[j] *= inv;
+                memset(row + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
+            }
+            /* o_bh [T, dh] = P v */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dh, T, 1.0f, pb, T, v, ld,
+                        0.0f, o + (size_t)b * T * d + h * dh, d);
+        }
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, d, d, 1.0f, o, d, w_o, d, 0.0f, out,
+                d);
+}
+
+void attention_backward(const attention_shape_t *s, const float *a, const float *w_qkv,
+                        const float *w_o, const float *cos_t, const float *sin_t,
+                        const float *qkv, const float *p, const float *o, const float *dout,
+                        float *dobuf, float *dqkv, float *dp, float *da, float *dw_qkv_acc,
+                        float *dw_o_acc)
+{
+    const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
+    const float scale = 1.0f / sqrtf((float)dh);
+    /* dWo [d, d] += dout^T o;  do [M, d] = dout Wo */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, M, 1.0f, dout, d, o, d, 1.0f,
+                dw_o_acc, d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, d, 1.0f, dout, d, w_o, d, 0.0f,
+                dobuf, d);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < H; h++) {
+            const size_t base = (size_t)b * T * ld + h * dh;
+            const float *q = qkv + base, *k = q + d, *v = q + 2 * d;
+            float *dq = dqkv + base, *dk = dq + d, *dv = dq + 2 * d;
+            const float *pb = p + ((size_t)b * H + h) * T * T;
+            const float *dob = dobuf + (size_t)b * T * d + h * dh;
+            /* dP [T, T] = dO V^T;  dV [T, dh] = P^T dO */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dh, 1.0f, dob, d, v, ld,
+                        0.0f, dp, T);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dh, T, 1.0f, pb, T, dob, d,
+                        0.0f, dv, ld);
+            /* dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled here by 1/√dh for both q and k */
+            for (int i = 0; i < T; i++) {
+                const float *prow = pb + (size_t)i * T;
+                float *drow = dp + (size_t)i * T;
+                float dot = 0.0f;
+                for (int j = 0; j <= i; j++)
+                    dot += prow[j] * drow[j];
+                for (int j = 0; j <= i; j++)
+                    drow[j] = scale * prow[j] * (drow[j] - dot);
+                memset(drow + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
+            }
+            /* dQ = dS K;  dK = dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dh, T, 1.0f, dp, T, k, ld,
+                        0.0f, dq, ld);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dh, T, 1.0f, dp, T, q, ld,
+                        0.0f, dk, ld);
+        }
+    }
+    rope_backward(dqkv, B, T, H, dh, ld, cos_t, sin_t);
+    rope_backward(dqkv + d, B, T, H, dh, ld, cos_t, sin_t);
+    /* dWqkv [3d, d] += dqkv^T a;  da [M, d] = dqkv Wqkv */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 3 * d, d, M, 1.0f, dqkv, ld, a, d, 1.0f,
+                dw_qkv_acc, d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, 3 * d, 1.0f, dqkv, ld, w_qkv, d,
+                0.0f, da, d);
+}

@@ -1,0 +1,182 @@
+/* moe.c: MoE layer forward/backward on the CPU. Routed FLOPs forward 6·M·K·d·fe as per-expert
+ * GEMMs (M·K/N rows each on average), plus 2·M·N·d for the router. */
+#include "moe.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ffn.h"
+
+static void *s_alloc(size_t n)
+{
+    return n ? malloc(n) : malloc(1);
+}
+
+int moe_saved_alloc(moe_saved_t *sv, const moe_config_t *c, int max_M)
+{
+    const size_t M = (size_t)max_M, N = (size_t)c->router.N, K = (size_t)c->router.K;
+    const size_t d = (size_t)c->d, fe = (size_t)c->fe, fs = (size_t)c->fs;
+    memset(sv, 0, sizeof *sv);
+    sv->s = s_alloc(sizeof(float) * M * N);
+    sv->idx = s_alloc(sizeof(int32_t) * M * K);
+    sv->gates = s_alloc(sizeof(float) * M * K);
+    sv->pair_of_row = s_alloc(sizeof(int32_t) * M * K);
+    sv->offsets = s_alloc(sizeof(int64_t) * (N + 1));
+    sv->xs = s_alloc(sizeof(float) * M * K * d);
+    sv->gu = s_alloc(sizeof(float) * M * K * 2 * fe);
+    sv->a = s_alloc(sizeof(float) * M * K * fe);
+    sv->ys = s_alloc(sizeof(float) * M * K * d);
+    sv->sh_gu = s_alloc(sizeof(float) * M * 2 * fs);
+    sv->sh_a = s_alloc(sizeof(float) * M * fs);
+    if (!sv->s || !sv->idx || !sv->gates || !sv->pair_of_row || !sv->offsets || !sv->xs ||
+        !sv->gu || !sv->a || !sv->ys || !sv->sh_gu || !sv->sh_a) {
+        moe_saved_free(sv);
+        return -1;
+    }
+    return 0;
+}
+
+void moe_saved_free(moe_saved_t *sv)
+{
+    free(sv->s);
+    free(sv->idx);
+    free(sv->gates);
+    free(sv->pair_of_row);
+    free(sv->offsets);
+    free(sv->xs);
+    free(sv->gu);
+    free(sv->a);
+    free(sv->ys);
+    free(sv->sh_gu);
+    free(sv->sh_a);
+    memset(sv, 0, sizeof *sv);
+}
+
+int moe_scratch_alloc(moe_scratch_t *sc, const moe_config_t *c, int max_M)
+{
+    const size_t M = (size_t)max_M, N = (size_t)c->router.N, K = (size_t)c->router.K;
+    const size_t d = (size_t)c->d, fe = (size_t)c->fe, fs = (size_t)c->fs;
+    memset(sc, 0, sizeof *sc);
+    sc->dys = s_alloc(sizeof(float) * M * K * d);
+    sc->dgu = s_alloc(sizeof(float) * M * K * 2 * fe);
+    sc->da = s_alloc(sizeof(float) * M * K * fe);
+    sc->dxs = s_alloc(sizeof(float) * M * K * d);
+    sc->dgates = s_alloc(sizeof(float) * M * K);
+    sc->dlogits = s_alloc(sizeof(float) * M * N);
+    sc->sh_dgu = s_alloc(sizeof(float) * M * 2 * fs);
+    sc->sh_da = s_alloc(sizeof(float) * M * fs);
+    if (!sc->dys || !sc->dgu || !sc->da || !sc->dxs || !sc->dgates || !sc->dlogits ||
+        !sc->sh_dgu || !sc->sh_da) {
+        moe_scratch_free(sc);
+        return -1;
+    }
+    return 0;
+}
+
+void moe_scratch_free(moe_scratch_t *sc)
+{
+    free(sc->dys);
+    free(sc->dgu);
+    free(sc->da);
+    free(sc->dxs);
+    free(sc->dgates);
+    free(sc->dlogits);
+    free(sc->sh_dgu);
+    free(sc->sh_da);
+    memset(sc, 0, sizeof *sc);
+}
+
+void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
+                 moe_saved_t *sv, float *y, int64_t *counts_acc)
+{
+    const int N = c->router.N, K = c->router.K, d = c->d, fe = c->fe;
+    const int64_t P = (int64_t)M * K;
+    sv->M = M;
+    /* router */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, d, 1.0f, u, d, w->router, d, 0.0f,
+                sv->s, N);
+    router_sigmoid(sv->s, (int64_t)M * N);
+    router_select(&c->router, sv->s, w->bias, M, sv->idx);
+    router_gates_forward(&c->router, sv->s, sv->idx, M, sv->gates);
+
+    /* counting sort of the pairs by expert; stable in pair order */
+    int64_t *off = sv->offsets;
+    memset(off, 0, sizeof(int64_t) * (size_t)(N + 1));
+    for (int64_t p = 0; p < P; p++)
+        off[sv->idx[p] + 1]++;
+    for (int e = 0; e < N; e++) {
+        counts_acc[e] += off[e + 1];
+        off[e + 1] += off[e];
+    }
+    int64_t fill[1024];
+    memcpy(fill, off, sizeof(int64_t) * (size_t)N);
+    for (int64_t p = 0; p < P; p++) {
+        const int64_t row = fill[sv->idx[p]]++;
+        sv->pair_of_row[row] = (int32_t)p;
+        memcpy(sv->xs + row * d, u + (p / K) * d, sizeof(float) * (size_t)d);
+    }
+    for (int e = 0; e < N; e++) {
+        const int64_t r0 = off[e], rows = off[e + 1] - off[e];
+        ffn_forward(sv->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
+                    sv->gu + r0 * 2 * fe, sv->a + r0 * fe, sv->ys + r0 * d, 0.0f);
+    }
+    /* shared experts write y; routed outputs are added in expert-row order */
+    if (c->fs > 0)
+        ffn_forward(u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, y, 0.0f);
+    else
+        memset(y, 0, sizeof(float) * (size_t)M * d);
+    for (int64_t row = 0; row < P; row++) {
+        const int32_t p = sv->pair_of_row[row];
+        const float g = sv->gates[p];
+        float *yr = y + (int64_t)(p / K) * d;
+        const float *src = sv->ys + row * d;
+        for (int j = 0; j < d; j++)
+            yr[j] += g * src[j];
+    }
+}
+
+void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                  const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
+                  const moe_weights_t *g)
+{
+    const int N = c->router.N, K = c->router.K, d = c->d, fe = c->fe, M = sv->M;
+    const int64_t P = (int64_t)M * K;
+    /* shared experts write du first */
+    if (c->fs > 0)
+        ffn_backward(u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, dy,
+                     sc->sh_dgu, sc->sh_da, du, 0.0f, g->shared_gu, g->shared_d);
+    else
+        memset(du, 0, sizeof(float) * (size_t)M * d);
+    /* gate gradients and the gated output gradient per expert row */
+    for (int64_t row = 0; row < P; row++) {
+        const int32_t p = sv->pair_of_row[row];
+        const float *dym = dy + (int64_t)(p / K) * d, *ys = sv->ys + row * d;
+        float *dys = sc->dys + row * d;
+        const float gt = sv->gates[p];
+        float dot = 0.0f;
+        for (int j = 0; j < d; j++) {
+            dot += dym[j] * ys[j];
+            dys[j] = gt * dym[j];
+        }
+        sc->dgates[p] = dot;
+    }
+    for (int e = 0; e < N; e++) {
+        const int64_t r0 = sv->offsets[e], rows = sv->offsets[e + 1] - sv->offsets[e];
+        ffn_backward(sv->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
+                     sv->gu + r0 * 2 * fe, sv->a + r0 * fe, sc->dys + r0 * d, sc->dgu, sc->da,
+                     sc->dxs + r0 * d, 0.0f, g->expert_gu[e], g->expert_d[e]);
+    }
+    for (int64_t row = 0; row < P; row++) {
+        float *dum = du + (int64_t)(sv->pair_of_row[row] / K) * d;
+        const float *src = sc->dxs + row * d;
+        for (int j = 0; j < d; j++)
+            dum[j] += src[j];
+    }
+    /* router: through the gates and the sigmoid to the logits, then to Wr and u */
+    router_gates_backward(&c->router, sv->s, sv->idx, sc->dgates, M, sc->dlogits);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, d, M, 1.0f, sc->dlogits, N, u, d,
+                1.0f, g->router, d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, N, 1.0f, sc->dlogits, N,
+                w->router, d, 1.0f, du, d);
+}

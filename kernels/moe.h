@@ -1,0 +1,68 @@
+/* moe.h: the MoE layer of MODEL.md on M token vectors: router, permutation of the M·K
+ * (token, expert) pairs into expert order, one batched SwiGLU (three GEMMs) per expert over its
+ * contiguous rows, gate-weighted combine back to token order, and the shared experts.
+ * No capacity limit: no token is dropped. */
+#ifndef SHOAL_KERNELS_MOE_H
+#define SHOAL_KERNELS_MOE_H
+#include "kernels_common.h"
+#include "router.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+typedef struct {
+    int d, fe, fs;       /* width, expert hidden width, shared hidden width ns·fe (0: none) */
+    router_config_t router;
+} moe_config_t;
+
+/* Weights (or, with the same shape, their gradients). Expert e's gate and up rows are adjacent
+ * (expert_gu[e] is [2fe, d]); expert_d[e] is [d, fe]. */
+typedef struct {
+    float *router;       /* [N, d] */
+    float *bias;         /* [N] correction bias (unused in gradients) */
+    float **expert_gu;   /* N pointers */
+    float **expert_d;    /* N pointers */
+    float *shared_gu;    /* [2fs, d] or NULL */
+    float *shared_d;     /* [d, fs] or NULL */
+} moe_weights_t;
+
+/* What the forward saves for the backward, for up to max_M tokens. */
+typedef struct {
+    int M;
+    float *s;            /* [M, N] affinities */
+    int32_t *idx;        /* [M, K] selected experts */
+    float *gates;        /* [M, K] */
+    int32_t *pair_of_row;/* [M·K] pair p = m·K + k at each expert-ordered row */
+    int64_t *offsets;    /* [N + 1] first row of each expert */
+    float *xs;           /* [M·K, d] gathered inputs */
+    float *gu;           /* [M·K, 2fe] */
+    float *a;            /* [M·K, fe] */
+    float *ys;           /* [M·K, d] expert outputs before gating */
+    float *sh_gu, *sh_a; /* shared experts: [M, 2fs], [M, fs] */
+} moe_saved_t;
+
+/* Scratch for the backward (one per model, shared by layers). */
+typedef struct {
+    float *dys, *dgu, *da, *dxs; /* [M·K, d], [M·K, 2fe], [M·K, fe], [M·K, d] */
+    float *dgates, *dlogits;     /* [M, K], [M, N] */
+    float *sh_dgu, *sh_da;       /* [M, 2fs], [M, fs] */
+} moe_scratch_t;
+
+/* Allocate/free (NULL on OOM; destroy is idempotent and nulls nothing it does not own). */
+int moe_saved_alloc(moe_saved_t *sv, const moe_config_t *c, int max_M);
+void moe_saved_free(moe_saved_t *sv);
+int moe_scratch_alloc(moe_scratch_t *sc, const moe_config_t *c, int max_M);
+void moe_scratch_free(moe_scratch_t *sc);
+
+/* y [M, d] = MoE(u). counts_acc [N] += tokens that selected each expert (for the bias update). */
+void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
+                 moe_saved_t *sv, float *y, int64_t *counts_acc);
+
+/* Backward from dy [M, d]: du [M, d] is overwritten with ∂L/∂u; gradients accumulate into g
+ * (g->bias is ignored). */
+void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                  const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
+                  const moe_weights_t *g);
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,169 @@
+/* cmd_train.c: `shoal-worker train RUN.yaml`: single-process training with progress lines,
+ * checkpoints every checkpoint.every_steps and resume from the newest complete one. */
+#include "commands.h"
+
+#include <cblas.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "runspec.h"
+#include "trainer.h"
+
+static volatile sig_atomic_t s_stop;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void s_format_eta(double seconds, char *buf, size_t cap)
+{
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(buf, cap, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+    else if (s >= 60)
+        snprintf(buf, cap, "%ldm%02lds", s / 60, s % 60);
+    else
+        snprintf(buf, cap, "%lds", s);
+}
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: shoal-worker train RUN.yaml [--init-model DIR] [--metrics FILE.jsonl]\n"
+               "                          [--export DIR] [--threads N] [--quiet]\n"
+               "       shoal-worker train --default ...   (the embedded tiny-fortunes run)\n");
+}
+
+int cmd_train(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"init-model", required_argument, 0, 'i'}, {"metrics", required_argument, 0, 'm'},
+        {"export", required_argument, 0, 'e'},     {"threads", required_argument, 0, 't'},
+        {"default", no_argument, 0, 'd'},          {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    const char *init_dir = NULL, *metrics_path = NULL, *export_dir = NULL;
+    int threads = 0, use_default = 0, quiet = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'i': init_dir = optarg; break;
+        case 'm': metrics_path = optarg; break;
+        case 'e': export_dir = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'd': use_default = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': s_usage(stdout); return 0;
+        default: s_usage(stderr); return 2;
+        }
+    }
+    if ((optind >= argc) == !use_default || threads < 0) {
+        s_usage(stderr);
+        return 2;
+    }
+    runspec_t *spec = calloc(1, sizeof *spec);
+    trainer_t *t = NULL;
+    FILE *metrics = NULL;
+    int ret = 1;
+    shoal_err_t rc = use_default ? runspec_load_string(runspec_default_yaml(), "<default run>", spec)
+                                 : runspec_load_file(argv[optind], spec);
+    if (rc != SHOAL_OK) {
+        fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
+        goto out;
+    }
+    openblas_set_num_threads(threads > 0 ? threads : spec->threads);
+    if ((rc = trainer_new(spec, spec->checkpoint_dir, &t)) != SHOAL_OK) {
+        fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
+        goto out;
+    }
+    int64_t resumed = 0;
+    if ((rc = trainer_resume(t, init_dir, &resumed)) != SHOAL_OK) {
+        fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
+        goto out;
+    }
+    if (metrics_path && !(metrics = fopen(metrics_path, "a"))) {
+        fprintf(stderr, "shoal-worker train: cannot open %s for appending\n", metrics_path);
+        goto out;
+    }
+    const int64_t total = trainer_total_steps(t);
+    if (resumed > 0)
+        printf("resumed run %s from %s/step-%08lld\n", spec->name, spec->checkpoint_dir,
+               (long long)resumed);
+    printf("training %s: %lld steps of %d x %d tokens, model %s (d %d, L %d, N %d, K %d)\n",
+           spec->name, (long long)total, spec->global_batch, spec->seq_len, spec->model_preset,
+           spec->model.hidden_size, spec->model.num_hidden_layers, spec->model.n_routed_experts,
+           spec->model.num_experts_per_tok);
+    fflush(stdout);
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    const double t_start = s_now();
+    double first_loss = -1, last_loss = 0, tokens_done = 0, busy = 0;
+    int64_t steps_done = 0;
+    while (trainer_next_step(t) < total && !s_stop) {
+        trainer_step_info_t info;
+        if ((rc = trainer_compute(t, 0, 1)) != SHOAL_OK || (rc = trainer_apply(t, &info)) != SHOAL_OK) {
+            fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
+            goto out;
+        }
+        steps_done++;
+        tokens_done += info.tokens;
+        busy += info.step_seconds;
+        if (first_loss < 0)
+            first_loss = info.loss;
+        last_loss = info.loss;
+        const double tps = tokens_done / busy;
+        char eta[32];
+        s_format_eta((double)(total - info.step - 1) * info.tokens / tps, eta, sizeof eta);
+        if (!quiet)
+            printf("step %5lld/%lld  loss %.4f  lr %.3e  gnorm %.3f  %8.0f tok/s  ETA %s\n",
+                   (long long)info.step + 1, (long long)total, info.loss, info.lr, info.grad_norm,
+                   tps, eta);
+        if (metrics)
+            fprintf(metrics, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,"
+                    "\"tokens_per_s\":%.1f,\"step_seconds\":%.6f}\n", (long long)info.step,
+                    info.loss, info.lr, info.grad_norm, info.tokens / info.step_seconds,
+                    info.step_seconds);
+        fflush(stdout);
+        if (trainer_checkpoint_due(t)) {
+            if ((rc = trainer_checkpoint_async(t)) != SHOAL_OK) {
+                fprintf(stderr, "shoal-worker train: checkpoint: %s\n", shoal_errmsg());
+                goto out;
+            }
+        }
+    }
+    if ((rc = trainer_checkpoint_wait(t)) != SHOAL_OK) {
+        fprintf(stderr, "shoal-worker train: checkpoint: %s\n", shoal_errmsg());
+        goto out;
+    }
+    if (export_dir && (rc = trainer_export(t, export_dir)) != SHOAL_OK) {
+        fprintf(stderr, "shoal-worker train: export: %s\n", shoal_errmsg());
+        goto out;
+    }
+    const double wall = s_now() - t_start;
+    if (s_stop)
+        printf("interrupted at step %lld/%lld (resume by running the same command)\n",
+               (long long)trainer_next_step(t), (long long)total);
+    printf("summary: %lld steps in %.1f s, loss %.4f -> %.4f, %.0f tokens/s, checkpoints in %s\n",
+           (long long)steps_done, wall, first_loss, last_loss,
+           busy > 0 ? tokens_done / busy : 0.0, spec->checkpoint_dir);
+    ret = s_stop ? 130 : 0;
+out:
+    if (metrics)
+        fclose(metrics);
+    trainer_destroy(&t);
+    free(spec);
+    return ret;
+}

@@ -1,0 +1,32 @@
+/* main.c: shoal-worker. `train` and `grads` run in this process; the daemon mode serves a
+ * coordinator. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: shoal-worker train RUN.yaml [options]     train in this process\n"
+               "       shoal-worker grads --model DIR ...         gradients of one batch\n"
+               "run a subcommand with --help for its options\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        s_usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "train") == 0)
+        return cmd_train(argc - 1, argv + 1);
+    if (strcmp(argv[1], "grads") == 0)
+        return cmd_grads(argc - 1, argv + 1);
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        s_usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "shoal-worker: unknown command '%s'\n", argv[1]);
+    s_usage(stderr);
+    return 2;
+}
