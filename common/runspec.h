@@ -6,6 +6,7 @@
 #define SHOAL_RUNSPEC_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "err.h"
 #include "model_config.h"
@@ -40,7 +41,8 @@ typedef struct {
     int checkpoint_keep;             /* checkpoint.keep (default 3) */
 } runspec_t;
 
-/* Fills the defaults of every optional key (preset tiny, ...); required keys are left unset. */
+/* Fills the defaults of every optional key (preset tiny, ...); required keys are left unset (0),
+ * and so are micro_batch and warmup_steps, which the loader derives from global_batch and steps. */
 void runspec_defaults(runspec_t *spec);
 
 /* Parses a YAML file. Unknown keys, wrong types, out-of-range values, duplicate keys and
@@ -50,6 +52,14 @@ shoal_err_t runspec_load_file(const char *path, runspec_t *spec);
 
 /* Same, from a string; `origin` names it in messages; relative paths stay as written. */
 shoal_err_t runspec_load_string(const char *yaml, const char *origin, runspec_t *spec);
+
+/* Checks a spec built or changed in code (bounds of every key, the model, the rules between
+ * keys) as the loader does; SHOAL_ERR_INVALID with "train.lr: must be > 0, <= 10, got 0". */
+shoal_err_t runspec_validate(const runspec_t *spec);
+
+/* Prints the Markdown table of every key (type, default, bounds, meaning) that the README's
+ * "Run spec" section holds; generated from the same table the parser uses. */
+void runspec_describe(FILE *out);
 
 /* Serialises the spec back to YAML (every key, resolved values). Caller frees. */
 char *runspec_to_yaml(const runspec_t *spec);
