@@ -42,6 +42,8 @@ typedef struct {
     const char *help;
 } s_desc_t;
 
+/* One descriptor per few lines reads better than one field per line. */
+/* clang-format off */
 #define S_AT(f) .offset = offsetof(runspec_t, f), .size = sizeof(((runspec_t *)0)->f)
 #define S_MODEL(k, t, h)                                                                      \
     {.key = "model." #k, .type = t, S_AT(model.k), .def_doc = "preset", .help = h}
@@ -118,6 +120,7 @@ static const s_desc_t s_desc[] = {
     {.key = "checkpoint.keep", .type = S_INT, S_AT(checkpoint_keep), .def = "3", .min = 1,
      .max = 1e6, .help = "committed checkpoints kept; older ones are deleted"},
 };
+/* clang-format on */
 #define S_NDESC ((int)(sizeof s_desc / sizeof s_desc[0]))
 
 /* Sections in file order; index 0 is the top level (keys without a dot). */
@@ -655,8 +658,7 @@ static shoal_err_t s_parse_value(s_ctx_t *c, int i)
         }
         if (c->ev.type != YAML_SEQUENCE_START_EVENT) {
             s_got(&c->ev, got, sizeof got);
-            return s_fail_at(c, m, "%s: expected a path or a list of paths, got %s", d->key,
-                             got);
+            return s_fail_at(c, m, "%s: expected a path or a list of paths, got %s", d->key, got);
         }
         for (;;) {
             if ((rc = s_next(c)) != SHOAL_OK)
@@ -698,8 +700,8 @@ static shoal_err_t s_parse_value(s_ctx_t *c, int i)
     /* Numbers: plain scalars only ("300" in quotes is a string in YAML). */
     const char *t = (const char *)c->ev.data.scalar.value;
     s_got(&c->ev, got, sizeof got);
-    int ok = c->ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-             strlen(t) == c->ev.data.scalar.length;
+    int ok =
+        c->ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE && strlen(t) == c->ev.data.scalar.length;
     int ovf = 0;
     long long ll = 0;
     uint64_t u = 0;
@@ -1015,8 +1017,8 @@ shoal_err_t runspec_load_file(const char *path, runspec_t *spec)
         strcpy(dir, ".");
     base = realpath(dir, NULL);
     if (!base) {
-        rc = shoal_fail(SHOAL_ERR_IO, "%s: cannot resolve its directory: %s", path,
-                        strerror(errno));
+        rc =
+            shoal_fail(SHOAL_ERR_IO, "%s: cannot resolve its directory: %s", path, strerror(errno));
         goto out;
     }
     if (strcmp(base, "/") == 0)
@@ -1158,8 +1160,7 @@ void runspec_describe(FILE *out)
         else if (d->type == S_MINT || d->type == S_MREAL)
             snprintf(allowed, sizeof allowed, "MODEL.md constraints");
         else if (d->flags & S_IDENT)
-            snprintf(allowed, sizeof allowed, "`[A-Za-z0-9._-]`, 1 to %zu characters",
-                     d->size - 1);
+            snprintf(allowed, sizeof allowed, "`[A-Za-z0-9._-]`, 1 to %zu characters", d->size - 1);
         else if (d->type == S_U64)
             snprintf(allowed, sizeof allowed, "0 to 2^64 - 1");
         else if (d->type == S_PRESET)

@@ -5,7 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
+
+#include <cmocka.h> /* after the four headers it needs */
 
 #include <jansson.h>
 #include <limits.h>
@@ -79,10 +80,10 @@ static const char *const s_every_key = "name: every_key-1.0\n"
 /* Compares two specs field by field; prints the first difference. */
 static int s_spec_equal(const runspec_t *a, const runspec_t *b)
 {
-#define S_DIFF(cond, what)                                                                    \
-    if (cond) {                                                                               \
-        fprintf(stderr, "specs differ in %s\n", what);                                        \
-        return 0;                                                                             \
+#define S_DIFF(cond, what)                                                                         \
+    if (cond) {                                                                                    \
+        fprintf(stderr, "specs differ in %s\n", what);                                             \
+        return 0;                                                                                  \
     }
     S_DIFF(strcmp(a->name, b->name), "name");
     S_DIFF(strcmp(a->model_preset, b->model_preset), "model.preset");
@@ -130,8 +131,8 @@ static void s_expect_error(const char *yaml, const char *where, const char *need
     snprintf(prefix, sizeof prefix, ORIGIN ":%s: ", where);
     if (rc != SHOAL_ERR_INVALID || strncmp(msg, prefix, strlen(prefix)) != 0 ||
         !strstr(msg, needle)) {
-        fprintf(stderr, "input:\n%.400s\nrc %d, message: %s\nwanted prefix '%s' and '%s'\n",
-                yaml, rc, rc ? msg : "(none)", prefix, needle);
+        fprintf(stderr, "input:\n%.400s\nrc %d, message: %s\nwanted prefix '%s' and '%s'\n", yaml,
+                rc, rc ? msg : "(none)", prefix, needle);
         fail();
     }
     free(s);
@@ -236,13 +237,23 @@ static void test_defaults(void **state)
     assert_string_equal(d->checkpoint_dir, "checkpoints");
     assert_int_equal(runspec_validate(d), SHOAL_ERR_INVALID); /* name is required */
 
+    /* CRLF line ends and a UTF-8 byte order mark */
+    assert_int_equal(runspec_load_string("\xef\xbb\xbfname: crlf\r\ndata:\r\n  files: [a]\r\n"
+                                         "train:\r\n  steps: 20\r\n  global_batch: 2\r\n"
+                                         "  seq_len: 4\r\n  lr: 0.5\r\n",
+                                         ORIGIN, s),
+                     SHOAL_OK);
+    assert_string_equal(s->name, "crlf");
+    assert_int_equal(s->warmup_steps, 2);
+    s_expect_error("\xef\xbb\xbfname: x\r\ntrain:\r\n  steps: q\r\n", "3:10", "train.steps");
+
     /* A single string for data.files, an empty (null) checkpoint section. */
     char *y = s_with("checkpoint:\n");
-    assert_int_equal(runspec_load_string(
-                         "name: x\ndata: {files: /one/file}\ntrain: {steps: 5, global_batch: 2, "
-                         "seq_len: 8, lr: 1}\n",
-                         ORIGIN, s),
-                     SHOAL_OK);
+    assert_int_equal(
+        runspec_load_string("name: x\ndata: {files: /one/file}\ntrain: {steps: 5, global_batch: 2, "
+                            "seq_len: 8, lr: 1}\n",
+                            ORIGIN, s),
+        SHOAL_OK);
     assert_int_equal(s->n_data_files, 1);
     assert_string_equal(s->data_files[0], "/one/file");
     assert_int_equal(s->warmup_steps, 0);
@@ -392,9 +403,9 @@ static void test_type_errors(void **state)
 {
     (void)state;
     char *y;
-#define S_BAD(extra, where, needle)                                                           \
-    y = s_with(extra);                                                                        \
-    s_expect_error(y, where, needle);                                                         \
+#define S_BAD(extra, where, needle)                                                                \
+    y = s_with(extra);                                                                             \
+    s_expect_error(y, where, needle);                                                              \
     free(y)
     /* s_minimal has 8 lines; the extra text starts on line 9 */
     S_BAD("checkpoint:\n  keep: abc\n", "10:9", "checkpoint.keep: expected an integer, got 'abc'");
@@ -415,8 +426,10 @@ static void test_type_errors(void **state)
     S_BAD("model:\n  hidden_size: 1.5\n", "10:16", "model.hidden_size: expected an integer");
     S_BAD("model:\n  preset: [tiny]\n", "10:11", "model.preset: expected a string, got a sequence");
     S_BAD("data2: 1\n", "9:1", "unknown key 'data2'");
-    S_BAD("checkpoint: 5\n", "9:13", "checkpoint: expected a mapping of checkpoint.* keys, got '5'");
-    S_BAD("checkpoint:\n  dir: ~\n", "10:8", "checkpoint.dir: expected a string, got an empty value");
+    S_BAD("checkpoint: 5\n", "9:13",
+          "checkpoint: expected a mapping of checkpoint.* keys, got '5'");
+    S_BAD("checkpoint:\n  dir: ~\n", "10:8",
+          "checkpoint.dir: expected a string, got an empty value");
     S_BAD("checkpoint:\n  dir: \"a\\0b\"\n", "10:8", "contains a NUL");
 #undef S_BAD
     s_expect_error("name: x\ndata:\n  files: [a, [b]]\n", "3:14",
@@ -444,9 +457,9 @@ static void test_range_errors(void **state)
 {
     (void)state;
     char *y;
-#define S_BAD(extra, where, needle)                                                           \
-    y = s_with(extra);                                                                        \
-    s_expect_error(y, where, needle);                                                         \
+#define S_BAD(extra, where, needle)                                                                \
+    y = s_with(extra);                                                                             \
+    s_expect_error(y, where, needle);                                                              \
     free(y)
     S_BAD("checkpoint:\n  keep: 0\n", "10:9", "checkpoint.keep: must be >= 1, <= 1000000, got 0");
     S_BAD("checkpoint:\n  every_steps: -1\n", "10:16", "checkpoint.every_steps: must be >= 0");
@@ -460,8 +473,8 @@ static void test_range_errors(void **state)
 #undef S_BAD
     const char *head = "name: x\ndata: {files: a}\n";
     char buf[512];
-#define S_TRAIN(body, where, needle)                                                          \
-    snprintf(buf, sizeof buf, "%strain:\n%s", head, body);                                    \
+#define S_TRAIN(body, where, needle)                                                               \
+    snprintf(buf, sizeof buf, "%strain:\n%s", head, body);                                         \
     s_expect_error(buf, where, needle)
     S_TRAIN("  steps: 0\n", "4:10", "train.steps: must be >= 1, <= 1000000000, got 0");
     S_TRAIN("  steps: 1\n  global_batch: 0\n", "5:17", "train.global_batch: must be >= 1");
@@ -480,8 +493,8 @@ static void test_range_errors(void **state)
             "train.micro_batch: must divide train.global_batch (6), got 4");
     S_TRAIN("  steps: 10\n  global_batch: 6\n  seq_len: 8\n  lr: 0.1\n  min_lr: 0.2\n", "8:11",
             "train.min_lr: must be <= train.lr (0.1), got 0.2");
-    S_TRAIN("  steps: 10\n  global_batch: 6\n  seq_len: 8\n  lr: 0.1\n  warmup_steps: 11\n",
-            "8:17", "train.warmup_steps: must be <= train.steps (10), got 11");
+    S_TRAIN("  steps: 10\n  global_batch: 6\n  seq_len: 8\n  lr: 0.1\n  warmup_steps: 11\n", "8:17",
+            "train.warmup_steps: must be <= train.steps (10), got 11");
     S_TRAIN("  steps: 10\n  global_batch: 6\n  seq_len: 129\n  lr: 0.1\n", "6:12",
             "must be <= model.max_position_embeddings (128)");
 #undef S_TRAIN
@@ -656,8 +669,8 @@ static void test_mutations(void **state)
         char *text = runspec_to_yaml(a);
         assert_non_null(text);
         if (runspec_load_string(text, "out.yaml", b) != SHOAL_OK || !s_spec_equal(a, b)) {
-            fprintf(stderr, "round trip failed: %s\ninput:\n%s\noutput:\n%s\n", shoal_errmsg(),
-                    buf, text);
+            fprintf(stderr, "round trip failed: %s\ninput:\n%s\noutput:\n%s\n", shoal_errmsg(), buf,
+                    text);
             fail();
         }
         free(text);
