@@ -22,8 +22,7 @@ static float s_dot(const float *restrict a, const float *restrict b, int n)
     return s;
 }
 
-void rmsnorm_forward(const float *x, const float *g, int M, int d, float eps, float *y,
-                     float *rstd)
+void rmsnorm_forward(const float *x, const float *g, int M, int d, float eps, float *y, float *rstd)
 {
     for (int m = 0; m < M; m++) {
         const float *restrict xr = x + (size_t)m * d;

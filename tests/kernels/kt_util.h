@@ -124,4 +124,68 @@ static inline void kt_sub(const float *after, const float *before, float *out, s
         out[i] = after[i] - before[i];
 }
 
+/* 1 if rows of idx and ref (M rows of K experts) select the same sets (order within a row is
+ * by value and may legitimately swap under a perturbation; the set may not). */
+static inline int kt_same_selection(const int32_t *idx, const int32_t *ref, int M, int K)
+{
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < K; k++) {
+            int found = 0;
+            for (int j = 0; j < K; j++)
+                found |= idx[m * K + k] == ref[m * K + j];
+            if (!found)
+                return 0;
+        }
+    return 1;
+}
+
+/* Naive routing of one token (N experts, K per token, G groups, TG kept) in double, from
+ * the definition; ties to the lower index; returns the smallest decision margin (K-th vs the
+ * next eligible s + b, and topk_group-th vs the next group score). */
+static inline double kt_route_ref(int N, int K, int G, int TG, const double *sb, int *sel)
+{
+    int per = N / G, elig[64], ord[64], n = 0;
+    double gs[64], margin = INFINITY;
+    for (int i = 0; i < N; i++)
+        elig[i] = 1;
+    if (G > 1) {
+        int gord[64];
+        for (int g = 0; g < G; g++) {
+            double a = -INFINITY, b = -INFINITY;
+            for (int i = g * per; i < (g + 1) * per; i++) {
+                if (sb[i] > a)
+                    b = a, a = sb[i];
+                else if (sb[i] > b)
+                    b = sb[i];
+            }
+            gs[g] = a + b, gord[g] = g;
+        }
+        for (int a = 1; a < G; a++)
+            for (int b = a; b > 0 && gs[gord[b]] > gs[gord[b - 1]]; b--) {
+                int t = gord[b];
+                gord[b] = gord[b - 1], gord[b - 1] = t;
+            }
+        if (TG < G)
+            margin = gs[gord[TG - 1]] - gs[gord[TG]];
+        for (int i = 0; i < N; i++)
+            elig[i] = 0;
+        for (int t = 0; t < TG; t++)
+            for (int i = gord[t] * per; i < (gord[t] + 1) * per; i++)
+                elig[i] = 1;
+    }
+    for (int i = 0; i < N; i++)
+        if (elig[i])
+            ord[n++] = i;
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && sb[ord[b]] > sb[ord[b - 1]]; b--) {
+            int t = ord[b];
+            ord[b] = ord[b - 1], ord[b - 1] = t;
+        }
+    if (K < n)
+        margin = fmin(margin, sb[ord[K - 1]] - sb[ord[K]]);
+    for (int k = 0; k < K; k++)
+        sel[k] = ord[k];
+    return margin;
+}
+
 #endif

@@ -1,9 +1,12 @@
 /* test_cross_entropy: loss against logsumexp in double (also with huge logits, where an
  * unshifted exp overflows), gradient against finite differences, in-place and NULL dlogits. */
+
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include "cross_entropy.h"

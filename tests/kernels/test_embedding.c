@@ -1,9 +1,12 @@
 /* test_embedding: lookup copies rows exactly; backward against finite differences with
  * repeated tokens; accumulate semantics. */
+
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include "embedding.h"
@@ -34,7 +37,7 @@ static void test_embedding_forward_backward(void **state)
     c.E = malloc(ne * 4), c.out = malloc(no * 4), c.w = malloc(no * 4);
     for (int m = 0; m < c.M; m++)
         c.tok[m] = kt_randint(&r, c.V - 1); /* token V-1 never used: its gradient stays 0 */
-    c.tok[3] = c.tok[0];                      /* a repeated token for sure */
+    c.tok[3] = c.tok[0];                    /* a repeated token for sure */
     kt_fill(&r, c.E, ne, -1, 1);
     kt_fill(&r, c.w, no, -1, 1);
 

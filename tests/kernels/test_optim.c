@@ -1,10 +1,13 @@
 /* test_optim: AdamW against a double re-derivation of the PyTorch formula over several
  * steps (with and without decay), the global norm, the clip coefficient, the LR schedule at its
  * corners and the integer-exact balancing bias update (ties, sign(0) = 0). */
+
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include "kt_util.h"
@@ -68,8 +71,7 @@ static void test_adamw_first_step_is_sign_step(void **state)
     adamw_hparams_t hp = {0.9f, 0.95f, 1e-8f, 0.0f};
     float p[3] = {1, 1, 1}, g[3] = {0.5f, -2.0f, 1e-3f}, m[3] = {0}, v[3] = {0};
     adamw_update(p, g, m, v, 3, 0.01f, 1, 1, &hp);
-    assert_true(fabs(p[0] - 0.99) < 1e-6 && fabs(p[1] - 1.01) < 1e-6 &&
-                fabs(p[2] - 0.99) < 1e-5);
+    assert_true(fabs(p[0] - 0.99) < 1e-6 && fabs(p[1] - 1.01) < 1e-6 && fabs(p[2] - 0.99) < 1e-5);
 }
 
 static void test_grad_norm_and_clip(void **state)

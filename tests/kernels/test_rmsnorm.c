@@ -1,9 +1,12 @@
 /* test_rmsnorm: forward against the double-precision formula, backward (dx, dg) against
  * central finite differences of a random projection loss, accumulate semantics. */
+
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include "kt_util.h"
@@ -28,8 +31,7 @@ static void s_run_case(int M, int d, float eps, uint64_t seed)
 {
     kt_rng_t r = {seed};
     size_t n = (size_t)M * d;
-    rms_case_t c = {M, d, eps, malloc(n * 4), malloc((size_t)d * 4), malloc(n * 4),
-                    malloc(n * 4)};
+    rms_case_t c = {M, d, eps, malloc(n * 4), malloc((size_t)d * 4), malloc(n * 4), malloc(n * 4)};
     float *rstd = malloc((size_t)M * 4), *dx = calloc(n, 4), *dg = calloc((size_t)d, 4);
     double *ref = malloc(n * 8), *num = malloc((n > (size_t)d ? n : (size_t)d) * 8);
     kt_fill(&r, c.x, n, -2, 2);

@@ -1,10 +1,13 @@
 /* test_rope: tables against known angles and a double recomputation, forward against the
  * rotate-half formula in double (positions restart per sequence, row stride ld respected),
  * backward against finite differences and as the inverse rotation. */
+
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include "kt_util.h"
@@ -103,7 +106,7 @@ static void s_run_case(int B, int T, int H, int dh, int pad, double theta, uint6
 static void test_rope_cases(void **state)
 {
     (void)state;
-    s_run_case(2, 5, 2, 8, 3, 10.0, s_seed);     /* padded rows: q inside a fused qkv row */
+    s_run_case(2, 5, 2, 8, 3, 10.0, s_seed); /* padded rows: q inside a fused qkv row */
     s_run_case(1, 7, 3, 2, 0, 10000.0, s_seed + 1);
     s_run_case(3, 4, 1, 16, 5, 100.0, s_seed + 2);
 }

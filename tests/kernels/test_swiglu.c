@@ -1,9 +1,12 @@
 /* test_swiglu: forward against silu(g)·u in double, backward against finite differences,
  * dgu overwritten (not accumulated). */
+
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include "kt_util.h"
