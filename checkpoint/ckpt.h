@@ -1,0 +1,83 @@
+/* ckpt.h: atomic, verified training checkpoints on a local file system, and an asynchronous
+ * writer that snapshots the buffers and writes off the training thread.
+ *
+ * Layout: <root>/step-<8-digit step>/ holding config.json + model.safetensors (a loadable model
+ * directory), optimizer.safetensors (NAME.exp_avg, NAME.exp_avg_sq for every non-bias tensor),
+ * trainer_state.json (the trainer's opaque JSON) and manifest.json (name, size and SHA-256 of
+ * each other file; written last). It is built in <root>/.tmp-step-<8 digits>-<pid>/ and renamed
+ * into place once every file and the directory are fsynced, so a crash leaves the whole
+ * checkpoint or none. */
+#ifndef SHOAL_CKPT_H
+#define SHOAL_CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "model_config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Writes and commits the checkpoint of `step` under `root` (created if missing). params,
+ * adam_m and adam_v all use the flat layout of model_dir.h (model_dir_param_count floats); the
+ * bias slots of m and v are ignored. trainer_state_json must parse as JSON (NULL writes "{}").
+ * A committed checkpoint of the same step is replaced atomically. Then stale .tmp-* dirs of
+ * dead processes are removed and, if keep > 0, only the newest `keep` step-* dirs are kept. */
+shoal_err_t ckpt_save(const char *root, int64_t step, const model_config_t *cfg,
+                      const float *params, const float *adam_m, const float *adam_v,
+                      const char *trainer_state_json, int keep);
+
+/* Newest committed step under `root`: its step and, when path != NULL, its directory into
+ * path[cap]. SHOAL_ERR_NOTFOUND when there is none (a missing root included). Does not verify
+ * digests (ckpt_load does). */
+shoal_err_t ckpt_latest(const char *root, int64_t *step, char *path, size_t cap);
+
+/* The committed steps under `root`, ascending: writes up to `cap` into steps (may be NULL when
+ * cap is 0) and sets *count to the total. A missing root gives 0. Lets a caller fall back to an
+ * older checkpoint when the newest fails to load. */
+shoal_err_t ckpt_list(const char *root, int64_t *steps, int cap, int *count);
+
+/* Loads a checkpoint directory. First checks every file against manifest.json (size, then
+ * SHA-256): a truncated or altered file is SHOAL_ERR_FORMAT naming it. Then config.json must
+ * equal `expect` (SHOAL_ERR_INVALID naming the first differing key), and every tensor must be
+ * present with its shape (SHOAL_ERR_FORMAT / NOTFOUND naming file and tensor).
+ * params, adam_m, adam_v: caller arrays of model_dir_param_count(expect) floats, any may be
+ * NULL to skip it (bias slots of m and v are set to 0). *trainer_state_json (if not NULL)
+ * receives a malloc'd NUL-terminated copy of trainer_state.json; caller frees. */
+shoal_err_t ckpt_load(const char *dir, const model_config_t *expect, float *params,
+                      float *adam_m, float *adam_v, char **trainer_state_json);
+
+/* Asynchronous writer: one write in flight at a time, on its own pthread. */
+typedef struct ckpt_writer ckpt_writer_t;
+
+/* NULL on out of memory. */
+ckpt_writer_t *ckpt_writer_new(void);
+
+/* Waits for a write still in flight; if that write failed, returns its error (message
+ * restored on this thread) and starts nothing: each failure is reported exactly once, by this
+ * call or by ckpt_writer_wait. Otherwise copies params, m, v (n floats each, n must equal
+ * model_dir_param_count(cfg)), cfg, root and state_json into memory the writer owns, starts
+ * ckpt_save(root, step, ..., keep) on the writer thread and returns at once: the caller may
+ * overwrite its buffers immediately. */
+shoal_err_t ckpt_writer_submit(ckpt_writer_t *w, const char *root, int64_t step,
+                               const model_config_t *cfg, const float *params, const float *m,
+                               const float *v, int64_t n, const char *state_json, int keep);
+
+/* Waits for the write in flight (if any) and returns the status of the last write not yet
+ * reported, with its message available through shoal_errmsg() on this thread; SHOAL_OK if
+ * there is none. */
+shoal_err_t ckpt_writer_wait(ckpt_writer_t *w);
+
+/* Step of the last write that completed successfully, or -1. */
+int64_t ckpt_writer_last_step(const ckpt_writer_t *w);
+
+/* Waits for the write in flight, frees everything, NULLs *w; idempotent. A failure not yet
+ * reported is logged. */
+void ckpt_writer_destroy(ckpt_writer_t **w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
