@@ -8,6 +8,28 @@
 #include <string.h>
 
 #include "rope.h"
+#include "vexp.h"
+
+/* row[j] ← exp(row[j] − mx) for j < n; returns the sum (8 lanes, for the vectoriser). */
+SHOAL_VECTOR_CLONES
+static float s_exp_sum(float *restrict row, int n, float mx)
+{
+    float lane[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++) {
+            row[j + k] = vexp(row[j + k] - mx);
+            lane[k] += row[j + k];
+        }
+    float sum = 0.0f;
+    for (; j < n; j++) {
+        row[j] = vexp(row[j] - mx);
+        sum += row[j];
+    }
+    for (int k = 0; k < 8; k++)
+        sum += lane[k];
+    return sum;
+}
 
 void attention_forward(const attention_shape_t *s, const float *a, const float *w_qkv,
                        const float *w_o, const float *cos_t, const float *sin_t, float *qkv,
@@ -32,11 +54,7 @@ void attention_forward(const attention_shape_t *s, const float *a, const float *
                 float mx = row[0];
                 for (int j = 1; j <= i; j++)
                     mx = row[j] > mx ? row[j] : mx;
-                float sum = 0.0f;
-                for (int j = 0; j <= i; j++) {
-                    row[j] = expf(row[j] - mx);
-                    sum += row[j];
-                }
+                const float sum = s_exp_sum(row, i + 1, mx);
                 const float inv = 1.0f / sum;
                 for (int j = 0; j <= i; j++)
                     row[j] *= inv;

@@ -1,8 +1,9 @@
 /* swiglu.c: a = silu(gate) ⊙ up on fused [M, 2f] rows, and its gradient. */
 #include "swiglu.h"
 
-#include <math.h>
+#include "vexp.h"
 
+SHOAL_VECTOR_CLONES
 void swiglu_forward(const float *gu, int M, int f, float *a)
 {
     for (int m = 0; m < M; m++) {
@@ -11,12 +12,13 @@ void swiglu_forward(const float *gu, int M, int f, float *a)
         float *restrict ar = a + (size_t)m * f;
         for (int j = 0; j < f; j++) {
             float z = gr[j];
-            ar[j] = z / (1.0f + expf(-z)) * ur[j];
+            ar[j] = z / (1.0f + vexp(-z)) * ur[j];
         }
     }
 }
 
 /* silu'(z) = σ(z)(1 + z(1 − σ(z))). */
+SHOAL_VECTOR_CLONES
 void swiglu_backward(const float *gu, const float *da, int M, int f, float *dgu)
 {
     for (int m = 0; m < M; m++) {
@@ -27,7 +29,7 @@ void swiglu_backward(const float *gu, const float *da, int M, int f, float *dgu)
         float *restrict du = dg + f;
         for (int j = 0; j < f; j++) {
             float z = gr[j];
-            float sig = 1.0f / (1.0f + expf(-z));
+            float sig = 1.0f / (1.0f + vexp(-z));
             du[j] = dar[j] * z * sig;
             dg[j] = dar[j] * ur[j] * sig * (1.0f + z * (1.0f - sig));
         }
