@@ -1,0 +1,917 @@
+/* test_comm: the ZeroMQ comm backend with real forked ranks over TCP on 127.0.0.1: bitwise
+ * reproducible all-reduce for 1-4 ranks and awkward sizes, op sequences, dead peers, generation
+ * changes with stray messages, garbage frames, abort from a signal handler and from a thread. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "comm.h"
+#include "log.h"
+
+#define MAX_RANKS 4
+#define MAX_REC 24
+#define EP_LEN 128
+
+/* What a forked rank reports to the parent: one record per checked operation. */
+typedef struct {
+    int nrec;
+    int rc[MAX_REC];          /* shoal_err_t of the operation */
+    int ok[MAX_REC];          /* the rank's own check of its output (1 = pass) */
+    uint64_t digest[MAX_REC]; /* FNV-1a of the output, compared across ranks */
+    double ms[MAX_REC];
+    char msg[MAX_REC][240];
+    int finished;
+} result_t;
+
+typedef struct {
+    int rank, nranks;
+    comm_listener_t *l;
+    const char *eps[MAX_RANKS];
+    char ep[MAX_RANKS][EP_LEN];
+} rank_ctx_t;
+
+typedef void (*rank_fn)(rank_ctx_t *ctx, result_t *res, void *arg);
+/* Runs in the parent after every rank reported its endpoint, before the ranks start. */
+typedef void (*before_fn)(char eps[][EP_LEN], int nranks, void *arg);
+
+static double s_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static uint64_t s_fnv(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Input of (seed, rank, index): mantissas and exponents spread so that the order of additions
+ * changes the rounded sum. */
+static float s_input(uint64_t seed, int rank, size_t i)
+{
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + (uint64_t)(rank + 1) * 0xC2B2AE3D27D4EB4Full +
+                 (uint64_t)i * 0x165667B19E3779F9ull;
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    static const float pow2[16] = {1.f / 64, 1.f / 32, 1.f / 16, 1.f / 8, 1.f / 4, 1.f / 2,
+                                   1,        2,        4,        8,       16,      32,
+                                   64,       128,      256,      512};
+    float mant = (float)((x >> 40) & 0xFFFFFF) / 16777216.0f - 0.5f;
+    return mant * pow2[(x >> 8) & 15]; /* exact: scaling by a power of two */
+}
+
+static void s_fill(float *buf, size_t n, uint64_t seed, int rank)
+{
+    for (size_t i = 0; i < n; i++)
+        buf[i] = s_input(seed, rank, i);
+}
+
+/* The documented order: ((x_0 + x_1) + x_2) + ... */
+static void s_expected(float *out, size_t n, uint64_t seed, int nranks)
+{
+    for (size_t i = 0; i < n; i++) {
+        float acc = s_input(seed, 0, i);
+        for (int r = 1; r < nranks; r++)
+            acc += s_input(seed, r, i);
+        out[i] = acc;
+    }
+}
+
+static void s_rec(result_t *res, int rc, int ok, uint64_t digest, double ms)
+{
+    if (res->nrec >= MAX_REC)
+        return;
+    int k = res->nrec++;
+    res->rc[k] = rc;
+    res->ok[k] = ok;
+    res->digest[k] = digest;
+    res->ms[k] = ms;
+    snprintf(res->msg[k], sizeof res->msg[k], "%s", rc ? shoal_errmsg() : "");
+}
+
+/* The comm of one generation for this rank over the given ranks of the group (NULL: all). */
+static comm_t *s_comm(rank_ctx_t *ctx, uint64_t gen, int timeout_ms, size_t chunk)
+{
+    comm_config_t cfg = {.rank = ctx->rank,
+                         .nranks = ctx->nranks,
+                         .endpoints = ctx->eps,
+                         .generation = gen,
+                         .timeout_ms = timeout_ms,
+                         .chunk_bytes = chunk};
+    comm_t *c = NULL;
+    if (comm_new(ctx->l, &cfg, &c) != SHOAL_OK) {
+        fprintf(stderr, "rank %d: comm_new: %s\n", ctx->rank, shoal_errmsg());
+        _exit(3);
+    }
+    return c;
+}
+
+static bool s_read_all(int fd, void *buf, size_t n, double deadline_ms)
+{
+    unsigned char *p = buf;
+    size_t got = 0;
+    while (got < n) {
+        double left = deadline_ms - s_ms();
+        if (left <= 0)
+            return false;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int r = poll(&pfd, 1, (int)left + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        ssize_t k = read(fd, p + got, n - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        got += (size_t)k;
+    }
+    return true;
+}
+
+static bool s_write_all(int fd, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+    while (n) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return false;
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+/* Forks nranks ranks; each binds a listener, the parent relays the endpoint list (as the
+ * coordinator does), runs `before`, then collects one result per rank. got[r] tells whether rank
+ * r reported (a rank killed on purpose does not); status[r] is its wait status. */
+static void s_run_group(int nranks, rank_fn fn, void *arg, before_fn before, void *before_arg,
+                        result_t *res, bool *got, int *status)
+{
+    int up[MAX_RANKS][2], down[MAX_RANKS][2];
+    pid_t pid[MAX_RANKS];
+    for (int r = 0; r < nranks; r++) {
+        assert_int_equal(pipe(up[r]), 0);
+        assert_int_equal(pipe(down[r]), 0);
+    }
+    for (int r = 0; r < nranks; r++) {
+        pid[r] = fork();
+        assert_true(pid[r] >= 0);
+        if (pid[r] == 0) {
+            for (int k = 0; k < nranks; k++) {
+                if (k != r) {
+                    close(up[k][1]);
+                    close(down[k][0]);
+                }
+                close(up[k][0]);
+                close(down[k][1]);
+            }
+            rank_ctx_t ctx = {.rank = r, .nranks = nranks};
+            if (comm_listener_new("tcp://127.0.0.1:0", &ctx.l) != SHOAL_OK) {
+                fprintf(stderr, "rank %d: %s\n", r, shoal_errmsg());
+                _exit(2);
+            }
+            char ep[EP_LEN] = {0};
+            snprintf(ep, sizeof ep, "%s", comm_listener_endpoint(ctx.l));
+            if (!s_write_all(up[r][1], ep, sizeof ep) ||
+                !s_read_all(down[r][0], ctx.ep, sizeof ctx.ep[0] * (size_t)nranks,
+                            s_ms() + 20000))
+                _exit(2);
+            for (int k = 0; k < nranks; k++)
+                ctx.eps[k] = ctx.ep[k];
+            result_t *out = calloc(1, sizeof *out);
+            fn(&ctx, out, arg);
+            out->finished = 1;
+            s_write_all(up[r][1], out, sizeof *out);
+            comm_listener_destroy(&ctx.l);
+            _exit(0);
+        }
+    }
+    char eps[MAX_RANKS][EP_LEN];
+    double deadline = s_ms() + 30000;
+    for (int r = 0; r < nranks; r++) {
+        close(up[r][1]);
+        close(down[r][0]);
+        assert_true(s_read_all(up[r][0], eps[r], EP_LEN, deadline));
+    }
+    if (before)
+        before(eps, nranks, before_arg);
+    for (int r = 0; r < nranks; r++) {
+        assert_true(s_write_all(down[r][1], eps, sizeof eps[0] * (size_t)nranks));
+        close(down[r][1]);
+    }
+    for (int r = 0; r < nranks; r++) {
+        memset(&res[r], 0, sizeof res[r]);
+        got[r] = s_read_all(up[r][0], &res[r], sizeof res[r], deadline) && res[r].finished;
+        close(up[r][0]);
+    }
+    for (int r = 0; r < nranks; r++) {
+        if (!got[r])
+            kill(pid[r], SIGKILL); /* never leave a rank behind */
+        assert_int_equal(waitpid(pid[r], &status[r], 0), pid[r]);
+    }
+}
+
+/* Asserts every rank reported, every record passed, and digests agree across ranks. */
+static void s_check_all(const result_t *res, const bool *got, const int *status, int nranks)
+{
+    for (int r = 0; r < nranks; r++) {
+        assert_true(got[r]);
+        assert_true(WIFEXITED(status[r]) && WEXITSTATUS(status[r]) == 0);
+        assert_int_equal(res[r].nrec, res[0].nrec);
+        for (int k = 0; k < res[r].nrec; k++) {
+            if (res[r].rc[k] != SHOAL_OK || !res[r].ok[k])
+                fail_msg("rank %d record %d: rc %d ok %d: %s", r, k, res[r].rc[k], res[r].ok[k],
+                         res[r].msg[k]);
+            if (res[r].digest[k] != res[0].digest[k])
+                fail_msg("rank %d record %d: digest differs from rank 0", r, k);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+static void test_order_matters(void **state)
+{
+    /* The inputs must make the reduction order visible, or the bitwise checks prove nothing. */
+    (void)state;
+    int differ = 0;
+    for (size_t i = 0; i < 1000; i++) {
+        float fwd = s_input(1, 0, i), rev = s_input(1, 3, i);
+        for (int r = 1; r < 4; r++)
+            fwd += s_input(1, r, i);
+        for (int r = 2; r >= 0; r--)
+            rev += s_input(1, r, i);
+        differ += memcmp(&fwd, &rev, 4) != 0;
+    }
+    assert_true(differ > 50);
+}
+
+static void test_listener_and_config(void **state)
+{
+    (void)state;
+    comm_listener_t *l = NULL, *w = NULL, *a = NULL;
+    assert_int_equal(comm_listener_new("tcp://127.0.0.1:0", &l), SHOAL_OK);
+    const char *ep = comm_listener_endpoint(l);
+    assert_true(strncmp(ep, "tcp://127.0.0.1:", 16) == 0);
+    assert_true(atoi(ep + 16) > 0);
+    assert_int_equal(comm_listener_new("tcp://*:0", &w), SHOAL_OK);
+    assert_true(strncmp(comm_listener_endpoint(w), "tcp://127.0.0.1:", 16) == 0);
+    assert_int_equal(comm_listener_new_advertise("tcp://*:0", "node7.example", &a), SHOAL_OK);
+    assert_true(strncmp(comm_listener_endpoint(a), "tcp://node7.example:", 20) == 0);
+    comm_listener_destroy(&a);
+    comm_listener_destroy(&w);
+    assert_null(w);
+    comm_listener_destroy(&w); /* idempotent */
+    assert_int_equal(comm_listener_new("bogus://x", &a), SHOAL_ERR_INVALID);
+    assert_null(a);
+
+    const char *eps[3] = {ep, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"};
+    comm_config_t cfg = {.rank = 0, .nranks = 3, .endpoints = eps, .generation = 5,
+                         .timeout_ms = 1000};
+    comm_t *c = NULL;
+    comm_config_t bad = cfg;
+    bad.nranks = 0;
+    assert_int_equal(comm_new(l, &bad, &c), SHOAL_ERR_INVALID);
+    bad = cfg;
+    bad.rank = 3;
+    assert_int_equal(comm_new(l, &bad, &c), SHOAL_ERR_INVALID);
+    bad = cfg;
+    bad.timeout_ms = 0;
+    assert_int_equal(comm_new(l, &bad, &c), SHOAL_ERR_INVALID);
+    bad = cfg;
+    bad.chunk_bytes = 6;
+    assert_int_equal(comm_new(l, &bad, &c), SHOAL_ERR_INVALID);
+    const char *eps_bad[3] = {ep, "not-an-endpoint", "tcp://127.0.0.1:2"};
+    bad = cfg;
+    bad.endpoints = eps_bad;
+    assert_int_equal(comm_new(l, &bad, &c), SHOAL_ERR_INVALID);
+    assert_non_null(strstr(shoal_errmsg(), "rank 1"));
+    const char *eps_null[3] = {ep, NULL, "tcp://127.0.0.1:2"};
+    bad.endpoints = eps_null;
+    assert_int_equal(comm_new(l, &bad, &c), SHOAL_ERR_INVALID);
+    assert_null(c);
+
+    assert_int_equal(comm_new(l, &cfg, &c), SHOAL_OK);
+    comm_t *c2 = NULL;
+    assert_int_equal(comm_new(l, &cfg, &c2), SHOAL_ERR_STATE); /* one live comm per listener */
+    assert_int_equal(comm_broadcast(c, eps, 8, 3, 1), SHOAL_ERR_INVALID);
+    assert_int_equal(comm_allreduce_sum_f32(c, NULL, 4, 1), SHOAL_ERR_INVALID);
+    assert_int_equal(comm_rank(c), 0);
+    assert_int_equal(comm_nranks(c), 3);
+    assert_int_equal(comm_generation(c), 5);
+    comm_destroy(&c);
+    assert_null(c);
+    comm_destroy(&c);
+    assert_int_equal(comm_new(l, &cfg, &c), SHOAL_ERR_INVALID); /* generation must increase */
+
+    /* One rank: every collective is a cheap local no-op. */
+    const char *one[1] = {ep};
+    comm_config_t solo = {.rank = 0, .nranks = 1, .endpoints = one, .generation = 6,
+                          .timeout_ms = 1000};
+    assert_int_equal(comm_new(l, &solo, &c), SHOAL_OK);
+    float v[5] = {1, 2, 3, 4, 5}, w5[5] = {1, 2, 3, 4, 5};
+    double t0 = s_ms();
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(comm_allreduce_sum_f32(c, v, 5, (uint64_t)i), SHOAL_OK);
+        assert_int_equal(comm_broadcast(c, v, sizeof v, 0, (uint64_t)i), SHOAL_OK);
+        assert_int_equal(comm_barrier(c, (uint64_t)i), SHOAL_OK);
+    }
+    assert_true(s_ms() - t0 < 50);
+    assert_memory_equal(v, w5, sizeof v);
+    comm_abort(c);
+    assert_int_equal(comm_barrier(c, 1), SHOAL_ERR_ABORTED);
+    comm_destroy(&c);
+    comm_listener_destroy(&l);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+/* All-reduce of n floats for (seed) on comm c; checks the rank's own output. */
+static void s_allreduce_check(comm_t *c, rank_ctx_t *ctx, result_t *res, size_t n, uint64_t seed,
+                              uint64_t step, float *keep)
+{
+    float *buf = malloc((n ? n : 1) * sizeof *buf), *want = malloc((n ? n : 1) * sizeof *want);
+    s_fill(buf, n, seed, ctx->rank);
+    s_expected(want, n, seed, ctx->nranks);
+    double t0 = s_ms();
+    int rc = comm_allreduce_sum_f32(c, buf, n, step);
+    double ms = s_ms() - t0;
+    int ok = rc == SHOAL_OK && memcmp(buf, want, n * sizeof *buf) == 0;
+    if (keep)
+        memcpy(keep, buf, n * sizeof *buf);
+    s_rec(res, rc, ok, s_fnv(buf, n * sizeof *buf), ms);
+    free(buf);
+    free(want);
+}
+
+static void s_rank_sizes(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    const size_t sizes[] = {1, 7, 1001, 4099, (size_t)(ctx->nranks > 1 ? ctx->nranks - 1 : 1)};
+    const size_t chunks[] = {0, 16};
+    uint64_t gen = 1, step = 0;
+    for (size_t k = 0; k < 2; k++) {
+        comm_t *c = s_comm(ctx, gen++, 5000, chunks[k]);
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+            s_allreduce_check(c, ctx, res, sizes[s], 100 + s, ++step, NULL);
+        /* The same all-reduce twice: bitwise the same result. */
+        float a[1001], b[1001];
+        s_allreduce_check(c, ctx, res, 1001, 7, ++step, a);
+        s_allreduce_check(c, ctx, res, 1001, 7, ++step, b);
+        s_rec(res, SHOAL_OK, memcmp(a, b, sizeof a) == 0, 0, 0);
+        comm_destroy(&c);
+    }
+}
+
+static void s_sizes_for(int nranks)
+{
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(nranks, s_rank_sizes, NULL, NULL, NULL, res, got, status);
+    s_check_all(res, got, status, nranks);
+    assert_int_equal(res[0].nrec, 2 * (5 + 3));
+}
+
+static void test_allreduce_1_rank(void **state)
+{
+    (void)state;
+    s_sizes_for(1);
+}
+
+static void test_allreduce_2_ranks(void **state)
+{
+    (void)state;
+    s_sizes_for(2);
+}
+
+static void test_allreduce_3_ranks(void **state)
+{
+    (void)state;
+    s_sizes_for(3);
+}
+
+static void test_allreduce_4_ranks(void **state)
+{
+    (void)state;
+    s_sizes_for(4);
+}
+
+static void s_rank_large(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    size_t n = *(size_t *)arg;
+    comm_t *c = s_comm(ctx, 1, 10000, 0);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    s_allreduce_check(c, ctx, res, n, 42, 1, a);
+    s_allreduce_check(c, ctx, res, n, 42, 2, b);
+    s_rec(res, SHOAL_OK, memcmp(a, b, n * sizeof *a) == 0, 0, 0);
+    free(a);
+    free(b);
+    comm_destroy(&c);
+}
+
+static void test_allreduce_16mb(void **state)
+{
+    (void)state;
+    size_t n = (16u << 20) / 4 - 1; /* odd, not divisible by 2, 3 or 4 */
+    for (int nranks = 3; nranks <= 4; nranks++) {
+        result_t res[MAX_RANKS];
+        bool got[MAX_RANKS];
+        int status[MAX_RANKS];
+        s_run_group(nranks, s_rank_large, &n, NULL, NULL, res, got, status);
+        s_check_all(res, got, status, nranks);
+        printf("  16 MB all-reduce, %d ranks: %.1f ms, then %.1f ms\n", nranks, res[0].ms[0],
+               res[0].ms[1]);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+/* Interleaved all-reduces, broadcasts (every root, sizes around the chunk) and barriers with
+ * rank-dependent delays, so that ranks run ahead of one another by an op. */
+static void s_rank_sequence(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    comm_t *c = s_comm(ctx, 3, 5000, 64);
+    unsigned char bc[1000], want[1000];
+    for (int it = 0; it < 21; it++) {
+        uint64_t step = 10 + (uint64_t)it;
+        if ((it + ctx->rank) % 4 == 0)
+            usleep(2000);
+        switch (it % 3) {
+        case 0:
+            s_allreduce_check(c, ctx, res, (size_t)(1 + it * 13), 500 + (uint64_t)it, step, NULL);
+            break;
+        case 1: {
+            int root = it % ctx->nranks;
+            size_t bytes = (size_t)(it * 47) % sizeof bc;
+            for (size_t i = 0; i < sizeof bc; i++)
+                want[i] = (unsigned char)(i * 7 + (size_t)it);
+            if (ctx->rank == root)
+                memcpy(bc, want, sizeof bc);
+            else
+                memset(bc, 0xEE, sizeof bc);
+            int rc = comm_broadcast(c, bc, bytes, root, step);
+            int ok = rc == SHOAL_OK && memcmp(bc, want, bytes) == 0 &&
+                     (ctx->rank == root || bytes == sizeof bc || bc[bytes] == 0xEE);
+            s_rec(res, rc, ok, s_fnv(bc, bytes), 0);
+            break;
+        }
+        default:
+            s_rec(res, comm_barrier(c, step), 1, 0, 0);
+        }
+    }
+    comm_destroy(&c);
+}
+
+static void test_op_sequence(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(3, s_rank_sequence, NULL, NULL, NULL, res, got, status);
+    s_check_all(res, got, status, 3);
+    assert_int_equal(res[0].nrec, 21);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+#define DEAD_TIMEOUT_MS 400
+
+/* Rank 2 is SIGKILLed after joining; ranks 0 and 1 must time out naming it, then carry on with a
+ * new generation without it. */
+static void s_rank_dead(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    if (ctx->rank == 2)
+        raise(SIGKILL);
+    float buf[1000];
+    s_fill(buf, 1000, 9, ctx->rank);
+    double t0 = s_ms();
+    int rc = comm_allreduce_sum_f32(c, buf, 1000, 1);
+    double ms = s_ms() - t0;
+    s_rec(res, rc, rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 2") &&
+                       ms >= DEAD_TIMEOUT_MS - 5 && ms < DEAD_TIMEOUT_MS + 1500,
+          0, ms);
+    rc = comm_barrier(c, 2);
+    s_rec(res, rc, rc == SHOAL_ERR_STATE, 0, 0); /* broken comm stays broken */
+    comm_destroy(&c);
+    /* The survivors' next generation. */
+    ctx->nranks = 2;
+    c = s_comm(ctx, 2, 5000, 0);
+    s_allreduce_check(c, ctx, res, 1000, 9, 1, NULL);
+    comm_destroy(&c);
+}
+
+static void test_dead_peer(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(3, s_rank_dead, NULL, NULL, NULL, res, got, status);
+    assert_false(got[2]);
+    assert_true(WIFSIGNALED(status[2]) && WTERMSIG(status[2]) == SIGKILL);
+    for (int r = 0; r < 2; r++) {
+        assert_true(got[r]);
+        assert_int_equal(res[r].nrec, 3);
+        if (!res[r].ok[0])
+            fail_msg("rank %d: rc %d after %.0f ms: %s", r, res[r].rc[0], res[r].ms[0],
+                     res[r].msg[0]);
+        assert_int_equal(res[r].ok[1], 1);
+        assert_int_equal(res[r].rc[2], SHOAL_OK);
+        assert_int_equal(res[r].ok[2], 1);
+    }
+    assert_int_equal(res[0].digest[2], res[1].digest[2]);
+    printf("  rank 0: %s\n", res[0].msg[0]);
+}
+
+/* The root of a broadcast never joins: the receivers time out naming it. */
+static void s_rank_dead_root(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    if (ctx->rank == 1) {
+        comm_destroy(&c);
+        s_rec(res, SHOAL_OK, 1, 0, 0);
+        return;
+    }
+    char buf[64];
+    int rc = comm_broadcast(c, buf, sizeof buf, 1, 1);
+    s_rec(res, SHOAL_OK,
+          rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 1") != NULL, 0,
+          0);
+    comm_destroy(&c);
+}
+
+static void test_dead_root(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(3, s_rank_dead_root, NULL, NULL, NULL, res, got, status);
+    s_check_all(res, got, status, 3);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+static comm_t *volatile s_abort_target;
+
+static void s_on_alarm(int sig)
+{
+    (void)sig;
+    comm_abort(s_abort_target);
+}
+
+static void *s_abort_thread(void *arg)
+{
+    usleep(100 * 1000);
+    comm_abort(arg);
+    return NULL;
+}
+
+/* Rank 1 never calls the collective: rank 0 is aborted from a signal handler, then from another
+ * thread, each well before its long timeout. */
+static void s_rank_abort(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    if (ctx->rank == 1) {
+        s_rec(res, SHOAL_OK, 1, 0, 0);
+        s_rec(res, SHOAL_OK, 1, 0, 0);
+        s_rec(res, SHOAL_OK, 1, 0, 0);
+        return;
+    }
+    comm_t *c = s_comm(ctx, 1, 20000, 0);
+    s_abort_target = c;
+    struct sigaction sa = {.sa_handler = s_on_alarm};
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {.it_value = {.tv_usec = 100 * 1000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    float buf[100] = {0};
+    double t0 = s_ms();
+    int rc = comm_allreduce_sum_f32(c, buf, 100, 1);
+    double ms = s_ms() - t0;
+    s_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 2000, 0, ms);
+    s_rec(res, SHOAL_OK, comm_barrier(c, 2) == SHOAL_ERR_ABORTED, 0, 0);
+    comm_destroy(&c);
+
+    c = s_comm(ctx, 2, 20000, 0);
+    pthread_t th;
+    pthread_create(&th, NULL, s_abort_thread, c);
+    t0 = s_ms();
+    rc = comm_barrier(c, 3);
+    ms = s_ms() - t0;
+    pthread_join(th, NULL);
+    s_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 2000, 0, ms);
+    comm_destroy(&c);
+}
+
+static void test_abort(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(2, s_rank_abort, NULL, NULL, NULL, res, got, status);
+    s_check_all(res, got, status, 2);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+#define GEN_N 777
+
+/* Generation change with stray messages both ways (t in ms after all-reduce A):
+ * - rank 0 (timeout 400): at t=0 an extra generation-1 all-reduce of poison values that nobody
+ *   joins; it times out at t~400; then generation 2's all-reduce B at once;
+ * - rank 1: sleeps until t~300, then generation 2's B: rank 0's poison (generation 1) lies in its
+ *   queue and must be dropped as an older generation;
+ * - rank 2 (timeout 800): from t~100 a generation-1 barrier nobody joins: it drops the poison
+ *   (another op), and keeps ranks 1's and 0's generation-2 contributions that arrive meanwhile;
+ *   the barrier times out naming ranks 0 and 1; then B must complete from what was kept.
+ * B is checked bitwise on every rank: a kept message lost, or poison mixed in, fails it. */
+static void s_rank_generation(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    comm_t *c = s_comm(ctx, 1, ctx->rank == 2 ? 800 : 400, 0);
+    s_allreduce_check(c, ctx, res, GEN_N, 11, 1, NULL); /* A: generation 1, op 1 */
+    if (ctx->rank == 0) {
+        float poison[GEN_N];
+        for (int i = 0; i < GEN_N; i++)
+            poison[i] = 1e30f;
+        int rc = comm_allreduce_sum_f32(c, poison, GEN_N, 2);
+        s_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT, 0, 0);
+    } else if (ctx->rank == 1) {
+        usleep(300 * 1000);
+        s_rec(res, SHOAL_OK, 1, 0, 0);
+    } else {
+        usleep(100 * 1000);
+        int rc = comm_barrier(c, 2);
+        s_rec(res, SHOAL_OK,
+              rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 0,1"), 0,
+              0);
+        if (rc != SHOAL_ERR_TIMEOUT || !strstr(shoal_errmsg(), "no message from rank 0,1"))
+            snprintf(res->msg[res->nrec - 1], sizeof res->msg[0], "%s", shoal_errmsg());
+    }
+    comm_destroy(&c);
+    c = s_comm(ctx, 2, 5000, 0);
+    s_allreduce_check(c, ctx, res, GEN_N, 12, 2, NULL); /* B: generation 2, op 1 */
+    s_allreduce_check(c, ctx, res, GEN_N, 13, 3, NULL); /* and the next op */
+    comm_destroy(&c);
+}
+
+static void test_generation_change(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(3, s_rank_generation, NULL, NULL, NULL, res, got, status);
+    for (int r = 0; r < 3; r++)
+        if (got[r] && res[r].nrec > 1 && !res[r].ok[1])
+            fail_msg("rank %d: %s", r, res[r].msg[1]);
+    s_check_all(res, got, status, 3);
+    assert_int_equal(res[0].nrec, 4);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+/* The wire header as ops/COMM.md documents it (72 bytes, little-endian). */
+typedef struct {
+    uint32_t magic;
+    uint8_t version, kind;
+    uint16_t flags;
+    uint32_t src, nranks;
+    uint64_t generation, step, seq, total, offset;
+    uint32_t count, root, chunk, reserved;
+} wire_t;
+
+static wire_t s_wire(int kind, uint32_t src, uint64_t gen, uint64_t seq, uint64_t step,
+                     uint64_t total, uint64_t offset, uint32_t count)
+{
+    return (wire_t){.magic = 0x4d434853u, .version = 1, .kind = (uint8_t)kind, .src = src,
+                    .nranks = 3, .generation = gen, .step = step, .seq = seq, .total = total,
+                    .offset = offset, .count = count, .chunk = COMM_CHUNK_DEFAULT};
+}
+
+static void s_send2(void *s, const void *a, size_t na, const void *b, size_t nb)
+{
+    unsigned char *m = malloc(na + nb + 1);
+    memcpy(m, a, na);
+    if (nb)
+        memcpy(m + na, b, nb);
+    zmq_send(s, m, na + nb, 0);
+    free(m);
+}
+
+#define GARBAGE_N 1001
+
+/* Hostile and broken frames to every listener: short, random, wrong version, lying sizes,
+ * multipart, impossible ranks, an old generation and an op far ahead (both with poison that
+ * would show in the sum), a frame over the size limit, raw TCP junk, a wrong socket type. */
+static void s_send_garbage(char eps[][EP_LEN], int nranks, void *arg)
+{
+    (void)arg;
+    void *ctx = zmq_ctx_new();
+    static float poison[GARBAGE_N];
+    for (int i = 0; i < GARBAGE_N; i++)
+        poison[i] = 1e30f;
+    for (int r = 0; r < nranks; r++) {
+        void *s = zmq_socket(ctx, ZMQ_PUSH);
+        assert_int_equal(zmq_connect(s, eps[r]), 0);
+        unsigned char rnd[72];
+        for (size_t i = 0; i < sizeof rnd; i++)
+            rnd[i] = (unsigned char)(i * 37 + 11);
+        zmq_send(s, "", 0, 0);
+        zmq_send(s, "abc", 3, 0);
+        zmq_send(s, rnd, sizeof rnd, 0);
+        size_t lo = (GARBAGE_N / 3) * (size_t)r + ((size_t)r < GARBAGE_N % 3 ? (size_t)r : 0);
+        size_t cnt = GARBAGE_N / 3 + ((size_t)r < GARBAGE_N % 3);
+        uint32_t src = (uint32_t)((r + 1) % nranks);
+        wire_t h = s_wire(1, src, 1, 1, 1, GARBAGE_N, lo, (uint32_t)cnt);
+        h.version = 9;
+        s_send2(s, &h, sizeof h, poison, cnt * 4);
+        h = s_wire(1, src, 1, 1, 1, GARBAGE_N, lo, (uint32_t)cnt);
+        s_send2(s, &h, sizeof h, poison, 12); /* size lies */
+        h.count = 1u << 31;
+        s_send2(s, &h, sizeof h, NULL, 0);
+        h = s_wire(1, src, 1, 1, 1, GARBAGE_N, lo, (uint32_t)cnt);
+        zmq_send(s, &h, sizeof h, ZMQ_SNDMORE); /* multipart */
+        zmq_send(s, poison, cnt * 4, 0);
+        h.src = 7;
+        s_send2(s, &h, sizeof h, poison, cnt * 4);
+        h = s_wire(1, src, 0, 1, 1, GARBAGE_N, lo, (uint32_t)cnt); /* old generation */
+        s_send2(s, &h, sizeof h, poison, cnt * 4);
+        h = s_wire(1, src, 1, 5, 1, GARBAGE_N, lo, (uint32_t)cnt); /* op far ahead */
+        s_send2(s, &h, sizeof h, poison, cnt * 4);
+        h = s_wire(1, src, 1, 1, 1, GARBAGE_N, lo + 1, (uint32_t)cnt - 1); /* misaligned piece */
+        s_send2(s, &h, sizeof h, poison, (cnt - 1) * 4);
+        int linger = 2000;
+        zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(s);
+
+        void *big = zmq_socket(ctx, ZMQ_PUSH);
+        zmq_connect(big, eps[r]);
+        size_t nbig = COMM_CHUNK_MAX + 4096;
+        char *b = calloc(1, nbig);
+        zmq_send(big, b, nbig, 0);
+        free(b);
+        zmq_setsockopt(big, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(big);
+
+        void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+        zmq_connect(dealer, eps[r]);
+        zmq_send(dealer, rnd, sizeof rnd, ZMQ_DONTWAIT);
+        zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(dealer);
+
+        int port = atoi(strrchr(eps[r], ':') + 1);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            char junk[3000];
+            for (size_t i = 0; i < sizeof junk; i++)
+                junk[i] = (char)(i * 13 + 5);
+            ssize_t w = write(fd, junk, sizeof junk);
+            (void)w;
+        }
+        close(fd);
+    }
+    zmq_ctx_term(ctx); /* flushes the frames above */
+    usleep(100 * 1000);
+}
+
+/* Keeps sending near-valid random frames while the ranks run. */
+typedef struct {
+    char eps[MAX_RANKS][EP_LEN];
+    int nranks;
+    double until_ms;
+} fuzz_t;
+
+static void *s_fuzz_thread(void *arg)
+{
+    fuzz_t *f = arg;
+    void *ctx = zmq_ctx_new();
+    void *s[MAX_RANKS];
+    for (int r = 0; r < f->nranks; r++) {
+        s[r] = zmq_socket(ctx, ZMQ_PUSH);
+        int linger = 0;
+        zmq_setsockopt(s[r], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_connect(s[r], f->eps[r]);
+    }
+    uint64_t x = 12345;
+    unsigned char payload[256] = {0};
+    while (s_ms() < f->until_ms) {
+        for (int r = 0; r < f->nranks; r++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            /* Never a frame that is valid for the op the ranks run: generation 1 only with an
+             * op number outside the window, or another generation. */
+            uint64_t gens[] = {0, 1, 2, 9, UINT64_MAX};
+            uint64_t gen = gens[(x >> 33) % 5];
+            uint64_t seq = gen == 1 ? 4 + (x >> 20) % 5 : (x >> 20) % 3;
+            wire_t h = s_wire(1 + (int)((x >> 40) % 5), (uint32_t)((x >> 45) % 4), gen, seq,
+                              (x >> 50) % 3, (x >> 10) % 2000, (x >> 5) % 700,
+                              (uint32_t)((x >> 13) % 64));
+            size_t unit = h.kind <= 2 ? 4 : h.kind == 3 ? 1 : 0;
+            size_t n = (x & 1) ? h.count * unit : (x >> 7) % 256;
+            s_send2(s[r], &h, sizeof h, payload, n > sizeof payload ? sizeof payload : n);
+        }
+        usleep(200);
+    }
+    for (int r = 0; r < f->nranks; r++)
+        zmq_close(s[r]);
+    zmq_ctx_term(ctx);
+    return NULL;
+}
+
+static pthread_t s_fuzz_th;
+static fuzz_t s_fuzz;
+
+static void s_garbage_then_fuzz(char eps[][EP_LEN], int nranks, void *arg)
+{
+    s_send_garbage(eps, nranks, arg);
+    memcpy(s_fuzz.eps, eps, sizeof s_fuzz.eps[0] * (size_t)nranks);
+    s_fuzz.nranks = nranks;
+    s_fuzz.until_ms = s_ms() + 400;
+    assert_int_equal(pthread_create(&s_fuzz_th, NULL, s_fuzz_thread, &s_fuzz), 0);
+}
+
+static void s_rank_garbage(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    comm_t *c = s_comm(ctx, 1, 5000, 0);
+    for (int i = 0; i < 6; i++) {
+        s_allreduce_check(c, ctx, res, GARBAGE_N, 21 + (uint64_t)i, 1 + (uint64_t)i, NULL);
+        usleep(50 * 1000); /* let the fuzzer's frames pile up between ops too */
+    }
+    comm_destroy(&c);
+}
+
+static void test_garbage_frames(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(3, s_rank_garbage, NULL, s_garbage_then_fuzz, NULL, res, got, status);
+    pthread_join(s_fuzz_th, NULL);
+    s_check_all(res, got, status, 3);
+    assert_int_equal(res[0].nrec, 6);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+int main(void)
+{
+    log_set_level(LOG_LVL_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_order_matters),
+        cmocka_unit_test(test_listener_and_config),
+        cmocka_unit_test(test_allreduce_1_rank),
+        cmocka_unit_test(test_allreduce_2_ranks),
+        cmocka_unit_test(test_allreduce_3_ranks),
+        cmocka_unit_test(test_allreduce_4_ranks),
+        cmocka_unit_test(test_allreduce_16mb),
+        cmocka_unit_test(test_op_sequence),
+        cmocka_unit_test(test_dead_peer),
+        cmocka_unit_test(test_dead_root),
+        cmocka_unit_test(test_abort),
+        cmocka_unit_test(test_generation_change),
+        cmocka_unit_test(test_garbage_frames),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
