@@ -36,6 +36,7 @@ fixed = [
     dict(first_k_dense_replace=2, num_hidden_layers=3),
     dict(num_experts_per_tok=1),
     dict(num_experts_per_tok=3, n_group=4, topk_group=2, n_routed_experts=8),
+    dict(moe_ref.TINY_CONFIG),  # the tiny preset itself, at T = 128
 ]
 
 
@@ -73,6 +74,8 @@ with tempfile.TemporaryDirectory(prefix="shoal-oracle-") as tmp:
         except ValueError:
             cfg = random_config({})
         B, T = rng.randint(1, 4), rng.choice([8, 16, 33, 64])
+        if cfg["max_position_embeddings"] == 128:
+            B, T = 2, 128
         case = os.path.join(tmp, f"c{i}")
         os.makedirs(case)
         with open(os.path.join(case, "cfg.json"), "w") as f:
