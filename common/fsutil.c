@@ -26,9 +26,17 @@ shoal_err_t fsutil_mkdir_p(const char *path)
             continue;
         char saved = *p;
         *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        if (mkdir(buf, 0755) == 0) {
+            /* the new entry must survive a crash too: fsync the directory holding it */
+            char parent[PATH_MAX];
+            fsutil_dirname(buf, parent, sizeof parent);
+            shoal_err_t rc = fsutil_fsync_dir(parent);
+            if (rc != SHOAL_OK)
+                return rc;
+        } else if (errno != EEXIST) {
             return shoal_fail(SHOAL_ERR_IO, "%s: cannot create directory: %s", buf,
                               strerror(errno));
+        }
         *p = saved;
         if (saved == '\0')
             break;

@@ -13,8 +13,9 @@
 extern "C" {
 #endif
 
-/* Creates `path` and its missing parents (mode 0755 & ~umask). Existing directories are fine;
- * an existing non-directory is SHOAL_ERR_IO. */
+/* Creates `path` and its missing parents (mode 0755 & ~umask), fsyncing the parent of each
+ * directory it creates. Existing directories are fine; an existing non-directory is
+ * SHOAL_ERR_IO. */
 shoal_err_t fsutil_mkdir_p(const char *path);
 
 /* Reads the whole file. On success *data is malloc'd (caller frees) and NUL-terminated one byte
