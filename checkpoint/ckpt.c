@@ -177,9 +177,11 @@ static void s_remove_stale(const char *root, const char *keep_name)
     closedir(d);
 }
 
-/* Keeps the newest `keep` committed steps. Each older one is first renamed to a .tmp-del-
- * name (atomic) so that a crash in the middle of the removal never leaves a partial step-*. */
-static shoal_err_t s_prune(const char *root, int keep)
+/* Keeps `keep` committed steps: the one just written (`current`) and the highest others. The
+ * just-written one is never pruned, even when higher steps of an abandoned run are present.
+ * Each removed one is first renamed to a .tmp-del- name (atomic) so that a crash in the middle
+ * of the removal never leaves a partial step-* dir. */
+static shoal_err_t s_prune(const char *root, int keep, int64_t current)
 {
     int n = 0;
     shoal_err_t rc = ckpt_list(root, NULL, 0, &n);
@@ -192,7 +194,12 @@ static shoal_err_t s_prune(const char *root, int keep)
     rc = ckpt_list(root, steps, n, &n2);
     if (n2 > n)
         n2 = n;
-    for (int i = 0; rc == SHOAL_OK && i < n2 - keep; i++) {
+    int others = 0; /* committed steps other than `current`, ascending in steps[0..others) */
+    for (int i = 0; i < n2; i++)
+        if (steps[i] != current)
+            steps[others++] = steps[i];
+    int drop = others - (keep - 1);
+    for (int i = 0; rc == SHOAL_OK && i < drop; i++) {
         char from[PATH_MAX], to[PATH_MAX];
         rc = fsutil_path(from, sizeof from, "%s/step-%08" PRId64, root, steps[i]);
         if (rc == SHOAL_OK)
@@ -353,7 +360,7 @@ shoal_err_t ckpt_save(const char *root, int64_t step, const model_config_t *cfg,
     SHOAL_CHECK_GOTO(fsutil_fsync_dir(tmp), rc, fail_tmp);
     SHOAL_CHECK_GOTO(s_commit(root, tmp, final), rc, fail_tmp);
     /* committed: what follows is housekeeping and cannot undo the checkpoint */
-    if (s_prune(root, keep) != SHOAL_OK)
+    if (s_prune(root, keep, step) != SHOAL_OK)
         log_warn("checkpoint: pruning %s: %s", root, shoal_errmsg());
     atomic_fetch_sub(&s_saves_in_flight, 1);
     log_info("checkpoint: committed %s", final);

@@ -23,8 +23,9 @@ extern "C" {
 /* Writes and commits the checkpoint of `step` under `root` (created if missing). params,
  * adam_m and adam_v all use the flat layout of model_dir.h (model_dir_param_count floats); the
  * bias slots of m and v are ignored. trainer_state_json must parse as JSON (NULL writes "{}").
- * A committed checkpoint of the same step is replaced atomically. Then stale .tmp-* dirs of
- * dead processes are removed and, if keep > 0, only the newest `keep` step-* dirs are kept. */
+ * A committed checkpoint of the same step is replaced atomically. Stale .tmp-* dirs of dead
+ * processes are removed first; after the commit, if keep > 0, only `keep` step-* dirs remain:
+ * this one and the highest other steps (the one just written is never pruned). */
 shoal_err_t ckpt_save(const char *root, int64_t step, const model_config_t *cfg,
                       const float *params, const float *adam_m, const float *adam_v,
                       const char *trainer_state_json, int keep);

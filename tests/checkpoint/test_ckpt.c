@@ -229,11 +229,18 @@ static void test_keep_and_latest(void **state)
     assert_int_equal(step, 123456789);
     assert_non_null(strstr(dir, "/step-123456789"));
     assert_int_equal(ckpt_load(dir, &s_cfg, s.p, NULL, NULL, NULL), SHOAL_OK);
-    /* with keep 1 the next commit prunes down to the highest step */
-    assert_int_equal(ckpt_save(root, 8, &s_cfg, s.p, s.m, s.v, NULL, 1), SHOAL_OK);
+    /* a commit below the highest step (a run restarted from an older checkpoint) is never the
+     * one pruned: keep 2 leaves it and the highest other step */
+    assert_int_equal(ckpt_save(root, 8, &s_cfg, s.p, s.m, s.v, NULL, 2), SHOAL_OK);
+    assert_int_equal(ckpt_list(root, steps, 8, &count), SHOAL_OK);
+    assert_int_equal(count, 2);
+    assert_int_equal(steps[0], 8);
+    assert_int_equal(steps[1], 123456789);
+    assert_int_equal(ckpt_save(root, 9, &s_cfg, s.p, s.m, s.v, NULL, 1), SHOAL_OK);
     assert_int_equal(ckpt_list(root, steps, 8, &count), SHOAL_OK);
     assert_int_equal(count, 1);
-    assert_int_equal(steps[0], 123456789);
+    assert_int_equal(steps[0], 9);
+    assert_int_equal(s_count_entries(root, ".tmp-"), 0);
     s_state_free(&s);
 }
 
