@@ -1,0 +1,152 @@
+/* events.c: `shoalctl events RUN`: the run's ledger, oldest first: every decision the
+ * coordinator made (submit, plans, joins, deaths, checkpoint commits, ...). */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "shoalctl.h"
+
+static const char s_usage[] =
+    "usage: shoalctl events RUN [--since SEQ] [--limit N] [--follow] [--json]\n"
+    "  --since SEQ   only entries with seq > SEQ (default 0: from the start)\n"
+    "  --limit N     at most N entries per request (default: the coordinator's, 1000)\n"
+    "  --follow      keep polling for new entries once a second until Ctrl-C\n"
+    "  --json prints {\"events\": [{\"seq\", \"time_ms\", \"kind\", \"run\", \"detail\",\n"
+    "  \"prev_hash\", \"hash\"}]} as stored in the ledger (one object per line with --follow).\n";
+
+static volatile sig_atomic_t s_stop;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static bool s_parse_u64(const char *s, unsigned long long max, unsigned long long *v)
+{
+    char *end;
+    errno = 0;
+    if (!s || s[0] == '-')
+        return false;
+    *v = strtoull(s, &end, 10);
+    return !errno && end != s && !*end && *v <= max;
+}
+
+/* The entries array of the answer: {"events": [...]}, {"entries": [...]} or a bare array. */
+static const json_t *s_entries(const json_t *doc)
+{
+    if (json_is_array(doc))
+        return doc;
+    const json_t *e = json_object_get(doc, "events");
+    return e ? e : json_object_get(doc, "entries");
+}
+
+static void s_print_entry(const json_t *e, bool json, bool one_line)
+{
+    if (json) {
+        char *s = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (s && one_line)
+            printf("%s\n", s);
+        free(s);
+        return;
+    }
+    char when[80] = "-";
+    long long ms = ctl_json_int(e, "time_ms", 0);
+    if (ms > 0) {
+        time_t t = (time_t)(ms / 1000);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(when, sizeof(when), "%04d-%02d-%02d %02d:%02d:%02d.%03lldZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000);
+    }
+    char *detail = json_dumps(json_object_get(e, "detail"), JSON_COMPACT | JSON_ENCODE_ANY);
+    printf("%6lld  %s  %-16s %s\n", ctl_json_int(e, "seq", 0), when,
+           ctl_json_str(e, "kind", "?"), detail ? detail : "{}");
+    free(detail);
+}
+
+int cmd_events(ctl_opts_t *o, int argc, char **argv)
+{
+    const char *since_s = NULL, *limit_s = NULL;
+    bool follow = false;
+    const ctl_optdef_t defs[] = {{"since", true, &since_s, NULL},
+                                 {"limit", true, &limit_s, NULL},
+                                 {"follow", false, NULL, &follow},
+                                 {NULL, false, NULL, NULL}};
+    const char *pos[1];
+    int n_pos;
+    int ex = ctl_parse_args(o, argc, argv, defs, s_usage, pos, 1, &n_pos);
+    if (ex != CTL_EXIT_OK)
+        return ex < 0 ? CTL_EXIT_OK : ex;
+    if (n_pos != 1)
+        return ctl_usage_error(o, s_usage, "expected one RUN");
+    unsigned long long since = 0, limit = 0;
+    if (since_s && !s_parse_u64(since_s, UINT64_MAX, &since))
+        return ctl_usage_error(o, s_usage, "--since: expected a ledger seq >= 0, got '%s'",
+                               since_s);
+    if (limit_s && (!s_parse_u64(limit_s, 1000000, &limit) || limit == 0))
+        return ctl_usage_error(o, s_usage, "--limit: expected 1..1000000, got '%s'", limit_s);
+
+    if (follow) {
+        signal(SIGINT, s_on_signal);
+        signal(SIGTERM, s_on_signal);
+    }
+    ctl_client_t *c = ctl_connect(o);
+    json_t *all = json_array();
+    ex = CTL_EXIT_ERROR;
+    if (!c || !all)
+        goto out;
+    if (!o->json)
+        printf("%6s  %-24s  %-16s %s\n", "SEQ", "TIME", "KIND", "DETAIL");
+    for (;;) {
+        ctl_reply_t reply = {0};
+        shoal_err_t rc = ctl_client_events(c, pos[0], since, (unsigned)limit, &reply);
+        if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK) {
+            ctl_reply_fini(&reply);
+            goto out;
+        }
+        json_t *doc = ctl_reply_doc(o, &reply);
+        ctl_reply_fini(&reply);
+        if (!doc) {
+            ex = CTL_EXIT_ERROR;
+            goto out;
+        }
+        size_t i, n = 0;
+        json_t *e;
+        json_array_foreach(s_entries(doc), i, e)
+        {
+            s_print_entry(e, o->json, follow);
+            if (o->json && !follow)
+                json_array_append(all, e);
+            long long seq = ctl_json_int(e, "seq", 0);
+            if (seq > 0 && (unsigned long long)seq > since)
+                since = (unsigned long long)seq;
+            n++;
+        }
+        json_decref(doc);
+        fflush(stdout);
+        /* Without --follow, keep asking while full pages come back (the ledger is longer
+         * than one page); with it, poll until interrupted. */
+        if (!follow && (limit == 0 ? n < 1000 : n < limit))
+            break;
+        if (follow && n == 0) {
+            struct timespec ts = {1, 0};
+            nanosleep(&ts, NULL);
+        }
+        if (s_stop)
+            break;
+    }
+    if (o->json && !follow) {
+        json_t *out = json_pack("{s:O}", "events", all);
+        if (out)
+            ctl_print_json(out);
+        json_decref(out);
+    }
+    ex = CTL_EXIT_OK;
+out:
+    json_decref(all);
+    ctl_client_destroy(&c);
+    return ex;
+}

@@ -1,0 +1,128 @@
+/* plan.c: `shoalctl plan RUN`: the placement the coordinator would make now from the live
+ * workers (topology, stages, expert shards, one cell per worker), computed but not applied. */
+#include <stdio.h>
+
+#include "shoalctl.h"
+
+static const char s_usage[] =
+    "usage: shoalctl plan RUN [--json]\n"
+    "  Shows the plan the coordinator would give the live workers now (dry run: nothing is\n"
+    "  stored, no worker is told). --json prints the coordinator's plan document: generation,\n"
+    "  topology {dp, pp, ep}, stages, experts, peers [{worker_id, rank, cell, ...}], start_step.\n";
+
+static void s_print(const json_t *doc)
+{
+    const json_t *plan = json_object_get(doc, "plan");
+    if (!json_is_object(plan))
+        plan = doc;
+    const json_t *topo = json_object_get(plan, "topology");
+    printf("generation %lld: dp %lld x pp %lld x ep %lld, from step %lld", 
+           ctl_json_int(plan, "generation", 0), ctl_json_int(topo, "dp", 0),
+           ctl_json_int(topo, "pp", 0), ctl_json_int(topo, "ep", 0),
+           ctl_json_int(plan, "start_step", 0));
+    const char *src = ctl_json_str(plan, "source", NULL);
+    if (src)
+        printf(" (state from %s)", src);
+    printf("\n");
+
+    size_t i;
+    const json_t *s;
+    const json_t *stages = json_object_get(plan, "stages");
+    if (json_array_size(stages) > 0) {
+        static const char *const head[] = {"STAGE", "LAYERS", "EMBEDDING", "HEAD"};
+        ctl_table_t *t = ctl_table_new(4, head);
+        json_array_foreach(stages, i, s)
+        {
+            char st[24], layers[48];
+            long long first = ctl_json_int(s, "first_layer", 0), n = ctl_json_int(s, "n_layers", 0);
+            snprintf(st, sizeof(st), "%lld", ctl_json_int(s, "stage", (long long)i));
+            snprintf(layers, sizeof(layers), n > 0 ? "%lld-%lld" : "none", first, first + n - 1);
+            const char *cells[] = {st, layers,
+                                   json_is_true(json_object_get(s, "has_embedding")) ? "yes" : "no",
+                                   json_is_true(json_object_get(s, "has_head")) ? "yes" : "no"};
+            if (t)
+                ctl_table_add(t, cells);
+        }
+        if (t) {
+            printf("\n");
+            ctl_table_print(t, stdout);
+        }
+        ctl_table_destroy(&t);
+    }
+    const json_t *peers = json_object_get(plan, "peers");
+    if (json_array_size(peers) == 0) {
+        printf("\nno cells (no live worker to place)\n");
+        return;
+    }
+    static const char *const head[] = {"RANK",  "WORKER",  "REPLICA",
+                                        "STAGE", "EP_RANK", "EXPERTS"};
+    ctl_table_t *t = ctl_table_new(6, head);
+    const json_t *experts = json_object_get(plan, "experts");
+    json_array_foreach(peers, i, s)
+    {
+        const json_t *cell = json_object_get(s, "cell");
+        char rank[24], rep[24], stage[24], ep[24];
+        snprintf(rank, sizeof(rank), "%lld", ctl_json_int(s, "rank", (long long)i));
+        snprintf(rep, sizeof(rep), "%lld", ctl_json_int(cell, "replica", 0));
+        snprintf(stage, sizeof(stage), "%lld", ctl_json_int(cell, "stage", 0));
+        long long epr = ctl_json_int(cell, "ep_rank", 0);
+        snprintf(ep, sizeof(ep), "%lld", epr);
+        /* The routed experts this ep rank holds ({ep_rank, first, count} per rank). */
+        char held[64] = "all";
+        size_t k;
+        const json_t *x;
+        json_array_foreach(experts, k, x)
+        {
+            long long first = ctl_json_int(x, "first", 0), count = ctl_json_int(x, "count", 0);
+            if (ctl_json_int(x, "ep_rank", -1) == epr && count > 0)
+                snprintf(held, sizeof(held), "%lld-%lld", first, first + count - 1);
+        }
+        const char *cells[] = {rank,
+                               ctl_json_str(s, "worker_id", ctl_json_str(s, "worker", "?")),
+                               rep,
+                               stage,
+                               ep,
+                               held};
+        if (t)
+            ctl_table_add(t, cells);
+    }
+    if (t) {
+        printf("\n");
+        ctl_table_print(t, stdout);
+    }
+    ctl_table_destroy(&t);
+}
+
+int cmd_plan(ctl_opts_t *o, int argc, char **argv)
+{
+    const char *pos[1];
+    int n_pos;
+    int ex = ctl_parse_args(o, argc, argv, NULL, s_usage, pos, 1, &n_pos);
+    if (ex != CTL_EXIT_OK)
+        return ex < 0 ? CTL_EXIT_OK : ex;
+    if (n_pos != 1)
+        return ctl_usage_error(o, s_usage, "expected one RUN");
+
+    ctl_reply_t reply = {0};
+    json_t *doc = NULL;
+    ctl_client_t *c = ctl_connect(o);
+    ex = CTL_EXIT_ERROR;
+    if (!c)
+        goto out;
+    shoal_err_t rc = ctl_client_plan(c, pos[0], true, &reply);
+    if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK)
+        goto out;
+    ex = CTL_EXIT_ERROR;
+    if (!(doc = ctl_reply_doc(o, &reply)))
+        goto out;
+    if (o->json)
+        ctl_print_json(doc);
+    else
+        s_print(doc);
+    ex = CTL_EXIT_OK;
+out:
+    json_decref(doc);
+    ctl_reply_fini(&reply);
+    ctl_client_destroy(&c);
+    return ex;
+}

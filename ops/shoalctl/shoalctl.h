@@ -1,0 +1,107 @@
+/* shoalctl.h: what shoalctl's verbs share: global options, the option parser, exit codes,
+ * reporting of client errors and refused requests, aligned tables and JSON output (cli.c), and
+ * one entry point per verb (one file each). */
+#ifndef SHOAL_SHOALCTL_H
+#define SHOAL_SHOALCTL_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "ctl_client.h"
+#include "runspec.h"
+
+#define CTL_EXIT_OK 0
+#define CTL_EXIT_ERROR 1 /* unreachable coordinator, refused request, failed verification */
+#define CTL_EXIT_USAGE 2
+
+/* Options every verb accepts (before or after the verb). */
+typedef struct {
+    const char *endpoint; /* --control, else $SHOAL_CONTROL, else CTL_DEFAULT_ENDPOINT */
+    int timeout_ms;       /* --timeout SECONDS */
+    bool json;            /* --json */
+    const char *verb;
+} ctl_opts_t;
+
+/* One verb-specific option: --name VALUE (has_arg) or --name (flag, sets *flag = true). */
+typedef struct {
+    const char *name;
+    bool has_arg;
+    const char **value; /* has_arg */
+    bool *flag;         /* !has_arg */
+} ctl_optdef_t;
+
+/* Parses argv[1..argc) of a verb: the global options, `defs` (terminated by {NULL}), -h/--help
+ * and positional arguments (into pos[], at most max_pos; n_pos receives how many).
+ * Returns -1 after printing `usage` to stdout for --help, CTL_EXIT_USAGE after printing the
+ * problem and `usage` to stderr, CTL_EXIT_OK otherwise. */
+int ctl_parse_args(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *defs,
+                   const char *usage, const char **pos, int max_pos, int *n_pos);
+
+/* Usage error: prints "shoalctl VERB: <message>" and the usage to stderr; returns 2. */
+int ctl_usage_error(const ctl_opts_t *o, const char *usage, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prints "shoalctl VERB: <message>" to stderr and returns 1. */
+int ctl_error(const ctl_opts_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A client for o->endpoint; NULL (after printing why) on out of memory. */
+ctl_client_t *ctl_connect(const ctl_opts_t *o);
+
+/* Reports a request's outcome: rc != OK prints shoal_errmsg(); a refused reply prints its
+ * message and code. Returns CTL_EXIT_OK only when rc == OK and reply->ok. */
+int ctl_check_reply(const ctl_opts_t *o, shoal_err_t rc, const ctl_reply_t *reply);
+
+/* Parses reply->json (an empty document is {}); NULL after printing why. Caller decrefs. */
+json_t *ctl_reply_doc(const ctl_opts_t *o, const ctl_reply_t *reply);
+
+/* Prints a JSON value to stdout (2-space indent, keys in insertion order, newline). */
+void ctl_print_json(const json_t *v);
+
+/* Field helpers tolerant of absent keys and wrong types: a number as int64 (def when absent
+ * or not a number), a string (def when absent or not a string). */
+long long ctl_json_int(const json_t *obj, const char *key, long long def);
+double ctl_json_real(const json_t *obj, const char *key, double def);
+const char *ctl_json_str(const json_t *obj, const char *key, const char *def);
+/* A copy of obj[key] when it is a number (integers stay integers), else JSON null. New ref. */
+json_t *ctl_json_number_or_null(const json_t *obj, const char *key);
+
+/* Aligned text tables: add the header, then rows, then print (columns padded to the widest
+ * cell, two spaces apart). Cells are copied. */
+typedef struct ctl_table ctl_table_t;
+ctl_table_t *ctl_table_new(int n_cols, const char *const *header);
+/* Adds one row of n_cols cells (NULL prints as "-"). Returns false on out of memory. */
+bool ctl_table_add(ctl_table_t *t, const char *const *cells);
+void ctl_table_print(const ctl_table_t *t, FILE *out);
+void ctl_table_destroy(ctl_table_t **self_p);
+
+/* "1.2 s", "3 min 4 s", "2 h 05 min" */
+void ctl_format_duration(double seconds, char *out, size_t cap);
+
+/* The verbs. argv[0] is the verb; each returns an exit code. */
+int cmd_submit(ctl_opts_t *o, int argc, char **argv);
+int cmd_status(ctl_opts_t *o, int argc, char **argv);
+int cmd_workers(ctl_opts_t *o, int argc, char **argv);
+int cmd_drain(ctl_opts_t *o, int argc, char **argv);
+int cmd_undrain(ctl_opts_t *o, int argc, char **argv);
+int cmd_pause(ctl_opts_t *o, int argc, char **argv);
+int cmd_resume(ctl_opts_t *o, int argc, char **argv);
+int cmd_cancel(ctl_opts_t *o, int argc, char **argv);
+int cmd_events(ctl_opts_t *o, int argc, char **argv);
+int cmd_verify(ctl_opts_t *o, int argc, char **argv);
+int cmd_plan(ctl_opts_t *o, int argc, char **argv);
+int cmd_up(ctl_opts_t *o, int argc, char **argv);
+
+/* status.c: converts the coordinator's status document into the documented `status --json`
+ * object {"runs": [{id, name, state, step, total_steps, loss, generation, checkpoint_step}]}.
+ * New reference; NULL on out of memory. Shared with `up`, which polls it. */
+json_t *status_doc_normalise(const json_t *doc);
+
+/* submit.c: the spec text to send for the file `path` whose text is `raw` and whose parse
+ * (runspec_load_file) is `resolved`: the file as written (comments and all, as the ledger should
+ * record it) unless it names relative data files, which mean nothing on the coordinator's
+ * machine: then the resolved spec. Caller frees; NULL on out of memory. */
+char *submit_spec_text(const char *path, const char *raw, const runspec_t *resolved);
+
+#endif

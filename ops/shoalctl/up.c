@@ -1,0 +1,749 @@
+/* up.c: `shoalctl up [--workers N] [RUN.yaml]`: a whole shoal cluster on this machine for one
+ * run: a coordinator and N workers as children in a temporary state dir, the run submitted and
+ * followed to its end, the final model copied out, everything stopped and removed. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fsutil.h"
+#include "shoalctl.h"
+
+static const char s_usage[] =
+    "usage: shoalctl up [--workers N] [--out DIR] [--keep] [--time-limit SECONDS] [RUN.yaml]\n"
+    "  Starts shoal-coordinator and N shoal-worker processes (found next to shoalctl) in a\n"
+    "  temporary state dir, submits RUN.yaml (default: the embedded tiny-fortunes run), shows\n"
+    "  progress until the run ends, copies the final model to DIR (default\n"
+    "  ./shoal-out/<run name>), stops everything and removes the state dir.\n"
+    "  --workers N          worker processes (default 2, at most 64)\n"
+    "  --out DIR            where the final model directory goes\n"
+    "  --keep               keep the state dir (RocksDB, checkpoints, logs) afterwards\n"
+    "  --time-limit SECONDS stop and fail if the run has not ended by then (default: none)\n"
+    "  Ctrl-C stops the cluster cleanly. Exit 0 when the run is done, 1 otherwise.\n";
+
+#define UP_MAX_WORKERS 64
+#define UP_POLL_MS 500
+#define UP_START_WAIT_MS 15000 /* coordinator answering its control socket */
+#define UP_STOP_WAIT_MS 20000  /* children after SIGTERM; > the worker's grace period */
+
+static volatile sig_atomic_t s_interrupted;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_interrupted = 1;
+}
+
+typedef struct {
+    pid_t pid;
+    int status;
+    bool exited;
+    char name[16];
+    char log[PATH_MAX];
+} s_child_t;
+
+typedef struct {
+    ctl_opts_t *o;
+    char bindir[PATH_MAX];
+    char tmp[PATH_MAX];
+    char control[PATH_MAX];
+    char listen[64];
+    int n_workers;
+    s_child_t coord;
+    s_child_t workers[UP_MAX_WORKERS];
+} s_up_t;
+
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void s_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL); /* a signal cuts it short, which is what Ctrl-C wants */
+}
+
+/* The directory of this executable: the daemons are installed (and built) beside it. */
+static shoal_err_t s_bindir(char *out, size_t cap)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return shoal_fail(SHOAL_ERR_IO, "/proc/self/exe: %s", strerror(errno));
+    self[n] = '\0';
+    fsutil_dirname(self, out, cap);
+    return SHOAL_OK;
+}
+
+/* A TCP port free right now on 127.0.0.1 (the kernel's pick; the coordinator binds it next). */
+static shoal_err_t s_free_port(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return shoal_fail(SHOAL_ERR_IO, "socket: %s", strerror(errno));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    shoal_err_t rc = SHOAL_OK;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+        rc = shoal_fail(SHOAL_ERR_IO, "finding a free port on 127.0.0.1: %s", strerror(errno));
+    else
+        *port = ntohs(a.sin_port);
+    close(fd);
+    return rc;
+}
+
+/* A short temp dir: the control socket path inside it must stay under ~100 bytes. */
+static shoal_err_t s_make_tmp(char *out, size_t cap)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base || strlen(base) > 60)
+        base = "/tmp";
+    if (fsutil_path(out, cap, "%s/shoal-up-XXXXXX", base) != SHOAL_OK || !mkdtemp(out))
+        return shoal_fail(SHOAL_ERR_IO, "creating a temp dir in %s: %s", base, strerror(errno));
+    return SHOAL_OK;
+}
+
+/* Starts argv[0] with stdout/stderr appended to child->log, in its own process group (so that
+ * Ctrl-C at the terminal reaches only shoalctl, which stops the children in order) and with
+ * SIGTERM as its parent-death signal (so a killed shoalctl leaves no orphans). */
+static shoal_err_t s_spawn(s_child_t *child, char *const argv[])
+{
+    int fd = open(child->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return shoal_fail(SHOAL_ERR_IO, "%s: %s", child->log, strerror(errno));
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd);
+        return shoal_fail(SHOAL_ERR_IO, "fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0)
+            dup2(devnull, STDIN_FILENO);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        execv(argv[0], argv);
+        dprintf(STDERR_FILENO, "shoalctl up: exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(fd);
+    child->pid = pid;
+    child->exited = false;
+    return SHOAL_OK;
+}
+
+/* Reaps the child if it has exited; true when it is gone. */
+static bool s_reap(s_child_t *child)
+{
+    if (child->pid <= 0 || child->exited)
+        return true;
+    int st;
+    pid_t r = waitpid(child->pid, &st, WNOHANG);
+    if (r == child->pid || (r < 0 && errno == ECHILD)) {
+        child->exited = true;
+        child->status = r == child->pid ? st : 0;
+        return true;
+    }
+    return false;
+}
+
+static void s_describe_exit(const s_child_t *child, char *out, size_t cap)
+{
+    if (WIFEXITED(child->status))
+        snprintf(out, cap, "exited with status %d", WEXITSTATUS(child->status));
+    else if (WIFSIGNALED(child->status))
+        snprintf(out, cap, "killed by signal %d", WTERMSIG(child->status));
+    else
+        snprintf(out, cap, "ended");
+}
+
+/* Prints the last lines of a child's log, to explain a failure. */
+static void s_print_log_tail(const s_child_t *child, int lines)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    if (fsutil_read_file(child->log, &data, &len) != SHOAL_OK || len == 0) {
+        free(data);
+        return;
+    }
+    size_t start = len;
+    int seen = 0;
+    while (start > 0) {
+        if (data[start - 1] == '\n' && start != len && ++seen >= lines)
+            break;
+        start--;
+    }
+    fprintf(stderr, "---- last lines of %s ----\n%s%s", child->log, (const char *)data + start,
+            data[len - 1] == '\n' ? "" : "\n");
+    free(data);
+}
+
+/* SIGTERM to every live child (workers first: they leave the run cleanly while the coordinator
+ * still answers; then the coordinator), wait up to UP_STOP_WAIT_MS in all, then SIGKILL
+ * whoever is left. */
+static void s_stop_all(s_up_t *u)
+{
+    int64_t start = s_now_ms();
+    for (int i = 0; i < u->n_workers; i++)
+        if (!s_reap(&u->workers[i]))
+            kill(u->workers[i].pid, SIGTERM);
+    for (;;) {
+        bool all = true;
+        for (int i = 0; i < u->n_workers; i++)
+            all = s_reap(&u->workers[i]) && all;
+        if (all || s_now_ms() - start > UP_STOP_WAIT_MS * 3 / 4)
+            break;
+        s_sleep_ms(20);
+    }
+    if (!s_reap(&u->coord))
+        kill(u->coord.pid, SIGTERM);
+    s_child_t *children[UP_MAX_WORKERS + 1];
+    children[0] = &u->coord;
+    for (int i = 0; i < u->n_workers; i++)
+        children[i + 1] = &u->workers[i];
+    for (;;) {
+        bool all = true;
+        for (int i = 0; i <= u->n_workers; i++)
+            all = s_reap(children[i]) && all;
+        if (all)
+            return;
+        if (s_now_ms() - start > UP_STOP_WAIT_MS)
+            break;
+        s_sleep_ms(20);
+    }
+    for (int i = 0; i <= u->n_workers; i++) {
+        s_child_t *ch = children[i];
+        if (!s_reap(ch)) {
+            fprintf(stderr, "shoalctl up: %s (pid %d) did not stop within %d s: SIGKILL\n",
+                    ch->name, (int)ch->pid, UP_STOP_WAIT_MS / 1000);
+            kill(ch->pid, SIGKILL);
+            waitpid(ch->pid, &ch->status, 0);
+            ch->exited = true;
+        }
+    }
+}
+
+static shoal_err_t s_copy_file(const char *from, const char *to)
+{
+    shoal_err_t rc = SHOAL_OK;
+    int in = open(from, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return shoal_fail(SHOAL_ERR_IO, "%s: %s", from, strerror(errno));
+    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) {
+        rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", to, strerror(errno));
+        goto out_in;
+    }
+    char buf[1 << 16];
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", from, strerror(errno));
+            break;
+        }
+        if (n == 0)
+            break;
+        if ((rc = fsutil_write_all(out, buf, (size_t)n, to)) != SHOAL_OK)
+            break;
+    }
+    if (close(out) != 0 && rc == SHOAL_OK)
+        rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", to, strerror(errno));
+out_in:
+    close(in);
+    return rc;
+}
+
+/* Finds, under `dir` (depth-first, at most `depth` levels), the checkpoint directory of `step`
+ * ("step-%08lld" holding config.json and model.safetensors), or with step <= 0 the newest. */
+static bool s_find_model_dir(const char *dir, int depth, long long step, char *best,
+                             size_t cap, long long *best_step)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return false;
+    struct dirent *e;
+    bool found = false;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[PATH_MAX];
+        struct stat st;
+        if (fsutil_path(path, sizeof(path), "%s/%s", dir, e->d_name) != SHOAL_OK ||
+            lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        long long s;
+        char tail;
+        char probe[PATH_MAX];
+        if (sscanf(e->d_name, "step-%lld%c", &s, &tail) == 1 &&
+            fsutil_path(probe, sizeof(probe), "%s/model.safetensors", path) == SHOAL_OK &&
+            access(probe, R_OK) == 0 &&
+            fsutil_path(probe, sizeof(probe), "%s/config.json", path) == SHOAL_OK &&
+            access(probe, R_OK) == 0) {
+            if ((step > 0 && s == step && *best_step != step) ||
+                (step <= 0 && s > *best_step)) {
+                snprintf(best, cap, "%s", path);
+                *best_step = s;
+                found = true;
+            }
+        } else if (depth > 0) {
+            found = s_find_model_dir(path, depth - 1, step, best, cap, best_step) || found;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* Copies the final model (config.json, model.safetensors and the rest of the checkpoint's
+ * files) to out_dir. */
+static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir,
+                            long long *got_step)
+{
+    char src[PATH_MAX] = "";
+    *got_step = -1;
+    if (!s_find_model_dir(u->tmp, 4, step, src, sizeof(src), got_step) &&
+        !s_find_model_dir(u->tmp, 4, 0, src, sizeof(src), got_step))
+        return shoal_fail(SHOAL_ERR_NOTFOUND, "no checkpoint with a model under %s", u->tmp);
+    shoal_err_t rc = fsutil_mkdir_p(out_dir);
+    if (rc != SHOAL_OK)
+        return rc;
+    DIR *d = opendir(src);
+    if (!d)
+        return shoal_fail(SHOAL_ERR_IO, "%s: %s", src, strerror(errno));
+    struct dirent *e;
+    while (rc == SHOAL_OK && (e = readdir(d))) {
+        char from[PATH_MAX], to[PATH_MAX];
+        struct stat st;
+        if (e->d_name[0] == '.' ||
+            fsutil_path(from, sizeof(from), "%s/%s", src, e->d_name) != SHOAL_OK ||
+            lstat(from, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if ((rc = fsutil_path(to, sizeof(to), "%s/%s", out_dir, e->d_name)) == SHOAL_OK)
+            rc = s_copy_file(from, to);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Progress line: "[#####.....]  12/300  loss 3.2145  12.3k tok/s  ETA 1 min 02 s". */
+static void s_progress(bool tty, long long step, long long total, const json_t *loss,
+                       double tok_s, double eta_s, const char *state)
+{
+    char bar[32], l[32] = "-", rate[32] = "-", eta[32] = "-";
+    int width = 24, fill = total > 0 ? (int)(width * step / total) : 0;
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[width] = '\0';
+    if (json_is_number(loss))
+        snprintf(l, sizeof(l), "%.4f", json_number_value(loss));
+    if (tok_s > 0)
+        snprintf(rate, sizeof(rate), tok_s >= 1e4 ? "%.1fk" : "%.0f",
+                 tok_s >= 1e4 ? tok_s / 1e3 : tok_s);
+    if (eta_s >= 0)
+        ctl_format_duration(eta_s, eta, sizeof(eta));
+    if (tty)
+        printf("\r[%s] %lld/%lld  loss %s  %s tok/s  ETA %s  %s\033[K", bar, step, total, l, rate,
+               eta, state);
+    else
+        printf("step %lld/%lld  loss %s  %s tok/s  ETA %s  %s\n", step, total, l, rate, eta,
+               state);
+    fflush(stdout);
+}
+
+static const json_t *s_first_run(const json_t *st)
+{
+    return json_array_get(json_object_get(st, "runs"), 0);
+}
+
+/* Waits until the coordinator answers a status request (or dies, or time runs out). */
+static shoal_err_t s_wait_coordinator(s_up_t *u, ctl_client_t *c)
+{
+    int64_t deadline = s_now_ms() + UP_START_WAIT_MS;
+    while (!s_interrupted) {
+        if (s_reap(&u->coord)) {
+            char how[64];
+            s_describe_exit(&u->coord, how, sizeof(how));
+            return shoal_fail(SHOAL_ERR_STATE, "shoal-coordinator %s before it was ready", how);
+        }
+        ctl_reply_t r = {0};
+        shoal_err_t rc = ctl_client_status(c, "", &r);
+        ctl_reply_fini(&r);
+        if (rc == SHOAL_OK)
+            return SHOAL_OK;
+        if (s_now_ms() > deadline)
+            return shoal_fail(SHOAL_ERR_TIMEOUT, "shoal-coordinator did not answer on %s within %d s",
+                              u->control, UP_START_WAIT_MS / 1000);
+        s_sleep_ms(100);
+    }
+    return shoal_fail(SHOAL_ERR_ABORTED, "interrupted");
+}
+
+typedef struct {
+    long long step, total, ckpt_step;
+    char state[32];
+    char id[128];
+    double first_loss, last_loss;
+    double elapsed_s;
+} s_result_t;
+
+/* Follows the run until it ends; SHOAL_OK with res->state set, or why it could not. */
+static shoal_err_t s_follow(s_up_t *u, ctl_client_t *c, const char *run, long long tokens_per_step,
+                            double time_limit_s, s_result_t *res)
+{
+    bool tty = isatty(STDOUT_FILENO);
+    int64_t t0 = s_now_ms(), last_print = 0, rate_t0 = 0;
+    long long rate_step0 = -1, printed_step = -1;
+    int failures = 0;
+    int workers_seen_dead = 0;
+    shoal_err_t rc = SHOAL_OK;
+    res->first_loss = res->last_loss = NAN;
+    while (!s_interrupted) {
+        if (s_reap(&u->coord)) {
+            char how[64];
+            s_describe_exit(&u->coord, how, sizeof(how));
+            rc = shoal_fail(SHOAL_ERR_STATE, "shoal-coordinator %s during the run", how);
+            break;
+        }
+        int dead = 0;
+        for (int i = 0; i < u->n_workers; i++)
+            dead += s_reap(&u->workers[i]) ? 1 : 0;
+        if (dead > workers_seen_dead) {
+            for (int i = 0; i < u->n_workers; i++)
+                if (u->workers[i].exited && u->workers[i].pid > 0) {
+                    char how[64];
+                    s_describe_exit(&u->workers[i], how, sizeof(how));
+                    fprintf(stderr, "%sshoalctl up: worker %s %s (log: %s)\n", tty ? "\n" : "",
+                            u->workers[i].name, how, u->workers[i].log);
+                    u->workers[i].pid = -u->workers[i].pid; /* reported once */
+                }
+            workers_seen_dead = dead;
+        }
+        ctl_reply_t r = {0};
+        json_t *doc = NULL, *st = NULL;
+        rc = ctl_client_status(c, run, &r);
+        if (rc == SHOAL_OK && r.ok && r.json[0])
+            doc = json_loads(r.json, 0, NULL);
+        if (doc)
+            st = status_doc_normalise(doc);
+        const json_t *run_st = s_first_run(st);
+        if (rc != SHOAL_OK || !r.ok || !run_st) {
+            /* One slow answer is no reason to give up; a coordinator gone for a while is. */
+            if (++failures * (int64_t)(u->o->timeout_ms + UP_POLL_MS) > 30000) {
+                if (rc == SHOAL_OK)
+                    rc = shoal_fail(SHOAL_ERR_STATE, "status of run %s: %s", run,
+                                    r.message[0] ? r.message : "no such run in the answer");
+                ctl_reply_fini(&r);
+                json_decref(doc);
+                json_decref(st);
+                break;
+            }
+            rc = SHOAL_OK;
+        } else {
+            failures = 0;
+            res->step = ctl_json_int(run_st, "step", 0);
+            res->total = ctl_json_int(run_st, "total_steps", 0);
+            res->ckpt_step = ctl_json_int(run_st, "checkpoint_step", 0);
+            snprintf(res->state, sizeof(res->state), "%s", ctl_json_str(run_st, "state", "?"));
+            snprintf(res->id, sizeof(res->id), "%s", ctl_json_str(run_st, "id", run));
+            const json_t *loss = json_object_get(run_st, "loss");
+            if (json_is_number(loss)) {
+                res->last_loss = json_number_value(loss);
+                if (isnan(res->first_loss))
+                    res->first_loss = res->last_loss;
+            }
+            int64_t now = s_now_ms();
+            if (res->step > 0 && rate_step0 < 0) {
+                rate_step0 = res->step;
+                rate_t0 = now;
+            }
+            double steps_per_s = rate_step0 >= 0 && res->step > rate_step0 && now > rate_t0
+                                     ? (double)(res->step - rate_step0) * 1000.0 /
+                                           (double)(now - rate_t0)
+                                     : 0.0;
+            double eta = steps_per_s > 0 ? (double)(res->total - res->step) / steps_per_s : -1;
+            bool ended = strcmp(res->state, "done") == 0 || strcmp(res->state, "failed") == 0 ||
+                         strcmp(res->state, "cancelled") == 0;
+            if (tty || ended || (res->step != printed_step && now - last_print >= 1000)) {
+                s_progress(tty, res->step, res->total, loss,
+                           steps_per_s * (double)tokens_per_step, ended ? 0 : eta, res->state);
+                printed_step = res->step;
+                last_print = now;
+            }
+            if (ended) {
+                if (tty)
+                    printf("\n");
+                ctl_reply_fini(&r);
+                json_decref(doc);
+                json_decref(st);
+                break;
+            }
+        }
+        ctl_reply_fini(&r);
+        json_decref(doc);
+        json_decref(st);
+        if (dead == u->n_workers) {
+            if (tty)
+                printf("\n");
+            rc = shoal_fail(SHOAL_ERR_STATE, "every worker has exited; the run cannot go on");
+            break;
+        }
+        if (time_limit_s > 0 && (double)(s_now_ms() - t0) / 1000.0 > time_limit_s) {
+            if (tty)
+                printf("\n");
+            rc = shoal_fail(SHOAL_ERR_TIMEOUT, "the run did not end within --time-limit %.0f s",
+                            time_limit_s);
+            break;
+        }
+        s_sleep_ms(UP_POLL_MS);
+    }
+    if (rc == SHOAL_OK && s_interrupted) {
+        if (tty)
+            printf("\n");
+        rc = shoal_fail(SHOAL_ERR_ABORTED, "interrupted");
+    }
+    res->elapsed_s = (double)(s_now_ms() - t0) / 1000.0;
+    return rc;
+}
+
+static shoal_err_t s_start_cluster(s_up_t *u)
+{
+    shoal_err_t rc = s_make_tmp(u->tmp, sizeof(u->tmp));
+    if (rc != SHOAL_OK)
+        return rc;
+    char logs[PATH_MAX], coord_state[PATH_MAX], coord_bin[PATH_MAX], worker_bin[PATH_MAX];
+    int port = 0;
+    SHOAL_CHECK_GOTO(fsutil_path(logs, sizeof(logs), "%s/logs", u->tmp), rc, out);
+    SHOAL_CHECK_GOTO(fsutil_mkdir_p(logs), rc, out);
+    SHOAL_CHECK_GOTO(fsutil_path(coord_state, sizeof(coord_state), "%s/coordinator", u->tmp), rc,
+                     out);
+    SHOAL_CHECK_GOTO(fsutil_path(u->control, sizeof(u->control), "ipc://%s/ctl.sock", u->tmp),
+                     rc, out);
+    SHOAL_CHECK_GOTO(fsutil_path(coord_bin, sizeof(coord_bin), "%s/shoal-coordinator",
+                                 u->bindir), rc, out);
+    SHOAL_CHECK_GOTO(fsutil_path(worker_bin, sizeof(worker_bin), "%s/shoal-worker", u->bindir),
+                     rc, out);
+    if (access(coord_bin, X_OK) != 0 || access(worker_bin, X_OK) != 0) {
+        rc = shoal_fail(SHOAL_ERR_NOTFOUND, "%s: %s (shoalctl up runs the daemons installed "
+                        "beside it)", access(coord_bin, X_OK) != 0 ? coord_bin : worker_bin,
+                        strerror(errno));
+        goto out;
+    }
+    SHOAL_CHECK_GOTO(s_free_port(&port), rc, out);
+    snprintf(u->listen, sizeof(u->listen), "tcp://127.0.0.1:%d", port);
+
+    snprintf(u->coord.name, sizeof(u->coord.name), "coordinator");
+    SHOAL_CHECK_GOTO(fsutil_path(u->coord.log, sizeof(u->coord.log), "%s/coordinator.log", logs),
+                     rc, out);
+    char *cargv[] = {coord_bin,  "--state-dir", coord_state, "--listen",
+                     u->listen,  "--control",   u->control,  NULL};
+    SHOAL_CHECK_GOTO(s_spawn(&u->coord, cargv), rc, out);
+
+    for (int i = 0; i < u->n_workers; i++) {
+        s_child_t *w = &u->workers[i];
+        char state[PATH_MAX];
+        snprintf(w->name, sizeof(w->name), "w%d", i + 1);
+        SHOAL_CHECK_GOTO(fsutil_path(state, sizeof(state), "%s/%s", u->tmp, w->name), rc, out);
+        SHOAL_CHECK_GOTO(fsutil_mkdir_p(state), rc, out);
+        SHOAL_CHECK_GOTO(fsutil_path(w->log, sizeof(w->log), "%s/%s.log", logs, w->name), rc,
+                         out);
+        char *wargv[] = {worker_bin, "--coordinator", u->listen, "--name",
+                         w->name,    "--state-dir",   state,     NULL};
+        SHOAL_CHECK_GOTO(s_spawn(w, wargv), rc, out);
+    }
+out:
+    return rc;
+}
+
+int cmd_up(ctl_opts_t *o, int argc, char **argv)
+{
+    const char *workers_s = NULL, *out_s = NULL, *limit_s = NULL;
+    bool keep = false;
+    const ctl_optdef_t defs[] = {{"workers", true, &workers_s, NULL},
+                                 {"out", true, &out_s, NULL},
+                                 {"time-limit", true, &limit_s, NULL},
+                                 {"keep", false, NULL, &keep},
+                                 {NULL, false, NULL, NULL}};
+    const char *pos[1];
+    int n_pos;
+    int ex = ctl_parse_args(o, argc, argv, defs, s_usage, pos, 1, &n_pos);
+    if (ex != CTL_EXIT_OK)
+        return ex < 0 ? CTL_EXIT_OK : ex;
+    s_up_t *u = calloc(1, sizeof(*u));
+    if (!u)
+        return ctl_error(o, "out of memory");
+    u->o = o;
+    u->n_workers = 2;
+    double time_limit = 0;
+    if (workers_s) {
+        char *end;
+        long n = strtol(workers_s, &end, 10);
+        if (end == workers_s || *end || n < 1 || n > UP_MAX_WORKERS) {
+            free(u);
+            return ctl_usage_error(o, s_usage, "--workers: expected 1..%d, got '%s'",
+                                   UP_MAX_WORKERS, workers_s);
+        }
+        u->n_workers = (int)n;
+    }
+    if (limit_s) {
+        char *end;
+        time_limit = strtod(limit_s, &end);
+        if (end == limit_s || *end || !(time_limit > 0)) {
+            free(u);
+            return ctl_usage_error(o, s_usage, "--time-limit: expected seconds > 0, got '%s'",
+                                   limit_s);
+        }
+    }
+
+    runspec_t *spec = malloc(sizeof(*spec));
+    char *text = NULL, out_dir[PATH_MAX] = "";
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    ctl_client_t *c = NULL;
+    ctl_reply_t reply = {0};
+    json_t *doc = NULL;
+    s_result_t res = {0};
+    bool started = false;
+    shoal_err_t rc;
+    ex = CTL_EXIT_ERROR;
+    if (!spec) {
+        ctl_error(o, "out of memory");
+        goto out;
+    }
+    /* The spec first: a typo should not cost a cluster start. */
+    if (n_pos == 1) {
+        if (runspec_load_file(pos[0], spec) != SHOAL_OK ||
+            fsutil_read_file(pos[0], &raw, &raw_len) != SHOAL_OK) {
+            ctl_error(o, "%s", shoal_errmsg());
+            goto out;
+        }
+        text = submit_spec_text(pos[0], (const char *)raw, spec);
+    } else {
+        if (runspec_load_string(runspec_default_yaml(), "<embedded tiny-fortunes>", spec) !=
+            SHOAL_OK) {
+            ctl_error(o, "%s", shoal_errmsg());
+            goto out;
+        }
+        text = strdup(runspec_default_yaml());
+    }
+    if (!text) {
+        ctl_error(o, "out of memory");
+        goto out;
+    }
+    if (out_s)
+        snprintf(out_dir, sizeof(out_dir), "%s", out_s);
+    else
+        snprintf(out_dir, sizeof(out_dir), "shoal-out/%s", spec->name);
+
+    if (s_bindir(u->bindir, sizeof(u->bindir)) != SHOAL_OK) {
+        ctl_error(o, "%s", shoal_errmsg());
+        goto out;
+    }
+    struct sigaction sa = {.sa_handler = s_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+
+    started = true;
+    if ((rc = s_start_cluster(u)) != SHOAL_OK) {
+        ctl_error(o, "%s", shoal_errmsg());
+        goto out;
+    }
+    printf("shoal up: coordinator on %s (control %s), %d worker%s, state in %s\n", u->listen,
+           u->control, u->n_workers, u->n_workers == 1 ? "" : "s", u->tmp);
+    fflush(stdout);
+    if (!(c = ctl_client_new(u->control, o->timeout_ms))) {
+        ctl_error(o, "out of memory");
+        goto out;
+    }
+    if ((rc = s_wait_coordinator(u, c)) != SHOAL_OK) {
+        ctl_error(o, "%s", shoal_errmsg());
+        s_print_log_tail(&u->coord, 15);
+        goto out;
+    }
+    rc = ctl_client_submit(c, text, n_pos ? pos[0] : "<embedded tiny-fortunes>", &reply);
+    if (ctl_check_reply(o, rc, &reply) != CTL_EXIT_OK)
+        goto out;
+    doc = ctl_reply_doc(o, &reply);
+    const char *run = ctl_json_str(doc, "id", spec->name);
+    snprintf(res.id, sizeof(res.id), "%s", run);
+    printf("shoal up: run %s (%s): %d steps of %d x %d tokens, model %s\n", spec->name, res.id,
+           spec->steps, spec->global_batch, spec->seq_len, spec->model_preset);
+    fflush(stdout);
+
+    rc = s_follow(u, c, res.id, (long long)spec->global_batch * spec->seq_len, time_limit, &res);
+    if (rc != SHOAL_OK) {
+        ctl_error(o, "%s", shoal_errmsg());
+        for (int i = 0; i < u->n_workers; i++)
+            if (u->workers[i].exited)
+                s_print_log_tail(&u->workers[i], 8);
+        if (u->coord.exited)
+            s_print_log_tail(&u->coord, 15);
+        goto out;
+    }
+    char took[32];
+    ctl_format_duration(res.elapsed_s, took, sizeof(took));
+    if (strcmp(res.state, "done") != 0) {
+        ctl_error(o, "run %s ended %s at step %lld/%lld after %s (logs in %s/logs)", spec->name,
+                  res.state, res.step, res.total, took, u->tmp);
+        keep = true; /* the logs are the only explanation */
+        goto out;
+    }
+    printf("shoal up: run %s done: %lld steps in %s, loss %.4f -> %.4f\n", spec->name, res.step,
+           took, res.first_loss, res.last_loss);
+    ex = CTL_EXIT_OK;
+out:
+    if (started) {
+        ctl_client_destroy(&c); /* before the coordinator goes: no lingering requests */
+        s_stop_all(u);
+    }
+    if (ex == CTL_EXIT_OK) {
+        long long got = -1;
+        if (s_export(u, res.ckpt_step, out_dir, &got) == SHOAL_OK) {
+            printf("shoal up: final model (checkpoint of step %lld) in %s/\n", got, out_dir);
+        } else {
+            ctl_error(o, "copying the final model to %s: %s", out_dir, shoal_errmsg());
+            keep = true;
+            ex = CTL_EXIT_ERROR;
+        }
+    }
+    if (started && u->tmp[0]) {
+        if (keep)
+            printf("shoal up: state dir kept: %s (logs in %s/logs)\n", u->tmp, u->tmp);
+        else if (fsutil_remove_tree(u->tmp) != SHOAL_OK)
+            ctl_error(o, "removing %s: %s", u->tmp, shoal_errmsg());
+    }
+    fflush(stdout);
+    json_decref(doc);
+    ctl_reply_fini(&reply);
+    ctl_client_destroy(&c);
+    free(text);
+    free(raw);
+    free(spec);
+    free(u);
+    return ex;
+}
