@@ -1,0 +1,43 @@
+/* config.h: the coordinator's settings: one descriptor table drives defaults, bounds, the YAML
+ * config file (errors as FILE:LINE:COLUMN) and the command-line flags (which take precedence). */
+#ifndef SHOAL_COORD_CONFIG_H
+#define SHOAL_COORD_CONFIG_H
+
+#include <stdio.h>
+
+#include "err.h"
+
+#define CONFIG_STR_MAX 512
+#define CONFIG_DEFAULT_STATE_DIR "/var/lib/shoal/coordinator"
+#define CONFIG_IPC_PATH_MAX 100 /* sun_path is 108 bytes; stay clear of it */
+
+typedef struct {
+    char state_dir[CONFIG_STR_MAX];  /* state_dir: RocksDB and the control socket live here */
+    char listen[CONFIG_STR_MAX];     /* listen: worker ROUTER endpoint (tcp, port 7400) */
+    char control[CONFIG_STR_MAX];    /* control: shoalctl endpoint ("" = ipc://STATE/control.sock) */
+    char log_level[16];              /* log_level: error|warn|info|debug (info) */
+    int heartbeat_interval_ms;       /* heartbeat_interval_ms: told to workers (500) */
+    int dead_after_ms;               /* dead_after_ms: silence before a worker is dead (3000) */
+    int step_window;                 /* step_window: steps a worker may run ahead unasked (4) */
+    int min_workers;                 /* min_workers: live workers needed to start a run (1) */
+} coord_config_t;
+
+/* Fills every default. */
+void config_defaults(coord_config_t *cfg);
+
+/* Sets one key from its text form; `where` ("FILE:LINE:COL" or "--flag") prefixes errors.
+ * SHOAL_ERR_NOTFOUND for an unknown key, SHOAL_ERR_INVALID for a bad or out-of-range value. */
+shoal_err_t config_set(coord_config_t *cfg, const char *key, const char *value,
+                       const char *where);
+
+/* Applies a YAML file: a mapping of the keys above to scalars. Unknown keys, duplicates,
+ * non-scalar values, bad values and YAML syntax errors fail with "FILE:LINE:COL: ...". */
+shoal_err_t config_load_file(coord_config_t *cfg, const char *path);
+
+/* Resolves derived values (control default from state_dir) and checks ipc:// path lengths. */
+shoal_err_t config_finish(coord_config_t *cfg);
+
+/* The list of keys with defaults and bounds, for --help and the docs. */
+void config_print_keys(FILE *out);
+
+#endif

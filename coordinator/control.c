@@ -1,0 +1,351 @@
+/* control.c: the control API served to shoalctl: one handler per verb, each checks, applies
+ * (one synced batch with its ledger entry), and always answers with a CtlReply carrying JSON. */
+#include "coord_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "log.h"
+#include "runspec.h"
+
+void control_reply(coord_t *c, const wire_route_t *route, int ok, Shoal__ErrorCode code,
+                   const char *message, json_t *json)
+{
+    char *text = json ? json_dumps(json, JSON_COMPACT) : NULL;
+    Shoal__CtlReply rep = SHOAL__CTL_REPLY__INIT;
+    rep.ok = ok;
+    rep.code = ok ? SHOAL__ERROR_CODE__ERR_NONE : code;
+    char msg[WIRE_MAX_TEXT_LEN];
+    snprintf(msg, sizeof msg, "%s", message ? message : "");
+    rep.message = msg;
+    rep.json = text ? text : (char *)"";
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_REPLY, "", COORD_SENDER, 0, ++c->seq);
+    env.body_case = SHOAL__ENVELOPE__BODY_CTL_REPLY;
+    env.ctl_reply = &rep;
+    if (wire_send(c->csock, route, &env, ZMQ_DONTWAIT) != SHOAL_OK)
+        log_warn("control reply not sent: %s", shoal_errmsg());
+    free(text);
+    json_decref(json);
+}
+
+static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
+                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
+                    const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_info("control: refused: %s", msg);
+    control_reply(c, route, 0, code, msg, NULL);
+}
+
+static json_t *s_run_status(const coord_run_t *r)
+{
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:i, s:s}", "id", r->id,
+                     "name", r->name, "state", coord_run_state_name(r->state), "step",
+                     (json_int_t)r->committed_step, "total_steps", (json_int_t)r->total_steps,
+                     "loss", r->loss, "generation", (json_int_t)r->generation,
+                     "checkpoint_step", (json_int_t)r->checkpoint_step, "lease",
+                     (json_int_t)r->lease, "workers", (int)r->plan.n_peers, "reason", r->reason);
+}
+
+static coord_run_t *s_run_arg(coord_t *c, const wire_route_t *route, const char *arg)
+{
+    coord_run_t *r = arg[0] ? coord_find_run(c, arg) : NULL;
+    if (!r)
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, "no run with id or name '%s'", arg);
+    return r;
+}
+
+static void s_submit(coord_t *c, const wire_route_t *route, const Shoal__CtlSubmit *s)
+{
+    const char *origin = s->origin[0] ? s->origin : "submitted spec";
+    runspec_t *spec = malloc(sizeof *spec);
+    if (!spec) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "out of memory");
+        return;
+    }
+    if (runspec_load_string(s->spec_yaml, origin, spec) != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, "%s", shoal_errmsg());
+        goto out;
+    }
+    for (int i = 0; i < c->n_runs; i++)
+        if (strcmp(c->runs[i]->name, spec->name) == 0) {
+            s_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID,
+                    "run name '%s' is already used by %s (%s)", spec->name, c->runs[i]->id,
+                    coord_run_state_name(c->runs[i]->state));
+            goto out;
+        }
+    coord_run_t *r = NULL;
+    if (coord_add_run(c, spec->name, s->spec_yaml, spec->steps,
+                      (uint32_t)spec->model.num_hidden_layers,
+                      (uint32_t)spec->model.n_routed_experts, &r) != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
+        goto out;
+    }
+    char digest[LEDGER_HASH_HEX];
+    (void)ledger_hash("", s->spec_yaml, digest);
+    coord_ledger(c, r->id, "submit",
+                 json_pack("{s:s, s:s, s:i, s:s, s:s}", "name", r->name, "origin", origin,
+                           "steps", spec->steps, "model", spec->model_preset, "spec_sha256",
+                           digest));
+    if (coord_txn_commit(c) != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "run not persisted: %s",
+                shoal_errmsg());
+        goto out;
+    }
+    log_info("run %s: submitted (%s, %d steps)", r->id, r->name, spec->steps);
+    char msg[256];
+    snprintf(msg, sizeof msg, "submitted %s (%s)", r->id, r->name);
+    control_reply(c, route, 1, 0, msg,
+                  json_pack("{s:s, s:s, s:s}", "id", r->id, "name", r->name, "state",
+                            coord_run_state_name(r->state)));
+out:
+    free(spec);
+}
+
+static void s_status(coord_t *c, const wire_route_t *route, const char *arg)
+{
+    json_t *runs = json_array();
+    if (arg[0]) {
+        coord_run_t *r = s_run_arg(c, route, arg);
+        if (!r) {
+            json_decref(runs);
+            return;
+        }
+        json_array_append_new(runs, s_run_status(r));
+    } else {
+        for (int i = 0; i < c->n_runs; i++)
+            json_array_append_new(runs, s_run_status(c->runs[i]));
+    }
+    int live = 0;
+    for (int i = 0; i < c->n_workers; i++)
+        live += c->workers[i]->state == WORKER_ACTIVE;
+    control_reply(c, route, 1, 0, "", json_pack("{s:o, s:i}", "runs", runs, "active_workers",
+                                                live));
+}
+
+static void s_workers(coord_t *c, const wire_route_t *route)
+{
+    json_t *arr = json_array();
+    int64_t now = coord_now_wall_ms();
+    for (int i = 0; i < c->n_workers; i++) {
+        coord_worker_t *w = c->workers[i];
+        json_t *cell = json_null();
+        coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
+        const plan_peer_t *p = r ? plan_find_worker(&r->plan, w->id) : NULL;
+        if (p)
+            cell = json_pack("{s:i, s:i, s:i}", "replica", (int)p->cell.replica, "stage",
+                             (int)p->cell.stage, "ep_rank", (int)p->cell.ep_rank);
+        json_array_append_new(
+            arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:s, s:I, s:f, s:f}", "id",
+                           w->id, "name", w->name, "state", coord_worker_state_name(w->state),
+                           "run", w->run, "cell", cell, "last_heartbeat_ms",
+                           (json_int_t)(w->last_hb_ms ? now - w->last_hb_ms : -1), "host",
+                           w->host, "institution", w->institution, "step", (json_int_t)w->step,
+                           "loss", w->loss, "tokens_per_s", w->tokens_per_s));
+    }
+    control_reply(c, route, 1, 0, "", json_pack("{s:o}", "workers", arr));
+}
+
+static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int drain)
+{
+    coord_worker_t *w = arg[0] ? coord_find_worker(c, arg) : NULL;
+    if (!w) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, "no worker with id or name '%s'",
+                arg);
+        return;
+    }
+    worker_state_t s = w->state;
+    shoal_err_t rc = SHOAL_OK;
+    if (drain) {
+        if (s == WORKER_DRAINING || s == WORKER_DRAINED) {
+            control_reply(c, route, 1, 0, "already draining", NULL);
+            return;
+        }
+        rc = coord_worker_transition(c, w, WORKER_DRAINING, "drain requested by operator");
+        if (rc == SHOAL_OK && !w->run[0])
+            rc = coord_worker_transition(c, w, WORKER_DRAINED, "holds no cell");
+    } else {
+        if (s == WORKER_ACTIVE || s == WORKER_JOINING) {
+            control_reply(c, route, 1, 0, "not drained", NULL);
+            return;
+        }
+        rc = coord_worker_transition(c, w, WORKER_ACTIVE, "undrain requested by operator");
+    }
+    if (rc != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "%s", shoal_errmsg());
+        return;
+    }
+    if (coord_txn_commit(c) != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
+        return;
+    }
+    if (drain)
+        coord_push_drain(c, w, "drain requested by operator");
+    char msg[128];
+    snprintf(msg, sizeof msg, "worker %s is %s", w->id, coord_worker_state_name(w->state));
+    control_reply(c, route, 1, 0, msg,
+                  json_pack("{s:s, s:s}", "id", w->id, "state",
+                            coord_worker_state_name(w->state)));
+}
+
+static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType type,
+                       const char *arg)
+{
+    coord_run_t *r = s_run_arg(c, route, arg);
+    if (!r)
+        return;
+    shoal_err_t rc;
+    if (type == SHOAL__MSG_TYPE__MSG_CTL_PAUSE) {
+        rc = coord_run_transition(c, r, RUN_PAUSED, "paused by operator");
+    } else if (type == SHOAL__MSG_TYPE__MSG_CTL_RESUME) {
+        rc = coord_run_transition(c, r, RUN_RUNNING, "resumed by operator");
+        if (rc == SHOAL_OK && r->generation > 0 && !r->replan_pending) {
+            int64_t l = r->committed_step + c->cfg.step_window;
+            r->lease = l < r->total_steps ? l : r->total_steps;
+            coord_put_run(c, r);
+        }
+    } else {
+        rc = coord_run_transition(c, r, RUN_CANCELLED, "cancelled by operator");
+        if (rc == SHOAL_OK)
+            coord_run_release_workers(c, r, "run cancelled");
+    }
+    if (rc != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "%s", shoal_errmsg());
+        return;
+    }
+    if (coord_txn_commit(c) != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
+        return;
+    }
+    if (type == SHOAL__MSG_TYPE__MSG_CTL_PAUSE) {
+        coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_PAUSE, "paused by operator");
+    } else if (type == SHOAL__MSG_TYPE__MSG_CTL_RESUME) {
+        coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_RESUME, "resumed by operator");
+        coord_push_step_commit(c, r);
+    }
+    char msg[128];
+    snprintf(msg, sizeof msg, "run %s is %s", r->id, coord_run_state_name(r->state));
+    control_reply(c, route, 1, 0, msg,
+                  json_pack("{s:s, s:s}", "id", r->id, "state", coord_run_state_name(r->state)));
+}
+
+static void s_events(coord_t *c, const wire_route_t *route, const Shoal__CtlEvents *ev)
+{
+    const char *chain = ev->run;
+    if (strcmp(chain, LEDGER_CLUSTER) != 0) {
+        coord_run_t *r = s_run_arg(c, route, ev->run);
+        if (!r)
+            return;
+        chain = r->id;
+    }
+    json_t *arr = json_array();
+    if (ledger_list(c->st, chain, ev->since, ev->limit, arr) != SHOAL_OK) {
+        json_decref(arr);
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
+        return;
+    }
+    control_reply(c, route, 1, 0, "", json_pack("{s:s, s:o}", "run", chain, "events", arr));
+}
+
+static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
+{
+    const char *chain = arg;
+    if (strcmp(chain, LEDGER_CLUSTER) != 0) {
+        coord_run_t *r = s_run_arg(c, route, arg);
+        if (!r)
+            return;
+        chain = r->id;
+    }
+    uint64_t n = 0, bad = 0;
+    char reason[512];
+    if (ledger_verify(c->st, chain, &n, &bad, reason, sizeof reason) != SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
+        return;
+    }
+    char msg[700];
+    if (bad)
+        snprintf(msg, sizeof msg, "ledger of %s is broken at %s", chain, reason);
+    else
+        snprintf(msg, sizeof msg, "ledger of %s verifies: %" PRIu64 " entries", chain, n);
+    control_reply(c, route, bad == 0, SHOAL__ERROR_CODE__ERR_INVALID, msg,
+                  json_pack("{s:s, s:I, s:b, s:I, s:s}", "run", chain, "entries", (json_int_t)n,
+                            "ok", bad == 0, "first_bad", (json_int_t)bad, "reason", reason));
+}
+
+static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *cp)
+{
+    coord_run_t *r = s_run_arg(c, route, cp->run);
+    if (!r)
+        return;
+    if (cp->dry_run) {
+        plan_t p;
+        if (coord_plan_preview(c, r, &p) != SHOAL_OK) {
+            s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "%s", shoal_errmsg());
+            return;
+        }
+        control_reply(c, route, 1, 0, "dry run: not applied",
+                      json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 1, "plan",
+                                plan_to_json(&p)));
+        plan_fini(&p);
+        return;
+    }
+    if (r->generation == 0 || r->plan.n_peers == 0) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "run %s has no plan yet (%s)", r->id,
+                coord_run_state_name(r->state));
+        return;
+    }
+    control_reply(c, route, 1, 0, "",
+                  json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 0, "plan",
+                            plan_to_json(&r->plan)));
+}
+
+void control_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env)
+{
+    log_debug("control: %s", wire_type_name((int)env->type));
+    switch (env->type) {
+    case SHOAL__MSG_TYPE__MSG_CTL_SUBMIT:
+        s_submit(c, route, env->ctl_submit);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_STATUS:
+        s_status(c, route, env->ctl_status->run);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_WORKERS:
+        s_workers(c, route);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_DRAIN:
+    case SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN:
+        s_drain(c, route, env->ctl_worker->worker, env->type == SHOAL__MSG_TYPE__MSG_CTL_DRAIN);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_PAUSE:
+    case SHOAL__MSG_TYPE__MSG_CTL_RESUME:
+    case SHOAL__MSG_TYPE__MSG_CTL_CANCEL:
+        s_run_verb(c, route, env->type, env->ctl_run->run);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_EVENTS:
+        s_events(c, route, env->ctl_events);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_VERIFY:
+        s_verify(c, route, env->ctl_run->run);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_PLAN:
+        s_plan(c, route, env->ctl_plan);
+        break;
+    default:
+        c->dropped++;
+        log_warn("dropped %s on the control socket: not a control request",
+                 wire_type_name((int)env->type));
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE,
+                "%s is not a control request", wire_type_name((int)env->type));
+        break;
+    }
+}

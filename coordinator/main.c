@@ -1,0 +1,100 @@
+/* main.c: shoal-coordinator: parse flags, load the config file, start logging, serve until
+ * SIGTERM/SIGINT. Everything else lives in coord.c (tests link it directly). */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "coord.h"
+#include "log.h"
+
+static volatile sig_atomic_t s_stop;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: shoal-coordinator [--state-dir DIR] [--listen ENDPOINT] [--control ENDPOINT]\n"
+            "                         [--config FILE] [--log-level L]\n"
+            "Flags take precedence over the config file (YAML, keys below).\nkeys:\n");
+    config_print_keys(out);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"state-dir", required_argument, NULL, 's'}, {"listen", required_argument, NULL, 'l'},
+        {"control", required_argument, NULL, 'c'},   {"config", required_argument, NULL, 'f'},
+        {"log-level", required_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    /* flags are applied after the file so that they win */
+    const char *flag_key[8], *flag_val[8], *flag_name[8];
+    int n_flags = 0;
+    const char *config_path = NULL;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        const char *key = NULL, *name = NULL;
+        switch (opt) {
+        case 's': key = "state_dir"; name = "--state-dir"; break;
+        case 'l': key = "listen"; name = "--listen"; break;
+        case 'c': key = "control"; name = "--control"; break;
+        case 'v': key = "log_level"; name = "--log-level"; break;
+        case 'f': config_path = optarg; break;
+        case 'h': s_usage(stdout); return 0;
+        default: s_usage(stderr); return 2;
+        }
+        if (key && n_flags < 8) {
+            flag_key[n_flags] = key;
+            flag_val[n_flags] = optarg;
+            flag_name[n_flags++] = name;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "shoal-coordinator: unexpected argument '%s'\n", argv[optind]);
+        s_usage(stderr);
+        return 2;
+    }
+    log_set_component("coordinator");
+    coord_config_t cfg;
+    config_defaults(&cfg);
+    if (config_path && config_load_file(&cfg, config_path) != SHOAL_OK) {
+        fprintf(stderr, "shoal-coordinator: %s\n", shoal_errmsg());
+        return 2;
+    }
+    for (int i = 0; i < n_flags; i++)
+        if (config_set(&cfg, flag_key[i], flag_val[i], flag_name[i]) != SHOAL_OK) {
+            fprintf(stderr, "shoal-coordinator: %s\n", shoal_errmsg());
+            return 2;
+        }
+    if (config_finish(&cfg) != SHOAL_OK) {
+        fprintf(stderr, "shoal-coordinator: %s\n", shoal_errmsg());
+        return 2;
+    }
+    log_set_level((log_level_t)log_level_parse(cfg.log_level));
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    coord_t *c = NULL;
+    if (coord_new(&cfg, &c) != SHOAL_OK) {
+        log_error("cannot start: %s", shoal_errmsg());
+        return 1;
+    }
+    shoal_err_t rc = coord_run(c, &s_stop);
+    if (rc != SHOAL_OK)
+        log_error("stopped on error: %s", shoal_errmsg());
+    coord_destroy(&c);
+    return rc == SHOAL_OK ? 0 : 1;
+}

@@ -1,0 +1,238 @@
+/* plan.c: plan layout (stages, expert shards), the data-parallel planner, plan JSON. */
+#include "plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *plan_source_name(plan_source_t s)
+{
+    switch (s) {
+    case PLAN_SOURCE_INIT: return "init";
+    case PLAN_SOURCE_CHECKPOINT: return "checkpoint";
+    case PLAN_SOURCE_PEER: return "peer";
+    }
+    return "unknown";
+}
+
+void plan_fini(plan_t *p)
+{
+    free(p->stages);
+    free(p->experts);
+    free(p->peers);
+    memset(p, 0, sizeof *p);
+}
+
+shoal_err_t plan_layout(plan_t *p, uint32_t dp, uint32_t pp, uint32_t ep, uint32_t n_layers,
+                        uint32_t n_experts)
+{
+    if (dp == 0 || pp == 0 || ep == 0)
+        return shoal_fail(SHOAL_ERR_INVALID, "plan: dp, pp and ep must be >= 1");
+    if (pp > n_layers)
+        return shoal_fail(SHOAL_ERR_INVALID, "plan: pp %u exceeds the %u layers", pp, n_layers);
+    if (n_experts && n_experts % ep)
+        return shoal_fail(SHOAL_ERR_INVALID, "plan: ep %u does not divide %u experts", ep,
+                          n_experts);
+    free(p->stages);
+    free(p->experts);
+    p->stages = calloc(pp, sizeof *p->stages);
+    p->experts = n_experts ? calloc(ep, sizeof *p->experts) : NULL;
+    if (!p->stages || (n_experts && !p->experts))
+        return shoal_fail(SHOAL_ERR_NOMEM, "plan layout");
+    p->dp = dp;
+    p->pp = pp;
+    p->ep = ep;
+    uint32_t first = 0;
+    for (uint32_t s = 0; s < pp; s++) {
+        uint32_t n = n_layers / pp + (s < n_layers % pp ? 1 : 0);
+        p->stages[s] = (plan_stage_t){first, n, s == 0, s == pp - 1};
+        first += n;
+    }
+    p->n_experts = n_experts ? ep : 0;
+    for (uint32_t e = 0; n_experts && e < ep; e++)
+        p->experts[e] = (plan_experts_t){e, e * (n_experts / ep), n_experts / ep};
+    return SHOAL_OK;
+}
+
+shoal_err_t plan_build_dp(plan_t *p, const char *run_id, uint64_t generation,
+                          const plan_worker_t *workers, uint32_t n, uint32_t n_layers,
+                          uint32_t n_experts)
+{
+    plan_fini(p);
+    if (n == 0)
+        return shoal_fail(SHOAL_ERR_INVALID, "plan for %s: no live workers", run_id);
+    shoal_err_t rc = plan_layout(p, n, 1, 1, n_layers, n_experts);
+    if (rc != SHOAL_OK)
+        goto fail;
+    snprintf(p->run_id, sizeof p->run_id, "%s", run_id);
+    p->generation = generation;
+    p->peers = calloc(n, sizeof *p->peers);
+    if (!p->peers) {
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "plan peers");
+        goto fail;
+    }
+    p->n_peers = n;
+    for (uint32_t i = 0; i < n; i++) {
+        plan_peer_t *peer = &p->peers[i];
+        snprintf(peer->worker_id, sizeof peer->worker_id, "%s", workers[i].worker_id);
+        snprintf(peer->endpoint, sizeof peer->endpoint, "%s",
+                 workers[i].endpoint ? workers[i].endpoint : "");
+        peer->cell = (plan_cell_t){i, 0, 0};
+        peer->rank = plan_rank(p, peer->cell);
+    }
+    return SHOAL_OK;
+fail:
+    plan_fini(p);
+    return rc;
+}
+
+const plan_peer_t *plan_find_worker(const plan_t *p, const char *worker_id)
+{
+    for (uint32_t i = 0; i < p->n_peers; i++)
+        if (strcmp(p->peers[i].worker_id, worker_id) == 0)
+            return &p->peers[i];
+    return NULL;
+}
+
+json_t *plan_to_json(const plan_t *p)
+{
+    json_t *stages = json_array(), *experts = json_array(), *peers = json_array();
+    for (uint32_t s = 0; s < p->pp && p->stages; s++)
+        json_array_append_new(stages, json_pack("{s:i, s:i, s:i, s:b, s:b}", "stage", (int)s,
+                                                "first_layer", (int)p->stages[s].first_layer,
+                                                "n_layers", (int)p->stages[s].n_layers,
+                                                "has_embedding", p->stages[s].has_embedding,
+                                                "has_head", p->stages[s].has_head));
+    for (uint32_t e = 0; e < p->n_experts; e++)
+        json_array_append_new(experts, json_pack("{s:i, s:i, s:i}", "ep_rank",
+                                                 (int)p->experts[e].ep_rank, "first",
+                                                 (int)p->experts[e].first, "count",
+                                                 (int)p->experts[e].count));
+    for (uint32_t i = 0; i < p->n_peers; i++) {
+        const plan_peer_t *q = &p->peers[i];
+        json_array_append_new(peers, json_pack("{s:s, s:i, s:{s:i, s:i, s:i}, s:s}", "worker",
+                                               q->worker_id, "rank", (int)q->rank, "cell",
+                                               "replica", (int)q->cell.replica, "stage",
+                                               (int)q->cell.stage, "ep_rank",
+                                               (int)q->cell.ep_rank, "data_endpoint",
+                                               q->endpoint));
+    }
+    return json_pack("{s:s, s:I, s:{s:i, s:i, s:i}, s:o, s:o, s:o, s:I, s:s, s:I, s:s, s:i}",
+                     "run_id", p->run_id, "generation", (json_int_t)p->generation, "topology",
+                     "dp", (int)p->dp, "pp", (int)p->pp, "ep", (int)p->ep, "stages", stages,
+                     "experts", experts, "peers", peers, "start_step",
+                     (json_int_t)p->start_step, "source", plan_source_name(p->source),
+                     "checkpoint_step", (json_int_t)p->ckpt_step, "checkpoint_path",
+                     p->ckpt_path, "source_rank", (int)p->source_rank);
+}
+
+static shoal_err_t s_int(const json_t *o, const char *key, json_int_t lo, json_int_t hi,
+                         json_int_t *out)
+{
+    const json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: '%s' missing or out of range", key);
+    *out = json_integer_value(v);
+    return SHOAL_OK;
+}
+
+static shoal_err_t s_str(const json_t *o, const char *key, char *dst, size_t cap)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    if (!v || strlen(v) >= cap)
+        return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: '%s' missing or too long", key);
+    memcpy(dst, v, strlen(v) + 1);
+    return SHOAL_OK;
+}
+
+shoal_err_t plan_from_json(const json_t *j, plan_t *p)
+{
+    shoal_err_t rc = SHOAL_OK;
+    json_int_t v, dp, pp, ep;
+    char src[32];
+    const uint32_t cap = 1u << 20;
+    plan_fini(p);
+    const json_t *topo = json_object_get(j, "topology");
+    SHOAL_CHECK_GOTO(s_str(j, "run_id", p->run_id, sizeof p->run_id), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(j, "generation", 0, INT64_MAX, &v), rc, fail);
+    p->generation = (uint64_t)v;
+    SHOAL_CHECK_GOTO(s_int(topo, "dp", 1, cap, &dp), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(topo, "pp", 1, cap, &pp), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(topo, "ep", 1, cap, &ep), rc, fail);
+    p->dp = (uint32_t)dp;
+    p->pp = (uint32_t)pp;
+    p->ep = (uint32_t)ep;
+    SHOAL_CHECK_GOTO(s_int(j, "start_step", 0, INT64_MAX, &v), rc, fail);
+    p->start_step = (int64_t)v;
+    SHOAL_CHECK_GOTO(s_int(j, "checkpoint_step", 0, INT64_MAX, &v), rc, fail);
+    p->ckpt_step = (int64_t)v;
+    SHOAL_CHECK_GOTO(s_str(j, "checkpoint_path", p->ckpt_path, sizeof p->ckpt_path), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(j, "source_rank", 0, cap, &v), rc, fail);
+    p->source_rank = (uint32_t)v;
+    SHOAL_CHECK_GOTO(s_str(j, "source", src, sizeof src), rc, fail);
+    if (strcmp(src, "init") == 0)
+        p->source = PLAN_SOURCE_INIT;
+    else if (strcmp(src, "checkpoint") == 0)
+        p->source = PLAN_SOURCE_CHECKPOINT;
+    else if (strcmp(src, "peer") == 0)
+        p->source = PLAN_SOURCE_PEER;
+    else {
+        rc = shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: unknown source '%s'", src);
+        goto fail;
+    }
+    const json_t *stages = json_object_get(j, "stages"), *experts = json_object_get(j, "experts"),
+                 *peers = json_object_get(j, "peers");
+    if (!json_is_array(stages) || json_array_size(stages) != (size_t)pp ||
+        !json_is_array(experts) || !json_is_array(peers) ||
+        json_array_size(peers) != (size_t)(dp * pp * ep)) {
+        rc = shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: stages, experts or peers inconsistent");
+        goto fail;
+    }
+    p->stages = calloc((size_t)pp, sizeof *p->stages);
+    p->n_experts = (uint32_t)json_array_size(experts);
+    p->experts = p->n_experts ? calloc(p->n_experts, sizeof *p->experts) : NULL;
+    p->n_peers = (uint32_t)json_array_size(peers);
+    p->peers = calloc(p->n_peers, sizeof *p->peers);
+    if (!p->stages || !p->peers || (p->n_experts && !p->experts)) {
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "plan from JSON");
+        goto fail;
+    }
+    for (uint32_t s = 0; s < p->pp; s++) {
+        const json_t *o = json_array_get(stages, s);
+        json_int_t a, b;
+        SHOAL_CHECK_GOTO(s_int(o, "first_layer", 0, cap, &a), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, "n_layers", 0, cap, &b), rc, fail);
+        p->stages[s] = (plan_stage_t){(uint32_t)a, (uint32_t)b,
+                                      json_is_true(json_object_get(o, "has_embedding")),
+                                      json_is_true(json_object_get(o, "has_head"))};
+    }
+    for (uint32_t e = 0; e < p->n_experts; e++) {
+        const json_t *o = json_array_get(experts, e);
+        json_int_t a, b, c;
+        SHOAL_CHECK_GOTO(s_int(o, "ep_rank", 0, cap, &a), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, "first", 0, cap, &b), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, "count", 0, cap, &c), rc, fail);
+        p->experts[e] = (plan_experts_t){(uint32_t)a, (uint32_t)b, (uint32_t)c};
+    }
+    for (uint32_t i = 0; i < p->n_peers; i++) {
+        const json_t *o = json_array_get(peers, i), *cell = json_object_get(o, "cell");
+        plan_peer_t *q = &p->peers[i];
+        json_int_t r, a, b, c;
+        SHOAL_CHECK_GOTO(s_str(o, "worker", q->worker_id, sizeof q->worker_id), rc, fail);
+        SHOAL_CHECK_GOTO(s_str(o, "data_endpoint", q->endpoint, sizeof q->endpoint), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, "rank", 0, cap, &r), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(cell, "replica", 0, dp - 1, &a), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(cell, "stage", 0, pp - 1, &b), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(cell, "ep_rank", 0, ep - 1, &c), rc, fail);
+        q->rank = (uint32_t)r;
+        q->cell = (plan_cell_t){(uint32_t)a, (uint32_t)b, (uint32_t)c};
+        if (q->rank != plan_rank(p, q->cell) || q->rank != i) {
+            rc = shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: peer %u has an inconsistent rank", i);
+            goto fail;
+        }
+    }
+    return SHOAL_OK;
+fail:
+    plan_fini(p);
+    return rc;
+}

@@ -1,0 +1,423 @@
+/* coord_testlib.c: start/stop the real coordinator, control client, fake worker (see .h). */
+#include "coord_testlib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+static void *s_ctx;
+
+static void *s_zctx(void)
+{
+    if (!s_ctx)
+        s_ctx = zmq_ctx_new();
+    return s_ctx;
+}
+
+void tc_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tc_worker_endpoint(const char *dir, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "ipc://%s/w.sock", dir);
+}
+
+void tc_control_endpoint(const char *dir, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "ipc://%s/control.sock", dir);
+}
+
+pid_t tc_start(const char *dir, const char *yaml)
+{
+    char cfg[512], listen[300], log[512];
+    snprintf(cfg, sizeof cfg, "%s/coordinator.yaml", dir);
+    FILE *f = fopen(cfg, "w");
+    if (!f) {
+        perror(cfg);
+        exit(1);
+    }
+    fputs(yaml ? yaml : "", f);
+    fclose(f);
+    tc_worker_endpoint(dir, listen, sizeof listen);
+    snprintf(log, sizeof log, "%s/coordinator.log", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            close(fd);
+        }
+        execl(SHOAL_COORDINATOR_BIN, "shoal-coordinator", "--state-dir", dir, "--listen", listen,
+              "--config", cfg, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 100; i++) {
+        tc_reply_t r;
+        if (tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_STATUS, "", 0, &r) == 0) {
+            tc_reply_fini(&r);
+            return pid;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            fprintf(stderr, "coordinator exited during start (see %s)\n", log);
+            exit(1);
+        }
+    }
+    fprintf(stderr, "coordinator did not answer (see %s)\n", log);
+    kill(pid, SIGKILL);
+    exit(1);
+}
+
+int tc_stop(pid_t pid, int sig)
+{
+    int st = 0;
+    kill(pid, sig);
+    waitpid(pid, &st, 0);
+    return st;
+}
+
+int tc_alive(pid_t pid)
+{
+    int st;
+    return waitpid(pid, &st, WNOHANG) == 0;
+}
+
+void tc_reply_fini(tc_reply_t *r)
+{
+    json_decref(r->json);
+    r->json = NULL;
+}
+
+typedef struct {
+    tc_reply_t *out;
+    int got;
+} s_ctl_ctx_t;
+
+static void s_on_ctl_reply(const Shoal__Envelope *env, void *ctxp)
+{
+    s_ctl_ctx_t *ctx = ctxp;
+    if (env->type != SHOAL__MSG_TYPE__MSG_CTL_REPLY)
+        return;
+    ctx->got = 1;
+    ctx->out->ok = env->ctl_reply->ok;
+    ctx->out->code = env->ctl_reply->code;
+    snprintf(ctx->out->message, sizeof ctx->out->message, "%s", env->ctl_reply->message);
+    ctx->out->json = env->ctl_reply->json[0] ? json_loads(env->ctl_reply->json, 0, NULL) : NULL;
+}
+
+int tc_ctl(const char *dir, Shoal__MsgType type, const char *arg, uint64_t flag, tc_reply_t *out)
+{
+    memset(out, 0, sizeof *out);
+    char ep[300];
+    tc_control_endpoint(dir, ep, sizeof ep);
+    void *s = zmq_socket(s_zctx(), ZMQ_DEALER);
+    int t = 3000, linger = 0;
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &t, sizeof t);
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &t, sizeof t);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(s, ep);
+    Shoal__Envelope env;
+    wire_envelope_init(&env, type, "", "ctl", 0, 1);
+    Shoal__CtlSubmit sub = SHOAL__CTL_SUBMIT__INIT;
+    Shoal__CtlStatus st = SHOAL__CTL_STATUS__INIT;
+    Shoal__CtlWorkers wk = SHOAL__CTL_WORKERS__INIT;
+    Shoal__CtlWorker one = SHOAL__CTL_WORKER__INIT;
+    Shoal__CtlRun run = SHOAL__CTL_RUN__INIT;
+    Shoal__CtlEvents ev = SHOAL__CTL_EVENTS__INIT;
+    Shoal__CtlPlan pl = SHOAL__CTL_PLAN__INIT;
+    env.body_case = wire_body_for_type(type);
+    switch (env.body_case) {
+    case SHOAL__ENVELOPE__BODY_CTL_SUBMIT:
+        sub.spec_yaml = (char *)arg;
+        sub.origin = "test.yaml";
+        env.ctl_submit = &sub;
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_STATUS:
+        st.run = (char *)arg;
+        env.ctl_status = &st;
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_WORKERS:
+        env.ctl_workers = &wk;
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_WORKER:
+        one.worker = (char *)arg;
+        env.ctl_worker = &one;
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_RUN:
+        run.run = (char *)arg;
+        env.ctl_run = &run;
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_EVENTS:
+        ev.run = (char *)arg;
+        ev.since = flag;
+        env.ctl_events = &ev;
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_PLAN:
+        pl.run = (char *)arg;
+        pl.dry_run = flag != 0;
+        env.ctl_plan = &pl;
+        break;
+    default:
+        zmq_close(s);
+        return -1;
+    }
+    int rc = -1;
+    if (wire_send(s, NULL, &env, 0) == SHOAL_OK) {
+        wire_route_t route;
+        s_ctl_ctx_t ctx = {out, 0};
+        if (wire_recv(s, 0, &route, s_on_ctl_reply, &ctx) == SHOAL_OK && ctx.got)
+            rc = 0;
+    }
+    zmq_close(s);
+    return rc;
+}
+
+json_t *tc_run_status(const char *dir, const char *run)
+{
+    tc_reply_t r;
+    if (tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_STATUS, run, 0, &r) != 0 || !r.ok || !r.json)
+        return NULL;
+    json_t *one = json_incref(json_array_get(json_object_get(r.json, "runs"), 0));
+    tc_reply_fini(&r);
+    return one;
+}
+
+/* ---- fake worker ----------------------------------------------------------------------- */
+
+int tc_worker_open(tc_worker_t *w, const char *dir, const char *name)
+{
+    memset(w, 0, sizeof *w);
+    snprintf(w->name, sizeof w->name, "%s", name);
+    char ep[300];
+    tc_worker_endpoint(dir, ep, sizeof ep);
+    w->sock = zmq_socket(s_zctx(), ZMQ_DEALER);
+    int linger = 0, ivl = 50;
+    zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    w->rank = -1;
+    return zmq_connect(w->sock, ep);
+}
+
+void tc_worker_close(tc_worker_t *w)
+{
+    if (w->sock)
+        zmq_close(w->sock);
+    w->sock = NULL;
+}
+
+typedef struct {
+    tc_worker_t *w;
+    uint64_t want_seq;
+    int answered; /* 1 ack, 2 error */
+    int code;
+} s_wctx_t;
+
+static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
+{
+    s_wctx_t *ctx = ctxp;
+    tc_worker_t *w = ctx->w;
+    switch (env->type) {
+    case SHOAL__MSG_TYPE__MSG_REGISTER_REPLY:
+        if (env->reg_reply->accepted)
+            snprintf(w->id, sizeof w->id, "%s", env->reg_reply->worker_id);
+        ctx->answered = env->reg_reply->accepted ? 1 : 2;
+        break;
+    case SHOAL__MSG_TYPE__MSG_ASSIGNMENT: {
+        const Shoal__Assignment *a = env->assignment;
+        snprintf(w->run, sizeof w->run, "%s", env->run_id);
+        w->gen = a->plan->generation;
+        w->rank = (int)a->rank;
+        w->dp = a->plan->topology->dp;
+        w->start_step = a->plan->start_step;
+        w->source = a->plan->source;
+        w->source_rank = (int)a->plan->source_rank;
+        w->lease = a->lease;
+        w->n_assignments++;
+        if (ctx->want_seq == (uint64_t)-1)
+            ctx->answered = 1;
+        break;
+    }
+    case SHOAL__MSG_TYPE__MSG_STEP_COMMIT:
+        if (strcmp(env->run_id, w->run) == 0 && env->generation == w->gen) {
+            w->committed = env->step_commit->step;
+            w->lease = env->step_commit->lease;
+        }
+        break;
+    case SHOAL__MSG_TYPE__MSG_RUN_CONTROL:
+        w->run_command = env->run_control->command;
+        if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP &&
+            strcmp(env->run_id, w->run) == 0) {
+            w->run[0] = 0;
+            w->rank = -1;
+        }
+        break;
+    case SHOAL__MSG_TYPE__MSG_DRAIN:
+        w->drained = 1;
+        break;
+    case SHOAL__MSG_TYPE__MSG_ACK:
+        w->last_directive = env->ack->directive;
+        if (env->ack->acked_seq == ctx->want_seq)
+            ctx->answered = 1;
+        break;
+    case SHOAL__MSG_TYPE__MSG_ERROR:
+        if (env->error->about_seq == ctx->want_seq || env->error->about_seq == 0) {
+            ctx->answered = 2;
+            ctx->code = env->error->code;
+            w->last_error = env->error->code;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void s_pump_until(tc_worker_t *w, s_wctx_t *ctx, int ms)
+{
+    int64_t until = s_now_ms() + ms;
+    while (!ctx->answered) {
+        int64_t left = until - s_now_ms();
+        if (left <= 0)
+            break;
+        zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, (long)left) <= 0)
+            continue;
+        wire_route_t route;
+        while (wire_recv(w->sock, ZMQ_DONTWAIT, &route, s_on_worker_push, ctx) !=
+               SHOAL_ERR_TIMEOUT && !ctx->answered)
+            ;
+    }
+}
+
+void tc_worker_pump(tc_worker_t *w, int ms)
+{
+    s_wctx_t ctx = {w, (uint64_t)-2, 0, 0};
+    s_pump_until(w, &ctx, ms);
+}
+
+int tc_worker_call(tc_worker_t *w, Shoal__Envelope *env)
+{
+    env->run_id = w->run;
+    env->sender = w->id;
+    env->generation = w->gen;
+    env->seq = ++w->seq;
+    if (wire_send(w->sock, NULL, env, 0) != SHOAL_OK)
+        return -1;
+    s_wctx_t ctx = {w, env->seq, 0, 0};
+    if (env->type == SHOAL__MSG_TYPE__MSG_REGISTER)
+        ctx.want_seq = (uint64_t)-3; /* answered by RegisterReply */
+    if (env->type == SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT)
+        ctx.want_seq = (uint64_t)-1; /* answered by an Assignment (or an Ack) */
+    s_pump_until(w, &ctx, 2000);
+    if (!ctx.answered && env->type == SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT)
+        return -1;
+    if (!ctx.answered)
+        return -1;
+    return ctx.answered == 1 ? 0 : (ctx.code ? ctx.code : 99);
+}
+
+int tc_worker_register(tc_worker_t *w)
+{
+    Shoal__Register rg = SHOAL__REGISTER__INIT;
+    char *devs[] = {"cpu"};
+    rg.name = w->name;
+    rg.host = "localhost";
+    rg.devices = devs;
+    rg.n_devices = 1;
+    rg.memory_bytes = 1u << 30;
+    rg.institution = "test";
+    rg.version = "0.1.0";
+    char ep[96];
+    snprintf(ep, sizeof ep, "ipc:///tmp/%s-data.sock", w->name);
+    rg.data_endpoint = ep;
+    if (w->id[0]) {
+        rg.prev_id_case_case = SHOAL__REGISTER__PREV_ID_CASE_PREV_ID;
+        rg.prev_id = w->id;
+    }
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_REGISTER, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_REG;
+    env.reg = &rg;
+    int rc = tc_worker_call(w, &env);
+    return rc;
+}
+
+int tc_worker_heartbeat(tc_worker_t *w, int64_t step)
+{
+    Shoal__Heartbeat hb = SHOAL__HEARTBEAT__INIT;
+    hb.step = step;
+    hb.loss = 2.5f;
+    hb.tokens_per_s = 1000;
+    hb.activity = SHOAL__WORKER_ACTIVITY__ACTIVITY_TRAINING;
+    hb.timestamp_ms = 1;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_HEARTBEAT, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    return tc_worker_call(w, &env);
+}
+
+int tc_worker_step(tc_worker_t *w, int64_t step, float loss)
+{
+    Shoal__StepReport sr = SHOAL__STEP_REPORT__INIT;
+    sr.step = step;
+    sr.loss = loss;
+    sr.tokens = 2048;
+    sr.duration_s = 0.01f;
+    sr.grad_norm = 1.0f;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_REPORT, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
+    env.step_report = &sr;
+    return tc_worker_call(w, &env);
+}
+
+int tc_worker_ckpt(tc_worker_t *w, int64_t step)
+{
+    char name[64], path[128];
+    snprintf(name, sizeof name, "shard-%d.safetensors", w->rank);
+    snprintf(path, sizeof path, "/ckpt/%s/step-%lld", w->run, (long long)step);
+    Shoal__FileDigest fd = SHOAL__FILE_DIGEST__INIT;
+    Shoal__FileDigest *fdp[1] = {&fd};
+    fd.name = name;
+    fd.size = 4096;
+    fd.sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    Shoal__CheckpointShardReport ck = SHOAL__CHECKPOINT_SHARD_REPORT__INIT;
+    ck.step = step;
+    ck.path = path;
+    ck.files = fdp;
+    ck.n_files = 1;
+    ck.holder = w->id;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CKPT_SHARD, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
+    env.ckpt_shard = &ck;
+    return tc_worker_call(w, &env);
+}
+
+int tc_worker_get_assignment(tc_worker_t *w)
+{
+    Shoal__GetAssignment ga = SHOAL__GET_ASSIGNMENT__INIT;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_GET_ASSIGNMENT;
+    env.get_assignment = &ga;
+    return tc_worker_call(w, &env);
+}

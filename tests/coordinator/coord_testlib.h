@@ -1,0 +1,67 @@
+/* coord_testlib.h: test-side helpers for the coordinator tests: start/kill the real
+ * shoal-coordinator binary, a control client, and a fake-but-real worker (a DEALER speaking the
+ * protocol). */
+#ifndef SHOAL_COORD_TESTLIB_H
+#define SHOAL_COORD_TESTLIB_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "wire.h"
+
+typedef struct {
+    int ok;
+    int code;
+    char message[2048];
+    json_t *json; /* parsed reply JSON (NULL when empty); caller json_decref()s */
+} tc_reply_t;
+
+/* Starts shoal-coordinator on ipc sockets in `dir` with a config file holding `yaml` (may be
+ * NULL) and waits until it answers a status request. Returns the pid (exits the test on failure). */
+pid_t tc_start(const char *dir, const char *yaml);
+/* Sends `sig` and reaps; returns the wait status. */
+int tc_stop(pid_t pid, int sig);
+int tc_alive(pid_t pid);
+
+void tc_worker_endpoint(const char *dir, char *buf, size_t cap);
+void tc_control_endpoint(const char *dir, char *buf, size_t cap);
+
+/* One control request; arg is the run/worker/yaml per type, flag is dry_run/since. Returns 0
+ * when a CtlReply came back within 3 s. */
+int tc_ctl(const char *dir, Shoal__MsgType type, const char *arg, uint64_t flag, tc_reply_t *out);
+/* Status JSON of one run ("" = all) as a new reference, or NULL. */
+json_t *tc_run_status(const char *dir, const char *run);
+void tc_reply_fini(tc_reply_t *r);
+
+typedef struct {
+    void *ctx, *sock;
+    char name[64], id[64], run[64];
+    uint64_t gen, seq;
+    int rank, source, source_rank;
+    uint32_t dp, n_assignments;
+    int64_t start_step, lease, committed;
+    int last_error;       /* ErrorCode of the last Error answer, 0 = none */
+    int last_directive;
+    int run_command;      /* last RunControl command */
+    int drained;          /* a Drain arrived */
+} tc_worker_t;
+
+int tc_worker_open(tc_worker_t *w, const char *dir, const char *name);
+void tc_worker_close(tc_worker_t *w);
+/* Sends one message of `type` with `body` set by the caller via env (run/sender/generation
+ * filled from w) and waits up to 2 s for its Ack or Error, handling pushes meanwhile.
+ * Returns 0 on Ack, the ErrorCode (> 0) on Error, -1 on timeout. */
+int tc_worker_call(tc_worker_t *w, Shoal__Envelope *env);
+int tc_worker_register(tc_worker_t *w);
+int tc_worker_heartbeat(tc_worker_t *w, int64_t step);
+int tc_worker_step(tc_worker_t *w, int64_t step, float loss);
+int tc_worker_ckpt(tc_worker_t *w, int64_t step);
+int tc_worker_get_assignment(tc_worker_t *w);
+/* Handles pushed messages (assignments, step commits, run controls) for `ms`. */
+void tc_worker_pump(tc_worker_t *w, int ms);
+
+void tc_sleep_ms(int ms);
+
+#endif
