@@ -26,8 +26,8 @@
 
 #define S_MANIFEST_FORMAT "shoal-checkpoint-v1"
 
-static const char *const s_files[] = {"config.json", "model.safetensors",
-                                      "optimizer.safetensors", "trainer_state.json"};
+static const char *const s_files[] = {"config.json", "model.safetensors", "optimizer.safetensors",
+                                      "trainer_state.json"};
 enum { S_NFILES = sizeof s_files / sizeof s_files[0] };
 
 /* ckpt_save calls in flight in this process: with only one, tmp dirs carrying our own pid are
@@ -216,8 +216,8 @@ static shoal_err_t s_prune(const char *root, int keep, int64_t current)
 
 /* ---- saving ---------------------------------------------------------------------------- */
 
-static shoal_err_t s_write_optimizer(const char *path, const model_config_t *cfg,
-                                     const float *m, const float *v)
+static shoal_err_t s_write_optimizer(const char *path, const model_config_t *cfg, const float *m,
+                                     const float *v)
 {
     int n = model_tensor_list(cfg, NULL, 0);
     model_tensor_info_t *t = calloc((size_t)n, sizeof *t);
@@ -302,7 +302,7 @@ static shoal_err_t s_commit(const char *root, const char *tmp, const char *final
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) == 0) {
             shoal_err_t rc = fsutil_fsync_dir(root);
             if (rc == SHOAL_OK && fsutil_remove_tree(tmp) != SHOAL_OK) /* now the old one */
-                log_warn("checkpoint: %s", shoal_errmsg()); /* committed all the same */
+                log_warn("checkpoint: %s", shoal_errmsg());            /* committed all the same */
             return rc;
         }
         if (errno != EINVAL && errno != ENOSYS)
@@ -341,8 +341,8 @@ shoal_err_t ckpt_save(const char *root, int64_t step, const model_config_t *cfg,
     snprintf(name, sizeof name, ".tmp-step-%08lld-%ld", (long long)step, (long)getpid());
     shoal_err_t rc;
     SHOAL_CHECK_GOTO(fsutil_path(tmp, sizeof tmp, "%s/%s", root, name), rc, fail);
-    SHOAL_CHECK_GOTO(fsutil_path(final, sizeof final, "%s/step-%08lld", root, (long long)step),
-                     rc, fail);
+    SHOAL_CHECK_GOTO(fsutil_path(final, sizeof final, "%s/step-%08lld", root, (long long)step), rc,
+                     fail);
     SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/optimizer.safetensors", tmp), rc, fail);
     SHOAL_CHECK_GOTO(fsutil_mkdir_p(root), rc, fail);
     s_remove_stale(root, name); /* before writing: frees the space of crashed writes */
@@ -366,7 +366,7 @@ shoal_err_t ckpt_save(const char *root, int64_t step, const model_config_t *cfg,
     log_info("checkpoint: committed %s", final);
     return SHOAL_OK;
 
-fail_tmp: {
+fail_tmp : {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", shoal_errmsg());
     fsutil_remove_tree(tmp); /* may overwrite the message: restore it below */
@@ -450,24 +450,47 @@ out:
 }
 
 /* Names the first key in which two configs differ. */
+static const struct {
+    const char *key;
+    size_t offset;
+    int is_int;
+} s_cfg_keys[] = {
+/* clang-format off */
+#define S_KEY(k, is_int) {#k, offsetof(model_config_t, k), is_int}
+    /* clang-format on */
+    S_KEY(vocab_size, 1),
+    S_KEY(hidden_size, 1),
+    S_KEY(num_hidden_layers, 1),
+    S_KEY(num_attention_heads, 1),
+    S_KEY(intermediate_size, 1),
+    S_KEY(moe_intermediate_size, 1),
+    S_KEY(n_routed_experts, 1),
+    S_KEY(n_shared_experts, 1),
+    S_KEY(num_experts_per_tok, 1),
+    S_KEY(n_group, 1),
+    S_KEY(topk_group, 1),
+    S_KEY(first_k_dense_replace, 1),
+    S_KEY(routed_scaling_factor, 0),
+    S_KEY(rms_norm_eps, 0),
+    S_KEY(rope_theta, 0),
+    S_KEY(max_position_embeddings, 1),
+    S_KEY(bias_update_speed, 0),
+#undef S_KEY
+};
+
 static shoal_err_t s_config_mismatch(const char *path, const model_config_t *got,
                                      const model_config_t *want)
 {
-#define S_INT(k)                                                                               \
-    if (got->k != want->k)                                                                     \
-        return shoal_fail(SHOAL_ERR_INVALID, "%s: " #k " is %d but the run expects %d", path,  \
-                          got->k, want->k);
-#define S_DBL(k)                                                                               \
-    if (got->k != want->k)                                                                     \
-        return shoal_fail(SHOAL_ERR_INVALID, "%s: " #k " is %.17g but the run expects %.17g",  \
-                          path, got->k, want->k);
-    S_INT(vocab_size) S_INT(hidden_size) S_INT(num_hidden_layers) S_INT(num_attention_heads)
-    S_INT(intermediate_size) S_INT(moe_intermediate_size) S_INT(n_routed_experts)
-    S_INT(n_shared_experts) S_INT(num_experts_per_tok) S_INT(n_group) S_INT(topk_group)
-    S_INT(first_k_dense_replace) S_DBL(routed_scaling_factor) S_DBL(rms_norm_eps)
-    S_DBL(rope_theta) S_INT(max_position_embeddings) S_DBL(bias_update_speed)
-#undef S_INT
-#undef S_DBL
+    for (size_t i = 0; i < sizeof s_cfg_keys / sizeof s_cfg_keys[0]; i++) {
+        const char *g = (const char *)got + s_cfg_keys[i].offset;
+        const char *w = (const char *)want + s_cfg_keys[i].offset;
+        if (s_cfg_keys[i].is_int && *(const int *)g != *(const int *)w)
+            return shoal_fail(SHOAL_ERR_INVALID, "%s: %s is %d but the run expects %d", path,
+                              s_cfg_keys[i].key, *(const int *)g, *(const int *)w);
+        if (!s_cfg_keys[i].is_int && *(const double *)g != *(const double *)w)
+            return shoal_fail(SHOAL_ERR_INVALID, "%s: %s is %.17g but the run expects %.17g", path,
+                              s_cfg_keys[i].key, *(const double *)g, *(const double *)w);
+    }
     return shoal_fail(SHOAL_ERR_INVALID, "%s: differs from the run's model config", path);
 }
 
@@ -476,8 +499,7 @@ static int s_cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static shoal_err_t s_read_optimizer(const char *path, const model_config_t *cfg, float *m,
-                                    float *v)
+static shoal_err_t s_read_optimizer(const char *path, const model_config_t *cfg, float *m, float *v)
 {
     int n = model_tensor_list(cfg, NULL, 0);
     model_tensor_info_t *t = calloc((size_t)n, sizeof *t);
@@ -545,8 +567,8 @@ out:
     return rc;
 }
 
-shoal_err_t ckpt_load(const char *dir, const model_config_t *expect, float *params,
-                      float *adam_m, float *adam_v, char **trainer_state_json)
+shoal_err_t ckpt_load(const char *dir, const model_config_t *expect, float *params, float *adam_m,
+                      float *adam_v, char **trainer_state_json)
 {
     if (trainer_state_json)
         *trainer_state_json = NULL;
@@ -567,8 +589,7 @@ shoal_err_t ckpt_load(const char *dir, const model_config_t *expect, float *para
         SHOAL_CHECK_GOTO(model_dir_read_file(path, expect, params), rc, out);
     }
     if (adam_m || adam_v) {
-        SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/optimizer.safetensors", dir), rc,
-                         out);
+        SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/optimizer.safetensors", dir), rc, out);
         SHOAL_CHECK_GOTO(s_read_optimizer(path, expect, adam_m, adam_v), rc, out);
     }
     if (trainer_state_json) {
@@ -661,8 +682,8 @@ shoal_err_t ckpt_writer_submit(ckpt_writer_t *w, const char *root, int64_t step,
     int64_t want = model_dir_param_count(cfg);
     if (n != want)
         return shoal_fail(SHOAL_ERR_INVALID,
-                          "checkpoint writer: %lld floats given, the model has %lld",
-                          (long long)n, (long long)want);
+                          "checkpoint writer: %lld floats given, the model has %lld", (long long)n,
+                          (long long)want);
     if (n > w->cap) {
         free(w->params);
         free(w->m);
@@ -690,8 +711,7 @@ shoal_err_t ckpt_writer_submit(ckpt_writer_t *w, const char *root, int64_t step,
     w->rc = SHOAL_OK;
     int e = pthread_create(&w->thread, NULL, s_writer_main, w);
     if (e != 0)
-        return shoal_fail(SHOAL_ERR_IO, "checkpoint writer: cannot start thread: %s",
-                          strerror(e));
+        return shoal_fail(SHOAL_ERR_IO, "checkpoint writer: cannot start thread: %s", strerror(e));
     w->running = 1;
     return SHOAL_OK;
 }

@@ -47,8 +47,8 @@ shoal_err_t ckpt_list(const char *root, int64_t *steps, int cap, int *count);
  * params, adam_m, adam_v: caller arrays of model_dir_param_count(expect) floats, any may be
  * NULL to skip it (bias slots of m and v are set to 0). *trainer_state_json (if not NULL)
  * receives a malloc'd NUL-terminated copy of trainer_state.json; caller frees. */
-shoal_err_t ckpt_load(const char *dir, const model_config_t *expect, float *params,
-                      float *adam_m, float *adam_v, char **trainer_state_json);
+shoal_err_t ckpt_load(const char *dir, const model_config_t *expect, float *params, float *adam_m,
+                      float *adam_v, char **trainer_state_json);
 
 /* Asynchronous writer: one write in flight at a time, on its own pthread. */
 typedef struct ckpt_writer ckpt_writer_t;

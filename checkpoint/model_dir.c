@@ -81,8 +81,8 @@ static shoal_err_t s_read_tensor(const st_file_t *f, const model_tensor_info_t *
         char got[128], want[64];
         s_shape_str(in.ndim, in.shape, got, sizeof got);
         s_shape_str(t->ndim, t->shape, want, sizeof want);
-        return shoal_fail(SHOAL_ERR_FORMAT, "%s: tensor %s has shape %s, expected %s",
-                          st_path(f), t->name, got, want);
+        return shoal_fail(SHOAL_ERR_FORMAT, "%s: tensor %s has shape %s, expected %s", st_path(f),
+                          t->name, got, want);
     }
     return st_read_f32(f, t->name, dst, model_tensor_numel(t));
 }
@@ -161,9 +161,8 @@ static shoal_err_t s_load_sharded(const char *dir, const char *index_path,
     json_object_foreach(wmap, key, val)
     {
         if (!json_is_string(val) || !s_plain_name(json_string_value(val))) {
-            rc = shoal_fail(SHOAL_ERR_FORMAT,
-                            "%s: weight_map entry of %s is not a plain file name", index_path,
-                            key);
+            rc = shoal_fail(SHOAL_ERR_FORMAT, "%s: weight_map entry of %s is not a plain file name",
+                            index_path, key);
             goto out;
         }
         if (!s_is_canonical(sorted, n, key)) {
@@ -210,8 +209,7 @@ out:
     return rc;
 }
 
-shoal_err_t model_dir_load(const char *dir, model_config_t *cfg, float **params,
-                           int64_t *n_params)
+shoal_err_t model_dir_load(const char *dir, model_config_t *cfg, float **params, int64_t *n_params)
 {
     *params = NULL;
     *n_params = 0;

@@ -22,8 +22,7 @@ int64_t model_dir_param_count(const model_config_t *cfg);
  * present exactly once with its exact shape; F64/BF16/F16 are converted to float32. Errors name
  * the file and the tensor: missing tensor (SHOAL_ERR_NOTFOUND), wrong shape, unexpected extra
  * tensor, truncated or corrupt file (SHOAL_ERR_FORMAT); no weights file at all: NOTFOUND. */
-shoal_err_t model_dir_load(const char *dir, model_config_t *cfg, float **params,
-                           int64_t *n_params);
+shoal_err_t model_dir_load(const char *dir, model_config_t *cfg, float **params, int64_t *n_params);
 
 /* Reads one safetensors file holding exactly the canonical tensors of `cfg` into params
  * (model_dir_param_count floats, caller-allocated). Same checks as model_dir_load. */

@@ -22,7 +22,8 @@ shoal_err_t fsutil_mkdir_p(const char *path);
  * past *len, so text files can be used as strings. Missing file: SHOAL_ERR_NOTFOUND. */
 shoal_err_t fsutil_read_file(const char *path, uint8_t **data, size_t *len);
 
-/* Writes all of `len` bytes to `fd` (retrying short writes and EINTR); `path` names it in errors. */
+/* Writes all of `len` bytes to `fd` (retrying short writes and EINTR); `path` names it in errors.
+ */
 shoal_err_t fsutil_write_all(int fd, const void *data, size_t len, const char *path);
 
 /* Creates or truncates `path`, writes `data`, fsyncs and closes it. Not atomic: use

@@ -23,10 +23,9 @@ static const struct {
     const char *name;
     size_t size;
 } s_dtypes[ST_DTYPE__COUNT] = {
-    [ST_F64] = {"F64", 8}, [ST_F32] = {"F32", 4}, [ST_F16] = {"F16", 2},
-    [ST_BF16] = {"BF16", 2}, [ST_I64] = {"I64", 8}, [ST_I32] = {"I32", 4},
-    [ST_I16] = {"I16", 2}, [ST_I8] = {"I8", 1}, [ST_U8] = {"U8", 1},
-    [ST_BOOL] = {"BOOL", 1},
+    [ST_F64] = {"F64", 8}, [ST_F32] = {"F32", 4},   [ST_F16] = {"F16", 2}, [ST_BF16] = {"BF16", 2},
+    [ST_I64] = {"I64", 8}, [ST_I32] = {"I32", 4},   [ST_I16] = {"I16", 2}, [ST_I8] = {"I8", 1},
+    [ST_U8] = {"U8", 1},   [ST_BOOL] = {"BOOL", 1},
 };
 
 const char *st_dtype_name(st_dtype_t dtype)
@@ -129,7 +128,7 @@ struct st_file {
     size_t map_len;
     const uint8_t *data; /* start of the data section */
     uint64_t data_len;
-    s_entry_t *ent;      /* sorted by data offset */
+    s_entry_t *ent; /* sorted by data offset */
     int n;
     s_entry_t **by_name; /* the entries sorted by name */
     char **meta_key, **meta_val;
@@ -231,15 +230,15 @@ static shoal_err_t s_parse_entry(st_file_t *f, const char *name, json_t *obj, s_
     if (__builtin_mul_overflow((uint64_t)numel, (uint64_t)st_dtype_size(e->info.dtype), &nbytes))
         return shoal_fail(SHOAL_ERR_FORMAT, "%s: tensor %s: shape overflows", p, name);
     e->info.nbytes = nbytes;
-    if (!json_is_array(jo) || json_array_size(jo) != 2 ||
-        !json_is_integer(json_array_get(jo, 0)) || !json_is_integer(json_array_get(jo, 1)))
+    if (!json_is_array(jo) || json_array_size(jo) != 2 || !json_is_integer(json_array_get(jo, 0)) ||
+        !json_is_integer(json_array_get(jo, 1)))
         return shoal_fail(SHOAL_ERR_FORMAT,
                           "%s: tensor %s: data_offsets is not an array of two integers", p, name);
     json_int_t b = json_integer_value(json_array_get(jo, 0));
     json_int_t en = json_integer_value(json_array_get(jo, 1));
     if (b < 0 || en < b)
-        return shoal_fail(SHOAL_ERR_FORMAT, "%s: tensor %s: bad data_offsets [%lld, %lld]", p,
-                          name, (long long)b, (long long)en);
+        return shoal_fail(SHOAL_ERR_FORMAT, "%s: tensor %s: bad data_offsets [%lld, %lld]", p, name,
+                          (long long)b, (long long)en);
     e->begin = (uint64_t)b;
     e->end = (uint64_t)en;
     if (e->end - e->begin != nbytes)
@@ -281,8 +280,8 @@ static shoal_err_t s_parse_header(st_file_t *f)
     f->data_len = f->map_len - 8 - hlen;
 
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)f->map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES,
-                              &jerr);
+    json_t *root =
+        json_loadb((const char *)f->map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
         return shoal_fail(SHOAL_ERR_FORMAT, "%s: invalid JSON header at byte %d: %s", p,
                           jerr.position, jerr.text);
@@ -326,8 +325,8 @@ static shoal_err_t s_parse_header(st_file_t *f)
         }
         if (e->begin > at) {
             rc = shoal_fail(SHOAL_ERR_FORMAT,
-                            "%s: tensor %s: data starts at %llu, leaving a gap after byte %llu",
-                            p, e->name, (unsigned long long)e->begin, (unsigned long long)at);
+                            "%s: tensor %s: data starts at %llu, leaving a gap after byte %llu", p,
+                            e->name, (unsigned long long)e->begin, (unsigned long long)at);
             goto out;
         }
         at = e->end;
@@ -465,8 +464,8 @@ static void s_shape_str(const st_info_t *in, char *buf, size_t cap)
     size_t at = 0;
     at += (size_t)snprintf(buf, cap, "[");
     for (int i = 0; i < in->ndim && at < cap; i++)
-        at += (size_t)snprintf(buf + at, cap - at, "%s%lld", i ? ", " : "",
-                               (long long)in->shape[i]);
+        at +=
+            (size_t)snprintf(buf + at, cap - at, "%s%lld", i ? ", " : "", (long long)in->shape[i]);
     if (at < cap)
         snprintf(buf + at, cap - at, "]");
 }
@@ -586,11 +585,9 @@ static shoal_err_t s_build_header(const char *path, const st_tensor_t *t, int n,
         if (!bad)
             bad = json_object_set_new(ent, "dtype", json_string(st_dtype_name(x->dtype))) ||
                   json_object_set(ent, "shape", shape) ||
-                  json_object_set(ent, "data_offsets", offs) ||
-                  json_object_set(root, x->name, ent);
+                  json_object_set(ent, "data_offsets", offs) || json_object_set(root, x->name, ent);
         for (int d = 0; !bad && d < x->ndim; d++) {
-            if (x->shape[d] < 0 ||
-                __builtin_mul_overflow(numel, (uint64_t)x->shape[d], &numel)) {
+            if (x->shape[d] < 0 || __builtin_mul_overflow(numel, (uint64_t)x->shape[d], &numel)) {
                 bad = 2;
                 break;
             }
@@ -626,8 +623,7 @@ out:
     return rc;
 }
 
-shoal_err_t st_write_file(const char *path, const st_tensor_t *t, int n,
-                          const char *const *meta_kv)
+shoal_err_t st_write_file(const char *path, const st_tensor_t *t, int n, const char *const *meta_kv)
 {
     if (n < 0 || (n > 0 && !t))
         return shoal_fail(SHOAL_ERR_INVALID, "%s: bad tensor list", path);

@@ -45,7 +45,7 @@ typedef struct st_file st_file_t;
 
 typedef struct {
     st_dtype_t dtype;
-    int ndim;                     /* 0 = scalar */
+    int ndim; /* 0 = scalar */
     int64_t shape[ST_MAX_NDIM];
     int64_t numel;
     uint64_t nbytes;

@@ -53,12 +53,12 @@ static inline char *tu_mkdtemp(const char *tag)
 
 /* How tu_write_model deviates from a correct model file. */
 typedef struct {
-    const char *drop;       /* leave out this tensor */
-    const char *bad_shape;  /* write this tensor with its dims swapped / one longer */
-    const char *extra;      /* add an extra tensor of this name */
-    const char *as_i64;     /* write this tensor as I64 */
-    st_dtype_t dtype;       /* ST_F32, ST_F64, ST_BF16 or ST_F16 for all float tensors */
-    int first, count;       /* write canonical tensors [first, first+count) only (count 0: all) */
+    const char *drop;      /* leave out this tensor */
+    const char *bad_shape; /* write this tensor with its dims swapped / one longer */
+    const char *extra;     /* add an extra tensor of this name */
+    const char *as_i64;    /* write this tensor as I64 */
+    st_dtype_t dtype;      /* ST_F32, ST_F64, ST_BF16 or ST_F16 for all float tensors */
+    int first, count;      /* write canonical tensors [first, first+count) only (count 0: all) */
 } tu_variant_t;
 
 /* Writes `path` from params (flat layout), deviating as `v` says. */

@@ -1,10 +1,12 @@
 /* test_ckpt: step checkpoints: bit-exact round trip, keep pruning, stale temp dirs, latest step,
  * every kind of damage (truncation, flipped byte, missing tensor, wrong shape, wrong config),
  * SIGKILL in the middle of writing, and the asynchronous writer. */
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <dirent.h>
@@ -184,8 +186,7 @@ static void test_round_trip(void **state)
     assert_int_equal(s_count_entries(root, "step-"), 1);
 
     /* bad arguments */
-    assert_int_equal(ckpt_save(root, 21, &s_cfg, s.p, s.m, s.v, "{not json", 0),
-                     SHOAL_ERR_INVALID);
+    assert_int_equal(ckpt_save(root, 21, &s_cfg, s.p, s.m, s.v, "{not json", 0), SHOAL_ERR_INVALID);
     assert_int_equal(ckpt_save(root, -1, &s_cfg, s.p, s.m, s.v, NULL, 0), SHOAL_ERR_INVALID);
     assert_int_equal(ckpt_save(root, 21, &s_cfg, s.p, NULL, s.v, NULL, 0), SHOAL_ERR_INVALID);
     char file_root[600];
@@ -555,13 +556,11 @@ static void test_async_writer(void **state)
     assert_non_null(w);
     assert_int_equal(ckpt_writer_last_step(w), -1);
     assert_int_equal(ckpt_writer_wait(w), SHOAL_OK); /* nothing in flight */
-    assert_int_equal(ckpt_writer_submit(w, root, 1, &s_cfg, s.p, s.m, s.v, s_n,
-                                        "{\"step\": 1}", 0),
+    assert_int_equal(ckpt_writer_submit(w, root, 1, &s_cfg, s.p, s.m, s.v, s_n, "{\"step\": 1}", 0),
                      SHOAL_OK);
     /* the caller's buffers are free again at once: the writer took a snapshot */
     tu_fill(s.p, s_n, 1234);
-    assert_int_equal(ckpt_writer_submit(w, root, 2, &s_cfg, s.p, s.m, s.v, s_n,
-                                        "{\"step\": 2}", 0),
+    assert_int_equal(ckpt_writer_submit(w, root, 2, &s_cfg, s.p, s.m, s.v, s_n, "{\"step\": 2}", 0),
                      SHOAL_OK);
     assert_int_equal(ckpt_writer_wait(w), SHOAL_OK);
     assert_int_equal(ckpt_writer_last_step(w), 2);
@@ -596,8 +595,7 @@ static void test_async_writer(void **state)
     assert_int_equal(step, 2);
     assert_int_equal(ckpt_writer_submit(w, root, 5, &s_cfg, s.p, s.m, s.v, s_n - 1, NULL, 0),
                      SHOAL_ERR_INVALID);
-    assert_int_equal(ckpt_writer_submit(w, root, 5, &s_cfg, s.p, s.m, s.v, s_n, NULL, 1),
-                     SHOAL_OK);
+    assert_int_equal(ckpt_writer_submit(w, root, 5, &s_cfg, s.p, s.m, s.v, s_n, NULL, 1), SHOAL_OK);
     ckpt_writer_destroy(&w); /* waits for step 5 */
     assert_null(w);
     ckpt_writer_destroy(&w);
@@ -615,9 +613,9 @@ static void test_async_writer(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),      cmocka_unit_test(test_keep_and_latest),
-        cmocka_unit_test(test_stale_tmp),       cmocka_unit_test(test_damage),
-        cmocka_unit_test(test_async_writer),    cmocka_unit_test(test_sigkill_while_writing),
+        cmocka_unit_test(test_round_trip),   cmocka_unit_test(test_keep_and_latest),
+        cmocka_unit_test(test_stale_tmp),    cmocka_unit_test(test_damage),
+        cmocka_unit_test(test_async_writer), cmocka_unit_test(test_sigkill_while_writing),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

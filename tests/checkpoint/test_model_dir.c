@@ -1,9 +1,11 @@
 /* test_model_dir: model directories (single file and HF shards) to and from the flat float32
  * parameter array: exact round trip, dtype conversion, and every way a directory can be wrong. */
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -221,8 +223,8 @@ static void s_write_sharded(const char *dir, int nshards, const char *index_json
             v.count = n - s * per;
         assert_int_equal(tu_write_model(p, &s_cfg, s_params, &v), SHOAL_OK);
         for (int i = s * per; i < s * per + v.count; i++)
-            at += (size_t)snprintf(idx + at, cap - at, "%s\"%s\": \"%s\"", i ? ", " : "",
-                                   t[i].name, fn);
+            at += (size_t)snprintf(idx + at, cap - at, "%s\"%s\": \"%s\"", i ? ", " : "", t[i].name,
+                                   fn);
     }
     snprintf(idx + at, cap - at, "}}");
     snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
@@ -270,7 +272,8 @@ static void test_sharded(void **state)
     s_expect_msg(p, t0.name);
 
     s_dir(dir, sizeof dir, "sh-extra");
-    snprintf(idx, sizeof idx, "{\"weight_map\": {\"bogus.weight\": \"model-00001-of-00002.safetensors\"}}");
+    snprintf(idx, sizeof idx,
+             "{\"weight_map\": {\"bogus.weight\": \"model-00001-of-00002.safetensors\"}}");
     s_write_sharded(dir, 2, idx);
     assert_int_equal(s_load(dir, &back), SHOAL_ERR_FORMAT);
     s_expect_msg("bogus.weight", NULL);
@@ -290,8 +293,8 @@ static void test_sharded(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_param_count),        cmocka_unit_test(test_save_load_round_trip),
-        cmocka_unit_test(test_dtype_conversion),   cmocka_unit_test(test_single_file_errors),
+        cmocka_unit_test(test_param_count),      cmocka_unit_test(test_save_load_round_trip),
+        cmocka_unit_test(test_dtype_conversion), cmocka_unit_test(test_single_file_errors),
         cmocka_unit_test(test_sharded),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -2,10 +2,12 @@
  * (moe_ref.py): we load the oracle's init output (single file, 3 shards, bf16, f64) to the exact
  * float32 values the oracle itself reads, and the oracle reads what we write. Skips (77) when
  * /usr/bin/python3 cannot import torch. */
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -208,8 +210,10 @@ static int s_teardown(void **state)
 int main(void)
 {
     if (!s_python_has_torch()) {
-        fprintf(stderr, "test_oracle_interop: " S_PYTHON " cannot import torch (or %s is "
-                        "missing): skipped\n", SHOAL_ORACLE);
+        fprintf(stderr,
+                "test_oracle_interop: " S_PYTHON " cannot import torch (or %s is "
+                "missing): skipped\n",
+                SHOAL_ORACLE);
         return 77;
     }
     const struct CMUnitTest tests[] = {

@@ -1,9 +1,11 @@
 /* test_safetensors: safetensors round trip of every dtype, float conversions, truncated and
  * hostile files; and the sha256 and fsutil helpers the checkpoint format relies on. */
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <math.h>
@@ -71,11 +73,11 @@ static void test_round_trip_all_dtypes(void **state)
     uint8_t bools[2] = {1, 0};
     float scalar = 42.0f;
     st_tensor_t t[] = {
-        {"f64", ST_F64, 2, {2, 3}, f64},  {"f32", ST_F32, 1, {7}, f32},
-        {"f16", ST_F16, 2, {2, 2}, f16},  {"bf16", ST_BF16, 1, {3}, bf16},
-        {"i64", ST_I64, 1, {2}, i64},     {"i32", ST_I32, 2, {1, 2}, i32},
-        {"i16", ST_I16, 1, {1}, i16},     {"i8", ST_I8, 1, {3}, i8},
-        {"u8", ST_U8, 1, {3}, u8},        {"bool", ST_BOOL, 1, {2}, bools},
+        {"f64", ST_F64, 2, {2, 3}, f64},     {"f32", ST_F32, 1, {7}, f32},
+        {"f16", ST_F16, 2, {2, 2}, f16},     {"bf16", ST_BF16, 1, {3}, bf16},
+        {"i64", ST_I64, 1, {2}, i64},        {"i32", ST_I32, 2, {1, 2}, i32},
+        {"i16", ST_I16, 1, {1}, i16},        {"i8", ST_I8, 1, {3}, i8},
+        {"u8", ST_U8, 1, {3}, u8},           {"bool", ST_BOOL, 1, {2}, bools},
         {"scalar", ST_F32, 0, {0}, &scalar}, {"empty", ST_F32, 2, {0, 5}, NULL},
     };
     int n = (int)(sizeof t / sizeof t[0]);
@@ -186,13 +188,13 @@ static void test_half_conversions(void **state)
     assert_int_equal(st_f32_to_f16(65519.0f), 0x7bff);
     assert_int_equal(st_f32_to_f16(65520.0f), 0x7c00);
     assert_int_equal(st_f32_to_f16(0x1p-24f), 0x0001);
-    assert_int_equal(st_f32_to_f16(0x1p-25f), 0x0000);       /* tie to even: 0 */
+    assert_int_equal(st_f32_to_f16(0x1p-25f), 0x0000); /* tie to even: 0 */
     assert_int_equal(st_f32_to_f16(0x1.8p-25f), 0x0001);
-    assert_int_equal(st_f32_to_f16(0x3p-25f), 0x0002);       /* 1.5 units: tie to even 2 */
+    assert_int_equal(st_f32_to_f16(0x3p-25f), 0x0002);        /* 1.5 units: tie to even 2 */
     assert_int_equal(st_f32_to_f16(1.0f + 0x1p-11f), 0x3c00); /* tie: stays even */
     assert_int_equal(st_f32_to_f16(1.0f + 0x3p-11f), 0x3c02);
     assert_int_equal(st_f32_to_f16(-2.0f), 0xc000);
-    assert_int_equal(st_f32_to_f16(0x1.ffcp-15f), 0x0400);   /* rounds up into the normals */
+    assert_int_equal(st_f32_to_f16(0x1.ffcp-15f), 0x0400);    /* rounds up into the normals */
     assert_int_equal(st_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80); /* tie to even */
     assert_int_equal(st_f32_to_bf16(1.0f + 0x3p-8f), 0x3f82);
 }
@@ -260,7 +262,7 @@ static shoal_err_t s_open_raw(uint64_t hlen, const char *header, size_t ndata, c
     return rc;
 }
 
-#define HOSTILE(hdr, ndata, want)                                                               \
+#define HOSTILE(hdr, ndata, want)                                                                  \
     assert_int_equal(s_open_raw(strlen(hdr), (hdr), (ndata), (want)), SHOAL_ERR_FORMAT)
 
 static void test_hostile_headers(void **state)
@@ -303,8 +305,7 @@ static void test_hostile_headers(void **state)
     HOSTILE("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4, "data_offsets");
     HOSTILE("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[\"0\",4]}}", 4,
             "data_offsets");
-    HOSTILE("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}", 4,
-            "data_offsets");
+    HOSTILE("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}", 4, "data_offsets");
     HOSTILE("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", 4, "data_offsets");
     HOSTILE("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 8, "needs 8");
     HOSTILE("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 4, "past");
@@ -355,14 +356,10 @@ static void test_writer_rejects(void **state)
     assert_int_equal(st_write_file(path, dup, 2, NULL), SHOAL_ERR_INVALID);
     assert_non_null(strstr(shoal_errmsg(), "twice"));
     st_tensor_t bad[] = {
-        {"", ST_F32, 1, {2}, a},
-        {"__metadata__", ST_F32, 1, {2}, a},
-        {NULL, ST_F32, 1, {2}, a},
-        {"x", ST_F32, 9, {2}, a},
-        {"x", ST_F32, 1, {-2}, a},
-        {"x", (st_dtype_t)99, 1, {2}, a},
-        {"x", ST_F32, 1, {2}, NULL},
-        {"\xff", ST_F32, 1, {2}, a},
+        {"", ST_F32, 1, {2}, a},     {"__metadata__", ST_F32, 1, {2}, a},
+        {NULL, ST_F32, 1, {2}, a},   {"x", ST_F32, 9, {2}, a},
+        {"x", ST_F32, 1, {-2}, a},   {"x", (st_dtype_t)99, 1, {2}, a},
+        {"x", ST_F32, 1, {2}, NULL}, {"\xff", ST_F32, 1, {2}, a},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(st_write_file(path, &bad[i], 1, NULL), SHOAL_ERR_INVALID);
@@ -371,8 +368,7 @@ static void test_writer_rejects(void **state)
     assert_int_equal(access(path, F_OK), -1);
     assert_int_equal(access(tmp, F_OK), -1);
     /* a directory that does not exist: I/O error naming the file */
-    assert_int_equal(st_write_file("/nonexistent-dir/x.safetensors", dup, 1, NULL),
-                     SHOAL_ERR_IO);
+    assert_int_equal(st_write_file("/nonexistent-dir/x.safetensors", dup, 1, NULL), SHOAL_ERR_IO);
     assert_non_null(strstr(shoal_errmsg(), "/nonexistent-dir/x.safetensors"));
 }
 
@@ -475,9 +471,12 @@ static void test_fsutil(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_all_dtypes), cmocka_unit_test(test_half_conversions),
-        cmocka_unit_test(test_truncated_every_cut),   cmocka_unit_test(test_hostile_headers),
-        cmocka_unit_test(test_writer_rejects),        cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_round_trip_all_dtypes),
+        cmocka_unit_test(test_half_conversions),
+        cmocka_unit_test(test_truncated_every_cut),
+        cmocka_unit_test(test_hostile_headers),
+        cmocka_unit_test(test_writer_rejects),
+        cmocka_unit_test(test_sha256),
         cmocka_unit_test(test_fsutil),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
