@@ -10,6 +10,14 @@ extern "C" {
  * (in place). Use scale = 1/(total positions) for the gradient of the mean. */
 double cross_entropy_forward_backward(const float *logits, const int32_t *tgt, int M, int V,
                                       float scale, float *dlogits);
+#ifdef SHOAL_HAVE_CUDA
+/* As cross_entropy_forward_backward, but the per-row losses −log softmax(logits[m])[tgt[m]]
+ * go to row_loss [M] (device, double; may be NULL) for the caller to reduce, since the launch
+ * is asynchronous. dlogits may be NULL or equal logits. */
+shoal_err_t cross_entropy_forward_backward_cuda(const float *logits, const int32_t *tgt, int M,
+                                                int V, float scale, float *dlogits,
+                                                double *row_loss, cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -12,6 +12,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* CUDA twins (`<op>_cuda`, built when SHOAL_HAVE_CUDA): the same semantics on device pointers,
+ * enqueued on a stream, returning SHOAL_ERR_CUDA (detail in shoal_errmsg()) when the launch
+ * fails. Results agree with the CPU within float rounding (different exp, FMA contraction,
+ * reduction order), not bitwise, except where a header says so. */
+#ifdef SHOAL_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "err.h"
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -33,6 +33,18 @@ double lr_at(int64_t k, int64_t steps, double lr, int64_t warmup, double min_lr)
 /* b_i ← b_i + γ·sign(c̄ − c_i) with c̄ the mean of counts, the sign evaluated exactly in
  * integers (sign(Σc − N·c_i)), sign(0) = 0. */
 void moe_bias_update(float *bias, const int64_t *counts, int N, float gamma);
+#ifdef SHOAL_HAVE_CUDA
+/* Same scalars and element formula as adamw_update (hp is a host pointer). */
+shoal_err_t adamw_update_cuda(float *p, const float *g, float *m, float *v, int64_t n, float lr,
+                              int decay, int64_t t, const adamw_hparams_t *hp,
+                              cudaStream_t stream);
+/* *acc (device double) += Σ g² over n elements; one block, fixed order: deterministic. */
+shoal_err_t grad_sum_squares_cuda(const float *g, int64_t n, double *acc, cudaStream_t stream);
+shoal_err_t grad_scale_cuda(float *g, int64_t n, float coef, cudaStream_t stream);
+/* bias and counts are device arrays of N. */
+shoal_err_t moe_bias_update_cuda(float *bias, const int64_t *counts, int N, float gamma,
+                                 cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -16,6 +16,13 @@ void rope_forward(float *x, int B, int T, int H, int dh, int ld, const float *co
 /* In place: turns ∂L/∂x' into ∂L/∂x (the transposed rotation). */
 void rope_backward(float *dx, int B, int T, int H, int dh, int ld, const float *cos_t,
                    const float *sin_t);
+#ifdef SHOAL_HAVE_CUDA
+/* cos_t, sin_t: device copies of rope_tables() (computed once on the host). */
+shoal_err_t rope_forward_cuda(float *x, int B, int T, int H, int dh, int ld, const float *cos_t,
+                              const float *sin_t, cudaStream_t stream);
+shoal_err_t rope_backward_cuda(float *dx, int B, int T, int H, int dh, int ld,
+                               const float *cos_t, const float *sin_t, cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -10,6 +10,11 @@ extern "C" {
 void swiglu_forward(const float *gu, int M, int f, float *a);
 /* Given da [M, f], writes dgu [M, 2f] (gate part then up part). */
 void swiglu_backward(const float *gu, const float *da, int M, int f, float *dgu);
+#ifdef SHOAL_HAVE_CUDA
+shoal_err_t swiglu_forward_cuda(const float *gu, int M, int f, float *a, cudaStream_t stream);
+shoal_err_t swiglu_backward_cuda(const float *gu, const float *da, int M, int f, float *dgu,
+                                 cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif
