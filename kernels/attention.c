@@ -10,6 +10,10 @@
 #include "rope.h"
 #include "vexp.h"
 
+/* Query rows per causal block: smaller blocks skip more of the masked upper triangle, larger
+ * ones keep the GEMMs efficient. */
+#define ATTN_QBLOCK 64
+
 /* row[j] ← exp(row[j] − mx) for j < n; returns the sum (8 lanes, for the vectoriser). */
 SHOAL_VECTOR_CLONES
 static float s_exp_sum(float *restrict row, int n, float mx)
@@ -46,23 +50,27 @@ void attention_forward(const attention_shape_t *s, const float *a, const float *
             const float *q = qkv + (size_t)b * T * ld + h * dh;
             const float *k = q + d, *v = q + 2 * d;
             float *pb = p + ((size_t)b * H + h) * T * T;
-            /* scores [T, T] = scale · q k^T (the upper triangle is computed and discarded) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dh, scale, q, ld, k, ld,
-                        0.0f, pb, T);
-            for (int i = 0; i < T; i++) {
-                float *row = pb + (size_t)i * T;
-                float mx = row[0];
-                for (int j = 1; j <= i; j++)
-                    mx = row[j] > mx ? row[j] : mx;
-                const float sum = s_exp_sum(row, i + 1, mx);
-                const float inv = 1.0f / sum;
-                for (int j = 0; j <= i; j++)
-                    row[j] *= inv;
-                memset(row + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
+            float *ob = o + (size_t)b * T * d + h * dh;
+            /* causal blocks: query rows [i0, i1) only need keys [0, i1) */
+            for (int i0 = 0; i0 < T; i0 += ATTN_QBLOCK) {
+                const int i1 = i0 + ATTN_QBLOCK < T ? i0 + ATTN_QBLOCK : T, nq = i1 - i0;
+                float *pq = pb + (size_t)i0 * T;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, i1, dh, scale,
+                            q + (size_t)i0 * ld, ld, k, ld, 0.0f, pq, T);
+                for (int i = i0; i < i1; i++) {
+                    float *row = pb + (size_t)i * T;
+                    float mx = row[0];
+                    for (int j = 1; j <= i; j++)
+                        mx = row[j] > mx ? row[j] : mx;
+                    const float inv = 1.0f / s_exp_sum(row, i + 1, mx);
+                    for (int j = 0; j <= i; j++)
+                        row[j] *= inv;
+                    memset(row + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
+                }
+                /* o[i0:i1] = P[i0:i1, 0:i1] v[0:i1] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, dh, i1, 1.0f, pq, T, v,
+                            ld, 0.0f, ob + (size_t)i0 * d, d);
             }
-            /* o_bh [T, dh] = P v */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dh, T, 1.0f, pb, T, v, ld,
-                        0.0f, o + (size_t)b * T * d + h * dh, d);
         }
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, d, d, 1.0f, o, d, w_o, d, 0.0f, out,
@@ -89,27 +97,36 @@ void attention_backward(const attention_shape_t *s, const float *a, const float 
             float *dq = dqkv + base, *dk = dq + d, *dv = dq + 2 * d;
             const float *pb = p + ((size_t)b * H + h) * T * T;
             const float *dob = dobuf + (size_t)b * T * d + h * dh;
-            /* dP [T, T] = dO V^T;  dV [T, dh] = P^T dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dh, 1.0f, dob, d, v, ld,
-                        0.0f, dp, T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dh, T, 1.0f, pb, T, dob, d,
-                        0.0f, dv, ld);
-            /* dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled here by 1/√dh for both q and k */
-            for (int i = 0; i < T; i++) {
-                const float *prow = pb + (size_t)i * T;
-                float *drow = dp + (size_t)i * T;
-                float dot = 0.0f;
-                for (int j = 0; j <= i; j++)
-                    dot += prow[j] * drow[j];
-                for (int j = 0; j <= i; j++)
-                    drow[j] = scale * prow[j] * (drow[j] - dot);
-                memset(drow + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
+            /* the same causal blocks, last first: it covers every key, so it initialises dK, dV
+             * (beta 0) and the earlier blocks accumulate */
+            const int last = (T - 1) / ATTN_QBLOCK * ATTN_QBLOCK;
+            for (int i0 = last; i0 >= 0; i0 -= ATTN_QBLOCK) {
+                const int i1 = i0 + ATTN_QBLOCK < T ? i0 + ATTN_QBLOCK : T, nq = i1 - i0;
+                const float beta = i0 == last ? 0.0f : 1.0f;
+                const float *pq = pb + (size_t)i0 * T;
+                float *dpq = dp + (size_t)i0 * T;
+                /* dP[i0:i1, 0:i1] = dO[i0:i1] v[0:i1]^T;  dV[0:i1] += P[i0:i1, 0:i1]^T dO[i0:i1] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, i1, dh, 1.0f,
+                            dob + (size_t)i0 * d, d, v, ld, 0.0f, dpq, T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dh, nq, 1.0f, pq, T,
+                            dob + (size_t)i0 * d, d, beta, dv, ld);
+                /* dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled here by 1/√dh for both q and k */
+                for (int i = i0; i < i1; i++) {
+                    const float *prow = pb + (size_t)i * T;
+                    float *drow = dp + (size_t)i * T;
+                    float dot = 0.0f;
+                    for (int j = 0; j <= i; j++)
+                        dot += prow[j] * drow[j];
+                    for (int j = 0; j <= i; j++)
+                        drow[j] = scale * prow[j] * (drow[j] - dot);
+                    memset(drow + i + 1, 0, sizeof(float) * (size_t)(i1 - i - 1));
+                }
+                /* dQ[i0:i1] = dS K[0:i1];  dK[0:i1] += dS^T Q[i0:i1] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, dh, i1, 1.0f, dpq, T,
+                            k, ld, 0.0f, dq + (size_t)i0 * ld, ld);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dh, nq, 1.0f, dpq, T,
+                            q + (size_t)i0 * ld, ld, beta, dk, ld);
             }
-            /* dQ = dS K;  dK = dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dh, T, 1.0f, dp, T, k, ld,
-                        0.0f, dq, ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dh, T, 1.0f, dp, T, q, ld,
-                        0.0f, dk, ld);
         }
     }
     rope_backward(dqkv, B, T, H, dh, ld, cos_t, sin_t);

@@ -53,7 +53,7 @@ def random_config(over):
                n_shared_experts=rng.choice([0, 1, 2]), num_experts_per_tok=K, n_group=G,
                topk_group=TG, first_k_dense_replace=rng.choice([0, 1, 2]),
                routed_scaling_factor=rng.choice([1.0, 2.5]), rms_norm_eps=1e-6,
-               rope_theta=10000.0, max_position_embeddings=64, bias_update_speed=0.001)
+               rope_theta=10000.0, max_position_embeddings=128, bias_update_speed=0.001)
     cfg.update(over)
     cfg = moe_ref.validate_config(cfg)
     return cfg
@@ -73,8 +73,8 @@ with tempfile.TemporaryDirectory(prefix="shoal-oracle-") as tmp:
             cfg = random_config(over)
         except ValueError:
             cfg = random_config({})
-        B, T = rng.randint(1, 4), rng.choice([8, 16, 33, 64])
-        if cfg["max_position_embeddings"] == 128:
+        B, T = rng.randint(1, 4), rng.choice([8, 16, 33, 64, 100])
+        if over is fixed[-1]:  # the tiny preset
             B, T = 2, 128
         case = os.path.join(tmp, f"c{i}")
         os.makedirs(case)
