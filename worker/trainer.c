@@ -238,7 +238,7 @@ shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
     const double norm = sqrt(grad_sum_squares(g, np));
     if (!isfinite(norm))
         return shoal_fail(SHOAL_ERR_NUMERIC, "step %lld: gradient norm is %g", (long long)k, norm);
-    const double coef = clip_coefficient(norm, sp->clip_grad_norm);
+    const double coef = sp->clip_grad_norm > 0 ? clip_coefficient(norm, sp->clip_grad_norm) : 1.0;
     if (coef < 1.0)
         grad_scale(g, np, (float)coef);
     const double lr = lr_at(k, sp->steps, sp->lr, sp->warmup_steps, sp->min_lr);
@@ -319,4 +319,90 @@ const float *trainer_adam_m(const trainer_t *t)
 const float *trainer_adam_v(const trainer_t *t)
 {
     return t->v;
+}
+
+/* ---- the full training state as one flat buffer ---- */
+#define S_STATE_MAGIC 0x53544853u /* "SHTS" */
+#define S_STATE_VERSION 1u
+
+typedef struct {
+    uint32_t magic, version;
+    int64_t n_params, next_step, adam_t;
+    uint64_t data_seed;
+    uint8_t reserved[TRAINER_STATE_HEADER_BYTES - 40];
+} s_state_hdr_t;
+_Static_assert(sizeof(s_state_hdr_t) == TRAINER_STATE_HEADER_BYTES, "state header size");
+
+size_t trainer_state_bytes(const trainer_t *t)
+{
+    return TRAINER_STATE_HEADER_BYTES + 3 * sizeof(float) * (size_t)t->lay.n_params;
+}
+
+void trainer_state_pack(const trainer_t *t, void *buf)
+{
+    const size_t np = (size_t)t->lay.n_params;
+    s_state_hdr_t h = {.magic = S_STATE_MAGIC, .version = S_STATE_VERSION,
+                       .n_params = t->lay.n_params, .next_step = t->next_step,
+                       .adam_t = t->adam_t, .data_seed = t->spec.data_seed};
+    unsigned char *p = buf;
+    memcpy(p, &h, sizeof h);
+    p += sizeof h;
+    memcpy(p, t->params, np * sizeof(float));
+    memcpy(p + np * sizeof(float), t->m, np * sizeof(float));
+    memcpy(p + 2 * np * sizeof(float), t->v, np * sizeof(float));
+}
+
+int64_t trainer_state_step(const void *buf, size_t len)
+{
+    s_state_hdr_t h;
+    if (!buf || len < sizeof h)
+        return -1;
+    memcpy(&h, buf, sizeof h);
+    if (h.magic != S_STATE_MAGIC || h.version != S_STATE_VERSION)
+        return -1;
+    return h.next_step;
+}
+
+shoal_err_t trainer_state_unpack(trainer_t *t, const void *buf, size_t len)
+{
+    s_state_hdr_t h;
+    if (!buf || len != trainer_state_bytes(t))
+        return shoal_fail(SHOAL_ERR_FORMAT, "training state: %zu bytes, expected %zu", len,
+                          trainer_state_bytes(t));
+    memcpy(&h, buf, sizeof h);
+    if (h.magic != S_STATE_MAGIC || h.version != S_STATE_VERSION)
+        return shoal_fail(SHOAL_ERR_FORMAT, "training state: bad magic or version");
+    if (h.n_params != t->lay.n_params || h.data_seed != t->spec.data_seed)
+        return shoal_fail(SHOAL_ERR_FORMAT, "training state of another model or data order "
+                          "(%lld parameters, data seed %llu)", (long long)h.n_params,
+                          (unsigned long long)h.data_seed);
+    if (h.next_step < 0 || h.next_step > t->spec.steps || h.adam_t < 0)
+        return shoal_fail(SHOAL_ERR_FORMAT, "training state: step %lld outside the run's %d "
+                          "steps", (long long)h.next_step, t->spec.steps);
+    const size_t np = (size_t)t->lay.n_params;
+    const unsigned char *p = (const unsigned char *)buf + sizeof h;
+    memcpy(t->params, p, np * sizeof(float));
+    memcpy(t->m, p + np * sizeof(float), np * sizeof(float));
+    memcpy(t->v, p + 2 * np * sizeof(float), np * sizeof(float));
+    t->next_step = h.next_step;
+    t->adam_t = h.adam_t;
+    return SHOAL_OK;
+}
+
+void trainer_init_fresh(trainer_t *t)
+{
+    t->next_step = 0;
+    t->adam_t = 0;
+    memset(t->m, 0, sizeof(float) * (size_t)t->lay.n_params);
+    memset(t->v, 0, sizeof(float) * (size_t)t->lay.n_params);
+    model_init_params(&t->lay, t->spec.init_seed, t->params);
+}
+
+shoal_err_t trainer_checkpoint_path(const trainer_t *t, int64_t step, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/step-%08lld", t->ckpt_root, (long long)step);
+    if (n < 0 || (size_t)n >= cap)
+        return shoal_fail(SHOAL_ERR_INVALID, "checkpoint path of step %lld under %s is too long",
+                          (long long)step, t->ckpt_root);
+    return SHOAL_OK;
 }

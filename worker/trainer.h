@@ -76,3 +76,29 @@ const float *trainer_adam_v(const trainer_t *t);
 }
 #endif
 #endif
+
+/* ---- the full training state as one flat buffer (worker daemon: peer broadcast, rollback) ---
+ * Layout: a 64-byte header (magic "SHTS", version, n_params, next_step, adam_t, data_seed) then
+ * params, adam m, adam v (n_params floats each), host byte order. */
+#define TRAINER_STATE_HEADER_BYTES 64
+
+/* Bytes of the packed state of `t`. */
+size_t trainer_state_bytes(const trainer_t *t);
+
+/* Packs the whole state into buf[trainer_state_bytes(t)]. */
+void trainer_state_pack(const trainer_t *t, void *buf);
+
+/* The next_step recorded in a packed state; -1 when `buf` is not one (len too short, bad magic). */
+int64_t trainer_state_step(const void *buf, size_t len);
+
+/* Replaces the state of `t` with a packed one. SHOAL_ERR_FORMAT when the buffer is not a packed
+ * state of this model and data order (size, magic, parameter count, data seed, step range);
+ * `t` is unchanged then. */
+shoal_err_t trainer_state_unpack(trainer_t *t, const void *buf, size_t len);
+
+/* Fresh state: parameters from train.init_seed, zero moments, step 0 (ignores checkpoints). */
+void trainer_init_fresh(trainer_t *t);
+
+/* Directory of the checkpoint of `step` under the trainer's checkpoint root
+ * (<root>/step-XXXXXXXX) into out[cap]; SHOAL_ERR_INVALID when it does not fit. */
+shoal_err_t trainer_checkpoint_path(const trainer_t *t, int64_t step, char *out, size_t cap);

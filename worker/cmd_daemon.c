@@ -1,0 +1,120 @@
+/* cmd_daemon.c: `shoal-worker --coordinator ENDPOINT ...`: parses the daemon's flags, installs
+ * the SIGTERM/SIGINT handler and runs daemon_run() (worker/daemon.h). */
+#include "commands.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+
+static volatile sig_atomic_t s_stop;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void s_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: shoal-worker --coordinator ENDPOINT [options]   run as a worker daemon\n"
+            "  --coordinator EP     the coordinator's worker endpoint (tcp://HOST:7400)\n"
+            "  --name NAME          unique worker name (default HOSTNAME-PID)\n"
+            "  --state-dir DIR      checkpoints and lock (default $STATE_DIRECTORY or\n"
+            "                       /var/lib/shoal/worker-NAME)\n"
+            "  --data-endpoint EP   data-plane bind endpoint (default tcp://127.0.0.1:0 for a\n"
+            "                       local coordinator, else tcp://*:0)\n"
+            "  --advertise-host H   host peers dial for a wildcard data endpoint (hostname)\n"
+            "  --institution I      institution reported to the coordinator\n"
+            "  --log-level L        error|warn|info|debug (default info)\n"
+            "  --grace-seconds S    on SIGTERM finish or abandon the step within S (10)\n"
+            "  --comm-timeout-ms T  longest collective wait without progress (30000)\n"
+            "  --threads N          BLAS threads (default: the run spec's train.threads)\n"
+            "  --metrics FILE       append one JSON line per step\n");
+}
+
+int cmd_daemon(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"coordinator", required_argument, 0, 'c'}, {"name", required_argument, 0, 'n'},
+        {"state-dir", required_argument, 0, 's'},   {"data-endpoint", required_argument, 0, 'd'},
+        {"advertise-host", required_argument, 0, 'a'},
+        {"institution", required_argument, 0, 'i'}, {"log-level", required_argument, 0, 'l'},
+        {"grace-seconds", required_argument, 0, 'g'},
+        {"comm-timeout-ms", required_argument, 0, 't'},
+        {"threads", required_argument, 0, 'T'},     {"metrics", required_argument, 0, 'm'},
+        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
+    daemon_config_t cfg = {.grace_seconds = 10.0, .comm_timeout_ms = 30000, .stop_flag = &s_stop};
+    int c;
+    char *end;
+    optind = 0; /* argv[0] is the program: reparse from argv[1] */
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': cfg.coordinator = optarg; break;
+        case 'n': cfg.name = optarg; break;
+        case 's': cfg.state_dir = optarg; break;
+        case 'd': cfg.data_endpoint = optarg; break;
+        case 'a': cfg.advertise_host = optarg; break;
+        case 'i': cfg.institution = optarg; break;
+        case 'm': cfg.metrics_path = optarg; break;
+        case 'l': {
+            int lvl = log_level_parse(optarg);
+            if (lvl < 0) {
+                fprintf(stderr, "shoal-worker: --log-level '%s': use error, warn, info or "
+                        "debug\n", optarg);
+                return 2;
+            }
+            log_set_level((log_level_t)lvl);
+            break;
+        }
+        case 'g':
+            cfg.grace_seconds = strtod(optarg, &end);
+            if (*end || !(cfg.grace_seconds > 0 && cfg.grace_seconds <= 3600)) {
+                fprintf(stderr, "shoal-worker: --grace-seconds '%s': must be in (0, 3600]\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 't':
+            cfg.comm_timeout_ms = (int)strtol(optarg, &end, 10);
+            if (*end || cfg.comm_timeout_ms < 10 || cfg.comm_timeout_ms > 86400000) {
+                fprintf(stderr, "shoal-worker: --comm-timeout-ms '%s': must be in "
+                        "[10, 86400000]\n", optarg);
+                return 2;
+            }
+            break;
+        case 'T':
+            cfg.threads = (int)strtol(optarg, &end, 10);
+            if (*end || cfg.threads < 1 || cfg.threads > 1024) {
+                fprintf(stderr, "shoal-worker: --threads '%s': must be in [1, 1024]\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': s_usage(stdout); return 0;
+        default: s_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !cfg.coordinator) {
+        s_usage(stderr);
+        return 2;
+    }
+    log_set_component(cfg.name ? cfg.name : "worker");
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    shoal_err_t rc = daemon_run(&cfg);
+    if (rc != SHOAL_OK) {
+        log_error("%s", shoal_errmsg());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,946 @@
+/* session.c: the worker's session with the coordinator (DEALER to its ROUTER) on a thread of its
+ * own, so heartbeats flow while the training thread is deep in a step. */
+#include "session.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#ifdef SHOAL_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "log.h"
+#include "wire.h"
+
+#define S_PENDING_MAX 512        /* unacknowledged reports kept for a resend after reconnect */
+#define S_BACKOFF_MIN_MS 200
+#define S_BACKOFF_MAX_MS 5000
+#define S_GETASSIGN_MIN_MS 300   /* GetAssignment rate limit */
+#define S_LEAVE_WAIT_MS 1500     /* longest wait for the Leave's Ack */
+#define S_POLL_MAX_MS 50
+
+typedef enum { S_CONNECTING = 0, S_REGISTERED } s_state_t;
+
+typedef struct {
+    uint64_t seq; /* 0: not sent on the current connection */
+    int64_t sent_ms;
+    sess_req_t *req;
+} s_pending_t;
+
+struct session {
+    /* copied configuration */
+    char *coordinator, *name, *host, *device, *institution, *version, *data_endpoint;
+    uint64_t memory_bytes;
+    const volatile sig_atomic_t *stop_flag;
+    double grace_seconds;
+    int notify;
+
+    void *zctx;
+    void *pipe_train; /* training thread's end */
+    void *pipe_sess;  /* session thread's end */
+    char pipe_name[64];
+    pthread_t thread;
+    int started;
+
+    pthread_mutex_t mu; /* guards the fields below */
+    comm_t *comm;
+    uint64_t comm_gen;
+    int64_t inflight;
+    char worker_id[SESS_ID_MAX];
+    atomic_int grace_expired;
+
+    /* session thread only */
+    void *dealer;
+    s_state_t state;
+    uint64_t seq;
+    int hb_ms, dead_ms;
+    int64_t last_rx_ms, next_hb_ms, next_reg_ms, backoff_ms, last_getassign_ms;
+    int64_t stop_seen_ms, next_watchdog_ms;
+    sess_req_t *status;
+    s_pending_t pending[S_PENDING_MAX];
+    int n_pending;
+    char run_id[SESS_ID_MAX]; /* run and generation of the newest accepted assignment */
+    uint64_t generation;
+    int64_t fwd_committed, fwd_lease; /* last lease forwarded for (run_id, generation) */
+    int leaving, leave_acked;
+    uint64_t leave_seq;
+    int64_t leave_deadline_ms;
+    int quit;
+};
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t s_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void s_copy(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+static void s_notify(session_t *s, const char *text)
+{
+#ifdef SHOAL_HAVE_SYSTEMD
+    if (s->notify)
+        sd_notify(0, text);
+#else
+    (void)s;
+    (void)text;
+#endif
+}
+
+void sess_plan_destroy(sess_plan_t **pp)
+{
+    sess_plan_t *p = *pp;
+    if (!p)
+        return;
+    if (p->endpoints)
+        for (uint32_t i = 0; i < p->nranks; i++)
+            free(p->endpoints[i]);
+    free(p->endpoints);
+    free(p->spec_yaml);
+    free(p);
+    *pp = NULL;
+}
+
+void sess_event_destroy(sess_event_t **evp)
+{
+    sess_event_t *ev = *evp;
+    if (!ev)
+        return;
+    sess_plan_destroy(&ev->plan);
+    free(ev);
+    *evp = NULL;
+}
+
+sess_req_t *sess_req_new(sess_req_kind_t kind, const char *run_id, uint64_t generation)
+{
+    sess_req_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->kind = kind;
+    s_copy(r->run_id, sizeof r->run_id, run_id);
+    r->generation = generation;
+    return r;
+}
+
+/* ---- sending ---------------------------------------------------------------------------- */
+
+static void s_envelope(session_t *s, Shoal__Envelope *env, Shoal__MsgType type, const char *run,
+                       uint64_t gen)
+{
+    wire_envelope_init(env, type, run, s->worker_id, gen, ++s->seq);
+}
+
+/* Sends without blocking; a full queue (coordinator away) is not an error for the caller. */
+static int s_send(session_t *s, const Shoal__Envelope *env)
+{
+    if (!s->dealer)
+        return -1;
+    shoal_err_t rc = wire_send(s->dealer, NULL, env, ZMQ_DONTWAIT);
+    if (rc != SHOAL_OK) {
+        log_debug("session: %s not sent: %s", wire_type_name(env->type), shoal_errmsg());
+        return -1;
+    }
+    return 0;
+}
+
+static void s_send_register(session_t *s)
+{
+    Shoal__Envelope env;
+    s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_REGISTER, "", 0);
+    Shoal__Register reg = SHOAL__REGISTER__INIT;
+    char *devices[1] = {s->device};
+    reg.name = s->name;
+    reg.host = s->host;
+    reg.n_devices = 1;
+    reg.devices = devices;
+    reg.memory_bytes = s->memory_bytes;
+    reg.institution = s->institution;
+    reg.version = s->version;
+    reg.data_endpoint = s->data_endpoint;
+    if (s->worker_id[0]) {
+        reg.prev_id_case_case = SHOAL__REGISTER__PREV_ID_CASE_PREV_ID;
+        reg.prev_id = s->worker_id;
+    }
+    env.body_case = SHOAL__ENVELOPE__BODY_REG;
+    env.reg = &reg;
+    s_send(s, &env);
+}
+
+static void s_send_get_assignment(session_t *s, int force)
+{
+    const int64_t now = s_mono_ms();
+    if (s->state != S_REGISTERED || (!force && now - s->last_getassign_ms < S_GETASSIGN_MIN_MS))
+        return;
+    s->last_getassign_ms = now;
+    Shoal__Envelope env;
+    const sess_req_t *st = s->status;
+    s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT, st ? st->run_id : "",
+               st ? st->generation : 0);
+    Shoal__GetAssignment ga = SHOAL__GET_ASSIGNMENT__INIT;
+    env.body_case = SHOAL__ENVELOPE__BODY_GET_ASSIGNMENT;
+    env.get_assignment = &ga;
+    s_send(s, &env);
+}
+
+static void s_send_heartbeat(session_t *s)
+{
+    const sess_req_t *st = s->status;
+    Shoal__Envelope env;
+    s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_HEARTBEAT, st ? st->run_id : "",
+               st ? st->generation : 0);
+    Shoal__Heartbeat hb = SHOAL__HEARTBEAT__INIT;
+    if (st) {
+        hb.step = st->step;
+        hb.loss = st->loss;
+        hb.tokens_per_s = st->tokens_per_s;
+        hb.activity = (Shoal__WorkerActivity)st->activity;
+        hb.detail = (char *)st->detail;
+    }
+    hb.timestamp_ms = s_wall_ms();
+    env.body_case = SHOAL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    s_send(s, &env);
+}
+
+/* Sends a StepReport or CheckpointShardReport; returns the seq used (0 when not sent). */
+static uint64_t s_send_report(session_t *s, sess_req_t *r)
+{
+    Shoal__Envelope env;
+    if (r->kind == SESS_REQ_STEP) {
+        s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_STEP_REPORT, r->run_id, r->generation);
+        Shoal__StepReport sr = SHOAL__STEP_REPORT__INIT;
+        sr.step = r->step;
+        sr.loss = r->loss;
+        sr.tokens = r->tokens;
+        sr.duration_s = r->duration_s;
+        sr.grad_norm = r->grad_norm;
+        env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
+        env.step_report = &sr;
+        return s_send(s, &env) == 0 ? env.seq : 0;
+    }
+    s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_CKPT_SHARD, r->run_id, r->generation);
+    Shoal__CheckpointShardReport cr = SHOAL__CHECKPOINT_SHARD_REPORT__INIT;
+    Shoal__FileDigest fd[SESS_MAX_FILES], *fdp[SESS_MAX_FILES];
+    for (int i = 0; i < r->n_files; i++) {
+        shoal__file_digest__init(&fd[i]);
+        fd[i].name = r->files[i].name;
+        fd[i].size = r->files[i].size;
+        fd[i].sha256 = r->files[i].sha256;
+        fdp[i] = &fd[i];
+    }
+    Shoal__Cell cell = SHOAL__CELL__INIT;
+    cell.replica = r->replica;
+    cell.stage = r->stage;
+    cell.ep_rank = r->ep_rank;
+    cr.step = r->step;
+    cr.path = r->path;
+    cr.n_files = (size_t)r->n_files;
+    cr.files = fdp;
+    cr.holder = s->worker_id;
+    cr.cell = &cell;
+    env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
+    env.ckpt_shard = &cr;
+    return s_send(s, &env) == 0 ? env.seq : 0;
+}
+
+static void s_send_leave(session_t *s, const char *reason)
+{
+    const sess_req_t *st = s->status;
+    Shoal__Envelope env;
+    s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_LEAVE, st ? st->run_id : "",
+               st ? st->generation : 0);
+    Shoal__Leave lv = SHOAL__LEAVE__INIT;
+    lv.reason = (char *)reason;
+    env.body_case = SHOAL__ENVELOPE__BODY_LEAVE;
+    env.leave = &lv;
+    s->leave_seq = s_send(s, &env) == 0 ? env.seq : 0;
+}
+
+/* ---- events to the training thread -------------------------------------------------------- */
+
+static void s_emit(session_t *s, sess_event_t *ev)
+{
+    if (zmq_send(s->pipe_sess, &ev, sizeof ev, 0) != (int)sizeof ev) {
+        log_error("session: cannot pass an event to the training thread: %s",
+                  zmq_strerror(errno));
+        sess_event_destroy(&ev);
+    }
+}
+
+static void s_emit_simple(session_t *s, sess_ev_kind_t kind, const char *run, uint64_t gen,
+                          sess_ctl_t ctl, const char *reason)
+{
+    sess_event_t *ev = calloc(1, sizeof *ev);
+    if (!ev)
+        return;
+    ev->kind = kind;
+    s_copy(ev->run_id, sizeof ev->run_id, run);
+    ev->generation = gen;
+    ev->control = ctl;
+    s_copy(ev->reason, sizeof ev->reason, reason);
+    s_emit(s, ev);
+}
+
+static void s_emit_lease(session_t *s, int64_t committed, int64_t lease)
+{
+    if (committed == s->fwd_committed && lease == s->fwd_lease)
+        return;
+    s->fwd_committed = committed;
+    s->fwd_lease = lease;
+    sess_event_t *ev = calloc(1, sizeof *ev);
+    if (!ev)
+        return;
+    ev->kind = SESS_EV_LEASE;
+    s_copy(ev->run_id, sizeof ev->run_id, s->run_id);
+    ev->generation = s->generation;
+    ev->committed = committed;
+    ev->lease = lease;
+    s_emit(s, ev);
+}
+
+/* Aborts the tracked collective when `pred` says it is pointless; logs why. */
+static void s_abort_comm(session_t *s, uint64_t newer_gen, int64_t start_step, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->comm && s->inflight > 0 &&
+        (newer_gen == 0 || (s->comm_gen < newer_gen && start_step <= s->inflight))) {
+        log_info("session: aborting the collective of step %lld (generation %llu): %s",
+                 (long long)s->inflight, (unsigned long long)s->comm_gen, why);
+        comm_abort(s->comm);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- receiving ---------------------------------------------------------------------------- */
+
+/* The training thread is in the middle of a run (busy) unless its status says idle. */
+static int s_trainer_busy_with(const session_t *s, const char *run)
+{
+    const sess_req_t *st = s->status;
+    return st && st->run_id[0] && strcmp(st->run_id, run) != 0;
+}
+
+static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
+{
+    const Shoal__Assignment *a = env->assignment;
+    const Shoal__Plan *p = a->plan;
+    const char *why = NULL;
+    if (!p || !p->topology)
+        why = "no plan or topology";
+    else if (!p->run_id[0] || strcmp(p->run_id, env->run_id) != 0)
+        why = "plan run id differs from the envelope's";
+    else if (p->n_peers == 0 || p->n_peers > COMM_MAX_RANKS || a->rank >= p->n_peers)
+        why = "rank outside the plan's peers";
+    else if (p->start_step < 1)
+        why = "start_step < 1";
+    else if (p->source > SHOAL__STATE_SOURCE__STATE_SOURCE_PEER)
+        why = "unknown state source";
+    else if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_CHECKPOINT &&
+             (!p->checkpoint || p->checkpoint->step != p->start_step - 1))
+        why = "checkpoint source without the checkpoint of start_step - 1";
+    else if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_PEER && p->source_rank >= p->n_peers)
+        why = "source_rank outside the plan's peers";
+    else if (!a->spec_yaml[0])
+        why = "empty run spec";
+    else if ((uint64_t)p->topology->dp * p->topology->pp * p->topology->ep != p->n_peers)
+        why = "topology dp*pp*ep differs from the number of peers";
+    for (size_t i = 0; !why && i < p->n_peers; i++) {
+        if (!p->peers[i] || p->peers[i]->rank != i || !p->peers[i]->data_endpoint[0])
+            why = "peers not ordered by rank or without a data endpoint";
+    }
+    if (!why && strcmp(p->peers[a->rank]->worker_id, s->worker_id) != 0)
+        why = "the assignment's rank belongs to another worker";
+    if (why) {
+        log_warn("session: dropped assignment (run %s, generation %llu): %s", env->run_id,
+                 (unsigned long long)env->generation, why);
+        return;
+    }
+    if (strcmp(p->run_id, s->run_id) == 0 && p->generation < s->generation) {
+        log_warn("session: dropped stale assignment of run %s: generation %llu < %llu", p->run_id,
+                 (unsigned long long)p->generation, (unsigned long long)s->generation);
+        return;
+    }
+    if (s_trainer_busy_with(s, p->run_id)) {
+        log_warn("session: dropped assignment for run %s while training run %s", p->run_id,
+                 s->status->run_id);
+        return;
+    }
+    sess_plan_t *pl = calloc(1, sizeof *pl);
+    sess_event_t *ev = calloc(1, sizeof *ev);
+    if (!pl || !ev)
+        goto fail;
+    s_copy(pl->run_id, sizeof pl->run_id, p->run_id);
+    s_copy(pl->run_name, sizeof pl->run_name, a->run_name);
+    pl->generation = p->generation;
+    pl->dp = p->topology->dp;
+    pl->pp = p->topology->pp;
+    pl->ep = p->topology->ep;
+    pl->start_step = p->start_step;
+    pl->source = (sess_source_t)p->source;
+    if (p->checkpoint) {
+        pl->ckpt_step = p->checkpoint->step;
+        s_copy(pl->ckpt_path, sizeof pl->ckpt_path, p->checkpoint->path);
+    }
+    pl->source_rank = p->source_rank;
+    pl->rank = a->rank;
+    pl->nranks = (uint32_t)p->n_peers;
+    if (a->cell) {
+        pl->replica = a->cell->replica;
+        pl->stage = a->cell->stage;
+        pl->ep_rank = a->cell->ep_rank;
+    }
+    pl->lease = a->lease;
+    pl->spec_yaml = strdup(a->spec_yaml);
+    pl->endpoints = calloc(pl->nranks, sizeof(char *));
+    if (!pl->spec_yaml || !pl->endpoints)
+        goto fail;
+    for (uint32_t i = 0; i < pl->nranks; i++)
+        if (!(pl->endpoints[i] = strdup(p->peers[i]->data_endpoint)))
+            goto fail;
+    if (strcmp(s->run_id, pl->run_id) != 0 || s->generation != pl->generation) {
+        s->fwd_committed = s->fwd_lease = -1;
+        log_info("session: assignment: run %s generation %llu, rank %u of %u, start step %lld",
+                 pl->run_id, (unsigned long long)pl->generation, pl->rank, pl->nranks,
+                 (long long)pl->start_step);
+    }
+    s_copy(s->run_id, sizeof s->run_id, pl->run_id);
+    s->generation = pl->generation;
+    const uint64_t gen = pl->generation;
+    const int64_t start = pl->start_step;
+    ev->kind = SESS_EV_PLAN;
+    s_copy(ev->run_id, sizeof ev->run_id, pl->run_id);
+    ev->generation = gen;
+    ev->plan = pl;
+    s_emit(s, ev); /* first, so the training thread finds the plan once its collective fails */
+    s_abort_comm(s, gen, start, "a newer plan starts at or before it");
+    return;
+fail:
+    log_error("session: out of memory converting an assignment");
+    sess_plan_destroy(&pl);
+    free(ev);
+}
+
+static void s_pending_remove_seq(session_t *s, uint64_t seq)
+{
+    for (int i = 0; i < s->n_pending; i++) {
+        if (s->pending[i].seq == seq && seq != 0) {
+            free(s->pending[i].req);
+            memmove(&s->pending[i], &s->pending[i + 1],
+                    sizeof s->pending[0] * (size_t)(s->n_pending - i - 1));
+            s->n_pending--;
+            return;
+        }
+    }
+}
+
+static void s_reregister(session_t *s, const char *why)
+{
+    if (s->state == S_REGISTERED)
+        log_warn("session: registering again: %s", why);
+    s->state = S_CONNECTING;
+    s->next_reg_ms = s_mono_ms();
+    s->backoff_ms = S_BACKOFF_MIN_MS;
+}
+
+static int s_is_current_run(const session_t *s, const char *run)
+{
+    return s->run_id[0] && strcmp(s->run_id, run) == 0;
+}
+
+static void s_on_ack(session_t *s, const Shoal__Envelope *env)
+{
+    const Shoal__Ack *ack = env->ack;
+    s_pending_remove_seq(s, ack->acked_seq);
+    if (s->leaving && ack->acked_type == SHOAL__MSG_TYPE__MSG_LEAVE && ack->acked_seq == s->leave_seq)
+        s->leave_acked = 1;
+    const int cur = s_is_current_run(s, env->run_id);
+    switch (ack->directive) {
+    case SHOAL__DIRECTIVE__DIRECTIVE_FETCH_ASSIGNMENT:
+        s_send_get_assignment(s, 0);
+        break;
+    case SHOAL__DIRECTIVE__DIRECTIVE_REREGISTER:
+        if (!s->leaving)
+            s_reregister(s, "the coordinator does not know this worker id");
+        break;
+    case SHOAL__DIRECTIVE__DIRECTIVE_PAUSE:
+    case SHOAL__DIRECTIVE__DIRECTIVE_DRAIN:
+    case SHOAL__DIRECTIVE__DIRECTIVE_STOP:
+        if (!cur || ack->generation < s->generation) {
+            log_debug("session: ignored directive %d of run '%s' generation %llu", ack->directive,
+                      env->run_id, (unsigned long long)ack->generation);
+            break;
+        }
+        s_emit_simple(s, SESS_EV_CONTROL, s->run_id, s->generation,
+                      ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_PAUSE   ? SESS_CTL_PAUSE
+                      : ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_DRAIN ? SESS_CTL_DRAIN
+                                                                            : SESS_CTL_STOP,
+                      "directive");
+        if (ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_STOP)
+            s_abort_comm(s, 0, 0, "the coordinator says stop");
+        break;
+    default:
+        break;
+    }
+    if (cur && ack->generation == s->generation && s->generation > 0 && ack->lease > 0)
+        s_emit_lease(s, ack->committed_step, ack->lease);
+    else if (cur && ack->generation > s->generation)
+        s_send_get_assignment(s, 0);
+}
+
+static void s_on_error(session_t *s, const Shoal__Envelope *env)
+{
+    const Shoal__Error *e = env->error;
+    log_warn("session: coordinator error %d about %s #%llu: %s", e->code,
+             wire_type_name(e->about_type), (unsigned long long)e->about_seq, e->message);
+    s_pending_remove_seq(s, e->about_seq); /* rejected: resending would not help */
+    if (s->leaving && e->about_seq == s->leave_seq)
+        s->leave_acked = 1;
+    if (e->code == SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER && !s->leaving)
+        s_reregister(s, "unknown worker id");
+    else if (e->code == SHOAL__ERROR_CODE__ERR_STALE_GENERATION)
+        s_send_get_assignment(s, 0);
+}
+
+/* Sends again the reports not acknowledged for older_than_ms (0: all): a coordinator that
+ * restarted between two of our heartbeats never saw what its predecessor had not read. */
+static void s_resend_pending(session_t *s, int64_t older_than_ms)
+{
+    const int64_t now = s_mono_ms();
+    for (int i = 0; i < s->n_pending; i++) {
+        if (older_than_ms && now - s->pending[i].sent_ms < older_than_ms)
+            continue;
+        s->pending[i].seq = s_send_report(s, s->pending[i].req);
+        s->pending[i].sent_ms = now;
+    }
+}
+
+static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
+{
+    const Shoal__RegisterReply *r = env->reg_reply;
+    if (s->state == S_REGISTERED) {
+        log_debug("session: extra register reply ignored");
+        return;
+    }
+    if (!r->accepted || !r->worker_id[0]) {
+        log_warn("session: registration refused: %s", r->reason[0] ? r->reason : "(no reason)");
+        return; /* retried after the backoff */
+    }
+    pthread_mutex_lock(&s->mu);
+    const int changed = strcmp(s->worker_id, r->worker_id) != 0;
+    s_copy(s->worker_id, sizeof s->worker_id, r->worker_id);
+    pthread_mutex_unlock(&s->mu);
+    s->hb_ms = r->heartbeat_interval_ms >= 10 && r->heartbeat_interval_ms <= 600000
+                   ? (int)r->heartbeat_interval_ms : 500;
+    s->dead_ms = r->dead_after_ms >= 50 && r->dead_after_ms <= 86400000
+                     ? (int)r->dead_after_ms : 3000;
+    if (s->dead_ms < 2 * s->hb_ms)
+        s->dead_ms = 2 * s->hb_ms;
+    s->state = S_REGISTERED;
+    log_set_component(s->worker_id);
+    log_info("session: registered with %s as %s%s (heartbeat %d ms, dead after %d ms)",
+             s->coordinator, s->worker_id, changed ? "" : " again", s->hb_ms, s->dead_ms);
+    /* Reports the previous coordinator (or connection) never acknowledged. */
+    s_resend_pending(s, 0);
+    s->next_hb_ms = s_mono_ms();
+    s_send_get_assignment(s, 1);
+    if (s->leaving)
+        s_send_leave(s, "leaving");
+}
+
+static void s_on_message(const Shoal__Envelope *env, void *ctx)
+{
+    session_t *s = ctx;
+    s->last_rx_ms = s_mono_ms();
+    if (s->state != S_REGISTERED && env->type != SHOAL__MSG_TYPE__MSG_REGISTER_REPLY &&
+        env->type != SHOAL__MSG_TYPE__MSG_ERROR && env->type != SHOAL__MSG_TYPE__MSG_ACK) {
+        log_debug("session: %s before registration dropped", wire_type_name(env->type));
+        return;
+    }
+    switch (env->type) {
+    case SHOAL__MSG_TYPE__MSG_REGISTER_REPLY:
+        s_on_register_reply(s, env);
+        break;
+    case SHOAL__MSG_TYPE__MSG_ASSIGNMENT:
+        if (!s->leaving)
+            s_on_assignment(s, env);
+        break;
+    case SHOAL__MSG_TYPE__MSG_ACK:
+        s_on_ack(s, env);
+        break;
+    case SHOAL__MSG_TYPE__MSG_ERROR:
+        s_on_error(s, env);
+        break;
+    case SHOAL__MSG_TYPE__MSG_STEP_COMMIT:
+        if (!s_is_current_run(s, env->run_id) || env->generation != s->generation) {
+            log_warn("session: dropped step commit of run '%s' generation %llu (current: '%s' "
+                     "generation %llu)", env->run_id, (unsigned long long)env->generation,
+                     s->run_id, (unsigned long long)s->generation);
+            break;
+        }
+        s_emit_lease(s, env->step_commit->step, env->step_commit->lease);
+        break;
+    case SHOAL__MSG_TYPE__MSG_RUN_CONTROL: {
+        const Shoal__RunControl *rc = env->run_control;
+        if (!s_is_current_run(s, env->run_id) || env->generation < s->generation ||
+            rc->command < SHOAL__RUN_COMMAND__RUN_CMD_PAUSE ||
+            rc->command > SHOAL__RUN_COMMAND__RUN_CMD_STOP) {
+            log_warn("session: dropped run control %d of run '%s' generation %llu (current: "
+                     "'%s' generation %llu)", rc->command, env->run_id,
+                     (unsigned long long)env->generation, s->run_id,
+                     (unsigned long long)s->generation);
+            break;
+        }
+        log_info("session: run %s: %s (%s)", s->run_id,
+                 rc->command == SHOAL__RUN_COMMAND__RUN_CMD_PAUSE    ? "pause"
+                 : rc->command == SHOAL__RUN_COMMAND__RUN_CMD_RESUME ? "resume"
+                                                                     : "stop",
+                 rc->reason);
+        s_emit_simple(s, SESS_EV_CONTROL, s->run_id, s->generation,
+                      rc->command == SHOAL__RUN_COMMAND__RUN_CMD_PAUSE    ? SESS_CTL_PAUSE
+                      : rc->command == SHOAL__RUN_COMMAND__RUN_CMD_RESUME ? SESS_CTL_RESUME
+                                                                          : SESS_CTL_STOP,
+                      rc->reason);
+        if (rc->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP)
+            s_abort_comm(s, 0, 0, "the run was stopped");
+        break;
+    }
+    case SHOAL__MSG_TYPE__MSG_DRAIN:
+        /* A worker-level order: the coordinator stamps no generation on it. */
+        if (env->run_id[0] && !s_is_current_run(s, env->run_id)) {
+            log_warn("session: dropped drain of run '%s' generation %llu", env->run_id,
+                     (unsigned long long)env->generation);
+            break;
+        }
+        log_info("session: drain: %s", env->drain->reason);
+        s_emit_simple(s, SESS_EV_CONTROL, s->run_id, s->generation, SESS_CTL_DRAIN,
+                      env->drain->reason);
+        break;
+    default:
+        log_debug("session: dropped %s from the coordinator: not for a worker",
+                  wire_type_name(env->type));
+        break;
+    }
+}
+
+/* ---- requests from the training thread ------------------------------------------------------ */
+
+static void s_on_request(session_t *s, sess_req_t *r)
+{
+    switch (r->kind) {
+    case SESS_REQ_STATUS:
+        free(s->status);
+        s->status = r;
+        if (s->notify) {
+            char text[320];
+            snprintf(text, sizeof text, "STATUS=step %lld, activity %d%s%s", (long long)r->step,
+                     r->activity, r->detail[0] ? ": " : "", r->detail);
+            s_notify(s, text);
+        }
+        return;
+    case SESS_REQ_STEP:
+    case SESS_REQ_CKPT:
+        if (s->n_pending == S_PENDING_MAX) {
+            log_warn("session: %d reports unacknowledged; dropping the oldest", S_PENDING_MAX);
+            free(s->pending[0].req);
+            memmove(&s->pending[0], &s->pending[1], sizeof s->pending[0] * (S_PENDING_MAX - 1));
+            s->n_pending--;
+        }
+        s->pending[s->n_pending].req = r;
+        s->pending[s->n_pending].seq = s->state == S_REGISTERED ? s_send_report(s, r) : 0;
+        s->pending[s->n_pending].sent_ms = s_mono_ms();
+        s->n_pending++;
+        return;
+    case SESS_REQ_GET_ASSIGNMENT:
+        s_send_get_assignment(s, 0);
+        break;
+    case SESS_REQ_LEAVE:
+        if (!s->leaving) {
+            s->leaving = 1;
+            int64_t wait = S_LEAVE_WAIT_MS;
+            s->leave_deadline_ms = s_mono_ms() + wait;
+            log_info("session: leaving: %s", r->detail);
+            s_send_leave(s, r->detail);
+        }
+        break;
+    }
+    free(r);
+}
+
+/* ---- the thread --------------------------------------------------------------------------- */
+
+static void s_connect(session_t *s)
+{
+    if (s->dealer)
+        zmq_close(s->dealer);
+    s->dealer = zmq_socket(s->zctx, ZMQ_DEALER);
+    if (!s->dealer) {
+        log_error("session: cannot create a socket: %s", zmq_strerror(errno));
+        return;
+    }
+    int ivl = 100, ivl_max = S_BACKOFF_MAX_MS, hwm = 10000;
+    zmq_setsockopt(s->dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(s->dealer, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    zmq_setsockopt(s->dealer, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    if (wire_socket_limits(s->dealer) != SHOAL_OK ||
+        zmq_connect(s->dealer, s->coordinator) != 0) {
+        log_error("session: cannot connect to %s: %s", s->coordinator, zmq_strerror(errno));
+        zmq_close(s->dealer);
+        s->dealer = NULL;
+    }
+}
+
+static void s_timers(session_t *s, int64_t now)
+{
+    if (s->stop_flag && *s->stop_flag && s->stop_seen_ms == 0) {
+        s->stop_seen_ms = now;
+        log_info("session: stop requested: %.1f s of grace", s->grace_seconds);
+    }
+    if (s->stop_seen_ms && !atomic_load(&s->grace_expired)) {
+        /* Abandon the step early enough that the Leave still fits in the grace period. */
+        double margin = s->grace_seconds / 4 < 1.0 ? s->grace_seconds / 4 : 1.0;
+        if (now >= s->stop_seen_ms + (int64_t)((s->grace_seconds - margin) * 1000)) {
+            atomic_store(&s->grace_expired, 1);
+            s_abort_comm(s, 0, 0, "the SIGTERM grace period is ending");
+        }
+    }
+    if (s->state == S_REGISTERED) {
+        if (now - s->last_rx_ms > s->dead_ms) {
+            log_warn("session: no word from the coordinator for %lld ms: reconnecting",
+                     (long long)(now - s->last_rx_ms));
+            s_connect(s);
+            s_reregister(s, "coordinator lost");
+            for (int i = 0; i < s->n_pending; i++)
+                s->pending[i].seq = 0;
+        } else if (now >= s->next_hb_ms) {
+            s_send_heartbeat(s);
+            s->next_hb_ms = now + s->hb_ms;
+            s_resend_pending(s, 2 * (int64_t)s->dead_ms);
+        }
+    }
+    if (s->state == S_CONNECTING && now >= s->next_reg_ms) {
+        if (!s->dealer)
+            s_connect(s);
+        s_send_register(s);
+        s->next_reg_ms = now + s->backoff_ms;
+        s->backoff_ms = s->backoff_ms * 2 > S_BACKOFF_MAX_MS ? S_BACKOFF_MAX_MS : s->backoff_ms * 2;
+        if (!s->last_rx_ms)
+            s->last_rx_ms = now;
+    }
+    if (s->notify && now >= s->next_watchdog_ms) {
+        s_notify(s, "WATCHDOG=1");
+        s->next_watchdog_ms = now + 1000;
+    }
+    if (s->leaving == 1 && (s->leave_acked || now >= s->leave_deadline_ms)) {
+        if (!s->leave_acked)
+            log_warn("session: the coordinator did not acknowledge the Leave");
+        s->leaving = 2;
+        s_emit_simple(s, SESS_EV_LEFT, "", 0, 0, "left");
+    }
+}
+
+static void *s_thread(void *arg)
+{
+    session_t *s = arg;
+    s->hb_ms = 500;
+    s->dead_ms = 3000;
+    s->backoff_ms = S_BACKOFF_MIN_MS;
+    s->fwd_committed = s->fwd_lease = -1;
+    s_connect(s);
+    s->next_reg_ms = s_mono_ms();
+    s_notify(s, "READY=1");
+    while (!s->quit) {
+        const int64_t now = s_mono_ms();
+        s_timers(s, now);
+        int64_t wait = S_POLL_MAX_MS;
+        if (s->state == S_REGISTERED && s->next_hb_ms - now < wait)
+            wait = s->next_hb_ms - now;
+        if (wait < 0)
+            wait = 0;
+        zmq_pollitem_t items[2] = {{s->pipe_sess, 0, ZMQ_POLLIN, 0}, {s->dealer, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(items, s->dealer ? 2 : 1, (long)wait);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("session: poll failed: %s", zmq_strerror(errno));
+            break;
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            for (;;) {
+                sess_req_t *r = NULL;
+                int got = zmq_recv(s->pipe_sess, &r, sizeof r, ZMQ_DONTWAIT);
+                if (got != (int)sizeof r)
+                    break;
+                if (!r) {
+                    s->quit = 1;
+                    break;
+                }
+                s_on_request(s, r);
+            }
+        }
+        if (s->dealer && (items[1].revents & ZMQ_POLLIN)) {
+            for (int i = 0; i < 256; i++) {
+                wire_route_t route;
+                shoal_err_t rc = wire_recv(s->dealer, ZMQ_DONTWAIT, &route, s_on_message, s);
+                if (rc == SHOAL_ERR_TIMEOUT || rc == SHOAL_ERR_IO)
+                    break;
+                if (rc != SHOAL_OK)
+                    log_warn("session: dropped a bad message from the coordinator: %s",
+                             shoal_errmsg());
+            }
+        }
+    }
+    return NULL;
+}
+
+/* ---- public ------------------------------------------------------------------------------- */
+
+shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out)
+{
+    *out = NULL;
+    shoal_err_t rc = SHOAL_ERR_NOMEM;
+    session_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return shoal_fail(SHOAL_ERR_NOMEM, "session: out of memory");
+    pthread_mutex_init(&s->mu, NULL);
+    s->zctx = zctx;
+    s->coordinator = strdup(cfg->coordinator ? cfg->coordinator : "");
+    s->name = strdup(cfg->name ? cfg->name : "");
+    s->host = strdup(cfg->host ? cfg->host : "");
+    s->device = strdup(cfg->device ? cfg->device : "cpu");
+    s->institution = strdup(cfg->institution ? cfg->institution : "");
+    s->version = strdup(cfg->version ? cfg->version : "");
+    s->data_endpoint = strdup(cfg->data_endpoint ? cfg->data_endpoint : "");
+    if (!s->coordinator || !s->name || !s->host || !s->device || !s->institution ||
+        !s->version || !s->data_endpoint) {
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "session: out of memory");
+        goto fail;
+    }
+    s->memory_bytes = cfg->memory_bytes;
+    s->stop_flag = cfg->stop_flag;
+    s->grace_seconds = cfg->grace_seconds > 0 ? cfg->grace_seconds : 10.0;
+    s->notify = cfg->notify;
+    snprintf(s->pipe_name, sizeof s->pipe_name, "inproc://shoal-session-%p", (void *)s);
+    s->pipe_train = zmq_socket(zctx, ZMQ_PAIR);
+    s->pipe_sess = zmq_socket(zctx, ZMQ_PAIR);
+    if (!s->pipe_train || !s->pipe_sess || zmq_bind(s->pipe_train, s->pipe_name) != 0 ||
+        zmq_connect(s->pipe_sess, s->pipe_name) != 0) {
+        rc = shoal_fail(SHOAL_ERR_IO, "session: inproc pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (pthread_create(&s->thread, NULL, s_thread, s) != 0) {
+        rc = shoal_fail(SHOAL_ERR_IO, "session: cannot start the session thread");
+        goto fail;
+    }
+    s->started = 1;
+    *out = s;
+    return SHOAL_OK;
+fail:
+    session_destroy(&s);
+    return rc;
+}
+
+void session_destroy(session_t **sp)
+{
+    session_t *s = *sp;
+    if (!s)
+        return;
+    if (s->started) {
+        void *quit = NULL;
+        zmq_send(s->pipe_train, &quit, sizeof quit, 0);
+        pthread_join(s->thread, NULL);
+    }
+    /* Events the training thread never took. */
+    for (;;) {
+        sess_event_t *ev = NULL;
+        if (!s->pipe_train || zmq_recv(s->pipe_train, &ev, sizeof ev, ZMQ_DONTWAIT) != (int)sizeof ev)
+            break;
+        sess_event_destroy(&ev);
+    }
+    if (s->dealer)
+        zmq_close(s->dealer);
+    if (s->pipe_sess)
+        zmq_close(s->pipe_sess);
+    if (s->pipe_train)
+        zmq_close(s->pipe_train);
+    for (int i = 0; i < s->n_pending; i++)
+        free(s->pending[i].req);
+    free(s->status);
+    free(s->coordinator);
+    free(s->name);
+    free(s->host);
+    free(s->device);
+    free(s->institution);
+    free(s->version);
+    free(s->data_endpoint);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    *sp = NULL;
+}
+
+shoal_err_t session_post(session_t *s, sess_req_t **req)
+{
+    sess_req_t *r = *req;
+    *req = NULL;
+    if (!r)
+        return shoal_fail(SHOAL_ERR_NOMEM, "session: no request (out of memory)");
+    if (zmq_send(s->pipe_train, &r, sizeof r, 0) != (int)sizeof r) {
+        free(r);
+        return shoal_fail(SHOAL_ERR_IO, "session: cannot post a request: %s",
+                          zmq_strerror(errno));
+    }
+    return SHOAL_OK;
+}
+
+shoal_err_t session_wait(session_t *s, int timeout_ms, sess_event_t **ev)
+{
+    *ev = NULL;
+    zmq_pollitem_t item = {s->pipe_train, 0, ZMQ_POLLIN, 0};
+    int n = zmq_poll(&item, 1, timeout_ms);
+    if (n < 0 && errno != EINTR)
+        return shoal_fail(SHOAL_ERR_IO, "session: poll: %s", zmq_strerror(errno));
+    if (n <= 0)
+        return SHOAL_ERR_TIMEOUT;
+    if (zmq_recv(s->pipe_train, ev, sizeof *ev, ZMQ_DONTWAIT) != (int)sizeof *ev) {
+        *ev = NULL;
+        return SHOAL_ERR_TIMEOUT;
+    }
+    return SHOAL_OK;
+}
+
+void session_track_comm(session_t *s, comm_t *c, uint64_t generation, int64_t inflight_step)
+{
+    pthread_mutex_lock(&s->mu);
+    s->comm = c;
+    s->comm_gen = generation;
+    s->inflight = c ? inflight_step : 0;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int session_grace_expired(const session_t *s)
+{
+    return atomic_load(&((session_t *)s)->grace_expired);
+}
+
+void session_worker_id(session_t *s, char *out, size_t cap)
+{
+    pthread_mutex_lock(&s->mu);
+    s_copy(out, cap, s->worker_id);
+    pthread_mutex_unlock(&s->mu);
+}

@@ -1,0 +1,162 @@
+/* session.h: a worker daemon's session with the coordinator, on its own thread: register,
+ * heartbeat, reconnect with backoff, validate every message, and trade plain C events with the
+ * training thread over an inproc pair (protobuf types never leave session.c).
+ *
+ * Threads: session_new() starts the session thread. The training thread posts requests
+ * (session_post) and takes events (session_wait); session_track_comm() is the one piece of
+ * shared state, so that the session thread can abort a collective that a new plan, a stop, or
+ * the SIGTERM grace deadline made pointless. */
+#ifndef SHOAL_WORKER_SESSION_H
+#define SHOAL_WORKER_SESSION_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "comm.h"
+#include "err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SESS_ID_MAX 65      /* run and worker ids (wire bound 64 + NUL) */
+#define SESS_TEXT_MAX 4097  /* paths, endpoints, reasons (wire bound 4096 + NUL) */
+#define SESS_MAX_FILES 16   /* files of one checkpoint report */
+
+/* Worker activity as the proto numbers it (WorkerActivity). */
+typedef enum {
+    SESS_ACT_IDLE = 0,
+    SESS_ACT_LOADING = 1,
+    SESS_ACT_TRAINING = 2,
+    SESS_ACT_WAITING = 3,
+    SESS_ACT_CHECKPOINTING = 4,
+    SESS_ACT_DRAINING = 5,
+    SESS_ACT_FAILED = 6,
+} sess_activity_t;
+
+typedef enum { SESS_SOURCE_INIT = 0, SESS_SOURCE_CHECKPOINT = 1, SESS_SOURCE_PEER = 2 } sess_source_t;
+
+/* One assignment, converted and checked (this worker is peers[rank], peers ordered by rank). */
+typedef struct {
+    char run_id[SESS_ID_MAX];
+    char run_name[SESS_ID_MAX];
+    uint64_t generation;
+    uint32_t dp, pp, ep;
+    int64_t start_step;          /* >= 1 */
+    sess_source_t source;
+    int64_t ckpt_step;           /* source CHECKPOINT: start_step - 1 */
+    char ckpt_path[SESS_TEXT_MAX];
+    uint32_t source_rank;        /* source PEER */
+    uint32_t rank, nranks;
+    uint32_t replica, stage, ep_rank;
+    char **endpoints;            /* nranks data endpoints, by rank */
+    int64_t lease;
+    char *spec_yaml;
+} sess_plan_t;
+
+void sess_plan_destroy(sess_plan_t **p);
+
+typedef enum {
+    SESS_EV_PLAN = 1,    /* a new assignment (plan owned by the event) */
+    SESS_EV_LEASE,       /* step commit / lease of the current generation */
+    SESS_EV_CONTROL,     /* pause, resume, stop, drain */
+    SESS_EV_LEFT,        /* the Leave was sent (and acknowledged, or timed out): exit now */
+} sess_ev_kind_t;
+
+typedef enum { SESS_CTL_PAUSE = 1, SESS_CTL_RESUME, SESS_CTL_STOP, SESS_CTL_DRAIN } sess_ctl_t;
+
+typedef struct {
+    sess_ev_kind_t kind;
+    char run_id[SESS_ID_MAX];
+    uint64_t generation;
+    sess_plan_t *plan;     /* PLAN */
+    int64_t committed;     /* LEASE: committed step (-1 = unknown) */
+    int64_t lease;         /* LEASE */
+    sess_ctl_t control;    /* CONTROL */
+    char reason[256];
+} sess_event_t;
+
+void sess_event_destroy(sess_event_t **ev);
+
+typedef enum {
+    SESS_REQ_STATUS = 1,   /* latest status for heartbeats (not sent by itself) */
+    SESS_REQ_STEP,         /* StepReport */
+    SESS_REQ_CKPT,         /* CheckpointShardReport */
+    SESS_REQ_GET_ASSIGNMENT,
+    SESS_REQ_LEAVE,        /* Leave; answered by SESS_EV_LEFT */
+} sess_req_kind_t;
+
+typedef struct {
+    char name[256];
+    uint64_t size;
+    char sha256[65];
+} sess_file_t;
+
+typedef struct {
+    sess_req_kind_t kind;
+    char run_id[SESS_ID_MAX];  /* the run and generation the training thread acts under */
+    uint64_t generation;
+    /* STATUS */
+    int64_t step;              /* STATUS, STEP, CKPT */
+    float loss, tokens_per_s;  /* STATUS, STEP */
+    sess_activity_t activity;
+    char detail[256];          /* STATUS detail, LEAVE reason */
+    /* STEP */
+    uint64_t tokens;
+    float duration_s, grad_norm;
+    /* CKPT */
+    char path[SESS_TEXT_MAX];
+    int n_files;
+    sess_file_t files[SESS_MAX_FILES];
+    uint32_t replica, stage, ep_rank;
+} sess_req_t;
+
+typedef struct {
+    const char *coordinator;    /* the coordinator's worker endpoint */
+    const char *name;           /* unique worker name */
+    const char *host;
+    const char *device;         /* e.g. "cpu" */
+    const char *institution;
+    const char *version;
+    const char *data_endpoint;  /* connectable data-plane endpoint */
+    uint64_t memory_bytes;
+    const volatile sig_atomic_t *stop_flag; /* SIGTERM: arms the grace deadline (may be NULL) */
+    double grace_seconds;       /* > 0 */
+    int notify;                 /* send sd_notify READY/WATCHDOG/STATUS */
+} session_config_t;
+
+typedef struct session session_t;
+
+/* Creates the inproc pair on `zctx` and starts the session thread (which connects, registers
+ * and heartbeats). Strings in cfg are copied. Errors: SHOAL_ERR_IO, SHOAL_ERR_NOMEM. */
+shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out);
+
+/* Stops the thread (without a Leave) and frees everything; idempotent, nulls *s. */
+void session_destroy(session_t **s);
+
+/* Hands a request to the session thread; takes ownership (nulls *req) even on failure. */
+shoal_err_t session_post(session_t *s, sess_req_t **req);
+
+/* Convenience: a new zeroed request of `kind` under (run_id, generation); NULL on OOM. */
+sess_req_t *sess_req_new(sess_req_kind_t kind, const char *run_id, uint64_t generation);
+
+/* Waits up to timeout_ms (0 = poll) for the next event; *ev is owned by the caller.
+ * SHOAL_ERR_TIMEOUT when none arrived. */
+shoal_err_t session_wait(session_t *s, int timeout_ms, sess_event_t **ev);
+
+/* Tells the session which comm the training thread uses (NULL = none), its generation and the
+ * step whose collective is in flight (0 = none). The session aborts it when a newer plan starts
+ * at or before that step, on a run stop, and at the SIGTERM grace deadline. Call with NULL
+ * before destroying the comm. */
+void session_track_comm(session_t *s, comm_t *c, uint64_t generation, int64_t inflight_step);
+
+/* Whether the SIGTERM grace deadline has passed (the training thread abandons work then). */
+int session_grace_expired(const session_t *s);
+
+/* The worker id the coordinator gave (copied into out; "" before registration). */
+void session_worker_id(session_t *s, char *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
