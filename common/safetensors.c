@@ -168,6 +168,8 @@ static int s_find(const st_file_t *f, const char *name)
 
 static shoal_err_t s_parse_metadata(st_file_t *f, json_t *meta)
 {
+    if (json_is_null(meta)) /* the Python readers take null as "no metadata" */
+        return SHOAL_OK;
     if (!json_is_object(meta))
         return shoal_fail(SHOAL_ERR_FORMAT, "%s: __metadata__ is not a JSON object", f->path);
     size_t n = json_object_size(meta);

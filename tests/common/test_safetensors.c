@@ -330,18 +330,20 @@ static void test_hostile_headers(void **state)
             "invalid JSON"); /* trailing garbage */
     HOSTILE("{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
             "invalid JSON"); /* NUL in a name */
-    /* trailing spaces (the padding) and an empty header object are fine */
+    /* trailing spaces (the padding), null metadata and no tensors are fine */
     char path[256];
     s_path(path, sizeof path, "pad.safetensors");
-    const char *pad = "{}      ";
-    uint8_t buf[16];
-    uint64_t hl = 8;
+    const char *pad = "{\"__metadata__\":null}   ";
+    uint8_t buf[32];
+    uint64_t hl = strlen(pad);
+    assert_int_equal(hl, 24);
     memcpy(buf, &hl, 8);
-    memcpy(buf + 8, pad, 8);
-    s_write_bytes(path, buf, 16);
+    memcpy(buf + 8, pad, hl);
+    s_write_bytes(path, buf, 8 + hl);
     st_file_t *f = NULL;
     assert_int_equal(st_open(path, &f), SHOAL_OK);
     assert_int_equal(st_count(f), 0);
+    assert_null(st_metadata(f, "format"));
     st_close(&f);
 }
 
