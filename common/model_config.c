@@ -114,7 +114,8 @@ shoal_err_t model_config_validate(const model_config_t *c)
            c->hidden_size, c->num_attention_heads);
     S_NEED(c->intermediate_size >= 1, "intermediate_size must be >= 1");
     S_NEED(c->moe_intermediate_size >= 1, "moe_intermediate_size must be >= 1");
-    S_NEED(c->n_routed_experts >= 1, "n_routed_experts must be >= 1");
+    S_NEED(c->n_routed_experts >= 1 && c->n_routed_experts <= MODEL_MAX_EXPERTS,
+           "n_routed_experts must be in [1, %d]", MODEL_MAX_EXPERTS);
     S_NEED(c->n_shared_experts >= 0, "n_shared_experts must be >= 0");
     S_NEED(c->n_group >= 1 && c->n_routed_experts % c->n_group == 0,
            "n_routed_experts (%d) must be divisible by n_group (%d)", c->n_routed_experts,

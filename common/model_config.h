@@ -12,6 +12,9 @@
 extern "C" {
 #endif
 
+/* Routed experts per layer the kernels support (DeepSeek-V3 has 256). */
+#define MODEL_MAX_EXPERTS 1024
+
 typedef struct {
     int vocab_size;              /* V */
     int hidden_size;             /* d */

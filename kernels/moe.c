@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ffn.h"
+#include "model_config.h"
 
 static void *s_alloc(size_t n)
 {
@@ -109,7 +110,7 @@ void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, 
         counts_acc[e] += off[e + 1];
         off[e + 1] += off[e];
     }
-    int64_t fill[1024];
+    int64_t fill[MODEL_MAX_EXPERTS];
     memcpy(fill, off, sizeof(int64_t) * (size_t)N);
     for (int64_t p = 0; p < P; p++) {
         const int64_t row = fill[sv->idx[p]]++;

@@ -5,6 +5,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "model_config.h"
+
 void router_sigmoid(float *s, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -25,8 +27,8 @@ void router_select(const router_config_t *c, const float *s, const float *bias, 
                    int32_t *idx)
 {
     const int N = c->N, K = c->K, G = c->n_group, per = N / G;
-    float sb[1024], gscore[1024];
-    unsigned char eligible[1024], gfree[1024];
+    float sb[MODEL_MAX_EXPERTS], gscore[MODEL_MAX_EXPERTS];
+    unsigned char eligible[MODEL_MAX_EXPERTS], gfree[MODEL_MAX_EXPERTS];
     for (int m = 0; m < M; m++) {
         const float *sm = s + (size_t)m * N;
         for (int i = 0; i < N; i++)

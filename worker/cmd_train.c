@@ -111,7 +111,7 @@ int cmd_train(int argc, char **argv)
     signal(SIGTERM, s_on_signal);
     const double t_start = s_now();
     double first_loss = -1, last_loss = 0, tokens_done = 0, busy = 0;
-    int64_t steps_done = 0;
+    int64_t steps_done = 0, last_ckpt = resumed;
     while (trainer_next_step(t) < total && !s_stop) {
         trainer_step_info_t info;
         if ((rc = trainer_compute(t, 0, 1)) != SHOAL_OK || (rc = trainer_apply(t, &info)) != SHOAL_OK) {
@@ -142,6 +142,14 @@ int cmd_train(int argc, char **argv)
                 fprintf(stderr, "shoal-worker train: checkpoint: %s\n", shoal_errmsg());
                 goto out;
             }
+            last_ckpt = trainer_next_step(t);
+        }
+    }
+    /* stopped by a signal: keep the steps done since the last checkpoint */
+    if (s_stop && trainer_next_step(t) != last_ckpt && trainer_next_step(t) > 0) {
+        if ((rc = trainer_checkpoint_async(t)) != SHOAL_OK) {
+            fprintf(stderr, "shoal-worker train: checkpoint: %s\n", shoal_errmsg());
+            goto out;
         }
     }
     if ((rc = trainer_checkpoint_wait(t)) != SHOAL_OK) {
