@@ -1,0 +1,231 @@
+/* bench_coordinator_msgs: heartbeats + acks per second that one coordinator (the real
+ * coord_* loop, in a child process pinned to one core) handles from many simulated workers
+ * (DEALER sockets over ipc://, each keeping a window of heartbeats in flight).
+ *
+ *   bench_coordinator_msgs [WORKERS=64] [SECONDS=3] [WINDOW=16]
+ *
+ * Prints the figure; exits 1 if the coordinator did not answer. Label bench (not run by
+ * default). */
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "config.h"
+#include "coord.h"
+#include "log.h"
+#include "wire.h"
+
+static volatile sig_atomic_t s_stop;
+
+static void s_on_term(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void s_pin(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    (void)sched_setaffinity(0, sizeof set, &set);
+}
+
+/* CPU seconds (user + system) used so far by process `pid`, from /proc. */
+static double s_cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static int s_coordinator(const char *dir)
+{
+    s_pin(0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    log_set_component("coordinator");
+    log_set_level(LOG_LVL_WARN);
+    coord_config_t cfg;
+    config_defaults(&cfg);
+    char listen[256];
+    snprintf(listen, sizeof listen, "ipc://%s/w.sock", dir);
+    if (config_set(&cfg, "state_dir", dir, "bench") != SHOAL_OK ||
+        config_set(&cfg, "listen", listen, "bench") != SHOAL_OK ||
+        config_set(&cfg, "dead_after_ms", "600000", "bench") != SHOAL_OK ||
+        config_finish(&cfg) != SHOAL_OK) {
+        fprintf(stderr, "config: %s\n", shoal_errmsg());
+        return 1;
+    }
+    coord_t *c = NULL;
+    if (coord_new(&cfg, &c) != SHOAL_OK) {
+        fprintf(stderr, "coordinator: %s\n", shoal_errmsg());
+        return 1;
+    }
+    shoal_err_t rc = coord_run(c, &s_stop);
+    unsigned long long handled, dropped;
+    coord_counters(c, &handled, &dropped);
+    fprintf(stderr, "coordinator: %llu messages handled, %llu dropped\n", handled, dropped);
+    coord_destroy(&c);
+    return rc == SHOAL_OK ? 0 : 1;
+}
+
+typedef struct {
+    char id[64];
+    int ok;
+} s_reg_t;
+
+static void s_on_reg(const Shoal__Envelope *env, void *ctx)
+{
+    s_reg_t *r = ctx;
+    if (env->type == SHOAL__MSG_TYPE__MSG_REGISTER_REPLY && env->reg_reply->accepted) {
+        snprintf(r->id, sizeof r->id, "%s", env->reg_reply->worker_id);
+        r->ok = 1;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int n = argc > 1 ? atoi(argv[1]) : 64;
+    double seconds = argc > 2 ? atof(argv[2]) : 3.0;
+    int window = argc > 3 ? atoi(argv[3]) : 16;
+    if (n < 1 || n > 4096 || seconds <= 0 || window < 1) {
+        fprintf(stderr, "usage: bench_coordinator_msgs [WORKERS] [SECONDS] [WINDOW]\n");
+        return 2;
+    }
+    char dir[] = "/tmp/shoal-bench-XXXXXX";
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(s_coordinator(dir));
+    s_pin(1);
+
+    void *ctx = zmq_ctx_new();
+    void **socks = calloc((size_t)n, sizeof *socks);
+    uint8_t **hb = calloc((size_t)n, sizeof *hb);
+    size_t *hb_len = calloc((size_t)n, sizeof *hb_len);
+    zmq_pollitem_t *items = calloc((size_t)n, sizeof *items);
+    int *inflight = calloc((size_t)n, sizeof *inflight);
+    char ep[256];
+    snprintf(ep, sizeof ep, "ipc://%s/w.sock", dir);
+    int rc = 1;
+    for (int i = 0; i < n; i++) {
+        socks[i] = zmq_socket(ctx, ZMQ_DEALER);
+        int t = 5000, linger = 0;
+        zmq_setsockopt(socks[i], ZMQ_RCVTIMEO, &t, sizeof t);
+        zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_connect(socks[i], ep);
+        items[i] = (zmq_pollitem_t){socks[i], 0, ZMQ_POLLIN, 0};
+    }
+    /* register everyone (the coordinator may still be starting: retry) */
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "bench-%d", i);
+        Shoal__Register rg = SHOAL__REGISTER__INIT;
+        rg.name = name;
+        rg.host = "localhost";
+        Shoal__Envelope env;
+        wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_REGISTER, "", "", 0, 1);
+        env.body_case = SHOAL__ENVELOPE__BODY_REG;
+        env.reg = &rg;
+        s_reg_t reg = {"", 0};
+        wire_route_t route;
+        if (wire_send(socks[i], NULL, &env, 0) != SHOAL_OK ||
+            wire_recv(socks[i], 0, &route, s_on_reg, &reg) != SHOAL_OK || !reg.ok) {
+            fprintf(stderr, "worker %d: registration failed\n", i);
+            goto out;
+        }
+        Shoal__Heartbeat h = SHOAL__HEARTBEAT__INIT;
+        h.activity = SHOAL__WORKER_ACTIVITY__ACTIVITY_IDLE;
+        wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_HEARTBEAT, "", reg.id, 0, 2);
+        env.body_case = SHOAL__ENVELOPE__BODY_HEARTBEAT;
+        env.heartbeat = &h;
+        if (wire_pack(&env, &hb[i], &hb_len[i]) != SHOAL_OK)
+            goto out;
+    }
+    /* warm-up: each worker's first heartbeat makes it active (one synced write each) */
+    for (int i = 0; i < n; i++) {
+        char buf[256];
+        zmq_send(socks[i], hb[i], hb_len[i], 0);
+        if (zmq_recv(socks[i], buf, sizeof buf, 0) < 0) {
+            fprintf(stderr, "worker %d: no ack\n", i);
+            goto out;
+        }
+    }
+    unsigned long long acks = 0;
+    double t0 = s_now(), end = t0 + seconds, cpu0 = s_cpu_seconds(pid);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < window; k++) {
+            zmq_send(socks[i], hb[i], hb_len[i], 0);
+            inflight[i]++;
+        }
+    while (s_now() < end) {
+        if (zmq_poll(items, n, 100) <= 0)
+            continue;
+        for (int i = 0; i < n; i++) {
+            if (!(items[i].revents & ZMQ_POLLIN))
+                continue;
+            char buf[256];
+            while (zmq_recv(socks[i], buf, sizeof buf, ZMQ_DONTWAIT) >= 0) {
+                acks++;
+                zmq_send(socks[i], hb[i], hb_len[i], 0);
+            }
+        }
+    }
+    double dt = s_now() - t0, cpu = s_cpu_seconds(pid) - cpu0;
+    printf("bench_coordinator_msgs: %d workers, window %d, %.1f s: %llu heartbeat+ack, "
+           "%.0f heartbeat+ack/s (coordinator pinned to one core, busy %.0f%%: %.0f/s per "
+           "busy core-second)\n",
+           n, window, dt, acks, (double)acks / dt, 100.0 * cpu / dt,
+           cpu > 0 ? (double)acks / cpu : 0.0);
+    rc = acks > 0 ? 0 : 1;
+out:
+    for (int i = 0; i < n; i++) {
+        if (socks[i])
+            zmq_close(socks[i]);
+        free(hb[i]);
+    }
+    zmq_ctx_term(ctx);
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+    free(socks);
+    free(hb);
+    free(hb_len);
+    free(items);
+    free(inflight);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    return rc;
+}
