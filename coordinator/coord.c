@@ -664,8 +664,8 @@ static shoal_err_t s_build_plan(coord_run_t *r, const s_wlist_t *e, plan_t *p,
     uint32_t best_rank = 0;
     for (uint32_t i = 0; i < e->n; i++) {
         const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id);
-        if (!old || !r->reported)
-            continue;
+        if (!old || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
+            continue; /* not a survivor: new, or restarted without its state */
         int64_t st = r->reported[old->rank];
         if (st > best) {
             best = st;
@@ -741,6 +741,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     r->generation = p.generation;
     r->committed_step = committed;
     r->replan_pending = 0;
+    r->replan_now = 0;
     r->lease = r->state == RUN_RUNNING ? s_lease_for(c, r) : committed;
     if (s_run_reset_ranks(r) != SHOAL_OK)
         log_error("%s", shoal_errmsg());
@@ -803,6 +804,11 @@ static void s_run_replan_check(coord_t *c, coord_run_t *r)
             at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%s%s joins",
                                    at ? ", " : "", e.list[i]->id);
         }
+    if (r->replan_now && r->generation > 0) {
+        lost = 1;
+        at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%sworker failure",
+                               at ? ", " : "");
+    }
     if (r->generation > 0 && !lost && !changed && r->replan_pending) {
         /* the change undid itself (a joiner died before the boundary): unfreeze the lease */
         r->replan_pending = 0;
@@ -996,15 +1002,21 @@ static void s_on_register(coord_t *c, const wire_route_t *route, const Shoal__En
         (void)coord_worker_transition(c, w, WORKER_JOINING, "registered again from %s",
                                       w->host);
     } else {
-        log_info("worker %s: reconnected (%s, state %s)", w->id, w->name,
-                 coord_worker_state_name(w->state));
+        /* a live worker registers again only when its process restarted: whatever cell it
+         * held lost its state, so its run re-plans now (the cron sees a lost member) */
+        if (w->run[0]) {
+            log_info("worker %s: registered again while in %s: its cell is lost", w->id, w->run);
+            coord_ledger(c, w->run, "worker_restart",
+                         json_pack("{s:s, s:s}", "worker", w->id, "name", w->name));
+            w->run[0] = 0;
+        } else {
+            log_info("worker %s: registered again (%s, state %s)", w->id, w->name,
+                     coord_worker_state_name(w->state));
+        }
         coord_put_worker(c, w);
     }
     coord_txn_commit(c);
     s_reply_register(c, route, w->id, 1, "");
-    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
-    if (r && !s_run_is_terminal(r->state))
-        coord_push_assignment(c, r, w);
 }
 
 /* Run and generation check of a worker message: the message's run must be the worker's run
@@ -1052,6 +1064,12 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
         if (!ok)
             return;
         int rank = s_rank_of(ok, w);
+        if (rank >= 0 && hb->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED &&
+            !ok->replan_now) {
+            log_warn("run %s: worker %s reports its plan failed (%.200s): re-planning", ok->id,
+                     w->id, hb->detail[0] ? hb->detail : "no detail");
+            ok->replan_now = 1;
+        }
         if (rank >= 0 && hb->step > ok->reported[rank] && hb->step <= ok->lease) {
             ok->reported[rank] = hb->step;
             ok->rank_loss[rank] = hb->loss;

@@ -79,6 +79,7 @@ typedef struct {
     int64_t *reported;
     double *rank_loss;
     int replan_pending;      /* membership changed: lease frozen until the boundary */
+    int replan_now;          /* a member reported its plan failed: new plan at once */
 } coord_run_t;
 
 struct coord {

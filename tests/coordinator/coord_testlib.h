@@ -56,6 +56,7 @@ void tc_worker_close(tc_worker_t *w);
 int tc_worker_call(tc_worker_t *w, Shoal__Envelope *env);
 int tc_worker_register(tc_worker_t *w);
 int tc_worker_heartbeat(tc_worker_t *w, int64_t step);
+int tc_worker_heartbeat_activity(tc_worker_t *w, int64_t step, int activity);
 int tc_worker_step(tc_worker_t *w, int64_t step, float loss);
 int tc_worker_ckpt(tc_worker_t *w, int64_t step);
 int tc_worker_get_assignment(tc_worker_t *w);

@@ -293,6 +293,29 @@ static void test_wrong_run_and_generation(void **state)
     assert_int_equal(tc_worker_step(&w, 2, 2.0f), 0);
     tc_worker_pump(&w, 50);
     assert_int_equal(w.committed, 2);
+
+    /* a worker reporting that its plan failed gets a new generation (same members, state
+     * from the peer that got furthest) */
+    assert_int_equal(tc_worker_heartbeat_activity(&w, 2, SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED),
+                     0);
+    for (int i = 0; i < 10 && w.gen == 1; i++) {
+        (void)tc_worker_heartbeat(&w, 2);
+        tc_worker_pump(&w, 50);
+    }
+    assert_int_equal(w.gen, 2);
+    assert_int_equal(w.source, SHOAL__STATE_SOURCE__STATE_SOURCE_PEER);
+    assert_int_equal(w.start_step, 3);
+    /* registering again while holding a cell means the process restarted: its state is gone;
+     * with no survivor and no checkpoint the run restarts from initialisation */
+    assert_int_equal(tc_worker_register(&w), 0);
+    assert_string_equal(w.id, id);
+    for (int i = 0; i < 10 && w.gen == 2; i++) {
+        (void)tc_worker_heartbeat(&w, 0);
+        tc_worker_pump(&w, 50);
+    }
+    assert_int_equal(w.gen, 3);
+    assert_int_equal(w.source, SHOAL__STATE_SOURCE__STATE_SOURCE_INIT);
+    assert_int_equal(w.start_step, 1);
     s_status_still_works(pid);
     tc_worker_close(&w);
     s_stop_clean(pid);
