@@ -4,12 +4,14 @@
 
 #include <math.h>
 
+#include "vexp.h" /* SHOAL_VECTOR_CLONES */
 #define OPT_LANES 8
 
 /* Scalars are formed as PyTorch forms them: Python doubles, rounded to float when they meet a
  * float tensor; the per-element arithmetic is float in the same order as the oracle's
  *   p.mul_(1-lr*wd); m.mul_(b1).add_(g, alpha=1-b1); v.mul_(b2).addcmul_(g, g, value=1-b2);
  *   denom = (v.sqrt() / sqrt(bc2)).add_(eps); p.addcdiv_(m, denom, value=-lr/bc1). */
+SHOAL_VECTOR_CLONES
 void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, float lr, int decay,
                   int64_t t, const adamw_hparams_t *hp)
 {
@@ -38,6 +40,7 @@ void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, float
     }
 }
 
+SHOAL_VECTOR_CLONES
 double grad_sum_squares(const float *g, int64_t n)
 {
     double acc[OPT_LANES] = {0};
@@ -59,6 +62,7 @@ double clip_coefficient(double total_norm, double max_norm)
     return coef < 1.0 ? coef : 1.0;
 }
 
+SHOAL_VECTOR_CLONES
 void grad_scale(float *g, int64_t n, float coef)
 {
     float *restrict gg = g;

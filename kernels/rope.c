@@ -3,6 +3,7 @@
 
 #include <math.h>
 
+#include "vexp.h" /* SHOAL_VECTOR_CLONES */
 void rope_tables(int T, int dh, double theta, float *cos_t, float *sin_t)
 {
     int half = dh / 2;
@@ -18,6 +19,7 @@ void rope_tables(int T, int dh, double theta, float *cos_t, float *sin_t)
 }
 
 /* sgn = +1: forward rotation by φ; sgn = −1: the transpose (rotation by −φ). */
+SHOAL_VECTOR_CLONES
 static void s_rope_apply(float *x, int B, int T, int H, int dh, int ld, const float *cos_t,
                          const float *sin_t, float sgn)
 {
