@@ -202,8 +202,8 @@ static shoal_err_t s_read_manifest(const char *dir, sess_req_t *r)
     return SHOAL_OK;
 }
 
-/* Waits for the checkpoint being written (if any) and reports it once durable. */
-static void s_finish_checkpoint(daemon_t *d)
+/* Waits for the checkpoint being written (if any) and, when `report`, reports it once durable. */
+static void s_finish_checkpoint_as(daemon_t *d, int report)
 {
     if (!d->ckpt_pending || !d->tr)
         return;
@@ -214,6 +214,8 @@ static void s_finish_checkpoint(daemon_t *d)
         log_error("checkpoint of step %lld failed: %s", (long long)step, shoal_errmsg());
         return;
     }
+    if (!report)
+        return;
     sess_req_t *r = sess_req_new(SESS_REQ_CKPT, d->plan ? d->plan->run_id : d->tr_run,
                                  d->plan ? d->plan->generation : 0);
     if (!r)
@@ -232,6 +234,11 @@ static void s_finish_checkpoint(daemon_t *d)
     }
     log_info("checkpoint of step %lld durable in %s", (long long)step, r->path);
     session_post(d->sess, &r);
+}
+
+static void s_finish_checkpoint(daemon_t *d)
+{
+    s_finish_checkpoint_as(d, 1);
 }
 
 /* A plan that starts right after a checkpoint step: the checkpoint commits only once every
@@ -430,7 +437,9 @@ out:
 static void s_switch_plan(daemon_t *d, sess_plan_t *p)
 {
     s_drop_comm(d);
-    s_finish_checkpoint(d);
+    /* Not reported under the old generation (the coordinator moved on): the new plan reports
+     * the checkpoint of its boundary (s_checkpoint_boundary). */
+    s_finish_checkpoint_as(d, 0);
     const int same_run = d->plan && strcmp(d->plan->run_id, p->run_id) == 0;
     sess_plan_destroy(&d->plan);
     d->plan = p;

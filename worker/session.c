@@ -673,8 +673,16 @@ static void s_on_request(session_t *s, sess_req_t *r)
     case SESS_REQ_LEAVE:
         if (!s->leaving) {
             s->leaving = 1;
-            int64_t wait = S_LEAVE_WAIT_MS;
-            s->leave_deadline_ms = s_mono_ms() + wait;
+            /* Within the grace period when one runs (keep 0.2 s for the exit itself). */
+            const int64_t now = s_mono_ms();
+            int64_t until = now + S_LEAVE_WAIT_MS;
+            if (s->stop_seen_ms) {
+                const int64_t grace_end =
+                    s->stop_seen_ms + (int64_t)(s->grace_seconds * 1000) - 200;
+                if (grace_end < until)
+                    until = grace_end > now + 100 ? grace_end : now + 100;
+            }
+            s->leave_deadline_ms = until;
             log_info("session: leaving: %s", r->detail);
             s_send_leave(s, r->detail);
         }
@@ -728,7 +736,7 @@ static void s_timers(session_t *s, int64_t now)
             s_reregister(s, "coordinator lost");
             for (int i = 0; i < s->n_pending; i++)
                 s->pending[i].seq = 0;
-        } else if (now >= s->next_hb_ms) {
+        } else if (now >= s->next_hb_ms && !s->leaving) {
             s_send_heartbeat(s);
             s->next_hb_ms = now + s->hb_ms;
             s_resend_pending(s, 2 * (int64_t)s->dead_ms);
