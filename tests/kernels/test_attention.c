@@ -172,6 +172,8 @@ static void test_attention_cases(void **state)
     s_run_case(2, 5, 8, 2, 10.0, s_seed);
     s_run_case(1, 7, 12, 3, 10000.0, s_seed + 1);
     s_run_case(3, 1, 4, 1, 10000.0, s_seed + 2); /* T = 1: attention is v itself */
+    /* T past the kernel's causal query blocking (64 rows), two sequences */
+    s_run_case(2, 70, 8, 2, 10000.0, s_seed + 3);
 }
 
 int main(void)
