@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1048,6 +1049,15 @@ static coord_run_t *s_check_run(coord_t *c, const wire_route_t *route, coord_wor
     return r;
 }
 
+/* Numbers from workers enter the state (and its JSON) only when finite: JSON has no NaN. */
+static double s_finite(double x, const coord_worker_t *w, const char *what)
+{
+    if (isfinite(x))
+        return x;
+    log_warn("worker %s reports a non-finite %s: stored as 0", w->id, what);
+    return 0.0;
+}
+
 static int s_rank_of(const coord_run_t *r, const coord_worker_t *w)
 {
     const plan_peer_t *p = plan_find_worker(&r->plan, w->id);
@@ -1072,14 +1082,14 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
         }
         if (rank >= 0 && hb->step > ok->reported[rank] && hb->step <= ok->lease) {
             ok->reported[rank] = hb->step;
-            ok->rank_loss[rank] = hb->loss;
+            ok->rank_loss[rank] = s_finite(hb->loss, w, "loss");
             s_run_advance(c, ok);
         }
     }
     w->last_hb_ms = coord_now_wall_ms();
     w->step = hb->step;
-    w->loss = hb->loss;
-    w->tokens_per_s = hb->tokens_per_s;
+    w->loss = s_finite(hb->loss, w, "loss");
+    w->tokens_per_s = s_finite(hb->tokens_per_s, w, "tokens/s");
     w->activity = hb->activity;
     if (w->state == WORKER_JOINING) {
         (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
@@ -1106,10 +1116,10 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
     }
     if (sr->step > r->reported[rank]) {
         r->reported[rank] = sr->step;
-        r->rank_loss[rank] = sr->loss;
+        r->rank_loss[rank] = s_finite(sr->loss, w, "loss");
     }
     w->step = sr->step;
-    w->loss = sr->loss;
+    w->loss = s_finite(sr->loss, w, "loss");
     s_run_advance(c, r);
     s_reply_ack(c, route, env, w, r);
 }

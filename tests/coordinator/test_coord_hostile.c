@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -289,10 +290,14 @@ static void test_wrong_run_and_generation(void **state)
     assert_int_equal(json_integer_value(json_object_get(st, "step")), 1);
     assert_int_equal(json_integer_value(json_object_get(st, "checkpoint_step")), 0);
     json_decref(st);
-    /* and the worker still works */
-    assert_int_equal(tc_worker_step(&w, 2, 2.0f), 0);
+    /* and the worker still works; a NaN loss does not poison the state or its JSON */
+    assert_int_equal(tc_worker_step(&w, 2, NAN), 0);
     tc_worker_pump(&w, 50);
     assert_int_equal(w.committed, 2);
+    st = tc_run_status(s_dir, "hostile");
+    assert_non_null(st);
+    assert_int_equal(json_integer_value(json_object_get(st, "step")), 2);
+    json_decref(st);
 
     /* a worker reporting that its plan failed gets a new generation (same members, state
      * from the peer that got furthest) */
