@@ -11,12 +11,15 @@
  *     other rank (AR_AG), which copies it in. Bytes sent per rank: 2 (R-1)/R of the buffer, like a
  *     ring, in R-1 parallel streams instead of R-1 sequential hops.
  * Broadcast: the root sends pieces to every rank (at most a window of unacknowledged pieces per
- * peer); receivers acknowledge cumulatively (BC_ACK), so the root too learns of a dead receiver.
+ * peer); receivers acknowledge cumulatively (BC_ACK), so the root too learns of a dead receiver;
+ * once every rank has acknowledged everything the root tells them so (BC_DONE), and only then do
+ * receivers complete.
  * Barrier: one empty message from every rank to every other.
  *
  * Why a peer is at most one operation ahead: no operation completes on any rank before every rank
- * has entered it (each needs data that every rank contributes), so while we run op s a live peer
- * can only send messages of s or s+1. Messages of s+1 (and of the first op of a newer generation,
+ * has entered it (each needs data, an acknowledgement or a token from every rank; that is why
+ * broadcast receivers wait for BC_DONE), so while we run op s a live peer can only send messages of
+ * s or s+1. Messages of s+1 (and of the first op of a newer generation,
  * sent by a peer that moved on first) are kept in the listener's stash; all others are dropped. */
 #include "comm.h"
 
@@ -42,14 +45,25 @@
 #define WIRE_VERSION 1
 /* Bytes of early messages (next op, newer generation) a listener holds before dropping more. */
 #define STASH_MAX_BYTES ((size_t)1 << 30)
-/* Unacknowledged broadcast bytes per receiver: bounds the root's queues on a slow link. */
-#define BCAST_WINDOW_BYTES ((size_t)64 << 20)
+/* Unconfirmed bytes in flight to one peer (broadcast pieces not yet acknowledged, all-reduce
+ * contributions whose reduced piece has not come back): bounds the queues on a slow link. */
+#define WINDOW_BYTES ((size_t)64 << 20)
+#define WINDOW_PIECES_MAX 256
 /* Longest a healthy comm's last messages may linger after comm_destroy. */
 #define FLUSH_MAX_MS 1000
 /* Messages received per loop turn before the send side gets a chance again. */
 #define RECV_BATCH 256
 
-enum { KIND_AR_RS = 1, KIND_AR_AG, KIND_BC_DATA, KIND_BC_ACK, KIND_BARRIER, KIND__END };
+/* Numbered once, never reused. */
+enum {
+    KIND_AR_RS = 1, /* all-reduce: a rank's contribution to a piece, to the piece's owner */
+    KIND_AR_AG,     /* all-reduce: a reduced piece, from its owner to every rank */
+    KIND_BC_DATA,   /* broadcast: a piece from the root */
+    KIND_BC_ACK,    /* broadcast: pieces received so far, to the root */
+    KIND_BARRIER,   /* barrier token */
+    KIND_BC_DONE,   /* broadcast: every rank has everything (root to every rank) */
+    KIND__END
+};
 enum { OP_ALLREDUCE = 1, OP_BCAST, OP_BARRIER };
 
 typedef struct {
@@ -102,7 +116,7 @@ typedef struct {
     size_t rs_got;         /* all-reduce: its contributions to our pieces received */
     size_t acked;          /* bcast root: pieces it acknowledged */
     size_t ack_sent;       /* bcast receiver (peer = root): pieces acknowledged so far */
-    bool sent_token, got_token; /* barrier */
+    bool sent_token, got_token; /* barrier token; broadcast DONE */
 } peer_t;
 
 struct comm {
@@ -140,7 +154,8 @@ typedef struct {
     size_t np;
     unsigned char *bc_have;
     size_t bc_got;
-    size_t window;
+    int bc_acked_all;      /* root: peers that acknowledged every piece */
+    size_t window;         /* pieces in flight per peer (both ops) */
     /* diagnostics */
     unsigned dropped;
     char why[200];
@@ -156,6 +171,13 @@ static uint64_t s_now_ns(void)
 static size_t s_div_up(size_t a, size_t b)
 {
     return a / b + (a % b != 0);
+}
+
+/* Pieces in flight per peer: WINDOW_BYTES, and at most WINDOW_PIECES_MAX small ones. */
+static size_t s_window(const comm_t *c)
+{
+    size_t w = WINDOW_BYTES / c->chunk;
+    return w > WINDOW_PIECES_MAX ? WINDOW_PIECES_MAX : w;
 }
 
 /* Balanced split of n elements over R ranks: rank j owns [s_lo(j), s_lo(j + 1)). */
@@ -720,8 +742,19 @@ static bool s_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m)
             why = "not an acknowledgement for this broadcast";
             goto out_drop;
         }
-        if (h->offset > p->acked)
+        if (h->offset > p->acked) {
             p->acked = h->offset;
+            op->bc_acked_all += p->acked == op->np;
+        }
+        zmq_msg_close(m);
+        break;
+    case KIND_BC_DONE:
+        if (op->kind != OP_BCAST || src != op->root || h->offset != op->np || p->got_token ||
+            op->bc_got != op->np) {
+            why = "not the end of this broadcast";
+            goto out_drop;
+        }
+        p->got_token = true;
         zmq_msg_close(m);
         break;
     case KIND_BARRIER:
@@ -827,7 +860,8 @@ static bool s_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
         }
         size_t lo = s_lo(op->total, c->nranks, j), hi = s_lo(op->total, c->nranks, j + 1);
         size_t off = lo + p->rs_next * op->unit;
-        if (off >= hi)
+        /* The owner returns each reduced piece only after it has ours: that is the credit. */
+        if (off >= hi || p->rs_next - p->ag_got >= op->window)
             return false;
         size_t cnt = hi - off < op->unit ? hi - off : op->unit;
         p->rs_next++;
@@ -837,6 +871,11 @@ static bool s_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
     }
     case OP_BCAST:
         if (c->rank == op->root) {
+            if (op->bc_acked_all == c->nranks - 1 && !p->sent_token) {
+                p->sent_token = true;
+                *rc = s_build(c, op, &p->out, KIND_BC_DONE, op->np, 0, NULL, 0);
+                return *rc == SHOAL_OK;
+            }
             if (p->rs_next >= op->np || p->rs_next - p->acked >= op->window)
                 return false;
             size_t off = p->rs_next * op->unit;
@@ -872,7 +911,7 @@ static bool s_waiting_on(const comm_t *c, const op_t *op, int j)
     case OP_BCAST:
         if (c->rank == op->root)
             return p->acked < op->np;
-        return j == op->root && op->bc_got < op->np;
+        return j == op->root && !p->got_token;
     case OP_BARRIER:
         return !p->got_token;
     }
@@ -896,6 +935,8 @@ static bool s_done(const comm_t *c, const op_t *op)
         }
         case OP_BCAST:
             if (c->rank != op->root && j == op->root && p->ack_sent < op->np)
+                return false;
+            if (c->rank == op->root && !p->sent_token)
                 return false;
             break;
         case OP_BARRIER:
@@ -1106,6 +1147,7 @@ shoal_err_t comm_allreduce_sum_f32(comm_t *c, float *buf, size_t n, uint64_t ste
         .total = n,
         .buf = (unsigned char *)buf,
         .unit = c->chunk / 4,
+        .window = s_window(c),
     };
     op.own_lo = s_lo(n, R, c->rank);
     op.own_hi = s_lo(n, R, c->rank + 1);
@@ -1162,9 +1204,7 @@ shoal_err_t comm_broadcast(comm_t *c, void *buf, size_t bytes, int root, uint64_
         .unit = c->chunk,
     };
     op.np = s_div_up(bytes, op.unit);
-    op.window = BCAST_WINDOW_BYTES / op.unit;
-    if (op.window < 4)
-        op.window = 4;
+    op.window = s_window(c);
     op.bc_have = calloc(op.np, 1);
     if (!op.bc_have) {
         rc = shoal_fail(SHOAL_ERR_NOMEM, "comm broadcast: out of memory for %zu bytes", bytes);

@@ -184,6 +184,8 @@ static void s_run_group(int nranks, rank_fn fn, void *arg, before_fn before, voi
         assert_int_equal(pipe(up[r]), 0);
         assert_int_equal(pipe(down[r]), 0);
     }
+    fflush(stdout); /* ranks leave with exit() (so LeakSanitizer checks them): no double output */
+    fflush(stderr);
     for (int r = 0; r < nranks; r++) {
         pid[r] = fork();
         assert_true(pid[r] >= 0);
@@ -214,7 +216,8 @@ static void s_run_group(int nranks, rank_fn fn, void *arg, before_fn before, voi
             out->finished = 1;
             s_write_all(up[r][1], out, sizeof *out);
             comm_listener_destroy(&ctx.l);
-            _exit(0);
+            free(out);
+            exit(0);
         }
     }
     char eps[MAX_RANKS][EP_LEN];
@@ -245,6 +248,11 @@ static void s_run_group(int nranks, rank_fn fn, void *arg, before_fn before, voi
 /* Asserts every rank reported, every record passed, and digests agree across ranks. */
 static void s_check_all(const result_t *res, const bool *got, const int *status, int nranks)
 {
+    for (int r = 0; r < nranks; r++)
+        for (int k = 0; got[r] && k < res[r].nrec; k++)
+            if (res[r].rc[k] != SHOAL_OK || !res[r].ok[k])
+                printf("  rank %d record %d: rc %d ok %d: %s\n", r, k, res[r].rc[k],
+                       res[r].ok[k], res[r].msg[k]);
     for (int r = 0; r < nranks; r++) {
         assert_true(got[r]);
         assert_true(WIFEXITED(status[r]) && WEXITSTATUS(status[r]) == 0);
@@ -390,6 +398,18 @@ static void s_rank_sizes(rank_ctx_t *ctx, result_t *res, void *arg)
         s_allreduce_check(c, ctx, res, 1001, 7, ++step, a);
         s_allreduce_check(c, ctx, res, 1001, 7, ++step, b);
         s_rec(res, SHOAL_OK, memcmp(a, b, sizeof a) == 0, 0, 0);
+        /* A broadcast of many pieces (more than the in-flight window with 16-byte chunks). */
+        unsigned char bc[8193], want[8193];
+        for (size_t i = 0; i < sizeof bc; i++)
+            want[i] = (unsigned char)(i * 31 + 7);
+        int root = ctx->nranks - 1;
+        if (ctx->rank == root)
+            memcpy(bc, want, sizeof bc);
+        else
+            memset(bc, 0, sizeof bc);
+        int rc = comm_broadcast(c, bc, sizeof bc, root, ++step);
+        s_rec(res, rc, rc == SHOAL_OK && memcmp(bc, want, sizeof bc) == 0, s_fnv(bc, sizeof bc),
+              0);
         comm_destroy(&c);
     }
 }
@@ -401,7 +421,7 @@ static void s_sizes_for(int nranks)
     int status[MAX_RANKS];
     s_run_group(nranks, s_rank_sizes, NULL, NULL, NULL, res, got, status);
     s_check_all(res, got, status, nranks);
-    assert_int_equal(res[0].nrec, 2 * (5 + 3));
+    assert_int_equal(res[0].nrec, 2 * (5 + 4));
 }
 
 static void test_allreduce_1_rank(void **state)
@@ -469,6 +489,8 @@ static void s_rank_sequence(rank_ctx_t *ctx, result_t *res, void *arg)
         uint64_t step = 10 + (uint64_t)it;
         if ((it + ctx->rank) % 4 == 0)
             usleep(2000);
+        if (it % 3 == 0 && ctx->rank == (it / 3) % ctx->nranks)
+            usleep(30000); /* one rank lags into an all-reduce that precedes a broadcast */
         switch (it % 3) {
         case 0:
             s_allreduce_check(c, ctx, res, (size_t)(1 + it * 13), 500 + (uint64_t)it, step, NULL);
@@ -584,6 +606,37 @@ static void test_dead_root(void **state)
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
     s_run_group(3, s_rank_dead_root, NULL, NULL, NULL, res, got, status);
+    s_check_all(res, got, status, 3);
+}
+
+/* A receiver of a broadcast never joins. The root times out naming it; the other receiver does not
+ * complete either (it waits for the root's DONE): otherwise it could run two ops ahead of the
+ * missing rank, whose later messages would then fall outside the one-op window. */
+static void s_rank_dead_receiver(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    if (ctx->rank == 2) {
+        comm_destroy(&c);
+        s_rec(res, SHOAL_OK, 1, 0, 0);
+        return;
+    }
+    char buf[5000] = {0};
+    int rc = comm_broadcast(c, buf, sizeof buf, 0, 1);
+    const char *want = ctx->rank == 0 ? "no message from rank 2" : "waiting on rank(s) 0";
+    s_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), want) != NULL, 0, 0);
+    if (!res->ok[0])
+        snprintf(res->msg[0], sizeof res->msg[0], "rc %d: %s", rc, shoal_errmsg());
+    comm_destroy(&c);
+}
+
+static void test_dead_receiver(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(3, s_rank_dead_receiver, NULL, NULL, NULL, res, got, status);
     s_check_all(res, got, status, 3);
 }
 
@@ -898,6 +951,8 @@ static void test_garbage_frames(void **state)
 int main(void)
 {
     log_set_level(LOG_LVL_ERROR);
+    if (getenv("TEST_COMM_FILTER"))
+        cmocka_set_test_filter(getenv("TEST_COMM_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_matters),
         cmocka_unit_test(test_listener_and_config),
@@ -909,6 +964,7 @@ int main(void)
         cmocka_unit_test(test_op_sequence),
         cmocka_unit_test(test_dead_peer),
         cmocka_unit_test(test_dead_root),
+        cmocka_unit_test(test_dead_receiver),
         cmocka_unit_test(test_abort),
         cmocka_unit_test(test_generation_change),
         cmocka_unit_test(test_garbage_frames),
