@@ -107,10 +107,11 @@ static shoal_err_t s_check_plan(const Shoal__Plan *p)
     for (size_t i = 0; i < p->n_experts; i++)
         WIRE_CHECK_GOTO(s_count(p->experts[i]->n_experts, "plan.experts.experts"), rc, out);
     for (size_t i = 0; i < p->n_peers; i++) {
-        WIRE_CHECK_GOTO(s_str(p->peers[i]->worker_id, WIRE_MAX_ID_LEN, "plan.peers.worker_id"),
-                        rc, out);
-        WIRE_CHECK_GOTO(s_str(p->peers[i]->data_endpoint, WIRE_MAX_TEXT_LEN,
-                              "plan.peers.data_endpoint"), rc, out);
+        WIRE_CHECK_GOTO(s_str(p->peers[i]->worker_id, WIRE_MAX_ID_LEN, "plan.peers.worker_id"), rc,
+                        out);
+        WIRE_CHECK_GOTO(
+            s_str(p->peers[i]->data_endpoint, WIRE_MAX_TEXT_LEN, "plan.peers.data_endpoint"), rc,
+            out);
     }
     if (p->checkpoint)
         WIRE_CHECK_GOTO(s_str(p->checkpoint->path, WIRE_MAX_TEXT_LEN, "plan.checkpoint.path"), rc,
@@ -191,10 +192,10 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
                         rc, out);
         break;
     case SHOAL__ENVELOPE__BODY_CTL_SUBMIT:
-        WIRE_CHECK_GOTO(s_str(env->ctl_submit->spec_yaml, WIRE_MAX_SPEC_LEN,
-                              "ctl_submit.spec_yaml"), rc, out);
-        WIRE_CHECK_GOTO(s_str(env->ctl_submit->origin, WIRE_MAX_TEXT_LEN, "ctl_submit.origin"),
-                        rc, out);
+        WIRE_CHECK_GOTO(
+            s_str(env->ctl_submit->spec_yaml, WIRE_MAX_SPEC_LEN, "ctl_submit.spec_yaml"), rc, out);
+        WIRE_CHECK_GOTO(s_str(env->ctl_submit->origin, WIRE_MAX_TEXT_LEN, "ctl_submit.origin"), rc,
+                        out);
         break;
     case SHOAL__ENVELOPE__BODY_CTL_STATUS:
         WIRE_CHECK_GOTO(s_str(env->ctl_status->run, WIRE_MAX_ID_LEN + 64, "ctl_status.run"), rc,
@@ -215,10 +216,9 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         WIRE_CHECK_GOTO(s_str(env->ctl_plan->run, WIRE_MAX_ID_LEN + 64, "ctl_plan.run"), rc, out);
         break;
     case SHOAL__ENVELOPE__BODY_CTL_REPLY:
-        WIRE_CHECK_GOTO(s_str(env->ctl_reply->message, WIRE_MAX_TEXT_LEN, "ctl_reply.message"),
-                        rc, out);
-        WIRE_CHECK_GOTO(s_str(env->ctl_reply->json, WIRE_MAX_MSG_BYTES, "ctl_reply.json"), rc,
+        WIRE_CHECK_GOTO(s_str(env->ctl_reply->message, WIRE_MAX_TEXT_LEN, "ctl_reply.message"), rc,
                         out);
+        WIRE_CHECK_GOTO(s_str(env->ctl_reply->json, WIRE_MAX_MSG_BYTES, "ctl_reply.json"), rc, out);
         break;
     default: /* bodies with numbers and enums only */
         break;
@@ -233,8 +233,8 @@ shoal_err_t wire_check(const Shoal__Envelope *env)
     if (!t)
         return shoal_fail(SHOAL_ERR_INVALID, "unknown message type %d", (int)env->type);
     if (env->body_case != t->body)
-        return shoal_fail(SHOAL_ERR_FORMAT, "message type %s carries body %d, expected %d",
-                          t->name, (int)env->body_case, (int)t->body);
+        return shoal_fail(SHOAL_ERR_FORMAT, "message type %s carries body %d, expected %d", t->name,
+                          (int)env->body_case, (int)t->body);
     /* a set oneof case always has a body after unpack; a hand-built envelope may not */
     if (!env->reg)
         return shoal_fail(SHOAL_ERR_FORMAT, "message type %s without body", t->name);
@@ -283,8 +283,7 @@ static shoal_err_t s_errno_fail(int err, const char *what)
     return shoal_fail(SHOAL_ERR_IO, "%s: %s", what, zmq_strerror(err));
 }
 
-shoal_err_t wire_send(void *sock, const wire_route_t *route, const Shoal__Envelope *env,
-                      int flags)
+shoal_err_t wire_send(void *sock, const wire_route_t *route, const Shoal__Envelope *env, int flags)
 {
     uint8_t *buf = NULL;
     size_t len = 0;

@@ -24,11 +24,11 @@ extern "C" {
 
 #define WIRE_MAX_MSG_BYTES (64u << 20) /* payload bound: larger messages are rejected */
 #define WIRE_MAX_ROUTE_FRAMES 4
-#define WIRE_MAX_ROUTE_BYTES 255       /* ZeroMQ identities are at most 255 bytes */
-#define WIRE_MAX_ID_LEN 64             /* run ids, worker ids, names */
-#define WIRE_MAX_TEXT_LEN 4096         /* reasons, messages, paths, endpoints */
-#define WIRE_MAX_SPEC_LEN (1u << 20)   /* run spec YAML */
-#define WIRE_MAX_REPEATED 65536        /* elements of any repeated field */
+#define WIRE_MAX_ROUTE_BYTES 255     /* ZeroMQ identities are at most 255 bytes */
+#define WIRE_MAX_ID_LEN 64           /* run ids, worker ids, names */
+#define WIRE_MAX_TEXT_LEN 4096       /* reasons, messages, paths, endpoints */
+#define WIRE_MAX_SPEC_LEN (1u << 20) /* run spec YAML */
+#define WIRE_MAX_REPEATED 65536      /* elements of any repeated field */
 #define WIRE_MAX_COMM_ID 256
 
 typedef struct {
@@ -62,8 +62,7 @@ shoal_err_t wire_pack(const Shoal__Envelope *env, uint8_t **buf, size_t *len);
 /* Checks, packs and sends `env` on `sock` after the route frames (route may be NULL).
  * `flags` is 0 or ZMQ_DONTWAIT. SHOAL_ERR_TIMEOUT when the send would block (EAGAIN),
  * SHOAL_ERR_IO for other socket errors, the wire_check() error for an invalid envelope. */
-shoal_err_t wire_send(void *sock, const wire_route_t *route, const Shoal__Envelope *env,
-                      int flags);
+shoal_err_t wire_send(void *sock, const wire_route_t *route, const Shoal__Envelope *env, int flags);
 
 /* Unpacks `len` bytes, validates, and calls fn(env, ctx); frees the envelope before returning.
  * SHOAL_ERR_FORMAT for empty, oversized (> WIRE_MAX_MSG_BYTES), undecodable or inconsistent

@@ -24,10 +24,15 @@ typedef struct {
     const char *help;
 } cfg_desc_t;
 
-#define STR(k, field, def, help) {k, CFG_STR, offsetof(coord_config_t, field), \
-    sizeof(((coord_config_t *)0)->field), def, 0, 0, help}
-#define INT(k, field, def, lo, hi, help) {k, CFG_INT, offsetof(coord_config_t, field), 0, def, \
-    lo, hi, help}
+#define STR(k, field, def, help)                                                                   \
+    {                                                                                              \
+        k, CFG_STR, offsetof(coord_config_t, field), sizeof(((coord_config_t *)0)->field), def, 0, \
+            0, help                                                                                \
+    }
+#define INT(k, field, def, lo, hi, help)                                                           \
+    {                                                                                              \
+        k, CFG_INT, offsetof(coord_config_t, field), 0, def, lo, hi, help                          \
+    }
 
 /* The one table of settings: YAML keys, flags (--state-dir for state_dir), defaults, bounds. */
 static const cfg_desc_t s_table[] = {
@@ -54,8 +59,7 @@ static const cfg_desc_t *s_find(const char *key)
     return NULL;
 }
 
-shoal_err_t config_set(coord_config_t *cfg, const char *key, const char *value,
-                       const char *where)
+shoal_err_t config_set(coord_config_t *cfg, const char *key, const char *value, const char *where)
 {
     const cfg_desc_t *d = s_find(key);
     if (!d)
@@ -70,8 +74,8 @@ shoal_err_t config_set(coord_config_t *cfg, const char *key, const char *value,
         /* fallthrough */
     case CFG_STR:
         if (strlen(value) >= d->size)
-            return shoal_fail(SHOAL_ERR_INVALID, "%s: %s: value longer than %zu bytes", where,
-                              key, d->size - 1);
+            return shoal_fail(SHOAL_ERR_INVALID, "%s: %s: value longer than %zu bytes", where, key,
+                              d->size - 1);
         memcpy(dst, value, strlen(value) + 1);
         return SHOAL_OK;
     case CFG_INT: {
@@ -151,8 +155,8 @@ shoal_err_t config_load_file(coord_config_t *cfg, const char *path)
             depth--;
             break;
         case YAML_SEQUENCE_START_EVENT:
-            rc = shoal_fail(SHOAL_ERR_INVALID, "%s: %s: expected a scalar value, not a list",
-                            where, expect_value ? key : "config");
+            rc = shoal_fail(SHOAL_ERR_INVALID, "%s: %s: expected a scalar value, not a list", where,
+                            expect_value ? key : "config");
             goto out;
         case YAML_ALIAS_EVENT:
             rc = shoal_fail(SHOAL_ERR_INVALID, "%s: aliases are not supported", where);
@@ -213,8 +217,8 @@ static shoal_err_t s_check_ipc(const char *endpoint, const char *key)
 shoal_err_t config_finish(coord_config_t *cfg)
 {
     if (!cfg->control[0]) {
-        int n = snprintf(cfg->control, sizeof cfg->control, "ipc://%s/control.sock",
-                         cfg->state_dir);
+        int n =
+            snprintf(cfg->control, sizeof cfg->control, "ipc://%s/control.sock", cfg->state_dir);
         if (n >= (int)sizeof cfg->control)
             return shoal_fail(SHOAL_ERR_INVALID, "state_dir too long: %s", cfg->state_dir);
     }

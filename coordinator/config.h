@@ -12,14 +12,14 @@
 #define CONFIG_IPC_PATH_MAX 100 /* sun_path is 108 bytes; stay clear of it */
 
 typedef struct {
-    char state_dir[CONFIG_STR_MAX];  /* state_dir: RocksDB and the control socket live here */
-    char listen[CONFIG_STR_MAX];     /* listen: worker ROUTER endpoint (tcp, port 7400) */
-    char control[CONFIG_STR_MAX];    /* control: shoalctl endpoint ("" = ipc://STATE/control.sock) */
-    char log_level[16];              /* log_level: error|warn|info|debug (info) */
-    int heartbeat_interval_ms;       /* heartbeat_interval_ms: told to workers (500) */
-    int dead_after_ms;               /* dead_after_ms: silence before a worker is dead (3000) */
-    int step_window;                 /* step_window: steps a worker may run ahead unasked (4) */
-    int min_workers;                 /* min_workers: live workers needed to start a run (1) */
+    char state_dir[CONFIG_STR_MAX]; /* state_dir: RocksDB and the control socket live here */
+    char listen[CONFIG_STR_MAX];    /* listen: worker ROUTER endpoint (tcp, port 7400) */
+    char control[CONFIG_STR_MAX];   /* control: shoalctl endpoint ("" = ipc://STATE/control.sock) */
+    char log_level[16];             /* log_level: error|warn|info|debug (info) */
+    int heartbeat_interval_ms;      /* heartbeat_interval_ms: told to workers (500) */
+    int dead_after_ms;              /* dead_after_ms: silence before a worker is dead (3000) */
+    int step_window;                /* step_window: steps a worker may run ahead unasked (4) */
+    int min_workers;                /* min_workers: live workers needed to start a run (1) */
 } coord_config_t;
 
 /* Fills every default. */
@@ -27,8 +27,7 @@ void config_defaults(coord_config_t *cfg);
 
 /* Sets one key from its text form; `where` ("FILE:LINE:COL" or "--flag") prefixes errors.
  * SHOAL_ERR_NOTFOUND for an unknown key, SHOAL_ERR_INVALID for a bad or out-of-range value. */
-shoal_err_t config_set(coord_config_t *cfg, const char *key, const char *value,
-                       const char *where);
+shoal_err_t config_set(coord_config_t *cfg, const char *key, const char *value, const char *where);
 
 /* Applies a YAML file: a mapping of the keys above to scalars. Unknown keys, duplicates,
  * non-scalar values, bad values and YAML syntax errors fail with "FILE:LINE:COL: ...". */

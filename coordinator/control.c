@@ -33,10 +33,10 @@ void control_reply(coord_t *c, const wire_route_t *route, int ok, Shoal__ErrorCo
     json_decref(json);
 }
 
-static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
-                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
-                    const char *fmt, ...)
+static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
+static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code, const char *fmt,
+                    ...)
 {
     char msg[1024];
     va_list ap;
@@ -49,12 +49,12 @@ static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code
 
 static json_t *s_run_status(const coord_run_t *r)
 {
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:i, s:s}", "id", r->id,
-                     "name", r->name, "state", coord_run_state_name(r->state), "step",
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:i, s:s}", "id", r->id, "name",
+                     r->name, "state", coord_run_state_name(r->state), "step",
                      (json_int_t)r->committed_step, "total_steps", (json_int_t)r->total_steps,
-                     "loss", r->loss, "generation", (json_int_t)r->generation,
-                     "checkpoint_step", (json_int_t)r->checkpoint_step, "lease",
-                     (json_int_t)r->lease, "workers", (int)r->plan.n_peers, "reason", r->reason);
+                     "loss", r->loss, "generation", (json_int_t)r->generation, "checkpoint_step",
+                     (json_int_t)r->checkpoint_step, "lease", (json_int_t)r->lease, "workers",
+                     (int)r->plan.n_peers, "reason", r->reason);
 }
 
 static coord_run_t *s_run_arg(coord_t *c, const wire_route_t *route, const char *arg)
@@ -94,12 +94,10 @@ static void s_submit(coord_t *c, const wire_route_t *route, const Shoal__CtlSubm
     char digest[LEDGER_HASH_HEX];
     (void)ledger_hash("", s->spec_yaml, digest);
     coord_ledger(c, r->id, "submit",
-                 json_pack("{s:s, s:s, s:i, s:s, s:s}", "name", r->name, "origin", origin,
-                           "steps", spec->steps, "model", spec->model_preset, "spec_sha256",
-                           digest));
+                 json_pack("{s:s, s:s, s:i, s:s, s:s}", "name", r->name, "origin", origin, "steps",
+                           spec->steps, "model", spec->model_preset, "spec_sha256", digest));
     if (coord_txn_commit(c) != SHOAL_OK) {
-        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "run not persisted: %s",
-                shoal_errmsg());
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "run not persisted: %s", shoal_errmsg());
         goto out;
     }
     log_info("run %s: submitted (%s, %d steps)", r->id, r->name, spec->steps);
@@ -129,8 +127,8 @@ static void s_status(coord_t *c, const wire_route_t *route, const char *arg)
     int live = 0;
     for (int i = 0; i < c->n_workers; i++)
         live += c->workers[i]->state == WORKER_ACTIVE;
-    control_reply(c, route, 1, 0, "", json_pack("{s:o, s:i}", "runs", runs, "active_workers",
-                                                live));
+    control_reply(c, route, 1, 0, "",
+                  json_pack("{s:o, s:i}", "runs", runs, "active_workers", live));
 }
 
 static void s_workers(coord_t *c, const wire_route_t *route)
@@ -146,12 +144,12 @@ static void s_workers(coord_t *c, const wire_route_t *route)
             cell = json_pack("{s:i, s:i, s:i}", "replica", (int)p->cell.replica, "stage",
                              (int)p->cell.stage, "ep_rank", (int)p->cell.ep_rank);
         json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:s, s:I, s:f, s:f}", "id",
-                           w->id, "name", w->name, "state", coord_worker_state_name(w->state),
-                           "run", w->run, "cell", cell, "last_heartbeat_ms",
-                           (json_int_t)(w->last_hb_ms ? now - w->last_hb_ms : -1), "host",
-                           w->host, "institution", w->institution, "step", (json_int_t)w->step,
-                           "loss", w->loss, "tokens_per_s", w->tokens_per_s));
+            arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:s, s:I, s:f, s:f}", "id", w->id,
+                           "name", w->name, "state", coord_worker_state_name(w->state), "run",
+                           w->run, "cell", cell, "last_heartbeat_ms",
+                           (json_int_t)(w->last_hb_ms ? now - w->last_hb_ms : -1), "host", w->host,
+                           "institution", w->institution, "step", (json_int_t)w->step, "loss",
+                           w->loss, "tokens_per_s", w->tokens_per_s));
     }
     control_reply(c, route, 1, 0, "", json_pack("{s:o}", "workers", arr));
 }
@@ -160,8 +158,7 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
 {
     coord_worker_t *w = arg[0] ? coord_find_worker(c, arg) : NULL;
     if (!w) {
-        s_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, "no worker with id or name '%s'",
-                arg);
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, "no worker with id or name '%s'", arg);
         return;
     }
     worker_state_t s = w->state;
@@ -194,12 +191,10 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
     char msg[128];
     snprintf(msg, sizeof msg, "worker %s is %s", w->id, coord_worker_state_name(w->state));
     control_reply(c, route, 1, 0, msg,
-                  json_pack("{s:s, s:s}", "id", w->id, "state",
-                            coord_worker_state_name(w->state)));
+                  json_pack("{s:s, s:s}", "id", w->id, "state", coord_worker_state_name(w->state)));
 }
 
-static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType type,
-                       const char *arg)
+static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType type, const char *arg)
 {
     coord_run_t *r = s_run_arg(c, route, arg);
     if (!r)
@@ -293,9 +288,9 @@ static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *
             s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "%s", shoal_errmsg());
             return;
         }
-        control_reply(c, route, 1, 0, "dry run: not applied",
-                      json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 1, "plan",
-                                plan_to_json(&p)));
+        control_reply(
+            c, route, 1, 0, "dry run: not applied",
+            json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 1, "plan", plan_to_json(&p)));
         plan_fini(&p);
         return;
     }
@@ -304,9 +299,9 @@ static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *
                 coord_run_state_name(r->state));
         return;
     }
-    control_reply(c, route, 1, 0, "",
-                  json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 0, "plan",
-                            plan_to_json(&r->plan)));
+    control_reply(
+        c, route, 1, 0, "",
+        json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 0, "plan", plan_to_json(&r->plan)));
 }
 
 void control_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env)
@@ -344,8 +339,8 @@ void control_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope
         c->dropped++;
         log_warn("dropped %s on the control socket: not a control request",
                  wire_type_name((int)env->type));
-        s_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE,
-                "%s is not a control request", wire_type_name((int)env->type));
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE, "%s is not a control request",
+                wire_type_name((int)env->type));
         break;
     }
 }

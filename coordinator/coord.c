@@ -26,8 +26,8 @@
 
 static const char *s_worker_states[WORKER__COUNT] = {"joining", "active", "draining",
                                                      "drained", "dead",   "left"};
-static const char *s_run_states[RUN__COUNT] = {"pending", "running",   "paused",
-                                               "done",    "failed",    "cancelled"};
+static const char *s_run_states[RUN__COUNT] = {"pending", "running", "paused",
+                                               "done",    "failed",  "cancelled"};
 
 const char *coord_worker_state_name(worker_state_t s)
 {
@@ -63,8 +63,7 @@ int64_t coord_now_wall_ms(void)
 
 static int s_is_live(worker_state_t s)
 {
-    return s == WORKER_JOINING || s == WORKER_ACTIVE || s == WORKER_DRAINING ||
-           s == WORKER_DRAINED;
+    return s == WORKER_JOINING || s == WORKER_ACTIVE || s == WORKER_DRAINING || s == WORKER_DRAINED;
 }
 
 static int s_run_is_terminal(run_state_t s)
@@ -113,8 +112,8 @@ static store_batch_t *s_txn(coord_t *c)
 
 static json_t *s_worker_json(const coord_worker_t *w)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:I}", "id", w->id,
-                     "name", w->name, "host", w->host, "devices", w->devices, "memory_bytes",
+    return json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:I}", "id", w->id, "name",
+                     w->name, "host", w->host, "devices", w->devices, "memory_bytes",
                      (json_int_t)w->memory_bytes, "institution", w->institution, "version",
                      w->version, "data_endpoint", w->endpoint, "state",
                      coord_worker_state_name(w->state), "run", w->run, "registered_ms",
@@ -130,9 +129,8 @@ static json_t *s_run_json(const coord_run_t *r)
                      "n_layers", (int)r->n_layers, "n_experts", (int)r->n_experts, "generation",
                      (json_int_t)r->generation, "committed_step", (json_int_t)r->committed_step,
                      "lease", (json_int_t)r->lease, "checkpoint_step",
-                     (json_int_t)r->checkpoint_step, "checkpoint_path", r->checkpoint_path,
-                     "loss", r->loss, "submitted_ms", (json_int_t)r->submitted_ms, "reason",
-                     r->reason);
+                     (json_int_t)r->checkpoint_step, "checkpoint_path", r->checkpoint_path, "loss",
+                     r->loss, "submitted_ms", (json_int_t)r->submitted_ms, "reason", r->reason);
 }
 
 static void s_put_json(coord_t *c, store_cf_t cf, const char *key, json_t *j)
@@ -172,8 +170,8 @@ static void s_put_plan(coord_t *c, const plan_t *p)
 
 void coord_ledger(coord_t *c, const char *run, const char *kind, json_t *detail)
 {
-    shoal_err_t rc = ledger_append(c->ledger, s_txn(c), run && run[0] ? run : LEDGER_CLUSTER,
-                                   kind, detail, coord_now_wall_ms(), NULL);
+    shoal_err_t rc = ledger_append(c->ledger, s_txn(c), run && run[0] ? run : LEDGER_CLUSTER, kind,
+                                   detail, coord_now_wall_ms(), NULL);
     if (rc != SHOAL_OK)
         log_error("ledger: %s", shoal_errmsg());
     json_decref(detail);
@@ -201,14 +199,19 @@ shoal_err_t coord_txn_commit(coord_t *c)
 static int s_worker_transition_ok(worker_state_t from, worker_state_t to)
 {
     switch (to) {
-    case WORKER_JOINING: return from == WORKER_DEAD || from == WORKER_LEFT;
+    case WORKER_JOINING:
+        return from == WORKER_DEAD || from == WORKER_LEFT;
     case WORKER_ACTIVE:
         return from == WORKER_JOINING || from == WORKER_DRAINING || from == WORKER_DRAINED;
-    case WORKER_DRAINING: return from == WORKER_JOINING || from == WORKER_ACTIVE;
-    case WORKER_DRAINED: return from == WORKER_DRAINING;
+    case WORKER_DRAINING:
+        return from == WORKER_JOINING || from == WORKER_ACTIVE;
+    case WORKER_DRAINED:
+        return from == WORKER_DRAINING;
     case WORKER_DEAD:
-    case WORKER_LEFT: return s_is_live(from);
-    default: return 0;
+    case WORKER_LEFT:
+        return s_is_live(from);
+    default:
+        return 0;
     }
 }
 
@@ -238,17 +241,21 @@ shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_
 static int s_run_transition_ok(run_state_t from, run_state_t to)
 {
     switch (to) {
-    case RUN_RUNNING: return from == RUN_PENDING || from == RUN_PAUSED;
-    case RUN_PAUSED: return from == RUN_RUNNING;
-    case RUN_DONE: return from == RUN_RUNNING;
+    case RUN_RUNNING:
+        return from == RUN_PENDING || from == RUN_PAUSED;
+    case RUN_PAUSED:
+        return from == RUN_RUNNING;
+    case RUN_DONE:
+        return from == RUN_RUNNING;
     case RUN_FAILED:
-    case RUN_CANCELLED: return !s_run_is_terminal(from);
-    default: return 0;
+    case RUN_CANCELLED:
+        return !s_run_is_terminal(from);
+    default:
+        return 0;
     }
 }
 
-shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, const char *fmt,
-                                 ...)
+shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, const char *fmt, ...)
 {
     char reason[256];
     va_list ap;
@@ -262,8 +269,8 @@ shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, con
     r->state = to;
     if (to == RUN_FAILED || to == RUN_CANCELLED)
         snprintf(r->reason, sizeof r->reason, "%s", reason);
-    log_info("run %s: %s -> %s (%s)", r->id, coord_run_state_name(from),
-             coord_run_state_name(to), reason);
+    log_info("run %s: %s -> %s (%s)", r->id, coord_run_state_name(from), coord_run_state_name(to),
+             reason);
     coord_ledger(c, r->id, "run_state",
                  json_pack("{s:s, s:s, s:s, s:I}", "from", coord_run_state_name(from), "to",
                            coord_run_state_name(to), "reason", reason, "step",
@@ -308,8 +315,8 @@ static void s_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCod
         e.about_seq = about->seq;
     }
     Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ERROR, about ? about->run_id : "",
-                       COORD_SENDER, generation, 0);
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ERROR, about ? about->run_id : "", COORD_SENDER,
+                       generation, 0);
     env.body_case = SHOAL__ENVELOPE__BODY_ERROR;
     env.error = &e;
     s_send(c, c->wsock, route, &env);
@@ -488,8 +495,8 @@ static void s_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w,
     rc.command = (Shoal__RunCommand)command;
     rc.reason = (char *)reason;
     Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_RUN_CONTROL, r->id, COORD_SENDER,
-                       r->generation, 0);
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_RUN_CONTROL, r->id, COORD_SENDER, r->generation,
+                       0);
     env.body_case = SHOAL__ENVELOPE__BODY_RUN_CONTROL;
     env.run_control = &rc;
     s_send_worker(c, w, &env);
@@ -510,8 +517,8 @@ void coord_push_step_commit(coord_t *c, coord_run_t *r)
     sc.step = r->committed_step;
     sc.lease = r->lease;
     Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_COMMIT, r->id, COORD_SENDER,
-                       r->generation, 0);
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_COMMIT, r->id, COORD_SENDER, r->generation,
+                       0);
     env.body_case = SHOAL__ENVELOPE__BODY_STEP_COMMIT;
     env.step_commit = &sc;
     for (uint32_t i = 0; i < r->plan.n_peers; i++) {
@@ -655,8 +662,8 @@ static shoal_err_t s_build_plan(coord_run_t *r, const s_wlist_t *e, plan_t *p,
         return shoal_fail(SHOAL_ERR_NOMEM, "plan");
     for (uint32_t i = 0; i < e->n; i++)
         pw[i] = (plan_worker_t){e->list[i]->id, e->list[i]->endpoint};
-    shoal_err_t rc = plan_build_dp(p, r->id, r->generation + 1, pw, e->n, r->n_layers,
-                                   r->n_experts);
+    shoal_err_t rc =
+        plan_build_dp(p, r->id, r->generation + 1, pw, e->n, r->n_layers, r->n_experts);
     free(pw);
     if (rc != SHOAL_OK)
         return rc;
@@ -729,8 +736,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
         if (strcmp(w->run, r->id) == 0)
             w->run[0] = 0;
         if (s_is_live(w->state))
-            s_push_run_control_to(c, r, w, SHOAL__RUN_COMMAND__RUN_CMD_STOP,
-                                  "not in the new plan");
+            s_push_run_control_to(c, r, w, SHOAL__RUN_COMMAND__RUN_CMD_STOP, "not in the new plan");
         if (w->state == WORKER_DRAINING)
             (void)coord_worker_transition(c, w, WORKER_DRAINED, "left plan of %s at step %" PRId64,
                                           r->id, committed);
@@ -757,16 +763,15 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     }
     log_info("run %s: plan generation %" PRIu64 ": dp=%u pp=%u ep=%u from step %" PRId64
              " (state from %s) (%s)",
-             r->id, p.generation, p.dp, p.pp, p.ep, p.start_step, plan_source_name(p.source),
-             why);
+             r->id, p.generation, p.dp, p.pp, p.ep, p.start_step, plan_source_name(p.source), why);
     s_put_plan(c, &r->plan);
     coord_put_run(c, r);
     coord_ledger(c, r->id, "plan",
                  json_pack("{s:I, s:i, s:i, s:i, s:I, s:s, s:i, s:o, s:s}", "generation",
                            (json_int_t)p.generation, "dp", (int)p.dp, "pp", (int)p.pp, "ep",
                            (int)p.ep, "start_step", (json_int_t)p.start_step, "source",
-                           plan_source_name(p.source), "source_rank", (int)p.source_rank,
-                           "workers", ids, "reason", why));
+                           plan_source_name(p.source), "source_rank", (int)p.source_rank, "workers",
+                           ids, "reason", why));
     if (coord_txn_commit(c) != SHOAL_OK)
         return;
     for (uint32_t i = 0; i < e->n; i++)
@@ -887,9 +892,8 @@ static coord_run_t *s_run_alloc(coord_t *c, const char *name, const char *spec_y
     return r;
 }
 
-shoal_err_t coord_add_run(coord_t *c, const char *name, const char *spec_yaml,
-                          int64_t total_steps, uint32_t n_layers, uint32_t n_experts,
-                          coord_run_t **out)
+shoal_err_t coord_add_run(coord_t *c, const char *name, const char *spec_yaml, int64_t total_steps,
+                          uint32_t n_layers, uint32_t n_experts, coord_run_t **out)
 {
     coord_run_t *r = s_run_alloc(c, name, spec_yaml, total_steps, n_layers, n_experts);
     if (!r)
@@ -992,16 +996,15 @@ static void s_on_register(coord_t *c, const wire_route_t *route, const Shoal__En
     w->has_route = 1;
     w->last_seen_ms = coord_now_mono_ms();
     if (is_new) {
-        log_info("worker %s: registered as joining (name %s, host %s, %s)", w->id, w->name,
-                 w->host, w->institution[0] ? w->institution : "no institution");
+        log_info("worker %s: registered as joining (name %s, host %s, %s)", w->id, w->name, w->host,
+                 w->institution[0] ? w->institution : "no institution");
         coord_ledger(c, "", "worker_register",
-                     json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "worker", w->id, "name",
-                               w->name, "host", w->host, "institution", w->institution,
-                               "version", w->version, "devices", w->devices));
+                     json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "worker", w->id, "name", w->name,
+                               "host", w->host, "institution", w->institution, "version",
+                               w->version, "devices", w->devices));
         coord_put_worker(c, w);
     } else if (w->state == WORKER_DEAD || w->state == WORKER_LEFT) {
-        (void)coord_worker_transition(c, w, WORKER_JOINING, "registered again from %s",
-                                      w->host);
+        (void)coord_worker_transition(c, w, WORKER_JOINING, "registered again from %s", w->host);
     } else {
         /* a live worker registers again only when its process restarted: whatever cell it
          * held lost its state, so its run re-plans now (the cron sees a lost member) */
@@ -1030,16 +1033,15 @@ static coord_run_t *s_check_run(coord_t *c, const wire_route_t *route, coord_wor
     const char *what = wire_type_name((int)env->type);
     if (!r || strcmp(env->run_id, r->id) != 0) {
         c->dropped++;
-        log_warn("dropped %s from %s: run '%.64s' is not its run '%s'", what, w->id,
-                 env->run_id, r ? r->id : "");
+        log_warn("dropped %s from %s: run '%.64s' is not its run '%s'", what, w->id, env->run_id,
+                 r ? r->id : "");
         s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_WRONG_RUN, env, r ? r->generation : 0,
                       "run '%.64s' is not your run '%s'", env->run_id, r ? r->id : "");
         return NULL;
     }
     if (env->generation != r->generation) {
         c->dropped++;
-        log_warn("dropped %s from %s: generation %" PRIu64 " of run %s is not the current %"
-                 PRIu64,
+        log_warn("dropped %s from %s: generation %" PRIu64 " of run %s is not the current %" PRIu64,
                  what, w->id, env->generation, r->id, r->generation);
         s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_STALE_GENERATION, env, r->generation,
                       "generation %" PRIu64 " is not run %s's current generation %" PRIu64,
@@ -1185,17 +1187,16 @@ static void s_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_
     uint64_t bytes = 0;
     for (size_t i = 0; i < cs->n_files; i++) {
         json_array_append_new(files, json_pack("{s:s, s:I, s:s}", "name", cs->files[i]->name,
-                                               "size", (json_int_t)cs->files[i]->size,
-                                               "sha256", cs->files[i]->sha256));
+                                               "size", (json_int_t)cs->files[i]->size, "sha256",
+                                               cs->files[i]->sha256));
         bytes += cs->files[i]->size;
     }
     const plan_peer_t *me = &r->plan.peers[rank];
-    json_t *shard = json_pack("{s:s, s:s, s:i, s:{s:i, s:i, s:i}, s:s, s:o, s:I}", "worker",
-                              w->id, "holder", cs->holder[0] ? cs->holder : w->id, "rank", rank,
-                              "cell", "replica", (int)me->cell.replica, "stage",
-                              (int)me->cell.stage, "ep_rank", (int)me->cell.ep_rank, "path",
-                              cs->path, "files", files, "generation",
-                              (json_int_t)r->generation);
+    json_t *shard = json_pack("{s:s, s:s, s:i, s:{s:i, s:i, s:i}, s:s, s:o, s:I}", "worker", w->id,
+                              "holder", cs->holder[0] ? cs->holder : w->id, "rank", rank, "cell",
+                              "replica", (int)me->cell.replica, "stage", (int)me->cell.stage,
+                              "ep_rank", (int)me->cell.ep_rank, "path", cs->path, "files", files,
+                              "generation", (json_int_t)r->generation);
     char key[160];
     snprintf(key, sizeof key, "p/%s/%020" PRId64 "/%s", r->id, cs->step, w->id);
     s_put_json(c, STORE_CF_MANIFESTS, key, shard);
@@ -1212,19 +1213,18 @@ static void s_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_
     uint32_t have = 0;
     for (uint32_t i = 0; i < r->plan.n_peers; i++)
         for (size_t k = 0; k < json_array_size(pc.shards); k++) {
-            const char *wid = json_string_value(json_object_get(json_array_get(pc.shards, k),
-                                                                "worker"));
+            const char *wid =
+                json_string_value(json_object_get(json_array_get(pc.shards, k), "worker"));
             if (wid && strcmp(wid, r->plan.peers[i].worker_id) == 0) {
                 have++;
                 break;
             }
         }
     if (have == r->plan.n_peers) {
-        json_t *manifest = json_pack("{s:s, s:I, s:I, s:s, s:O, s:I}", "run", r->id, "step",
-                                     (json_int_t)cs->step, "generation",
-                                     (json_int_t)r->generation, "path", cs->path, "shards",
-                                     pc.shards, "committed_ms",
-                                     (json_int_t)coord_now_wall_ms());
+        json_t *manifest =
+            json_pack("{s:s, s:I, s:I, s:s, s:O, s:I}", "run", r->id, "step", (json_int_t)cs->step,
+                      "generation", (json_int_t)r->generation, "path", cs->path, "shards",
+                      pc.shards, "committed_ms", (json_int_t)coord_now_wall_ms());
         snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, cs->step);
         s_put_json(c, STORE_CF_MANIFESTS, key, manifest);
         char pprefix[128];
@@ -1233,12 +1233,11 @@ static void s_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_
         (void)store_scan(c->st, STORE_CF_MANIFESTS, pprefix, NULL, s_prune_one, &pr);
         r->checkpoint_step = cs->step;
         snprintf(r->checkpoint_path, sizeof r->checkpoint_path, "%s", cs->path);
-        log_info("run %s: checkpoint of step %" PRId64 " committed (%u shards)", r->id,
-                 cs->step, have);
+        log_info("run %s: checkpoint of step %" PRId64 " committed (%u shards)", r->id, cs->step,
+                 have);
         coord_ledger(c, r->id, "checkpoint",
-                     json_pack("{s:I, s:I, s:i, s:s}", "step", (json_int_t)cs->step,
-                               "generation", (json_int_t)r->generation, "shards", (int)have,
-                               "path", cs->path));
+                     json_pack("{s:I, s:I, s:i, s:s}", "step", (json_int_t)cs->step, "generation",
+                               (json_int_t)r->generation, "shards", (int)have, "path", cs->path));
         coord_put_run(c, r);
         s_run_check_done(c, r);
         coord_txn_commit(c);
@@ -1547,8 +1546,8 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
                            n_live, "open_runs", n_active_runs, "listen", cfg->listen, "control",
                            cfg->control));
     SHOAL_CHECK_GOTO(coord_txn_commit(c), rc, fail);
-    log_info("state %s (%d runs, %d workers), workers on %s, control on %s",
-             cfg->state_dir, c->n_runs, c->n_workers, cfg->listen, cfg->control);
+    log_info("state %s (%d runs, %d workers), workers on %s, control on %s", cfg->state_dir,
+             c->n_runs, c->n_workers, cfg->listen, cfg->control);
     c->notify = getenv("NOTIFY_SOCKET") != NULL;
     c->watchdog_every_ms = 1000;
 #ifdef SHOAL_HAVE_SYSTEMD
@@ -1690,7 +1689,6 @@ shoal_err_t coord_run(coord_t *c, volatile sig_atomic_t *stop)
             return rc;
     }
     s_notify(c, "STOPPING=1");
-    log_info("stopping (%llu messages handled, %llu dropped)", c->handled,
-             c->dropped);
+    log_info("stopping (%llu messages handled, %llu dropped)", c->handled, c->dropped);
     return SHOAL_OK;
 }

@@ -50,8 +50,8 @@ typedef struct {
     char run[COORD_ID_MAX]; /* run whose plan holds this worker ("" = none) */
     int64_t registered_ms;
     /* volatile (not persisted) */
-    int64_t last_seen_ms;  /* monotonic: any message */
-    int64_t last_hb_ms;    /* wall clock of the last heartbeat (0 = none since start) */
+    int64_t last_seen_ms; /* monotonic: any message */
+    int64_t last_hb_ms;   /* wall clock of the last heartbeat (0 = none since start) */
     int64_t step;
     double loss, tokens_per_s;
     int activity;
@@ -73,13 +73,13 @@ typedef struct {
     char checkpoint_path[PLAN_PATH_MAX];
     double loss;
     int64_t submitted_ms;
-    char reason[256];        /* why failed / cancelled */
+    char reason[256]; /* why failed / cancelled */
     plan_t plan;
     /* volatile: per rank of the plan */
     int64_t *reported;
     double *rank_loss;
-    int replan_pending;      /* membership changed: lease frozen until the boundary */
-    int replan_now;          /* a member reported its plan failed: new plan at once */
+    int replan_pending; /* membership changed: lease frozen until the boundary */
+    int replan_now;     /* a member reported its plan failed: new plan at once */
 } coord_run_t;
 
 struct coord {
@@ -119,8 +119,8 @@ shoal_err_t coord_txn_commit(coord_t *c);
  * appends the ledger entry and stages the record. SHOAL_ERR_STATE for a forbidden change. */
 shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_t to,
                                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, const char *fmt,
-                                 ...) __attribute__((format(printf, 4, 5)));
+shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Messages to workers (through their last route; dropped silently when unreachable). */
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w);
@@ -132,9 +132,8 @@ void coord_push_drain(coord_t *c, coord_worker_t *w, const char *reason);
  * SHOAL_ERR_STATE when no worker is eligible. */
 shoal_err_t coord_plan_preview(coord_t *c, coord_run_t *r, plan_t *out);
 /* Adds a submitted run (spec checked by the caller). */
-shoal_err_t coord_add_run(coord_t *c, const char *name, const char *spec_yaml,
-                          int64_t total_steps, uint32_t n_layers, uint32_t n_experts,
-                          coord_run_t **out);
+shoal_err_t coord_add_run(coord_t *c, const char *name, const char *spec_yaml, int64_t total_steps,
+                          uint32_t n_layers, uint32_t n_experts, coord_run_t **out);
 /* Releases a finished run's workers and tells them to stop. */
 void coord_run_release_workers(coord_t *c, coord_run_t *r, const char *reason);
 

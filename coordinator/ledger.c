@@ -132,9 +132,9 @@ shoal_err_t ledger_append(ledger_t *l, store_batch_t *b, const char *run, const 
     const char *prev = t->staged ? t->staged_hash : t->hash;
     json_t *d = detail ? json_incref(detail) : json_object();
     /* "o" steals the reference to d, also when packing fails */
-    json_t *e = json_pack("{s:I, s:I, s:s, s:s, s:o, s:s}", "seq", (json_int_t)seq, "time_ms",
-                          (json_int_t)time_ms, "run", run, "kind", kind, "detail", d,
-                          "prev_hash", prev);
+    json_t *e =
+        json_pack("{s:I, s:I, s:s, s:s, s:o, s:s}", "seq", (json_int_t)seq, "time_ms",
+                  (json_int_t)time_ms, "run", run, "kind", kind, "detail", d, "prev_hash", prev);
     if (!e)
         return shoal_fail(SHOAL_ERR_NOMEM, "ledger entry");
     canon = json_dumps(e, LEDGER_DUMP_FLAGS);
@@ -201,8 +201,7 @@ static int s_list_one(const char *key, size_t klen, const char *val, size_t vlen
     return --c->left == 0;
 }
 
-shoal_err_t ledger_list(store_t *st, const char *run, uint64_t since, unsigned limit,
-                        json_t *out)
+shoal_err_t ledger_list(store_t *st, const char *run, uint64_t since, unsigned limit, json_t *out)
 {
     char prefix[LEDGER_RUN_MAX + 2], start[LEDGER_RUN_MAX + 24];
     snprintf(prefix, sizeof prefix, "%s/", run);

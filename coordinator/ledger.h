@@ -35,8 +35,7 @@ void ledger_staged_discard(ledger_t *l);
 
 /* Appends to `out` (a JSON array) the entries of `run` with seq > since, at most `limit`
  * (0 = 1000), each as its stored object (with "hash"). */
-shoal_err_t ledger_list(store_t *st, const char *run, uint64_t since, unsigned limit,
-                        json_t *out);
+shoal_err_t ledger_list(store_t *st, const char *run, uint64_t since, unsigned limit, json_t *out);
 
 /* Verifies `run`'s chain from seq 1: contiguous seqs, each prev_hash equal to the previous
  * entry's hash, each hash recomputed from the canonical form. Returns SHOAL_OK and sets

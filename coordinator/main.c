@@ -30,9 +30,12 @@ static void s_usage(FILE *out)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"state-dir", required_argument, NULL, 's'}, {"listen", required_argument, NULL, 'l'},
-        {"control", required_argument, NULL, 'c'},   {"config", required_argument, NULL, 'f'},
-        {"log-level", required_argument, NULL, 'v'}, {"help", no_argument, NULL, 'h'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'},
+        {"control", required_argument, NULL, 'c'},
+        {"config", required_argument, NULL, 'f'},
+        {"log-level", required_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     /* flags are applied after the file so that they win */
@@ -43,13 +46,31 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         const char *key = NULL, *name = NULL;
         switch (opt) {
-        case 's': key = "state_dir"; name = "--state-dir"; break;
-        case 'l': key = "listen"; name = "--listen"; break;
-        case 'c': key = "control"; name = "--control"; break;
-        case 'v': key = "log_level"; name = "--log-level"; break;
-        case 'f': config_path = optarg; break;
-        case 'h': s_usage(stdout); return 0;
-        default: s_usage(stderr); return 2;
+        case 's':
+            key = "state_dir";
+            name = "--state-dir";
+            break;
+        case 'l':
+            key = "listen";
+            name = "--listen";
+            break;
+        case 'c':
+            key = "control";
+            name = "--control";
+            break;
+        case 'v':
+            key = "log_level";
+            name = "--log-level";
+            break;
+        case 'f':
+            config_path = optarg;
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            s_usage(stderr);
+            return 2;
         }
         if (key && n_flags < 8) {
             flag_key[n_flags] = key;

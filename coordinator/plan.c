@@ -8,9 +8,12 @@
 const char *plan_source_name(plan_source_t s)
 {
     switch (s) {
-    case PLAN_SOURCE_INIT: return "init";
-    case PLAN_SOURCE_CHECKPOINT: return "checkpoint";
-    case PLAN_SOURCE_PEER: return "peer";
+    case PLAN_SOURCE_INIT:
+        return "init";
+    case PLAN_SOURCE_CHECKPOINT:
+        return "checkpoint";
+    case PLAN_SOURCE_PEER:
+        return "peer";
     }
     return "unknown";
 }
@@ -104,26 +107,23 @@ json_t *plan_to_json(const plan_t *p)
                                                 "has_embedding", p->stages[s].has_embedding,
                                                 "has_head", p->stages[s].has_head));
     for (uint32_t e = 0; e < p->n_experts; e++)
-        json_array_append_new(experts, json_pack("{s:i, s:i, s:i}", "ep_rank",
-                                                 (int)p->experts[e].ep_rank, "first",
-                                                 (int)p->experts[e].first, "count",
-                                                 (int)p->experts[e].count));
+        json_array_append_new(
+            experts, json_pack("{s:i, s:i, s:i}", "ep_rank", (int)p->experts[e].ep_rank, "first",
+                               (int)p->experts[e].first, "count", (int)p->experts[e].count));
     for (uint32_t i = 0; i < p->n_peers; i++) {
         const plan_peer_t *q = &p->peers[i];
         json_array_append_new(peers, json_pack("{s:s, s:i, s:{s:i, s:i, s:i}, s:s}", "worker",
                                                q->worker_id, "rank", (int)q->rank, "cell",
                                                "replica", (int)q->cell.replica, "stage",
-                                               (int)q->cell.stage, "ep_rank",
-                                               (int)q->cell.ep_rank, "data_endpoint",
-                                               q->endpoint));
+                                               (int)q->cell.stage, "ep_rank", (int)q->cell.ep_rank,
+                                               "data_endpoint", q->endpoint));
     }
     return json_pack("{s:s, s:I, s:{s:i, s:i, s:i}, s:o, s:o, s:o, s:I, s:s, s:I, s:s, s:i}",
-                     "run_id", p->run_id, "generation", (json_int_t)p->generation, "topology",
-                     "dp", (int)p->dp, "pp", (int)p->pp, "ep", (int)p->ep, "stages", stages,
-                     "experts", experts, "peers", peers, "start_step",
-                     (json_int_t)p->start_step, "source", plan_source_name(p->source),
-                     "checkpoint_step", (json_int_t)p->ckpt_step, "checkpoint_path",
-                     p->ckpt_path, "source_rank", (int)p->source_rank);
+                     "run_id", p->run_id, "generation", (json_int_t)p->generation, "topology", "dp",
+                     (int)p->dp, "pp", (int)p->pp, "ep", (int)p->ep, "stages", stages, "experts",
+                     experts, "peers", peers, "start_step", (json_int_t)p->start_step, "source",
+                     plan_source_name(p->source), "checkpoint_step", (json_int_t)p->ckpt_step,
+                     "checkpoint_path", p->ckpt_path, "source_rank", (int)p->source_rank);
 }
 
 static shoal_err_t s_int(const json_t *o, const char *key, json_int_t lo, json_int_t hi,

@@ -14,7 +14,11 @@
 #define PLAN_ENDPOINT_MAX 256
 #define PLAN_PATH_MAX 1024
 
-typedef enum { PLAN_SOURCE_INIT = 0, PLAN_SOURCE_CHECKPOINT = 1, PLAN_SOURCE_PEER = 2 } plan_source_t;
+typedef enum {
+    PLAN_SOURCE_INIT = 0,
+    PLAN_SOURCE_CHECKPOINT = 1,
+    PLAN_SOURCE_PEER = 2
+} plan_source_t;
 
 typedef struct {
     uint32_t replica, stage, ep_rank;
@@ -41,10 +45,10 @@ typedef struct {
     char run_id[PLAN_ID_MAX];
     uint64_t generation;
     uint32_t dp, pp, ep;
-    plan_stage_t *stages;     /* pp entries */
-    plan_experts_t *experts;  /* ep entries (0 when the model has no routed experts) */
+    plan_stage_t *stages;    /* pp entries */
+    plan_experts_t *experts; /* ep entries (0 when the model has no routed experts) */
     uint32_t n_experts;
-    plan_peer_t *peers;       /* dp * pp * ep entries, by rank */
+    plan_peer_t *peers; /* dp * pp * ep entries, by rank */
     uint32_t n_peers;
     int64_t start_step;
     plan_source_t source;

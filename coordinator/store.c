@@ -73,8 +73,8 @@ shoal_err_t store_open(const char *dir, store_t **out)
     const rocksdb_options_t *cf_opts[STORE_CF__COUNT];
     for (int i = 0; i < STORE_CF__COUNT; i++)
         cf_opts[i] = st->opts;
-    st->db = rocksdb_open_column_families(st->opts, st->path, STORE_CF__COUNT, s_cf_names,
-                                          cf_opts, st->cf, &err);
+    st->db = rocksdb_open_column_families(st->opts, st->path, STORE_CF__COUNT, s_cf_names, cf_opts,
+                                          st->cf, &err);
     if (err) {
         rc = shoal_fail(SHOAL_ERR_DB, "opening RocksDB %s: %s", st->path, err);
         rocksdb_free(err);
@@ -228,8 +228,7 @@ void store_batch_destroy(store_batch_t **self_p)
     *self_p = NULL;
 }
 
-void store_batch_put(store_batch_t *b, store_cf_t cf, const char *key, const char *val,
-                     size_t vlen)
+void store_batch_put(store_batch_t *b, store_cf_t cf, const char *key, const char *val, size_t vlen)
 {
     rocksdb_writebatch_put_cf(b->wb, b->st->cf[cf], key, strlen(key), val, vlen);
 }

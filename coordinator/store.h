@@ -8,12 +8,12 @@
 #include "err.h"
 
 typedef enum {
-    STORE_CF_META = 0, /* counters (next run/worker id), schema version */
-    STORE_CF_RUNS,     /* run id -> run record (JSON) */
-    STORE_CF_WORKERS,  /* worker id -> worker record (JSON) */
-    STORE_CF_PLANS,    /* "<run>/<generation %020>" -> plan (JSON) */
-    STORE_CF_MANIFESTS,/* "c/<run>/<step %020>" committed manifest, "p/<run>/<step>/<rank>" pending */
-    STORE_CF_LEDGER,   /* "<run>/<seq %020>" -> ledger entry (canonical JSON + hash) */
+    STORE_CF_META = 0,  /* counters (next run/worker id), schema version */
+    STORE_CF_RUNS,      /* run id -> run record (JSON) */
+    STORE_CF_WORKERS,   /* worker id -> worker record (JSON) */
+    STORE_CF_PLANS,     /* "<run>/<generation %020>" -> plan (JSON) */
+    STORE_CF_MANIFESTS, /* "c/<run>/<step %020>" manifest, "p/<run>/<step>/<worker>" pending */
+    STORE_CF_LEDGER,    /* "<run>/<seq %020>" -> ledger entry (canonical JSON + hash) */
     STORE_CF__COUNT
 } store_cf_t;
 
@@ -34,8 +34,7 @@ shoal_err_t store_get(store_t *st, store_cf_t cf, const char *key, char **val, s
 /* Calls fn for every key starting with `prefix` in key order, from `start` on (start may be
  * NULL = the prefix itself). fn returns nonzero to stop. Key and value are valid during the call
  * only (not NUL-terminated: use the lengths). */
-typedef int (*store_scan_fn)(const char *key, size_t klen, const char *val, size_t vlen,
-                             void *ctx);
+typedef int (*store_scan_fn)(const char *key, size_t klen, const char *val, size_t vlen, void *ctx);
 shoal_err_t store_scan(store_t *st, store_cf_t cf, const char *prefix, const char *start,
                        store_scan_fn fn, void *ctx);
 

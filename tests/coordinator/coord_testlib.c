@@ -301,7 +301,8 @@ static void s_pump_until(tc_worker_t *w, s_wctx_t *ctx, int ms)
             continue;
         wire_route_t route;
         while (wire_recv(w->sock, ZMQ_DONTWAIT, &route, s_on_worker_push, ctx) !=
-               SHOAL_ERR_TIMEOUT && !ctx->answered)
+                   SHOAL_ERR_TIMEOUT &&
+               !ctx->answered)
             ;
     }
 }

@@ -19,7 +19,8 @@ typedef struct {
 } tc_reply_t;
 
 /* Starts shoal-coordinator on ipc sockets in `dir` with a config file holding `yaml` (may be
- * NULL) and waits until it answers a status request. Returns the pid (exits the test on failure). */
+ * NULL) and waits until it answers a status request. Returns the pid (exits the test on failure).
+ */
 pid_t tc_start(const char *dir, const char *yaml);
 /* Sends `sig` and reaps; returns the wait status. */
 int tc_stop(pid_t pid, int sig);
@@ -42,10 +43,10 @@ typedef struct {
     int rank, source, source_rank;
     uint32_t dp, n_assignments;
     int64_t start_step, lease, committed;
-    int last_error;       /* ErrorCode of the last Error answer, 0 = none */
+    int last_error; /* ErrorCode of the last Error answer, 0 = none */
     int last_directive;
-    int run_command;      /* last RunControl command */
-    int drained;          /* a Drain arrived */
+    int run_command; /* last RunControl command */
+    int drained;     /* a Drain arrived */
 } tc_worker_t;
 
 int tc_worker_open(tc_worker_t *w, const char *dir, const char *name);

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -154,8 +155,7 @@ static void test_plan_dp_json_roundtrip(void **state)
     assert_int_equal(plan_from_json(bad, &q), SHOAL_ERR_FORMAT);
     json_decref(bad);
     bad = json_deep_copy(j);
-    json_object_set_new(json_array_get(json_object_get(bad, "peers"), 1), "rank",
-                        json_integer(0));
+    json_object_set_new(json_array_get(json_object_get(bad, "peers"), 1), "rank", json_integer(0));
     assert_int_equal(plan_from_json(bad, &q), SHOAL_ERR_FORMAT);
     json_decref(bad);
     bad = json_deep_copy(j);

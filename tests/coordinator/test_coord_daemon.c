@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <signal.h>
@@ -20,19 +21,18 @@
 
 #define HB_MS 100
 #define DEAD_MS 800
-#define CONFIG                                                                                \
-    "heartbeat_interval_ms: 100\n"                                                            \
-    "dead_after_ms: 800\n"                                                                    \
-    "step_window: 2\n"                                                                        \
-    "min_workers: 2\n"                                                                        \
+#define CONFIG                                                                                     \
+    "heartbeat_interval_ms: 100\n"                                                                 \
+    "dead_after_ms: 800\n"                                                                         \
+    "step_window: 2\n"                                                                             \
+    "min_workers: 2\n"                                                                             \
     "log_level: debug\n"
 
-static const char *s_spec =
-    "name: daemon-test\n"
-    "model:\n  preset: tiny\n"
-    "data:\n  files: [/usr/share/games/fortunes]\n"
-    "train:\n  steps: 8\n  global_batch: 4\n  seq_len: 32\n  lr: 1e-3\n"
-    "checkpoint:\n  every_steps: 2\n";
+static const char *s_spec = "name: daemon-test\n"
+                            "model:\n  preset: tiny\n"
+                            "data:\n  files: [/usr/share/games/fortunes]\n"
+                            "train:\n  steps: 8\n  global_batch: 4\n  seq_len: 32\n  lr: 1e-3\n"
+                            "checkpoint:\n  every_steps: 2\n";
 
 static char s_dir[128];
 

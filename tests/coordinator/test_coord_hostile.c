@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <math.h>
@@ -221,8 +222,12 @@ static void test_hostile_control_socket(void **state)
     pid_t pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
     s_bad_messages(pid, 1);
     /* hostile specs: every one refused with a message, none stored */
-    const char *specs[] = {"", "\x01\x02\xff", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "name: a\n\tb: c",
-                           "name: x\ndata: {files: [a]}\ntrain: {steps: -1}\n", "*alias"};
+    const char *specs[] = {"",
+                           "\x01\x02\xff",
+                           "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+                           "name: a\n\tb: c",
+                           "name: x\ndata: {files: [a]}\ntrain: {steps: -1}\n",
+                           "*alias"};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
         tc_reply_t r;
         assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, specs[i], 0, &r), 0);
@@ -239,7 +244,8 @@ static void test_hostile_control_socket(void **state)
 static void test_wrong_run_and_generation(void **state)
 {
     (void)state;
-    pid_t pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\nstep_window: 3\n");
+    pid_t pid =
+        tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\nstep_window: 3\n");
     tc_reply_t r;
     const char *spec = "name: hostile\ndata: {files: [/usr/share/games/fortunes]}\n"
                        "train: {steps: 5, global_batch: 2, seq_len: 16, lr: 0.001}\n";

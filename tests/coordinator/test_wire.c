@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
 #include <stdio.h>
@@ -207,7 +208,8 @@ static void test_roundtrip_misc(void **state)
     env.ckpt_shard = &ck;
     seen_t seen;
     s_roundtrip(&env, &seen);
-    assert_string_equal(seen.text, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08|w2");
+    assert_string_equal(seen.text,
+                        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08|w2");
     assert_int_equal(seen.num, 123456789);
 
     Shoal__CtlReply rep = SHOAL__CTL_REPLY__INIT;
@@ -408,8 +410,8 @@ static void test_socket_roundtrip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip_register),   cmocka_unit_test(test_roundtrip_assignment),
-        cmocka_unit_test(test_roundtrip_misc),       cmocka_unit_test(test_rejects_inconsistent),
+        cmocka_unit_test(test_roundtrip_register),    cmocka_unit_test(test_roundtrip_assignment),
+        cmocka_unit_test(test_roundtrip_misc),        cmocka_unit_test(test_rejects_inconsistent),
         cmocka_unit_test(test_garbage_never_crashes), cmocka_unit_test(test_socket_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
