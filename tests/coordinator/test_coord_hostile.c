@@ -237,6 +237,27 @@ static void test_hostile_control_socket(void **state)
     }
     json_t *st = tc_run_status(s_dir, "");
     assert_null(st); /* no run at all */
+
+    /* a REQ client (an empty delimiter frame in the route) is answered too */
+    char ep[300];
+    tc_control_endpoint(s_dir, ep, sizeof ep);
+    void *req = zmq_socket(s_ctx, ZMQ_REQ);
+    int t = 2000, linger = 0;
+    zmq_setsockopt(req, ZMQ_RCVTIMEO, &t, sizeof t);
+    zmq_setsockopt(req, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(req, ep), 0);
+    Shoal__CtlWorkers wk = SHOAL__CTL_WORKERS__INIT;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", "ctl", 0, 1);
+    env.body_case = SHOAL__ENVELOPE__BODY_CTL_WORKERS;
+    env.ctl_workers = &wk;
+    assert_int_equal(wire_send(req, NULL, &env, 0), SHOAL_OK);
+    s_answer_t a = {0, 0, 0};
+    wire_route_t route;
+    assert_int_equal(wire_recv(req, 0, &route, s_on_answer, &a), SHOAL_OK);
+    assert_int_equal(a.type, SHOAL__MSG_TYPE__MSG_CTL_REPLY);
+    assert_true(a.ok);
+    zmq_close(req);
     s_status_still_works(pid);
     s_stop_clean(pid);
 }
