@@ -654,8 +654,16 @@ static shoal_err_t s_eligible(coord_t *c, coord_run_t *r, s_wlist_t *out)
     return SHOAL_OK;
 }
 
-static shoal_err_t s_build_plan(coord_run_t *r, const s_wlist_t *e, plan_t *p,
-                                int64_t *committed_out)
+/* Generations are unique across runs (each new plan of any run takes the next number), so
+ * that a data endpoint, a collective tag or an NCCL id never sees the same generation twice;
+ * within a run every new plan is its previous generation + 1 while it holds the cluster. */
+static uint64_t s_next_generation(const coord_t *c, const coord_run_t *r)
+{
+    return (c->last_generation > r->generation ? c->last_generation : r->generation) + 1;
+}
+
+static shoal_err_t s_build_plan(coord_run_t *r, uint64_t generation, const s_wlist_t *e,
+                                plan_t *p, int64_t *committed_out)
 {
     plan_worker_t *pw = calloc(e->n + 1, sizeof *pw);
     if (!pw)
@@ -663,7 +671,7 @@ static shoal_err_t s_build_plan(coord_run_t *r, const s_wlist_t *e, plan_t *p,
     for (uint32_t i = 0; i < e->n; i++)
         pw[i] = (plan_worker_t){e->list[i]->id, e->list[i]->endpoint};
     shoal_err_t rc =
-        plan_build_dp(p, r->id, r->generation + 1, pw, e->n, r->n_layers, r->n_experts);
+        plan_build_dp(p, r->id, generation, pw, e->n, r->n_layers, r->n_experts);
     free(pw);
     if (rc != SHOAL_OK)
         return rc;
@@ -680,7 +688,7 @@ static shoal_err_t s_build_plan(coord_run_t *r, const s_wlist_t *e, plan_t *p,
             best_rank = i;
         }
     }
-    if (best >= 0 && r->generation > 0) {
+    if (best > 0 && r->generation > 0) { /* best == 0: nobody trained yet, nothing to copy */
         p->source = PLAN_SOURCE_PEER;
         p->source_rank = best_rank;
         p->start_step = best + 1;
@@ -710,7 +718,7 @@ shoal_err_t coord_plan_preview(coord_t *c, coord_run_t *r, plan_t *out)
     if (e.n == 0)
         rc = shoal_fail(SHOAL_ERR_STATE, "run %s: no active worker to place", r->id);
     else
-        rc = s_build_plan(r, &e, out, &committed);
+        rc = s_build_plan(r, s_next_generation(c, r), &e, out, &committed);
     free(e.list);
     return rc;
 }
@@ -720,7 +728,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
 {
     plan_t p = {0};
     int64_t committed = 0;
-    if (s_build_plan(r, e, &p, &committed) != SHOAL_OK) {
+    if (s_build_plan(r, s_next_generation(c, r), e, &p, &committed) != SHOAL_OK) {
         log_error("run %s: planning failed: %s", r->id, shoal_errmsg());
         return;
     }
@@ -746,6 +754,8 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     plan_fini(&r->plan);
     r->plan = p;
     r->generation = p.generation;
+    c->last_generation = p.generation;
+    coord_put_meta(c, "last_generation", c->last_generation);
     r->committed_step = committed;
     r->replan_pending = 0;
     r->replan_now = 0;
@@ -1174,7 +1184,16 @@ static void s_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_
         return;
     const Shoal__CheckpointShardReport *cs = env->ckpt_shard;
     int rank = s_rank_of(r, w);
-    if (rank < 0 || cs->step < 1 || cs->step > r->lease || cs->step <= r->checkpoint_step) {
+    if (rank >= 0 && cs->step >= 1 && cs->step <= r->checkpoint_step) {
+        /* a retry of a report that is already part of a commit (or superseded by a later
+         * checkpoint): nothing to do, and the sender may stop retrying */
+        log_debug("run %s: shard of step %" PRId64 " from %s after checkpoint %" PRId64
+                  ": already settled",
+                  r->id, cs->step, w->id, r->checkpoint_step);
+        s_reply_ack(c, route, env, w, r);
+        return;
+    }
+    if (rank < 0 || cs->step < 1 || cs->step > r->lease) {
         c->dropped++;
         log_warn("dropped ckpt_shard from %s: step %" PRId64 " not expected (lease %" PRId64
                  ", last checkpoint %" PRId64 ")",
@@ -1467,14 +1486,14 @@ static int s_load_run(const char *k, size_t kl, const char *v, size_t vl, void *
     return 0;
 }
 
-static uint64_t s_meta(coord_t *c, const char *key)
+static uint64_t s_meta(coord_t *c, const char *key, uint64_t dflt)
 {
     char *v = NULL;
-    uint64_t n = 1;
+    uint64_t n = dflt;
     if (store_get(c->st, STORE_CF_META, key, &v, NULL) == SHOAL_OK)
         n = strtoull(v, NULL, 10);
     free(v);
-    return n ? n : 1;
+    return n > dflt ? n : dflt;
 }
 
 static shoal_err_t s_load(coord_t *c)
@@ -1487,8 +1506,12 @@ static shoal_err_t s_load(coord_t *c)
         rc = store_scan(c->st, STORE_CF_RUNS, "", NULL, s_load_run, &ctx);
     if (rc == SHOAL_OK)
         rc = ctx.rc;
-    c->next_run = s_meta(c, "next_run");
-    c->next_worker = s_meta(c, "next_worker");
+    c->next_run = s_meta(c, "next_run", 1);
+    c->next_worker = s_meta(c, "next_worker", 1);
+    c->last_generation = s_meta(c, "last_generation", 0);
+    for (int i = 0; i < c->n_runs; i++)
+        if (c->runs[i]->generation > c->last_generation)
+            c->last_generation = c->runs[i]->generation;
     return rc;
 }
 

@@ -92,6 +92,7 @@ struct coord {
     coord_run_t **runs;
     int n_runs, cap_runs;
     uint64_t next_worker, next_run, seq;
+    uint64_t last_generation; /* highest plan generation of any run */
     int64_t next_cron_ms, next_watchdog_ms, watchdog_every_ms;
     int notify;
     unsigned long long handled, dropped;

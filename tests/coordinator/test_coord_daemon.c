@@ -183,6 +183,7 @@ static void test_daemon_lifecycle(void **state)
     st = tc_run_status(s_dir, run);
     assert_int_equal(s_jint(st, "checkpoint_step"), 2);
     json_decref(st);
+    assert_int_equal(tc_worker_ckpt(&b, 2), 0); /* a retry: acknowledged, nothing changes */
 
     /* a third worker joins: the lease freezes, the new plan starts at the boundary */
     assert_int_equal(tc_worker_open(&c, s_dir, "node-c"), 0);
@@ -345,16 +346,29 @@ static void test_daemon_lifecycle(void **state)
     assert_false(r.ok);
     tc_reply_fini(&r);
 
-    /* a second run can be cancelled while pending */
+    uint64_t last_gen = a.gen;
+
+    /* a second run starts on the free workers with a generation never used before (unique
+     * across runs), and can be cancelled while running */
     char spec2[512];
     snprintf(spec2, sizeof spec2, "%s", s_spec);
     memcpy(spec2 + 6, "daemon-tesu", 11);
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec2, 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
+    s_beat(ac, 2, 400, 0);
+    assert_string_equal(a.run, "r2");
+    assert_true(a.gen > last_gen);
+    assert_int_equal(a.source, SHOAL__STATE_SOURCE__STATE_SOURCE_INIT);
+    st = tc_run_status(s_dir, "daemon-tesu");
+    assert_string_equal(s_jstr(st, "state"), "running");
+    json_decref(st);
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_CANCEL, "daemon-tesu", 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
+    tc_worker_pump(&a, 50);
+    assert_int_equal(a.run_command, SHOAL__RUN_COMMAND__RUN_CMD_STOP);
+    assert_string_equal(a.run, "");
 
     /* leave: clean exit */
     Shoal__Leave lv = SHOAL__LEAVE__INIT;
