@@ -490,7 +490,8 @@ static void s_stop_run(daemon_t *d, const char *why)
     s_finish_checkpoint(d);
     sess_plan_destroy(&d->plan);
     sess_plan_destroy(&d->pending);
-    s_drop_trainer(d);
+    /* The trainer and its state stay until another run needs the memory: a later plan of the
+     * same run (undrain, a cell given up and re-planned) may start right where it is. */
     d->paused = d->failed = d->draining = 0;
     s_status(d, SESS_ACT_IDLE, NULL);
 }
@@ -794,6 +795,20 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     if (rc != SHOAL_OK)
         goto out;
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    /* The id this worker had before a restart (COORDINATOR.md: sent as prev_id). */
+    char id_file[PATH_MAX + 16], prev_id[SESS_ID_MAX] = "";
+    snprintf(id_file, sizeof id_file, "%s/worker_id", d->state_dir);
+    uint8_t *idbuf = NULL;
+    size_t idlen = 0;
+    if (fsutil_read_file(id_file, &idbuf, &idlen) == SHOAL_OK && idlen > 0 &&
+        idlen < sizeof prev_id) {
+        memcpy(prev_id, idbuf, idlen);
+        prev_id[idlen] = 0;
+        if (!s_id_ok(prev_id))
+            prev_id[0] = 0;
+    }
+    free(idbuf);
+    shoal_err_clear();
     const session_config_t sc = {
         .coordinator = cfg->coordinator,
         .name = d->name,
@@ -806,6 +821,8 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
         .stop_flag = cfg->stop_flag,
         .grace_seconds = d->cfg.grace_seconds,
         .notify = getenv("NOTIFY_SOCKET") != NULL,
+        .prev_id = prev_id,
+        .id_file = id_file,
     };
     if ((rc = session_new(d->zctx, &sc, &d->sess)) != SHOAL_OK)
         goto out;

@@ -15,12 +15,16 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "fsutil.h"
 #include "log.h"
 #include "wire.h"
 
 #define S_PENDING_MAX 512        /* unacknowledged reports kept for a resend after reconnect */
-#define S_BACKOFF_MIN_MS 200
+#define S_BACKOFF_MIN_MS 1000     /* Register retry: a slow coordinator must not see two */
 #define S_BACKOFF_MAX_MS 5000
+/* libzmq's reconnect backoff cap: a restarted coordinator gives workers dead_after_ms (3 s by
+ * default) to show up again, so the cap must stay well below it. */
+#define S_RECONNECT_MAX_MS 500
 #define S_GETASSIGN_MIN_MS 300   /* GetAssignment rate limit */
 #define S_LEAVE_WAIT_MS 1500     /* longest wait for the Leave's Ack */
 #define S_POLL_MAX_MS 50
@@ -60,6 +64,8 @@ struct session {
     s_state_t state;
     uint64_t seq;
     int hb_ms, dead_ms;
+    int lost;                 /* no word from the coordinator for dead_ms */
+    char *id_file;            /* where the worker id is kept across restarts ("" = nowhere) */
     int64_t last_rx_ms, next_hb_ms, next_reg_ms, backoff_ms, last_getassign_ms;
     int64_t stop_seen_ms, next_watchdog_ms;
     sess_req_t *status;
@@ -452,8 +458,9 @@ static void s_pending_remove_seq(session_t *s, uint64_t seq)
 
 static void s_reregister(session_t *s, const char *why)
 {
-    if (s->state == S_REGISTERED)
-        log_warn("session: registering again: %s", why);
+    if (s->state != S_REGISTERED)
+        return; /* already registering: one Register at a time */
+    log_warn("session: registering again: %s", why);
     s->state = S_CONNECTING;
     s->next_reg_ms = s_mono_ms();
     s->backoff_ms = S_BACKOFF_MIN_MS;
@@ -482,7 +489,13 @@ static void s_on_ack(session_t *s, const Shoal__Envelope *env)
     case SHOAL__DIRECTIVE__DIRECTIVE_PAUSE:
     case SHOAL__DIRECTIVE__DIRECTIVE_DRAIN:
     case SHOAL__DIRECTIVE__DIRECTIVE_STOP:
-        if (!cur || ack->generation < s->generation) {
+        /* STOP in an Ack without a run: the coordinator holds no run for this worker, so
+         * whatever assignment it still trains is void (e.g. its cell was given up). */
+        if (ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_STOP && !env->run_id[0] &&
+            s->run_id[0] && s->status && strcmp(s->status->run_id, s->run_id) == 0) {
+            log_info("session: the coordinator holds no run for this worker: dropping run %s",
+                     s->run_id);
+        } else if (!cur || ack->generation < s->generation) {
             log_debug("session: ignored directive %d of run '%s' generation %llu", ack->directive,
                       env->run_id, (unsigned long long)ack->generation);
             break;
@@ -514,7 +527,8 @@ static void s_on_error(session_t *s, const Shoal__Envelope *env)
         s->leave_acked = 1;
     if (e->code == SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER && !s->leaving)
         s_reregister(s, "unknown worker id");
-    else if (e->code == SHOAL__ERROR_CODE__ERR_STALE_GENERATION)
+    else if (e->code == SHOAL__ERROR_CODE__ERR_STALE_GENERATION ||
+             e->code == SHOAL__ERROR_CODE__ERR_WRONG_RUN)
         s_send_get_assignment(s, 0);
 }
 
@@ -553,7 +567,11 @@ static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
     if (s->dead_ms < 2 * s->hb_ms)
         s->dead_ms = 2 * s->hb_ms;
     s->state = S_REGISTERED;
+    s->lost = 0;
     log_set_component(s->worker_id);
+    if (changed && s->id_file[0] &&
+        fsutil_write_file_atomic(s->id_file, s->worker_id, strlen(s->worker_id)) != SHOAL_OK)
+        log_warn("session: cannot keep the worker id: %s", shoal_errmsg());
     log_info("session: registered with %s as %s%s (heartbeat %d ms, dead after %d ms)",
              s->coordinator, s->worker_id, changed ? "" : " again", s->hb_ms, s->dead_ms);
     /* Reports the previous coordinator (or connection) never acknowledged. */
@@ -567,7 +585,17 @@ static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
 static void s_on_message(const Shoal__Envelope *env, void *ctx)
 {
     session_t *s = ctx;
-    s->last_rx_ms = s_mono_ms();
+    const int64_t now = s_mono_ms();
+    if (s->lost && s->state == S_REGISTERED) {
+        log_info("session: the coordinator answers again after %lld ms",
+                 (long long)(now - s->last_rx_ms));
+        s->lost = 0;
+        s->last_rx_ms = now;
+        s_resend_pending(s, 0); /* what the old instance never read */
+        s_send_get_assignment(s, 1);
+    }
+    s->lost = 0;
+    s->last_rx_ms = now;
     if (s->state != S_REGISTERED && env->type != SHOAL__MSG_TYPE__MSG_REGISTER_REPLY &&
         env->type != SHOAL__MSG_TYPE__MSG_ERROR && env->type != SHOAL__MSG_TYPE__MSG_ACK) {
         log_debug("session: %s before registration dropped", wire_type_name(env->type));
@@ -702,7 +730,10 @@ static void s_connect(session_t *s)
         log_error("session: cannot create a socket: %s", zmq_strerror(errno));
         return;
     }
-    int ivl = 100, ivl_max = S_BACKOFF_MAX_MS, hwm = 10000;
+    /* IMMEDIATE: nothing queues while disconnected, so a coordinator coming back gets no burst
+     * of stale heartbeats or duplicate Registers; reports are kept and resent by us. */
+    int ivl = 100, ivl_max = S_RECONNECT_MAX_MS, hwm = 10000, immediate = 1;
+    zmq_setsockopt(s->dealer, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
     zmq_setsockopt(s->dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(s->dealer, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
     zmq_setsockopt(s->dealer, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -729,14 +760,15 @@ static void s_timers(session_t *s, int64_t now)
         }
     }
     if (s->state == S_REGISTERED) {
-        if (now - s->last_rx_ms > s->dead_ms) {
-            log_warn("session: no word from the coordinator for %lld ms: reconnecting",
-                     (long long)(now - s->last_rx_ms));
-            s_connect(s);
-            s_reregister(s, "coordinator lost");
-            for (int i = 0; i < s->n_pending; i++)
-                s->pending[i].seq = 0;
-        } else if (now >= s->next_hb_ms && !s->leaving) {
+        /* Coordinator gone: libzmq reconnects (with backoff) under the same socket; the id,
+         * run and generation stay valid across a coordinator restart, so nothing is redone:
+         * keep heartbeating and training up to the lease. */
+        if (!s->lost && now - s->last_rx_ms > s->dead_ms) {
+            log_warn("session: no word from the coordinator for %lld ms; training on within "
+                     "the lease while libzmq reconnects", (long long)(now - s->last_rx_ms));
+            s->lost = 1;
+        }
+        if (now >= s->next_hb_ms && !s->leaving) {
             s_send_heartbeat(s);
             s->next_hb_ms = now + s->hb_ms;
             s_resend_pending(s, 2 * (int64_t)s->dead_ms);
@@ -844,6 +876,13 @@ shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out
     s->stop_flag = cfg->stop_flag;
     s->grace_seconds = cfg->grace_seconds > 0 ? cfg->grace_seconds : 10.0;
     s->notify = cfg->notify;
+    s->id_file = strdup(cfg->id_file ? cfg->id_file : "");
+    if (!s->id_file) {
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "session: out of memory");
+        goto fail;
+    }
+    if (cfg->prev_id && cfg->prev_id[0] && strlen(cfg->prev_id) < sizeof s->worker_id)
+        s_copy(s->worker_id, sizeof s->worker_id, cfg->prev_id);
     snprintf(s->pipe_name, sizeof s->pipe_name, "inproc://shoal-session-%p", (void *)s);
     s->pipe_train = zmq_socket(zctx, ZMQ_PAIR);
     s->pipe_sess = zmq_socket(zctx, ZMQ_PAIR);
@@ -897,6 +936,7 @@ void session_destroy(session_t **sp)
     free(s->institution);
     free(s->version);
     free(s->data_endpoint);
+    free(s->id_file);
     pthread_mutex_destroy(&s->mu);
     free(s);
     *sp = NULL;

@@ -123,6 +123,8 @@ typedef struct {
     const volatile sig_atomic_t *stop_flag; /* SIGTERM: arms the grace deadline (may be NULL) */
     double grace_seconds;       /* > 0 */
     int notify;                 /* send sd_notify READY/WATCHDOG/STATUS */
+    const char *prev_id;        /* id this worker held before (state dir), sent as prev_id */
+    const char *id_file;        /* the id given is written here (NULL: not kept) */
 } session_config_t;
 
 typedef struct session session_t;

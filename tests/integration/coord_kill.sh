@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # coord_kill.sh: the coordinator is SIGKILLed mid-run and restarted on the same state dir after
-# the workers noticed (they keep training within the lease, reconnect and register again): the
+# the workers noticed (they keep training within the lease, and resume the session when it answers again): the
 # run completes with the single-process losses, no committed step or checkpoint is lost, and
 # the ledger verifies.
 TEST_NAME=coord_kill
@@ -34,9 +34,12 @@ wait_until 60 "run $RUN done after the restart" run_state_is "$RUN" done
 [ "$(run_field "$RUN" checkpoint_step)" = 24 ] || fail "final checkpoint not committed"
 for w in a b c; do
     compare_losses $w 1e-5
-    grep -q "registered with .* again\|reconnected" "$T/$w.log" "$T/coord.log" ||
+    grep -q "the coordinator answers again" "$T/$w.log" ||
         fail "$w never reconnected"
 done
 grep -q "no word from the coordinator" "$T/a.log" || fail "worker a never noticed the loss"
+# The workers came back within dead_after: nobody declared dead, no cell lost, one plan.
+grep -q -- "-> dead\|cell is lost" "$T/coord.log" && fail "a worker lost its cell over the restart"
+[ "$(run_field "$RUN" generation)" = 1 ] || fail "the restart cost a re-plan"
 ledger_ok "$RUN"
 note "ok"
