@@ -43,10 +43,10 @@ extern "C" {
 
 typedef struct comm_listener comm_listener_t; /* a worker's data endpoint, bound once */
 
-/* Binds a data endpoint, e.g. "tcp://127.0.0.1:0" or "tcp://0.0.0.0:0" (port 0: any free port; host * works too), or an
- * ipc endpoint. A wildcard host is advertised as 127.0.0.1. On success *out owns the listener
- * (free with comm_listener_destroy). Errors: SHOAL_ERR_INVALID (NULL or unbindable endpoint),
- * SHOAL_ERR_IO, SHOAL_ERR_NOMEM. */
+/* Binds a data endpoint, e.g. "tcp://127.0.0.1:0" or "tcp://0.0.0.0:0" (port 0: any free port; host
+ * * works too), or an ipc endpoint. A wildcard host is advertised as 127.0.0.1. On success *out
+ * owns the listener (free with comm_listener_destroy). Errors: SHOAL_ERR_INVALID (NULL or
+ * unbindable endpoint), SHOAL_ERR_IO, SHOAL_ERR_NOMEM. */
 shoal_err_t comm_listener_new(const char *bind_endpoint, comm_listener_t **out);
 
 /* As comm_listener_new, but a wildcard host ("*", 0.0.0.0, [::]) is advertised as
@@ -64,13 +64,13 @@ const char *comm_listener_endpoint(const comm_listener_t *l);
 void comm_listener_destroy(comm_listener_t **l);
 
 typedef struct {
-    int rank;                      /* this worker's rank, 0 <= rank < nranks */
-    int nranks;                    /* 1 .. COMM_MAX_RANKS */
-    const char *const *endpoints;  /* data endpoint of each rank (nranks entries; copied) */
-    uint64_t generation;           /* plan generation; every rank of the comm uses the same */
-    int timeout_ms;                /* > 0: longest wait without progress in one operation */
-    size_t chunk_bytes;            /* pipeline unit: multiple of 4, 4 .. COMM_CHUNK_MAX, the same
-                                    * on every rank; 0 means COMM_CHUNK_DEFAULT */
+    int rank;                     /* this worker's rank, 0 <= rank < nranks */
+    int nranks;                   /* 1 .. COMM_MAX_RANKS */
+    const char *const *endpoints; /* data endpoint of each rank (nranks entries; copied) */
+    uint64_t generation;          /* plan generation; every rank of the comm uses the same */
+    int timeout_ms;               /* > 0: longest wait without progress in one operation */
+    size_t chunk_bytes;           /* pipeline unit: multiple of 4, 4 .. COMM_CHUNK_MAX, the same
+                                   * on every rank; 0 means COMM_CHUNK_DEFAULT */
 } comm_config_t;
 
 typedef struct comm comm_t; /* one communicator per plan generation */
@@ -92,9 +92,10 @@ void comm_destroy(comm_t **c);
  * SHOAL_ERR_ABORTED, SHOAL_ERR_STATE (comm broken by an earlier failure), SHOAL_ERR_IO. */
 shoal_err_t comm_allreduce_sum_f32(comm_t *c, float *buf, size_t n, uint64_t step);
 
-/* Copies root's buf[0..bytes) into every rank's buf. The root completes once every rank
- * acknowledged every chunk. bytes == 0 or nranks == 1 returns at once. Errors as all-reduce, and
- * SHOAL_ERR_INVALID for a root out of range. */
+/* Copies root's buf[0..bytes) into every rank's buf (every rank passes the same bytes and root).
+ * No rank completes before every rank has received everything (acknowledgements to the root, then
+ * its DONE), so a missing receiver is a timeout everywhere. bytes == 0 or nranks == 1 returns at
+ * once. Errors as all-reduce, and SHOAL_ERR_INVALID for a root out of range. */
 shoal_err_t comm_broadcast(comm_t *c, void *buf, size_t bytes, int root, uint64_t step);
 
 /* Returns once every rank has entered the barrier. Errors as all-reduce. */

@@ -70,18 +70,18 @@ typedef struct {
     uint32_t magic;
     uint8_t version;
     uint8_t kind;
-    uint16_t flags;      /* 0 */
-    uint32_t src;        /* sender's rank */
-    uint32_t nranks;     /* sender's comm size */
+    uint16_t flags;  /* 0 */
+    uint32_t src;    /* sender's rank */
+    uint32_t nranks; /* sender's comm size */
     uint64_t generation;
     uint64_t step;
-    uint64_t seq;        /* op sequence number in the generation, from 1 */
-    uint64_t total;      /* floats (all-reduce) or bytes (broadcast) of the whole op; 0 barrier */
-    uint64_t offset;     /* first float/byte of the piece; for BC_ACK: pieces received */
-    uint32_t count;      /* floats/bytes in the piece */
-    uint32_t root;       /* broadcast root, else 0 */
-    uint32_t chunk;      /* sender's chunk_bytes */
-    uint32_t reserved;   /* 0 */
+    uint64_t seq;      /* op sequence number in the generation, from 1 */
+    uint64_t total;    /* floats (all-reduce) or bytes (broadcast) of the whole op; 0 barrier */
+    uint64_t offset;   /* first float/byte of the piece; for BC_ACK: pieces received */
+    uint32_t count;    /* floats/bytes in the piece */
+    uint32_t root;     /* broadcast root, else 0 */
+    uint32_t chunk;    /* sender's chunk_bytes */
+    uint32_t reserved; /* 0 */
 } wire_hdr_t;
 _Static_assert(sizeof(wire_hdr_t) == 72, "wire header must be 72 bytes without padding");
 #define HDR_SIZE sizeof(wire_hdr_t)
@@ -96,26 +96,26 @@ struct comm_listener {
     void *ctx;
     void *pull;
     char endpoint[256];
-    comm_t *active;        /* the live comm on this listener, if any */
-    bool used;             /* a comm existed: generations must increase */
+    comm_t *active; /* the live comm on this listener, if any */
+    bool used;      /* a comm existed: generations must increase */
     uint64_t last_generation;
-    held_t **stash;        /* early messages, arrival order */
+    held_t **stash; /* early messages, arrival order */
     size_t nstash, cap_stash, stash_bytes;
 };
 
 typedef struct {
     void *push;
     char *endpoint;
-    zmq_msg_t out;         /* built but not yet accepted by zmq (EAGAIN) */
+    zmq_msg_t out; /* built but not yet accepted by zmq (EAGAIN) */
     bool has_out;
     /* per operation */
-    unsigned heard;        /* messages accepted from this peer */
-    size_t rs_next;        /* all-reduce: next piece of its range to send; bcast root: next piece */
-    size_t ag_next;        /* all-reduce: index into done[] of the next piece to send it */
-    size_t ag_got;         /* all-reduce: pieces of its range received */
-    size_t rs_got;         /* all-reduce: its contributions to our pieces received */
-    size_t acked;          /* bcast root: pieces it acknowledged */
-    size_t ack_sent;       /* bcast receiver (peer = root): pieces acknowledged so far */
+    unsigned heard;  /* messages accepted from this peer */
+    size_t rs_next;  /* all-reduce: next piece of its range to send; bcast root: next piece */
+    size_t ag_next;  /* all-reduce: index into done[] of the next piece to send it */
+    size_t ag_got;   /* all-reduce: pieces of its range received */
+    size_t rs_got;   /* all-reduce: its contributions to our pieces received */
+    size_t acked;    /* bcast root: pieces it acknowledged */
+    size_t ack_sent; /* bcast receiver (peer = root): pieces acknowledged so far */
     bool sent_token, got_token; /* barrier token; broadcast DONE */
 } peer_t;
 
@@ -127,10 +127,10 @@ struct comm {
     size_t chunk;
     peer_t *peers;
     zmq_pollitem_t *items;
-    uint64_t seq;          /* of the last started op */
-    shoal_err_t broken;    /* first failure; SHOAL_OK while healthy */
+    uint64_t seq;       /* of the last started op */
+    shoal_err_t broken; /* first failure; SHOAL_OK while healthy */
     atomic_int aborted;
-    int wake[2];           /* comm_abort writes here to end a zmq_poll at once */
+    int wake[2]; /* comm_abort writes here to end a zmq_poll at once */
 };
 
 /* State of the operation in progress. */
@@ -140,13 +140,13 @@ typedef struct {
     uint64_t step, seq, total;
     int root;
     unsigned char *buf;
-    size_t unit;           /* chunk in elements: floats (all-reduce) or bytes (broadcast) */
+    size_t unit; /* chunk in elements: floats (all-reduce) or bytes (broadcast) */
     /* all-reduce */
     size_t own_lo, own_hi, own_np;
-    int *next_rank;        /* per owned piece: next rank to fold */
-    zmq_msg_t **held;      /* own_np x nranks out-of-order contributions */
+    int *next_rank;         /* per owned piece: next rank to fold */
+    zmq_msg_t **held;       /* own_np x nranks out-of-order contributions */
     unsigned char *scratch; /* our own contribution to the owned range (rank > 0) */
-    size_t *done;          /* owned pieces finished, in completion order */
+    size_t *done;           /* owned pieces finished, in completion order */
     size_t ndone;
     unsigned char *ag_have; /* per piece of all ranges (ag_base indexing) */
     size_t *ag_base;
@@ -154,8 +154,8 @@ typedef struct {
     size_t np;
     unsigned char *bc_have;
     size_t bc_got;
-    int bc_acked_all;      /* root: peers that acknowledged every piece */
-    size_t window;         /* pieces in flight per peer (both ops) */
+    int bc_acked_all; /* root: peers that acknowledged every piece */
+    size_t window;    /* pieces in flight per peer (both ops) */
     /* diagnostics */
     unsigned dropped;
     char why[200];
@@ -495,8 +495,8 @@ shoal_err_t comm_new(comm_listener_t *l, const comm_config_t *cfg, comm_t **out)
     l->last_generation = c->generation;
     if (c->generation > 0)
         s_stash_purge(l, c->generation - 1);
-    log_debug("comm: rank %d/%d generation %" PRIu64 " on %s, chunk %zu, timeout %d ms",
-              c->rank, c->nranks, c->generation, l->endpoint, c->chunk, c->timeout_ms);
+    log_debug("comm: rank %d/%d generation %" PRIu64 " on %s, chunk %zu, timeout %d ms", c->rank,
+              c->nranks, c->generation, l->endpoint, c->chunk, c->timeout_ms);
     *out = c;
     return SHOAL_OK;
 
@@ -571,8 +571,8 @@ static bool s_hdr_parse(const zmq_msg_t *m, wire_hdr_t *h, const char **why)
         return false;
     }
     size_t unit = h->kind == KIND_AR_RS || h->kind == KIND_AR_AG ? 4
-                  : h->kind == KIND_BC_DATA                     ? 1
-                                                                : 0;
+                  : h->kind == KIND_BC_DATA                      ? 1
+                                                                 : 0;
     if (unit == 0 ? h->count != 0 : (h->count == 0 || (size_t)h->count * unit > h->chunk)) {
         *why = "bad piece length";
         return false;
@@ -589,8 +589,9 @@ static void s_drop(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m, const
     if (op) {
         op->dropped++;
         if (h)
-            snprintf(op->why, sizeof op->why, "rank %" PRIu32 " gen %" PRIu64 " op %" PRIu64
-                     " step %" PRIu64 ": %s", h->src, h->generation, h->seq, h->step, why);
+            snprintf(op->why, sizeof op->why,
+                     "rank %" PRIu32 " gen %" PRIu64 " op %" PRIu64 " step %" PRIu64 ": %s", h->src,
+                     h->generation, h->seq, h->step, why);
         else
             snprintf(op->why, sizeof op->why, "%s", why);
     }
@@ -673,8 +674,7 @@ static bool s_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m)
     switch (h->kind) {
     case KIND_AR_RS: {
         size_t pi;
-        if (op->kind != OP_ALLREDUCE ||
-            (pi = s_piece_of(c, op, c->rank, h)) == SIZE_MAX) {
+        if (op->kind != OP_ALLREDUCE || (pi = s_piece_of(c, op, c->rank, h)) == SIZE_MAX) {
             why = "not a piece of this rank's range";
             goto out_drop;
         }
@@ -817,8 +817,7 @@ static int s_recv_one(comm_t *c, op_t *op, bool *accepted, shoal_err_t *rc)
         zmq_msg_close(&m);
         if (e == EAGAIN || e == EINTR)
             return 0;
-        *rc = shoal_fail(SHOAL_ERR_IO, "comm: receive on %s: %s", c->l->endpoint,
-                         zmq_strerror(e));
+        *rc = shoal_fail(SHOAL_ERR_IO, "comm: receive on %s: %s", c->l->endpoint, zmq_strerror(e));
         return -1;
     }
     *accepted = false;
@@ -854,8 +853,8 @@ static bool s_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
             size_t pi = op->done[p->ag_next++];
             size_t off = op->own_lo + pi * op->unit;
             size_t cnt = op->own_hi - off < op->unit ? op->own_hi - off : op->unit;
-            *rc = s_build(c, op, &p->out, KIND_AR_AG, off, (uint32_t)cnt,
-                          (float *)op->buf + off, cnt * 4);
+            *rc = s_build(c, op, &p->out, KIND_AR_AG, off, (uint32_t)cnt, (float *)op->buf + off,
+                          cnt * 4);
             return *rc == SHOAL_OK;
         }
         size_t lo = s_lo(op->total, c->nranks, j), hi = s_lo(op->total, c->nranks, j + 1);
@@ -1028,8 +1027,8 @@ static shoal_err_t s_progress(comm_t *c, op_t *op)
                     p->has_out = false; /* zmq owns the content now; p->out is empty */
                     any = moved = true;
                 } else if (errno != EAGAIN && errno != EINTR) {
-                    return shoal_fail(SHOAL_ERR_IO, "comm %s: send to rank %d (%s): %s",
-                                      op->name, j, p->endpoint, zmq_strerror(errno));
+                    return shoal_fail(SHOAL_ERR_IO, "comm %s: send to rank %d (%s): %s", op->name,
+                                      j, p->endpoint, zmq_strerror(errno));
                 }
             }
         }
@@ -1060,8 +1059,7 @@ static shoal_err_t s_progress(comm_t *c, op_t *op)
                     (zmq_pollitem_t){.socket = c->peers[j].push, .events = ZMQ_POLLOUT};
         long wait_ms = (long)((timeout_ns - (now - last)) / 1000000ull) + 1;
         if (zmq_poll(c->items, ni, wait_ms) < 0 && errno != EINTR)
-            return shoal_fail(SHOAL_ERR_IO, "comm %s: zmq_poll: %s", op->name,
-                              zmq_strerror(errno));
+            return shoal_fail(SHOAL_ERR_IO, "comm %s: zmq_poll: %s", op->name, zmq_strerror(errno));
         if (c->items[0].revents & ZMQ_POLLIN) {
             char drain[64];
             while (read(c->wake[0], drain, sizeof drain) > 0) {
@@ -1120,8 +1118,8 @@ static shoal_err_t s_usable(comm_t *c, const char *what)
     if (!c)
         return shoal_fail(SHOAL_ERR_INVALID, "comm %s: NULL comm", what);
     if (atomic_load(&c->aborted))
-        return shoal_fail(SHOAL_ERR_ABORTED, "comm %s (generation %" PRIu64 "): comm aborted",
-                          what, c->generation);
+        return shoal_fail(SHOAL_ERR_ABORTED, "comm %s (generation %" PRIu64 "): comm aborted", what,
+                          c->generation);
     if (c->broken != SHOAL_OK)
         return shoal_fail(SHOAL_ERR_STATE,
                           "comm %s (generation %" PRIu64 "): an earlier operation failed (%s); "

@@ -2,7 +2,8 @@
  * loopback, 1/16/64 MiB, against a plain memcpy of the same bytes measured in the same run.
  * Run: build/bin/bench_allreduce [chunk_bytes]   (label bench: not part of the default ctest)
  * algbw = bytes / time; busbw = algbw * 2 (n-1) / n (as nccl-tests): the bytes each rank moves.
- * For scale, a 2-rank broadcast of the same bytes gives the one-way stream rate of the transport. */
+ * For scale, a 2-rank broadcast of the same bytes gives the one-way stream rate of the transport.
+ */
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -58,8 +59,12 @@ static void s_rank(int rank, int nranks, int up, int down, size_t chunk)
     const char *ptrs[MAX_RANKS];
     for (int r = 0; r < nranks; r++)
         ptrs[r] = eps[r];
-    comm_config_t cfg = {.rank = rank, .nranks = nranks, .endpoints = ptrs, .generation = 1,
-                         .timeout_ms = 30000, .chunk_bytes = chunk};
+    comm_config_t cfg = {.rank = rank,
+                         .nranks = nranks,
+                         .endpoints = ptrs,
+                         .generation = 1,
+                         .timeout_ms = 30000,
+                         .chunk_bytes = chunk};
     comm_t *c = NULL;
     if (comm_new(l, &cfg, &c) != SHOAL_OK) {
         fprintf(stderr, "rank %d: %s\n", rank, shoal_errmsg());

@@ -1,13 +1,18 @@
 /* test_comm: the ZeroMQ comm backend with real forked ranks over TCP on 127.0.0.1: bitwise
  * reproducible all-reduce for 1-4 ranks and awkward sizes, op sequences, dead peers, generation
  * changes with stray messages, garbage frames, abort from a signal handler and from a thread. */
+
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,8 +23,6 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -206,8 +209,7 @@ static void s_run_group(int nranks, rank_fn fn, void *arg, before_fn before, voi
             char ep[EP_LEN] = {0};
             snprintf(ep, sizeof ep, "%s", comm_listener_endpoint(ctx.l));
             if (!s_write_all(up[r][1], ep, sizeof ep) ||
-                !s_read_all(down[r][0], ctx.ep, sizeof ctx.ep[0] * (size_t)nranks,
-                            s_ms() + 20000))
+                !s_read_all(down[r][0], ctx.ep, sizeof ctx.ep[0] * (size_t)nranks, s_ms() + 20000))
                 _exit(2);
             for (int k = 0; k < nranks; k++)
                 ctx.eps[k] = ctx.ep[k];
@@ -251,8 +253,8 @@ static void s_check_all(const result_t *res, const bool *got, const int *status,
     for (int r = 0; r < nranks; r++)
         for (int k = 0; got[r] && k < res[r].nrec; k++)
             if (res[r].rc[k] != SHOAL_OK || !res[r].ok[k])
-                printf("  rank %d record %d: rc %d ok %d: %s\n", r, k, res[r].rc[k],
-                       res[r].ok[k], res[r].msg[k]);
+                printf("  rank %d record %d: rc %d ok %d: %s\n", r, k, res[r].rc[k], res[r].ok[k],
+                       res[r].msg[k]);
     for (int r = 0; r < nranks; r++) {
         assert_true(got[r]);
         assert_true(WIFEXITED(status[r]) && WEXITSTATUS(status[r]) == 0);
@@ -305,8 +307,8 @@ static void test_listener_and_config(void **state)
     assert_null(a);
 
     const char *eps[3] = {ep, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"};
-    comm_config_t cfg = {.rank = 0, .nranks = 3, .endpoints = eps, .generation = 5,
-                         .timeout_ms = 1000};
+    comm_config_t cfg = {
+        .rank = 0, .nranks = 3, .endpoints = eps, .generation = 5, .timeout_ms = 1000};
     comm_t *c = NULL;
     comm_config_t bad = cfg;
     bad.nranks = 0;
@@ -345,8 +347,8 @@ static void test_listener_and_config(void **state)
 
     /* One rank: every collective is a cheap local no-op. */
     const char *one[1] = {ep};
-    comm_config_t solo = {.rank = 0, .nranks = 1, .endpoints = one, .generation = 6,
-                          .timeout_ms = 1000};
+    comm_config_t solo = {
+        .rank = 0, .nranks = 1, .endpoints = one, .generation = 6, .timeout_ms = 1000};
     assert_int_equal(comm_new(l, &solo, &c), SHOAL_OK);
     float v[5] = {1, 2, 3, 4, 5}, w5[5] = {1, 2, 3, 4, 5};
     double t0 = s_ms();
@@ -408,8 +410,7 @@ static void s_rank_sizes(rank_ctx_t *ctx, result_t *res, void *arg)
         else
             memset(bc, 0, sizeof bc);
         int rc = comm_broadcast(c, bc, sizeof bc, root, ++step);
-        s_rec(res, rc, rc == SHOAL_OK && memcmp(bc, want, sizeof bc) == 0, s_fnv(bc, sizeof bc),
-              0);
+        s_rec(res, rc, rc == SHOAL_OK && memcmp(bc, want, sizeof bc) == 0, s_fnv(bc, sizeof bc), 0);
         comm_destroy(&c);
     }
 }
@@ -577,8 +578,9 @@ static void s_rank_dead(rank_ctx_t *ctx, result_t *res, void *arg)
     double t0 = s_ms();
     int rc = comm_allreduce_sum_f32(c, buf, 1000, 1);
     double ms = s_ms() - t0;
-    s_rec(res, rc, rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 2") &&
-                       ms >= DEAD_TIMEOUT_MS - 5 && ms < DEAD_TIMEOUT_MS + 1500,
+    s_rec(res, rc,
+          rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 2") &&
+              ms >= DEAD_TIMEOUT_MS - 5 && ms < DEAD_TIMEOUT_MS + 1500,
           0, ms);
     rc = comm_barrier(c, 2);
     s_rec(res, rc, rc == SHOAL_ERR_STATE, 0, 0); /* broken comm stays broken */
@@ -766,8 +768,7 @@ static void s_rank_generation(rank_ctx_t *ctx, result_t *res, void *arg)
         usleep(100 * 1000);
         int rc = comm_barrier(c, 2);
         s_rec(res, SHOAL_OK,
-              rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 0,1"), 0,
-              0);
+              rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 0,1"), 0, 0);
         if (rc != SHOAL_ERR_TIMEOUT || !strstr(shoal_errmsg(), "no message from rank 0,1"))
             snprintf(res->msg[res->nrec - 1], sizeof res->msg[0], "%s", shoal_errmsg());
     }
@@ -807,9 +808,18 @@ typedef struct {
 static wire_t s_wire(int kind, uint32_t src, uint64_t gen, uint64_t seq, uint64_t step,
                      uint64_t total, uint64_t offset, uint32_t count)
 {
-    return (wire_t){.magic = 0x4d434853u, .version = 1, .kind = (uint8_t)kind, .src = src,
-                    .nranks = 3, .generation = gen, .step = step, .seq = seq, .total = total,
-                    .offset = offset, .count = count, .chunk = COMM_CHUNK_DEFAULT};
+    return (wire_t){.magic = 0x4d434853u,
+                    .version = 1,
+                    .kind = (uint8_t)kind,
+                    .src = src,
+                    .nranks = 3,
+                    .generation = gen,
+                    .step = step,
+                    .seq = seq,
+                    .total = total,
+                    .offset = offset,
+                    .count = count,
+                    .chunk = COMM_CHUNK_DEFAULT};
 }
 
 static void s_send2(void *s, const void *a, size_t na, const void *b, size_t nb)
@@ -928,9 +938,9 @@ static void *s_fuzz_thread(void *arg)
             uint64_t gens[] = {0, 1, 2, 9, UINT64_MAX};
             uint64_t gen = gens[(x >> 33) % 5];
             uint64_t seq = gen == 1 ? 4 + (x >> 20) % 5 : (x >> 20) % 3;
-            wire_t h = s_wire(1 + (int)((x >> 40) % 5), (uint32_t)((x >> 45) % 4), gen, seq,
-                              (x >> 50) % 3, (x >> 10) % 2000, (x >> 5) % 700,
-                              (uint32_t)((x >> 13) % 64));
+            wire_t h =
+                s_wire(1 + (int)((x >> 40) % 5), (uint32_t)((x >> 45) % 4), gen, seq, (x >> 50) % 3,
+                       (x >> 10) % 2000, (x >> 5) % 700, (uint32_t)((x >> 13) % 64));
             size_t unit = h.kind <= 2 ? 4 : h.kind == 3 ? 1 : 0;
             size_t n = (x & 1) ? h.count * unit : (x >> 7) % 256;
             s_send2(s[r], &h, sizeof h, payload, n > sizeof payload ? sizeof payload : n);
