@@ -43,10 +43,10 @@ extern "C" {
 
 typedef struct comm_listener comm_listener_t; /* a worker's data endpoint, bound once */
 
-/* Binds a data endpoint, e.g. "tcp://127.0.0.1:0" or "tcp://0.0.0.0:0" (port 0: any free port; host
- * * works too), or an ipc endpoint. A wildcard host is advertised as 127.0.0.1. On success *out
- * owns the listener (free with comm_listener_destroy). Errors: SHOAL_ERR_INVALID (NULL or
- * unbindable endpoint), SHOAL_ERR_IO, SHOAL_ERR_NOMEM. */
+/* Binds a data endpoint, e.g. "tcp://127.0.0.1:0" or "tcp://0.0.0.0:0" (port 0: any free port;
+ * the host may also be the "*" wildcard), or an ipc endpoint. A wildcard host is advertised as
+ * 127.0.0.1. On success *out owns the listener (free with comm_listener_destroy). Errors:
+ * SHOAL_ERR_INVALID (NULL or unbindable endpoint), SHOAL_ERR_IO, SHOAL_ERR_NOMEM. */
 shoal_err_t comm_listener_new(const char *bind_endpoint, comm_listener_t **out);
 
 /* As comm_listener_new, but a wildcard host ("*", 0.0.0.0, [::]) is advertised as
