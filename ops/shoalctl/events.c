@@ -98,8 +98,7 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
     ex = CTL_EXIT_ERROR;
     if (!c || !all)
         goto out;
-    if (!o->json)
-        printf("%6s  %-24s  %-16s %s\n", "SEQ", "TIME", "KIND", "DETAIL");
+    bool header = o->json;
     for (;;) {
         ctl_reply_t reply = {0};
         shoal_err_t rc = ctl_client_events(c, pos[0], since, (unsigned)limit, &reply);
@@ -112,6 +111,10 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
         if (!doc) {
             ex = CTL_EXIT_ERROR;
             goto out;
+        }
+        if (!header) { /* only once the coordinator answered: errors leave stdout empty */
+            printf("%6s  %-24s  %-16s %s\n", "SEQ", "TIME", "KIND", "DETAIL");
+            header = true;
         }
         size_t i, n = 0;
         json_t *e;

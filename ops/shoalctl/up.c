@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "fsutil.h"
+#include "model_dir.h"
 #include "shoalctl.h"
 
 static const char s_usage[] =
@@ -278,56 +279,61 @@ out_in:
     return rc;
 }
 
-/* Finds, under `dir` (depth-first, at most `depth` levels), the checkpoint directory of `step`
- * ("step-%08lld" holding config.json and model.safetensors), or with step <= 0 the newest. */
-static bool s_find_model_dir(const char *dir, int depth, long long step, char *best,
-                             size_t cap, long long *best_step)
+/* Candidate checkpoint directories under `dir` (at most `depth` levels down): "step-<N>" dirs
+ * holding config.json and model.safetensors. With step > 0 only those of that step; otherwise
+ * those of the newest step seen (the list restarts when a newer step turns up). */
+typedef struct {
+    int n;
+    long long step;
+    char path[16][PATH_MAX];
+} s_candidates_t;
+
+static void s_find_model_dirs(const char *dir, int depth, long long step, s_candidates_t *cand)
 {
     DIR *d = opendir(dir);
     if (!d)
-        return false;
+        return;
     struct dirent *e;
-    bool found = false;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        char path[PATH_MAX];
+        char path[PATH_MAX], probe[PATH_MAX];
         struct stat st;
-        if (fsutil_path(path, sizeof(path), "%s/%s", dir, e->d_name) != SHOAL_OK ||
-            lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-            continue;
         long long s;
         char tail;
-        char probe[PATH_MAX];
-        if (sscanf(e->d_name, "step-%lld%c", &s, &tail) == 1 &&
-            fsutil_path(probe, sizeof(probe), "%s/model.safetensors", path) == SHOAL_OK &&
-            access(probe, R_OK) == 0 &&
-            fsutil_path(probe, sizeof(probe), "%s/config.json", path) == SHOAL_OK &&
-            access(probe, R_OK) == 0) {
-            if ((step > 0 && s == step && *best_step != step) ||
-                (step <= 0 && s > *best_step)) {
-                snprintf(best, cap, "%s", path);
-                *best_step = s;
-                found = true;
-            }
-        } else if (depth > 0) {
-            found = s_find_model_dir(path, depth - 1, step, best, cap, best_step) || found;
+        if (e->d_name[0] == '.' ||
+            fsutil_path(path, sizeof(path), "%s/%s", dir, e->d_name) != SHOAL_OK ||
+            lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        if (sscanf(e->d_name, "step-%lld%c", &s, &tail) != 1) {
+            if (depth > 0)
+                s_find_model_dirs(path, depth - 1, step, cand);
+            continue;
         }
+        if (fsutil_path(probe, sizeof(probe), "%s/config.json", path) != SHOAL_OK ||
+            access(probe, R_OK) != 0 ||
+            fsutil_path(probe, sizeof(probe), "%s/model.safetensors", path) != SHOAL_OK ||
+            access(probe, R_OK) != 0)
+            continue;
+        if (step > 0 ? s != step : s < cand->step)
+            continue;
+        if (s > cand->step) {
+            cand->n = 0;
+            cand->step = s;
+        }
+        if (cand->n < 16)
+            snprintf(cand->path[cand->n++], PATH_MAX, "%s", path);
     }
     closedir(d);
-    return found;
 }
 
-/* Copies the final model (config.json, model.safetensors and the rest of the checkpoint's
- * files) to out_dir. */
-static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir,
-                            long long *got_step)
+/* The files of a Hugging Face style model directory: config.json and model*.safetensors (or the
+ * sharded index and its parts); the optimizer moments and trainer state stay behind. */
+static bool s_is_model_file(const char *name)
 {
-    char src[PATH_MAX] = "";
-    *got_step = -1;
-    if (!s_find_model_dir(u->tmp, 4, step, src, sizeof(src), got_step) &&
-        !s_find_model_dir(u->tmp, 4, 0, src, sizeof(src), got_step))
-        return shoal_fail(SHOAL_ERR_NOTFOUND, "no checkpoint with a model under %s", u->tmp);
+    return strcmp(name, "config.json") == 0 || strncmp(name, "model", 5) == 0;
+}
+
+static shoal_err_t s_copy_model(const char *src, const char *out_dir)
+{
     shoal_err_t rc = fsutil_mkdir_p(out_dir);
     if (rc != SHOAL_OK)
         return rc;
@@ -338,7 +344,7 @@ static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir
     while (rc == SHOAL_OK && (e = readdir(d))) {
         char from[PATH_MAX], to[PATH_MAX];
         struct stat st;
-        if (e->d_name[0] == '.' ||
+        if (e->d_name[0] == '.' || !s_is_model_file(e->d_name) ||
             fsutil_path(from, sizeof(from), "%s/%s", src, e->d_name) != SHOAL_OK ||
             lstat(from, &st) != 0 || !S_ISREG(st.st_mode))
             continue;
@@ -346,6 +352,40 @@ static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir
             rc = s_copy_file(from, to);
     }
     closedir(d);
+    return rc;
+}
+
+/* Copies the final model out of a worker's checkpoint of `step` (any step when none was
+ * committed) and checks the copy loads as a whole model (every tensor, every shape): with
+ * pipeline or expert parallelism one worker's checkpoint may hold only its part, and the next
+ * candidate is tried. */
+static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir,
+                            long long *got_step)
+{
+    s_candidates_t *cand = calloc(1, sizeof(*cand));
+    if (!cand)
+        return shoal_fail(SHOAL_ERR_NOMEM, "out of memory");
+    cand->step = -1;
+    s_find_model_dirs(u->tmp, 4, step, cand);
+    if (cand->n == 0 && step > 0)
+        s_find_model_dirs(u->tmp, 4, 0, cand);
+    shoal_err_t rc = shoal_fail(SHOAL_ERR_NOTFOUND, "no checkpoint holding a model under %s",
+                                u->tmp);
+    for (int i = 0; i < cand->n; i++) {
+        model_config_t cfg;
+        float *params = NULL;
+        int64_t n = 0;
+        rc = s_copy_model(cand->path[i], out_dir);
+        if (rc == SHOAL_OK)
+            rc = model_dir_load(out_dir, &cfg, &params, &n);
+        free(params);
+        if (rc == SHOAL_OK) {
+            *got_step = cand->step;
+            break;
+        }
+        shoal_fail_context(rc, "%s", cand->path[i]);
+    }
+    free(cand);
     return rc;
 }
 
@@ -724,7 +764,10 @@ out:
     if (ex == CTL_EXIT_OK) {
         long long got = -1;
         if (s_export(u, res.ckpt_step, out_dir, &got) == SHOAL_OK) {
-            printf("shoal up: final model (checkpoint of step %lld) in %s/\n", got, out_dir);
+            char *abs = realpath(out_dir, NULL);
+            printf("shoal up: final model (checkpoint of step %lld) in %s/\n", got,
+                   abs ? abs : out_dir);
+            free(abs);
         } else {
             ctl_error(o, "copying the final model to %s: %s", out_dir, shoal_errmsg());
             keep = true;
