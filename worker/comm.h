@@ -102,7 +102,8 @@ shoal_err_t comm_broadcast(comm_t *c, void *buf, size_t bytes, int root, uint64_
 shoal_err_t comm_barrier(comm_t *c, uint64_t step);
 
 /* Makes the operation in progress (if any) and every later one fail with SHOAL_ERR_ABORTED. Safe
- * from another thread and from a signal handler (an atomic store and one write(2)). */
+ * from another thread and from a signal handler (an atomic store and one write(2)), as long as it
+ * cannot race with comm_destroy of the same comm. */
 void comm_abort(comm_t *c);
 
 int comm_rank(const comm_t *c);

@@ -1108,7 +1108,7 @@ static shoal_err_t s_run(comm_t *c, op_t *op)
                 c->peers[j].has_out = false;
             }
         }
-        log_warn("%s", shoal_errmsg());
+        log_debug("%s", shoal_errmsg()); /* the caller reports it (err.h) */
     }
     return rc;
 }
@@ -1120,6 +1120,9 @@ static shoal_err_t s_usable(comm_t *c, const char *what)
     if (atomic_load(&c->aborted))
         return shoal_fail(SHOAL_ERR_ABORTED, "comm %s (generation %" PRIu64 "): comm aborted", what,
                           c->generation);
+    if (!c->l)
+        return shoal_fail(SHOAL_ERR_STATE, "comm %s (generation %" PRIu64 "): listener destroyed",
+                          what, c->generation);
     if (c->broken != SHOAL_OK)
         return shoal_fail(SHOAL_ERR_STATE,
                           "comm %s (generation %" PRIu64 "): an earlier operation failed (%s); "
