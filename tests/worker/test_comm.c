@@ -621,6 +621,61 @@ static void test_dead_peer(void **state)
     printf("  rank 0: %s\n", res[0].msg[0]);
 }
 
+static void s_kill_self(int sig)
+{
+    (void)sig;
+    raise(SIGKILL); /* async-signal-safe */
+}
+
+/* Rank 2 is SIGKILLed from a timer while all-reduces stream: the others fail within the timeout
+ * (plus the op's own transfer time) with rank 2 among those they wait on, never hang. */
+static void s_rank_killed_mid_op(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    size_t n = 1u << 18;
+    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    float *buf = calloc(n, sizeof *buf);
+    if (ctx->rank == 2) {
+        struct sigaction sa = {.sa_handler = s_kill_self};
+        sigaction(SIGALRM, &sa, NULL);
+        struct itimerval it = {.it_value = {.tv_usec = 50 * 1000}};
+        setitimer(ITIMER_REAL, &it, NULL);
+    }
+    int rc = SHOAL_OK, ops = 0;
+    double ms = 0;
+    for (; ops < 2000 && rc == SHOAL_OK; ops++) {
+        double t0 = s_ms();
+        rc = comm_allreduce_sum_f32(c, buf, n, (uint64_t)ops);
+        ms = s_ms() - t0;
+    }
+    const char *w = strstr(shoal_errmsg(), "waiting on rank(s) ");
+    s_rec(res, SHOAL_OK,
+          rc == SHOAL_ERR_TIMEOUT && ops > 1 && ms < DEAD_TIMEOUT_MS + 2000 && w &&
+              strchr(w + 19, '2') != NULL,
+          0, ms);
+    snprintf(res->msg[0], sizeof res->msg[0], "rc %d in op %d after %.0f ms: %s", rc, ops, ms,
+             shoal_errmsg());
+    free(buf);
+    comm_destroy(&c);
+}
+
+static void test_killed_mid_op(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    s_run_group(3, s_rank_killed_mid_op, NULL, NULL, NULL, res, got, status);
+    assert_false(got[2]);
+    assert_true(WIFSIGNALED(status[2]) && WTERMSIG(status[2]) == SIGKILL);
+    for (int r = 0; r < 2; r++) {
+        assert_true(got[r]);
+        if (!res[r].ok[0])
+            fail_msg("rank %d: %s", r, res[r].msg[0]);
+    }
+    printf("  rank 0: %s\n", res[0].msg[0]);
+}
+
 /* The root of a broadcast never joins: the receivers time out naming it. */
 static void s_rank_dead_root(rank_ctx_t *ctx, result_t *res, void *arg)
 {
@@ -1002,21 +1057,14 @@ int main(void)
     if (getenv("TEST_COMM_FILTER"))
         cmocka_set_test_filter(getenv("TEST_COMM_FILTER"));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_order_matters),
-        cmocka_unit_test(test_listener_and_config),
-        cmocka_unit_test(test_allreduce_1_rank),
-        cmocka_unit_test(test_allreduce_2_ranks),
-        cmocka_unit_test(test_allreduce_3_ranks),
-        cmocka_unit_test(test_allreduce_4_ranks),
-        cmocka_unit_test(test_allreduce_16mb),
-        cmocka_unit_test(test_op_sequence),
-        cmocka_unit_test(test_last_op_then_exit),
-        cmocka_unit_test(test_dead_peer),
-        cmocka_unit_test(test_dead_root),
-        cmocka_unit_test(test_dead_receiver),
-        cmocka_unit_test(test_abort),
-        cmocka_unit_test(test_generation_change),
-        cmocka_unit_test(test_garbage_frames),
+        cmocka_unit_test(test_order_matters),     cmocka_unit_test(test_listener_and_config),
+        cmocka_unit_test(test_allreduce_1_rank),  cmocka_unit_test(test_allreduce_2_ranks),
+        cmocka_unit_test(test_allreduce_3_ranks), cmocka_unit_test(test_allreduce_4_ranks),
+        cmocka_unit_test(test_allreduce_16mb),    cmocka_unit_test(test_op_sequence),
+        cmocka_unit_test(test_last_op_then_exit), cmocka_unit_test(test_dead_peer),
+        cmocka_unit_test(test_killed_mid_op),     cmocka_unit_test(test_dead_root),
+        cmocka_unit_test(test_dead_receiver),     cmocka_unit_test(test_abort),
+        cmocka_unit_test(test_generation_change), cmocka_unit_test(test_garbage_frames),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
