@@ -28,6 +28,14 @@ for u in shoal-coordinator.service shoal-worker@.service shoal-worker@cpu0.servi
     [ -z "$about" ] || err "systemd-analyze verify $u: $about"
 done
 
+# The sysusers.d entry parses and creates user and group shoal (dry run: nothing is written).
+if command -v systemd-sysusers >/dev/null 2>&1; then
+    out=$(systemd-sysusers --dry-run "$(cd "$src" && pwd)/shoal.sysusers" 2>&1)
+    rc=$?
+    [ $rc -eq 0 ] || err "systemd-sysusers --dry-run shoal.sysusers exited $rc: $out"
+    printf '%s\n' "$out" | grep -qi "not found\|unknown\|invalid" && err "sysusers: $out"
+fi
+
 # Settings the runbook and the daemons rely on.
 need() { grep -Eq "^$2\$" "$src/$1" || err "$1 lacks '$2'"; }
 for unit in shoal-coordinator.service shoal-worker@.service; do
