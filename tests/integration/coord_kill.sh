@@ -42,4 +42,4 @@ grep -q "no word from the coordinator" "$T/a.log" || fail "worker a never notice
 grep -q -- "-> dead\|cell is lost" "$T/coord.log" && fail "a worker lost its cell over the restart"
 [ "$(run_field "$RUN" generation)" = 1 ] || fail "the restart cost a re-plan"
 ledger_ok "$RUN"
-note "ok"
+finish

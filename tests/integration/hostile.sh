@@ -44,4 +44,4 @@ for w in a b; do
 done
 grep -q "comm gen .* dropped" "$T/a.log" || fail "worker a's comm never logged a dropped frame"
 ledger_ok "$RUN"
-note "ok"
+finish

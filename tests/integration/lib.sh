@@ -160,3 +160,26 @@ EOF
 
 # ledger_ok RUN: the hash chain verifies.
 ledger_ok() { ctl verify "$1" > "$T/verify.out" 2>&1 || fail "ledger of $1: $(cat "$T/verify.out")"; }
+
+# finish: SIGTERM every live worker and the coordinator; each must exit 0 (a clean Leave, and
+# under SHOAL_SANITIZE no leak or UB report); then no sanitizer report in any log.
+finish() {
+    local name rc
+    for name in "${!WPID[@]}"; do
+        kill -0 "${WPID[$name]}" 2>/dev/null || continue
+        kill -TERM "${WPID[$name]}"
+        wait "${WPID[$name]}"
+        rc=$?
+        [ "$rc" = 0 ] || fail "worker $name exited with $rc on SIGTERM"
+    done
+    if kill -0 "$COORD_PID" 2>/dev/null; then
+        kill -TERM "$COORD_PID"
+        wait "$COORD_PID"
+        rc=$?
+        [ "$rc" = 0 ] || fail "coordinator exited with $rc on SIGTERM"
+    fi
+    if grep -l "Sanitizer\|runtime error:" "$T"/*.log > "$T/sanitizer.out" 2>/dev/null; then
+        fail "sanitizer reports in $(cat "$T/sanitizer.out")"
+    fi
+    note "ok"
+}

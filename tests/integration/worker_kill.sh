@@ -26,4 +26,4 @@ note "run done $((SECONDS - T0)) s after the kill, generation $(run_field "$RUN"
 for w in a b; do compare_losses $w 1e-4; done
 grep -q "generation 2" "$T/a.log" || fail "worker a never trained generation 2"
 ledger_ok "$RUN"
-note "ok"
+finish

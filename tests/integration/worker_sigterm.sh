@@ -30,4 +30,4 @@ wait_until 60 "run $RUN done without c" run_state_is "$RUN" done
 [ "$(run_field "$RUN" checkpoint_step)" = 24 ] || fail "final checkpoint not committed"
 for w in a b; do compare_losses $w 1e-4; done
 ledger_ok "$RUN"
-note "ok"
+finish
