@@ -4,6 +4,9 @@
 #ifndef SHOAL_KERNELS_ATTENTION_H
 #define SHOAL_KERNELS_ATTENTION_H
 #include "kernels_common.h"
+#ifdef SHOAL_HAVE_CUDA
+#include <cublas_v2.h>
+#endif
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -25,6 +28,24 @@ void attention_backward(const attention_shape_t *s, const float *a, const float 
                         const float *qkv, const float *p, const float *o, const float *dout,
                         float *dobuf, float *dqkv, float *dp, float *da, float *dw_qkv_acc,
                         float *dw_o_acc);
+#ifdef SHOAL_HAVE_CUDA
+/* CUDA twins on device pointers (s is a host pointer; cos_t/sin_t are device copies of
+ * rope_tables()). Same buffers and layouts as the CPU (qkv [B·T, 3d] after RoPE, p [B, H, T, T]
+ * with zeros above the diagonal, o [B·T, d]) except the backward's scratch dp, which here holds
+ * every head at once: [B, H, T, T] like p. `h` is the caller's cuBLAS handle, bound to `stream`
+ * and host pointer mode (math mode left alone: keep fp32 without TF32). Softmax uses expf and
+ * cuBLAS's reduction order: results agree with the CPU within float rounding. */
+shoal_err_t attention_forward_cuda(cublasHandle_t h, const attention_shape_t *s, const float *a,
+                                   const float *w_qkv, const float *w_o, const float *cos_t,
+                                   const float *sin_t, float *qkv, float *p, float *o, float *out,
+                                   cudaStream_t stream);
+shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention_shape_t *s,
+                                    const float *a, const float *w_qkv, const float *w_o,
+                                    const float *cos_t, const float *sin_t, const float *qkv,
+                                    const float *p, const float *o, const float *dout,
+                                    float *dobuf, float *dqkv, float *dp, float *da,
+                                    float *dw_qkv_acc, float *dw_o_acc, cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,9 @@
 #ifndef SHOAL_KERNELS_FFN_H
 #define SHOAL_KERNELS_FFN_H
 #include "kernels_common.h"
+#ifdef SHOAL_HAVE_CUDA
+#include <cublas_v2.h>
+#endif
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -18,6 +21,20 @@ void ffn_forward(const float *x, int M, int d, int f, const float *w_gu, const f
 void ffn_backward(const float *x, int M, int d, int f, const float *w_gu, const float *w_d,
                   const float *gu, const float *a, const float *dy, float *dgu, float *da,
                   float *dx_acc, float dx_beta, float *dw_gu_acc, float *dw_d_acc);
+#ifdef SHOAL_HAVE_CUDA
+/* CUDA twins on device pointers, same arguments and semantics. `h` is the caller's cuBLAS
+ * handle: it is bound to `stream` (cublasSetStream) and to host pointer mode; its math mode is
+ * left alone (keep the default: fp32 without TF32, which the parity tests assume). The GEMM
+ * reduction order is cuBLAS's: results agree with the CPU within float rounding. */
+shoal_err_t ffn_forward_cuda(cublasHandle_t h, const float *x, int M, int d, int f,
+                             const float *w_gu, const float *w_d, float *gu, float *a, float *y,
+                             float beta, cudaStream_t stream);
+shoal_err_t ffn_backward_cuda(cublasHandle_t h, const float *x, int M, int d, int f,
+                              const float *w_gu, const float *w_d, const float *gu,
+                              const float *a, const float *dy, float *dgu, float *da,
+                              float *dx_acc, float dx_beta, float *dw_gu_acc, float *dw_d_acc,
+                              cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif

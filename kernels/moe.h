@@ -5,6 +5,9 @@
 #ifndef SHOAL_KERNELS_MOE_H
 #define SHOAL_KERNELS_MOE_H
 #include "kernels_common.h"
+#ifdef SHOAL_HAVE_CUDA
+#include <cublas_v2.h>
+#endif
 #include "router.h"
 #ifdef __cplusplus
 extern "C" {
@@ -62,6 +65,41 @@ void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, 
 void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
                   const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
                   const moe_weights_t *g);
+#ifdef SHOAL_HAVE_CUDA
+/* CUDA twins. Weights and gradients are moe_weights_t whose float pointers are device
+ * pointers (expert_gu/expert_d stay host arrays of N device pointers). `h` is the caller's cuBLAS
+ * handle (bound to `stream`, host pointer mode; keep its default fp32 math). The selection
+ * (idx), the permutation (pair_of_row, offsets) and counts_acc are computed exactly as on the
+ * CPU, so they are bitwise the CPU's whenever the affinities select the same experts (the
+ * device sigmoid and GEMM round differently, so a near tie may select differently); floats
+ * agree within rounding and are run-to-run bitwise (no atomics). */
+
+/* The forward's saved buffers on the device, plus what the GPU path adds. */
+typedef struct {
+    moe_saved_t dev;       /* same fields and shapes as the CPU's, every pointer on the device */
+    int32_t *row_of_pair;  /* [M·K] device: expert-ordered row of pair p (inverse permutation) */
+    int64_t *offsets_host; /* [N + 1] pinned host copy of dev.offsets: the per-expert GEMM sizes,
+                            * read back once by the forward and reused by the backward */
+} moe_saved_cuda_t;
+
+/* Device allocations for up to max_M tokens; SHOAL_ERR_NOMEM (nothing left allocated) on
+ * failure. The frees are idempotent (zeroed structs are fine) and zero the struct. */
+shoal_err_t moe_saved_alloc_cuda(moe_saved_cuda_t *sv, const moe_config_t *c, int max_M);
+void moe_saved_free_cuda(moe_saved_cuda_t *sv);
+/* Same fields as the CPU scratch, on the device (dgu/da hold every expert's rows at once). */
+shoal_err_t moe_scratch_alloc_cuda(moe_scratch_t *sc, const moe_config_t *c, int max_M);
+void moe_scratch_free_cuda(moe_scratch_t *sc);
+
+/* As moe_forward; counts_acc is a device int64 [N]. Synchronises `stream` once (offsets). */
+shoal_err_t moe_forward_cuda(cublasHandle_t h, const moe_config_t *c, const moe_weights_t *w,
+                             const float *u, int M, moe_saved_cuda_t *sv, float *y,
+                             int64_t *counts_acc, cudaStream_t stream);
+/* As moe_backward (no synchronisation: the forward's host offsets are reused). */
+shoal_err_t moe_backward_cuda(cublasHandle_t h, const moe_config_t *c, const moe_weights_t *w,
+                              const float *u, const moe_saved_cuda_t *sv, const float *dy,
+                              moe_scratch_t *sc, float *du, const moe_weights_t *g,
+                              cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -30,6 +30,23 @@ void router_gates_forward(const router_config_t *c, const float *s, const int32_
  * through the gate normalisation and the sigmoid. */
 void router_gates_backward(const router_config_t *c, const float *s, const int32_t *idx,
                            const float *dgates, int M, float *dlogits);
+#ifdef SHOAL_HAVE_CUDA
+/* CUDA twins on device arrays (c is a host pointer). router_select_cuda runs the CPU's scans
+ * one thread per token and selects bitwise the same experts on the same s and bias; it returns
+ * SHOAL_ERR_INVALID for a config the CPU would mis-handle (N not a multiple of n_group, K larger
+ * than the eligible experts). router_gates_forward_cuda and router_gates_backward_cuda repeat
+ * the CPU's arithmetic in its order without FMA contraction; router_sigmoid_cuda uses the
+ * device expf (within 2 ulp of the CPU's, so not bitwise). */
+shoal_err_t router_sigmoid_cuda(float *s, int64_t n, cudaStream_t stream);
+shoal_err_t router_select_cuda(const router_config_t *c, const float *s, const float *bias, int M,
+                               int32_t *idx, cudaStream_t stream);
+shoal_err_t router_gates_forward_cuda(const router_config_t *c, const float *s,
+                                      const int32_t *idx, int M, float *gates,
+                                      cudaStream_t stream);
+shoal_err_t router_gates_backward_cuda(const router_config_t *c, const float *s,
+                                       const int32_t *idx, const float *dgates, int M,
+                                       float *dlogits, cudaStream_t stream);
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -26,8 +26,8 @@ echo "== build (-j$J)"
 # Everything if possible; if some unrelated part does not build, still build the GPU parity test.
 if ! cmake --build "$B" -j"$J" >"$B.build.log" 2>&1; then
     grep -E "error" "$B.build.log" | head -20
-    echo "run.sh: full build failed; building test_gpu_parity alone" >&2
-    cmake --build "$B" -j"$J" --target test_gpu_parity || exit 1
+    echo "run.sh: full build failed; building the GPU parity tests alone" >&2
+    cmake --build "$B" -j"$J" --target test_gpu_parity test_gpu_parity_moe || exit 1
 fi
 
 echo "== ctest -L gpu"
@@ -35,12 +35,14 @@ rc=0
 (cd "$B" && ctest -L gpu --output-on-failure --timeout 300) || rc=1
 
 echo "== parity + timings (CPU single thread vs GPU, ms per call)"
-"$B/bin/test_gpu_parity" --bench
-prc=$?
-if [ $prc -eq 77 ]; then
-    echo "run.sh: test_gpu_parity skipped although nvidia-smi works: CUDA runtime/driver mismatch?" >&2
-    exit 2
-fi
-[ $prc -ne 0 ] && rc=1
+for t in test_gpu_parity test_gpu_parity_moe; do
+    "$B/bin/$t" --bench
+    prc=$?
+    if [ $prc -eq 77 ]; then
+        echo "run.sh: $t skipped although nvidia-smi works: CUDA runtime/driver mismatch?" >&2
+        exit 2
+    fi
+    [ $prc -ne 0 ] && rc=1
+done
 echo "== run.sh: $([ $rc -eq 0 ] && echo PASS || echo FAIL)"
 exit $rc
