@@ -565,7 +565,6 @@ static shoal_err_t s_run_reset_ranks(coord_run_t *r)
 
 void coord_run_release_workers(coord_t *c, coord_run_t *r, const char *reason)
 {
-    coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_STOP, reason);
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
         if (strcmp(w->run, r->id) != 0)
@@ -575,6 +574,9 @@ void coord_run_release_workers(coord_t *c, coord_run_t *r, const char *reason)
         if (w->state == WORKER_DRAINING)
             (void)coord_worker_transition(c, w, WORKER_DRAINED, "run %s ended", r->id);
     }
+    /* durable first, then announced */
+    coord_txn_commit(c);
+    coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_STOP, reason);
 }
 
 static void s_run_check_done(coord_t *c, coord_run_t *r)
@@ -613,9 +615,10 @@ static void s_run_advance(coord_t *c, coord_run_t *r)
     log_debug("run %s: step %" PRId64 " committed (loss %.4f, lease %" PRId64 ")", r->id,
               r->committed_step, r->loss, r->lease);
     coord_put_run(c, r);
-    s_run_check_done(c, r);
-    coord_txn_commit(c);
+    if (coord_txn_commit(c) != SHOAL_OK)
+        return;
     coord_push_step_commit(c, r);
+    s_run_check_done(c, r);
 }
 
 typedef struct {
@@ -662,16 +665,15 @@ static uint64_t s_next_generation(const coord_t *c, const coord_run_t *r)
     return (c->last_generation > r->generation ? c->last_generation : r->generation) + 1;
 }
 
-static shoal_err_t s_build_plan(coord_run_t *r, uint64_t generation, const s_wlist_t *e,
-                                plan_t *p, int64_t *committed_out)
+static shoal_err_t s_build_plan(coord_run_t *r, uint64_t generation, const s_wlist_t *e, plan_t *p,
+                                int64_t *committed_out)
 {
     plan_worker_t *pw = calloc(e->n + 1, sizeof *pw);
     if (!pw)
         return shoal_fail(SHOAL_ERR_NOMEM, "plan");
     for (uint32_t i = 0; i < e->n; i++)
         pw[i] = (plan_worker_t){e->list[i]->id, e->list[i]->endpoint};
-    shoal_err_t rc =
-        plan_build_dp(p, r->id, generation, pw, e->n, r->n_layers, r->n_experts);
+    shoal_err_t rc = plan_build_dp(p, r->id, generation, pw, e->n, r->n_layers, r->n_experts);
     free(pw);
     if (rc != SHOAL_OK)
         return rc;
@@ -736,15 +738,17 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
         log_warn("run %s: rolling back from step %" PRId64 " to checkpoint %" PRId64
                  ": no live worker holds a later state",
                  r->id, r->committed_step, committed);
-    /* workers leaving the plan */
+    /* workers leaving the plan (told once the plan is durable) */
+    coord_worker_t **leaving = calloc(r->plan.n_peers + 1, sizeof *leaving);
+    uint32_t n_leaving = 0;
     for (uint32_t i = 0; i < r->plan.n_peers; i++) {
         coord_worker_t *w = s_worker_by_id(c, r->plan.peers[i].worker_id);
         if (!w || plan_find_worker(&p, w->id))
             continue;
         if (strcmp(w->run, r->id) == 0)
             w->run[0] = 0;
-        if (s_is_live(w->state))
-            s_push_run_control_to(c, r, w, SHOAL__RUN_COMMAND__RUN_CMD_STOP, "not in the new plan");
+        if (s_is_live(w->state) && leaving)
+            leaving[n_leaving++] = w;
         if (w->state == WORKER_DRAINING)
             (void)coord_worker_transition(c, w, WORKER_DRAINED, "left plan of %s at step %" PRId64,
                                           r->id, committed);
@@ -782,10 +786,14 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
                            (int)p.ep, "start_step", (json_int_t)p.start_step, "source",
                            plan_source_name(p.source), "source_rank", (int)p.source_rank, "workers",
                            ids, "reason", why));
-    if (coord_txn_commit(c) != SHOAL_OK)
-        return;
-    for (uint32_t i = 0; i < e->n; i++)
-        coord_push_assignment(c, r, e->list[i]);
+    if (coord_txn_commit(c) == SHOAL_OK) {
+        for (uint32_t i = 0; i < n_leaving; i++)
+            s_push_run_control_to(c, r, leaving[i], SHOAL__RUN_COMMAND__RUN_CMD_STOP,
+                                  "not in the new plan");
+        for (uint32_t i = 0; i < e->n; i++)
+            coord_push_assignment(c, r, e->list[i]);
+    }
+    free(leaving);
 }
 
 /* Membership check of a running run: a lost member re-plans now (the collectives of the old
