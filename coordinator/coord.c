@@ -730,7 +730,18 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
 {
     plan_t p = {0};
     int64_t committed = 0;
-    if (s_build_plan(r, s_next_generation(c, r), e, &p, &committed) != SHOAL_OK) {
+    shoal_err_t rc = s_build_plan(r, s_next_generation(c, r), e, &p, &committed);
+    if (rc == SHOAL_ERR_INVALID) {
+        /* the spec cannot be placed (a layout the model does not allow): retrying cannot help */
+        char why_failed[512];
+        snprintf(why_failed, sizeof why_failed, "planning failed: %s", shoal_errmsg());
+        log_error("run %s: %s", r->id, why_failed);
+        if (coord_run_transition(c, r, RUN_FAILED, "%s", why_failed) == SHOAL_OK)
+            coord_run_release_workers(c, r, why_failed);
+        coord_txn_commit(c);
+        return;
+    }
+    if (rc != SHOAL_OK) {
         log_error("run %s: planning failed: %s", r->id, shoal_errmsg());
         return;
     }

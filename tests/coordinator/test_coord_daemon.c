@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -389,10 +391,51 @@ static void test_daemon_lifecycle(void **state)
     tc_worker_close(&c);
 }
 
+/* With NOTIFY_SOCKET set, the daemon tells systemd READY=1 and pings WATCHDOG=1. */
+static void test_sd_notify(void **state)
+{
+    (void)state;
+#ifndef SHOAL_HAVE_SYSTEMD
+    skip();
+#else
+    char path[100]; /* fits sun_path */
+    snprintf(path, sizeof path, "%.80s/notify", s_dir);
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
+    unlink(path);
+    assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setenv("NOTIFY_SOCKET", path, 1);
+    setenv("WATCHDOG_USEC", "200000", 1);
+    pid_t pid = tc_start(s_dir, "log_level: warn\n");
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    int ready = 0, watchdog = 0;
+    for (int i = 0; i < 20 && !(ready && watchdog); i++) {
+        char buf[256];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        if (n <= 0)
+            break;
+        buf[n] = 0;
+        ready |= strstr(buf, "READY=1") != NULL;
+        watchdog |= strstr(buf, "WATCHDOG=1") != NULL;
+    }
+    assert_true(ready);
+    assert_true(watchdog);
+    int st = tc_stop(pid, SIGTERM);
+    assert_true(WIFEXITED(st));
+    close(fd);
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_daemon_lifecycle),
+        cmocka_unit_test(test_sd_notify),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
