@@ -581,7 +581,7 @@ static void s_pump(daemon_t *d, int timeout_ms)
 /* Whether the old plan may keep training toward the pending plan's start step. */
 static int s_keep_old_plan(const daemon_t *d)
 {
-    if (!d->plan || d->failed || !d->comm || d->paused || !d->have_state ||
+    if (!d->plan || d->failed || !d->comm || !d->have_state ||
         strcmp(d->plan->run_id, d->pending->run_id) != 0)
         return 0;
     const int64_t next = trainer_next_step(d->tr) + 1;
@@ -589,10 +589,13 @@ static int s_keep_old_plan(const daemon_t *d)
            next <= trainer_total_steps(d->tr);
 }
 
-/* Whether the current plan can run its next step now. */
+/* Whether the current plan can run its next step now. A pause takes effect at the lease, which
+ * the coordinator freezes while the run is paused: every cell stops at that same boundary.
+ * Stopping at "my" next boundary instead would leave a peer that already started the next
+ * step blocked in its collective until the comm timeout. */
 static int s_trainable(const daemon_t *d)
 {
-    return d->plan && !d->failed && d->comm && d->have_state && !d->paused &&
+    return d->plan && !d->failed && d->comm && d->have_state &&
            trainer_next_step(d->tr) < trainer_total_steps(d->tr) &&
            trainer_next_step(d->tr) + 1 <= d->lease;
 }

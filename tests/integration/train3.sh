@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # train3.sh: a coordinator and 3 workers train a small run to the same losses as one process
-# (`shoal-worker train`); status and workers report it; the ledger verifies.
+# (`shoal-worker train`), through a pause and a resume; status and workers report it; every
+# replica's checkpoint holds the same bits; the ledger verifies.
 TEST_NAME=train3
 . "$(dirname "$0")/lib.sh"
 
-write_spec "$T/run.yaml" 8 4
+write_spec "$T/run.yaml" 20 4
 reference "$T/run.yaml"
 start_coord
 for w in a b c; do start_worker $w; done
@@ -12,20 +13,30 @@ wait_until 10 "3 active workers" bash -c "[ \$($SHOAL_BIN/shoalctl --control $CT
 ctl submit "$T/run.yaml" > "$T/submit.out" || fail "submit: $(cat "$T/submit.out")"
 RUN=$(awk '/submitted run/ {print $3}' "$T/submit.out")
 [ -n "$RUN" ] || fail "no run id in: $(cat "$T/submit.out")"
+wait_until 60 "step 1" run_step_at_least "$RUN" 1
+ctl pause "$RUN" > /dev/null || fail "pause"
+# Paused: the workers stop at the lease the coordinator froze; the committed step stops moving.
+sleep 1.5
+P1=$(run_field "$RUN" step)
+sleep 1
+P2=$(run_field "$RUN" step)
+[ "$P1" = "$P2" ] && [ "$P2" -lt 20 ] || fail "training went on while paused ($P1 -> $P2)"
+note "paused at step $P2"
+ctl resume "$RUN" > /dev/null || fail "resume"
 wait_until 60 "run $RUN done" run_state_is "$RUN" done
 note "run $RUN done: step $(run_field "$RUN" step), checkpoint $(run_field "$RUN" checkpoint_step), generation $(run_field "$RUN" generation)"
-[ "$(run_field "$RUN" step)" = 8 ] || fail "status step $(run_field "$RUN" step), expected 8"
-[ "$(run_field "$RUN" checkpoint_step)" = 8 ] || fail "checkpoint step is not 8"
+[ "$(run_field "$RUN" step)" = 20 ] || fail "status step $(run_field "$RUN" step), expected 20"
+[ "$(run_field "$RUN" checkpoint_step)" = 20 ] || fail "checkpoint step is not 20"
 [ "$(run_field "$RUN" generation)" = 1 ] || fail "a fault-free run needs one plan"
 for w in a b c; do
     compare_losses $w 1e-5
-    [ -f "$T/$w/runs/$RUN/ckpt/step-00000008/manifest.json" ] || fail "$w holds no step-8 checkpoint"
+    [ -f "$T/$w/runs/$RUN/ckpt/step-00000020/manifest.json" ] || fail "$w holds no step-20 checkpoint"
     worker_state_is $w active || fail "worker $w is $(worker_state $w), expected active"
 done
 # Every replica holds the same bits: data-parallel all-reduce results are identical.
 for w in b c; do
-    cmp -s "$T/a/runs/$RUN/ckpt/step-00000008/model.safetensors" \
-        "$T/$w/runs/$RUN/ckpt/step-00000008/model.safetensors" || fail "replicas a and $w differ"
+    cmp -s "$T/a/runs/$RUN/ckpt/step-00000020/model.safetensors" \
+        "$T/$w/runs/$RUN/ckpt/step-00000020/model.safetensors" || fail "replicas a and $w differ"
 done
 ctl events "$RUN" > "$T/events.out" || fail "events"
 grep -q checkpoint "$T/events.out" || fail "no checkpoint in the ledger: $(cat "$T/events.out")"
