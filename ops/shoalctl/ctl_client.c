@@ -211,8 +211,13 @@ static shoal_err_t s_request(ctl_client_t *c, Shoal__Envelope *env, ctl_reply_t 
         zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};
         int n = zmq_poll(&item, 1, (long)left);
         if (n < 0) {
-            if (zmq_errno() == EINTR)
-                continue;
+            /* Only a handled signal interrupts (shoalctl handles just the ones that mean
+             * "stop"): give up on this request rather than make Ctrl-C wait for the timeout. */
+            if (zmq_errno() == EINTR) {
+                s_close_socket(c);
+                return shoal_fail(SHOAL_ERR_ABORTED, "interrupted while waiting for %s",
+                                  c->endpoint);
+            }
             rc = shoal_fail(SHOAL_ERR_IO, "waiting for %s: %s", c->endpoint,
                             zmq_strerror(zmq_errno()));
             s_close_socket(c);

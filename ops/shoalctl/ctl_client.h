@@ -51,6 +51,7 @@ const char *ctl_client_endpoint(const ctl_client_t *c);
  *                      the socket is reset so the client can be used again;
  *   SHOAL_ERR_IO       the endpoint is malformed or the socket failed;
  *   SHOAL_ERR_FORMAT   the answer was not a valid CtlReply/Error envelope;
+ *   SHOAL_ERR_ABORTED  a signal with a handler interrupted the wait;
  *   SHOAL_ERR_INVALID  an argument is out of the wire bounds (too long, NULL). */
 shoal_err_t ctl_client_submit(ctl_client_t *c, const char *spec_yaml, const char *origin,
                               ctl_reply_t *reply);

@@ -446,6 +446,7 @@ typedef struct {
     long long step, total, ckpt_step;
     char state[32];
     char id[128];
+    char reason[256]; /* the coordinator's reason for the last state change */
     double first_loss, last_loss;
     double elapsed_s;
 } s_result_t;
@@ -509,6 +510,8 @@ static shoal_err_t s_follow(s_up_t *u, ctl_client_t *c, const char *run, long lo
             res->ckpt_step = ctl_json_int(run_st, "checkpoint_step", 0);
             snprintf(res->state, sizeof(res->state), "%s", ctl_json_str(run_st, "state", "?"));
             snprintf(res->id, sizeof(res->id), "%s", ctl_json_str(run_st, "id", run));
+            snprintf(res->reason, sizeof(res->reason), "%s",
+                     ctl_json_str(json_array_get(json_object_get(doc, "runs"), 0), "reason", ""));
             const json_t *loss = json_object_get(run_st, "loss");
             if (json_is_number(loss)) {
                 res->last_loss = json_number_value(loss);
@@ -748,8 +751,9 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
     char took[32];
     ctl_format_duration(res.elapsed_s, took, sizeof(took));
     if (strcmp(res.state, "done") != 0) {
-        ctl_error(o, "run %s ended %s at step %lld/%lld after %s (logs in %s/logs)", spec->name,
-                  res.state, res.step, res.total, took, u->tmp);
+        ctl_error(o, "run %s ended %s at step %lld/%lld after %s%s%s (logs in %s/logs)",
+                  spec->name, res.state, res.step, res.total, took, res.reason[0] ? ": " : "",
+                  res.reason, u->tmp);
         keep = true; /* the logs are the only explanation */
         goto out;
     }
