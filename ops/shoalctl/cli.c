@@ -114,9 +114,8 @@ int ctl_parse_args(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *def
             o->endpoint = val;
         } else if (global_timeout) {
             if (!s_parse_timeout(val, &o->timeout_ms))
-                return ctl_usage_error(o, usage,
-                                       "--timeout: expected seconds > 0 (e.g. 5 or 0.5), got '%s'",
-                                       val);
+                return ctl_usage_error(
+                    o, usage, "--timeout: expected seconds > 0 (e.g. 5 or 0.5), got '%s'", val);
         } else {
             *d->value = val;
         }

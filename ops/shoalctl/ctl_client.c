@@ -40,17 +40,28 @@ void ctl_reply_fini(ctl_reply_t *r)
 const char *ctl_code_name(int code)
 {
     switch (code) {
-    case SHOAL__ERROR_CODE__ERR_NONE: return "none";
-    case SHOAL__ERROR_CODE__ERR_BAD_MESSAGE: return "bad message";
-    case SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE: return "unknown message type";
-    case SHOAL__ERROR_CODE__ERR_STALE_GENERATION: return "stale generation";
-    case SHOAL__ERROR_CODE__ERR_WRONG_RUN: return "wrong run";
-    case SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER: return "unknown worker";
-    case SHOAL__ERROR_CODE__ERR_NOT_FOUND: return "not found";
-    case SHOAL__ERROR_CODE__ERR_INVALID: return "invalid";
-    case SHOAL__ERROR_CODE__ERR_STATE: return "not valid in the current state";
-    case SHOAL__ERROR_CODE__ERR_INTERNAL: return "internal error";
-    default: return "unknown error";
+    case SHOAL__ERROR_CODE__ERR_NONE:
+        return "none";
+    case SHOAL__ERROR_CODE__ERR_BAD_MESSAGE:
+        return "bad message";
+    case SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE:
+        return "unknown message type";
+    case SHOAL__ERROR_CODE__ERR_STALE_GENERATION:
+        return "stale generation";
+    case SHOAL__ERROR_CODE__ERR_WRONG_RUN:
+        return "wrong run";
+    case SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER:
+        return "unknown worker";
+    case SHOAL__ERROR_CODE__ERR_NOT_FOUND:
+        return "not found";
+    case SHOAL__ERROR_CODE__ERR_INVALID:
+        return "invalid";
+    case SHOAL__ERROR_CODE__ERR_STATE:
+        return "not valid in the current state";
+    case SHOAL__ERROR_CODE__ERR_INTERNAL:
+        return "internal error";
+    default:
+        return "unknown error";
     }
 }
 

@@ -62,8 +62,8 @@ static void s_print_entry(const json_t *e, bool json, bool one_line)
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000);
     }
     char *detail = json_dumps(json_object_get(e, "detail"), JSON_COMPACT | JSON_ENCODE_ANY);
-    printf("%6lld  %s  %-16s %s\n", ctl_json_int(e, "seq", 0), when,
-           ctl_json_str(e, "kind", "?"), detail ? detail : "{}");
+    printf("%6lld  %s  %-16s %s\n", ctl_json_int(e, "seq", 0), when, ctl_json_str(e, "kind", "?"),
+           detail ? detail : "{}");
     free(detail);
 }
 

@@ -16,7 +16,7 @@ static void s_print(const json_t *doc)
     if (!json_is_object(plan))
         plan = doc;
     const json_t *topo = json_object_get(plan, "topology");
-    printf("generation %lld: dp %lld x pp %lld x ep %lld, from step %lld", 
+    printf("generation %lld: dp %lld x pp %lld x ep %lld, from step %lld",
            ctl_json_int(plan, "generation", 0), ctl_json_int(topo, "dp", 0),
            ctl_json_int(topo, "pp", 0), ctl_json_int(topo, "ep", 0),
            ctl_json_int(plan, "start_step", 0));
@@ -54,8 +54,7 @@ static void s_print(const json_t *doc)
         printf("\nno cells (no live worker to place)\n");
         return;
     }
-    static const char *const head[] = {"RANK",  "WORKER",  "REPLICA",
-                                        "STAGE", "EP_RANK", "EXPERTS"};
+    static const char *const head[] = {"RANK", "WORKER", "REPLICA", "STAGE", "EP_RANK", "EXPERTS"};
     ctl_table_t *t = ctl_table_new(6, head);
     const json_t *experts = json_object_get(plan, "experts");
     json_array_foreach(peers, i, s)
@@ -77,12 +76,9 @@ static void s_print(const json_t *doc)
             if (ctl_json_int(x, "ep_rank", -1) == epr && count > 0)
                 snprintf(held, sizeof(held), "%lld-%lld", first, first + count - 1);
         }
-        const char *cells[] = {rank,
-                               ctl_json_str(s, "worker_id", ctl_json_str(s, "worker", "?")),
-                               rep,
-                               stage,
-                               ep,
-                               held};
+        const char *cells[] = {rank, ctl_json_str(s, "worker_id", ctl_json_str(s, "worker", "?")),
+                               rep,  stage,
+                               ep,   held};
         if (t)
             ctl_table_add(t, cells);
     }

@@ -7,7 +7,8 @@
 
 static const char s_usage[] =
     "usage: shoalctl status [RUN] [--json]\n"
-    "  --json prints {\"runs\": [{\"id\", \"name\", \"state\", \"step\", \"total_steps\", \"loss\",\n"
+    "  --json prints {\"runs\": [{\"id\", \"name\", \"state\", \"step\", \"total_steps\", "
+    "\"loss\",\n"
     "  \"generation\", \"checkpoint_step\"}]}; state is pending, running, paused, done, failed\n"
     "  or cancelled; loss is null before the first step.\n";
 
@@ -20,8 +21,8 @@ static json_t *s_run_normalise(const json_t *r)
         total = ctl_json_number_or_null(r, "steps");
     }
     /* Before the first committed step there is no loss, whatever placeholder is sent. */
-    json_t *loss = ctl_json_int(r, "step", 0) > 0 ? ctl_json_number_or_null(r, "loss")
-                                                   : json_null();
+    json_t *loss =
+        ctl_json_int(r, "step", 0) > 0 ? ctl_json_number_or_null(r, "loss") : json_null();
     if (json_is_integer(loss)) { /* loss is always a real in our output */
         json_t *real = json_real((double)json_integer_value(loss));
         json_decref(loss);
@@ -31,8 +32,8 @@ static json_t *s_run_normalise(const json_t *r)
                      "name", ctl_json_str(r, "name", ""), "state",
                      ctl_json_str(r, "state", "unknown"), "step",
                      (json_int_t)ctl_json_int(r, "step", 0), "total_steps", total, "loss", loss,
-                     "generation", (json_int_t)ctl_json_int(r, "generation", 0),
-                     "checkpoint_step", (json_int_t)ctl_json_int(r, "checkpoint_step", 0));
+                     "generation", (json_int_t)ctl_json_int(r, "generation", 0), "checkpoint_step",
+                     (json_int_t)ctl_json_int(r, "checkpoint_step", 0));
 }
 
 json_t *status_doc_normalise(const json_t *doc)
@@ -73,8 +74,8 @@ static void s_print_table(const json_t *st)
         printf("no runs\n");
         return;
     }
-    static const char *const head[] = {"ID",   "NAME",       "STATE", "STEP",
-                                        "LOSS", "GENERATION", "CHECKPOINT"};
+    static const char *const head[] = {"ID",   "NAME",       "STATE",     "STEP",
+                                       "LOSS", "GENERATION", "CHECKPOINT"};
     ctl_table_t *t = ctl_table_new(7, head);
     size_t i;
     const json_t *r;
@@ -98,8 +99,13 @@ static void s_print_table(const json_t *st)
             snprintf(ckpt, sizeof(ckpt), "step %lld", cs);
         else
             snprintf(ckpt, sizeof(ckpt), "-");
-        const char *cells[] = {ctl_json_str(r, "id", ""), ctl_json_str(r, "name", ""),
-                               ctl_json_str(r, "state", ""), step, loss, gen, ckpt};
+        const char *cells[] = {ctl_json_str(r, "id", ""),
+                               ctl_json_str(r, "name", ""),
+                               ctl_json_str(r, "state", ""),
+                               step,
+                               loss,
+                               gen,
+                               ckpt};
         if (t)
             ctl_table_add(t, cells);
     }

@@ -71,8 +71,8 @@ int cmd_submit(ctl_opts_t *o, int argc, char **argv)
         goto out;
     }
     if (o->json) {
-        json_t *out = json_pack("{s:o, s:s}", "id",
-                                json_string(ctl_json_str(doc, "id", "")), "name", spec->name);
+        json_t *out = json_pack("{s:o, s:s}", "id", json_string(ctl_json_str(doc, "id", "")),
+                                "name", spec->name);
         if (out)
             ctl_print_json(out);
         json_decref(out);

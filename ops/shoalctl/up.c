@@ -369,8 +369,8 @@ static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir
     s_find_model_dirs(u->tmp, 4, step, cand);
     if (cand->n == 0 && step > 0)
         s_find_model_dirs(u->tmp, 4, 0, cand);
-    shoal_err_t rc = shoal_fail(SHOAL_ERR_NOTFOUND, "no checkpoint holding a model under %s",
-                                u->tmp);
+    shoal_err_t rc =
+        shoal_fail(SHOAL_ERR_NOTFOUND, "no checkpoint holding a model under %s", u->tmp);
     for (int i = 0; i < cand->n; i++) {
         model_config_t cfg;
         float *params = NULL;
@@ -390,8 +390,8 @@ static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir
 }
 
 /* Progress line: "[#####.....]  12/300  loss 3.2145  12.3k tok/s  ETA 1 min 02 s". */
-static void s_progress(bool tty, long long step, long long total, const json_t *loss,
-                       double tok_s, double eta_s, const char *state)
+static void s_progress(bool tty, long long step, long long total, const json_t *loss, double tok_s,
+                       double eta_s, const char *state)
 {
     char bar[32], l[32] = "-", rate[32] = "-", eta[32] = "-";
     int width = 24, fill = total > 0 ? (int)(width * step / total) : 0;
@@ -409,8 +409,7 @@ static void s_progress(bool tty, long long step, long long total, const json_t *
         printf("\r[%s] %lld/%lld  loss %s  %s tok/s  ETA %s  %s\033[K", bar, step, total, l, rate,
                eta, state);
     else
-        printf("step %lld/%lld  loss %s  %s tok/s  ETA %s  %s\n", step, total, l, rate, eta,
-               state);
+        printf("step %lld/%lld  loss %s  %s tok/s  ETA %s  %s\n", step, total, l, rate, eta, state);
     fflush(stdout);
 }
 
@@ -435,8 +434,9 @@ static shoal_err_t s_wait_coordinator(s_up_t *u, ctl_client_t *c)
         if (rc == SHOAL_OK)
             return SHOAL_OK;
         if (s_now_ms() > deadline)
-            return shoal_fail(SHOAL_ERR_TIMEOUT, "shoal-coordinator did not answer on %s within %d s",
-                              u->control, UP_START_WAIT_MS / 1000);
+            return shoal_fail(SHOAL_ERR_TIMEOUT,
+                              "shoal-coordinator did not answer on %s within %d s", u->control,
+                              UP_START_WAIT_MS / 1000);
         s_sleep_ms(100);
     }
     return shoal_fail(SHOAL_ERR_ABORTED, "interrupted");
@@ -523,16 +523,16 @@ static shoal_err_t s_follow(s_up_t *u, ctl_client_t *c, const char *run, long lo
                 rate_step0 = res->step;
                 rate_t0 = now;
             }
-            double steps_per_s = rate_step0 >= 0 && res->step > rate_step0 && now > rate_t0
-                                     ? (double)(res->step - rate_step0) * 1000.0 /
-                                           (double)(now - rate_t0)
-                                     : 0.0;
+            double steps_per_s =
+                rate_step0 >= 0 && res->step > rate_step0 && now > rate_t0
+                    ? (double)(res->step - rate_step0) * 1000.0 / (double)(now - rate_t0)
+                    : 0.0;
             double eta = steps_per_s > 0 ? (double)(res->total - res->step) / steps_per_s : -1;
             bool ended = strcmp(res->state, "done") == 0 || strcmp(res->state, "failed") == 0 ||
                          strcmp(res->state, "cancelled") == 0;
             if (tty || ended || (res->step != printed_step && now - last_print >= 1000)) {
-                s_progress(tty, res->step, res->total, loss,
-                           steps_per_s * (double)tokens_per_step, ended ? 0 : eta, res->state);
+                s_progress(tty, res->step, res->total, loss, steps_per_s * (double)tokens_per_step,
+                           ended ? 0 : eta, res->state);
                 printed_step = res->step;
                 last_print = now;
             }
@@ -583,16 +583,17 @@ static shoal_err_t s_start_cluster(s_up_t *u)
     SHOAL_CHECK_GOTO(fsutil_mkdir_p(logs), rc, out);
     SHOAL_CHECK_GOTO(fsutil_path(coord_state, sizeof(coord_state), "%s/coordinator", u->tmp), rc,
                      out);
-    SHOAL_CHECK_GOTO(fsutil_path(u->control, sizeof(u->control), "ipc://%s/ctl.sock", u->tmp),
+    SHOAL_CHECK_GOTO(fsutil_path(u->control, sizeof(u->control), "ipc://%s/ctl.sock", u->tmp), rc,
+                     out);
+    SHOAL_CHECK_GOTO(fsutil_path(coord_bin, sizeof(coord_bin), "%s/shoal-coordinator", u->bindir),
                      rc, out);
-    SHOAL_CHECK_GOTO(fsutil_path(coord_bin, sizeof(coord_bin), "%s/shoal-coordinator",
-                                 u->bindir), rc, out);
-    SHOAL_CHECK_GOTO(fsutil_path(worker_bin, sizeof(worker_bin), "%s/shoal-worker", u->bindir),
-                     rc, out);
+    SHOAL_CHECK_GOTO(fsutil_path(worker_bin, sizeof(worker_bin), "%s/shoal-worker", u->bindir), rc,
+                     out);
     if (access(coord_bin, X_OK) != 0 || access(worker_bin, X_OK) != 0) {
-        rc = shoal_fail(SHOAL_ERR_NOTFOUND, "%s: %s (shoalctl up runs the daemons installed "
-                        "beside it)", access(coord_bin, X_OK) != 0 ? coord_bin : worker_bin,
-                        strerror(errno));
+        rc = shoal_fail(SHOAL_ERR_NOTFOUND,
+                        "%s: %s (shoalctl up runs the daemons installed "
+                        "beside it)",
+                        access(coord_bin, X_OK) != 0 ? coord_bin : worker_bin, strerror(errno));
         goto out;
     }
     SHOAL_CHECK_GOTO(s_free_port(&port), rc, out);
@@ -601,8 +602,8 @@ static shoal_err_t s_start_cluster(s_up_t *u)
     snprintf(u->coord.name, sizeof(u->coord.name), "coordinator");
     SHOAL_CHECK_GOTO(fsutil_path(u->coord.log, sizeof(u->coord.log), "%s/coordinator.log", logs),
                      rc, out);
-    char *cargv[] = {coord_bin,  "--state-dir", coord_state, "--listen",
-                     u->listen,  "--control",   u->control,  NULL};
+    char *cargv[] = {coord_bin, "--state-dir", coord_state, "--listen",
+                     u->listen, "--control",   u->control,  NULL};
     SHOAL_CHECK_GOTO(s_spawn(&u->coord, cargv), rc, out);
 
     for (int i = 0; i < u->n_workers; i++) {
@@ -611,8 +612,7 @@ static shoal_err_t s_start_cluster(s_up_t *u)
         snprintf(w->name, sizeof(w->name), "w%d", i + 1);
         SHOAL_CHECK_GOTO(fsutil_path(state, sizeof(state), "%s/%s", u->tmp, w->name), rc, out);
         SHOAL_CHECK_GOTO(fsutil_mkdir_p(state), rc, out);
-        SHOAL_CHECK_GOTO(fsutil_path(w->log, sizeof(w->log), "%s/%s.log", logs, w->name), rc,
-                         out);
+        SHOAL_CHECK_GOTO(fsutil_path(w->log, sizeof(w->log), "%s/%s.log", logs, w->name), rc, out);
         char *wargv[] = {worker_bin, "--coordinator", u->listen, "--name",
                          w->name,    "--state-dir",   state,     NULL};
         SHOAL_CHECK_GOTO(s_spawn(w, wargv), rc, out);
@@ -751,9 +751,9 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
     char took[32];
     ctl_format_duration(res.elapsed_s, took, sizeof(took));
     if (strcmp(res.state, "done") != 0) {
-        ctl_error(o, "run %s ended %s at step %lld/%lld after %s%s%s (logs in %s/logs)",
-                  spec->name, res.state, res.step, res.total, took, res.reason[0] ? ": " : "",
-                  res.reason, u->tmp);
+        ctl_error(o, "run %s ended %s at step %lld/%lld after %s%s%s (logs in %s/logs)", spec->name,
+                  res.state, res.step, res.total, took, res.reason[0] ? ": " : "", res.reason,
+                  u->tmp);
         keep = true; /* the logs are the only explanation */
         goto out;
     }

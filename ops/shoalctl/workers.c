@@ -7,7 +7,8 @@
 
 static const char s_usage[] =
     "usage: shoalctl workers [--json]\n"
-    "  --json prints {\"workers\": [{\"id\", \"name\", \"state\", \"run\", \"cell\": {\"replica\",\n"
+    "  --json prints {\"workers\": [{\"id\", \"name\", \"state\", \"run\", \"cell\": "
+    "{\"replica\",\n"
     "  \"stage\", \"ep_rank\"}, \"last_heartbeat_ms\"}]}; run and cell are null for a worker\n"
     "  without an assignment; last_heartbeat_ms is the coordinator's wall clock (ms since the\n"
     "  epoch) when the last heartbeat arrived, null before the first.\n";
@@ -21,12 +22,12 @@ static json_t *s_string_or_null(const json_t *obj, const char *key)
 static json_t *s_worker_normalise(const json_t *w)
 {
     const json_t *cell = json_object_get(w, "cell");
-    json_t *cell_out = json_is_object(cell)
-                           ? json_pack("{s:I, s:I, s:I}", "replica",
-                                       (json_int_t)ctl_json_int(cell, "replica", 0), "stage",
-                                       (json_int_t)ctl_json_int(cell, "stage", 0), "ep_rank",
-                                       (json_int_t)ctl_json_int(cell, "ep_rank", 0))
-                           : json_null();
+    json_t *cell_out =
+        json_is_object(cell)
+            ? json_pack("{s:I, s:I, s:I}", "replica", (json_int_t)ctl_json_int(cell, "replica", 0),
+                        "stage", (json_int_t)ctl_json_int(cell, "stage", 0), "ep_rank",
+                        (json_int_t)ctl_json_int(cell, "ep_rank", 0))
+            : json_null();
     return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o}", "id", ctl_json_str(w, "id", ""), "name",
                      ctl_json_str(w, "name", ""), "state", ctl_json_str(w, "state", "unknown"),
                      "run", s_string_or_null(w, "run"), "cell", cell_out, "last_heartbeat_ms",
@@ -78,9 +79,12 @@ static void s_print_table(const json_t *doc)
             ctl_format_duration((double)age / 1000.0, ago, sizeof(ago));
             snprintf(hb, sizeof(hb), "%s ago", ago);
         }
-        const char *cells[] = {ctl_json_str(w, "id", ""),    ctl_json_str(w, "name", ""),
-                               ctl_json_str(w, "state", ""), ctl_json_str(w, "run", NULL),
-                               cell,                         hb};
+        const char *cells[] = {ctl_json_str(w, "id", ""),
+                               ctl_json_str(w, "name", ""),
+                               ctl_json_str(w, "state", ""),
+                               ctl_json_str(w, "run", NULL),
+                               cell,
+                               hb};
         if (t)
             ctl_table_add(t, cells);
     }

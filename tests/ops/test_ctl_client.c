@@ -27,7 +27,13 @@ static int64_t s_now_ms(void)
 }
 
 /* ---- a ROUTER answering in a chosen way, on its own thread ---- */
-typedef enum { ANSWER_OK, ANSWER_REFUSE, ANSWER_ERROR_ENV, ANSWER_GARBAGE, ANSWER_WRONG_TYPE } answer_t;
+typedef enum {
+    ANSWER_OK,
+    ANSWER_REFUSE,
+    ANSWER_ERROR_ENV,
+    ANSWER_GARBAGE,
+    ANSWER_WRONG_TYPE
+} answer_t;
 
 typedef struct {
     void *ctx, *sock;
@@ -35,7 +41,7 @@ typedef struct {
     answer_t answer;
     int n_requests;
     int last_type;
-    char last_text[256]; /* the request's run/worker/origin */
+    char last_text[256];  /* the request's run/worker/origin */
     char last_sender[64]; /* cmocka asserts only on the main thread */
     pthread_t thread;
 } server_t;
@@ -283,9 +289,9 @@ static void test_parse_args(void **state)
     int n;
     const char *val = NULL;
     bool flag = false;
-    const ctl_optdef_t defs[] = {{"since", true, &val, NULL}, {"follow", false, NULL, &flag},
-                                 {NULL, false, NULL, NULL}};
-    char *a1[] = {"t", "r1", "--json", "--control=tcp://h:1", "--timeout", "0.25", "--since",
+    const ctl_optdef_t defs[] = {
+        {"since", true, &val, NULL}, {"follow", false, NULL, &flag}, {NULL, false, NULL, NULL}};
+    char *a1[] = {"t", "r1",       "--json", "--control=tcp://h:1", "--timeout", "0.25", "--since",
                   "7", "--follow", NULL};
     assert_int_equal(ctl_parse_args(&o, 9, a1, defs, "", pos, 2, &n), CTL_EXIT_OK);
     assert_int_equal(n, 1);
@@ -296,7 +302,7 @@ static void test_parse_args(void **state)
     assert_string_equal(val, "7");
     assert_true(flag);
 
-    char *bad[][3] = {{"t", "--nope", NULL},      {"t", "--timeout", NULL},
+    char *bad[][3] = {{"t", "--nope", NULL},       {"t", "--timeout", NULL},
                       {"t", "--timeout=-1", NULL}, {"t", "--timeout=abc", NULL},
                       {"t", "--follow=1", NULL},   {"t", "--control=", NULL}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -331,7 +337,7 @@ static void test_status_normalise(void **state)
     assert_non_null(doc);
     json_t *st = status_doc_normalise(doc);
     assert_non_null(st);
-    static const char *const keys[] = {"id",   "name",       "state",          "step",
+    static const char *const keys[] = {"id",          "name", "state",      "step",
                                        "total_steps", "loss", "generation", "checkpoint_step"};
     assert_int_equal(json_object_size(st), 1);
     const json_t *runs = json_object_get(st, "runs");
