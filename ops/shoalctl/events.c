@@ -10,8 +10,9 @@
 
 static const char s_usage[] =
     "usage: shoalctl events RUN [--since SEQ] [--limit N] [--follow] [--json]\n"
+    "  RUN may also be `cluster`: decisions outside any run (coordinator starts, registrations).\n"
     "  --since SEQ   only entries with seq > SEQ (default 0: from the start)\n"
-    "  --limit N     at most N entries per request (default: the coordinator's, 1000)\n"
+    "  --limit N     at most N entries (default: all; with --follow: per poll)\n"
     "  --follow      keep polling for new entries once a second until Ctrl-C\n"
     "  --json prints {\"events\": [{\"seq\", \"time_ms\", \"kind\", \"run\", \"detail\",\n"
     "  \"prev_hash\", \"hash\"}]} as stored in the ledger (one object per line with --follow).\n";
@@ -130,9 +131,9 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
         }
         json_decref(doc);
         fflush(stdout);
-        /* Without --follow, keep asking while full pages come back (the ledger is longer
-         * than one page); with it, poll until interrupted. */
-        if (!follow && (limit == 0 ? n < 1000 : n < limit))
+        /* Without --limit, ask again while full pages (the coordinator's 1000) come back;
+         * with it, one answer is the whole result. --follow polls until interrupted. */
+        if (!follow && (limit > 0 || n < 1000))
             break;
         if (follow && n == 0) {
             struct timespec ts = {1, 0};

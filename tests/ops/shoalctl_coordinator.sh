@@ -131,6 +131,21 @@ expect 0 status ctl-test --json
 grep -q '"cancelled"' "$tmp/out" || err "cancel did not stick: $(cat "$tmp/out")"
 expect 1 resume ctl-test
 expect 0 verify ctl-test
+expect 0 events ctl-test --limit 1 --json
+py "$tmp/out" <<'PY' || err "events --limit 1: $(cat "$tmp/out")"
+import json, sys
+ev = json.load(open(sys.argv[1]))["events"]
+assert len(ev) == 1 and ev[0]["seq"] == 1, ev
+PY
+expect 0 events ctl-test --json
+py "$tmp/out" <<'PY' || err "events after cancel: $(cat "$tmp/out")"
+import json, sys
+ev = json.load(open(sys.argv[1]))["events"]
+assert len(ev) >= 2 and ev[-1]["kind"] == "run_state" and ev[-1]["detail"]["to"] == "cancelled", ev
+PY
+expect 0 events cluster
+grep -q "coordinator_start" "$tmp/out" || err "cluster chain: $(cat "$tmp/out")"
+expect 0 verify cluster
 
 # The coordinator goes away: the next request fails within the timeout.
 kill -TERM "$coord_pid"; wait "$coord_pid" 2>/dev/null; coord_pid=
