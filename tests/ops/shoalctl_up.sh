@@ -64,6 +64,30 @@ sleep 0.2
 pgrep -f "$tmp/t/" >/dev/null && err "processes left behind: $(pgrep -af "$tmp/t/")"
 
 echo "---- shoalctl up output ($secs s)"; cat "$tmp/out"
+
+# Ctrl-C in the middle of a long run: exit 1, says so, stops every child, removes the state dir.
+sed 's/steps: 4$/steps: 100000/' "$tmp/run.yaml" >"$tmp/long.yaml"
+TMPDIR="$tmp/t" "$bin" up --workers 2 --out "$tmp/model2" "$tmp/long.yaml" \
+    >"$tmp/out2" 2>"$tmp/err2" &
+up_pid=$!
+for _ in $(seq 300); do
+    grep -Eq "^step [1-9][0-9]*/100000" "$tmp/out2" && break
+    sleep 0.1
+done
+grep -Eq "^step [1-9]" "$tmp/out2" || err "long run made no progress: $(cat "$tmp/out2" "$tmp/err2")"
+kill -INT "$up_pid"
+start=$(date +%s%N)
+wait "$up_pid"
+rc=$?
+up_pid=
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+[ $rc -eq 1 ] || err "interrupted up exited $rc"
+[ $ms -lt 25000 ] || err "interrupted up took $ms ms to stop"
+grep -q "interrupted" "$tmp/err2" || err "no 'interrupted' message: $(cat "$tmp/err2")"
+left=$(ls -A "$tmp/t")
+[ -z "$left" ] || err "state dir left behind after Ctrl-C: $left"
+pgrep -f "$tmp/t/" >/dev/null && err "processes left after Ctrl-C: $(pgrep -af "$tmp/t/")"
+echo "---- interrupted after $(grep -c '^step' "$tmp/out2") progress lines, stopped in $ms ms"
 [ $fail -eq 0 ] || { echo "---- stderr"; cat "$tmp/err"; }
 [ $fail -eq 0 ] && echo "shoalctl_up: all checks passed"
 exit $fail
