@@ -82,12 +82,57 @@ coord_worker_t *coord_find_worker(coord_t *c, const char *id_or_name)
     return NULL;
 }
 
+/* Worker ids are "w<N>" (assigned here), so the number indexes c->by_num: every message's
+ * sender is found in O(1) however many workers there are. */
+static int s_id_number(const char *id, uint64_t *n)
+{
+    if (id[0] != 'w' || id[1] < '1' || id[1] > '9')
+        return 0;
+    char *end = NULL;
+    unsigned long long v = strtoull(id + 1, &end, 10);
+    if (*end || v > (1ull << 31))
+        return 0;
+    *n = v;
+    return 1;
+}
+
 static coord_worker_t *s_worker_by_id(coord_t *c, const char *id)
 {
-    for (int i = 0; i < c->n_workers; i++)
-        if (strcmp(c->workers[i]->id, id) == 0)
-            return c->workers[i];
-    return NULL;
+    uint64_t n;
+    if (!s_id_number(id, &n) || n >= c->cap_by_num || !c->by_num[n])
+        return NULL;
+    return strcmp(c->by_num[n]->id, id) == 0 ? c->by_num[n] : NULL;
+}
+
+/* Appends a worker to the list and the index. SHOAL_ERR_NOMEM, or SHOAL_ERR_INVALID for an id
+ * not of the form w<N>. */
+static shoal_err_t s_worker_insert(coord_t *c, coord_worker_t *w)
+{
+    uint64_t n;
+    if (!s_id_number(w->id, &n))
+        return shoal_fail(SHOAL_ERR_INVALID, "worker id '%s' is not w<N>", w->id);
+    if (n >= c->cap_by_num) {
+        uint64_t cap = c->cap_by_num ? c->cap_by_num : 64;
+        while (cap <= n)
+            cap *= 2;
+        coord_worker_t **idx = realloc(c->by_num, cap * sizeof *idx);
+        if (!idx)
+            return shoal_fail(SHOAL_ERR_NOMEM, "worker index");
+        memset(idx + c->cap_by_num, 0, (cap - c->cap_by_num) * sizeof *idx);
+        c->by_num = idx;
+        c->cap_by_num = cap;
+    }
+    if (c->n_workers == c->cap_workers) {
+        int cap = c->cap_workers ? 2 * c->cap_workers : 16;
+        coord_worker_t **ws = realloc(c->workers, (size_t)cap * sizeof *ws);
+        if (!ws)
+            return shoal_fail(SHOAL_ERR_NOMEM, "workers");
+        c->workers = ws;
+        c->cap_workers = cap;
+    }
+    c->workers[c->n_workers++] = w;
+    c->by_num[n] = w;
+    return SHOAL_OK;
 }
 
 coord_run_t *coord_find_run(coord_t *c, const char *id_or_name)
@@ -989,26 +1034,19 @@ static void s_on_register(coord_t *c, const wire_route_t *route, const Shoal__En
                 w = c->workers[i];
     int is_new = !w;
     if (is_new) {
-        if (c->n_workers == c->cap_workers) {
-            int cap = c->cap_workers ? 2 * c->cap_workers : 16;
-            coord_worker_t **ws = realloc(c->workers, (size_t)cap * sizeof *ws);
-            if (!ws) {
-                s_reply_register(c, route, "", 0, "coordinator out of memory");
-                return;
-            }
-            c->workers = ws;
-            c->cap_workers = cap;
-        }
         w = calloc(1, sizeof *w);
-        if (!w) {
+        if (w)
+            snprintf(w->id, sizeof w->id, "w%" PRIu64, c->next_worker);
+        if (!w || s_worker_insert(c, w) != SHOAL_OK) {
+            free(w);
+            log_error("register %s: %s", rg->name, shoal_errmsg());
             s_reply_register(c, route, "", 0, "coordinator out of memory");
             return;
         }
-        snprintf(w->id, sizeof w->id, "w%" PRIu64, c->next_worker++);
+        c->next_worker++;
         snprintf(w->name, sizeof w->name, "%s", rg->name);
         w->state = WORKER_JOINING;
         w->registered_ms = coord_now_wall_ms();
-        c->workers[c->n_workers++] = w;
         coord_put_meta(c, "next_worker", c->next_worker);
     }
     snprintf(w->host, sizeof w->host, "%s", rg->host);
@@ -1422,17 +1460,6 @@ static int s_load_worker(const char *k, size_t kl, const char *v, size_t vl, voi
         json_decref(j);
         return 0;
     }
-    if (c->n_workers == c->cap_workers) {
-        int cap = c->cap_workers ? 2 * c->cap_workers : 16;
-        coord_worker_t **ws = realloc(c->workers, (size_t)cap * sizeof *ws);
-        if (!ws) {
-            ctx->rc = shoal_fail(SHOAL_ERR_NOMEM, "loading workers");
-            json_decref(j);
-            return 1;
-        }
-        c->workers = ws;
-        c->cap_workers = cap;
-    }
     coord_worker_t *w = calloc(1, sizeof *w);
     if (!w) {
         ctx->rc = shoal_fail(SHOAL_ERR_NOMEM, "loading workers");
@@ -1452,8 +1479,11 @@ static int s_load_worker(const char *k, size_t kl, const char *v, size_t vl, voi
     w->state = (worker_state_t)st;
     /* live workers get a full dead_after period to reconnect to the restarted coordinator */
     w->last_seen_ms = coord_now_mono_ms();
-    c->workers[c->n_workers++] = w;
     json_decref(j);
+    if (s_worker_insert(c, w) != SHOAL_OK) {
+        log_error("workers/%.*s: %s: record skipped", (int)kl, k, shoal_errmsg());
+        free(w);
+    }
     return 0;
 }
 
@@ -1619,6 +1649,7 @@ void coord_destroy(coord_t **self_p)
     for (int i = 0; i < c->n_workers; i++)
         free(c->workers[i]);
     free(c->workers);
+    free(c->by_num);
     for (int i = 0; i < c->n_runs; i++) {
         coord_run_t *r = c->runs[i];
         plan_fini(&r->plan);

@@ -87,8 +87,10 @@ struct coord {
     store_t *st;
     ledger_t *ledger;
     void *zctx, *wsock, *csock;
-    coord_worker_t **workers;
+    coord_worker_t **workers; /* in registration (or load) order */
     int n_workers, cap_workers;
+    coord_worker_t **by_num; /* index: worker "w<N>" at [N] */
+    uint64_t cap_by_num;
     coord_run_t **runs;
     int n_runs, cap_runs;
     uint64_t next_worker, next_run, seq;

@@ -130,6 +130,7 @@ int main(int argc, char **argv)
     s_pin(1);
 
     void *ctx = zmq_ctx_new();
+    zmq_ctx_set(ctx, ZMQ_MAX_SOCKETS, n + 16); /* the default stops at 1023 */
     void **socks = calloc((size_t)n, sizeof *socks);
     uint8_t **hb = calloc((size_t)n, sizeof *hb);
     size_t *hb_len = calloc((size_t)n, sizeof *hb_len);
@@ -140,6 +141,10 @@ int main(int argc, char **argv)
     int rc = 1;
     for (int i = 0; i < n; i++) {
         socks[i] = zmq_socket(ctx, ZMQ_DEALER);
+        if (!socks[i]) {
+            fprintf(stderr, "worker %d: zmq_socket: %s\n", i, zmq_strerror(zmq_errno()));
+            goto out;
+        }
         int t = 5000, linger = 0;
         zmq_setsockopt(socks[i], ZMQ_RCVTIMEO, &t, sizeof t);
         zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
