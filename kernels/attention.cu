@@ -67,8 +67,8 @@ static shoal_err_t s_rows_launch(bool backward, const float *p, float *x, int64_
         return shoal_fail(SHOAL_ERR_INVALID, "attention_cuda: %lld score rows is too many",
                           (long long)rows);
     if (backward) {
-        k_attn_softmax_backward<<<(unsigned)grid, 32 * ATTN_ROWS_PER_BLOCK, 0, stream>>>(
-            p, x, rows, T, scale);
+        k_attn_softmax_backward<<<(unsigned)grid, 32 * ATTN_ROWS_PER_BLOCK, 0, stream>>>(p, x, rows,
+                                                                                         T, scale);
         return kcuda_check("attention_backward_cuda (softmax backward)");
     }
     k_attn_softmax_causal<<<(unsigned)grid, 32 * ATTN_ROWS_PER_BLOCK, 0, stream>>>(x, rows, T);
@@ -76,10 +76,9 @@ static shoal_err_t s_rows_launch(bool backward, const float *p, float *x, int64_
 }
 
 extern "C" shoal_err_t attention_forward_cuda(cublasHandle_t h, const attention_shape_t *s,
-                                              const float *a, const float *w_qkv,
-                                              const float *w_o, const float *cos_t,
-                                              const float *sin_t, float *qkv, float *p, float *o,
-                                              float *out, cudaStream_t stream)
+                                              const float *a, const float *w_qkv, const float *w_o,
+                                              const float *cos_t, const float *sin_t, float *qkv,
+                                              float *p, float *o, float *out, cudaStream_t stream)
 {
     const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)dh);
@@ -116,13 +115,12 @@ extern "C" shoal_err_t attention_forward_cuda(cublasHandle_t h, const attention_
 }
 
 extern "C" shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention_shape_t *s,
-                                               const float *a, const float *w_qkv,
-                                               const float *w_o, const float *cos_t,
-                                               const float *sin_t, const float *qkv,
-                                               const float *p, const float *o, const float *dout,
-                                               float *dobuf, float *dqkv, float *dp, float *da,
-                                               float *dw_qkv_acc, float *dw_o_acc,
-                                               cudaStream_t stream)
+                                               const float *a, const float *w_qkv, const float *w_o,
+                                               const float *cos_t, const float *sin_t,
+                                               const float *qkv, const float *p, const float *o,
+                                               const float *dout, float *dobuf, float *dqkv,
+                                               float *dp, float *da, float *dw_qkv_acc,
+                                               float *dw_o_acc, cudaStream_t stream)
 {
     const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)dh);
@@ -142,11 +140,11 @@ extern "C" shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention
         const float *pb = p + (size_t)b * H * TT;
         float *dpb = dp + (size_t)b * H * TT, *dv = dqkv + (size_t)b * T * ld + 2 * d;
         /* dP_h = dO_h V_h^T;  dV_h = P_h^T dO_h (overwrites: dqkv is scratch) */
-        rc = kblas_gemm_strided(h, false, true, T, T, dh, 1.0f, dob, d, dh, v, ld, dh, 0.0f, dpb,
-                                T, TT, H, "attention_backward_cuda (dp)");
+        rc = kblas_gemm_strided(h, false, true, T, T, dh, 1.0f, dob, d, dh, v, ld, dh, 0.0f, dpb, T,
+                                TT, H, "attention_backward_cuda (dp)");
         if (rc == SHOAL_OK)
-            rc = kblas_gemm_strided(h, true, false, T, dh, T, 1.0f, pb, T, TT, dob, d, dh, 0.0f,
-                                    dv, ld, dh, H, "attention_backward_cuda (dv)");
+            rc = kblas_gemm_strided(h, true, false, T, dh, T, 1.0f, pb, T, TT, dob, d, dh, 0.0f, dv,
+                                    ld, dh, H, "attention_backward_cuda (dv)");
     }
     if (rc == SHOAL_OK)
         rc = s_rows_launch(true, p, dp, (int64_t)B * H * T, T, scale, stream);
@@ -158,8 +156,8 @@ extern "C" shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention
         rc = kblas_gemm_strided(h, false, false, T, dh, T, 1.0f, dsb, T, TT, k, ld, dh, 0.0f, dq,
                                 ld, dh, H, "attention_backward_cuda (dq)");
         if (rc == SHOAL_OK)
-            rc = kblas_gemm_strided(h, true, false, T, dh, T, 1.0f, dsb, T, TT, q, ld, dh, 0.0f,
-                                    dk, ld, dh, H, "attention_backward_cuda (dk)");
+            rc = kblas_gemm_strided(h, true, false, T, dh, T, 1.0f, dsb, T, TT, q, ld, dh, 0.0f, dk,
+                                    ld, dh, H, "attention_backward_cuda (dk)");
     }
     if (rc == SHOAL_OK)
         rc = rope_backward_cuda(dqkv, B, T, H, dh, ld, cos_t, sin_t, stream);

@@ -39,12 +39,12 @@ shoal_err_t attention_forward_cuda(cublasHandle_t h, const attention_shape_t *s,
                                    const float *w_qkv, const float *w_o, const float *cos_t,
                                    const float *sin_t, float *qkv, float *p, float *o, float *out,
                                    cudaStream_t stream);
-shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention_shape_t *s,
-                                    const float *a, const float *w_qkv, const float *w_o,
-                                    const float *cos_t, const float *sin_t, const float *qkv,
-                                    const float *p, const float *o, const float *dout,
-                                    float *dobuf, float *dqkv, float *dp, float *da,
-                                    float *dw_qkv_acc, float *dw_o_acc, cudaStream_t stream);
+shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention_shape_t *s, const float *a,
+                                    const float *w_qkv, const float *w_o, const float *cos_t,
+                                    const float *sin_t, const float *qkv, const float *p,
+                                    const float *o, const float *dout, float *dobuf, float *dqkv,
+                                    float *dp, float *da, float *dw_qkv_acc, float *dw_o_acc,
+                                    cudaStream_t stream);
 #endif
 #ifdef __cplusplus
 }

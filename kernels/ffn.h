@@ -30,10 +30,9 @@ shoal_err_t ffn_forward_cuda(cublasHandle_t h, const float *x, int M, int d, int
                              const float *w_gu, const float *w_d, float *gu, float *a, float *y,
                              float beta, cudaStream_t stream);
 shoal_err_t ffn_backward_cuda(cublasHandle_t h, const float *x, int M, int d, int f,
-                              const float *w_gu, const float *w_d, const float *gu,
-                              const float *a, const float *dy, float *dgu, float *da,
-                              float *dx_acc, float dx_beta, float *dw_gu_acc, float *dw_d_acc,
-                              cudaStream_t stream);
+                              const float *w_gu, const float *w_d, const float *gu, const float *a,
+                              const float *dy, float *dgu, float *da, float *dx_acc, float dx_beta,
+                              float *dw_gu_acc, float *dw_d_acc, cudaStream_t stream);
 #endif
 #ifdef __cplusplus
 }

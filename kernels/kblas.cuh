@@ -35,8 +35,9 @@ static inline shoal_err_t kblas_gemm(cublasHandle_t h, bool ta, bool tb, int M, 
 {
     if (M == 0 || N == 0)
         return SHOAL_OK;
-    return kblas_check(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                   N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc),
+    return kblas_check(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda,
+                                   &beta, C, ldc),
                        what);
 }
 
@@ -44,14 +45,14 @@ static inline shoal_err_t kblas_gemm(cublasHandle_t h, bool ta, bool tb, int M, 
 static inline shoal_err_t kblas_gemm_strided(cublasHandle_t h, bool ta, bool tb, int M, int N,
                                              int K, float alpha, const float *A, int lda,
                                              long long sA, const float *B, int ldb, long long sB,
-                                             float beta, float *C, int ldc, long long sC,
-                                             int batch, const char *what)
+                                             float beta, float *C, int ldc, long long sC, int batch,
+                                             const char *what)
 {
     if (M == 0 || N == 0 || batch == 0)
         return SHOAL_OK;
     return kblas_check(cublasSgemmStridedBatched(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                                 ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha,
-                                                 B, ldb, sB, A, lda, sA, &beta, C, ldc, sC, batch),
+                                                 ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
+                                                 ldb, sB, A, lda, sA, &beta, C, ldc, sC, batch),
                        what);
 }
 

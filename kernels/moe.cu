@@ -4,7 +4,9 @@
  * own with a block-wide prefix sum (ballots), so pair_of_row and offsets are bitwise the CPU's.
  * Each expert's rows then go through the ffn twin (cuBLAS); the combine sums a token's K
  * contributions in expert-row order, as the CPU does, so results are run-to-run bitwise. The
- * per-expert GEMM sizes are read back to the host once per forward (one stream sync). */
+ * per-expert GEMM sizes are read back to the host once per forward (one stream sync).
+ * Cost: the sort reads idx 2N times (M·K int32 per pass: 4 MB at N 64, M·K 8192, out of L2),
+ * small beside the expert GEMMs' 6·M·K·d·fe FLOPs forward. */
 #include <string.h>
 
 #include "ffn.h"
@@ -94,7 +96,8 @@ __global__ void k_moe_gather(const float *__restrict__ u, const int32_t *__restr
 
 /* One block per token m: y[m] += Σ over its K rows in increasing row order (the CPU's order)
  * of gate · src[row] (gate 1 when gates is NULL), without FMA contraction as on the CPU. */
-__global__ void k_moe_combine(const float *__restrict__ src, const int32_t *__restrict__ row_of_pair,
+__global__ void k_moe_combine(const float *__restrict__ src,
+                              const int32_t *__restrict__ row_of_pair,
                               const float *__restrict__ gates, int K, int d, float *__restrict__ y)
 {
     extern __shared__ int64_t s_rows[]; /* K rows, then K gates */
@@ -172,14 +175,14 @@ static bool s_dalloc(void *p, size_t n)
     return cudaMalloc((void **)p, n ? n : 1) == cudaSuccess;
 }
 
-extern "C" shoal_err_t moe_saved_alloc_cuda(moe_saved_cuda_t *sv, const moe_config_t *c,
-                                            int max_M)
+extern "C" shoal_err_t moe_saved_alloc_cuda(moe_saved_cuda_t *sv, const moe_config_t *c, int max_M)
 {
     const size_t M = (size_t)max_M, N = (size_t)c->router.N, K = (size_t)c->router.K;
     const size_t d = (size_t)c->d, fe = (size_t)c->fe, fs = (size_t)c->fs;
     moe_saved_t *v = &sv->dev;
     memset(sv, 0, sizeof *sv);
-    bool ok = s_dalloc(&v->s, sizeof(float) * M * N) && s_dalloc(&v->idx, sizeof(int32_t) * M * K) &&
+    bool ok = s_dalloc(&v->s, sizeof(float) * M * N) &&
+              s_dalloc(&v->idx, sizeof(int32_t) * M * K) &&
               s_dalloc(&v->gates, sizeof(float) * M * K) &&
               s_dalloc(&v->pair_of_row, sizeof(int32_t) * M * K) &&
               s_dalloc(&v->offsets, sizeof(int64_t) * (N + 1)) &&
@@ -288,12 +291,12 @@ extern "C" shoal_err_t moe_forward_cuda(cublasHandle_t h, const moe_config_t *c,
     if ((rc = kcuda_check("moe_forward_cuda (scan)")) != SHOAL_OK)
         return rc;
     k_moe_place<<<(unsigned)N, MOE_THREADS, 0, stream>>>(v->idx, P, v->offsets, v->pair_of_row,
-                                                        sv->row_of_pair);
+                                                         sv->row_of_pair);
     if ((rc = kcuda_check("moe_forward_cuda (place)")) != SHOAL_OK)
         return rc;
     if (P > 0) {
         k_moe_gather<<<kcuda_blocks(P * d, 256), 256, 0, stream>>>(u, v->pair_of_row, P, K, d,
-                                                                    v->xs);
+                                                                   v->xs);
         if ((rc = kcuda_check("moe_forward_cuda (gather)")) != SHOAL_OK)
             return rc;
     }
@@ -306,9 +309,8 @@ extern "C" shoal_err_t moe_forward_cuda(cublasHandle_t h, const moe_config_t *c,
     const int64_t *off = sv->offsets_host;
     for (int e = 0; e < N && rc == SHOAL_OK; e++) {
         const int64_t r0 = off[e], rows = off[e + 1] - off[e];
-        rc = ffn_forward_cuda(h, v->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e],
-                              w->expert_d[e], v->gu + r0 * 2 * fe, v->a + r0 * fe,
-                              v->ys + r0 * d, 0.0f, stream);
+        rc = ffn_forward_cuda(h, v->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
+                              v->gu + r0 * 2 * fe, v->a + r0 * fe, v->ys + r0 * d, 0.0f, stream);
     }
     /* shared experts write y; routed outputs are added in expert-row order */
     if (rc == SHOAL_OK) {
@@ -338,9 +340,9 @@ extern "C" shoal_err_t moe_backward_cuda(cublasHandle_t h, const moe_config_t *c
     /* shared experts write du first */
     if (rc == SHOAL_OK) {
         if (c->fs > 0)
-            rc = ffn_backward_cuda(h, u, M, d, c->fs, w->shared_gu, w->shared_d, v->sh_gu,
-                                   v->sh_a, dy, sc->sh_dgu, sc->sh_da, du, 0.0f, g->shared_gu,
-                                   g->shared_d, stream);
+            rc = ffn_backward_cuda(h, u, M, d, c->fs, w->shared_gu, w->shared_d, v->sh_gu, v->sh_a,
+                                   dy, sc->sh_dgu, sc->sh_da, du, 0.0f, g->shared_gu, g->shared_d,
+                                   stream);
         else
             rc = s_cuda(cudaMemsetAsync(du, 0, sizeof(float) * (size_t)M * d, stream),
                         "moe_backward_cuda: zero du");
@@ -356,10 +358,10 @@ extern "C" shoal_err_t moe_backward_cuda(cublasHandle_t h, const moe_config_t *c
     const int64_t *off = sv->offsets_host;
     for (int e = 0; e < N && rc == SHOAL_OK; e++) {
         const int64_t r0 = off[e], rows = off[e + 1] - off[e];
-        rc = ffn_backward_cuda(h, v->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e],
-                               w->expert_d[e], v->gu + r0 * 2 * fe, v->a + r0 * fe,
-                               sc->dys + r0 * d, sc->dgu + r0 * 2 * fe, sc->da + r0 * fe,
-                               sc->dxs + r0 * d, 0.0f, g->expert_gu[e], g->expert_d[e], stream);
+        rc = ffn_backward_cuda(h, v->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
+                               v->gu + r0 * 2 * fe, v->a + r0 * fe, sc->dys + r0 * d,
+                               sc->dgu + r0 * 2 * fe, sc->da + r0 * fe, sc->dxs + r0 * d, 0.0f,
+                               g->expert_gu[e], g->expert_d[e], stream);
     }
     if (rc == SHOAL_OK)
         rc = s_combine(sc->dxs, sv->row_of_pair, NULL, M, K, d, du, stream,

@@ -131,8 +131,7 @@ __global__ void k_router_gates_backward(router_config_t c, const float *__restri
             const int e = im[k];
             const float ds =
                 __fmul_rn(__fmul_rn(c.rsf, inv), __fsub_rn(dg[k], __fmul_rn(dot, inv)));
-            dlogits[(size_t)m * N + e] =
-                __fmul_rn(__fmul_rn(ds, sm[e]), __fsub_rn(1.0f, sm[e]));
+            dlogits[(size_t)m * N + e] = __fmul_rn(__fmul_rn(ds, sm[e]), __fsub_rn(1.0f, sm[e]));
         }
     }
 }

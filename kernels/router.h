@@ -40,12 +40,11 @@ void router_gates_backward(const router_config_t *c, const float *s, const int32
 shoal_err_t router_sigmoid_cuda(float *s, int64_t n, cudaStream_t stream);
 shoal_err_t router_select_cuda(const router_config_t *c, const float *s, const float *bias, int M,
                                int32_t *idx, cudaStream_t stream);
-shoal_err_t router_gates_forward_cuda(const router_config_t *c, const float *s,
-                                      const int32_t *idx, int M, float *gates,
-                                      cudaStream_t stream);
-shoal_err_t router_gates_backward_cuda(const router_config_t *c, const float *s,
-                                       const int32_t *idx, const float *dgates, int M,
-                                       float *dlogits, cudaStream_t stream);
+shoal_err_t router_gates_forward_cuda(const router_config_t *c, const float *s, const int32_t *idx,
+                                      int M, float *gates, cudaStream_t stream);
+shoal_err_t router_gates_backward_cuda(const router_config_t *c, const float *s, const int32_t *idx,
+                                       const float *dgates, int M, float *dlogits,
+                                       cudaStream_t stream);
 #endif
 #ifdef __cplusplus
 }

@@ -278,7 +278,8 @@ static int test_ffn(int M, int d, int f)
 
     BENCH("ffn_forward", 20, ffn_forward(x, M, d, f, wgu, wd, gu, a, y, 0.0f),
           SK(ffn_forward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, y_d, 0.0f, 0)));
-    BENCH("ffn_backward", 20, ffn_backward(x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 0.0f, dwgu, dwd),
+    BENCH("ffn_backward", 20,
+          ffn_backward(x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 0.0f, dwgu, dwd),
           SK(ffn_backward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, dy_d, dgu_d, da_d,
                                dx_d, 0.0f, dwgu_d, dwd_d, 0)));
     free(x), free(wgu), free(wd), free(y0), free(dy), free(dx0), free(dwgu0), free(dwd0);
@@ -335,8 +336,7 @@ static int test_attention(int B, int T, int d, int H)
     CK(cudaMemset(p_d, 0xff, np * 4));
 
     attention_forward(&sh, a, wq, wo, ct, st, qkv, p, o, out);
-    SK(attention_forward_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, p_d, o_d, out_d,
-                              0));
+    SK(attention_forward_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, p_d, o_d, out_d, 0));
     h = s_host(qkv_d, nq);
     bad += s_validate("attention_forward qkv (roped)", h, qkv, nq, 1e-5, 1e-4);
     free(h);
@@ -383,16 +383,16 @@ static int test_attention(int B, int T, int d, int H)
     BENCH("attention_forward", 10, attention_forward(&sh, a, wq, wo, ct, st, qkv, p, o, out),
           SK(attention_forward_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, p_d, o_d,
                                     out_d, 0)));
-    BENCH("attention_backward", 10,
-          attention_backward(&sh, a, wq, wo, ct, st, qkv, p, o, dout, dobuf, dqkv, dp, da, dwq,
-                             dwo),
-          SK(attention_backward_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, p_d, o_d,
-                                     dout_d, dobuf_d, dqkv_d, dp_d, da_d, dwq_d, dwo_d, 0)));
+    BENCH(
+        "attention_backward", 10,
+        attention_backward(&sh, a, wq, wo, ct, st, qkv, p, o, dout, dobuf, dqkv, dp, da, dwq, dwo),
+        SK(attention_backward_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, p_d, o_d,
+                                   dout_d, dobuf_d, dqkv_d, dp_d, da_d, dwq_d, dwo_d, 0)));
     free(ct), free(st), free(a), free(wq), free(wo), free(dout), free(dwq0), free(dwo0);
     free(qkv), free(p), free(o), free(out), free(dobuf), free(dqkv), free(dp), free(da);
     free(dwq), free(dwo);
-    float *devs[] = {ct_d,  st_d,    a_d,    wq_d, wo_d, dout_d, qkv_d, p_d,
-                     o_d,   out_d,   dobuf_d, dqkv_d, dp_d, da_d,  dwq_d, dwo_d};
+    float *devs[] = {ct_d, st_d,  a_d,     wq_d,   wo_d, dout_d, qkv_d, p_d,
+                     o_d,  out_d, dobuf_d, dqkv_d, dp_d, da_d,   dwq_d, dwo_d};
     for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
         CK(cudaFree(devs[i]));
     return bad;
@@ -485,8 +485,7 @@ typedef struct {
 
 static moe_layout_t s_layout(const moe_config_t *c)
 {
-    const size_t N = (size_t)c->router.N, d = (size_t)c->d, fe = (size_t)c->fe,
-                 fs = (size_t)c->fs;
+    const size_t N = (size_t)c->router.N, d = (size_t)c->d, fe = (size_t)c->fe, fs = (size_t)c->fs;
     moe_layout_t l;
     l.router = 0;
     l.bias = N * d;
@@ -608,8 +607,8 @@ static moe_result_t s_moe_gpu(const moe_config_t *c, const moe_weights_t *w_d, c
 static int test_moe(int M, int d, int fe, int ns, int N, int K, int G, int TG)
 {
     moe_config_t c = {d, fe, ns * fe, {N, K, G, TG, 2.5f}};
-    printf("moe M=%d d=%d fe=%d ns=%d N=%d K=%d n_group=%d topk_group=%d\n", M, d, fe, ns, N, K,
-           G, TG);
+    printf("moe M=%d d=%d fe=%d ns=%d N=%d K=%d n_group=%d topk_group=%d\n", M, d, fe, ns, N, K, G,
+           TG);
     const moe_layout_t l = s_layout(&c);
     const size_t nu = (size_t)M * d, P = (size_t)M * K;
     const double wd = 1.0 / sqrt(d), wf = 1.0 / sqrt(fe), wfs = ns ? 1.0 / sqrt(c.fs) : 0;
@@ -679,8 +678,9 @@ static int test_moe(int M, int d, int fe, int ns, int N, int K, int G, int TG)
     bad += s_validate("moe ys", r.ys, sv.ys, P * d, 1e-5, 1e-4);
     bad += s_validate("moe y", r.y, y, nu, 1e-5, 1e-4);
     bad += s_validate("moe du", r.du, du, nu, 5e-5, 1e-3);
-    static const char *names[] = {"moe d router", NULL, "moe d expert_gu (all)",
-                                  "moe d expert_d (all)", "moe d shared_gu", "moe d shared_d"};
+    static const char *names[] = {"moe d router",          NULL,
+                                  "moe d expert_gu (all)", "moe d expert_d (all)",
+                                  "moe d shared_gu",       "moe d shared_d"};
     const size_t bounds[] = {l.router, l.bias, l.egu, l.ed, l.sgu, l.sd, l.total};
     /* With K = 1 the gate is the constant rsf, so the router gradient is exactly 0 and both sides
      * hold rounding noise (dg − dg·s·(1/s)); its tolerance then takes the scale of du. */
@@ -689,8 +689,8 @@ static int test_moe(int M, int d, int fe, int ns, int N, int K, int G, int TG)
         du_max = fabs((double)du[i]) > du_max ? fabs((double)du[i]) : du_max;
     for (int t = 0; t < 6; t++)
         if (names[t] && bounds[t + 1] > bounds[t])
-            bad += s_validate_acc(names[t], r.grad + bounds[t], grad + bounds[t],
-                                  grad0 + bounds[t], bounds[t + 1] - bounds[t], 5e-5, 1e-3,
+            bad += s_validate_acc(names[t], r.grad + bounds[t], grad + bounds[t], grad0 + bounds[t],
+                                  bounds[t + 1] - bounds[t], 5e-5, 1e-3,
                                   t == 0 && K == 1 ? du_max : 0);
     /* the GPU against itself: every float of the second run bitwise the first's */
     int det = memcmp(r.y, r2.y, nu * 4) != 0 || memcmp(r.du, r2.du, nu * 4) != 0 ||
