@@ -487,7 +487,7 @@ static void s_stop_run(daemon_t *d, const char *why)
 {
     log_info("run %s: stop (%s)", d->plan ? d->plan->run_id : d->tr_run, why);
     s_drop_comm(d);
-    s_finish_checkpoint(d);
+    s_finish_checkpoint_as(d, 0); /* durable on disk; the coordinator no longer wants it */
     sess_plan_destroy(&d->plan);
     sess_plan_destroy(&d->pending);
     /* The trainer and its state stay until another run needs the memory: a later plan of the

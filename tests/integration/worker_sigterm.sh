@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# worker_sigterm.sh: SIGTERM to a training worker: it finishes or abandons its step, sends Leave
-# and exits 0 within the grace period; the coordinator shows it "left"; the others finish the run.
+# worker_sigterm.sh: an operator drain takes worker b out at a step boundary (it trains to the
+# frozen lease, is left out of the next plan, goes idle but stays registered); then SIGTERM to
+# training worker c: it finishes or abandons its step, sends Leave and exits 0 within the grace
+# period; the coordinator shows it "left"; worker a finishes the run alone.
 TEST_NAME=worker_sigterm
 . "$(dirname "$0")/lib.sh"
 
 GRACE=4
-write_spec "$T/run.yaml" 24 4
+write_spec "$T/run.yaml" 40 4
 reference "$T/run.yaml"
 start_coord
 for w in a b; do start_worker $w; done
@@ -13,7 +15,14 @@ start_worker c --grace-seconds $GRACE
 wait_until 10 "3 active workers" bash -c "[ \$($SHOAL_BIN/shoalctl --control $CTL_EP workers --json | grep -c '\"active\"') -eq 3 ]"
 ctl submit "$T/run.yaml" > "$T/submit.out" || fail "submit: $(cat "$T/submit.out")"
 RUN=$(awk '/submitted run/ {print $3}' "$T/submit.out")
-wait_until 60 "step 6" run_step_at_least "$RUN" 6
+wait_until 60 "step 3" run_step_at_least "$RUN" 3
+ctl drain b > "$T/drain.out" || fail "drain: $(cat "$T/drain.out")"
+wait_until 30 "worker b drained" worker_state_is b drained
+B_LAST=$(python3 -c "import json; print(max(json.loads(l)['step'] for l in open('$T/b.jsonl')))")
+note "b drained after step $B_LAST, generation $(run_field "$RUN" generation)"
+[ "$(run_field "$RUN" generation)" = 2 ] || fail "drain did not produce generation 2"
+grep -q "run $RUN: stop" "$T/b.log" || fail "b was not told to stop"
+wait_until 60 "step $((B_LAST + 2))" run_step_at_least "$RUN" $((B_LAST + 2))
 START=$(date +%s.%N)
 kill -TERM "${WPID[c]}"
 wait "${WPID[c]}"
@@ -27,7 +36,12 @@ grep -q "session: leaving" "$T/c.log" || fail "worker c sent no Leave"
 grep -q "did not acknowledge the Leave" "$T/c.log" && fail "the coordinator did not acknowledge c's Leave"
 wait_until 5 "worker c left" worker_state_is c left
 wait_until 60 "run $RUN done without c" run_state_is "$RUN" done
-[ "$(run_field "$RUN" checkpoint_step)" = 24 ] || fail "final checkpoint not committed"
-for w in a b; do compare_losses $w 1e-4; done
+[ "$(run_field "$RUN" generation)" = 3 ] || fail "expected generation 3 (drain, leave)"
+[ "$(run_field "$RUN" checkpoint_step)" = 40 ] || fail "final checkpoint not committed"
+compare_losses a 1e-4
+# b stopped at the boundary: it never trained past the step where the new plan began.
+[ "$(python3 -c "import json; print(max(json.loads(l)['step'] for l in open('$T/b.jsonl')))")" = "$B_LAST" ] ||
+    fail "b trained after its drain"
+worker_state_is b drained || fail "b is $(worker_state b), expected drained"
 ledger_ok "$RUN"
 finish
