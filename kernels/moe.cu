@@ -307,6 +307,11 @@ extern "C" shoal_err_t moe_forward_cuda(cublasHandle_t h, const moe_config_t *c,
     if (rc == SHOAL_OK)
         rc = s_cuda(cudaStreamSynchronize(stream), "moe_forward_cuda: sync for the offsets");
     const int64_t *off = sv->offsets_host;
+    /* every pair counted once: an out-of-range expert index would leave rows unwritten */
+    if (rc == SHOAL_OK && off[N] != P)
+        rc = shoal_fail(SHOAL_ERR_STATE,
+                        "moe_forward_cuda: expert offsets cover %lld of %lld pairs (bad idx)",
+                        (long long)off[N], (long long)P);
     for (int e = 0; e < N && rc == SHOAL_OK; e++) {
         const int64_t r0 = off[e], rows = off[e + 1] - off[e];
         rc = ffn_forward_cuda(h, v->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
