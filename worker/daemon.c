@@ -59,6 +59,7 @@ typedef struct {
     int64_t snap_step;    /* -1: none */
     int64_t lease, committed;
     int paused, failed, draining;
+    int loading;          /* between a plan switch and its agreed state */
     uint64_t failed_gen;
     int64_t failed_ms, last_ask_ms;
     int64_t ckpt_pending; /* step of a checkpoint being written (0: none) */
@@ -99,7 +100,11 @@ static void s_status(daemon_t *d, sess_activity_t act, const char *fmt, ...)
     }
     const char *run = d->plan ? d->plan->run_id : "";
     const uint64_t gen = d->plan ? d->plan->generation : 0;
-    const int64_t step = s_done_steps(d);
+    int64_t step = s_done_steps(d);
+    /* While a plan loads, steps past its start are not (yet) trained under it: heartbeats
+     * count as step reports, so never claim them for the new generation. */
+    if (d->loading && d->plan && step > d->plan->start_step - 1)
+        step = d->plan->start_step - 1;
     if (act == d->activity && step == d->status_step && gen == d->status_gen &&
         strcmp(run, d->status_run) == 0 && strcmp(detail, d->detail) == 0)
         return;
@@ -444,6 +449,7 @@ static void s_switch_plan(daemon_t *d, sess_plan_t *p)
     sess_plan_destroy(&d->plan);
     d->plan = p;
     d->failed = d->draining = 0;
+    d->loading = 1;
     d->lease = p->lease;
     d->committed = p->start_step - 1;
     if (!same_run)
@@ -473,7 +479,9 @@ static void s_switch_plan(daemon_t *d, sess_plan_t *p)
         s_fail(d, "comm: %s", shoal_errmsg());
         return;
     }
-    if ((rc = s_load_state(d)) != SHOAL_OK) {
+    rc = s_load_state(d);
+    d->loading = 0;
+    if (rc != SHOAL_OK) {
         s_fail(d, "%s", shoal_errmsg());
         return;
     }
