@@ -709,6 +709,7 @@ static shoal_err_t s_setup(daemon_t *d, const daemon_config_t *cfg, char *endpoi
     if (!s_id_ok(d->name))
         return shoal_fail(SHOAL_ERR_INVALID, "--name '%s': use 1-64 characters of "
                           "[A-Za-z0-9._-], not starting with '.'", d->name);
+    log_set_component(d->name); /* before the session thread starts: it logs too */
     char dir[PATH_MAX];
     const char *env_dir = getenv("STATE_DIRECTORY");
     shoal_err_t rc;

@@ -568,7 +568,6 @@ static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
         s->dead_ms = 2 * s->hb_ms;
     s->state = S_REGISTERED;
     s->lost = 0;
-    log_set_component(s->worker_id);
     if (changed && s->id_file[0] &&
         fsutil_write_file_atomic(s->id_file, s->worker_id, strlen(s->worker_id)) != SHOAL_OK)
         log_warn("session: cannot keep the worker id: %s", shoal_errmsg());
