@@ -438,6 +438,8 @@ out:
     return rc;
 }
 
+static void s_pump(daemon_t *d, int timeout_ms);
+
 /* Applies `p` (owned) at a step boundary. */
 static void s_switch_plan(daemon_t *d, sess_plan_t *p)
 {
@@ -481,6 +483,13 @@ static void s_switch_plan(daemon_t *d, sess_plan_t *p)
     }
     rc = s_load_state(d);
     d->loading = 0;
+    if (rc == SHOAL_ERR_ABORTED) {
+        /* An even newer plan (or a stop) overtook this one while it loaded. */
+        s_drop_comm(d);
+        s_pump(d, 0);
+        if (d->pending || !d->plan || s_stopping(d))
+            return;
+    }
     if (rc != SHOAL_OK) {
         s_fail(d, "%s", shoal_errmsg());
         return;
