@@ -166,7 +166,7 @@ static int s_send(session_t *s, const Shoal__Envelope *env)
     return 0;
 }
 
-static void s_send_register(session_t *s)
+static int s_send_register(session_t *s)
 {
     Shoal__Envelope env;
     s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_REGISTER, "", 0);
@@ -186,7 +186,7 @@ static void s_send_register(session_t *s)
     }
     env.body_case = SHOAL__ENVELOPE__BODY_REG;
     env.reg = &reg;
-    s_send(s, &env);
+    return s_send(s, &env);
 }
 
 static void s_send_get_assignment(session_t *s, int force)
@@ -776,9 +776,14 @@ static void s_timers(session_t *s, int64_t now)
     if (s->state == S_CONNECTING && now >= s->next_reg_ms) {
         if (!s->dealer)
             s_connect(s);
-        s_send_register(s);
-        s->next_reg_ms = now + s->backoff_ms;
-        s->backoff_ms = s->backoff_ms * 2 > S_BACKOFF_MAX_MS ? S_BACKOFF_MAX_MS : s->backoff_ms * 2;
+        if (s_send_register(s) != 0) {
+            s->next_reg_ms = now + 100; /* not connected yet (IMMEDIATE): try again soon */
+        } else {
+            /* sent: wait for the answer, longer each time it does not come */
+            s->next_reg_ms = now + s->backoff_ms;
+            s->backoff_ms =
+                s->backoff_ms * 2 > S_BACKOFF_MAX_MS ? S_BACKOFF_MAX_MS : s->backoff_ms * 2;
+        }
         if (!s->last_rx_ms)
             s->last_rx_ms = now;
     }

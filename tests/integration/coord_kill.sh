@@ -4,6 +4,7 @@
 # run completes with the single-process losses, no committed step or checkpoint is lost, and
 # the ledger verifies.
 TEST_NAME=coord_kill
+DEAD_AFTER_MS=2500
 . "$(dirname "$0")/lib.sh"
 
 write_spec "$T/run.yaml" 24 4
@@ -21,8 +22,8 @@ CKPT_BEFORE=$(run_field "$RUN" checkpoint_step)
 kill -KILL "$COORD_PID"
 wait "$COORD_PID" 2>/dev/null
 note "coordinator killed at committed step >= $STEP_BEFORE, checkpoint $CKPT_BEFORE"
-# Down for longer than dead_after: the workers declare it lost and reconnect.
-sleep 2
+# Down for longer than dead_after: the workers declare it lost and train on to the lease.
+sleep 3
 start_coord
 STEP_AFTER=$(run_field "$RUN" step)
 CKPT_AFTER=$(run_field "$RUN" checkpoint_step)

@@ -37,10 +37,11 @@ trap cleanup EXIT
 CTL_EP="ipc://$T/coord/control.sock"
 WORKER_EP="ipc://$T/w.sock"
 
-# The coordinator: fast heartbeats so that deaths are seen in about a second.
+# The coordinator: fast heartbeats so that deaths are seen in about two seconds (10 missed
+# heartbeats: a loaded 2-core machine must not kill live workers). DEAD_AFTER_MS overrides.
 cat > "$T/coord.yaml" <<EOF
 heartbeat_interval_ms: 200
-dead_after_ms: 1200
+dead_after_ms: ${DEAD_AFTER_MS:-2000}
 step_window: 4
 EOF
 
