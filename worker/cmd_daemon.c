@@ -103,7 +103,7 @@ int cmd_daemon(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
-    log_set_component(cfg.name ? cfg.name : "worker");
+    log_set_component("shoal-worker"); /* the daemon switches to the worker name once checked */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;
