@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,8 +61,12 @@ pid_t tc_start(const char *dir, const char *yaml)
     snprintf(log, sizeof log, "%s/coordinator.log", dir);
     pid_t pid = fork();
     if (pid == 0) {
+        /* never outlive the test (a failed assertion jumps past tc_stop), and never hold the
+         * test's stdout open (ctest waits for it) */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
+            dup2(fd, 1);
             dup2(fd, 2);
             close(fd);
         }
