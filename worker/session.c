@@ -72,6 +72,7 @@ struct session {
     s_pending_t pending[S_PENDING_MAX];
     int n_pending;
     char run_id[SESS_ID_MAX]; /* run and generation of the newest accepted assignment */
+    char stopped_run[SESS_ID_MAX]; /* a run told to stop (the trainer may not have seen it) */
     uint64_t generation;
     int64_t fwd_committed, fwd_lease; /* last lease forwarded for (run_id, generation) */
     int leaving, leave_acked;
@@ -340,7 +341,8 @@ static void s_abort_comm(session_t *s, uint64_t newer_gen, int64_t start_step, c
 static int s_trainer_busy_with(const session_t *s, const char *run)
 {
     const sess_req_t *st = s->status;
-    return st && st->run_id[0] && strcmp(st->run_id, run) != 0;
+    return st && st->run_id[0] && strcmp(st->run_id, run) != 0 &&
+           strcmp(st->run_id, s->stopped_run) != 0;
 }
 
 static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
@@ -428,6 +430,8 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
     }
     s_copy(s->run_id, sizeof s->run_id, pl->run_id);
     s->generation = pl->generation;
+    if (strcmp(s->stopped_run, pl->run_id) == 0)
+        s->stopped_run[0] = 0; /* assigned again (e.g. undrained) */
     const uint64_t gen = pl->generation;
     const int64_t start = pl->start_step;
     ev->kind = SESS_EV_PLAN;
@@ -505,8 +509,10 @@ static void s_on_ack(session_t *s, const Shoal__Envelope *env)
                       : ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_DRAIN ? SESS_CTL_DRAIN
                                                                             : SESS_CTL_STOP,
                       "directive");
-        if (ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_STOP)
+        if (ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_STOP) {
+            s_copy(s->stopped_run, sizeof s->stopped_run, s->run_id);
             s_abort_comm(s, 0, 0, "the coordinator says stop");
+        }
         break;
     default:
         break;
@@ -644,8 +650,10 @@ static void s_on_message(const Shoal__Envelope *env, void *ctx)
                       : rc->command == SHOAL__RUN_COMMAND__RUN_CMD_RESUME ? SESS_CTL_RESUME
                                                                           : SESS_CTL_STOP,
                       rc->reason);
-        if (rc->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP)
+        if (rc->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP) {
+            s_copy(s->stopped_run, sizeof s->stopped_run, s->run_id);
             s_abort_comm(s, 0, 0, "the run was stopped");
+        }
         break;
     }
     case SHOAL__MSG_TYPE__MSG_DRAIN:

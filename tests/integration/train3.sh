@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # train3.sh: a coordinator and 3 workers train a small run to the same losses as one process
 # (`shoal-worker train`), through a pause and a resume; status and workers report it; every
-# replica's checkpoint holds the same bits; the ledger verifies.
+# replica's checkpoint holds the same bits; the ledger verifies. Then a second run on the same
+# workers.
 TEST_NAME=train3
 . "$(dirname "$0")/lib.sh"
 
@@ -41,4 +42,15 @@ done
 ctl events "$RUN" > "$T/events.out" || fail "events"
 grep -q checkpoint "$T/events.out" || fail "no checkpoint in the ledger: $(cat "$T/events.out")"
 ledger_ok "$RUN"
+# A second run on the same workers: each drops the first run's assignment (STOP) and takes
+# the next one.
+sed 's/^name: itest/name: second/; s/^  steps: 20/  steps: 4/' "$T/run.yaml" > "$T/run2.yaml"
+ctl submit "$T/run2.yaml" > "$T/submit2.out" || fail "submit: $(cat "$T/submit2.out")"
+RUN2=$(awk '/submitted run/ {print $3}' "$T/submit2.out")
+wait_until 60 "run $RUN2 done" run_state_is "$RUN2" done
+[ "$(run_field "$RUN2" checkpoint_step)" = 4 ] || fail "run $RUN2: final checkpoint not committed"
+for w in a b c; do
+    grep -q "\"run\":\"$RUN2\",\"step\":4," "$T/$w.jsonl" || fail "$w did not train run $RUN2"
+done
+ledger_ok "$RUN2"
 finish
