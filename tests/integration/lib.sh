@@ -184,3 +184,19 @@ finish() {
     fi
     note "ok"
 }
+
+# notify_listener FILE: a systemd-style NOTIFY_SOCKET ($T/notify.sock) whose datagrams are
+# appended to FILE, one per line, until the test ends.
+notify_listener() {
+    python3 -c '
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "a") as out:
+    while True:
+        out.write(s.recv(4096).decode(errors="replace") + "\n")
+        out.flush()
+' "$T/notify.sock" "$1" &
+    PIDS+=("$!")
+    wait_until 5 "notify socket" test -S "$T/notify.sock"
+}

@@ -2,7 +2,8 @@
 # worker_sigterm.sh: an operator drain takes worker b out at a step boundary (it trains to the
 # frozen lease, is left out of the next plan, goes idle but stays registered); then SIGTERM to
 # training worker c: it finishes or abandons its step, sends Leave and exits 0 within the grace
-# period; the coordinator shows it "left"; worker a finishes the run alone.
+# period; the coordinator shows it "left"; worker a finishes the run alone (and talks to a
+# systemd-style NOTIFY_SOCKET all along).
 TEST_NAME=worker_sigterm
 . "$(dirname "$0")/lib.sh"
 
@@ -10,7 +11,9 @@ GRACE=4
 write_spec "$T/run.yaml" 40 4
 reference "$T/run.yaml"
 start_coord
-for w in a b; do start_worker $w; done
+notify_listener "$T/notify.out"
+NOTIFY_SOCKET="$T/notify.sock" start_worker a
+start_worker b
 start_worker c --grace-seconds $GRACE
 wait_until 10 "3 active workers" bash -c "[ \$($SHOAL_BIN/shoalctl --control $CTL_EP workers --json | grep -c '\"active\"') -eq 3 ]"
 ctl submit "$T/run.yaml" > "$T/submit.out" || fail "submit: $(cat "$T/submit.out")"
@@ -44,4 +47,8 @@ compare_losses a 1e-4
     fail "b trained after its drain"
 worker_state_is b drained || fail "b is $(worker_state b), expected drained"
 ledger_ok "$RUN"
+# systemd Type=notify: READY once up, a WATCHDOG ping every second, STATUS on changes.
+for what in READY=1 WATCHDOG=1 "STATUS=step"; do
+    grep -q "^$what" "$T/notify.out" || fail "worker a never sent $what to NOTIFY_SOCKET"
+done
 finish
