@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # peer_timeout.sh: a worker is SIGKILLed while the coordinator is slow to notice (dead_after
-# 5 s): the survivors' collectives time out first (--comm-timeout-ms 1000), they report
+# 6 s): the survivors' collectives time out first (--comm-timeout-ms 2000), they report
 # ACTIVITY_FAILED, the coordinator re-plans at once (possibly again while the dead worker still
 # looks alive), and once it is declared dead the survivors finish the run with the
 # single-process losses: a dead peer is an error and a new plan, never a hang.
 TEST_NAME=peer_timeout
-DEAD_AFTER_MS=5000
+DEAD_AFTER_MS=6000
 . "$(dirname "$0")/lib.sh"
 
 write_spec "$T/run.yaml" 32 4
 reference "$T/run.yaml"
 start_coord
-for w in a b c; do start_worker $w --comm-timeout-ms 1000; done
+for w in a b c; do start_worker $w --comm-timeout-ms 2000; done
 wait_until 10 "3 active workers" bash -c "[ \$($SHOAL_BIN/shoalctl --control $CTL_EP workers --json | grep -c '\"active\"') -eq 3 ]"
 ctl submit "$T/run.yaml" > "$T/submit.out" || fail "submit: $(cat "$T/submit.out")"
 RUN=$(awk '/submitted run/ {print $3}' "$T/submit.out")
