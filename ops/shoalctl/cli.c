@@ -285,3 +285,39 @@ void ctl_format_duration(double s, char *out, size_t cap)
     else
         snprintf(out, cap, "%d h %02d min", (int)(s / 3600), (int)fmod(s / 60, 60));
 }
+
+int ctl_target_verb(ctl_opts_t *o, int argc, char **argv, const char *usage, ctl_target_fn fn,
+                    const char *noun, const char *done)
+{
+    const char *pos[1];
+    int n_pos;
+    int ex = ctl_parse_args(o, argc, argv, NULL, usage, pos, 1, &n_pos);
+    if (ex != CTL_EXIT_OK)
+        return ex < 0 ? CTL_EXIT_OK : ex;
+    if (n_pos != 1)
+        return ctl_usage_error(o, usage, "expected one %s",
+                               strcmp(noun, "run") == 0 ? "RUN" : "WORKER");
+    ctl_reply_t reply = {0};
+    json_t *doc = NULL;
+    ctl_client_t *c = ctl_connect(o);
+    ex = CTL_EXIT_ERROR;
+    if (!c)
+        goto out;
+    shoal_err_t rc = fn(c, pos[0], &reply);
+    if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK)
+        goto out;
+    if (o->json) {
+        if (!(doc = ctl_reply_doc(o, &reply))) {
+            ex = CTL_EXIT_ERROR;
+            goto out;
+        }
+        ctl_print_json(doc);
+    } else {
+        printf("%s %s %s%s%s\n", noun, pos[0], done, reply.message[0] ? ": " : "", reply.message);
+    }
+out:
+    json_decref(doc);
+    ctl_reply_fini(&reply);
+    ctl_client_destroy(&c);
+    return ex;
+}

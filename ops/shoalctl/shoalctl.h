@@ -80,6 +80,13 @@ void ctl_table_destroy(ctl_table_t **self_p);
 void ctl_format_duration(double seconds, char *out, size_t cap);
 
 /* The verbs. argv[0] is the verb; each returns an exit code. */
+/* A verb that names one target (a worker or a run) and prints the coordinator's answer:
+ * parses `VERB TARGET [--json]`, calls fn, prints "<noun> TARGET <done>: message" or the JSON
+ * reply. Returns the exit code. */
+typedef shoal_err_t (*ctl_target_fn)(ctl_client_t *c, const char *target, ctl_reply_t *reply);
+int ctl_target_verb(ctl_opts_t *o, int argc, char **argv, const char *usage, ctl_target_fn fn,
+                    const char *noun, const char *done);
+
 int cmd_submit(ctl_opts_t *o, int argc, char **argv);
 int cmd_status(ctl_opts_t *o, int argc, char **argv);
 int cmd_workers(ctl_opts_t *o, int argc, char **argv);
