@@ -199,6 +199,20 @@ static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType typ
     coord_run_t *r = s_run_arg(c, route, arg);
     if (!r)
         return;
+    /* pending -> running is the scheduler's transition, not the operator's: resume only
+     * continues what pause stopped */
+    if (type == SHOAL__MSG_TYPE__MSG_CTL_PAUSE && r->state != RUN_RUNNING) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE,
+                "run %s is %s: only a running run can be paused", r->id,
+                coord_run_state_name(r->state));
+        return;
+    }
+    if (type == SHOAL__MSG_TYPE__MSG_CTL_RESUME && r->state != RUN_PAUSED) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE,
+                "run %s is %s: only a paused run can be resumed", r->id,
+                coord_run_state_name(r->state));
+        return;
+    }
     shoal_err_t rc;
     if (type == SHOAL__MSG_TYPE__MSG_CTL_PAUSE) {
         rc = coord_run_transition(c, r, RUN_PAUSED, "paused by operator");

@@ -94,6 +94,13 @@ expect 1 drain nobody
 grep -q "nobody" "$tmp/err" || err "drain: unknown worker not named: $(cat "$tmp/err")"
 expect 1 undrain nobody
 expect 1 pause no-such-run
+# ctl-test is pending: only a paused run resumes, only a running run pauses
+expect 1 resume ctl-test
+grep -q "only a paused run can be resumed" "$tmp/err" || err "resume of a pending run: $(cat "$tmp/err")"
+expect 1 pause ctl-test
+grep -q "only a running run can be paused" "$tmp/err" || err "pause of a pending run: $(cat "$tmp/err")"
+expect 0 status ctl-test --json
+grep -q '"pending"' "$tmp/out" || err "resume moved a pending run: $(cat "$tmp/out")"
 
 expect 0 verify "$run_id"
 grep -q "intact" "$tmp/out" || err "verify output: $(cat "$tmp/out")"

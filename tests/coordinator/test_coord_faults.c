@@ -1,0 +1,158 @@
+/* test_coord_faults: the real shoal-coordinator with fake DEALER workers through faults of the
+ * protocol's edges: operator verbs in the wrong run state. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "coord_testlib.h"
+
+#define HB_MS 100
+
+static const char *s_spec = "name: faults\n"
+                            "model:\n  preset: tiny\n"
+                            "data:\n  files: [/usr/share/games/fortunes]\n"
+                            "train:\n  steps: 8\n  global_batch: 4\n  seq_len: 32\n  lr: 1e-3\n"
+                            "checkpoint:\n  every_steps: 2\n";
+
+static char s_root[128], s_dir[160];
+static int s_n_dirs;
+static pid_t s_pid; /* the coordinator of the running test, killed by s_kill_leftover() */
+
+static int s_setup(void **state)
+{
+    (void)state;
+    snprintf(s_root, sizeof s_root, "/tmp/shoal-cf-XXXXXX");
+    return mkdtemp(s_root) ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    if (getenv("SHOAL_KEEP_TEST_DIR"))
+        return 0;
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_root);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Every test gets a fresh state dir (no run or worker of an earlier test). */
+static int s_fresh_dir(void **state)
+{
+    (void)state;
+    snprintf(s_dir, sizeof s_dir, "%s/t%d", s_root, ++s_n_dirs);
+    return mkdir(s_dir, 0755);
+}
+
+/* A failed assertion jumps past the test's own tc_stop(): stop its coordinator here. */
+static int s_kill_leftover(void **state)
+{
+    (void)state;
+    if (s_pid > 0 && tc_alive(s_pid))
+        tc_stop(s_pid, SIGKILL);
+    s_pid = 0;
+    return 0;
+}
+
+static const char *s_jstr(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? v : "";
+}
+
+static void s_stop_clean(void)
+{
+    int st = tc_stop(s_pid, SIGTERM);
+    s_pid = 0;
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+static void s_submit(char *run_id, size_t cap)
+{
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
+    assert_true(r.ok);
+    snprintf(run_id, cap, "%s", s_jstr(r.json, "id"));
+    tc_reply_fini(&r);
+}
+
+/* Registers `w` and heartbeats until it holds an assignment of generation >= `gen`. */
+static void s_join(tc_worker_t *w, const char *name, uint64_t gen)
+{
+    assert_int_equal(tc_worker_open(w, s_dir, name), 0);
+    assert_int_equal(tc_worker_register(w), 0);
+    for (int i = 0; i < 60 && w->gen < gen; i++) {
+        (void)tc_worker_heartbeat(w, 0);
+        tc_worker_pump(w, 50);
+    }
+    assert_true(w->gen >= gen);
+}
+
+/* pause and resume are refused (ERR_STATE, the state unchanged) unless the run is running or
+ * paused respectively: resuming a pending run must not start it behind the scheduler's back. */
+static void test_pause_resume_states(void **state)
+{
+    (void)state;
+    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
+    char run[64];
+    s_submit(run, sizeof run);
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_RESUME, run, 0, &r), 0);
+    assert_false(r.ok);
+    assert_int_equal(r.code, SHOAL__ERROR_CODE__ERR_STATE);
+    assert_non_null(strstr(r.message, "pending"));
+    assert_non_null(strstr(r.message, "only a paused run can be resumed"));
+    tc_reply_fini(&r);
+    json_t *st = tc_run_status(s_dir, run);
+    assert_string_equal(s_jstr(st, "state"), "pending");
+    json_decref(st);
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_PAUSE, run, 0, &r), 0);
+    assert_false(r.ok);
+    assert_int_equal(r.code, SHOAL__ERROR_CODE__ERR_STATE);
+    assert_non_null(strstr(r.message, "only a running run can be paused"));
+    tc_reply_fini(&r);
+    st = tc_run_status(s_dir, run);
+    assert_string_equal(s_jstr(st, "state"), "pending");
+    json_decref(st);
+
+    /* a running run: resume refused, pause accepted, then resume accepted once */
+    tc_worker_t w;
+    s_join(&w, "pr", 1);
+    st = tc_run_status(s_dir, run);
+    assert_string_equal(s_jstr(st, "state"), "running");
+    json_decref(st);
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_RESUME, run, 0, &r), 0);
+    assert_false(r.ok);
+    assert_int_equal(r.code, SHOAL__ERROR_CODE__ERR_STATE);
+    tc_reply_fini(&r);
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_PAUSE, run, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_RESUME, run, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_RESUME, run, 0, &r), 0);
+    assert_false(r.ok);
+    tc_reply_fini(&r);
+    tc_worker_close(&w);
+    s_stop_clean();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_pause_resume_states, s_fresh_dir, s_kill_leftover),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
