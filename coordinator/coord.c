@@ -340,12 +340,15 @@ static void s_send_worker(coord_t *c, coord_worker_t *w, Shoal__Envelope *env)
         s_send(c, c->wsock, &w->route, env);
 }
 
+/* An Error about `about`; its envelope (and `generation`) name the sender's current run `r` and
+ * that run's generation (NULL: none), so that the answer carries no stale or foreign pair. */
 static void s_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
-                          const Shoal__Envelope *about, uint64_t generation, const char *fmt, ...)
+                          const Shoal__Envelope *about, const coord_run_t *r, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 static void s_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
-                          const Shoal__Envelope *about, uint64_t generation, const char *fmt, ...)
+                          const Shoal__Envelope *about, const coord_run_t *r, const char *fmt, ...)
 {
+    const uint64_t generation = r ? r->generation : 0;
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -360,8 +363,8 @@ static void s_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCod
         e.about_seq = about->seq;
     }
     Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ERROR, about ? about->run_id : "", COORD_SENDER,
-                       generation, 0);
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ERROR, r ? r->id : "", COORD_SENDER, generation,
+                       0);
     env.body_case = SHOAL__ENVELOPE__BODY_ERROR;
     env.error = &e;
     s_send(c, c->wsock, route, &env);
@@ -577,8 +580,11 @@ void coord_push_drain(coord_t *c, coord_worker_t *w, const char *reason)
 {
     Shoal__Drain d = SHOAL__DRAIN__INIT;
     d.reason = (char *)reason;
+    /* like every push: the worker's run and that run's current generation ("" and 0: none) */
+    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
     Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_DRAIN, w->run, COORD_SENDER, 0, 0);
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_DRAIN, r ? r->id : "", COORD_SENDER,
+                       r ? r->generation : 0, 0);
     env.body_case = SHOAL__ENVELOPE__BODY_DRAIN;
     env.drain = &d;
     s_send_worker(c, w, &env);
@@ -1102,7 +1108,7 @@ static coord_run_t *s_check_run(coord_t *c, const wire_route_t *route, coord_wor
         c->dropped++;
         log_warn("dropped %s from %s: run '%.64s' is not its run '%s'", what, w->id, env->run_id,
                  r ? r->id : "");
-        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_WRONG_RUN, env, r ? r->generation : 0,
+        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_WRONG_RUN, env, r,
                       "run '%.64s' is not your run '%s'", env->run_id, r ? r->id : "");
         return NULL;
     }
@@ -1110,7 +1116,7 @@ static coord_run_t *s_check_run(coord_t *c, const wire_route_t *route, coord_wor
         c->dropped++;
         log_warn("dropped %s from %s: generation %" PRIu64 " of run %s is not the current %" PRIu64,
                  what, w->id, env->generation, r->id, r->generation);
-        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_STALE_GENERATION, env, r->generation,
+        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_STALE_GENERATION, env, r,
                       "generation %" PRIu64 " is not run %s's current generation %" PRIu64,
                       env->generation, r->id, r->generation);
         return NULL;
@@ -1179,7 +1185,7 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
         c->dropped++;
         log_warn("dropped step_report from %s: step %" PRId64 " outside run %s's lease %" PRId64,
                  w->id, sr->step, r->id, r->lease);
-        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, r->generation,
+        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, r,
                       "step %" PRId64 " is outside the lease %" PRId64, sr->step, r->lease);
         return;
     }
@@ -1255,7 +1261,7 @@ static void s_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_
         log_warn("dropped ckpt_shard from %s: step %" PRId64 " not expected (lease %" PRId64
                  ", last checkpoint %" PRId64 ")",
                  w->id, cs->step, r->lease, r->checkpoint_step);
-        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, r->generation,
+        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, r,
                       "checkpoint step %" PRId64 " not expected", cs->step);
         return;
     }
@@ -1277,7 +1283,7 @@ static void s_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_
     snprintf(key, sizeof key, "p/%s/%020" PRId64 "/%s", r->id, cs->step, w->id);
     s_put_json(c, STORE_CF_MANIFESTS, key, shard);
     if (coord_txn_commit(c) != SHOAL_OK) {
-        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, r->generation,
+        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, r,
                       "shard report not persisted");
         return;
     }
@@ -1371,7 +1377,7 @@ static void s_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
         c->dropped++;
         log_warn("dropped %s from '%.64s': not a worker message", wire_type_name((int)env->type),
                  env->sender);
-        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE, env, 0,
+        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE, env, NULL,
                       "%s is not accepted on the worker socket", wire_type_name((int)env->type));
         return;
     }
@@ -1384,7 +1390,7 @@ static void s_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
         c->dropped++;
         log_warn("dropped %s from '%.64s': %s", wire_type_name((int)env->type), env->sender,
                  w ? "worker must register again" : "unknown worker");
-        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER, env, 0,
+        s_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER, env, NULL,
                       "worker '%.64s' is %s: register again", env->sender,
                       w ? coord_worker_state_name(w->state) : "unknown");
         return;
@@ -1725,7 +1731,7 @@ static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
         if (sock == c->csock)
             control_reply(c, &route, 0, code, shoal_errmsg(), NULL);
         else
-            s_reply_error(c, &route, code, NULL, 0, "%s", shoal_errmsg());
+            s_reply_error(c, &route, code, NULL, NULL, "%s", shoal_errmsg());
     }
 }
 

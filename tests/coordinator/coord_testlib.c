@@ -268,6 +268,8 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         break;
     case SHOAL__MSG_TYPE__MSG_RUN_CONTROL:
         w->run_command = env->run_control->command;
+        snprintf(w->control_run, sizeof w->control_run, "%s", env->run_id);
+        w->control_gen = env->generation;
         if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP &&
             strcmp(env->run_id, w->run) == 0) {
             w->run[0] = 0;
@@ -276,6 +278,8 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         break;
     case SHOAL__MSG_TYPE__MSG_DRAIN:
         w->drained = 1;
+        snprintf(w->drain_run, sizeof w->drain_run, "%s", env->run_id);
+        w->drain_gen = env->generation;
         break;
     case SHOAL__MSG_TYPE__MSG_ACK:
         w->last_directive = env->ack->directive;
@@ -287,6 +291,8 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
             ctx->answered = 2;
             ctx->code = env->error->code;
             w->last_error = env->error->code;
+            snprintf(w->error_run, sizeof w->error_run, "%s", env->run_id);
+            w->error_gen = env->generation;
         }
         break;
     default:

@@ -47,6 +47,9 @@ typedef struct {
     int last_directive;
     int run_command; /* last RunControl command */
     int drained;     /* a Drain arrived */
+    /* envelope run id and generation of the last Drain, RunControl and Error received */
+    char drain_run[64], control_run[64], error_run[64];
+    uint64_t drain_gen, control_gen, error_gen;
 } tc_worker_t;
 
 int tc_worker_open(tc_worker_t *w, const char *dir, const char *name);

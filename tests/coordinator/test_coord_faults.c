@@ -1,5 +1,6 @@
 /* test_coord_faults: the real shoal-coordinator with fake DEALER workers through faults of the
- * protocol's edges: operator verbs in the wrong run state. */
+ * protocol's edges: operator verbs in the wrong run state, the run id and generation of every
+ * push. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -149,10 +150,72 @@ static void test_pause_resume_states(void **state)
     s_stop_clean();
 }
 
+/* Every push and answer to a worker names the worker's run and that run's current generation:
+ * RunControl, Drain and Error alike (a Drain used to carry generation 0, an Error the foreign
+ * run id the worker had sent). */
+static void test_push_generations(void **state)
+{
+    (void)state;
+    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n");
+    char run[64];
+    s_submit(run, sizeof run);
+    tc_worker_t w;
+    s_join(&w, "pg", 1);
+    assert_int_equal(w.gen, 1);
+    /* a second generation, so that 1 is stale and 0 is wrong */
+    assert_int_equal(tc_worker_heartbeat_activity(&w, 0, SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED),
+                     0);
+    for (int i = 0; i < 40 && w.gen < 2; i++) {
+        (void)tc_worker_heartbeat(&w, 0);
+        tc_worker_pump(&w, 50);
+    }
+    assert_int_equal(w.gen, 2);
+
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_PAUSE, run, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    tc_worker_pump(&w, 200);
+    assert_int_equal(w.run_command, SHOAL__RUN_COMMAND__RUN_CMD_PAUSE);
+    assert_string_equal(w.control_run, run);
+    assert_int_equal(w.control_gen, 2);
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_RESUME, run, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    tc_worker_pump(&w, 200);
+    assert_int_equal(w.run_command, SHOAL__RUN_COMMAND__RUN_CMD_RESUME);
+    assert_int_equal(w.control_gen, 2);
+
+    /* an Error about a message of a foreign run names the worker's own run and generation */
+    snprintf(w.run, sizeof w.run, "r99");
+    assert_int_equal(tc_worker_step(&w, 1, 2.0f), SHOAL__ERROR_CODE__ERR_WRONG_RUN);
+    assert_string_equal(w.error_run, run);
+    assert_int_equal(w.error_gen, 2);
+    snprintf(w.run, sizeof w.run, "%s", run);
+    w.gen = 1;
+    assert_int_equal(tc_worker_step(&w, 1, 2.0f), SHOAL__ERROR_CODE__ERR_STALE_GENERATION);
+    assert_string_equal(w.error_run, run);
+    assert_int_equal(w.error_gen, 2);
+    w.gen = 2;
+
+    /* drain: the Drain carries run and generation 2 */
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_DRAIN, w.id, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    for (int i = 0; i < 20 && !w.drained; i++)
+        tc_worker_pump(&w, 50);
+    assert_true(w.drained);
+    assert_string_equal(w.drain_run, run);
+    assert_int_equal(w.drain_gen, 2);
+    tc_worker_close(&w);
+    s_stop_clean();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pause_resume_states, s_fresh_dir, s_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_push_generations, s_fresh_dir, s_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
