@@ -1139,10 +1139,21 @@ static int s_rank_of(const coord_run_t *r, const coord_worker_t *w)
     return p ? (int)p->rank : -1;
 }
 
+/* A heartbeat proves the worker alive whatever run and generation it names: liveness and the
+ * joining -> active transition apply first, always. Its step, loss and activity concern its
+ * plan and are applied only when run and generation are current; a stale one is dropped and
+ * answered with an Error (the worker then fetches its assignment). */
 static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                            const Shoal__Envelope *env)
 {
     const Shoal__Heartbeat *hb = env->heartbeat;
+    w->last_hb_ms = coord_now_wall_ms();
+    w->tokens_per_s = s_finite(hb->tokens_per_s, w, "tokens/s");
+    w->activity = hb->activity;
+    if (w->state == WORKER_JOINING) {
+        (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
+        coord_txn_commit(c);
+    }
     coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
     if (env->run_id[0]) {
         coord_run_t *ok = s_check_run(c, route, w, env);
@@ -1161,15 +1172,8 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
             s_run_advance(c, ok);
         }
     }
-    w->last_hb_ms = coord_now_wall_ms();
     w->step = hb->step;
     w->loss = s_finite(hb->loss, w, "loss");
-    w->tokens_per_s = s_finite(hb->tokens_per_s, w, "tokens/s");
-    w->activity = hb->activity;
-    if (w->state == WORKER_JOINING) {
-        (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
-        coord_txn_commit(c);
-    }
     s_reply_ack(c, route, env, w, r);
 }
 

@@ -1,6 +1,6 @@
 /* test_coord_faults: the real shoal-coordinator with fake DEALER workers through faults of the
  * protocol's edges: operator verbs in the wrong run state, the run id and generation of every
- * push. */
+ * push, and heartbeats that carry a stale run or generation. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -71,6 +71,11 @@ static const char *s_jstr(json_t *o, const char *k)
     return v ? v : "";
 }
 
+static json_int_t s_jint(json_t *o, const char *k)
+{
+    return json_integer_value(json_object_get(o, k));
+}
+
 static void s_stop_clean(void)
 {
     int st = tc_stop(s_pid, SIGTERM);
@@ -86,6 +91,34 @@ static void s_submit(char *run_id, size_t cap)
     assert_true(r.ok);
     snprintf(run_id, cap, "%s", s_jstr(r.json, "id"));
     tc_reply_fini(&r);
+}
+
+static const char *s_worker_state(const char *id)
+{
+    static char state[32];
+    tc_reply_t r;
+    state[0] = 0;
+    if (tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
+        return state;
+    json_t *arr = json_object_get(r.json, "workers");
+    for (size_t i = 0; i < json_array_size(arr); i++)
+        if (strcmp(s_jstr(json_array_get(arr, i), "id"), id) == 0)
+            snprintf(state, sizeof state, "%s", s_jstr(json_array_get(arr, i), "state"));
+    tc_reply_fini(&r);
+    return state;
+}
+
+/* Heartbeats every worker in `ws` (NULL entries skipped) for `ms`, handling pushes. */
+static void s_beat(tc_worker_t **ws, int n, int ms, int64_t step)
+{
+    for (int t = 0; t < ms; t += HB_MS / 2) {
+        for (int i = 0; i < n; i++)
+            if (ws[i]) {
+                (void)tc_worker_heartbeat(ws[i], step);
+                tc_worker_pump(ws[i], 1);
+            }
+        tc_sleep_ms(HB_MS / 2);
+    }
 }
 
 /* Registers `w` and heartbeats until it holds an assignment of generation >= `gen`. */
@@ -211,11 +244,58 @@ static void test_push_generations(void **state)
     s_stop_clean();
 }
 
+/* A worker declared dead re-registers while its heartbeats still carry its old run and
+ * generation: they prove it alive (joining -> active, so it can be placed again) even though
+ * their step and loss are dropped as stale. */
+static void test_stale_heartbeat_activates(void **state)
+{
+    (void)state;
+    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 1200\nstep_window: 2\n"
+                            "min_workers: 2\n");
+    char run[64];
+    s_submit(run, sizeof run);
+    tc_worker_t a, b;
+    assert_int_equal(tc_worker_open(&a, s_dir, "sa"), 0);
+    assert_int_equal(tc_worker_open(&b, s_dir, "sb"), 0);
+    assert_int_equal(tc_worker_register(&a), 0);
+    assert_int_equal(tc_worker_register(&b), 0);
+    tc_worker_t *both[2] = {&a, &b};
+    for (int i = 0; i < 40 && (a.gen < 1 || b.gen < 1); i++)
+        s_beat(both, 2, 50, 0);
+    assert_int_equal(a.gen, 1);
+    assert_int_equal(b.gen, 1);
+    /* a falls silent: dead, and the run goes on with b alone */
+    tc_worker_t *only_b[2] = {NULL, &b};
+    for (int i = 0; i < 60 && strcmp(s_worker_state(a.id), "dead") != 0; i++)
+        s_beat(only_b, 2, 50, 0);
+    assert_string_equal(s_worker_state(a.id), "dead");
+    for (int i = 0; i < 20 && b.gen < 2; i++)
+        s_beat(only_b, 2, 50, 0);
+    assert_int_equal(b.gen, 2);
+    /* it comes back, still speaking of run r1 generation 1 */
+    assert_int_equal(tc_worker_register(&a), 0);
+    assert_string_equal(s_worker_state(a.id), "joining");
+    assert_string_equal(a.run, run);
+    assert_int_equal(a.gen, 1);
+    assert_int_equal(tc_worker_heartbeat(&a, 5), SHOAL__ERROR_CODE__ERR_WRONG_RUN);
+    assert_string_equal(s_worker_state(a.id), "active");
+    /* its stale step was not applied */
+    json_t *st = tc_run_status(s_dir, run);
+    assert_int_equal(s_jint(st, "step"), 0);
+    assert_int_equal(s_jint(st, "generation"), 2);
+    json_decref(st);
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    s_stop_clean();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pause_resume_states, s_fresh_dir, s_kill_leftover),
         cmocka_unit_test_setup_teardown(test_push_generations, s_fresh_dir, s_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_stale_heartbeat_activates, s_fresh_dir,
+                                        s_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
