@@ -87,7 +87,8 @@ static const s_desc_t s_desc[] = {
      .max = 1 << 20, .rule = "<= `model.max_position_embeddings`",
      .help = "tokens per sequence (T)"},
     {.key = "train.micro_batch", .type = S_INT, S_AT(micro_batch), .min = 1, .max = 1 << 20,
-     .def_doc = "`train.global_batch`", .rule = "divides `train.global_batch`",
+     .def_doc = "largest divisor of `train.global_batch` with micro_batch x seq_len <= 1024 tokens",
+     .rule = "divides `train.global_batch`",
      .help = "sequences per forward/backward pass; gradients are accumulated over "
              "global_batch / micro_batch passes"},
     {.key = "train.lr", .type = S_REAL, S_AT(lr), .required = 1, .min = 0, .max = 10,
@@ -877,7 +878,7 @@ static shoal_err_t s_finish(s_ctx_t *c)
         return s_fail_at(c, m, "missing required key '%s'", s_desc[i].key);
     }
     if (!c->key_mark[s_find("train.micro_batch")].line)
-        spec->micro_batch = spec->global_batch;
+        spec->micro_batch = runspec_default_micro_batch(spec->global_batch, spec->seq_len);
     if (!c->key_mark[s_find("train.warmup_steps")].line)
         spec->warmup_steps = spec->steps / 10;
 
@@ -1192,7 +1193,7 @@ const char *runspec_default_yaml(void)
            "  steps: 300\n"
            "  global_batch: 16\n"
            "  seq_len: 128\n"
-           "  micro_batch: 16\n"
+           "  micro_batch: 8\n"
            "  lr: 3e-3\n"
            "  min_lr: 0\n"
            "  warmup_steps: 30\n"
@@ -1202,4 +1203,13 @@ const char *runspec_default_yaml(void)
            "  dir: checkpoints\n"
            "  every_steps: 100\n"
            "  keep: 3\n";
+}
+
+int runspec_default_micro_batch(int global_batch, int seq_len)
+{
+    int best = 1;
+    for (int mb = 1; mb <= global_batch; mb++)
+        if (global_batch % mb == 0 && (int64_t)mb * seq_len <= RUNSPEC_MICRO_BATCH_TOKENS)
+            best = mb;
+    return best;
 }

@@ -211,7 +211,11 @@ static void test_defaults(void **state)
     assert_int_equal(s->n_data_files, 1);
     assert_string_equal(s->data_files[0], "a.txt");
     assert_true(s->data_seed == 0);
-    assert_int_equal(s->micro_batch, 4);  /* = global_batch */
+    assert_int_equal(s->micro_batch, 4);  /* 4 x 16 tokens <= 1024: the whole batch */
+    assert_int_equal(runspec_default_micro_batch(16, 128), 8);
+    assert_int_equal(runspec_default_micro_batch(6, 512), 2);
+    assert_int_equal(runspec_default_micro_batch(5, 2048), 1);
+    assert_int_equal(runspec_default_micro_batch(7, 100), 7);
     assert_int_equal(s->warmup_steps, 1); /* = steps / 10 */
     assert_true(s->min_lr == 0.0);
     assert_true(s->weight_decay == 0.1);
@@ -342,7 +346,7 @@ static void test_default_matches_example(void **state)
     assert_int_equal(a->steps, 300);
     assert_int_equal(a->global_batch, 16);
     assert_int_equal(a->seq_len, 128);
-    assert_int_equal(a->micro_batch, 16);
+    assert_int_equal(a->micro_batch, 8);
     assert_true(a->lr == 3e-3);
     assert_true(a->min_lr == 0);
     assert_int_equal(a->warmup_steps, 30);

@@ -46,7 +46,7 @@ with tempfile.TemporaryDirectory(prefix="shoal-otrain-") as tmp:
                     os.path.join(os.path.dirname(args.oracle), "tiny.json"), "--out", model,
                     "--seed", "1"], check=True, capture_output=True)
     warmup = args.steps // 10
-    micro = args.micro or args.batch
+    micro = f"\n  micro_batch: {args.micro}" if args.micro else ""  # else shoal's default
     spec = os.path.join(tmp, "run.yaml")
     with open(spec, "w") as f:
         f.write(f"""name: oracle-compare
@@ -58,8 +58,7 @@ data:
 train:
   steps: {args.steps}
   global_batch: {args.batch}
-  seq_len: {args.seq}
-  micro_batch: {micro}
+  seq_len: {args.seq}{micro}
   lr: {args.lr}
   min_lr: 0
   warmup_steps: {warmup}
