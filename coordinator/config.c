@@ -48,6 +48,12 @@ static const cfg_desc_t s_table[] = {
     INT("step_window", step_window, "4", 1, 1000000,
         "steps workers may train ahead of the last committed step"),
     INT("min_workers", min_workers, "1", 1, 1000000, "live workers needed to start a run"),
+    INT("quarantine_after_failures", quarantine_after_failures, "3", 0, 1000000,
+        "plan failures in a row (no step between) that quarantine a worker; 0 = never"),
+    INT("replan_backoff_ms", replan_backoff_ms, "1000", 0, 3600000,
+        "least wait between two re-plans of a run caused by failures"),
+    INT("replan_backoff_max_ms", replan_backoff_max_ms, "30000", 0, 3600000,
+        "the failure re-plan wait doubles up to this"),
 };
 #define N_KEYS (sizeof s_table / sizeof s_table[0])
 
@@ -107,7 +113,7 @@ void config_defaults(coord_config_t *cfg)
 void config_print_keys(FILE *out)
 {
     for (size_t i = 0; i < N_KEYS; i++)
-        fprintf(out, "  %-22s %s (default %s)\n", s_table[i].key, s_table[i].help,
+        fprintf(out, "  %-26s %s (default %s)\n", s_table[i].key, s_table[i].help,
                 s_table[i].def[0] ? s_table[i].def : "derived");
 }
 
@@ -228,6 +234,10 @@ shoal_err_t config_finish(coord_config_t *cfg)
         return shoal_fail(SHOAL_ERR_INVALID,
                           "dead_after_ms (%d) must exceed heartbeat_interval_ms (%d)",
                           cfg->dead_after_ms, cfg->heartbeat_interval_ms);
+    if (cfg->replan_backoff_max_ms < cfg->replan_backoff_ms)
+        return shoal_fail(SHOAL_ERR_INVALID,
+                          "replan_backoff_max_ms (%d) must be at least replan_backoff_ms (%d)",
+                          cfg->replan_backoff_max_ms, cfg->replan_backoff_ms);
     shoal_err_t rc = s_check_ipc(cfg->control, "control");
     if (rc == SHOAL_OK)
         rc = s_check_ipc(cfg->listen, "listen");

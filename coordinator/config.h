@@ -20,6 +20,9 @@ typedef struct {
     int dead_after_ms;              /* dead_after_ms: silence before a worker is dead (3000) */
     int step_window;                /* step_window: steps a worker may run ahead unasked (4) */
     int min_workers;                /* min_workers: live workers needed to start a run (1) */
+    int quarantine_after_failures;  /* plan failures in a row that quarantine a worker (3; 0 off) */
+    int replan_backoff_ms;          /* first wait between failure re-plans of a run (1000) */
+    int replan_backoff_max_ms;      /* the wait doubles up to this (30000) */
 } coord_config_t;
 
 /* Fills every default. */

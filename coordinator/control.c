@@ -177,6 +177,8 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
             return;
         }
         rc = coord_worker_transition(c, w, WORKER_ACTIVE, "undrain requested by operator");
+        if (rc == SHOAL_OK)
+            coord_worker_clear_failures(w); /* a quarantined worker starts with a clean slate */
     }
     if (rc != SHOAL_OK) {
         s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "%s", shoal_errmsg());

@@ -157,12 +157,12 @@ static store_batch_t *s_txn(coord_t *c)
 
 static json_t *s_worker_json(const coord_worker_t *w)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:I}", "id", w->id, "name",
-                     w->name, "host", w->host, "devices", w->devices, "memory_bytes",
+    return json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:s}", "id", w->id,
+                     "name", w->name, "host", w->host, "devices", w->devices, "memory_bytes",
                      (json_int_t)w->memory_bytes, "institution", w->institution, "version",
                      w->version, "data_endpoint", w->endpoint, "state",
                      coord_worker_state_name(w->state), "run", w->run, "registered_ms",
-                     (json_int_t)w->registered_ms);
+                     (json_int_t)w->registered_ms, "quarantine", w->quarantine);
 }
 
 static json_t *s_run_json(const coord_run_t *r)
@@ -250,8 +250,8 @@ static int s_worker_transition_ok(worker_state_t from, worker_state_t to)
         return from == WORKER_JOINING || from == WORKER_DRAINING || from == WORKER_DRAINED;
     case WORKER_DRAINING:
         return from == WORKER_JOINING || from == WORKER_ACTIVE;
-    case WORKER_DRAINED:
-        return from == WORKER_DRAINING;
+    case WORKER_DRAINED: /* from active/joining: quarantine (see s_quarantine) */
+        return from == WORKER_DRAINING || from == WORKER_ACTIVE || from == WORKER_JOINING;
     case WORKER_DEAD:
     case WORKER_LEFT:
         return s_is_live(from);
@@ -273,6 +273,8 @@ shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_
         return shoal_fail(SHOAL_ERR_STATE, "worker %s: cannot go from %s to %s", w->id,
                           coord_worker_state_name(from), coord_worker_state_name(to));
     w->state = to;
+    if (to == WORKER_ACTIVE)
+        w->quarantine[0] = 0; /* undrained: placeable again */
     log_info("worker %s: %s -> %s (%s)", w->id, coord_worker_state_name(from),
              coord_worker_state_name(to), reason);
     coord_ledger(c, w->run, "worker_state",
@@ -652,6 +654,8 @@ static void s_run_advance(coord_t *c, coord_run_t *r)
     if (low <= r->committed_step)
         return;
     r->committed_step = low;
+    r->fail_backoff_ms = 0; /* the plan works: the next failure re-plans at once again */
+    r->fail_replan_at_ms = 0;
     double sum = 0;
     int n = 0;
     for (uint32_t i = 0; i < r->plan.n_peers; i++)
@@ -825,6 +829,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     r->committed_step = committed;
     r->replan_pending = 0;
     r->replan_now = 0;
+    r->reason[0] = 0; /* placed: no "unplaced" note any more (terminal runs never get here) */
     r->lease = r->state == RUN_RUNNING ? s_lease_for(c, r) : committed;
     if (s_run_reset_ranks(r) != SHOAL_OK)
         log_error("%s", shoal_errmsg());
@@ -856,6 +861,43 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
             coord_push_assignment(c, r, e->list[i]);
     }
     free(leaving);
+}
+
+/* After a re-plan caused by a failure: the next one waits replan_backoff_ms, doubling up to
+ * replan_backoff_max_ms (reset when a step commits). */
+static void s_failure_backoff(coord_t *c, coord_run_t *r)
+{
+    int64_t b = r->fail_backoff_ms ? 2 * r->fail_backoff_ms : c->cfg.replan_backoff_ms;
+    if (b > c->cfg.replan_backoff_max_ms)
+        b = c->cfg.replan_backoff_max_ms;
+    r->fail_backoff_ms = b;
+    r->fail_replan_at_ms = coord_now_mono_ms() + b;
+    r->fail_backoff_logged = 0;
+}
+
+/* A running run that lost its cells and has no active worker to place stays running, unplaced;
+ * its status `reason` says why (quarantined workers with their failure) until a plan is made. */
+static void s_note_unplaced(coord_t *c, coord_run_t *r)
+{
+    char note[sizeof r->reason];
+    size_t at = (size_t)snprintf(note, sizeof note, "unplaced: no active worker to place");
+    int n_q = 0;
+    for (int i = 0; i < c->n_workers; i++) {
+        const coord_worker_t *w = c->workers[i];
+        if (w->state != WORKER_DRAINED || !w->quarantine[0])
+            continue;
+        at += (size_t)snprintf(note + at, at < sizeof note ? sizeof note - at : 0, "%s%s %s",
+                               n_q++ ? "; " : " (", w->id, w->quarantine);
+    }
+    if (n_q)
+        (void)snprintf(note + at, at < sizeof note ? sizeof note - at : 0,
+                       "; shoalctl undrain places a worker again)");
+    if (strcmp(note, r->reason) == 0)
+        return;
+    snprintf(r->reason, sizeof r->reason, "%s", note);
+    log_warn("run %s: %s", r->id, note);
+    coord_put_run(c, r);
+    coord_txn_commit(c);
 }
 
 /* Membership check of a running run: a lost member re-plans now (the collectives of the old
@@ -890,10 +932,22 @@ static void s_run_replan_check(coord_t *c, coord_run_t *r)
             at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%s%s joins",
                                    at ? ", " : "", e.list[i]->id);
         }
-    if (r->replan_now && r->generation > 0) {
-        lost = 1;
-        at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%sworker failure",
-                               at ? ", " : "");
+    /* a reported failure re-plans at once the first time, then after a back-off that doubles
+     * with every further failure re-plan until a step commits: a worker that fails every plan
+     * cannot flood the ledger with generations (a lost member still re-plans at once) */
+    const int by_failure = r->replan_now && r->generation > 0;
+    if (by_failure) {
+        int64_t now = coord_now_mono_ms();
+        if (lost || now >= r->fail_replan_at_ms) {
+            lost = 1;
+            at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0,
+                                   "%sworker failure", at ? ", " : "");
+        } else if (!r->fail_backoff_logged) {
+            r->fail_backoff_logged = 1;
+            log_info("run %s: plan failed again: next plan in %.1f s (back-off %.1f s)", r->id,
+                     (double)(r->fail_replan_at_ms - now) / 1000.0,
+                     (double)r->fail_backoff_ms / 1000.0);
+        }
     }
     if (r->generation > 0 && !lost && !changed && r->replan_pending) {
         /* the change undid itself (a joiner died before the boundary): unfreeze the lease */
@@ -911,8 +965,13 @@ static void s_run_replan_check(coord_t *c, coord_run_t *r)
         if (e.n == 0) {
             /* nobody to place: wait for workers; the lease stays frozen */
             r->replan_pending = 1;
+            if (lost)
+                s_note_unplaced(c, r);
         } else if (lost) {
+            const uint64_t gen = r->generation;
             s_apply_plan(c, r, &e, why);
+            if (by_failure && r->generation != gen)
+                s_failure_backoff(c, r);
         } else if (!at_end) {
             if (!r->replan_pending)
                 log_info("run %s: membership changed (%s): new plan after step %" PRId64, r->id,
@@ -1139,6 +1198,92 @@ static int s_rank_of(const coord_run_t *r, const coord_worker_t *w)
     return p ? (int)p->rank : -1;
 }
 
+void coord_worker_clear_failures(coord_worker_t *w)
+{
+    w->fail_count = 0;
+    w->fail_gen = 0;
+    w->fail_run[0] = 0;
+}
+
+/* A member of r's plan other than w that has been silent for a while (or is gone): a collective
+ * failing then is most likely that peer's doing, not the reporter's. */
+static const coord_worker_t *s_silent_peer(coord_t *c, const coord_run_t *r,
+                                           const coord_worker_t *w)
+{
+    int64_t quiet = 3 * (int64_t)c->cfg.heartbeat_interval_ms;
+    if (quiet < 1000)
+        quiet = 1000;
+    int64_t now = coord_now_mono_ms();
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        const coord_worker_t *p = s_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (p == w)
+            continue;
+        if (!p || !s_is_live(p->state) || now - p->last_seen_ms > quiet)
+            return p;
+    }
+    return NULL;
+}
+
+/* Takes a worker whose plans keep failing out of r's placement: drained (the operator's
+ * undrain puts it back), a `quarantine` ledger entry, told to stop; the cron then re-plans
+ * without it. */
+static void s_quarantine(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *detail)
+{
+    char why[160]; /* "quarantined: " + why fits w->quarantine */
+    snprintf(why, sizeof why, "%s", detail[0] ? detail : "no detail");
+    int failures = w->fail_count;
+    if (coord_worker_transition(c, w, WORKER_DRAINED, "quarantined: %s", why) != SHOAL_OK) {
+        log_error("run %s: %s", r->id, shoal_errmsg());
+        return;
+    }
+    snprintf(w->quarantine, sizeof w->quarantine, "quarantined: %s", why);
+    log_warn("run %s: worker %s quarantined after %d failed plans in a row (%s); "
+             "`shoalctl undrain %s` places it again",
+             r->id, w->id, failures, why, w->id);
+    coord_ledger(c, r->id, "quarantine",
+                 json_pack("{s:s, s:s, s:I, s:i, s:s}", "worker", w->id, "name", w->name,
+                           "generation", (json_int_t)r->generation, "failures", failures,
+                           "detail", why));
+    w->run[0] = 0;
+    coord_worker_clear_failures(w);
+    coord_put_worker(c, w);
+    if (coord_txn_commit(c) == SHOAL_OK)
+        s_push_run_control_to(c, r, w, SHOAL__RUN_COMMAND__RUN_CMD_STOP, w->quarantine);
+}
+
+/* A member reports (in a heartbeat of the current generation) that its plan failed: the run
+ * re-plans, and the failure counts against the worker once per generation unless a peer of
+ * the plan is silent (then the peer is the likely cause). quarantine_after_failures in a row
+ * without a step in between quarantine it. */
+static void s_on_plan_failed(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *detail)
+{
+    if (!r->replan_now) {
+        log_warn("run %s: worker %s reports its plan failed (%.200s): re-planning", r->id, w->id,
+                 detail[0] ? detail : "no detail");
+        r->replan_now = 1;
+    }
+    if (strcmp(w->fail_run, r->id) != 0) {
+        coord_worker_clear_failures(w);
+        snprintf(w->fail_run, sizeof w->fail_run, "%s", r->id);
+    }
+    if (w->fail_gen == r->generation)
+        return; /* this plan's failure is already counted */
+    w->fail_gen = r->generation;
+    const coord_worker_t *silent = s_silent_peer(c, r, w);
+    if (silent) {
+        log_info("run %s: failure of %s in generation %" PRIu64 " not counted against it: "
+                 "peer %s is silent",
+                 r->id, w->id, r->generation, silent->id);
+        return;
+    }
+    w->fail_count++;
+    int limit = c->cfg.quarantine_after_failures;
+    log_warn("run %s: worker %s: plan failure %d%s in a row (generation %" PRIu64 ")", r->id,
+             w->id, w->fail_count, limit > 0 ? "" : " (quarantine off)", r->generation);
+    if (limit > 0 && w->fail_count >= limit)
+        s_quarantine(c, r, w, detail);
+}
+
 /* A heartbeat proves the worker alive whatever run and generation it names: liveness and the
  * joining -> active transition apply first, always. Its step, loss and activity concern its
  * plan and are applied only when run and generation are current; a stale one is dropped and
@@ -1154,26 +1299,26 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
         (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
         coord_txn_commit(c);
     }
-    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
     if (env->run_id[0]) {
         coord_run_t *ok = s_check_run(c, route, w, env);
         if (!ok)
             return;
         int rank = s_rank_of(ok, w);
-        if (rank >= 0 && hb->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED &&
-            !ok->replan_now) {
-            log_warn("run %s: worker %s reports its plan failed (%.200s): re-planning", ok->id,
-                     w->id, hb->detail[0] ? hb->detail : "no detail");
-            ok->replan_now = 1;
-        }
+        const int failed = hb->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED;
         if (rank >= 0 && hb->step > ok->reported[rank] && hb->step <= ok->lease) {
             ok->reported[rank] = hb->step;
             ok->rank_loss[rank] = s_finite(hb->loss, w, "loss");
+            if (!failed)
+                coord_worker_clear_failures(w); /* it completed a step under this plan */
             s_run_advance(c, ok);
         }
+        if (rank >= 0 && failed)
+            s_on_plan_failed(c, ok, w, hb->detail);
     }
     w->step = hb->step;
     w->loss = s_finite(hb->loss, w, "loss");
+    /* after a quarantine the worker holds no run any more: the Ack says DRAIN */
+    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
     s_reply_ack(c, route, env, w, r);
 }
 
@@ -1196,6 +1341,7 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
     if (sr->step > r->reported[rank]) {
         r->reported[rank] = sr->step;
         r->rank_loss[rank] = s_finite(sr->loss, w, "loss");
+        coord_worker_clear_failures(w); /* it completed a step under this plan */
     }
     w->step = sr->step;
     w->loss = s_finite(sr->loss, w, "loss");
@@ -1484,6 +1630,7 @@ static int s_load_worker(const char *k, size_t kl, const char *v, size_t vl, voi
     snprintf(w->version, sizeof w->version, "%s", s_jstr(j, "version"));
     snprintf(w->endpoint, sizeof w->endpoint, "%s", s_jstr(j, "data_endpoint"));
     snprintf(w->run, sizeof w->run, "%s", s_jstr(j, "run"));
+    snprintf(w->quarantine, sizeof w->quarantine, "%s", s_jstr(j, "quarantine"));
     w->memory_bytes = (uint64_t)s_jint(j, "memory_bytes");
     w->registered_ms = s_jint(j, "registered_ms");
     w->state = (worker_state_t)st;

@@ -57,6 +57,12 @@ typedef struct {
     int activity;
     wire_route_t route;
     int has_route;
+    /* failure streak: plans of run fail_run that failed on this worker in a row, no step in
+     * between (one count per generation, fail_gen the last counted) */
+    char fail_run[COORD_ID_MAX];
+    int fail_count;
+    uint64_t fail_gen;
+    char quarantine[192]; /* why it was quarantined (persisted; "" = not quarantined) */
 } coord_worker_t;
 
 typedef struct {
@@ -79,7 +85,10 @@ typedef struct {
     int64_t *reported;
     double *rank_loss;
     int replan_pending; /* membership changed: lease frozen until the boundary */
-    int replan_now;     /* a member reported its plan failed: new plan at once */
+    int replan_now;     /* a member reported its plan failed: new plan (after the back-off) */
+    int64_t fail_backoff_ms;      /* wait after the last failure re-plan (0: none yet) */
+    int64_t fail_replan_at_ms;    /* monotonic: no failure re-plan before this */
+    int fail_backoff_logged;      /* the current wait was logged */
 } coord_run_t;
 
 struct coord {
@@ -130,6 +139,9 @@ void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w);
 void coord_push_run_control(coord_t *c, coord_run_t *r, int command, const char *reason);
 void coord_push_step_commit(coord_t *c, coord_run_t *r);
 void coord_push_drain(coord_t *c, coord_worker_t *w, const char *reason);
+
+/* Clears a worker's plan-failure streak (a step completed, or the operator undrained it). */
+void coord_worker_clear_failures(coord_worker_t *w);
 
 /* The plan the live workers would get now (dry run): fills `out` (caller plan_fini()s).
  * SHOAL_ERR_STATE when no worker is eligible. */

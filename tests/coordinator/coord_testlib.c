@@ -378,12 +378,19 @@ int tc_worker_heartbeat(tc_worker_t *w, int64_t step)
 
 int tc_worker_heartbeat_activity(tc_worker_t *w, int64_t step, int activity)
 {
+    return tc_worker_heartbeat_detail(
+        w, step, activity,
+        activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED ? "allreduce timed out" : "");
+}
+
+int tc_worker_heartbeat_detail(tc_worker_t *w, int64_t step, int activity, const char *detail)
+{
     Shoal__Heartbeat hb = SHOAL__HEARTBEAT__INIT;
     hb.step = step;
     hb.loss = 2.5f;
     hb.tokens_per_s = 1000;
     hb.activity = (Shoal__WorkerActivity)activity;
-    hb.detail = activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED ? "allreduce timed out" : "";
+    hb.detail = (char *)detail;
     hb.timestamp_ms = 1;
     Shoal__Envelope env;
     wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_HEARTBEAT, "", "", 0, 0);

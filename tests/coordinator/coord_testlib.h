@@ -61,6 +61,8 @@ int tc_worker_call(tc_worker_t *w, Shoal__Envelope *env);
 int tc_worker_register(tc_worker_t *w);
 int tc_worker_heartbeat(tc_worker_t *w, int64_t step);
 int tc_worker_heartbeat_activity(tc_worker_t *w, int64_t step, int activity);
+/* A heartbeat with the given activity and detail text. */
+int tc_worker_heartbeat_detail(tc_worker_t *w, int64_t step, int activity, const char *detail);
 int tc_worker_step(tc_worker_t *w, int64_t step, float loss);
 int tc_worker_ckpt(tc_worker_t *w, int64_t step);
 int tc_worker_get_assignment(tc_worker_t *w);

@@ -36,6 +36,9 @@ static void test_config_defaults_and_file(void **state)
     assert_string_equal(c.state_dir, "/var/lib/shoal/coordinator");
     assert_int_equal(c.heartbeat_interval_ms, 500);
     assert_int_equal(c.dead_after_ms, 3000);
+    assert_int_equal(c.quarantine_after_failures, 3);
+    assert_int_equal(c.replan_backoff_ms, 1000);
+    assert_int_equal(c.replan_backoff_max_ms, 30000);
     assert_int_equal(config_finish(&c), SHOAL_OK);
     assert_string_equal(c.control, "ipc:///var/lib/shoal/coordinator/control.sock");
 
@@ -86,6 +89,14 @@ static void test_config_defaults_and_file(void **state)
     assert_int_equal(config_finish(&c), SHOAL_ERR_INVALID);
     assert_non_null(strstr(shoal_errmsg(), "too long"));
     assert_int_equal(config_set(&c, "nope", "1", "--nope"), SHOAL_ERR_NOTFOUND);
+    /* the failure back-off: its cap must not be below its start; quarantine may be off */
+    config_defaults(&c);
+    assert_int_equal(config_set(&c, "quarantine_after_failures", "0", "--x"), SHOAL_OK);
+    assert_int_equal(config_set(&c, "quarantine_after_failures", "-1", "--x"), SHOAL_ERR_INVALID);
+    assert_int_equal(config_set(&c, "replan_backoff_ms", "5000", "--x"), SHOAL_OK);
+    assert_int_equal(config_set(&c, "replan_backoff_max_ms", "2000", "--x"), SHOAL_OK);
+    assert_int_equal(config_finish(&c), SHOAL_ERR_INVALID);
+    assert_non_null(strstr(shoal_errmsg(), "replan_backoff_max_ms"));
 }
 
 static void test_plan_layout(void **state)

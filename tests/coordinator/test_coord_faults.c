@@ -1,6 +1,7 @@
 /* test_coord_faults: the real shoal-coordinator with fake DEALER workers through faults of the
  * protocol's edges: operator verbs in the wrong run state, the run id and generation of every
- * push, and heartbeats that carry a stale run or generation. */
+ * push, heartbeats that carry a stale run or generation, and workers whose plans keep failing
+ * (re-plan back-off, quarantine, a run left with nobody to place, undrain). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -289,6 +290,225 @@ static void test_stale_heartbeat_activates(void **state)
     s_stop_clean();
 }
 
+#define MISSING "data file ./missing.txt: No such file or directory"
+
+/* The run's ledger entries (a new reference). */
+static json_t *s_events(const char *run)
+{
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_EVENTS, run, 0, &r), 0);
+    assert_true(r.ok);
+    json_t *ev = json_incref(json_object_get(r.json, "events"));
+    tc_reply_fini(&r);
+    return ev;
+}
+
+/* The entries of `kind`, in order (a new reference). */
+static json_t *s_kind(json_t *events, const char *kind)
+{
+    json_t *out = json_array();
+    for (size_t i = 0; i < json_array_size(events); i++)
+        if (strcmp(s_jstr(json_array_get(events, i), "kind"), kind) == 0)
+            json_array_append(out, json_array_get(events, i));
+    return out;
+}
+
+static json_int_t s_plan_gap_ms(json_t *plans, size_t i)
+{
+    return s_jint(json_array_get(plans, i), "time_ms") -
+           s_jint(json_array_get(plans, i - 1), "time_ms");
+}
+
+/* `bad` reports every plan it gets as failed (heartbeats with ACTIVITY_FAILED and the detail
+ * MISSING) while `good` (may be NULL) heartbeats normally, for `ms`, until `bad` is told to
+ * stop (its run cleared) or holds generation `until_gen` (0: no bound). */
+static void s_fail_plans(tc_worker_t *bad, tc_worker_t *good, int ms, uint64_t until_gen)
+{
+    for (int t = 0; t < ms && bad->run[0] && (!until_gen || bad->gen < until_gen);
+         t += HB_MS / 2) {
+        (void)tc_worker_heartbeat_detail(bad, 0, SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED, MISSING);
+        tc_worker_pump(bad, 1);
+        if (good) {
+            (void)tc_worker_heartbeat(good, good->committed);
+            tc_worker_pump(good, 1);
+        }
+        tc_sleep_ms(HB_MS / 2);
+    }
+}
+
+/* Default settings (quarantine after 3 failures, back-off 1 s doubling): a worker that fails
+ * every plan (its data file is missing) is re-planned at once, then after 1 s, and on its third
+ * failure in a row quarantined: drained, a `quarantine` ledger entry, told to stop; the next
+ * plan holds only the healthy worker, and its later stale failures change nothing. undrain puts
+ * it back and it is placed again at the next step boundary. */
+static void test_quarantine(void **state)
+{
+    (void)state;
+    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                            "min_workers: 2\n");
+    char run[64];
+    s_submit(run, sizeof run);
+    tc_worker_t a, b;
+    assert_int_equal(tc_worker_open(&a, s_dir, "qa"), 0);
+    assert_int_equal(tc_worker_open(&b, s_dir, "qb"), 0);
+    assert_int_equal(tc_worker_register(&a), 0);
+    assert_int_equal(tc_worker_register(&b), 0);
+    tc_worker_t *both[2] = {&a, &b};
+    for (int i = 0; i < 40 && (a.gen < 1 || b.gen < 1); i++)
+        s_beat(both, 2, 50, 0);
+    assert_int_equal(b.gen, 1);
+    s_fail_plans(&b, &a, 8000, 0);
+    assert_string_equal(b.run, "");
+    assert_int_equal(b.run_command, SHOAL__RUN_COMMAND__RUN_CMD_STOP);
+    assert_string_equal(b.control_run, run);
+    assert_string_equal(s_worker_state(b.id), "drained");
+    assert_string_equal(s_worker_state(a.id), "active");
+    for (int i = 0; i < 20 && a.gen < 4; i++)
+        s_beat(both, 1, 50, 0);
+    assert_int_equal(a.gen, 4);
+    assert_int_equal(a.dp, 1);
+
+    /* a failure that outlives the quarantine (the worker missed its stop) is stale: dropped */
+    snprintf(b.run, sizeof b.run, "%s", run);
+    b.gen = 3;
+    s_fail_plans(&b, &a, 600, 0);
+
+    json_t *ev = s_events(run);
+    json_t *plans = s_kind(ev, "plan");
+    json_t *quar = s_kind(ev, "quarantine");
+    assert_int_equal(json_array_size(plans), 4); /* gen 1, two failure re-plans, one without b */
+    assert_true(s_plan_gap_ms(plans, 2) >= 950); /* the second failure waited the back-off */
+    assert_int_equal(json_array_size(quar), 1);
+    json_t *qd = json_object_get(json_array_get(quar, 0), "detail");
+    assert_string_equal(s_jstr(qd, "worker"), b.id);
+    assert_int_equal(s_jint(qd, "failures"), 3);
+    assert_non_null(strstr(s_jstr(qd, "detail"), "missing.txt"));
+    json_t *last = json_object_get(json_array_get(plans, 3), "detail");
+    assert_int_equal(json_array_size(json_object_get(last, "workers")), 1);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(last, "workers"), 0)),
+                        a.id);
+    json_t *ws = s_kind(ev, "worker_state");
+    int drained = 0;
+    for (size_t i = 0; i < json_array_size(ws); i++) {
+        json_t *d = json_object_get(json_array_get(ws, i), "detail");
+        if (strcmp(s_jstr(d, "worker"), b.id) == 0 && strcmp(s_jstr(d, "to"), "drained") == 0 &&
+            strncmp(s_jstr(d, "reason"), "quarantined: " MISSING, 20) == 0)
+            drained++;
+    }
+    assert_int_equal(drained, 1);
+    json_decref(ws);
+    json_decref(quar);
+    json_decref(plans);
+    json_decref(ev);
+
+    /* undrain: active again, and placed at the next boundary (a trains to the lease) */
+    tc_reply_t r;
+    b.run[0] = 0;
+    b.gen = 0;
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, b.id, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    assert_string_equal(s_worker_state(b.id), "active");
+    s_beat(both, 2, 200, a.committed); /* the cron sees the join: the lease stays where it is */
+    const int64_t lease = a.lease;
+    for (int64_t k = a.committed + 1; k <= lease; k++)
+        assert_int_equal(tc_worker_step(&a, k, 2.0f), 0);
+    for (int i = 0; i < 40 && (b.gen < 5 || a.gen < 5); i++)
+        s_beat(both, 2, 50, a.committed);
+    assert_int_equal(b.gen, 5);
+    assert_int_equal(b.dp, 2);
+    assert_int_equal(a.gen, 5);
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    s_stop_clean();
+}
+
+/* The failure streak counts failures in a row: a step completed in between starts it again
+ * (and resets the back-off). When the only worker is quarantined the run stays running,
+ * unplaced, and its status reason says why; undrain places it again. */
+static void test_streak_and_unplaced(void **state)
+{
+    (void)state;
+    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n");
+    char run[64];
+    s_submit(run, sizeof run);
+    tc_worker_t a;
+    s_join(&a, "su", 1);
+    /* two failures: generation 2 at once, generation 3 after the back-off */
+    s_fail_plans(&a, NULL, 3000, 3);
+    assert_int_equal(a.gen, 3);
+    /* a step under generation 3: the streak and the back-off start over */
+    assert_int_equal(tc_worker_step(&a, a.start_step, 2.0f), 0);
+    tc_worker_pump(&a, 100);
+    assert_int_equal(a.committed, a.start_step);
+    s_fail_plans(&a, NULL, 3000, 5);
+    assert_int_equal(a.gen, 5); /* two more failures: still placed */
+    assert_string_equal(s_worker_state(a.id), "active");
+    json_t *ev = s_events(run);
+    json_t *plans = s_kind(ev, "plan");
+    assert_int_equal(json_array_size(plans), 5);
+    assert_true(s_plan_gap_ms(plans, 3) < 900); /* the back-off was reset by the step */
+    assert_true(s_plan_gap_ms(plans, 4) >= 950);
+    json_decref(plans);
+    json_decref(ev);
+    /* the third failure in a row: quarantined, and nobody is left to place */
+    s_fail_plans(&a, NULL, 3000, 0);
+    assert_string_equal(a.run, "");
+    assert_string_equal(s_worker_state(a.id), "drained");
+    tc_sleep_ms(200);
+    json_t *st = tc_run_status(s_dir, run);
+    assert_string_equal(s_jstr(st, "state"), "running");
+    assert_non_null(strstr(s_jstr(st, "reason"), "unplaced"));
+    assert_non_null(strstr(s_jstr(st, "reason"), "quarantined: " MISSING));
+    assert_int_equal(s_jint(st, "generation"), 5);
+    json_decref(st);
+    /* undrain: placed again at once (its cells were lost), the reason cleared */
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, a.id, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    a.gen = 0;
+    for (int i = 0; i < 40 && a.gen < 6; i++)
+        s_beat((tc_worker_t *[]){&a}, 1, 50, 0);
+    assert_int_equal(a.gen, 6);
+    st = tc_run_status(s_dir, run);
+    assert_string_equal(s_jstr(st, "reason"), "");
+    json_decref(st);
+    tc_worker_close(&a);
+    s_stop_clean();
+}
+
+/* With quarantine off (quarantine_after_failures: 0) a worker failing every plan is re-planned
+ * forever, but at most once per back-off: replan_backoff_ms doubling to replan_backoff_max_ms. */
+static void test_failure_backoff(void **state)
+{
+    (void)state;
+    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n"
+                            "quarantine_after_failures: 0\nreplan_backoff_ms: 200\n"
+                            "replan_backoff_max_ms: 400\n");
+    char run[64];
+    s_submit(run, sizeof run);
+    tc_worker_t a;
+    s_join(&a, "fb", 1);
+    s_fail_plans(&a, NULL, 2500, 0);
+    assert_string_equal(s_worker_state(a.id), "active");
+    json_t *ev = s_events(run);
+    json_t *plans = s_kind(ev, "plan");
+    size_t n = json_array_size(plans);
+    /* re-plans at about 0, 0.2, 0.6, 1.0, 1.4, 1.8, 2.2 s: 8 plans with the first; without a
+     * back-off a heartbeat every 50 ms would make about 50 */
+    assert_true(n >= 5 && n <= 9);
+    assert_true(s_plan_gap_ms(plans, 2) >= 190);
+    for (size_t i = 3; i < n; i++) {
+        assert_true(s_plan_gap_ms(plans, i) >= 390);
+        assert_true(s_plan_gap_ms(plans, i) < 1500);
+    }
+    json_decref(plans);
+    json_decref(ev);
+    tc_worker_close(&a);
+    s_stop_clean();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -296,6 +516,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_push_generations, s_fresh_dir, s_kill_leftover),
         cmocka_unit_test_setup_teardown(test_stale_heartbeat_activates, s_fresh_dir,
                                         s_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_quarantine, s_fresh_dir, s_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_streak_and_unplaced, s_fresh_dir, s_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_failure_backoff, s_fresh_dir, s_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
