@@ -1216,9 +1216,9 @@ static const coord_worker_t *s_silent_peer(coord_t *c, const coord_run_t *r,
     int64_t now = coord_now_mono_ms();
     for (uint32_t i = 0; i < r->plan.n_peers; i++) {
         const coord_worker_t *p = s_worker_by_id(c, r->plan.peers[i].worker_id);
-        if (p == w)
+        if (!p || p == w) /* !p: ids are never removed; nothing to blame */
             continue;
-        if (!p || !s_is_live(p->state) || now - p->last_seen_ms > quiet)
+        if (!s_is_live(p->state) || now - p->last_seen_ms > quiet)
             return p;
     }
     return NULL;
