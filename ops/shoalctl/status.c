@@ -114,6 +114,20 @@ static void s_print_table(const json_t *st)
     ctl_table_destroy(&t);
 }
 
+/* Why a run is where it is (e.g. "unplaced: every worker quarantined"), when the coordinator
+ * says; the --json document keeps to the documented fields. */
+static void s_print_reasons(const json_t *doc)
+{
+    size_t i;
+    const json_t *r;
+    json_array_foreach(json_object_get(doc, "runs"), i, r)
+    {
+        const char *why = ctl_json_str(r, "reason", "");
+        if (why && *why)
+            printf("run %s: %s\n", ctl_json_str(r, "id", "?"), why);
+    }
+}
+
 int cmd_status(ctl_opts_t *o, int argc, char **argv)
 {
     const char *pos[1];
@@ -138,10 +152,12 @@ int cmd_status(ctl_opts_t *o, int argc, char **argv)
         ctl_error(o, "out of memory");
         goto out;
     }
-    if (o->json)
+    if (o->json) {
         ctl_print_json(st);
-    else
+    } else {
         s_print_table(st);
+        s_print_reasons(doc);
+    }
     ex = CTL_EXIT_OK;
 out:
     json_decref(st);
