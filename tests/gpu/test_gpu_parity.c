@@ -9,29 +9,12 @@
 #include <time.h>
 
 #include "cross_entropy.h"
+#include "gpu_testutil.h"
 #include "embedding.h"
 #include "optim.h"
 #include "rmsnorm.h"
 #include "rope.h"
 #include "swiglu.h"
-
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-#define SK(call)                                                                                   \
-    do {                                                                                           \
-        shoal_err_t sk_rc_ = (call);                                                               \
-        if (sk_rc_ != SHOAL_OK) {                                                                  \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, shoal_errmsg());         \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static uint64_t s_rng = 0x5eed2026ull;
 static int s_bench;
@@ -91,42 +74,6 @@ static int s_validate(const char *what, const float *gpu, const float *cpu, size
     printf("  %-28s n=%-9zu max|diff| %.3g  %s\n", what, n, worst, bad ? "FAIL" : "ok");
     return bad;
 }
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Timing helpers for --bench: the CPU body and the GPU body are run `reps` times. */
-#define BENCH(name, reps, cpu_body, gpu_body)                                                      \
-    do {                                                                                           \
-        if (!s_bench)                                                                              \
-            break;                                                                                 \
-        double t0_ = s_now();                                                                      \
-        for (int r_ = 0; r_ < (reps); r_++) {                                                      \
-            cpu_body;                                                                              \
-        }                                                                                          \
-        double cpu_ms_ = (s_now() - t0_) * 1e3 / (reps);                                           \
-        cudaEvent_t a_, b_;                                                                        \
-        CK(cudaEventCreate(&a_));                                                                  \
-        CK(cudaEventCreate(&b_));                                                                  \
-        gpu_body; /* warm-up */                                                                    \
-        CK(cudaEventRecord(a_, 0));                                                                \
-        for (int r_ = 0; r_ < (reps); r_++) {                                                      \
-            gpu_body;                                                                              \
-        }                                                                                          \
-        CK(cudaEventRecord(b_, 0));                                                                \
-        CK(cudaEventSynchronize(b_));                                                              \
-        float gpu_ms_ = 0;                                                                         \
-        CK(cudaEventElapsedTime(&gpu_ms_, a_, b_));                                                \
-        gpu_ms_ /= (reps);                                                                         \
-        printf("  BENCH %-30s cpu %9.4f ms  gpu %9.4f ms  speedup %7.1fx\n", name, cpu_ms_,        \
-               (double)gpu_ms_, cpu_ms_ / (double)gpu_ms_);                                        \
-        CK(cudaEventDestroy(a_));                                                                  \
-        CK(cudaEventDestroy(b_));                                                                  \
-    } while (0)
 
 static int test_embedding(int M, int V, int d)
 {

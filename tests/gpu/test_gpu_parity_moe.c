@@ -24,28 +24,11 @@
 #include <time.h>
 
 #include "attention.h"
+#include "gpu_testutil.h"
 #include "ffn.h"
 #include "moe.h"
 #include "rope.h"
 #include "router.h"
-
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-#define SK(call)                                                                                   \
-    do {                                                                                           \
-        shoal_err_t sk_rc_ = (call);                                                               \
-        if (sk_rc_ != SHOAL_OK) {                                                                  \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, shoal_errmsg());         \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static uint64_t s_rng = 0x5eed2027ull;
 static int s_bench;
@@ -169,41 +152,6 @@ static int s_same(const char *what, const void *gpu, const void *cpu, size_t n, 
     printf("  %-34s n=%-8zu (bitwise) %s\n", what, n, bad ? "FAIL" : "ok");
     return bad;
 }
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-#define BENCH(name, reps, cpu_body, gpu_body)                                                      \
-    do {                                                                                           \
-        if (!s_bench)                                                                              \
-            break;                                                                                 \
-        double t0_ = s_now();                                                                      \
-        for (int r_ = 0; r_ < (reps); r_++) {                                                      \
-            cpu_body;                                                                              \
-        }                                                                                          \
-        double cpu_ms_ = (s_now() - t0_) * 1e3 / (reps);                                           \
-        cudaEvent_t a_, b_;                                                                        \
-        CK(cudaEventCreate(&a_));                                                                  \
-        CK(cudaEventCreate(&b_));                                                                  \
-        gpu_body; /* warm-up */                                                                    \
-        CK(cudaEventRecord(a_, 0));                                                                \
-        for (int r_ = 0; r_ < (reps); r_++) {                                                      \
-            gpu_body;                                                                              \
-        }                                                                                          \
-        CK(cudaEventRecord(b_, 0));                                                                \
-        CK(cudaEventSynchronize(b_));                                                              \
-        float gpu_ms_ = 0;                                                                         \
-        CK(cudaEventElapsedTime(&gpu_ms_, a_, b_));                                                \
-        gpu_ms_ /= (reps);                                                                         \
-        printf("  BENCH %-30s cpu %9.4f ms  gpu %9.4f ms  speedup %7.1fx\n", name, cpu_ms_,        \
-               (double)gpu_ms_, cpu_ms_ / (double)gpu_ms_);                                        \
-        CK(cudaEventDestroy(a_));                                                                  \
-        CK(cudaEventDestroy(b_));                                                                  \
-    } while (0)
 
 /* ---------------------------------------------------------------------------------------- ffn */
 
