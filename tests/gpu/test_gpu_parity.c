@@ -9,8 +9,8 @@
 #include <time.h>
 
 #include "cross_entropy.h"
-#include "gpu_testutil.h"
 #include "embedding.h"
+#include "gpu_testutil.h"
 #include "optim.h"
 #include "rmsnorm.h"
 #include "rope.h"

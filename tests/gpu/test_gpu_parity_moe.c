@@ -24,8 +24,8 @@
 #include <time.h>
 
 #include "attention.h"
-#include "gpu_testutil.h"
 #include "ffn.h"
+#include "gpu_testutil.h"
 #include "moe.h"
 #include "rope.h"
 #include "router.h"
