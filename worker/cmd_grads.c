@@ -66,8 +66,8 @@ int cmd_grads(int argc, char **argv)
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 't': tok_path = optarg; break;
-        case 'b': B = atoi(optarg); break;
-        case 's': T = atoi(optarg); break;
+        case 'b': B = commands_parse_count(optarg); break;
+        case 's': T = commands_parse_count(optarg); break;
         case 'o': out_path = optarg; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;

@@ -63,7 +63,7 @@ int cmd_train(int argc, char **argv)
         case 'i': init_dir = optarg; break;
         case 'm': metrics_path = optarg; break;
         case 'e': export_dir = optarg; break;
-        case 't': threads = atoi(optarg); break;
+        case 't': threads = commands_parse_count(optarg); break;
         case 'd': use_default = 1; break;
         case 'q': quiet = 1; break;
         case 'h': s_usage(stdout); return 0;

@@ -3,6 +3,10 @@
 #ifndef SHOAL_WORKER_COMMANDS_H
 #define SHOAL_WORKER_COMMANDS_H
 int cmd_train(int argc, char **argv);
+
+/* A positive decimal count from a command-line argument (1 .. 2^30); -1 for anything else, which
+ * the subcommands report as a usage error. */
+int commands_parse_count(const char *arg);
 int cmd_grads(int argc, char **argv);
 /* The daemon: argv[0] is the program name, flags from argv[1] (`--coordinator ...`). */
 int cmd_daemon(int argc, char **argv);

@@ -86,5 +86,7 @@ fi
 # 7. usage errors exit 2
 expect 2 "usage" "$worker" grads --model m
 expect 2 "usage" "$worker" train
+expect 2 "usage" "$worker" train good.yaml --threads two
+expect 2 "usage" "$worker" grads --model m --tokens tok.bin --batch 2x --seq 16 --out g.safetensors
 [ $fail -eq 0 ] && echo PASS
 exit $fail
