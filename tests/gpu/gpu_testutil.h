@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <cuda_runtime.h>
@@ -64,5 +65,24 @@ static double s_now(void)
         CK(cudaEventDestroy(a_));                                                                  \
         CK(cudaEventDestroy(b_));                                                                  \
     } while (0)
+
+/* The start of every parity test: 0 when a CUDA device is usable (its name is printed, and
+ * *bench is set from a --bench argument), 77 (ctest's skip) when there is none. */
+static inline int gpu_test_start(const char *name, int argc, char **argv, int *bench)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        printf("%s: SKIP: no usable CUDA device (%s, count %d)\n", name,
+               e != cudaSuccess ? cudaGetErrorString(e) : "no error", count);
+        return 77;
+    }
+    *bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("%s: device 0: %s (sm_%d%d), %d device(s)%s\n", name, prop.name, prop.major, prop.minor,
+           count, *bench ? ", with timings" : "");
+    return 0;
+}
 
 #endif

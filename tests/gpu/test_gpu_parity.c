@@ -326,18 +326,9 @@ static int test_optim(int64_t n)
 
 int main(int argc, char **argv)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        printf("test_gpu_parity: SKIP: no usable CUDA device (%s, count %d)\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "no error", count);
-        return 77;
-    }
-    s_bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
-    struct cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    printf("test_gpu_parity: device 0: %s (sm_%d%d), %d device(s)%s\n", prop.name, prop.major,
-           prop.minor, count, s_bench ? ", with timings" : "");
+    int start = gpu_test_start("test_gpu_parity", argc, argv, &s_bench);
+    if (start != 0)
+        return start;
     int bad = 0;
     /* the tiny model's shapes (B 8, T 128, d 128, H 4, V 256, f 384), then odd sizes for tails */
     bad += test_embedding(1024, 256, 128);

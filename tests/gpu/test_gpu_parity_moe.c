@@ -679,18 +679,9 @@ static int test_moe(int M, int d, int fe, int ns, int N, int K, int G, int TG)
 
 int main(int argc, char **argv)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        printf("test_gpu_parity_moe: SKIP: no usable CUDA device (%s, count %d)\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "no error", count);
-        return 77;
-    }
-    s_bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
-    struct cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    printf("test_gpu_parity_moe: device 0: %s (sm_%d%d)%s\n", prop.name, prop.major, prop.minor,
-           s_bench ? ", with timings" : "");
+    int start = gpu_test_start("test_gpu_parity_moe", argc, argv, &s_bench);
+    if (start != 0)
+        return start;
     if (cublasCreate(&s_blas) != CUBLAS_STATUS_SUCCESS) {
         fprintf(stderr, "test_gpu_parity_moe: cublasCreate failed\n");
         return 1;
