@@ -111,20 +111,6 @@ static void s_notify(session_t *s, const char *text)
 #endif
 }
 
-void sess_plan_destroy(sess_plan_t **pp)
-{
-    sess_plan_t *p = *pp;
-    if (!p)
-        return;
-    if (p->endpoints)
-        for (uint32_t i = 0; i < p->nranks; i++)
-            free(p->endpoints[i]);
-    free(p->endpoints);
-    free(p->spec_yaml);
-    free(p);
-    *pp = NULL;
-}
-
 void sess_event_destroy(sess_event_t **evp)
 {
     sess_event_t *ev = *evp;
@@ -347,81 +333,31 @@ static int s_trainer_busy_with(const session_t *s, const char *run)
 
 static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
 {
-    const Shoal__Assignment *a = env->assignment;
-    const Shoal__Plan *p = a->plan;
+    sess_plan_t *pl = NULL;
     const char *why = NULL;
-    if (!p || !p->topology)
-        why = "no plan or topology";
-    else if (!p->run_id[0] || strcmp(p->run_id, env->run_id) != 0)
-        why = "plan run id differs from the envelope's";
-    else if (p->n_peers == 0 || p->n_peers > COMM_MAX_RANKS || a->rank >= p->n_peers)
-        why = "rank outside the plan's peers";
-    else if (p->start_step < 1)
-        why = "start_step < 1";
-    else if (p->source > SHOAL__STATE_SOURCE__STATE_SOURCE_PEER)
-        why = "unknown state source";
-    else if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_CHECKPOINT &&
-             (!p->checkpoint || p->checkpoint->step != p->start_step - 1))
-        why = "checkpoint source without the checkpoint of start_step - 1";
-    else if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_PEER && p->source_rank >= p->n_peers)
-        why = "source_rank outside the plan's peers";
-    else if (!a->spec_yaml[0])
-        why = "empty run spec";
-    else if ((uint64_t)p->topology->dp * p->topology->pp * p->topology->ep != p->n_peers)
-        why = "topology dp*pp*ep differs from the number of peers";
-    for (size_t i = 0; !why && i < p->n_peers; i++) {
-        if (!p->peers[i] || p->peers[i]->rank != i || !p->peers[i]->data_endpoint[0])
-            why = "peers not ordered by rank or without a data endpoint";
-    }
-    if (!why && strcmp(p->peers[a->rank]->worker_id, s->worker_id) != 0)
-        why = "the assignment's rank belongs to another worker";
-    if (why) {
+    shoal_err_t rc = sess_plan_from_assignment(env, s->worker_id, &pl, &why);
+    if (rc == SHOAL_ERR_NOMEM)
+        goto fail;
+    if (rc != SHOAL_OK) {
         log_warn("session: dropped assignment (run %s, generation %llu): %s", env->run_id,
                  (unsigned long long)env->generation, why);
         return;
     }
-    if (strcmp(p->run_id, s->run_id) == 0 && p->generation < s->generation) {
-        log_warn("session: dropped stale assignment of run %s: generation %llu < %llu", p->run_id,
-                 (unsigned long long)p->generation, (unsigned long long)s->generation);
+    if (strcmp(pl->run_id, s->run_id) == 0 && pl->generation < s->generation) {
+        log_warn("session: dropped stale assignment of run %s: generation %llu < %llu", pl->run_id,
+                 (unsigned long long)pl->generation, (unsigned long long)s->generation);
+        sess_plan_destroy(&pl);
         return;
     }
-    if (s_trainer_busy_with(s, p->run_id)) {
-        log_warn("session: dropped assignment for run %s while training run %s", p->run_id,
+    if (s_trainer_busy_with(s, pl->run_id)) {
+        log_warn("session: dropped assignment for run %s while training run %s", pl->run_id,
                  s->status->run_id);
+        sess_plan_destroy(&pl);
         return;
     }
-    sess_plan_t *pl = calloc(1, sizeof *pl);
     sess_event_t *ev = calloc(1, sizeof *ev);
-    if (!pl || !ev)
+    if (!ev)
         goto fail;
-    s_copy(pl->run_id, sizeof pl->run_id, p->run_id);
-    s_copy(pl->run_name, sizeof pl->run_name, a->run_name);
-    pl->generation = p->generation;
-    pl->dp = p->topology->dp;
-    pl->pp = p->topology->pp;
-    pl->ep = p->topology->ep;
-    pl->start_step = p->start_step;
-    pl->source = (sess_source_t)p->source;
-    if (p->checkpoint) {
-        pl->ckpt_step = p->checkpoint->step;
-        s_copy(pl->ckpt_path, sizeof pl->ckpt_path, p->checkpoint->path);
-    }
-    pl->source_rank = p->source_rank;
-    pl->rank = a->rank;
-    pl->nranks = (uint32_t)p->n_peers;
-    if (a->cell) {
-        pl->replica = a->cell->replica;
-        pl->stage = a->cell->stage;
-        pl->ep_rank = a->cell->ep_rank;
-    }
-    pl->lease = a->lease;
-    pl->spec_yaml = strdup(a->spec_yaml);
-    pl->endpoints = calloc(pl->nranks, sizeof(char *));
-    if (!pl->spec_yaml || !pl->endpoints)
-        goto fail;
-    for (uint32_t i = 0; i < pl->nranks; i++)
-        if (!(pl->endpoints[i] = strdup(p->peers[i]->data_endpoint)))
-            goto fail;
     if (strcmp(s->run_id, pl->run_id) != 0 || s->generation != pl->generation) {
         s->fwd_committed = s->fwd_lease = -1;
         log_info("session: assignment: run %s generation %llu, rank %u of %u, start step %lld",
@@ -444,7 +380,6 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
 fail:
     log_error("session: out of memory converting an assignment");
     sess_plan_destroy(&pl);
-    free(ev);
 }
 
 static void s_pending_remove_seq(session_t *s, uint64_t seq)

@@ -1,6 +1,7 @@
 /* session.h: a worker daemon's session with the coordinator, on its own thread: register,
  * heartbeat, reconnect with backoff, validate every message, and trade plain C events with the
- * training thread over an inproc pair (protobuf types never leave session.c).
+ * training thread over an inproc pair (protobuf types never leave session.c and its edge,
+ * sess_plan.c).
  *
  * Threads: session_new() starts the session thread. The training thread posts requests
  * (session_post) and takes events (session_wait); session_track_comm() is the one piece of
@@ -14,13 +15,12 @@
 
 #include "comm.h"
 #include "err.h"
+#include "sess_plan.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define SESS_ID_MAX 65      /* run and worker ids (wire bound 64 + NUL) */
-#define SESS_TEXT_MAX 4097  /* paths, endpoints, reasons (wire bound 4096 + NUL) */
 #define SESS_MAX_FILES 16   /* files of one checkpoint report */
 
 /* Worker activity as the proto numbers it (WorkerActivity). */
@@ -33,28 +33,6 @@ typedef enum {
     SESS_ACT_DRAINING = 5,
     SESS_ACT_FAILED = 6,
 } sess_activity_t;
-
-typedef enum { SESS_SOURCE_INIT = 0, SESS_SOURCE_CHECKPOINT = 1, SESS_SOURCE_PEER = 2 } sess_source_t;
-
-/* One assignment, converted and checked (this worker is peers[rank], peers ordered by rank). */
-typedef struct {
-    char run_id[SESS_ID_MAX];
-    char run_name[SESS_ID_MAX];
-    uint64_t generation;
-    uint32_t dp, pp, ep;
-    int64_t start_step;          /* >= 1 */
-    sess_source_t source;
-    int64_t ckpt_step;           /* source CHECKPOINT: start_step - 1 */
-    char ckpt_path[SESS_TEXT_MAX];
-    uint32_t source_rank;        /* source PEER */
-    uint32_t rank, nranks;
-    uint32_t replica, stage, ep_rank;
-    char **endpoints;            /* nranks data endpoints, by rank */
-    int64_t lease;
-    char *spec_yaml;
-} sess_plan_t;
-
-void sess_plan_destroy(sess_plan_t **p);
 
 typedef enum {
     SESS_EV_PLAN = 1,    /* a new assignment (plan owned by the event) */

@@ -1,0 +1,105 @@
+/* sess_plan.c: an Assignment envelope -> the worker's plan, checked field by field (the reasons
+ * are what the session logs when it drops an assignment). */
+#include "sess_plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"
+
+void sess_plan_destroy(sess_plan_t **pp)
+{
+    sess_plan_t *p = *pp;
+    if (!p)
+        return;
+    if (p->endpoints)
+        for (uint32_t i = 0; i < p->nranks; i++)
+            free(p->endpoints[i]);
+    free(p->endpoints);
+    free(p->spec_yaml);
+    free(p);
+    *pp = NULL;
+}
+
+/* Why the assignment in `env` is unusable for worker `self`; NULL when it is usable. */
+static const char *s_refusal(const Shoal__Envelope *env, const char *self)
+{
+    if (env->body_case != SHOAL__ENVELOPE__BODY_ASSIGNMENT || !env->assignment)
+        return "not an assignment";
+    const Shoal__Assignment *a = env->assignment;
+    const Shoal__Plan *p = a->plan;
+    if (!p || !p->topology)
+        return "no plan or topology";
+    if (!p->run_id[0] || strcmp(p->run_id, env->run_id) != 0)
+        return "plan run id differs from the envelope's";
+    if (p->n_peers == 0 || p->n_peers > COMM_MAX_RANKS || a->rank >= p->n_peers)
+        return "rank outside the plan's peers";
+    if (p->start_step < 1)
+        return "start_step < 1";
+    if (p->source > SHOAL__STATE_SOURCE__STATE_SOURCE_PEER)
+        return "unknown state source";
+    if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_CHECKPOINT &&
+        (!p->checkpoint || p->checkpoint->step != p->start_step - 1))
+        return "checkpoint source without the checkpoint of start_step - 1";
+    if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_PEER && p->source_rank >= p->n_peers)
+        return "source_rank outside the plan's peers";
+    if (!a->spec_yaml[0])
+        return "empty run spec";
+    if ((uint64_t)p->topology->dp * p->topology->pp * p->topology->ep != p->n_peers)
+        return "topology dp*pp*ep differs from the number of peers";
+    for (size_t i = 0; i < p->n_peers; i++)
+        if (!p->peers[i] || p->peers[i]->rank != i || !p->peers[i]->data_endpoint[0])
+            return "peers not ordered by rank or without a data endpoint";
+    if (strcmp(p->peers[a->rank]->worker_id, self ? self : "") != 0)
+        return "the assignment's rank belongs to another worker";
+    return NULL;
+}
+
+shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *self,
+                                      sess_plan_t **plan, const char **why)
+{
+    *plan = NULL;
+    *why = s_refusal(env, self);
+    if (*why)
+        return shoal_fail(SHOAL_ERR_INVALID, "assignment refused: %s", *why);
+    const Shoal__Assignment *a = env->assignment;
+    const Shoal__Plan *p = a->plan;
+    sess_plan_t *pl = calloc(1, sizeof *pl);
+    if (!pl)
+        goto fail_nomem;
+    snprintf(pl->run_id, sizeof pl->run_id, "%s", p->run_id);
+    snprintf(pl->run_name, sizeof pl->run_name, "%s", a->run_name);
+    pl->generation = p->generation;
+    pl->dp = p->topology->dp;
+    pl->pp = p->topology->pp;
+    pl->ep = p->topology->ep;
+    pl->start_step = p->start_step;
+    pl->source = (sess_source_t)p->source;
+    if (p->checkpoint) {
+        pl->ckpt_step = p->checkpoint->step;
+        snprintf(pl->ckpt_path, sizeof pl->ckpt_path, "%s", p->checkpoint->path);
+    }
+    pl->source_rank = p->source_rank;
+    pl->rank = a->rank;
+    pl->nranks = (uint32_t)p->n_peers;
+    if (a->cell) {
+        pl->replica = a->cell->replica;
+        pl->stage = a->cell->stage;
+        pl->ep_rank = a->cell->ep_rank;
+    }
+    pl->lease = a->lease;
+    pl->spec_yaml = strdup(a->spec_yaml);
+    pl->endpoints = calloc(pl->nranks, sizeof(char *));
+    if (!pl->spec_yaml || !pl->endpoints)
+        goto fail_nomem;
+    for (uint32_t i = 0; i < pl->nranks; i++)
+        if (!(pl->endpoints[i] = strdup(p->peers[i]->data_endpoint)))
+            goto fail_nomem;
+    *plan = pl;
+    return SHOAL_OK;
+fail_nomem:
+    sess_plan_destroy(&pl);
+    *why = "out of memory";
+    return shoal_fail(SHOAL_ERR_NOMEM, "out of memory converting an assignment");
+}

@@ -1,0 +1,63 @@
+/* sess_plan.h: the worker's plan (one assignment as plain C) and the session's protobuf edge:
+ * the pure conversion of an Assignment envelope into a plan, with every check a worker makes
+ * before it trusts one. Protobuf types stop here and in session.c; the training thread only
+ * ever sees sess_plan_t. */
+#ifndef SHOAL_WORKER_SESS_PLAN_H
+#define SHOAL_WORKER_SESS_PLAN_H
+
+#include <stdint.h>
+
+#include "err.h"
+#include "shoal.pb-c.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SESS_ID_MAX 65     /* run and worker ids (wire bound 64 + NUL) */
+#define SESS_TEXT_MAX 4097 /* paths, endpoints, reasons (wire bound 4096 + NUL) */
+
+typedef enum {
+    SESS_SOURCE_INIT = 0,
+    SESS_SOURCE_CHECKPOINT = 1,
+    SESS_SOURCE_PEER = 2
+} sess_source_t;
+
+/* One assignment, converted and checked (this worker is peers[rank], peers ordered by rank). */
+typedef struct {
+    char run_id[SESS_ID_MAX];
+    char run_name[SESS_ID_MAX];
+    uint64_t generation;
+    uint32_t dp, pp, ep;
+    int64_t start_step; /* >= 1 */
+    sess_source_t source;
+    int64_t ckpt_step; /* source CHECKPOINT: start_step - 1 */
+    char ckpt_path[SESS_TEXT_MAX];
+    uint32_t source_rank; /* source PEER */
+    uint32_t rank, nranks;
+    uint32_t replica, stage, ep_rank;
+    char **endpoints; /* nranks data endpoints, by rank */
+    int64_t lease;
+    char *spec_yaml;
+} sess_plan_t;
+
+/* Frees a plan from sess_plan_from_assignment (or a session event); idempotent, nulls *p. */
+void sess_plan_destroy(sess_plan_t **p);
+
+/* Converts the Assignment in `env` (a validated, borrowed envelope: wire_check bounds hold)
+ * into a new plan for the worker whose coordinator-given id is `self`. Pure: no state, no I/O,
+ * no logging. Checks, in this order: an assignment body with a plan and topology; plan run id
+ * equal to the envelope's; 1..COMM_MAX_RANKS peers with rank among them; start_step >= 1; a
+ * known state source; a CHECKPOINT source carries the checkpoint of start_step - 1; a PEER
+ * source_rank among the peers; a run spec; dp*pp*ep equal to the number of peers; peers ordered
+ * by rank, each with a data endpoint; peers[rank] is `self`.
+ * On success *plan is owned by the caller (sess_plan_destroy) and *why is NULL.
+ * Errors: SHOAL_ERR_INVALID when refused, with *why a static reason (the message too);
+ * SHOAL_ERR_NOMEM with *why "out of memory". *plan stays NULL on any error. */
+shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *self,
+                                      sess_plan_t **plan, const char **why);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
