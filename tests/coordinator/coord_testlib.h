@@ -22,6 +22,8 @@ typedef struct {
  * NULL) and waits until it answers a status request. Returns the pid (exits the test on failure).
  */
 pid_t tc_start(const char *dir, const char *yaml);
+/* tc_start with another coordinator binary; returns -1 (no exit) when it does not come up. */
+pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml);
 /* Sends `sig` and reaps; returns the wait status. */
 int tc_stop(pid_t pid, int sig);
 int tc_alive(pid_t pid);
@@ -50,6 +52,11 @@ typedef struct {
     /* envelope run id and generation of the last Drain, RunControl and Error received */
     char drain_run[64], control_run[64], error_run[64];
     uint64_t drain_gen, control_gen, error_gen;
+    /* the most this worker was ever told: highest plan generation, highest committed step,
+     * and whether a STOP of its run arrived (the durability test compares them with the disk) */
+    uint64_t max_gen;
+    int64_t max_committed;
+    int got_stop;
 } tc_worker_t;
 
 int tc_worker_open(tc_worker_t *w, const char *dir, const char *name);
