@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 log_level_t log_threshold = LOG_LVL_INFO;
 static char s_component[64] = "shoal";
 
@@ -34,12 +36,12 @@ void log_emit(log_level_t level, const char *fmt, ...)
 {
     static const char *const tags[] = {"ERROR", "WARN", "INFO", "DEBUG"};
     char line[2048];
-    struct timespec ts;
+    int64_t now_ms = clock_wall_ms();
+    time_t secs = (time_t)(now_ms / 1000);
     struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "%02d:%02d:%02d.%03ld %-5s %s: ", tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, tags[level], s_component);
+    gmtime_r(&secs, &tm);
+    int n = snprintf(line, sizeof line, "%02d:%02d:%02d.%03d %-5s %s: ", tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (int)(now_ms % 1000), tags[level], s_component);
     va_list ap;
     va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof line)

@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "runspec.h"
 #include "trainer.h"
@@ -32,13 +32,6 @@ static void s_format_eta(double seconds, char *buf, size_t cap)
         snprintf(buf, cap, "%ldm%02lds", s / 60, s % 60);
     else
         snprintf(buf, cap, "%lds", s);
-}
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void s_usage(FILE *f)
@@ -99,9 +92,10 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     const int64_t total = trainer_total_steps(t);
-    if (resumed > 0)
-        printf("resumed run %s from %s/step-%08lld\n", spec->name, spec->checkpoint_dir,
-               (long long)resumed);
+    char resumed_dir[PATH_MAX];
+    if (resumed > 0 &&
+        trainer_checkpoint_path(t, resumed, resumed_dir, sizeof resumed_dir) == SHOAL_OK)
+        printf("resumed run %s from %s\n", spec->name, resumed_dir);
     printf("training %s: %lld steps of %d x %d tokens, model %s (d %d, L %d, N %d, K %d)\n",
            spec->name, (long long)total, spec->global_batch, spec->seq_len, spec->model_preset,
            spec->model.hidden_size, spec->model.num_hidden_layers, spec->model.n_routed_experts,
@@ -109,7 +103,7 @@ int cmd_train(int argc, char **argv)
     fflush(stdout);
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
-    const double t_start = s_now();
+    const double t_start = clock_mono_s();
     double first_loss = -1, last_loss = 0, tokens_done = 0, busy = 0;
     int64_t steps_done = 0, last_ckpt = resumed;
     while (trainer_next_step(t) < total && !s_stop) {
@@ -160,7 +154,7 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "shoal-worker train: export: %s\n", shoal_errmsg());
         goto out;
     }
-    const double wall = s_now() - t_start;
+    const double wall = clock_mono_s() - t_start;
     if (s_stop)
         printf("interrupted at step %lld/%lld (resume by running the same command)\n",
                (long long)trainer_next_step(t), (long long)total);

@@ -31,10 +31,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
+#include "clock.h"
 #include "log.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -160,13 +160,6 @@ typedef struct {
     unsigned dropped;
     char why[200];
 } op_t;
-
-static uint64_t s_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static size_t s_div_up(size_t a, size_t b)
 {
@@ -985,7 +978,7 @@ static shoal_err_t s_progress(comm_t *c, op_t *op)
 {
     shoal_err_t rc = SHOAL_OK;
     comm_listener_t *l = c->l;
-    uint64_t last = s_now_ns();
+    uint64_t last = clock_mono_ns();
     uint64_t timeout_ns = (uint64_t)c->timeout_ms * 1000000ull;
 
     /* Early messages of this op, kept while we were behind. */
@@ -1041,11 +1034,11 @@ static shoal_err_t s_progress(comm_t *c, op_t *op)
                 break;
             moved = true;
             if (accepted)
-                last = s_now_ns();
+                last = clock_mono_ns();
         }
         if (s_done(c, op))
             return SHOAL_OK;
-        uint64_t now = s_now_ns();
+        uint64_t now = clock_mono_ns();
         if (now - last >= timeout_ns)
             return s_timeout(c, op, (now - last) / 1000000ull);
         if (moved)

@@ -1,20 +1,16 @@
 /* main.c: shoal-worker. `train` and `grads` run in this process; the daemon mode serves a
  * coordinator. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
+#include "numparse.h"
 
 int commands_parse_count(const char *arg)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || end == arg || *end || v < 1 || v > (1L << 30))
-        return -1;
-    return (int)v;
+    int v;
+    return numparse_int(arg, 1, 1 << 30, &v) == SHOAL_OK ? v : -1;
 }
 
 static void s_usage(FILE *f)

@@ -5,9 +5,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ckpt.h"
+#include "clock.h"
 #include "data.h"
 #include "log.h"
 #include "model.h"
@@ -31,13 +31,6 @@ struct trainer {
     double compute_seconds;
     ckpt_writer_t *writer;
 };
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 shoal_err_t trainer_new(const runspec_t *spec, const char *ckpt_root, trainer_t **out)
 {
@@ -195,7 +188,7 @@ shoal_err_t trainer_compute(trainer_t *t, int rank, int nranks)
         return shoal_fail(SHOAL_ERR_STATE, "trainer: all %d steps are done", t->spec.steps);
     if (nranks < 1 || rank < 0 || rank >= nranks)
         return shoal_fail(SHOAL_ERR_INVALID, "trainer: rank %d of %d", rank, nranks);
-    const double t0 = s_now();
+    const double t0 = clock_mono_s();
     const int G = t->spec.global_batch, mb = t->spec.micro_batch, T = t->spec.seq_len;
     const int n_micro = G / mb;
     const float scale = (float)(1.0 / ((double)G * T));
@@ -215,7 +208,7 @@ shoal_err_t trainer_compute(trainer_t *t, int rank, int nranks)
     for (int64_t e = 0; e < t->n_counts; e++)
         t->reduce[np + e] = (float)t->counts[e];
     t->reduce[t->n_reduce - 1] = (float)loss_sum;
-    t->compute_seconds = s_now() - t0;
+    t->compute_seconds = clock_mono_s() - t0;
     return SHOAL_OK;
 }
 
@@ -227,7 +220,7 @@ float *trainer_reduce_buffer(trainer_t *t, size_t *n)
 
 shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
 {
-    const double t0 = s_now();
+    const double t0 = clock_mono_s();
     const runspec_t *sp = &t->spec;
     const int64_t np = t->lay.n_params, k = t->next_step;
     float *g = t->reduce;
@@ -272,7 +265,7 @@ shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
                                       .loss = loss,
                                       .lr = lr,
                                       .grad_norm = norm,
-                                      .step_seconds = t->compute_seconds + (s_now() - t0),
+                                      .step_seconds = t->compute_seconds + (clock_mono_s() - t0),
                                       .tokens = tokens};
     }
     return SHOAL_OK;
@@ -400,9 +393,5 @@ void trainer_init_fresh(trainer_t *t)
 
 shoal_err_t trainer_checkpoint_path(const trainer_t *t, int64_t step, char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "%s/step-%08lld", t->ckpt_root, (long long)step);
-    if (n < 0 || (size_t)n >= cap)
-        return shoal_fail(SHOAL_ERR_INVALID, "checkpoint path of step %lld under %s is too long",
-                          (long long)step, t->ckpt_root);
-    return SHOAL_OK;
+    return ckpt_step_dir(t->ckpt_root, step, out, cap);
 }

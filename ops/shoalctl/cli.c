@@ -1,11 +1,11 @@
 /* cli.c: shoalctl's shared mechanics: option parsing, error reporting with exit codes, JSON
  * field access and output, aligned tables. */
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "numparse.h"
 #include "shoalctl.h"
 
 int ctl_usage_error(const ctl_opts_t *o, const char *usage, const char *fmt, ...)
@@ -32,10 +32,8 @@ int ctl_error(const ctl_opts_t *o, const char *fmt, ...)
 
 static bool s_parse_timeout(const char *s, int *ms)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v > 0) || v > 86400)
+    double v;
+    if (numparse_double(s, &v) != SHOAL_OK || !(v > 0) || v > 86400)
         return false;
     *ms = (int)ceil(v * 1000.0);
     return true;

@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include <zmq.h>
 
+#include "clock.h"
 #include "wire.h"
 
 struct ctl_client {
@@ -108,13 +108,6 @@ const char *ctl_client_endpoint(const ctl_client_t *c)
     return c->endpoint;
 }
 
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static shoal_err_t s_connect(ctl_client_t *c)
 {
     if (c->sock)
@@ -196,7 +189,7 @@ static shoal_err_t s_request(ctl_client_t *c, Shoal__Envelope *env, ctl_reply_t 
     shoal_err_t rc = s_connect(c);
     if (rc != SHOAL_OK)
         return rc;
-    int64_t deadline = s_now_ms() + c->timeout_ms;
+    int64_t deadline = clock_mono_ms() + c->timeout_ms;
     uint64_t seq = ++c->seq;
     env->run_id = (char *)"";
     env->sender = (char *)"ctl";
@@ -216,7 +209,7 @@ static shoal_err_t s_request(ctl_client_t *c, Shoal__Envelope *env, ctl_reply_t 
         return shoal_fail_context(rc, "sending to %s", c->endpoint);
     }
     for (;;) {
-        int64_t left = deadline - s_now_ms();
+        int64_t left = deadline - clock_mono_ms();
         if (left <= 0)
             break;
         zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};

@@ -1,11 +1,12 @@
 /* events.c: `shoalctl events RUN`: the run's ledger, oldest first: every decision the
  * coordinator made (submit, plans, joins, deaths, checkpoint commits, ...). */
-#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
+#include "numparse.h"
 #include "shoalctl.h"
 
 static const char s_usage[] =
@@ -23,16 +24,6 @@ static void s_on_signal(int sig)
 {
     (void)sig;
     s_stop = 1;
-}
-
-static bool s_parse_u64(const char *s, unsigned long long max, unsigned long long *v)
-{
-    char *end;
-    errno = 0;
-    if (!s || s[0] == '-')
-        return false;
-    *v = strtoull(s, &end, 10);
-    return !errno && end != s && !*end && *v <= max;
 }
 
 /* The entries array of the answer: {"events": [...]}, {"entries": [...]} or a bare array. */
@@ -83,11 +74,11 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
         return ex < 0 ? CTL_EXIT_OK : ex;
     if (n_pos != 1)
         return ctl_usage_error(o, s_usage, "expected one RUN");
-    unsigned long long since = 0, limit = 0;
-    if (since_s && !s_parse_u64(since_s, UINT64_MAX, &since))
+    uint64_t since = 0, limit = 0;
+    if (since_s && numparse_u64(since_s, UINT64_MAX, &since) != SHOAL_OK)
         return ctl_usage_error(o, s_usage, "--since: expected a ledger seq >= 0, got '%s'",
                                since_s);
-    if (limit_s && (!s_parse_u64(limit_s, 1000000, &limit) || limit == 0))
+    if (limit_s && (numparse_u64(limit_s, 1000000, &limit) != SHOAL_OK || limit == 0))
         return ctl_usage_error(o, s_usage, "--limit: expected 1..1000000, got '%s'", limit_s);
 
     if (follow) {
@@ -125,8 +116,8 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
             if (o->json && !follow)
                 json_array_append(all, e);
             long long seq = ctl_json_int(e, "seq", 0);
-            if (seq > 0 && (unsigned long long)seq > since)
-                since = (unsigned long long)seq;
+            if (seq > 0 && (uint64_t)seq > since)
+                since = (uint64_t)seq;
             n++;
         }
         json_decref(doc);
@@ -135,10 +126,8 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
          * with it, one answer is the whole result. --follow polls until interrupted. */
         if (!follow && (limit > 0 || n < 1000))
             break;
-        if (follow && n == 0) {
-            struct timespec ts = {1, 0};
-            nanosleep(&ts, NULL);
-        }
+        if (follow && n == 0)
+            clock_sleep_ms(1000);
         if (s_stop)
             break;
     }

@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "comm.h"
 #include "log.h"
 
@@ -22,13 +22,6 @@
 
 static const size_t s_sizes[NSIZES] = {1u << 20, 16u << 20, 64u << 20};
 static const int s_iters[NSIZES] = {30, 6, 3};
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static int s_io(int fd, void *buf, size_t n, int writing)
 {
@@ -82,12 +75,12 @@ static void s_rank(int rank, int nranks, int up, int down, size_t chunk)
             goto fail;
         if (comm_barrier(c, ++step) != SHOAL_OK)
             goto fail;
-        double t0 = s_now();
+        double t0 = clock_mono_s();
         for (int it = 0; it < s_iters[s]; it++) {
             if (comm_allreduce_sum_f32(c, buf, n, ++step) != SHOAL_OK)
                 goto fail;
         }
-        secs[s] = (s_now() - t0) / s_iters[s];
+        secs[s] = (clock_mono_s() - t0) / s_iters[s];
         /* After 1 + iters reductions of (r+1) values: sum * nranks^iters. */
         float want = (float)(nranks * (nranks + 1) / 2);
         for (int it = 0; it < s_iters[s]; it++)
@@ -97,12 +90,12 @@ static void s_rank(int rank, int nranks, int up, int down, size_t chunk)
                 secs[s] = -1;
         if (comm_barrier(c, ++step) != SHOAL_OK)
             goto fail;
-        t0 = s_now();
+        t0 = clock_mono_s();
         for (int it = 0; it < s_iters[s]; it++) {
             if (comm_broadcast(c, buf, s_sizes[s], 0, ++step) != SHOAL_OK)
                 goto fail;
         }
-        secs[NSIZES + s] = (s_now() - t0) / s_iters[s];
+        secs[NSIZES + s] = (clock_mono_s() - t0) / s_iters[s];
         free(buf);
     }
     s_io(up, secs, sizeof secs, 1);
@@ -168,12 +161,12 @@ static double s_memcpy_bw(size_t bytes)
     double best = 1e30;
     int reps = bytes <= (1u << 20) ? 200 : 10;
     for (int k = 0; k < 5; k++) {
-        double t0 = s_now();
+        double t0 = clock_mono_s();
         for (int i = 0; i < reps; i++) {
             memcpy(b, a, bytes);
             __asm__ __volatile__("" : : "r"(b) : "memory");
         }
-        double t = (s_now() - t0) / reps;
+        double t = (clock_mono_s() - t0) / reps;
         if (t < best)
             best = t;
     }

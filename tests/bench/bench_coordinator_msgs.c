@@ -12,11 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <zmq.h>
 
+#include "clock.h"
 #include "config.h"
 #include "coord.h"
 #include "log.h"
@@ -28,13 +28,6 @@ static void s_on_term(int sig)
 {
     (void)sig;
     s_stop = 1;
-}
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static void s_pin(int cpu)
@@ -187,13 +180,13 @@ int main(int argc, char **argv)
         }
     }
     unsigned long long acks = 0;
-    double t0 = s_now(), end = t0 + seconds, cpu0 = s_cpu_seconds(pid);
+    double t0 = clock_mono_s(), end = t0 + seconds, cpu0 = s_cpu_seconds(pid);
     for (int i = 0; i < n; i++)
         for (int k = 0; k < window; k++) {
             zmq_send(socks[i], hb[i], hb_len[i], 0);
             inflight[i]++;
         }
-    while (s_now() < end) {
+    while (clock_mono_s() < end) {
         if (zmq_poll(items, n, 100) <= 0)
             continue;
         for (int i = 0; i < n; i++) {
@@ -206,7 +199,7 @@ int main(int argc, char **argv)
             }
         }
     }
-    double dt = s_now() - t0, cpu = s_cpu_seconds(pid) - cpu0;
+    double dt = clock_mono_s() - t0, cpu = s_cpu_seconds(pid) - cpu0;
     printf("bench_coordinator_msgs: %d workers, window %d, %.1f s: %llu heartbeat+ack, "
            "%.0f heartbeat+ack/s (coordinator pinned to one core, busy %.0f%%: %.0f/s per "
            "busy core-second)\n",

@@ -6,16 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "moe.h"
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static float *s_randn(size_t n, float scale, unsigned *seed)
 {
@@ -33,9 +26,9 @@ static double s_sgemm_gflops(int M, int N, int K)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
     double best = 0;
     for (int r = 0; r < 5; r++) {
-        double t0 = s_now();
+        double t0 = clock_mono_s();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1, a, K, b, K, 0, c, N);
-        double g = 2.0 * M * N * K / (s_now() - t0) / 1e9;
+        double g = 2.0 * M * N * K / (clock_mono_s() - t0) / 1e9;
         best = g > best ? g : best;
     }
     free(a);
@@ -83,10 +76,10 @@ int main(int argc, char **argv)
     moe_backward(&c, &w, u, &sv, dy, &sc, du, &g);
     double best = 1e30;
     for (int r = 0; r < 5; r++) {
-        double t0 = s_now();
+        double t0 = clock_mono_s();
         moe_forward(&c, &w, u, M, &sv, y, counts);
         moe_backward(&c, &w, u, &sv, dy, &sc, du, &g);
-        double dt = s_now() - t0;
+        double dt = clock_mono_s() - t0;
         best = dt < best ? dt : best;
     }
     const double moe_gflops = flops / best / 1e9;

@@ -18,11 +18,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ckpt.h"
 #include "ckpt_testutil.h"
+#include "clock.h"
 #include "log.h"
 #include "sha256.h"
 
@@ -496,8 +496,7 @@ static void test_sigkill_while_writing(void **state)
                     _exit(3);
             }
         }
-        struct timespec ts = {0, delays_ms[round] * 1000000L};
-        nanosleep(&ts, NULL);
+        clock_sleep_ms(delays_ms[round]);
         assert_int_equal(kill(pid, SIGKILL), 0);
         int status = 0;
         assert_int_equal(waitpid(pid, &status, 0), pid);

@@ -14,6 +14,8 @@
 
 #include <zmq.h>
 
+#include "clock.h"
+
 static void *s_ctx;
 
 static void *s_zctx(void)
@@ -25,15 +27,7 @@ static void *s_zctx(void)
 
 void tc_sleep_ms(int ms)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    clock_sleep_ms(ms);
 }
 
 void tc_worker_endpoint(const char *dir, char *buf, size_t cap)
@@ -47,14 +41,6 @@ void tc_control_endpoint(const char *dir, char *buf, size_t cap)
 }
 
 pid_t tc_start(const char *dir, const char *yaml)
-{
-    pid_t pid = tc_start_bin(SHOAL_COORDINATOR_BIN, dir, yaml);
-    if (pid < 0)
-        exit(1);
-    return pid;
-}
-
-pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml)
 {
     char cfg[512], listen[300], log[512];
     snprintf(cfg, sizeof cfg, "%s/coordinator.yaml", dir);
@@ -78,7 +64,7 @@ pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml)
             dup2(fd, 2);
             close(fd);
         }
-        execl(bin, "shoal-coordinator", "--state-dir", dir, "--listen", listen,
+        execl(SHOAL_COORDINATOR_BIN, "shoal-coordinator", "--state-dir", dir, "--listen", listen,
               "--config", cfg, (char *)NULL);
         _exit(127);
     }
@@ -91,13 +77,12 @@ pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml)
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             fprintf(stderr, "coordinator exited during start (see %s)\n", log);
-            return -1;
+            exit(1);
         }
     }
     fprintf(stderr, "coordinator did not answer (see %s)\n", log);
     kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
+    exit(1);
 }
 
 int tc_stop(pid_t pid, int sig)
@@ -265,8 +250,6 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         w->source_rank = (int)a->plan->source_rank;
         w->lease = a->lease;
         w->n_assignments++;
-        if (w->gen > w->max_gen)
-            w->max_gen = w->gen;
         if (ctx->want_seq == (uint64_t)-1)
             ctx->answered = 1;
         break;
@@ -275,8 +258,6 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         if (strcmp(env->run_id, w->run) == 0 && env->generation == w->gen) {
             w->committed = env->step_commit->step;
             w->lease = env->step_commit->lease;
-            if (w->committed > w->max_committed)
-                w->max_committed = w->committed;
         }
         break;
     case SHOAL__MSG_TYPE__MSG_RUN_CONTROL:
@@ -285,7 +266,6 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         w->control_gen = env->generation;
         if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP &&
             strcmp(env->run_id, w->run) == 0) {
-            w->got_stop = 1;
             w->run[0] = 0;
             w->rank = -1;
         }
@@ -316,9 +296,9 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
 
 static void s_pump_until(tc_worker_t *w, s_wctx_t *ctx, int ms)
 {
-    int64_t until = s_now_ms() + ms;
+    int64_t until = clock_mono_ms() + ms;
     while (!ctx->answered) {
-        int64_t left = until - s_now_ms();
+        int64_t left = until - clock_mono_ms();
         if (left <= 0)
             break;
         zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};

@@ -6,10 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cuda_runtime.h>
 
+#include "clock.h"
 #include "err.h"
 
 #define CK(call)                                                                                   \
@@ -30,23 +30,16 @@
         }                                                                                          \
     } while (0)
 
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Timing helpers for --bench: the CPU body and the GPU body are run `reps` times. */
 #define BENCH(name, reps, cpu_body, gpu_body)                                                      \
     do {                                                                                           \
         if (!s_bench)                                                                              \
             break;                                                                                 \
-        double t0_ = s_now();                                                                      \
+        double t0_ = clock_mono_s();                                                               \
         for (int r_ = 0; r_ < (reps); r_++) {                                                      \
             cpu_body;                                                                              \
         }                                                                                          \
-        double cpu_ms_ = (s_now() - t0_) * 1e3 / (reps);                                           \
+        double cpu_ms_ = (clock_mono_s() - t0_) * 1e3 / (reps);                                    \
         cudaEvent_t a_, b_;                                                                        \
         CK(cudaEventCreate(&a_));                                                                  \
         CK(cudaEventCreate(&b_));                                                                  \

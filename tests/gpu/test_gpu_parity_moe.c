@@ -649,21 +649,21 @@ static int test_moe(int M, int d, int fe, int ns, int N, int K, int G, int TG)
     s_result_free(&r2);
     if (s_bench) {
         const int reps = 10;
-        double t0 = s_now();
+        double t0 = clock_mono_s();
         for (int i = 0; i < reps; i++) {
             moe_forward(&c, &w, u, M, &sv, y, counts);
             moe_backward(&c, &w, u, &sv, dy, &sc, du, &g);
         }
-        double cpu_ms = (s_now() - t0) * 1e3 / reps;
+        double cpu_ms = (clock_mono_s() - t0) * 1e3 / reps;
         moe_result_t rb = s_moe_gpu(&c, &w_d, u_d, M, dy_d, grad0, counts0, &l, 1); /* warm */
         s_result_free(&rb);
         CK(cudaDeviceSynchronize());
-        t0 = s_now();
+        t0 = clock_mono_s();
         rb = s_moe_gpu(&c, &w_d, u_d, M, dy_d, grad0, counts0, &l, reps);
         CK(cudaDeviceSynchronize());
         s_result_free(&rb);
         /* includes one alloc/free + downloads; the forward's offsets sync is real anyway */
-        double gpu_ms = (s_now() - t0) * 1e3 / reps;
+        double gpu_ms = (clock_mono_s() - t0) * 1e3 / reps;
         printf("  BENCH %-30s cpu %9.4f ms  gpu %9.4f ms  speedup %7.1fx (gpu upper bound)\n",
                "moe forward+backward", cpu_ms, gpu_ms, cpu_ms / gpu_ms);
     }

@@ -12,18 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zmq.h>
 
+#include "clock.h"
 #include "shoal.pb-c.h"
 #include "wire.h"
-
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 typedef struct {
     char run_id[80];
@@ -166,9 +159,9 @@ static int s_proxy(const char *front_ep, const char *back_ep, int seconds)
     uint8_t *last = NULL;
     size_t last_len = 0;
     s_seen_t seen = {0};
-    const int64_t end = s_now_ms() + (int64_t)seconds * 1000;
+    const int64_t end = clock_mono_ms() + (int64_t)seconds * 1000;
     int64_t next_inject = 0;
-    while (s_now_ms() < end) {
+    while (clock_mono_ms() < end) {
         zmq_pollitem_t items[2] = {{front, 0, ZMQ_POLLIN, 0}, {back, 0, ZMQ_POLLIN, 0}};
         zmq_poll(items, 2, 10);
         if (items[0].revents & ZMQ_POLLIN) { /* worker -> coordinator: [id][payload] */
@@ -200,11 +193,11 @@ static int s_proxy(const char *front_ep, const char *back_ep, int seconds)
             }
             zmq_msg_close(&m);
         }
-        if (have_id && seen.run_id[0] && s_now_ms() >= next_inject) {
+        if (have_id && seen.run_id[0] && clock_mono_ms() >= next_inject) {
             s_inject(front, &id, &seen, kind, last, last_len);
             kind = (kind + 1) % 9;
             injected++;
-            next_inject = s_now_ms() + 40;
+            next_inject = clock_mono_ms() + 40;
         }
     }
     printf("injected %d\n", injected);
@@ -245,10 +238,10 @@ static int s_data(const char *ep, int seconds)
         fprintf(stderr, "itest_hostile: connect %s: %s\n", ep, zmq_strerror(zmq_errno()));
         return 1;
     }
-    const int64_t end = s_now_ms() + (int64_t)seconds * 1000;
+    const int64_t end = clock_mono_ms() + (int64_t)seconds * 1000;
     int sent = 0, kind = 0;
     uint8_t buf[72 + 64];
-    while (s_now_ms() < end) {
+    while (clock_mono_ms() < end) {
         size_t n = sizeof buf;
         for (size_t i = 0; i < sizeof buf; i++)
             buf[i] = (uint8_t)rand();
@@ -265,8 +258,7 @@ static int s_data(const char *ep, int seconds)
         zmq_send(push, buf, n, ZMQ_DONTWAIT);
         sent++;
         kind = (kind + 1) % 8;
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        clock_sleep_ms(5);
     }
     printf("sent %d\n", sent);
     zmq_close(push);

@@ -10,21 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 #include <zmq.h>
 
+#include "clock.h"
 #include "shoalctl.h"
 #include "wire.h"
-
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- a ROUTER answering in a chosen way, on its own thread ---- */
 typedef enum {
@@ -149,17 +142,17 @@ static void test_absent_endpoint_times_out(void **state)
     ctl_client_t *c = ctl_client_new(ep, 300);
     assert_non_null(c);
     ctl_reply_t r = {0};
-    int64_t t0 = s_now_ms();
+    int64_t t0 = clock_mono_ms();
     assert_int_equal(ctl_client_status(c, "", &r), SHOAL_ERR_TIMEOUT);
-    int64_t dt = s_now_ms() - t0;
+    int64_t dt = clock_mono_ms() - t0;
     assert_true(dt >= 250 && dt < 2000);
     assert_non_null(strstr(shoal_errmsg(), ep));
     assert_non_null(strstr(shoal_errmsg(), "unreachable"));
     assert_null(r.json);
     /* The client is usable again after a timeout (a fresh socket, same bound). */
-    t0 = s_now_ms();
+    t0 = clock_mono_ms();
     assert_int_equal(ctl_client_workers(c, &r), SHOAL_ERR_TIMEOUT);
-    assert_true(s_now_ms() - t0 < 2000);
+    assert_true(clock_mono_ms() - t0 < 2000);
     ctl_client_destroy(&c);
     ctl_client_destroy(&c); /* idempotent */
     assert_null(c);
