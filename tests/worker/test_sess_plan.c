@@ -1,11 +1,13 @@
 /* test_sess_plan: the worker's protobuf edge (sess_plan_from_assignment): a valid data-parallel
  * assignment converted field by field, each refusal reason with its message, and the same plan
  * after a round trip through wire_pack / wire_decode. */
-#include <cmocka.h>
+/* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <cmocka.h>
 
 #include <stdio.h>
 #include <stdlib.h>
