@@ -37,7 +37,7 @@ static atomic_int s_saves_in_flight;
 /* ---- names ----------------------------------------------------------------------------- */
 
 /* "step-" followed by at least 8 decimal digits and nothing else. */
-static int s_parse_step_name(const char *name, int64_t *step)
+int ckpt_step_dir_parse(const char *name, int64_t *step)
 {
     if (strncmp(name, "step-", 5) != 0)
         return 0;
@@ -47,6 +47,28 @@ static int s_parse_step_name(const char *name, int64_t *step)
         return 0;
     *step = strtoll(p, NULL, 10);
     return 1;
+}
+
+shoal_err_t ckpt_step_dir_name(int64_t step, char *out, size_t cap)
+{
+    if (step < 0)
+        return shoal_fail(SHOAL_ERR_INVALID, "checkpoint step %lld < 0", (long long)step);
+    int n = snprintf(out, cap, "step-%08" PRId64, step);
+    if (n < 0 || (size_t)n >= cap)
+        return shoal_fail(SHOAL_ERR_INVALID, "checkpoint name of step %lld is too long",
+                          (long long)step);
+    return SHOAL_OK;
+}
+
+shoal_err_t ckpt_step_dir(const char *root, int64_t step, char *out, size_t cap)
+{
+    if (step < 0)
+        return shoal_fail(SHOAL_ERR_INVALID, "checkpoint step %lld < 0", (long long)step);
+    int n = snprintf(out, cap, "%s/step-%08" PRId64, root, step);
+    if (n < 0 || (size_t)n >= cap)
+        return shoal_fail(SHOAL_ERR_INVALID, "checkpoint path of step %lld under %s is too long",
+                          (long long)step, root);
+    return SHOAL_OK;
 }
 
 /* The pid at the end of ".tmp-...-<pid>", or -1 when the name does not end so. */
@@ -94,10 +116,11 @@ shoal_err_t ckpt_list(const char *root, int64_t *steps, int cap, int *count)
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         int64_t step;
-        if (!s_parse_step_name(e->d_name, &step))
+        if (!ckpt_step_dir_parse(e->d_name, &step))
             continue;
         char path[PATH_MAX];
-        if (fsutil_path(path, sizeof path, "%s/%s/manifest.json", root, e->d_name) != SHOAL_OK)
+        if (fsutil_path(path, sizeof path, "%s/%s/" CKPT_MANIFEST_NAME, root, e->d_name) !=
+            SHOAL_OK)
             continue;
         /* Committed dirs always hold a manifest (it is written before the rename); anything
          * else named step-* was not made by ckpt_save. */
@@ -146,7 +169,7 @@ shoal_err_t ckpt_latest(const char *root, int64_t *step, char *path, size_t cap)
         int last = (n2 < n ? n2 : n) - 1;
         *step = steps[last];
         if (path && cap)
-            rc = fsutil_path(path, cap, "%s/step-%08" PRId64, root, steps[last]);
+            rc = ckpt_step_dir(root, steps[last], path, cap);
     }
     free(steps);
     return rc;
@@ -201,9 +224,9 @@ static shoal_err_t s_prune(const char *root, int keep, int64_t current)
     int drop = others - (keep - 1);
     for (int i = 0; rc == SHOAL_OK && i < drop; i++) {
         char from[PATH_MAX], to[PATH_MAX];
-        rc = fsutil_path(from, sizeof from, "%s/step-%08" PRId64, root, steps[i]);
+        rc = ckpt_step_dir(root, steps[i], from, sizeof from);
         if (rc == SHOAL_OK)
-            rc = fsutil_path(to, sizeof to, "%s/.tmp-del-step-%08" PRId64 "-%ld", root, steps[i],
+            rc = fsutil_path(to, sizeof to, "%s/.tmp-del-%s-%ld", root, strrchr(from, '/') + 1,
                              (long)getpid());
         if (rc == SHOAL_OK)
             rc = fsutil_rename(from, to);
@@ -285,7 +308,7 @@ static shoal_err_t s_write_manifest(const char *dir, int64_t step)
         rc = shoal_fail(SHOAL_ERR_NOMEM, "%s: manifest: out of memory", dir);
         goto out;
     }
-    SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/manifest.json", dir), rc, out);
+    SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/" CKPT_MANIFEST_NAME, dir), rc, out);
     rc = fsutil_write_file(path, text, strlen(text));
 out:
     free(text);
@@ -337,12 +360,12 @@ shoal_err_t ckpt_save(const char *root, int64_t step, const model_config_t *cfg,
     json_decref(probe);
 
     atomic_fetch_add(&s_saves_in_flight, 1);
-    char name[64], tmp[PATH_MAX], final[PATH_MAX], path[PATH_MAX];
-    snprintf(name, sizeof name, ".tmp-step-%08lld-%ld", (long long)step, (long)getpid());
+    char step_name[32], name[64], tmp[PATH_MAX], final[PATH_MAX], path[PATH_MAX];
     shoal_err_t rc;
+    SHOAL_CHECK_GOTO(ckpt_step_dir_name(step, step_name, sizeof step_name), rc, fail);
+    snprintf(name, sizeof name, ".tmp-%s-%ld", step_name, (long)getpid());
     SHOAL_CHECK_GOTO(fsutil_path(tmp, sizeof tmp, "%s/%s", root, name), rc, fail);
-    SHOAL_CHECK_GOTO(fsutil_path(final, sizeof final, "%s/step-%08lld", root, (long long)step), rc,
-                     fail);
+    SHOAL_CHECK_GOTO(ckpt_step_dir(root, step, final, sizeof final), rc, fail);
     SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/optimizer.safetensors", tmp), rc, fail);
     SHOAL_CHECK_GOTO(fsutil_mkdir_p(root), rc, fail);
     s_remove_stale(root, name); /* before writing: frees the space of crashed writes */
@@ -379,10 +402,10 @@ fail:
 
 /* ---- loading --------------------------------------------------------------------------- */
 
-static shoal_err_t s_verify_manifest(const char *dir)
+shoal_err_t ckpt_manifest_read(const char *dir, ckpt_manifest_t *m)
 {
-    char mpath[PATH_MAX], path[PATH_MAX];
-    shoal_err_t rc = fsutil_path(mpath, sizeof mpath, "%s/manifest.json", dir);
+    char mpath[PATH_MAX];
+    shoal_err_t rc = fsutil_path(mpath, sizeof mpath, "%s/" CKPT_MANIFEST_NAME, dir);
     if (rc != SHOAL_OK)
         return rc;
     if (!s_exists(mpath))
@@ -394,11 +417,20 @@ static shoal_err_t s_verify_manifest(const char *dir)
         return shoal_fail(SHOAL_ERR_FORMAT, "%s:%d:%d: %s", mpath, jerr.line, jerr.column,
                           jerr.text);
     json_t *files = json_object_get(root, "files");
+    json_t *jstep = json_object_get(root, "step");
     const char *fmt = json_string_value(json_object_get(root, "format"));
-    if (!fmt || strcmp(fmt, S_MANIFEST_FORMAT) != 0 || !json_is_array(files)) {
+    if (!fmt || strcmp(fmt, S_MANIFEST_FORMAT) != 0 || !json_is_array(files) ||
+        (jstep && (!json_is_integer(jstep) || json_integer_value(jstep) < 0))) {
         rc = shoal_fail(SHOAL_ERR_FORMAT, "%s: not a %s manifest", mpath, S_MANIFEST_FORMAT);
         goto out;
     }
+    if (json_array_size(files) > CKPT_MANIFEST_MAX_FILES) {
+        rc = shoal_fail(SHOAL_ERR_FORMAT, "%s: %zu files listed (at most %d)", mpath,
+                        json_array_size(files), CKPT_MANIFEST_MAX_FILES);
+        goto out;
+    }
+    m->step = jstep ? (int64_t)json_integer_value(jstep) : -1;
+    m->n_files = 0;
     int seen[S_NFILES] = {0};
     size_t i;
     json_t *ent;
@@ -407,37 +439,20 @@ static shoal_err_t s_verify_manifest(const char *dir)
         const char *name = json_string_value(json_object_get(ent, "name"));
         json_t *jsize = json_object_get(ent, "size");
         const char *hex = json_string_value(json_object_get(ent, "sha256"));
-        uint8_t want[SHA256_LEN], got[SHA256_LEN];
+        uint8_t digest[SHA256_LEN];
         if (!name || !name[0] || strchr(name, '/') || strcmp(name, "..") == 0 ||
-            !json_is_integer(jsize) || json_integer_value(jsize) < 0 || !hex ||
-            sha256_from_hex(hex, want) != SHOAL_OK) {
+            strlen(name) >= CKPT_FILE_NAME_MAX || !json_is_integer(jsize) ||
+            json_integer_value(jsize) < 0 || !hex || sha256_from_hex(hex, digest) != SHOAL_OK) {
             rc = shoal_fail(SHOAL_ERR_FORMAT, "%s: files[%zu] is malformed", mpath, i);
             goto out;
         }
         for (int k = 0; k < S_NFILES; k++)
             if (strcmp(name, s_files[k]) == 0)
                 seen[k] = 1;
-        SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/%s", dir, name), rc, out);
-        uint64_t size = 0, want_size = (uint64_t)json_integer_value(jsize);
-        if (fsutil_file_size(path, &size) != SHOAL_OK) {
-            rc = shoal_fail(SHOAL_ERR_FORMAT, "%s: listed in manifest.json but missing", path);
-            goto out;
-        }
-        if (size != want_size) {
-            rc = shoal_fail(SHOAL_ERR_FORMAT,
-                            "%s: %llu bytes but manifest.json says %llu (truncated or altered)",
-                            path, (unsigned long long)size, (unsigned long long)want_size);
-            goto out;
-        }
-        SHOAL_CHECK_GOTO(sha256_file(path, got, NULL), rc, out);
-        if (memcmp(got, want, SHA256_LEN) != 0) {
-            char hgot[SHA256_HEX_LEN + 1];
-            sha256_hex(got, hgot);
-            rc = shoal_fail(SHOAL_ERR_FORMAT,
-                            "%s: SHA-256 %s does not match manifest.json (%s): file altered", path,
-                            hgot, hex);
-            goto out;
-        }
+        ckpt_file_t *f = &m->files[m->n_files++];
+        snprintf(f->name, sizeof f->name, "%s", name);
+        snprintf(f->sha256, sizeof f->sha256, "%s", hex);
+        f->size = (uint64_t)json_integer_value(jsize);
     }
     for (int k = 0; k < S_NFILES; k++)
         if (!seen[k]) {
@@ -446,6 +461,48 @@ static shoal_err_t s_verify_manifest(const char *dir)
         }
 out:
     json_decref(root);
+    return rc;
+}
+
+/* Checks every file the manifest lists: present, its size, then its SHA-256. */
+static shoal_err_t s_verify_files(const char *dir, const ckpt_manifest_t *m)
+{
+    char path[PATH_MAX];
+    shoal_err_t rc = SHOAL_OK;
+    for (int i = 0; i < m->n_files; i++) {
+        const ckpt_file_t *f = &m->files[i];
+        uint8_t want[SHA256_LEN], got[SHA256_LEN];
+        uint64_t size = 0;
+        SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/%s", dir, f->name), rc, out);
+        if (fsutil_file_size(path, &size) != SHOAL_OK)
+            return shoal_fail(SHOAL_ERR_FORMAT, "%s: listed in manifest.json but missing", path);
+        if (size != f->size)
+            return shoal_fail(SHOAL_ERR_FORMAT,
+                              "%s: %llu bytes but manifest.json says %llu (truncated or altered)",
+                              path, (unsigned long long)size, (unsigned long long)f->size);
+        SHOAL_CHECK_GOTO(sha256_from_hex(f->sha256, want), rc, out);
+        SHOAL_CHECK_GOTO(sha256_file(path, got, NULL), rc, out);
+        if (memcmp(got, want, SHA256_LEN) != 0) {
+            char hgot[SHA256_HEX_LEN + 1];
+            sha256_hex(got, hgot);
+            return shoal_fail(SHOAL_ERR_FORMAT,
+                              "%s: SHA-256 %s does not match manifest.json (%s): file altered",
+                              path, hgot, f->sha256);
+        }
+    }
+out:
+    return rc;
+}
+
+static shoal_err_t s_verify_manifest(const char *dir)
+{
+    ckpt_manifest_t *m = malloc(sizeof *m);
+    if (!m)
+        return shoal_fail(SHOAL_ERR_NOMEM, "%s: out of memory", dir);
+    shoal_err_t rc = ckpt_manifest_read(dir, m);
+    if (rc == SHOAL_OK)
+        rc = s_verify_files(dir, m);
+    free(m);
     return rc;
 }
 

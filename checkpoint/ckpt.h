@@ -20,6 +20,45 @@
 extern "C" {
 #endif
 
+/* ---- layout: the one home of every fact about a checkpoint's names and manifest ---------- */
+
+#define CKPT_MANIFEST_NAME "manifest.json"
+#define CKPT_MANIFEST_MAX_FILES 16 /* entries of one manifest (ckpt_save writes 4) */
+#define CKPT_FILE_NAME_MAX 256     /* a file name in a manifest, with its NUL */
+
+/* The directory name of a step's checkpoint, "step-<8+ digit step>", into out[cap].
+ * SHOAL_ERR_INVALID when step < 0 or cap is too small. */
+shoal_err_t ckpt_step_dir_name(int64_t step, char *out, size_t cap);
+
+/* The directory of a step's checkpoint under `root`: "<root>/step-<8+ digit step>".
+ * SHOAL_ERR_INVALID when step < 0 or the path does not fit in cap. */
+shoal_err_t ckpt_step_dir(const char *root, int64_t step, char *out, size_t cap);
+
+/* Whether `name` is a step directory name ("step-" and 8 to 18 decimal digits, nothing else);
+ * its step into *step when it is. */
+int ckpt_step_dir_parse(const char *name, int64_t *step);
+
+/* One file a manifest lists. */
+typedef struct {
+    char name[CKPT_FILE_NAME_MAX]; /* a plain file name in the checkpoint dir (no '/') */
+    uint64_t size;
+    char sha256[65]; /* 64 hex digits as listed (ckpt_save writes lower case) */
+} ckpt_file_t;
+
+typedef struct {
+    int64_t step; /* the manifest's "step" (-1 when it has none) */
+    int n_files;
+    ckpt_file_t files[CKPT_MANIFEST_MAX_FILES];
+} ckpt_manifest_t;
+
+/* Reads and checks dir/manifest.json without reading the files it lists: JSON without duplicate
+ * keys, format "shoal-checkpoint-v1", at most CKPT_MANIFEST_MAX_FILES entries each with a plain
+ * name, a size >= 0 and a 64-digit hex SHA-256, and every file of the layout listed. Errors:
+ * SHOAL_ERR_NOTFOUND when dir does not exist, SHOAL_ERR_FORMAT (naming the manifest) for a
+ * missing or malformed manifest; *m is unspecified then. ckpt_load verifies the files against
+ * it. */
+shoal_err_t ckpt_manifest_read(const char *dir, ckpt_manifest_t *m);
+
 /* Writes and commits the checkpoint of `step` under `root` (created if missing). params,
  * adam_m and adam_v all use the flat layout of model_dir.h (model_dir_param_count floats); the
  * bias slots of m and v are ignored. trainer_state_json must parse as JSON (NULL writes "{}").

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "fsutil.h"
 #include "model_dir.h"
 #include "shoalctl.h"
@@ -279,9 +280,9 @@ out_in:
     return rc;
 }
 
-/* Candidate checkpoint directories under `dir` (at most `depth` levels down): "step-<N>" dirs
- * holding config.json and model.safetensors. With step > 0 only those of that step; otherwise
- * those of the newest step seen (the list restarts when a newer step turns up). */
+/* Candidate checkpoint directories under `dir` (at most `depth` levels down): step dirs (as
+ * ckpt.h names them) holding config.json and model.safetensors. With step > 0 only those of that
+ * step; otherwise those of the newest step seen (the list restarts when a newer step turns up). */
 typedef struct {
     int n;
     long long step;
@@ -297,13 +298,12 @@ static void s_find_model_dirs(const char *dir, int depth, long long step, s_cand
     while ((e = readdir(d))) {
         char path[PATH_MAX], probe[PATH_MAX];
         struct stat st;
-        long long s;
-        char tail;
+        int64_t s;
         if (e->d_name[0] == '.' ||
             fsutil_path(path, sizeof(path), "%s/%s", dir, e->d_name) != SHOAL_OK ||
             lstat(path, &st) != 0 || !S_ISDIR(st.st_mode))
             continue;
-        if (sscanf(e->d_name, "step-%lld%c", &s, &tail) != 1) {
+        if (!ckpt_step_dir_parse(e->d_name, &s)) {
             if (depth > 0)
                 s_find_model_dirs(path, depth - 1, step, cand);
             continue;
