@@ -15,6 +15,24 @@
 #include "trainer.h"
 
 static const char *s_data = "/usr/share/games/fortunes/fortunes";
+/* the runs' checkpoint dir: a fresh one per process, so that concurrent runs of this test (two
+ * build dirs, ctest -j) never share a path */
+static char s_ckpt_dir[64];
+
+static int s_setup(void **state)
+{
+    (void)state;
+    snprintf(s_ckpt_dir, sizeof s_ckpt_dir, "/tmp/shoal-state-XXXXXX");
+    return mkdtemp(s_ckpt_dir) ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_ckpt_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
 
 static trainer_t *s_trainer(uint64_t data_seed)
 {
@@ -22,8 +40,8 @@ static trainer_t *s_trainer(uint64_t data_seed)
     snprintf(yaml, sizeof yaml,
              "name: st\nmodel:\n  preset: tiny\ndata:\n  files:\n    - %s\n  seed: %llu\n"
              "train:\n  steps: 4\n  global_batch: 4\n  seq_len: 16\n  micro_batch: 2\n"
-             "  lr: 3e-3\ncheckpoint:\n  dir: /tmp/shoal-state-test-none\n",
-             s_data, (unsigned long long)data_seed);
+             "  lr: 3e-3\ncheckpoint:\n  dir: %s\n",
+             s_data, (unsigned long long)data_seed, s_ckpt_dir);
     static runspec_t spec;
     assert_int_equal(runspec_load_string(yaml, "test", &spec), SHOAL_OK);
     trainer_t *t = NULL;
@@ -115,9 +133,10 @@ static void test_rejects_foreign_state(void **state)
     assert_int_equal(trainer_state_step(buf, 8), -1);
     assert_memory_equal(trainer_params(other, NULL), before, sizeof(float) * (size_t)np);
     assert_int_equal(trainer_next_step(a), 1);
-    char path[64];
+    char path[96], want[96];
     assert_int_equal(trainer_checkpoint_path(a, 12, path, sizeof path), SHOAL_OK);
-    assert_string_equal(path, "/tmp/shoal-state-test-none/step-00000012");
+    snprintf(want, sizeof want, "%s/step-00000012", s_ckpt_dir);
+    assert_string_equal(path, want);
     assert_int_equal(trainer_checkpoint_path(a, 12, path, 10), SHOAL_ERR_INVALID);
     free(before);
     free(buf);
@@ -131,5 +150,5 @@ int main(void)
         cmocka_unit_test(test_round_trip_and_rollback),
         cmocka_unit_test(test_rejects_foreign_state),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
