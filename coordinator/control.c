@@ -1,5 +1,7 @@
 /* control.c: the control API served to shoalctl: one handler per verb, each checks, applies
  * (one synced batch with its ledger entry), and always answers with a CtlReply carrying JSON. */
+#include "control.h"
+
 #include "coord_int.h"
 
 #include <inttypes.h>
@@ -12,8 +14,9 @@
 #include "log.h"
 #include "runspec.h"
 
-void control_reply(coord_t *c, const wire_route_t *route, int ok, Shoal__ErrorCode code,
-                   const char *message, json_t *json)
+/* Answers a control request: message and json (stolen, may be NULL) in a CtlReply. */
+static void s_reply(coord_t *c, const wire_route_t *route, int ok, Shoal__ErrorCode code,
+                    const char *message, json_t *json)
 {
     char *text = json ? json_dumps(json, JSON_COMPACT) : NULL;
     Shoal__CtlReply rep = SHOAL__CTL_REPLY__INIT;
@@ -44,7 +47,7 @@ static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     log_info("control: refused: %s", msg);
-    control_reply(c, route, 0, code, msg, NULL);
+    s_reply(c, route, 0, code, msg, NULL);
 }
 
 static json_t *s_run_status(const coord_run_t *r)
@@ -103,9 +106,9 @@ static void s_submit(coord_t *c, const wire_route_t *route, const Shoal__CtlSubm
     log_info("run %s: submitted (%s, %d steps)", r->id, r->name, spec->steps);
     char msg[256];
     snprintf(msg, sizeof msg, "submitted %s (%s)", r->id, r->name);
-    control_reply(c, route, 1, 0, msg,
-                  json_pack("{s:s, s:s, s:s}", "id", r->id, "name", r->name, "state",
-                            coord_run_state_name(r->state)));
+    s_reply(c, route, 1, 0, msg,
+            json_pack("{s:s, s:s, s:s}", "id", r->id, "name", r->name, "state",
+                      coord_run_state_name(r->state)));
 out:
     free(spec);
 }
@@ -127,8 +130,7 @@ static void s_status(coord_t *c, const wire_route_t *route, const char *arg)
     int live = 0;
     for (int i = 0; i < c->n_workers; i++)
         live += c->workers[i]->state == WORKER_ACTIVE;
-    control_reply(c, route, 1, 0, "",
-                  json_pack("{s:o, s:i}", "runs", runs, "active_workers", live));
+    s_reply(c, route, 1, 0, "", json_pack("{s:o, s:i}", "runs", runs, "active_workers", live));
 }
 
 static void s_workers(coord_t *c, const wire_route_t *route)
@@ -151,7 +153,7 @@ static void s_workers(coord_t *c, const wire_route_t *route)
                            "institution", w->institution, "step", (json_int_t)w->step, "loss",
                            w->loss, "tokens_per_s", w->tokens_per_s));
     }
-    control_reply(c, route, 1, 0, "", json_pack("{s:o}", "workers", arr));
+    s_reply(c, route, 1, 0, "", json_pack("{s:o}", "workers", arr));
 }
 
 static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int drain)
@@ -165,7 +167,7 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
     shoal_err_t rc = SHOAL_OK;
     if (drain) {
         if (s == WORKER_DRAINING || s == WORKER_DRAINED) {
-            control_reply(c, route, 1, 0, "already draining", NULL);
+            s_reply(c, route, 1, 0, "already draining", NULL);
             return;
         }
         rc = coord_worker_transition(c, w, WORKER_DRAINING, "drain requested by operator");
@@ -173,7 +175,7 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
             rc = coord_worker_transition(c, w, WORKER_DRAINED, "holds no cell");
     } else {
         if (s == WORKER_ACTIVE || s == WORKER_JOINING) {
-            control_reply(c, route, 1, 0, "not drained", NULL);
+            s_reply(c, route, 1, 0, "not drained", NULL);
             return;
         }
         rc = coord_worker_transition(c, w, WORKER_ACTIVE, "undrain requested by operator");
@@ -192,8 +194,8 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
         coord_push_drain(c, w, "drain requested by operator");
     char msg[128];
     snprintf(msg, sizeof msg, "worker %s is %s", w->id, coord_worker_state_name(w->state));
-    control_reply(c, route, 1, 0, msg,
-                  json_pack("{s:s, s:s}", "id", w->id, "state", coord_worker_state_name(w->state)));
+    s_reply(c, route, 1, 0, msg,
+            json_pack("{s:s, s:s}", "id", w->id, "state", coord_worker_state_name(w->state)));
 }
 
 static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType type, const char *arg)
@@ -221,8 +223,7 @@ static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType typ
     } else if (type == SHOAL__MSG_TYPE__MSG_CTL_RESUME) {
         rc = coord_run_transition(c, r, RUN_RUNNING, "resumed by operator");
         if (rc == SHOAL_OK && r->generation > 0 && !r->replan_pending) {
-            int64_t l = r->committed_step + c->cfg.step_window;
-            r->lease = l < r->total_steps ? l : r->total_steps;
+            r->lease = coord_run_lease_for(c, r);
             coord_put_run(c, r);
         }
     } else {
@@ -246,8 +247,8 @@ static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType typ
     }
     char msg[128];
     snprintf(msg, sizeof msg, "run %s is %s", r->id, coord_run_state_name(r->state));
-    control_reply(c, route, 1, 0, msg,
-                  json_pack("{s:s, s:s}", "id", r->id, "state", coord_run_state_name(r->state)));
+    s_reply(c, route, 1, 0, msg,
+            json_pack("{s:s, s:s}", "id", r->id, "state", coord_run_state_name(r->state)));
 }
 
 static void s_events(coord_t *c, const wire_route_t *route, const Shoal__CtlEvents *ev)
@@ -265,7 +266,7 @@ static void s_events(coord_t *c, const wire_route_t *route, const Shoal__CtlEven
         s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
         return;
     }
-    control_reply(c, route, 1, 0, "", json_pack("{s:s, s:o}", "run", chain, "events", arr));
+    s_reply(c, route, 1, 0, "", json_pack("{s:s, s:o}", "run", chain, "events", arr));
 }
 
 static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
@@ -288,9 +289,9 @@ static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
         snprintf(msg, sizeof msg, "ledger of %s is broken at %s", chain, reason);
     else
         snprintf(msg, sizeof msg, "ledger of %s verifies: %" PRIu64 " entries", chain, n);
-    control_reply(c, route, bad == 0, SHOAL__ERROR_CODE__ERR_INVALID, msg,
-                  json_pack("{s:s, s:I, s:b, s:I, s:s}", "run", chain, "entries", (json_int_t)n,
-                            "ok", bad == 0, "first_bad", (json_int_t)bad, "reason", reason));
+    s_reply(c, route, bad == 0, SHOAL__ERROR_CODE__ERR_INVALID, msg,
+            json_pack("{s:s, s:I, s:b, s:I, s:s}", "run", chain, "entries", (json_int_t)n, "ok",
+                      bad == 0, "first_bad", (json_int_t)bad, "reason", reason));
 }
 
 static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *cp)
@@ -304,9 +305,8 @@ static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *
             s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "%s", shoal_errmsg());
             return;
         }
-        control_reply(
-            c, route, 1, 0, "dry run: not applied",
-            json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 1, "plan", plan_to_json(&p)));
+        s_reply(c, route, 1, 0, "dry run: not applied",
+                json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 1, "plan", plan_to_json(&p)));
         plan_fini(&p);
         return;
     }
@@ -315,12 +315,12 @@ static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *
                 coord_run_state_name(r->state));
         return;
     }
-    control_reply(
+    s_reply(
         c, route, 1, 0, "",
         json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 0, "plan", plan_to_json(&r->plan)));
 }
 
-void control_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env)
+static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env)
 {
     log_debug("control: %s", wire_type_name((int)env->type));
     switch (env->type) {
@@ -359,4 +359,16 @@ void control_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope
                 wire_type_name((int)env->type));
         break;
     }
+}
+
+/* A control message that could not be decoded still gets a CtlReply. */
+static void s_reject(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code, const char *why)
+{
+    s_reply(c, route, 0, code, why, NULL);
+}
+
+void control_attach(coord_t *c)
+{
+    const coord_control_t control = {s_handle, s_reject};
+    coord_set_control(c, &control);
 }

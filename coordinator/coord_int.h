@@ -1,5 +1,6 @@
-/* coord_int.h: the coordinator's in-memory state and helpers shared by coord.c (worker protocol,
- * cron, persistence) and control.c (shoalctl verbs). Internal: only coordinator/ includes it. */
+/* coord_int.h: the coordinator's in-memory state and the helpers shared by coord.c and its
+ * coord_*.c parts, and used by control.c (shoalctl verbs). Internal: only coordinator/ includes it.
+ */
 #ifndef SHOAL_COORD_INT_H
 #define SHOAL_COORD_INT_H
 
@@ -84,12 +85,21 @@ typedef struct {
     /* volatile: per rank of the plan */
     int64_t *reported;
     double *rank_loss;
-    int replan_pending; /* membership changed: lease frozen until the boundary */
-    int replan_now;     /* a member reported its plan failed: new plan (after the back-off) */
-    int64_t fail_backoff_ms;      /* wait after the last failure re-plan (0: none yet) */
-    int64_t fail_replan_at_ms;    /* monotonic: no failure re-plan before this */
-    int fail_backoff_logged;      /* the current wait was logged */
+    int replan_pending;      /* membership changed: lease frozen until the boundary */
+    int replan_now;          /* a member reported its plan failed: new plan (after the back-off) */
+    int64_t fail_backoff_ms; /* wait after the last failure re-plan (0: none yet) */
+    int64_t fail_replan_at_ms; /* monotonic: no failure re-plan before this */
+    int fail_backoff_logged;   /* the current wait was logged */
 } coord_run_t;
+
+/* What serves the control socket: control.c attaches it (control_attach, control.h), so that
+ * the dependency runs one way, control -> coord. Unset, control requests are dropped. */
+typedef struct {
+    /* answers one decoded request (every request gets a reply) */
+    void (*handle)(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env);
+    /* answers a message that could not be decoded */
+    void (*reject)(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code, const char *why);
+} coord_control_t;
 
 struct coord {
     coord_config_t cfg;
@@ -108,24 +118,46 @@ struct coord {
     int notify;
     unsigned long long handled, dropped;
     store_batch_t *txn; /* the state change being built; one synced batch */
+    coord_control_t control;
 };
 
+/* The receive context of one message: the coordinator and the sender's route. */
+typedef struct {
+    coord_t *c;
+    const wire_route_t *route;
+} coord_msg_ctx_t;
+
+/* ---- coord.c: clocks, the worker and run lists, control attachment ------------------------ */
 int64_t coord_now_mono_ms(void);
 int64_t coord_now_wall_ms(void);
-const char *coord_worker_state_name(worker_state_t s);
-const char *coord_run_state_name(run_state_t s);
 
 coord_worker_t *coord_find_worker(coord_t *c, const char *id_or_name);
 coord_run_t *coord_find_run(coord_t *c, const char *id_or_name);
+/* The worker with id "w<N>" in O(1) (NULL: none). */
+coord_worker_t *coord_worker_by_id(coord_t *c, const char *id);
+/* Appends a worker (ownership passes on success) to the list and the index. SHOAL_ERR_NOMEM, or
+ * SHOAL_ERR_INVALID for an id not of the form w<N>. */
+shoal_err_t coord_worker_insert(coord_t *c, coord_worker_t *w);
+/* Appends a run (ownership passes on success). SHOAL_ERR_NOMEM. */
+shoal_err_t coord_run_insert(coord_t *c, coord_run_t *r);
+/* Frees a run that is in no list (NULL: nothing). */
+void coord_run_free(coord_run_t *r);
+/* Adds a submitted run (spec checked by the caller). */
+shoal_err_t coord_add_run(coord_t *c, const char *name, const char *spec_yaml, int64_t total_steps,
+                          uint32_t n_layers, uint32_t n_experts, coord_run_t **out);
+/* Installs what serves the control socket (copied). */
+void coord_set_control(coord_t *c, const coord_control_t *control);
 
-/* Persistence: records and ledger entries go into c->txn; coord_txn_commit() writes them as
- * one synced batch (logging and returning the error if RocksDB fails). */
-void coord_put_worker(coord_t *c, const coord_worker_t *w);
-void coord_put_run(coord_t *c, const coord_run_t *r);
-void coord_put_meta(coord_t *c, const char *key, uint64_t value);
-/* Appends a ledger entry (detail stolen, may be NULL) for `run` ("" = cluster chain). */
-void coord_ledger(coord_t *c, const char *run, const char *kind, json_t *detail);
-shoal_err_t coord_txn_commit(coord_t *c);
+/* ---- coord_state.c: states and their transitions ------------------------------------------ */
+const char *coord_worker_state_name(worker_state_t s);
+const char *coord_run_state_name(run_state_t s);
+/* The state named `name`, or -1. */
+int coord_worker_state_parse(const char *name);
+int coord_run_state_parse(const char *name);
+/* joining, active, draining or drained: registered and not dead or gone */
+int coord_worker_is_live(worker_state_t s);
+/* done, failed or cancelled */
+int coord_run_is_terminal(run_state_t s);
 
 /* The one place worker and run states change: logs "worker w3: active -> dead (reason)",
  * appends the ledger entry and stages the record. SHOAL_ERR_STATE for a forbidden change. */
@@ -134,27 +166,79 @@ shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_
 shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* ---- coord_records.c: persistence ---------------------------------------------------------- */
+/* Records and ledger entries go into c->txn; coord_txn_commit() writes them as one synced batch
+ * (logging and returning the error if RocksDB fails). */
+store_batch_t *coord_txn(coord_t *c);
+/* Stages `j` (stolen, may be NULL: logged) as the value of cf/key. */
+void coord_put_json(coord_t *c, store_cf_t cf, const char *key, json_t *j);
+void coord_put_worker(coord_t *c, const coord_worker_t *w);
+void coord_put_run(coord_t *c, const coord_run_t *r);
+void coord_put_plan(coord_t *c, const plan_t *p);
+void coord_put_meta(coord_t *c, const char *key, uint64_t value);
+/* Appends a ledger entry (detail stolen, may be NULL) for `run` ("" = cluster chain). */
+void coord_ledger(coord_t *c, const char *run, const char *kind, json_t *detail);
+shoal_err_t coord_txn_commit(coord_t *c);
+/* Loads every worker, run (with its current plan) and counter from the store. */
+shoal_err_t coord_load(coord_t *c);
+
+/* ---- coord_push.c: replies and pushes to workers ------------------------------------------- */
+/* Sends on `sock` with the next sequence number; a failure is logged at debug and dropped. */
+void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelope *env);
+/* Sends to a worker through its last route (nothing when it has none). */
+void coord_send_worker(coord_t *c, coord_worker_t *w, Shoal__Envelope *env);
+/* An Error about `about`; its envelope (and `generation`) name the sender's current run `r` and
+ * that run's generation (NULL: none), so that the answer carries no stale or foreign pair. */
+void coord_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
+                       const Shoal__Envelope *about, const coord_run_t *r, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* The Ack of every worker message, with what the worker should do next. */
+void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelope *about,
+                     coord_worker_t *w, coord_run_t *r);
 /* Messages to workers (through their last route; dropped silently when unreachable). */
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w);
+void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, int command,
+                               const char *reason);
 void coord_push_run_control(coord_t *c, coord_run_t *r, int command, const char *reason);
 void coord_push_step_commit(coord_t *c, coord_run_t *r);
 void coord_push_drain(coord_t *c, coord_worker_t *w, const char *reason);
 
-/* Clears a worker's plan-failure streak (a step completed, or the operator undrained it). */
-void coord_worker_clear_failures(coord_worker_t *w);
-
+/* ---- coord_sched.c: barrier, plans, scheduling --------------------------------------------- */
+/* The lease of a running run: committed step + step_window, at most total_steps. */
+int64_t coord_run_lease_for(const coord_t *c, const coord_run_t *r);
+/* Sizes the per-rank arrays for r's plan, every rank at the committed step. SHOAL_ERR_NOMEM. */
+shoal_err_t coord_run_reset_ranks(coord_run_t *r);
+/* The step barrier: commits the smallest step every rank reported (and pushes it). */
+void coord_run_advance(coord_t *c, coord_run_t *r);
+/* Marks a running run done once its last step and that step's checkpoint are committed. */
+void coord_run_check_done(coord_t *c, coord_run_t *r);
+/* Membership check of a running run (cron): re-plans now, at the boundary, or after back-off. */
+void coord_run_replan_check(coord_t *c, coord_run_t *r);
+/* Starts the oldest pending run when no run holds the cluster (cron). */
+void coord_schedule(coord_t *c);
 /* The plan the live workers would get now (dry run): fills `out` (caller plan_fini()s).
  * SHOAL_ERR_STATE when no worker is eligible. */
 shoal_err_t coord_plan_preview(coord_t *c, coord_run_t *r, plan_t *out);
-/* Adds a submitted run (spec checked by the caller). */
-shoal_err_t coord_add_run(coord_t *c, const char *name, const char *spec_yaml, int64_t total_steps,
-                          uint32_t n_layers, uint32_t n_experts, coord_run_t **out);
 /* Releases a finished run's workers and tells them to stop. */
 void coord_run_release_workers(coord_t *c, coord_run_t *r, const char *reason);
 
-/* control.c: answers one control request (every request gets a CtlReply). */
-void control_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env);
-void control_reply(coord_t *c, const wire_route_t *route, int ok, Shoal__ErrorCode code,
-                   const char *message, json_t *json);
+/* ---- coord_worker.c: the worker protocol --------------------------------------------------- */
+/* wire_handler_fn for the worker socket (ctx: coord_msg_ctx_t); every message is answered. */
+void coord_on_worker_msg(const Shoal__Envelope *env, void *ctx);
+/* Run and generation check of a worker message: the message's run must be the worker's run
+ * and its generation the run's current one; otherwise it is dropped, logged and answered with
+ * an Error. Returns the run, or NULL when dropped. */
+coord_run_t *coord_check_run(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                             const Shoal__Envelope *env);
+/* w's rank in r's plan, or -1. */
+int coord_rank_of(const coord_run_t *r, const coord_worker_t *w);
+/* Clears a worker's plan-failure streak (a step completed, or the operator undrained it). */
+void coord_worker_clear_failures(coord_worker_t *w);
+
+/* ---- coord_manifest.c: checkpoints --------------------------------------------------------- */
+/* A checkpoint shard report (run already checked): stores it, commits the manifest when every
+ * cell of the plan has reported that step, answers. */
+void coord_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_t *w, coord_run_t *r,
+                         const Shoal__Envelope *env);
 
 #endif

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "control.h"
 #include "coord.h"
 #include "log.h"
 
@@ -113,6 +114,7 @@ int main(int argc, char **argv)
         log_error("cannot start: %s", shoal_errmsg());
         return 1;
     }
+    control_attach(c);
     shoal_err_t rc = coord_run(c, &s_stop);
     if (rc != SHOAL_OK)
         log_error("stopped on error: %s", shoal_errmsg());

@@ -1,0 +1,271 @@
+/* coord_push.c: what the coordinator sends to workers: replies (Error, Ack) and pushes
+ * (Assignment with the plan in protobuf form, RunControl, StepCommit, Drain). */
+#include "coord_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "log.h"
+
+void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelope *env)
+{
+    env->seq = ++c->seq;
+    shoal_err_t rc = wire_send(sock, route, env, ZMQ_DONTWAIT);
+    if (rc != SHOAL_OK)
+        log_debug("send %s: %s", wire_type_name((int)env->type), shoal_errmsg());
+}
+
+void coord_send_worker(coord_t *c, coord_worker_t *w, Shoal__Envelope *env)
+{
+    if (w->has_route)
+        coord_send(c, c->wsock, &w->route, env);
+}
+
+void coord_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code,
+                       const Shoal__Envelope *about, const coord_run_t *r, const char *fmt, ...)
+{
+    const uint64_t generation = r ? r->generation : 0;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    Shoal__Error e = SHOAL__ERROR__INIT;
+    e.code = code;
+    e.message = msg;
+    e.generation = generation;
+    if (about) {
+        e.about_type = about->type;
+        e.about_seq = about->seq;
+    }
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ERROR, r ? r->id : "", COORD_SENDER, generation,
+                       0);
+    env.body_case = SHOAL__ENVELOPE__BODY_ERROR;
+    env.error = &e;
+    coord_send(c, c->wsock, route, &env);
+}
+
+/* The Ack of every worker message, with what the worker should do next. */
+void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelope *about,
+                     coord_worker_t *w, coord_run_t *r)
+{
+    Shoal__Ack ack = SHOAL__ACK__INIT;
+    ack.acked_type = about->type;
+    ack.acked_seq = about->seq;
+    ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_NONE;
+    if (r) {
+        ack.generation = r->generation;
+        ack.committed_step = r->committed_step;
+        ack.lease = r->lease;
+    }
+    if (w && (w->state == WORKER_DRAINING || w->state == WORKER_DRAINED) && !r)
+        ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_DRAIN;
+    else if (r && (strcmp(about->run_id, r->id) != 0 || about->generation != r->generation))
+        ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_FETCH_ASSIGNMENT;
+    else if (r && r->state == RUN_PAUSED)
+        ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_PAUSE;
+    else if (!r && about->run_id[0])
+        ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_STOP;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ACK, r ? r->id : "", COORD_SENDER,
+                       r ? r->generation : 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_ACK;
+    env.ack = &ack;
+    coord_send(c, c->wsock, route, &env);
+}
+
+/* Protobuf form of a plan; arrays owned here, freed by s_plan_pb_free(). */
+typedef struct {
+    Shoal__Plan plan;
+    Shoal__Topology topo;
+    Shoal__CheckpointRef ckpt;
+    Shoal__StageLayers *stages, **stage_ptrs;
+    Shoal__ExpertShard *experts, **expert_ptrs;
+    uint32_t *expert_ids;
+    Shoal__Peer *peers, **peer_ptrs;
+    Shoal__Cell *cells;
+} s_plan_pb_t;
+
+static void s_plan_pb_free(s_plan_pb_t *pb)
+{
+    free(pb->stages);
+    free(pb->stage_ptrs);
+    free(pb->experts);
+    free(pb->expert_ptrs);
+    free(pb->expert_ids);
+    free(pb->peers);
+    free(pb->peer_ptrs);
+    free(pb->cells);
+}
+
+static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
+{
+    memset(pb, 0, sizeof *pb);
+    Shoal__Plan plan = SHOAL__PLAN__INIT;
+    Shoal__Topology topo = SHOAL__TOPOLOGY__INIT;
+    Shoal__CheckpointRef ck = SHOAL__CHECKPOINT_REF__INIT;
+    pb->plan = plan;
+    pb->topo = topo;
+    pb->ckpt = ck;
+    size_t n_ids = 0;
+    for (uint32_t e = 0; e < p->n_experts; e++)
+        n_ids += p->experts[e].count;
+    pb->stages = calloc(p->pp + 1, sizeof *pb->stages);
+    pb->stage_ptrs = calloc(p->pp + 1, sizeof *pb->stage_ptrs);
+    pb->experts = calloc(p->n_experts + 1, sizeof *pb->experts);
+    pb->expert_ptrs = calloc(p->n_experts + 1, sizeof *pb->expert_ptrs);
+    pb->expert_ids = calloc(n_ids + 1, sizeof *pb->expert_ids);
+    pb->peers = calloc(p->n_peers + 1, sizeof *pb->peers);
+    pb->peer_ptrs = calloc(p->n_peers + 1, sizeof *pb->peer_ptrs);
+    pb->cells = calloc(p->n_peers + 1, sizeof *pb->cells);
+    if (!pb->stages || !pb->stage_ptrs || !pb->experts || !pb->expert_ptrs || !pb->expert_ids ||
+        !pb->peers || !pb->peer_ptrs || !pb->cells) {
+        s_plan_pb_free(pb);
+        return shoal_fail(SHOAL_ERR_NOMEM, "plan message");
+    }
+    pb->plan.run_id = (char *)p->run_id;
+    pb->plan.generation = p->generation;
+    pb->topo.dp = p->dp;
+    pb->topo.pp = p->pp;
+    pb->topo.ep = p->ep;
+    pb->plan.topology = &pb->topo;
+    for (uint32_t s = 0; s < p->pp; s++) {
+        Shoal__StageLayers st = SHOAL__STAGE_LAYERS__INIT;
+        st.stage = s;
+        st.first_layer = p->stages[s].first_layer;
+        st.n_layers = p->stages[s].n_layers;
+        st.has_embedding = p->stages[s].has_embedding;
+        st.has_head = p->stages[s].has_head;
+        pb->stages[s] = st;
+        pb->stage_ptrs[s] = &pb->stages[s];
+    }
+    pb->plan.stages = pb->stage_ptrs;
+    pb->plan.n_stages = p->pp;
+    size_t at = 0;
+    for (uint32_t e = 0; e < p->n_experts; e++) {
+        Shoal__ExpertShard ex = SHOAL__EXPERT_SHARD__INIT;
+        ex.ep_rank = p->experts[e].ep_rank;
+        ex.experts = &pb->expert_ids[at];
+        ex.n_experts = p->experts[e].count;
+        for (uint32_t k = 0; k < p->experts[e].count; k++)
+            pb->expert_ids[at++] = p->experts[e].first + k;
+        pb->experts[e] = ex;
+        pb->expert_ptrs[e] = &pb->experts[e];
+    }
+    pb->plan.experts = pb->expert_ptrs;
+    pb->plan.n_experts = p->n_experts;
+    for (uint32_t i = 0; i < p->n_peers; i++) {
+        Shoal__Peer peer = SHOAL__PEER__INIT;
+        Shoal__Cell cell = SHOAL__CELL__INIT;
+        cell.replica = p->peers[i].cell.replica;
+        cell.stage = p->peers[i].cell.stage;
+        cell.ep_rank = p->peers[i].cell.ep_rank;
+        pb->cells[i] = cell;
+        peer.worker_id = (char *)p->peers[i].worker_id;
+        peer.rank = p->peers[i].rank;
+        peer.cell = &pb->cells[i];
+        peer.data_endpoint = (char *)p->peers[i].endpoint;
+        pb->peers[i] = peer;
+        pb->peer_ptrs[i] = &pb->peers[i];
+    }
+    pb->plan.peers = pb->peer_ptrs;
+    pb->plan.n_peers = p->n_peers;
+    pb->plan.start_step = p->start_step;
+    pb->plan.source = (Shoal__StateSource)p->source;
+    if (p->source == PLAN_SOURCE_CHECKPOINT) {
+        pb->ckpt.step = p->ckpt_step;
+        pb->ckpt.path = (char *)p->ckpt_path;
+        pb->plan.checkpoint = &pb->ckpt;
+    }
+    pb->plan.source_rank = p->source_rank;
+    return SHOAL_OK;
+}
+
+void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
+{
+    const plan_peer_t *me = plan_find_worker(&r->plan, w->id);
+    if (!me || !w->has_route)
+        return;
+    s_plan_pb_t pb;
+    if (s_plan_pb(&r->plan, &pb) != SHOAL_OK) {
+        log_error("assignment for %s: %s", w->id, shoal_errmsg());
+        return;
+    }
+    Shoal__Cell cell = SHOAL__CELL__INIT;
+    cell.replica = me->cell.replica;
+    cell.stage = me->cell.stage;
+    cell.ep_rank = me->cell.ep_rank;
+    Shoal__Assignment a = SHOAL__ASSIGNMENT__INIT;
+    a.plan = &pb.plan;
+    a.run_name = r->name;
+    a.spec_yaml = r->spec_yaml;
+    a.cell = &cell;
+    a.rank = me->rank;
+    a.lease = r->lease;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ASSIGNMENT, r->id, COORD_SENDER, r->generation,
+                       0);
+    env.body_case = SHOAL__ENVELOPE__BODY_ASSIGNMENT;
+    env.assignment = &a;
+    coord_send_worker(c, w, &env);
+    s_plan_pb_free(&pb);
+}
+
+void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, int command,
+                               const char *reason)
+{
+    Shoal__RunControl rc = SHOAL__RUN_CONTROL__INIT;
+    rc.command = (Shoal__RunCommand)command;
+    rc.reason = (char *)reason;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_RUN_CONTROL, r->id, COORD_SENDER, r->generation,
+                       0);
+    env.body_case = SHOAL__ENVELOPE__BODY_RUN_CONTROL;
+    env.run_control = &rc;
+    coord_send_worker(c, w, &env);
+}
+
+void coord_push_run_control(coord_t *c, coord_run_t *r, int command, const char *reason)
+{
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (w)
+            coord_push_run_control_to(c, r, w, command, reason);
+    }
+}
+
+void coord_push_step_commit(coord_t *c, coord_run_t *r)
+{
+    Shoal__StepCommit sc = SHOAL__STEP_COMMIT__INIT;
+    sc.step = r->committed_step;
+    sc.lease = r->lease;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_COMMIT, r->id, COORD_SENDER, r->generation,
+                       0);
+    env.body_case = SHOAL__ENVELOPE__BODY_STEP_COMMIT;
+    env.step_commit = &sc;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (w)
+            coord_send_worker(c, w, &env);
+    }
+}
+
+void coord_push_drain(coord_t *c, coord_worker_t *w, const char *reason)
+{
+    Shoal__Drain d = SHOAL__DRAIN__INIT;
+    d.reason = (char *)reason;
+    /* like every push: the worker's run and that run's current generation ("" and 0: none) */
+    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_DRAIN, r ? r->id : "", COORD_SENDER,
+                       r ? r->generation : 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_DRAIN;
+    env.drain = &d;
+    coord_send_worker(c, w, &env);
+}

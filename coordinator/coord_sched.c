@@ -1,0 +1,421 @@
+/* coord_sched.c: runs over time: the step barrier, the workers eligible for a plan, building and
+ * applying plans, the failure back-off, the cron's re-plan checks and the run scheduler. */
+#include "coord_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+int64_t coord_run_lease_for(const coord_t *c, const coord_run_t *r)
+{
+    int64_t l = r->committed_step + c->cfg.step_window;
+    return l < r->total_steps ? l : r->total_steps;
+}
+
+shoal_err_t coord_run_reset_ranks(coord_run_t *r)
+{
+    free(r->reported);
+    free(r->rank_loss);
+    r->reported = NULL;
+    r->rank_loss = NULL;
+    uint32_t n = r->plan.n_peers;
+    r->reported = calloc(n + 1, sizeof *r->reported);
+    r->rank_loss = calloc(n + 1, sizeof *r->rank_loss);
+    if (!r->reported || !r->rank_loss)
+        return shoal_fail(SHOAL_ERR_NOMEM, "run %s ranks", r->id);
+    for (uint32_t i = 0; i < n; i++)
+        r->reported[i] = r->committed_step;
+    return SHOAL_OK;
+}
+
+void coord_run_release_workers(coord_t *c, coord_run_t *r, const char *reason)
+{
+    for (int i = 0; i < c->n_workers; i++) {
+        coord_worker_t *w = c->workers[i];
+        if (strcmp(w->run, r->id) != 0)
+            continue;
+        w->run[0] = 0;
+        coord_put_worker(c, w);
+        if (w->state == WORKER_DRAINING)
+            (void)coord_worker_transition(c, w, WORKER_DRAINED, "run %s ended", r->id);
+    }
+    /* durable first, then announced */
+    coord_txn_commit(c);
+    coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_STOP, reason);
+}
+
+void coord_run_check_done(coord_t *c, coord_run_t *r)
+{
+    if (r->state != RUN_RUNNING || r->committed_step < r->total_steps ||
+        r->checkpoint_step < r->total_steps)
+        return;
+    (void)coord_run_transition(c, r, RUN_DONE, "step %" PRId64 " and its checkpoint committed",
+                               r->committed_step);
+    coord_run_release_workers(c, r, "run done");
+}
+
+/* The step barrier: the committed step is the smallest step every rank has reported. */
+void coord_run_advance(coord_t *c, coord_run_t *r)
+{
+    if (r->plan.n_peers == 0)
+        return;
+    int64_t low = INT64_MAX;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++)
+        if (r->reported[i] < low)
+            low = r->reported[i];
+    if (low <= r->committed_step)
+        return;
+    r->committed_step = low;
+    r->fail_backoff_ms = 0; /* the plan works: the next failure re-plans at once again */
+    r->fail_replan_at_ms = 0;
+    double sum = 0;
+    int n = 0;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++)
+        if (r->reported[i] == low) {
+            sum += r->rank_loss[i];
+            n++;
+        }
+    if (n)
+        r->loss = sum / n;
+    if (r->state == RUN_RUNNING && !r->replan_pending)
+        r->lease = coord_run_lease_for(c, r);
+    log_debug("run %s: step %" PRId64 " committed (loss %.4f, lease %" PRId64 ")", r->id,
+              r->committed_step, r->loss, r->lease);
+    coord_put_run(c, r);
+    if (coord_txn_commit(c) != SHOAL_OK)
+        return;
+    coord_push_step_commit(c, r);
+    coord_run_check_done(c, r);
+}
+
+typedef struct {
+    coord_worker_t **list;
+    uint32_t n, cap;
+} s_wlist_t;
+
+static int s_wlist_has(const s_wlist_t *l, const coord_worker_t *w)
+{
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->list[i] == w)
+            return 1;
+    return 0;
+}
+
+/* Workers the run's next plan would hold: current members still active first (rank order,
+ * so that ranks stay put), then other active free workers by registration order. */
+static shoal_err_t s_eligible(coord_t *c, coord_run_t *r, s_wlist_t *out)
+{
+    out->cap = (uint32_t)c->n_workers + 1;
+    out->n = 0;
+    out->list = calloc(out->cap, sizeof *out->list);
+    if (!out->list)
+        return shoal_fail(SHOAL_ERR_NOMEM, "eligible workers");
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (w && w->state == WORKER_ACTIVE && strcmp(w->run, r->id) == 0)
+            out->list[out->n++] = w;
+    }
+    for (int i = 0; i < c->n_workers; i++) {
+        coord_worker_t *w = c->workers[i];
+        if (w->state == WORKER_ACTIVE && (!w->run[0] || strcmp(w->run, r->id) == 0) &&
+            !s_wlist_has(out, w))
+            out->list[out->n++] = w;
+    }
+    return SHOAL_OK;
+}
+
+/* Generations are unique across runs (each new plan of any run takes the next number), so
+ * that a data endpoint, a collective tag or an NCCL id never sees the same generation twice;
+ * within a run every new plan is its previous generation + 1 while it holds the cluster. */
+static uint64_t s_next_generation(const coord_t *c, const coord_run_t *r)
+{
+    return (c->last_generation > r->generation ? c->last_generation : r->generation) + 1;
+}
+
+static shoal_err_t s_build_plan(coord_run_t *r, uint64_t generation, const s_wlist_t *e, plan_t *p,
+                                int64_t *committed_out)
+{
+    plan_worker_t *pw = calloc(e->n + 1, sizeof *pw);
+    if (!pw)
+        return shoal_fail(SHOAL_ERR_NOMEM, "plan");
+    for (uint32_t i = 0; i < e->n; i++)
+        pw[i] = (plan_worker_t){e->list[i]->id, e->list[i]->endpoint};
+    shoal_err_t rc = plan_build_dp(p, r->id, generation, pw, e->n, r->n_layers, r->n_experts);
+    free(pw);
+    if (rc != SHOAL_OK)
+        return rc;
+    /* where the state comes from: the survivor that got furthest, else the checkpoint */
+    int64_t best = -1;
+    uint32_t best_rank = 0;
+    for (uint32_t i = 0; i < e->n; i++) {
+        const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id);
+        if (!old || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
+            continue; /* not a survivor: new, or restarted without its state */
+        int64_t st = r->reported[old->rank];
+        if (st > best) {
+            best = st;
+            best_rank = i;
+        }
+    }
+    if (best > 0 && r->generation > 0) { /* best == 0: nobody trained yet, nothing to copy */
+        p->source = PLAN_SOURCE_PEER;
+        p->source_rank = best_rank;
+        p->start_step = best + 1;
+        *committed_out = best;
+    } else if (r->checkpoint_step > 0) {
+        p->source = PLAN_SOURCE_CHECKPOINT;
+        p->ckpt_step = r->checkpoint_step;
+        snprintf(p->ckpt_path, sizeof p->ckpt_path, "%s", r->checkpoint_path);
+        p->start_step = r->checkpoint_step + 1;
+        *committed_out = r->checkpoint_step;
+    } else {
+        p->source = PLAN_SOURCE_INIT;
+        p->start_step = 1;
+        *committed_out = 0;
+    }
+    return SHOAL_OK;
+}
+
+shoal_err_t coord_plan_preview(coord_t *c, coord_run_t *r, plan_t *out)
+{
+    s_wlist_t e;
+    memset(out, 0, sizeof *out);
+    shoal_err_t rc = s_eligible(c, r, &e);
+    if (rc != SHOAL_OK)
+        return rc;
+    int64_t committed;
+    if (e.n == 0)
+        rc = shoal_fail(SHOAL_ERR_STATE, "run %s: no active worker to place", r->id);
+    else
+        rc = s_build_plan(r, s_next_generation(c, r), &e, out, &committed);
+    free(e.list);
+    return rc;
+}
+
+/* Installs a new plan (generation + 1) for `r` with the eligible workers `e`. */
+static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const char *why)
+{
+    plan_t p = {0};
+    int64_t committed = 0;
+    shoal_err_t rc = s_build_plan(r, s_next_generation(c, r), e, &p, &committed);
+    if (rc == SHOAL_ERR_INVALID) {
+        /* the spec cannot be placed (a layout the model does not allow): retrying cannot help */
+        char why_failed[512];
+        snprintf(why_failed, sizeof why_failed, "planning failed: %s", shoal_errmsg());
+        log_error("run %s: %s", r->id, why_failed);
+        if (coord_run_transition(c, r, RUN_FAILED, "%s", why_failed) == SHOAL_OK)
+            coord_run_release_workers(c, r, why_failed);
+        coord_txn_commit(c);
+        return;
+    }
+    if (rc != SHOAL_OK) {
+        log_error("run %s: planning failed: %s", r->id, shoal_errmsg());
+        return;
+    }
+    if (committed < r->committed_step)
+        log_warn("run %s: rolling back from step %" PRId64 " to checkpoint %" PRId64
+                 ": no live worker holds a later state",
+                 r->id, r->committed_step, committed);
+    /* workers leaving the plan (told once the plan is durable) */
+    coord_worker_t **leaving = calloc(r->plan.n_peers + 1, sizeof *leaving);
+    uint32_t n_leaving = 0;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (!w || plan_find_worker(&p, w->id))
+            continue;
+        if (strcmp(w->run, r->id) == 0)
+            w->run[0] = 0;
+        if (coord_worker_is_live(w->state) && leaving)
+            leaving[n_leaving++] = w;
+        if (w->state == WORKER_DRAINING)
+            (void)coord_worker_transition(c, w, WORKER_DRAINED, "left plan of %s at step %" PRId64,
+                                          r->id, committed);
+        else
+            coord_put_worker(c, w);
+    }
+    plan_fini(&r->plan);
+    r->plan = p;
+    r->generation = p.generation;
+    c->last_generation = p.generation;
+    coord_put_meta(c, "last_generation", c->last_generation);
+    r->committed_step = committed;
+    r->replan_pending = 0;
+    r->replan_now = 0;
+    r->reason[0] = 0; /* placed: no "unplaced" note any more (terminal runs never get here) */
+    r->lease = r->state == RUN_RUNNING ? coord_run_lease_for(c, r) : committed;
+    if (coord_run_reset_ranks(r) != SHOAL_OK)
+        log_error("%s", shoal_errmsg());
+    json_t *ids = json_array();
+    for (uint32_t i = 0; i < e->n; i++) {
+        coord_worker_t *w = e->list[i];
+        json_array_append_new(ids, json_string(w->id));
+        if (strcmp(w->run, r->id) != 0) {
+            snprintf(w->run, sizeof w->run, "%s", r->id);
+            coord_put_worker(c, w);
+        }
+    }
+    log_info("run %s: plan generation %" PRIu64 ": dp=%u pp=%u ep=%u from step %" PRId64
+             " (state from %s) (%s)",
+             r->id, p.generation, p.dp, p.pp, p.ep, p.start_step, plan_source_name(p.source), why);
+    coord_put_plan(c, &r->plan);
+    coord_put_run(c, r);
+    coord_ledger(c, r->id, "plan",
+                 json_pack("{s:I, s:i, s:i, s:i, s:I, s:s, s:i, s:o, s:s}", "generation",
+                           (json_int_t)p.generation, "dp", (int)p.dp, "pp", (int)p.pp, "ep",
+                           (int)p.ep, "start_step", (json_int_t)p.start_step, "source",
+                           plan_source_name(p.source), "source_rank", (int)p.source_rank, "workers",
+                           ids, "reason", why));
+    if (coord_txn_commit(c) == SHOAL_OK) {
+        for (uint32_t i = 0; i < n_leaving; i++)
+            coord_push_run_control_to(c, r, leaving[i], SHOAL__RUN_COMMAND__RUN_CMD_STOP,
+                                      "not in the new plan");
+        for (uint32_t i = 0; i < e->n; i++)
+            coord_push_assignment(c, r, e->list[i]);
+    }
+    free(leaving);
+}
+
+/* After a re-plan caused by a failure: the next one waits replan_backoff_ms, doubling up to
+ * replan_backoff_max_ms (reset when a step commits). */
+static void s_failure_backoff(coord_t *c, coord_run_t *r)
+{
+    int64_t b = r->fail_backoff_ms ? 2 * r->fail_backoff_ms : c->cfg.replan_backoff_ms;
+    if (b > c->cfg.replan_backoff_max_ms)
+        b = c->cfg.replan_backoff_max_ms;
+    r->fail_backoff_ms = b;
+    r->fail_replan_at_ms = coord_now_mono_ms() + b;
+    r->fail_backoff_logged = 0;
+}
+
+/* A running run that lost its cells and has no active worker to place stays running, unplaced;
+ * its status `reason` says why (quarantined workers with their failure) until a plan is made. */
+static void s_note_unplaced(coord_t *c, coord_run_t *r)
+{
+    char note[sizeof r->reason];
+    size_t at = (size_t)snprintf(note, sizeof note, "unplaced: no active worker to place");
+    int n_q = 0;
+    for (int i = 0; i < c->n_workers; i++) {
+        const coord_worker_t *w = c->workers[i];
+        if (w->state != WORKER_DRAINED || !w->quarantine[0])
+            continue;
+        at += (size_t)snprintf(note + at, at < sizeof note ? sizeof note - at : 0, "%s%s %s",
+                               n_q++ ? "; " : " (", w->id, w->quarantine);
+    }
+    if (n_q)
+        (void)snprintf(note + at, at < sizeof note ? sizeof note - at : 0,
+                       "; shoalctl undrain places a worker again)");
+    if (strcmp(note, r->reason) == 0)
+        return;
+    snprintf(r->reason, sizeof r->reason, "%s", note);
+    log_warn("run %s: %s", r->id, note);
+    coord_put_run(c, r);
+    coord_txn_commit(c);
+}
+
+/* Membership check of a running run: a lost member re-plans now (the collectives of the old
+ * plan cannot complete); joins and drains re-plan at the boundary (the frozen lease). */
+void coord_run_replan_check(coord_t *c, coord_run_t *r)
+{
+    if (r->state != RUN_RUNNING)
+        return;
+    s_wlist_t e;
+    if (s_eligible(c, r, &e) != SHOAL_OK)
+        return;
+    char why[256] = "";
+    size_t at = 0;
+    int lost = 0, changed = 0;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (!w || w->state == WORKER_DEAD || w->state == WORKER_LEFT ||
+            strcmp(w->run, r->id) != 0) {
+            lost = 1;
+            at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%s%s %s",
+                                   at ? ", " : "", r->plan.peers[i].worker_id,
+                                   w ? coord_worker_state_name(w->state) : "gone");
+        } else if (!s_wlist_has(&e, w)) {
+            changed = 1;
+            at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%s%s %s",
+                                   at ? ", " : "", w->id, coord_worker_state_name(w->state));
+        }
+    }
+    for (uint32_t i = 0; i < e.n; i++)
+        if (!plan_find_worker(&r->plan, e.list[i]->id)) {
+            changed = 1;
+            at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%s%s joins",
+                                   at ? ", " : "", e.list[i]->id);
+        }
+    /* a reported failure re-plans at once the first time, then after a back-off that doubles
+     * with every further failure re-plan until a step commits: a worker that fails every plan
+     * cannot flood the ledger with generations (a lost member still re-plans at once) */
+    const int by_failure = r->replan_now && r->generation > 0;
+    if (by_failure) {
+        int64_t now = coord_now_mono_ms();
+        if (lost || now >= r->fail_replan_at_ms) {
+            lost = 1;
+            at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0,
+                                   "%sworker failure", at ? ", " : "");
+        } else if (!r->fail_backoff_logged) {
+            r->fail_backoff_logged = 1;
+            log_info("run %s: plan failed again: next plan in %.1f s (back-off %.1f s)", r->id,
+                     (double)(r->fail_replan_at_ms - now) / 1000.0,
+                     (double)r->fail_backoff_ms / 1000.0);
+        }
+    }
+    if (r->generation > 0 && !lost && !changed && r->replan_pending) {
+        /* the change undid itself (a joiner died before the boundary): unfreeze the lease */
+        r->replan_pending = 0;
+        r->lease = coord_run_lease_for(c, r);
+        coord_put_run(c, r);
+        coord_txn_commit(c);
+        coord_push_step_commit(c, r);
+    }
+    if (r->generation == 0) {
+        if (e.n >= (uint32_t)c->cfg.min_workers)
+            s_apply_plan(c, r, &e, why[0] ? why : "first plan");
+    } else if (lost || changed) {
+        int at_end = r->committed_step >= r->total_steps;
+        if (e.n == 0) {
+            /* nobody to place: wait for workers; the lease stays frozen */
+            r->replan_pending = 1;
+            if (lost)
+                s_note_unplaced(c, r);
+        } else if (lost) {
+            const uint64_t gen = r->generation;
+            s_apply_plan(c, r, &e, why);
+            if (by_failure && r->generation != gen)
+                s_failure_backoff(c, r);
+        } else if (!at_end) {
+            if (!r->replan_pending)
+                log_info("run %s: membership changed (%s): new plan after step %" PRId64, r->id,
+                         why, r->lease);
+            r->replan_pending = 1;
+            if (r->committed_step >= r->lease)
+                s_apply_plan(c, r, &e, why);
+        }
+    }
+    free(e.list);
+}
+
+/* Starts the oldest pending run when no run holds the cluster. */
+void coord_schedule(coord_t *c)
+{
+    for (int i = 0; i < c->n_runs; i++)
+        if (c->runs[i]->state == RUN_RUNNING || c->runs[i]->state == RUN_PAUSED)
+            return;
+    for (int i = 0; i < c->n_runs; i++) {
+        coord_run_t *r = c->runs[i];
+        if (r->state != RUN_PENDING)
+            continue;
+        int n = 0;
+        for (int k = 0; k < c->n_workers; k++)
+            n += c->workers[k]->state == WORKER_ACTIVE && !c->workers[k]->run[0];
+        if (n < c->cfg.min_workers)
+            return;
+        if (coord_run_transition(c, r, RUN_RUNNING, "%d active workers", n) == SHOAL_OK)
+            coord_txn_commit(c);
+        return;
+    }
+}

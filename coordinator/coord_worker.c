@@ -1,0 +1,430 @@
+/* coord_worker.c: the worker protocol: a table of the messages accepted on the worker socket,
+ * each with its handler (register, heartbeat, step report, leave, assignment, comm id), and the
+ * plan-failure streaks that quarantine a worker. */
+#include "coord_int.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+static int s_name_ok(const char *s)
+{
+    if (!s[0])
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '.' || *s == '_' || *s == '-'))
+            return 0;
+    return 1;
+}
+
+static void s_reply_register(coord_t *c, const wire_route_t *route, const char *id, int ok,
+                             const char *reason)
+{
+    Shoal__RegisterReply rep = SHOAL__REGISTER_REPLY__INIT;
+    rep.accepted = ok;
+    rep.worker_id = (char *)id;
+    rep.reason = (char *)reason;
+    rep.heartbeat_interval_ms = (uint32_t)c->cfg.heartbeat_interval_ms;
+    rep.dead_after_ms = (uint32_t)c->cfg.dead_after_ms;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_REGISTER_REPLY, "", COORD_SENDER, 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_REG_REPLY;
+    env.reg_reply = &rep;
+    coord_send(c, c->wsock, route, &env);
+}
+
+static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t *unused_w,
+                          coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)unused_w;
+    (void)unused_r;
+    const Shoal__Register *rg = env->reg;
+    if (!s_name_ok(rg->name)) {
+        log_warn("register refused: worker name '%.64s' is not [A-Za-z0-9._-]+", rg->name);
+        s_reply_register(c, route, "", 0, "worker name must be [A-Za-z0-9._-]+, 1-64 bytes");
+        return;
+    }
+    coord_worker_t *w = NULL;
+    if (rg->prev_id_case_case == SHOAL__REGISTER__PREV_ID_CASE_PREV_ID) {
+        w = coord_worker_by_id(c, rg->prev_id);
+        if (w && strcmp(w->name, rg->name) != 0)
+            w = NULL;
+    }
+    if (!w)
+        for (int i = 0; i < c->n_workers && !w; i++)
+            if (strcmp(c->workers[i]->name, rg->name) == 0)
+                w = c->workers[i];
+    int is_new = !w;
+    if (is_new) {
+        w = calloc(1, sizeof *w);
+        if (w)
+            snprintf(w->id, sizeof w->id, "w%" PRIu64, c->next_worker);
+        if (!w || coord_worker_insert(c, w) != SHOAL_OK) {
+            free(w);
+            log_error("register %s: %s", rg->name, shoal_errmsg());
+            s_reply_register(c, route, "", 0, "coordinator out of memory");
+            return;
+        }
+        c->next_worker++;
+        snprintf(w->name, sizeof w->name, "%s", rg->name);
+        w->state = WORKER_JOINING;
+        w->registered_ms = coord_now_wall_ms();
+        coord_put_meta(c, "next_worker", c->next_worker);
+    }
+    snprintf(w->host, sizeof w->host, "%s", rg->host);
+    snprintf(w->institution, sizeof w->institution, "%s", rg->institution);
+    snprintf(w->version, sizeof w->version, "%s", rg->version);
+    snprintf(w->endpoint, sizeof w->endpoint, "%s", rg->data_endpoint);
+    size_t at = 0;
+    w->devices[0] = 0;
+    for (size_t i = 0; i < rg->n_devices && at < sizeof w->devices; i++)
+        at += (size_t)snprintf(w->devices + at, sizeof w->devices - at, "%s%s", i ? "," : "",
+                               rg->devices[i]);
+    w->memory_bytes = rg->memory_bytes;
+    w->route = *route;
+    w->has_route = 1;
+    w->last_seen_ms = coord_now_mono_ms();
+    if (is_new) {
+        log_info("worker %s: registered as joining (name %s, host %s, %s)", w->id, w->name, w->host,
+                 w->institution[0] ? w->institution : "no institution");
+        coord_ledger(c, "", "worker_register",
+                     json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "worker", w->id, "name", w->name,
+                               "host", w->host, "institution", w->institution, "version",
+                               w->version, "devices", w->devices));
+        coord_put_worker(c, w);
+    } else if (w->state == WORKER_DEAD || w->state == WORKER_LEFT) {
+        (void)coord_worker_transition(c, w, WORKER_JOINING, "registered again from %s", w->host);
+    } else {
+        /* a live worker registers again only when its process restarted: whatever cell it
+         * held lost its state, so its run re-plans now (the cron sees a lost member) */
+        if (w->run[0]) {
+            log_info("worker %s: registered again while in %s: its cell is lost", w->id, w->run);
+            coord_ledger(c, w->run, "worker_restart",
+                         json_pack("{s:s, s:s}", "worker", w->id, "name", w->name));
+            w->run[0] = 0;
+        } else {
+            log_info("worker %s: registered again (%s, state %s)", w->id, w->name,
+                     coord_worker_state_name(w->state));
+        }
+        coord_put_worker(c, w);
+    }
+    coord_txn_commit(c);
+    s_reply_register(c, route, w->id, 1, "");
+}
+
+/* Run and generation check of a worker message: the message's run must be the worker's run
+ * and its generation the run's current one; otherwise it is dropped, logged and answered with
+ * an Error. Returns the run, or NULL when dropped. */
+coord_run_t *coord_check_run(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                             const Shoal__Envelope *env)
+{
+    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
+    const char *what = wire_type_name((int)env->type);
+    if (!r || strcmp(env->run_id, r->id) != 0) {
+        c->dropped++;
+        log_warn("dropped %s from %s: run '%.64s' is not its run '%s'", what, w->id, env->run_id,
+                 r ? r->id : "");
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_WRONG_RUN, env, r,
+                          "run '%.64s' is not your run '%s'", env->run_id, r ? r->id : "");
+        return NULL;
+    }
+    if (env->generation != r->generation) {
+        c->dropped++;
+        log_warn("dropped %s from %s: generation %" PRIu64 " of run %s is not the current %" PRIu64,
+                 what, w->id, env->generation, r->id, r->generation);
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_STALE_GENERATION, env, r,
+                          "generation %" PRIu64 " is not run %s's current generation %" PRIu64,
+                          env->generation, r->id, r->generation);
+        return NULL;
+    }
+    return r;
+}
+
+/* Numbers from workers enter the state (and its JSON) only when finite: JSON has no NaN. */
+static double s_finite(double x, const coord_worker_t *w, const char *what)
+{
+    if (isfinite(x))
+        return x;
+    log_warn("worker %s reports a non-finite %s: stored as 0", w->id, what);
+    return 0.0;
+}
+
+int coord_rank_of(const coord_run_t *r, const coord_worker_t *w)
+{
+    const plan_peer_t *p = plan_find_worker(&r->plan, w->id);
+    return p ? (int)p->rank : -1;
+}
+
+void coord_worker_clear_failures(coord_worker_t *w)
+{
+    w->fail_count = 0;
+    w->fail_gen = 0;
+    w->fail_run[0] = 0;
+}
+
+/* A member of r's plan other than w that has been silent for a while (or is gone): a collective
+ * failing then is most likely that peer's doing, not the reporter's. */
+const coord_worker_t *s_silent_peer(coord_t *c, const coord_run_t *r, const coord_worker_t *w)
+{
+    int64_t quiet = 3 * (int64_t)c->cfg.heartbeat_interval_ms;
+    if (quiet < 1000)
+        quiet = 1000;
+    int64_t now = coord_now_mono_ms();
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        const coord_worker_t *p = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (!p || p == w) /* !p: ids are never removed; nothing to blame */
+            continue;
+        if (!coord_worker_is_live(p->state) || now - p->last_seen_ms > quiet)
+            return p;
+    }
+    return NULL;
+}
+
+/* Takes a worker whose plans keep failing out of r's placement: drained (the operator's
+ * undrain puts it back), a `quarantine` ledger entry, told to stop; the cron then re-plans
+ * without it. */
+static void s_quarantine(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *detail)
+{
+    char why[160]; /* "quarantined: " + why fits w->quarantine */
+    snprintf(why, sizeof why, "%s", detail[0] ? detail : "no detail");
+    int failures = w->fail_count;
+    if (coord_worker_transition(c, w, WORKER_DRAINED, "quarantined: %s", why) != SHOAL_OK) {
+        log_error("run %s: %s", r->id, shoal_errmsg());
+        return;
+    }
+    snprintf(w->quarantine, sizeof w->quarantine, "quarantined: %s", why);
+    log_warn("run %s: worker %s quarantined after %d failed plans in a row (%s); "
+             "`shoalctl undrain %s` places it again",
+             r->id, w->id, failures, why, w->id);
+    coord_ledger(c, r->id, "quarantine",
+                 json_pack("{s:s, s:s, s:I, s:i, s:s}", "worker", w->id, "name", w->name,
+                           "generation", (json_int_t)r->generation, "failures", failures, "detail",
+                           why));
+    w->run[0] = 0;
+    coord_worker_clear_failures(w);
+    coord_put_worker(c, w);
+    if (coord_txn_commit(c) == SHOAL_OK)
+        coord_push_run_control_to(c, r, w, SHOAL__RUN_COMMAND__RUN_CMD_STOP, w->quarantine);
+}
+
+/* A member reports (in a heartbeat of the current generation) that its plan failed: the run
+ * re-plans, and the failure counts against the worker once per generation unless a peer of
+ * the plan is silent (then the peer is the likely cause). quarantine_after_failures in a row
+ * without a step in between quarantine it. */
+static void s_on_plan_failed(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *detail)
+{
+    if (!r->replan_now) {
+        log_warn("run %s: worker %s reports its plan failed (%.200s): re-planning", r->id, w->id,
+                 detail[0] ? detail : "no detail");
+        r->replan_now = 1;
+    }
+    if (strcmp(w->fail_run, r->id) != 0) {
+        coord_worker_clear_failures(w);
+        snprintf(w->fail_run, sizeof w->fail_run, "%s", r->id);
+    }
+    if (w->fail_gen == r->generation)
+        return; /* this plan's failure is already counted */
+    w->fail_gen = r->generation;
+    const coord_worker_t *silent = s_silent_peer(c, r, w);
+    if (silent) {
+        log_info("run %s: failure of %s in generation %" PRIu64 " not counted against it: "
+                 "peer %s is silent",
+                 r->id, w->id, r->generation, silent->id);
+        return;
+    }
+    w->fail_count++;
+    int limit = c->cfg.quarantine_after_failures;
+    log_warn("run %s: worker %s: plan failure %d%s in a row (generation %" PRIu64 ")", r->id, w->id,
+             w->fail_count, limit > 0 ? "" : " (quarantine off)", r->generation);
+    if (limit > 0 && w->fail_count >= limit)
+        s_quarantine(c, r, w, detail);
+}
+
+/* A heartbeat proves the worker alive whatever run and generation it names: liveness and the
+ * joining -> active transition apply first, always. Its step, loss and activity concern its
+ * plan and are applied only when run and generation are current; a stale one is dropped and
+ * answered with an Error (the worker then fetches its assignment). */
+static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                           coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)unused_r;
+    const Shoal__Heartbeat *hb = env->heartbeat;
+    w->last_hb_ms = coord_now_wall_ms();
+    w->tokens_per_s = s_finite(hb->tokens_per_s, w, "tokens/s");
+    w->activity = hb->activity;
+    if (w->state == WORKER_JOINING) {
+        (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
+        coord_txn_commit(c);
+    }
+    if (env->run_id[0]) {
+        coord_run_t *ok = coord_check_run(c, route, w, env);
+        if (!ok)
+            return;
+        int rank = coord_rank_of(ok, w);
+        const int failed = hb->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED;
+        if (rank >= 0 && hb->step > ok->reported[rank] && hb->step <= ok->lease) {
+            ok->reported[rank] = hb->step;
+            ok->rank_loss[rank] = s_finite(hb->loss, w, "loss");
+            if (!failed)
+                coord_worker_clear_failures(w); /* it completed a step under this plan */
+            coord_run_advance(c, ok);
+        }
+        if (rank >= 0 && failed)
+            s_on_plan_failed(c, ok, w, hb->detail);
+    }
+    w->step = hb->step;
+    w->loss = s_finite(hb->loss, w, "loss");
+    /* after a quarantine the worker holds no run any more: the Ack says DRAIN */
+    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
+    coord_reply_ack(c, route, env, w, r);
+}
+
+static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                             coord_run_t *r, const Shoal__Envelope *env)
+{
+    const Shoal__StepReport *sr = env->step_report;
+    int rank = coord_rank_of(r, w);
+    if (rank < 0 || sr->step < 1 || sr->step > r->lease) {
+        c->dropped++;
+        log_warn("dropped step_report from %s: step %" PRId64 " outside run %s's lease %" PRId64,
+                 w->id, sr->step, r->id, r->lease);
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, r,
+                          "step %" PRId64 " is outside the lease %" PRId64, sr->step, r->lease);
+        return;
+    }
+    if (sr->step > r->reported[rank]) {
+        r->reported[rank] = sr->step;
+        r->rank_loss[rank] = s_finite(sr->loss, w, "loss");
+        coord_worker_clear_failures(w); /* it completed a step under this plan */
+    }
+    w->step = sr->step;
+    w->loss = s_finite(sr->loss, w, "loss");
+    coord_run_advance(c, r);
+    coord_reply_ack(c, route, env, w, r);
+}
+
+static void s_on_comm_id(coord_t *c, const wire_route_t *route, coord_worker_t *w, coord_run_t *r,
+                         const Shoal__Envelope *env)
+{
+    Shoal__CommId cid = *env->comm_id;
+    Shoal__Envelope fwd;
+    wire_envelope_init(&fwd, SHOAL__MSG_TYPE__MSG_COMM_ID, r->id, w->id, r->generation, 0);
+    fwd.body_case = SHOAL__ENVELOPE__BODY_COMM_ID;
+    fwd.comm_id = &cid;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        coord_worker_t *p = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (p && p != w)
+            coord_send_worker(c, p, &fwd);
+    }
+    coord_reply_ack(c, route, env, w, r);
+}
+
+static void s_on_leave(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                       coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)unused_r;
+    (void)coord_worker_transition(c, w, WORKER_LEFT, "left: %s",
+                                  env->leave->reason[0] ? env->leave->reason : "no reason");
+    coord_txn_commit(c);
+    coord_reply_ack(c, route, env, w, NULL);
+}
+
+static void s_on_get_assignment(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                                coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)unused_r;
+    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
+    if (r && !coord_run_is_terminal(r->state) && plan_find_worker(&r->plan, w->id))
+        coord_push_assignment(c, r, w);
+    else
+        coord_reply_ack(c, route, env, w, NULL);
+}
+
+/* Ack and Error from a worker: answers are not answered (an Error is logged). */
+static void s_on_answer(coord_t *c, const wire_route_t *route, coord_worker_t *unused_w,
+                        coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)c;
+    (void)route;
+    (void)unused_w;
+    (void)unused_r;
+    if (env->type == SHOAL__MSG_TYPE__MSG_ERROR)
+        log_warn("worker %.64s reports error %d: %s", env->sender, env->error->code,
+                 env->error->message);
+}
+
+/* One handler per message type accepted on the worker socket. needs_worker: the sender must be
+ * a live registered worker (its liveness and route are refreshed before the handler runs);
+ * needs_run: the message's run and generation must be current (coord_check_run), the handler
+ * gets the run; ack_gone: a sender that is not live gets an Ack, not an Error (leaving twice is
+ * fine). Any other type is dropped and answered with ERR_UNKNOWN_TYPE. */
+typedef void s_handler_fn(coord_t *c, const wire_route_t *route, coord_worker_t *w, coord_run_t *r,
+                          const Shoal__Envelope *env);
+typedef struct {
+    Shoal__MsgType type;
+    s_handler_fn *handler;
+    int needs_worker, needs_run, ack_gone;
+} s_worker_msg_t;
+
+static const s_worker_msg_t s_worker_msgs[] = {
+    {SHOAL__MSG_TYPE__MSG_REGISTER, s_on_register, 0, 0, 0},
+    {SHOAL__MSG_TYPE__MSG_HEARTBEAT, s_on_heartbeat, 1, 0, 0}, /* checks the run itself */
+    {SHOAL__MSG_TYPE__MSG_STEP_REPORT, s_on_step_report, 1, 1, 0},
+    {SHOAL__MSG_TYPE__MSG_CKPT_SHARD, coord_on_ckpt_shard, 1, 1, 0},
+    {SHOAL__MSG_TYPE__MSG_LEAVE, s_on_leave, 1, 0, 1},
+    {SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT, s_on_get_assignment, 1, 0, 0},
+    {SHOAL__MSG_TYPE__MSG_COMM_ID, s_on_comm_id, 1, 1, 0},
+    {SHOAL__MSG_TYPE__MSG_ACK, s_on_answer, 0, 0, 0},
+    {SHOAL__MSG_TYPE__MSG_ERROR, s_on_answer, 0, 0, 0},
+};
+
+void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
+{
+    coord_msg_ctx_t *ctx = ctxp;
+    coord_t *c = ctx->c;
+    const wire_route_t *route = ctx->route;
+    c->handled++;
+    const s_worker_msg_t *m = NULL;
+    for (size_t i = 0; i < sizeof s_worker_msgs / sizeof s_worker_msgs[0] && !m; i++)
+        if (s_worker_msgs[i].type == env->type)
+            m = &s_worker_msgs[i];
+    if (!m) {
+        c->dropped++;
+        log_warn("dropped %s from '%.64s': not a worker message", wire_type_name((int)env->type),
+                 env->sender);
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE, env, NULL,
+                          "%s is not accepted on the worker socket",
+                          wire_type_name((int)env->type));
+        return;
+    }
+    if (!m->needs_worker) {
+        m->handler(c, route, NULL, NULL, env);
+        return;
+    }
+    coord_worker_t *w = coord_worker_by_id(c, env->sender);
+    if (!w || !coord_worker_is_live(w->state)) {
+        if (m->ack_gone) {
+            coord_reply_ack(c, route, env, NULL, NULL);
+            return;
+        }
+        c->dropped++;
+        log_warn("dropped %s from '%.64s': %s", wire_type_name((int)env->type), env->sender,
+                 w ? "worker must register again" : "unknown worker");
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER, env, NULL,
+                          "worker '%.64s' is %s: register again", env->sender,
+                          w ? coord_worker_state_name(w->state) : "unknown");
+        return;
+    }
+    w->last_seen_ms = coord_now_mono_ms();
+    w->route = *route;
+    w->has_route = 1;
+    coord_run_t *r = NULL;
+    if (m->needs_run && !(r = coord_check_run(c, route, w, env)))
+        return;
+    m->handler(c, route, w, r, env);
+}
