@@ -1,7 +1,8 @@
-/* test_oracle_interop: our safetensors, model dirs and checkpoints against the PyTorch oracle
- * (moe_ref.py): we load the oracle's init output (single file, 3 shards, bf16, f64) to the exact
- * float32 values the oracle itself reads, and the oracle reads what we write. Skips (77) when
- * /usr/bin/python3 cannot import torch. */
+/* test_oracle_interop: our safetensors, model dirs and checkpoints against a PyTorch reference
+ * (tests/reference/moe_ref.py or an outside one with its interface): we load the reference's
+ * init output (single file, 3 shards, bf16, f64) to the exact float32 values the reference itself
+ * reads, and the reference reads what we write. Skips (77) when /usr/bin/python3 cannot import
+ * torch. usage: test_oracle_interop PATH/moe_ref.py */
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,12 +20,10 @@
 #include "ckpt_testutil.h"
 #include "log.h"
 
-#ifndef SHOAL_ORACLE
-#error "SHOAL_ORACLE (path of moe_ref.py) must be defined"
-#endif
 #define S_PYTHON "/usr/bin/python3"
 
 static char *s_root;
+static const char *s_oracle; /* path of moe_ref.py; tiny.json sits next to it */
 
 /* Oracle side 1: init four model dirs and dump what the oracle loads, canonical order, f32. */
 static const char s_py_init[] =
@@ -75,7 +74,7 @@ static const char s_py_check[] =
 
 static int s_python_has_torch(void)
 {
-    if (access(SHOAL_ORACLE, R_OK) != 0 || access(S_PYTHON, X_OK) != 0)
+    if (access(s_oracle, R_OK) != 0 || access(S_PYTHON, X_OK) != 0)
         return 0;
     return system(S_PYTHON " -c 'import torch, numpy' >/dev/null 2>&1") == 0;
 }
@@ -87,7 +86,7 @@ static int s_run_py(const char *name, const char *script, const char *args)
     snprintf(spath, sizeof spath, "%s/%s.py", s_root, name);
     snprintf(log, sizeof log, "%s/%s.log", s_root, name);
     assert_int_equal(fsutil_write_file(spath, script, strlen(script)), SHOAL_OK);
-    snprintf(cmd, sizeof cmd, S_PYTHON " %s %s %s >%s 2>&1", spath, SHOAL_ORACLE, args, log);
+    snprintf(cmd, sizeof cmd, S_PYTHON " %s %s %s >%s 2>&1", spath, s_oracle, args, log);
     int rc = system(cmd);
     if (rc != 0) {
         uint8_t *text = NULL;
@@ -114,8 +113,7 @@ static void test_we_read_the_oracle(void **state)
     (void)state;
     char cfgp[512], args[1024];
     snprintf(cfgp, sizeof cfgp, "%s/tiny.json", s_root);
-    const char *oracle_dir_cfg = SHOAL_ORACLE;
-    /* tiny.json sits next to moe_ref.py */
+    const char *oracle_dir_cfg = s_oracle;
     char src[512];
     snprintf(src, sizeof src, "%.*s/tiny.json",
              (int)(strrchr(oracle_dir_cfg, '/') - oracle_dir_cfg), oracle_dir_cfg);
@@ -207,13 +205,18 @@ static int s_teardown(void **state)
     return rc;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc != 2 || !strrchr(argv[1], '/')) {
+        fprintf(stderr, "usage: test_oracle_interop PATH/moe_ref.py\n");
+        return 2;
+    }
+    s_oracle = argv[1];
     if (!s_python_has_torch()) {
         fprintf(stderr,
                 "test_oracle_interop: " S_PYTHON " cannot import torch (or %s is "
                 "missing): skipped\n",
-                SHOAL_ORACLE);
+                s_oracle);
         return 77;
     }
     const struct CMUnitTest tests[] = {

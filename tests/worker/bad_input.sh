@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bad_input: shoal-worker refuses bad run specs, data, checkpoints and model dirs with a clear
 # message naming the file (and line:column, or tensor), exit 1, never a crash, nothing started.
-# usage: bad_input.sh SHOAL_WORKER ORACLE
+# usage: bad_input.sh SHOAL_WORKER ORACLE   (ORACLE: tests/reference/moe_ref.py, which writes the
+# model dirs of part 6; that part is skipped, with a note, where /usr/bin/python3 has no torch)
 set -uo pipefail
 worker=$1
 oracle=$2
@@ -82,6 +83,8 @@ EOS
     expect 1 "model.layers.2.mlp.experts.5.up_proj.weight" "$worker" grads --model m_missing --tokens tok.bin --batch 2 --seq 16 --out g.safetensors
     expect 1 "model.layers.1.self_attn.q_proj.weight" "$worker" grads --model m_shape --tokens tok.bin --batch 2 --seq 16 --out g.safetensors
     expect 1 "tok.bin" "$worker" grads --model m --tokens tok.bin --batch 200 --seq 16 --out g.safetensors
+else
+    echo "note: part 6 (damaged model dirs) skipped: /usr/bin/python3 cannot import torch"
 fi
 # 7. usage errors exit 2
 expect 2 "usage" "$worker" grads --model m

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""oracle_grads.py: `shoal-worker grads` against the PyTorch oracle (shared/oracle/moe_ref.py)
-on model configurations drawn at random each run (seeded; the seed is printed, and
+"""oracle_grads.py: `shoal-worker grads` against a PyTorch reference of docs/MODEL.md (ORACLE:
+tests/reference/moe_ref.py, or an outside one with its interface) on model configurations drawn
+at random each run (seeded; the seed is printed, and
 SHOAL_TEST_SEED=<n> replays a run). Every gradient and the loss must agree within 1e-4 relative;
 with K = 1 the normalised gate is constant, so the router's gradient is only rounding noise and
 is compared with an absolute tolerance. Exit 0 pass, 1 fail, 77 skip (no torch).
@@ -20,8 +21,8 @@ try:
     sys.path.insert(0, os.path.dirname(os.path.abspath(oracle)))
     import moe_ref  # noqa: E402
     import torch  # noqa: E402,F401
-except Exception as e:  # the oracle needs Debian's python3-torch
-    print(f"SKIP: cannot import the oracle: {e}")
+except Exception as e:  # the reference needs Debian's python3-torch
+    print(f"SKIP: cannot import the reference {oracle}: {e} (apt-get install python3-torch)")
     sys.exit(77)
 
 seed = int(os.environ.get("SHOAL_TEST_SEED", time.time_ns() % 1_000_000))

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""oracle_train.py: `shoal-worker train` against the oracle's `train` from the same initial model
-and the same data order (data.seed 0 = the oracle's (k·G + j) mod M): per-step losses and the
+"""oracle_train.py: `shoal-worker train` against the `train` of a PyTorch reference of
+docs/MODEL.md (ORACLE: tests/reference/moe_ref.py, or an outside one with its interface) from the
+same initial model and the same data order (data.seed 0 = the oracle's (k·G + j) mod M): per-step losses and the
 final parameters must agree (AdamW, clipping, LR schedule, bias update end to end).
 With --bench, also prints both tokens/s and their ratio (same config, same thread count).
 
@@ -32,8 +33,8 @@ args = ap.parse_args()
 try:
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.oracle)))
     import moe_ref  # noqa: E402
-except Exception as e:
-    print(f"SKIP: cannot import the oracle: {e}")
+except Exception as e:  # the reference needs Debian's python3-torch
+    print(f"SKIP: cannot import the reference {args.oracle}: {e} (apt-get install python3-torch)")
     sys.exit(77)
 
 with tempfile.TemporaryDirectory(prefix="shoal-otrain-") as tmp:
