@@ -503,6 +503,7 @@ static void test_range_errors(void **state)
             "must be <= model.max_position_embeddings (128)");
 #undef S_TRAIN
     s_expect_error("name: a/b\n", "1:7", "name: must be made of letters");
+    s_expect_error("name: .hidden\n", "1:7", "not starting with '.'"); /* common/name.h */
     s_expect_error("name: ''\n", "1:7", "name: must not be empty");
 
     /* runspec_validate on a spec changed in code */
