@@ -130,9 +130,11 @@ static shoal_err_t s_int(const json_t *o, const char *key, json_int_t lo, json_i
                          json_int_t *out)
 {
     const json_t *v = json_object_get(o, key);
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: '%s' missing or out of range", key);
+    /* *out is written on every path (0 when missing: json_integer_value of a non-integer), so
+     * no caller reads an unset value whatever the compiler knows of shoal_fail's result */
     *out = json_integer_value(v);
+    if (!json_is_integer(v) || *out < lo || *out > hi)
+        return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: '%s' missing or out of range", key);
     return SHOAL_OK;
 }
 

@@ -48,7 +48,7 @@ static void s_dir(char *out, size_t cap, const char *name)
     snprintf(out, cap, "%s/%s", s_root, name);
     assert_int_equal(fsutil_mkdir_p(out), SHOAL_OK);
     char p[512];
-    snprintf(p, sizeof p, "%s/config.json", out);
+    assert_true(snprintf(p, sizeof p, "%s/config.json", out) < (int)sizeof p);
     assert_int_equal(model_config_save(&s_cfg, p), SHOAL_OK);
 }
 
