@@ -10,8 +10,10 @@
 #include <string.h>
 
 /* Kernels whose loops use vexp are compiled for AVX2+FMA and for baseline x86-64; the loader
- * picks the best clone for the CPU at run time. */
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+ * picks the best clone for the CPU at run time. SHOAL_HAVE_TARGET_CLONES comes from the build
+ * (cmake/ShoalTargetClones.cmake): clang 14 compiles the attribute but its clones do not link
+ * from other files, so there the kernels are baseline code. */
+#if defined(SHOAL_HAVE_TARGET_CLONES) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
 #define SHOAL_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SHOAL_VECTOR_CLONES
