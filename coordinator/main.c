@@ -10,6 +10,7 @@
 #include "control.h"
 #include "coord.h"
 #include "log.h"
+#include "shoal_version.h"
 
 static volatile sig_atomic_t s_stop;
 
@@ -23,7 +24,7 @@ static void s_usage(FILE *out)
 {
     fprintf(out,
             "usage: shoal-coordinator [--state-dir DIR] [--listen ENDPOINT] [--control ENDPOINT]\n"
-            "                         [--config FILE] [--log-level L]\n"
+            "                         [--config FILE] [--log-level L] [--version]\n"
             "Flags take precedence over the config file (YAML, keys below).\nkeys:\n");
     config_print_keys(out);
 }
@@ -37,6 +38,7 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'f'},
         {"log-level", required_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     /* flags are applied after the file so that they win */
@@ -68,6 +70,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             s_usage(stdout);
+            return 0;
+        case 'V':
+            printf("shoal-coordinator %s\n", SHOAL_VERSION);
             return 0;
         default:
             s_usage(stderr);

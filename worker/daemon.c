@@ -24,16 +24,13 @@
 #include "runspec.h"
 #include "session.h"
 #include "sha256.h"
+#include "shoal_version.h"
 #include "trainer.h"
 
 #define S_IDLE_WAIT_MS 100
 #define S_FAILED_ASK_MS 1000      /* GetAssignment again while failed */
 #define S_SAME_GEN_RETRY_MS 10000 /* last resort: retry a failed generation the coordinator keeps */
 #define S_LEFT_WAIT_MS 3000
-
-#ifndef SHOAL_VERSION_STRING
-#define SHOAL_VERSION_STRING "0.1.0"
-#endif
 
 typedef struct {
     daemon_config_t cfg;
@@ -836,7 +833,7 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
         .host = host,
         .device = "cpu",
         .institution = cfg->institution,
-        .version = SHOAL_VERSION_STRING,
+        .version = SHOAL_VERSION,
         .data_endpoint = endpoint,
         .memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0,
         .stop_flag = cfg->stop_flag,

@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "numparse.h"
+#include "shoal_version.h"
 
 int commands_parse_count(const char *arg)
 {
@@ -18,6 +19,7 @@ static void s_usage(FILE *f)
     fprintf(f, "usage: shoal-worker train RUN.yaml [options]     train in this process\n"
                "       shoal-worker grads --model DIR ...         gradients of one batch\n"
                "       shoal-worker --coordinator ENDPOINT ...    run as a worker daemon\n"
+               "       shoal-worker --version\n"
                "run a subcommand with --help for its options\n");
 }
 
@@ -31,6 +33,10 @@ int main(int argc, char **argv)
         return cmd_train(argc - 1, argv + 1);
     if (strcmp(argv[1], "grads") == 0)
         return cmd_grads(argc - 1, argv + 1);
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("shoal-worker %s\n", SHOAL_VERSION);
+        return 0;
+    }
     if (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0)
         return cmd_daemon(argc, argv);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

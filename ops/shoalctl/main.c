@@ -1,9 +1,11 @@
 /* main.c: shoalctl, the operator CLI of shoal: global options, then dispatch to one verb.
  * Exit codes: 0 ok, 1 error (unreachable coordinator, refused request, failed check), 2 usage. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "shoalctl.h"
+#include "shoal_version.h"
 
 static const char s_usage[] =
     "usage: shoalctl [--control ENDPOINT] [--timeout SECONDS] VERB [ARGS] [--json]\n"
@@ -26,7 +28,8 @@ static const char s_usage[] =
     "                         " CTL_DEFAULT_ENDPOINT ")\n"
     "  --timeout SECONDS      wait at most this long for each answer (default 5)\n"
     "  --json                 machine-readable output (read commands)\n"
-    "  -h, --help             this help; VERB --help for a verb's options\n";
+    "  -h, --help             this help; VERB --help for a verb's options\n"
+    "  --version              print shoalctl's version\n";
 
 typedef struct {
     const char *name;
@@ -52,6 +55,10 @@ int main(int argc, char **argv)
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(s_usage, stdout);
+            return CTL_EXIT_OK;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("shoalctl %s\n", SHOAL_VERSION);
             return CTL_EXIT_OK;
         }
         const char *pos[1];
