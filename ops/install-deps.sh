@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-    build-essential cmake pkg-config
+    build-essential clang cmake pkg-config
     libzmq3-dev libsodium-dev
     libprotobuf-c-dev protobuf-c-compiler
     librocksdb-dev
