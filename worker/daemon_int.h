@@ -1,0 +1,86 @@
+/* daemon_int.h: what the worker daemon's files share (internal, not an interface): the daemon
+ * state and the calls between the loop (daemon.c) and plan application (daemon_plan.c). The
+ * state directory has its own module (statedir.h). Everything here runs on the training
+ * thread. */
+#ifndef SHOAL_WORKER_DAEMON_INT_H
+#define SHOAL_WORKER_DAEMON_INT_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "comm.h"
+#include "daemon.h"
+#include "runspec.h"
+#include "session.h"
+#include "statedir.h"
+#include "trainer.h"
+
+typedef struct {
+    daemon_config_t cfg;
+    statedir_t state; /* the state dir, locked */
+    char name[SESS_ID_MAX];
+    void *zctx;
+    comm_listener_t *listener;
+    session_t *sess;
+    FILE *metrics;
+
+    sess_plan_t *plan;    /* the plan being trained (NULL: none) */
+    sess_plan_t *pending; /* a newer plan, applied at the next step boundary */
+    runspec_t *spec;
+    trainer_t *tr;
+    char tr_run[SESS_ID_MAX];
+    char *tr_spec_yaml;
+    char ckpt_root[PATH_MAX];
+    int have_state; /* the trainer holds the state after trainer_next_step() steps */
+    comm_t *comm;
+    void *snap; /* packed state before the last apply, for a rollback */
+    size_t snap_len;
+    int64_t snap_step; /* -1: none */
+    int64_t lease, committed;
+    int paused, failed, draining;
+    int loading; /* between a plan switch and its agreed state */
+    uint64_t failed_gen;
+    int64_t failed_ms, last_ask_ms;
+    int64_t ckpt_pending; /* step of a checkpoint being written (0: none) */
+    float last_loss, tokens_per_s;
+    sess_activity_t activity;
+    int64_t status_step;
+    char status_run[SESS_ID_MAX];
+    uint64_t status_gen;
+    char detail[256];
+} daemon_t;
+
+/* ---- daemon.c ----------------------------------------------------------------------------- */
+
+/* Whether a stop (SIGTERM/SIGINT) was requested. */
+int daemon_stopping(const daemon_t *d);
+
+/* Posts the status the heartbeats carry, when it changed (fmt may be NULL: no detail). */
+void daemon_status(daemon_t *d, sess_activity_t act, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The assignment failed: logs why, drops the comm, reports FAILED and asks for the next plan. */
+void daemon_fail(daemon_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Destroys the plan's comm (untracked by the session first); no-op without one. */
+void daemon_drop_comm(daemon_t *d);
+
+/* Takes every waiting session event; waits up to timeout_ms for the first. */
+void daemon_pump(daemon_t *d, int timeout_ms);
+
+/* Waits for the checkpoint being written (if any) and, when `report`, reports it to the
+ * coordinator once durable (statedir_ckpt_report). */
+void daemon_ckpt_finish(daemon_t *d, int report);
+
+/* ---- daemon_plan.c ------------------------------------------------------------------------ */
+
+/* Applies `p` (owned) at a step boundary: the run's trainer, the comm of the new generation,
+ * the state to start from (kept, rolled back, fresh, local checkpoint, or a peer's), and the
+ * checkpoint of the boundary. Failures go through daemon_fail. */
+void daemon_plan_switch(daemon_t *d, sess_plan_t *p);
+
+/* Finishes (and reports) a checkpoint in flight and frees the trainer and its state. */
+void daemon_plan_drop_trainer(daemon_t *d);
+
+#endif
