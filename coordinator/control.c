@@ -11,6 +11,7 @@
 
 #include <zmq.h>
 
+#include "ctl_reply.h"
 #include "log.h"
 #include "runspec.h"
 
@@ -30,8 +31,7 @@ static void s_reply(coord_t *c, const wire_route_t *route, int ok, Shoal__ErrorC
     wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_REPLY, "", COORD_SENDER, 0, ++c->seq);
     env.body_case = SHOAL__ENVELOPE__BODY_CTL_REPLY;
     env.ctl_reply = &rep;
-    if (wire_send(c->csock, route, &env, ZMQ_DONTWAIT) != SHOAL_OK)
-        log_warn("control reply not sent: %s", shoal_errmsg());
+    coord_send(c, c->csock, route, &env);
     free(text);
     json_decref(json);
 }
@@ -52,12 +52,20 @@ static void s_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code
 
 static json_t *s_run_status(const coord_run_t *r)
 {
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:i, s:s}", "id", r->id, "name",
-                     r->name, "state", coord_run_state_name(r->state), "step",
-                     (json_int_t)r->committed_step, "total_steps", (json_int_t)r->total_steps,
-                     "loss", r->loss, "generation", (json_int_t)r->generation, "checkpoint_step",
-                     (json_int_t)r->checkpoint_step, "lease", (json_int_t)r->lease, "workers",
-                     (int)r->plan.n_peers, "reason", r->reason);
+    const ctl_run_status_t st = {
+        .id = r->id,
+        .name = r->name,
+        .state = coord_run_state_name(r->state),
+        .reason = r->reason,
+        .step = r->committed_step,
+        .total_steps = r->total_steps,
+        .generation = (int64_t)r->generation,
+        .checkpoint_step = r->checkpoint_step,
+        .lease = r->lease,
+        .loss = r->loss,
+        .workers = (int)r->plan.n_peers,
+    };
+    return ctl_run_status_encode(&st);
 }
 
 static coord_run_t *s_run_arg(coord_t *c, const wire_route_t *route, const char *arg)
@@ -107,7 +115,7 @@ static void s_submit(coord_t *c, const wire_route_t *route, const Shoal__CtlSubm
     char msg[256];
     snprintf(msg, sizeof msg, "submitted %s (%s)", r->id, r->name);
     s_reply(c, route, 1, 0, msg,
-            json_pack("{s:s, s:s, s:s}", "id", r->id, "name", r->name, "state",
+            json_pack("{s:s, s:s, s:s}", CTL_F_ID, r->id, CTL_F_NAME, r->name, CTL_F_STATE,
                       coord_run_state_name(r->state)));
 out:
     free(spec);
@@ -130,7 +138,8 @@ static void s_status(coord_t *c, const wire_route_t *route, const char *arg)
     int live = 0;
     for (int i = 0; i < c->n_workers; i++)
         live += c->workers[i]->state == WORKER_ACTIVE;
-    s_reply(c, route, 1, 0, "", json_pack("{s:o, s:i}", "runs", runs, "active_workers", live));
+    s_reply(c, route, 1, 0, "",
+            json_pack("{s:o, s:i}", CTL_F_RUNS, runs, CTL_F_ACTIVE_WORKERS, live));
 }
 
 static void s_workers(coord_t *c, const wire_route_t *route)
@@ -153,7 +162,7 @@ static void s_workers(coord_t *c, const wire_route_t *route)
                            "institution", w->institution, "step", (json_int_t)w->step, "loss",
                            w->loss, "tokens_per_s", w->tokens_per_s));
     }
-    s_reply(c, route, 1, 0, "", json_pack("{s:o}", "workers", arr));
+    s_reply(c, route, 1, 0, "", json_pack("{s:o}", CTL_F_WORKERS, arr));
 }
 
 static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int drain)
@@ -194,8 +203,9 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
         coord_push_drain(c, w, "drain requested by operator");
     char msg[128];
     snprintf(msg, sizeof msg, "worker %s is %s", w->id, coord_worker_state_name(w->state));
-    s_reply(c, route, 1, 0, msg,
-            json_pack("{s:s, s:s}", "id", w->id, "state", coord_worker_state_name(w->state)));
+    s_reply(
+        c, route, 1, 0, msg,
+        json_pack("{s:s, s:s}", CTL_F_ID, w->id, CTL_F_STATE, coord_worker_state_name(w->state)));
 }
 
 static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType type, const char *arg)
@@ -248,7 +258,7 @@ static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType typ
     char msg[128];
     snprintf(msg, sizeof msg, "run %s is %s", r->id, coord_run_state_name(r->state));
     s_reply(c, route, 1, 0, msg,
-            json_pack("{s:s, s:s}", "id", r->id, "state", coord_run_state_name(r->state)));
+            json_pack("{s:s, s:s}", CTL_F_ID, r->id, CTL_F_STATE, coord_run_state_name(r->state)));
 }
 
 static void s_events(coord_t *c, const wire_route_t *route, const Shoal__CtlEvents *ev)
@@ -266,7 +276,7 @@ static void s_events(coord_t *c, const wire_route_t *route, const Shoal__CtlEven
         s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
         return;
     }
-    s_reply(c, route, 1, 0, "", json_pack("{s:s, s:o}", "run", chain, "events", arr));
+    s_reply(c, route, 1, 0, "", json_pack("{s:s, s:o}", CTL_F_RUN, chain, CTL_F_EVENTS, arr));
 }
 
 static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
@@ -290,8 +300,8 @@ static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
     else
         snprintf(msg, sizeof msg, "ledger of %s verifies: %" PRIu64 " entries", chain, n);
     s_reply(c, route, bad == 0, SHOAL__ERROR_CODE__ERR_INVALID, msg,
-            json_pack("{s:s, s:I, s:b, s:I, s:s}", "run", chain, "entries", (json_int_t)n, "ok",
-                      bad == 0, "first_bad", (json_int_t)bad, "reason", reason));
+            ctl_verify_encode(&(ctl_verify_t){
+                .run = chain, .reason = reason, .entries = n, .first_bad = bad, .ok = bad == 0}));
 }
 
 static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *cp)
@@ -306,7 +316,8 @@ static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *
             return;
         }
         s_reply(c, route, 1, 0, "dry run: not applied",
-                json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 1, "plan", plan_to_json(&p)));
+                json_pack("{s:s, s:b, s:o}", CTL_F_RUN, r->id, CTL_F_DRY_RUN, 1, CTL_F_PLAN,
+                          plan_to_json(&p)));
         plan_fini(&p);
         return;
     }
@@ -315,9 +326,9 @@ static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *
                 coord_run_state_name(r->state));
         return;
     }
-    s_reply(
-        c, route, 1, 0, "",
-        json_pack("{s:s, s:b, s:o}", "run", r->id, "dry_run", 0, "plan", plan_to_json(&r->plan)));
+    s_reply(c, route, 1, 0, "",
+            json_pack("{s:s, s:b, s:o}", CTL_F_RUN, r->id, CTL_F_DRY_RUN, 0, CTL_F_PLAN,
+                      plan_to_json(&r->plan)));
 }
 
 static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env)

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "ctl_reply.h"
 #include "numparse.h"
 #include "shoalctl.h"
 
@@ -26,13 +27,10 @@ static void s_on_signal(int sig)
     s_stop = 1;
 }
 
-/* The entries array of the answer: {"events": [...]}, {"entries": [...]} or a bare array. */
+/* The entries array of the answer (ctl_reply.h: {run, events}). */
 static const json_t *s_entries(const json_t *doc)
 {
-    if (json_is_array(doc))
-        return doc;
-    const json_t *e = json_object_get(doc, "events");
-    return e ? e : json_object_get(doc, "entries");
+    return json_object_get(doc, CTL_F_EVENTS);
 }
 
 static void s_print_entry(const json_t *e, bool json, bool one_line)

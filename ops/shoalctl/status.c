@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl_reply.h"
 #include "shoalctl.h"
 
 static const char s_usage[] =
@@ -12,50 +13,29 @@ static const char s_usage[] =
     "  \"generation\", \"checkpoint_step\"}]}; state is pending, running, paused, done, failed\n"
     "  or cancelled; loss is null before the first step.\n";
 
-/* The coordinator may name the total "total_steps" or "steps". */
+/* One run of the coordinator's status reply (ctl_reply.h) as the documented `status --json`
+ * object: exactly its eight fields, loss null before the first committed step. */
 static json_t *s_run_normalise(const json_t *r)
 {
-    json_t *total = ctl_json_number_or_null(r, "total_steps");
-    if (json_is_null(total)) {
-        json_decref(total);
-        total = ctl_json_number_or_null(r, "steps");
-    }
-    /* Before the first committed step there is no loss, whatever placeholder is sent. */
-    json_t *loss =
-        ctl_json_int(r, "step", 0) > 0 ? ctl_json_number_or_null(r, "loss") : json_null();
-    if (json_is_integer(loss)) { /* loss is always a real in our output */
-        json_t *real = json_real((double)json_integer_value(loss));
-        json_decref(loss);
-        loss = real;
-    }
-    return json_pack("{s:s, s:s, s:s, s:I, s:o, s:o, s:I, s:I}", "id", ctl_json_str(r, "id", ""),
-                     "name", ctl_json_str(r, "name", ""), "state",
-                     ctl_json_str(r, "state", "unknown"), "step",
-                     (json_int_t)ctl_json_int(r, "step", 0), "total_steps", total, "loss", loss,
-                     "generation", (json_int_t)ctl_json_int(r, "generation", 0), "checkpoint_step",
-                     (json_int_t)ctl_json_int(r, "checkpoint_step", 0));
+    ctl_run_status_t st;
+    ctl_run_status_decode(r, &st);
+    json_t *loss = st.step > 0 && st.has_loss ? json_real(st.loss) : json_null();
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:o, s:I, s:I}", CTL_F_ID, st.id, CTL_F_NAME,
+                     st.name, CTL_F_STATE, st.state[0] ? st.state : "unknown", CTL_F_STEP,
+                     (json_int_t)st.step, CTL_F_TOTAL_STEPS, (json_int_t)st.total_steps, CTL_F_LOSS,
+                     loss, CTL_F_GENERATION, (json_int_t)st.generation, CTL_F_CHECKPOINT_STEP,
+                     (json_int_t)st.checkpoint_step);
 }
 
 json_t *status_doc_normalise(const json_t *doc)
 {
     json_t *runs = json_array();
-    json_t *out = json_pack("{s:o}", "runs", runs);
+    json_t *out = json_pack("{s:o}", CTL_F_RUNS, runs);
     if (!out)
         return NULL;
-    const json_t *src = json_object_get(doc, "runs");
-    if (!src && json_is_object(json_object_get(doc, "run")))
-        src = json_object_get(doc, "run"); /* a one-run answer */
-    if (!src && json_is_object(doc) && json_object_get(doc, "id"))
-        src = doc;
-    if (json_is_object(src)) {
-        json_t *r = s_run_normalise(src);
-        if (!r || json_array_append_new(runs, r) != 0)
-            goto fail;
-        return out;
-    }
     size_t i;
     const json_t *r;
-    json_array_foreach(src, i, r)
+    json_array_foreach(json_object_get(doc, CTL_F_RUNS), i, r)
     {
         json_t *n = s_run_normalise(r);
         if (!n || json_array_append_new(runs, n) != 0)
@@ -67,9 +47,9 @@ fail:
     return NULL;
 }
 
-static void s_print_table(const json_t *st)
+static void s_print_table(const json_t *doc)
 {
-    const json_t *runs = json_object_get(st, "runs");
+    const json_t *runs = json_object_get(doc, CTL_F_RUNS);
     if (json_array_size(runs) == 0) {
         printf("no runs\n");
         return;
@@ -82,30 +62,19 @@ static void s_print_table(const json_t *st)
     json_array_foreach(runs, i, r)
     {
         char step[64], loss[32], gen[32], ckpt[32];
-        const json_t *total = json_object_get(r, "total_steps");
-        if (json_is_integer(total))
-            snprintf(step, sizeof(step), "%lld/%lld", ctl_json_int(r, "step", 0),
-                     (long long)json_integer_value(total));
-        else
-            snprintf(step, sizeof(step), "%lld", ctl_json_int(r, "step", 0));
-        const json_t *l = json_object_get(r, "loss");
-        if (json_is_number(l))
-            snprintf(loss, sizeof(loss), "%.4f", json_number_value(l));
+        ctl_run_status_t rs;
+        ctl_run_status_decode(r, &rs);
+        snprintf(step, sizeof(step), "%lld/%lld", (long long)rs.step, (long long)rs.total_steps);
+        if (rs.has_loss)
+            snprintf(loss, sizeof(loss), "%.4f", rs.loss);
         else
             snprintf(loss, sizeof(loss), "-");
-        snprintf(gen, sizeof(gen), "%lld", ctl_json_int(r, "generation", 0));
-        long long cs = ctl_json_int(r, "checkpoint_step", 0);
-        if (cs > 0)
-            snprintf(ckpt, sizeof(ckpt), "step %lld", cs);
+        snprintf(gen, sizeof(gen), "%lld", (long long)rs.generation);
+        if (rs.checkpoint_step > 0)
+            snprintf(ckpt, sizeof(ckpt), "step %lld", (long long)rs.checkpoint_step);
         else
             snprintf(ckpt, sizeof(ckpt), "-");
-        const char *cells[] = {ctl_json_str(r, "id", ""),
-                               ctl_json_str(r, "name", ""),
-                               ctl_json_str(r, "state", ""),
-                               step,
-                               loss,
-                               gen,
-                               ckpt};
+        const char *cells[] = {rs.id, rs.name, rs.state, step, loss, gen, ckpt};
         if (t)
             ctl_table_add(t, cells);
     }
@@ -120,11 +89,12 @@ static void s_print_reasons(const json_t *doc)
 {
     size_t i;
     const json_t *r;
-    json_array_foreach(json_object_get(doc, "runs"), i, r)
+    json_array_foreach(json_object_get(doc, CTL_F_RUNS), i, r)
     {
-        const char *why = ctl_json_str(r, "reason", "");
-        if (why && *why)
-            printf("run %s: %s\n", ctl_json_str(r, "id", "?"), why);
+        ctl_run_status_t st;
+        ctl_run_status_decode(r, &st);
+        if (st.reason[0])
+            printf("run %s: %s\n", st.id, st.reason);
     }
 }
 

@@ -1,5 +1,6 @@
 /* verify.c: `shoalctl verify RUN`: the coordinator re-checks the run's ledger hash chain from
  * its first entry; exit 1 when any entry is missing, altered or out of order. */
+#include "ctl_reply.h"
 #include "shoalctl.h"
 
 static const char s_usage[] =
@@ -7,19 +8,6 @@ static const char s_usage[] =
     "  Recomputes every ledger entry's hash and checks the chain. Exit 0 when intact, 1 when\n"
     "  broken (the first bad entry and the reason are printed).\n"
     "  --json prints the coordinator's verification document (ok, entries, first_bad, reason).\n";
-
-/* A chain is broken when the document says so in any of the ways it may: ok/valid false or a
- * first bad entry. */
-static bool s_chain_ok(const json_t *doc)
-{
-    const char *keys[] = {"ok", "valid", "verified"};
-    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-        const json_t *v = json_object_get(doc, keys[i]);
-        if (json_is_boolean(v) && !json_is_true(v))
-            return false;
-    }
-    return ctl_json_int(doc, "first_bad", 0) == 0;
-}
 
 int cmd_verify(ctl_opts_t *o, int argc, char **argv)
 {
@@ -42,25 +30,30 @@ int cmd_verify(ctl_opts_t *o, int argc, char **argv)
         ctl_error(o, "%s", shoal_errmsg());
         goto out;
     }
-    /* A broken chain may come back as ok=false with the document still attached. */
-    doc = reply.json[0] ? ctl_reply_doc(o, &reply) : NULL;
-    bool intact = reply.ok && (!doc || s_chain_ok(doc));
-    if (!reply.ok && !json_object_get(doc, "first_bad")) {
-        /* Refused (unknown run, ...) rather than a verdict on the chain. */
-        ex = ctl_check_reply(o, rc, &reply);
+    /* A verdict (intact or broken) carries the verify document (ctl_reply.h); a refusal (unknown
+     * run, ...) carries none. */
+    if (!reply.json[0]) {
+        ex = reply.ok ? ctl_error(o, "run %s: the coordinator sent no verification", pos[0])
+                      : ctl_check_reply(o, rc, &reply);
         goto out;
     }
-    if (o->json && doc)
+    ctl_verify_t v;
+    if (!(doc = ctl_reply_doc(o, &reply)))
+        goto out;
+    if (ctl_verify_decode(doc, &v) != SHOAL_OK) {
+        ctl_error(o, "%s", shoal_errmsg());
+        goto out;
+    }
+    if (o->json)
         ctl_print_json(doc);
-    if (intact) {
+    if (reply.ok && v.ok) {
         if (!o->json)
-            printf("run %s: ledger intact, %lld entries verified\n", pos[0],
-                   ctl_json_int(doc, "entries", ctl_json_int(doc, "n_entries", 0)));
+            printf("run %s: ledger intact, %llu entries verified\n", pos[0],
+                   (unsigned long long)v.entries);
         ex = CTL_EXIT_OK;
     } else {
-        const char *why = ctl_json_str(doc, "reason", reply.message);
-        ctl_error(o, "run %s: ledger BROKEN at entry %lld: %s", pos[0],
-                  ctl_json_int(doc, "first_bad", 0), why && *why ? why : "(no reason given)");
+        ctl_error(o, "run %s: ledger BROKEN at entry %llu: %s", pos[0],
+                  (unsigned long long)v.first_bad, v.reason[0] ? v.reason : "(no reason given)");
     }
 out:
     json_decref(doc);
