@@ -1,6 +1,7 @@
 /* up.c: `shoalctl up [--workers N] [RUN.yaml]`: a whole shoal cluster on this machine for one
  * run: a coordinator and N workers as children in a temporary state dir, the run submitted and
- * followed to its end, the final model copied out, everything stopped and removed. */
+ * followed to its end, the final model copied out, everything stopped and removed. The child
+ * processes themselves (spawn, reap, signals, logs) are child.c's. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -10,16 +11,16 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "ckpt.h"
+#include "clock.h"
 #include "fsutil.h"
 #include "model_dir.h"
+#include "numparse.h"
 #include "shoalctl.h"
 
 static const char s_usage[] =
@@ -48,36 +49,15 @@ static void s_on_signal(int sig)
 }
 
 typedef struct {
-    pid_t pid;
-    int status;
-    bool exited;
-    char name[16];
-    char log[PATH_MAX];
-} s_child_t;
-
-typedef struct {
     ctl_opts_t *o;
     char bindir[PATH_MAX];
     char tmp[PATH_MAX];
     char control[PATH_MAX];
     char listen[64];
     int n_workers;
-    s_child_t coord;
-    s_child_t workers[UP_MAX_WORKERS];
+    child_t coord;
+    child_t workers[UP_MAX_WORKERS];
 } s_up_t;
-
-static int64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void s_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL); /* a signal cuts it short, which is what Ctrl-C wants */
-}
 
 /* The directory of this executable: the daemons are installed (and built) beside it. */
 static shoal_err_t s_bindir(char *out, size_t cap)
@@ -120,132 +100,22 @@ static shoal_err_t s_make_tmp(char *out, size_t cap)
     return SHOAL_OK;
 }
 
-/* Starts argv[0] with stdout/stderr appended to child->log, in its own process group (so that
- * Ctrl-C at the terminal reaches only shoalctl, which stops the children in order) and with
- * SIGTERM as its parent-death signal (so a killed shoalctl leaves no orphans). */
-static shoal_err_t s_spawn(s_child_t *child, char *const argv[])
-{
-    int fd = open(child->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return shoal_fail(SHOAL_ERR_IO, "%s: %s", child->log, strerror(errno));
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fd);
-        return shoal_fail(SHOAL_ERR_IO, "fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(127);
-        int devnull = open("/dev/null", O_RDONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDIN_FILENO);
-        dup2(fd, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        execv(argv[0], argv);
-        dprintf(STDERR_FILENO, "shoalctl up: exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    close(fd);
-    child->pid = pid;
-    child->exited = false;
-    return SHOAL_OK;
-}
-
-/* Reaps the child if it has exited; true when it is gone. */
-static bool s_reap(s_child_t *child)
-{
-    if (child->pid <= 0 || child->exited)
-        return true;
-    int st;
-    pid_t r = waitpid(child->pid, &st, WNOHANG);
-    if (r == child->pid || (r < 0 && errno == ECHILD)) {
-        child->exited = true;
-        child->status = r == child->pid ? st : 0;
-        return true;
-    }
-    return false;
-}
-
-static void s_describe_exit(const s_child_t *child, char *out, size_t cap)
-{
-    if (WIFEXITED(child->status))
-        snprintf(out, cap, "exited with status %d", WEXITSTATUS(child->status));
-    else if (WIFSIGNALED(child->status))
-        snprintf(out, cap, "killed by signal %d", WTERMSIG(child->status));
-    else
-        snprintf(out, cap, "ended");
-}
-
-/* Prints the last lines of a child's log, to explain a failure. */
-static void s_print_log_tail(const s_child_t *child, int lines)
-{
-    uint8_t *data = NULL;
-    size_t len = 0;
-    if (fsutil_read_file(child->log, &data, &len) != SHOAL_OK || len == 0) {
-        free(data);
-        return;
-    }
-    size_t start = len;
-    int seen = 0;
-    while (start > 0) {
-        if (data[start - 1] == '\n' && start != len && ++seen >= lines)
-            break;
-        start--;
-    }
-    fprintf(stderr, "---- last lines of %s ----\n%s%s", child->log, (const char *)data + start,
-            data[len - 1] == '\n' ? "" : "\n");
-    free(data);
-}
-
 /* SIGTERM to every live child (workers first: they leave the run cleanly while the coordinator
  * still answers; then the coordinator), wait up to UP_STOP_WAIT_MS in all, then SIGKILL
  * whoever is left. */
 static void s_stop_all(s_up_t *u)
 {
-    int64_t start = s_now_ms();
-    for (int i = 0; i < u->n_workers; i++)
-        if (!s_reap(&u->workers[i]))
-            kill(u->workers[i].pid, SIGTERM);
-    for (;;) {
-        bool all = true;
-        for (int i = 0; i < u->n_workers; i++)
-            all = s_reap(&u->workers[i]) && all;
-        if (all || s_now_ms() - start > UP_STOP_WAIT_MS * 3 / 4)
-            break;
-        s_sleep_ms(20);
-    }
-    if (!s_reap(&u->coord))
-        kill(u->coord.pid, SIGTERM);
-    s_child_t *children[UP_MAX_WORKERS + 1];
+    const int64_t start = clock_mono_ms();
+    child_t *children[UP_MAX_WORKERS + 1];
     children[0] = &u->coord;
-    for (int i = 0; i < u->n_workers; i++)
+    for (int i = 0; i < u->n_workers; i++) {
         children[i + 1] = &u->workers[i];
-    for (;;) {
-        bool all = true;
-        for (int i = 0; i <= u->n_workers; i++)
-            all = s_reap(children[i]) && all;
-        if (all)
-            return;
-        if (s_now_ms() - start > UP_STOP_WAIT_MS)
-            break;
-        s_sleep_ms(20);
+        child_signal(&u->workers[i], SIGTERM);
     }
-    for (int i = 0; i <= u->n_workers; i++) {
-        s_child_t *ch = children[i];
-        if (!s_reap(ch)) {
-            fprintf(stderr, "shoalctl up: %s (pid %d) did not stop within %d s: SIGKILL\n",
-                    ch->name, (int)ch->pid, UP_STOP_WAIT_MS / 1000);
-            kill(ch->pid, SIGKILL);
-            waitpid(ch->pid, &ch->status, 0);
-            ch->exited = true;
-        }
-    }
+    child_wait_all(children + 1, u->n_workers, start + UP_STOP_WAIT_MS * 3 / 4);
+    child_signal(&u->coord, SIGTERM);
+    if (!child_wait_all(children, u->n_workers + 1, start + UP_STOP_WAIT_MS))
+        child_kill_rest(children, u->n_workers + 1, "shoalctl up", UP_STOP_WAIT_MS / 1000);
 }
 
 static shoal_err_t s_copy_file(const char *from, const char *to)
@@ -421,11 +291,11 @@ static const json_t *s_first_run(const json_t *st)
 /* Waits until the coordinator answers a status request (or dies, or time runs out). */
 static shoal_err_t s_wait_coordinator(s_up_t *u, ctl_client_t *c)
 {
-    int64_t deadline = s_now_ms() + UP_START_WAIT_MS;
+    int64_t deadline = clock_mono_ms() + UP_START_WAIT_MS;
     while (!s_interrupted) {
-        if (s_reap(&u->coord)) {
+        if (child_reap(&u->coord)) {
             char how[64];
-            s_describe_exit(&u->coord, how, sizeof(how));
+            child_describe_exit(&u->coord, how, sizeof(how));
             return shoal_fail(SHOAL_ERR_STATE, "shoal-coordinator %s before it was ready", how);
         }
         ctl_reply_t r = {0};
@@ -433,11 +303,11 @@ static shoal_err_t s_wait_coordinator(s_up_t *u, ctl_client_t *c)
         ctl_reply_fini(&r);
         if (rc == SHOAL_OK)
             return SHOAL_OK;
-        if (s_now_ms() > deadline)
+        if (clock_mono_ms() > deadline)
             return shoal_fail(SHOAL_ERR_TIMEOUT,
                               "shoal-coordinator did not answer on %s within %d s", u->control,
                               UP_START_WAIT_MS / 1000);
-        s_sleep_ms(100);
+        clock_sleep_ms(100);
     }
     return shoal_fail(SHOAL_ERR_ABORTED, "interrupted");
 }
@@ -456,27 +326,27 @@ static shoal_err_t s_follow(s_up_t *u, ctl_client_t *c, const char *run, long lo
                             double time_limit_s, s_result_t *res)
 {
     bool tty = isatty(STDOUT_FILENO);
-    int64_t t0 = s_now_ms(), last_print = 0, rate_t0 = 0;
+    int64_t t0 = clock_mono_ms(), last_print = 0, rate_t0 = 0;
     long long rate_step0 = -1, printed_step = -1;
     int failures = 0;
     int workers_seen_dead = 0;
     shoal_err_t rc = SHOAL_OK;
     res->first_loss = res->last_loss = NAN;
     while (!s_interrupted) {
-        if (s_reap(&u->coord)) {
+        if (child_reap(&u->coord)) {
             char how[64];
-            s_describe_exit(&u->coord, how, sizeof(how));
+            child_describe_exit(&u->coord, how, sizeof(how));
             rc = shoal_fail(SHOAL_ERR_STATE, "shoal-coordinator %s during the run", how);
             break;
         }
         int dead = 0;
         for (int i = 0; i < u->n_workers; i++)
-            dead += s_reap(&u->workers[i]) ? 1 : 0;
+            dead += child_reap(&u->workers[i]) ? 1 : 0;
         if (dead > workers_seen_dead) {
             for (int i = 0; i < u->n_workers; i++)
                 if (u->workers[i].exited && u->workers[i].pid > 0) {
                     char how[64];
-                    s_describe_exit(&u->workers[i], how, sizeof(how));
+                    child_describe_exit(&u->workers[i], how, sizeof(how));
                     fprintf(stderr, "%sshoalctl up: worker %s %s (log: %s)\n", tty ? "\n" : "",
                             u->workers[i].name, how, u->workers[i].log);
                     u->workers[i].pid = -u->workers[i].pid; /* reported once */
@@ -518,7 +388,7 @@ static shoal_err_t s_follow(s_up_t *u, ctl_client_t *c, const char *run, long lo
                 if (isnan(res->first_loss))
                     res->first_loss = res->last_loss;
             }
-            int64_t now = s_now_ms();
+            int64_t now = clock_mono_ms();
             if (res->step > 0 && rate_step0 < 0) {
                 rate_step0 = res->step;
                 rate_t0 = now;
@@ -554,21 +424,21 @@ static shoal_err_t s_follow(s_up_t *u, ctl_client_t *c, const char *run, long lo
             rc = shoal_fail(SHOAL_ERR_STATE, "every worker has exited; the run cannot go on");
             break;
         }
-        if (time_limit_s > 0 && (double)(s_now_ms() - t0) / 1000.0 > time_limit_s) {
+        if (time_limit_s > 0 && (double)(clock_mono_ms() - t0) / 1000.0 > time_limit_s) {
             if (tty)
                 printf("\n");
             rc = shoal_fail(SHOAL_ERR_TIMEOUT, "the run did not end within --time-limit %.0f s",
                             time_limit_s);
             break;
         }
-        s_sleep_ms(UP_POLL_MS);
+        clock_sleep_ms(UP_POLL_MS);
     }
     if (rc == SHOAL_OK && s_interrupted) {
         if (tty)
             printf("\n");
         rc = shoal_fail(SHOAL_ERR_ABORTED, "interrupted");
     }
-    res->elapsed_s = (double)(s_now_ms() - t0) / 1000.0;
+    res->elapsed_s = (double)(clock_mono_ms() - t0) / 1000.0;
     return rc;
 }
 
@@ -604,10 +474,10 @@ static shoal_err_t s_start_cluster(s_up_t *u)
                      rc, out);
     char *cargv[] = {coord_bin, "--state-dir", coord_state, "--listen",
                      u->listen, "--control",   u->control,  NULL};
-    SHOAL_CHECK_GOTO(s_spawn(&u->coord, cargv), rc, out);
+    SHOAL_CHECK_GOTO(child_spawn(&u->coord, cargv, "shoalctl up"), rc, out);
 
     for (int i = 0; i < u->n_workers; i++) {
-        s_child_t *w = &u->workers[i];
+        child_t *w = &u->workers[i];
         char state[PATH_MAX];
         snprintf(w->name, sizeof(w->name), "w%d", i + 1);
         SHOAL_CHECK_GOTO(fsutil_path(state, sizeof(state), "%s/%s", u->tmp, w->name), rc, out);
@@ -615,7 +485,7 @@ static shoal_err_t s_start_cluster(s_up_t *u)
         SHOAL_CHECK_GOTO(fsutil_path(w->log, sizeof(w->log), "%s/%s.log", logs, w->name), rc, out);
         char *wargv[] = {worker_bin, "--coordinator", u->listen, "--name",
                          w->name,    "--state-dir",   state,     NULL};
-        SHOAL_CHECK_GOTO(s_spawn(w, wargv), rc, out);
+        SHOAL_CHECK_GOTO(child_spawn(w, wargv, "shoalctl up"), rc, out);
     }
 out:
     return rc;
@@ -641,24 +511,14 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
     u->o = o;
     u->n_workers = 2;
     double time_limit = 0;
-    if (workers_s) {
-        char *end;
-        long n = strtol(workers_s, &end, 10);
-        if (end == workers_s || *end || n < 1 || n > UP_MAX_WORKERS) {
-            free(u);
-            return ctl_usage_error(o, s_usage, "--workers: expected 1..%d, got '%s'",
-                                   UP_MAX_WORKERS, workers_s);
-        }
-        u->n_workers = (int)n;
+    if (workers_s && numparse_int(workers_s, 1, UP_MAX_WORKERS, &u->n_workers) != SHOAL_OK) {
+        free(u);
+        return ctl_usage_error(o, s_usage, "--workers: expected 1..%d, got '%s'", UP_MAX_WORKERS,
+                               workers_s);
     }
-    if (limit_s) {
-        char *end;
-        time_limit = strtod(limit_s, &end);
-        if (end == limit_s || *end || !(time_limit > 0)) {
-            free(u);
-            return ctl_usage_error(o, s_usage, "--time-limit: expected seconds > 0, got '%s'",
-                                   limit_s);
-        }
+    if (limit_s && (numparse_double(limit_s, &time_limit) != SHOAL_OK || !(time_limit > 0))) {
+        free(u);
+        return ctl_usage_error(o, s_usage, "--time-limit: expected seconds > 0, got '%s'", limit_s);
     }
 
     runspec_t *spec = malloc(sizeof(*spec));
@@ -725,7 +585,7 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
     }
     if ((rc = s_wait_coordinator(u, c)) != SHOAL_OK) {
         ctl_error(o, "%s", shoal_errmsg());
-        s_print_log_tail(&u->coord, 15);
+        child_print_log_tail(&u->coord, 15);
         goto out;
     }
     rc = ctl_client_submit(c, text, n_pos ? pos[0] : "<embedded tiny-fortunes>", &reply);
@@ -743,9 +603,9 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
         ctl_error(o, "%s", shoal_errmsg());
         for (int i = 0; i < u->n_workers; i++)
             if (u->workers[i].exited)
-                s_print_log_tail(&u->workers[i], 8);
+                child_print_log_tail(&u->workers[i], 8);
         if (u->coord.exited)
-            s_print_log_tail(&u->coord, 15);
+            child_print_log_tail(&u->coord, 15);
         goto out;
     }
     char took[32];
