@@ -3,6 +3,7 @@
 # Environment (from CMake): SHOAL_BIN (dir with shoal-worker, shoal-coordinator, shoalctl),
 # ITEST_HOSTILE (helper), SHOAL_DATA (a text file to train on).
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/poll.sh"
 
 T=$(mktemp -d /tmp/shoal-it.XXXXXX)
 PIDS=()
@@ -39,10 +40,12 @@ WORKER_EP="ipc://$T/w.sock"
 
 # The coordinator: fast heartbeats so that deaths are seen in about two seconds (10 missed
 # heartbeats: a loaded 2-core machine must not kill live workers). DEAD_AFTER_MS overrides.
+# The lease runs STEP_WINDOW steps ahead of the committed step.
+STEP_WINDOW=4
 cat > "$T/coord.yaml" <<EOF
 heartbeat_interval_ms: 200
 dead_after_ms: ${DEAD_AFTER_MS:-2000}
-step_window: 4
+step_window: $STEP_WINDOW
 EOF
 
 # write_spec FILE STEPS EVERY: the run spec every test trains (and the reference trains alone).
@@ -96,15 +99,19 @@ start_worker() {
 
 ctl() { "$SHOAL_BIN/shoalctl" --control "$CTL_EP" --timeout 3 "$@"; }
 
-# wait_until SECONDS WHAT CMD...: polls CMD every 0.1 s.
+# wait_until SECONDS WHAT CMD...: polls CMD every 0.1 s until it succeeds; fails after SECONDS.
 wait_until() {
     local secs=$1 what=$2
     shift 2
-    local end=$((SECONDS + secs))
-    while ! "$@" 2>/dev/null; do
-        [ $SECONDS -ge $end ] && fail "timed out after ${secs}s waiting for $what"
-        sleep 0.1
-    done
+    poll_until "$secs" "$@" || fail "timed out after ${secs}s waiting for $what"
+}
+
+# hold_for SECONDS WHAT CMD...: CMD must hold at every poll for SECONDS; fails at the first poll
+# where it does not.
+hold_for() {
+    local secs=$1 what=$2
+    shift 2
+    poll_while "$secs" "$@" || fail "$what no longer holds"
 }
 
 # run_field RUN KEY: one field of `shoalctl status RUN --json`.
@@ -113,8 +120,34 @@ run_field() {
         python3 -c "import json,sys; print(json.load(sys.stdin)['runs'][0]['$2'])"
 }
 
+# paused_step RUN: the committed step that the ledger recorded when RUN was last paused.
+paused_step() {
+    ctl events "$1" --json 2>/dev/null | python3 -c "
+import json, sys
+print([e['detail']['step'] for e in json.load(sys.stdin)['events']
+       if e['kind'] == 'run_state' and e['detail']['to'] == 'paused'][-1])"
+}
+
 run_state_is() { [ "$(run_field "$1" state)" = "$2" ]; }
-run_step_at_least() { local s; s=$(run_field "$1" step) && [ "${s:-0}" -ge "$2" ]; }
+run_field_at_least() { local v; v=$(run_field "$1" "$2") && [ "${v:-0}" -ge "$3" ]; }
+run_step_at_least() { run_field_at_least "$1" step "$2"; }
+
+# metrics_max_step WORKER: the highest step in the worker's metrics (0 before its first).
+metrics_max_step() {
+    python3 -c "
+import json, sys
+steps = [json.loads(l)['step'] for l in open(sys.argv[1]) if l.strip()]
+print(max(steps, default=0))" "$T/$1.jsonl" 2>/dev/null || echo 0
+}
+
+# workers_within STEP WORKER...: no worker has trained a step beyond STEP.
+workers_within() {
+    local step=$1 w
+    shift
+    for w in "$@"; do
+        [ "$(metrics_max_step "$w")" -le "$step" ] || return 1
+    done
+}
 
 worker_state() {
     ctl workers --json 2>/dev/null | python3 -c "

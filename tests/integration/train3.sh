@@ -14,15 +14,19 @@ wait_until 10 "3 active workers" bash -c "[ \$($SHOAL_BIN/shoalctl --control $CT
 ctl submit "$T/run.yaml" > "$T/submit.out" || fail "submit: $(cat "$T/submit.out")"
 RUN=$(awk '/submitted run/ {print $3}' "$T/submit.out")
 [ -n "$RUN" ] || fail "no run id in: $(cat "$T/submit.out")"
-wait_until 60 "step 1" run_step_at_least "$RUN" 1
+wait_until 60 "the first plan" run_field_at_least "$RUN" generation 1
 ctl pause "$RUN" > /dev/null || fail "pause"
-# Paused: the workers stop at the lease the coordinator froze; the committed step stops moving.
-sleep 1.5
-P1=$(run_field "$RUN" step)
-sleep 1
-P2=$(run_field "$RUN" step)
-[ "$P1" = "$P2" ] && [ "$P2" -lt 20 ] || fail "training went on while paused ($P1 -> $P2)"
-note "paused at step $P2"
+# Paused: the workers may train on up to the lease the coordinator froze (the step committed at
+# the pause plus the step window; every cell stops at that same boundary), and there they stop:
+# the run commits the lease's step, and no worker trains a step beyond it while paused.
+run_state_is "$RUN" paused || fail "run $RUN is $(run_field "$RUN" state) after pause"
+P=$(paused_step "$RUN") || fail "no pause in the ledger"
+LEASE=$((P + STEP_WINDOW < 20 ? P + STEP_WINDOW : 20))
+wait_until 60 "the paused run to reach its lease $LEASE" run_step_at_least "$RUN" "$LEASE"
+hold_for 2 "no step beyond the lease $LEASE while paused" workers_within "$LEASE" a b c
+[ "$(run_field "$RUN" step)" = "$LEASE" ] || fail "step $(run_field "$RUN" step) committed beyond the lease $LEASE while paused"
+run_state_is "$RUN" paused || fail "run $RUN is $(run_field "$RUN" state) while paused"
+note "paused at step $P, stopped at the frozen lease $LEASE"
 ctl resume "$RUN" > /dev/null || fail "resume"
 wait_until 60 "run $RUN done" run_state_is "$RUN" done
 note "run $RUN done: step $(run_field "$RUN" step), checkpoint $(run_field "$RUN" checkpoint_step), generation $(run_field "$RUN" generation)"

@@ -4,6 +4,7 @@
 # resume stick, drain/undrain of a real worker, events --follow streams, cancel releases the
 # workers. Skips (77) while shoal-worker has no daemon mode. Usage: shoalctl_live.sh BINDIR
 set -u
+. "$(dirname "$0")/../integration/poll.sh"
 bindir="$1"
 bin="$bindir/shoalctl"
 "$bindir/shoal-worker" --help 2>&1 | grep -q -- "--coordinator" ||
@@ -24,19 +25,18 @@ expect() {
     local got=$?
     [ "$got" -eq "$want" ] || err "shoalctl $* exited $got, expected $want: $(cat "$tmp/err")"
 }
-# wait_for SECONDS PYTHON-CONDITION VERB...: polls `shoalctl VERB --json` until the condition on
-# `d` (the parsed document) holds.
+# doc_holds PYTHON-CONDITION VERB...: the condition on `d` (the parsed `shoalctl VERB --json`)
+# holds.
+doc_holds() {
+    local cond=$1; shift
+    "$bin" "$@" --json >"$tmp/poll" &&
+        python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if ($cond) else 1)" \
+            "$tmp/poll"
+}
+# wait_for SECONDS PYTHON-CONDITION VERB...: polls until doc_holds.
 wait_for() {
     local secs=$1 cond=$2; shift 2
-    local end=$(( $(date +%s) + secs ))
-    while [ "$(date +%s)" -le "$end" ]; do
-        if "$bin" "$@" --json >"$tmp/poll" 2>/dev/null &&
-           python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if ($cond) else 1)" \
-               "$tmp/poll" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.2
-    done
+    poll_until "$secs" doc_holds "$cond" "$@" && return 0
     err "timed out waiting for: $* --json: $cond (last: $(cat "$tmp/poll"))"
     return 1
 }
@@ -96,10 +96,15 @@ expect 0 plan live
 grep -Eq "^generation [0-9]+: dp 2 x pp 1 x ep 1" "$tmp/out" || err "plan header: $(cat "$tmp/out")"
 grep -Eq "^RANK +WORKER +REPLICA +STAGE +EP_RANK +EXPERTS" "$tmp/out" || err "plan table: $(cat "$tmp/out")"
 
-# events --follow streams entries as JSON lines until interrupted, then exits 0.
+# events --follow streams entries as JSON lines until interrupted, then exits 0; it shows at
+# least every entry the ledger held when it started.
+expect 0 events live --json
+n_before=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["events"]))' "$tmp/out")
 "$bin" events live --follow --json >"$tmp/follow" 2>"$tmp/follow.err" &
 fpid=$!
-sleep 1.5
+follow_shows() { [ "$(grep -c . "$tmp/follow")" -ge "$1" ]; }
+poll_until 30 follow_shows "$n_before" ||
+    err "events --follow showed $(grep -c . "$tmp/follow") of $n_before entries in 30 s"
 kill -INT "$fpid"; wait "$fpid"; frc=$?
 [ $frc -eq 0 ] || err "events --follow exited $frc: $(cat "$tmp/follow.err")"
 python3 - "$tmp/follow" <<'PY' || err "events --follow: $(head -c 600 "$tmp/follow")"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # resume_bitexact: 40 steps straight, and 40 steps with the trainer SIGKILLed after the step-20
-# checkpoint and restarted, end with byte-identical model and optimizer tensors.
-# usage: resume_bitexact.sh SHOAL_WORKER
+# checkpoint and restarted, end with byte-identical model and optimizer tensors. The kill point
+# is fixed, not raced: an LD_PRELOAD shim makes the trainer stop itself (SIGSTOP) just before it
+# commits its step-30 checkpoint; the test then SIGKILLs the stopped process.
+# usage: resume_bitexact.sh SHOAL_WORKER STOP_AT_RENAME_SO
 set -euo pipefail
+. "$(dirname "$0")/../integration/poll.sh"
 worker=$1
+shim=$2
 tmp=$(mktemp -d /tmp/shoal-resume-XXXXXX)
 trap 'kill -9 $pid 2>/dev/null || true; rm -rf "$tmp"' EXIT
 pid=
@@ -23,22 +27,31 @@ spec "$tmp/killed" > "$tmp/killed.yaml"
 
 "$worker" train "$tmp/straight.yaml" --quiet > "$tmp/straight.log" 2>&1
 
-"$worker" train "$tmp/killed.yaml" > "$tmp/killed1.log" 2>&1 &
+# (a sanitizer build's runtime wants to be the first library; the shim comes before it)
+LD_PRELOAD="$shim" SHOAL_TEST_STOP_AT_RENAME=/step-00000030 \
+    ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0" \
+    "$worker" train "$tmp/killed.yaml" > "$tmp/killed1.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 6000); do
-    [ -d "$tmp/killed/step-00000020" ] && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.01
-done
-[ -d "$tmp/killed/step-00000020" ] || { echo "FAIL: no step-20 checkpoint appeared"; cat "$tmp/killed1.log"; exit 1; }
-kill -9 $pid 2>/dev/null && killed=yes || killed="no (it had finished)"
-wait $pid 2>/dev/null || true
+stopped() { [ "$(awk '{print $3}' "/proc/$pid/stat")" = T ]; }
+stopped_or_gone() { stopped || ! kill -0 "$pid"; }
+poll_until 240 stopped_or_gone && stopped ||
+    { echo "FAIL: the trainer did not stop before its step-30 commit"; cat "$tmp/killed1.log"; exit 1; }
+kill -9 "$pid"
+rc=0
+wait "$pid" 2>/dev/null || rc=$?
+[ "$rc" = 137 ] || { echo "FAIL: the trainer ended with $rc, not by the SIGKILL"; exit 1; }
 last=$(grep -c '^step ' "$tmp/killed1.log" || true)
-echo "first process SIGKILLed: $killed, after $last steps"
-[ "$killed" = yes ] && [ "$last" -lt 40 ] || { echo "FAIL: the trainer was not killed mid-run"; exit 1; }
+echo "first process SIGKILLed after $last steps, before committing its step-30 checkpoint"
+# Killed mid-run: step 20 committed, steps 30 and 40 not (30's files lie in a .tmp dir).
+[ -f "$tmp/killed/step-00000020/manifest.json" ] || { echo "FAIL: no committed step-20 checkpoint"; exit 1; }
+for s in 30 40; do
+    [ ! -e "$tmp/killed/step-000000$s" ] || { echo "FAIL: step $s was committed before the kill"; exit 1; }
+done
+ls -d "$tmp"/killed/.tmp-step-00000030-* > /dev/null || { echo "FAIL: the kill did not land mid-checkpoint"; exit 1; }
 
 "$worker" train "$tmp/killed.yaml" > "$tmp/killed2.log" 2>&1
-grep -q "resumed run resume-test from" "$tmp/killed2.log" || { echo "FAIL: did not resume"; cat "$tmp/killed2.log"; exit 1; }
+grep -q "resumed run resume-test from $tmp/killed/step-00000020" "$tmp/killed2.log" ||
+    { echo "FAIL: did not resume from step 20"; cat "$tmp/killed2.log"; exit 1; }
 head -1 "$tmp/killed2.log"
 
 for f in model.safetensors optimizer.safetensors trainer_state.json; do
