@@ -8,13 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zmq.h>
 
 #ifdef SHOAL_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "clock.h"
 #include "fsutil.h"
 #include "log.h"
 #include "wire.h"
@@ -80,20 +80,6 @@ struct session {
     int64_t leave_deadline_ms;
     int quit;
 };
-
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t s_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void s_copy(char *dst, size_t cap, const char *src)
 {
@@ -178,7 +164,7 @@ static int s_send_register(session_t *s)
 
 static void s_send_get_assignment(session_t *s, int force)
 {
-    const int64_t now = s_mono_ms();
+    const int64_t now = clock_mono_ms();
     if (s->state != S_REGISTERED || (!force && now - s->last_getassign_ms < S_GETASSIGN_MIN_MS))
         return;
     s->last_getassign_ms = now;
@@ -206,7 +192,7 @@ static void s_send_heartbeat(session_t *s)
         hb.activity = (Shoal__WorkerActivity)st->activity;
         hb.detail = (char *)st->detail;
     }
-    hb.timestamp_ms = s_wall_ms();
+    hb.timestamp_ms = (uint64_t)clock_wall_ms();
     env.body_case = SHOAL__ENVELOPE__BODY_HEARTBEAT;
     env.heartbeat = &hb;
     s_send(s, &env);
@@ -401,7 +387,7 @@ static void s_reregister(session_t *s, const char *why)
         return; /* already registering: one Register at a time */
     log_warn("session: registering again: %s", why);
     s->state = S_CONNECTING;
-    s->next_reg_ms = s_mono_ms();
+    s->next_reg_ms = clock_mono_ms();
     s->backoff_ms = S_BACKOFF_MIN_MS;
 }
 
@@ -477,7 +463,7 @@ static void s_on_error(session_t *s, const Shoal__Envelope *env)
  * restarted between two of our heartbeats never saw what its predecessor had not read. */
 static void s_resend_pending(session_t *s, int64_t older_than_ms)
 {
-    const int64_t now = s_mono_ms();
+    const int64_t now = clock_mono_ms();
     for (int i = 0; i < s->n_pending; i++) {
         if (older_than_ms && now - s->pending[i].sent_ms < older_than_ms)
             continue;
@@ -516,7 +502,7 @@ static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
              s->coordinator, s->worker_id, changed ? "" : " again", s->hb_ms, s->dead_ms);
     /* Reports the previous coordinator (or connection) never acknowledged. */
     s_resend_pending(s, 0);
-    s->next_hb_ms = s_mono_ms();
+    s->next_hb_ms = clock_mono_ms();
     s_send_get_assignment(s, 1);
     if (s->leaving)
         s_send_leave(s, "leaving");
@@ -525,7 +511,7 @@ static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
 static void s_on_message(const Shoal__Envelope *env, void *ctx)
 {
     session_t *s = ctx;
-    const int64_t now = s_mono_ms();
+    const int64_t now = clock_mono_ms();
     if (s->lost && s->state == S_REGISTERED) {
         log_info("session: the coordinator answers again after %lld ms",
                  (long long)(now - s->last_rx_ms));
@@ -634,7 +620,7 @@ static void s_on_request(session_t *s, sess_req_t *r)
         }
         s->pending[s->n_pending].req = r;
         s->pending[s->n_pending].seq = s->state == S_REGISTERED ? s_send_report(s, r) : 0;
-        s->pending[s->n_pending].sent_ms = s_mono_ms();
+        s->pending[s->n_pending].sent_ms = clock_mono_ms();
         s->n_pending++;
         return;
     case SESS_REQ_GET_ASSIGNMENT:
@@ -644,7 +630,7 @@ static void s_on_request(session_t *s, sess_req_t *r)
         if (!s->leaving) {
             s->leaving = 1;
             /* Within the grace period when one runs (keep 0.2 s for the exit itself). */
-            const int64_t now = s_mono_ms();
+            const int64_t now = clock_mono_ms();
             int64_t until = now + S_LEAVE_WAIT_MS;
             if (s->stop_seen_ms) {
                 const int64_t grace_end =
@@ -750,10 +736,10 @@ static void *s_thread(void *arg)
     s->backoff_ms = S_BACKOFF_MIN_MS;
     s->fwd_committed = s->fwd_lease = -1;
     s_connect(s);
-    s->next_reg_ms = s_mono_ms();
+    s->next_reg_ms = clock_mono_ms();
     s_notify(s, "READY=1");
     while (!s->quit) {
-        const int64_t now = s_mono_ms();
+        const int64_t now = clock_mono_ms();
         s_timers(s, now);
         int64_t wait = S_POLL_MAX_MS;
         if (s->state == S_REGISTERED && s->next_hb_ms - now < wait)

@@ -609,12 +609,80 @@ static void test_async_writer(void **state)
     s_state_free(&b);
 }
 
+/* The layout's names and the manifest reader (what the worker reports from a checkpoint). */
+static void test_layout(void **state)
+{
+    (void)state;
+    char name[32], dir[600], p[700];
+    int64_t step = -1;
+    assert_int_equal(ckpt_step_dir_name(20, name, sizeof name), SHOAL_OK);
+    assert_string_equal(name, "step-00000020");
+    assert_int_equal(ckpt_step_dir_name(123456789, name, sizeof name), SHOAL_OK);
+    assert_string_equal(name, "step-123456789");
+    assert_int_equal(ckpt_step_dir_name(-1, name, sizeof name), SHOAL_ERR_INVALID);
+    assert_int_equal(ckpt_step_dir_name(20, name, 13), SHOAL_ERR_INVALID);
+    assert_int_equal(ckpt_step_dir("/r", 7, p, sizeof p), SHOAL_OK);
+    assert_string_equal(p, "/r/step-00000007");
+    assert_int_equal(ckpt_step_dir("/r", 7, p, 16), SHOAL_ERR_INVALID);
+    assert_true(ckpt_step_dir_parse("step-00000020", &step) && step == 20);
+    assert_true(ckpt_step_dir_parse("step-123456789", &step) && step == 123456789);
+    const char *bad[] = {"step-0000020",        "step-00000020x", "step-",
+                         "step--0000020",       "Step-00000020",  "step-0000000000000000001",
+                         ".tmp-step-00000020-1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(ckpt_step_dir_parse(bad[i], &step));
+
+    s_state_t s;
+    s_state_new(&s, 6);
+    s_fresh(&s, "layout", dir, sizeof dir);
+    ckpt_manifest_t m;
+    assert_int_equal(ckpt_manifest_read(dir, &m), SHOAL_OK);
+    assert_int_equal(m.step, 1);
+    assert_int_equal(m.n_files, 4);
+    for (int i = 0; i < m.n_files; i++) {
+        uint64_t size = 0;
+        snprintf(p, sizeof p, "%s/%s", dir, m.files[i].name);
+        assert_int_equal(fsutil_file_size(p, &size), SHOAL_OK);
+        assert_int_equal(size, m.files[i].size);
+        assert_int_equal(strlen(m.files[i].sha256), SHA256_HEX_LEN);
+    }
+    /* hostile manifests: each is refused, naming the manifest */
+    const char *hostile[] = {
+        "{\"format\": \"shoal-checkpoint-v1\", \"format\": \"x\", \"files\": []}",
+        "{\"format\": \"shoal-checkpoint-v2\", \"files\": []}",
+        "{\"format\": \"shoal-checkpoint-v1\", \"step\": -1, \"files\": []}",
+        "{\"format\": \"shoal-checkpoint-v1\", \"files\": [{\"name\": \"../x\", \"size\": 1, "
+        "\"sha256\": \"00\"}]}",
+        "{\"format\": \"shoal-checkpoint-v1\", \"files\": []}", /* lists none of the files */
+    };
+    snprintf(p, sizeof p, "%s/" CKPT_MANIFEST_NAME, dir);
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        assert_int_equal(fsutil_write_file(p, hostile[i], strlen(hostile[i])), SHOAL_OK);
+        assert_int_equal(ckpt_manifest_read(dir, &m), SHOAL_ERR_FORMAT);
+        s_expect_msg(p, NULL);
+    }
+    json_t *files = json_array();
+    for (int i = 0; i <= CKPT_MANIFEST_MAX_FILES; i++)
+        json_array_append_new(files,
+                              json_pack("{s:s,s:i,s:s}", "name", "config.json", "size", 1, "sha256",
+                                        "0000000000000000000000000000000000000000"
+                                        "000000000000000000000000"));
+    json_t *root = json_pack("{s:s,s:o}", "format", "shoal-checkpoint-v1", "files", files);
+    assert_int_equal(json_dump_file(root, p, 0), 0);
+    json_decref(root);
+    assert_int_equal(ckpt_manifest_read(dir, &m), SHOAL_ERR_FORMAT);
+    snprintf(p, sizeof p, "%s/damage/nowhere", s_root);
+    assert_int_equal(ckpt_manifest_read(p, &m), SHOAL_ERR_NOTFOUND);
+    s_state_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),   cmocka_unit_test(test_keep_and_latest),
         cmocka_unit_test(test_stale_tmp),    cmocka_unit_test(test_damage),
         cmocka_unit_test(test_async_writer), cmocka_unit_test(test_sigkill_while_writing),
+        cmocka_unit_test(test_layout),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
