@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "numparse.h"
 
 typedef struct {
     json_t *shards;
@@ -41,7 +42,8 @@ static int s_prune_one(const char *k, size_t kl, const char *v, size_t vl, void 
     char step[21];
     memcpy(step, k + p->prefix_len, 20);
     step[20] = 0;
-    if (strtoll(step, NULL, 10) <= p->upto) {
+    int64_t n;
+    if (numparse_i64(step, 0, INT64_MAX, &n) == SHOAL_OK && n <= p->upto) {
         char *key = strndup(k, kl);
         if (key)
             store_batch_delete(coord_txn(p->c), STORE_CF_MANIFESTS, key);

@@ -10,17 +10,7 @@
 #include <string.h>
 
 #include "log.h"
-
-static int s_name_ok(const char *s)
-{
-    if (!s[0])
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              *s == '.' || *s == '_' || *s == '-'))
-            return 0;
-    return 1;
-}
+#include "name.h"
 
 static void s_reply_register(coord_t *c, const wire_route_t *route, const char *id, int ok,
                              const char *reason)
@@ -44,9 +34,9 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
     (void)unused_w;
     (void)unused_r;
     const Shoal__Register *rg = env->reg;
-    if (!s_name_ok(rg->name)) {
-        log_warn("register refused: worker name '%.64s' is not [A-Za-z0-9._-]+", rg->name);
-        s_reply_register(c, route, "", 0, "worker name must be [A-Za-z0-9._-]+, 1-64 bytes");
+    if (!name_ok(rg->name)) {
+        log_warn("register refused: worker name '%.64s' is not " NAME_RULE, rg->name);
+        s_reply_register(c, route, "", 0, "worker name must be " NAME_RULE ", 1-64 bytes");
         return;
     }
     coord_worker_t *w = NULL;
