@@ -4,6 +4,7 @@
 # out and leaves no process and no temp dir behind. Skips (77) while shoal-worker has no daemon
 # mode. Usage: shoalctl_up.sh BINDIR
 set -u
+. "$(dirname "$0")/../integration/poll.sh"
 bindir="$1"
 bin="$bindir/shoalctl"
 "$bindir/shoal-worker" --help 2>&1 | grep -q -- "--coordinator" ||
@@ -17,6 +18,8 @@ cleanup() {
 trap cleanup EXIT
 fail=0
 err() { echo "FAIL: $*"; fail=1; }
+# no_process_in DIR: no process names DIR on its command line (pgrep -f).
+no_process_in() { ! pgrep -f "$1" >/dev/null; }
 
 cat >"$tmp/run.yaml" <<YAML
 name: up-test
@@ -59,9 +62,8 @@ python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); assert c["hidden_si
     "$tmp/model/config.json" || err "config.json does not parse"
 left=$(ls -A "$tmp/t")
 [ -z "$left" ] || err "state dir left behind: $left"
-# The children are gone (the state dir held their sockets and logs; no process names it).
-sleep 0.2
-pgrep -f "$tmp/t/" >/dev/null && err "processes left behind: $(pgrep -af "$tmp/t/")"
+# The children go (the state dir held their sockets and logs; no process names it).
+poll_until 10 no_process_in "$tmp/t/" || err "processes left behind: $(pgrep -af "$tmp/t/")"
 
 echo "---- shoalctl up output ($secs s)"; cat "$tmp/out"
 
@@ -70,11 +72,8 @@ sed 's/steps: 4$/steps: 100000/' "$tmp/run.yaml" >"$tmp/long.yaml"
 TMPDIR="$tmp/t" "$bin" up --workers 2 --out "$tmp/model2" "$tmp/long.yaml" \
     >"$tmp/out2" 2>"$tmp/err2" &
 up_pid=$!
-for _ in $(seq 300); do
-    grep -Eq "^step [1-9][0-9]*/100000" "$tmp/out2" && break
-    sleep 0.1
-done
-grep -Eq "^step [1-9]" "$tmp/out2" || err "long run made no progress: $(cat "$tmp/out2" "$tmp/err2")"
+poll_until 60 grep -Eq "^step [1-9][0-9]*/100000" "$tmp/out2" ||
+    err "long run made no progress: $(cat "$tmp/out2" "$tmp/err2")"
 kill -INT "$up_pid"
 start=$(date +%s%N)
 wait "$up_pid"
@@ -86,7 +85,7 @@ ms=$(( ($(date +%s%N) - start) / 1000000 ))
 grep -q "interrupted" "$tmp/err2" || err "no 'interrupted' message: $(cat "$tmp/err2")"
 left=$(ls -A "$tmp/t")
 [ -z "$left" ] || err "state dir left behind after Ctrl-C: $left"
-pgrep -f "$tmp/t/" >/dev/null && err "processes left after Ctrl-C: $(pgrep -af "$tmp/t/")"
+poll_until 10 no_process_in "$tmp/t/" || err "processes left after Ctrl-C: $(pgrep -af "$tmp/t/")"
 echo "---- interrupted after $(grep -c '^step' "$tmp/out2") progress lines, stopped in $ms ms"
 [ $fail -eq 0 ] || { echo "---- stderr"; cat "$tmp/err"; }
 [ $fail -eq 0 ] && echo "shoalctl_up: all checks passed"
