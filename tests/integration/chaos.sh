@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# chaos.sh SEED: a data-parallel run on 3 workers, checkpointing often, through 12 faults drawn
+# from SEED: SIGKILL a worker and restart it, SIGTERM a worker and restart it, drain a worker,
+# undrain a drained one, SIGKILL the coordinator and restart it (each restart after a seeded
+# time down, which may outlast dead_after). At least one worker stays undrained. Between two
+# faults: the run commits 2 more steps, or a seeded pause. The schedule is printed first, so a
+# failure is replayed by running the same seed (CHAOS_STEPS overrides the run's length).
+# At the end: the run is done within a deadline; no worker was quarantined and exactly the
+# workers the schedule left drained are drained (the others active); every checkpoint directory
+# verifies against its manifest and the final one's replicas are equal; the ledger verifies;
+# the run's losses are the single-process reference's: to float rounding while the number of
+# ranks is that of step 1, within CHAOS_DRIFT (5e-2) once it changed (ranks sum the
+# micro-batches in another order, and that rounding compounds over the steps).
+SEED=${1:?usage: chaos.sh SEED}
+TEST_NAME=chaos_$SEED
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/chaos_lib.sh"
+
+STEPS=${CHAOS_STEPS:-240}
+EVERY=8
+NFAULTS=12
+WORKERS=(a b c)
+
+# tenths T: T tenths of a second as "S.T".
+tenths() { echo "$(($1 / 10)).$(($1 % 10))"; }
+
+# The schedule, from the seed alone.
+RANDOM=$SEED
+declare -A DRAINED=()
+SCHED=()
+for ((k = 1; k <= NFAULTS; k++)); do
+    undrained=() drained=()
+    for w in "${WORKERS[@]}"; do
+        if [ -n "${DRAINED[$w]:-}" ]; then drained+=("$w"); else undrained+=("$w"); fi
+    done
+    kinds=(kill term coord)
+    [ ${#undrained[@]} -ge 2 ] && kinds+=(drain)
+    [ ${#drained[@]} -ge 1 ] && kinds+=(undrain)
+    kind=${kinds[RANDOM % ${#kinds[@]}]}
+    case $kind in
+    kill | term) target=${WORKERS[RANDOM % ${#WORKERS[@]}]} ;;
+    drain)
+        target=${undrained[RANDOM % ${#undrained[@]}]}
+        DRAINED[$target]=1
+        ;;
+    undrain)
+        target=${drained[RANDOM % ${#drained[@]}]}
+        unset "DRAINED[$target]"
+        ;;
+    coord) target=coordinator ;;
+    esac
+    down=$((RANDOM % 31))      # tenths of a second down (kill, term, coord)
+    gap=$((RANDOM % 2))        # 1: then wait for 2 more committed steps, 0: then pause
+    pause=$((2 + RANDOM % 14)) # tenths
+    SCHED+=("$kind $target $down $gap $pause")
+    case $kind in
+    kill | term | coord) what="$kind $target, down $(tenths $down) s" ;;
+    *) what="$kind $target" ;;
+    esac
+    [ $gap = 1 ] && what+=", then 2 committed steps" || what+=", then $(tenths $pause) s"
+    note "seed $SEED fault $k: $what"
+done
+note "seed $SEED: drained at the end: ${!DRAINED[*]}"
+
+write_spec "$T/run.yaml" "$STEPS" $EVERY
+(reference "$T/run.yaml") &
+REF_PID=$!
+start_coord
+for w in "${WORKERS[@]}"; do start_worker $w; done
+wait_until 20 "3 active workers" n_workers_is active 3
+submit_run "$T/run.yaml"
+wait_until 60 "step 2" run_step_at_least "$RUN" 2
+T0=$SECONDS
+
+k=0
+for f in "${SCHED[@]}"; do
+    k=$((k + 1))
+    read -r kind target down gap pause <<< "$f"
+    note "fault $k at $((SECONDS - T0)) s, run $(run_field "$RUN" state) at step $(run_field "$RUN" step): $kind $target"
+    STEP0=$(run_field "$RUN" step)
+    case $kind in
+    kill | term)
+        MARK=$(log_lines $target)
+        [ $kind = kill ] && stop_worker $target KILL || stop_worker $target TERM
+        sleep "$(tenths $down)"
+        start_worker $target
+        wait_until 30 "$target registered again" logged_since $target "$MARK" "session: registered with"
+        ;;
+    coord)
+        kill -KILL "$COORD_PID"
+        wait "$COORD_PID" 2>/dev/null
+        sleep "$(tenths $down)"
+        start_coord
+        ;;
+    drain)
+        ctl drain $target > "$T/drain.out" || fail "drain $target: $(cat "$T/drain.out")"
+        wait_until 60 "$target drained" worker_state_is $target drained
+        ;;
+    undrain)
+        ctl undrain $target > "$T/undrain.out" || fail "undrain $target: $(cat "$T/undrain.out")"
+        wait_until 30 "$target active" worker_state_is $target active
+        ;;
+    esac
+    if [ $gap = 1 ] && run_state_is "$RUN" running; then
+        wait_until 60 "2 committed steps after fault $k" run_step_at_least "$RUN" $((STEP0 + 2))
+    else
+        sleep "$(tenths $pause)"
+    fi
+done
+
+note "faults done at $((SECONDS - T0)) s, run $(run_field "$RUN" state) at step $(run_field "$RUN" step)"
+wait_until 150 "run $RUN done" run_state_is "$RUN" done
+note "run done at $((SECONDS - T0)) s, generation $(run_field "$RUN" generation)"
+[ "$(run_field "$RUN" checkpoint_step)" = "$STEPS" ] || fail "final checkpoint not committed"
+[ "$(run_field "$RUN" reason)" = "" ] || fail "reason of a done run: $(run_field "$RUN" reason)"
+no_quarantine "$RUN" "$T/events.json"
+for w in "${WORKERS[@]}"; do
+    want=active
+    [ -n "${DRAINED[$w]:-}" ] && want=drained
+    wait_until 20 "worker $w $want (now $(worker_state $w))" worker_state_is $w $want
+done
+python3 - "$T/events.json" <<'EOF'
+import json, sys
+ev = json.load(open(sys.argv[1]))["events"]
+rb = [e["detail"] for e in ev if e["kind"] == "rollback"]
+plans = [e["detail"] for e in ev if e["kind"] == "plan"]
+print(f"  {len(plans)} plans ({', '.join(sorted(set(p['source'] for p in plans)))}), "
+      f"{len(rb)} rollbacks, {sum(r.get('steps_lost', 0) for r in rb)} steps lost")
+EOF
+ckpt_verify_all "$RUN" "${WORKERS[@]}"
+ledger_ok "$RUN"
+ledger_ok cluster
+wait "$REF_PID" || fail "reference training failed"
+compare_losses_lineage 1e-4 "${CHAOS_DRIFT:-5e-2}" "${WORKERS[@]}"
+finish

@@ -1,0 +1,234 @@
+# chaos_lib.sh: helpers of the fault tests (rollback_*.sh, drain_restart.sh, worker_names.sh,
+# chaos.sh); sourced after lib.sh, whose start_coord, start_worker, ctl, wait_until, fail and
+# note they use.
+
+# n_workers_in STATE: how many workers `shoalctl workers` shows in STATE.
+n_workers_in() {
+    ctl workers --json 2>/dev/null |
+        python3 -c "import json,sys; print(sum(w['state'] == '$1' for w in json.load(sys.stdin)['workers']))"
+}
+n_workers_is() { [ "$(n_workers_in "$1")" = "$2" ]; }
+
+# submit_run SPEC: submits SPEC; sets RUN to the new run's id.
+submit_run() {
+    ctl submit "$1" > "$T/submit.out" || fail "submit: $(cat "$T/submit.out")"
+    RUN=$(awk '/submitted run/ {print $3}' "$T/submit.out")
+    [ -n "$RUN" ] || fail "no run id in: $(cat "$T/submit.out")"
+}
+
+# step_and_ckpt_at_least RUN STEP CKPT: the committed step and the committed checkpoint.
+step_and_ckpt_at_least() {
+    local s
+    s=$(ctl status "$1" --json 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["runs"][0]
+print(r["step"], r["checkpoint_step"])') || return 1
+    set -- $s "$2" "$3"
+    [ "$1" -ge "$3" ] && [ "$2" -ge "$4" ]
+}
+
+# holds_for SECS WHAT CMD...: CMD succeeds at every poll (0.1 s apart) for SECS seconds; the
+# negative twin of wait_until (e.g. "stays drained").
+holds_for() {
+    local secs=$1 what=$2
+    shift 2
+    local end=$((SECONDS + secs))
+    while [ $SECONDS -lt $end ]; do
+        "$@" 2>/dev/null || fail "$what stopped holding within ${secs}s"
+        sleep 0.1
+    done
+}
+
+# events_json RUN FILE: the run's ledger entries (`shoalctl events --json`) into FILE.
+events_json() { ctl events "$1" --json > "$2" 2> "$2.err" || fail "events $1: $(cat "$2.err")"; }
+
+# jsonl_lines NAME: how many metric records worker NAME has written so far (0 if none).
+jsonl_lines() { [ -f "$T/$1.jsonl" ] && wc -l < "$T/$1.jsonl" || echo 0; }
+
+# stop_worker NAME SIG: SIG to the worker, waits for the process to end (SIGTERM: it must exit
+# 0 after its Leave).
+stop_worker() {
+    local rc
+    kill -"$2" "${WPID[$1]}" 2>/dev/null
+    wait "${WPID[$1]}" 2>/dev/null
+    rc=$?
+    [ "$2" != TERM ] || [ "$rc" = 0 ] || fail "worker $1 exited with $rc on SIGTERM"
+}
+
+# restart_worker NAME SIG [extra start_worker flags...]: stop_worker, then starts it again on
+# the same name and state dir.
+restart_worker() {
+    local name=$1
+    stop_worker "$name" "$2"
+    shift 2
+    start_worker "$name" "$@"
+}
+
+# ckpt_verify_all RUN NAME...: every checkpoint directory step-* the workers NAME... hold for
+# RUN matches its manifest.json (each listed file present with its size and SHA-256, the four
+# files of a checkpoint listed); the final step is among them and its replicas hold the same
+# bits (the ranks of one plan do; an earlier step may have been written again under a plan of
+# another size, equal up to float rounding). Written in Python because no command verifies a
+# checkpoint directory (ckpt_load does, inside the worker).
+ckpt_verify_all() {
+    local run=$1
+    shift
+    local total
+    total=$(run_field "$run" total_steps) || fail "no status of $run"
+    python3 - "$T" "$run" "$total" "$@" <<'EOF' || fail "checkpoint verification failed"
+import glob, hashlib, json, os, sys
+t, run, total, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+want = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"}
+digests = {}  # step -> {file: sha256} of the first replica seen
+n = 0
+for name in names:
+    for d in sorted(glob.glob(f"{t}/{name}/runs/{run}/ckpt/step-*")):
+        m = json.load(open(f"{d}/manifest.json"))
+        step = int(os.path.basename(d)[5:])
+        assert m["format"] == "shoal-checkpoint-v1" and m["step"] == step, f"{d}: manifest {m}"
+        files = {}
+        for f in m["files"]:
+            p = f"{d}/{f['name']}"
+            assert os.path.getsize(p) == f["size"], f"{p}: size differs from the manifest"
+            h = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            assert h == f["sha256"], f"{p}: SHA-256 {h} differs from the manifest"
+            files[f["name"]] = h
+        assert set(files) == want, f"{d}: manifest lists {sorted(files)}"
+        ref = digests.setdefault(step, files)
+        assert step != total or ref == files, f"{d}: replicas of the final step differ: {files} vs {ref}"
+        n += 1
+assert total in digests, f"no worker holds the final checkpoint {total}: steps {sorted(digests)}"
+print(f"  {n} checkpoint dirs verify (steps {sorted(digests)})")
+EOF
+}
+
+# compare_losses_all TOL NAME...: like compare_losses, over the records of all the workers
+# NAME... together (each worker's last record of each step): in a run whose members change no
+# single worker trains every step.
+compare_losses_all() {
+    local tol=$1
+    shift
+    python3 - "$T" "$tol" "$@" <<'EOF' || fail "losses differ from the single-process reference"
+import json, os, sys
+t, tol, names = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+ref = {}
+for line in open(f"{t}/ref.jsonl"):
+    r = json.loads(line)
+    ref[r["step"] + 1] = r["loss"]
+seen, worst = set(), 0.0
+for name in names:
+    path = f"{t}/{name}.jsonl"
+    if not os.path.exists(path):
+        continue
+    got = {}
+    for line in open(path):
+        r = json.loads(line)
+        got[r["step"]] = r["loss"]
+    for step, loss in got.items():
+        rel = abs(loss - ref[step]) / abs(ref[step])
+        worst = max(worst, rel)
+        assert rel <= tol, f"{name} step {step}: loss {loss!r} vs reference {ref[step]!r} (rel {rel:.3g})"
+    seen |= set(got)
+missing = sorted(set(ref) - seen)
+assert not missing, f"no worker logged steps {missing}"
+print(f"  {len(seen)} steps match the reference, worst relative difference {worst:.3g}")
+EOF
+}
+
+# no_quarantine RUN FILE: writes the run's ledger entries to FILE; none is a "quarantine".
+no_quarantine() {
+    events_json "$1" "$2"
+    python3 -c "
+import json, sys
+q = [e['detail'] for e in json.load(open('$2'))['events'] if e['kind'] == 'quarantine']
+sys.exit('quarantined: %s' % q if q else 0)" || fail "a healthy worker was quarantined"
+}
+
+# rollback_ok EVENTS GEN STEP CKPT EVERY: the run whose ledger entries are in EVENTS lost the
+# only holder of its newest state after generation GEN, at committed step >= STEP with
+# checkpoint CKPT (checkpoints every EVERY steps): the first plan after GEN loads the committed
+# checkpoint (source checkpoint, start_step = checkpoint + 1; no peer plan at a step no rank
+# holds), and a "rollback" entry {from_step, to_step, steps_lost, generation} records it. The
+# step rolled back to goes to EVENTS.to_step.
+rollback_ok() {
+    python3 - "$@" <<'EOF' || fail "no rollback to the checkpoint: $(head -c 3000 "$1")"
+import json, sys
+ev = json.load(open(sys.argv[1]))["events"]
+gen, step, ckpt, every = (int(a) for a in sys.argv[2:6])
+plans = [e["detail"] for e in ev if e["kind"] == "plan" and e["detail"]["generation"] > gen]
+assert plans, f"no plan after generation {gen}"
+show = [(p["generation"], p["source"], p["start_step"], p["reason"]) for p in plans]
+first = plans[0]
+assert first["source"] == "checkpoint", f"the first plan after the loss is not from the checkpoint: {show}"
+to = first["start_step"] - 1
+assert to >= ckpt and to % every == 0, f"plan starts at {first['start_step']}, checkpoint was {ckpt}: {show}"
+rb = [e["detail"] for e in ev if e["kind"] == "rollback"]
+assert rb, f"no rollback entry in the ledger; plans after generation {gen}: {show}"
+r = rb[0]
+assert r["generation"] == first["generation"], f"rollback {r} vs plan {first}"
+assert r["to_step"] == to, f"rollback {r}: to_step, plan starts at {first['start_step']}"
+assert r["from_step"] >= step and r["from_step"] > to, f"rollback {r}: committed step was >= {step}"
+assert r["steps_lost"] == r["from_step"] - r["to_step"], f"rollback {r}: steps_lost"
+print(f"  rollback {r}; plans after generation {gen}: {show}")
+open(sys.argv[1] + ".to_step", "w").write(f"{to}\n")
+EOF
+}
+
+# past_checkpoint RUN STEP EVERY [CKPT]: the committed step is >= STEP, the committed
+# checkpoint >= CKPT (default 1), and the step is 1 or 2 past a multiple of EVERY and past the
+# checkpoint (so that stopping the run now loses steps); writes "step checkpoint_step
+# generation" to $T/past_checkpoint.
+past_checkpoint() {
+    ctl status "$1" --json 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["runs"][0]
+s, c = r["step"], r["checkpoint_step"]
+step, every, ckpt = (int(a) for a in sys.argv[1:4])
+ok = s >= step and c >= ckpt and 1 <= s % every <= 2 and s > c
+g = r["generation"]
+open(sys.argv[4], "w").write(f"{s} {c} {g}\n")
+sys.exit(0 if ok else 1)' "$2" "$3" "${4:-1}" "$T/past_checkpoint"
+}
+
+# log_lines NAME: the number of lines in $T/NAME.log so far; logged_since NAME LINES REGEX:
+# a line after the first LINES of that log matches REGEX (grep -E).
+log_lines() { [ -f "$T/$1.log" ] && wc -l < "$T/$1.log" || echo 0; }
+logged_since() { tail -n +$(($2 + 1)) "$T/$1.log" | grep -Eq "$3"; }
+
+# compare_losses_lineage STRICT DRIFT NAME...: the losses the run ended up with (of each step,
+# the record of the newest generation among the workers NAME...) against the single-process
+# reference: within relative STRICT while every step so far was trained on as many ranks as
+# step 1 (ranks sum in another order than one process: float rounding only), within DRIFT
+# after the number of ranks changed (a different rounding then compounds over the steps; a
+# state lost or rolled back wrongly is far off). Every step of the reference is there.
+compare_losses_lineage() {
+    python3 - "$T" "$@" <<'EOF' || fail "losses differ from the single-process reference"
+import json, os, sys
+t, strict, drift, names = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+ref = {}
+for line in open(f"{t}/ref.jsonl"):
+    r = json.loads(line)
+    ref[r["step"] + 1] = r["loss"]
+final = {}  # step -> the record of the newest generation
+for name in names:
+    path = f"{t}/{name}.jsonl"
+    for line in open(path) if os.path.exists(path) else []:
+        r = json.loads(line)
+        if r["step"] not in final or r["generation"] >= final[r["step"]]["generation"]:
+            final[r["step"]] = r
+missing = sorted(set(ref) - set(final))
+assert not missing, f"no worker logged steps {missing}"
+first_change = next((s for s in sorted(final) if final[s]["nranks"] != final[1]["nranks"]), None)
+worst = {True: 0.0, False: 0.0}
+for s in sorted(ref):
+    same = first_change is None or s < first_change
+    rel = abs(final[s]["loss"] - ref[s]) / abs(ref[s])
+    worst[same] = max(worst[same], rel)
+    tol = strict if same else drift
+    assert rel <= tol, (f"step {s}: loss {final[s]['loss']!r} (generation {final[s]['generation']}, "
+                        f"{final[s]['nranks']} ranks) vs reference {ref[s]!r}: rel {rel:.3g} > {tol:g}"
+                        f"{'' if same else f' (ranks changed at step {first_change})'}")
+print(f"  {len(ref)} steps match the reference: worst relative difference {worst[True]:.3g} up to "
+      f"step {first_change or max(ref)} ({final[1]['nranks']} ranks), {worst[False]:.3g} after")
+EOF
+}
