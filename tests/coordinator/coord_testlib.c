@@ -42,6 +42,14 @@ void tc_control_endpoint(const char *dir, char *buf, size_t cap)
 
 pid_t tc_start(const char *dir, const char *yaml)
 {
+    pid_t pid = tc_start_bin(SHOAL_COORDINATOR_BIN, dir, yaml);
+    if (pid < 0)
+        exit(1);
+    return pid;
+}
+
+pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml)
+{
     char cfg[512], listen[300], log[512];
     snprintf(cfg, sizeof cfg, "%s/coordinator.yaml", dir);
     FILE *f = fopen(cfg, "w");
@@ -64,7 +72,7 @@ pid_t tc_start(const char *dir, const char *yaml)
             dup2(fd, 2);
             close(fd);
         }
-        execl(SHOAL_COORDINATOR_BIN, "shoal-coordinator", "--state-dir", dir, "--listen", listen,
+        execl(bin, "shoal-coordinator", "--state-dir", dir, "--listen", listen,
               "--config", cfg, (char *)NULL);
         _exit(127);
     }
@@ -77,12 +85,13 @@ pid_t tc_start(const char *dir, const char *yaml)
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             fprintf(stderr, "coordinator exited during start (see %s)\n", log);
-            exit(1);
+            return -1;
         }
     }
     fprintf(stderr, "coordinator did not answer (see %s)\n", log);
     kill(pid, SIGKILL);
-    exit(1);
+    waitpid(pid, NULL, 0);
+    return -1;
 }
 
 int tc_stop(pid_t pid, int sig)
@@ -250,6 +259,8 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         w->source_rank = (int)a->plan->source_rank;
         w->lease = a->lease;
         w->n_assignments++;
+        if (w->gen > w->max_gen)
+            w->max_gen = w->gen;
         if (ctx->want_seq == (uint64_t)-1)
             ctx->answered = 1;
         break;
@@ -258,6 +269,8 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         if (strcmp(env->run_id, w->run) == 0 && env->generation == w->gen) {
             w->committed = env->step_commit->step;
             w->lease = env->step_commit->lease;
+            if (w->committed > w->max_committed)
+                w->max_committed = w->committed;
         }
         break;
     case SHOAL__MSG_TYPE__MSG_RUN_CONTROL:
@@ -266,6 +279,7 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         w->control_gen = env->generation;
         if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP &&
             strcmp(env->run_id, w->run) == 0) {
+            w->got_stop = 1;
             w->run[0] = 0;
             w->rank = -1;
         }
