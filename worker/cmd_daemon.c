@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "daemon_config.h"
 #include "log.h"
 
 static volatile sig_atomic_t s_stop;
@@ -32,10 +33,20 @@ static void s_usage(FILE *f)
             "  --advertise-host H   host peers dial for a wildcard data endpoint (hostname)\n"
             "  --institution I      institution reported to the coordinator\n"
             "  --log-level L        error|warn|info|debug (default info)\n"
-            "  --grace-seconds S    on SIGTERM finish or abandon the step within S (10)\n"
-            "  --comm-timeout-ms T  longest collective wait without progress (30000)\n"
-            "  --threads N          BLAS threads (default: the run spec's train.threads)\n"
             "  --metrics FILE       append one JSON line per step\n");
+    daemon_config_print_flags(f);
+}
+
+/* "--threads" for the option whose getopt value is `val`. */
+static const char *s_flag_name(const struct option *opts, int val)
+{
+    static char buf[64];
+    for (; opts->name; opts++)
+        if (opts->val == val) {
+            snprintf(buf, sizeof buf, "--%s", opts->name);
+            return buf;
+        }
+    return "";
 }
 
 int cmd_daemon(int argc, char **argv)
@@ -49,9 +60,9 @@ int cmd_daemon(int argc, char **argv)
         {"comm-timeout-ms", required_argument, 0, 't'},
         {"threads", required_argument, 0, 'T'},     {"metrics", required_argument, 0, 'm'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
-    daemon_config_t cfg = {.grace_seconds = 10.0, .comm_timeout_ms = 30000, .stop_flag = &s_stop};
+    daemon_config_t cfg = {.stop_flag = &s_stop};
+    daemon_config_defaults(&cfg);
     int c;
-    char *end;
     optind = 0; /* argv[0] is the program: reparse from argv[1] */
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -73,25 +84,10 @@ int cmd_daemon(int argc, char **argv)
             break;
         }
         case 'g':
-            cfg.grace_seconds = strtod(optarg, &end);
-            if (*end || !(cfg.grace_seconds > 0 && cfg.grace_seconds <= 3600)) {
-                fprintf(stderr, "shoal-worker: --grace-seconds '%s': must be in (0, 3600]\n",
-                        optarg);
-                return 2;
-            }
-            break;
         case 't':
-            cfg.comm_timeout_ms = (int)strtol(optarg, &end, 10);
-            if (*end || cfg.comm_timeout_ms < 10 || cfg.comm_timeout_ms > 86400000) {
-                fprintf(stderr, "shoal-worker: --comm-timeout-ms '%s': must be in "
-                        "[10, 86400000]\n", optarg);
-                return 2;
-            }
-            break;
         case 'T':
-            cfg.threads = (int)strtol(optarg, &end, 10);
-            if (*end || cfg.threads < 1 || cfg.threads > 1024) {
-                fprintf(stderr, "shoal-worker: --threads '%s': must be in [1, 1024]\n", optarg);
+            if (daemon_config_set(&cfg, s_flag_name(opts, c), optarg) != SHOAL_OK) {
+                fprintf(stderr, "%s\n", shoal_errmsg());
                 return 2;
             }
             break;
