@@ -52,7 +52,9 @@ shoal_err_t numparse_u64(const char *s, uint64_t max, uint64_t *out)
 
 shoal_err_t numparse_int(const char *s, int min, int max, int *out)
 {
-    int64_t v;
+    /* read only on SHOAL_OK; set anyway because gcc -O3 cannot see that shoal_fail's result is
+     * never SHOAL_OK and reports v as maybe-uninitialized */
+    int64_t v = 0;
     shoal_err_t rc = numparse_i64(s, min, max, &v);
     if (rc == SHOAL_OK)
         *out = (int)v;
