@@ -290,6 +290,15 @@ shoal_err_t wire_send(void *sock, const wire_route_t *route, const Shoal__Envelo
     shoal_err_t rc = wire_pack(env, &buf, &len);
     if (rc != SHOAL_OK)
         return rc;
+    return wire_send_packed(sock, route, &buf, len, flags);
+}
+
+shoal_err_t wire_send_packed(void *sock, const wire_route_t *route, uint8_t **buf_p, size_t len,
+                             int flags)
+{
+    uint8_t *buf = *buf_p;
+    *buf_p = NULL;
+    shoal_err_t rc;
     int nroute = route ? route->n : 0;
     for (int i = 0; i < nroute; i++) {
         if (zmq_send(sock, route->data[i], route->len[i], flags | ZMQ_SNDMORE) < 0) {

@@ -64,6 +64,11 @@ shoal_err_t wire_pack(const Shoal__Envelope *env, uint8_t **buf, size_t *len);
  * SHOAL_ERR_IO for other socket errors, the wire_check() error for an invalid envelope. */
 shoal_err_t wire_send(void *sock, const wire_route_t *route, const Shoal__Envelope *env, int flags);
 
+/* wire_send() of a message wire_pack() made earlier (held back until it may go out). Takes
+ * ownership of *buf_p (freed or handed to ZeroMQ whatever happens) and nulls it. */
+shoal_err_t wire_send_packed(void *sock, const wire_route_t *route, uint8_t **buf_p, size_t len,
+                             int flags);
+
 /* Unpacks `len` bytes, validates, and calls fn(env, ctx); frees the envelope before returning.
  * SHOAL_ERR_FORMAT for empty, oversized (> WIRE_MAX_MSG_BYTES), undecodable or inconsistent
  * input, SHOAL_ERR_INVALID for an unknown type; fn is not called then. Never crashes on

@@ -258,6 +258,8 @@ void coord_destroy(coord_t **self_p)
     if (c->zctx)
         zmq_ctx_term(c->zctx);
     store_batch_destroy(&c->txn);
+    coord_outbox_discard(c);
+    free(c->outbox);
     for (int i = 0; i < c->n_workers; i++)
         free(c->workers[i]);
     free(c->workers);
@@ -317,6 +319,10 @@ static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
         shoal_err_t rc = wire_recv(sock, ZMQ_DONTWAIT, &route, fn, &ctx);
         if (rc == SHOAL_ERR_TIMEOUT)
             return;
+        /* what the message changed is on disk before any answer or push goes out */
+        (void)coord_txn_commit(c);
+        if (c->fail_stopped)
+            return;
         if (rc == SHOAL_OK)
             continue;
         if (route.n == 0) {
@@ -333,6 +339,7 @@ static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
                 c->control.reject(c, &route, code, shoal_errmsg());
         } else
             coord_reply_error(c, &route, code, NULL, NULL, "%s", shoal_errmsg());
+        coord_outbox_flush(c);
     }
 }
 
@@ -353,10 +360,14 @@ shoal_err_t coord_poll_once(coord_t *c, int timeout_ms)
     if (n > 0 && (items[1].revents & ZMQ_POLLIN))
         s_drain_socket(c, c->csock, s_on_control_msg);
     now = coord_now_mono_ms();
-    if (now >= c->next_cron_ms) {
+    if (now >= c->next_cron_ms && !c->fail_stopped) {
         s_cron(c);
         c->next_cron_ms = now + COORD_CRON_MS;
     }
+    if (c->fail_stopped)
+        return shoal_fail(SHOAL_ERR_DB, "fail-stop after a failed state write (%s): restart to "
+                                        "resume from the state on disk",
+                          c->fail_why);
     return SHOAL_OK;
 }
 

@@ -101,6 +101,14 @@ typedef struct {
     void (*reject)(coord_t *c, const wire_route_t *route, Shoal__ErrorCode code, const char *why);
 } coord_control_t;
 
+/* A message packed and held back until the state it may announce is on disk. */
+typedef struct {
+    void *sock;
+    wire_route_t route;
+    uint8_t *buf;
+    size_t len;
+} coord_outmsg_t;
+
 struct coord {
     coord_config_t cfg;
     store_t *st;
@@ -118,6 +126,12 @@ struct coord {
     int notify;
     unsigned long long handled, dropped;
     store_batch_t *txn; /* the state change being built; one synced batch */
+    /* durable first: every message waits here until coord_txn_commit() has written what came
+     * before it; a failed write discards them and fail-stops the coordinator */
+    coord_outmsg_t *outbox;
+    size_t n_out, cap_out;
+    int fail_stopped;
+    char fail_why[512];
     coord_control_t control;
 };
 
@@ -168,7 +182,11 @@ shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, con
 
 /* ---- coord_records.c: persistence ---------------------------------------------------------- */
 /* Records and ledger entries go into c->txn; coord_txn_commit() writes them as one synced batch
- * (logging and returning the error if RocksDB fails). */
+ * and then sends every message queued so far (coord_send): nothing is announced before the
+ * state it follows is on disk. Policy on a failed write: fail-stop. The batch and every queued
+ * message are discarded, the coordinator writes and announces nothing more, and
+ * coord_poll_once() returns SHOAL_ERR_DB so that the daemon exits and systemd restarts it from
+ * what is on disk. Callers may skip work on an error; they need not undo anything. */
 store_batch_t *coord_txn(coord_t *c);
 /* Stages `j` (stolen, may be NULL: logged) as the value of cf/key. */
 void coord_put_json(coord_t *c, store_cf_t cf, const char *key, json_t *j);
@@ -184,7 +202,13 @@ shoal_err_t coord_load(coord_t *c);
 
 /* ---- coord_push.c: replies and pushes to workers ------------------------------------------- */
 /* Sends on `sock` with the next sequence number; a failure is logged at debug and dropped. */
+/* Packs `env` and queues it for `sock`/`route` (sent by the next coord_txn_commit). After a
+ * fail-stop only refusals (Error, a failed CtlReply) still go out, at once. */
 void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelope *env);
+/* Sends every queued message, in order (coord_txn_commit calls it once the state is on disk). */
+void coord_outbox_flush(coord_t *c);
+/* Drops every queued message (their state could not be written). */
+void coord_outbox_discard(coord_t *c);
 /* Sends to a worker through its last route (nothing when it has none). */
 void coord_send_worker(coord_t *c, coord_worker_t *w, Shoal__Envelope *env);
 /* An Error about `about`; its envelope (and `generation`) name the sender's current run `r` and

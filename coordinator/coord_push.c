@@ -11,12 +11,71 @@
 
 #include "log.h"
 
+/* An answer that announces no state: it may go out even after a fail-stop. */
+static int s_is_refusal(const Shoal__Envelope *env)
+{
+    return env->type == SHOAL__MSG_TYPE__MSG_ERROR ||
+           (env->type == SHOAL__MSG_TYPE__MSG_CTL_REPLY && !env->ctl_reply->ok);
+}
+
+static void s_send_now(void *sock, const wire_route_t *route, uint8_t **buf, size_t len)
+{
+    shoal_err_t rc = wire_send_packed(sock, route, buf, len, ZMQ_DONTWAIT);
+    if (rc != SHOAL_OK)
+        log_debug("send: %s", shoal_errmsg());
+}
+
 void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelope *env)
 {
-    env->seq = ++c->seq;
-    shoal_err_t rc = wire_send(sock, route, env, ZMQ_DONTWAIT);
-    if (rc != SHOAL_OK)
-        log_debug("send %s: %s", wire_type_name((int)env->type), shoal_errmsg());
+    if (env->type != SHOAL__MSG_TYPE__MSG_CTL_REPLY)
+        env->seq = ++c->seq;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (wire_pack(env, &buf, &len) != SHOAL_OK) {
+        log_error("send %s: %s", wire_type_name((int)env->type), shoal_errmsg());
+        return;
+    }
+    if (c->fail_stopped) {
+        if (s_is_refusal(env))
+            s_send_now(sock, route, &buf, len);
+        free(buf);
+        return;
+    }
+    if (c->n_out == c->cap_out) {
+        size_t cap = c->cap_out ? 2 * c->cap_out : 16;
+        coord_outmsg_t *grown = realloc(c->outbox, cap * sizeof *grown);
+        if (!grown) {
+            /* cannot hold it back: dropping is safe (the peer asks again), sending early not */
+            log_error("send %s: out of memory: dropped", wire_type_name((int)env->type));
+            free(buf);
+            return;
+        }
+        c->outbox = grown;
+        c->cap_out = cap;
+    }
+    coord_outmsg_t *m = &c->outbox[c->n_out++];
+    m->sock = sock;
+    m->route.n = 0;
+    if (route)
+        m->route = *route;
+    m->buf = buf;
+    m->len = len;
+}
+
+void coord_outbox_flush(coord_t *c)
+{
+    for (size_t i = 0; i < c->n_out; i++)
+        s_send_now(c->outbox[i].sock, &c->outbox[i].route, &c->outbox[i].buf, c->outbox[i].len);
+    c->n_out = 0;
+}
+
+void coord_outbox_discard(coord_t *c)
+{
+    for (size_t i = 0; i < c->n_out; i++)
+        free(c->outbox[i].buf);
+    if (c->n_out)
+        log_warn("%zu message(s) not sent: the state they follow is not on disk", c->n_out);
+    c->n_out = 0;
 }
 
 void coord_send_worker(coord_t *c, coord_worker_t *w, Shoal__Envelope *env)

@@ -210,19 +210,30 @@ void coord_ledger(coord_t *c, const char *run, const char *kind, json_t *detail)
 
 shoal_err_t coord_txn_commit(coord_t *c)
 {
-    if (!c->txn)
-        return SHOAL_OK;
     shoal_err_t rc = SHOAL_OK;
-    if (store_batch_count(c->txn) > 0)
+    if (c->fail_stopped)
+        rc = shoal_fail(SHOAL_ERR_DB, "stopping after a failed state write: %s", c->fail_why);
+    else if (c->txn && store_batch_count(c->txn) > 0)
         rc = store_commit(c->txn);
     if (rc == SHOAL_OK) {
-        ledger_staged_commit(c->ledger);
-    } else {
-        log_error("state not persisted: %s", shoal_errmsg());
-        ledger_staged_discard(c->ledger);
+        if (c->txn)
+            ledger_staged_commit(c->ledger);
+        store_batch_destroy(&c->txn);
+        coord_outbox_flush(c);
+        return SHOAL_OK;
     }
+    if (!c->fail_stopped) {
+        c->fail_stopped = 1;
+        snprintf(c->fail_why, sizeof c->fail_why, "%s", shoal_errmsg());
+        log_error("state not persisted: %s: stopping now (fail-stop), nothing of it announced; "
+                  "a restart resumes from what is on disk",
+                  c->fail_why);
+    }
+    if (c->txn)
+        ledger_staged_discard(c->ledger);
     store_batch_destroy(&c->txn);
-    return rc;
+    coord_outbox_discard(c);
+    return shoal_fail(SHOAL_ERR_DB, "state not persisted: %s", c->fail_why);
 }
 
 /* ---- loading state ----------------------------------------------------------------------- */

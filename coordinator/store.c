@@ -243,10 +243,33 @@ int store_batch_count(const store_batch_t *b)
     return rocksdb_writebatch_count(b->wb);
 }
 
+#ifdef SHOAL_STORE_FAULTS
+/* Test builds only (tests/coordinator builds a coordinator with this defined): with
+ * SHOAL_STORE_FAIL_AFTER=N in the environment, the first N commits succeed and every later
+ * one fails as a full or dead disk would. The shipped binaries have no such hook. */
+static int s_injected_failure(store_t *st)
+{
+    static long long commits, fail_after = -2;
+    if (fail_after == -2) {
+        const char *v = getenv("SHOAL_STORE_FAIL_AFTER");
+        fail_after = v && *v ? strtoll(v, NULL, 10) : -1;
+    }
+    if (fail_after < 0 || ++commits <= fail_after)
+        return 0;
+    shoal_fail(SHOAL_ERR_DB, "writing %s: injected failure (commit %lld, after %lld)", st->path,
+               commits, fail_after);
+    return 1;
+}
+#endif
+
 shoal_err_t store_commit(store_batch_t *b)
 {
     store_t *st = b->st;
     char *err = NULL;
+#ifdef SHOAL_STORE_FAULTS
+    if (s_injected_failure(st))
+        return SHOAL_ERR_DB;
+#endif
     rocksdb_write(st->db, st->wsync, b->wb, &err);
     if (err) {
         shoal_err_t rc = shoal_fail(SHOAL_ERR_DB, "writing %s: %s", st->path, err);

@@ -454,3 +454,19 @@ int tc_worker_get_assignment(tc_worker_t *w)
     env.get_assignment = &ga;
     return tc_worker_call(w, &env);
 }
+
+int tc_tmpdir_make(char *buf, size_t cap, const char *prefix)
+{
+    if ((size_t)snprintf(buf, cap, "/tmp/%s-XXXXXX", prefix) >= cap)
+        return -1;
+    return mkdtemp(buf) ? 0 : -1;
+}
+
+int tc_tmpdir_remove(const char *dir)
+{
+    if (getenv("SHOAL_KEEP_TEST_DIR"))
+        return 0;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}

@@ -78,4 +78,9 @@ void tc_worker_pump(tc_worker_t *w, int ms);
 
 void tc_sleep_ms(int ms);
 
+/* A fresh temp dir "/tmp/<prefix>-XXXXXX" in buf (0, or -1 on failure), and its removal
+ * (kept when SHOAL_KEEP_TEST_DIR is set, to look at the logs). */
+int tc_tmpdir_make(char *buf, size_t cap, const char *prefix);
+int tc_tmpdir_remove(const char *dir);
+
 #endif
