@@ -3,14 +3,15 @@
 # from SEED: SIGKILL a worker and restart it, SIGTERM a worker and restart it, drain a worker,
 # undrain a drained one, SIGKILL the coordinator and restart it (each restart after a seeded
 # time down, which may outlast dead_after). At least one worker stays undrained. Between two
-# faults: the run commits 2 more steps, or a seeded pause. The schedule is printed first, so a
-# failure is replayed by running the same seed (CHAOS_STEPS overrides the run's length).
-# At the end: the run is done within a deadline; no worker was quarantined and exactly the
-# workers the schedule left drained are drained (the others active); every checkpoint directory
-# verifies against its manifest and the final one's replicas are equal; the ledger verifies;
-# the run's losses are the single-process reference's: to float rounding while the number of
-# ranks is that of step 1, within CHAOS_DRIFT (5e-2) once it changed (ranks sum the
-# micro-batches in another order, and that rounding compounds over the steps).
+# faults: the run commits a step, or a seeded pause (the run outlasts the faults). The schedule
+# is printed first, so a failure is replayed by running the same seed (CHAOS_STEPS overrides
+# the run's length).
+# At the end: the run is done within a deadline with no reason noted; no worker was quarantined
+# and exactly the workers the schedule left drained are drained (the others active); every
+# checkpoint directory verifies against its manifest and the final one's replicas are equal;
+# the ledgers verify; the run's losses are the single-process reference's within CHAOS_TOL
+# (5e-2: ranks round otherwise than one process and a flipped top-k routing choice compounds
+# it; see compare_losses_lineage).
 SEED=${1:?usage: chaos.sh SEED}
 TEST_NAME=chaos_$SEED
 . "$(dirname "$0")/lib.sh"
@@ -50,14 +51,14 @@ for ((k = 1; k <= NFAULTS; k++)); do
     coord) target=coordinator ;;
     esac
     down=$((RANDOM % 31))      # tenths of a second down (kill, term, coord)
-    gap=$((RANDOM % 2))        # 1: then wait for 2 more committed steps, 0: then pause
-    pause=$((2 + RANDOM % 14)) # tenths
+    gap=$((RANDOM % 2))        # 1: then wait for a committed step, 0: then pause
+    pause=$((2 + RANDOM % 10)) # tenths
     SCHED+=("$kind $target $down $gap $pause")
     case $kind in
     kill | term | coord) what="$kind $target, down $(tenths $down) s" ;;
     *) what="$kind $target" ;;
     esac
-    [ $gap = 1 ] && what+=", then 2 committed steps" || what+=", then $(tenths $pause) s"
+    [ $gap = 1 ] && what+=", then a committed step" || what+=", then $(tenths $pause) s"
     note "seed $SEED fault $k: $what"
 done
 note "seed $SEED: drained at the end: ${!DRAINED[*]}"
@@ -102,7 +103,7 @@ for f in "${SCHED[@]}"; do
         ;;
     esac
     if [ $gap = 1 ] && run_state_is "$RUN" running; then
-        wait_until 60 "2 committed steps after fault $k" run_step_at_least "$RUN" $((STEP0 + 2))
+        wait_until 60 "a committed step after fault $k" run_step_at_least "$RUN" $((STEP0 + 1))
     else
         sleep "$(tenths $pause)"
     fi
@@ -112,7 +113,7 @@ note "faults done at $((SECONDS - T0)) s, run $(run_field "$RUN" state) at step 
 wait_until 150 "run $RUN done" run_state_is "$RUN" done
 note "run done at $((SECONDS - T0)) s, generation $(run_field "$RUN" generation)"
 [ "$(run_field "$RUN" checkpoint_step)" = "$STEPS" ] || fail "final checkpoint not committed"
-[ "$(run_field "$RUN" reason)" = "" ] || fail "reason of a done run: $(run_field "$RUN" reason)"
+no_reason "$RUN"
 no_quarantine "$RUN" "$T/events.json"
 for w in "${WORKERS[@]}"; do
     want=active
@@ -131,5 +132,5 @@ ckpt_verify_all "$RUN" "${WORKERS[@]}"
 ledger_ok "$RUN"
 ledger_ok cluster
 wait "$REF_PID" || fail "reference training failed"
-compare_losses_lineage 1e-4 "${CHAOS_DRIFT:-5e-2}" "${WORKERS[@]}"
+compare_losses_lineage "${CHAOS_TOL:-5e-2}" "${WORKERS[@]}"
 finish

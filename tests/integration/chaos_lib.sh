@@ -195,16 +195,16 @@ sys.exit(0 if ok else 1)' "$2" "$3" "${4:-1}" "$T/past_checkpoint"
 log_lines() { [ -f "$T/$1.log" ] && wc -l < "$T/$1.log" || echo 0; }
 logged_since() { tail -n +$(($2 + 1)) "$T/$1.log" | grep -Eq "$3"; }
 
-# compare_losses_lineage STRICT DRIFT NAME...: the losses the run ended up with (of each step,
-# the record of the newest generation among the workers NAME...) against the single-process
-# reference: within relative STRICT while every step so far was trained on as many ranks as
-# step 1 (ranks sum in another order than one process: float rounding only), within DRIFT
-# after the number of ranks changed (a different rounding then compounds over the steps; a
-# state lost or rolled back wrongly is far off). Every step of the reference is there.
+# compare_losses_lineage TOL NAME...: the losses the run ended up with (of each step, the
+# record of the newest generation among the workers NAME...) are the single-process
+# reference's within relative TOL, every step of the reference among them. TOL allows for
+# rounding: ranks sum the micro-batches in another order than one process, and once a router's
+# top-k choice flips on such a difference the gap compounds (1e-7 over the first 50 steps, up
+# to 2e-2 by step 240); a state lost or trained from the wrong step is far off.
 compare_losses_lineage() {
     python3 - "$T" "$@" <<'EOF' || fail "losses differ from the single-process reference"
 import json, os, sys
-t, strict, drift, names = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+t, tol, names = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 ref = {}
 for line in open(f"{t}/ref.jsonl"):
     r = json.loads(line)
@@ -218,17 +218,21 @@ for name in names:
             final[r["step"]] = r
 missing = sorted(set(ref) - set(final))
 assert not missing, f"no worker logged steps {missing}"
-first_change = next((s for s in sorted(final) if final[s]["nranks"] != final[1]["nranks"]), None)
-worst = {True: 0.0, False: 0.0}
+worst, at = 0.0, 0
 for s in sorted(ref):
-    same = first_change is None or s < first_change
-    rel = abs(final[s]["loss"] - ref[s]) / abs(ref[s])
-    worst[same] = max(worst[same], rel)
-    tol = strict if same else drift
-    assert rel <= tol, (f"step {s}: loss {final[s]['loss']!r} (generation {final[s]['generation']}, "
-                        f"{final[s]['nranks']} ranks) vs reference {ref[s]!r}: rel {rel:.3g} > {tol:g}"
-                        f"{'' if same else f' (ranks changed at step {first_change})'}")
-print(f"  {len(ref)} steps match the reference: worst relative difference {worst[True]:.3g} up to "
-      f"step {first_change or max(ref)} ({final[1]['nranks']} ranks), {worst[False]:.3g} after")
+    f = final[s]
+    rel = abs(f["loss"] - ref[s]) / abs(ref[s])
+    worst, at = max((worst, at), (rel, s))
+    assert rel <= tol, (f"step {s}: loss {f['loss']!r} (generation {f['generation']}, "
+                        f"{f['nranks']} ranks) vs reference {ref[s]!r}: rel {rel:.3g} > {tol:g}")
+print(f"  {len(ref)} steps match the reference, worst relative difference {worst:.3g} (step {at})")
 EOF
+}
+
+# no_reason RUN: `shoalctl status RUN` answers and prints no reason line for RUN ("run RUN:
+# unplaced: ..."); the --json document has no reason field (run_field RUN reason is empty
+# whatever the coordinator says).
+no_reason() {
+    ctl status "$1" > "$T/status.out" 2>&1 || fail "status $1: $(cat "$T/status.out")"
+    ! grep -q "^run $1: " "$T/status.out" || fail "reason of run $1: $(grep "^run $1: " "$T/status.out")"
 }
