@@ -173,23 +173,34 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
         return;
     }
     worker_state_t s = w->state;
+    const int gone = s == WORKER_DEAD || s == WORKER_LEFT;
     shoal_err_t rc = SHOAL_OK;
+    /* the drain is a persisted hold on the worker, not only its state: it survives the
+     * worker's restarts (a dead worker registering again comes back drained) until undrain */
     if (drain) {
-        if (s == WORKER_DRAINING || s == WORKER_DRAINED) {
+        if (s == WORKER_DRAINING || s == WORKER_DRAINED || (gone && coord_worker_held(w))) {
             s_reply(c, route, 1, 0, "already draining", NULL);
             return;
         }
-        rc = coord_worker_transition(c, w, WORKER_DRAINING, "drain requested by operator");
-        if (rc == SHOAL_OK && !w->run[0])
+        snprintf(w->drain, sizeof w->drain, "drained by operator");
+        if (gone)
+            coord_put_worker(c, w); /* it comes back drained */
+        else
+            rc = coord_worker_transition(c, w, WORKER_DRAINING, "drain requested by operator");
+        if (rc == SHOAL_OK && !gone && !w->run[0])
             rc = coord_worker_transition(c, w, WORKER_DRAINED, "holds no cell");
     } else {
-        if (s == WORKER_ACTIVE || s == WORKER_JOINING) {
+        if (!coord_worker_held(w) && s != WORKER_DRAINING && s != WORKER_DRAINED) {
             s_reply(c, route, 1, 0, "not drained", NULL);
             return;
         }
-        rc = coord_worker_transition(c, w, WORKER_ACTIVE, "undrain requested by operator");
-        if (rc == SHOAL_OK)
-            coord_worker_clear_failures(w); /* a quarantined worker starts with a clean slate */
+        w->drain[0] = 0;
+        w->quarantine[0] = 0;
+        coord_worker_clear_failures(w); /* a quarantined worker starts with a clean slate */
+        if (gone)
+            coord_put_worker(c, w); /* it comes back active */
+        else
+            rc = coord_worker_transition(c, w, WORKER_ACTIVE, "undrain requested by operator");
     }
     if (rc != SHOAL_OK) {
         s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE, "%s", shoal_errmsg());

@@ -64,6 +64,9 @@ typedef struct {
     int fail_count;
     uint64_t fail_gen;
     char quarantine[192]; /* why it was quarantined (persisted; "" = not quarantined) */
+    /* an operator's drain (persisted; "" = none): like Slurm's DRAIN it outlives the worker's
+     * restarts and ends only with undrain */
+    char drain[96];
 } coord_worker_t;
 
 typedef struct {
@@ -87,6 +90,8 @@ typedef struct {
     double *rank_loss;
     int replan_pending;      /* membership changed: lease frozen until the boundary */
     int replan_now;          /* a member reported its plan failed: new plan (after the back-off) */
+    int distrust_peers;      /* a plan's peer source held no state: plan from the checkpoint
+                                until a step commits again */
     int64_t fail_backoff_ms; /* wait after the last failure re-plan (0: none yet) */
     int64_t fail_replan_at_ms; /* monotonic: no failure re-plan before this */
     int fail_backoff_logged;   /* the current wait was logged */
@@ -146,6 +151,14 @@ int64_t coord_now_mono_ms(void);
 int64_t coord_now_wall_ms(void);
 
 coord_worker_t *coord_find_worker(coord_t *c, const char *id_or_name);
+/* Whether `s` has the form of a worker id ("w" and digits): no worker name may have it, so an
+ * operator's argument never means one worker's id and another's name. */
+int coord_is_id_form(const char *s);
+/* Whether an operator's drain or a quarantine holds the worker out of every plan. */
+static inline int coord_worker_held(const coord_worker_t *w)
+{
+    return w->drain[0] || w->quarantine[0];
+}
 coord_run_t *coord_find_run(coord_t *c, const char *id_or_name);
 /* The worker with id "w<N>" in O(1) (NULL: none). */
 coord_worker_t *coord_worker_by_id(coord_t *c, const char *id);

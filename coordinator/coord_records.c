@@ -55,6 +55,7 @@ static const s_field_t s_worker_fields[] = {
     S_FIELD(coord_worker_t, "run", S_STR, run),
     S_FIELD(coord_worker_t, "registered_ms", S_I64, registered_ms),
     S_FIELD(coord_worker_t, "quarantine", S_STR, quarantine),
+    S_FIELD(coord_worker_t, "drain", S_STR, drain),
     {NULL, S_STR, 0, 0},
 };
 

@@ -71,6 +71,7 @@ void coord_run_advance(coord_t *c, coord_run_t *r)
     r->committed_step = low;
     r->fail_backoff_ms = 0; /* the plan works: the next failure re-plans at once again */
     r->fail_replan_at_ms = 0;
+    r->distrust_peers = 0; /* a step committed: the ranks hold what they report again */
     double sum = 0;
     int n = 0;
     for (uint32_t i = 0; i < r->plan.n_peers; i++)
@@ -150,10 +151,10 @@ static shoal_err_t s_build_plan(coord_run_t *r, uint64_t generation, const s_wli
     /* where the state comes from: the survivor that got furthest, else the checkpoint */
     int64_t best = -1;
     uint32_t best_rank = 0;
-    for (uint32_t i = 0; i < e->n; i++) {
+    for (uint32_t i = 0; i < e->n && !r->distrust_peers; i++) {
         const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id);
         if (!old || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
-            continue; /* not a survivor: new, or restarted without its state */
+            continue; /* not a survivor: new, or restarted (registered again) without its state */
         int64_t st = r->reported[old->rank];
         if (st > best) {
             best = st;
@@ -215,10 +216,18 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
         log_error("run %s: planning failed: %s", r->id, shoal_errmsg());
         return;
     }
-    if (committed < r->committed_step)
-        log_warn("run %s: rolling back from step %" PRId64 " to checkpoint %" PRId64
-                 ": no live worker holds a later state",
-                 r->id, r->committed_step, committed);
+    if (committed < r->committed_step) {
+        log_warn("run %s: rolling back from step %" PRId64 " to %s %" PRId64
+                 ": no live worker holds a later state (%" PRId64 " steps lost)",
+                 r->id, r->committed_step, committed ? "checkpoint" : "the start", committed,
+                 r->committed_step - committed);
+        coord_ledger(c, r->id, "rollback",
+                     json_pack("{s:I, s:I, s:I, s:I, s:s}", "from_step",
+                               (json_int_t)r->committed_step, "to_step", (json_int_t)committed,
+                               "steps_lost", (json_int_t)(r->committed_step - committed),
+                               "generation", (json_int_t)p.generation, "source",
+                               plan_source_name(p.source)));
+    }
     /* workers leaving the plan (told once the plan is durable) */
     coord_worker_t **leaving = calloc(r->plan.n_peers + 1, sizeof *leaving);
     uint32_t n_leaving = 0;

@@ -126,6 +126,8 @@ shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, con
     r->state = to;
     if (to == RUN_FAILED || to == RUN_CANCELLED)
         snprintf(r->reason, sizeof r->reason, "%s", reason);
+    else if (to == RUN_DONE)
+        r->reason[0] = 0; /* no "unplaced" note outlives the run */
     log_info("run %s: %s -> %s (%s)", r->id, coord_run_state_name(from), coord_run_state_name(to),
              reason);
     coord_ledger(c, r->id, "run_state",

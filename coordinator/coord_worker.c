@@ -39,6 +39,13 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
         s_reply_register(c, route, "", 0, "worker name must be " NAME_RULE ", 1-64 bytes");
         return;
     }
+    if (coord_is_id_form(rg->name)) {
+        log_warn("register refused: worker name '%s' has the form of a worker id", rg->name);
+        s_reply_register(c, route, "", 0,
+                         "worker name must not have the form of a worker id (w followed by "
+                         "digits): choose another --name");
+        return;
+    }
     coord_worker_t *w = NULL;
     if (rg->prev_id_case_case == SHOAL__REGISTER__PREV_ID_CASE_PREV_ID) {
         w = coord_worker_by_id(c, rg->prev_id);
@@ -87,11 +94,10 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
                                "host", w->host, "institution", w->institution, "version",
                                w->version, "devices", w->devices));
         coord_put_worker(c, w);
-    } else if (w->state == WORKER_DEAD || w->state == WORKER_LEFT) {
-        (void)coord_worker_transition(c, w, WORKER_JOINING, "registered again from %s", w->host);
     } else {
-        /* a live worker registers again only when its process restarted: whatever cell it
-         * held lost its state, so its run re-plans now (the cron sees a lost member) */
+        /* a worker registers again only when its process restarted (or the coordinator forgot
+         * it): dead, departed or live, whatever cell it held lost its state, so it is no
+         * survivor of its run any more and the run re-plans (the cron sees a lost member) */
         if (w->run[0]) {
             log_info("worker %s: registered again while in %s: its cell is lost", w->id, w->run);
             coord_ledger(c, w->run, "worker_restart",
@@ -101,7 +107,11 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
             log_info("worker %s: registered again (%s, state %s)", w->id, w->name,
                      coord_worker_state_name(w->state));
         }
-        coord_put_worker(c, w);
+        if (w->state == WORKER_DEAD || w->state == WORKER_LEFT)
+            (void)coord_worker_transition(c, w, WORKER_JOINING, "registered again from %s",
+                                          w->host);
+        else
+            coord_put_worker(c, w);
     }
     coord_txn_commit(c);
     s_reply_register(c, route, w->id, 1, "");
@@ -206,12 +216,23 @@ static void s_quarantine(coord_t *c, coord_run_t *r, coord_worker_t *w, const ch
  * re-plans, and the failure counts against the worker once per generation unless a peer of
  * the plan is silent (then the peer is the likely cause). quarantine_after_failures in a row
  * without a step in between quarantine it. */
-static void s_on_plan_failed(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *detail)
+static void s_on_plan_failed(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *detail,
+                             int state_missing)
 {
     if (!r->replan_now) {
         log_warn("run %s: worker %s reports its plan failed (%.200s): re-planning", r->id, w->id,
                  detail[0] ? detail : "no detail");
         r->replan_now = 1;
+    }
+    if (state_missing) {
+        /* the coordinator's own plan named a state no rank holds: its belief about the
+         * survivors was wrong, not the worker; the next plan loads the newest checkpoint */
+        if (!r->distrust_peers)
+            log_warn("run %s: no rank holds the state plan generation %" PRIu64
+                     " named: not counted against %s; the next plan loads the newest checkpoint",
+                     r->id, r->generation, w->id);
+        r->distrust_peers = 1;
+        return;
     }
     if (strcmp(w->fail_run, r->id) != 0) {
         coord_worker_clear_failures(w);
@@ -248,7 +269,11 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
     w->tokens_per_s = s_finite(hb->tokens_per_s, w, "tokens/s");
     w->activity = hb->activity;
     if (w->state == WORKER_JOINING) {
-        (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
+        if (coord_worker_held(w))
+            (void)coord_worker_transition(c, w, WORKER_DRAINED, "first heartbeat; %s still holds",
+                                          w->quarantine[0] ? w->quarantine : w->drain);
+        else
+            (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
         coord_txn_commit(c);
     }
     if (env->run_id[0]) {
@@ -256,7 +281,8 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
         if (!ok)
             return;
         int rank = coord_rank_of(ok, w);
-        const int failed = hb->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED;
+        const int state_missing = hb->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_STATE_MISSING;
+        const int failed = hb->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED || state_missing;
         if (rank >= 0 && hb->step > ok->reported[rank] && hb->step <= ok->lease) {
             ok->reported[rank] = hb->step;
             ok->rank_loss[rank] = s_finite(hb->loss, w, "loss");
@@ -265,7 +291,7 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
             coord_run_advance(c, ok);
         }
         if (rank >= 0 && failed)
-            s_on_plan_failed(c, ok, w, hb->detail);
+            s_on_plan_failed(c, ok, w, hb->detail, state_missing);
     }
     w->step = hb->step;
     w->loss = s_finite(hb->loss, w, "loss");

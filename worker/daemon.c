@@ -16,15 +16,12 @@
 #include "daemon_int.h"
 #include "log.h"
 #include "name.h"
+#include "shoal_version.h"
 
 #define S_IDLE_WAIT_MS 100
 #define S_FAILED_ASK_MS 1000      /* GetAssignment again while failed */
 #define S_SAME_GEN_RETRY_MS 10000 /* last resort: retry a failed generation the coordinator keeps */
 #define S_LEFT_WAIT_MS 3000
-
-#ifndef SHOAL_VERSION_STRING
-#define SHOAL_VERSION_STRING "0.1.0"
-#endif
 
 int daemon_stopping(const daemon_t *d)
 {
@@ -89,21 +86,34 @@ void daemon_drop_comm(daemon_t *d)
     comm_destroy(&d->comm);
 }
 
-void daemon_fail(daemon_t *d, const char *fmt, ...)
+static void s_vfail(daemon_t *d, sess_activity_t act, const char *fmt, va_list ap)
 {
     char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     log_warn("assignment failed (generation %llu): %s",
              (unsigned long long)(d->plan ? d->plan->generation : 0), msg);
     daemon_drop_comm(d);
     d->failed = 1;
     d->failed_gen = d->plan ? d->plan->generation : 0;
     d->failed_ms = clock_mono_ms();
-    daemon_status(d, SESS_ACT_FAILED, "%s", msg);
+    daemon_status(d, act, "%s", msg);
     s_ask_assignment(d);
+}
+
+void daemon_fail(daemon_t *d, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    s_vfail(d, SESS_ACT_FAILED, fmt, ap);
+    va_end(ap);
+}
+
+void daemon_fail_as(daemon_t *d, sess_activity_t act, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    s_vfail(d, act, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
@@ -450,7 +460,7 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
         .host = host,
         .device = "cpu",
         .institution = cfg->institution,
-        .version = SHOAL_VERSION_STRING,
+        .version = SHOAL_VERSION,
         .data_endpoint = endpoint,
         .memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0,
         .stop_flag = cfg->stop_flag,

@@ -62,6 +62,10 @@ void daemon_status(daemon_t *d, sess_activity_t act, const char *fmt, ...)
 
 /* The assignment failed: logs why, drops the comm, reports FAILED and asks for the next plan. */
 void daemon_fail(daemon_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* daemon_fail with the activity the heartbeats report (SESS_ACT_STATE_MISSING: no rank holds
+ * the state the plan names, the plan's fault and not this worker's). */
+void daemon_fail_as(daemon_t *d, sess_activity_t act, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Destroys the plan's comm (untracked by the session first); no-op without one. */
 void daemon_drop_comm(daemon_t *d);

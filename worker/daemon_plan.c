@@ -239,7 +239,8 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
             return;
     }
     if (rc != SHOAL_OK) {
-        daemon_fail(d, "%s", shoal_errmsg());
+        daemon_fail_as(d, rc == SHOAL_ERR_NOTFOUND ? SESS_ACT_STATE_MISSING : SESS_ACT_FAILED, "%s",
+                       shoal_errmsg());
         return;
     }
     s_checkpoint_boundary(d);

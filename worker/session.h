@@ -32,6 +32,7 @@ typedef enum {
     SESS_ACT_CHECKPOINTING = 4,
     SESS_ACT_DRAINING = 5,
     SESS_ACT_FAILED = 6,
+    SESS_ACT_STATE_MISSING = 7, /* failed: no rank holds the state the plan names */
 } sess_activity_t;
 
 typedef enum {

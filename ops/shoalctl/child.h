@@ -17,7 +17,7 @@ typedef struct {
     pid_t pid;  /* > 0 once spawned (a caller may negate it to mark an exit reported) */
     int status; /* waitpid status, valid once exited */
     bool exited;
-    char name[16];      /* for messages */
+    char name[32];      /* for messages */
     char log[PATH_MAX]; /* stdout and stderr are appended here */
 } child_t;
 

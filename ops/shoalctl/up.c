@@ -479,7 +479,7 @@ static shoal_err_t s_start_cluster(s_up_t *u)
     for (int i = 0; i < u->n_workers; i++) {
         child_t *w = &u->workers[i];
         char state[PATH_MAX];
-        snprintf(w->name, sizeof(w->name), "w%d", i + 1);
+        snprintf(w->name, sizeof(w->name), "local-%d", i + 1);
         SHOAL_CHECK_GOTO(fsutil_path(state, sizeof(state), "%s/%s", u->tmp, w->name), rc, out);
         SHOAL_CHECK_GOTO(fsutil_mkdir_p(state), rc, out);
         SHOAL_CHECK_GOTO(fsutil_path(w->log, sizeof(w->log), "%s/%s.log", logs, w->name), rc, out);
