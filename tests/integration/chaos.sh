@@ -39,7 +39,10 @@ for ((k = 1; k <= NFAULTS; k++)); do
     [ ${#drained[@]} -ge 1 ] && kinds+=(undrain)
     kind=${kinds[RANDOM % ${#kinds[@]}]}
     case $kind in
-    kill | term) target=${WORKERS[RANDOM % ${#WORKERS[@]}]} ;;
+    kill | term) # half the time the only undrained worker, when there is one: no survivor
+        target=${WORKERS[RANDOM % ${#WORKERS[@]}]}
+        [ ${#undrained[@]} = 1 ] && [ $((RANDOM % 2)) = 1 ] && target=${undrained[0]}
+        ;;
     drain)
         target=${undrained[RANDOM % ${#undrained[@]}]}
         DRAINED[$target]=1
@@ -50,7 +53,7 @@ for ((k = 1; k <= NFAULTS; k++)); do
         ;;
     coord) target=coordinator ;;
     esac
-    down=$((RANDOM % 31))      # tenths of a second down (kill, term, coord)
+    down=$((RANDOM % 41))      # tenths of a second down (kill, term, coord; dead after 2 s)
     gap=$((RANDOM % 2))        # 1: then wait for a committed step, 0: then pause
     pause=$((2 + RANDOM % 10)) # tenths
     SCHED+=("$kind $target $down $gap $pause")
@@ -77,6 +80,7 @@ k=0
 for f in "${SCHED[@]}"; do
     k=$((k + 1))
     read -r kind target down gap pause <<< "$f"
+    [ $k = 1 ] || no_quarantine "$RUN" "$T/events.json" "by fault $((k - 1))"
     note "fault $k at $((SECONDS - T0)) s, run $(run_field "$RUN" state) at step $(run_field "$RUN" step): $kind $target"
     STEP0=$(run_field "$RUN" step)
     case $kind in

@@ -135,13 +135,14 @@ print(f"  {len(seen)} steps match the reference, worst relative difference {wors
 EOF
 }
 
-# no_quarantine RUN FILE: writes the run's ledger entries to FILE; none is a "quarantine".
+# no_quarantine RUN FILE [WHEN]: writes the run's ledger entries to FILE; none is a
+# "quarantine" (WHEN, e.g. "by fault 3", goes into the failure message).
 no_quarantine() {
     events_json "$1" "$2"
     python3 -c "
 import json, sys
 q = [e['detail'] for e in json.load(open('$2'))['events'] if e['kind'] == 'quarantine']
-sys.exit('quarantined: %s' % q if q else 0)" || fail "a healthy worker was quarantined"
+sys.exit('quarantined: %s' % q if q else 0)" || fail "a healthy worker was quarantined${3:+ $3}"
 }
 
 # rollback_ok EVENTS GEN STEP CKPT EVERY: the run whose ledger entries are in EVENTS lost the
