@@ -10,6 +10,8 @@
 
 #include <rocksdb/c.h>
 
+#include "numparse.h"
+
 static const char *s_cf_names[STORE_CF__COUNT] = {
     "default", "runs", "workers", "plans", "manifests", "ledger",
 };
@@ -252,7 +254,10 @@ static int s_injected_failure(store_t *st)
     static long long commits, fail_after = -2;
     if (fail_after == -2) {
         const char *v = getenv("SHOAL_STORE_FAIL_AFTER");
-        fail_after = v && *v ? strtoll(v, NULL, 10) : -1;
+        int64_t n = -1;
+        if (v && numparse_i64(v, 0, INT64_MAX, &n) != SHOAL_OK)
+            n = -1; /* a test's typo must not inject anything */
+        fail_after = n;
     }
     if (fail_after < 0 || ++commits <= fail_after)
         return 0;

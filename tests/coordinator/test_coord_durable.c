@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "coord_testlib.h"
 
 #define CONFIG                                                                                     \
@@ -51,13 +52,6 @@ static int s_teardown(void **state)
 {
     (void)state;
     return tc_tmpdir_remove(s_root);
-}
-
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* The coordinator under test: alive, or its exit status once reaped (tc_alive drops it). */
@@ -119,8 +113,8 @@ static int s_drive(const char *dir, pid_t pid, s_told_t *t, int ms)
         assert_int_equal(tc_worker_open(&ws[i], dir, name), 0);
     }
     int done = 0;
-    const int64_t until = s_mono_ms() + ms;
-    while (!done && s_mono_ms() < until && s_alive(pid)) {
+    const int64_t until = clock_mono_ms() + ms;
+    while (!done && clock_mono_ms() < until && s_alive(pid)) {
         done = 1;
         for (int i = 0; i < N_WORKERS && s_alive(pid); i++) {
             tc_worker_t *w = &ws[i];
