@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "clock.h"
+#include "daemon_config.h"
 #include "daemon_int.h"
 #include "log.h"
 #include "name.h"
@@ -352,10 +353,12 @@ static shoal_err_t s_setup(daemon_t *d, const daemon_config_t *cfg, char *endpoi
                            size_t endpoint_cap)
 {
     d->cfg = *cfg;
+    daemon_config_t dflt;
+    daemon_config_defaults(&dflt); /* unset (0) settings of a caller that built cfg by hand */
     if (d->cfg.grace_seconds <= 0)
-        d->cfg.grace_seconds = 10.0;
+        d->cfg.grace_seconds = dflt.grace_seconds;
     if (d->cfg.comm_timeout_ms <= 0)
-        d->cfg.comm_timeout_ms = 30000;
+        d->cfg.comm_timeout_ms = dflt.comm_timeout_ms;
     d->state.lock_fd = -1;
     d->snap_step = -1;
     d->activity = (sess_activity_t)-1;

@@ -807,7 +807,7 @@ shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out
     }
     s->memory_bytes = cfg->memory_bytes;
     s->stop_flag = cfg->stop_flag;
-    s->grace_seconds = cfg->grace_seconds > 0 ? cfg->grace_seconds : 10.0;
+    s->grace_seconds = cfg->grace_seconds; /* > 0: the daemon applied its default */
     s->notify = cfg->notify;
     s->id_file = strdup(cfg->id_file ? cfg->id_file : "");
     if (!s->id_file) {
