@@ -102,39 +102,6 @@ print(f"  {n} checkpoint dirs verify (steps {sorted(digests)})")
 EOF
 }
 
-# compare_losses_all TOL NAME...: like compare_losses, over the records of all the workers
-# NAME... together (each worker's last record of each step): in a run whose members change no
-# single worker trains every step.
-compare_losses_all() {
-    local tol=$1
-    shift
-    python3 - "$T" "$tol" "$@" <<'EOF' || fail "losses differ from the single-process reference"
-import json, os, sys
-t, tol, names = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-ref = {}
-for line in open(f"{t}/ref.jsonl"):
-    r = json.loads(line)
-    ref[r["step"] + 1] = r["loss"]
-seen, worst = set(), 0.0
-for name in names:
-    path = f"{t}/{name}.jsonl"
-    if not os.path.exists(path):
-        continue
-    got = {}
-    for line in open(path):
-        r = json.loads(line)
-        got[r["step"]] = r["loss"]
-    for step, loss in got.items():
-        rel = abs(loss - ref[step]) / abs(ref[step])
-        worst = max(worst, rel)
-        assert rel <= tol, f"{name} step {step}: loss {loss!r} vs reference {ref[step]!r} (rel {rel:.3g})"
-    seen |= set(got)
-missing = sorted(set(ref) - seen)
-assert not missing, f"no worker logged steps {missing}"
-print(f"  {len(seen)} steps match the reference, worst relative difference {worst:.3g}")
-EOF
-}
-
 # no_quarantine RUN FILE [WHEN]: writes the run's ledger entries to FILE; none is a
 # "quarantine" (WHEN, e.g. "by fault 3", goes into the failure message).
 no_quarantine() {

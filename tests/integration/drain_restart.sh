@@ -8,7 +8,7 @@ TEST_NAME=drain_restart
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/chaos_lib.sh"
 
-write_spec "$T/run.yaml" 100 4
+write_spec "$T/run.yaml" 160 4
 reference "$T/run.yaml"
 start_coord
 for w in a b c; do start_worker $w; done
@@ -52,6 +52,7 @@ plans = [e["detail"] for e in ev if e["kind"] == "plan"]
 assert len(plans[-1]["workers"]) == 3, [(p["generation"], p["workers"]) for p in plans]
 EOF
 for w in a b c; do worker_state_is $w active || fail "worker $w is $(worker_state $w), expected active"; done
-compare_losses_all 1e-4 a b c
+# 3 ranks, then 1, then 3 again: float rounding compounded by routing flips (see chaos.sh).
+compare_losses_lineage 5e-2 a b c
 ledger_ok "$RUN"
 finish
