@@ -145,7 +145,7 @@ static void s_status(coord_t *c, const wire_route_t *route, const char *arg)
 static void s_workers(coord_t *c, const wire_route_t *route)
 {
     json_t *arr = json_array();
-    int64_t now = coord_now_wall_ms();
+    int64_t now = clock_wall_ms();
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
         json_t *cell = json_null();

@@ -18,23 +18,10 @@
 #endif
 
 #include "log.h"
+#include "numparse.h"
 
 #define COORD_CRON_MS 50
 #define COORD_BURST 256 /* messages drained per socket per poll round */
-
-int64_t coord_now_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t coord_now_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 coord_worker_t *coord_find_worker(coord_t *c, const char *id_or_name)
 {
@@ -53,12 +40,7 @@ static int s_id_number(const char *id, uint64_t *n)
 {
     if (id[0] != 'w' || id[1] < '1' || id[1] > '9')
         return 0;
-    char *end = NULL;
-    unsigned long long v = strtoull(id + 1, &end, 10);
-    if (*end || v > (1ull << 31))
-        return 0;
-    *n = v;
-    return 1;
+    return numparse_u64(id + 1, 1ull << 31, n) == SHOAL_OK;
 }
 
 int coord_is_id_form(const char *s)
@@ -160,7 +142,7 @@ shoal_err_t coord_add_run(coord_t *c, const char *name, const char *spec_yaml, i
     r->n_experts = n_experts;
     r->state = RUN_PENDING;
     snprintf(r->id, sizeof r->id, "r%" PRIu64, c->next_run++);
-    r->submitted_ms = coord_now_wall_ms();
+    r->submitted_ms = clock_wall_ms();
     coord_put_meta(c, "next_run", c->next_run);
     coord_put_run(c, r);
     *out = r;
@@ -302,7 +284,7 @@ static void s_notify(coord_t *c, const char *what)
 
 static void s_cron(coord_t *c)
 {
-    int64_t now = coord_now_mono_ms();
+    int64_t now = clock_mono_ms();
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
         if (coord_worker_is_live(w->state) && now - w->last_seen_ms > c->cfg.dead_after_ms)
@@ -356,7 +338,7 @@ static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
 shoal_err_t coord_poll_once(coord_t *c, int timeout_ms)
 {
     zmq_pollitem_t items[2] = {{c->wsock, 0, ZMQ_POLLIN, 0}, {c->csock, 0, ZMQ_POLLIN, 0}};
-    int64_t now = coord_now_mono_ms();
+    int64_t now = clock_mono_ms();
     int64_t until_cron = c->next_cron_ms - now;
     if (until_cron < 0)
         until_cron = 0;
@@ -369,7 +351,7 @@ shoal_err_t coord_poll_once(coord_t *c, int timeout_ms)
         s_drain_socket(c, c->wsock, coord_on_worker_msg);
     if (n > 0 && (items[1].revents & ZMQ_POLLIN))
         s_drain_socket(c, c->csock, s_on_control_msg);
-    now = coord_now_mono_ms();
+    now = clock_mono_ms();
     if (now >= c->next_cron_ms && !c->fail_stopped) {
         s_cron(c);
         c->next_cron_ms = now + COORD_CRON_MS;

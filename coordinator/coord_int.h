@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 
+#include "clock.h"
 #include "config.h"
 #include "coord.h"
 #include "ledger.h"
@@ -147,8 +148,6 @@ typedef struct {
 } coord_msg_ctx_t;
 
 /* ---- coord.c: clocks, the worker and run lists, control attachment ------------------------ */
-int64_t coord_now_mono_ms(void);
-int64_t coord_now_wall_ms(void);
 
 coord_worker_t *coord_find_worker(coord_t *c, const char *id_or_name);
 /* Whether `s` has the form of a worker id ("w" and digits): no worker name may have it, so an

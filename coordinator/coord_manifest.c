@@ -116,7 +116,7 @@ void coord_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_t *
         json_t *manifest =
             json_pack("{s:s, s:I, s:I, s:s, s:O, s:I}", "run", r->id, "step", (json_int_t)cs->step,
                       "generation", (json_int_t)r->generation, "path", cs->path, "shards",
-                      pc.shards, "committed_ms", (json_int_t)coord_now_wall_ms());
+                      pc.shards, "committed_ms", (json_int_t)clock_wall_ms());
         snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, cs->step);
         coord_put_json(c, STORE_CF_MANIFESTS, key, manifest);
         char pprefix[128];

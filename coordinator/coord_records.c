@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "numparse.h"
 
 store_batch_t *coord_txn(coord_t *c)
 {
@@ -203,7 +204,7 @@ void coord_put_plan(coord_t *c, const plan_t *p)
 void coord_ledger(coord_t *c, const char *run, const char *kind, json_t *detail)
 {
     shoal_err_t rc = ledger_append(c->ledger, coord_txn(c), run && run[0] ? run : LEDGER_CLUSTER,
-                                   kind, detail, coord_now_wall_ms(), NULL);
+                                   kind, detail, clock_wall_ms(), NULL);
     if (rc != SHOAL_OK)
         log_error("ledger: %s", shoal_errmsg());
     json_decref(detail);
@@ -281,7 +282,7 @@ static int s_load_worker(const char *k, size_t kl, const char *v, size_t vl, voi
     if (!w)
         return ctx->rc != SHOAL_OK;
     /* live workers get a full dead_after period to reconnect to the restarted coordinator */
-    w->last_seen_ms = coord_now_mono_ms();
+    w->last_seen_ms = clock_mono_ms();
     if (coord_worker_insert(ctx->c, w) != SHOAL_OK) {
         log_error("workers/%.*s: %s: record skipped", (int)kl, k, shoal_errmsg());
         free(w);
@@ -320,14 +321,20 @@ static int s_load_run(const char *k, size_t kl, const char *v, size_t vl, void *
     return 0;
 }
 
-static uint64_t s_meta(coord_t *c, const char *key, uint64_t dflt)
+/* A counter of the meta family (dflt when absent). A malformed one stops the load: guessing
+ * could hand out a worker id or a generation twice. */
+static shoal_err_t s_meta(coord_t *c, const char *key, uint64_t dflt, uint64_t *out)
 {
     char *v = NULL;
     uint64_t n = dflt;
-    if (store_get(c->st, STORE_CF_META, key, &v, NULL) == SHOAL_OK)
-        n = strtoull(v, NULL, 10);
+    shoal_err_t rc = SHOAL_OK;
+    if (store_get(c->st, STORE_CF_META, key, &v, NULL) == SHOAL_OK &&
+        numparse_u64(v, UINT64_MAX, &n) != SHOAL_OK)
+        rc = shoal_fail(SHOAL_ERR_FORMAT, "state store: counter %s is not a number ('%.32s')",
+                        key, v);
     free(v);
-    return n > dflt ? n : dflt;
+    *out = n > dflt ? n : dflt;
+    return rc;
 }
 
 shoal_err_t coord_load(coord_t *c)
@@ -340,9 +347,12 @@ shoal_err_t coord_load(coord_t *c)
         rc = store_scan(c->st, STORE_CF_RUNS, "", NULL, s_load_run, &ctx);
     if (rc == SHOAL_OK)
         rc = ctx.rc;
-    c->next_run = s_meta(c, "next_run", 1);
-    c->next_worker = s_meta(c, "next_worker", 1);
-    c->last_generation = s_meta(c, "last_generation", 0);
+    if (rc == SHOAL_OK)
+        rc = s_meta(c, "next_run", 1, &c->next_run);
+    if (rc == SHOAL_OK)
+        rc = s_meta(c, "next_worker", 1, &c->next_worker);
+    if (rc == SHOAL_OK)
+        rc = s_meta(c, "last_generation", 0, &c->last_generation);
     for (int i = 0; i < c->n_runs; i++)
         if (c->runs[i]->generation > c->last_generation)
             c->last_generation = c->runs[i]->generation;

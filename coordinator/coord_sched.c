@@ -295,7 +295,7 @@ static void s_failure_backoff(coord_t *c, coord_run_t *r)
     if (b > c->cfg.replan_backoff_max_ms)
         b = c->cfg.replan_backoff_max_ms;
     r->fail_backoff_ms = b;
-    r->fail_replan_at_ms = coord_now_mono_ms() + b;
+    r->fail_replan_at_ms = clock_mono_ms() + b;
     r->fail_backoff_logged = 0;
 }
 
@@ -361,7 +361,7 @@ void coord_run_replan_check(coord_t *c, coord_run_t *r)
      * cannot flood the ledger with generations (a lost member still re-plans at once) */
     const int by_failure = r->replan_now && r->generation > 0;
     if (by_failure) {
-        int64_t now = coord_now_mono_ms();
+        int64_t now = clock_mono_ms();
         if (lost || now >= r->fail_replan_at_ms) {
             lost = 1;
             at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0,

@@ -70,7 +70,7 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
         c->next_worker++;
         snprintf(w->name, sizeof w->name, "%s", rg->name);
         w->state = WORKER_JOINING;
-        w->registered_ms = coord_now_wall_ms();
+        w->registered_ms = clock_wall_ms();
         coord_put_meta(c, "next_worker", c->next_worker);
     }
     snprintf(w->host, sizeof w->host, "%s", rg->host);
@@ -85,7 +85,7 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
     w->memory_bytes = rg->memory_bytes;
     w->route = *route;
     w->has_route = 1;
-    w->last_seen_ms = coord_now_mono_ms();
+    w->last_seen_ms = clock_mono_ms();
     if (is_new) {
         log_info("worker %s: registered as joining (name %s, host %s, %s)", w->id, w->name, w->host,
                  w->institution[0] ? w->institution : "no institution");
@@ -174,7 +174,7 @@ const coord_worker_t *s_silent_peer(coord_t *c, const coord_run_t *r, const coor
     int64_t quiet = 3 * (int64_t)c->cfg.heartbeat_interval_ms;
     if (quiet < 1000)
         quiet = 1000;
-    int64_t now = coord_now_mono_ms();
+    int64_t now = clock_mono_ms();
     for (uint32_t i = 0; i < r->plan.n_peers; i++) {
         const coord_worker_t *p = coord_worker_by_id(c, r->plan.peers[i].worker_id);
         if (!p || p == w) /* !p: ids are never removed; nothing to blame */
@@ -265,7 +265,7 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
 {
     (void)unused_r;
     const Shoal__Heartbeat *hb = env->heartbeat;
-    w->last_hb_ms = coord_now_wall_ms();
+    w->last_hb_ms = clock_wall_ms();
     w->tokens_per_s = s_finite(hb->tokens_per_s, w, "tokens/s");
     w->activity = hb->activity;
     if (w->state == WORKER_JOINING) {
@@ -436,7 +436,7 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
                           w ? coord_worker_state_name(w->state) : "unknown");
         return;
     }
-    w->last_seen_ms = coord_now_mono_ms();
+    w->last_seen_ms = clock_mono_ms();
     w->route = *route;
     w->has_route = 1;
     coord_run_t *r = NULL;

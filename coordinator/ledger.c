@@ -8,6 +8,8 @@
 
 #include <openssl/evp.h>
 
+#include "numparse.h"
+
 #define LEDGER_DUMP_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 #define LEDGER_RUN_MAX 80
 
@@ -243,7 +245,9 @@ static int s_verify_one(const char *key, size_t klen, const char *val, size_t vl
     char *hash = h ? strdup(h) : NULL;
     char recomputed[LEDGER_HASH_HEX];
     char *canon = NULL;
-    if ((uint64_t)seq != expect || strtoull(keyseq, NULL, 10) != expect) {
+    uint64_t key_n = 0;
+    if ((uint64_t)seq != expect || numparse_u64(keyseq, UINT64_MAX, &key_n) != SHOAL_OK ||
+        key_n != expect) {
         stop = s_verify_bad(c, expect, "sequence gap or mismatch");
         goto out;
     }
