@@ -16,3 +16,13 @@ bool name_ok(const char *s)
             return false;
     return true;
 }
+
+bool name_has_id_form(const char *s)
+{
+    if (s[0] != 'w' || !s[1])
+        return false;
+    for (s++; *s; s++)
+        if (*s < '0' || *s > '9')
+            return false;
+    return true;
+}

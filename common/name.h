@@ -17,6 +17,11 @@ extern "C" {
 /* Whether `s` (NUL-terminated, not NULL) follows the rule above. */
 bool name_ok(const char *s);
 
+/* Worker ids are "w" and digits (the coordinator assigns them); no worker NAME may take that
+ * form, so that an operator's argument never means one worker's id and another's name. */
+#define NAME_ID_FORM_RULE "a worker name must not have the form of a worker id (w followed by digits)"
+bool name_has_id_form(const char *s);
+
 #ifdef __cplusplus
 }
 #endif

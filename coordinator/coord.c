@@ -43,16 +43,6 @@ static int s_id_number(const char *id, uint64_t *n)
     return numparse_u64(id + 1, 1ull << 31, n) == SHOAL_OK;
 }
 
-int coord_is_id_form(const char *s)
-{
-    if (s[0] != 'w' || !s[1])
-        return 0;
-    for (s++; *s; s++)
-        if (*s < '0' || *s > '9')
-            return 0;
-    return 1;
-}
-
 coord_worker_t *coord_worker_by_id(coord_t *c, const char *id)
 {
     uint64_t n;

@@ -150,9 +150,6 @@ typedef struct {
 /* ---- coord.c: clocks, the worker and run lists, control attachment ------------------------ */
 
 coord_worker_t *coord_find_worker(coord_t *c, const char *id_or_name);
-/* Whether `s` has the form of a worker id ("w" and digits): no worker name may have it, so an
- * operator's argument never means one worker's id and another's name. */
-int coord_is_id_form(const char *s);
 /* Whether an operator's drain or a quarantine holds the worker out of every plan. */
 static inline int coord_worker_held(const coord_worker_t *w)
 {

@@ -39,11 +39,9 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
         s_reply_register(c, route, "", 0, "worker name must be " NAME_RULE ", 1-64 bytes");
         return;
     }
-    if (coord_is_id_form(rg->name)) {
+    if (name_has_id_form(rg->name)) {
         log_warn("register refused: worker name '%s' has the form of a worker id", rg->name);
-        s_reply_register(c, route, "", 0,
-                         "worker name must not have the form of a worker id (w followed by "
-                         "digits): choose another --name");
+        s_reply_register(c, route, "", 0, NAME_ID_FORM_RULE ": choose another --name");
         return;
     }
     coord_worker_t *w = NULL;

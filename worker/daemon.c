@@ -371,8 +371,10 @@ static shoal_err_t s_setup(daemon_t *d, const daemon_config_t *cfg, char *endpoi
     else
         snprintf(d->name, sizeof d->name, "%.40s-%ld", host, (long)getpid());
     if (!name_ok(d->name))
-        return shoal_fail(SHOAL_ERR_INVALID, "--name '%s': use 1-64 characters of "
-                          "[A-Za-z0-9._-], not starting with '.'", d->name);
+        return shoal_fail(SHOAL_ERR_INVALID, "--name '%s' refused: use 1-64 characters of " NAME_RULE,
+                          d->name);
+    if (name_has_id_form(d->name))
+        return shoal_fail(SHOAL_ERR_INVALID, "--name '%s' refused: " NAME_ID_FORM_RULE, d->name);
     log_set_component(d->name); /* before the session thread starts: it logs too */
     shoal_err_t rc = statedir_open(&d->state, cfg->state_dir, d->name);
     if (rc != SHOAL_OK)
