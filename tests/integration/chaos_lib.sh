@@ -197,10 +197,3 @@ print(f"  {len(ref)} steps match the reference, worst relative difference {worst
 EOF
 }
 
-# no_reason RUN: `shoalctl status RUN` answers and prints no reason line for RUN ("run RUN:
-# unplaced: ..."); the --json document has no reason field (run_field RUN reason is empty
-# whatever the coordinator says).
-no_reason() {
-    ctl status "$1" > "$T/status.out" 2>&1 || fail "status $1: $(cat "$T/status.out")"
-    ! grep -q "^run $1: " "$T/status.out" || fail "reason of run $1: $(grep "^run $1: " "$T/status.out")"
-}

@@ -120,6 +120,14 @@ run_field() {
         python3 -c "import json,sys; print(json.load(sys.stdin)['runs'][0]['$2'])"
 }
 
+# no_reason RUN: `shoalctl status RUN` answers and prints no reason line for RUN ("run RUN:
+# unplaced: ..."); the --json document has no reason field (run_field RUN reason is empty
+# whatever the coordinator says).
+no_reason() {
+    ctl status "$1" > "$T/status.out" 2>&1 || fail "status $1: $(cat "$T/status.out")"
+    ! grep -q "^run $1: " "$T/status.out" || fail "reason of run $1: $(grep "^run $1: " "$T/status.out")"
+}
+
 # paused_step RUN: the committed step that the ledger recorded when RUN was last paused.
 paused_step() {
     ctl events "$1" --json 2>/dev/null | python3 -c "

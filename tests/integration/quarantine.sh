@@ -41,7 +41,7 @@ assert 4 <= len(plans) <= 5, [(p["generation"], p["reason"]) for p in plans]
 assert len(plans[-1]["workers"]) == 1, plans[-1]
 print(f"  {len(plans)} plans, quarantine: {q[0]['detail']}")
 PY
-[ "$(run_field "$RUN" reason)" = "" ] || fail "reason of a done run: $(run_field "$RUN" reason)"
+no_reason "$RUN"
 compare_losses a 1e-5
 ctl undrain b > /dev/null || fail "undrain b"
 wait_until 10 "b active" worker_state_is b active
