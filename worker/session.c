@@ -58,6 +58,7 @@ struct session {
     int64_t inflight;
     char worker_id[SESS_ID_MAX];
     atomic_int grace_expired;
+    atomic_llong stop_seen_at_ms; /* stop_seen_ms for the training thread (0 = no stop yet) */
 
     /* session thread only */
     void *dealer;
@@ -677,6 +678,7 @@ static void s_timers(session_t *s, int64_t now)
 {
     if (s->stop_flag && *s->stop_flag && s->stop_seen_ms == 0) {
         s->stop_seen_ms = now;
+        atomic_store(&s->stop_seen_at_ms, now);
         log_info("session: stop requested: %.1f s of grace", s->grace_seconds);
     }
     if (s->stop_seen_ms && !atomic_load(&s->grace_expired)) {
@@ -912,6 +914,12 @@ void session_track_comm(session_t *s, comm_t *c, uint64_t generation, int64_t in
     s->comm_gen = generation;
     s->inflight = c ? inflight_step : 0;
     pthread_mutex_unlock(&s->mu);
+}
+
+double session_since_stop_s(const session_t *s)
+{
+    const int64_t at = atomic_load(&((session_t *)s)->stop_seen_at_ms);
+    return at ? (double)(clock_mono_ms() - at) / 1000.0 : -1.0;
 }
 
 int session_grace_expired(const session_t *s)

@@ -134,6 +134,9 @@ void session_track_comm(session_t *s, comm_t *c, uint64_t generation, int64_t in
 /* Whether the SIGTERM grace deadline has passed (the training thread abandons work then). */
 int session_grace_expired(const session_t *s);
 
+/* Seconds since the session saw the stop request (-1 before one). */
+double session_since_stop_s(const session_t *s);
+
 /* The worker id the coordinator gave (copied into out; "" before registration). */
 void session_worker_id(session_t *s, char *out, size_t cap);
 
