@@ -29,18 +29,60 @@
 #define CTL_F_WORKERS "workers" /* run status: plan size; workers reply: the list */
 #define CTL_F_REASON "reason"
 
-/* events: {run, events: [ledger entries]} */
+/* workers: {workers: [worker]}; worker: {id, name, state, run, cell, last_heartbeat_ms, host,
+ * institution, step, loss, tokens_per_s}; cell: {replica, stage, ep_rank} or null */
+#define CTL_F_CELL "cell"
+#define CTL_F_REPLICA "replica"
+#define CTL_F_STAGE "stage"
+#define CTL_F_EP_RANK "ep_rank"
+#define CTL_F_LAST_HEARTBEAT_MS "last_heartbeat_ms"
+#define CTL_F_HOST "host"
+#define CTL_F_INSTITUTION "institution"
+#define CTL_F_TOKENS_PER_S "tokens_per_s"
+
+/* events: {run, events: [ledger entries]}; a ledger entry (coordinator/ledger.c stores it):
+ * {seq, time_ms, run, kind, detail, prev_hash, hash} */
 #define CTL_F_RUN "run"
 #define CTL_F_EVENTS "events"
+#define CTL_F_SEQ "seq"
+#define CTL_F_TIME_MS "time_ms"
+#define CTL_F_KIND "kind"
+#define CTL_F_DETAIL "detail"
+#define CTL_F_PREV_HASH "prev_hash"
+#define CTL_F_HASH "hash"
 
 /* verify: {run, entries, ok, first_bad, reason} */
 #define CTL_F_ENTRIES "entries"
 #define CTL_F_OK "ok"
 #define CTL_F_FIRST_BAD "first_bad"
 
-/* plan: {run, dry_run, plan} */
+/* plan: {run, dry_run, plan}; the plan document (coordinator/plan.c writes and stores it):
+ * {run_id, generation, topology: {dp, pp, ep}, stages: [{stage, first_layer, n_layers,
+ * has_embedding, has_head}], experts: [{ep_rank, first, count}], peers: [{worker, rank, cell,
+ * data_endpoint}], start_step, source, checkpoint_step, checkpoint_path, source_rank} */
 #define CTL_F_DRY_RUN "dry_run"
 #define CTL_F_PLAN "plan"
+#define CTL_F_RUN_ID "run_id"
+#define CTL_F_TOPOLOGY "topology"
+#define CTL_F_DP "dp"
+#define CTL_F_PP "pp"
+#define CTL_F_EP "ep"
+#define CTL_F_STAGES "stages"
+#define CTL_F_FIRST_LAYER "first_layer"
+#define CTL_F_N_LAYERS "n_layers"
+#define CTL_F_HAS_EMBEDDING "has_embedding"
+#define CTL_F_HAS_HEAD "has_head"
+#define CTL_F_EXPERTS "experts"
+#define CTL_F_FIRST "first"
+#define CTL_F_COUNT "count"
+#define CTL_F_PEERS "peers"
+#define CTL_F_WORKER "worker"
+#define CTL_F_RANK "rank"
+#define CTL_F_DATA_ENDPOINT "data_endpoint"
+#define CTL_F_START_STEP "start_step"
+#define CTL_F_SOURCE "source"
+#define CTL_F_CHECKPOINT_PATH "checkpoint_path"
+#define CTL_F_SOURCE_RANK "source_rank"
 
 /* One run of a status reply. Strings are borrowed: from the coordinator's run when encoding,
  * from the decoded document when decoding (valid while it lives). */
@@ -67,5 +109,21 @@ typedef struct {
 json_t *ctl_verify_encode(const ctl_verify_t *v);
 /* SHOAL_ERR_FORMAT when a field is missing or of the wrong type. */
 shoal_err_t ctl_verify_decode(const json_t *doc, ctl_verify_t *out);
+
+/* One worker of a workers reply (strings borrowed as above). */
+typedef struct {
+    const char *id, *name, *state, *run, *host, *institution; /* run: "" when unassigned */
+    bool has_cell;                                            /* cell is an object, not null */
+    int replica, stage, ep_rank;
+    int64_t last_heartbeat_ms; /* ms since the last heartbeat, -1 when none (decode: also absent) */
+    int64_t step;
+    double loss, tokens_per_s;
+} ctl_worker_t;
+
+/* The JSON object of one worker (NULL when out of memory). */
+json_t *ctl_worker_encode(const ctl_worker_t *w);
+/* Reads one worker: a missing or mistyped field reads as "" / 0 (last_heartbeat_ms -1); a cell
+ * that is not an object reads as has_cell false. */
+void ctl_worker_decode(const json_t *obj, ctl_worker_t *out);
 
 #endif

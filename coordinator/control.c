@@ -148,19 +148,25 @@ static void s_workers(coord_t *c, const wire_route_t *route)
     int64_t now = clock_wall_ms();
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
-        json_t *cell = json_null();
         coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
         const plan_peer_t *p = r ? plan_find_worker(&r->plan, w->id) : NULL;
-        if (p)
-            cell = json_pack("{s:i, s:i, s:i}", "replica", (int)p->cell.replica, "stage",
-                             (int)p->cell.stage, "ep_rank", (int)p->cell.ep_rank);
-        json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:s, s:I, s:f, s:f}", "id", w->id,
-                           "name", w->name, "state", coord_worker_state_name(w->state), "run",
-                           w->run, "cell", cell, "last_heartbeat_ms",
-                           (json_int_t)(w->last_hb_ms ? now - w->last_hb_ms : -1), "host", w->host,
-                           "institution", w->institution, "step", (json_int_t)w->step, "loss",
-                           w->loss, "tokens_per_s", w->tokens_per_s));
+        const ctl_worker_t cw = {
+            .id = w->id,
+            .name = w->name,
+            .state = coord_worker_state_name(w->state),
+            .run = w->run,
+            .host = w->host,
+            .institution = w->institution,
+            .has_cell = p != NULL,
+            .replica = p ? (int)p->cell.replica : 0,
+            .stage = p ? (int)p->cell.stage : 0,
+            .ep_rank = p ? (int)p->cell.ep_rank : 0,
+            .last_heartbeat_ms = w->last_hb_ms ? now - w->last_hb_ms : -1,
+            .step = (int64_t)w->step,
+            .loss = w->loss,
+            .tokens_per_s = w->tokens_per_s,
+        };
+        json_array_append_new(arr, ctl_worker_encode(&cw));
     }
     s_reply(c, route, 1, 0, "", json_pack("{s:o}", CTL_F_WORKERS, arr));
 }

@@ -8,6 +8,7 @@
 
 #include <openssl/evp.h>
 
+#include "ctl_reply.h"
 #include "numparse.h"
 
 #define LEDGER_DUMP_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
@@ -100,8 +101,8 @@ static shoal_err_t s_tail(ledger_t *l, const char *run, ledger_tail_t **out)
     } else if (rc == SHOAL_OK) {
         json_error_t jerr;
         json_t *e = json_loads(val, 0, &jerr);
-        const char *h = e ? json_string_value(json_object_get(e, "hash")) : NULL;
-        json_int_t seq = e ? json_integer_value(json_object_get(e, "seq")) : 0;
+        const char *h = e ? json_string_value(json_object_get(e, CTL_F_HASH)) : NULL;
+        json_int_t seq = e ? json_integer_value(json_object_get(e, CTL_F_SEQ)) : 0;
         if (!h || strlen(h) != 64 || seq <= 0)
             rc = shoal_fail(SHOAL_ERR_FORMAT, "ledger entry %s is malformed", key);
         else {
@@ -134,9 +135,9 @@ shoal_err_t ledger_append(ledger_t *l, store_batch_t *b, const char *run, const 
     const char *prev = t->staged ? t->staged_hash : t->hash;
     json_t *d = detail ? json_incref(detail) : json_object();
     /* "o" steals the reference to d, also when packing fails */
-    json_t *e =
-        json_pack("{s:I, s:I, s:s, s:s, s:o, s:s}", "seq", (json_int_t)seq, "time_ms",
-                  (json_int_t)time_ms, "run", run, "kind", kind, "detail", d, "prev_hash", prev);
+    json_t *e = json_pack("{s:I, s:I, s:s, s:s, s:o, s:s}", CTL_F_SEQ, (json_int_t)seq,
+                          CTL_F_TIME_MS, (json_int_t)time_ms, CTL_F_RUN, run, CTL_F_KIND, kind,
+                          CTL_F_DETAIL, d, CTL_F_PREV_HASH, prev);
     if (!e)
         return shoal_fail(SHOAL_ERR_NOMEM, "ledger entry");
     canon = json_dumps(e, LEDGER_DUMP_FLAGS);
@@ -146,7 +147,7 @@ shoal_err_t ledger_append(ledger_t *l, store_batch_t *b, const char *run, const 
         goto out_decref;
     }
     SHOAL_CHECK_GOTO(ledger_hash(prev, canon, hash), rc, out_decref);
-    json_object_set_new(e, "hash", json_string(hash));
+    json_object_set_new(e, CTL_F_HASH, json_string(hash));
     stored = json_dumps(e, LEDGER_DUMP_FLAGS);
     if (!stored) {
         rc = shoal_fail(SHOAL_ERR_NOMEM, "ledger entry");
@@ -239,9 +240,9 @@ static int s_verify_one(const char *key, size_t klen, const char *val, size_t vl
     char keyseq[32];
     size_t sl = klen - c->prefix_len;
     snprintf(keyseq, sizeof keyseq, "%.*s", (int)(sl < 31 ? sl : 31), key + c->prefix_len);
-    json_int_t seq = json_integer_value(json_object_get(e, "seq"));
-    const char *h = json_string_value(json_object_get(e, "hash"));
-    const char *prev = json_string_value(json_object_get(e, "prev_hash"));
+    json_int_t seq = json_integer_value(json_object_get(e, CTL_F_SEQ));
+    const char *h = json_string_value(json_object_get(e, CTL_F_HASH));
+    const char *prev = json_string_value(json_object_get(e, CTL_F_PREV_HASH));
     char *hash = h ? strdup(h) : NULL;
     char recomputed[LEDGER_HASH_HEX];
     char *canon = NULL;
@@ -259,7 +260,7 @@ static int s_verify_one(const char *key, size_t klen, const char *val, size_t vl
         stop = s_verify_bad(c, expect, "prev_hash does not match the previous entry's hash");
         goto out;
     }
-    json_object_del(e, "hash");
+    json_object_del(e, CTL_F_HASH);
     canon = json_dumps(e, LEDGER_DUMP_FLAGS);
     if (!canon || ledger_hash(c->prev, canon, recomputed) != SHOAL_OK ||
         strcmp(recomputed, hash) != 0) {

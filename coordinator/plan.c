@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl_reply.h"
+
 const char *plan_source_name(plan_source_t s)
 {
     switch (s) {
@@ -101,29 +103,31 @@ json_t *plan_to_json(const plan_t *p)
 {
     json_t *stages = json_array(), *experts = json_array(), *peers = json_array();
     for (uint32_t s = 0; s < p->pp && p->stages; s++)
-        json_array_append_new(stages, json_pack("{s:i, s:i, s:i, s:b, s:b}", "stage", (int)s,
-                                                "first_layer", (int)p->stages[s].first_layer,
-                                                "n_layers", (int)p->stages[s].n_layers,
-                                                "has_embedding", p->stages[s].has_embedding,
-                                                "has_head", p->stages[s].has_head));
+        json_array_append_new(stages, json_pack("{s:i, s:i, s:i, s:b, s:b}", CTL_F_STAGE, (int)s,
+                                                CTL_F_FIRST_LAYER, (int)p->stages[s].first_layer,
+                                                CTL_F_N_LAYERS, (int)p->stages[s].n_layers,
+                                                CTL_F_HAS_EMBEDDING, p->stages[s].has_embedding,
+                                                CTL_F_HAS_HEAD, p->stages[s].has_head));
     for (uint32_t e = 0; e < p->n_experts; e++)
-        json_array_append_new(
-            experts, json_pack("{s:i, s:i, s:i}", "ep_rank", (int)p->experts[e].ep_rank, "first",
-                               (int)p->experts[e].first, "count", (int)p->experts[e].count));
+        json_array_append_new(experts, json_pack("{s:i, s:i, s:i}", CTL_F_EP_RANK,
+                                                 (int)p->experts[e].ep_rank, CTL_F_FIRST,
+                                                 (int)p->experts[e].first, CTL_F_COUNT,
+                                                 (int)p->experts[e].count));
     for (uint32_t i = 0; i < p->n_peers; i++) {
         const plan_peer_t *q = &p->peers[i];
-        json_array_append_new(peers, json_pack("{s:s, s:i, s:{s:i, s:i, s:i}, s:s}", "worker",
-                                               q->worker_id, "rank", (int)q->rank, "cell",
-                                               "replica", (int)q->cell.replica, "stage",
-                                               (int)q->cell.stage, "ep_rank", (int)q->cell.ep_rank,
-                                               "data_endpoint", q->endpoint));
+        json_array_append_new(
+            peers, json_pack("{s:s, s:i, s:{s:i, s:i, s:i}, s:s}", CTL_F_WORKER, q->worker_id,
+                             CTL_F_RANK, (int)q->rank, CTL_F_CELL, CTL_F_REPLICA,
+                             (int)q->cell.replica, CTL_F_STAGE, (int)q->cell.stage, CTL_F_EP_RANK,
+                             (int)q->cell.ep_rank, CTL_F_DATA_ENDPOINT, q->endpoint));
     }
     return json_pack("{s:s, s:I, s:{s:i, s:i, s:i}, s:o, s:o, s:o, s:I, s:s, s:I, s:s, s:i}",
-                     "run_id", p->run_id, "generation", (json_int_t)p->generation, "topology", "dp",
-                     (int)p->dp, "pp", (int)p->pp, "ep", (int)p->ep, "stages", stages, "experts",
-                     experts, "peers", peers, "start_step", (json_int_t)p->start_step, "source",
-                     plan_source_name(p->source), "checkpoint_step", (json_int_t)p->ckpt_step,
-                     "checkpoint_path", p->ckpt_path, "source_rank", (int)p->source_rank);
+                     CTL_F_RUN_ID, p->run_id, CTL_F_GENERATION, (json_int_t)p->generation,
+                     CTL_F_TOPOLOGY, CTL_F_DP, (int)p->dp, CTL_F_PP, (int)p->pp, CTL_F_EP,
+                     (int)p->ep, CTL_F_STAGES, stages, CTL_F_EXPERTS, experts, CTL_F_PEERS, peers,
+                     CTL_F_START_STEP, (json_int_t)p->start_step, CTL_F_SOURCE,
+                     plan_source_name(p->source), CTL_F_CHECKPOINT_STEP, (json_int_t)p->ckpt_step,
+                     CTL_F_CHECKPOINT_PATH, p->ckpt_path, CTL_F_SOURCE_RANK, (int)p->source_rank);
 }
 
 static shoal_err_t s_int(const json_t *o, const char *key, json_int_t lo, json_int_t hi,
@@ -154,24 +158,24 @@ shoal_err_t plan_from_json(const json_t *j, plan_t *p)
     char src[32];
     const uint32_t cap = 1u << 20;
     plan_fini(p);
-    const json_t *topo = json_object_get(j, "topology");
-    SHOAL_CHECK_GOTO(s_str(j, "run_id", p->run_id, sizeof p->run_id), rc, fail);
-    SHOAL_CHECK_GOTO(s_int(j, "generation", 0, INT64_MAX, &v), rc, fail);
+    const json_t *topo = json_object_get(j, CTL_F_TOPOLOGY);
+    SHOAL_CHECK_GOTO(s_str(j, CTL_F_RUN_ID, p->run_id, sizeof p->run_id), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(j, CTL_F_GENERATION, 0, INT64_MAX, &v), rc, fail);
     p->generation = (uint64_t)v;
-    SHOAL_CHECK_GOTO(s_int(topo, "dp", 1, cap, &dp), rc, fail);
-    SHOAL_CHECK_GOTO(s_int(topo, "pp", 1, cap, &pp), rc, fail);
-    SHOAL_CHECK_GOTO(s_int(topo, "ep", 1, cap, &ep), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(topo, CTL_F_DP, 1, cap, &dp), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(topo, CTL_F_PP, 1, cap, &pp), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(topo, CTL_F_EP, 1, cap, &ep), rc, fail);
     p->dp = (uint32_t)dp;
     p->pp = (uint32_t)pp;
     p->ep = (uint32_t)ep;
-    SHOAL_CHECK_GOTO(s_int(j, "start_step", 0, INT64_MAX, &v), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(j, CTL_F_START_STEP, 0, INT64_MAX, &v), rc, fail);
     p->start_step = (int64_t)v;
-    SHOAL_CHECK_GOTO(s_int(j, "checkpoint_step", 0, INT64_MAX, &v), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(j, CTL_F_CHECKPOINT_STEP, 0, INT64_MAX, &v), rc, fail);
     p->ckpt_step = (int64_t)v;
-    SHOAL_CHECK_GOTO(s_str(j, "checkpoint_path", p->ckpt_path, sizeof p->ckpt_path), rc, fail);
-    SHOAL_CHECK_GOTO(s_int(j, "source_rank", 0, cap, &v), rc, fail);
+    SHOAL_CHECK_GOTO(s_str(j, CTL_F_CHECKPOINT_PATH, p->ckpt_path, sizeof p->ckpt_path), rc, fail);
+    SHOAL_CHECK_GOTO(s_int(j, CTL_F_SOURCE_RANK, 0, cap, &v), rc, fail);
     p->source_rank = (uint32_t)v;
-    SHOAL_CHECK_GOTO(s_str(j, "source", src, sizeof src), rc, fail);
+    SHOAL_CHECK_GOTO(s_str(j, CTL_F_SOURCE, src, sizeof src), rc, fail);
     if (strcmp(src, "init") == 0)
         p->source = PLAN_SOURCE_INIT;
     else if (strcmp(src, "checkpoint") == 0)
@@ -182,8 +186,9 @@ shoal_err_t plan_from_json(const json_t *j, plan_t *p)
         rc = shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: unknown source '%s'", src);
         goto fail;
     }
-    const json_t *stages = json_object_get(j, "stages"), *experts = json_object_get(j, "experts"),
-                 *peers = json_object_get(j, "peers");
+    const json_t *stages = json_object_get(j, CTL_F_STAGES),
+                 *experts = json_object_get(j, CTL_F_EXPERTS),
+                 *peers = json_object_get(j, CTL_F_PEERS);
     if (!json_is_array(stages) || json_array_size(stages) != (size_t)pp ||
         !json_is_array(experts) || !json_is_array(peers) ||
         json_array_size(peers) != (size_t)(dp * pp * ep)) {
@@ -202,30 +207,30 @@ shoal_err_t plan_from_json(const json_t *j, plan_t *p)
     for (uint32_t s = 0; s < p->pp; s++) {
         const json_t *o = json_array_get(stages, s);
         json_int_t a, b;
-        SHOAL_CHECK_GOTO(s_int(o, "first_layer", 0, cap, &a), rc, fail);
-        SHOAL_CHECK_GOTO(s_int(o, "n_layers", 0, cap, &b), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, CTL_F_FIRST_LAYER, 0, cap, &a), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, CTL_F_N_LAYERS, 0, cap, &b), rc, fail);
         p->stages[s] = (plan_stage_t){(uint32_t)a, (uint32_t)b,
-                                      json_is_true(json_object_get(o, "has_embedding")),
-                                      json_is_true(json_object_get(o, "has_head"))};
+                                      json_is_true(json_object_get(o, CTL_F_HAS_EMBEDDING)),
+                                      json_is_true(json_object_get(o, CTL_F_HAS_HEAD))};
     }
     for (uint32_t e = 0; e < p->n_experts; e++) {
         const json_t *o = json_array_get(experts, e);
         json_int_t a, b, c;
-        SHOAL_CHECK_GOTO(s_int(o, "ep_rank", 0, cap, &a), rc, fail);
-        SHOAL_CHECK_GOTO(s_int(o, "first", 0, cap, &b), rc, fail);
-        SHOAL_CHECK_GOTO(s_int(o, "count", 0, cap, &c), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, CTL_F_EP_RANK, 0, cap, &a), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, CTL_F_FIRST, 0, cap, &b), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, CTL_F_COUNT, 0, cap, &c), rc, fail);
         p->experts[e] = (plan_experts_t){(uint32_t)a, (uint32_t)b, (uint32_t)c};
     }
     for (uint32_t i = 0; i < p->n_peers; i++) {
-        const json_t *o = json_array_get(peers, i), *cell = json_object_get(o, "cell");
+        const json_t *o = json_array_get(peers, i), *cell = json_object_get(o, CTL_F_CELL);
         plan_peer_t *q = &p->peers[i];
         json_int_t r, a, b, c;
-        SHOAL_CHECK_GOTO(s_str(o, "worker", q->worker_id, sizeof q->worker_id), rc, fail);
-        SHOAL_CHECK_GOTO(s_str(o, "data_endpoint", q->endpoint, sizeof q->endpoint), rc, fail);
-        SHOAL_CHECK_GOTO(s_int(o, "rank", 0, cap, &r), rc, fail);
-        SHOAL_CHECK_GOTO(s_int(cell, "replica", 0, dp - 1, &a), rc, fail);
-        SHOAL_CHECK_GOTO(s_int(cell, "stage", 0, pp - 1, &b), rc, fail);
-        SHOAL_CHECK_GOTO(s_int(cell, "ep_rank", 0, ep - 1, &c), rc, fail);
+        SHOAL_CHECK_GOTO(s_str(o, CTL_F_WORKER, q->worker_id, sizeof q->worker_id), rc, fail);
+        SHOAL_CHECK_GOTO(s_str(o, CTL_F_DATA_ENDPOINT, q->endpoint, sizeof q->endpoint), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(o, CTL_F_RANK, 0, cap, &r), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(cell, CTL_F_REPLICA, 0, dp - 1, &a), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(cell, CTL_F_STAGE, 0, pp - 1, &b), rc, fail);
+        SHOAL_CHECK_GOTO(s_int(cell, CTL_F_EP_RANK, 0, ep - 1, &c), rc, fail);
         q->rank = (uint32_t)r;
         q->cell = (plan_cell_t){(uint32_t)a, (uint32_t)b, (uint32_t)c};
         if (q->rank != plan_rank(p, q->cell) || q->rank != i) {

@@ -43,7 +43,7 @@ static void s_print_entry(const json_t *e, bool json, bool one_line)
         return;
     }
     char when[80] = "-";
-    long long ms = ctl_json_int(e, "time_ms", 0);
+    long long ms = ctl_json_int(e, CTL_F_TIME_MS, 0);
     if (ms > 0) {
         time_t t = (time_t)(ms / 1000);
         struct tm tm;
@@ -51,9 +51,9 @@ static void s_print_entry(const json_t *e, bool json, bool one_line)
         snprintf(when, sizeof(when), "%04d-%02d-%02d %02d:%02d:%02d.%03lldZ", tm.tm_year + 1900,
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000);
     }
-    char *detail = json_dumps(json_object_get(e, "detail"), JSON_COMPACT | JSON_ENCODE_ANY);
-    printf("%6lld  %s  %-16s %s\n", ctl_json_int(e, "seq", 0), when, ctl_json_str(e, "kind", "?"),
-           detail ? detail : "{}");
+    char *detail = json_dumps(json_object_get(e, CTL_F_DETAIL), JSON_COMPACT | JSON_ENCODE_ANY);
+    printf("%6lld  %s  %-16s %s\n", ctl_json_int(e, CTL_F_SEQ, 0), when,
+           ctl_json_str(e, CTL_F_KIND, "?"), detail ? detail : "{}");
     free(detail);
 }
 
@@ -113,7 +113,7 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
             s_print_entry(e, o->json, follow);
             if (o->json && !follow)
                 json_array_append(all, e);
-            long long seq = ctl_json_int(e, "seq", 0);
+            long long seq = ctl_json_int(e, CTL_F_SEQ, 0);
             if (seq > 0 && (uint64_t)seq > since)
                 since = (uint64_t)seq;
             n++;
@@ -130,7 +130,7 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
             break;
     }
     if (o->json && !follow) {
-        json_t *out = json_pack("{s:O}", "events", all);
+        json_t *out = json_pack("{s:O}", CTL_F_EVENTS, all);
         if (out)
             ctl_print_json(out);
         json_decref(out);

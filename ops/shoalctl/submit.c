@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl_reply.h"
 #include "fsutil.h"
 #include "runspec.h"
 #include "shoalctl.h"
@@ -71,13 +72,14 @@ int cmd_submit(ctl_opts_t *o, int argc, char **argv)
         goto out;
     }
     if (o->json) {
-        json_t *out = json_pack("{s:o, s:s}", "id", json_string(ctl_json_str(doc, "id", "")),
-                                "name", spec->name);
+        json_t *out =
+            json_pack("{s:o, s:s}", CTL_F_ID, json_string(ctl_json_str(doc, CTL_F_ID, "")),
+                      CTL_F_NAME, spec->name);
         if (out)
             ctl_print_json(out);
         json_decref(out);
     } else {
-        const char *id = ctl_json_str(doc, "id", NULL);
+        const char *id = ctl_json_str(doc, CTL_F_ID, NULL);
         if (id)
             printf("submitted run %s (%s)\n", id, spec->name);
         else

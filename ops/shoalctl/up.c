@@ -18,6 +18,7 @@
 #include "child.h"
 #include "ckpt.h"
 #include "clock.h"
+#include "ctl_reply.h"
 #include "fsutil.h"
 #include "model_dir.h"
 #include "numparse.h"
@@ -285,7 +286,7 @@ static void s_progress(bool tty, long long step, long long total, const json_t *
 
 static const json_t *s_first_run(const json_t *st)
 {
-    return json_array_get(json_object_get(st, "runs"), 0);
+    return json_array_get(json_object_get(st, CTL_F_RUNS), 0);
 }
 
 /* Waits until the coordinator answers a status request (or dies, or time runs out). */
@@ -375,14 +376,15 @@ static shoal_err_t s_follow(s_up_t *u, ctl_client_t *c, const char *run, long lo
             rc = SHOAL_OK;
         } else {
             failures = 0;
-            res->step = ctl_json_int(run_st, "step", 0);
-            res->total = ctl_json_int(run_st, "total_steps", 0);
-            res->ckpt_step = ctl_json_int(run_st, "checkpoint_step", 0);
-            snprintf(res->state, sizeof(res->state), "%s", ctl_json_str(run_st, "state", "?"));
-            snprintf(res->id, sizeof(res->id), "%s", ctl_json_str(run_st, "id", run));
+            res->step = ctl_json_int(run_st, CTL_F_STEP, 0);
+            res->total = ctl_json_int(run_st, CTL_F_TOTAL_STEPS, 0);
+            res->ckpt_step = ctl_json_int(run_st, CTL_F_CHECKPOINT_STEP, 0);
+            snprintf(res->state, sizeof(res->state), "%s", ctl_json_str(run_st, CTL_F_STATE, "?"));
+            snprintf(res->id, sizeof(res->id), "%s", ctl_json_str(run_st, CTL_F_ID, run));
             snprintf(res->reason, sizeof(res->reason), "%s",
-                     ctl_json_str(json_array_get(json_object_get(doc, "runs"), 0), "reason", ""));
-            const json_t *loss = json_object_get(run_st, "loss");
+                     ctl_json_str(json_array_get(json_object_get(doc, CTL_F_RUNS), 0), CTL_F_REASON,
+                                  ""));
+            const json_t *loss = json_object_get(run_st, CTL_F_LOSS);
             if (json_is_number(loss)) {
                 res->last_loss = json_number_value(loss);
                 if (isnan(res->first_loss))
@@ -592,7 +594,7 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
     if (ctl_check_reply(o, rc, &reply) != CTL_EXIT_OK)
         goto out;
     doc = ctl_reply_doc(o, &reply);
-    const char *run = ctl_json_str(doc, "id", spec->name);
+    const char *run = ctl_json_str(doc, CTL_F_ID, spec->name);
     snprintf(res.id, sizeof(res.id), "%s", run);
     printf("shoal up: run %s (%s): %d steps of %d x %d tokens, model %s\n", spec->name, res.id,
            spec->steps, spec->global_batch, spec->seq_len, spec->model_preset);

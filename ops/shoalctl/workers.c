@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl_reply.h"
 #include "shoalctl.h"
 
 static const char s_usage[] =
@@ -10,41 +11,34 @@ static const char s_usage[] =
     "  --json prints {\"workers\": [{\"id\", \"name\", \"state\", \"run\", \"cell\": "
     "{\"replica\",\n"
     "  \"stage\", \"ep_rank\"}, \"last_heartbeat_ms\"}]}; run and cell are null for a worker\n"
-    "  without an assignment; last_heartbeat_ms is the coordinator's wall clock (ms since the\n"
-    "  epoch) when the last heartbeat arrived, null before the first.\n";
+    "  without an assignment; last_heartbeat_ms is the milliseconds since the last heartbeat\n"
+    "  arrived, null when none arrived since the coordinator started.\n";
 
-static json_t *s_string_or_null(const json_t *obj, const char *key)
+/* One worker of the coordinator's workers reply (ctl_reply.h) as the documented `workers --json`
+ * object: run and cell null without an assignment, last_heartbeat_ms null before the first. */
+static json_t *s_worker_normalise(const json_t *obj)
 {
-    const char *s = ctl_json_str(obj, key, NULL);
-    return s && *s ? json_string(s) : json_null();
-}
-
-static json_t *s_worker_normalise(const json_t *w)
-{
-    const json_t *cell = json_object_get(w, "cell");
-    json_t *cell_out =
-        json_is_object(cell)
-            ? json_pack("{s:I, s:I, s:I}", "replica", (json_int_t)ctl_json_int(cell, "replica", 0),
-                        "stage", (json_int_t)ctl_json_int(cell, "stage", 0), "ep_rank",
-                        (json_int_t)ctl_json_int(cell, "ep_rank", 0))
-            : json_null();
-    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o}", "id", ctl_json_str(w, "id", ""), "name",
-                     ctl_json_str(w, "name", ""), "state", ctl_json_str(w, "state", "unknown"),
-                     "run", s_string_or_null(w, "run"), "cell", cell_out, "last_heartbeat_ms",
-                     ctl_json_int(w, "last_heartbeat_ms", -1) >= 0
-                         ? ctl_json_number_or_null(w, "last_heartbeat_ms")
-                         : json_null());
+    ctl_worker_t w;
+    ctl_worker_decode(obj, &w);
+    json_t *cell = w.has_cell ? json_pack("{s:i, s:i, s:i}", CTL_F_REPLICA, w.replica, CTL_F_STAGE,
+                                          w.stage, CTL_F_EP_RANK, w.ep_rank)
+                              : json_null();
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:o}", CTL_F_ID, w.id, CTL_F_NAME, w.name,
+                     CTL_F_STATE, w.state[0] ? w.state : "unknown", CTL_F_RUN,
+                     w.run[0] ? json_string(w.run) : json_null(), CTL_F_CELL, cell,
+                     CTL_F_LAST_HEARTBEAT_MS,
+                     w.last_heartbeat_ms >= 0 ? json_integer(w.last_heartbeat_ms) : json_null());
 }
 
 static json_t *s_normalise(const json_t *doc)
 {
     json_t *list = json_array();
-    json_t *out = json_pack("{s:o}", "workers", list);
+    json_t *out = json_pack("{s:o}", CTL_F_WORKERS, list);
     if (!out)
         return NULL;
     size_t i;
     const json_t *w;
-    json_array_foreach(json_object_get(doc, "workers"), i, w)
+    json_array_foreach(json_object_get(doc, CTL_F_WORKERS), i, w)
     {
         json_t *n = s_worker_normalise(w);
         if (!n || json_array_append_new(list, n) != 0) {
@@ -55,9 +49,10 @@ static json_t *s_normalise(const json_t *doc)
     return out;
 }
 
+/* The table of a normalised document (its nulls decode as "" and -1). */
 static void s_print_table(const json_t *doc)
 {
-    const json_t *list = json_object_get(doc, "workers");
+    const json_t *list = json_object_get(doc, CTL_F_WORKERS);
     if (json_array_size(list) == 0) {
         printf("no workers\n");
         return;
@@ -65,26 +60,20 @@ static void s_print_table(const json_t *doc)
     static const char *const head[] = {"ID", "NAME", "STATE", "RUN", "CELL", "HEARTBEAT"};
     ctl_table_t *t = ctl_table_new(6, head);
     size_t i;
-    const json_t *w;
-    json_array_foreach(list, i, w)
+    const json_t *obj;
+    json_array_foreach(list, i, obj)
     {
+        ctl_worker_t w;
+        ctl_worker_decode(obj, &w);
         char cell[96] = "-", hb[48] = "-";
-        const json_t *cj = json_object_get(w, "cell");
-        if (json_is_object(cj))
-            snprintf(cell, sizeof(cell), "r%lld/s%lld/e%lld", ctl_json_int(cj, "replica", 0),
-                     ctl_json_int(cj, "stage", 0), ctl_json_int(cj, "ep_rank", 0));
-        long long age = ctl_json_int(w, "last_heartbeat_ms", -1);
-        if (age >= 0) {
+        if (w.has_cell)
+            snprintf(cell, sizeof(cell), "r%d/s%d/e%d", w.replica, w.stage, w.ep_rank);
+        if (w.last_heartbeat_ms >= 0) {
             char ago[32];
-            ctl_format_duration((double)age / 1000.0, ago, sizeof(ago));
+            ctl_format_duration((double)w.last_heartbeat_ms / 1000.0, ago, sizeof(ago));
             snprintf(hb, sizeof(hb), "%s ago", ago);
         }
-        const char *cells[] = {ctl_json_str(w, "id", ""),
-                               ctl_json_str(w, "name", ""),
-                               ctl_json_str(w, "state", ""),
-                               ctl_json_str(w, "run", NULL),
-                               cell,
-                               hb};
+        const char *cells[] = {w.id, w.name, w.state, w.run[0] ? w.run : NULL, cell, hb};
         if (t)
             ctl_table_add(t, cells);
     }
