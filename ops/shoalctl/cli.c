@@ -284,38 +284,56 @@ void ctl_format_duration(double s, char *out, size_t cap)
         snprintf(out, cap, "%d h %02d min", (int)(s / 3600), (int)fmod(s / 60, 60));
 }
 
-int ctl_target_verb(ctl_opts_t *o, int argc, char **argv, const char *usage, ctl_target_fn fn,
-                    const char *noun, const char *done)
+int ctl_parse_target(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *defs,
+                     const char *usage, const char *what, const char **target)
 {
     const char *pos[1];
     int n_pos;
-    int ex = ctl_parse_args(o, argc, argv, NULL, usage, pos, 1, &n_pos);
+    int ex = ctl_parse_args(o, argc, argv, defs, usage, pos, 1, &n_pos);
+    if (ex != CTL_EXIT_OK)
+        return ex;
+    if (what && n_pos != 1)
+        return ctl_usage_error(o, usage, "expected one %s", what);
+    *target = n_pos ? pos[0] : NULL;
+    return CTL_EXIT_OK;
+}
+
+shoal_err_t ctl_call(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply)
+{
+    ctl_client_t *c = ctl_client_new(o->endpoint, o->timeout_ms);
+    if (!c)
+        return shoal_fail(SHOAL_ERR_NOMEM, "cannot create a client for %s (out of memory)",
+                          o->endpoint);
+    shoal_err_t rc = fn(c, target, reply);
+    ctl_client_destroy(&c);
+    return rc;
+}
+
+int ctl_request(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply,
+                json_t **doc)
+{
+    int ex = ctl_check_reply(o, ctl_call(o, fn, target, reply), reply);
+    if (ex == CTL_EXIT_OK && doc && !(*doc = ctl_reply_doc(o, reply)))
+        ex = CTL_EXIT_ERROR;
+    return ex;
+}
+
+int ctl_target_verb(ctl_opts_t *o, int argc, char **argv, const char *usage, ctl_target_fn fn,
+                    const char *noun, const char *done)
+{
+    const char *target;
+    int ex = ctl_parse_target(o, argc, argv, NULL, usage,
+                              strcmp(noun, "run") == 0 ? "RUN" : "WORKER", &target);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
-    if (n_pos != 1)
-        return ctl_usage_error(o, usage, "expected one %s",
-                               strcmp(noun, "run") == 0 ? "RUN" : "WORKER");
     ctl_reply_t reply = {0};
     json_t *doc = NULL;
-    ctl_client_t *c = ctl_connect(o);
-    ex = CTL_EXIT_ERROR;
-    if (!c)
-        goto out;
-    shoal_err_t rc = fn(c, pos[0], &reply);
-    if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK)
-        goto out;
-    if (o->json) {
-        if (!(doc = ctl_reply_doc(o, &reply))) {
-            ex = CTL_EXIT_ERROR;
-            goto out;
-        }
+    ex = ctl_request(o, fn, target, &reply, o->json ? &doc : NULL);
+    if (ex == CTL_EXIT_OK && o->json)
         ctl_print_json(doc);
-    } else {
-        printf("%s %s %s%s%s\n", noun, pos[0], done, reply.message[0] ? ": " : "", reply.message);
-    }
-out:
+    else if (ex == CTL_EXIT_OK)
+        printf("%s %s %s%s%s\n", noun, target, done, reply.message[0] ? ": " : "", reply.message);
     json_decref(doc);
     ctl_reply_fini(&reply);
-    ctl_client_destroy(&c);
     return ex;
 }

@@ -182,9 +182,22 @@ static shoal_err_t s_timeout_error(const ctl_client_t *c)
                       c->endpoint, secs);
 }
 
-/* Sends `env` (header filled here) and waits for its reply until the deadline. */
-static shoal_err_t s_request(ctl_client_t *c, Shoal__Envelope *env, ctl_reply_t *reply)
+/* The envelope of a request: `type`, its body (which the caller points at) `body_case`. */
+static Shoal__Envelope s_envelope(Shoal__MsgType type, Shoal__Envelope__BodyCase body_case)
 {
+    Shoal__Envelope env;
+    wire_envelope_init(&env, type, "", "ctl", 0, 0);
+    env.body_case = body_case;
+    return env;
+}
+
+/* Sends `env` (header filled here) and waits for its reply until the deadline; returns `checked`
+ * (the check of the request's arguments) without sending when it is not SHOAL_OK. */
+static shoal_err_t s_request(ctl_client_t *c, Shoal__Envelope *env, shoal_err_t checked,
+                             ctl_reply_t *reply)
+{
+    if (checked != SHOAL_OK)
+        return checked;
     memset(reply, 0, sizeof(*reply));
     shoal_err_t rc = s_connect(c);
     if (rc != SHOAL_OK)
@@ -264,57 +277,48 @@ shoal_err_t ctl_client_submit(ctl_client_t *c, const char *spec_yaml, const char
     shoal_err_t rc = s_check_text("run spec", spec_yaml, WIRE_MAX_SPEC_LEN);
     if (rc == SHOAL_OK)
         rc = s_check_text("run spec name", origin ? origin : "", WIRE_MAX_TEXT_LEN);
-    if (rc != SHOAL_OK)
-        return rc;
-    Shoal__Envelope env;
     Shoal__CtlSubmit body = SHOAL__CTL_SUBMIT__INIT;
     body.spec_yaml = (char *)spec_yaml;
     body.origin = (char *)(origin ? origin : "");
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, "", "ctl", 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_CTL_SUBMIT;
+    Shoal__Envelope env =
+        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, SHOAL__ENVELOPE__BODY_CTL_SUBMIT);
     env.ctl_submit = &body;
-    return s_request(c, &env, reply);
+    return s_request(c, &env, rc, reply);
+}
+
+/* A run argument: an id or a name (WIRE_MAX_ID_LEN + 64: names are longer than ids). */
+static shoal_err_t s_check_run(const char *run)
+{
+    return s_check_text("run", run, WIRE_MAX_ID_LEN + 64);
 }
 
 shoal_err_t ctl_client_status(ctl_client_t *c, const char *run, ctl_reply_t *reply)
 {
-    if (!run)
-        run = "";
-    shoal_err_t rc = s_check_text("run", run, WIRE_MAX_ID_LEN + 64);
-    if (rc != SHOAL_OK)
-        return rc;
-    Shoal__Envelope env;
     Shoal__CtlStatus body = SHOAL__CTL_STATUS__INIT;
-    body.run = (char *)run;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_STATUS, "", "ctl", 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_CTL_STATUS;
+    body.run = (char *)(run ? run : "");
+    Shoal__Envelope env =
+        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_STATUS, SHOAL__ENVELOPE__BODY_CTL_STATUS);
     env.ctl_status = &body;
-    return s_request(c, &env, reply);
+    return s_request(c, &env, s_check_run(body.run), reply);
 }
 
 shoal_err_t ctl_client_workers(ctl_client_t *c, ctl_reply_t *reply)
 {
-    Shoal__Envelope env;
     Shoal__CtlWorkers body = SHOAL__CTL_WORKERS__INIT;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", "ctl", 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_CTL_WORKERS;
+    Shoal__Envelope env =
+        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_WORKERS, SHOAL__ENVELOPE__BODY_CTL_WORKERS);
     env.ctl_workers = &body;
-    return s_request(c, &env, reply);
+    return s_request(c, &env, SHOAL_OK, reply);
 }
 
 static shoal_err_t s_worker_request(ctl_client_t *c, Shoal__MsgType type, const char *worker,
                                     ctl_reply_t *reply)
 {
-    shoal_err_t rc = s_check_text("worker", worker, WIRE_MAX_ID_LEN);
-    if (rc != SHOAL_OK)
-        return rc;
-    Shoal__Envelope env;
     Shoal__CtlWorker body = SHOAL__CTL_WORKER__INIT;
     body.worker = (char *)worker;
-    wire_envelope_init(&env, type, "", "ctl", 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_CTL_WORKER;
+    Shoal__Envelope env = s_envelope(type, SHOAL__ENVELOPE__BODY_CTL_WORKER);
     env.ctl_worker = &body;
-    return s_request(c, &env, reply);
+    return s_request(c, &env, s_check_text("worker", worker, WIRE_MAX_ID_LEN), reply);
 }
 
 shoal_err_t ctl_client_drain(ctl_client_t *c, const char *worker, ctl_reply_t *reply)
@@ -330,16 +334,11 @@ shoal_err_t ctl_client_undrain(ctl_client_t *c, const char *worker, ctl_reply_t 
 static shoal_err_t s_run_request(ctl_client_t *c, Shoal__MsgType type, const char *run,
                                  ctl_reply_t *reply)
 {
-    shoal_err_t rc = s_check_text("run", run, WIRE_MAX_ID_LEN + 64);
-    if (rc != SHOAL_OK)
-        return rc;
-    Shoal__Envelope env;
     Shoal__CtlRun body = SHOAL__CTL_RUN__INIT;
     body.run = (char *)run;
-    wire_envelope_init(&env, type, "", "ctl", 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_CTL_RUN;
+    Shoal__Envelope env = s_envelope(type, SHOAL__ENVELOPE__BODY_CTL_RUN);
     env.ctl_run = &body;
-    return s_request(c, &env, reply);
+    return s_request(c, &env, s_check_run(run), reply);
 }
 
 shoal_err_t ctl_client_pause(ctl_client_t *c, const char *run, ctl_reply_t *reply)
@@ -365,31 +364,22 @@ shoal_err_t ctl_client_verify(ctl_client_t *c, const char *run, ctl_reply_t *rep
 shoal_err_t ctl_client_events(ctl_client_t *c, const char *run, uint64_t since, unsigned limit,
                               ctl_reply_t *reply)
 {
-    shoal_err_t rc = s_check_text("run", run, WIRE_MAX_ID_LEN + 64);
-    if (rc != SHOAL_OK)
-        return rc;
-    Shoal__Envelope env;
     Shoal__CtlEvents body = SHOAL__CTL_EVENTS__INIT;
     body.run = (char *)run;
     body.since = since;
     body.limit = limit;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_EVENTS, "", "ctl", 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_CTL_EVENTS;
+    Shoal__Envelope env =
+        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_EVENTS, SHOAL__ENVELOPE__BODY_CTL_EVENTS);
     env.ctl_events = &body;
-    return s_request(c, &env, reply);
+    return s_request(c, &env, s_check_run(run), reply);
 }
 
 shoal_err_t ctl_client_plan(ctl_client_t *c, const char *run, bool dry_run, ctl_reply_t *reply)
 {
-    shoal_err_t rc = s_check_text("run", run, WIRE_MAX_ID_LEN + 64);
-    if (rc != SHOAL_OK)
-        return rc;
-    Shoal__Envelope env;
     Shoal__CtlPlan body = SHOAL__CTL_PLAN__INIT;
     body.run = (char *)run;
     body.dry_run = dry_run;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_CTL_PLAN, "", "ctl", 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_CTL_PLAN;
+    Shoal__Envelope env = s_envelope(SHOAL__MSG_TYPE__MSG_CTL_PLAN, SHOAL__ENVELOPE__BODY_CTL_PLAN);
     env.ctl_plan = &body;
-    return s_request(c, &env, reply);
+    return s_request(c, &env, s_check_run(run), reply);
 }

@@ -65,13 +65,10 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
                                  {"limit", true, &limit_s, NULL},
                                  {"follow", false, NULL, &follow},
                                  {NULL, false, NULL, NULL}};
-    const char *pos[1];
-    int n_pos;
-    int ex = ctl_parse_args(o, argc, argv, defs, s_usage, pos, 1, &n_pos);
+    const char *run;
+    int ex = ctl_parse_target(o, argc, argv, defs, s_usage, "RUN", &run);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
-    if (n_pos != 1)
-        return ctl_usage_error(o, s_usage, "expected one RUN");
     uint64_t since = 0, limit = 0;
     if (since_s && numparse_u64(since_s, UINT64_MAX, &since) != SHOAL_OK)
         return ctl_usage_error(o, s_usage, "--since: expected a ledger seq >= 0, got '%s'",
@@ -91,7 +88,7 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
     bool header = o->json;
     for (;;) {
         ctl_reply_t reply = {0};
-        shoal_err_t rc = ctl_client_events(c, pos[0], since, (unsigned)limit, &reply);
+        shoal_err_t rc = ctl_client_events(c, run, since, (unsigned)limit, &reply);
         if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK) {
             ctl_reply_fini(&reply);
             goto out;

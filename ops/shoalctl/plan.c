@@ -88,36 +88,28 @@ static void s_print(const json_t *doc)
     ctl_table_destroy(&t);
 }
 
+/* ctl_target_fn of `plan`: always a dry run. */
+static shoal_err_t s_dry_run(ctl_client_t *c, const char *run, ctl_reply_t *reply)
+{
+    return ctl_client_plan(c, run, true, reply);
+}
+
 int cmd_plan(ctl_opts_t *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos;
-    int ex = ctl_parse_args(o, argc, argv, NULL, s_usage, pos, 1, &n_pos);
+    const char *run;
+    int ex = ctl_parse_target(o, argc, argv, NULL, s_usage, "RUN", &run);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
-    if (n_pos != 1)
-        return ctl_usage_error(o, s_usage, "expected one RUN");
 
     ctl_reply_t reply = {0};
     json_t *doc = NULL;
-    ctl_client_t *c = ctl_connect(o);
-    ex = CTL_EXIT_ERROR;
-    if (!c)
-        goto out;
-    shoal_err_t rc = ctl_client_plan(c, pos[0], true, &reply);
-    if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK)
-        goto out;
-    ex = CTL_EXIT_ERROR;
-    if (!(doc = ctl_reply_doc(o, &reply)))
-        goto out;
-    if (o->json)
-        ctl_print_json(doc);
-    else
-        s_print(doc);
-    ex = CTL_EXIT_OK;
-out:
+    if ((ex = ctl_request(o, s_dry_run, run, &reply, &doc)) == CTL_EXIT_OK) {
+        if (o->json)
+            ctl_print_json(doc);
+        else
+            s_print(doc);
+    }
     json_decref(doc);
     ctl_reply_fini(&reply);
-    ctl_client_destroy(&c);
     return ex;
 }

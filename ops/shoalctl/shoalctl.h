@@ -39,6 +39,12 @@ typedef struct {
 int ctl_parse_args(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *defs,
                    const char *usage, const char **pos, int max_pos, int *n_pos);
 
+/* ctl_parse_args for a verb with at most one positional argument, its target: `what` names a
+ * required one ("RUN": a usage error without it), NULL an optional one (*target NULL when
+ * absent). Returns as ctl_parse_args. */
+int ctl_parse_target(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *defs,
+                     const char *usage, const char *what, const char **target);
+
 /* Usage error: prints "shoalctl VERB: <message>" and the usage to stderr; returns 2. */
 int ctl_usage_error(const ctl_opts_t *o, const char *usage, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -80,10 +86,20 @@ void ctl_table_destroy(ctl_table_t **self_p);
 void ctl_format_duration(double seconds, char *out, size_t cap);
 
 /* The verbs. argv[0] is the verb; each returns an exit code. */
+typedef shoal_err_t (*ctl_target_fn)(ctl_client_t *c, const char *target, ctl_reply_t *reply);
+
+/* One request: connects to o->endpoint and calls fn(target) into *reply (caller finis it).
+ * Returns the exchange's result (SHOAL_ERR_NOMEM when no client could be made). */
+shoal_err_t ctl_call(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply);
+
+/* ctl_call, ctl_check_reply, then (doc not NULL) ctl_reply_doc into *doc (caller decrefs).
+ * Returns CTL_EXIT_OK, or the exit code after printing why. */
+int ctl_request(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply,
+                json_t **doc);
+
 /* A verb that names one target (a worker or a run) and prints the coordinator's answer:
  * parses `VERB TARGET [--json]`, calls fn, prints "<noun> TARGET <done>: message" or the JSON
  * reply. Returns the exit code. */
-typedef shoal_err_t (*ctl_target_fn)(ctl_client_t *c, const char *target, ctl_reply_t *reply);
 int ctl_target_verb(ctl_opts_t *o, int argc, char **argv, const char *usage, ctl_target_fn fn,
                     const char *noun, const char *done);
 

@@ -100,24 +100,16 @@ static void s_print_reasons(const json_t *doc)
 
 int cmd_status(ctl_opts_t *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos;
-    int ex = ctl_parse_args(o, argc, argv, NULL, s_usage, pos, 1, &n_pos);
+    const char *run;
+    int ex = ctl_parse_target(o, argc, argv, NULL, s_usage, NULL, &run);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
 
     ctl_reply_t reply = {0};
     json_t *doc = NULL, *st = NULL;
-    ctl_client_t *c = ctl_connect(o);
-    ex = CTL_EXIT_ERROR;
-    if (!c)
-        goto out;
-    shoal_err_t rc = ctl_client_status(c, n_pos ? pos[0] : "", &reply);
-    if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK)
+    if ((ex = ctl_request(o, ctl_client_status, run, &reply, &doc)) != CTL_EXIT_OK)
         goto out;
     ex = CTL_EXIT_ERROR;
-    if (!(doc = ctl_reply_doc(o, &reply)))
-        goto out;
     if (!(st = status_doc_normalise(doc))) {
         ctl_error(o, "out of memory");
         goto out;
@@ -133,6 +125,5 @@ out:
     json_decref(st);
     json_decref(doc);
     ctl_reply_fini(&reply);
-    ctl_client_destroy(&c);
     return ex;
 }

@@ -28,15 +28,11 @@ char *submit_spec_text(const char *path, const char *raw, const runspec_t *resol
 
 int cmd_submit(ctl_opts_t *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos;
-    int ex = ctl_parse_args(o, argc, argv, NULL, s_usage, pos, 1, &n_pos);
+    const char *path;
+    int ex = ctl_parse_target(o, argc, argv, NULL, s_usage, "RUN.yaml", &path);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
-    if (n_pos != 1)
-        return ctl_usage_error(o, s_usage, "expected one RUN.yaml");
 
-    const char *path = pos[0];
     uint8_t *raw = NULL;
     size_t len = 0;
     char *text = NULL;

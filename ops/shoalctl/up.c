@@ -502,9 +502,8 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
                                  {"time-limit", true, &limit_s, NULL},
                                  {"keep", false, NULL, &keep},
                                  {NULL, false, NULL, NULL}};
-    const char *pos[1];
-    int n_pos;
-    int ex = ctl_parse_args(o, argc, argv, defs, s_usage, pos, 1, &n_pos);
+    const char *spec_path;
+    int ex = ctl_parse_target(o, argc, argv, defs, s_usage, NULL, &spec_path);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
     s_up_t *u = calloc(1, sizeof(*u));
@@ -539,13 +538,13 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
         goto out;
     }
     /* The spec first: a typo should not cost a cluster start. */
-    if (n_pos == 1) {
-        if (runspec_load_file(pos[0], spec) != SHOAL_OK ||
-            fsutil_read_file(pos[0], &raw, &raw_len) != SHOAL_OK) {
+    if (spec_path) {
+        if (runspec_load_file(spec_path, spec) != SHOAL_OK ||
+            fsutil_read_file(spec_path, &raw, &raw_len) != SHOAL_OK) {
             ctl_error(o, "%s", shoal_errmsg());
             goto out;
         }
-        text = submit_spec_text(pos[0], (const char *)raw, spec);
+        text = submit_spec_text(spec_path, (const char *)raw, spec);
     } else {
         if (runspec_load_string(runspec_default_yaml(), "<embedded tiny-fortunes>", spec) !=
             SHOAL_OK) {
@@ -590,7 +589,7 @@ int cmd_up(ctl_opts_t *o, int argc, char **argv)
         child_print_log_tail(&u->coord, 15);
         goto out;
     }
-    rc = ctl_client_submit(c, text, n_pos ? pos[0] : "<embedded tiny-fortunes>", &reply);
+    rc = ctl_client_submit(c, text, spec_path ? spec_path : "<embedded tiny-fortunes>", &reply);
     if (ctl_check_reply(o, rc, &reply) != CTL_EXIT_OK)
         goto out;
     doc = ctl_reply_doc(o, &reply);

@@ -11,21 +11,15 @@ static const char s_usage[] =
 
 int cmd_verify(ctl_opts_t *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos;
-    int ex = ctl_parse_args(o, argc, argv, NULL, s_usage, pos, 1, &n_pos);
+    const char *run;
+    int ex = ctl_parse_target(o, argc, argv, NULL, s_usage, "RUN", &run);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
-    if (n_pos != 1)
-        return ctl_usage_error(o, s_usage, "expected one RUN");
 
     ctl_reply_t reply = {0};
     json_t *doc = NULL;
-    ctl_client_t *c = ctl_connect(o);
     ex = CTL_EXIT_ERROR;
-    if (!c)
-        goto out;
-    shoal_err_t rc = ctl_client_verify(c, pos[0], &reply);
+    shoal_err_t rc = ctl_call(o, ctl_client_verify, run, &reply);
     if (rc != SHOAL_OK) {
         ctl_error(o, "%s", shoal_errmsg());
         goto out;
@@ -33,7 +27,7 @@ int cmd_verify(ctl_opts_t *o, int argc, char **argv)
     /* A verdict (intact or broken) carries the verify document (ctl_reply.h); a refusal (unknown
      * run, ...) carries none. */
     if (!reply.json[0]) {
-        ex = reply.ok ? ctl_error(o, "run %s: the coordinator sent no verification", pos[0])
+        ex = reply.ok ? ctl_error(o, "run %s: the coordinator sent no verification", run)
                       : ctl_check_reply(o, rc, &reply);
         goto out;
     }
@@ -48,16 +42,15 @@ int cmd_verify(ctl_opts_t *o, int argc, char **argv)
         ctl_print_json(doc);
     if (reply.ok && v.ok) {
         if (!o->json)
-            printf("run %s: ledger intact, %llu entries verified\n", pos[0],
+            printf("run %s: ledger intact, %llu entries verified\n", run,
                    (unsigned long long)v.entries);
         ex = CTL_EXIT_OK;
     } else {
-        ctl_error(o, "run %s: ledger BROKEN at entry %llu: %s", pos[0],
+        ctl_error(o, "run %s: ledger BROKEN at entry %llu: %s", run,
                   (unsigned long long)v.first_bad, v.reason[0] ? v.reason : "(no reason given)");
     }
 out:
     json_decref(doc);
     ctl_reply_fini(&reply);
-    ctl_client_destroy(&c);
     return ex;
 }

@@ -82,6 +82,13 @@ static void s_print_table(const json_t *doc)
     ctl_table_destroy(&t);
 }
 
+/* ctl_target_fn of the workers request, which names no target. */
+static shoal_err_t s_request(ctl_client_t *c, const char *target, ctl_reply_t *reply)
+{
+    (void)target;
+    return ctl_client_workers(c, reply);
+}
+
 int cmd_workers(ctl_opts_t *o, int argc, char **argv)
 {
     const char *pos[1];
@@ -92,16 +99,9 @@ int cmd_workers(ctl_opts_t *o, int argc, char **argv)
 
     ctl_reply_t reply = {0};
     json_t *doc = NULL, *norm = NULL;
-    ctl_client_t *c = ctl_connect(o);
-    ex = CTL_EXIT_ERROR;
-    if (!c)
-        goto out;
-    shoal_err_t rc = ctl_client_workers(c, &reply);
-    if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK)
+    if ((ex = ctl_request(o, s_request, NULL, &reply, &doc)) != CTL_EXIT_OK)
         goto out;
     ex = CTL_EXIT_ERROR;
-    if (!(doc = ctl_reply_doc(o, &reply)))
-        goto out;
     if (!(norm = s_normalise(doc))) {
         ctl_error(o, "out of memory");
         goto out;
@@ -115,6 +115,5 @@ out:
     json_decref(norm);
     json_decref(doc);
     ctl_reply_fini(&reply);
-    ctl_client_destroy(&c);
     return ex;
 }
