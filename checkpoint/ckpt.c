@@ -21,6 +21,7 @@
 #include "fsutil.h"
 #include "log.h"
 #include "model_dir.h"
+#include "numparse.h"
 #include "safetensors.h"
 #include "sha256.h"
 
@@ -45,8 +46,8 @@ int ckpt_step_dir_parse(const char *name, int64_t *step)
     size_t nd = strspn(p, "0123456789");
     if (nd < 8 || nd > 18 || p[nd] != '\0')
         return 0;
-    *step = strtoll(p, NULL, 10);
-    return 1;
+    /* 8 to 18 digits: always an int64 */
+    return numparse_i64(p, 0, INT64_MAX, step) == SHOAL_OK;
 }
 
 shoal_err_t ckpt_step_dir_name(int64_t step, char *out, size_t cap)
@@ -78,7 +79,8 @@ static long s_tmp_pid(const char *name)
     if (!dash || !dash[1] || strspn(dash + 1, "0123456789") != strlen(dash + 1) ||
         strlen(dash + 1) > 9)
         return -1;
-    return strtol(dash + 1, NULL, 10);
+    int64_t pid;
+    return numparse_i64(dash + 1, 0, 999999999, &pid) == SHOAL_OK ? (long)pid : -1;
 }
 
 static int s_is_dir(const char *path)
@@ -260,12 +262,7 @@ static shoal_err_t s_write_optimizer(const char *path, const model_config_t *cfg
             for (int which = 0; which < 2; which++, k++) {
                 snprintf(names[k], sizeof names[k], "%s.%s", t[i].name,
                          which ? "exp_avg_sq" : "exp_avg");
-                st[k].name = names[k];
-                st[k].dtype = ST_F32;
-                st[k].ndim = t[i].ndim;
-                st[k].shape[0] = t[i].shape[0];
-                st[k].shape[1] = t[i].shape[1];
-                st[k].data = (which ? v : m) + off;
+                st[k] = model_dir_st_tensor(&t[i], names[k], (which ? v : m) + off);
             }
         }
         off += numel;

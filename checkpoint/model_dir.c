@@ -245,6 +245,15 @@ shoal_err_t model_dir_load(const char *dir, model_config_t *cfg, float **params,
     return SHOAL_OK;
 }
 
+st_tensor_t model_dir_st_tensor(const model_tensor_info_t *t, const char *name, const float *data)
+{
+    return (st_tensor_t){.name = name,
+                         .dtype = ST_F32,
+                         .ndim = t->ndim,
+                         .shape = {t->shape[0], t->shape[1]},
+                         .data = data};
+}
+
 shoal_err_t model_dir_save(const char *dir, const model_config_t *cfg, const float *params)
 {
     model_tensor_info_t *t = NULL;
@@ -271,12 +280,7 @@ shoal_err_t model_dir_save(const char *dir, const model_config_t *cfg, const flo
     }
     int64_t off = 0;
     for (int i = 0; i < n; i++) {
-        st[i].name = t[i].name;
-        st[i].dtype = ST_F32;
-        st[i].ndim = t[i].ndim;
-        st[i].shape[0] = t[i].shape[0];
-        st[i].shape[1] = t[i].shape[1];
-        st[i].data = params + off;
+        st[i] = model_dir_st_tensor(&t[i], t[i].name, params + off);
         off += model_tensor_numel(&t[i]);
     }
     static const char *const meta[] = {"format", "pt", NULL};

@@ -9,6 +9,7 @@
 
 #include "err.h"
 #include "model_config.h"
+#include "safetensors.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,6 +32,10 @@ shoal_err_t model_dir_read_file(const char *path, const model_config_t *cfg, flo
 /* Writes DIR/config.json and DIR/model.safetensors (F32, canonical order, metadata
  * format=pt), each written to a temp name, fsynced and renamed; creates DIR if missing. */
 shoal_err_t model_dir_save(const char *dir, const model_config_t *cfg, const float *params);
+
+/* The F32 safetensors entry of the model tensor t (its shape) named `name` with its data at
+ * `data` (both borrowed): how model.safetensors and the optimizer file lay tensors out. */
+st_tensor_t model_dir_st_tensor(const model_tensor_info_t *t, const char *name, const float *data);
 
 #ifdef __cplusplus
 }
