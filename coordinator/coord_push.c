@@ -108,6 +108,16 @@ void coord_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode c
     env.error = &e;
     coord_send(c, c->wsock, route, &env);
 }
+/* The envelope of a push about run r (NULL: none) of `type`, whose body (which the caller points
+ * at) is `body_case`. */
+static Shoal__Envelope s_run_envelope(const coord_run_t *r, Shoal__MsgType type,
+                                      Shoal__Envelope__BodyCase body_case)
+{
+    Shoal__Envelope env;
+    wire_envelope_init(&env, type, r ? r->id : "", COORD_SENDER, r ? r->generation : 0, 0);
+    env.body_case = body_case;
+    return env;
+}
 
 /* The Ack of every worker message, with what the worker should do next. */
 void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelope *about,
@@ -130,10 +140,7 @@ void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelop
         ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_PAUSE;
     else if (!r && about->run_id[0])
         ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_STOP;
-    Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ACK, r ? r->id : "", COORD_SENDER,
-                       r ? r->generation : 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_ACK;
+    Shoal__Envelope env = s_run_envelope(r, SHOAL__MSG_TYPE__MSG_ACK, SHOAL__ENVELOPE__BODY_ACK);
     env.ack = &ack;
     coord_send(c, c->wsock, route, &env);
 }
@@ -266,10 +273,8 @@ void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
     a.cell = &cell;
     a.rank = me->rank;
     a.lease = r->lease;
-    Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_ASSIGNMENT, r->id, COORD_SENDER, r->generation,
-                       0);
-    env.body_case = SHOAL__ENVELOPE__BODY_ASSIGNMENT;
+    Shoal__Envelope env =
+        s_run_envelope(r, SHOAL__MSG_TYPE__MSG_ASSIGNMENT, SHOAL__ENVELOPE__BODY_ASSIGNMENT);
     env.assignment = &a;
     coord_send_worker(c, w, &env);
     s_plan_pb_free(&pb);
@@ -281,10 +286,8 @@ void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, in
     Shoal__RunControl rc = SHOAL__RUN_CONTROL__INIT;
     rc.command = (Shoal__RunCommand)command;
     rc.reason = (char *)reason;
-    Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_RUN_CONTROL, r->id, COORD_SENDER, r->generation,
-                       0);
-    env.body_case = SHOAL__ENVELOPE__BODY_RUN_CONTROL;
+    Shoal__Envelope env =
+        s_run_envelope(r, SHOAL__MSG_TYPE__MSG_RUN_CONTROL, SHOAL__ENVELOPE__BODY_RUN_CONTROL);
     env.run_control = &rc;
     coord_send_worker(c, w, &env);
 }
@@ -303,10 +306,8 @@ void coord_push_step_commit(coord_t *c, coord_run_t *r)
     Shoal__StepCommit sc = SHOAL__STEP_COMMIT__INIT;
     sc.step = r->committed_step;
     sc.lease = r->lease;
-    Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_COMMIT, r->id, COORD_SENDER, r->generation,
-                       0);
-    env.body_case = SHOAL__ENVELOPE__BODY_STEP_COMMIT;
+    Shoal__Envelope env =
+        s_run_envelope(r, SHOAL__MSG_TYPE__MSG_STEP_COMMIT, SHOAL__ENVELOPE__BODY_STEP_COMMIT);
     env.step_commit = &sc;
     for (uint32_t i = 0; i < r->plan.n_peers; i++) {
         coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
@@ -321,10 +322,8 @@ void coord_push_drain(coord_t *c, coord_worker_t *w, const char *reason)
     d.reason = (char *)reason;
     /* like every push: the worker's run and that run's current generation ("" and 0: none) */
     coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
-    Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_DRAIN, r ? r->id : "", COORD_SENDER,
-                       r ? r->generation : 0, 0);
-    env.body_case = SHOAL__ENVELOPE__BODY_DRAIN;
+    Shoal__Envelope env =
+        s_run_envelope(r, SHOAL__MSG_TYPE__MSG_DRAIN, SHOAL__ENVELOPE__BODY_DRAIN);
     env.drain = &d;
     coord_send_worker(c, w, &env);
 }

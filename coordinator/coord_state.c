@@ -70,27 +70,39 @@ static int s_worker_transition_ok(worker_state_t from, worker_state_t to)
     }
 }
 
+/* Logs a transition ("worker w3: active -> dead (reason)") and appends its ledger entry of
+ * `kind` to `chain`: `detail` (stolen) with from, to and reason added. */
+static void s_record_transition(coord_t *c, const char *what, const char *id, const char *chain,
+                                const char *kind, const char *from, const char *to,
+                                const char *reason, json_t *detail)
+{
+    log_info("%s %s: %s -> %s (%s)", what, id, from, to, reason);
+    if (detail) {
+        json_object_set_new(detail, "from", json_string(from));
+        json_object_set_new(detail, "to", json_string(to));
+        json_object_set_new(detail, "reason", json_string(reason));
+    }
+    coord_ledger(c, chain, kind, detail);
+}
+
 shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_t to,
                                     const char *fmt, ...)
 {
+    worker_state_t from = w->state;
+    if (!s_worker_transition_ok(from, to))
+        return shoal_fail(SHOAL_ERR_STATE, "worker %s: cannot go from %s to %s", w->id,
+                          coord_worker_state_name(from), coord_worker_state_name(to));
+    if (to == WORKER_ACTIVE)
+        w->quarantine[0] = 0; /* undrained: placeable again */
+    w->state = to;
     char reason[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
-    worker_state_t from = w->state;
-    if (!s_worker_transition_ok(from, to))
-        return shoal_fail(SHOAL_ERR_STATE, "worker %s: cannot go from %s to %s", w->id,
-                          coord_worker_state_name(from), coord_worker_state_name(to));
-    w->state = to;
-    if (to == WORKER_ACTIVE)
-        w->quarantine[0] = 0; /* undrained: placeable again */
-    log_info("worker %s: %s -> %s (%s)", w->id, coord_worker_state_name(from),
-             coord_worker_state_name(to), reason);
-    coord_ledger(c, w->run, "worker_state",
-                 json_pack("{s:s, s:s, s:s, s:s, s:s}", "worker", w->id, "name", w->name, "from",
-                           coord_worker_state_name(from), "to", coord_worker_state_name(to),
-                           "reason", reason));
+    s_record_transition(c, "worker", w->id, w->run, "worker_state", coord_worker_state_name(from),
+                        coord_worker_state_name(to), reason,
+                        json_pack("{s:s, s:s}", "worker", w->id, "name", w->name));
     coord_put_worker(c, w);
     return SHOAL_OK;
 }
@@ -114,26 +126,23 @@ static int s_run_transition_ok(run_state_t from, run_state_t to)
 
 shoal_err_t coord_run_transition(coord_t *c, coord_run_t *r, run_state_t to, const char *fmt, ...)
 {
+    run_state_t from = r->state;
+    if (!s_run_transition_ok(from, to))
+        return shoal_fail(SHOAL_ERR_STATE, "run %s is %s: cannot become %s", r->id,
+                          coord_run_state_name(from), coord_run_state_name(to));
     char reason[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
-    run_state_t from = r->state;
-    if (!s_run_transition_ok(from, to))
-        return shoal_fail(SHOAL_ERR_STATE, "run %s is %s: cannot become %s", r->id,
-                          coord_run_state_name(from), coord_run_state_name(to));
-    r->state = to;
     if (to == RUN_FAILED || to == RUN_CANCELLED)
         snprintf(r->reason, sizeof r->reason, "%s", reason);
     else if (to == RUN_DONE)
         r->reason[0] = 0; /* no "unplaced" note outlives the run */
-    log_info("run %s: %s -> %s (%s)", r->id, coord_run_state_name(from), coord_run_state_name(to),
-             reason);
-    coord_ledger(c, r->id, "run_state",
-                 json_pack("{s:s, s:s, s:s, s:I}", "from", coord_run_state_name(from), "to",
-                           coord_run_state_name(to), "reason", reason, "step",
-                           (json_int_t)r->committed_step));
+    r->state = to;
+    s_record_transition(c, "run", r->id, r->id, "run_state", coord_run_state_name(from),
+                        coord_run_state_name(to), reason,
+                        json_pack("{s:I}", "step", (json_int_t)r->committed_step));
     coord_put_run(c, r);
     return SHOAL_OK;
 }
