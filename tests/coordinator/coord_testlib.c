@@ -72,8 +72,8 @@ pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml)
             dup2(fd, 2);
             close(fd);
         }
-        execl(bin, "shoal-coordinator", "--state-dir", dir, "--listen", listen,
-              "--config", cfg, (char *)NULL);
+        execl(bin, "shoal-coordinator", "--state-dir", dir, "--listen", listen, "--config", cfg,
+              (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 100; i++) {
@@ -469,4 +469,55 @@ int tc_tmpdir_remove(const char *dir)
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) == 0 ? 0 : -1;
+}
+
+pid_t tc_pid;
+
+int tc_kill_leftover(void **state)
+{
+    (void)state;
+    if (tc_pid > 0 && tc_alive(tc_pid))
+        tc_stop(tc_pid, SIGKILL);
+    tc_pid = 0;
+    return 0;
+}
+
+const char *tc_jstr(const json_t *obj, const char *k)
+{
+    const char *v = json_string_value(json_object_get(obj, k));
+    return v ? v : "";
+}
+
+json_int_t tc_jint(const json_t *obj, const char *k)
+{
+    return json_integer_value(json_object_get(obj, k));
+}
+
+const char *tc_worker_state(const char *dir, const char *id)
+{
+    static char state[32];
+    tc_reply_t r;
+    state[0] = 0;
+    if (tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
+        return state;
+    json_t *arr = json_object_get(r.json, "workers");
+    for (size_t i = 0; i < json_array_size(arr); i++)
+        if (strcmp(tc_jstr(json_array_get(arr, i), "id"), id) == 0)
+            snprintf(state, sizeof state, "%s", tc_jstr(json_array_get(arr, i), "state"));
+    tc_reply_fini(&r);
+    return state;
+}
+
+void tc_beat(tc_worker_t **ws, int n, int ms, int hb_ms, int64_t step, bool reregister)
+{
+    for (int t = 0; t < ms; t += hb_ms / 2) {
+        for (int i = 0; i < n; i++)
+            if (ws[i]) {
+                if (tc_worker_heartbeat(ws[i], step) == SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER &&
+                    reregister)
+                    (void)tc_worker_register(ws[i]);
+                tc_worker_pump(ws[i], 1);
+            }
+        tc_sleep_ms(hb_ms / 2);
+    }
 }

@@ -4,6 +4,7 @@
 #ifndef SHOAL_COORD_TESTLIB_H
 #define SHOAL_COORD_TESTLIB_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -77,6 +78,25 @@ int tc_worker_get_assignment(tc_worker_t *w);
 void tc_worker_pump(tc_worker_t *w, int ms);
 
 void tc_sleep_ms(int ms);
+
+/* The coordinator of the running test (0: none). tc_kill_leftover, a cmocka teardown, kills it:
+ * a failed assertion jumps past the test's own tc_stop(), and the next test needs the state dir
+ * (and its RocksDB lock) back. */
+extern pid_t tc_pid;
+int tc_kill_leftover(void **state);
+
+/* obj[k] as a string ("" when absent) or an integer (0 when absent). */
+const char *tc_jstr(const json_t *obj, const char *k);
+json_int_t tc_jint(const json_t *obj, const char *k);
+
+/* The state of worker `id` in the workers reply of the coordinator in dir ("" when unknown).
+ * Points into a static buffer. */
+const char *tc_worker_state(const char *dir, const char *id);
+
+/* Heartbeats every worker in `ws` (NULL entries skipped) every hb_ms / 2 for `ms`, handling
+ * pushes; with reregister, a worker declared dead (a slow test step) registers again, as a real
+ * worker does. */
+void tc_beat(tc_worker_t **ws, int n, int ms, int hb_ms, int64_t step, bool reregister);
 
 /* A fresh temp dir "/tmp/<prefix>-XXXXXX" in buf (0, or -1 on failure), and its removal
  * (kept when SHOAL_KEEP_TEST_DIR is set, to look at the logs). */

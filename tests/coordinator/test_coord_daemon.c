@@ -37,75 +37,17 @@ static const char *s_spec = "name: daemon-test\n"
                             "checkpoint:\n  every_steps: 2\n";
 
 static char s_dir[128];
-static pid_t s_pid; /* the coordinator of the running test, killed by s_kill_leftover() */
-
-/* A failed assertion jumps past the test's own tc_stop(): stop its coordinator here so that
- * the next test gets the state dir (and its RocksDB lock) back. */
-static int s_kill_leftover(void **state)
-{
-    (void)state;
-    if (s_pid > 0 && tc_alive(s_pid))
-        tc_stop(s_pid, SIGKILL);
-    s_pid = 0;
-    return 0;
-}
 
 static int s_setup(void **state)
 {
     (void)state;
-    snprintf(s_dir, sizeof s_dir, "/tmp/shoal-cd-XXXXXX");
-    return mkdtemp(s_dir) ? 0 : -1;
+    return tc_tmpdir_make(s_dir, sizeof s_dir, "shoal-cd");
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    if (getenv("SHOAL_KEEP_TEST_DIR"))
-        return 0;
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
-static json_int_t s_jint(json_t *o, const char *k)
-{
-    return json_integer_value(json_object_get(o, k));
-}
-
-static const char *s_jstr(json_t *o, const char *k)
-{
-    const char *v = json_string_value(json_object_get(o, k));
-    return v ? v : "";
-}
-
-/* Heartbeats every worker in `ws` (NULL entries skipped) for `ms`, pumping pushes. */
-static void s_beat(tc_worker_t **ws, int n, int ms, int64_t step)
-{
-    for (int t = 0; t < ms; t += HB_MS / 2) {
-        for (int i = 0; i < n; i++)
-            if (ws[i]) {
-                /* like a real worker: declared dead by a slow test step, register again */
-                if (tc_worker_heartbeat(ws[i], step) == SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER)
-                    (void)tc_worker_register(ws[i]);
-                tc_worker_pump(ws[i], 1);
-            }
-        tc_sleep_ms(HB_MS / 2);
-    }
-}
-
-static const char *s_worker_state(const char *id)
-{
-    static char state[32];
-    tc_reply_t r;
-    state[0] = 0;
-    if (tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
-        return state;
-    json_t *arr = json_object_get(r.json, "workers");
-    for (size_t i = 0; i < json_array_size(arr); i++)
-        if (strcmp(s_jstr(json_array_get(arr, i), "id"), id) == 0)
-            snprintf(state, sizeof state, "%s", s_jstr(json_array_get(arr, i), "state"));
-    tc_reply_fini(&r);
-    return state;
+    return tc_tmpdir_remove(s_dir);
 }
 
 /* Every worker in ws trains steps (from, to], reporting each, and waits for the commit. */
@@ -127,7 +69,7 @@ static void s_train(tc_worker_t **ws, int n, int64_t from, int64_t to)
 static void test_daemon_lifecycle(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, CONFIG);
+    tc_pid = tc_start(s_dir, CONFIG);
     tc_reply_t r;
 
     /* a bad spec is refused with its position */
@@ -140,7 +82,7 @@ static void test_daemon_lifecycle(void **state)
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
     assert_true(r.ok);
     char run[32];
-    snprintf(run, sizeof run, "%s", s_jstr(r.json, "id"));
+    snprintf(run, sizeof run, "%s", tc_jstr(r.json, "id"));
     assert_string_equal(run, "r1");
     tc_reply_fini(&r);
     /* the same name twice is refused */
@@ -148,7 +90,7 @@ static void test_daemon_lifecycle(void **state)
     assert_false(r.ok);
     tc_reply_fini(&r);
     json_t *st = tc_run_status(s_dir, "daemon-test"); /* by name */
-    assert_string_equal(s_jstr(st, "state"), "pending");
+    assert_string_equal(tc_jstr(st, "state"), "pending");
     json_decref(st);
 
     /* two workers register and heartbeat: the run starts with a dp=2 plan, generation 1 */
@@ -160,9 +102,9 @@ static void test_daemon_lifecycle(void **state)
     assert_int_equal(tc_worker_register(&b), 0);
     assert_string_equal(a.id, "w1");
     assert_string_equal(b.id, "w2");
-    assert_string_equal(s_worker_state("w1"), "joining");
-    s_beat(all, 2, 600, 0);
-    assert_string_equal(s_worker_state("w1"), "active");
+    assert_string_equal(tc_worker_state(s_dir, "w1"), "joining");
+    tc_beat(all, 2, 600, HB_MS, 0, true);
+    assert_string_equal(tc_worker_state(s_dir, "w1"), "active");
     assert_string_equal(a.run, "r1");
     assert_int_equal(a.gen, 1);
     assert_int_equal(b.gen, 1);
@@ -175,15 +117,15 @@ static void test_daemon_lifecycle(void **state)
     /* barrier: step 1 is committed only when both reported it */
     assert_int_equal(tc_worker_step(&a, 1, 3.0f), 0);
     st = tc_run_status(s_dir, run);
-    assert_int_equal(s_jint(st, "step"), 0);
+    assert_int_equal(tc_jint(st, "step"), 0);
     json_decref(st);
     assert_int_equal(tc_worker_step(&b, 1, 3.2f), 0);
     tc_worker_pump(&a, 50);
     assert_int_equal(a.committed, 1);
     assert_int_equal(a.lease, 3);
     st = tc_run_status(s_dir, run);
-    assert_int_equal(s_jint(st, "step"), 1);
-    assert_string_equal(s_jstr(st, "state"), "running");
+    assert_int_equal(tc_jint(st, "step"), 1);
+    assert_string_equal(tc_jstr(st, "state"), "running");
     json_decref(st);
     /* a step beyond the lease is refused */
     assert_int_equal(tc_worker_step(&a, 9, 1.0f), SHOAL__ERROR_CODE__ERR_INVALID);
@@ -193,23 +135,23 @@ static void test_daemon_lifecycle(void **state)
     /* checkpoint of step 2: committed only when both cells reported their shard */
     assert_int_equal(tc_worker_ckpt(&a, 2), 0);
     st = tc_run_status(s_dir, run);
-    assert_int_equal(s_jint(st, "checkpoint_step"), 0);
+    assert_int_equal(tc_jint(st, "checkpoint_step"), 0);
     json_decref(st);
     assert_int_equal(tc_worker_ckpt(&b, 2), 0);
     st = tc_run_status(s_dir, run);
-    assert_int_equal(s_jint(st, "checkpoint_step"), 2);
+    assert_int_equal(tc_jint(st, "checkpoint_step"), 2);
     json_decref(st);
     assert_int_equal(tc_worker_ckpt(&b, 2), 0); /* a retry: acknowledged, nothing changes */
 
     /* a third worker joins: the lease freezes, the new plan starts at the boundary */
     assert_int_equal(tc_worker_open(&c, s_dir, "node-c"), 0);
     assert_int_equal(tc_worker_register(&c), 0);
-    s_beat(all, 3, 300, 2);
+    tc_beat(all, 3, 300, HB_MS, 2, true);
     assert_int_equal(a.gen, 1); /* not before the boundary */
     assert_int_equal(c.gen, 0);
     int64_t boundary = a.lease;
     s_train(ab, 2, 2, boundary);
-    s_beat(all, 3, 300, boundary);
+    tc_beat(all, 3, 300, HB_MS, boundary, true);
     assert_int_equal(a.gen, 2);
     assert_int_equal(c.gen, 2);
     assert_int_equal(c.dp, 3);
@@ -232,15 +174,15 @@ static void test_daemon_lifecycle(void **state)
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_PLAN, run, 0, &r), 0);
     assert_true(r.ok);
     json_t *plan = json_object_get(r.json, "plan");
-    assert_int_equal(s_jint(plan, "generation"), 2);
-    assert_int_equal(s_jint(json_object_get(plan, "topology"), "dp"), 3);
+    assert_int_equal(tc_jint(plan, "generation"), 2);
+    assert_int_equal(tc_jint(json_object_get(plan, "topology"), "dp"), 3);
     assert_int_equal(json_array_size(json_object_get(plan, "stages")), 1);
     tc_reply_fini(&r);
 
     /* node-b goes silent: dead after dead_after, new plan (generation 3) without it */
     tc_worker_t *ac[3] = {&a, &c, NULL};
-    s_beat(ac, 2, DEAD_MS + 600, boundary);
-    assert_string_equal(s_worker_state("w2"), "dead");
+    tc_beat(ac, 2, DEAD_MS + 600, HB_MS, boundary, true);
+    assert_string_equal(tc_worker_state(s_dir, "w2"), "dead");
     assert_int_equal(a.gen, 3);
     assert_int_equal(a.dp, 2);
     /* the dead worker coming back must register again */
@@ -250,19 +192,19 @@ static void test_daemon_lifecycle(void **state)
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_DRAIN, "node-c", 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
-    assert_string_equal(s_worker_state("w3"), "draining");
-    s_beat(ac, 2, 200, a.committed); /* the cron freezes the lease */
+    assert_string_equal(tc_worker_state(s_dir, "w3"), "draining");
+    tc_beat(ac, 2, 200, HB_MS, a.committed, true); /* the cron freezes the lease */
     tc_worker_t *ac2[2] = {&a, &c};
     int64_t from = a.committed;
     s_train(ac2, 2, from, a.lease);
-    s_beat(ac, 2, 300, a.committed);
-    assert_string_equal(s_worker_state("w3"), "drained");
+    tc_beat(ac, 2, 300, HB_MS, a.committed, true);
+    assert_string_equal(tc_worker_state(s_dir, "w3"), "drained");
     assert_int_equal(a.gen, 4);
     assert_int_equal(a.dp, 1);
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, "w3", 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
-    assert_string_equal(s_worker_state("w3"), "active");
+    assert_string_equal(tc_worker_state(s_dir, "w3"), "active");
 
     /* pause and resume */
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_PAUSE, run, 0, &r), 0);
@@ -279,8 +221,8 @@ static void test_daemon_lifecycle(void **state)
 
     /* SIGKILL mid-run, restart on the same state dir */
     st = tc_run_status(s_dir, run);
-    json_int_t step_before = s_jint(st, "step"), ckpt_before = s_jint(st, "checkpoint_step");
-    json_int_t gen_before = s_jint(st, "generation");
+    json_int_t step_before = tc_jint(st, "step"), ckpt_before = tc_jint(st, "checkpoint_step");
+    json_int_t gen_before = tc_jint(st, "generation");
     json_decref(st);
     assert_true(step_before >= 4);
     /* mid-traffic: a step report in flight (not yet answered) when the coordinator dies */
@@ -292,21 +234,21 @@ static void test_daemon_lifecycle(void **state)
     senv.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
     senv.step_report = &sr;
     assert_int_equal(wire_send(a.sock, NULL, &senv, 0), SHOAL_OK);
-    int ws = tc_stop(s_pid, SIGKILL);
+    int ws = tc_stop(tc_pid, SIGKILL);
     assert_true(WIFSIGNALED(ws));
-    s_pid = tc_start(s_dir, CONFIG);
+    tc_pid = tc_start(s_dir, CONFIG);
     st = tc_run_status(s_dir, run);
-    assert_string_equal(s_jstr(st, "state"), "running");
+    assert_string_equal(tc_jstr(st, "state"), "running");
     /* committed state survived: the step that was in flight may or may not have landed */
-    assert_true(s_jint(st, "step") == step_before || s_jint(st, "step") == step_before + 1);
-    assert_int_equal(s_jint(st, "checkpoint_step"), ckpt_before);
-    assert_int_equal(s_jint(st, "generation"), gen_before);
+    assert_true(tc_jint(st, "step") == step_before || tc_jint(st, "step") == step_before + 1);
+    assert_int_equal(tc_jint(st, "checkpoint_step"), ckpt_before);
+    assert_int_equal(tc_jint(st, "generation"), gen_before);
     json_decref(st);
 
     /* the workers reconnect on their own (same ids, same generation) and finish the run;
      * node-c (active again) joins at the next boundary */
-    s_beat(ac, 2, 400, a.committed);
-    assert_string_equal(s_worker_state("w1"), "active");
+    tc_beat(ac, 2, 400, HB_MS, a.committed, true);
+    assert_string_equal(tc_worker_state(s_dir, "w1"), "active");
     for (int guard = 0; guard < 20 && a.run[0]; guard++) {
         tc_worker_t *members[2];
         int n = 0;
@@ -321,12 +263,12 @@ static void test_daemon_lifecycle(void **state)
                 for (int i = 0; i < n; i++)
                     assert_int_equal(tc_worker_ckpt(members[i], a.committed), 0);
         }
-        s_beat(ac, 2, 200, a.committed);
+        tc_beat(ac, 2, 200, HB_MS, a.committed, true);
     }
     st = tc_run_status(s_dir, run);
-    assert_string_equal(s_jstr(st, "state"), "done");
-    assert_int_equal(s_jint(st, "step"), 8);
-    assert_int_equal(s_jint(st, "checkpoint_step"), 8);
+    assert_string_equal(tc_jstr(st, "state"), "done");
+    assert_int_equal(tc_jint(st, "step"), 8);
+    assert_int_equal(tc_jint(st, "checkpoint_step"), 8);
     json_decref(st);
     assert_int_equal(a.run_command, SHOAL__RUN_COMMAND__RUN_CMD_STOP);
 
@@ -336,7 +278,7 @@ static void test_daemon_lifecycle(void **state)
     json_t *evs = json_object_get(r.json, "events");
     int plans = 0, ckpts = 0, submit = 0;
     for (size_t i = 0; i < json_array_size(evs); i++) {
-        const char *kind = s_jstr(json_array_get(evs, i), "kind");
+        const char *kind = tc_jstr(json_array_get(evs, i), "kind");
         plans += strcmp(kind, "plan") == 0;
         ckpts += strcmp(kind, "checkpoint") == 0;
         submit += strcmp(kind, "submit") == 0;
@@ -372,12 +314,12 @@ static void test_daemon_lifecycle(void **state)
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec2, 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
-    s_beat(ac, 2, 400, 0);
+    tc_beat(ac, 2, 400, HB_MS, 0, true);
     assert_string_equal(a.run, "r2");
     assert_true(a.gen > last_gen);
     assert_int_equal(a.source, SHOAL__STATE_SOURCE__STATE_SOURCE_INIT);
     st = tc_run_status(s_dir, "daemon-tesu");
-    assert_string_equal(s_jstr(st, "state"), "running");
+    assert_string_equal(tc_jstr(st, "state"), "running");
     json_decref(st);
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_CANCEL, "daemon-tesu", 0, &r), 0);
     assert_true(r.ok);
@@ -394,10 +336,10 @@ static void test_daemon_lifecycle(void **state)
     env.body_case = SHOAL__ENVELOPE__BODY_LEAVE;
     env.leave = &lv;
     assert_int_equal(tc_worker_call(&a, &env), 0);
-    assert_string_equal(s_worker_state("w1"), "left");
+    assert_string_equal(tc_worker_state(s_dir, "w1"), "left");
 
     /* SIGTERM: clean exit 0 */
-    int wst = tc_stop(s_pid, SIGTERM);
+    int wst = tc_stop(tc_pid, SIGTERM);
     assert_true(WIFEXITED(wst));
     assert_int_equal(WEXITSTATUS(wst), 0);
     tc_worker_close(&a);
@@ -424,7 +366,7 @@ static void test_sd_notify(void **state)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setenv("NOTIFY_SOCKET", path, 1);
     setenv("WATCHDOG_USEC", "200000", 1);
-    s_pid = tc_start(s_dir, "log_level: warn\n");
+    tc_pid = tc_start(s_dir, "log_level: warn\n");
     unsetenv("NOTIFY_SOCKET");
     unsetenv("WATCHDOG_USEC");
     int ready = 0, watchdog = 0;
@@ -439,7 +381,7 @@ static void test_sd_notify(void **state)
     }
     assert_true(ready);
     assert_true(watchdog);
-    int st = tc_stop(s_pid, SIGTERM);
+    int st = tc_stop(tc_pid, SIGTERM);
     assert_true(WIFEXITED(st));
     close(fd);
 #endif
@@ -448,8 +390,8 @@ static void test_sd_notify(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_daemon_lifecycle, s_kill_leftover),
-        cmocka_unit_test_teardown(test_sd_notify, s_kill_leftover),
+        cmocka_unit_test_teardown(test_daemon_lifecycle, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_sd_notify, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

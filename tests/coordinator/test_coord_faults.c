@@ -33,23 +33,17 @@ static const char *s_spec = "name: faults\n"
 
 static char s_root[128], s_dir[160];
 static int s_n_dirs;
-static pid_t s_pid; /* the coordinator of the running test, killed by s_kill_leftover() */
 
 static int s_setup(void **state)
 {
     (void)state;
-    snprintf(s_root, sizeof s_root, "/tmp/shoal-cf-XXXXXX");
-    return mkdtemp(s_root) ? 0 : -1;
+    return tc_tmpdir_make(s_root, sizeof s_root, "shoal-cf");
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
-    if (getenv("SHOAL_KEEP_TEST_DIR"))
-        return 0;
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_root);
-    return system(cmd) == 0 ? 0 : -1;
+    return tc_tmpdir_remove(s_root);
 }
 
 /* Every test gets a fresh state dir (no run or worker of an earlier test). */
@@ -60,36 +54,15 @@ static int s_fresh_dir(void **state)
     return mkdir(s_dir, 0755);
 }
 
-/* A failed assertion jumps past the test's own tc_stop(): stop its coordinator here. */
-static int s_kill_leftover(void **state)
-{
-    (void)state;
-    if (s_pid > 0 && tc_alive(s_pid))
-        tc_stop(s_pid, SIGKILL);
-    s_pid = 0;
-    return 0;
-}
-
 static int64_t s_deadline(void)
 {
     return clock_mono_ms() + WAIT_MS;
 }
 
-static const char *s_jstr(json_t *o, const char *k)
-{
-    const char *v = json_string_value(json_object_get(o, k));
-    return v ? v : "";
-}
-
-static json_int_t s_jint(json_t *o, const char *k)
-{
-    return json_integer_value(json_object_get(o, k));
-}
-
 static void s_stop_clean(void)
 {
-    int st = tc_stop(s_pid, SIGTERM);
-    s_pid = 0;
+    int st = tc_stop(tc_pid, SIGTERM);
+    tc_pid = 0;
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
 }
@@ -99,36 +72,8 @@ static void s_submit(char *run_id, size_t cap)
     tc_reply_t r;
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
     assert_true(r.ok);
-    snprintf(run_id, cap, "%s", s_jstr(r.json, "id"));
+    snprintf(run_id, cap, "%s", tc_jstr(r.json, "id"));
     tc_reply_fini(&r);
-}
-
-static const char *s_worker_state(const char *id)
-{
-    static char state[32];
-    tc_reply_t r;
-    state[0] = 0;
-    if (tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
-        return state;
-    json_t *arr = json_object_get(r.json, "workers");
-    for (size_t i = 0; i < json_array_size(arr); i++)
-        if (strcmp(s_jstr(json_array_get(arr, i), "id"), id) == 0)
-            snprintf(state, sizeof state, "%s", s_jstr(json_array_get(arr, i), "state"));
-    tc_reply_fini(&r);
-    return state;
-}
-
-/* Heartbeats every worker in `ws` (NULL entries skipped) for `ms`, handling pushes. */
-static void s_beat(tc_worker_t **ws, int n, int ms, int64_t step)
-{
-    for (int t = 0; t < ms; t += HB_MS / 2) {
-        for (int i = 0; i < n; i++)
-            if (ws[i]) {
-                (void)tc_worker_heartbeat(ws[i], step);
-                tc_worker_pump(ws[i], 1);
-            }
-        tc_sleep_ms(HB_MS / 2);
-    }
 }
 
 /* Registers `w` and heartbeats until it holds an assignment of generation >= `gen`. */
@@ -148,7 +93,7 @@ static void s_join(tc_worker_t *w, const char *name, uint64_t gen)
 static void test_pause_resume_states(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
     char run[64];
     s_submit(run, sizeof run);
     tc_reply_t r;
@@ -159,7 +104,7 @@ static void test_pause_resume_states(void **state)
     assert_non_null(strstr(r.message, "only a paused run can be resumed"));
     tc_reply_fini(&r);
     json_t *st = tc_run_status(s_dir, run);
-    assert_string_equal(s_jstr(st, "state"), "pending");
+    assert_string_equal(tc_jstr(st, "state"), "pending");
     json_decref(st);
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_PAUSE, run, 0, &r), 0);
     assert_false(r.ok);
@@ -167,14 +112,14 @@ static void test_pause_resume_states(void **state)
     assert_non_null(strstr(r.message, "only a running run can be paused"));
     tc_reply_fini(&r);
     st = tc_run_status(s_dir, run);
-    assert_string_equal(s_jstr(st, "state"), "pending");
+    assert_string_equal(tc_jstr(st, "state"), "pending");
     json_decref(st);
 
     /* a running run: resume refused, pause accepted, then resume accepted once */
     tc_worker_t w;
     s_join(&w, "pr", 1);
     st = tc_run_status(s_dir, run);
-    assert_string_equal(s_jstr(st, "state"), "running");
+    assert_string_equal(tc_jstr(st, "state"), "running");
     json_decref(st);
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_RESUME, run, 0, &r), 0);
     assert_false(r.ok);
@@ -199,7 +144,7 @@ static void test_pause_resume_states(void **state)
 static void test_push_generations(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n");
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n");
     char run[64];
     s_submit(run, sizeof run);
     tc_worker_t w;
@@ -264,8 +209,8 @@ static void test_push_generations(void **state)
 static void test_stale_heartbeat_activates(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 1200\nstep_window: 2\n"
-                            "min_workers: 2\n");
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 1200\nstep_window: 2\n"
+                             "min_workers: 2\n");
     char run[64];
     s_submit(run, sizeof run);
     tc_worker_t a, b;
@@ -275,29 +220,29 @@ static void test_stale_heartbeat_activates(void **state)
     assert_int_equal(tc_worker_register(&b), 0);
     tc_worker_t *both[2] = {&a, &b};
     for (int64_t end = s_deadline(); (a.gen < 1 || b.gen < 1) && clock_mono_ms() < end;)
-        s_beat(both, 2, 50, 0);
+        tc_beat(both, 2, 50, HB_MS, 0, false);
     assert_int_equal(a.gen, 1);
     assert_int_equal(b.gen, 1);
     /* a falls silent: dead, and the run goes on with b alone */
     tc_worker_t *only_b[2] = {NULL, &b};
     for (int64_t end = s_deadline();
-         strcmp(s_worker_state(a.id), "dead") != 0 && clock_mono_ms() < end;)
-        s_beat(only_b, 2, 50, 0);
-    assert_string_equal(s_worker_state(a.id), "dead");
+         strcmp(tc_worker_state(s_dir, a.id), "dead") != 0 && clock_mono_ms() < end;)
+        tc_beat(only_b, 2, 50, HB_MS, 0, false);
+    assert_string_equal(tc_worker_state(s_dir, a.id), "dead");
     for (int64_t end = s_deadline(); b.gen < 2 && clock_mono_ms() < end;)
-        s_beat(only_b, 2, 50, 0);
+        tc_beat(only_b, 2, 50, HB_MS, 0, false);
     assert_int_equal(b.gen, 2);
     /* it comes back, still speaking of run r1 generation 1 */
     assert_int_equal(tc_worker_register(&a), 0);
-    assert_string_equal(s_worker_state(a.id), "joining");
+    assert_string_equal(tc_worker_state(s_dir, a.id), "joining");
     assert_string_equal(a.run, run);
     assert_int_equal(a.gen, 1);
     assert_int_equal(tc_worker_heartbeat(&a, 5), SHOAL__ERROR_CODE__ERR_WRONG_RUN);
-    assert_string_equal(s_worker_state(a.id), "active");
+    assert_string_equal(tc_worker_state(s_dir, a.id), "active");
     /* its stale step was not applied */
     json_t *st = tc_run_status(s_dir, run);
-    assert_int_equal(s_jint(st, "step"), 0);
-    assert_int_equal(s_jint(st, "generation"), 2);
+    assert_int_equal(tc_jint(st, "step"), 0);
+    assert_int_equal(tc_jint(st, "generation"), 2);
     json_decref(st);
     tc_worker_close(&a);
     tc_worker_close(&b);
@@ -322,7 +267,7 @@ static json_t *s_kind(json_t *events, const char *kind)
 {
     json_t *out = json_array();
     for (size_t i = 0; i < json_array_size(events); i++)
-        if (strcmp(s_jstr(json_array_get(events, i), "kind"), kind) == 0)
+        if (strcmp(tc_jstr(json_array_get(events, i), "kind"), kind) == 0)
             json_array_append(out, json_array_get(events, i));
     return out;
 }
@@ -343,8 +288,8 @@ static int s_log_has(const char *text)
 
 static json_int_t s_plan_gap_ms(json_t *plans, size_t i)
 {
-    return s_jint(json_array_get(plans, i), "time_ms") -
-           s_jint(json_array_get(plans, i - 1), "time_ms");
+    return tc_jint(json_array_get(plans, i), "time_ms") -
+           tc_jint(json_array_get(plans, i - 1), "time_ms");
 }
 
 /* `bad` reports every plan it gets as failed (heartbeats with ACTIVITY_FAILED and the detail
@@ -352,8 +297,8 @@ static json_int_t s_plan_gap_ms(json_t *plans, size_t i)
  * `bad` is told to stop (its run cleared) or holds generation `until_gen` (0: no bound). */
 static void s_fail_plans(tc_worker_t *bad, tc_worker_t *good, int ms, uint64_t until_gen)
 {
-    for (int64_t end = clock_mono_ms() + ms; clock_mono_ms() < end && bad->run[0] &&
-                                             (!until_gen || bad->gen < until_gen);) {
+    for (int64_t end = clock_mono_ms() + ms;
+         clock_mono_ms() < end && bad->run[0] && (!until_gen || bad->gen < until_gen);) {
         (void)tc_worker_heartbeat_detail(bad, 0, SHOAL__WORKER_ACTIVITY__ACTIVITY_FAILED, MISSING);
         tc_worker_pump(bad, 1);
         if (good) {
@@ -372,8 +317,8 @@ static void s_fail_plans(tc_worker_t *bad, tc_worker_t *good, int ms, uint64_t u
 static void test_quarantine(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
-                            "min_workers: 2\n");
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                             "min_workers: 2\n");
     char run[64];
     s_submit(run, sizeof run);
     tc_worker_t a, b;
@@ -383,16 +328,16 @@ static void test_quarantine(void **state)
     assert_int_equal(tc_worker_register(&b), 0);
     tc_worker_t *both[2] = {&a, &b};
     for (int64_t end = s_deadline(); (a.gen < 1 || b.gen < 1) && clock_mono_ms() < end;)
-        s_beat(both, 2, 50, 0);
+        tc_beat(both, 2, 50, HB_MS, 0, false);
     assert_int_equal(b.gen, 1);
     s_fail_plans(&b, &a, WAIT_MS, 0);
     assert_string_equal(b.run, "");
     assert_int_equal(b.run_command, SHOAL__RUN_COMMAND__RUN_CMD_STOP);
     assert_string_equal(b.control_run, run);
-    assert_string_equal(s_worker_state(b.id), "drained");
-    assert_string_equal(s_worker_state(a.id), "active");
+    assert_string_equal(tc_worker_state(s_dir, b.id), "drained");
+    assert_string_equal(tc_worker_state(s_dir, a.id), "active");
     for (int64_t end = s_deadline(); a.gen < 4 && clock_mono_ms() < end;)
-        s_beat(both, 1, 50, 0);
+        tc_beat(both, 1, 50, HB_MS, 0, false);
     assert_int_equal(a.gen, 4);
     assert_int_equal(a.dp, 1);
 
@@ -410,9 +355,9 @@ static void test_quarantine(void **state)
     assert_true(s_plan_gap_ms(plans, 2) >= 950); /* the second failure waited the back-off */
     assert_int_equal(json_array_size(quar), 1);
     json_t *qd = json_object_get(json_array_get(quar, 0), "detail");
-    assert_string_equal(s_jstr(qd, "worker"), b.id);
-    assert_int_equal(s_jint(qd, "failures"), 3);
-    assert_non_null(strstr(s_jstr(qd, "detail"), "missing.txt"));
+    assert_string_equal(tc_jstr(qd, "worker"), b.id);
+    assert_int_equal(tc_jint(qd, "failures"), 3);
+    assert_non_null(strstr(tc_jstr(qd, "detail"), "missing.txt"));
     json_t *last = json_object_get(json_array_get(plans, 3), "detail");
     assert_int_equal(json_array_size(json_object_get(last, "workers")), 1);
     assert_string_equal(json_string_value(json_array_get(json_object_get(last, "workers"), 0)),
@@ -421,8 +366,8 @@ static void test_quarantine(void **state)
     int drained = 0;
     for (size_t i = 0; i < json_array_size(ws); i++) {
         json_t *d = json_object_get(json_array_get(ws, i), "detail");
-        if (strcmp(s_jstr(d, "worker"), b.id) == 0 && strcmp(s_jstr(d, "to"), "drained") == 0 &&
-            strncmp(s_jstr(d, "reason"), "quarantined: " MISSING, 20) == 0)
+        if (strcmp(tc_jstr(d, "worker"), b.id) == 0 && strcmp(tc_jstr(d, "to"), "drained") == 0 &&
+            strncmp(tc_jstr(d, "reason"), "quarantined: " MISSING, 20) == 0)
             drained++;
     }
     assert_int_equal(drained, 1);
@@ -438,20 +383,20 @@ static void test_quarantine(void **state)
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, b.id, 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
-    assert_string_equal(s_worker_state(b.id), "active");
+    assert_string_equal(tc_worker_state(s_dir, b.id), "active");
     /* the cron sees the join and freezes the lease (it logs so); a then trains up to it */
     char joins[96];
     snprintf(joins, sizeof joins, "%s joins): new plan after step", b.id);
     for (int64_t end = s_deadline(); !s_log_has(joins) && clock_mono_ms() < end;)
-        s_beat(both, 2, 50, a.committed);
+        tc_beat(both, 2, 50, HB_MS, a.committed, false);
     assert_true(s_log_has(joins));
     json_t *st = tc_run_status(s_dir, run);
-    const int64_t lease = s_jint(st, "lease");
+    const int64_t lease = tc_jint(st, "lease");
     json_decref(st);
     for (int64_t k = a.committed + 1; k <= lease; k++)
         assert_int_equal(tc_worker_step(&a, k, 2.0f), 0);
     for (int64_t end = s_deadline(); (b.gen < 5 || a.gen < 5) && clock_mono_ms() < end;)
-        s_beat(both, 2, 50, a.committed);
+        tc_beat(both, 2, 50, HB_MS, a.committed, false);
     assert_int_equal(b.gen, 5);
     assert_int_equal(b.dp, 2);
     assert_int_equal(a.gen, 5);
@@ -469,9 +414,9 @@ static void test_quarantine(void **state)
 static void test_streak_and_unplaced(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
-                            "quarantine_after_failures: 2\nreplan_backoff_ms: 600000\n"
-                            "replan_backoff_max_ms: 600000\n");
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                             "quarantine_after_failures: 2\nreplan_backoff_ms: 600000\n"
+                             "replan_backoff_max_ms: 600000\n");
     char run[64];
     s_submit(run, sizeof run);
     tc_worker_t a;
@@ -487,7 +432,7 @@ static void test_streak_and_unplaced(void **state)
     /* so the next failure is the first in a row again: re-planned at once, not quarantined */
     s_fail_plans(&a, NULL, WAIT_MS, 3);
     assert_int_equal(a.gen, 3);
-    assert_string_equal(s_worker_state(a.id), "active");
+    assert_string_equal(tc_worker_state(s_dir, a.id), "active");
     json_t *ev = s_events(run);
     json_t *plans = s_kind(ev, "plan");
     assert_int_equal(json_array_size(plans), 3);
@@ -499,24 +444,24 @@ static void test_streak_and_unplaced(void **state)
     /* the second failure in a row: quarantined, and nobody is left to place */
     s_fail_plans(&a, NULL, WAIT_MS, 0);
     assert_string_equal(a.run, "");
-    assert_string_equal(s_worker_state(a.id), "drained");
+    assert_string_equal(tc_worker_state(s_dir, a.id), "drained");
     ev = s_events(run);
     quar = s_kind(ev, "quarantine");
     assert_int_equal(json_array_size(quar), 1);
-    assert_int_equal(s_jint(json_object_get(json_array_get(quar, 0), "detail"), "failures"), 2);
+    assert_int_equal(tc_jint(json_object_get(json_array_get(quar, 0), "detail"), "failures"), 2);
     json_decref(quar);
     json_decref(ev);
     json_t *st = NULL;
     for (int64_t end = s_deadline(); clock_mono_ms() < end; tc_sleep_ms(50)) {
         json_decref(st);
         st = tc_run_status(s_dir, run);
-        if (strstr(s_jstr(st, "reason"), "unplaced"))
+        if (strstr(tc_jstr(st, "reason"), "unplaced"))
             break;
     }
-    assert_string_equal(s_jstr(st, "state"), "running");
-    assert_non_null(strstr(s_jstr(st, "reason"), "unplaced"));
-    assert_non_null(strstr(s_jstr(st, "reason"), "quarantined: " MISSING));
-    assert_int_equal(s_jint(st, "generation"), 3);
+    assert_string_equal(tc_jstr(st, "state"), "running");
+    assert_non_null(strstr(tc_jstr(st, "reason"), "unplaced"));
+    assert_non_null(strstr(tc_jstr(st, "reason"), "quarantined: " MISSING));
+    assert_int_equal(tc_jint(st, "generation"), 3);
     json_decref(st);
     /* undrain: placed again at once (its cells were lost, the back-off does not apply), the
      * reason cleared */
@@ -526,10 +471,10 @@ static void test_streak_and_unplaced(void **state)
     tc_reply_fini(&r);
     a.gen = 0;
     for (int64_t end = s_deadline(); a.gen < 4 && clock_mono_ms() < end;)
-        s_beat((tc_worker_t *[]){&a}, 1, 50, 0);
+        tc_beat((tc_worker_t *[]){&a}, 1, 50, HB_MS, 0, false);
     assert_int_equal(a.gen, 4);
     st = tc_run_status(s_dir, run);
-    assert_string_equal(s_jstr(st, "reason"), "");
+    assert_string_equal(tc_jstr(st, "reason"), "");
     json_decref(st);
     tc_worker_close(&a);
     s_stop_clean();
@@ -543,16 +488,16 @@ static void test_streak_and_unplaced(void **state)
 static void test_failure_backoff(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n"
-                            "quarantine_after_failures: 0\nreplan_backoff_ms: 200\n"
-                            "replan_backoff_max_ms: 400\n");
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n"
+                             "quarantine_after_failures: 0\nreplan_backoff_ms: 200\n"
+                             "replan_backoff_max_ms: 400\n");
     char run[64];
     s_submit(run, sizeof run);
     tc_worker_t a;
     s_join(&a, "fb", 1);
     s_fail_plans(&a, NULL, WAIT_MS, 12);
     assert_int_equal(a.gen, 12);
-    assert_string_equal(s_worker_state(a.id), "active");
+    assert_string_equal(tc_worker_state(s_dir, a.id), "active");
     json_t *ev = s_events(run);
     json_t *plans = s_kind(ev, "plan");
     const size_t n = json_array_size(plans);
@@ -569,13 +514,13 @@ static void test_failure_backoff(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_pause_resume_states, s_fresh_dir, s_kill_leftover),
-        cmocka_unit_test_setup_teardown(test_push_generations, s_fresh_dir, s_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_pause_resume_states, s_fresh_dir, tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_push_generations, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_stale_heartbeat_activates, s_fresh_dir,
-                                        s_kill_leftover),
-        cmocka_unit_test_setup_teardown(test_quarantine, s_fresh_dir, s_kill_leftover),
-        cmocka_unit_test_setup_teardown(test_streak_and_unplaced, s_fresh_dir, s_kill_leftover),
-        cmocka_unit_test_setup_teardown(test_failure_backoff, s_fresh_dir, s_kill_leftover),
+                                        tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_quarantine, s_fresh_dir, tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_streak_and_unplaced, s_fresh_dir, tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_failure_backoff, s_fresh_dir, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -23,35 +23,21 @@
 #include "coord_testlib.h"
 
 static char s_dir[128];
-static pid_t s_pid; /* the coordinator of the running test, killed by s_kill_leftover() */
 
-/* A failed assertion jumps past the test's own tc_stop(): stop its coordinator here so that
- * the next test gets the state dir (and its RocksDB lock) back. */
-static int s_kill_leftover(void **state)
-{
-    (void)state;
-    if (s_pid > 0 && tc_alive(s_pid))
-        tc_stop(s_pid, SIGKILL);
-    s_pid = 0;
-    return 0;
-}
 static void *s_ctx;
 
 static int s_setup(void **state)
 {
     (void)state;
-    snprintf(s_dir, sizeof s_dir, "/tmp/shoal-ch-XXXXXX");
     s_ctx = zmq_ctx_new();
-    return mkdtemp(s_dir) ? 0 : -1;
+    return tc_tmpdir_make(s_dir, sizeof s_dir, "shoal-ch");
 }
 
 static int s_teardown(void **state)
 {
     (void)state;
     zmq_ctx_term(s_ctx);
-    char cmd[200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tc_tmpdir_remove(s_dir);
 }
 
 static void *s_dealer(int control)
@@ -223,16 +209,16 @@ static void s_bad_messages(pid_t pid, int control)
 static void test_hostile_worker_socket(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
-    s_bad_messages(s_pid, 0);
-    s_stop_clean(s_pid);
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
+    s_bad_messages(tc_pid, 0);
+    s_stop_clean(tc_pid);
 }
 
 static void test_hostile_control_socket(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
-    s_bad_messages(s_pid, 1);
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\n");
+    s_bad_messages(tc_pid, 1);
     /* hostile specs: every one refused with a message, none stored */
     const char *specs[] = {"",
                            "\x01\x02\xff",
@@ -270,14 +256,14 @@ static void test_hostile_control_socket(void **state)
     assert_int_equal(a.type, SHOAL__MSG_TYPE__MSG_CTL_REPLY);
     assert_true(a.ok);
     zmq_close(req);
-    s_status_still_works(s_pid);
-    s_stop_clean(s_pid);
+    s_status_still_works(tc_pid);
+    s_stop_clean(tc_pid);
 }
 
 static void test_wrong_run_and_generation(void **state)
 {
     (void)state;
-    s_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\nstep_window: 3\n");
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\nstep_window: 3\n");
     tc_reply_t r;
     const char *spec = "name: hostile\ndata: {files: [/usr/share/games/fortunes]}\n"
                        "train: {steps: 5, global_batch: 2, seq_len: 16, lr: 0.001}\n";
@@ -359,17 +345,17 @@ static void test_wrong_run_and_generation(void **state)
     assert_int_equal(w.gen, 3);
     assert_int_equal(w.source, SHOAL__STATE_SOURCE__STATE_SOURCE_INIT);
     assert_int_equal(w.start_step, 1);
-    s_status_still_works(s_pid);
+    s_status_still_works(tc_pid);
     tc_worker_close(&w);
-    s_stop_clean(s_pid);
+    s_stop_clean(tc_pid);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_hostile_worker_socket, s_kill_leftover),
-        cmocka_unit_test_teardown(test_hostile_control_socket, s_kill_leftover),
-        cmocka_unit_test_teardown(test_wrong_run_and_generation, s_kill_leftover),
+        cmocka_unit_test_teardown(test_hostile_worker_socket, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_hostile_control_socket, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_wrong_run_and_generation, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
