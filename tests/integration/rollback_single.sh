@@ -24,7 +24,6 @@ submit_run "$T/run.yaml"
 # Stop it just past a committed checkpoint (committed step 1 or 2 beyond a multiple of EVERY):
 # steps are lost whatever the timing of the signal.
 wait_until 60 "step 6 and a checkpoint, between two checkpoints" past_checkpoint "$RUN" 6 $EVERY
-read -r STEP_BEFORE CKPT_BEFORE GEN_BEFORE < "$T/past_checkpoint"
 stop_worker a "$SIG"
 LINES_BEFORE=$(jsonl_lines a)
 if [ "$MODE" = KILL-dead ]; then
@@ -32,6 +31,10 @@ if [ "$MODE" = KILL-dead ]; then
 elif [ "$MODE" = TERM ]; then
     wait_until 5 "worker a left" worker_state_is a left
 fi
+# What the coordinator had committed once a was gone (a may have trained on until the signal
+# landed, and a SIGTERMed worker finishes its step): the rollback goes back from there.
+at_loss "$RUN"
+read -r STEP_BEFORE CKPT_BEFORE GEN_BEFORE < "$T/past_checkpoint"
 start_worker a
 note "worker a stopped by SIG$SIG at committed step $STEP_BEFORE (checkpoint $CKPT_BEFORE, generation $GEN_BEFORE), now $(worker_state a); restarted"
 T0=$SECONDS
