@@ -289,6 +289,7 @@ int ctl_parse_target(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *d
 {
     const char *pos[1];
     int n_pos;
+    *target = NULL; /* set on every path: gcc -O3 cannot see through ctl_parse_args */
     int ex = ctl_parse_args(o, argc, argv, defs, usage, pos, 1, &n_pos);
     if (ex != CTL_EXIT_OK)
         return ex;
@@ -321,7 +322,7 @@ int ctl_request(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_r
 int ctl_target_verb(ctl_opts_t *o, int argc, char **argv, const char *usage, ctl_target_fn fn,
                     const char *noun, const char *done)
 {
-    const char *target;
+    const char *target = NULL;
     int ex = ctl_parse_target(o, argc, argv, NULL, usage,
                               strcmp(noun, "run") == 0 ? "RUN" : "WORKER", &target);
     if (ex != CTL_EXIT_OK)
