@@ -651,8 +651,8 @@ static void test_layout(void **state)
         "{\"format\": \"shoal-checkpoint-v1\", \"format\": \"x\", \"files\": []}",
         "{\"format\": \"shoal-checkpoint-v2\", \"files\": []}",
         "{\"format\": \"shoal-checkpoint-v1\", \"step\": -1, \"files\": []}",
-        "{\"format\": \"shoal-checkpoint-v1\", \"files\": [{\"name\": \"../x\", \"size\": 1, "
-        "\"sha256\": \"00\"}]}",
+        ("{\"format\": \"shoal-checkpoint-v1\", \"files\": [{\"name\": \"../x\", \"size\": 1, "
+         "\"sha256\": \"00\"}]}"),
         "{\"format\": \"shoal-checkpoint-v1\", \"files\": []}", /* lists none of the files */
     };
     snprintf(p, sizeof p, "%s/" CKPT_MANIFEST_NAME, dir);
