@@ -84,6 +84,15 @@
 #define CTL_F_CHECKPOINT_PATH "checkpoint_path"
 #define CTL_F_SOURCE_RANK "source_rank"
 
+/* manifest: {run, step, manifest}; the manifest document (coordinator/coord_manifest.c stores
+ * it when every cell reported its shard): {run, step, generation, path, committed_ms, shards:
+ * [{worker, holder, rank, cell, path, files: [{name, size, sha256}], generation}]}; a shard's
+ * path is its checkpoint directory on the holder's machine */
+#define CTL_F_MANIFEST "manifest"
+#define CTL_F_SHARDS "shards"
+#define CTL_F_PATH "path"
+#define CTL_F_HOLDER "holder"
+
 /* One run of a status reply. Strings are borrowed: from the coordinator's run when encoding,
  * from the decoded document when decoding (valid while it lives). */
 typedef struct {

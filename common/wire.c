@@ -40,6 +40,7 @@ static const wire_type_info_t s_types[] = {
     {SHOAL__MSG_TYPE__MSG_CTL_EVENTS, SHOAL__ENVELOPE__BODY_CTL_EVENTS, "ctl_events"},
     {SHOAL__MSG_TYPE__MSG_CTL_VERIFY, SHOAL__ENVELOPE__BODY_CTL_RUN, "ctl_verify"},
     {SHOAL__MSG_TYPE__MSG_CTL_PLAN, SHOAL__ENVELOPE__BODY_CTL_PLAN, "ctl_plan"},
+    {SHOAL__MSG_TYPE__MSG_CTL_MANIFEST, SHOAL__ENVELOPE__BODY_CTL_MANIFEST, "ctl_manifest"},
     {SHOAL__MSG_TYPE__MSG_CTL_REPLY, SHOAL__ENVELOPE__BODY_CTL_REPLY, "ctl_reply"},
 };
 
@@ -214,6 +215,10 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         break;
     case SHOAL__ENVELOPE__BODY_CTL_PLAN:
         WIRE_CHECK_GOTO(s_str(env->ctl_plan->run, WIRE_MAX_ID_LEN + 64, "ctl_plan.run"), rc, out);
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_MANIFEST:
+        WIRE_CHECK_GOTO(s_str(env->ctl_manifest->run, WIRE_MAX_ID_LEN + 64, "ctl_manifest.run"),
+                        rc, out);
         break;
     case SHOAL__ENVELOPE__BODY_CTL_REPLY:
         WIRE_CHECK_GOTO(s_str(env->ctl_reply->message, WIRE_MAX_TEXT_LEN, "ctl_reply.message"), rc,

@@ -13,6 +13,7 @@
 
 #include "ctl_reply.h"
 #include "log.h"
+#include "numparse.h"
 #include "runspec.h"
 
 /* Answers a control request: message and json (stolen, may be NULL) in a CtlReply. */
@@ -348,6 +349,77 @@ static void s_plan(coord_t *c, const wire_route_t *route, const Shoal__CtlPlan *
                       plan_to_json(&r->plan)));
 }
 
+/* Collects the steps of a run's committed manifests ("c/<run>/<20-digit step>" keys). */
+typedef struct {
+    json_t *steps;
+    size_t prefix_len;
+} s_steps_ctx_t;
+
+static int s_committed_step(const char *k, size_t kl, const char *v, size_t vl, void *ctx)
+{
+    (void)v, (void)vl;
+    const s_steps_ctx_t *p = ctx;
+    char *digits = strndup(k + p->prefix_len, kl - p->prefix_len);
+    int64_t step;
+    if (digits && numparse_i64(digits, 0, INT64_MAX, &step) == SHOAL_OK)
+        json_array_append_new(p->steps, json_integer(step));
+    free(digits);
+    return 0;
+}
+
+/* The committed manifest of a checkpoint step (0: the latest) as the coordinator stored it;
+ * a step that is not committed is refused with the committed steps in the message, since the
+ * operator picks among them. */
+static void s_manifest(coord_t *c, const wire_route_t *route, const Shoal__CtlManifest *cm)
+{
+    coord_run_t *r = s_run_arg(c, route, cm->run);
+    if (!r)
+        return;
+    int64_t step = cm->step > 0 ? cm->step : r->checkpoint_step;
+    char key[160], *val = NULL;
+    size_t len = 0;
+    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, step);
+    shoal_err_t rc = step > 0 ? store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len)
+                              : SHOAL_ERR_NOTFOUND;
+    json_t *manifest = rc == SHOAL_OK ? json_loadb(val, len, 0, NULL) : NULL;
+    free(val);
+    if (manifest) {
+        s_reply(c, route, 1, 0, "",
+                json_pack("{s:s, s:I, s:o}", CTL_F_RUN, r->id, CTL_F_STEP, (json_int_t)step,
+                          CTL_F_MANIFEST, manifest));
+        return;
+    }
+    if (rc != SHOAL_OK && rc != SHOAL_ERR_NOTFOUND) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
+        return;
+    }
+    if (rc == SHOAL_OK) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL,
+                "run %s: the stored manifest of step %" PRId64 " is not JSON", r->id, step);
+        return;
+    }
+    char prefix[128], list[512] = "";
+    snprintf(prefix, sizeof prefix, "c/%s/", r->id);
+    s_steps_ctx_t sc = {json_array(), strlen(prefix)};
+    (void)store_scan(c->st, STORE_CF_MANIFESTS, prefix, NULL, s_committed_step, &sc);
+    size_t i, at = 0;
+    json_t *v;
+    json_array_foreach(sc.steps, i, v)
+    {
+        if (at < sizeof list)
+            at += (size_t)snprintf(list + at, sizeof list - at, "%s%" PRId64, i ? ", " : "",
+                                   (int64_t)json_integer_value(v));
+    }
+    json_decref(sc.steps);
+    if (cm->step > 0)
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND,
+                "run %s has no committed checkpoint of step %" PRId64 " (committed: %s)", r->id,
+                step, list[0] ? list : "none");
+    else
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND,
+                "run %s has no committed checkpoint yet", r->id);
+}
+
 static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env)
 {
     log_debug("control: %s", wire_type_name((int)env->type));
@@ -378,6 +450,9 @@ static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelop
         break;
     case SHOAL__MSG_TYPE__MSG_CTL_PLAN:
         s_plan(c, route, env->ctl_plan);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_MANIFEST:
+        s_manifest(c, route, env->ctl_manifest);
         break;
     default:
         c->dropped++;

@@ -383,3 +383,15 @@ shoal_err_t ctl_client_plan(ctl_client_t *c, const char *run, bool dry_run, ctl_
     env.ctl_plan = &body;
     return s_request(c, &env, s_check_run(run), reply);
 }
+
+shoal_err_t ctl_client_manifest(ctl_client_t *c, const char *run, int64_t step,
+                                ctl_reply_t *reply)
+{
+    Shoal__CtlManifest body = SHOAL__CTL_MANIFEST__INIT;
+    body.run = (char *)run;
+    body.step = step;
+    Shoal__Envelope env =
+        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_MANIFEST, SHOAL__ENVELOPE__BODY_CTL_MANIFEST);
+    env.ctl_manifest = &body;
+    return s_request(c, &env, s_check_run(run), reply);
+}

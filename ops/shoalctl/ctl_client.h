@@ -69,6 +69,9 @@ shoal_err_t ctl_client_events(ctl_client_t *c, const char *run, uint64_t since, 
                               ctl_reply_t *reply);
 /* The plan the coordinator would make now for `run`; dry_run = true stores nothing. */
 shoal_err_t ctl_client_plan(ctl_client_t *c, const char *run, bool dry_run, ctl_reply_t *reply);
+/* The committed checkpoint manifest of `run` at `step` (0 = the latest committed one). */
+shoal_err_t ctl_client_manifest(ctl_client_t *c, const char *run, int64_t step,
+                                ctl_reply_t *reply);
 
 #ifdef __cplusplus
 }
