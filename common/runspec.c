@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cfgtable.h"
+#include "numparse.h"
 
 /* ---- the descriptor table ------------------------------------------------------------------ */
 
@@ -19,6 +20,16 @@ static int s_preset_check(const char *value, char *msg, size_t cap)
     if (model_config_preset(value, &scratch) == SHOAL_OK)
         return 1;
     snprintf(msg, cap, "unknown model preset (known: tiny, small)");
+    return 0;
+}
+
+/* parallel.data_parallel: `auto` or a whole number of replicas >= 1. */
+static int s_dp_check(const char *value, char *msg, size_t cap)
+{
+    int64_t v;
+    if (strcmp(value, "auto") == 0 || (numparse_i64(value, 1, 1 << 20, &v) == SHOAL_OK))
+        return 1;
+    snprintf(msg, cap, "must be `auto` or an integer >= 1, <= 1048576");
     return 0;
 }
 
@@ -97,6 +108,19 @@ static const cfg_desc_t s_desc[] = {
      .help = "seed of the parameter initialisation"},
     {.key = "train.threads", .type = CFG_INT, S_AT(threads), .def = "1", .min = 1, .max = 1024,
      .help = "BLAS threads per worker process"},
+    {.key = "parallel.pipeline_stages", .type = CFG_INT, S_AT(pp), .def = "1", .min = 1,
+     .max = 1 << 16, .rule = "<= `model.num_hidden_layers`",
+     .help = "pipeline stages (pp): contiguous layer ranges, balanced by FLOPs per token; the "
+             "planner raises it when a cell does not fit its worker's memory"},
+    {.key = "parallel.expert_parallel", .type = CFG_INT, S_AT(ep), .def = "1", .min = 1,
+     .max = MODEL_MAX_EXPERTS, .rule = "divides `model.n_routed_experts`",
+     .help = "expert-parallel ranks (ep) per stage: each holds N/ep routed experts of every "
+             "MoE layer; tokens are exchanged all-to-all"},
+    {.key = "parallel.data_parallel", .type = CFG_STR, S_AT(dp_text), .check = s_dp_check,
+     .def = "auto",
+     .rule = "with ep > 1, dp x ep divides global_batch / micro_batch",
+     .help = "replicas (dp), or `auto`: as many whole replicas of pp x ep workers as the live "
+             "workers allow; workers beyond them wait as spares (state `standby`)"},
     {.key = "checkpoint.dir", .type = CFG_STR, S_AT(checkpoint_dir), .flags = CFG_NONEMPTY,
      .def = "checkpoints",
      .help = "where checkpoints go, kept as written: a relative path is resolved by the "
@@ -111,7 +135,7 @@ static const cfg_desc_t s_desc[] = {
 #define S_NDESC ((int)(sizeof s_desc / sizeof s_desc[0]))
 
 /* Sections in file order; index 0 is the top level (keys without a dot). */
-static const char *const s_sections[] = {"", "model", "data", "train", "checkpoint"};
+static const char *const s_sections[] = {"", "model", "data", "train", "parallel", "checkpoint"};
 
 static shoal_err_t s_finish(cfg_reader_t *r, void *obj);
 
@@ -152,6 +176,34 @@ static int s_check_cross(const runspec_t *s, char *msg, size_t cap, const char *
         snprintf(msg, cap, "must be <= train.lr (%g), got %g", s->lr, s->min_lr);
         return 0;
     }
+    if (s->pp > s->model.num_hidden_layers) {
+        *blame = "parallel.pipeline_stages";
+        *blame2 = "model.num_hidden_layers";
+        snprintf(msg, cap, "must be <= model.num_hidden_layers (%d), got %d",
+                 s->model.num_hidden_layers, s->pp);
+        return 0;
+    }
+    if (s->ep < 1 || s->model.n_routed_experts % s->ep != 0) {
+        *blame = "parallel.expert_parallel";
+        *blame2 = "model.n_routed_experts";
+        snprintf(msg, cap, "must divide model.n_routed_experts (%d), got %d",
+                 s->model.n_routed_experts, s->ep);
+        return 0;
+    }
+    if (s->dp < 0) {
+        *blame = "parallel.data_parallel";
+        snprintf(msg, cap, "must be auto (0) or >= 1, got %d", s->dp);
+        return 0;
+    }
+    if (!runspec_dp_fits(s, s->dp ? s->dp : 1)) {
+        *blame = s->dp ? "parallel.data_parallel" : "parallel.expert_parallel";
+        *blame2 = "train.global_batch";
+        snprintf(msg, cap,
+                 "the %d micro-batches of a step (train.global_batch %d / train.micro_batch %d) "
+                 "must be divisible by data_parallel x expert_parallel (%d x %d)",
+                 runspec_n_micro(s), s->global_batch, s->micro_batch, s->dp ? s->dp : 1, s->ep);
+        return 0;
+    }
     if (s->warmup_steps > s->steps) {
         *blame = "train.warmup_steps";
         *blame2 = "train.steps";
@@ -161,9 +213,26 @@ static int s_check_cross(const runspec_t *s, char *msg, size_t cap, const char *
     return 1;
 }
 
+int runspec_dp_fits(const runspec_t *spec, int dp)
+{
+    int64_t n = runspec_n_micro(spec), k = (int64_t)dp * spec->ep;
+    return spec->ep <= 1 || (k > 0 && n % k == 0);
+}
+
+/* dp from its parsed text (checked by s_dp_check): "auto" -> 0. */
+static void s_dp_from_text(runspec_t *spec)
+{
+    int64_t v = 0;
+    if (strcmp(spec->dp_text, "auto") != 0 &&
+        numparse_i64(spec->dp_text, 1, 1 << 20, &v) != SHOAL_OK)
+        v = 0;
+    spec->dp = (int)v;
+}
+
 void runspec_defaults(runspec_t *spec)
 {
     cfgtable_defaults(&s_table, spec, sizeof *spec);
+    s_dp_from_text(spec);
     model_config_preset(spec->model_preset, &spec->model);
 }
 
@@ -189,6 +258,7 @@ static shoal_err_t s_finish(cfg_reader_t *r, void *obj)
         spec->micro_batch = runspec_default_micro_batch(spec->global_batch, spec->seq_len);
     if (!cfg_reader_has(r, cfgtable_find(&s_table, "train.warmup_steps")))
         spec->warmup_steps = spec->steps / 10;
+    s_dp_from_text(spec);
 
     if (model_config_preset(spec->model_preset, &spec->model) != SHOAL_OK) /* checked at parse */
         return cfg_reader_fail(r, "model.preset", NULL, "model.preset: %s", shoal_errmsg());
@@ -265,6 +335,13 @@ static void s_put_value(FILE *f, const runspec_t *spec, const cfg_desc_t *d, con
     char buf[40];
     switch (d->type) {
     case CFG_STR:
+        if (d->check == s_dp_check) { /* dp is the truth; dp_text only what was parsed */
+            if (spec->dp > 0)
+                fprintf(f, "%d", spec->dp);
+            else
+                fputs("auto", f);
+            break;
+        }
         s_put_quoted(f, p);
         break;
     case CFG_INT:
@@ -319,6 +396,8 @@ static const char *s_type_doc(const cfg_desc_t *d)
 {
     switch (d->type) {
     case CFG_STR:
+        if (d->check == s_dp_check)
+            return "integer or `auto`";
         return d->check == s_preset_check ? "preset name" : "string";
     case CFG_INT:
         return "integer";
@@ -372,6 +451,8 @@ void runspec_describe(FILE *out)
             snprintf(allowed, sizeof allowed, "0 to 2^64 - 1");
         else if (d->check == s_preset_check)
             snprintf(allowed, sizeof allowed, "`tiny`, `small`");
+        else if (d->check == s_dp_check)
+            snprintf(allowed, sizeof allowed, "`auto` or >= 1");
         else if (d->type == CFG_STRLIST)
             snprintf(allowed, sizeof allowed, "1 to %d paths", d->list_max);
         else if (d->type == CFG_STR)

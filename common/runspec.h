@@ -39,6 +39,11 @@ typedef struct {
     char checkpoint_dir[RUNSPEC_PATH_MAX]; /* checkpoint.dir (default "checkpoints") */
     int checkpoint_every;            /* checkpoint.every_steps (default 0 = only at the end) */
     int checkpoint_keep;             /* checkpoint.keep (default 3) */
+    int pp;                          /* parallel.pipeline_stages (default 1) */
+    int ep;                          /* parallel.expert_parallel (default 1) */
+    int dp;                          /* parallel.data_parallel; 0 = auto (the default) */
+    char dp_text[16];                /* parallel.data_parallel as parsed ("auto" or digits); the
+                                      * loader sets dp from it; dp is the value code reads */
 } runspec_t;
 
 /* Tokens per forward/backward pass the default micro-batch aims at: about 1K tokens keep one
@@ -49,6 +54,16 @@ typedef struct {
 /* The default train.micro_batch: the largest divisor of global_batch with
  * micro_batch · seq_len <= RUNSPEC_MICRO_BATCH_TOKENS (at least 1). */
 int runspec_default_micro_batch(int global_batch, int seq_len);
+
+/* Micro-batches of one step: global_batch / micro_batch. */
+static inline int runspec_n_micro(const runspec_t *spec)
+{
+    return spec->micro_batch > 0 ? spec->global_batch / spec->micro_batch : 0;
+}
+
+/* Whether `dp` replicas can share a step: with ep > 1 every (replica, ep rank) pair takes whole
+ * micro-batches, so the step's micro-batches must be divisible by dp * ep. */
+int runspec_dp_fits(const runspec_t *spec, int dp);
 
 /* Fills the defaults of every optional key (preset tiny, ...); required keys are left unset (0),
  * and so are micro_batch and warmup_steps, which the loader derives from global_batch and steps. */

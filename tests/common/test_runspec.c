@@ -109,6 +109,7 @@ static int s_spec_equal(const runspec_t *a, const runspec_t *b)
     S_DIFF(strcmp(a->checkpoint_dir, b->checkpoint_dir), "checkpoint.dir");
     S_DIFF(a->checkpoint_every != b->checkpoint_every, "checkpoint.every_steps");
     S_DIFF(a->checkpoint_keep != b->checkpoint_keep, "checkpoint.keep");
+    S_DIFF(a->pp != b->pp || a->ep != b->ep || a->dp != b->dp, "parallel");
 #undef S_DIFF
     return 1;
 }
@@ -383,7 +384,7 @@ static void test_key_errors(void **state)
                    "micro_batch, lr, min_lr, warmup_steps");
     s_expect_error("name: x\nmodels:\n  preset: tiny\n", "2:1",
                    "unknown key 'models' (valid top-level keys: name, model, data, train, "
-                   "checkpoint)");
+                   "parallel, checkpoint)");
     s_expect_error("name: x\nmodel:\n  hiden_size: 3\n", "3:3", "unknown key 'model.hiden_size'");
     /* a dotted key at the top level is not a shortcut */
     s_expect_error("name: x\ntrain.lr: 1\n", "2:1", "unknown key 'train.lr'");
@@ -795,6 +796,64 @@ static void test_readme_table(void **state)
     free(table);
 }
 
+/* s_expect_error on the minimal spec with `extra` appended. */
+static void s_expect_with(const char *extra, const char *where, const char *needle)
+{
+    char *y = s_with(extra);
+    s_expect_error(y, where, needle);
+    free(y);
+}
+
+/* parallel.*: defaults, auto or a number for dp, the rules between keys, the YAML round trip. */
+static void test_parallel_keys(void **state)
+{
+    (void)state;
+    runspec_t *s = s_new_spec(), *back = s_new_spec();
+    char *y = s_with("");
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_int_equal(s->pp, 1);
+    assert_int_equal(s->ep, 1);
+    assert_int_equal(s->dp, 0);
+    free(y);
+    /* 8 sequences in micro-batches of 1: 8 micro-batches for 2 replicas x 4 ep ranks */
+    y = s_with("  micro_batch: 1\nparallel:\n  pipeline_stages: 2\n  expert_parallel: 4\n"
+               "  data_parallel: 2\n");
+    y[strstr(y, "global_batch: 4") - y + strlen("global_batch: ")] = '8';
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_int_equal(s->pp, 2);
+    assert_int_equal(s->ep, 4);
+    assert_int_equal(s->dp, 2);
+    assert_true(runspec_dp_fits(s, 1) && runspec_dp_fits(s, 2) && !runspec_dp_fits(s, 3));
+    char *text = runspec_to_yaml(s);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "  data_parallel: 2\n"));
+    assert_int_equal(runspec_load_string(text, ORIGIN, back), SHOAL_OK);
+    assert_true(s_spec_equal(s, back));
+    free(text);
+    free(y);
+    y = s_with("parallel:\n  data_parallel: auto\n");
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_int_equal(s->dp, 0);
+    free(y);
+    s_expect_error("name: x\nparallel:\n  data_parallel: some\n", "3:18",
+                   "parallel.data_parallel: must be `auto` or an integer >= 1");
+    s_expect_error("name: x\nparallel:\n  data_parallel: 0\n", "3:18",
+                   "parallel.data_parallel");
+    s_expect_with("parallel:\n  pipeline_stages: 5\n", "10:20",
+                  "parallel.pipeline_stages: must be <= model.num_hidden_layers (4)");
+    s_expect_with("parallel:\n  expert_parallel: 3\n", "10:20",
+                  "parallel.expert_parallel: must divide model.n_routed_experts (8)");
+    /* 4 sequences in one micro-batch cannot be shared by 2 ep ranks */
+    s_expect_with("parallel:\n  expert_parallel: 2\n", "10:20", "micro-batches of a step");
+    s_expect_with("  micro_batch: 1\nparallel:\n  expert_parallel: 2\n  data_parallel: 3\n",
+                  "12:18", "parallel.data_parallel: the 4 micro-batches of a step");
+    s->dp = 3;
+    s->ep = 2;
+    assert_int_equal(runspec_validate(s), SHOAL_ERR_INVALID);
+    free(s);
+    free(back);
+}
+
 /* The model.* keys are exactly the numeric keys of config.json. */
 static void test_model_keys_match_config(void **state)
 {
@@ -866,6 +925,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_model_overrides_any_order),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_parallel_keys),
         cmocka_unit_test(test_default_matches_example),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_key_errors),
