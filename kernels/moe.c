@@ -88,13 +88,12 @@ void moe_scratch_free(moe_scratch_t *sc)
     memset(sc, 0, sizeof *sc);
 }
 
-void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
-                 moe_saved_t *sv, float *y, int64_t *counts_acc)
+void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
+               moe_saved_t *sv, int64_t *counts_acc)
 {
-    const int N = c->router.N, K = c->router.K, d = c->d, fe = c->fe;
+    const int N = c->router.N, K = c->router.K, d = c->d;
     const int64_t P = (int64_t)M * K;
     sv->M = M;
-    /* router */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, d, 1.0f, u, d, w->router, d, 0.0f,
                 sv->s, N);
     router_sigmoid(sv->s, (int64_t)M * N);
@@ -117,11 +116,24 @@ void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, 
         sv->pair_of_row[row] = (int32_t)p;
         memcpy(sv->xs + row * d, u + (p / K) * d, sizeof(float) * (size_t)d);
     }
-    for (int e = 0; e < N; e++) {
-        const int64_t r0 = off[e], rows = off[e + 1] - off[e];
-        ffn_forward(sv->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
-                    sv->gu + r0 * 2 * fe, sv->a + r0 * fe, sv->ys + r0 * d, 0.0f);
+}
+
+void moe_experts_forward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
+                         const int64_t *off, const float *xs, float *gu, float *a, float *ys)
+{
+    const int d = c->d, fe = c->fe;
+    for (int k = 0; k < ne; k++) {
+        const int64_t r0 = off[k], rows = off[k + 1] - off[k];
+        ffn_forward(xs + r0 * d, (int)rows, d, fe, w->expert_gu[e0 + k], w->expert_d[e0 + k],
+                    gu + r0 * 2 * fe, a + r0 * fe, ys + r0 * d, 0.0f);
     }
+}
+
+void moe_combine(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                 moe_saved_t *sv, float *y)
+{
+    const int K = c->router.K, d = c->d, M = sv->M;
+    const int64_t P = (int64_t)M * K;
     /* shared experts write y; routed outputs are added in expert-row order */
     if (c->fs > 0)
         ffn_forward(u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, y, 0.0f);
@@ -137,11 +149,19 @@ void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, 
     }
 }
 
-void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
-                  const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
-                  const moe_weights_t *g)
+void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
+                 moe_saved_t *sv, float *y, int64_t *counts_acc)
 {
-    const int N = c->router.N, K = c->router.K, d = c->d, fe = c->fe, M = sv->M;
+    moe_route(c, w, u, M, sv, counts_acc);
+    moe_experts_forward(c, w, 0, c->router.N, sv->offsets, sv->xs, sv->gu, sv->a, sv->ys);
+    moe_combine(c, w, u, sv, y);
+}
+
+void moe_backward_gates(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                        const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
+                        const moe_weights_t *g)
+{
+    const int K = c->router.K, d = c->d, M = sv->M;
     const int64_t P = (int64_t)M * K;
     /* shared experts write du first */
     if (c->fs > 0)
@@ -162,12 +182,28 @@ void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
         }
         sc->dgates[p] = dot;
     }
-    for (int e = 0; e < N; e++) {
-        const int64_t r0 = sv->offsets[e], rows = sv->offsets[e + 1] - sv->offsets[e];
-        ffn_backward(sv->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
-                     sv->gu + r0 * 2 * fe, sv->a + r0 * fe, sc->dys + r0 * d, sc->dgu, sc->da,
-                     sc->dxs + r0 * d, 0.0f, g->expert_gu[e], g->expert_d[e]);
+}
+
+void moe_experts_backward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
+                          const int64_t *off, const float *xs, const float *gu, const float *a,
+                          const float *dys, float *dgu, float *da, float *dxs,
+                          const moe_weights_t *g)
+{
+    const int d = c->d, fe = c->fe;
+    for (int k = 0; k < ne; k++) {
+        const int64_t r0 = off[k], rows = off[k + 1] - off[k];
+        ffn_backward(xs + r0 * d, (int)rows, d, fe, w->expert_gu[e0 + k], w->expert_d[e0 + k],
+                     gu + r0 * 2 * fe, a + r0 * fe, dys + r0 * d, dgu, da, dxs + r0 * d, 0.0f,
+                     g->expert_gu[e0 + k], g->expert_d[e0 + k]);
     }
+}
+
+void moe_backward_finish(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                         const moe_saved_t *sv, moe_scratch_t *sc, float *du,
+                         const moe_weights_t *g)
+{
+    const int N = c->router.N, K = c->router.K, d = c->d, M = sv->M;
+    const int64_t P = (int64_t)M * K;
     for (int64_t row = 0; row < P; row++) {
         float *dum = du + (int64_t)(sv->pair_of_row[row] / K) * d;
         const float *src = sc->dxs + row * d;
@@ -180,4 +216,14 @@ void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
                 1.0f, g->router, d);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, N, 1.0f, sc->dlogits, N,
                 w->router, d, 1.0f, du, d);
+}
+
+void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                  const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
+                  const moe_weights_t *g)
+{
+    moe_backward_gates(c, w, u, sv, dy, sc, du, g);
+    moe_experts_backward(c, w, 0, c->router.N, sv->offsets, sv->xs, sv->gu, sv->a, sc->dys,
+                         sc->dgu, sc->da, sc->dxs, g);
+    moe_backward_finish(c, w, u, sv, sc, du, g);
 }

@@ -65,6 +65,39 @@ void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, 
 void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
                   const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
                   const moe_weights_t *g);
+/* The forward and backward in pieces, for expert parallelism (the experts of a layer may live
+ * on other ranks). moe_forward = moe_route, moe_experts_forward over all N experts,
+ * moe_combine; moe_backward = moe_backward_gates, moe_experts_backward, moe_backward_finish;
+ * the pieces do the same arithmetic in the same order, so the results are bitwise the same. */
+
+/* Router, top-K, gates, and the gather of the M·K (token, expert) rows into expert order: fills
+ * sv (s, idx, gates, pair_of_row, offsets, xs). counts_acc [N] += tokens per expert. */
+void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
+               moe_saved_t *sv, int64_t *counts_acc);
+/* SwiGLU of experts e0 .. e0+ne-1 over rows sorted by expert: expert e0+k owns rows
+ * [off[k], off[k+1]) of xs [rows, d]; writes gu [rows, 2fe], a [rows, fe], ys [rows, d]. Only
+ * w->expert_gu/expert_d[e0 .. e0+ne-1] are read. */
+void moe_experts_forward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
+                         const int64_t *off, const float *xs, float *gu, float *a, float *ys);
+/* y [M, d] = shared experts(u) + Σ gate · sv->ys, in expert-row order. */
+void moe_combine(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                 moe_saved_t *sv, float *y);
+/* du = shared experts' input gradient (or 0); sc->dgates and sc->dys (gated dy per row). */
+void moe_backward_gates(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                        const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
+                        const moe_weights_t *g);
+/* Backward of experts e0 .. e0+ne-1 over their rows (layout as moe_experts_forward): dxs is
+ * written, expert gradients g->expert_*[e0+k] accumulate. dgu, da: scratch for the rows of the
+ * largest expert ([rows, 2fe], [rows, fe]). */
+void moe_experts_backward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
+                          const int64_t *off, const float *xs, const float *gu, const float *a,
+                          const float *dys, float *dgu, float *da, float *dxs,
+                          const moe_weights_t *g);
+/* du += the routed rows' sc->dxs; router gradients from sc->dgates (g->router accumulates). */
+void moe_backward_finish(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                         const moe_saved_t *sv, moe_scratch_t *sc, float *du,
+                         const moe_weights_t *g);
+
 #ifdef SHOAL_HAVE_CUDA
 /* CUDA twins. Weights and gradients are moe_weights_t whose float pointers are device
  * pointers (expert_gu/expert_d stay host arrays of N device pointers). `h` is the caller's cuBLAS

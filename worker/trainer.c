@@ -154,8 +154,7 @@ shoal_err_t trainer_resume(trainer_t *t, const char *init_model_dir, int64_t *re
     memset(t->m, 0, sizeof(float) * (size_t)t->lay.n_params);
     memset(t->v, 0, sizeof(float) * (size_t)t->lay.n_params);
     if (!init_model_dir) {
-        model_init_params(&t->lay, t->spec.init_seed, t->params);
-        return SHOAL_OK;
+        return model_init_params(&t->lay, t->spec.init_seed, t->params);
     }
     model_config_t cfg;
     float *loaded = NULL;
