@@ -6,7 +6,9 @@
  * trainer_state.json (the trainer's opaque JSON) and manifest.json (name, size and SHA-256 of
  * each other file; written last). It is built in <root>/.tmp-step-<8 digits>-<pid>/ and renamed
  * into place once every file and the directory are fsynced, so a crash leaves the whole
- * checkpoint or none. */
+ * checkpoint or none.
+ * A checkpoint shard has the same layout holding a subset of the tensors (one cell's: its
+ * stage's layers, its experts); the whole-model checkpoint is the shard holding all of them. */
 #ifndef SHOAL_CKPT_H
 #define SHOAL_CKPT_H
 
@@ -59,6 +61,50 @@ typedef struct {
  * it. */
 shoal_err_t ckpt_manifest_read(const char *dir, ckpt_manifest_t *m);
 
+/* Checks every file dir/manifest.json lists (ckpt_manifest_read first): present, its size,
+ * then its SHA-256. A truncated, altered or missing file is SHOAL_ERR_FORMAT naming it; errors of
+ * ckpt_manifest_read otherwise. Reads the files once, streaming. */
+shoal_err_t ckpt_manifest_verify(const char *dir);
+
+/* ---- checkpoint shards: a subset of the canonical tensors ------------------------------- */
+
+/* One canonical tensor of a shard and its buffers (model_tensor_numel(info) floats each). */
+typedef struct {
+    const model_tensor_info_t *info; /* canonical name, shape, is_bias (borrowed) */
+    float *param, *m, *v;            /* m and v unused (may be NULL) for is_bias */
+} ckpt_tensor_t;
+
+/* Fills out[i] (i < n) for the canonical list info[0..n) (all of model_tensor_list, in order)
+ * pointing into the flat arrays params, m, v (model_dir.h layout; any may be NULL: the
+ * pointers are then NULL). Lets the whole model be saved and loaded as the shard holding
+ * everything. */
+void ckpt_tensors_flat(const model_tensor_info_t *info, int n, float *params, float *m, float *v,
+                       ckpt_tensor_t *out);
+
+/* Writes and commits the checkpoint shard of `step` under `root` holding the tensors t[0..n),
+ * laid out as ckpt_save (model.safetensors: the tensors in the order given, F32;
+ * optimizer.safetensors: NAME.exp_avg, NAME.exp_avg_sq of the non-bias ones; config.json the
+ * whole model's), with the same atomicity, stale-dir cleanup and pruning. Every t[i].info must
+ * be a canonical tensor of cfg (name and shape), each at most once: SHOAL_ERR_INVALID naming it
+ * otherwise. Given all tensors in canonical order it writes exactly what ckpt_save writes. */
+shoal_err_t ckpt_save_tensors(const char *root, int64_t step, const model_config_t *cfg,
+                              const ckpt_tensor_t *t, int n, const char *state_json, int keep);
+
+/* Fills every tensor of t[0..n) (param, and m and v where not NULL and not is_bias) from
+ * whichever of the checkpoint dirs dirs[0..n_dirs) holds it, the first one in that order (a
+ * tensor replicated across shards is read once). Each dir is first verified against its
+ * manifest (ckpt_manifest_verify) and its config.json must equal `expect` (SHOAL_ERR_INVALID
+ * naming the file and the first differing key); a model file with a tensor that is not
+ * canonical is SHOAL_ERR_FORMAT. Only the tensors asked for are read (from the mapped files).
+ * A tensor no dir holds: SHOAL_ERR_NOTFOUND naming it (the first such); a moment missing from
+ * the holder's optimizer file: SHOAL_ERR_NOTFOUND naming that file and the moment; a wrong
+ * shape: SHOAL_ERR_FORMAT naming file and tensor. state_json (may be NULL) receives a malloc'd
+ * copy of dirs[0]'s trainer_state.json (caller frees; NULL on error). */
+shoal_err_t ckpt_load_tensors(const char *const *dirs, int n_dirs, const model_config_t *expect,
+                              ckpt_tensor_t *t, int n, char **state_json);
+
+/* ---- whole-model checkpoints (the shard holding every tensor) --------------------------- */
+
 /* Writes and commits the checkpoint of `step` under `root` (created if missing). params,
  * adam_m and adam_v all use the flat layout of model_dir.h (model_dir_param_count floats); the
  * bias slots of m and v are ignored. trainer_state_json must parse as JSON (NULL writes "{}").
@@ -89,7 +135,7 @@ shoal_err_t ckpt_list(const char *root, int64_t *steps, int cap, int *count);
 shoal_err_t ckpt_load(const char *dir, const model_config_t *expect, float *params, float *adam_m,
                       float *adam_v, char **trainer_state_json);
 
-/* Asynchronous writer: one write in flight at a time, on its own pthread. */
+/* Asynchronous writer: one write in flight at a time, on its own pthread (ckpt_writer.c). */
 typedef struct ckpt_writer ckpt_writer_t;
 
 /* NULL on out of memory. */
@@ -104,6 +150,12 @@ ckpt_writer_t *ckpt_writer_new(void);
 shoal_err_t ckpt_writer_submit(ckpt_writer_t *w, const char *root, int64_t step,
                                const model_config_t *cfg, const float *params, const float *m,
                                const float *v, int64_t n, const char *state_json, int keep);
+
+/* ckpt_writer_submit for a shard: as ckpt_save_tensors, after copying the infos and the data
+ * of t[0..n) (param, and m, v of the non-bias tensors) into memory the writer owns. */
+shoal_err_t ckpt_writer_submit_tensors(ckpt_writer_t *w, const char *root, int64_t step,
+                                       const model_config_t *cfg, const ckpt_tensor_t *t, int n,
+                                       const char *state_json, int keep);
 
 /* Waits for the write in flight (if any) and returns the status of the last write not yet
  * reported, with its message available through shoal_errmsg() on this thread; SHOAL_OK if

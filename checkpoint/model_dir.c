@@ -67,13 +67,15 @@ static void s_shape_str(int ndim, const int64_t *shape, char *buf, size_t cap)
         snprintf(buf + at, cap - at, "]");
 }
 
-/* Reads canonical tensor `t` from `f` into dst after checking its exact shape. */
-static shoal_err_t s_read_tensor(const st_file_t *f, const model_tensor_info_t *t, float *dst)
+shoal_err_t model_dir_read_tensor(const st_file_t *f, const model_tensor_info_t *t,
+                                  const char *name, float *dst)
 {
     st_info_t in;
-    if (!st_has(f, t->name))
-        return shoal_fail(SHOAL_ERR_NOTFOUND, "%s: missing tensor %s", st_path(f), t->name);
-    st_info(f, t->name, &in);
+    if (!name)
+        name = t->name;
+    if (!st_has(f, name))
+        return shoal_fail(SHOAL_ERR_NOTFOUND, "%s: missing tensor %s", st_path(f), name);
+    st_info(f, name, &in);
     int same = in.ndim == t->ndim;
     for (int d = 0; same && d < t->ndim; d++)
         same = in.shape[d] == t->shape[d];
@@ -82,9 +84,14 @@ static shoal_err_t s_read_tensor(const st_file_t *f, const model_tensor_info_t *
         s_shape_str(in.ndim, in.shape, got, sizeof got);
         s_shape_str(t->ndim, t->shape, want, sizeof want);
         return shoal_fail(SHOAL_ERR_FORMAT, "%s: tensor %s has shape %s, expected %s", st_path(f),
-                          t->name, got, want);
+                          name, got, want);
     }
-    return st_read_f32(f, t->name, dst, model_tensor_numel(t));
+    return dst ? st_read_f32(f, name, dst, model_tensor_numel(t)) : SHOAL_OK;
+}
+
+static shoal_err_t s_read_tensor(const st_file_t *f, const model_tensor_info_t *t, float *dst)
+{
+    return model_dir_read_tensor(f, t, NULL, dst);
 }
 
 static shoal_err_t s_check_extras(const st_file_t *f, const char **sorted, int n)
@@ -254,24 +261,46 @@ st_tensor_t model_dir_st_tensor(const model_tensor_info_t *t, const char *name, 
                          .data = data};
 }
 
+shoal_err_t model_dir_write_config(const char *dir, const model_config_t *cfg,
+                                   const char *torch_dtype)
+{
+    char *text = NULL;
+    json_t *doc = NULL;
+    char path[PATH_MAX];
+    shoal_err_t rc;
+    SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/config.json", dir), rc, out);
+    if (!(text = model_config_to_json(cfg)))
+        goto oom;
+    if (torch_dtype) { /* the one key that depends on how the weights are stored */
+        if (!(doc = json_loads(text, 0, NULL)) ||
+            json_object_set_new(doc, "torch_dtype", json_string(torch_dtype)) != 0)
+            goto oom;
+        free(text);
+        if (!(text = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER)))
+            goto oom;
+    }
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps leaves the NUL; the file ends with a newline instead */
+    rc = fsutil_write_file_atomic(path, text, len + 1);
+    goto out;
+oom:
+    rc = shoal_fail(SHOAL_ERR_NOMEM, "%s: config.json: out of memory", dir);
+out:
+    json_decref(doc);
+    free(text);
+    return rc;
+}
+
 shoal_err_t model_dir_save(const char *dir, const model_config_t *cfg, const float *params)
 {
     model_tensor_info_t *t = NULL;
     st_tensor_t *st = NULL;
-    char *text = NULL;
     int n = 0;
     char path[PATH_MAX];
     shoal_err_t rc;
     SHOAL_CHECK_GOTO(fsutil_mkdir_p(dir), rc, out);
-    if (!(text = model_config_to_json(cfg))) {
-        rc = shoal_fail(SHOAL_ERR_NOMEM, "%s: config.json: out of memory", dir);
-        goto out;
-    }
-    size_t len = strlen(text);
-    text[len] = '\n'; /* json_dumps leaves the NUL; the file ends with a newline instead */
     SHOAL_CHECK_GOTO(fsutil_path(path, sizeof path, "%s/model.safetensors", dir), rc, out);
-    fsutil_path(path, sizeof path, "%s/config.json", dir); /* shorter: fits */
-    SHOAL_CHECK_GOTO(fsutil_write_file_atomic(path, text, len + 1), rc, out);
+    SHOAL_CHECK_GOTO(model_dir_write_config(dir, cfg, NULL), rc, out);
 
     SHOAL_CHECK_GOTO(s_tensor_list(cfg, &t, &n), rc, out);
     if (!(st = calloc((size_t)n, sizeof *st))) {
@@ -283,12 +312,34 @@ shoal_err_t model_dir_save(const char *dir, const model_config_t *cfg, const flo
         st[i] = model_dir_st_tensor(&t[i], t[i].name, params + off);
         off += model_tensor_numel(&t[i]);
     }
-    static const char *const meta[] = {"format", "pt", NULL};
-    fsutil_path(path, sizeof path, "%s/model.safetensors", dir);
-    rc = st_write_file(path, st, n, meta);
+    rc = st_write_file(path, st, n, model_dir_st_meta);
 out:
     free(st);
     free(t);
-    free(text);
     return rc;
+}
+
+const char *const model_dir_st_meta[] = {"format", "pt", NULL};
+
+static int s_cmp_info(const void *a, const void *b)
+{
+    return strcmp(((const model_tensor_info_t *)a)->name, ((const model_tensor_info_t *)b)->name);
+}
+
+shoal_err_t model_dir_sorted_tensors(const model_config_t *cfg, model_tensor_info_t **sorted,
+                                     int *n)
+{
+    shoal_err_t rc = s_tensor_list(cfg, sorted, n);
+    if (rc == SHOAL_OK)
+        qsort(*sorted, (size_t)*n, sizeof **sorted, s_cmp_info);
+    return rc;
+}
+
+const model_tensor_info_t *model_dir_lookup(const model_tensor_info_t *sorted, int n,
+                                            const char *name)
+{
+    model_tensor_info_t key;
+    if (snprintf(key.name, sizeof key.name, "%s", name) >= (int)sizeof key.name)
+        return NULL;
+    return bsearch(&key, sorted, (size_t)n, sizeof *sorted, s_cmp_info);
 }

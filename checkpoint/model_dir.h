@@ -33,6 +33,28 @@ shoal_err_t model_dir_read_file(const char *path, const model_config_t *cfg, flo
  * format=pt), each written to a temp name, fsynced and renamed; creates DIR if missing. */
 shoal_err_t model_dir_save(const char *dir, const model_config_t *cfg, const float *params);
 
+/* Writes DIR/config.json (model_config_to_json, "torch_dtype" replaced when torch_dtype is not
+ * NULL) to a temp name, fsynced and renamed. */
+shoal_err_t model_dir_write_config(const char *dir, const model_config_t *cfg,
+                                   const char *torch_dtype);
+
+/* Reads the tensor `name` (NULL: t->name) of `f` into dst (model_tensor_numel(t) floats; NULL
+ * only checks) after checking that its shape is exactly t's: SHOAL_ERR_NOTFOUND ("missing
+ * tensor") or SHOAL_ERR_FORMAT naming the file and `name`. */
+shoal_err_t model_dir_read_tensor(const st_file_t *f, const model_tensor_info_t *t,
+                                  const char *name, float *dst);
+
+/* The canonical tensors of cfg sorted by name, for model_dir_lookup: a malloc'd array of *n
+ * (caller frees). */
+shoal_err_t model_dir_sorted_tensors(const model_config_t *cfg, model_tensor_info_t **sorted,
+                                     int *n);
+/* The canonical tensor called `name` in a sorted list, or NULL when it is not one. */
+const model_tensor_info_t *model_dir_lookup(const model_tensor_info_t *sorted, int n,
+                                            const char *name);
+
+/* The safetensors metadata of every model file shoal writes ({"format": "pt"}). */
+extern const char *const model_dir_st_meta[];
+
 /* The F32 safetensors entry of the model tensor t (its shape) named `name` with its data at
  * `data` (both borrowed): how model.safetensors and the optimizer file lay tensors out. */
 st_tensor_t model_dir_st_tensor(const model_tensor_info_t *t, const char *name, const float *data);

@@ -1,6 +1,7 @@
 /* test_ckpt: step checkpoints: bit-exact round trip, keep pruning, stale temp dirs, latest step,
  * every kind of damage (truncation, flipped byte, missing tensor, wrong shape, wrong config),
- * SIGKILL in the middle of writing, and the asynchronous writer. */
+ * SIGKILL in the middle of writing, the asynchronous writer, and shards of a subset of tensors
+ * reassembled from several dirs. */
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -676,13 +677,160 @@ static void test_layout(void **state)
     s_state_free(&s);
 }
 
+/* The cell (stage, ep_rank) of a 2-stage x 2-ep run that holds tensor `name`: layer 0 and the
+ * embedding on stage 0, layer 1, the norm and the head on stage 1; experts 0-1 on ep rank 0,
+ * 2-3 on ep rank 1; non-expert tensors replicated over the ep ranks. */
+static int s_in_cell(const char *name, int stage, int ep_rank)
+{
+    int layer = -1, e = -1;
+    if (sscanf(name, "model.layers.%d.", &layer) == 1) {
+        const char *x = strstr(name, ".mlp.experts.");
+        if (x && sscanf(x, ".mlp.experts.%d.", &e) == 1 && e / 2 != ep_rank)
+            return 0;
+        return (layer >= 1) == (stage == 1);
+    }
+    return strcmp(name, "model.embed_tokens.weight") == 0 ? stage == 0 : stage == 1;
+}
+
+/* The tensors of one cell over the flat state s (infos from `info`); returns how many. */
+static int s_cell_tensors(const model_tensor_info_t *info, int n, const s_state_t *s, int stage,
+                          int ep_rank, ckpt_tensor_t *out)
+{
+    ckpt_tensor_t *all = calloc((size_t)n, sizeof *all);
+    ckpt_tensors_flat(info, n, s->p, s->m, s->v, all);
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (s_in_cell(info[i].name, stage, ep_rank))
+            out[k++] = all[i];
+    free(all);
+    return k;
+}
+
+static void s_expect_files_equal(const char *a, const char *b)
+{
+    uint8_t *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    assert_int_equal(fsutil_read_file(a, &x, &nx), SHOAL_OK);
+    assert_int_equal(fsutil_read_file(b, &y, &ny), SHOAL_OK);
+    assert_int_equal(nx, ny);
+    assert_memory_equal(x, y, nx);
+    free(x);
+    free(y);
+}
+
+/* Four cell shards (two stages x two expert ranks, one of them through the async writer)
+ * reassemble the whole model bit for bit; the whole-model save is the shard holding everything
+ * and writes what model_dir_save writes; a missing tensor and a corrupt shard are named. */
+static void test_shards(void **state)
+{
+    (void)state;
+    int n = model_tensor_list(&s_cfg, NULL, 0);
+    model_tensor_info_t *info = calloc((size_t)n, sizeof *info);
+    ckpt_tensor_t *t = calloc((size_t)n, sizeof *t);
+    model_tensor_list(&s_cfg, info, n);
+    s_state_t s, b;
+    s_state_new(&s, 21);
+    s_state_new(&b, 22);
+    char roots[4][512], dirs[4][600], p[700], q[700];
+    const char *dp[4];
+    ckpt_writer_t *w = ckpt_writer_new();
+    int covered = 0;
+    for (int c = 0; c < 4; c++) {
+        snprintf(roots[c], sizeof roots[c], "%s/shards/s%de%d", s_root, c / 2, c % 2);
+        snprintf(dirs[c], sizeof dirs[c], "%s/step-00000007", roots[c]);
+        dp[c] = dirs[c];
+        int k = s_cell_tensors(info, n, &s, c / 2, c % 2, t);
+        assert_true(k > 0 && k < n);
+        covered += k;
+        char st[32];
+        snprintf(st, sizeof st, "{\"cell\": %d}", c);
+        if (c == 3) {
+            assert_int_equal(
+                ckpt_writer_submit_tensors(w, roots[c], 7, &s_cfg, t, k, st, 0), SHOAL_OK);
+            memset(t, 0, (size_t)k * sizeof *t); /* the writer holds its own copy */
+            assert_int_equal(ckpt_writer_wait(w), SHOAL_OK);
+        } else {
+            assert_int_equal(ckpt_save_tensors(roots[c], 7, &s_cfg, t, k, st, 0), SHOAL_OK);
+        }
+    }
+    ckpt_writer_destroy(&w);
+    assert_true(covered > n); /* the non-expert tensors are held twice */
+
+    /* all four: every tensor, its moments, dirs[0]'s trainer state */
+    ckpt_tensors_flat(info, n, b.p, b.m, b.v, t);
+    char *st = NULL;
+    assert_int_equal(ckpt_load_tensors(dp, 4, &s_cfg, t, n, &st), SHOAL_OK);
+    assert_string_equal(st, "{\"cell\": 0}");
+    free(st);
+    assert_memory_equal(b.p, s.p, (size_t)s_n * sizeof(float));
+    for (int i = 0; i < n; i++)
+        if (!info[i].is_bias) {
+            size_t bytes = (size_t)model_tensor_numel(&info[i]) * sizeof(float);
+            assert_memory_equal(t[i].m, s.m + (t[i].m - b.m), bytes);
+            assert_memory_equal(t[i].v, s.v + (t[i].v - b.v), bytes);
+        }
+    /* a subset: only stage 1's tensors of ep rank 1, from the dirs in another order */
+    const char *rev[4] = {dirs[3], dirs[2], dirs[1], dirs[0]};
+    int k = s_cell_tensors(info, n, &b, 1, 1, t);
+    memset(b.p, 0, (size_t)s_n * sizeof(float));
+    assert_int_equal(ckpt_load_tensors(rev, 4, &s_cfg, t, k, NULL), SHOAL_OK);
+    for (int i = 0; i < k; i++)
+        assert_memory_equal(t[i].param, s.p + (t[i].param - b.p),
+                            (size_t)model_tensor_numel(t[i].info) * sizeof(float));
+
+    /* the stage-0 shards alone lack the first tensor of layer 1: named */
+    ckpt_tensors_flat(info, n, b.p, NULL, NULL, t);
+    assert_int_equal(ckpt_load_tensors(dp, 2, &s_cfg, t, n, NULL), SHOAL_ERR_NOTFOUND);
+    s_expect_msg("missing tensor model.layers.1.input_layernorm.weight", NULL);
+    /* a corrupt shard is refused by its digest, naming the file */
+    snprintf(p, sizeof p, "%s/model.safetensors", dirs[2]);
+    uint64_t size;
+    assert_int_equal(fsutil_file_size(p, &size), SHOAL_OK);
+    s_flip_byte(p, (off_t)(size - 3));
+    assert_int_equal(ckpt_load_tensors(dp, 4, &s_cfg, t, n, NULL), SHOAL_ERR_FORMAT);
+    s_expect_msg(p, "SHA-256");
+    /* a tensor that is not the model's is refused before anything is written */
+    model_tensor_info_t odd = info[0];
+    odd.shape[0] += 1;
+    ckpt_tensor_t bad = {&odd, s.p, s.m, s.v};
+    snprintf(p, sizeof p, "%s/shards/bad", s_root);
+    assert_int_equal(ckpt_save_tensors(p, 1, &s_cfg, &bad, 1, NULL, 0), SHOAL_ERR_INVALID);
+    s_expect_msg(info[0].name, NULL);
+    assert_int_equal(s_count_entries(p, "step-"), 0);
+
+    /* the whole model is the shard holding everything: ckpt_save writes exactly that, and its
+     * model file is byte for byte what model_dir_save writes */
+    char whole[2][512];
+    snprintf(whole[0], sizeof whole[0], "%s/shards/whole-a", s_root);
+    snprintf(whole[1], sizeof whole[1], "%s/shards/whole-b", s_root);
+    assert_int_equal(ckpt_save(whole[0], 3, &s_cfg, s.p, s.m, s.v, NULL, 0), SHOAL_OK);
+    ckpt_tensors_flat(info, n, s.p, s.m, s.v, t);
+    assert_int_equal(ckpt_save_tensors(whole[1], 3, &s_cfg, t, n, NULL, 0), SHOAL_OK);
+    const char *files[] = {"config.json", "model.safetensors", "optimizer.safetensors",
+                           "trainer_state.json", "manifest.json"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof p, "%s/step-00000003/%s", whole[0], files[i]);
+        snprintf(q, sizeof q, "%s/step-00000003/%s", whole[1], files[i]);
+        s_expect_files_equal(p, q);
+    }
+    snprintf(q, sizeof q, "%s/shards/model-dir", s_root);
+    assert_int_equal(model_dir_save(q, &s_cfg, s.p), SHOAL_OK);
+    snprintf(p, sizeof p, "%s/step-00000003/model.safetensors", whole[0]);
+    snprintf(q, sizeof q, "%s/shards/model-dir/model.safetensors", s_root);
+    s_expect_files_equal(p, q);
+    free(t);
+    free(info);
+    s_state_free(&s);
+    s_state_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),   cmocka_unit_test(test_keep_and_latest),
         cmocka_unit_test(test_stale_tmp),    cmocka_unit_test(test_damage),
         cmocka_unit_test(test_async_writer), cmocka_unit_test(test_sigkill_while_writing),
-        cmocka_unit_test(test_layout),
+        cmocka_unit_test(test_layout),       cmocka_unit_test(test_shards),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -1,0 +1,32 @@
+/* ckpt_int.h: what the checkpoint sources share among themselves (not part of the interface):
+ * the layout's file list, the optimizer's tensor names, the manifest writer, the config check. */
+#ifndef SHOAL_CKPT_INT_H
+#define SHOAL_CKPT_INT_H
+
+#include <stdio.h>
+
+#include "ckpt.h"
+
+#define CKPT_MODEL_FILE "model.safetensors"
+#define CKPT_OPTIMIZER_FILE "optimizer.safetensors"
+#define CKPT_CONFIG_FILE "config.json"
+#define CKPT_STATE_FILE "trainer_state.json"
+
+/* The files of the layout besides the manifest, in the order the manifest lists them. */
+extern const char *const ckpt_layout_files[];
+enum { CKPT_LAYOUT_NFILES = 4 };
+
+/* The optimizer file's name of moment `which` (0: exp_avg, 1: exp_avg_sq) of tensor `name`. */
+static inline void ckpt_moment_name(const char *name, int which, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s.%s", name, which ? "exp_avg_sq" : "exp_avg");
+}
+
+/* Writes dir/manifest.json listing the layout's files with their sizes and digests. */
+shoal_err_t ckpt_manifest_write(const char *dir, int64_t step);
+
+/* SHOAL_OK when the config.json at `path` equals `expect`, else SHOAL_ERR_INVALID naming the
+ * file and the first differing key; errors of model_config_load. */
+shoal_err_t ckpt_config_check(const char *path, const model_config_t *expect);
+
+#endif
