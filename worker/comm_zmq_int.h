@@ -1,0 +1,215 @@
+/* comm_zmq_int.h: what the files of the ZeroMQ comm backend share (never included outside
+ * worker/comm_zmq*.c): the wire header, the listener with its connections and stash, the comm, and
+ * the operation engine that drives every operation through one table of callbacks per kind.
+ *
+ * comm_zmq.c        listener (tcp + same-host ipc), shared connections, stash, comm lifetime
+ * comm_zmq_engine.c frames (build, parse, drop), routing by (generation, group, tag), progress loop
+ * comm_zmq_coll.c   all-reduce, reduce-scatter, all-gather, broadcast, barrier
+ * comm_zmq_p2p.c    send/recv and all-to-all(v) */
+#ifndef SHOAL_COMM_ZMQ_INT_H
+#define SHOAL_COMM_ZMQ_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "comm.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "comm_zmq writes its wire header in host order and assumes a little-endian host"
+#endif
+
+#define WIRE_MAGIC 0x4d434853u /* "SHCM" */
+#define WIRE_VERSION 2         /* 2: the group tag in the last word, point to point, all-to-all */
+/* Bytes of held messages (next op, later point-to-point messages, comms not created yet) a
+ * listener keeps before dropping more. */
+#define STASH_MAX_BYTES ((size_t)1 << 30)
+/* Longest a healthy comm's last messages may linger after comm_destroy. */
+#define FLUSH_MAX_MS 1000
+/* Most (generation, group) pairs created in one generation on a listener. */
+#define GROUPS_USED_MAX 256
+
+/* Numbered once, never reused. */
+enum {
+    KIND_AR_RS = 1, /* reduction: a rank's contribution to a piece, to the piece's owner */
+    KIND_AR_AG,     /* reduction: a reduced piece, from its owner to every rank */
+    KIND_BC_DATA,   /* broadcast: a piece from the root */
+    KIND_BC_ACK,    /* broadcast: pieces received so far, to the root */
+    KIND_BARRIER,   /* barrier token */
+    KIND_BC_DONE,   /* broadcast: every rank has everything (root to every rank) */
+    KIND_P2P,       /* point to point: a piece of message `seq` of its (src, dst) pair */
+    KIND_A2A,       /* all-to-all: a piece of the sender's block for the receiver */
+    KIND_RS_ACK,    /* reduce-scatter: the owner has all of the receiver's contributions */
+    KIND__END
+};
+
+typedef struct {
+    uint32_t magic;
+    uint8_t version;
+    uint8_t kind;
+    uint16_t flags;  /* 0 */
+    uint32_t src;    /* sender's rank in the group */
+    uint32_t nranks; /* sender's group size */
+    uint64_t generation;
+    uint64_t step;
+    uint64_t seq;    /* op sequence number in the comm, from 1; P2P: message number of the pair */
+    uint64_t total;  /* floats (reduction), bytes (broadcast, P2P message, A2A block); 0 barrier */
+    uint64_t offset; /* first float/byte of the piece; BC_ACK: pieces received */
+    uint32_t count;  /* floats/bytes in the piece */
+    uint32_t root;   /* broadcast root, else 0 */
+    uint32_t chunk;  /* sender's chunk_bytes */
+    uint32_t group;  /* group tag of the comm */
+} wire_hdr_t;
+_Static_assert(sizeof(wire_hdr_t) == 72, "wire header must be 72 bytes without padding");
+#define HDR_SIZE sizeof(wire_hdr_t)
+
+/* A received message kept for later: the parsed header and the frame. */
+typedef struct {
+    wire_hdr_t h;
+    zmq_msg_t msg;
+} held_t;
+
+/* One PUSH connection to a peer listener, shared by every live comm that has that peer. */
+typedef struct {
+    char *endpoint; /* as the comms name it (the key) */
+    char *target;   /* what was connected: the peer's same-host ipc socket, or endpoint */
+    void *push;
+    int refs;
+} conn_t;
+
+typedef struct comm_op op_t;
+
+struct comm_listener {
+    void *ctx;
+    void *pull;
+    char endpoint[256];
+    char host[160];     /* advertised host of a tcp listener, "" otherwise */
+    char ipc_dir[96];   /* "" with no_ipc */
+    char ipc_path[128]; /* our bound same-host socket, "" if none */
+    comm_t *comms[COMM_MAX_GROUPS]; /* live comms, all of generation `generation` */
+    int ncomms;
+    bool used; /* a comm existed: generations must not go back */
+    uint64_t generation;
+    uint32_t groups_used[GROUPS_USED_MAX]; /* groups created in `generation` */
+    int ngroups_used;
+    conn_t **conns;
+    int nconns, cap_conns;
+    held_t **stash; /* held messages, arrival order */
+    size_t nstash, cap_stash, stash_bytes;
+};
+
+typedef struct {
+    conn_t *conn;
+    zmq_msg_t out; /* built but not yet accepted by zmq (EAGAIN) */
+    bool has_out;
+    uint64_t p2p_sent, p2p_recvd; /* point-to-point messages to / from this peer so far */
+    /* per operation */
+    unsigned heard;   /* messages accepted from this peer */
+    size_t rs_next;   /* pieces sent to it (reduction contributions, broadcast, A2A) */
+    size_t ag_next;   /* reduction: index into done[] of the next reduced piece to send it */
+    size_t ag_got;    /* reduction: pieces of its range received */
+    size_t rs_got;    /* reduction: its contributions received; A2A, P2P: pieces received */
+    size_t got_bytes; /* A2A, P2P: bytes received */
+    size_t acked;     /* bcast root: pieces it acknowledged */
+    size_t ack_sent;  /* bcast receiver (peer = root): pieces acknowledged so far */
+    bool sent_token, got_token; /* barrier token; broadcast DONE; RS_ACK; empty AG range */
+} peer_t;
+
+struct comm {
+    comm_listener_t *l;
+    int rank, nranks;
+    uint32_t group;
+    uint64_t generation;
+    int timeout_ms;
+    size_t chunk;
+    peer_t *peers;
+    zmq_pollitem_t *items;
+    uint64_t seq;       /* of the last started collective */
+    shoal_err_t broken; /* first failure; SHOAL_OK while healthy */
+    atomic_int aborted;
+    int wake[2]; /* comm_abort writes here to end a zmq_poll at once */
+};
+
+/* What an operation kind does; the engine calls these (j is never this rank). */
+typedef struct {
+    /* Builds the next message owed to peer j into c->peers[j].out; false when there is none now
+     * (or *rc is set on failure). */
+    bool (*next_out)(comm_t *c, op_t *op, int j, shoal_err_t *rc);
+    /* Applies a message of this op from h->src. On true it has consumed m (closed or moved it);
+     * on false m is untouched, *why says why it is dropped, and op->fatal may be set. */
+    bool (*accept)(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m, const char **why);
+    bool (*waiting_on)(const comm_t *c, const op_t *op, int j); /* a message from j is owed */
+    bool (*sent_all)(const comm_t *c, const op_t *op, int j);   /* nothing more to send to j */
+    bool (*finished)(const comm_t *c, const op_t *op);          /* local work done */
+} op_vt_t;
+
+/* State of the operation in progress. */
+struct comm_op {
+    const op_vt_t *vt;
+    const char *name;
+    bool p2p; /* a receive: tagged by the pair's message number, not by an op number */
+    uint64_t step, seq, total;
+    int root;
+    unsigned char *buf;
+    size_t unit; /* chunk in elements: floats (reduction) or bytes */
+    /* reduction */
+    bool rs, ag;            /* phases: all-reduce has both, the contributions credited by AG */
+    size_t own_lo, own_hi, own_np;
+    int *next_rank;         /* per owned piece: next rank to fold */
+    zmq_msg_t **held;       /* own_np x nranks out-of-order contributions */
+    unsigned char *scratch; /* our own contribution to the owned range (rank >= 2) */
+    size_t *done;           /* owned pieces finished, in completion order */
+    size_t ndone;
+    unsigned char *ag_have; /* per piece of all ranges (ag_base indexing) */
+    size_t *ag_base;
+    /* broadcast */
+    size_t np;
+    unsigned char *bc_have;
+    size_t bc_got;
+    int bc_acked_all; /* root: peers that acknowledged every piece */
+    size_t window;    /* pieces in flight per peer (all-reduce, broadcast) */
+    /* all-to-all */
+    const unsigned char *sbuf;
+    const size_t *sbytes, *soffs, *rbytes, *roffs;
+    /* receive */
+    int src;
+    /* a hard error found while accepting (a size mismatch): ends the op */
+    shoal_err_t fatal;
+    /* diagnostics */
+    unsigned dropped;
+    char why[200];
+};
+
+/* A frame's variable fields; the engine adds the comm's tags. */
+typedef struct {
+    int kind;
+    uint64_t seq, total, offset;
+    uint32_t count;
+    const void *payload;
+    size_t bytes;
+} frame_t;
+
+/* --- comm_zmq.c --- */
+/* Takes `msg` into the listener's stash (or drops it when the stash is full). */
+void comm_zmq_stash_put(comm_listener_t *l, const wire_hdr_t *h, zmq_msg_t *msg);
+/* The live comm of (generation, group) on l, or NULL. */
+comm_t *comm_zmq_find(const comm_listener_t *l, uint64_t generation, uint32_t group);
+/* Whether (generation, group) had a comm on l that is gone now. */
+bool comm_zmq_group_gone(const comm_listener_t *l, uint64_t generation, uint32_t group);
+
+/* --- comm_zmq_engine.c --- */
+size_t comm_zmq_div_up(size_t a, size_t b);
+/* An op_vt_t.finished for kinds with no local work. */
+bool comm_zmq_true(const comm_t *c, const op_t *op);
+/* Builds frame f of op (step, root) on comm c into m. */
+shoal_err_t comm_zmq_build(const comm_t *c, const op_t *op, const frame_t *f, zmq_msg_t *m);
+/* Common entry checks: NULL, aborted, broken, listener gone. */
+shoal_err_t comm_zmq_usable(comm_t *c, const char *what);
+/* Runs op to completion on c (sequence number, per-peer reset, progress, failure bookkeeping). */
+shoal_err_t comm_zmq_run(comm_t *c, op_t *op);
+/* Sends one frame to peer j now (point to point): waits for room only if zmq refuses it. */
+shoal_err_t comm_zmq_send_now(comm_t *c, int j, zmq_msg_t *m, const char *what);
+
+#endif
