@@ -18,6 +18,7 @@
 /* status: {runs: [run status], active_workers} */
 #define CTL_F_RUNS "runs"
 #define CTL_F_ACTIVE_WORKERS "active_workers"
+#define CTL_F_STANDBY_WORKERS "standby_workers" /* active workers that are a plan's spares */
 /* run status: {id, name, state, step, total_steps, loss, generation, checkpoint_step, lease,
  * workers, reason} */
 #define CTL_F_STEP "step"
@@ -59,7 +60,11 @@
 /* plan: {run, dry_run, plan}; the plan document (coordinator/plan.c writes and stores it):
  * {run_id, generation, topology: {dp, pp, ep}, stages: [{stage, first_layer, n_layers,
  * has_embedding, has_head}], experts: [{ep_rank, first, count}], peers: [{worker, rank, cell,
- * data_endpoint}], start_step, source, checkpoint_step, checkpoint_path, source_rank} */
+ * data_endpoint, host, institution, memory_bytes, mem_est_bytes}], spares: [{worker, host,
+ * institution, memory_bytes}], start_step, source, checkpoint_step, checkpoint_path,
+ * ckpt_shards: [{cell, path}], source_rank, note, groups: [{kind ("ep": one (replica, stage);
+ * "pipeline": one replica; "dp": one stage), replica, stage (-1: all), hosts, institutions}]}
+ * (groups is derived from peers: written, never read back) */
 #define CTL_F_DRY_RUN "dry_run"
 #define CTL_F_PLAN "plan"
 #define CTL_F_RUN_ID "run_id"
@@ -83,6 +88,14 @@
 #define CTL_F_SOURCE "source"
 #define CTL_F_CHECKPOINT_PATH "checkpoint_path"
 #define CTL_F_SOURCE_RANK "source_rank"
+#define CTL_F_MEMORY_BYTES "memory_bytes"
+#define CTL_F_MEM_EST_BYTES "mem_est_bytes"
+#define CTL_F_SPARES "spares"
+#define CTL_F_CKPT_SHARDS "ckpt_shards" /* {cell, path}: CTL_F_PATH below */
+#define CTL_F_NOTE "note"
+#define CTL_F_GROUPS "groups"
+#define CTL_F_HOSTS "hosts"
+#define CTL_F_INSTITUTIONS "institutions"
 
 /* manifest: {run, step, manifest}; the manifest document (coordinator/coord_manifest.c stores
  * it when every cell reported its shard): {run, step, generation, path, committed_ms, shards:

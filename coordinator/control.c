@@ -136,11 +136,14 @@ static void s_status(coord_t *c, const wire_route_t *route, const char *arg)
         for (int i = 0; i < c->n_runs; i++)
             json_array_append_new(runs, s_run_status(c->runs[i]));
     }
-    int live = 0;
-    for (int i = 0; i < c->n_workers; i++)
+    int live = 0, standby = 0;
+    for (int i = 0; i < c->n_workers; i++) {
         live += c->workers[i]->state == WORKER_ACTIVE;
+        standby += coord_worker_is_standby(c, c->workers[i]);
+    }
     s_reply(c, route, 1, 0, "",
-            json_pack("{s:o, s:i}", CTL_F_RUNS, runs, CTL_F_ACTIVE_WORKERS, live));
+            json_pack("{s:o, s:i, s:i}", CTL_F_RUNS, runs, CTL_F_ACTIVE_WORKERS, live,
+                      CTL_F_STANDBY_WORKERS, standby));
 }
 
 static void s_workers(coord_t *c, const wire_route_t *route)
@@ -154,7 +157,7 @@ static void s_workers(coord_t *c, const wire_route_t *route)
         const ctl_worker_t cw = {
             .id = w->id,
             .name = w->name,
-            .state = coord_worker_state_name(w->state),
+            .state = coord_worker_is_standby(c, w) ? "standby" : coord_worker_state_name(w->state),
             .run = w->run,
             .host = w->host,
             .institution = w->institution,

@@ -252,6 +252,10 @@ void coord_schedule(coord_t *c);
 /* The plan the live workers would get now (dry run): fills `out` (caller plan_fini()s).
  * SHOAL_ERR_STATE when no worker is eligible. */
 shoal_err_t coord_plan_preview(coord_t *c, coord_run_t *r, plan_t *out);
+/* Whether an active worker is a spare (state `standby` in the control replies): a running or
+ * paused run's plan lists it among its spares and it holds no cell. Its stored state stays
+ * active: standby is a flag on active, not a state of its own. */
+int coord_worker_is_standby(const coord_t *c, const coord_worker_t *w);
 /* Releases a finished run's workers and tells them to stop. */
 void coord_run_release_workers(coord_t *c, coord_run_t *r, const char *reason);
 

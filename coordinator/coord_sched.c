@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctl_reply.h"
 #include "log.h"
+#include "runspec.h"
 
 int64_t coord_run_lease_for(const coord_t *c, const coord_run_t *r)
 {
@@ -136,29 +138,94 @@ static uint64_t s_next_generation(const coord_t *c, const coord_run_t *r)
     return (c->last_generation > r->generation ? c->last_generation : r->generation) + 1;
 }
 
-static shoal_err_t s_build_plan(coord_run_t *r, uint64_t generation, const s_wlist_t *e, plan_t *p,
-                                int64_t *committed_out)
+/* The committed manifest of `step` of run `r`: every shard's path and cell, into p->ckpt_shards
+ * (a plan of another shape reshards from them). A manifest that cannot be read leaves the list
+ * empty (logged): the workers then load what ckpt_path holds, as before shards were listed. */
+static void s_ckpt_shards(coord_t *c, const coord_run_t *r, int64_t step, plan_t *p)
 {
+    char key[160], *val = NULL;
+    size_t len = 0;
+    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, step);
+    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK) {
+        log_warn("run %s: manifest of checkpoint %" PRId64 " unreadable: %s", r->id, step,
+                 shoal_errmsg());
+        return;
+    }
+    json_t *m = json_loadb(val, len, 0, NULL), *shards = json_object_get(m, CTL_F_SHARDS);
+    size_t n = json_array_size(shards);
+    p->ckpt_shards = n ? calloc(n, sizeof *p->ckpt_shards) : NULL;
+    for (size_t i = 0; i < n && p->ckpt_shards; i++) {
+        const json_t *sh = json_array_get(shards, i), *cell = json_object_get(sh, CTL_F_CELL);
+        const char *path = json_string_value(json_object_get(sh, CTL_F_PATH));
+        plan_ckpt_shard_t *k = &p->ckpt_shards[p->n_ckpt_shards];
+        if (!path || strlen(path) >= sizeof k->path)
+            continue;
+        snprintf(k->path, sizeof k->path, "%s", path);
+        k->cell = (plan_cell_t){(uint32_t)json_integer_value(json_object_get(cell, CTL_F_REPLICA)),
+                                (uint32_t)json_integer_value(json_object_get(cell, CTL_F_STAGE)),
+                                (uint32_t)json_integer_value(json_object_get(cell, CTL_F_EP_RANK))};
+        p->n_ckpt_shards++;
+    }
+    json_decref(m);
+    free(val);
+}
+
+/* Places the run's spec (its parallel.* keys, model and batch) on the eligible workers. */
+static shoal_err_t s_place(const coord_run_t *r, uint64_t generation, const s_wlist_t *e,
+                           plan_t *p)
+{
+    runspec_t *spec = malloc(sizeof *spec);
     plan_worker_t *pw = calloc(e->n + 1, sizeof *pw);
-    if (!pw)
-        return shoal_fail(SHOAL_ERR_NOMEM, "plan");
-    for (uint32_t i = 0; i < e->n; i++)
-        pw[i] = (plan_worker_t){e->list[i]->id, e->list[i]->endpoint};
-    shoal_err_t rc = plan_build_dp(p, r->id, generation, pw, e->n, r->n_layers, r->n_experts);
+    shoal_err_t rc;
+    if (!spec || !pw) {
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "plan");
+        goto out;
+    }
+    if (runspec_load_string(r->spec_yaml, r->name, spec) != SHOAL_OK) {
+        rc = shoal_fail_context(SHOAL_ERR_INVALID, "run %s: spec", r->id);
+        goto out;
+    }
+    for (uint32_t i = 0; i < e->n; i++) {
+        const coord_worker_t *w = e->list[i];
+        pw[i] = (plan_worker_t){.worker_id = w->id,
+                                .endpoint = w->endpoint,
+                                .host = w->host,
+                                .institution = w->institution,
+                                .device = w->devices,
+                                .memory_bytes = w->memory_bytes};
+    }
+    const plan_request_t req = {.pp = (uint32_t)spec->pp,
+                                .ep = (uint32_t)spec->ep,
+                                .dp = (uint32_t)spec->dp,
+                                .model = &spec->model,
+                                .seq_len = (uint32_t)spec->seq_len,
+                                .micro_batch = (uint32_t)spec->micro_batch,
+                                .global_batch = (uint32_t)spec->global_batch};
+    rc = plan_build(p, r->id, generation, &req, pw, e->n);
+out:
     free(pw);
+    free(spec);
+    return rc;
+}
+
+static shoal_err_t s_build_plan(coord_t *c, coord_run_t *r, uint64_t generation,
+                                const s_wlist_t *e, plan_t *p, int64_t *committed_out)
+{
+    shoal_err_t rc = s_place(r, generation, e, p);
     if (rc != SHOAL_OK)
         return rc;
     /* where the state comes from: the survivor that got furthest, else the checkpoint */
     int64_t best = -1;
     uint32_t best_rank = 0;
     for (uint32_t i = 0; i < e->n && !r->distrust_peers; i++) {
-        const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id);
-        if (!old || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
-            continue; /* not a survivor: new, or restarted (registered again) without its state */
+        const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id),
+                          *now = plan_find_worker(p, e->list[i]->id);
+        if (!old || !now || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
+            continue; /* not a survivor (new, or restarted without its state) or a spare now */
         int64_t st = r->reported[old->rank];
         if (st > best) {
             best = st;
-            best_rank = i;
+            best_rank = now->rank;
         }
     }
     if (best > 0 && r->generation > 0) { /* best == 0: nobody trained yet, nothing to copy */
@@ -170,6 +237,7 @@ static shoal_err_t s_build_plan(coord_run_t *r, uint64_t generation, const s_wli
         p->source = PLAN_SOURCE_CHECKPOINT;
         p->ckpt_step = r->checkpoint_step;
         snprintf(p->ckpt_path, sizeof p->ckpt_path, "%s", r->checkpoint_path);
+        s_ckpt_shards(c, r, r->checkpoint_step, p);
         p->start_step = r->checkpoint_step + 1;
         *committed_out = r->checkpoint_step;
     } else {
@@ -191,17 +259,52 @@ shoal_err_t coord_plan_preview(coord_t *c, coord_run_t *r, plan_t *out)
     if (e.n == 0)
         rc = shoal_fail(SHOAL_ERR_STATE, "run %s: no active worker to place", r->id);
     else
-        rc = s_build_plan(r, s_next_generation(c, r), &e, out, &committed);
+        rc = s_build_plan(c, r, s_next_generation(c, r), &e, out, &committed);
     free(e.list);
     return rc;
 }
 
-/* Installs a new plan (generation + 1) for `r` with the eligible workers `e`. */
-static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const char *why)
+/* Shows why a running run has no (new) plan in its status `reason` (logged once per change). */
+static void s_set_unplaced(coord_t *c, coord_run_t *r, const char *note)
+{
+    if (strcmp(note, r->reason) == 0)
+        return;
+    snprintf(r->reason, sizeof r->reason, "%s", note);
+    log_warn("run %s: %s", r->id, note);
+    coord_put_run(c, r);
+    coord_txn_commit(c);
+}
+
+/* Only the spares changed (a worker joined or a spare left, every cell as it was): the plan keeps
+ * its generation and nobody restarts; the new spare list is stored. */
+static void s_update_spares(coord_t *c, coord_run_t *r, plan_t *p, const char *why)
+{
+    free(r->plan.spares);
+    r->plan.spares = p->spares;
+    r->plan.n_spares = p->n_spares;
+    p->spares = NULL;
+    p->n_spares = 0;
+    plan_fini(p);
+    log_info("run %s: plan generation %" PRIu64 " unchanged, %u spare(s) (%s)", r->id,
+             r->generation, r->plan.n_spares, why);
+    r->replan_pending = 0;
+    if (r->state == RUN_RUNNING)
+        r->lease = coord_run_lease_for(c, r);
+    coord_put_plan(c, &r->plan);
+    coord_put_run(c, r);
+    if (coord_txn_commit(c) == SHOAL_OK)
+        coord_push_step_commit(c, r);
+}
+
+/* Installs a new plan (generation + 1) for `r` with the eligible workers `e`; those it leaves
+ * out are its spares (standby). `members_kept`: no member lost its cell or its state (only joins
+ * or drains), so a plan with the same cells only updates the spares. */
+static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const char *why,
+                         int members_kept)
 {
     plan_t p = {0};
     int64_t committed = 0;
-    shoal_err_t rc = s_build_plan(r, s_next_generation(c, r), e, &p, &committed);
+    shoal_err_t rc = s_build_plan(c, r, s_next_generation(c, r), e, &p, &committed);
     if (rc == SHOAL_ERR_INVALID) {
         /* the spec cannot be placed (a layout the model does not allow): retrying cannot help */
         char why_failed[512];
@@ -212,8 +315,20 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
         coord_txn_commit(c);
         return;
     }
+    if (rc == SHOAL_ERR_STATE) {
+        /* these workers cannot hold it (too few, too small): wait, saying why */
+        char note[sizeof r->reason];
+        snprintf(note, sizeof note, "unplaced: %s", shoal_errmsg());
+        r->replan_pending = r->generation > 0;
+        s_set_unplaced(c, r, note);
+        return;
+    }
     if (rc != SHOAL_OK) {
         log_error("run %s: planning failed: %s", r->id, shoal_errmsg());
+        return;
+    }
+    if (members_kept && r->generation > 0 && plan_same_cells(&r->plan, &p)) {
+        s_update_spares(c, r, &p, why);
         return;
     }
     if (committed < r->committed_step) {
@@ -257,32 +372,36 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     r->lease = r->state == RUN_RUNNING ? coord_run_lease_for(c, r) : committed;
     if (coord_run_reset_ranks(r) != SHOAL_OK)
         log_error("%s", shoal_errmsg());
-    json_t *ids = json_array();
+    json_t *ids = json_array(), *spares = json_array();
     for (uint32_t i = 0; i < e->n; i++) {
         coord_worker_t *w = e->list[i];
-        json_array_append_new(ids, json_string(w->id));
-        if (strcmp(w->run, r->id) != 0) {
-            snprintf(w->run, sizeof w->run, "%s", r->id);
+        int placed = plan_find_worker(&p, w->id) != NULL;
+        json_array_append_new(placed ? ids : spares, json_string(w->id));
+        const char *run = placed ? r->id : ""; /* a spare holds no run: it idles, unassigned */
+        if (strcmp(w->run, run) != 0) {
+            snprintf(w->run, sizeof w->run, "%s", run);
             coord_put_worker(c, w);
         }
     }
-    log_info("run %s: plan generation %" PRIu64 ": dp=%u pp=%u ep=%u from step %" PRId64
-             " (state from %s) (%s)",
-             r->id, p.generation, p.dp, p.pp, p.ep, p.start_step, plan_source_name(p.source), why);
+    log_info("run %s: plan generation %" PRIu64 ": dp=%u pp=%u ep=%u, %u spare(s), from step %" PRId64
+             " (state from %s) (%s)%s%s",
+             r->id, p.generation, p.dp, p.pp, p.ep, p.n_spares, p.start_step,
+             plan_source_name(p.source), why, p.note[0] ? ": " : "", p.note);
     coord_put_plan(c, &r->plan);
     coord_put_run(c, r);
     coord_ledger(c, r->id, "plan",
-                 json_pack("{s:I, s:i, s:i, s:i, s:I, s:s, s:i, s:o, s:s}", "generation",
-                           (json_int_t)p.generation, "dp", (int)p.dp, "pp", (int)p.pp, "ep",
-                           (int)p.ep, "start_step", (json_int_t)p.start_step, "source",
-                           plan_source_name(p.source), "source_rank", (int)p.source_rank, "workers",
-                           ids, "reason", why));
+                 json_pack("{s:I, s:i, s:i, s:i, s:I, s:s, s:i, s:o, s:o, s:s, s:s}",
+                           "generation", (json_int_t)p.generation, "dp", (int)p.dp, "pp",
+                           (int)p.pp, "ep", (int)p.ep, "start_step", (json_int_t)p.start_step,
+                           "source", plan_source_name(p.source), "source_rank",
+                           (int)p.source_rank, "workers", ids, "spares", spares, "reason", why,
+                           "note", p.note));
     if (coord_txn_commit(c) == SHOAL_OK) {
         for (uint32_t i = 0; i < n_leaving; i++)
             coord_push_run_control_to(c, r, leaving[i], SHOAL__RUN_COMMAND__RUN_CMD_STOP,
                                       "not in the new plan");
         for (uint32_t i = 0; i < e->n; i++)
-            coord_push_assignment(c, r, e->list[i]);
+            coord_push_assignment(c, r, e->list[i]); /* none to a spare: it has no cell */
     }
     free(leaving);
 }
@@ -316,12 +435,7 @@ static void s_note_unplaced(coord_t *c, coord_run_t *r)
     if (n_q)
         (void)snprintf(note + at, at < sizeof note ? sizeof note - at : 0,
                        "; shoalctl undrain places a worker again)");
-    if (strcmp(note, r->reason) == 0)
-        return;
-    snprintf(r->reason, sizeof r->reason, "%s", note);
-    log_warn("run %s: %s", r->id, note);
-    coord_put_run(c, r);
-    coord_txn_commit(c);
+    s_set_unplaced(c, r, note);
 }
 
 /* Membership check of a running run: a lost member re-plans now (the collectives of the old
@@ -351,7 +465,7 @@ void coord_run_replan_check(coord_t *c, coord_run_t *r)
         }
     }
     for (uint32_t i = 0; i < e.n; i++)
-        if (!plan_find_worker(&r->plan, e.list[i]->id)) {
+        if (!plan_find_worker(&r->plan, e.list[i]->id) && !plan_is_spare(&r->plan, e.list[i]->id)) {
             changed = 1;
             at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%s%s joins",
                                    at ? ", " : "", e.list[i]->id);
@@ -383,7 +497,7 @@ void coord_run_replan_check(coord_t *c, coord_run_t *r)
     }
     if (r->generation == 0) {
         if (e.n >= (uint32_t)c->cfg.min_workers)
-            s_apply_plan(c, r, &e, why[0] ? why : "first plan");
+            s_apply_plan(c, r, &e, why[0] ? why : "first plan", 0);
     } else if (lost || changed) {
         int at_end = r->committed_step >= r->total_steps;
         if (e.n == 0) {
@@ -393,7 +507,7 @@ void coord_run_replan_check(coord_t *c, coord_run_t *r)
                 s_note_unplaced(c, r);
         } else if (lost) {
             const uint64_t gen = r->generation;
-            s_apply_plan(c, r, &e, why);
+            s_apply_plan(c, r, &e, why, 0);
             if (by_failure && r->generation != gen)
                 s_failure_backoff(c, r);
         } else if (!at_end) {
@@ -402,10 +516,22 @@ void coord_run_replan_check(coord_t *c, coord_run_t *r)
                          why, r->lease);
             r->replan_pending = 1;
             if (r->committed_step >= r->lease)
-                s_apply_plan(c, r, &e, why);
+                s_apply_plan(c, r, &e, why, 1);
         }
     }
     free(e.list);
+}
+
+int coord_worker_is_standby(const coord_t *c, const coord_worker_t *w)
+{
+    if (w->state != WORKER_ACTIVE || w->run[0])
+        return 0;
+    for (int i = 0; i < c->n_runs; i++) {
+        const coord_run_t *r = c->runs[i];
+        if ((r->state == RUN_RUNNING || r->state == RUN_PAUSED) && plan_is_spare(&r->plan, w->id))
+            return 1;
+    }
+    return 0;
 }
 
 /* Starts the oldest pending run when no run holds the cluster. */

@@ -1,4 +1,5 @@
-/* plan.c: plan layout (stages, expert shards), the data-parallel planner, plan JSON. */
+/* plan.c: plan layout (even stages, expert shards), the data-parallel planner, plan lookups and
+ * the plan JSON (with its derived locality report). The planner proper is plan_place.c. */
 #include "plan.h"
 
 #include <stdio.h>
@@ -25,6 +26,8 @@ void plan_fini(plan_t *p)
     free(p->stages);
     free(p->experts);
     free(p->peers);
+    free(p->spares);
+    free(p->ckpt_shards);
     memset(p, 0, sizeof *p);
 }
 
@@ -99,6 +102,83 @@ const plan_peer_t *plan_find_worker(const plan_t *p, const char *worker_id)
     return NULL;
 }
 
+int plan_is_spare(const plan_t *p, const char *worker_id)
+{
+    for (uint32_t i = 0; i < p->n_spares; i++)
+        if (strcmp(p->spares[i].worker_id, worker_id) == 0)
+            return 1;
+    return 0;
+}
+
+int plan_same_cells(const plan_t *a, const plan_t *b)
+{
+    if (a->dp != b->dp || a->pp != b->pp || a->ep != b->ep || a->n_peers != b->n_peers)
+        return 0;
+    for (uint32_t s = 0; s < a->pp; s++)
+        if (a->stages[s].first_layer != b->stages[s].first_layer ||
+            a->stages[s].n_layers != b->stages[s].n_layers)
+            return 0;
+    for (uint32_t i = 0; i < a->n_peers; i++)
+        if (strcmp(a->peers[i].worker_id, b->peers[i].worker_id) != 0 ||
+            a->peers[i].rank != b->peers[i].rank)
+            return 0;
+    return 1;
+}
+
+static json_t *s_cell_json(plan_cell_t c)
+{
+    return json_pack("{s:i, s:i, s:i}", CTL_F_REPLICA, (int)c.replica, CTL_F_STAGE, (int)c.stage,
+                     CTL_F_EP_RANK, (int)c.ep_rank);
+}
+
+static json_t *s_site_json(json_t *o, const plan_site_t *s)
+{
+    json_object_set_new(o, CTL_F_HOST, json_string(s->host));
+    json_object_set_new(o, CTL_F_INSTITUTION, json_string(s->institution));
+    json_object_set_new(o, CTL_F_MEMORY_BYTES, json_integer((json_int_t)s->memory_bytes));
+    return o;
+}
+
+/* Distinct hosts and institutions among the peers of one group: replica r (-1: any), stage s
+ * (-1: any), and for an ep group both fixed. */
+static json_t *s_group_json(const plan_t *p, const char *kind, int r, int s)
+{
+    int hosts = 0, insts = 0;
+    for (uint32_t i = 0; i < p->n_peers; i++) {
+        const plan_peer_t *q = &p->peers[i];
+        if ((r >= 0 && q->cell.replica != (uint32_t)r) || (s >= 0 && q->cell.stage != (uint32_t)s))
+            continue;
+        int new_host = 1, new_inst = 1;
+        for (uint32_t k = 0; k < i; k++) {
+            const plan_peer_t *o = &p->peers[k];
+            if ((r >= 0 && o->cell.replica != (uint32_t)r) ||
+                (s >= 0 && o->cell.stage != (uint32_t)s))
+                continue;
+            new_host &= strcmp(o->site.host, q->site.host) != 0 ||
+                        strcmp(o->site.institution, q->site.institution) != 0;
+            new_inst &= strcmp(o->site.institution, q->site.institution) != 0;
+        }
+        hosts += new_host;
+        insts += new_inst;
+    }
+    return json_pack("{s:s, s:i, s:i, s:i, s:i}", CTL_F_KIND, kind, CTL_F_REPLICA, r, CTL_F_STAGE,
+                     s, CTL_F_HOSTS, hosts, CTL_F_INSTITUTIONS, insts);
+}
+
+/* The locality report: every ep group, every replica's pipeline, every stage's dp group. */
+static json_t *s_groups_json(const plan_t *p)
+{
+    json_t *g = json_array();
+    for (uint32_t r = 0; r < p->dp; r++)
+        for (uint32_t s = 0; s < p->pp; s++)
+            json_array_append_new(g, s_group_json(p, "ep", (int)r, (int)s));
+    for (uint32_t r = 0; r < p->dp; r++)
+        json_array_append_new(g, s_group_json(p, "pipeline", (int)r, -1));
+    for (uint32_t s = 0; s < p->pp; s++)
+        json_array_append_new(g, s_group_json(p, "dp", -1, (int)s));
+    return g;
+}
+
 json_t *plan_to_json(const plan_t *p)
 {
     json_t *stages = json_array(), *experts = json_array(), *peers = json_array();
@@ -115,19 +195,30 @@ json_t *plan_to_json(const plan_t *p)
                                                  (int)p->experts[e].count));
     for (uint32_t i = 0; i < p->n_peers; i++) {
         const plan_peer_t *q = &p->peers[i];
-        json_array_append_new(
-            peers, json_pack("{s:s, s:i, s:{s:i, s:i, s:i}, s:s}", CTL_F_WORKER, q->worker_id,
-                             CTL_F_RANK, (int)q->rank, CTL_F_CELL, CTL_F_REPLICA,
-                             (int)q->cell.replica, CTL_F_STAGE, (int)q->cell.stage, CTL_F_EP_RANK,
-                             (int)q->cell.ep_rank, CTL_F_DATA_ENDPOINT, q->endpoint));
+        json_t *o = json_pack("{s:s, s:i, s:o, s:s, s:I}", CTL_F_WORKER, q->worker_id, CTL_F_RANK,
+                              (int)q->rank, CTL_F_CELL, s_cell_json(q->cell), CTL_F_DATA_ENDPOINT,
+                              q->endpoint, CTL_F_MEM_EST_BYTES, (json_int_t)q->mem_est);
+        json_array_append_new(peers, s_site_json(o, &q->site));
     }
-    return json_pack("{s:s, s:I, s:{s:i, s:i, s:i}, s:o, s:o, s:o, s:I, s:s, s:I, s:s, s:i}",
+    json_t *spares = json_array(), *shards = json_array();
+    for (uint32_t i = 0; i < p->n_spares; i++)
+        json_array_append_new(spares, s_site_json(json_pack("{s:s}", CTL_F_WORKER,
+                                                            p->spares[i].worker_id),
+                                                  &p->spares[i].site));
+    for (uint32_t i = 0; i < p->n_ckpt_shards; i++)
+        json_array_append_new(shards, json_pack("{s:o, s:s}", CTL_F_CELL,
+                                                s_cell_json(p->ckpt_shards[i].cell), CTL_F_PATH,
+                                                p->ckpt_shards[i].path));
+    return json_pack("{s:s, s:I, s:{s:i, s:i, s:i}, s:o, s:o, s:o, s:o, s:I, s:s, s:I, s:s, s:o, "
+                     "s:i, s:s, s:o}",
                      CTL_F_RUN_ID, p->run_id, CTL_F_GENERATION, (json_int_t)p->generation,
                      CTL_F_TOPOLOGY, CTL_F_DP, (int)p->dp, CTL_F_PP, (int)p->pp, CTL_F_EP,
                      (int)p->ep, CTL_F_STAGES, stages, CTL_F_EXPERTS, experts, CTL_F_PEERS, peers,
-                     CTL_F_START_STEP, (json_int_t)p->start_step, CTL_F_SOURCE,
-                     plan_source_name(p->source), CTL_F_CHECKPOINT_STEP, (json_int_t)p->ckpt_step,
-                     CTL_F_CHECKPOINT_PATH, p->ckpt_path, CTL_F_SOURCE_RANK, (int)p->source_rank);
+                     CTL_F_SPARES, spares, CTL_F_START_STEP, (json_int_t)p->start_step,
+                     CTL_F_SOURCE, plan_source_name(p->source), CTL_F_CHECKPOINT_STEP,
+                     (json_int_t)p->ckpt_step, CTL_F_CHECKPOINT_PATH, p->ckpt_path,
+                     CTL_F_CKPT_SHARDS, shards, CTL_F_SOURCE_RANK, (int)p->source_rank,
+                     CTL_F_NOTE, p->note, CTL_F_GROUPS, s_groups_json(p));
 }
 
 static shoal_err_t s_int(const json_t *o, const char *key, json_int_t lo, json_int_t hi,
@@ -148,6 +239,58 @@ static shoal_err_t s_str(const json_t *o, const char *key, char *dst, size_t cap
     if (!v || strlen(v) >= cap)
         return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: '%s' missing or too long", key);
     memcpy(dst, v, strlen(v) + 1);
+    return SHOAL_OK;
+}
+
+/* The optional site of a peer or spare (plans stored before sites existed have none). */
+static void s_site_from(const json_t *o, plan_site_t *s)
+{
+    const char *host = json_string_value(json_object_get(o, CTL_F_HOST));
+    snprintf(s->host, sizeof s->host, "%s", host ? host : "");
+    const char *inst = json_string_value(json_object_get(o, CTL_F_INSTITUTION));
+    snprintf(s->institution, sizeof s->institution, "%s", inst ? inst : "");
+    json_int_t m = json_integer_value(json_object_get(o, CTL_F_MEMORY_BYTES));
+    s->memory_bytes = m > 0 ? (uint64_t)m : 0;
+}
+
+/* The optional members of a plan document (spares, checkpoint shards, note): absent in plans
+ * stored before they existed, so absent reads as none. */
+static shoal_err_t s_optional_from(const json_t *j, plan_t *p, uint32_t cap)
+{
+    const json_t *spares = json_object_get(j, CTL_F_SPARES),
+                 *shards = json_object_get(j, CTL_F_CKPT_SHARDS);
+    const char *note = json_string_value(json_object_get(j, CTL_F_NOTE));
+    snprintf(p->note, sizeof p->note, "%s", note ? note : "");
+    size_t ns = json_array_size(spares), nk = json_array_size(shards);
+    if (ns > cap || nk > cap)
+        return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: too many spares or checkpoint shards");
+    p->spares = ns ? calloc(ns, sizeof *p->spares) : NULL;
+    p->ckpt_shards = nk ? calloc(nk, sizeof *p->ckpt_shards) : NULL;
+    if ((ns && !p->spares) || (nk && !p->ckpt_shards))
+        return shoal_fail(SHOAL_ERR_NOMEM, "plan from JSON");
+    for (size_t i = 0; i < ns; i++, p->n_spares++) {
+        const json_t *o = json_array_get(spares, i);
+        shoal_err_t rc = s_str(o, CTL_F_WORKER, p->spares[i].worker_id,
+                               sizeof p->spares[i].worker_id);
+        if (rc != SHOAL_OK)
+            return rc;
+        s_site_from(o, &p->spares[i].site);
+    }
+    for (size_t i = 0; i < nk; i++, p->n_ckpt_shards++) {
+        const json_t *o = json_array_get(shards, i), *cell = json_object_get(o, CTL_F_CELL);
+        json_int_t a, b, c;
+        shoal_err_t rc = s_str(o, CTL_F_PATH, p->ckpt_shards[i].path,
+                               sizeof p->ckpt_shards[i].path);
+        if (rc == SHOAL_OK)
+            rc = s_int(cell, CTL_F_REPLICA, 0, cap, &a);
+        if (rc == SHOAL_OK)
+            rc = s_int(cell, CTL_F_STAGE, 0, cap, &b);
+        if (rc == SHOAL_OK)
+            rc = s_int(cell, CTL_F_EP_RANK, 0, cap, &c);
+        if (rc != SHOAL_OK)
+            return rc;
+        p->ckpt_shards[i].cell = (plan_cell_t){(uint32_t)a, (uint32_t)b, (uint32_t)c};
+    }
     return SHOAL_OK;
 }
 
@@ -233,11 +376,15 @@ shoal_err_t plan_from_json(const json_t *j, plan_t *p)
         SHOAL_CHECK_GOTO(s_int(cell, CTL_F_EP_RANK, 0, ep - 1, &c), rc, fail);
         q->rank = (uint32_t)r;
         q->cell = (plan_cell_t){(uint32_t)a, (uint32_t)b, (uint32_t)c};
+        s_site_from(o, &q->site);
+        json_int_t est = json_integer_value(json_object_get(o, CTL_F_MEM_EST_BYTES));
+        q->mem_est = est > 0 ? (uint64_t)est : 0;
         if (q->rank != plan_rank(p, q->cell) || q->rank != i) {
             rc = shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: peer %u has an inconsistent rank", i);
             goto fail;
         }
     }
+    SHOAL_CHECK_GOTO(s_optional_from(j, p, cap), rc, fail);
     return SHOAL_OK;
 fail:
     plan_fini(p);

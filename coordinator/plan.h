@@ -1,5 +1,6 @@
 /* plan.h: a run's plan as plain C (topology, layer ranges per stage, expert ranges per ep rank,
- * peers), the planner that builds one from the live workers, and its JSON form (RocksDB, the
+ * peers, spares), the planner that builds one from the live workers (plan_place.c: placement;
+ * plan_cost.c: FLOPs, stage balance, memory per cell), and its JSON form (plan.c: RocksDB, the
  * control API). Protobuf types never reach this module: coord.c converts at the edge. */
 #ifndef SHOAL_PLAN_H
 #define SHOAL_PLAN_H
@@ -9,10 +10,14 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "model_config.h"
 
 #define PLAN_ID_MAX 68
 #define PLAN_ENDPOINT_MAX 256
 #define PLAN_PATH_MAX 1024
+#define PLAN_HOST_MAX 256
+#define PLAN_INSTITUTION_MAX 128
+#define PLAN_NOTE_MAX 512
 
 typedef enum {
     PLAN_SOURCE_INIT = 0,
@@ -34,12 +39,35 @@ typedef struct {
     uint32_t ep_rank, first, count;
 } plan_experts_t;
 
+/* Where a worker is and what it declared at registration. */
+typedef struct {
+    char host[PLAN_HOST_MAX];
+    char institution[PLAN_INSTITUTION_MAX];
+    uint64_t memory_bytes; /* declared (0 = unknown: every cell fits) */
+} plan_site_t;
+
 typedef struct {
     char worker_id[PLAN_ID_MAX];
     uint32_t rank;
     plan_cell_t cell;
     char endpoint[PLAN_ENDPOINT_MAX];
+    plan_site_t site;
+    uint64_t mem_est; /* the planner's estimate of the cell's bytes (0 = not estimated) */
 } plan_peer_t;
+
+/* A live worker beyond the plan's whole replicas: no cell; state `standby` until a later plan
+ * needs it. */
+typedef struct {
+    char worker_id[PLAN_ID_MAX];
+    plan_site_t site;
+} plan_spare_t;
+
+/* One shard directory of the committed checkpoint a plan restores from, and the cell (of the
+ * plan that wrote it) whose tensors it holds. */
+typedef struct {
+    plan_cell_t cell;
+    char path[PLAN_PATH_MAX];
+} plan_ckpt_shard_t;
 
 typedef struct {
     char run_id[PLAN_ID_MAX];
@@ -54,14 +82,28 @@ typedef struct {
     plan_source_t source;
     int64_t ckpt_step;
     char ckpt_path[PLAN_PATH_MAX];
+    plan_ckpt_shard_t *ckpt_shards; /* source CHECKPOINT: every shard of its manifest */
+    uint32_t n_ckpt_shards;
     uint32_t source_rank;
+    plan_spare_t *spares; /* live workers left out, in placement order */
+    uint32_t n_spares;
+    char note[PLAN_NOTE_MAX]; /* why the shape differs from the spec's ("" = as asked) */
 } plan_t;
 
-/* A candidate worker for placement. */
+/* A candidate worker for placement (strings borrowed; NULL reads as ""). */
 typedef struct {
     const char *worker_id;
     const char *endpoint;
+    const char *host, *institution, *device;
+    uint64_t memory_bytes; /* declared at registration (0 = unknown) */
 } plan_worker_t;
+
+/* What the planner places: the spec's parallel.* keys and what sizes a cell. */
+typedef struct {
+    uint32_t pp, ep, dp; /* dp 0 = auto: as many whole replicas as the workers allow */
+    const model_config_t *model;
+    uint32_t seq_len, micro_batch, global_batch;
+} plan_request_t;
 
 /* Rank of a cell: (replica * pp + stage) * ep + ep_rank. */
 static inline uint32_t plan_rank(const plan_t *p, plan_cell_t c)
@@ -83,8 +125,45 @@ shoal_err_t plan_build_dp(plan_t *p, const char *run_id, uint64_t generation,
                           const plan_worker_t *workers, uint32_t n, uint32_t n_layers,
                           uint32_t n_experts);
 
+/* The planner. Places dp replicas of pp stages of ep ranks on `workers` (any order: the result
+ * depends only on the set): stages are contiguous layer ranges balanced by FLOPs per token, each
+ * ep rank holds N/ep routed experts; workers are taken in (institution, host, id) order so that
+ * an ep group shares a host and a replica an institution where the workers allow; a dp of 0
+ * takes the most whole replicas whose dp * ep divides the step's micro-batches; the rest are
+ * spares. When a cell's estimated bytes exceed its worker's declared memory, pp is raised to the
+ * smallest that fits (p->note says so). `p` gets run id and generation; the caller sets
+ * start_step and the state source.
+ * Errors: SHOAL_ERR_INVALID when the spec can never be placed (pp > layers, ep not dividing the
+ * experts); SHOAL_ERR_STATE when these workers cannot hold it (too few for one replica, a fixed
+ * dp, or no pp that fits), the message naming what is missing (worker, cell, bytes). */
+shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
+                       const plan_request_t *req, const plan_worker_t *workers, uint32_t n);
+
+/* Forward FLOPs per token: layer `l` at sequence length T (attention, then the dense FFN or the
+ * router, shared experts and K active routed experts), the embedding (stage 0), and the final
+ * norm, head and loss (last stage). Backward costs about twice as much everywhere, so these
+ * rank stages as the whole step does. */
+double plan_layer_flops(const model_config_t *m, uint32_t l, uint32_t seq_len);
+double plan_embed_flops(const model_config_t *m);
+double plan_head_flops(const model_config_t *m);
+
+/* Splits the layers into p->pp contiguous stages, each >= 1 layer, minimising the costliest
+ * stage (ties: the earliest split points); fills p->stages. SHOAL_ERR_INVALID when pp > layers,
+ * SHOAL_ERR_NOMEM. */
+shoal_err_t plan_balance_stages(plan_t *p, const model_config_t *m, uint32_t seq_len);
+
+/* Estimated bytes of one cell of `stage` of plan `p` (stages and topology set): fp32 parameters,
+ * gradients and Adam m, v of what it holds, activations of the micro-batches 1F1B keeps in flight
+ * (pp - stage, at most the cell's share of a step), logits on the last stage, and the
+ * all-to-all receive buffers of its MoE layers when ep > 1. */
+uint64_t plan_cell_bytes(const plan_t *p, const plan_request_t *req, uint32_t stage);
+
 /* The peer entry of a worker, or NULL. */
 const plan_peer_t *plan_find_worker(const plan_t *p, const char *worker_id);
+/* Whether a worker is one of the plan's spares. */
+int plan_is_spare(const plan_t *p, const char *worker_id);
+/* Whether two plans give every rank the same worker and cell (spares and sources aside). */
+int plan_same_cells(const plan_t *a, const plan_t *b);
 
 /* New JSON object (caller decref) / parse one (SHOAL_ERR_FORMAT naming the field). */
 json_t *plan_to_json(const plan_t *p);

@@ -12,7 +12,8 @@ static const char s_usage[] =
     "{\"replica\",\n"
     "  \"stage\", \"ep_rank\"}, \"last_heartbeat_ms\"}]}; run and cell are null for a worker\n"
     "  without an assignment; last_heartbeat_ms is the milliseconds since the last heartbeat\n"
-    "  arrived, null when none arrived since the coordinator started.\n";
+    "  arrived, null when none arrived since the coordinator started. State standby: an active\n"
+    "  worker a running plan holds as a spare (no cell; placed by the next plan that needs it).\n";
 
 /* One worker of the coordinator's workers reply (ctl_reply.h) as the documented `workers --json`
  * object: run and cell null without an assignment, last_heartbeat_ms null before the first. */

@@ -130,7 +130,9 @@ static void test_plan_layout(void **state)
 static void test_plan_dp_json_roundtrip(void **state)
 {
     (void)state;
-    plan_worker_t ws[3] = {{"w3", "tcp://a:1"}, {"w1", "tcp://b:2"}, {"w7", "tcp://c:3"}};
+    plan_worker_t ws[3] = {{.worker_id = "w3", .endpoint = "tcp://a:1"},
+                           {.worker_id = "w1", .endpoint = "tcp://b:2"},
+                           {.worker_id = "w7", .endpoint = "tcp://c:3"}};
     plan_t p = {0}, q = {0};
     assert_int_equal(plan_build_dp(&p, "r1", 4, ws, 3, 4, 8), SHOAL_OK);
     p.start_step = 41;
