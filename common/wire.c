@@ -117,6 +117,10 @@ static shoal_err_t s_check_plan(const Shoal__Plan *p)
     if (p->checkpoint)
         WIRE_CHECK_GOTO(s_str(p->checkpoint->path, WIRE_MAX_TEXT_LEN, "plan.checkpoint.path"), rc,
                         out);
+    WIRE_CHECK_GOTO(s_count(p->n_ckpt_shards, "plan.ckpt_shards"), rc, out);
+    for (size_t i = 0; i < p->n_ckpt_shards; i++)
+        WIRE_CHECK_GOTO(s_str(p->ckpt_shards[i]->path, WIRE_MAX_TEXT_LEN, "plan.ckpt_shards.path"),
+                        rc, out);
 out:
     return rc;
 }

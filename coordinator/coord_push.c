@@ -155,6 +155,8 @@ typedef struct {
     uint32_t *expert_ids;
     Shoal__Peer *peers, **peer_ptrs;
     Shoal__Cell *cells;
+    Shoal__CheckpointShard *shards, **shard_ptrs;
+    Shoal__Cell *shard_cells;
 } s_plan_pb_t;
 
 static void s_plan_pb_free(s_plan_pb_t *pb)
@@ -167,6 +169,9 @@ static void s_plan_pb_free(s_plan_pb_t *pb)
     free(pb->peers);
     free(pb->peer_ptrs);
     free(pb->cells);
+    free(pb->shards);
+    free(pb->shard_ptrs);
+    free(pb->shard_cells);
 }
 
 static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
@@ -249,6 +254,29 @@ static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
         pb->plan.checkpoint = &pb->ckpt;
     }
     pb->plan.source_rank = p->source_rank;
+    if (p->n_ckpt_shards) {
+        pb->shards = calloc(p->n_ckpt_shards, sizeof *pb->shards);
+        pb->shard_ptrs = calloc(p->n_ckpt_shards, sizeof *pb->shard_ptrs);
+        pb->shard_cells = calloc(p->n_ckpt_shards, sizeof *pb->shard_cells);
+        if (!pb->shards || !pb->shard_ptrs || !pb->shard_cells) {
+            s_plan_pb_free(pb);
+            return shoal_fail(SHOAL_ERR_NOMEM, "plan message");
+        }
+        for (uint32_t i = 0; i < p->n_ckpt_shards; i++) {
+            Shoal__CheckpointShard sh = SHOAL__CHECKPOINT_SHARD__INIT;
+            Shoal__Cell cell = SHOAL__CELL__INIT;
+            cell.replica = p->ckpt_shards[i].cell.replica;
+            cell.stage = p->ckpt_shards[i].cell.stage;
+            cell.ep_rank = p->ckpt_shards[i].cell.ep_rank;
+            pb->shard_cells[i] = cell;
+            sh.cell = &pb->shard_cells[i];
+            sh.path = (char *)p->ckpt_shards[i].path;
+            pb->shards[i] = sh;
+            pb->shard_ptrs[i] = &pb->shards[i];
+        }
+        pb->plan.ckpt_shards = pb->shard_ptrs;
+        pb->plan.n_ckpt_shards = p->n_ckpt_shards;
+    }
     return SHOAL_OK;
 }
 
