@@ -174,6 +174,15 @@ static void s_plan_pb_free(s_plan_pb_t *pb)
     free(pb->shard_cells);
 }
 
+static Shoal__Cell s_cell_pb(plan_cell_t c)
+{
+    Shoal__Cell cell = SHOAL__CELL__INIT;
+    cell.replica = c.replica;
+    cell.stage = c.stage;
+    cell.ep_rank = c.ep_rank;
+    return cell;
+}
+
 static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
 {
     memset(pb, 0, sizeof *pb);
@@ -232,11 +241,7 @@ static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
     pb->plan.n_experts = p->n_experts;
     for (uint32_t i = 0; i < p->n_peers; i++) {
         Shoal__Peer peer = SHOAL__PEER__INIT;
-        Shoal__Cell cell = SHOAL__CELL__INIT;
-        cell.replica = p->peers[i].cell.replica;
-        cell.stage = p->peers[i].cell.stage;
-        cell.ep_rank = p->peers[i].cell.ep_rank;
-        pb->cells[i] = cell;
+        pb->cells[i] = s_cell_pb(p->peers[i].cell);
         peer.worker_id = (char *)p->peers[i].worker_id;
         peer.rank = p->peers[i].rank;
         peer.cell = &pb->cells[i];
@@ -264,11 +269,7 @@ static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
         }
         for (uint32_t i = 0; i < p->n_ckpt_shards; i++) {
             Shoal__CheckpointShard sh = SHOAL__CHECKPOINT_SHARD__INIT;
-            Shoal__Cell cell = SHOAL__CELL__INIT;
-            cell.replica = p->ckpt_shards[i].cell.replica;
-            cell.stage = p->ckpt_shards[i].cell.stage;
-            cell.ep_rank = p->ckpt_shards[i].cell.ep_rank;
-            pb->shard_cells[i] = cell;
+            pb->shard_cells[i] = s_cell_pb(p->ckpt_shards[i].cell);
             sh.cell = &pb->shard_cells[i];
             sh.path = (char *)p->ckpt_shards[i].path;
             pb->shards[i] = sh;
