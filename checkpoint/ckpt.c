@@ -227,6 +227,14 @@ static shoal_err_t s_prune(const char *root, int keep, int64_t current)
     return rc;
 }
 
+void ckpt_discard_tmp(const char *tmp, shoal_err_t rc)
+{
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", shoal_errmsg());
+    fsutil_remove_tree(tmp); /* may overwrite the message: restore it */
+    shoal_fail(rc, "%s", msg);
+}
+
 /* ---- saving ---------------------------------------------------------------------------- */
 
 void ckpt_tensors_flat(const model_tensor_info_t *info, int n, float *params, float *m, float *v,
@@ -369,12 +377,8 @@ shoal_err_t ckpt_save_tensors(const char *root, int64_t step, const model_config
     log_info("checkpoint: committed %s", final);
     return SHOAL_OK;
 
-fail_tmp : {
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", shoal_errmsg());
-    fsutil_remove_tree(tmp); /* may overwrite the message: restore it below */
-    shoal_fail(rc, "%s", msg);
-}
+fail_tmp:
+    ckpt_discard_tmp(tmp, rc);
 fail:
     atomic_fetch_sub(&s_saves_in_flight, 1);
     return shoal_fail_context(rc, "checkpoint step %lld", (long long)step);

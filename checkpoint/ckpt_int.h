@@ -22,6 +22,9 @@ static inline void ckpt_moment_name(const char *name, int which, char *out, size
     snprintf(out, cap, "%s.%s", name, which ? "exp_avg_sq" : "exp_avg");
 }
 
+/* Removes the temp dir of a failed write (rc) keeping the failure's message. */
+void ckpt_discard_tmp(const char *tmp, shoal_err_t rc);
+
 /* Writes dir/manifest.json listing the layout's files with their sizes and digests. */
 shoal_err_t ckpt_manifest_write(const char *dir, int64_t step);
 

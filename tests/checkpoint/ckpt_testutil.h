@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt.h"
 #include "fsutil.h"
 #include "model_config.h"
 #include "model_dir.h"
@@ -131,6 +132,35 @@ static inline shoal_err_t tu_write_model(const char *path, const model_config_t 
     free(st);
     free(t);
     return rc;
+}
+
+/* The cell (stage, ep_rank) of a 2-stage x 2-ep run that holds tensor `name`: layer 0 and the
+ * embedding on stage 0, layer 1, the norm and the head on stage 1; experts 0-1 on ep rank 0,
+ * 2-3 on ep rank 1; non-expert tensors replicated over the ep ranks. */
+static inline int tu_in_cell(const char *name, int stage, int ep_rank)
+{
+    int layer = -1, e = -1;
+    if (sscanf(name, "model.layers.%d.", &layer) == 1) {
+        const char *x = strstr(name, ".mlp.experts.");
+        if (x && sscanf(x, ".mlp.experts.%d.", &e) == 1 && e / 2 != ep_rank)
+            return 0;
+        return (layer >= 1) == (stage == 1);
+    }
+    return strcmp(name, "model.embed_tokens.weight") == 0 ? stage == 0 : stage == 1;
+}
+
+/* The tensors of one cell over the flat arrays p, m, v (infos from `info`); returns how many. */
+static inline int tu_cell_tensors(const model_tensor_info_t *info, int n, float *p, float *m,
+                                  float *v, int stage, int ep_rank, ckpt_tensor_t *out)
+{
+    ckpt_tensor_t *all = calloc((size_t)n, sizeof *all);
+    ckpt_tensors_flat(info, n, p, m, v, all);
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (tu_in_cell(info[i].name, stage, ep_rank))
+            out[k++] = all[i];
+    free(all);
+    return k;
 }
 
 #endif

@@ -677,35 +677,6 @@ static void test_layout(void **state)
     s_state_free(&s);
 }
 
-/* The cell (stage, ep_rank) of a 2-stage x 2-ep run that holds tensor `name`: layer 0 and the
- * embedding on stage 0, layer 1, the norm and the head on stage 1; experts 0-1 on ep rank 0,
- * 2-3 on ep rank 1; non-expert tensors replicated over the ep ranks. */
-static int s_in_cell(const char *name, int stage, int ep_rank)
-{
-    int layer = -1, e = -1;
-    if (sscanf(name, "model.layers.%d.", &layer) == 1) {
-        const char *x = strstr(name, ".mlp.experts.");
-        if (x && sscanf(x, ".mlp.experts.%d.", &e) == 1 && e / 2 != ep_rank)
-            return 0;
-        return (layer >= 1) == (stage == 1);
-    }
-    return strcmp(name, "model.embed_tokens.weight") == 0 ? stage == 0 : stage == 1;
-}
-
-/* The tensors of one cell over the flat state s (infos from `info`); returns how many. */
-static int s_cell_tensors(const model_tensor_info_t *info, int n, const s_state_t *s, int stage,
-                          int ep_rank, ckpt_tensor_t *out)
-{
-    ckpt_tensor_t *all = calloc((size_t)n, sizeof *all);
-    ckpt_tensors_flat(info, n, s->p, s->m, s->v, all);
-    int k = 0;
-    for (int i = 0; i < n; i++)
-        if (s_in_cell(info[i].name, stage, ep_rank))
-            out[k++] = all[i];
-    free(all);
-    return k;
-}
-
 static void s_expect_files_equal(const char *a, const char *b)
 {
     uint8_t *x = NULL, *y = NULL;
@@ -739,7 +710,7 @@ static void test_shards(void **state)
         snprintf(roots[c], sizeof roots[c], "%s/shards/s%de%d", s_root, c / 2, c % 2);
         snprintf(dirs[c], sizeof dirs[c], "%s/step-00000007", roots[c]);
         dp[c] = dirs[c];
-        int k = s_cell_tensors(info, n, &s, c / 2, c % 2, t);
+        int k = tu_cell_tensors(info, n, s.p, s.m, s.v, c / 2, c % 2, t);
         assert_true(k > 0 && k < n);
         covered += k;
         char st[32];
@@ -771,7 +742,7 @@ static void test_shards(void **state)
         }
     /* a subset: only stage 1's tensors of ep rank 1, from the dirs in another order */
     const char *rev[4] = {dirs[3], dirs[2], dirs[1], dirs[0]};
-    int k = s_cell_tensors(info, n, &b, 1, 1, t);
+    int k = tu_cell_tensors(info, n, b.p, b.m, b.v, 1, 1, t);
     memset(b.p, 0, (size_t)s_n * sizeof(float));
     assert_int_equal(ckpt_load_tensors(rev, 4, &s_cfg, t, k, NULL), SHOAL_OK);
     for (int i = 0; i < k; i++)

@@ -1,8 +1,8 @@
 /* test_oracle_interop: our safetensors, model dirs and checkpoints against a PyTorch reference
  * (tests/reference/moe_ref.py or an outside one with its interface): we load the reference's
  * init output (single file, 3 shards, bf16, f64) to the exact float32 values the reference itself
- * reads, and the reference reads what we write. Skips (77) when /usr/bin/python3 cannot import
- * torch. usage: test_oracle_interop PATH/moe_ref.py */
+ * reads, and the reference reads what we write (model dirs, checkpoints, exports). Skips (77)
+ * when /usr/bin/python3 cannot import torch. usage: test_oracle_interop PATH/moe_ref.py */
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "ckpt_export.h"
 #include "ckpt_testutil.h"
 #include "log.h"
 
@@ -70,6 +71,18 @@ static const char s_py_check[] =
     "for n, shape in R.tensor_shapes(cfg):\n"
     "    if not R.is_bias_name(n):\n"
     "        assert list(opt[n + '.exp_avg'].shape) == shape, n\n"
+    "assert os.path.exists(os.path.join(out, 'export-sh', 'model.safetensors.index.json'))\n"
+    "for d, bf in [('export-sh', False), ('export-bf16', True)]:\n"
+    "    cfg, P, b = R.load_model(os.path.join(out, d), torch.float32)\n"
+    "    at = 0\n"
+    "    for n, shape in R.tensor_shapes(cfg):\n"
+    "        k = int(np.prod(shape))\n"
+    "        w = want[at:at + k].reshape(shape)\n"
+    "        at += k\n"
+    "        if bf and not R.is_bias_name(n):\n"
+    "            w = w.to(torch.bfloat16).float()\n"
+    "        got = b[n] if R.is_bias_name(n) else P[n]\n"
+    "        assert torch.equal(got.view(torch.int32), w.view(torch.int32)), (d, n)\n"
     "print('oracle read shoal files: OK')\n";
 
 static int s_python_has_torch(void)
@@ -183,6 +196,16 @@ static void test_the_oracle_reads_us(void **state)
     assert_int_equal(model_dir_save(path, &cfg, p), SHOAL_OK);
     snprintf(path, sizeof path, "%s/ckpt", s_root);
     assert_int_equal(ckpt_save(path, 42, &cfg, p, m, v, "{\"step\": 42}", 2), SHOAL_OK);
+    /* shoalctl export's output, sharded and bf16 */
+    char step_dir[600], out[600];
+    snprintf(step_dir, sizeof step_dir, "%s/ckpt/step-00000042", s_root);
+    const char *dirs[1] = {step_dir};
+    snprintf(out, sizeof out, "%s/export-sh", s_root);
+    ckpt_export_opts_t sharded = {.max_shard_bytes = 2000000};
+    assert_int_equal(ckpt_export(dirs, 1, out, &sharded), SHOAL_OK);
+    snprintf(out, sizeof out, "%s/export-bf16", s_root);
+    ckpt_export_opts_t narrow = {.dtype = CKPT_EXPORT_BF16};
+    assert_int_equal(ckpt_export(dirs, 1, out, &narrow), SHOAL_OK);
     free(p);
     free(m);
     free(v);

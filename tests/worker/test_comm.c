@@ -1,4 +1,5 @@
-/* test_comm: the ZeroMQ comm backend with real forked ranks over TCP on 127.0.0.1: bitwise
+/* test_comm: the ZeroMQ comm backend with real forked ranks on 127.0.0.1 (same-host ipc between
+ * them, TCP from the hostile sender): bitwise
  * reproducible all-reduce for 1-4 ranks and awkward sizes, op sequences, dead peers, generation
  * changes with stray messages, garbage frames, abort from a signal handler and from a thread. */
 
@@ -29,244 +30,7 @@
 #include "clock.h"
 #include "comm.h"
 #include "log.h"
-
-#define MAX_RANKS 4
-#define MAX_REC 24
-#define EP_LEN 128
-
-/* What a forked rank reports to the parent: one record per checked operation. */
-typedef struct {
-    int nrec;
-    int rc[MAX_REC];          /* shoal_err_t of the operation */
-    int ok[MAX_REC];          /* the rank's own check of its output (1 = pass) */
-    uint64_t digest[MAX_REC]; /* FNV-1a of the output, compared across ranks */
-    double ms[MAX_REC];
-    char msg[MAX_REC][240];
-    int finished;
-} result_t;
-
-typedef struct {
-    int rank, nranks;
-    comm_listener_t *l;
-    const char *eps[MAX_RANKS];
-    char ep[MAX_RANKS][EP_LEN];
-} rank_ctx_t;
-
-typedef void (*rank_fn)(rank_ctx_t *ctx, result_t *res, void *arg);
-/* Runs in the parent after every rank reported its endpoint, before the ranks start. */
-typedef void (*before_fn)(char eps[][EP_LEN], int nranks, void *arg);
-
-/* Milliseconds with the sub-millisecond part: collectives of small buffers take less than 1 ms. */
-static double s_ms(void)
-{
-    return clock_mono_s() * 1e3;
-}
-
-static uint64_t s_fnv(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 1099511628211ull;
-    return h;
-}
-
-/* Input of (seed, rank, index): mantissas and exponents spread so that the order of additions
- * changes the rounded sum. */
-static float s_input(uint64_t seed, int rank, size_t i)
-{
-    uint64_t x = seed * 0x9E3779B97F4A7C15ull + (uint64_t)(rank + 1) * 0xC2B2AE3D27D4EB4Full +
-                 (uint64_t)i * 0x165667B19E3779F9ull;
-    x ^= x >> 30;
-    x *= 0xBF58476D1CE4E5B9ull;
-    x ^= x >> 27;
-    x *= 0x94D049BB133111EBull;
-    x ^= x >> 31;
-    static const float pow2[16] = {1.f / 64, 1.f / 32, 1.f / 16, 1.f / 8, 1.f / 4, 1.f / 2,
-                                   1,        2,        4,        8,       16,      32,
-                                   64,       128,      256,      512};
-    float mant = (float)((x >> 40) & 0xFFFFFF) / 16777216.0f - 0.5f;
-    return mant * pow2[(x >> 8) & 15]; /* exact: scaling by a power of two */
-}
-
-static void s_fill(float *buf, size_t n, uint64_t seed, int rank)
-{
-    for (size_t i = 0; i < n; i++)
-        buf[i] = s_input(seed, rank, i);
-}
-
-/* The documented order: ((x_0 + x_1) + x_2) + ... */
-static void s_expected(float *out, size_t n, uint64_t seed, int nranks)
-{
-    for (size_t i = 0; i < n; i++) {
-        float acc = s_input(seed, 0, i);
-        for (int r = 1; r < nranks; r++)
-            acc += s_input(seed, r, i);
-        out[i] = acc;
-    }
-}
-
-static void s_rec(result_t *res, int rc, int ok, uint64_t digest, double ms)
-{
-    if (res->nrec >= MAX_REC)
-        return;
-    int k = res->nrec++;
-    res->rc[k] = rc;
-    res->ok[k] = ok;
-    res->digest[k] = digest;
-    res->ms[k] = ms;
-    snprintf(res->msg[k], sizeof res->msg[k], "%s", rc ? shoal_errmsg() : "");
-}
-
-/* The comm of one generation for this rank over the given ranks of the group (NULL: all). */
-static comm_t *s_comm(rank_ctx_t *ctx, uint64_t gen, int timeout_ms, size_t chunk)
-{
-    comm_config_t cfg = {.rank = ctx->rank,
-                         .nranks = ctx->nranks,
-                         .endpoints = ctx->eps,
-                         .generation = gen,
-                         .timeout_ms = timeout_ms,
-                         .chunk_bytes = chunk};
-    comm_t *c = NULL;
-    if (comm_new(ctx->l, &cfg, &c) != SHOAL_OK) {
-        fprintf(stderr, "rank %d: comm_new: %s\n", ctx->rank, shoal_errmsg());
-        _exit(3);
-    }
-    return c;
-}
-
-static bool s_read_all(int fd, void *buf, size_t n, double deadline_ms)
-{
-    unsigned char *p = buf;
-    size_t got = 0;
-    while (got < n) {
-        double left = deadline_ms - s_ms();
-        if (left <= 0)
-            return false;
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int r = poll(&pfd, 1, (int)left + 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return false;
-        ssize_t k = read(fd, p + got, n - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return false;
-        got += (size_t)k;
-    }
-    return true;
-}
-
-static bool s_write_all(int fd, const void *buf, size_t n)
-{
-    const unsigned char *p = buf;
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return false;
-        p += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
-/* Forks nranks ranks; each binds a listener, the parent relays the endpoint list (as the
- * coordinator does), runs `before`, then collects one result per rank. got[r] tells whether rank
- * r reported (a rank killed on purpose does not); status[r] is its wait status. */
-static void s_run_group(int nranks, rank_fn fn, void *arg, before_fn before, void *before_arg,
-                        result_t *res, bool *got, int *status)
-{
-    int up[MAX_RANKS][2], down[MAX_RANKS][2];
-    pid_t pid[MAX_RANKS];
-    for (int r = 0; r < nranks; r++) {
-        assert_int_equal(pipe(up[r]), 0);
-        assert_int_equal(pipe(down[r]), 0);
-    }
-    fflush(stdout); /* ranks leave with exit() (so LeakSanitizer checks them): no double output */
-    fflush(stderr);
-    for (int r = 0; r < nranks; r++) {
-        pid[r] = fork();
-        assert_true(pid[r] >= 0);
-        if (pid[r] == 0) {
-            for (int k = 0; k < nranks; k++) {
-                if (k != r) {
-                    close(up[k][1]);
-                    close(down[k][0]);
-                }
-                close(up[k][0]);
-                close(down[k][1]);
-            }
-            rank_ctx_t ctx = {.rank = r, .nranks = nranks};
-            if (comm_listener_new("tcp://127.0.0.1:0", &ctx.l) != SHOAL_OK) {
-                fprintf(stderr, "rank %d: %s\n", r, shoal_errmsg());
-                _exit(2);
-            }
-            char ep[EP_LEN] = {0};
-            snprintf(ep, sizeof ep, "%s", comm_listener_endpoint(ctx.l));
-            if (!s_write_all(up[r][1], ep, sizeof ep) ||
-                !s_read_all(down[r][0], ctx.ep, sizeof ctx.ep[0] * (size_t)nranks, s_ms() + 20000))
-                _exit(2);
-            for (int k = 0; k < nranks; k++)
-                ctx.eps[k] = ctx.ep[k];
-            result_t *out = calloc(1, sizeof *out);
-            fn(&ctx, out, arg);
-            out->finished = 1;
-            s_write_all(up[r][1], out, sizeof *out);
-            comm_listener_destroy(&ctx.l);
-            free(out);
-            exit(0);
-        }
-    }
-    char eps[MAX_RANKS][EP_LEN];
-    double deadline = s_ms() + 30000;
-    for (int r = 0; r < nranks; r++) {
-        close(up[r][1]);
-        close(down[r][0]);
-        assert_true(s_read_all(up[r][0], eps[r], EP_LEN, deadline));
-    }
-    if (before)
-        before(eps, nranks, before_arg);
-    for (int r = 0; r < nranks; r++) {
-        assert_true(s_write_all(down[r][1], eps, sizeof eps[0] * (size_t)nranks));
-        close(down[r][1]);
-    }
-    for (int r = 0; r < nranks; r++) {
-        memset(&res[r], 0, sizeof res[r]);
-        got[r] = s_read_all(up[r][0], &res[r], sizeof res[r], deadline) && res[r].finished;
-        close(up[r][0]);
-    }
-    for (int r = 0; r < nranks; r++) {
-        if (!got[r])
-            kill(pid[r], SIGKILL); /* never leave a rank behind */
-        assert_int_equal(waitpid(pid[r], &status[r], 0), pid[r]);
-    }
-}
-
-/* Asserts every rank reported, every record passed, and digests agree across ranks. */
-static void s_check_all(const result_t *res, const bool *got, const int *status, int nranks)
-{
-    for (int r = 0; r < nranks; r++)
-        for (int k = 0; got[r] && k < res[r].nrec; k++)
-            if (res[r].rc[k] != SHOAL_OK || !res[r].ok[k])
-                printf("  rank %d record %d: rc %d ok %d: %s\n", r, k, res[r].rc[k], res[r].ok[k],
-                       res[r].msg[k]);
-    for (int r = 0; r < nranks; r++) {
-        assert_true(got[r]);
-        assert_true(WIFEXITED(status[r]) && WEXITSTATUS(status[r]) == 0);
-        assert_int_equal(res[r].nrec, res[0].nrec);
-        for (int k = 0; k < res[r].nrec; k++) {
-            if (res[r].rc[k] != SHOAL_OK || !res[r].ok[k])
-                fail_msg("rank %d record %d: rc %d ok %d: %s", r, k, res[r].rc[k], res[r].ok[k],
-                         res[r].msg[k]);
-            if (res[r].digest[k] != res[0].digest[k])
-                fail_msg("rank %d record %d: digest differs from rank 0", r, k);
-        }
-    }
-}
+#include "test_comm_lib.h"
 
 /* ------------------------------------------------------------------------------------------- */
 
@@ -276,11 +40,11 @@ static void test_order_matters(void **state)
     (void)state;
     int differ = 0;
     for (size_t i = 0; i < 1000; i++) {
-        float fwd = s_input(1, 0, i), rev = s_input(1, 3, i);
+        float fwd = ct_input(1, 0, i), rev = ct_input(1, 3, i);
         for (int r = 1; r < 4; r++)
-            fwd += s_input(1, r, i);
+            fwd += ct_input(1, r, i);
         for (int r = 2; r >= 0; r--)
-            rev += s_input(1, r, i);
+            rev += ct_input(1, r, i);
         differ += memcmp(&fwd, &rev, 4) != 0;
     }
     assert_true(differ > 50);
@@ -333,7 +97,16 @@ static void test_listener_and_config(void **state)
 
     assert_int_equal(comm_new(l, &cfg, &c), SHOAL_OK);
     comm_t *c2 = NULL;
-    assert_int_equal(comm_new(l, &cfg, &c2), SHOAL_ERR_STATE); /* one live comm per listener */
+    assert_int_equal(comm_new(l, &cfg, &c2), SHOAL_ERR_STATE); /* (generation, group) is live */
+    comm_config_t other = cfg;
+    other.group = 7;
+    assert_int_equal(comm_new(l, &other, &c2), SHOAL_OK); /* another group beside it */
+    assert_int_equal(comm_group(c2), 7);
+    other.generation = 6;
+    comm_t *c3 = NULL;
+    assert_int_equal(comm_new(l, &other, &c3), SHOAL_ERR_STATE); /* generation 5 still live */
+    assert_null(c3);
+    comm_destroy(&c2);
     assert_int_equal(comm_broadcast(c, eps, 8, 3, 1), SHOAL_ERR_INVALID);
     assert_int_equal(comm_allreduce_sum_f32(c, NULL, 4, 1), SHOAL_ERR_INVALID);
     assert_int_equal(comm_rank(c), 0);
@@ -350,13 +123,13 @@ static void test_listener_and_config(void **state)
         .rank = 0, .nranks = 1, .endpoints = one, .generation = 6, .timeout_ms = 1000};
     assert_int_equal(comm_new(l, &solo, &c), SHOAL_OK);
     float v[5] = {1, 2, 3, 4, 5}, w5[5] = {1, 2, 3, 4, 5};
-    double t0 = s_ms();
+    double t0 = ct_ms();
     for (int i = 0; i < 1000; i++) {
         assert_int_equal(comm_allreduce_sum_f32(c, v, 5, (uint64_t)i), SHOAL_OK);
         assert_int_equal(comm_broadcast(c, v, sizeof v, 0, (uint64_t)i), SHOAL_OK);
         assert_int_equal(comm_barrier(c, (uint64_t)i), SHOAL_OK);
     }
-    assert_true(s_ms() - t0 < 50);
+    assert_true(ct_ms() - t0 < 50);
     assert_memory_equal(v, w5, sizeof v);
     comm_abort(c);
     assert_int_equal(comm_barrier(c, 1), SHOAL_ERR_ABORTED);
@@ -371,15 +144,15 @@ static void s_allreduce_check(comm_t *c, rank_ctx_t *ctx, result_t *res, size_t 
                               uint64_t step, float *keep)
 {
     float *buf = malloc((n ? n : 1) * sizeof *buf), *want = malloc((n ? n : 1) * sizeof *want);
-    s_fill(buf, n, seed, ctx->rank);
-    s_expected(want, n, seed, ctx->nranks);
-    double t0 = s_ms();
+    ct_fill(buf, n, seed, ctx->rank);
+    ct_expected(want, n, seed, ctx->nranks);
+    double t0 = ct_ms();
     int rc = comm_allreduce_sum_f32(c, buf, n, step);
-    double ms = s_ms() - t0;
+    double ms = ct_ms() - t0;
     int ok = rc == SHOAL_OK && memcmp(buf, want, n * sizeof *buf) == 0;
     if (keep)
         memcpy(keep, buf, n * sizeof *buf);
-    s_rec(res, rc, ok, s_fnv(buf, n * sizeof *buf), ms);
+    ct_rec(res, rc, ok, ct_fnv(buf, n * sizeof *buf), ms);
     free(buf);
     free(want);
 }
@@ -391,14 +164,14 @@ static void s_rank_sizes(rank_ctx_t *ctx, result_t *res, void *arg)
     const size_t chunks[] = {0, 16};
     uint64_t gen = 1, step = 0;
     for (size_t k = 0; k < 2; k++) {
-        comm_t *c = s_comm(ctx, gen++, 5000, chunks[k]);
+        comm_t *c = ct_comm(ctx, gen++, 5000, chunks[k]);
         for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
             s_allreduce_check(c, ctx, res, sizes[s], 100 + s, ++step, NULL);
         /* The same all-reduce twice: bitwise the same result. */
         float a[1001], b[1001];
         s_allreduce_check(c, ctx, res, 1001, 7, ++step, a);
         s_allreduce_check(c, ctx, res, 1001, 7, ++step, b);
-        s_rec(res, SHOAL_OK, memcmp(a, b, sizeof a) == 0, 0, 0);
+        ct_rec(res, SHOAL_OK, memcmp(a, b, sizeof a) == 0, 0, 0);
         /* A broadcast of many pieces (more than the in-flight window with 16-byte chunks). */
         unsigned char bc[8193], want[8193];
         for (size_t i = 0; i < sizeof bc; i++)
@@ -409,7 +182,7 @@ static void s_rank_sizes(rank_ctx_t *ctx, result_t *res, void *arg)
         else
             memset(bc, 0, sizeof bc);
         int rc = comm_broadcast(c, bc, sizeof bc, root, ++step);
-        s_rec(res, rc, rc == SHOAL_OK && memcmp(bc, want, sizeof bc) == 0, s_fnv(bc, sizeof bc), 0);
+        ct_rec(res, rc, rc == SHOAL_OK && memcmp(bc, want, sizeof bc) == 0, ct_fnv(bc, sizeof bc), 0);
         comm_destroy(&c);
     }
 }
@@ -419,8 +192,8 @@ static void s_sizes_for(int nranks)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(nranks, s_rank_sizes, NULL, NULL, NULL, res, got, status);
-    s_check_all(res, got, status, nranks);
+    ct_run_group(nranks, s_rank_sizes, NULL, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, nranks);
     assert_int_equal(res[0].nrec, 2 * (5 + 4));
 }
 
@@ -451,18 +224,18 @@ static void test_allreduce_4_ranks(void **state)
 static void s_rank_large(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     size_t n = *(size_t *)arg, bytes = n * sizeof(float);
-    comm_t *c = s_comm(ctx, 1, 10000, 0);
+    comm_t *c = ct_comm(ctx, 1, 10000, 0);
     float *in = malloc(bytes), *want = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
-    s_fill(in, n, 42, ctx->rank);
-    s_expected(want, n, 42, ctx->nranks);
+    ct_fill(in, n, 42, ctx->rank);
+    ct_expected(want, n, 42, ctx->nranks);
     memcpy(a, in, bytes);
-    double t0 = s_ms();
+    double t0 = ct_ms();
     int rc = comm_allreduce_sum_f32(c, a, n, 1);
-    s_rec(res, rc, rc == SHOAL_OK && memcmp(a, want, bytes) == 0, s_fnv(a, bytes), s_ms() - t0);
+    ct_rec(res, rc, rc == SHOAL_OK && memcmp(a, want, bytes) == 0, ct_fnv(a, bytes), ct_ms() - t0);
     memcpy(b, in, bytes);
-    t0 = s_ms();
+    t0 = ct_ms();
     rc = comm_allreduce_sum_f32(c, b, n, 2);
-    s_rec(res, rc, rc == SHOAL_OK && memcmp(b, a, bytes) == 0, s_fnv(b, bytes), s_ms() - t0);
+    ct_rec(res, rc, rc == SHOAL_OK && memcmp(b, a, bytes) == 0, ct_fnv(b, bytes), ct_ms() - t0);
     free(in);
     free(want);
     free(a);
@@ -477,8 +250,8 @@ static void test_allreduce_16mb(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_large, &n, NULL, NULL, res, got, status);
-    s_check_all(res, got, status, 3);
+    ct_run_group(3, s_rank_large, &n, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, 3);
     printf("  16 MB all-reduce, 3 ranks: %.1f ms, then %.1f ms\n", res[0].ms[0], res[0].ms[1]);
 }
 
@@ -489,7 +262,7 @@ static void s_rank_exit_fast(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
     size_t n = (64u << 20) / 4;
-    comm_t *c = s_comm(ctx, 1, 3000, 0);
+    comm_t *c = ct_comm(ctx, 1, 3000, 0);
     float *buf = malloc(n * sizeof *buf);
     for (size_t i = 0; i < n; i++)
         buf[i] = (float)(ctx->rank + 1);
@@ -498,7 +271,7 @@ static void s_rank_exit_fast(rank_ctx_t *ctx, result_t *res, void *arg)
     int ok = rc == SHOAL_OK;
     for (size_t i = 0; ok && i < n; i++)
         ok = buf[i] == 3.0f;
-    s_rec(res, rc, ok, 0, 0);
+    ct_rec(res, rc, ok, 0, 0);
     free(buf);
 }
 
@@ -509,8 +282,8 @@ static void test_last_op_then_exit(void **state)
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
     for (int rep = 0; rep < 2; rep++) {
-        s_run_group(2, s_rank_exit_fast, NULL, NULL, NULL, res, got, status);
-        s_check_all(res, got, status, 2);
+        ct_run_group(2, s_rank_exit_fast, NULL, NULL, NULL, res, got, status);
+        ct_check_all(res, got, status, 2);
     }
 }
 
@@ -521,7 +294,7 @@ static void test_last_op_then_exit(void **state)
 static void s_rank_sequence(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
-    comm_t *c = s_comm(ctx, 3, 5000, 64);
+    comm_t *c = ct_comm(ctx, 3, 5000, 64);
     unsigned char bc[1000], want[1000];
     for (int it = 0; it < 21; it++) {
         uint64_t step = 10 + (uint64_t)it;
@@ -545,11 +318,11 @@ static void s_rank_sequence(rank_ctx_t *ctx, result_t *res, void *arg)
             int rc = comm_broadcast(c, bc, bytes, root, step);
             int ok = rc == SHOAL_OK && memcmp(bc, want, bytes) == 0 &&
                      (ctx->rank == root || bytes == sizeof bc || bc[bytes] == 0xEE);
-            s_rec(res, rc, ok, s_fnv(bc, bytes), 0);
+            ct_rec(res, rc, ok, ct_fnv(bc, bytes), 0);
             break;
         }
         default:
-            s_rec(res, comm_barrier(c, step), 1, 0, 0);
+            ct_rec(res, comm_barrier(c, step), 1, 0, 0);
         }
     }
     comm_destroy(&c);
@@ -561,8 +334,8 @@ static void test_op_sequence(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_sequence, NULL, NULL, NULL, res, got, status);
-    s_check_all(res, got, status, 3);
+    ct_run_group(3, s_rank_sequence, NULL, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, 3);
     assert_int_equal(res[0].nrec, 21);
 }
 
@@ -575,24 +348,24 @@ static void test_op_sequence(void **state)
 static void s_rank_dead(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
-    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    comm_t *c = ct_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
     if (ctx->rank == 2)
         raise(SIGKILL);
     float buf[1000];
-    s_fill(buf, 1000, 9, ctx->rank);
-    double t0 = s_ms();
+    ct_fill(buf, 1000, 9, ctx->rank);
+    double t0 = ct_ms();
     int rc = comm_allreduce_sum_f32(c, buf, 1000, 1);
-    double ms = s_ms() - t0;
-    s_rec(res, rc,
+    double ms = ct_ms() - t0;
+    ct_rec(res, rc,
           rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 2") &&
               ms >= DEAD_TIMEOUT_MS - 5 && ms < DEAD_TIMEOUT_MS + 1500,
           0, ms);
     rc = comm_barrier(c, 2);
-    s_rec(res, rc, rc == SHOAL_ERR_STATE, 0, 0); /* broken comm stays broken */
+    ct_rec(res, rc, rc == SHOAL_ERR_STATE, 0, 0); /* broken comm stays broken */
     comm_destroy(&c);
     /* The survivors' next generation. */
     ctx->nranks = 2;
-    c = s_comm(ctx, 2, 5000, 0);
+    c = ct_comm(ctx, 2, 5000, 0);
     s_allreduce_check(c, ctx, res, 1000, 9, 1, NULL);
     comm_destroy(&c);
 }
@@ -603,7 +376,7 @@ static void test_dead_peer(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_dead, NULL, NULL, NULL, res, got, status);
+    ct_run_group(3, s_rank_dead, NULL, NULL, NULL, res, got, status);
     assert_false(got[2]);
     assert_true(WIFSIGNALED(status[2]) && WTERMSIG(status[2]) == SIGKILL);
     for (int r = 0; r < 2; r++) {
@@ -634,7 +407,7 @@ static void s_rank_killed_mid_op(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
     size_t n = 1u << 18;
-    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    comm_t *c = ct_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
     float *buf = calloc(n, sizeof *buf);
     if (ctx->rank == 2) {
         struct sigaction sa = {.sa_handler = s_kill_self};
@@ -643,16 +416,16 @@ static void s_rank_killed_mid_op(rank_ctx_t *ctx, result_t *res, void *arg)
     int rc = SHOAL_OK, ops = 0;
     double ms = 0;
     for (; ops < 2000 && rc == SHOAL_OK; ops++) {
-        double t0 = s_ms();
+        double t0 = ct_ms();
         rc = comm_allreduce_sum_f32(c, buf, n, (uint64_t)ops);
-        ms = s_ms() - t0;
+        ms = ct_ms() - t0;
         if (ctx->rank == 2 && ops == 1 && rc == SHOAL_OK) {
             struct itimerval it = {.it_value = {.tv_usec = 50 * 1000}};
             setitimer(ITIMER_REAL, &it, NULL);
         }
     }
     const char *w = strstr(shoal_errmsg(), "waiting on rank(s) ");
-    s_rec(res, SHOAL_OK,
+    ct_rec(res, SHOAL_OK,
           rc == SHOAL_ERR_TIMEOUT && ops > 1 && ms < DEAD_TIMEOUT_MS + 2000 && w &&
               strchr(w + 19, '2') != NULL,
           0, ms);
@@ -668,7 +441,7 @@ static void test_killed_mid_op(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_killed_mid_op, NULL, NULL, NULL, res, got, status);
+    ct_run_group(3, s_rank_killed_mid_op, NULL, NULL, NULL, res, got, status);
     assert_false(got[2]);
     assert_true(WIFSIGNALED(status[2]) && WTERMSIG(status[2]) == SIGKILL);
     for (int r = 0; r < 2; r++) {
@@ -683,15 +456,15 @@ static void test_killed_mid_op(void **state)
 static void s_rank_dead_root(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
-    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    comm_t *c = ct_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
     if (ctx->rank == 1) {
         comm_destroy(&c);
-        s_rec(res, SHOAL_OK, 1, 0, 0);
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
         return;
     }
     char buf[64];
     int rc = comm_broadcast(c, buf, sizeof buf, 1, 1);
-    s_rec(res, SHOAL_OK,
+    ct_rec(res, SHOAL_OK,
           rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 1") != NULL, 0,
           0);
     comm_destroy(&c);
@@ -703,8 +476,8 @@ static void test_dead_root(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_dead_root, NULL, NULL, NULL, res, got, status);
-    s_check_all(res, got, status, 3);
+    ct_run_group(3, s_rank_dead_root, NULL, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, 3);
 }
 
 /* A receiver of a broadcast never joins. The root times out naming it; the other receiver does not
@@ -713,16 +486,16 @@ static void test_dead_root(void **state)
 static void s_rank_dead_receiver(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
-    comm_t *c = s_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    comm_t *c = ct_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
     if (ctx->rank == 2) {
         comm_destroy(&c);
-        s_rec(res, SHOAL_OK, 1, 0, 0);
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
         return;
     }
     char buf[5000] = {0};
     int rc = comm_broadcast(c, buf, sizeof buf, 0, 1);
     const char *want = ctx->rank == 0 ? "no message from rank 2" : "waiting on rank(s) 0";
-    s_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), want) != NULL, 0, 0);
+    ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), want) != NULL, 0, 0);
     if (!res->ok[0])
         snprintf(res->msg[0], sizeof res->msg[0], "rc %d: %s", rc, shoal_errmsg());
     comm_destroy(&c);
@@ -734,8 +507,8 @@ static void test_dead_receiver(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_dead_receiver, NULL, NULL, NULL, res, got, status);
-    s_check_all(res, got, status, 3);
+    ct_run_group(3, s_rank_dead_receiver, NULL, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, 3);
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -762,33 +535,33 @@ static void s_rank_abort(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
     if (ctx->rank == 1) {
-        s_rec(res, SHOAL_OK, 1, 0, 0);
-        s_rec(res, SHOAL_OK, 1, 0, 0);
-        s_rec(res, SHOAL_OK, 1, 0, 0);
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
         return;
     }
-    comm_t *c = s_comm(ctx, 1, 20000, 0);
+    comm_t *c = ct_comm(ctx, 1, 20000, 0);
     s_abort_target = c;
     struct sigaction sa = {.sa_handler = s_on_alarm};
     sigaction(SIGALRM, &sa, NULL);
     struct itimerval it = {.it_value = {.tv_usec = 100 * 1000}};
     setitimer(ITIMER_REAL, &it, NULL);
     float buf[100] = {0};
-    double t0 = s_ms();
+    double t0 = ct_ms();
     int rc = comm_allreduce_sum_f32(c, buf, 100, 1);
-    double ms = s_ms() - t0;
-    s_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 20000, 0, ms);
-    s_rec(res, SHOAL_OK, comm_barrier(c, 2) == SHOAL_ERR_ABORTED, 0, 0);
+    double ms = ct_ms() - t0;
+    ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 20000, 0, ms);
+    ct_rec(res, SHOAL_OK, comm_barrier(c, 2) == SHOAL_ERR_ABORTED, 0, 0);
     comm_destroy(&c);
 
-    c = s_comm(ctx, 2, 20000, 0);
+    c = ct_comm(ctx, 2, 20000, 0);
     pthread_t th;
     pthread_create(&th, NULL, s_abort_thread, c);
-    t0 = s_ms();
+    t0 = ct_ms();
     rc = comm_barrier(c, 3);
-    ms = s_ms() - t0;
+    ms = ct_ms() - t0;
     pthread_join(th, NULL);
-    s_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 20000, 0, ms);
+    ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 20000, 0, ms);
     comm_destroy(&c);
 }
 
@@ -798,8 +571,8 @@ static void test_abort(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(2, s_rank_abort, NULL, NULL, NULL, res, got, status);
-    s_check_all(res, got, status, 2);
+    ct_run_group(2, s_rank_abort, NULL, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, 2);
 }
 
 /* ------------------------------------------------------------------------------------------- */
@@ -818,27 +591,27 @@ static void test_abort(void **state)
 static void s_rank_generation(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
-    comm_t *c = s_comm(ctx, 1, ctx->rank == 2 ? 800 : 400, 0);
+    comm_t *c = ct_comm(ctx, 1, ctx->rank == 2 ? 800 : 400, 0);
     s_allreduce_check(c, ctx, res, GEN_N, 11, 1, NULL); /* A: generation 1, op 1 */
     if (ctx->rank == 0) {
         float poison[GEN_N];
         for (int i = 0; i < GEN_N; i++)
             poison[i] = 1e30f;
         int rc = comm_allreduce_sum_f32(c, poison, GEN_N, 2);
-        s_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT, 0, 0);
+        ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT, 0, 0);
     } else if (ctx->rank == 1) {
         usleep(300 * 1000);
-        s_rec(res, SHOAL_OK, 1, 0, 0);
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
     } else {
         usleep(100 * 1000);
         int rc = comm_barrier(c, 2);
-        s_rec(res, SHOAL_OK,
+        ct_rec(res, SHOAL_OK,
               rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 0,1"), 0, 0);
         if (rc != SHOAL_ERR_TIMEOUT || !strstr(shoal_errmsg(), "no message from rank 0,1"))
             snprintf(res->msg[res->nrec - 1], sizeof res->msg[0], "%s", shoal_errmsg());
     }
     comm_destroy(&c);
-    c = s_comm(ctx, 2, 5000, 0);
+    c = ct_comm(ctx, 2, 5000, 0);
     s_allreduce_check(c, ctx, res, GEN_N, 12, 2, NULL); /* B: generation 2, op 1 */
     s_allreduce_check(c, ctx, res, GEN_N, 13, 3, NULL); /* and the next op */
     comm_destroy(&c);
@@ -850,11 +623,11 @@ static void test_generation_change(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_generation, NULL, NULL, NULL, res, got, status);
+    ct_run_group(3, s_rank_generation, NULL, NULL, NULL, res, got, status);
     for (int r = 0; r < 3; r++)
         if (got[r] && res[r].nrec > 1 && !res[r].ok[1])
             fail_msg("rank %d: %s", r, res[r].msg[1]);
-    s_check_all(res, got, status, 3);
+    ct_check_all(res, got, status, 3);
     assert_int_equal(res[0].nrec, 4);
 }
 
@@ -867,14 +640,14 @@ typedef struct {
     uint16_t flags;
     uint32_t src, nranks;
     uint64_t generation, step, seq, total, offset;
-    uint32_t count, root, chunk, reserved;
+    uint32_t count, root, chunk, group;
 } wire_t;
 
 static wire_t s_wire(int kind, uint32_t src, uint64_t gen, uint64_t seq, uint64_t step,
                      uint64_t total, uint64_t offset, uint32_t count)
 {
     return (wire_t){.magic = 0x4d434853u,
-                    .version = 1,
+                    .version = 2,
                     .kind = (uint8_t)kind,
                     .src = src,
                     .nranks = 3,
@@ -995,7 +768,7 @@ static void *s_fuzz_thread(void *arg)
     }
     uint64_t x = 12345;
     unsigned char payload[256] = {0};
-    while (s_ms() < f->until_ms) {
+    while (ct_ms() < f->until_ms) {
         for (int r = 0; r < f->nranks; r++) {
             x = x * 6364136223846793005ull + 1442695040888963407ull;
             /* Never a frame that is valid for the op the ranks run: generation 1 only with an
@@ -1026,14 +799,14 @@ static void s_garbage_then_fuzz(char eps[][EP_LEN], int nranks, void *arg)
     s_send_garbage(eps, nranks, arg);
     memcpy(s_fuzz.eps, eps, sizeof s_fuzz.eps[0] * (size_t)nranks);
     s_fuzz.nranks = nranks;
-    s_fuzz.until_ms = s_ms() + 400;
+    s_fuzz.until_ms = ct_ms() + 400;
     assert_int_equal(pthread_create(&s_fuzz_th, NULL, s_fuzz_thread, &s_fuzz), 0);
 }
 
 static void s_rank_garbage(rank_ctx_t *ctx, result_t *res, void *arg)
 {
     (void)arg;
-    comm_t *c = s_comm(ctx, 1, 5000, 0);
+    comm_t *c = ct_comm(ctx, 1, 5000, 0);
     for (int i = 0; i < 6; i++) {
         s_allreduce_check(c, ctx, res, GARBAGE_N, 21 + (uint64_t)i, 1 + (uint64_t)i, NULL);
         usleep(50 * 1000); /* let the fuzzer's frames pile up between ops too */
@@ -1047,9 +820,9 @@ static void test_garbage_frames(void **state)
     result_t res[MAX_RANKS];
     bool got[MAX_RANKS];
     int status[MAX_RANKS];
-    s_run_group(3, s_rank_garbage, NULL, s_garbage_then_fuzz, NULL, res, got, status);
+    ct_run_group(3, s_rank_garbage, NULL, s_garbage_then_fuzz, NULL, res, got, status);
     pthread_join(s_fuzz_th, NULL);
-    s_check_all(res, got, status, 3);
+    ct_check_all(res, got, status, 3);
     assert_int_equal(res[0].nrec, 6);
 }
 
