@@ -257,3 +257,14 @@ comm_t *ct_comm_group(rank_ctx_t *ctx, uint64_t gen, uint32_t group, const int *
     }
     return c;
 }
+
+void ct_run_killed(int nranks, rank_fn fn, void *arg, int killed, result_t *res)
+{
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    ct_run_group(nranks, fn, arg, NULL, NULL, res, got, status);
+    assert_false(got[killed]);
+    assert_true(WIFSIGNALED(status[killed]) && WTERMSIG(status[killed]) == SIGKILL);
+    for (int r = 0; r < nranks; r++)
+        assert_true(r == killed || got[r]);
+}

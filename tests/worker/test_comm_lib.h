@@ -58,6 +58,9 @@ comm_t *ct_comm_group(rank_ctx_t *ctx, uint64_t gen, uint32_t group, const int *
  * r reported (a rank killed on purpose does not); status[r] is its wait status. */
 void ct_run_group(int nranks, rank_fn fn, void *arg, before_fn before, void *before_arg,
                   result_t *res, bool *got, int *status);
+/* ct_run_group for a test where rank `killed` SIGKILLs itself: asserts it did and that every other
+ * rank reported. */
+void ct_run_killed(int nranks, rank_fn fn, void *arg, int killed, result_t *res);
 /* Asserts every rank reported, every record passed, and digests agree across ranks. */
 void ct_check_all(const result_t *res, const bool *got, const int *status, int nranks);
 
