@@ -1,6 +1,9 @@
 /* plan.c: `shoalctl plan RUN`: the placement the coordinator would make now from the live
- * workers (topology, stages, expert shards, one cell per worker), computed but not applied. */
+ * workers (topology, stages, expert shards, one cell per worker with its layers, experts and
+ * estimated memory, the groups that cross hosts or institutions, the spares), computed but not
+ * applied. */
 #include <stdio.h>
+#include <string.h>
 
 #include "ctl_reply.h"
 #include "shoalctl.h"
@@ -8,8 +11,75 @@
 static const char s_usage[] =
     "usage: shoalctl plan RUN [--json]\n"
     "  Shows the plan the coordinator would give the live workers now (dry run: nothing is\n"
-    "  stored, no worker is told). --json prints the coordinator's plan document: generation,\n"
-    "  topology {dp, pp, ep}, stages, experts, peers [{worker, rank, cell, ...}], start_step.\n";
+    "  stored, no worker is told): per worker its cell, layers, experts, estimated memory and\n"
+    "  declared memory; the ep groups, pipelines and dp groups that span hosts or institutions;\n"
+    "  the spares (standby). --json prints the coordinator's plan document: generation,\n"
+    "  topology {dp, pp, ep}, stages, experts, peers [{worker, rank, cell, ...}], spares,\n"
+    "  groups, note, start_step.\n";
+
+/* Bytes as "1.5 GiB" ("?" for 0 = unknown). */
+static void s_bytes(long long b, char *buf, size_t cap)
+{
+    static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int u = 0;
+    for (; v >= 1024 && u < 4; u++)
+        v /= 1024;
+    if (b <= 0)
+        snprintf(buf, cap, "?");
+    else
+        snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
+}
+
+/* The groups that span more than one host or institution, one line each. */
+static void s_print_groups(const json_t *plan)
+{
+    size_t i;
+    const json_t *g;
+    int n = 0;
+    json_array_foreach(json_object_get(plan, CTL_F_GROUPS), i, g)
+    {
+        long long hosts = ctl_json_int(g, CTL_F_HOSTS, 1), insts = ctl_json_int(g, CTL_F_INSTITUTIONS, 1);
+        if (hosts <= 1 && insts <= 1)
+            continue;
+        const char *kind = ctl_json_str(g, CTL_F_KIND, "?");
+        long long r = ctl_json_int(g, CTL_F_REPLICA, -1), s = ctl_json_int(g, CTL_F_STAGE, -1);
+        char what[64];
+        if (strcmp(kind, "ep") == 0)
+            snprintf(what, sizeof what, "ep group (replica %lld, stage %lld)", r, s);
+        else if (strcmp(kind, "pipeline") == 0)
+            snprintf(what, sizeof what, "pipeline of replica %lld", r);
+        else
+            snprintf(what, sizeof what, "dp group of stage %lld", s);
+        printf("%s%s spans %lld hosts, %lld institutions\n", n++ ? "" : "\n", what, hosts, insts);
+    }
+    if (n == 0)
+        printf("\nevery group within one host\n");
+}
+
+static void s_print_spares(const json_t *plan)
+{
+    const json_t *spares = json_object_get(plan, CTL_F_SPARES), *s;
+    size_t i;
+    if (json_array_size(spares) == 0)
+        return;
+    static const char *const head[] = {"SPARE", "HOST", "INSTITUTION", "DECLARED"};
+    ctl_table_t *t = ctl_table_new(4, head);
+    json_array_foreach(spares, i, s)
+    {
+        char mem[32];
+        s_bytes(ctl_json_int(s, CTL_F_MEMORY_BYTES, 0), mem, sizeof mem);
+        const char *cells[] = {ctl_json_str(s, CTL_F_WORKER, "?"), ctl_json_str(s, CTL_F_HOST, ""),
+                               ctl_json_str(s, CTL_F_INSTITUTION, ""), mem};
+        if (t)
+            ctl_table_add(t, cells);
+    }
+    if (t) {
+        printf("\n");
+        ctl_table_print(t, stdout);
+    }
+    ctl_table_destroy(&t);
+}
 
 static void s_print(const json_t *doc)
 {
@@ -23,6 +93,9 @@ static void s_print(const json_t *doc)
     if (src)
         printf(" (state from %s)", src);
     printf("\n");
+    const char *note = ctl_json_str(plan, CTL_F_NOTE, "");
+    if (note[0])
+        printf("note: %s\n", note);
 
     size_t i;
     const json_t *s;
@@ -54,8 +127,10 @@ static void s_print(const json_t *doc)
         printf("\nno cells (no live worker to place)\n");
         return;
     }
-    static const char *const head[] = {"RANK", "WORKER", "REPLICA", "STAGE", "EP_RANK", "EXPERTS"};
-    ctl_table_t *t = ctl_table_new(6, head);
+    static const char *const head[] = {"RANK",    "WORKER",  "REPLICA", "STAGE",
+                                       "EP_RANK", "LAYERS",  "EXPERTS", "MEM_EST",
+                                       "DECLARED", "HOST",   "INSTITUTION"};
+    ctl_table_t *t = ctl_table_new(11, head);
     const json_t *experts = json_object_get(plan, CTL_F_EXPERTS);
     json_array_foreach(peers, i, s)
     {
@@ -77,7 +152,17 @@ static void s_print(const json_t *doc)
             if (ctl_json_int(x, CTL_F_EP_RANK, -1) == epr && count > 0)
                 snprintf(held, sizeof(held), "%lld-%lld", first, first + count - 1);
         }
-        const char *cells[] = {rank, ctl_json_str(s, CTL_F_WORKER, "?"), rep, stage, ep, held};
+        /* the layers of the cell's stage */
+        char layers[48] = "?", est[32], decl[32];
+        const json_t *st = json_array_get(stages, (size_t)ctl_json_int(cell, CTL_F_STAGE, 0));
+        long long first = ctl_json_int(st, CTL_F_FIRST_LAYER, 0), nl = ctl_json_int(st, CTL_F_N_LAYERS, 0);
+        if (nl > 0)
+            snprintf(layers, sizeof layers, "%lld-%lld", first, first + nl - 1);
+        s_bytes(ctl_json_int(s, CTL_F_MEM_EST_BYTES, 0), est, sizeof est);
+        s_bytes(ctl_json_int(s, CTL_F_MEMORY_BYTES, 0), decl, sizeof decl);
+        const char *cells[] = {rank,   ctl_json_str(s, CTL_F_WORKER, "?"), rep, stage, ep, layers,
+                               held,   est, decl, ctl_json_str(s, CTL_F_HOST, ""),
+                               ctl_json_str(s, CTL_F_INSTITUTION, "")};
         if (t)
             ctl_table_add(t, cells);
     }
@@ -86,6 +171,8 @@ static void s_print(const json_t *doc)
         ctl_table_print(t, stdout);
     }
     ctl_table_destroy(&t);
+    s_print_groups(plan);
+    s_print_spares(plan);
 }
 
 /* ctl_target_fn of `plan`: always a dry run. */
