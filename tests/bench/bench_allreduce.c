@@ -1,5 +1,6 @@
-/* bench_allreduce: all-reduce bandwidth of the ZeroMQ comm backend, 2 and 3 forked ranks over TCP
- * loopback, 1/16/64 MiB, against a plain memcpy of the same bytes measured in the same run.
+/* bench_allreduce: bandwidth of the ZeroMQ comm backend (all-reduce, broadcast, alltoallv,
+ * send/recv), 2 and 4 forked ranks over TCP loopback and over the same-host ipc socket,
+ * 1/16/64 MiB, against a plain memcpy of the same bytes measured in the same run.
  * Run: build/bin/bench_allreduce [chunk_bytes]   (label bench: not part of the default ctest)
  * algbw = bytes / time; busbw = algbw * 2 (n-1) / n (as nccl-tests): the bytes each rank moves.
  * For scale, a 2-rank broadcast of the same bytes gives the one-way stream rate of the transport.
@@ -16,12 +17,14 @@
 #include "comm.h"
 #include "log.h"
 
-#define MAX_RANKS 3
+#define MAX_RANKS 4
 #define NSIZES 3
+#define NOPS 4 /* all-reduce, broadcast, alltoallv, send/recv */
 #define EP_LEN 128
 
 static const size_t s_sizes[NSIZES] = {1u << 20, 16u << 20, 64u << 20};
 static const int s_iters[NSIZES] = {30, 6, 3};
+static const char *const s_ops[NOPS] = {"allreduce", "broadcast", "alltoallv", "send/recv"};
 
 static int s_io(int fd, void *buf, size_t n, int writing)
 {
@@ -38,12 +41,67 @@ static int s_io(int fd, void *buf, size_t n, int writing)
     return 0;
 }
 
-/* Seconds per all-reduce (then per broadcast) on this rank for each size; negative on error or
- * wrong result. */
-static void s_rank(int rank, int nranks, int up, int down, size_t chunk)
+/* Seconds per op of `size` bytes on comm c, iters times (after one warm-up); negative on a wrong
+ * result. op: 0 all-reduce, 1 broadcast from 0, 2 alltoallv of size/nranks per block, 3 rank 0
+ * streams messages to rank 1 (which acknowledges the last). */
+static double s_time_op(comm_t *c, int op, unsigned char *buf, unsigned char *out, size_t size,
+                        int iters, uint64_t *step)
+{
+    int rank = comm_rank(c), R = comm_nranks(c);
+    size_t n = size / 4, blk = size / (size_t)R;
+    size_t bytes[MAX_RANKS], offs[MAX_RANKS];
+    for (int j = 0; j < R; j++) {
+        bytes[j] = blk;
+        offs[j] = blk * (size_t)j;
+    }
+    double t0 = 0, secs = 0;
+    for (int it = -1; it < iters; it++) {
+        if (it == 0) {
+            if (comm_barrier(c, ++*step) != SHOAL_OK)
+                return -2;
+            t0 = clock_mono_s();
+        }
+        shoal_err_t rc = SHOAL_OK;
+        switch (op) {
+        case 0:
+            /* Small integers: every order of summation gives the same, checkable result. */
+            for (size_t i = 0; it == iters - 1 && i < n; i++)
+                ((float *)buf)[i] = (float)(rank + 1);
+            rc = comm_allreduce_sum_f32(c, (float *)buf, n, ++*step);
+            break;
+        case 1:
+            rc = comm_broadcast(c, buf, size, 0, ++*step);
+            break;
+        case 2:
+            rc = comm_alltoallv(c, buf, bytes, offs, out, bytes, offs, ++*step);
+            break;
+        default:
+            ++*step;
+            if (rank == 0)
+                rc = comm_send(c, 1, buf, size, *step);
+            else if (rank == 1)
+                rc = comm_recv(c, 0, out, size, *step);
+            if (rc == SHOAL_OK && it == iters - 1 && rank < 2)
+                rc = rank ? comm_send(c, 0, out, 1, *step) : comm_recv(c, 1, out, 1, *step);
+        }
+        if (rc != SHOAL_OK)
+            return -2;
+    }
+    secs = (clock_mono_s() - t0) / iters;
+    if (op == 0)
+        for (size_t i = 0; i < n; i += 4093)
+            if (((float *)buf)[i] != (float)(R * (R + 1) / 2))
+                secs = -1;
+    return secs;
+}
+
+/* Seconds per op and size on this rank (secs[op * NSIZES + s]); negative on error or wrong
+ * result. */
+static void s_rank(int rank, int nranks, int up, int down, size_t chunk, int ipc)
 {
     comm_listener_t *l = NULL;
-    if (comm_listener_new("tcp://127.0.0.1:0", &l) != SHOAL_OK)
+    comm_listener_opts_t o = {.bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = !ipc};
+    if (comm_listener_new_opts(&o, &l) != SHOAL_OK)
         _exit(2);
     char ep[EP_LEN] = {0}, eps[MAX_RANKS][EP_LEN];
     snprintf(ep, sizeof ep, "%s", comm_listener_endpoint(l));
@@ -63,40 +121,19 @@ static void s_rank(int rank, int nranks, int up, int down, size_t chunk)
         fprintf(stderr, "rank %d: %s\n", rank, shoal_errmsg());
         _exit(2);
     }
-    double secs[2 * NSIZES];
+    double secs[NOPS * NSIZES];
     uint64_t step = 0;
     for (int s = 0; s < NSIZES; s++) {
-        size_t n = s_sizes[s] / 4;
-        float *buf = malloc(s_sizes[s]);
-        /* Small integers: every order of summation gives the exact same, checkable result. */
-        for (size_t i = 0; i < n; i++)
-            buf[i] = (float)(rank + 1);
-        if (comm_allreduce_sum_f32(c, buf, n, ++step) != SHOAL_OK) /* warm-up */
-            goto fail;
-        if (comm_barrier(c, ++step) != SHOAL_OK)
-            goto fail;
-        double t0 = clock_mono_s();
-        for (int it = 0; it < s_iters[s]; it++) {
-            if (comm_allreduce_sum_f32(c, buf, n, ++step) != SHOAL_OK)
+        unsigned char *buf = malloc(s_sizes[s]), *out = malloc(s_sizes[s]);
+        memset(buf, 1, s_sizes[s]);
+        memset(out, 2, s_sizes[s]);
+        for (int op = 0; op < NOPS; op++) {
+            secs[op * NSIZES + s] = s_time_op(c, op, buf, out, s_sizes[s], s_iters[s], &step);
+            if (secs[op * NSIZES + s] < -1.5)
                 goto fail;
         }
-        secs[s] = (clock_mono_s() - t0) / s_iters[s];
-        /* After 1 + iters reductions of (r+1) values: sum * nranks^iters. */
-        float want = (float)(nranks * (nranks + 1) / 2);
-        for (int it = 0; it < s_iters[s]; it++)
-            want *= (float)nranks;
-        for (size_t i = 0; i < n; i += 4093)
-            if (buf[i] != want)
-                secs[s] = -1;
-        if (comm_barrier(c, ++step) != SHOAL_OK)
-            goto fail;
-        t0 = clock_mono_s();
-        for (int it = 0; it < s_iters[s]; it++) {
-            if (comm_broadcast(c, buf, s_sizes[s], 0, ++step) != SHOAL_OK)
-                goto fail;
-        }
-        secs[NSIZES + s] = (clock_mono_s() - t0) / s_iters[s];
         free(buf);
+        free(out);
     }
     s_io(up, secs, sizeof secs, 1);
     comm_destroy(&c);
@@ -107,7 +144,7 @@ fail:
     _exit(1);
 }
 
-static int s_group(int nranks, size_t chunk, double secs[2 * NSIZES])
+static int s_group(int nranks, size_t chunk, int ipc, double secs[NOPS * NSIZES])
 {
     int up[MAX_RANKS][2], down[MAX_RANKS][2];
     pid_t pid[MAX_RANKS];
@@ -117,7 +154,7 @@ static int s_group(int nranks, size_t chunk, double secs[2 * NSIZES])
             return -1;
         pid[r] = fork();
         if (pid[r] == 0)
-            s_rank(r, nranks, up[r][1], down[r][0], chunk);
+            s_rank(r, nranks, up[r][1], down[r][0], chunk, ipc);
         close(up[r][1]);
         close(down[r][0]);
     }
@@ -126,15 +163,15 @@ static int s_group(int nranks, size_t chunk, double secs[2 * NSIZES])
         rc |= s_io(up[r][0], eps[r], EP_LEN, 0);
     for (int r = 0; r < nranks && !rc; r++)
         rc |= s_io(down[r][1], eps, sizeof eps[0] * (size_t)nranks, 1);
-    for (int s = 0; s < 2 * NSIZES; s++)
+    for (int s = 0; s < NOPS * NSIZES; s++)
         secs[s] = 0;
     for (int r = 0; r < nranks; r++) {
-        double mine[2 * NSIZES];
+        double mine[NOPS * NSIZES];
         if (rc || s_io(up[r][0], mine, sizeof mine, 0)) {
             rc = -1;
             continue;
         }
-        for (int s = 0; s < 2 * NSIZES; s++) {
+        for (int s = 0; s < NOPS * NSIZES; s++) {
             if (mine[s] < 0)
                 rc = -1;
             if (mine[s] > secs[s])
@@ -182,30 +219,32 @@ int main(int argc, char **argv)
     double mbw[NSIZES];
     for (int s = 0; s < NSIZES; s++)
         mbw[s] = s_memcpy_bw(s_sizes[s]);
-    printf("# ZeroMQ comm all-reduce, TCP loopback, chunk %zu bytes; %ld CPUs online\n",
+    printf("# ZeroMQ comm, loopback, chunk %zu bytes; %ld CPUs online; algbw = bytes / time "
+           "(alltoallv: bytes sent per rank; send/recv: one-way stream)\n",
            chunk ? chunk : (size_t)COMM_CHUNK_DEFAULT, sysconf(_SC_NPROCESSORS_ONLN));
-    printf("%5s %8s %10s %12s %12s %12s %10s\n", "ranks", "size", "time/op", "algbw", "busbw",
-           "memcpy", "algbw/mcpy");
+    printf("%4s %5s %-10s %8s %10s %12s %12s %12s %10s\n", "via", "ranks", "op", "size",
+           "time/op", "algbw", "busbw", "memcpy", "algbw/mcpy");
     int status = 0;
-    for (int nranks = 2; nranks <= 3; nranks++) {
-        double secs[2 * NSIZES];
-        if (s_group(nranks, chunk, secs) != 0) {
-            fprintf(stderr, "bench_allreduce: %d ranks failed\n", nranks);
-            status = 1;
-            continue;
+    for (int ipc = 0; ipc <= 1; ipc++) {
+        for (int nranks = 2; nranks <= 4; nranks += 2) {
+            double secs[NOPS * NSIZES];
+            if (s_group(nranks, chunk, ipc, secs) != 0) {
+                fprintf(stderr, "bench_allreduce: %d ranks over %s failed\n", nranks,
+                        ipc ? "ipc" : "tcp");
+                status = 1;
+                continue;
+            }
+            for (int op = 0; op < NOPS; op++) {
+                for (int s = 0; s < NSIZES; s++) {
+                    double t = secs[op * NSIZES + s], alg = (double)s_sizes[s] / t;
+                    double bus = op == 0 ? alg * 2.0 * (nranks - 1) / nranks : alg;
+                    printf("%4s %5d %-10s %4zu MiB %7.2f ms %7.3f GB/s %7.3f GB/s %7.2f GB/s "
+                           "%10.4f\n",
+                           ipc ? "ipc" : "tcp", nranks, s_ops[op], s_sizes[s] >> 20, t * 1e3,
+                           alg / 1e9, bus / 1e9, mbw[s] / 1e9, alg / mbw[s]);
+                }
+            }
         }
-        for (int s = 0; s < NSIZES; s++) {
-            double alg = (double)s_sizes[s] / secs[s];
-            double bus = alg * 2.0 * (nranks - 1) / nranks;
-            printf("%5d %5zu MiB %8.2f ms %7.3f GB/s %7.3f GB/s %7.2f GB/s %10.4f\n", nranks,
-                   s_sizes[s] >> 20, secs[s] * 1e3, alg / 1e9, bus / 1e9, mbw[s] / 1e9,
-                   alg / mbw[s]);
-        }
-        if (nranks == 2)
-            for (int s = 0; s < NSIZES; s++)
-                printf("#  2-rank broadcast %2zu MiB (one-way stream): %.2f ms, %.3f GB/s\n",
-                       s_sizes[s] >> 20, secs[NSIZES + s] * 1e3,
-                       (double)s_sizes[s] / secs[NSIZES + s] / 1e9);
     }
     return status;
 }
