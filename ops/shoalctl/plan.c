@@ -17,6 +17,16 @@ static const char s_usage[] =
     "  topology {dp, pp, ep}, stages, experts, peers [{worker, rank, cell, ...}], spares,\n"
     "  groups, note, start_step.\n";
 
+/* Prints a table after a blank line (nothing when it could not be built) and destroys it. */
+static void s_table_flush(ctl_table_t **t)
+{
+    if (*t) {
+        printf("\n");
+        ctl_table_print(*t, stdout);
+    }
+    ctl_table_destroy(t);
+}
+
 /* Bytes as "1.5 GiB" ("?" for 0 = unknown). */
 static void s_bytes(long long b, char *buf, size_t cap)
 {
@@ -74,11 +84,7 @@ static void s_print_spares(const json_t *plan)
         if (t)
             ctl_table_add(t, cells);
     }
-    if (t) {
-        printf("\n");
-        ctl_table_print(t, stdout);
-    }
-    ctl_table_destroy(&t);
+    s_table_flush(&t);
 }
 
 static void s_print(const json_t *doc)
@@ -116,11 +122,7 @@ static void s_print(const json_t *doc)
             if (t)
                 ctl_table_add(t, cells);
         }
-        if (t) {
-            printf("\n");
-            ctl_table_print(t, stdout);
-        }
-        ctl_table_destroy(&t);
+        s_table_flush(&t);
     }
     const json_t *peers = json_object_get(plan, CTL_F_PEERS);
     if (json_array_size(peers) == 0) {
@@ -166,11 +168,7 @@ static void s_print(const json_t *doc)
         if (t)
             ctl_table_add(t, cells);
     }
-    if (t) {
-        printf("\n");
-        ctl_table_print(t, stdout);
-    }
-    ctl_table_destroy(&t);
+    s_table_flush(&t);
     s_print_groups(plan);
     s_print_spares(plan);
 }
