@@ -4,27 +4,7 @@
 # resume stick, drain/undrain of a real worker, events --follow streams, cancel releases the
 # workers. Skips (77) while shoal-worker has no daemon mode. Usage: shoalctl_live.sh BINDIR
 set -u
-. "$(dirname "$0")/../integration/poll.sh"
-bindir="$1"
-bin="$bindir/shoalctl"
-"$bindir/shoal-worker" --help 2>&1 | grep -q -- "--coordinator" ||
-    { echo "shoal-worker has no daemon mode (--coordinator) yet: skip"; exit 77; }
-tmp=$(mktemp -d /tmp/shoal-ctl-XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail=0
-err() { echo "FAIL: $*"; fail=1; }
-expect() {
-    local want=$1; shift
-    "$bin" "$@" >"$tmp/out" 2>"$tmp/err"
-    local got=$?
-    [ "$got" -eq "$want" ] || err "shoalctl $* exited $got, expected $want: $(cat "$tmp/err")"
-}
+. "$(dirname "$0")/ctl_lib.sh" "$1" ctl
 # doc_holds PYTHON-CONDITION VERB...: the condition on `d` (the parsed `shoalctl VERB --json`)
 # holds.
 doc_holds() {
@@ -41,16 +21,7 @@ wait_for() {
     return 1
 }
 
-export SHOAL_CONTROL="ipc://$tmp/c.sock"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bindir/shoal-coordinator" --state-dir "$tmp/coord" --listen "tcp://127.0.0.1:$port" \
-    --control "$SHOAL_CONTROL" >"$tmp/coord.log" 2>&1 &
-pids+=($!)
-for i in 1 2; do
-    "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$port" --name "lw$i" \
-        --state-dir "$tmp/w$i" >"$tmp/w$i.log" 2>&1 &
-    pids+=($!)
-done
+start_cluster 2 lw
 cat >"$tmp/run.yaml" <<YAML
 name: live
 model:

@@ -1,0 +1,41 @@
+# ctl_lib.sh: what the shoalctl scripts that start a real coordinator and workers share (sourced
+# after BINDIR is known): skip without daemon mode, a temp dir and process list cleaned on exit,
+# err/expect, and the cluster on 127.0.0.1 with the control socket in the temp dir.
+# Usage: . ctl_lib.sh BINDIR TAG  (sets bin, tmp, pids, fail, SHOAL_CONTROL)
+. "$(dirname "${BASH_SOURCE[0]}")/../integration/poll.sh"
+bindir="$1"
+bin="$bindir/shoalctl"
+"$bindir/shoal-worker" --help 2>&1 | grep -q -- "--coordinator" ||
+    { echo "shoal-worker has no daemon mode (--coordinator) yet: skip"; exit 77; }
+tmp=$(mktemp -d "/tmp/shoal-$2-XXXXXX")
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail=0
+err() { echo "FAIL: $*"; fail=1; }
+expect() {
+    local want=$1; shift
+    "$bin" "$@" >"$tmp/out" 2>"$tmp/err"
+    local got=$?
+    [ "$got" -eq "$want" ] || err "shoalctl $* exited $got, expected $want: $(cat "$tmp/err")"
+}
+export SHOAL_CONTROL="ipc://$tmp/c.sock"
+
+# start_cluster N NAME_PREFIX: a coordinator and N workers named PREFIX1..PREFIXN (state dirs
+# $tmp/coord, $tmp/w1..wN; logs $tmp/coord.log, $tmp/wI.log).
+start_cluster() {
+    local port i
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$bindir/shoal-coordinator" --state-dir "$tmp/coord" --listen "tcp://127.0.0.1:$port" \
+        --control "$SHOAL_CONTROL" >"$tmp/coord.log" 2>&1 &
+    pids+=($!)
+    for ((i = 1; i <= $1; i++)); do
+        "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$port" --name "$2$i" \
+            --state-dir "$tmp/w$i" >"$tmp/w$i.log" 2>&1 &
+        pids+=($!)
+    done
+}
