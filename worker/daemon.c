@@ -81,10 +81,11 @@ static void s_ask_assignment(daemon_t *d)
 
 void daemon_drop_comm(daemon_t *d)
 {
-    if (!d->comm)
+    if (!d->have_comms)
         return;
-    session_track_comm(d->sess, NULL, 0, 0);
-    comm_destroy(&d->comm);
+    session_track_comms(d->sess, NULL, 0, 0);
+    cell_comms_destroy(&d->comms);
+    d->have_comms = 0;
 }
 
 static void s_vfail(daemon_t *d, sess_activity_t act, const char *fmt, va_list ap)
@@ -251,7 +252,7 @@ void daemon_pump(daemon_t *d, int timeout_ms)
 /* Whether the old plan may keep training toward the pending plan's start step. */
 static int s_keep_old_plan(const daemon_t *d)
 {
-    if (!d->plan || d->failed || !d->comm || !d->have_state ||
+    if (!d->plan || d->failed || !d->have_comms || !d->have_state ||
         strcmp(d->plan->run_id, d->pending->run_id) != 0)
         return 0;
     const int64_t next = trainer_next_step(d->tr) + 1;
@@ -265,7 +266,7 @@ static int s_keep_old_plan(const daemon_t *d)
  * step blocked in its collective until the comm timeout. */
 static int s_trainable(const daemon_t *d)
 {
-    return d->plan && !d->failed && d->comm && d->have_state &&
+    return d->plan && !d->failed && d->have_comms && d->have_state &&
            trainer_next_step(d->tr) < trainer_total_steps(d->tr) &&
            trainer_next_step(d->tr) + 1 <= d->lease;
 }
@@ -278,28 +279,7 @@ static void s_step(daemon_t *d)
     const int64_t k = trainer_next_step(d->tr) + 1;
     const sess_activity_t act = d->draining ? SESS_ACT_DRAINING : SESS_ACT_TRAINING;
     daemon_status(d, act, NULL);
-    shoal_err_t rc = trainer_compute(d->tr, (int)p->rank, (int)p->nranks);
-    if (rc != SHOAL_OK) {
-        daemon_fail(d, "step %lld: %s", (long long)k, shoal_errmsg());
-        return;
-    }
-    size_t n = 0;
-    float *buf = trainer_reduce_buffer(d->tr, &n);
-    session_track_comm(d->sess, d->comm, p->generation, k);
-    rc = comm_allreduce_sum_f32(d->comm, buf, n, (uint64_t)k);
-    session_track_comm(d->sess, d->comm, p->generation, 0);
-    if (rc == SHOAL_ERR_ABORTED) {
-        log_info("step %lld abandoned: its collective was aborted", (long long)k);
-        daemon_drop_comm(d);
-        daemon_pump(d, 0); /* the newer plan (or the stop) that caused it */
-        if (!d->pending && d->plan && !daemon_stopping(d))
-            daemon_fail(d, "step %lld: collective aborted", (long long)k);
-        return;
-    }
-    if (rc != SHOAL_OK) {
-        daemon_fail(d, "step %lld: all-reduce: %s", (long long)k, shoal_errmsg());
-        return;
-    }
+    /* the state before this step, for a rollback if the step's commit never comes */
     const size_t sn = trainer_state_bytes(d->tr);
     if (!d->snap || d->snap_len != sn) {
         free(d->snap);
@@ -311,20 +291,35 @@ static void s_step(daemon_t *d)
         d->snap_step = k - 1;
     }
     trainer_step_info_t info;
-    if ((rc = trainer_apply(d->tr, &info)) != SHOAL_OK) {
+    session_track_comms(d->sess, &d->comms, p->generation, k);
+    shoal_err_t rc = trainer_step(d->tr, &d->comms.g, &info);
+    session_track_comms(d->sess, &d->comms, p->generation, 0);
+    if (rc == SHOAL_ERR_ABORTED) {
+        log_info("step %lld abandoned: its collective was aborted", (long long)k);
+        daemon_drop_comm(d);
+        daemon_pump(d, 0); /* the newer plan (or the stop) that caused it */
+        if (!d->pending && d->plan && !daemon_stopping(d))
+            daemon_fail(d, "step %lld: collective aborted", (long long)k);
+        return;
+    }
+    if (rc != SHOAL_OK) {
         daemon_fail(d, "step %lld: %s", (long long)k, shoal_errmsg());
         return;
     }
     d->last_loss = (float)info.loss;
     d->tokens_per_s = info.step_seconds > 0 ? (float)(info.tokens / info.step_seconds) : 0;
-    log_info("step %lld/%lld loss %.4f gnorm %.3f %.0f tok/s (generation %llu, rank %u/%u)",
+    log_info("step %lld/%lld loss %.4f gnorm %.3f %.0f tok/s, %.0f%% in comm (generation %llu, "
+             "rank %u/%u)",
              (long long)k, (long long)info.steps, info.loss, info.grad_norm, d->tokens_per_s,
+             info.step_seconds > 0 ? 100.0 * info.comm_seconds / info.step_seconds : 0.0,
              (unsigned long long)p->generation, p->rank, p->nranks);
     if (d->metrics) {
         fprintf(d->metrics, "{\"run\":\"%s\",\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,"
                 "\"grad_norm\":%.9g,\"tokens_per_s\":%.1f,\"step_seconds\":%.6f,"
+                "\"comm_seconds\":%.6f,"
                 "\"generation\":%llu,\"rank\":%u,\"nranks\":%u}\n", p->run_id, (long long)k,
                 info.loss, info.lr, info.grad_norm, d->tokens_per_s, info.step_seconds,
+                info.comm_seconds,
                 (unsigned long long)p->generation, p->rank, p->nranks);
         fflush(d->metrics);
     }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "cell_comms.h"
 #include "comm.h"
 #include "daemon.h"
 #include "runspec.h"
@@ -33,7 +34,8 @@ typedef struct {
     char *tr_spec_yaml;
     char ckpt_root[PATH_MAX];
     int have_state; /* the trainer holds the state after trainer_next_step() steps */
-    comm_t *comm;
+    cell_comms_t comms; /* the plan generation's group comms */
+    int have_comms;
     void *snap; /* packed state before the last apply, for a rollback */
     size_t snap_len;
     int64_t snap_step; /* -1: none */

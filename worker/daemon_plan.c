@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ckpt.h"
 #include "daemon_int.h"
 #include "log.h"
 #include "name.h"
@@ -47,12 +48,73 @@ void daemon_plan_drop_trainer(daemon_t *d)
     d->snap_step = -1;
 }
 
-/* A trainer for the plan's run (kept across plans of the same run and spec). */
+/* The plan's cell of this worker as the trainer sees it. */
+static void s_plan_cell(const sess_plan_t *p, const runspec_t *spec, trainer_cell_t *c)
+{
+    const int N = spec->model.n_routed_experts;
+    *c = (trainer_cell_t){.dp = (int)p->dp,
+                          .pp = (int)p->pp,
+                          .ep = (int)p->ep,
+                          .replica = (int)p->replica,
+                          .stage = (int)p->stage,
+                          .ep_rank = (int)p->ep_rank};
+    c->part = (model_part_t){.first_layer = (int)p->first_layer,
+                             .n_layers = (int)p->n_layers,
+                             .has_embedding = p->has_embedding,
+                             .has_head = p->has_head,
+                             .expert_first = (int)p->expert_first,
+                             .expert_count = (int)p->expert_count};
+    if (p->expert_count == 0 && p->ep > 0) { /* the default split */
+        c->part.expert_first = (int)p->ep_rank * (N / (int)p->ep);
+        c->part.expert_count = N / (int)p->ep;
+    }
+}
+
+static int s_same_part(const model_part_t *a, const model_part_t *b)
+{
+    return a->first_layer == b->first_layer && a->n_layers == b->n_layers &&
+           a->has_embedding == b->has_embedding && a->has_head == b->has_head &&
+           a->expert_first == b->expert_first && a->expert_count == b->expert_count;
+}
+
+/* A trainer for the plan's run and cell. Kept across plans of the same run, spec and cell; a
+ * cell that holds the same part under another topology keeps its state (moved into a new
+ * trainer); a different part starts without state (loaded next from the checkpoint shards). */
 static shoal_err_t s_ensure_trainer(daemon_t *d, const sess_plan_t *p)
 {
-    if (d->tr && strcmp(d->tr_run, p->run_id) == 0 && d->tr_spec_yaml &&
-        strcmp(d->tr_spec_yaml, p->spec_yaml) == 0)
+    trainer_cell_t cell;
+    const int same_run = d->tr && strcmp(d->tr_run, p->run_id) == 0 && d->tr_spec_yaml &&
+                         strcmp(d->tr_spec_yaml, p->spec_yaml) == 0;
+    if (same_run) {
+        s_plan_cell(p, d->spec, &cell);
+        const trainer_cell_t *old = trainer_cell(d->tr);
+        if (memcmp(old, &cell, sizeof cell) == 0)
+            return SHOAL_OK;
+        void *keep = NULL;
+        size_t keep_len = 0;
+        if (d->have_state && s_same_part(&old->part, &cell.part) &&
+            (keep = malloc(keep_len = trainer_state_bytes(d->tr))))
+            trainer_state_pack(d->tr, keep);
+        daemon_ckpt_finish(d, 1);
+        trainer_destroy(&d->tr);
+        d->have_state = 0;
+        d->snap_step = -1;
+        shoal_err_t rc = trainer_new_cell(d->spec, d->ckpt_root, &cell, &d->tr);
+        if (rc == SHOAL_OK && keep && trainer_state_unpack(d->tr, keep, keep_len) == SHOAL_OK)
+            d->have_state = 1;
+        free(keep);
+        if (rc != SHOAL_OK) {
+            daemon_plan_drop_trainer(d);
+            return rc;
+        }
+        log_info("cell (replica %d, stage %d, ep rank %d) of dp %d x pp %d x ep %d: layers "
+                 "%d-%d, experts %d-%d%s", cell.replica, cell.stage, cell.ep_rank, cell.dp,
+                 cell.pp, cell.ep, cell.part.first_layer,
+                 cell.part.first_layer + cell.part.n_layers - 1, cell.part.expert_first,
+                 cell.part.expert_first + cell.part.expert_count - 1,
+                 d->have_state ? " (state kept)" : "");
         return SHOAL_OK;
+    }
     daemon_plan_drop_trainer(d);
     if (!name_ok(p->run_id))
         return shoal_fail(SHOAL_ERR_INVALID, "run id '%s' is not a safe directory name",
@@ -67,7 +129,8 @@ static shoal_err_t s_ensure_trainer(daemon_t *d, const sess_plan_t *p)
     if (rc != SHOAL_OK)
         return rc;
     openblas_set_num_threads(d->cfg.threads > 0 ? d->cfg.threads : d->spec->threads);
-    if ((rc = trainer_new(d->spec, d->ckpt_root, &d->tr)) != SHOAL_OK)
+    s_plan_cell(p, d->spec, &cell);
+    if ((rc = trainer_new_cell(d->spec, d->ckpt_root, &cell, &d->tr)) != SHOAL_OK)
         return rc;
     d->tr_spec_yaml = strdup(p->spec_yaml);
     if (!d->tr_spec_yaml) {
@@ -77,19 +140,152 @@ static shoal_err_t s_ensure_trainer(daemon_t *d, const sess_plan_t *p)
     snprintf(d->tr_run, sizeof d->tr_run, "%s", p->run_id);
     d->have_state = 0;
     d->snap_step = -1;
-    log_info("run %s (%s): %d steps of %d x %d tokens, checkpoints in %s", p->run_id,
-             p->run_name, d->spec->steps, d->spec->global_batch, d->spec->seq_len, d->ckpt_root);
+    log_info("run %s (%s): %d steps of %d x %d tokens, checkpoints in %s; cell (replica %d, "
+             "stage %d, ep rank %d) of dp %d x pp %d x ep %d", p->run_id, p->run_name,
+             d->spec->steps, d->spec->global_batch, d->spec->seq_len, d->ckpt_root, cell.replica,
+             cell.stage, cell.ep_rank, cell.dp, cell.pp, cell.ep);
     return SHOAL_OK;
 }
 
+/* Loads the state after step `want` from checkpoint shards on this host: this worker's own
+ * checkpoint of that step, the plan's checkpoint path, and the committed step's shard dirs the
+ * plan lists (another plan's cells: resharding). A dir that fails its manifest is skipped. */
+static shoal_err_t s_load_checkpoint(daemon_t *d, int64_t want)
+{
+    const sess_plan_t *p = d->plan;
+    const int cap = 2 + (int)p->n_ckpt_shards;
+    const char **dirs = calloc((size_t)cap, sizeof *dirs);
+    char own[PATH_MAX];
+    int n = 0;
+    shoal_err_t rc = SHOAL_ERR_NOTFOUND;
+    if (!dirs)
+        return shoal_fail(SHOAL_ERR_NOMEM, "out of memory");
+    if (trainer_checkpoint_path(d->tr, want, own, sizeof own) == SHOAL_OK)
+        dirs[n++] = own;
+    if (p->source == SESS_SOURCE_CHECKPOINT && p->ckpt_path[0] == '/')
+        dirs[n++] = p->ckpt_path;
+    for (uint32_t i = 0; i < p->n_ckpt_shards; i++)
+        dirs[n++] = p->ckpt_shards[i];
+    int usable = 0;
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        int dup = 0;
+        for (int j = 0; j < usable; j++)
+            dup |= strcmp(dirs[j], dirs[i]) == 0;
+        if (dup || stat(dirs[i], &st) != 0)
+            continue;
+        if (ckpt_manifest_verify(dirs[i]) != SHOAL_OK) {
+            log_warn("checkpoint shard %s unusable: %s", dirs[i], shoal_errmsg());
+            continue;
+        }
+        dirs[usable++] = dirs[i];
+    }
+    if (usable > 0) {
+        rc = trainer_load_checkpoint_dirs(d->tr, dirs, usable);
+        if (rc == SHOAL_OK && trainer_next_step(d->tr) != want)
+            rc = shoal_fail(SHOAL_ERR_FORMAT, "%s holds the state after step %lld, not %lld",
+                            dirs[0], (long long)trainer_next_step(d->tr), (long long)want);
+        if (rc == SHOAL_OK)
+            log_info("loaded checkpoint %s (the state after step %lld; %d shard dir(s))",
+                     dirs[0], (long long)want, usable);
+        else
+            log_warn("checkpoint of step %lld unusable: %s", (long long)want, shoal_errmsg());
+    }
+    free(dirs);
+    return rc;
+}
+
+/* The ranks agree on who holds the state after `want` (one small all-reduce over the world);
+ * within each group of cells holding the same part (all ranks for data parallelism, the dp
+ * replicas of a (stage, ep rank) otherwise) one holder broadcasts it to those that lack it. */
+static shoal_err_t s_share_state(daemon_t *d, int have, int64_t want)
+{
+    const sess_plan_t *p = d->plan;
+    const trainer_cell_t *c = trainer_cell(d->tr);
+    const int split = c->pp > 1 || c->ep > 1;
+    comm_t *world = d->comms.g.world, *share = split ? d->comms.g.expert : world;
+    if (!world) {
+        if (!have)
+            return shoal_fail(SHOAL_ERR_NOTFOUND, "no state after step %lld here (source %d)",
+                              (long long)want, p->source);
+        return SHOAL_OK;
+    }
+    /* the group's members as plan ranks, in group-rank order */
+    const int n_share = split ? c->dp : (int)p->nranks;
+    float *holds = calloc(p->nranks, sizeof(float));
+    int *member = calloc((size_t)n_share, sizeof(int));
+    void *buf = NULL;
+    shoal_err_t rc = SHOAL_OK;
+    if (!holds || !member) {
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n_share; i++)
+        member[i] = split ? cell_rank(c->pp, c->ep, i, c->stage, c->ep_rank) : i;
+    holds[p->rank] = have ? 1.0f : 0.0f;
+    session_track_comms(d->sess, &d->comms, p->generation, p->start_step);
+    rc = comm_allreduce_sum_f32(world, holds, p->nranks, (uint64_t)want);
+    if (rc != SHOAL_OK) {
+        rc = shoal_fail_context(rc, "agreeing on the state after step %lld", (long long)want);
+        goto out;
+    }
+    int root = -1, missing = 0;
+    for (int i = 0; i < n_share; i++) {
+        const int r = member[i];
+        if (holds[r] > 0.5f && (root < 0 || (p->source == SESS_SOURCE_PEER &&
+                                             (uint32_t)r == p->source_rank)))
+            root = i;
+        missing += holds[r] < 0.5f;
+    }
+    if (root < 0) {
+        rc = shoal_fail(SHOAL_ERR_NOTFOUND, "no cell holding layers %d-%d, experts %d-%d has the "
+                        "state after step %lld", c->part.first_layer,
+                        c->part.first_layer + c->part.n_layers - 1, c->part.expert_first,
+                        c->part.expert_first + c->part.expert_count - 1, (long long)want);
+        goto out;
+    }
+    if (missing) {
+        const size_t n = trainer_state_bytes(d->tr);
+        if (!(buf = malloc(n))) {
+            rc = shoal_fail(SHOAL_ERR_NOMEM, "out of memory for a %zu-byte state", n);
+            goto out;
+        }
+        if (have)
+            trainer_state_pack(d->tr, buf);
+        log_info("state after step %lld: rank %d sends it to %d rank(s) (%.1f MiB)",
+                 (long long)want, member[root], missing, (double)n / (1 << 20));
+        rc = comm_broadcast(share, buf, n, root, (uint64_t)want);
+        if (rc != SHOAL_OK) {
+            rc = shoal_fail_context(rc, "receiving the state after step %lld", (long long)want);
+            goto out;
+        }
+        if (!have) {
+            if ((rc = trainer_state_unpack(d->tr, buf, n)) != SHOAL_OK)
+                goto out;
+            if (trainer_next_step(d->tr) != want) {
+                rc = shoal_fail(SHOAL_ERR_FORMAT, "rank %d sent the state after step %lld, not "
+                                "%lld", member[root], (long long)trainer_next_step(d->tr),
+                                (long long)want);
+                goto out;
+            }
+            d->have_state = 1;
+        }
+    }
+out:
+    session_track_comms(d->sess, &d->comms, p->generation, 0);
+    free(buf);
+    free(member);
+    free(holds);
+    return rc;
+}
+
 /* Makes the trainer hold the state after start_step - 1 steps: kept, rolled back to the
- * snapshot, fresh (step 0), or loaded from a local checkpoint; then the ranks agree and one
- * holder broadcasts it to the ranks that lack it. */
+ * snapshot, fresh (step 0), or loaded from checkpoint shards on this host; then the ranks agree
+ * and, per part, one holder broadcasts it to the cells that lack it. */
 static shoal_err_t s_load_state(daemon_t *d)
 {
     const sess_plan_t *p = d->plan;
     const int64_t want = p->start_step - 1;
-    shoal_err_t rc = SHOAL_OK;
     if (want > trainer_total_steps(d->tr))
         return shoal_fail(SHOAL_ERR_INVALID, "plan starts at step %lld of a %lld-step run",
                           (long long)p->start_step, (long long)trainer_total_steps(d->tr));
@@ -102,91 +298,14 @@ static shoal_err_t s_load_state(daemon_t *d)
         d->have_state = have = 1;
     }
     if (!have && (want == 0 || p->source == SESS_SOURCE_INIT)) {
-        trainer_init_fresh(d->tr);
+        if (trainer_init_fresh(d->tr) != SHOAL_OK)
+            return shoal_fail_context(SHOAL_ERR_NOMEM, "initialising the parameters");
         d->have_state = have = 1;
     }
-    if (!have) {
-        /* A checkpoint on this worker: the plan's path, else ours of that step. */
-        char dir[SESS_TEXT_MAX];
-        struct stat st;
-        if (p->source == SESS_SOURCE_CHECKPOINT && p->ckpt_path[0] == '/' &&
-            stat(p->ckpt_path, &st) == 0)
-            snprintf(dir, sizeof dir, "%s", p->ckpt_path);
-        else if (trainer_checkpoint_path(d->tr, want, dir, sizeof dir) != SHOAL_OK)
-            dir[0] = 0;
-        if (dir[0] && stat(dir, &st) == 0) {
-            d->have_state = 0;
-            if (trainer_load_checkpoint(d->tr, dir) == SHOAL_OK && trainer_next_step(d->tr) == want) {
-                log_info("loaded checkpoint %s", dir);
-                d->have_state = have = 1;
-            } else {
-                log_warn("checkpoint %s unusable: %s", dir, shoal_errmsg());
-            }
-        }
-    }
+    if (!have && s_load_checkpoint(d, want) == SHOAL_OK)
+        d->have_state = have = 1;
     d->snap_step = -1;
-    if (p->nranks == 1) {
-        if (!have)
-            return shoal_fail(SHOAL_ERR_NOTFOUND, "no state after step %lld here (source %d)",
-                              (long long)want, p->source);
-        return SHOAL_OK;
-    }
-    /* Who holds it? One small all-reduce, then at most one broadcast. */
-    float *holds = calloc(p->nranks, sizeof(float));
-    void *buf = NULL;
-    if (!holds)
-        return shoal_fail(SHOAL_ERR_NOMEM, "out of memory");
-    holds[p->rank] = have ? 1.0f : 0.0f;
-    session_track_comm(d->sess, d->comm, p->generation, p->start_step);
-    rc = comm_allreduce_sum_f32(d->comm, holds, p->nranks, (uint64_t)want);
-    if (rc != SHOAL_OK) {
-        rc = shoal_fail_context(rc, "agreeing on the state after step %lld", (long long)want);
-        goto out;
-    }
-    int root = -1, missing = 0;
-    if (p->source == SESS_SOURCE_PEER && holds[p->source_rank] > 0.5f)
-        root = (int)p->source_rank;
-    for (uint32_t r = 0; r < p->nranks; r++) {
-        if (holds[r] > 0.5f && root < 0)
-            root = (int)r;
-        missing += holds[r] < 0.5f;
-    }
-    if (root < 0) {
-        rc = shoal_fail(SHOAL_ERR_NOTFOUND, "no rank holds the state after step %lld",
-                        (long long)want);
-        goto out;
-    }
-    if (missing) {
-        const size_t n = trainer_state_bytes(d->tr);
-        if (!(buf = malloc(n))) {
-            rc = shoal_fail(SHOAL_ERR_NOMEM, "out of memory for a %zu-byte state", n);
-            goto out;
-        }
-        if (have)
-            trainer_state_pack(d->tr, buf);
-        log_info("state after step %lld: rank %d sends it to %d rank(s) (%.1f MiB)",
-                 (long long)want, root, missing, (double)n / (1 << 20));
-        rc = comm_broadcast(d->comm, buf, n, root, (uint64_t)want);
-        if (rc != SHOAL_OK) {
-            rc = shoal_fail_context(rc, "receiving the state after step %lld", (long long)want);
-            goto out;
-        }
-        if (!have) {
-            if ((rc = trainer_state_unpack(d->tr, buf, n)) != SHOAL_OK)
-                goto out;
-            if (trainer_next_step(d->tr) != want) {
-                rc = shoal_fail(SHOAL_ERR_FORMAT, "rank %d sent the state after step %lld, not "
-                                "%lld", root, (long long)trainer_next_step(d->tr), (long long)want);
-                goto out;
-            }
-            d->have_state = 1;
-        }
-    }
-out:
-    session_track_comm(d->sess, d->comm, p->generation, 0);
-    free(buf);
-    free(holds);
-    return rc;
+    return s_share_state(d, have, want);
 }
 
 void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
@@ -211,24 +330,17 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
              : p->source == SESS_SOURCE_CHECKPOINT ? "checkpoint" : "peer");
     daemon_status(d, SESS_ACT_LOADING, NULL);
     shoal_err_t rc;
-    if (p->pp != 1 || p->ep != 1 || p->dp != p->nranks) {
-        daemon_fail(d, "this worker trains data-parallel cells only (plan pp %u ep %u)", p->pp, p->ep);
-        return;
-    }
     if ((rc = s_ensure_trainer(d, p)) != SHOAL_OK) {
         daemon_fail(d, "%s", shoal_errmsg());
         return;
     }
-    const comm_config_t cc = {.rank = (int)p->rank,
-                              .nranks = (int)p->nranks,
-                              .endpoints = (const char *const *)p->endpoints,
-                              .generation = p->generation,
-                              .timeout_ms = d->cfg.comm_timeout_ms,
-                              .chunk_bytes = 0};
-    if ((rc = comm_new(d->listener, &cc, &d->comm)) != SHOAL_OK) {
+    rc = cell_comms_new(d->listener, trainer_cell(d->tr), (const char *const *)p->endpoints,
+                        p->generation, d->cfg.comm_timeout_ms, &d->comms);
+    if (rc != SHOAL_OK) {
         daemon_fail(d, "comm: %s", shoal_errmsg());
         return;
     }
+    d->have_comms = 1;
     rc = s_load_state(d);
     d->loading = 0;
     if (rc == SHOAL_ERR_ABORTED) {

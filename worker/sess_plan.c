@@ -17,6 +17,10 @@ void sess_plan_destroy(sess_plan_t **pp)
         for (uint32_t i = 0; i < p->nranks; i++)
             free(p->endpoints[i]);
     free(p->endpoints);
+    if (p->ckpt_shards)
+        for (uint32_t i = 0; i < p->n_ckpt_shards; i++)
+            free(p->ckpt_shards[i]);
+    free(p->ckpt_shards);
     free(p->spec_yaml);
     free(p);
     *pp = NULL;
@@ -53,6 +57,21 @@ static const char *s_refusal(const Shoal__Envelope *env, const char *self)
             return "peers not ordered by rank or without a data endpoint";
     if (strcmp(p->peers[a->rank]->worker_id, self ? self : "") != 0)
         return "the assignment's rank belongs to another worker";
+    if (!a->cell || a->cell->stage >= p->topology->pp || a->cell->ep_rank >= p->topology->ep ||
+        a->cell->replica >= p->topology->dp)
+        return "the assignment's cell is outside the topology";
+    if (p->n_stages != p->topology->pp)
+        return "the plan does not list a layer range for every stage";
+    for (size_t i = 0; i < p->n_stages; i++)
+        if (!p->stages[i] || p->stages[i]->stage != i || p->stages[i]->n_layers == 0)
+            return "stages not ordered or with no layers";
+    for (size_t i = 0; i < p->n_experts; i++) {
+        if (!p->experts[i] || p->experts[i]->ep_rank >= p->topology->ep)
+            return "an expert shard of an ep rank outside the topology";
+        for (size_t k = 1; k < p->experts[i]->n_experts; k++)
+            if (p->experts[i]->experts[k] != p->experts[i]->experts[k - 1] + 1)
+                return "an ep rank's experts are not one contiguous range";
+    }
     return NULL;
 }
 
@@ -83,11 +102,19 @@ shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *se
     pl->source_rank = p->source_rank;
     pl->rank = a->rank;
     pl->nranks = (uint32_t)p->n_peers;
-    if (a->cell) {
-        pl->replica = a->cell->replica;
-        pl->stage = a->cell->stage;
-        pl->ep_rank = a->cell->ep_rank;
-    }
+    pl->replica = a->cell->replica;
+    pl->stage = a->cell->stage;
+    pl->ep_rank = a->cell->ep_rank;
+    const Shoal__StageLayers *st = p->stages[pl->stage];
+    pl->first_layer = st->first_layer;
+    pl->n_layers = st->n_layers;
+    pl->has_embedding = st->has_embedding;
+    pl->has_head = st->has_head;
+    for (size_t i = 0; i < p->n_experts; i++)
+        if (p->experts[i]->ep_rank == pl->ep_rank && p->experts[i]->n_experts > 0) {
+            pl->expert_first = p->experts[i]->experts[0];
+            pl->expert_count = (uint32_t)p->experts[i]->n_experts;
+        }
     pl->lease = a->lease;
     pl->spec_yaml = strdup(a->spec_yaml);
     pl->endpoints = calloc(pl->nranks, sizeof(char *));

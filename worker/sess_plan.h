@@ -36,7 +36,15 @@ typedef struct {
     uint32_t source_rank; /* source PEER */
     uint32_t rank, nranks;
     uint32_t replica, stage, ep_rank;
+    /* this cell's part of the model: its stage's layers, its ep rank's experts */
+    uint32_t first_layer, n_layers;
+    int has_embedding, has_head;
+    uint32_t expert_first, expert_count; /* expert_count 0: the model has no routed experts */
     char **endpoints; /* nranks data endpoints, by rank */
+    /* source CHECKPOINT: the shard dirs of the committed checkpoint (every cell of the plan
+     * that wrote it), for loading under another plan shape (resharding) */
+    char **ckpt_shards;
+    uint32_t n_ckpt_shards;
     int64_t lease;
     char *spec_yaml;
 } sess_plan_t;

@@ -53,7 +53,7 @@ struct session {
     int started;
 
     pthread_mutex_t mu; /* guards the fields below */
-    comm_t *comm;
+    cell_comms_t *comm; /* the training thread's comms (for abort) */
     uint64_t comm_gen;
     int64_t inflight;
     char worker_id[SESS_ID_MAX];
@@ -303,7 +303,7 @@ static void s_abort_comm(session_t *s, uint64_t newer_gen, int64_t start_step, c
         (newer_gen == 0 || (s->comm_gen < newer_gen && start_step <= s->inflight))) {
         log_info("session: aborting the collective of step %lld (generation %llu): %s",
                  (long long)s->inflight, (unsigned long long)s->comm_gen, why);
-        comm_abort(s->comm);
+        cell_comms_abort(s->comm);
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -907,7 +907,8 @@ shoal_err_t session_wait(session_t *s, int timeout_ms, sess_event_t **ev)
     return SHOAL_OK;
 }
 
-void session_track_comm(session_t *s, comm_t *c, uint64_t generation, int64_t inflight_step)
+void session_track_comms(session_t *s, cell_comms_t *c, uint64_t generation,
+                         int64_t inflight_step)
 {
     pthread_mutex_lock(&s->mu);
     s->comm = c;

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdint.h>
 
+#include "cell_comms.h"
 #include "comm.h"
 #include "err.h"
 #include "sess_plan.h"
@@ -125,11 +126,12 @@ sess_req_t *sess_req_new(sess_req_kind_t kind, const char *run_id, uint64_t gene
  * SHOAL_ERR_TIMEOUT when none arrived. */
 shoal_err_t session_wait(session_t *s, int timeout_ms, sess_event_t **ev);
 
-/* Tells the session which comm the training thread uses (NULL = none), its generation and the
- * step whose collective is in flight (0 = none). The session aborts it when a newer plan starts
- * at or before that step, on a run stop, and at the SIGTERM grace deadline. Call with NULL
- * before destroying the comm. */
-void session_track_comm(session_t *s, comm_t *c, uint64_t generation, int64_t inflight_step);
+/* Tells the session which comms the training thread uses (NULL = none), their generation and
+ * the step whose collectives are in flight (0 = none). The session aborts them when a newer plan
+ * starts at or before that step, on a run stop, and at the SIGTERM grace deadline. Call with
+ * NULL before destroying the comms. */
+void session_track_comms(session_t *s, cell_comms_t *c, uint64_t generation,
+                         int64_t inflight_step);
 
 /* Whether the SIGTERM grace deadline has passed (the training thread abandons work then). */
 int session_grace_expired(const session_t *s);

@@ -9,6 +9,7 @@
 #include "ckpt.h"
 #include "clock.h"
 #include "data.h"
+#include "expert_ep.h"
 #include "log.h"
 #include "model.h"
 #include "model_dir.h"
@@ -16,10 +17,17 @@
 
 struct trainer {
     runspec_t spec;
+    trainer_cell_t cell;
     char ckpt_root[RUNSPEC_PATH_MAX];
     model_layout_t lay;
     model_t *model;
+    expert_ep_t *xep;       /* ep > 1 */
     data_t *data;
+    int n_slots;            /* micro-batches in flight: pp - stage */
+    int32_t *slot_tok, *slot_tgt; /* [n_slots][micro_batch · T] */
+    float *h_recv, *h_send; /* [micro_batch · T · d] activations from / to the next stage */
+    float *d_recv, *d_send; /* their gradients */
+    double comm_seconds;
     float *params, *m, *v;
     float *reduce;          /* grads | counts | loss */
     size_t n_reduce;
@@ -32,7 +40,39 @@ struct trainer {
     ckpt_writer_t *writer;
 };
 
+void trainer_cell_whole(const model_config_t *cfg, trainer_cell_t *cell)
+{
+    *cell = (trainer_cell_t){.dp = 1, .pp = 1, .ep = 1};
+    model_part_whole(cfg, &cell->part);
+}
+
+static shoal_err_t s_cell_check(const runspec_t *spec, const trainer_cell_t *c)
+{
+    if (c->dp < 1 || c->pp < 1 || c->ep < 1 || c->replica < 0 || c->replica >= c->dp ||
+        c->stage < 0 || c->stage >= c->pp || c->ep_rank < 0 || c->ep_rank >= c->ep)
+        return shoal_fail(SHOAL_ERR_INVALID, "trainer: cell (%d, %d, %d) outside dp %d x pp %d x "
+                          "ep %d", c->replica, c->stage, c->ep_rank, c->dp, c->pp, c->ep);
+    if (c->part.has_embedding != (c->stage == 0) || c->part.has_head != (c->stage == c->pp - 1))
+        return shoal_fail(SHOAL_ERR_INVALID, "trainer: stage %d of %d with%s the embedding and "
+                          "with%s the head", c->stage, c->pp, c->part.has_embedding ? "" : "out",
+                          c->part.has_head ? "" : "out");
+    const int n_micro = spec->global_batch / spec->micro_batch;
+    if (c->ep > 1 && n_micro % (c->dp * c->ep) != 0)
+        return shoal_fail(SHOAL_ERR_INVALID, "trainer: the step's %d micro-batches do not split "
+                          "evenly over dp %d x ep %d data ranks (expert parallelism runs them in "
+                          "lockstep)", n_micro, c->dp, c->ep);
+    return SHOAL_OK;
+}
+
 shoal_err_t trainer_new(const runspec_t *spec, const char *ckpt_root, trainer_t **out)
+{
+    trainer_cell_t whole;
+    trainer_cell_whole(&spec->model, &whole);
+    return trainer_new_cell(spec, ckpt_root, &whole, out);
+}
+
+shoal_err_t trainer_new_cell(const runspec_t *spec, const char *ckpt_root,
+                             const trainer_cell_t *cell, trainer_t **out)
 {
     *out = NULL;
     trainer_t *t = calloc(1, sizeof *t);
@@ -40,25 +80,36 @@ shoal_err_t trainer_new(const runspec_t *spec, const char *ckpt_root, trainer_t 
         return shoal_fail(SHOAL_ERR_NOMEM, "trainer: out of memory");
     shoal_err_t rc;
     t->spec = *spec;
+    t->cell = *cell;
     snprintf(t->ckpt_root, sizeof t->ckpt_root, "%s", ckpt_root);
     if (spec->global_batch % spec->micro_batch != 0) {
         rc = shoal_fail(SHOAL_ERR_INVALID, "train.micro_batch (%d) must divide train.global_batch "
                         "(%d)", spec->micro_batch, spec->global_batch);
         goto fail;
     }
-    SHOAL_CHECK_GOTO(model_layout_init(&t->lay, &spec->model), rc, fail);
+    SHOAL_CHECK_GOTO(s_cell_check(spec, cell), rc, fail);
+    SHOAL_CHECK_GOTO(model_layout_init_part(&t->lay, &spec->model, &cell->part), rc, fail);
     const char *paths[RUNSPEC_MAX_FILES];
     for (int i = 0; i < spec->n_data_files; i++)
         paths[i] = spec->data_files[i];
     SHOAL_CHECK_GOTO(data_open(paths, spec->n_data_files, spec->seq_len, spec->model.vocab_size,
                                spec->data_seed, &t->data),
                      rc, fail);
-    t->model = model_new(&t->lay, spec->micro_batch, spec->seq_len);
+    t->n_slots = cell->pp - cell->stage;
+    t->model = model_new_slots(&t->lay, spec->micro_batch, spec->seq_len, t->n_slots);
     if (!t->model) {
         rc = SHOAL_ERR_NOMEM;
         goto fail;
     }
-    const size_t np = (size_t)t->lay.n_params;
+    const size_t mt = (size_t)spec->micro_batch * spec->seq_len;
+    if (cell->ep > 1) {
+        SHOAL_CHECK_GOTO(expert_ep_new(&t->lay, cell->ep, cell->ep_rank, t->n_slots, (int)mt,
+                                       &t->xep),
+                         rc, fail);
+        const model_expert_exchange_t x = expert_ep_exchange(t->xep);
+        model_set_expert_exchange(t->model, &x);
+    }
+    const size_t np = (size_t)t->lay.n_params, hd = mt * (size_t)spec->model.hidden_size;
     t->n_counts = (int64_t)t->lay.n_moe_layers * spec->model.n_routed_experts;
     t->n_reduce = np + (size_t)t->n_counts + 1;
     t->params = calloc(np, sizeof(float));
@@ -66,10 +117,17 @@ shoal_err_t trainer_new(const runspec_t *spec, const char *ckpt_root, trainer_t 
     t->v = calloc(np, sizeof(float));
     t->reduce = calloc(t->n_reduce, sizeof(float));
     t->counts = calloc((size_t)t->n_counts + 1, sizeof(int64_t));
-    t->tok = calloc((size_t)spec->micro_batch * spec->seq_len, sizeof(int32_t));
-    t->tgt = calloc((size_t)spec->micro_batch * spec->seq_len, sizeof(int32_t));
+    t->tok = calloc(mt, sizeof(int32_t));
+    t->tgt = calloc(mt, sizeof(int32_t));
+    t->slot_tok = calloc(mt * (size_t)t->n_slots, sizeof(int32_t));
+    t->slot_tgt = calloc(mt * (size_t)t->n_slots, sizeof(int32_t));
+    t->h_recv = calloc(hd, sizeof(float));
+    t->h_send = calloc(hd, sizeof(float));
+    t->d_recv = calloc(hd, sizeof(float));
+    t->d_send = calloc(hd, sizeof(float));
     t->writer = ckpt_writer_new();
     if (!t->params || !t->m || !t->v || !t->reduce || !t->counts || !t->tok || !t->tgt ||
+        !t->slot_tok || !t->slot_tgt || !t->h_recv || !t->h_send || !t->d_recv || !t->d_send ||
         !t->writer) {
         rc = shoal_fail(SHOAL_ERR_NOMEM, "trainer: cannot allocate %zu parameters", np);
         goto fail;
@@ -81,6 +139,11 @@ fail:
     return rc;
 }
 
+const trainer_cell_t *trainer_cell(const trainer_t *t)
+{
+    return &t->cell;
+}
+
 void trainer_destroy(trainer_t **tp)
 {
     trainer_t *t = *tp;
@@ -88,6 +151,13 @@ void trainer_destroy(trainer_t **tp)
         return;
     ckpt_writer_destroy(&t->writer);
     model_destroy(&t->model);
+    expert_ep_destroy(&t->xep);
+    free(t->slot_tok);
+    free(t->slot_tgt);
+    free(t->h_recv);
+    free(t->h_send);
+    free(t->d_recv);
+    free(t->d_send);
     data_destroy(&t->data);
     model_layout_fini(&t->lay);
     free(t->params);
@@ -124,14 +194,44 @@ static shoal_err_t s_parse_state(trainer_t *t, const char *dir, const char *json
     return SHOAL_OK;
 }
 
-shoal_err_t trainer_load_checkpoint(trainer_t *t, const char *dir)
+/* The cell's tensors as checkpoint entries pointing into params, m, v. NULL on OOM. */
+static ckpt_tensor_t *s_ckpt_tensors(trainer_t *t)
+{
+    ckpt_tensor_t *ct = calloc((size_t)t->lay.n_tensors + 1, sizeof *ct);
+    if (!ct)
+        return NULL;
+    for (int i = 0; i < t->lay.n_tensors; i++) {
+        const int64_t o = t->lay.offsets[i];
+        const int bias = t->lay.tensors[i].is_bias;
+        ct[i] = (ckpt_tensor_t){.info = &t->lay.tensors[i],
+                                .param = t->params + o,
+                                .m = bias ? NULL : t->m + o,
+                                .v = bias ? NULL : t->v + o};
+    }
+    return ct;
+}
+
+shoal_err_t trainer_load_checkpoint_dirs(trainer_t *t, const char *const *dirs, int n_dirs)
 {
     char *state = NULL;
-    shoal_err_t rc = ckpt_load(dir, &t->spec.model, t->params, t->m, t->v, &state);
+    ckpt_tensor_t *ct = s_ckpt_tensors(t);
+    if (!ct)
+        return shoal_fail(SHOAL_ERR_NOMEM, "trainer: out of memory");
+    /* bias moments are never trained: zero them as a whole-model load does */
+    memset(t->m, 0, sizeof(float) * (size_t)t->lay.n_params);
+    memset(t->v, 0, sizeof(float) * (size_t)t->lay.n_params);
+    shoal_err_t rc =
+        ckpt_load_tensors(dirs, n_dirs, &t->spec.model, ct, t->lay.n_tensors, &state);
     if (rc == SHOAL_OK)
-        rc = s_parse_state(t, dir, state);
+        rc = s_parse_state(t, dirs[0], state);
     free(state);
+    free(ct);
     return rc;
+}
+
+shoal_err_t trainer_load_checkpoint(trainer_t *t, const char *dir)
+{
+    return trainer_load_checkpoint_dirs(t, &dir, 1);
 }
 
 shoal_err_t trainer_resume(trainer_t *t, const char *init_model_dir, int64_t *resumed_step)
@@ -181,34 +281,158 @@ int64_t trainer_total_steps(const trainer_t *t)
     return t->spec.steps;
 }
 
+/* Reads sequence j of micro-batch i of the current step into tok/tgt row j. */
+static void s_read_micro(trainer_t *t, int i, int32_t *tok, int32_t *tgt)
+{
+    const int G = t->spec.global_batch, mb = t->spec.micro_batch, T = t->spec.seq_len;
+    for (int j = 0; j < mb; j++) {
+        const int64_t pos = t->next_step * G + (int64_t)i * mb + j;
+        const int64_t seq = data_sequence_index(t->data, pos);
+        data_sequence(t->data, seq, tok + (size_t)j * T, tgt + (size_t)j * T);
+    }
+}
+
+static float s_loss_scale(const trainer_t *t)
+{
+    return (float)(1.0 / ((double)t->spec.global_batch * t->spec.seq_len));
+}
+
+/* The reduce buffer's counts and loss from this rank's micro-batches. */
+static void s_fill_tail(trainer_t *t, double loss_sum)
+{
+    const int64_t np = t->lay.n_params;
+    for (int64_t e = 0; e < t->n_counts; e++)
+        t->reduce[np + e] = (float)t->counts[e];
+    t->reduce[t->n_reduce - 1] = (float)loss_sum;
+}
+
 shoal_err_t trainer_compute(trainer_t *t, int rank, int nranks)
 {
     if (t->next_step >= t->spec.steps)
         return shoal_fail(SHOAL_ERR_STATE, "trainer: all %d steps are done", t->spec.steps);
     if (nranks < 1 || rank < 0 || rank >= nranks)
         return shoal_fail(SHOAL_ERR_INVALID, "trainer: rank %d of %d", rank, nranks);
+    if (t->cell.pp != 1 || t->cell.ep != 1)
+        return shoal_fail(SHOAL_ERR_STATE, "trainer: a pipeline or expert-parallel cell "
+                          "computes with trainer_step");
     const double t0 = clock_mono_s();
-    const int G = t->spec.global_batch, mb = t->spec.micro_batch, T = t->spec.seq_len;
-    const int n_micro = G / mb;
-    const float scale = (float)(1.0 / ((double)G * T));
-    const int64_t np = t->lay.n_params;
+    const int n_micro = t->spec.global_batch / t->spec.micro_batch;
+    const float scale = s_loss_scale(t);
     memset(t->reduce, 0, sizeof(float) * t->n_reduce);
     double loss_sum = 0.0;
     memset(t->counts, 0, sizeof(int64_t) * (size_t)t->n_counts);
     for (int i = rank; i < n_micro; i += nranks) {
-        for (int j = 0; j < mb; j++) {
-            const int64_t pos = t->next_step * G + (int64_t)i * mb + j;
-            const int64_t seq = data_sequence_index(t->data, pos);
-            data_sequence(t->data, seq, t->tok + (size_t)j * T, t->tgt + (size_t)j * T);
-        }
-        loss_sum += model_forward_backward(t->model, t->params, t->tok, t->tgt, mb, scale,
-                                           t->reduce, t->counts);
+        s_read_micro(t, i, t->tok, t->tgt);
+        loss_sum += model_forward_backward(t->model, t->params, t->tok, t->tgt,
+                                           t->spec.micro_batch, scale, t->reduce, t->counts);
     }
-    for (int64_t e = 0; e < t->n_counts; e++)
-        t->reduce[np + e] = (float)t->counts[e];
-    t->reduce[t->n_reduce - 1] = (float)loss_sum;
+    s_fill_tail(t, loss_sum);
     t->compute_seconds = clock_mono_s() - t0;
     return SHOAL_OK;
+}
+
+/* comm calls of the step, timed (their waiting is what limits a pipeline) */
+static shoal_err_t s_timed(trainer_t *t, shoal_err_t rc, double t0)
+{
+    t->comm_seconds += clock_mono_s() - t0;
+    return rc;
+}
+
+static shoal_err_t s_send(trainer_t *t, comm_t *c, int dst, const float *buf, size_t n,
+                          uint64_t step)
+{
+    const double t0 = clock_mono_s();
+    return s_timed(t, comm_send(c, dst, buf, n * sizeof(float), step), t0);
+}
+
+static shoal_err_t s_recv(trainer_t *t, comm_t *c, int src, float *buf, size_t n, uint64_t step)
+{
+    const double t0 = clock_mono_s();
+    return s_timed(t, comm_recv(c, src, buf, n * sizeof(float), step), t0);
+}
+
+static shoal_err_t s_allreduce(trainer_t *t, comm_t *c, float *buf, size_t n, uint64_t step)
+{
+    if (!c || n == 0)
+        return SHOAL_OK;
+    const double t0 = clock_mono_s();
+    return s_timed(t, comm_allreduce_sum_f32(c, buf, n, step), t0);
+}
+
+/* Forward of the i-th micro-batch of this data rank (global micro-batch `mb_index`). */
+static shoal_err_t s_pipe_forward(trainer_t *t, const trainer_comms_t *cm, int i, int mb_index,
+                                  uint64_t step, double *loss_sum)
+{
+    const trainer_cell_t *c = &t->cell;
+    const int slot = i % t->n_slots, mb = t->spec.micro_batch;
+    const size_t mt = (size_t)mb * t->spec.seq_len, hd = mt * (size_t)t->spec.model.hidden_size;
+    int32_t *tok = t->slot_tok + mt * slot, *tgt = t->slot_tgt + mt * slot;
+    s_read_micro(t, mb_index, tok, tgt);
+    shoal_err_t rc;
+    if (c->stage > 0 && (rc = s_recv(t, cm->pipe, c->stage - 1, t->h_recv, hd, step)) != SHOAL_OK)
+        return rc;
+    double ls = 0.0;
+    rc = model_part_forward(t->model, slot, t->params, tok, t->h_recv, tgt, mb, s_loss_scale(t),
+                            t->h_send, &ls, t->counts);
+    if (rc != SHOAL_OK)
+        return rc;
+    *loss_sum += ls;
+    if (c->stage < c->pp - 1)
+        return s_send(t, cm->pipe, c->stage + 1, t->h_send, hd, step);
+    return SHOAL_OK;
+}
+
+static shoal_err_t s_pipe_backward(trainer_t *t, const trainer_comms_t *cm, int i,
+                                   uint64_t step)
+{
+    const trainer_cell_t *c = &t->cell;
+    const int slot = i % t->n_slots;
+    const size_t hd = (size_t)t->spec.micro_batch * t->spec.seq_len *
+                      (size_t)t->spec.model.hidden_size;
+    shoal_err_t rc;
+    const int last = c->stage == c->pp - 1;
+    if (!last && (rc = s_recv(t, cm->pipe, c->stage + 1, t->d_recv, hd, step)) != SHOAL_OK)
+        return rc;
+    rc = model_part_backward(t->model, slot, t->params, last ? NULL : t->d_recv, t->reduce,
+                             t->d_send);
+    if (rc != SHOAL_OK)
+        return rc;
+    if (c->stage > 0)
+        return s_send(t, cm->pipe, c->stage - 1, t->d_send, hd, step);
+    return SHOAL_OK;
+}
+
+/* This cell's micro-batches on the 1F1B schedule. */
+static shoal_err_t s_compute_pipeline(trainer_t *t, const trainer_comms_t *cm, uint64_t step)
+{
+    const trainer_cell_t *c = &t->cell;
+    const int n_micro = t->spec.global_batch / t->spec.micro_batch;
+    const int q = c->replica * c->ep + c->ep_rank, n_data = c->dp * c->ep;
+    const int m = q < n_micro ? (n_micro - q + n_data - 1) / n_data : 0;
+    const int warm = c->pp - 1 - c->stage < m ? c->pp - 1 - c->stage : m;
+    memset(t->reduce, 0, sizeof(float) * t->n_reduce);
+    memset(t->counts, 0, sizeof(int64_t) * (size_t)t->n_counts);
+    if (t->xep)
+        expert_ep_bind(t->xep, cm->ep, step);
+    double loss_sum = 0.0;
+    int fwd = 0, bwd = 0;
+    shoal_err_t rc = SHOAL_OK;
+    while (rc == SHOAL_OK && fwd < warm) {
+        rc = s_pipe_forward(t, cm, fwd, q + fwd * n_data, step, &loss_sum);
+        fwd++;
+    }
+    while (rc == SHOAL_OK && bwd < m) {
+        if (fwd < m) {
+            rc = s_pipe_forward(t, cm, fwd, q + fwd * n_data, step, &loss_sum);
+            fwd++;
+        }
+        if (rc == SHOAL_OK)
+            rc = s_pipe_backward(t, cm, bwd++, step);
+    }
+    if (t->xep)
+        t->comm_seconds += expert_ep_comm_seconds(t->xep);
+    s_fill_tail(t, loss_sum);
+    return rc;
 }
 
 float *trainer_reduce_buffer(trainer_t *t, size_t *n)
@@ -217,7 +441,8 @@ float *trainer_reduce_buffer(trainer_t *t, size_t *n)
     return t->reduce;
 }
 
-shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
+/* Clip, AdamW and the bias update from the summed buffer, given the global gradient norm. */
+static shoal_err_t s_apply(trainer_t *t, double norm, double compute_s, trainer_step_info_t *info)
 {
     const double t0 = clock_mono_s();
     const runspec_t *sp = &t->spec;
@@ -227,7 +452,6 @@ shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
     const double loss = (double)g[t->n_reduce - 1] / tokens;
     if (!isfinite(loss))
         return shoal_fail(SHOAL_ERR_NUMERIC, "step %lld: loss is %g", (long long)k, loss);
-    const double norm = sqrt(grad_sum_squares(g, np));
     if (!isfinite(norm))
         return shoal_fail(SHOAL_ERR_NUMERIC, "step %lld: gradient norm is %g", (long long)k, norm);
     const double coef = sp->clip_grad_norm > 0 ? clip_coefficient(norm, sp->clip_grad_norm) : 1.0;
@@ -264,10 +488,79 @@ shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
                                       .loss = loss,
                                       .lr = lr,
                                       .grad_norm = norm,
-                                      .step_seconds = t->compute_seconds + (clock_mono_s() - t0),
-                                      .tokens = tokens};
+                                      .step_seconds = compute_s + (clock_mono_s() - t0),
+                                      .tokens = tokens,
+                                      .comm_seconds = t->comm_seconds};
     }
     return SHOAL_OK;
+}
+
+shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
+{
+    t->comm_seconds = 0;
+    return s_apply(t, sqrt(grad_sum_squares(t->reduce, t->lay.n_params)), t->compute_seconds,
+                   info);
+}
+
+/* The global gradient norm and loss of a split model: every distinct tensor counted once (the
+ * shared tensors by ep rank 0 of replica 0, the experts by replica 0), summed over the world
+ * as two floats (high and low part of a double) so the norm keeps double precision. */
+static shoal_err_t s_global_norm(trainer_t *t, const trainer_comms_t *cm, uint64_t step,
+                                 double *norm)
+{
+    const trainer_cell_t *c = &t->cell;
+    double ss = 0.0;
+    if (c->replica == 0) {
+        if (c->ep_rank == 0)
+            ss += grad_sum_squares(t->reduce, t->lay.n_shared_params);
+        ss += grad_sum_squares(t->reduce + t->lay.n_shared_params,
+                               t->lay.n_params - t->lay.n_shared_params);
+    }
+    float parts[3] = {(float)ss, 0.0f, 0.0f};
+    parts[1] = (float)(ss - (double)parts[0]);
+    if (c->replica == 0 && c->ep_rank == 0 && c->stage == c->pp - 1)
+        parts[2] = t->reduce[t->n_reduce - 1];
+    shoal_err_t rc = s_allreduce(t, cm->world, parts, 3, step);
+    if (rc != SHOAL_OK)
+        return rc;
+    *norm = sqrt((double)parts[0] + (double)parts[1]);
+    t->reduce[t->n_reduce - 1] = parts[2];
+    return SHOAL_OK;
+}
+
+shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *cm, trainer_step_info_t *info)
+{
+    if (t->next_step >= t->spec.steps)
+        return shoal_fail(SHOAL_ERR_STATE, "trainer: all %d steps are done", t->spec.steps);
+    const trainer_cell_t *c = &t->cell;
+    const uint64_t step = (uint64_t)t->next_step + 1;
+    const double t0 = clock_mono_s();
+    const int split = c->pp > 1 || c->ep > 1;
+    shoal_err_t rc;
+    t->comm_seconds = 0;
+    if (!split)
+        rc = trainer_compute(t, c->replica, c->dp);
+    else
+        rc = s_compute_pipeline(t, cm, step);
+    if (rc != SHOAL_OK)
+        return rc;
+    const int64_t np = t->lay.n_params, ns = t->lay.n_shared_params;
+    if (c->ep == 1) {
+        rc = s_allreduce(t, cm->stage, t->reduce, t->n_reduce, step);
+    } else {
+        if ((rc = s_allreduce(t, cm->stage, t->reduce, (size_t)ns, step)) == SHOAL_OK &&
+            (rc = s_allreduce(t, cm->stage, t->reduce + np, t->n_reduce - (size_t)np, step)) ==
+                SHOAL_OK)
+            rc = s_allreduce(t, cm->expert, t->reduce + ns, (size_t)(np - ns), step);
+    }
+    if (rc != SHOAL_OK)
+        return rc;
+    double norm;
+    if (!split)
+        norm = sqrt(grad_sum_squares(t->reduce, np));
+    else if ((rc = s_global_norm(t, cm, step, &norm)) != SHOAL_OK)
+        return rc;
+    return s_apply(t, norm, clock_mono_s() - t0, info);
 }
 
 int trainer_checkpoint_due(const trainer_t *t)
@@ -282,8 +575,14 @@ shoal_err_t trainer_checkpoint_async(trainer_t *t)
     snprintf(state, sizeof state, "{\"step\": %lld, \"adam_t\": %lld, \"data_seed\": %llu}",
              (long long)t->next_step, (long long)t->adam_t,
              (unsigned long long)t->spec.data_seed);
-    return ckpt_writer_submit(t->writer, t->ckpt_root, t->next_step, &t->spec.model, t->params,
-                              t->m, t->v, t->lay.n_params, state, t->spec.checkpoint_keep);
+    ckpt_tensor_t *ct = s_ckpt_tensors(t);
+    if (!ct)
+        return shoal_fail(SHOAL_ERR_NOMEM, "trainer: out of memory");
+    shoal_err_t rc = ckpt_writer_submit_tensors(t->writer, t->ckpt_root, t->next_step,
+                                                &t->spec.model, ct, t->lay.n_tensors, state,
+                                                t->spec.checkpoint_keep);
+    free(ct);
+    return rc;
 }
 
 shoal_err_t trainer_checkpoint_wait(trainer_t *t)
@@ -293,6 +592,10 @@ shoal_err_t trainer_checkpoint_wait(trainer_t *t)
 
 shoal_err_t trainer_export(trainer_t *t, const char *dir)
 {
+    if (t->lay.n_params != t->lay.n_shared_params || !t->lay.part.has_embedding ||
+        !t->lay.part.has_head)
+        return shoal_fail(SHOAL_ERR_STATE, "trainer: a cell holds part of the model; export a "
+                          "run with shoalctl export");
     return model_dir_save(dir, &t->spec.model, t->params);
 }
 
@@ -381,13 +684,13 @@ shoal_err_t trainer_state_unpack(trainer_t *t, const void *buf, size_t len)
     return SHOAL_OK;
 }
 
-void trainer_init_fresh(trainer_t *t)
+shoal_err_t trainer_init_fresh(trainer_t *t)
 {
     t->next_step = 0;
     t->adam_t = 0;
     memset(t->m, 0, sizeof(float) * (size_t)t->lay.n_params);
     memset(t->v, 0, sizeof(float) * (size_t)t->lay.n_params);
-    model_init_params(&t->lay, t->spec.init_seed, t->params);
+    return model_init_params(&t->lay, t->spec.init_seed, t->params);
 }
 
 shoal_err_t trainer_checkpoint_path(const trainer_t *t, int64_t step, char *out, size_t cap)

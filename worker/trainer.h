@@ -8,7 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "err.h"
+#include "model.h"
 #include "runspec.h"
 
 #ifdef __cplusplus
@@ -25,12 +27,52 @@ typedef struct {
     double grad_norm;    /* before clipping */
     double step_seconds; /* wall time of compute + apply on this process */
     double tokens;       /* tokens in the global batch */
+    double comm_seconds; /* of step_seconds, the time spent inside comm calls (waiting included) */
 } trainer_step_info_t;
+
+/* Where a trainer sits in a run's plan: a cell (replica, stage, ep_rank) of dp x pp x ep, and
+ * the part of the model the cell holds. */
+typedef struct {
+    int dp, pp, ep;
+    int replica, stage, ep_rank;
+    model_part_t part;
+} trainer_cell_t;
+
+/* The comms of a cell's groups (group ranks in the order given). NULL where a group has one
+ * member. */
+typedef struct {
+    comm_t *world;  /* every cell of the plan, by plan rank */
+    comm_t *stage;  /* the dp·ep cells of this stage, rank replica·ep + ep_rank */
+    comm_t *expert; /* the dp cells of this (stage, ep_rank), holding the same part; rank
+                     * replica (its experts' gradients; a lost replica's state) */
+    comm_t *ep;     /* the ep cells of this (replica, stage), rank ep_rank */
+    comm_t *pipe;   /* the pp cells of this (replica, ep_rank), rank stage */
+} trainer_comms_t;
+
+/* The whole model on one process: dp = pp = ep = 1. */
+void trainer_cell_whole(const model_config_t *cfg, trainer_cell_t *cell);
 
 /* Builds the model, the optimizer state and the data reader for `spec`. Checkpoints go to
  * `ckpt_root` (the caller resolves checkpoint.dir). Parameters are not set yet: call
  * trainer_resume(). On error returns NULL-equivalent: *out stays NULL, message in errmsg. */
 shoal_err_t trainer_new(const runspec_t *spec, const char *ckpt_root, trainer_t **out);
+/* As trainer_new, for one cell: only the cell's part of the model, its optimizer state, and
+ * the activations its pipeline schedule keeps (pp - stage micro-batches in flight).
+ * SHOAL_ERR_INVALID when the cell does not fit the spec (e.g. ep > 1 and the step's
+ * micro-batches do not split evenly over the dp·ep data ranks). */
+shoal_err_t trainer_new_cell(const runspec_t *spec, const char *ckpt_root,
+                             const trainer_cell_t *cell, trainer_t **out);
+const trainer_cell_t *trainer_cell(const trainer_t *t);
+
+/* One whole step of a cell: its micro-batches through the pipeline (1F1B: stage s runs
+ * pp - 1 - s forwards ahead, then one forward and one backward in turn; activations and their
+ * gradients travel over comms->pipe, routed tokens over comms->ep), the gradient sums (the
+ * shared tensors over comms->stage, experts over comms->expert), the global gradient norm over
+ * comms->world, then clip, AdamW and the bias update. The micro-batches of data rank
+ * q = replica·ep + ep_rank are q, q + dp·ep, ... of the step. The mathematics equals the
+ * single-process step up to float summation order. Comm errors come back as they are
+ * (SHOAL_ERR_ABORTED, SHOAL_ERR_TIMEOUT, ...); the state is then unchanged. */
+shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *comms, trainer_step_info_t *info);
 void trainer_destroy(trainer_t **t);
 
 /* Loads the newest complete checkpoint of ckpt_root if there is one (*resumed_step = its step),
@@ -40,6 +82,9 @@ shoal_err_t trainer_resume(trainer_t *t, const char *init_model_dir, int64_t *re
 
 /* Loads a specific checkpoint directory (step-XXXXXXXX). */
 shoal_err_t trainer_load_checkpoint(trainer_t *t, const char *dir);
+/* Loads the cell's tensors from the shards of one checkpoint step, written under any plan
+ * (resharding): each tensor from the first dir that holds it; the step from dirs[0]. */
+shoal_err_t trainer_load_checkpoint_dirs(trainer_t *t, const char *const *dirs, int n_dirs);
 
 /* The next step to run (== steps when the run is complete). */
 int64_t trainer_next_step(const trainer_t *t);
@@ -97,7 +142,7 @@ int64_t trainer_state_step(const void *buf, size_t len);
 shoal_err_t trainer_state_unpack(trainer_t *t, const void *buf, size_t len);
 
 /* Fresh state: parameters from train.init_seed, zero moments, step 0 (ignores checkpoints). */
-void trainer_init_fresh(trainer_t *t);
+shoal_err_t trainer_init_fresh(trainer_t *t);
 
 /* Directory of the checkpoint of `step` under the trainer's checkpoint root
  * (<root>/step-XXXXXXXX) into out[cap]; SHOAL_ERR_INVALID when it does not fit. */

@@ -26,6 +26,8 @@ typedef struct {
     Shoal__Plan plan;
     Shoal__Topology topo;
     Shoal__CheckpointRef ckpt;
+    Shoal__StageLayers stage;
+    Shoal__StageLayers *stage_ptrs[1];
     Shoal__Cell cell, peer_cells[S_PEERS];
     Shoal__Peer peers[S_PEERS];
     Shoal__Peer *peer_ptrs[S_PEERS];
@@ -64,6 +66,12 @@ static void s_msg_init(s_msg_t *m)
     m->plan.n_peers = S_PEERS;
     m->plan.peers = m->peer_ptrs;
     m->plan.start_step = 5;
+    shoal__stage_layers__init(&m->stage);
+    m->stage.n_layers = 2;
+    m->stage.has_embedding = m->stage.has_head = 1;
+    m->stage_ptrs[0] = &m->stage;
+    m->plan.n_stages = 1;
+    m->plan.stages = m->stage_ptrs;
     m->plan.source = SHOAL__STATE_SOURCE__STATE_SOURCE_PEER;
     m->plan.source_rank = 0;
     m->cell.replica = 1;
@@ -136,7 +144,14 @@ static void test_valid_dp(void **state)
     m.plan.start_step = 1;
     m.plan.source = SHOAL__STATE_SOURCE__STATE_SOURCE_INIT;
     m.a.rank = 0;
+    m.cell.replica = 1; /* outside dp 1 */
+    assert_int_equal(sess_plan_from_assignment(&m.env, "w0", &p, &why), SHOAL_ERR_INVALID);
+    assert_string_equal(why, "the assignment's cell is outside the topology");
+    m.cell.replica = 0;
     assert_int_equal(sess_plan_from_assignment(&m.env, "w0", &p, &why), SHOAL_OK);
+    assert_int_equal(p->first_layer, 0);
+    assert_int_equal(p->n_layers, 2);
+    assert_true(p->has_embedding && p->has_head);
     assert_int_equal(p->nranks, 1);
     assert_int_equal(p->source, SESS_SOURCE_INIT);
     sess_plan_destroy(&p);
