@@ -15,6 +15,7 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
+[ -n "${KEEP_TMP:-}" ] && trap - EXIT
 fail=0
 err() { echo "FAIL: $*"; fail=1; }
 expect() {
@@ -26,7 +27,7 @@ expect() {
 export SHOAL_CONTROL="ipc://$tmp/c.sock"
 
 # start_cluster N NAME_PREFIX: a coordinator and N workers named PREFIX1..PREFIXN (state dirs
-# $tmp/coord, $tmp/w1..wN; logs $tmp/coord.log, $tmp/wI.log).
+# $tmp/coord, $tmp/w1..wN; logs $tmp/coord.log, $tmp/wI.log; per-step metrics $tmp/wI.jsonl).
 start_cluster() {
     local port i
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -35,7 +36,7 @@ start_cluster() {
     pids+=($!)
     for ((i = 1; i <= $1; i++)); do
         "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$port" --name "$2$i" \
-            --state-dir "$tmp/w$i" >"$tmp/w$i.log" 2>&1 &
+            --state-dir "$tmp/w$i" --metrics "$tmp/w$i.jsonl" >"$tmp/w$i.log" 2>&1 &
         pids+=($!)
     done
 }

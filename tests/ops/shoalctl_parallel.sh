@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# shoalctl_parallel.sh: a run split into 2 pipeline stages x 2 expert-parallel ranks, end to end
+# with real processes: a coordinator and four shoal-worker daemons on 127.0.0.1. The planner
+# places the four cells (shoalctl plan shows layers and experts per worker), the workers train
+# with 1F1B and all-to-all, every worker reports the same per-step loss, and those losses match
+# `shoal-worker train` of the same spec in one process within 1e-4 relative. The checkpoint
+# shards of the four cells (each holding only its part) are committed together, and
+# `shoalctl export` of the last step equals the single process's parameters within 1e-4.
+# A fifth worker beyond whole replicas is a spare (standby). Usage: shoalctl_parallel.sh BINDIR
+set -u
+. "$(dirname "$0")/ctl_lib.sh" "$1" parallel
+[ -r /usr/share/games/fortunes ] || { echo "no /usr/share/games/fortunes: skip"; exit 77; }
+run_holds() {
+    "$bin" status par --json >"$tmp/poll" 2>/dev/null &&
+        python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; sys.exit(0 if ($1) else 1)" \
+            "$tmp/poll"
+}
+
+start_cluster 5 pw
+cat >"$tmp/run.yaml" <<YAML
+name: par
+model:
+  preset: tiny
+data:
+  files: [/usr/share/games/fortunes]
+  seed: 5
+train:
+  steps: 20
+  global_batch: 8
+  seq_len: 32
+  micro_batch: 1
+  lr: 2e-3
+  warmup_steps: 2
+checkpoint:
+  every_steps: 10
+parallel:
+  pipeline_stages: 2
+  expert_parallel: 2
+YAML
+workers_up() {
+    "$bin" workers --json 2>/dev/null | python3 -c \
+        'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w) == 5 else 1)'
+}
+poll_until 30 workers_up || err "the five workers did not register"
+expect 0 submit "$tmp/run.yaml"
+# while it trains: four workers hold a cell, the fifth (beyond whole replicas) is a spare
+one_spare() {
+    "$bin" workers --json 2>/dev/null | python3 -c '
+import json, sys
+w = json.load(sys.stdin)["workers"]
+states = sorted(x["state"] for x in w)
+cells = [x for x in w if x.get("cell")]
+sys.exit(0 if states.count("standby") == 1 and len(cells) == 4 else 1)'
+}
+poll_until 60 one_spare || err "no spare while training: $("$bin" workers 2>&1)"
+poll_until 240 run_holds 'r["state"] == "done" and r["checkpoint_step"] == 20' ||
+    err "run did not finish with checkpoint 20: $(cat "$tmp/poll")"
+
+# the plan: dp 1 x pp 2 x ep 2, layers and experts per worker, one spare
+expect 0 plan par --json
+python3 - "$tmp/out" <<'PY' || err "plan: $(cat "$tmp/out")"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+plan = doc["plan"]
+t = plan["topology"]
+assert (t["dp"], t["pp"], t["ep"]) == (1, 2, 2), t
+assert len(plan["peers"]) == 4, plan["peers"]
+st = plan["stages"]
+assert [s["n_layers"] for s in st] and sum(s["n_layers"] for s in st) == 4, st
+assert st[0]["first_layer"] == 0 and st[1]["first_layer"] == st[0]["n_layers"], st
+PY
+# the same spec in one process
+(cd "$tmp" && "$bindir/shoal-worker" train run.yaml --metrics single.jsonl \
+    --export single-model --quiet >single.log 2>&1) ||
+    err "single-process train failed: $(tail -3 "$tmp/single.log")"
+python3 - "$tmp" <<'PY' || err "losses differ"
+import glob, json, os, sys
+tmp = sys.argv[1]
+single = {}
+for line in open(os.path.join(tmp, "single.jsonl")):
+    j = json.loads(line)
+    single[j["step"] + 1] = j["loss"]  # 0-based there, the daemon counts steps from 1
+per_worker = {}
+for f in sorted(glob.glob(os.path.join(tmp, "w*.jsonl"))):
+    for line in open(f):
+        j = json.loads(line)
+        if j.get("run") and j["step"] in single:
+            per_worker.setdefault(f, {})[j["step"]] = j["loss"]
+trained = {f: v for f, v in per_worker.items() if v}
+assert len(trained) == 4, "workers that trained: %s" % sorted(trained)
+worst = 0.0
+for f, losses in trained.items():
+    assert sorted(losses) == sorted(single), (f, sorted(losses))
+    for k, v in losses.items():
+        rel = abs(v - single[k]) / abs(single[k])
+        worst = max(worst, rel)
+        assert rel <= 1e-4, "%s step %d: %.9g vs single %.9g" % (f, k, v, single[k])
+print("4 cells x 20 steps: worst relative loss difference %.2e" % worst)
+PY
+
+# four shards of step 20, each a part; the export equals the single process's model
+expect 0 export par --step 20 --out "$tmp/m20"
+python3 - "$tmp" <<'PY' || err "export differs from the single process"
+import glob, json, os, struct, sys
+tmp = sys.argv[1]
+def tensors(path):
+    out = {}
+    with open(path, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        hdr = json.loads(fh.read(n))
+        base = 8 + n
+        for name, t in hdr.items():
+            if name == "__metadata__":
+                continue
+            a, b = t["data_offsets"]
+            fh.seek(base + a)
+            raw = fh.read(b - a)
+            out[name] = struct.unpack("<%df" % (len(raw) // 4), raw)
+    return out
+shards = glob.glob(os.path.join(tmp, "w*/runs/*/checkpoints/step-00000020/model.safetensors"))
+assert len(shards) == 4, shards
+sizes = [len(tensors(s)) for s in shards]
+got = tensors(os.path.join(tmp, "m20", "model.safetensors"))
+assert max(sizes) < len(got), ("a shard holds everything", sizes, len(got))
+want = tensors(os.path.join(tmp, "single-model", "model.safetensors"))
+assert sorted(got) == sorted(want), "tensor names differ"
+worst = 0.0
+for name in want:
+    for x, y in zip(got[name], want[name]):
+        worst = max(worst, abs(x - y))
+assert worst <= 1e-4, worst
+print("export: %d tensors from %d shards (%s tensors each), worst difference %.2e"
+      % (len(got), len(shards), sizes, worst))
+PY
+
+[ $fail -eq 0 ] && echo "shoalctl_parallel: all checks passed"
+[ $fail -eq 0 ] || { for f in coord w1 w2 w3 w4 w5; do echo "---- $f.log"; tail -15 "$tmp/$f.log"; done; }
+exit $fail
