@@ -123,6 +123,15 @@ shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *se
     for (uint32_t i = 0; i < pl->nranks; i++)
         if (!(pl->endpoints[i] = strdup(p->peers[i]->data_endpoint)))
             goto fail_nomem;
+    /* the committed checkpoint's shard dirs (wire-bounded paths; cells are the writer plan's) */
+    if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_CHECKPOINT && p->n_ckpt_shards) {
+        if (!(pl->ckpt_shards = calloc(p->n_ckpt_shards, sizeof(char *))))
+            goto fail_nomem;
+        for (size_t i = 0; i < p->n_ckpt_shards; i++, pl->n_ckpt_shards++)
+            if (!p->ckpt_shards[i] ||
+                !(pl->ckpt_shards[i] = strdup(p->ckpt_shards[i]->path)))
+                goto fail_nomem;
+    }
     *plan = pl;
     return SHOAL_OK;
 fail_nomem:
