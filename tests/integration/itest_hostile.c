@@ -59,6 +59,7 @@ static void s_inject(void *front, const zmq_msg_t *id, const s_seen_t *seen, int
     Shoal__Topology topo = SHOAL__TOPOLOGY__INIT;
     Shoal__Peer peer = SHOAL__PEER__INIT, *peers[1] = {&peer};
     Shoal__Cell cell = SHOAL__CELL__INIT;
+    Shoal__StageLayers stage = SHOAL__STAGE_LAYERS__INIT, *stages[1] = {&stage};
     const uint64_t old_gen = seen->generation ? seen->generation - 1 : 0;
     switch (kind) {
     case 0: { /* random bytes */
@@ -126,6 +127,10 @@ static void s_inject(void *front, const zmq_msg_t *id, const s_seen_t *seen, int
         plan.n_peers = 1;
         plan.peers = peers;
         plan.start_step = 1;
+        stage.n_layers = 4; /* well formed in every part a worker checks before the run */
+        stage.has_embedding = stage.has_head = 1;
+        plan.n_stages = 1;
+        plan.stages = stages;
         a.plan = &plan;
         a.run_name = "hostile";
         a.spec_yaml = "name: hostile\n";
