@@ -130,7 +130,7 @@ static void s_print(const json_t *doc)
         return;
     }
     static const char *const head[] = {"RANK",    "WORKER",  "REPLICA", "STAGE",
-                                       "EP_RANK", "LAYERS",  "EXPERTS", "MEM_EST",
+                                       "EP_RANK", "EXPERTS", "LAYERS",  "MEM_EST",
                                        "DECLARED", "HOST",   "INSTITUTION"};
     ctl_table_t *t = ctl_table_new(11, head);
     const json_t *experts = json_object_get(plan, CTL_F_EXPERTS);
@@ -162,8 +162,8 @@ static void s_print(const json_t *doc)
             snprintf(layers, sizeof layers, "%lld-%lld", first, first + nl - 1);
         s_bytes(ctl_json_int(s, CTL_F_MEM_EST_BYTES, 0), est, sizeof est);
         s_bytes(ctl_json_int(s, CTL_F_MEMORY_BYTES, 0), decl, sizeof decl);
-        const char *cells[] = {rank,   ctl_json_str(s, CTL_F_WORKER, "?"), rep, stage, ep, layers,
-                               held,   est, decl, ctl_json_str(s, CTL_F_HOST, ""),
+        const char *cells[] = {rank,   ctl_json_str(s, CTL_F_WORKER, "?"), rep, stage, ep, held,
+                               layers, est, decl, ctl_json_str(s, CTL_F_HOST, ""),
                                ctl_json_str(s, CTL_F_INSTITUTION, "")};
         if (t)
             ctl_table_add(t, cells);
