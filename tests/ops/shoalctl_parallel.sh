@@ -73,65 +73,12 @@ PY
 (cd "$tmp" && "$bindir/shoal-worker" train run.yaml --metrics single.jsonl \
     --export single-model --quiet >single.log 2>&1) ||
     err "single-process train failed: $(tail -3 "$tmp/single.log")"
-python3 - "$tmp" <<'PY' || err "losses differ"
-import glob, json, os, sys
-tmp = sys.argv[1]
-single = {}
-for line in open(os.path.join(tmp, "single.jsonl")):
-    j = json.loads(line)
-    single[j["step"] + 1] = j["loss"]  # 0-based there, the daemon counts steps from 1
-per_worker = {}
-for f in sorted(glob.glob(os.path.join(tmp, "w*.jsonl"))):
-    for line in open(f):
-        j = json.loads(line)
-        if j.get("run") and j["step"] in single:
-            per_worker.setdefault(f, {})[j["step"]] = j["loss"]
-trained = {f: v for f, v in per_worker.items() if v}
-assert len(trained) == 4, "workers that trained: %s" % sorted(trained)
-worst = 0.0
-for f, losses in trained.items():
-    assert sorted(losses) == sorted(single), (f, sorted(losses))
-    for k, v in losses.items():
-        rel = abs(v - single[k]) / abs(single[k])
-        worst = max(worst, rel)
-        assert rel <= 1e-4, "%s step %d: %.9g vs single %.9g" % (f, k, v, single[k])
-print("4 cells x 20 steps: worst relative loss difference %.2e" % worst)
-PY
+python3 "$(dirname "$0")/parallel_check.py" losses "$tmp" 4 1 || err "losses differ"
 
 # four shards of step 20, each a part; the export equals the single process's model
 expect 0 export par --step 20 --out "$tmp/m20"
-python3 - "$tmp" <<'PY' || err "export differs from the single process"
-import glob, json, os, struct, sys
-tmp = sys.argv[1]
-def tensors(path):
-    out = {}
-    with open(path, "rb") as fh:
-        n = struct.unpack("<Q", fh.read(8))[0]
-        hdr = json.loads(fh.read(n))
-        base = 8 + n
-        for name, t in hdr.items():
-            if name == "__metadata__":
-                continue
-            a, b = t["data_offsets"]
-            fh.seek(base + a)
-            raw = fh.read(b - a)
-            out[name] = struct.unpack("<%df" % (len(raw) // 4), raw)
-    return out
-shards = glob.glob(os.path.join(tmp, "w*/runs/*/checkpoints/step-00000020/model.safetensors"))
-assert len(shards) == 4, shards
-sizes = [len(tensors(s)) for s in shards]
-got = tensors(os.path.join(tmp, "m20", "model.safetensors"))
-assert max(sizes) < len(got), ("a shard holds everything", sizes, len(got))
-want = tensors(os.path.join(tmp, "single-model", "model.safetensors"))
-assert sorted(got) == sorted(want), "tensor names differ"
-worst = 0.0
-for name in want:
-    for x, y in zip(got[name], want[name]):
-        worst = max(worst, abs(x - y))
-assert worst <= 1e-4, worst
-print("export: %d tensors from %d shards (%s tensors each), worst difference %.2e"
-      % (len(got), len(shards), sizes, worst))
-PY
+python3 "$(dirname "$0")/parallel_check.py" export "$tmp" 20 4 ||
+    err "export differs from the single process"
 
 [ $fail -eq 0 ] && echo "shoalctl_parallel: all checks passed"
 [ $fail -eq 0 ] || { for f in coord w1 w2 w3 w4 w5; do echo "---- $f.log"; tail -15 "$tmp/$f.log"; done; }

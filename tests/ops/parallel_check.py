@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""parallel_check.py: what the split-run tests compare against a single-process run of the
+same spec (TMP/single.jsonl from `shoal-worker train --metrics`, TMP/single-model from
+--export), reading the cluster workers' TMP/w*.jsonl metrics and checkpoint shards.
+
+  parallel_check.py losses TMP CELLS FROM   every step >= FROM that CELLS workers trained (the
+      last report of each step wins: a step trained again after a rollback replaces the
+      abandoned one) matches the single process within 1e-4 relative
+  parallel_check.py export TMP STEP SHARDS  TMP/mSTEP (shoalctl export) equals
+      TMP/single-model within 1e-4; the step's SHARDS checkpoint shards each hold only part
+"""
+import glob
+import json
+import os
+import struct
+import sys
+
+
+def single_losses(tmp):
+    out = {}
+    for line in open(os.path.join(tmp, "single.jsonl")):
+        j = json.loads(line)
+        out[j["step"] + 1] = j["loss"]  # 0-based there, the daemon counts steps from 1
+    return out
+
+
+def check_losses(tmp, cells, first):
+    single = single_losses(tmp)
+    trained = {}
+    for f in sorted(glob.glob(os.path.join(tmp, "w*.jsonl"))):
+        losses = {}
+        for line in open(f):
+            j = json.loads(line)
+            if j.get("run") and j["step"] >= first:
+                losses[j["step"]] = j["loss"]
+        if losses:
+            trained[f] = losses
+    steps = set()
+    worst = 0.0
+    for f, losses in trained.items():
+        for k, v in losses.items():
+            steps.add(k)
+            rel = abs(v - single[k]) / abs(single[k])
+            worst = max(worst, rel)
+            assert rel <= 1e-4, "%s step %d: %.9g vs single %.9g" % (f, k, v, single[k])
+    want = set(k for k in single if k >= first)
+    assert steps == want, "steps trained %s, expected %s" % (sorted(steps), sorted(want))
+    assert len(trained) >= cells, "workers that trained: %s" % sorted(trained)
+    print("%d workers, steps %d..%d: worst relative loss difference %.2e"
+          % (len(trained), first, max(want), worst))
+
+
+def tensors(path):
+    out = {}
+    with open(path, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        hdr = json.loads(fh.read(n))
+        base = 8 + n
+        for name, t in hdr.items():
+            if name == "__metadata__":
+                continue
+            a, b = t["data_offsets"]
+            fh.seek(base + a)
+            raw = fh.read(b - a)
+            out[name] = struct.unpack("<%df" % (len(raw) // 4), raw)
+    return out
+
+
+def check_export(tmp, step, n_shards):
+    pattern = "w*/runs/*/checkpoints/step-%08d/model.safetensors" % step
+    shards = glob.glob(os.path.join(tmp, pattern))
+    assert len(shards) == n_shards, shards
+    sizes = [len(tensors(s)) for s in shards]
+    got = tensors(os.path.join(tmp, "m%d" % step, "model.safetensors"))
+    assert max(sizes) < len(got), ("a shard holds everything", sizes, len(got))
+    want = tensors(os.path.join(tmp, "single-model", "model.safetensors"))
+    assert sorted(got) == sorted(want), "tensor names differ"
+    worst = 0.0
+    for name in want:
+        for x, y in zip(got[name], want[name]):
+            worst = max(worst, abs(x - y))
+    assert worst <= 1e-4, worst
+    print("export: %d tensors from %d shards (%s tensors each), worst difference %.2e"
+          % (len(got), len(shards), sizes, worst))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "losses":
+        check_losses(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        check_export(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# shoalctl_parallel_kill.sh: a pipeline stage's worker is SIGKILLed and a spare takes its cell.
+# Two pipeline stages on three shoal-worker processes (one spare). After checkpoint 20 the
+# worker of a stage is killed: the coordinator re-plans with the spare, no cell of the new plan
+# holds the lost stage's state, so the run rolls back to the newest committed checkpoint and
+# every cell loads its part from that step's shards (another cell's shard directory where the
+# new plan moved a worker to another stage: resharding). The run finishes; every step, the
+# retrained ones included, matches `shoal-worker train` of the same spec within 1e-4, and the
+# export of the last step matches its model. Usage: shoalctl_parallel_kill.sh BINDIR
+set -u
+. "$(dirname "$0")/ctl_lib.sh" "$1" parkill
+[ -r /usr/share/games/fortunes ] || { echo "no /usr/share/games/fortunes: skip"; exit 77; }
+run_holds() {
+    "$bin" status pk --json >"$tmp/poll" 2>/dev/null &&
+        python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; sys.exit(0 if ($1) else 1)" \
+            "$tmp/poll"
+}
+
+start_cluster 3 kw
+cat >"$tmp/run.yaml" <<YAML
+name: pk
+model:
+  preset: tiny
+data:
+  files: [/usr/share/games/fortunes]
+  seed: 9
+train:
+  steps: 60
+  global_batch: 8
+  seq_len: 32
+  micro_batch: 1
+  lr: 2e-3
+  warmup_steps: 5
+checkpoint:
+  every_steps: 10
+parallel:
+  pipeline_stages: 2
+YAML
+workers_up() {
+    "$bin" workers --json 2>/dev/null | python3 -c \
+        'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w) == 3 else 1)'
+}
+poll_until 30 workers_up || err "the three workers did not register"
+expect 0 submit "$tmp/run.yaml"
+poll_until 120 run_holds 'r["checkpoint_step"] >= 20' || err "no checkpoint 20: $(cat "$tmp/poll")"
+victim=$("$bin" workers --json | python3 -c '
+import json, sys
+w = [x for x in json.load(sys.stdin)["workers"] if x.get("cell")]
+print(next(x["name"] for x in w if x["cell"]["stage"] == 1))')
+[ -n "$victim" ] || err "no worker holds stage 1"
+pkill -KILL -f -- "--name $victim " || err "could not kill $victim"
+poll_until 180 run_holds 'r["state"] == "done"' || err "run not done: $(cat "$tmp/poll")"
+
+expect 0 events pk --json
+python3 - "$tmp/out" <<'PY' || err "ledger: $(cat "$tmp/out")"
+import json, sys
+ev = json.load(open(sys.argv[1]))["events"]
+kinds = [e["kind"] for e in ev]
+assert "rollback" in kinds, kinds
+rb = next(e for e in ev if e["kind"] == "rollback")
+assert rb["detail"]["to_step"] >= 20 and rb["detail"]["source"] == "checkpoint", rb
+plans = [e["detail"] for e in ev if e["kind"] == "plan"]
+assert plans[0]["spares"] and not plans[-1]["spares"], plans
+assert plans[-1]["pp"] == 2, plans[-1]
+PY
+grep -q "loaded checkpoint" "$tmp"/w*.log || err "no worker loaded a checkpoint"
+
+(cd "$tmp" && "$bindir/shoal-worker" train run.yaml --metrics single.jsonl \
+    --export single-model --quiet >single.log 2>&1) ||
+    err "single-process train failed: $(tail -3 "$tmp/single.log")"
+python3 "$(dirname "$0")/parallel_check.py" losses "$tmp" 3 1 || err "losses differ"
+expect 0 export pk --step 60 --out "$tmp/m60"
+python3 "$(dirname "$0")/parallel_check.py" export "$tmp" 60 2 ||
+    err "export differs from the single process"
+
+[ $fail -eq 0 ] && echo "shoalctl_parallel_kill: all checks passed"
+[ $fail -eq 0 ] || { for f in coord w1 w2 w3; do echo "---- $f.log"; tail -15 "$tmp/$f.log"; done; }
+exit $fail
