@@ -43,6 +43,7 @@ typedef struct {
     const char *name, *desc;
     const char *model_yaml; /* the lines under model: */
     int seq_len, micro_batch;
+    int timed; /* timed steps: a few seconds of each topology */
 } s_model_t;
 
 /* tiny: the preset. wide: 4x the width and 2x the depth and experts; fine-grained experts
@@ -51,7 +52,7 @@ typedef struct {
  * dp x ep = 4 and for a 4-stage pipeline to fill. */
 static const s_model_t s_models[] = {
     {"tiny", "the preset: d 128, 4 layers, H 4, f 384, N 8 experts of fe 128, K 2",
-     "  preset: tiny\n", 128, 2},
+     "  preset: tiny\n", 128, 2, 12},
     {"wide", "tiny with d 512, 8 layers, H 8, f 1024, N 16 experts of fe 128, K 2",
      "  preset: tiny\n"
      "  hidden_size: 512\n"
@@ -60,7 +61,7 @@ static const s_model_t s_models[] = {
      "  intermediate_size: 1024\n"
      "  moe_intermediate_size: 128\n"
      "  n_routed_experts: 16\n",
-     64, 2},
+     64, 2, 4},
 };
 #define S_N_MODELS ((int)(sizeof s_models / sizeof s_models[0]))
 
@@ -455,13 +456,14 @@ static void s_usage(const char *argv0)
     fprintf(stderr, "usage: %s [--quick] [--model tiny|wide] [--steps N]\n"
             "  --quick    the tiny model only, 3 timed steps\n"
             "  --model M  one model only (default: tiny and wide)\n"
-            "  --steps N  timed steps after %d warm-up steps (default 4, at most %d)\n",
+            "  --steps N  timed steps after %d warm-up steps (default: tiny 12, wide 4; at most "
+            "%d)\n",
             argv0, S_WARMUP, S_MAX_STEPS - S_WARMUP);
 }
 
 int main(int argc, char **argv)
 {
-    int timed = 4, only = -1;
+    int timed = 0, only = -1; /* 0: each model's own */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             only = 0;
@@ -474,10 +476,11 @@ int main(int argc, char **argv)
             i++;
         } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
             timed = atoi(argv[++i]);
+            timed = timed ? timed : -1;
         } else {
             only = -2;
         }
-        if (only == -2 || timed < 1 || timed > S_MAX_STEPS - S_WARMUP) {
+        if (only == -2 || timed < 0 || timed > S_MAX_STEPS - S_WARMUP) {
             s_usage(argv[0]);
             return 2;
         }
@@ -497,20 +500,21 @@ int main(int argc, char **argv)
     double load[1] = {0};
     if (getloadavg(load, 1) != 1)
         load[0] = -1;
-    const int steps = S_WARMUP + timed;
-    printf("bench_parallel: G 16 sequences per step, micro-batches of 2, %d warm-up + %d timed "
-           "steps, one process per cell, one BLAS thread each, ipc sockets; %ld cores, load "
-           "average %.1f at start\n",
-           S_WARMUP, timed, cores, load[0]);
+    printf("bench_parallel: G 16 sequences per step, micro-batches of 2, %d warm-up steps, one "
+           "process per cell, one BLAS thread each, ipc sockets; %ld cores, load average %.1f "
+           "at start\n",
+           S_WARMUP, cores, load[0]);
     for (int k = 0; k < S_N_MODELS; k++)
         if (only < 0 || only == k)
-            printf("  %s: %s; T %d\n", s_models[k].name, s_models[k].desc, s_models[k].seq_len);
+            printf("  %s: %s; T %d, %d timed steps\n", s_models[k].name, s_models[k].desc,
+                   s_models[k].seq_len, timed ? timed : s_models[k].timed);
     printf("%-5s %7s  %-8s %8s  %8s  %9s  %6s  %8s  %8s  %s\n", "model", "workers", "pp ep dp",
            "step ms", "tokens/s", "vs 1 proc", "comm", "cpu ms", "cpu x", "layers/stage");
     int failed = 0;
     for (int k = 0; k < S_N_MODELS; k++)
         if (only < 0 || only == k)
-            failed += s_bench_model(&s_models[k], steps, dir);
+            failed += s_bench_model(&s_models[k], S_WARMUP + (timed ? timed : s_models[k].timed),
+                                    dir);
     if (getloadavg(load, 1) != 1)
         load[0] = -1;
     printf("%ld cores: 4 processes time-share them with whatever else runs (load average %.1f at "
