@@ -10,9 +10,11 @@
  *   - AG phase: the owner sends every finished piece to every other rank (AR_AG), which copies it
  *     in. Bytes sent per rank: 2 (R-1)/R of the buffer, like a ring, in R-1 parallel streams.
  * All-reduce runs both phases, and the returned reduced piece is the credit of the contribution
- * window. Reduce-scatter alone ends with an RS_ACK from each owner to each contributor, and an
- * all-gather owner of an empty range sends one empty piece: so in every op each rank hears from
- * every rank, and no op completes before every rank has entered it (the routing relies on it).
+ * window. Reduce-scatter alone ends with an RS_ACK from each owner to each contributor, sent once
+ * the owner has folded every rank's contributions; an all-gather owner of an empty range sends one
+ * empty piece. So a rank completes an op only with a message from every rank, or from an owner
+ * that has one from every rank (ranks with empty ranges never talk to each other): no op
+ * completes before every rank has entered it, the routing relies on it.
  * Broadcast: the root sends pieces to every rank (at most a window of unacknowledged pieces per
  * peer); receivers acknowledge cumulatively (BC_ACK), so the root too learns of a dead receiver;
  * once every rank has acknowledged everything the root tells them so (BC_DONE), and only then do
@@ -151,7 +153,9 @@ static bool s_red_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
         size_t off = lo + p->rs_next++ * op->unit, cnt = s_min(hi - off, op->unit);
         f = (frame_t){KIND_AR_RS, op->seq, op->total, off, (uint32_t)cnt, (float *)op->buf + off,
                       cnt * 4};
-    } else if (op->rs && !op->ag && op->own_np > 0 && p->rs_got == op->own_np && !p->sent_token) {
+    } else if (op->rs && !op->ag && op->own_np > 0 && op->ndone == op->own_np && !p->sent_token) {
+        /* Only once every rank's contributions are in, not just j's: else j could finish before
+         * another rank entered this op and reach it two ops ahead, where routing drops frames. */
         p->sent_token = true;
         f.kind = KIND_RS_ACK;
     } else {

@@ -6,8 +6,8 @@
  * (generation, group) picks the comm. For that comm:
  *   - a collective frame of its current op is accepted by the op in progress; one of its next op
  *     is held (a peer may be one op ahead: no collective completes on any rank before every rank
- *     has entered it, since each needs data, an acknowledgement or a token from every rank);
- *     anything else is dropped;
+ *     has entered it, since each needs data, an acknowledgement or a token from every rank, or
+ *     from an owner that has one from every rank; see comm_zmq_coll.c); anything else is dropped;
  *   - a point-to-point frame is accepted when it is the next message of its (src, dst) pair and a
  *     receive from src runs; a later message is held (a sender never waits); an earlier one is
  *     dropped;

@@ -41,7 +41,7 @@ enum {
     KIND_BC_DONE,   /* broadcast: every rank has everything (root to every rank) */
     KIND_P2P,       /* point to point: a piece of message `seq` of its (src, dst) pair */
     KIND_A2A,       /* all-to-all: a piece of the sender's block for the receiver */
-    KIND_RS_ACK,    /* reduce-scatter: the owner has all of the receiver's contributions */
+    KIND_RS_ACK,    /* reduce-scatter: the owner has every rank's contributions */
     KIND__END
 };
 

@@ -2,7 +2,7 @@
  * ranks on 127.0.0.1: several groups on one listener (overlapping, used alternately, frames for a
  * group not created yet held), send/recv ordering, sizes and interleaving with collectives,
  * alltoallv with uneven and empty blocks, reduce-scatter/all-gather against all-reduce bitwise,
- * dead peers and abort in the new operations. */
+ * no rank two ops ahead of another, dead peers and abort in the new operations. */
 
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
@@ -404,6 +404,47 @@ static void test_reduce_scatter_allgather(void **state)
     s_run(4, s_rank_rs_ag, NULL);
 }
 
+/* No rank runs two ops ahead of another. Reduce-scatter of 1 float over 3 ranks: rank 0 owns it,
+ * so ranks 1 and 2 only talk to rank 0. Rank 2 first waits 200 ms, then receives a message rank 1
+ * sent before its reduce-scatter; rank 1's all-gather frame (op 2) reaches rank 2 in the same batch,
+ * while rank 2 has not entered op 1. An owner that acknowledged rank 1's contribution before rank
+ * 2's let rank 1 get there; rank 2 dropped the frame and timed out in the all-gather. */
+static void s_rank_two_ahead(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    verdict_t v = {.ok = 1};
+    int r = ctx->rank;
+    comm_t *c = ct_comm(ctx, 1, 2000, 64);
+    const char msg[] = "sent before op 1";
+    char got[sizeof msg] = {0};
+    int rc;
+    if (r == 1) {
+        rc = comm_send(c, 2, msg, sizeof msg, 0);
+        CHECK(&v, rc == SHOAL_OK, rc, "send");
+    } else if (r == 2) {
+        usleep(200 * 1000);
+        rc = comm_recv(c, 1, got, sizeof got, 0);
+        CHECK(&v, rc == SHOAL_OK && memcmp(got, msg, sizeof msg) == 0, rc, "recv");
+    }
+    float x[3], want[3];
+    ct_fill(x, 1, 70, r);
+    ct_expected(want, 3, 70, ctx->nranks);
+    rc = comm_reduce_scatter_sum_f32(c, x, 1, 0);
+    CHECK(&v, rc == SHOAL_OK && (r != 0 || memcmp(x, want, 4) == 0), rc, "reduce_scatter");
+    memset(x, 0, sizeof x);
+    x[r] = want[r];
+    rc = comm_allgather_f32(c, x, 3, 1);
+    CHECK(&v, rc == SHOAL_OK && memcmp(x, want, sizeof x) == 0, rc, "allgather");
+    comm_destroy(&c);
+    s_report(res, &v);
+}
+
+static void test_no_rank_two_ops_ahead(void **state)
+{
+    (void)state;
+    s_run(3, s_rank_two_ahead, NULL);
+}
+
 /* ------------------------------------------------------------------------------------------- */
 
 /* Rank 2 dies after joining: the others' alltoallv, then (next generation, still listing it) their
@@ -502,6 +543,7 @@ int main(void)
         cmocka_unit_test(test_alltoallv),
         cmocka_unit_test(test_alltoallv_size_mismatch),
         cmocka_unit_test(test_reduce_scatter_allgather),
+        cmocka_unit_test(test_no_rank_two_ops_ahead),
         cmocka_unit_test(test_dead_peer),
         cmocka_unit_test(test_abort_recv),
     };
