@@ -214,21 +214,26 @@ static shoal_err_t s_build_plan(coord_t *c, coord_run_t *r, uint64_t generation,
     shoal_err_t rc = s_place(r, generation, e, p);
     if (rc != SHOAL_OK)
         return rc;
-    /* where the state comes from: the survivor that got furthest, else the checkpoint */
+    /* Where the state comes from: survivors (members of the old plan, placed again, still
+     * holding their run) go back to their cells; when every part of the model sits on a survivor
+     * at the furthest step any survivor reached, peers hand it over; else the checkpoint. */
+    plan_survivor_t *sv = calloc(e->n + 1, sizeof *sv);
+    uint32_t n_sv = 0;
     int64_t best = -1;
-    uint32_t best_rank = 0;
-    for (uint32_t i = 0; i < e->n && !r->distrust_peers; i++) {
-        const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id),
-                          *now = plan_find_worker(p, e->list[i]->id);
-        if (!old || !now || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
-            continue; /* not a survivor (new, or restarted without its state) or a spare now */
-        int64_t st = r->reported[old->rank];
-        if (st > best) {
-            best = st;
-            best_rank = now->rank;
-        }
+    for (uint32_t i = 0; sv && i < e->n && !r->distrust_peers; i++) {
+        const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id);
+        if (!old || !plan_find_worker(p, e->list[i]->id) || !r->reported ||
+            strcmp(e->list[i]->run, r->id) != 0)
+            continue; /* not a survivor (new, restarted without its state) or a spare now */
+        sv[n_sv++] = (plan_survivor_t){e->list[i]->id, r->reported[old->rank]};
+        if (r->reported[old->rank] > best)
+            best = r->reported[old->rank];
     }
-    if (best > 0 && r->generation > 0) { /* best == 0: nobody trained yet, nothing to copy */
+    uint32_t best_rank = 0;
+    plan_keep_holders(p, &r->plan, sv, n_sv);
+    const int held = best > 0 && plan_parts_held(p, &r->plan, sv, n_sv, best, &best_rank);
+    free(sv);
+    if (held && r->generation > 0) { /* best == 0: nobody trained yet, nothing to copy */
         p->source = PLAN_SOURCE_PEER;
         p->source_rank = best_rank;
         p->start_step = best + 1;

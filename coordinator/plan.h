@@ -139,6 +139,25 @@ shoal_err_t plan_build_dp(plan_t *p, const char *run_id, uint64_t generation,
 shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
                        const plan_request_t *req, const plan_worker_t *workers, uint32_t n);
 
+/* A member of the previous plan that keeps its training state into the next plan, and the
+ * step that state is at. */
+typedef struct {
+    const char *worker_id;
+    int64_t step;
+} plan_survivor_t;
+
+/* State stays where it is: each survivor (s[0..n)) goes back to the cell it held in `old` when
+ * `p` has that cell with the same part of the model (the same layers and experts), by swapping
+ * workers between cells of `p` (never changing the cells, so the shape, the groups and the
+ * spares stay as placed; a swap that would break a worker's declared memory is skipped). */
+void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n);
+
+/* Whether every part of `p` (each (stage, ep_rank)) sits on at least one survivor that held the
+ * same part in `old` at `step`; if so *source_rank is the rank of the first such survivor. When
+ * not, the state of some part exists only in the checkpoint. */
+int plan_parts_held(const plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
+                    int64_t step, uint32_t *source_rank);
+
 /* Forward FLOPs per token: layer `l` at sequence length T (attention, then the dense FFN or the
  * router, shared experts and K active routed experts), the embedding (stage 0), and the final
  * norm, head and loss (last stage). Backward costs about twice as much everywhere, so these

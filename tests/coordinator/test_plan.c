@@ -1,6 +1,7 @@
 /* test_plan: the planner (coordinator/plan_place.c, plan_cost.c): stage balance by FLOPs,
  * memory that forces more stages, locality over hosts and institutions, spares, determinism
- * under shuffled input, and refusals that say why. Fast: no coordinator, no I/O. */
+ * under shuffled input, refusals that say why, and re-plans that keep state where it is
+ * (plan_keep.c). Fast: no coordinator, no I/O. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -290,12 +291,72 @@ static void test_refusals(void **state)
     }
 }
 
+/* A re-plan after a death: survivors go back to the cells whose part they hold, and the plan
+ * knows which parts only the checkpoint still has. */
+static void test_keep_holders(void **state)
+{
+    (void)state;
+    plan_worker_t w[S_MAX_W];
+    plan_t old = {0}, p = {0};
+    s_workers(w, 5, NULL, NULL, 0);
+    plan_request_t q = s_req(2, 1, 0);
+    assert_int_equal(plan_build(&old, "r", 1, &q, w, 5), SHOAL_OK); /* dp 2 x pp 2, 1 spare */
+    assert_int_equal(old.n_spares, 1);
+    /* the worker of (replica 0, stage 1) dies; the other four are placed again */
+    const char *dead = old.peers[plan_rank(&old, (plan_cell_t){0, 1, 0})].worker_id;
+    plan_worker_t live[S_MAX_W];
+    uint32_t n = 0;
+    plan_survivor_t sv[S_MAX_W];
+    uint32_t n_sv = 0;
+    for (uint32_t i = 0; i < 5; i++) {
+        if (strcmp(w[i].worker_id, dead) == 0)
+            continue;
+        live[n++] = w[i];
+        if (plan_find_worker(&old, w[i].worker_id))
+            sv[n_sv++] = (plan_survivor_t){w[i].worker_id, 30};
+    }
+    assert_int_equal(n_sv, 3);
+    assert_int_equal(plan_build(&p, "r", 2, &q, live, n), SHOAL_OK);
+    plan_keep_holders(&p, &old, sv, n_sv);
+    for (uint32_t i = 0; i < n_sv; i++) {
+        const plan_peer_t *was = plan_find_worker(&old, sv[i].worker_id);
+        const plan_peer_t *now = plan_find_worker(&p, sv[i].worker_id);
+        assert_non_null(now);
+        assert_memory_equal(&was->cell, &now->cell, sizeof was->cell);
+    }
+    /* the spare took the dead cell; its part is still held by (replica 1, stage 1) */
+    const plan_peer_t *spare_now = plan_find_worker(&p, old.spares[0].worker_id);
+    assert_non_null(spare_now);
+    assert_int_equal(spare_now->cell.stage, 1);
+    uint32_t src = 99;
+    assert_true(plan_parts_held(&p, &old, sv, n_sv, 30, &src));
+    assert_true(src < p.n_peers);
+    /* at another step than the survivors', or with (replica 1, stage 1) lost too, stage 1 is
+     * held by nobody: the checkpoint it is */
+    assert_false(plan_parts_held(&p, &old, sv, n_sv, 31, &src));
+    const char *also = old.peers[plan_rank(&old, (plan_cell_t){1, 1, 0})].worker_id;
+    plan_survivor_t fewer[S_MAX_W];
+    uint32_t n_fewer = 0;
+    for (uint32_t i = 0; i < n_sv; i++)
+        if (strcmp(sv[i].worker_id, also) != 0)
+            fewer[n_fewer++] = sv[i];
+    assert_false(plan_parts_held(&p, &old, fewer, n_fewer, 30, &src));
+    /* a survivor is never moved off a cell another survivor already settled on */
+    plan_keep_holders(&p, &old, sv, n_sv);
+    for (uint32_t i = 0; i < n_sv; i++)
+        assert_memory_equal(&plan_find_worker(&old, sv[i].worker_id)->cell,
+                            &plan_find_worker(&p, sv[i].worker_id)->cell, sizeof(plan_cell_t));
+    plan_fini(&p);
+    plan_fini(&old);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stage_balance),     cmocka_unit_test(test_memory_forces_stages),
         cmocka_unit_test(test_institutions),      cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_spares),            cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_keep_holders),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,9 +6,16 @@
 # every cell loads its part from that step's shards (another cell's shard directory where the
 # new plan moved a worker to another stage: resharding). The run finishes; every step, the
 # retrained ones included, matches `shoal-worker train` of the same spec within 1e-4, and the
-# export of the last step matches its model. Usage: shoalctl_parallel_kill.sh BINDIR
+# export of the last step matches its model.
+# With `dp2`: two replicas of the two stages on five workers (one spare). The killed cell's part
+# is still held by its peer in the other replica: survivors keep their cells, the spare gets the
+# state from that peer, nothing rolls back.
+# Usage: shoalctl_parallel_kill.sh BINDIR [dp2]
 set -u
 . "$(dirname "$0")/ctl_lib.sh" "$1" parkill
+mode=${2:-dp1}
+n_workers=3
+[ "$mode" = dp2 ] && n_workers=5
 [ -r /usr/share/games/fortunes ] || { echo "no /usr/share/games/fortunes: skip"; exit 77; }
 run_holds() {
     "$bin" status pk --json >"$tmp/poll" 2>/dev/null &&
@@ -16,7 +23,7 @@ run_holds() {
             "$tmp/poll"
 }
 
-start_cluster 3 kw
+start_cluster $n_workers kw
 cat >"$tmp/run.yaml" <<YAML
 name: pk
 model:
@@ -38,9 +45,9 @@ parallel:
 YAML
 workers_up() {
     "$bin" workers --json 2>/dev/null | python3 -c \
-        'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w) == 3 else 1)'
+        "import json,sys; w=json.load(sys.stdin)['workers']; sys.exit(0 if len(w) == $n_workers else 1)"
 }
-poll_until 30 workers_up || err "the three workers did not register"
+poll_until 30 workers_up || err "the $n_workers workers did not register"
 expect 0 submit "$tmp/run.yaml"
 poll_until 120 run_holds 'r["checkpoint_step"] >= 20' || err "no checkpoint 20: $(cat "$tmp/poll")"
 victim=$("$bin" workers --json | python3 -c '
@@ -52,27 +59,39 @@ pkill -KILL -f -- "--name $victim " || err "could not kill $victim"
 poll_until 180 run_holds 'r["state"] == "done"' || err "run not done: $(cat "$tmp/poll")"
 
 expect 0 events pk --json
-python3 - "$tmp/out" <<'PY' || err "ledger: $(cat "$tmp/out")"
+python3 - "$tmp/out" "$mode" <<'PY' || err "ledger: $(cat "$tmp/out")"
 import json, sys
 ev = json.load(open(sys.argv[1]))["events"]
 kinds = [e["kind"] for e in ev]
-assert "rollback" in kinds, kinds
-rb = next(e for e in ev if e["kind"] == "rollback")
-assert rb["detail"]["to_step"] >= 20 and rb["detail"]["source"] == "checkpoint", rb
 plans = [e["detail"] for e in ev if e["kind"] == "plan"]
 assert plans[0]["spares"] and not plans[-1]["spares"], plans
 assert plans[-1]["pp"] == 2, plans[-1]
+# one re-plan for the death, with its state source decided right away
+assert len(plans) == 2, plans
+if sys.argv[2] == "dp2":
+    assert "rollback" not in kinds, kinds
+    assert plans[-1]["source"] == "peer" and plans[-1]["dp"] == 2, plans[-1]
+else:
+    rb = next(e for e in ev if e["kind"] == "rollback")
+    assert rb["detail"]["to_step"] >= 20 and rb["detail"]["source"] == "checkpoint", rb
+    assert plans[-1]["source"] == "checkpoint", plans[-1]
 PY
-grep -q "loaded checkpoint" "$tmp"/w*.log || err "no worker loaded a checkpoint"
+if [ "$mode" = dp2 ]; then
+    grep -q "sends it to 1 rank" "$tmp"/w*.log || err "no peer sent the lost cell's state"
+else
+    grep -q "loaded checkpoint" "$tmp"/w*.log || err "no worker loaded a checkpoint"
+fi
 
 (cd "$tmp" && "$bindir/shoal-worker" train run.yaml --metrics single.jsonl \
     --export single-model --quiet >single.log 2>&1) ||
     err "single-process train failed: $(tail -3 "$tmp/single.log")"
-python3 "$(dirname "$0")/parallel_check.py" losses "$tmp" 3 1 || err "losses differ"
+cells=2
+[ "$mode" = dp2 ] && cells=4
+python3 "$(dirname "$0")/parallel_check.py" losses "$tmp" $((cells + 1)) 1 || err "losses differ"
 expect 0 export pk --step 60 --out "$tmp/m60"
-python3 "$(dirname "$0")/parallel_check.py" export "$tmp" 60 2 ||
+python3 "$(dirname "$0")/parallel_check.py" export "$tmp" 60 $cells ||
     err "export differs from the single process"
 
 [ $fail -eq 0 ] && echo "shoalctl_parallel_kill: all checks passed"
-[ $fail -eq 0 ] || { for f in coord w1 w2 w3; do echo "---- $f.log"; tail -15 "$tmp/$f.log"; done; }
+[ $fail -eq 0 ] || { for f in coord w1 w2 w3 w4 w5; do echo "---- $f.log"; tail -15 "$tmp/$f.log"; done; }
 exit $fail
