@@ -17,6 +17,7 @@
 
 #include "child.h"
 #include "ckpt.h"
+#include "ckpt_export.h"
 #include "clock.h"
 #include "ctl_reply.h"
 #include "fsutil.h"
@@ -119,45 +120,15 @@ static void s_stop_all(s_up_t *u)
         child_kill_rest(children, u->n_workers + 1, "shoalctl up", UP_STOP_WAIT_MS / 1000);
 }
 
-static shoal_err_t s_copy_file(const char *from, const char *to)
-{
-    shoal_err_t rc = SHOAL_OK;
-    int in = open(from, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return shoal_fail(SHOAL_ERR_IO, "%s: %s", from, strerror(errno));
-    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (out < 0) {
-        rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", to, strerror(errno));
-        goto out_in;
-    }
-    char buf[1 << 16];
-    for (;;) {
-        ssize_t n = read(in, buf, sizeof(buf));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", from, strerror(errno));
-            break;
-        }
-        if (n == 0)
-            break;
-        if ((rc = fsutil_write_all(out, buf, (size_t)n, to)) != SHOAL_OK)
-            break;
-    }
-    if (close(out) != 0 && rc == SHOAL_OK)
-        rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", to, strerror(errno));
-out_in:
-    close(in);
-    return rc;
-}
-
 /* Candidate checkpoint directories under `dir` (at most `depth` levels down): step dirs (as
  * ckpt.h names them) holding config.json and model.safetensors. With step > 0 only those of that
  * step; otherwise those of the newest step seen (the list restarts when a newer step turns up). */
+#define S_MAX_CANDIDATES 256 /* cells whose shards one export reads */
+
 typedef struct {
     int n;
     long long step;
-    char path[16][PATH_MAX];
+    char path[S_MAX_CANDIDATES][PATH_MAX];
 } s_candidates_t;
 
 static void s_find_model_dirs(const char *dir, int depth, long long step, s_candidates_t *cand)
@@ -190,46 +161,17 @@ static void s_find_model_dirs(const char *dir, int depth, long long step, s_cand
             cand->n = 0;
             cand->step = s;
         }
-        if (cand->n < 16)
+        if (cand->n < S_MAX_CANDIDATES)
             snprintf(cand->path[cand->n++], PATH_MAX, "%s", path);
     }
     closedir(d);
 }
 
-/* The files of a Hugging Face style model directory: config.json and model*.safetensors (or the
- * sharded index and its parts); the optimizer moments and trainer state stay behind. */
-static bool s_is_model_file(const char *name)
-{
-    return strcmp(name, "config.json") == 0 || strncmp(name, "model", 5) == 0;
-}
-
-static shoal_err_t s_copy_model(const char *src, const char *out_dir)
-{
-    shoal_err_t rc = fsutil_mkdir_p(out_dir);
-    if (rc != SHOAL_OK)
-        return rc;
-    DIR *d = opendir(src);
-    if (!d)
-        return shoal_fail(SHOAL_ERR_IO, "%s: %s", src, strerror(errno));
-    struct dirent *e;
-    while (rc == SHOAL_OK && (e = readdir(d))) {
-        char from[PATH_MAX], to[PATH_MAX];
-        struct stat st;
-        if (e->d_name[0] == '.' || !s_is_model_file(e->d_name) ||
-            fsutil_path(from, sizeof(from), "%s/%s", src, e->d_name) != SHOAL_OK ||
-            lstat(from, &st) != 0 || !S_ISREG(st.st_mode))
-            continue;
-        if ((rc = fsutil_path(to, sizeof(to), "%s/%s", out_dir, e->d_name)) == SHOAL_OK)
-            rc = s_copy_file(from, to);
-    }
-    closedir(d);
-    return rc;
-}
-
-/* Copies the final model out of a worker's checkpoint of `step` (any step when none was
- * committed) and checks the copy loads as a whole model (every tensor, every shape): with
- * pipeline or expert parallelism one worker's checkpoint may hold only its part, and the next
- * candidate is tried. */
+/* Assembles the final model from the workers' checkpoint shards of `step` (the newest step any
+ * holds when none was committed): ckpt_export takes each tensor from the first shard holding it,
+ * so a data-parallel run (every shard whole) and a split one (each cell's part) both give one
+ * Hugging Face model directory. It is built beside out_dir and swapped in, so a previous run's
+ * output is replaced only by a complete one. */
 static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir,
                             long long *got_step)
 {
@@ -240,21 +182,22 @@ static shoal_err_t s_export(const s_up_t *u, long long step, const char *out_dir
     s_find_model_dirs(u->tmp, 4, step, cand);
     if (cand->n == 0 && step > 0)
         s_find_model_dirs(u->tmp, 4, 0, cand);
-    shoal_err_t rc =
-        shoal_fail(SHOAL_ERR_NOTFOUND, "no checkpoint holding a model under %s", u->tmp);
-    for (int i = 0; i < cand->n; i++) {
-        model_config_t cfg;
-        float *params = NULL;
-        int64_t n = 0;
-        rc = s_copy_model(cand->path[i], out_dir);
-        if (rc == SHOAL_OK)
-            rc = model_dir_load(out_dir, &cfg, &params, &n);
-        free(params);
-        if (rc == SHOAL_OK) {
+    char fresh[PATH_MAX];
+    const char *dirs[S_MAX_CANDIDATES];
+    for (int i = 0; i < cand->n; i++)
+        dirs[i] = cand->path[i];
+    shoal_err_t rc;
+    if (cand->n == 0)
+        rc = shoal_fail(SHOAL_ERR_NOTFOUND, "no checkpoint holding a model under %s", u->tmp);
+    else if ((rc = fsutil_path(fresh, sizeof(fresh), "%s.new-%ld", out_dir, (long)getpid())) ==
+                 SHOAL_OK &&
+             (rc = fsutil_mkdir_p(out_dir)) == SHOAL_OK &&
+             (rc = ckpt_export(dirs, cand->n, fresh, NULL)) == SHOAL_OK &&
+             (rc = fsutil_remove_tree(out_dir)) == SHOAL_OK) {
+        if (rename(fresh, out_dir) != 0)
+            rc = shoal_fail(SHOAL_ERR_IO, "%s -> %s: %s", fresh, out_dir, strerror(errno));
+        else
             *got_step = cand->step;
-            break;
-        }
-        shoal_fail_context(rc, "%s", cand->path[i]);
     }
     free(cand);
     return rc;
