@@ -59,7 +59,21 @@ typedef struct {
     const char *advertise_host; /* host peers use for a wildcard bind; NULL means 127.0.0.1 */
     const char *ipc_dir;        /* where the same-host ipc socket lives; NULL means /tmp */
     int no_ipc;                 /* nonzero: tcp only (no ipc socket, never connect over ipc) */
+    int no_shm;                 /* nonzero: no shared-memory data path (also when the environment
+                                 * sets SHOAL_COMM_NO_SHM to a value other than "0") */
 } comm_listener_opts_t;
+
+/* Same-host shared memory. A comm whose peers are all reached over the same-host ipc socket (and
+ * whose listener, like every peer's, has shm on) moves all-reduce, reduce-scatter, all-gather and
+ * broadcast of at least COMM_SHM_MIN_BYTES through POSIX shared memory: each rank copies its data
+ * into its own segment (/dev/shm, named after its listener, generation and group, removed once
+ * every peer mapped it), owners fold the peers' pieces from their segments in rank order, and small
+ * ZeroMQ frames say when a piece is ready and when it has been read. Results, tags, timeouts
+ * (naming the silent rank), abort and checks are the same as over sockets; results are bitwise
+ * identical. A segment holds the largest such op of the comm so far (per rank). Every rank of a
+ * comm must agree: a rank with shm off talking to one with shm on fails the op with
+ * SHOAL_ERR_INVALID saying so. Point to point and all-to-all always use the sockets. */
+#define COMM_SHM_MIN_BYTES ((size_t)256 << 10)
 
 /* Binds a data endpoint. A tcp listener also binds a same-host ipc socket, named after its
  * advertised host and port ("<ipc_dir>/shoal-comm-<hash(host)>-<port>"), so that the advertised

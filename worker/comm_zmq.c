@@ -221,6 +221,8 @@ shoal_err_t comm_listener_new_opts(const comm_listener_opts_t *o, comm_listener_
                      out_sock);
     if (!o->no_ipc)
         s_bind_ipc(l, o->ipc_dir ? o->ipc_dir : "/tmp");
+    const char *env_no_shm = getenv("SHOAL_COMM_NO_SHM");
+    l->no_shm = o->no_shm || (env_no_shm && env_no_shm[0] && strcmp(env_no_shm, "0") != 0);
     log_debug("comm: listening on %s (bound %s%s%s)", l->endpoint, o->bind_endpoint,
               l->ipc_path[0] ? ", same host: ipc://" : "", l->ipc_path);
     *out = l;
@@ -335,6 +337,18 @@ static char *s_target(const comm_listener_t *l, const char *endpoint)
         return strdup(ep);
     }
     return strdup(endpoint);
+}
+
+bool comm_zmq_shm_id(const char *ipc_target, char *out, size_t cap)
+{
+    if (strncmp(ipc_target, "ipc://", 6) != 0)
+        return false;
+    const char *slash = strrchr(ipc_target, '/'), *base = slash + 1;
+    /* Only the sockets derived from a tcp identity (s_ipc_path) are unique per host. */
+    if (strncmp(base, "shoal-comm-", 11) != 0)
+        return false;
+    int w = snprintf(out, cap, "%s", base);
+    return w > 0 && (size_t)w < cap;
 }
 
 /* The connection to `endpoint` (rank j of the comm being created), shared or new. */
@@ -460,6 +474,7 @@ void comm_destroy(comm_t **cp)
         if (p->conn && c->l)
             s_conn_put(c->l, p->conn, linger);
     }
+    comm_zmq_shm_fini(c);
     free(c->peers);
     free(c->items);
     if (c->wake[0] >= 0)
@@ -565,6 +580,17 @@ shoal_err_t comm_new(comm_listener_t *l, const comm_config_t *cfg, comm_t **out)
             SHOAL_CHECK_GOTO(s_conn_get(l, cfg->endpoints[j], j, &c->peers[j].conn), rc,
                              out_free);
     }
+    /* The shm path needs every peer on this host (reached over its ipc socket) and our own
+     * identity; the peers decide the same from the same endpoint list. */
+    char ipc_ep[sizeof l->ipc_path + 8];
+    snprintf(ipc_ep, sizeof ipc_ep, "ipc://%s", l->ipc_path);
+    c->shm = c->nranks > 1 && !l->no_shm && l->ipc_path[0] &&
+             comm_zmq_shm_id(ipc_ep, c->shm_id, sizeof c->shm_id);
+    for (int j = 0; c->shm && j < c->nranks; j++) {
+        char id[sizeof c->shm_id];
+        if (j != c->rank && !comm_zmq_shm_id(c->peers[j].conn->target, id, sizeof id))
+            c->shm = false;
+    }
     if (!l->used || cfg->generation != l->generation) {
         /* A new generation: held messages of older ones are of no use any more. */
         l->ngroups_used = 0;
@@ -575,8 +601,9 @@ shoal_err_t comm_new(comm_listener_t *l, const comm_config_t *cfg, comm_t **out)
     l->groups_used[l->ngroups_used++] = c->group;
     l->comms[l->ncomms++] = c;
     log_debug("comm: rank %d/%d generation %" PRIu64 " group %" PRIu32
-              " on %s, chunk %zu, timeout %d ms",
-              c->rank, c->nranks, c->generation, c->group, l->endpoint, c->chunk, c->timeout_ms);
+              " on %s, chunk %zu, timeout %d ms%s",
+              c->rank, c->nranks, c->generation, c->group, l->endpoint, c->chunk, c->timeout_ms,
+              c->shm ? ", same-host shared memory" : "");
     *out = c;
     return SHOAL_OK;
 

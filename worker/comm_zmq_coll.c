@@ -230,8 +230,7 @@ static bool s_red_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m,
         zmq_msg_close(m);
         return true;
     default:
-        *why = "not a message of a reduction";
-        return false;
+        return comm_zmq_reject(c, op, h, why, "not a message of a reduction");
     }
 }
 
@@ -293,6 +292,8 @@ static shoal_err_t s_reduction(comm_t *c, float *buf, size_t n, uint64_t step, c
         return SHOAL_OK;
     if (!buf)
         return shoal_fail(SHOAL_ERR_INVALID, "comm %s: NULL buffer of %zu floats", name, n);
+    if (comm_zmq_shm_fits(c, n * 4, 4))
+        return comm_zmq_shm_reduction(c, buf, n, step, name, rs, ag);
     int R = c->nranks;
     op_t op = {
         .vt = &s_red_vt,
@@ -431,8 +432,7 @@ static bool s_bc_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m, 
         p->got_token = true;
         break;
     default:
-        *why = "not a message of a broadcast";
-        return false;
+        return comm_zmq_reject(c, op, h, why, "not a message of a broadcast");
     }
     zmq_msg_close(m);
     return true;
@@ -469,6 +469,8 @@ shoal_err_t comm_broadcast(comm_t *c, void *buf, size_t bytes, int root, uint64_
         return SHOAL_OK;
     if (!buf)
         return shoal_fail(SHOAL_ERR_INVALID, "comm broadcast: NULL buffer of %zu bytes", bytes);
+    if (comm_zmq_shm_fits(c, bytes, 1))
+        return comm_zmq_shm_broadcast(c, buf, bytes, root, step);
     op_t op = {
         .vt = &s_bc_vt,
         .name = "broadcast",

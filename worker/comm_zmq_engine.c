@@ -110,6 +110,18 @@ static bool s_hdr_parse(const zmq_msg_t *m, wire_hdr_t *h, const char **why)
     case KIND_BC_DATA:
         unit = 1;
         break;
+    case KIND_SHM_IN:
+    case KIND_SHM_OUT:
+        /* The piece lives in the sender's shared segment: its length, and no payload. */
+        if (h->count == 0 || h->count > h->chunk) {
+            *why = "bad piece length";
+            return false;
+        }
+        if (size != HDR_SIZE) {
+            *why = "frame size does not match the header";
+            return false;
+        }
+        return true;
     default:
         break;
     }

@@ -5,7 +5,9 @@
  * comm_zmq.c        listener (tcp + same-host ipc), shared connections, stash, comm lifetime
  * comm_zmq_engine.c frames (build, parse, drop), routing by (generation, group, tag), progress loop
  * comm_zmq_coll.c   all-reduce, reduce-scatter, all-gather, broadcast, barrier
- * comm_zmq_p2p.c    send/recv and all-to-all(v) */
+ * comm_zmq_p2p.c    send/recv and all-to-all(v)
+ * comm_zmq_shm.c    the same-host shared-memory path of large all-reduce, reduce-scatter,
+ *                   all-gather and broadcast (segments: comm_shm.c) */
 #ifndef SHOAL_COMM_ZMQ_INT_H
 #define SHOAL_COMM_ZMQ_INT_H
 
@@ -16,6 +18,7 @@
 #include <zmq.h>
 
 #include "comm.h"
+#include "comm_shm.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "comm_zmq writes its wire header in host order and assumes a little-endian host"
@@ -42,6 +45,10 @@ enum {
     KIND_P2P,       /* point to point: a piece of message `seq` of its (src, dst) pair */
     KIND_A2A,       /* all-to-all: a piece of the sender's block for the receiver */
     KIND_RS_ACK,    /* reduce-scatter: the owner has every rank's contributions */
+    KIND_SHM_IN,    /* shm: a contribution to a piece is in the sender's segment, to its owner */
+    KIND_SHM_OUT,   /* shm: the owner's piece is final (reduced or copied in), to every rank */
+    KIND_SHM_ACK,   /* shm: the sender has read all of the receiver's pieces (no payload) */
+    KIND_SHM_DONE,  /* shm broadcast: every rank has everything (root to every rank) */
     KIND__END
 };
 
@@ -88,6 +95,7 @@ struct comm_listener {
     char host[160];     /* advertised host of a tcp listener, "" otherwise */
     char ipc_dir[96];   /* "" with no_ipc */
     char ipc_path[128]; /* our bound same-host socket, "" if none */
+    bool no_shm;        /* comm_listener_opts_t.no_shm or SHOAL_COMM_NO_SHM */
     comm_t *comms[COMM_MAX_GROUPS]; /* live comms, all of generation `generation` */
     int ncomms;
     bool used; /* a comm existed: generations must not go back */
@@ -115,6 +123,9 @@ typedef struct {
     size_t acked;     /* bcast root: pieces it acknowledged */
     size_t ack_sent;  /* bcast receiver (peer = root): pieces acknowledged so far */
     bool sent_token, got_token; /* barrier token; broadcast DONE; RS_ACK; empty AG range */
+    /* shm path */
+    comm_shm_seg_t seg; /* its segment, mapped read-only once needed */
+    unsigned seg_k;     /* which of its segments seg is (comm_t.shm_k numbering) */
 } peer_t;
 
 struct comm {
@@ -130,6 +141,15 @@ struct comm {
     shoal_err_t broken; /* first failure; SHOAL_OK while healthy */
     atomic_int aborted;
     int wake[2]; /* comm_abort writes here to end a zmq_poll at once */
+    /* Same-host shared-memory path (comm_zmq_shm.c): on when every peer is reached over ipc and
+     * shm is not switched off. Every rank's segment k holds shm_bytes; all ranks grow theirs at
+     * the same ops (the first one larger than shm_bytes), so k and the size need no message. */
+    bool shm;
+    unsigned shm_k;       /* segments grown so far; 0: none yet */
+    size_t shm_bytes;     /* size of segment shm_k */
+    comm_shm_seg_t seg;   /* our segment, created once an op writes into it */
+    unsigned seg_k;       /* which of ours seg is */
+    char shm_id[COMM_SHM_NAME_MAX / 2]; /* our listener identity in segment names */
 };
 
 /* What an operation kind does; the engine calls these (j is never this rank). */
@@ -173,6 +193,9 @@ struct comm_op {
     /* all-to-all */
     const unsigned char *sbuf;
     const size_t *sbytes, *soffs, *rbytes, *roffs;
+    /* shm path: contributions announced per owned piece and rank (own_np x nranks) */
+    unsigned char *in_have;
+    size_t esz; /* bytes per element: 4 (reduction) or 1 (broadcast) */
     /* receive */
     int src;
     /* a hard error found while accepting (a size mismatch): ends the op */
@@ -198,6 +221,26 @@ void comm_zmq_stash_put(comm_listener_t *l, const wire_hdr_t *h, zmq_msg_t *msg)
 comm_t *comm_zmq_find(const comm_listener_t *l, uint64_t generation, uint32_t group);
 /* Whether (generation, group) had a comm on l that is gone now. */
 bool comm_zmq_group_gone(const comm_listener_t *l, uint64_t generation, uint32_t group);
+
+/* Our listener identity in shm segment names, from a peer connection's ipc target (or our own
+ * ipc path): its basename, which only one live listener on this host holds. False when the
+ * target is not a same-host ipc socket. */
+bool comm_zmq_shm_id(const char *ipc_target, char *out, size_t cap);
+
+/* --- comm_zmq_shm.c --- */
+/* Whether an op of `bytes` (elements of esz bytes, spread over every rank) takes the shm path. */
+bool comm_zmq_shm_fits(const comm_t *c, size_t bytes, size_t esz);
+/* The shm path of all-reduce (rs && ag), reduce-scatter (rs) and all-gather (ag). */
+shoal_err_t comm_zmq_shm_reduction(comm_t *c, float *buf, size_t n, uint64_t step,
+                                   const char *name, bool rs, bool ag);
+shoal_err_t comm_zmq_shm_broadcast(comm_t *c, void *buf, size_t bytes, int root, uint64_t step);
+/* Rejects a frame that no case of an op's accept took: *why = otherwise, or, for a data frame of
+ * the other path (shm vs sockets: the ranks disagree), fails the op (op->fatal, naming both
+ * ranks' paths). Returns false (an op_vt_t.accept result). */
+bool comm_zmq_reject(comm_t *c, op_t *op, const wire_hdr_t *h, const char **why,
+                     const char *otherwise);
+/* Unmaps the comm's segments (comm_destroy). */
+void comm_zmq_shm_fini(comm_t *c);
 
 /* --- comm_zmq_engine.c --- */
 size_t comm_zmq_div_up(size_t a, size_t b);

@@ -1,7 +1,11 @@
 /* bench_allreduce: bandwidth of the ZeroMQ comm backend (all-reduce, broadcast, alltoallv,
- * send/recv), 2 and 4 forked ranks over TCP loopback and over the same-host ipc socket,
- * 1/16/64 MiB, against a plain memcpy of the same bytes measured in the same run.
- * Run: build/bin/bench_allreduce [chunk_bytes]   (label bench: not part of the default ctest)
+ * send/recv), 2 and 4 forked ranks over TCP loopback, over the same-host ipc socket with shared
+ * memory off ("ipc"), and with the same-host shared-memory path on ("shm": all-reduce and
+ * broadcast go through it; alltoallv and send/recv still use the ipc socket), 1/16/64 MiB, against
+ * a plain memcpy of the same bytes measured in the same run.
+ * Run: build/bin/bench_allreduce [chunk_bytes [vias [ranks]]]   e.g. `bench_allreduce 0 shm,ipc 2`
+ * (vias: a comma list of tcp, ipc, shm; ranks: 2 or 4; default all; label bench: not part of the
+ * default ctest)
  * algbw = bytes / time; busbw = algbw * 2 (n-1) / n (as nccl-tests): the bytes each rank moves.
  * For scale, a 2-rank broadcast of the same bytes gives the one-way stream rate of the transport.
  */
@@ -25,6 +29,8 @@
 static const size_t s_sizes[NSIZES] = {1u << 20, 16u << 20, 64u << 20};
 static const int s_iters[NSIZES] = {30, 6, 3};
 static const char *const s_ops[NOPS] = {"allreduce", "broadcast", "alltoallv", "send/recv"};
+enum { VIA_TCP, VIA_IPC, VIA_SHM, NVIAS };
+static const char *const s_vias[NVIAS] = {"tcp", "ipc", "shm"};
 
 static int s_io(int fd, void *buf, size_t n, int writing)
 {
@@ -54,7 +60,7 @@ static double s_time_op(comm_t *c, int op, unsigned char *buf, unsigned char *ou
         bytes[j] = blk;
         offs[j] = blk * (size_t)j;
     }
-    double t0 = 0, secs = 0;
+    double t0 = 0, secs = 0, fill = 0;
     for (int it = -1; it < iters; it++) {
         if (it == 0) {
             if (comm_barrier(c, ++*step) != SHOAL_OK)
@@ -64,9 +70,14 @@ static double s_time_op(comm_t *c, int op, unsigned char *buf, unsigned char *ou
         shoal_err_t rc = SHOAL_OK;
         switch (op) {
         case 0:
-            /* Small integers: every order of summation gives the same, checkable result. */
-            for (size_t i = 0; it == iters - 1 && i < n; i++)
-                ((float *)buf)[i] = (float)(rank + 1);
+            /* Small integers: every order of summation gives the same, checkable result. Every
+             * rank fills at the same op, so the fill is taken out of the time. */
+            if (it == iters - 1) {
+                double f0 = clock_mono_s();
+                for (size_t i = 0; i < n; i++)
+                    ((float *)buf)[i] = (float)(rank + 1);
+                fill = clock_mono_s() - f0;
+            }
             rc = comm_allreduce_sum_f32(c, (float *)buf, n, ++*step);
             break;
         case 1:
@@ -87,7 +98,7 @@ static double s_time_op(comm_t *c, int op, unsigned char *buf, unsigned char *ou
         if (rc != SHOAL_OK)
             return -2;
     }
-    secs = (clock_mono_s() - t0) / iters;
+    secs = (clock_mono_s() - t0 - fill) / iters;
     if (op == 0)
         for (size_t i = 0; i < n; i += 4093)
             if (((float *)buf)[i] != (float)(R * (R + 1) / 2))
@@ -97,10 +108,11 @@ static double s_time_op(comm_t *c, int op, unsigned char *buf, unsigned char *ou
 
 /* Seconds per op and size on this rank (secs[op * NSIZES + s]); negative on error or wrong
  * result. */
-static void s_rank(int rank, int nranks, int up, int down, size_t chunk, int ipc)
+static void s_rank(int rank, int nranks, int up, int down, size_t chunk, int via)
 {
     comm_listener_t *l = NULL;
-    comm_listener_opts_t o = {.bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = !ipc};
+    comm_listener_opts_t o = {
+        .bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = via == VIA_TCP, .no_shm = via != VIA_SHM};
     if (comm_listener_new_opts(&o, &l) != SHOAL_OK)
         _exit(2);
     char ep[EP_LEN] = {0}, eps[MAX_RANKS][EP_LEN];
@@ -144,7 +156,7 @@ fail:
     _exit(1);
 }
 
-static int s_group(int nranks, size_t chunk, int ipc, double secs[NOPS * NSIZES])
+static int s_group(int nranks, size_t chunk, int via, double secs[NOPS * NSIZES])
 {
     int up[MAX_RANKS][2], down[MAX_RANKS][2];
     pid_t pid[MAX_RANKS];
@@ -154,7 +166,7 @@ static int s_group(int nranks, size_t chunk, int ipc, double secs[NOPS * NSIZES]
             return -1;
         pid[r] = fork();
         if (pid[r] == 0)
-            s_rank(r, nranks, up[r][1], down[r][0], chunk, ipc);
+            s_rank(r, nranks, up[r][1], down[r][0], chunk, via);
         close(up[r][1]);
         close(down[r][0]);
     }
@@ -216,21 +228,27 @@ int main(int argc, char **argv)
 {
     log_set_level(LOG_LVL_WARN);
     size_t chunk = argc > 1 ? strtoul(argv[1], NULL, 0) : 0;
+    const char *vias = argc > 2 ? argv[2] : "tcp,ipc,shm";
+    int only_ranks = argc > 3 ? atoi(argv[3]) : 0;
     double mbw[NSIZES];
     for (int s = 0; s < NSIZES; s++)
         mbw[s] = s_memcpy_bw(s_sizes[s]);
-    printf("# ZeroMQ comm, loopback, chunk %zu bytes; %ld CPUs online; algbw = bytes / time "
+    printf("# ZeroMQ comm, loopback (shm: same-host shared memory from %zu bytes), chunk %zu bytes; %ld CPUs online; algbw = bytes / time "
            "(alltoallv: bytes sent per rank; send/recv: one-way stream)\n",
-           chunk ? chunk : (size_t)COMM_CHUNK_DEFAULT, sysconf(_SC_NPROCESSORS_ONLN));
+           (size_t)COMM_SHM_MIN_BYTES, chunk ? chunk : (size_t)COMM_CHUNK_DEFAULT, sysconf(_SC_NPROCESSORS_ONLN));
     printf("%4s %5s %-10s %8s %10s %12s %12s %12s %10s\n", "via", "ranks", "op", "size",
            "time/op", "algbw", "busbw", "memcpy", "algbw/mcpy");
     int status = 0;
-    for (int ipc = 0; ipc <= 1; ipc++) {
+    for (int via = 0; via < NVIAS; via++) {
+        if (!strstr(vias, s_vias[via]))
+            continue;
         for (int nranks = 2; nranks <= 4; nranks += 2) {
             double secs[NOPS * NSIZES];
-            if (s_group(nranks, chunk, ipc, secs) != 0) {
+            if (only_ranks && nranks != only_ranks)
+                continue;
+            if (s_group(nranks, chunk, via, secs) != 0) {
                 fprintf(stderr, "bench_allreduce: %d ranks over %s failed\n", nranks,
-                        ipc ? "ipc" : "tcp");
+                        s_vias[via]);
                 status = 1;
                 continue;
             }
@@ -240,7 +258,7 @@ int main(int argc, char **argv)
                     double bus = op == 0 ? alg * 2.0 * (nranks - 1) / nranks : alg;
                     printf("%4s %5d %-10s %4zu MiB %7.2f ms %7.3f GB/s %7.3f GB/s %7.2f GB/s "
                            "%10.4f\n",
-                           ipc ? "ipc" : "tcp", nranks, s_ops[op], s_sizes[s] >> 20, t * 1e3,
+                           s_vias[via], nranks, s_ops[op], s_sizes[s] >> 20, t * 1e3,
                            alg / 1e9, bus / 1e9, mbw[s] / 1e9, alg / mbw[s]);
                 }
             }

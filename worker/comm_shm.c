@@ -1,0 +1,111 @@
+/* comm_shm.c: POSIX shared-memory segments of the comm's same-host data path (see comm_shm.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "comm_shm.h"
+
+static shoal_err_t s_name_set(comm_shm_seg_t *s, const char *name)
+{
+    size_t n = strlen(name);
+    if (n + 1 > sizeof s->name || name[0] != '/' || strchr(name + 1, '/'))
+        return shoal_fail(SHOAL_ERR_INVALID, "comm shm: bad segment name '%s'", name);
+    memcpy(s->name, name, n + 1);
+    return SHOAL_OK;
+}
+
+shoal_err_t comm_shm_create(comm_shm_seg_t *s, const char *name, size_t bytes)
+{
+    shoal_err_t rc = SHOAL_OK;
+    memset(s, 0, sizeof *s);
+    SHOAL_CHECK_GOTO(s_name_set(s, name), rc, out);
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        /* The name embeds our listener's host:port identity, which only we hold now. */
+        shm_unlink(name);
+        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    }
+    if (fd < 0) {
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: create %s: %s", name, strerror(errno));
+        goto out;
+    }
+    s->linked = true;
+    int e = ftruncate(fd, (off_t)bytes) != 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
+    if (e != 0) {
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: reserve %zu bytes for %s: %s", bytes, name,
+                        strerror(e));
+        goto out_fd;
+    }
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: map %zu bytes of %s: %s", bytes, name,
+                        strerror(errno));
+        goto out_fd;
+    }
+    s->base = p;
+    s->bytes = bytes;
+    close(fd);
+    return SHOAL_OK;
+
+out_fd:
+    close(fd);
+    comm_shm_close(s);
+out:
+    return rc;
+}
+
+shoal_err_t comm_shm_open(comm_shm_seg_t *s, const char *name, size_t min_bytes)
+{
+    shoal_err_t rc = SHOAL_OK;
+    memset(s, 0, sizeof *s);
+    SHOAL_CHECK_GOTO(s_name_set(s, name), rc, out);
+    int fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) {
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: open %s: %s", name, strerror(errno));
+        goto out;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: stat %s: %s", name, strerror(errno));
+        goto out_fd;
+    }
+    if (st.st_size < 0 || (size_t)st.st_size < min_bytes) {
+        rc = shoal_fail(SHOAL_ERR_INVALID, "comm shm: %s holds %lld bytes, fewer than %zu", name,
+                        (long long)st.st_size, min_bytes);
+        goto out_fd;
+    }
+    /* Prefaulted: a first touch of every 4 KiB page inside the timed copies costs more than the
+     * copies of a 64 MiB op. */
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) {
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: map %s: %s", name, strerror(errno));
+        goto out_fd;
+    }
+    s->base = p;
+    s->bytes = (size_t)st.st_size;
+
+out_fd:
+    close(fd);
+out:
+    return rc;
+}
+
+void comm_shm_unlink(comm_shm_seg_t *s)
+{
+    if (s->linked) {
+        shm_unlink(s->name);
+        s->linked = false;
+    }
+}
+
+void comm_shm_close(comm_shm_seg_t *s)
+{
+    comm_shm_unlink(s);
+    if (s->base)
+        munmap(s->base, s->bytes);
+    memset(s, 0, sizeof *s);
+}

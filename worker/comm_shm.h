@@ -1,0 +1,41 @@
+/* comm_shm.h: POSIX shared-memory segments of the comm's same-host data path (internal to
+ * shoal_comm, used by comm_zmq_shm.c): one writer creates a segment, its peers map it read-only.
+ *
+ * Each rank of a same-host comm writes only its own segment (contributions, reduced pieces,
+ * broadcast data) and reads its peers'; the ZeroMQ frames of the op say when a region is ready
+ * and when its readers are done with it, so no lock lives in the segment. */
+#ifndef SHOAL_COMM_SHM_H
+#define SHOAL_COMM_SHM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "err.h"
+
+/* Longest segment name, with the leading '/' and the NUL. */
+#define COMM_SHM_NAME_MAX 200
+
+typedef struct {
+    unsigned char *base; /* NULL while nothing is mapped */
+    size_t bytes;        /* mapped length */
+    bool linked;         /* created here and its name not removed yet */
+    char name[COMM_SHM_NAME_MAX];
+} comm_shm_seg_t;
+
+/* Creates and maps (read-write) segment `name` ("/..." without another '/') of `bytes`, its pages
+ * reserved up front so that a full /dev/shm is an error here, not a SIGBUS later. A leftover of
+ * the same name (a dead process that held the same listener identity) is replaced. *s must be
+ * unmapped (zeroed or closed). Errors: SHOAL_ERR_INVALID (name too long), SHOAL_ERR_IO. */
+shoal_err_t comm_shm_create(comm_shm_seg_t *s, const char *name, size_t bytes);
+
+/* Maps an existing segment read-only, prefaulted; it must hold at least min_bytes. Errors:
+ * SHOAL_ERR_INVALID (name too long, segment too small), SHOAL_ERR_IO (absent, mmap). */
+shoal_err_t comm_shm_open(comm_shm_seg_t *s, const char *name, size_t min_bytes);
+
+/* Removes the name of a segment created here (mappings stay valid). Idempotent. */
+void comm_shm_unlink(comm_shm_seg_t *s);
+
+/* Unmaps, and removes the name if still linked. Idempotent; leaves *s zeroed. */
+void comm_shm_close(comm_shm_seg_t *s);
+
+#endif
