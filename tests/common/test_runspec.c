@@ -356,6 +356,15 @@ static void test_default_matches_example(void **state)
     assert_string_equal(a->checkpoint_dir, "checkpoints");
     assert_int_equal(a->checkpoint_every, 100);
     assert_int_equal(a->checkpoint_keep, 3);
+    /* the split example is the same run in 2 stages x 2 expert ranks */
+    if (runspec_load_file(SHOAL_SOURCE_DIR "/examples/tiny-pipeline-experts.yaml", b) != SHOAL_OK) {
+        fprintf(stderr, "%s\n", shoal_errmsg());
+        fail();
+    }
+    assert_int_equal(b->pp, 2);
+    assert_int_equal(b->ep, 2);
+    assert_int_equal(b->dp, 0);
+    assert_int_equal(b->global_batch, a->global_batch);
     free(a);
     free(b);
 }
