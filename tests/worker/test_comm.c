@@ -503,21 +503,6 @@ static void test_dead_receiver(void **state)
 
 /* ------------------------------------------------------------------------------------------- */
 
-static comm_t *volatile s_abort_target;
-
-static void s_on_alarm(int sig)
-{
-    (void)sig;
-    comm_abort(s_abort_target);
-}
-
-static void *s_abort_thread(void *arg)
-{
-    usleep(100 * 1000);
-    comm_abort(arg);
-    return NULL;
-}
-
 /* Rank 1 never calls the collective: rank 0 is aborted from a signal handler, then from another
  * thread, 0.1 s in; each call ends ABORTED, before its own 20 s timeout could end it (no tighter
  * bound: a loaded machine may run the abort late, never wrongly). */
@@ -531,11 +516,7 @@ static void s_rank_abort(rank_ctx_t *ctx, result_t *res, void *arg)
         return;
     }
     comm_t *c = ct_comm(ctx, 1, 20000, 0);
-    s_abort_target = c;
-    struct sigaction sa = {.sa_handler = s_on_alarm};
-    sigaction(SIGALRM, &sa, NULL);
-    struct itimerval it = {.it_value = {.tv_usec = 100 * 1000}};
-    setitimer(ITIMER_REAL, &it, NULL);
+    ct_abort_on_alarm(c, 100 * 1000);
     float buf[100] = {0};
     double t0 = ct_ms();
     int rc = comm_allreduce_sum_f32(c, buf, 100, 1);
@@ -546,7 +527,7 @@ static void s_rank_abort(rank_ctx_t *ctx, result_t *res, void *arg)
 
     c = ct_comm(ctx, 2, 20000, 0);
     pthread_t th;
-    pthread_create(&th, NULL, s_abort_thread, c);
+    pthread_create(&th, NULL, ct_abort_thread, c);
     t0 = ct_ms();
     rc = comm_barrier(c, 3);
     ms = ct_ms() - t0;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -138,6 +139,32 @@ static bool s_write_all(int fd, const void *buf, size_t n)
     return true;
 }
 
+unsigned ct_no_shm_mask;
+
+static comm_t *volatile s_abort_target;
+
+static void s_on_alarm(int sig)
+{
+    (void)sig;
+    comm_abort(s_abort_target); /* async-signal-safe */
+}
+
+void ct_abort_on_alarm(comm_t *c, long usec)
+{
+    s_abort_target = c;
+    struct sigaction sa = {.sa_handler = s_on_alarm};
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {.it_value = {.tv_sec = usec / 1000000, .tv_usec = usec % 1000000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+}
+
+void *ct_abort_thread(void *arg)
+{
+    usleep(100 * 1000);
+    comm_abort(arg);
+    return NULL;
+}
+
 /* Forks nranks ranks; each binds a listener, the parent relays the endpoint list (as the
  * coordinator does), runs `before`, then collects one result per rank. got[r] tells whether rank
  * r reported (a rank killed on purpose does not); status[r] is its wait status. */
@@ -165,6 +192,8 @@ void ct_run_group(int nranks, rank_fn fn, void *arg, before_fn before, void *bef
                 close(down[k][1]);
             }
             rank_ctx_t ctx = {.rank = r, .nranks = nranks};
+            if (ct_no_shm_mask & (1u << r))
+                setenv("SHOAL_COMM_NO_SHM", "1", 1);
             if (comm_listener_new("tcp://127.0.0.1:0", &ctx.l) != SHOAL_OK) {
                 fprintf(stderr, "rank %d: %s\n", r, shoal_errmsg());
                 _exit(2);
@@ -256,6 +285,14 @@ comm_t *ct_comm_group(rank_ctx_t *ctx, uint64_t gen, uint32_t group, const int *
         _exit(3);
     }
     return c;
+}
+
+void ct_run_all(int nranks, rank_fn fn, void *arg, result_t *res)
+{
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    ct_run_group(nranks, fn, arg, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, nranks);
 }
 
 void ct_run_killed(int nranks, rank_fn fn, void *arg, int killed, result_t *res)

@@ -53,6 +53,15 @@ comm_t *ct_comm(rank_ctx_t *ctx, uint64_t gen, int timeout_ms, size_t chunk);
  * NULL when this rank is not a member. Exits the rank on failure. */
 comm_t *ct_comm_group(rank_ctx_t *ctx, uint64_t gen, uint32_t group, const int *members,
                       int nmembers, int timeout_ms);
+/* Makes comm_abort(c) run from a SIGALRM handler `usec` microseconds from now. */
+void ct_abort_on_alarm(comm_t *c, long usec);
+/* A pthread start routine: comm_abort(arg) 100 ms after it starts. */
+void *ct_abort_thread(void *arg);
+
+/* Ranks (bit r: rank r) whose listener has the same-host shared-memory path off
+ * (SHOAL_COMM_NO_SHM=1 in that rank), for the ct_run_group calls that follow; 0 by default. */
+extern unsigned ct_no_shm_mask;
+
 /* Forks nranks ranks; each binds a listener, the parent relays the endpoint list (as the
  * coordinator does), runs `before`, then collects one result per rank. got[r] tells whether rank
  * r reported (a rank killed on purpose does not); status[r] is its wait status. */
@@ -61,6 +70,8 @@ void ct_run_group(int nranks, rank_fn fn, void *arg, before_fn before, void *bef
 /* ct_run_group for a test where rank `killed` SIGKILLs itself: asserts it did and that every other
  * rank reported. */
 void ct_run_killed(int nranks, rank_fn fn, void *arg, int killed, result_t *res);
+/* ct_run_group without a `before` hook, then ct_check_all. */
+void ct_run_all(int nranks, rank_fn fn, void *arg, result_t *res);
 /* Asserts every rank reported, every record passed, and digests agree across ranks. */
 void ct_check_all(const result_t *res, const bool *got, const int *status, int nranks);
 

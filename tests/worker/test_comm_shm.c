@@ -1,0 +1,321 @@
+/* test_comm_shm: the same-host shared-memory path of the comm (comm_zmq_shm.c) against the socket
+ * path, with real forked ranks on 127.0.0.1: the same ops of awkward sizes over 2, 3 and 4 ranks
+ * with shm on and with it off give bitwise the same outputs (and the documented rank-ordered
+ * sum); segments grow and are removed; a rank with shm off among ranks with it on fails the op
+ * saying so; a dead peer is a timeout naming it; abort from a signal handler and from a thread. */
+
+/* cmocka needs these first, in this order */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "comm.h"
+#include "test_comm_lib.h"
+
+#define ALL_OFF 0xFu
+#define DEAD_TIMEOUT_MS 400
+
+/* Floats of the reductions: above COMM_SHM_MIN_BYTES, not a multiple of the ranks or the chunk;
+ * the middle one is the largest, so the segment grows once and then serves a smaller op. */
+static const size_t s_nfloats[] = {65537, 400009, 99991};
+/* Bytes of the broadcasts. */
+static const size_t s_nbytes[] = {262147, 1000003};
+/* chunk_bytes: the default, and one that cuts ranges into many odd pieces. */
+static const size_t s_chunks[] = {0, 65540};
+
+/* The ops of one rank, each recorded with its output digest (the same on every rank):
+ * all-reduce, reduce-scatter then all-gather (== all-reduce), all-gather of ranges filled by
+ * their owners, broadcast from the last rank. */
+static void s_rank_ops(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    int R = ctx->nranks, me = ctx->rank;
+    uint64_t gen = 1, step = 0;
+    size_t maxn = 400009;
+    float *buf = malloc(maxn * 4), *want = malloc(maxn * 4);
+    unsigned char *bc = malloc(1000003), *bwant = malloc(1000003);
+    for (size_t k = 0; k < sizeof s_chunks / sizeof s_chunks[0]; k++) {
+        comm_t *c = ct_comm(ctx, gen++, 20000, s_chunks[k]);
+        for (size_t s = 0; s < sizeof s_nfloats / sizeof s_nfloats[0]; s++) {
+            size_t n = s_nfloats[s], lo, hi;
+            uint64_t seed = 1000 * k + s;
+            ct_expected(want, n, seed, R);
+            ct_fill(buf, n, seed, me);
+            int rc = comm_allreduce_sum_f32(c, buf, n, ++step);
+            ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4),
+                   0);
+
+            ct_fill(buf, n, seed, me);
+            rc = comm_reduce_scatter_sum_f32(c, buf, n, ++step);
+            comm_chunk_range(n, R, me, &lo, &hi);
+            int ok = rc == SHOAL_OK && memcmp(buf + lo, want + lo, (hi - lo) * 4) == 0;
+            if (rc == SHOAL_OK)
+                rc = comm_allgather_f32(c, buf, n, ++step);
+            ct_rec(res, rc, ok && rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0,
+                   ct_fnv(buf, n * 4), 0);
+
+            /* All-gather alone: each owner's range holds its own input, the rest garbage. */
+            ct_fill(buf, n, seed, 7);
+            for (int r = 0; r < R; r++) {
+                comm_chunk_range(n, R, r, &lo, &hi);
+                for (size_t i = lo; i < hi; i++) {
+                    want[i] = ct_input(seed, r, i);
+                    if (r == me)
+                        buf[i] = want[i];
+                }
+            }
+            rc = comm_allgather_f32(c, buf, n, ++step);
+            ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4),
+                   0);
+        }
+        for (size_t s = 0; s < sizeof s_nbytes / sizeof s_nbytes[0]; s++) {
+            size_t n = s_nbytes[s];
+            for (size_t i = 0; i < n; i++)
+                bwant[i] = (unsigned char)(i * 131 + s + k);
+            if (me == R - 1)
+                memcpy(bc, bwant, n);
+            else
+                memset(bc, 0xa5, n);
+            int rc = comm_broadcast(c, bc, n, R - 1, ++step);
+            ct_rec(res, rc, rc == SHOAL_OK && memcmp(bc, bwant, n) == 0, ct_fnv(bc, n), 0);
+        }
+        comm_destroy(&c);
+    }
+    free(buf);
+    free(want);
+    free(bc);
+    free(bwant);
+}
+
+/* The ports of the endpoints, for s_no_segments_left. */
+typedef struct {
+    char ports[MAX_RANKS][16];
+    int nranks;
+} ports_t;
+
+static void s_keep_ports(char eps[][EP_LEN], int nranks, void *arg)
+{
+    ports_t *p = arg;
+    p->nranks = nranks;
+    for (int r = 0; r < nranks; r++) {
+        const char *colon = strrchr(eps[r], ':');
+        snprintf(p->ports[r], sizeof p->ports[r], "-%s-", colon ? colon + 1 : "?");
+    }
+}
+
+/* No segment of these ranks' listeners is left in /dev/shm ("shoal-comm-<host>-<port>-..."). */
+static void s_no_segments_left(const ports_t *p)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "shoal-comm-", 11) != 0)
+            continue;
+        const char *after = strchr(e->d_name + 11, '-'); /* after the host hash */
+        for (int r = 0; after && r < p->nranks; r++)
+            if (strncmp(after, p->ports[r], strlen(p->ports[r])) == 0)
+                fail_msg("segment /dev/shm/%s left behind", e->d_name);
+    }
+    closedir(d);
+}
+
+/* Runs s_rank_ops with shm on and off; each run checks itself, and the two agree bitwise. */
+static void s_shm_vs_sockets(int nranks)
+{
+    result_t on[MAX_RANKS], off[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    ports_t ports;
+    ct_no_shm_mask = 0;
+    ct_run_group(nranks, s_rank_ops, NULL, s_keep_ports, &ports, on, got, status);
+    ct_check_all(on, got, status, nranks);
+    s_no_segments_left(&ports);
+    ct_no_shm_mask = ALL_OFF;
+    ct_run_group(nranks, s_rank_ops, NULL, NULL, NULL, off, got, status);
+    ct_no_shm_mask = 0;
+    ct_check_all(off, got, status, nranks);
+    assert_int_equal(on[0].nrec, off[0].nrec);
+    assert_int_equal(on[0].nrec, 2 * (3 * 3 + 2));
+    for (int k = 0; k < on[0].nrec; k++)
+        if (on[0].digest[k] != off[0].digest[k])
+            fail_msg("record %d: shm and socket outputs differ", k);
+}
+
+/* The state: the number of ranks. */
+static void test_shm_vs_sockets(void **state)
+{
+    s_shm_vs_sockets(*(const int *)*state);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+#define BIG 300001
+
+/* Rank 1 has shm off, rank 0 on: a large all-reduce fails on both saying why (not a timeout);
+ * small ops, which never use shm, still work on the next generation. */
+static void s_rank_mismatch(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    float *buf = calloc(BIG, 4);
+    comm_t *c = ct_comm(ctx, 1, 5000, 0);
+    int rc = comm_allreduce_sum_f32(c, buf, BIG, 1);
+    ct_rec(res, SHOAL_OK,
+           rc == SHOAL_ERR_INVALID && strstr(shoal_errmsg(), "over shared memory") != NULL, 0, 0);
+    snprintf(res->msg[0], sizeof res->msg[0], "rc %d: %s", rc, shoal_errmsg());
+    comm_destroy(&c);
+    c = ct_comm(ctx, 2, 5000, 0);
+    ct_fill(buf, 1000, 3, ctx->rank);
+    rc = comm_allreduce_sum_f32(c, buf, 1000, 1);
+    ct_rec(res, rc, rc == SHOAL_OK, ct_fnv(buf, 1000 * 4), 0);
+    comm_destroy(&c);
+    free(buf);
+}
+
+static void test_shm_mismatch(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    ct_no_shm_mask = 1u << 1;
+    ct_run_all(2, s_rank_mismatch, NULL, res);
+    ct_no_shm_mask = 0;
+    printf("  rank 0: %s\n", res[0].msg[0]);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+/* Rank 2 dies once every rank has created both comms (same-host peers, so both use shm) and
+ * finished a small all-reduce (it waits for a message from each survivor sent after it). The
+ * survivors' large all-reduce on the first comm, then their large broadcast from rank 0 on the
+ * second, time out naming rank 2 (the broadcast's other receiver waits on the root's DONE); no
+ * segment is left. */
+static void s_rank_dead(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    const int all[] = {0, 1, 2};
+    comm_t *c = ct_comm(ctx, 1, DEAD_TIMEOUT_MS, 0);
+    comm_t *c2 = ct_comm_group(ctx, 1, 1, all, 3, DEAD_TIMEOUT_MS);
+    float *buf = calloc(BIG, 4);
+    int rc = comm_allreduce_sum_f32(c, buf, 100, 1);
+    if (ctx->rank == 2) {
+        char x;
+        if (rc == SHOAL_OK && comm_recv(c, 0, &x, 1, 2) == SHOAL_OK &&
+            comm_recv(c, 1, &x, 1, 2) == SHOAL_OK)
+            raise(SIGKILL);
+        _exit(4);
+    }
+    if (rc == SHOAL_OK)
+        rc = comm_send(c, 2, "x", 1, 2);
+    ct_rec(res, rc, rc == SHOAL_OK, 0, 0);
+    double t0 = ct_ms();
+    rc = comm_allreduce_sum_f32(c, buf, BIG, 3);
+    double ms = ct_ms() - t0;
+    ct_rec(res, SHOAL_OK,
+           rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), "no message from rank 2") &&
+               ms >= DEAD_TIMEOUT_MS - 5 && ms < DEAD_TIMEOUT_MS + 1500,
+           0, ms);
+    snprintf(res->msg[1], sizeof res->msg[1], "rc %d: %s", rc, shoal_errmsg());
+    comm_destroy(&c);
+    rc = comm_broadcast(c2, buf, BIG * 4, 0, 1);
+    const char *want = ctx->rank == 0 ? "no message from rank 2" : "waiting on rank(s) 0";
+    ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT && strstr(shoal_errmsg(), want) != NULL, 0, 0);
+    snprintf(res->msg[2], sizeof res->msg[2], "rc %d: %s", rc, shoal_errmsg());
+    comm_destroy(&c2);
+    free(buf);
+}
+
+static void test_shm_dead_peer(void **state)
+{
+    (void)state;
+    ct_no_shm_mask = 0; /* a failed test before may have left it set */
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    ports_t ports;
+    ct_run_group(3, s_rank_dead, NULL, s_keep_ports, &ports, res, got, status);
+    assert_false(got[2]);
+    for (int r = 0; r < 2; r++) {
+        assert_true(got[r]);
+        assert_int_equal(res[r].nrec, 3);
+        for (int k = 0; k < 3; k++)
+            if (!res[r].ok[k])
+                fail_msg("rank %d record %d: %s", r, k, res[r].msg[k]);
+    }
+    s_no_segments_left(&ports);
+    printf("  rank 0: %s\n  rank 1: %s\n", res[0].msg[1], res[1].msg[2]);
+}
+
+/* ------------------------------------------------------------------------------------------- */
+
+/* Both comms are created up front (rank 1's listener is gone later, and a comm with a peer not
+ * reachable over ipc would not use shm). Rank 1 joins only the first large all-reduce: rank 0's
+ * second one is aborted from a signal handler, a large broadcast on the other comm from a thread;
+ * both end ABORTED long before the 20 s timeout. */
+static void s_rank_abort(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    const int both[] = {0, 1};
+    float *buf = calloc(BIG, 4);
+    comm_t *c = ct_comm(ctx, 1, 20000, 0);
+    comm_t *c2 = ct_comm_group(ctx, 1, 1, both, 2, 20000);
+    int rc = comm_allreduce_sum_f32(c, buf, BIG, 1);
+    ct_rec(res, rc, rc == SHOAL_OK, 0, 0);
+    if (ctx->rank == 1) {
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
+        ct_rec(res, SHOAL_OK, 1, 0, 0);
+        goto out;
+    }
+    ct_abort_on_alarm(c, 100 * 1000);
+    double t0 = ct_ms();
+    rc = comm_allreduce_sum_f32(c, buf, BIG, 2);
+    double ms = ct_ms() - t0;
+    ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 10000, 0, ms);
+
+    pthread_t th;
+    pthread_create(&th, NULL, ct_abort_thread, c2);
+    t0 = ct_ms();
+    rc = comm_broadcast(c2, buf, BIG * 4, 0, 1);
+    ms = ct_ms() - t0;
+    pthread_join(th, NULL);
+    ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_ABORTED && ms < 10000, 0, ms);
+out:
+    comm_destroy(&c);
+    comm_destroy(&c2);
+    free(buf);
+}
+
+static void test_shm_abort(void **state)
+{
+    (void)state;
+    ct_no_shm_mask = 0; /* a failed test before may have left it set */
+    result_t res[MAX_RANKS];
+    ct_run_all(2, s_rank_abort, NULL, res);
+}
+
+int main(void)
+{
+    static int s_nranks[] = {2, 3, 4};
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_prestate(test_shm_vs_sockets, &s_nranks[0]),
+        cmocka_unit_test_prestate(test_shm_vs_sockets, &s_nranks[1]),
+        cmocka_unit_test_prestate(test_shm_vs_sockets, &s_nranks[2]),
+        cmocka_unit_test(test_shm_mismatch),
+        cmocka_unit_test(test_shm_dead_peer),
+        cmocka_unit_test(test_shm_abort),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
