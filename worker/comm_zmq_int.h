@@ -195,7 +195,8 @@ struct comm_op {
     const size_t *sbytes, *soffs, *rbytes, *roffs;
     /* shm path: contributions announced per owned piece and rank (own_np x nranks) */
     unsigned char *in_have;
-    size_t esz; /* bytes per element: 4 (reduction) or 1 (broadcast) */
+    size_t esz;  /* bytes per element: 4 (reduction) or 1 (broadcast) */
+    size_t slot; /* reduction: elements per ring slot of a segment (window: slots per ring) */
     /* receive */
     int src;
     /* a hard error found while accepting (a size mismatch): ends the op */
