@@ -65,15 +65,19 @@ typedef struct {
 
 /* Same-host shared memory. A comm whose peers are all reached over the same-host ipc socket (and
  * whose listener, like every peer's, has shm on) moves all-reduce, reduce-scatter, all-gather and
- * broadcast of at least COMM_SHM_MIN_BYTES through POSIX shared memory: each rank copies its data
- * into its own segment (/dev/shm, named after its listener, generation and group, removed once
- * every peer mapped it), owners fold the peers' pieces from their segments in rank order, and small
- * ZeroMQ frames say when a piece is ready and when it has been read. Results, tags, timeouts
- * (naming the silent rank), abort and checks are the same as over sockets; results are bitwise
- * identical. A segment holds the largest such op of the comm so far (per rank). Every rank of a
+ * broadcast of at least COMM_SHM_MIN_BYTES (below it the sockets were as fast, 2 ranks) through
+ * POSIX shared memory: each rank copies its data into its own segment (/dev/shm, named after its
+ * listener's ipc socket, generation and group, removed once every peer mapped it), owners fold
+ * the peers' pieces from their segments in rank order, and small ZeroMQ frames say when a piece
+ * is ready and when it has been read. Results, tags, timeouts (naming the silent rank), abort and
+ * checks are the same as over sockets; results are bitwise identical. Memory per rank and comm:
+ * for reductions (nranks + 1) rings of max(2 MiB, chunk_bytes) (less for small ops), for
+ * all-gather and broadcast the largest such op so far; kept until comm_destroy. Every rank of a
  * comm must agree: a rank with shm off talking to one with shm on fails the op with
- * SHOAL_ERR_INVALID saying so. Point to point and all-to-all always use the sockets. */
-#define COMM_SHM_MIN_BYTES ((size_t)256 << 10)
+ * SHOAL_ERR_INVALID saying so (or, if its peer failed first and dropped its frames, with
+ * SHOAL_ERR_TIMEOUT). Point to point and all-to-all always use the sockets; listeners bound on
+ * ipc:// endpoints never use shm. */
+#define COMM_SHM_MIN_BYTES ((size_t)128 << 10)
 
 /* Binds a data endpoint. A tcp listener also binds a same-host ipc socket, named after its
  * advertised host and port ("<ipc_dir>/shoal-comm-<hash(host)>-<port>"), so that the advertised
