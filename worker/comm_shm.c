@@ -1,4 +1,5 @@
 /* comm_shm.c: POSIX shared-memory segments of the comm's same-host data path (see comm_shm.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -108,4 +109,22 @@ void comm_shm_close(comm_shm_seg_t *s)
     if (s->base)
         munmap(s->base, s->bytes);
     memset(s, 0, sizeof *s);
+}
+
+void comm_shm_sweep(const char *prefix)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return;
+    size_t n = strlen(prefix);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, prefix, n) == 0 && e->d_name[n] == '-') {
+            char name[COMM_SHM_NAME_MAX];
+            int w = snprintf(name, sizeof name, "/%s", e->d_name);
+            if (w > 0 && (size_t)w < sizeof name)
+                shm_unlink(name);
+        }
+    }
+    closedir(d);
 }

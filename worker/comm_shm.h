@@ -38,4 +38,9 @@ void comm_shm_unlink(comm_shm_seg_t *s);
 /* Unmaps, and removes the name if still linked. Idempotent; leaves *s zeroed. */
 void comm_shm_close(comm_shm_seg_t *s);
 
+/* Removes every segment named "<prefix>-..." (prefix without the '/'): the leftovers of a dead
+ * process that held the same identity, which only the caller holds now. Linux (/dev/shm); a
+ * no-op elsewhere. */
+void comm_shm_sweep(const char *prefix);
+
 #endif

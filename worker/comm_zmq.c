@@ -223,6 +223,10 @@ shoal_err_t comm_listener_new_opts(const comm_listener_opts_t *o, comm_listener_
         s_bind_ipc(l, o->ipc_dir ? o->ipc_dir : "/tmp");
     const char *env_no_shm = getenv("SHOAL_COMM_NO_SHM");
     l->no_shm = o->no_shm || (env_no_shm && env_no_shm[0] && strcmp(env_no_shm, "0") != 0);
+    char ipc_ep[sizeof l->ipc_path + 8];
+    snprintf(ipc_ep, sizeof ipc_ep, "ipc://%s", l->ipc_path);
+    if (l->ipc_path[0] && comm_zmq_shm_id(ipc_ep, l->shm_id, sizeof l->shm_id))
+        comm_shm_sweep(l->shm_id); /* segments of a dead listener that held our host and port */
     log_debug("comm: listening on %s (bound %s%s%s)", l->endpoint, o->bind_endpoint,
               l->ipc_path[0] ? ", same host: ipc://" : "", l->ipc_path);
     *out = l;
@@ -582,10 +586,8 @@ shoal_err_t comm_new(comm_listener_t *l, const comm_config_t *cfg, comm_t **out)
     }
     /* The shm path needs every peer on this host (reached over its ipc socket) and our own
      * identity; the peers decide the same from the same endpoint list. */
-    char ipc_ep[sizeof l->ipc_path + 8];
-    snprintf(ipc_ep, sizeof ipc_ep, "ipc://%s", l->ipc_path);
-    c->shm = c->nranks > 1 && !l->no_shm && l->ipc_path[0] &&
-             comm_zmq_shm_id(ipc_ep, c->shm_id, sizeof c->shm_id);
+    c->shm = c->nranks > 1 && !l->no_shm && l->shm_id[0];
+    snprintf(c->shm_id, sizeof c->shm_id, "%s", l->shm_id);
     for (int j = 0; c->shm && j < c->nranks; j++) {
         char id[sizeof c->shm_id];
         if (j != c->rank && !comm_zmq_shm_id(c->peers[j].conn->target, id, sizeof id))

@@ -96,6 +96,7 @@ struct comm_listener {
     char ipc_dir[96];   /* "" with no_ipc */
     char ipc_path[128]; /* our bound same-host socket, "" if none */
     bool no_shm;        /* comm_listener_opts_t.no_shm or SHOAL_COMM_NO_SHM */
+    char shm_id[COMM_SHM_NAME_MAX / 2]; /* our identity in shm segment names, "" without ipc */
     comm_t *comms[COMM_MAX_GROUPS]; /* live comms, all of generation `generation` */
     int ncomms;
     bool used; /* a comm existed: generations must not go back */
@@ -149,7 +150,7 @@ struct comm {
     size_t shm_bytes;     /* size of segment shm_k */
     comm_shm_seg_t seg;   /* our segment, created once an op writes into it */
     unsigned seg_k;       /* which of ours seg is */
-    char shm_id[COMM_SHM_NAME_MAX / 2]; /* our listener identity in segment names */
+    char shm_id[COMM_SHM_NAME_MAX / 2]; /* the listener's, kept for after its destruction */
 };
 
 /* What an operation kind does; the engine calls these (j is never this rank). */

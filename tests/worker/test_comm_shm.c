@@ -2,7 +2,8 @@
  * path, with real forked ranks on 127.0.0.1: the same ops of awkward sizes over 2, 3 and 4 ranks
  * with shm on and with it off give bitwise the same outputs (and the documented rank-ordered
  * sum); segments grow and are removed; a rank with shm off among ranks with it on fails the op
- * saying so; a dead peer is a timeout naming it; abort from a signal handler and from a thread. */
+ * saying so; a dead peer is a timeout naming it; abort from a signal handler and from a thread;
+ * the segment module: sizes checked on open, a dead holder's leftovers swept. */
 
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "comm_shm.h"
 #include "test_comm_lib.h"
 
 #define ALL_OFF 0xFu
@@ -315,6 +317,42 @@ static void test_shm_abort(void **state)
     ct_run_all(2, s_rank_abort, NULL, res);
 }
 
+/* comm_shm directly: create, open (too small, absent), unlink, and the sweep of exactly one
+ * identity's leftovers. */
+static void test_segments(void **state)
+{
+    (void)state;
+    char id[64], other[64], a[96], b[96];
+    snprintf(id, sizeof id, "shoal-test-%d", (int)getpid());
+    snprintf(other, sizeof other, "shoal-test-%d1", (int)getpid());
+    snprintf(a, sizeof a, "/%s-1-0-1", id);
+    snprintf(b, sizeof b, "/%s-1-0-1", other);
+    comm_shm_seg_t w, w2, r;
+    assert_int_equal(comm_shm_create(&w, a, 8192), SHOAL_OK);
+    assert_int_equal(comm_shm_create(&w2, b, 4096), SHOAL_OK);
+    memset(w.base, 0x5a, 8192);
+    assert_int_equal(comm_shm_open(&r, a, 8193), SHOAL_ERR_INVALID);
+    assert_int_equal(comm_shm_open(&r, a, 8192), SHOAL_OK);
+    assert_int_equal(r.base[8191], 0x5a);
+    comm_shm_close(&r);
+    /* A leftover of our identity is replaced on create, and swept; another identity's is not. */
+    comm_shm_seg_t again;
+    assert_int_equal(comm_shm_create(&again, a, 4096), SHOAL_OK);
+    comm_shm_sweep(id);
+    assert_int_equal(comm_shm_open(&r, a, 1), SHOAL_ERR_IO);
+    assert_int_equal(comm_shm_open(&r, b, 4096), SHOAL_OK);
+    comm_shm_close(&r);
+    comm_shm_unlink(&w2);
+    assert_int_equal(comm_shm_open(&r, b, 1), SHOAL_ERR_IO);
+    assert_int_equal(comm_shm_create(&r, "/no/slash", 4096), SHOAL_ERR_INVALID);
+    again.linked = false; /* swept already */
+    comm_shm_close(&again);
+    w.linked = false;
+    comm_shm_close(&w);
+    comm_shm_close(&w2);
+    assert_null(w2.base);
+}
+
 /* Shm on in every rank (a failed test may have left ct_no_shm_mask set). */
 static int s_shm_on(void **state)
 {
@@ -333,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_shm_mismatch),
         cmocka_unit_test_setup(test_shm_dead_peer, s_shm_on),
         cmocka_unit_test_setup(test_shm_abort, s_shm_on),
+        cmocka_unit_test(test_segments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
