@@ -17,10 +17,9 @@
  * The rings are small (SHM_WINDOW_BYTES per owner), so a piece is read from the shared cache
  * while it is still there and the segment's lines are rewritten in cache instead of being written
  * back: 64 MiB over 2 ranks took 27 ms with segments as large as the buffer, 18 ms with rings.
- * All-gather: each owner copies its range into its segment (at the buffer's offsets) and sends
- * SHM_OUT; the others copy it out and acknowledge. Broadcast: the root is the owner of
- * everything, and once every rank acknowledged it sends SHM_DONE, which receivers wait for, as
- * over sockets.
+ * All-gather: each owner copies its range into its segment (from the start) and sends SHM_OUT;
+ * the others copy it out and acknowledge. Broadcast: the root is the owner of everything, and
+ * once every rank acknowledged it sends SHM_DONE, which receivers wait for, as over sockets.
  * Why this is safe without locks: a rank writes a region of its segment only once every reader of
  * what was there said it is done (s_in_off has the ring rules; across ops: it completes an op only
  * after SHM_OUT for the contributions the owners read and SHM_ACK for the pieces the peers copied
@@ -104,7 +103,7 @@ static size_t s_piece_of(const comm_t *c, const op_t *op, int j, const wire_hdr_
  * SHM_OUT said it folded the piece there (the window); a result slot only when every peer's
  * SHM_IN of piece k came in, which each peer sends only after it copied out piece k - window
  * (its copy-out happens on receipt, and its window covers our SHM_OUTs too). All-gather and
- * broadcast address segments like the buffer. Offsets in elements. */
+ * broadcast hold the owner's whole range from the segment's start. Offsets in elements. */
 static size_t s_in_off(const comm_t *c, const op_t *op, int owner, size_t k)
 {
     (void)c;
@@ -255,7 +254,7 @@ static bool s_copy_own(comm_t *c, op_t *op, shoal_err_t *rc)
         return false;
     size_t pi = op->ndone, off = op->own_lo + pi * op->unit;
     size_t cnt = s_min(op->own_hi - off, op->unit);
-    memcpy(mine + off * op->esz, op->buf + off * op->esz, cnt * op->esz);
+    memcpy(mine + (off - op->own_lo) * op->esz, op->buf + off * op->esz, cnt * op->esz);
     op->done[op->ndone++] = pi;
     return true;
 }
@@ -347,7 +346,7 @@ static bool s_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m, con
                 *why = "sender's segment cannot be mapped";
                 return false;
             }
-            size_t from = op->rs ? s_res_off(c, op, pi) : h->offset;
+            size_t from = op->rs ? s_res_off(c, op, pi) : h->offset - lo;
             s_copy_out(op->buf + h->offset * op->esz, seg + from * op->esz,
                        (size_t)h->count * op->esz);
         }
@@ -432,7 +431,8 @@ static shoal_err_t s_run(comm_t *c, op_t *op)
 {
     shoal_err_t rc = SHOAL_OK;
     int R = c->nranks;
-    size_t need = op->total * op->esz;
+    /* All-gather, broadcast: the owner's range from the segment's start. */
+    size_t need = (op->esz == 1 ? op->total : comm_zmq_div_up(op->total, (size_t)R)) * op->esz;
     if (op->rs) {
         /* The rings (s_in_off): R + 1 of `window` slots, each a piece or the largest range. */
         size_t range = comm_zmq_div_up(op->total, (size_t)R);
