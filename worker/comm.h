@@ -71,9 +71,8 @@ typedef struct {
  * the peers' pieces from their segments in rank order, and small ZeroMQ frames say when a piece
  * is ready and when it has been read. Results, tags, timeouts (naming the silent rank), abort and
  * checks are the same as over sockets; results are bitwise identical. Memory per rank and comm:
- * for reductions (nranks + 1) rings of max(2 MiB, chunk_bytes) (less for small ops), for
- * all-gather the largest range and for broadcast the largest op so far (only the root writes);
- * kept until comm_destroy. Every rank of a
+ * reductions (nranks + 1) rings of max(2 MiB, chunk_bytes), all-gather and broadcast one of
+ * max(8 MiB, chunk_bytes) (less for small ops); kept until comm_destroy. Every rank of a
  * comm must agree: a rank with shm off talking to one with shm on fails the op with
  * SHOAL_ERR_INVALID saying so (or, if its peer failed first and dropped its frames, with
  * SHOAL_ERR_TIMEOUT). Point to point and all-to-all always use the sockets; listeners bound on

@@ -31,12 +31,23 @@
 #define DEAD_TIMEOUT_MS 400
 
 /* Floats of the reductions: above COMM_SHM_MIN_BYTES, not a multiple of the ranks or the chunk;
- * the middle one is the largest, so the segment grows once and then serves a smaller op. */
-static const size_t s_nfloats[] = {65537, 400009, 99991};
-/* Bytes of the broadcasts. */
-static const size_t s_nbytes[] = {262147, 1000003};
+ * the segment grows, then serves a smaller op; the largest has ranges of several times the
+ * reduction and all-gather rings (2 and 8 MiB), so their slots are reused within one op. */
+#define MAX_FLOATS 3000017
+static const size_t s_nfloats[] = {65537, 400009, 99991, MAX_FLOATS};
+/* Bytes of the broadcasts (the last wraps the 8 MiB ring). */
+#define MAX_BYTES ((size_t)(19 << 20) + 7)
+static const size_t s_nbytes[] = {262147, 1000003, MAX_BYTES};
 /* chunk_bytes: the default, and one that cuts ranges into many odd pieces. */
 static const size_t s_chunks[] = {0, 65540};
+
+/* Rank 0 enters the largest ops late: the others run ahead until the rings' flow control stops
+ * them, and a slot rewritten too early would show in rank 0's output. */
+static void s_lag(int rank, bool largest)
+{
+    if (rank == 0 && largest)
+        usleep(50 * 1000);
+}
 
 /* The ops of one rank, each recorded with its output digest (the same on every rank):
  * all-reduce, reduce-scatter then all-gather (== all-reduce), all-gather of ranges filled by
@@ -46,9 +57,8 @@ static void s_rank_ops(rank_ctx_t *ctx, result_t *res, void *arg)
     (void)arg;
     int R = ctx->nranks, me = ctx->rank;
     uint64_t gen = 1, step = 0;
-    size_t maxn = 400009;
-    float *buf = malloc(maxn * 4), *want = malloc(maxn * 4);
-    unsigned char *bc = malloc(1000003), *bwant = malloc(1000003);
+    float *buf = malloc(MAX_FLOATS * 4), *want = malloc(MAX_FLOATS * 4);
+    unsigned char *bc = malloc(MAX_BYTES), *bwant = malloc(MAX_BYTES);
     for (size_t k = 0; k < sizeof s_chunks / sizeof s_chunks[0]; k++) {
         comm_t *c = ct_comm(ctx, gen++, 20000, s_chunks[k]);
         for (size_t s = 0; s < sizeof s_nfloats / sizeof s_nfloats[0]; s++) {
@@ -56,11 +66,13 @@ static void s_rank_ops(rank_ctx_t *ctx, result_t *res, void *arg)
             uint64_t seed = 1000 * k + s;
             ct_expected(want, n, seed, R);
             ct_fill(buf, n, seed, me);
+            s_lag(me, n == MAX_FLOATS);
             int rc = comm_allreduce_sum_f32(c, buf, n, ++step);
             ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4),
                    0);
 
             ct_fill(buf, n, seed, me);
+            s_lag(me, n == MAX_FLOATS);
             rc = comm_reduce_scatter_sum_f32(c, buf, n, ++step);
             comm_chunk_range(n, R, me, &lo, &hi);
             int ok = rc == SHOAL_OK && memcmp(buf + lo, want + lo, (hi - lo) * 4) == 0;
@@ -79,6 +91,7 @@ static void s_rank_ops(rank_ctx_t *ctx, result_t *res, void *arg)
                         buf[i] = want[i];
                 }
             }
+            s_lag(me, n == MAX_FLOATS);
             rc = comm_allgather_f32(c, buf, n, ++step);
             ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4),
                    0);
@@ -86,11 +99,12 @@ static void s_rank_ops(rank_ctx_t *ctx, result_t *res, void *arg)
         for (size_t s = 0; s < sizeof s_nbytes / sizeof s_nbytes[0]; s++) {
             size_t n = s_nbytes[s];
             for (size_t i = 0; i < n; i++)
-                bwant[i] = (unsigned char)(i * 131 + s + k);
+                bwant[i] = (unsigned char)(((i + s + k) * 2654435761u) >> 13); /* no period */
             if (me == R - 1)
                 memcpy(bc, bwant, n);
             else
                 memset(bc, 0xa5, n);
+            s_lag(me, n == MAX_BYTES);
             int rc = comm_broadcast(c, bc, n, R - 1, ++step);
             ct_rec(res, rc, rc == SHOAL_OK && memcmp(bc, bwant, n) == 0, ct_fnv(bc, n), 0);
         }
@@ -152,7 +166,7 @@ static void s_shm_vs_sockets(int nranks)
     ct_no_shm_mask = 0;
     ct_check_all(off, got, status, nranks);
     assert_int_equal(on[0].nrec, off[0].nrec);
-    assert_int_equal(on[0].nrec, 2 * (3 * 3 + 2));
+    assert_int_equal(on[0].nrec, 2 * (4 * 3 + 3));
     for (int k = 0; k < on[0].nrec; k++)
         if (on[0].digest[k] != off[0].digest[k])
             fail_msg("record %d: shm and socket outputs differ", k);
