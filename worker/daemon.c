@@ -183,6 +183,9 @@ static void s_on_event(daemon_t *d, sess_event_t *ev)
             strcmp(d->plan->run_id, p->run_id) == 0) {
             if (clock_mono_ms() - d->failed_ms < S_SAME_GEN_RETRY_MS)
                 break; /* wait for a newer generation */
+            if (d->comms_gen == p->generation)
+                break; /* its comms were made once: the listener refuses a generation twice, so
+                        * only a newer plan (the coordinator re-plans a failure) can help */
             log_warn("retrying generation %llu: the coordinator made no newer plan",
                      (unsigned long long)p->generation);
         } else if (p->generation < have_gen) {

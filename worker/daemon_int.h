@@ -36,6 +36,7 @@ typedef struct {
     int have_state; /* the trainer holds the state after trainer_next_step() steps */
     cell_comms_t comms; /* the plan generation's group comms */
     int have_comms;
+    uint64_t comms_gen; /* the newest generation whose comms were created on the listener */
     void *snap; /* packed state before the last apply, for a rollback */
     size_t snap_len;
     int64_t snap_step; /* -1: none */

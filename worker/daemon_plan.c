@@ -334,6 +334,7 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
         daemon_fail(d, "%s", shoal_errmsg());
         return;
     }
+    d->comms_gen = p->generation; /* even a failed attempt may have used some of its groups */
     rc = cell_comms_new(d->listener, trainer_cell(d->tr), (const char *const *)p->endpoints,
                         p->generation, d->cfg.comm_timeout_ms, &d->comms);
     if (rc != SHOAL_OK) {
