@@ -292,7 +292,11 @@ void comm_listener_destroy(comm_listener_t **lp)
     for (int i = 0; i < l->nconns; i++)
         s_conn_close(l->conns[i], 0);
     free(l->conns);
-    s_stash_purge(l, UINT64_MAX, false, 0, 0);
+    /* every held frame, those claiming the largest generation included */
+    for (size_t i = 0; i < l->nstash; i++)
+        s_held_free(&l->stash[i]);
+    l->nstash = 0;
+    l->stash_bytes = 0;
     free(l->stash);
     zmq_close(l->pull);
     if (l->ipc_path[0])
