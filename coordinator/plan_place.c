@@ -344,7 +344,7 @@ shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
     snprintf(p->run_id, sizeof p->run_id, "%s", run_id);
     p->generation = generation;
     if (pp != req->pp)
-        snprintf(p->note, sizeof p->note, "pp raised from %u to %u: at pp %u, %s", req->pp, pp,
+        snprintf(p->note, sizeof p->note, "pp raised from %u to %u: at pp %u, %.440s", req->pp, pp,
                  req->pp, first_why);
     return SHOAL_OK;
 fail:
