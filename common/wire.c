@@ -357,6 +357,7 @@ shoal_err_t wire_recv(void *sock, int flags, wire_route_t *route, wire_handler_f
     shoal_err_t rc = SHOAL_OK;
     int bad_route = 0, nframes = 0;
     route->n = 0;
+    route->fd = -1;
     zmq_msg_t part;
     for (;;) {
         zmq_msg_init(&part);
@@ -378,6 +379,7 @@ shoal_err_t wire_recv(void *sock, int flags, wire_route_t *route, wire_handler_f
         }
         zmq_msg_close(&part);
     }
+    route->fd = zmq_msg_get(&part, ZMQ_SRCFD);
     if (bad_route)
         rc = shoal_fail(SHOAL_ERR_FORMAT, "message of %d frames or an oversized route frame",
                         nframes);

@@ -35,6 +35,8 @@ typedef struct {
     int n;
     size_t len[WIRE_MAX_ROUTE_FRAMES];
     unsigned char data[WIRE_MAX_ROUTE_FRAMES][WIRE_MAX_ROUTE_BYTES];
+    int fd; /* the connection's file descriptor the message came on (-1: unknown, e.g. inproc),
+             * to match socket-monitor events with peers */
 } wire_route_t;
 
 /* Called with a decoded, validated, borrowed envelope (freed right after the call). */

@@ -34,6 +34,9 @@ static const cfg_desc_t s_desc[] = {
      .help = "error, warn, info or debug"},
     INT(heartbeat_interval_ms, "500", 10, 600000, "heartbeat period told to workers"),
     INT(dead_after_ms, "3000", 50, 86400000, "silence after which a worker is declared dead"),
+    INT(closed_grace_ms, "150", 0, 86400000,
+        "a worker whose connection closed and that sends nothing for a heartbeat period plus "
+        "this is dead (a killed process: well under a second); 0 = heartbeats only"),
     INT(step_window, "4", 1, 1000000, "steps workers may train ahead of the last committed step"),
     INT(min_workers, "1", 1, 1000000, "live workers needed to start a run"),
     INT(quarantine_after_failures, "3", 0, 1000000,

@@ -18,6 +18,8 @@ typedef struct {
     char log_level[16];             /* log_level: error|warn|info|debug (info) */
     int heartbeat_interval_ms;      /* heartbeat_interval_ms: told to workers (500) */
     int dead_after_ms;              /* dead_after_ms: silence before a worker is dead (3000) */
+    int closed_grace_ms;            /* closed_grace_ms: a closed connection, then this beyond a
+                                     * heartbeat period without a message: dead (150; 0 = off) */
     int step_window;                /* step_window: steps a worker may run ahead unasked (4) */
     int min_workers;                /* min_workers: live workers needed to start a run (1) */
     int quarantine_after_failures;  /* plan failures in a row that quarantine a worker (3; 0 off) */

@@ -178,6 +178,52 @@ static shoal_err_t s_bind(void *sock, const char *endpoint, const char *what)
     return SHOAL_OK;
 }
 
+/* A killed worker's connection closes at once: the worker socket's monitor reports it, and a
+ * worker that sends nothing (on a new connection) for a heartbeat period plus closed_grace_ms
+ * is dead in well under a second (s_cron), not after dead_after_ms of silence. */
+static shoal_err_t s_monitor_open(coord_t *c)
+{
+    char addr[64];
+    snprintf(addr, sizeof addr, "inproc://shoal-coord-wmon-%p", (void *)c);
+    if (zmq_socket_monitor(c->wsock, addr, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(c->wmon = zmq_socket(c->zctx, ZMQ_PAIR)) || zmq_connect(c->wmon, addr) != 0)
+        return shoal_fail(SHOAL_ERR_IO, "monitoring the worker socket: %s", zmq_strerror(errno));
+    return SHOAL_OK;
+}
+
+/* Reads the monitor's events: the live worker whose last message came on a closed connection is
+ * marked (cleared by its next message). */
+static void s_monitor_drain(coord_t *c)
+{
+    for (;;) {
+        zmq_msg_t ev, ep;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->wmon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t what = 0;
+        uint32_t fd = 0;
+        if (zmq_msg_size(&ev) >= 6) {
+            memcpy(&what, zmq_msg_data(&ev), 2);
+            memcpy(&fd, (const char *)zmq_msg_data(&ev) + 2, 4);
+        }
+        zmq_msg_close(&ev);
+        zmq_msg_init(&ep); /* the endpoint frame */
+        if (zmq_msg_recv(&ep, c->wmon, ZMQ_DONTWAIT) >= 0 && what == ZMQ_EVENT_DISCONNECTED) {
+            for (int i = 0; i < c->n_workers; i++) {
+                coord_worker_t *w = c->workers[i];
+                if (!coord_worker_is_live(w->state) || w->conn_fd != (int)fd)
+                    continue;
+                w->conn_fd = -1;
+                w->conn_lost_ms = clock_mono_ms();
+                log_debug("worker %s: its connection closed", w->id);
+            }
+        }
+        zmq_msg_close(&ep);
+    }
+}
+
 shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
 {
     shoal_err_t rc = SHOAL_OK;
@@ -202,6 +248,7 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
     }
     SHOAL_CHECK_GOTO(s_bind(c->wsock, cfg->listen, "worker"), rc, fail);
     SHOAL_CHECK_GOTO(s_bind(c->csock, cfg->control, "control"), rc, fail);
+    SHOAL_CHECK_GOTO(s_monitor_open(c), rc, fail);
     int n_live = 0, n_active_runs = 0;
     for (int i = 0; i < c->n_workers; i++)
         n_live += coord_worker_is_live(c->workers[i]->state);
@@ -233,6 +280,8 @@ void coord_destroy(coord_t **self_p)
     coord_t *c = *self_p;
     if (!c)
         return;
+    if (c->wmon)
+        zmq_close(c->wmon);
     if (c->wsock)
         zmq_close(c->wsock);
     if (c->csock)
@@ -277,9 +326,16 @@ static void s_cron(coord_t *c)
     int64_t now = clock_mono_ms();
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
-        if (coord_worker_is_live(w->state) && now - w->last_seen_ms > c->cfg.dead_after_ms)
+        if (!coord_worker_is_live(w->state))
+            continue;
+        if (now - w->last_seen_ms > c->cfg.dead_after_ms)
             (void)coord_worker_transition(c, w, WORKER_DEAD, "no heartbeat for %.1f s",
                                           (double)(now - w->last_seen_ms) / 1000.0);
+        else if (w->conn_lost_ms && c->cfg.closed_grace_ms > 0 &&
+                 now - w->conn_lost_ms > c->cfg.heartbeat_interval_ms + c->cfg.closed_grace_ms)
+            (void)coord_worker_transition(c, w, WORKER_DEAD, "connection closed %.2f s ago "
+                                          "and no message since",
+                                          (double)(now - w->conn_lost_ms) / 1000.0);
     }
     coord_txn_commit(c);
     for (int i = 0; i < c->n_runs; i++)
@@ -327,20 +383,24 @@ static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
 
 shoal_err_t coord_poll_once(coord_t *c, int timeout_ms)
 {
-    zmq_pollitem_t items[2] = {{c->wsock, 0, ZMQ_POLLIN, 0}, {c->csock, 0, ZMQ_POLLIN, 0}};
+    zmq_pollitem_t items[3] = {{c->wsock, 0, ZMQ_POLLIN, 0},
+                               {c->csock, 0, ZMQ_POLLIN, 0},
+                               {c->wmon, 0, ZMQ_POLLIN, 0}};
     int64_t now = clock_mono_ms();
     int64_t until_cron = c->next_cron_ms - now;
     if (until_cron < 0)
         until_cron = 0;
     if (timeout_ms > until_cron)
         timeout_ms = (int)until_cron;
-    int n = zmq_poll(items, 2, timeout_ms);
+    int n = zmq_poll(items, 3, timeout_ms);
     if (n < 0 && errno != EINTR)
         return shoal_fail(SHOAL_ERR_IO, "zmq_poll: %s", zmq_strerror(errno));
     if (n > 0 && (items[0].revents & ZMQ_POLLIN))
         s_drain_socket(c, c->wsock, coord_on_worker_msg);
     if (n > 0 && (items[1].revents & ZMQ_POLLIN))
         s_drain_socket(c, c->csock, s_on_control_msg);
+    if (n > 0 && (items[2].revents & ZMQ_POLLIN))
+        s_monitor_drain(c);
     now = clock_mono_ms();
     if (now >= c->next_cron_ms && !c->fail_stopped) {
         s_cron(c);

@@ -53,6 +53,8 @@ typedef struct {
     int64_t registered_ms;
     /* volatile (not persisted) */
     int64_t last_seen_ms; /* monotonic: any message */
+    int conn_fd;          /* the connection its last message came on (-1: unknown) */
+    int64_t conn_lost_ms; /* monotonic: that connection closed with no message since (0: no) */
     int64_t last_hb_ms;   /* wall clock of the last heartbeat (0 = none since start) */
     int64_t step;
     double loss, tokens_per_s;
@@ -120,6 +122,7 @@ struct coord {
     store_t *st;
     ledger_t *ledger;
     void *zctx, *wsock, *csock;
+    void *wmon; /* the worker socket's monitor: connections that close */
     coord_worker_t **workers; /* in registration (or load) order */
     int n_workers, cap_workers;
     coord_worker_t **by_num; /* index: worker "w<N>" at [N] */
@@ -179,6 +182,8 @@ int coord_worker_state_parse(const char *name);
 int coord_run_state_parse(const char *name);
 /* joining, active, draining or drained: registered and not dead or gone */
 int coord_worker_is_live(worker_state_t s);
+/* A message from live worker w arrived on `route`: seen now, its route and connection kept. */
+void coord_worker_heard(coord_worker_t *w, const wire_route_t *route);
 /* done, failed or cancelled */
 int coord_run_is_terminal(run_state_t s);
 

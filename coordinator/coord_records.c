@@ -283,6 +283,7 @@ static int s_load_worker(const char *k, size_t kl, const char *v, size_t vl, voi
         return ctx->rc != SHOAL_OK;
     /* live workers get a full dead_after period to reconnect to the restarted coordinator */
     w->last_seen_ms = clock_mono_ms();
+    w->conn_fd = -1; /* no connection to this process yet */
     if (coord_worker_insert(ctx->c, w) != SHOAL_OK) {
         log_error("workers/%.*s: %s: record skipped", (int)kl, k, shoal_errmsg());
         free(w);

@@ -12,6 +12,15 @@
 #include "log.h"
 #include "name.h"
 
+void coord_worker_heard(coord_worker_t *w, const wire_route_t *route)
+{
+    w->last_seen_ms = clock_mono_ms();
+    w->route = *route;
+    w->has_route = 1;
+    w->conn_fd = route->fd;
+    w->conn_lost_ms = 0;
+}
+
 static void s_reply_register(coord_t *c, const wire_route_t *route, const char *id, int ok,
                              const char *reason)
 {
@@ -81,9 +90,7 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
         at += (size_t)snprintf(w->devices + at, sizeof w->devices - at, "%s%s", i ? "," : "",
                                rg->devices[i]);
     w->memory_bytes = rg->memory_bytes;
-    w->route = *route;
-    w->has_route = 1;
-    w->last_seen_ms = clock_mono_ms();
+    coord_worker_heard(w, route);
     if (is_new) {
         log_info("worker %s: registered as joining (name %s, host %s, %s)", w->id, w->name, w->host,
                  w->institution[0] ? w->institution : "no institution");
@@ -434,9 +441,7 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
                           w ? coord_worker_state_name(w->state) : "unknown");
         return;
     }
-    w->last_seen_ms = clock_mono_ms();
-    w->route = *route;
-    w->has_route = 1;
+    coord_worker_heard(w, route);
     coord_run_t *r = NULL;
     if (m->needs_run && !(r = coord_check_run(c, route, w, env)))
         return;

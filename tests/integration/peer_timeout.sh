@@ -3,10 +3,13 @@
 # 6 s): the survivors' collectives time out first (--comm-timeout-ms 2000), they report
 # ACTIVITY_FAILED, the coordinator re-plans at once (possibly again while the dead worker still
 # looks alive), and once it is declared dead the survivors finish the run with the
-# single-process losses: a dead peer is an error and a new plan, never a hang.
+# single-process losses: a dead peer is an error and a new plan, never a hang. The coordinator
+# sees closed connections only through heartbeats here (closed_grace_ms 0), as when a host is
+# cut off rather than its process killed.
 TEST_NAME=peer_timeout
 DEAD_AFTER_MS=6000
 . "$(dirname "$0")/lib.sh"
+echo "closed_grace_ms: 0" >> "$T/coord.yaml"
 
 write_spec "$T/run.yaml" 32 4
 reference "$T/run.yaml"

@@ -40,3 +40,19 @@ start_cluster() {
         pids+=($!)
     done
 }
+
+# long_run_spec FILE NAME: a tiny run that trains until stopped (steps far beyond any test).
+long_run_spec() {
+    cat >"$1" <<YAML
+name: $2
+model:
+  preset: tiny
+data:
+  files: [/usr/share/games/fortunes]
+train:
+  steps: 100000
+  global_batch: 2
+  seq_len: 16
+  lr: 1e-3
+YAML
+}

@@ -22,18 +22,7 @@ wait_for() {
 }
 
 start_cluster 2 lw
-cat >"$tmp/run.yaml" <<YAML
-name: live
-model:
-  preset: tiny
-data:
-  files: [/usr/share/games/fortunes]
-train:
-  steps: 100000
-  global_batch: 2
-  seq_len: 16
-  lr: 1e-3
-YAML
+long_run_spec "$tmp/run.yaml" live
 wait_for 20 'len(d["workers"]) == 2 and all(w["state"] == "active" for w in d["workers"])' workers
 expect 0 submit "$tmp/run.yaml"
 wait_for 30 'd["runs"][0]["state"] == "running" and d["runs"][0]["step"] >= 1' status live
