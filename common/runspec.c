@@ -33,6 +33,25 @@ static int s_dp_check(const char *value, char *msg, size_t cap)
     return 0;
 }
 
+/* train.precision: `auto`, `fp32` or `bf16`. */
+static int s_precision_check(const char *value, char *msg, size_t cap)
+{
+    if (strcmp(value, "auto") == 0 || strcmp(value, "fp32") == 0 || strcmp(value, "bf16") == 0)
+        return 1;
+    snprintf(msg, cap, "must be `auto`, `fp32` or `bf16`");
+    return 0;
+}
+
+shoal_err_t runspec_precision_bf16(const runspec_t *spec, int on_gpu, int *bf16)
+{
+    const char *p = spec->precision[0] ? spec->precision : "auto";
+    *bf16 = strcmp(p, "bf16") == 0 || (on_gpu && strcmp(p, "auto") == 0);
+    if (*bf16 && !on_gpu)
+        return shoal_fail(SHOAL_ERR_INVALID, "train.precision: bf16 needs a GPU (the CPU trainer "
+                          "computes in fp32 only); use fp32 or auto, or --device cuda:N");
+    return SHOAL_OK;
+}
+
 /* One descriptor per few lines reads better than one field per line. */
 /* clang-format off */
 #define S_AT(f) .offset = offsetof(runspec_t, f), .size = sizeof(((runspec_t *)0)->f)
@@ -108,6 +127,11 @@ static const cfg_desc_t s_desc[] = {
      .help = "seed of the parameter initialisation"},
     {.key = "train.threads", .type = CFG_INT, S_AT(threads), .def = "1", .min = 1, .max = 1024,
      .help = "BLAS threads per worker process"},
+    {.key = "train.precision", .type = CFG_STR, S_AT(precision), .check = s_precision_check,
+     .def = "auto",
+     .help = "matrix arithmetic: `fp32`, or `bf16` (bf16 inputs, fp32 accumulation; master "
+             "weights and AdamW state stay fp32; GPU only); `auto` = bf16 on a GPU, fp32 on the "
+             "CPU"},
     {.key = "parallel.pipeline_stages", .type = CFG_INT, S_AT(pp), .def = "1", .min = 1,
      .max = 1 << 16, .rule = "<= `model.num_hidden_layers`",
      .help = "pipeline stages (pp): contiguous layer ranges, balanced by FLOPs per token; the "
@@ -398,6 +422,8 @@ static const char *s_type_doc(const cfg_desc_t *d)
     case CFG_STR:
         if (d->check == s_dp_check)
             return "integer or `auto`";
+        if (d->check == s_precision_check)
+            return "`auto`, `fp32` or `bf16`";
         return d->check == s_preset_check ? "preset name" : "string";
     case CFG_INT:
         return "integer";
@@ -453,6 +479,8 @@ void runspec_describe(FILE *out)
             snprintf(allowed, sizeof allowed, "`tiny`, `small`");
         else if (d->check == s_dp_check)
             snprintf(allowed, sizeof allowed, "`auto` or >= 1");
+        else if (d->check == s_precision_check)
+            snprintf(allowed, sizeof allowed, "`auto`, `fp32`, `bf16`");
         else if (d->type == CFG_STRLIST)
             snprintf(allowed, sizeof allowed, "1 to %d paths", d->list_max);
         else if (d->type == CFG_STR)

@@ -36,6 +36,8 @@ typedef struct {
     double beta1, beta2, adam_eps;   /* train.beta1/beta2/eps (0.9, 0.95, 1e-8) */
     uint64_t init_seed;              /* train.init_seed: parameter init (default 1) */
     int threads;                     /* train.threads: BLAS threads (default 1) */
+    char precision[8];               /* train.precision: "auto" (default), "fp32" or "bf16";
+                                      * resolve with runspec_precision_bf16() */
     char checkpoint_dir[RUNSPEC_PATH_MAX]; /* checkpoint.dir (default "checkpoints") */
     int checkpoint_every;            /* checkpoint.every_steps (default 0 = only at the end) */
     int checkpoint_keep;             /* checkpoint.keep (default 3) */
@@ -64,6 +66,11 @@ static inline int runspec_n_micro(const runspec_t *spec)
 /* Whether `dp` replicas can share a step: with ep > 1 every (replica, ep rank) pair takes whole
  * micro-batches, so the step's micro-batches must be divisible by dp * ep. */
 int runspec_dp_fits(const runspec_t *spec, int dp);
+
+/* train.precision for a trainer on a GPU (on_gpu 1) or the CPU: 1 for bf16 matrix arithmetic,
+ * 0 for fp32. "auto" is bf16 on a GPU, fp32 on the CPU. A CPU trainer has no bf16 path:
+ * "bf16" there is SHOAL_ERR_INVALID ("train.precision: bf16 needs a GPU ..."). */
+shoal_err_t runspec_precision_bf16(const runspec_t *spec, int on_gpu, int *bf16);
 
 /* Fills the defaults of every optional key (preset tiny, ...); required keys are left unset (0),
  * and so are micro_batch and warmup_steps, which the loader derives from global_batch and steps. */

@@ -813,6 +813,41 @@ static void s_expect_with(const char *extra, const char *where, const char *need
     free(y);
 }
 
+/* train.precision: auto by default, fp32 / bf16 accepted, anything else refused; bf16 is
+ * refused for the CPU, auto resolves per device. */
+static void test_precision_key(void **state)
+{
+    (void)state;
+    runspec_t *s = s_new_spec();
+    char *y = s_with("");
+    int bf16 = -1;
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_string_equal(s->precision, "auto");
+    assert_int_equal(runspec_precision_bf16(s, 1, &bf16), SHOAL_OK);
+    assert_int_equal(bf16, 1);
+    assert_int_equal(runspec_precision_bf16(s, 0, &bf16), SHOAL_OK);
+    assert_int_equal(bf16, 0);
+    free(y);
+    y = s_with("  precision: bf16\n");
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_int_equal(runspec_precision_bf16(s, 1, &bf16), SHOAL_OK);
+    assert_int_equal(bf16, 1);
+    assert_int_equal(runspec_precision_bf16(s, 0, &bf16), SHOAL_ERR_INVALID);
+    assert_non_null(strstr(shoal_errmsg(), "bf16 needs a GPU"));
+    free(y);
+    y = s_with("  precision: fp32\n");
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_int_equal(runspec_precision_bf16(s, 1, &bf16), SHOAL_OK);
+    assert_int_equal(bf16, 0);
+    char *back = runspec_to_yaml(s);
+    assert_non_null(back);
+    assert_non_null(strstr(back, "precision: \"fp32\""));
+    free(back);
+    free(y);
+    s_expect_with("  precision: fp16\n", "9:14", "must be `auto`, `fp32` or `bf16`");
+    free(s);
+}
+
 /* parallel.*: defaults, auto or a number for dp, the rules between keys, the YAML round trip. */
 static void test_parallel_keys(void **state)
 {
@@ -935,6 +970,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_model_overrides_any_order),
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_parallel_keys),
+        cmocka_unit_test(test_precision_key),
         cmocka_unit_test(test_default_matches_example),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_key_errors),
