@@ -141,6 +141,16 @@ void comm_destroy(comm_t **c);
  * SHOAL_ERR_ABORTED, SHOAL_ERR_STATE (comm broken by an earlier failure), SHOAL_ERR_IO. */
 shoal_err_t comm_allreduce_sum_f32(comm_t *c, float *buf, size_t n, uint64_t step);
 
+/* Exact integer all-reduces, same algorithm and guarantees as comm_allreduce_sum_f32 on 8-byte
+ * elements: the sum (two's complement, wrapping: keep sums in range) or the maximum of buf[i]
+ * over all ranks. Integer folds do not depend on order, so these give the same bits whatever the
+ * number of ranks (the exact gradient sums of worker/trainer.c rely on it). They always use the
+ * sockets, never the same-host shared-memory path. chunk_bytes must be at least 8
+ * (SHOAL_ERR_INVALID otherwise). Errors as all-reduce; a rank calling the f32 all-reduce where
+ * another calls an int64 one sees that rank's frames dropped and times out naming it. */
+shoal_err_t comm_allreduce_sum_i64(comm_t *c, int64_t *buf, size_t n, uint64_t step);
+shoal_err_t comm_allreduce_max_i64(comm_t *c, int64_t *buf, size_t n, uint64_t step);
+
 /* Copies root's buf[0..bytes) into every rank's buf (every rank passes the same bytes and root).
  * No rank completes before every rank has received everything (acknowledgements to the root, then
  * its DONE), so a missing receiver is a timeout everywhere. bytes == 0 or nranks == 1 returns at

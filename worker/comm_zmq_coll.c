@@ -1,7 +1,7 @@
 /* comm_zmq_coll.c: the collectives of the ZeroMQ comm backend: all-reduce, reduce-scatter and
  * all-gather (one reduction op with two phases), broadcast and barrier.
  *
- * Reduction of n floats over R ranks (direct reduce-scatter + all-gather, pipelined by chunks):
+ * Reduction of n floats (or int64: sum, maximum) over R ranks (direct reduce-scatter + all-gather, pipelined by chunks):
  *   - rank j owns [lo_j, hi_j) (comm_chunk_range); each owned range is cut into pieces of
  *     chunk_bytes/4 floats;
  *   - RS phase: every rank sends each piece of owner j's range to j (AR_RS); the owner folds the
@@ -66,34 +66,58 @@ static size_t s_ag_msgs(const comm_t *c, const op_t *op, int j)
     return np == 0 && !op->rs ? 1 : np;
 }
 
-/* Adds `src` (raw little-endian floats, no alignment promise) into acc. */
-static void s_add(float *restrict acc, const unsigned char *restrict src, size_t cnt)
+/* Bytes per element of a reduction's buffer. */
+static size_t s_esz(const op_t *op)
 {
+    return (op->wire_flags & WIRE_FLAG_I64) ? 8 : 4;
+}
+
+/* Folds `src` (raw little-endian elements, no alignment promise) into acc: float sum, int64 sum
+ * (wrapping, as two's complement adds do: the caller keeps sums in range) or int64 maximum. */
+static void s_add(const op_t *op, unsigned char *acc_bytes, const unsigned char *restrict src,
+                  size_t cnt)
+{
+    if (!(op->wire_flags & WIRE_FLAG_I64)) {
+        float *restrict acc = (float *)acc_bytes;
+        for (size_t i = 0; i < cnt; i++) {
+            float v;
+            memcpy(&v, src + 4 * i, 4);
+            acc[i] += v;
+        }
+        return;
+    }
+    int64_t *restrict acc = (int64_t *)acc_bytes;
+    const bool max = op->wire_flags & WIRE_FLAG_MAX;
     for (size_t i = 0; i < cnt; i++) {
-        float v;
-        memcpy(&v, src + 4 * i, 4);
-        acc[i] += v;
+        int64_t v;
+        memcpy(&v, src + 8 * i, 8);
+        if (max)
+            acc[i] = v > acc[i] ? v : acc[i];
+        else
+            acc[i] = (int64_t)((uint64_t)acc[i] + (uint64_t)v);
     }
 }
 
-/* Folds the contribution of rank r (raw floats) into owned piece p. */
+/* Folds the contribution of rank r (raw elements) into owned piece p. */
 static void s_fold(const comm_t *c, op_t *op, size_t p, int r, const unsigned char *src)
 {
+    const size_t esz = s_esz(op);
     size_t off = op->own_lo + p * op->unit;
     size_t cnt = s_min(op->own_hi - off, op->unit);
-    float *acc = (float *)op->buf + off;
+    unsigned char *acc = op->buf + off * esz;
     if (r == c->rank) {
         /* Rank 0's and rank 1's own data is already in buf (see below); rank >= 2 kept a copy. */
         if (op->scratch)
-            s_add(acc, op->scratch + p * op->unit * 4, cnt);
+            s_add(op, acc, op->scratch + p * op->unit * esz, cnt);
     } else if (r == 0 && c->rank == 1) {
-        /* acc holds x_1: x_1 + x_0 has the same bits as x_0 + x_1 (IEEE addition commutes), so
-         * rank 1 needs neither a copy of its own data nor a copy of rank 0's. */
-        s_add(acc, src, cnt);
+        /* acc holds x_1: x_1 + x_0 has the same bits as x_0 + x_1 (IEEE addition commutes, as
+         * do integer sums and maxima), so rank 1 needs neither a copy of its own data nor a
+         * copy of rank 0's. */
+        s_add(op, acc, src, cnt);
     } else if (r == 0) {
-        memcpy(acc, src, cnt * 4);
+        memcpy(acc, src, cnt * esz);
     } else {
-        s_add(acc, src, cnt);
+        s_add(op, acc, src, cnt);
     }
 }
 
@@ -140,8 +164,8 @@ static bool s_red_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
     if (op->ag && p->ag_next < op->ndone) {
         size_t pi = op->done[p->ag_next++];
         size_t off = op->own_lo + pi * op->unit, cnt = s_min(op->own_hi - off, op->unit);
-        f = (frame_t){KIND_AR_AG, op->seq, op->total, off, (uint32_t)cnt, (float *)op->buf + off,
-                      cnt * 4};
+        f = (frame_t){KIND_AR_AG, op->seq, op->total, off, (uint32_t)cnt,
+                      op->buf + off * s_esz(op), cnt * s_esz(op)};
     } else if (op->ag && !op->rs && op->own_np == 0 && !p->sent_token) {
         p->sent_token = true;
         f.kind = KIND_AR_AG;
@@ -151,8 +175,8 @@ static bool s_red_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
         /* All-reduce: the owner returns each reduced piece only after it has ours (the credit). */
         size_t lo = s_lo(op->total, c->nranks, j), hi = s_lo(op->total, c->nranks, j + 1);
         size_t off = lo + p->rs_next++ * op->unit, cnt = s_min(hi - off, op->unit);
-        f = (frame_t){KIND_AR_RS, op->seq, op->total, off, (uint32_t)cnt, (float *)op->buf + off,
-                      cnt * 4};
+        f = (frame_t){KIND_AR_RS, op->seq, op->total, off, (uint32_t)cnt,
+                      op->buf + off * s_esz(op), cnt * s_esz(op)};
     } else if (op->rs && !op->ag && op->own_np > 0 && op->ndone == op->own_np && !p->sent_token) {
         /* Only once every rank's contributions are in, not just j's: else j could finish before
          * another rank entered this op and reach it two ops ahead, where routing drops frames. */
@@ -174,6 +198,10 @@ static bool s_red_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m,
     size_t pi;
     if (h->total != op->total || h->root != 0) {
         *why = "size differs from this operation's";
+        return false;
+    }
+    if (h->flags != op->wire_flags) {
+        *why = "element type or fold differs from this operation's";
         return false;
     }
     switch (h->kind) {
@@ -216,7 +244,7 @@ static bool s_red_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m,
             return false;
         }
         *have = 1;
-        memcpy((float *)op->buf + h->offset, payload, (size_t)h->count * 4);
+        memcpy(op->buf + h->offset * s_esz(op), payload, (size_t)h->count * s_esz(op));
         p->ag_got++;
         zmq_msg_close(m);
         return true;
@@ -282,17 +310,22 @@ static void s_red_free(comm_t *c, op_t *op)
     free(op->ag_base);
 }
 
-static shoal_err_t s_reduction(comm_t *c, float *buf, size_t n, uint64_t step, const char *name,
-                               bool rs, bool ag)
+static shoal_err_t s_reduction(comm_t *c, void *buf, size_t n, uint64_t step, const char *name,
+                               bool rs, bool ag, uint16_t wire_flags)
 {
+    const size_t esz = (wire_flags & WIRE_FLAG_I64) ? 8 : 4;
     shoal_err_t rc = comm_zmq_usable(c, name);
     if (rc != SHOAL_OK)
         return rc;
     if (n == 0 || c->nranks == 1)
         return SHOAL_OK;
     if (!buf)
-        return shoal_fail(SHOAL_ERR_INVALID, "comm %s: NULL buffer of %zu floats", name, n);
-    if (comm_zmq_shm_fits(c, n * 4, 4))
+        return shoal_fail(SHOAL_ERR_INVALID, "comm %s: NULL buffer of %zu elements", name, n);
+    if (c->chunk < esz)
+        return shoal_fail(SHOAL_ERR_INVALID, "comm %s: chunk_bytes %zu is smaller than one "
+                          "element (%zu bytes)", name, c->chunk, esz);
+    /* the shared-memory path folds floats only: int64 reductions take the sockets */
+    if (!wire_flags && comm_zmq_shm_fits(c, n * 4, 4))
         return comm_zmq_shm_reduction(c, buf, n, step, name, rs, ag);
     int R = c->nranks;
     op_t op = {
@@ -301,7 +334,8 @@ static shoal_err_t s_reduction(comm_t *c, float *buf, size_t n, uint64_t step, c
         .step = step,
         .total = n,
         .buf = (unsigned char *)buf,
-        .unit = c->chunk / 4,
+        .unit = c->chunk / esz,
+        .wire_flags = wire_flags,
         .rs = rs,
         .ag = ag,
         .window = s_window(c),
@@ -320,13 +354,14 @@ static shoal_err_t s_reduction(comm_t *c, float *buf, size_t n, uint64_t step, c
     op.held = calloc(op.own_np * (size_t)R + 1, sizeof *op.held);
     op.done = calloc(op.own_np + 1, sizeof *op.done);
     if (rs && c->rank >= 2 && op.own_np) {
-        op.scratch = malloc((op.own_hi - op.own_lo) * 4);
+        op.scratch = malloc((op.own_hi - op.own_lo) * esz);
         if (op.scratch)
-            memcpy(op.scratch, buf + op.own_lo, (op.own_hi - op.own_lo) * 4);
+            memcpy(op.scratch, (unsigned char *)buf + op.own_lo * esz,
+                   (op.own_hi - op.own_lo) * esz);
     }
     if (!op.ag_have || !op.next_rank || !op.held || !op.done ||
         (rs && c->rank >= 2 && op.own_np && !op.scratch)) {
-        rc = shoal_fail(SHOAL_ERR_NOMEM, "comm %s: out of memory for %zu floats", name, n);
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "comm %s: out of memory for %zu elements", name, n);
         goto out;
     }
     if (rs) {
@@ -345,17 +380,28 @@ out:
 
 shoal_err_t comm_allreduce_sum_f32(comm_t *c, float *buf, size_t n, uint64_t step)
 {
-    return s_reduction(c, buf, n, step, "allreduce", true, true);
+    return s_reduction(c, buf, n, step, "allreduce", true, true, 0);
+}
+
+shoal_err_t comm_allreduce_sum_i64(comm_t *c, int64_t *buf, size_t n, uint64_t step)
+{
+    return s_reduction(c, buf, n, step, "allreduce_i64", true, true, WIRE_FLAG_I64);
+}
+
+shoal_err_t comm_allreduce_max_i64(comm_t *c, int64_t *buf, size_t n, uint64_t step)
+{
+    return s_reduction(c, buf, n, step, "allreduce_max_i64", true, true,
+                       WIRE_FLAG_I64 | WIRE_FLAG_MAX);
 }
 
 shoal_err_t comm_reduce_scatter_sum_f32(comm_t *c, float *buf, size_t n, uint64_t step)
 {
-    return s_reduction(c, buf, n, step, "reduce_scatter", true, false);
+    return s_reduction(c, buf, n, step, "reduce_scatter", true, false, 0);
 }
 
 shoal_err_t comm_allgather_f32(comm_t *c, float *buf, size_t n, uint64_t step)
 {
-    return s_reduction(c, buf, n, step, "allgather", false, true);
+    return s_reduction(c, buf, n, step, "allgather", false, true, 0);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ shoal_err_t comm_zmq_build(const comm_t *c, const op_t *op, const frame_t *f, zm
         .magic = WIRE_MAGIC,
         .version = WIRE_VERSION,
         .kind = (uint8_t)f->kind,
+        .flags = (f->kind == KIND_AR_RS || f->kind == KIND_AR_AG) ? op->wire_flags : 0,
         .src = (uint32_t)c->rank,
         .nranks = (uint32_t)c->nranks,
         .generation = c->generation,
@@ -78,7 +79,10 @@ static bool s_hdr_parse(const zmq_msg_t *m, wire_hdr_t *h, const char **why)
         return false;
     }
     memcpy(h, zmq_msg_data((zmq_msg_t *)m), HDR_SIZE);
-    if (h->magic != WIRE_MAGIC || h->version != WIRE_VERSION || h->flags) {
+    const bool reduction = h->kind == KIND_AR_RS || h->kind == KIND_AR_AG;
+    if (h->magic != WIRE_MAGIC || h->version != WIRE_VERSION ||
+        (h->flags && !(reduction && (h->flags == WIRE_FLAG_I64 ||
+                                     h->flags == (WIRE_FLAG_I64 | WIRE_FLAG_MAX))))) {
         *why = "bad magic, version or flags";
         return false;
     }
@@ -101,7 +105,7 @@ static bool s_hdr_parse(const zmq_msg_t *m, wire_hdr_t *h, const char **why)
         empty_ok = true;
         /* fall through */
     case KIND_AR_RS:
-        unit = 4;
+        unit = (h->flags & WIRE_FLAG_I64) ? 8 : 4;
         break;
     case KIND_P2P:
     case KIND_A2A:

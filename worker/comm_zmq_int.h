@@ -26,6 +26,10 @@
 
 #define WIRE_MAGIC 0x4d434853u /* "SHCM" */
 #define WIRE_VERSION 2         /* 2: the group tag in the last word, point to point, all-to-all */
+/* wire_hdr_t.flags of reduction frames (AR_RS, AR_AG): the element type and the fold; 0 is an
+ * f32 sum. Every other kind carries 0. */
+#define WIRE_FLAG_I64 1u /* elements are int64 (8 bytes) */
+#define WIRE_FLAG_MAX 2u /* fold by maximum instead of sum (int64 only) */
 /* Bytes of held messages (next op, later point-to-point messages, comms not created yet) a
  * listener keeps before dropping more. */
 #define STASH_MAX_BYTES ((size_t)1 << 30)
@@ -56,7 +60,7 @@ typedef struct {
     uint32_t magic;
     uint8_t version;
     uint8_t kind;
-    uint16_t flags;  /* 0 */
+    uint16_t flags;  /* WIRE_FLAG_* on reduction frames, else 0 */
     uint32_t src;    /* sender's rank in the group */
     uint32_t nranks; /* sender's group size */
     uint64_t generation;
@@ -174,7 +178,8 @@ struct comm_op {
     uint64_t step, seq, total;
     int root;
     unsigned char *buf;
-    size_t unit; /* chunk in elements: floats (reduction) or bytes */
+    size_t unit; /* chunk in elements: floats or int64 (reduction) or bytes */
+    uint16_t wire_flags; /* reduction: WIRE_FLAG_* of its frames (element type and fold) */
     /* reduction */
     bool rs, ag;            /* phases: all-reduce has both, the contributions credited by AG */
     size_t own_lo, own_hi, own_np;

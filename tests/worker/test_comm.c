@@ -187,6 +187,85 @@ static void s_rank_sizes(rank_ctx_t *ctx, result_t *res, void *arg)
     }
 }
 
+/* int64 all-reduces (sum and maximum) of values near the int64 range, every chunking: the exact
+ * result on every rank, and the f32 all-reduce after them still works on the same comm. */
+static void s_rank_i64(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    const size_t sizes[] = {1, 3, 1001, 70000};
+    const size_t chunks[] = {0, 8, 24};
+    uint64_t gen = 1, step = 0;
+    for (size_t k = 0; k < 3; k++) {
+        comm_t *c = ct_comm(ctx, gen++, 5000, chunks[k]);
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            const size_t n = chunks[k] && sizes[s] > 2000 ? 2000 : sizes[s];
+            int64_t *sum = malloc(n * 8), *mx = malloc(n * 8);
+            for (size_t i = 0; i < n; i++) {
+                /* rank r contributes (r + 1) * 2^50 - i (the sum needs all 64 bits' carries) */
+                sum[i] = ((int64_t)(ctx->rank + 1) << 50) - (int64_t)i;
+                mx[i] = (int64_t)((i * 2654435761u + (size_t)ctx->rank * 97u) % 1000u) - 500;
+            }
+            int rc = comm_allreduce_sum_i64(c, sum, n, ++step);
+            int ok = rc == SHOAL_OK;
+            const int64_t R = ctx->nranks;
+            for (size_t i = 0; ok && i < n; i++)
+                ok = sum[i] == (((R * (R + 1)) / 2) << 50) - R * (int64_t)i;
+            ct_rec(res, rc, ok, ct_fnv(sum, n * 8), 0);
+            rc = comm_allreduce_max_i64(c, mx, n, ++step);
+            ok = rc == SHOAL_OK;
+            for (size_t i = 0; ok && i < n; i++) {
+                int64_t want = INT64_MIN;
+                for (int r = 0; r < ctx->nranks; r++) {
+                    int64_t v = (int64_t)((i * 2654435761u + (size_t)r * 97u) % 1000u) - 500;
+                    want = v > want ? v : want;
+                }
+                ok = mx[i] == want;
+            }
+            ct_rec(res, rc, ok, ct_fnv(mx, n * 8), 0);
+            free(sum);
+            free(mx);
+        }
+        s_allreduce_check(c, ctx, res, 1001, 9, ++step, NULL);
+        comm_destroy(&c);
+    }
+}
+
+static void test_allreduce_i64(void **state)
+{
+    (void)state;
+    for (int nranks = 1; nranks <= 3; nranks++) {
+        result_t res[MAX_RANKS];
+        bool got[MAX_RANKS];
+        int status[MAX_RANKS];
+        ct_run_group(nranks, s_rank_i64, NULL, NULL, NULL, res, got, status);
+        ct_check_all(res, got, status, nranks);
+        assert_int_equal(res[0].nrec, 3 * (2 * 4 + 1));
+    }
+}
+
+/* One rank runs an f32 all-reduce where the other runs an int64 one: neither result is mixed;
+ * both fail (the frames of the other type are dropped) instead of folding garbage. */
+static void s_rank_type_mismatch(rank_ctx_t *ctx, result_t *res, void *arg)
+{
+    (void)arg;
+    comm_t *c = ct_comm(ctx, 1, 600, 0);
+    int64_t buf[64] = {0};
+    int rc = ctx->rank == 0 ? comm_allreduce_sum_i64(c, buf, 64, 1)
+                            : comm_allreduce_sum_f32(c, (float *)buf, 128, 1);
+    ct_rec(res, SHOAL_OK, rc == SHOAL_ERR_TIMEOUT, 0, 0);
+    comm_destroy(&c);
+}
+
+static void test_allreduce_type_mismatch(void **state)
+{
+    (void)state;
+    result_t res[MAX_RANKS];
+    bool got[MAX_RANKS];
+    int status[MAX_RANKS];
+    ct_run_group(2, s_rank_type_mismatch, NULL, NULL, NULL, res, got, status);
+    ct_check_all(res, got, status, 2);
+}
+
 static void s_sizes_for(int nranks)
 {
     result_t res[MAX_RANKS];
@@ -813,6 +892,7 @@ int main(void)
         cmocka_unit_test(test_killed_mid_op),     cmocka_unit_test(test_dead_root),
         cmocka_unit_test(test_dead_receiver),     cmocka_unit_test(test_abort),
         cmocka_unit_test(test_generation_change), cmocka_unit_test(test_garbage_frames),
+        cmocka_unit_test(test_allreduce_i64),     cmocka_unit_test(test_allreduce_type_mismatch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
