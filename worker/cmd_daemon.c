@@ -32,6 +32,7 @@ static void s_usage(FILE *f)
             "                       local coordinator, else tcp://*:0)\n"
             "  --advertise-host H   host peers dial for a wildcard data endpoint (hostname)\n"
             "  --institution I      institution reported to the coordinator\n"
+            "  --device D           cpu, cuda:N or auto (a GPU when present, default auto)\n"
             "  --log-level L        error|warn|info|debug (default info)\n"
             "  --metrics FILE       append one JSON line per step\n");
     daemon_config_print_flags(f);
@@ -59,6 +60,7 @@ int cmd_daemon(int argc, char **argv)
         {"grace-seconds", required_argument, 0, 'g'},
         {"comm-timeout-ms", required_argument, 0, 't'},
         {"threads", required_argument, 0, 'T'},     {"metrics", required_argument, 0, 'm'},
+        {"device", required_argument, 0, 'D'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     daemon_config_t cfg = {.stop_flag = &s_stop};
     daemon_config_defaults(&cfg);
@@ -73,6 +75,7 @@ int cmd_daemon(int argc, char **argv)
         case 'a': cfg.advertise_host = optarg; break;
         case 'i': cfg.institution = optarg; break;
         case 'm': cfg.metrics_path = optarg; break;
+        case 'D': cfg.device = optarg; break;
         case 'l': {
             int lvl = log_level_parse(optarg);
             if (lvl < 0) {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "device.h"
 #include "log.h"
 #include "runspec.h"
 #include "trainer.h"
@@ -38,6 +39,7 @@ static void s_usage(FILE *f)
 {
     fprintf(f, "usage: shoal-worker train RUN.yaml [--init-model DIR] [--metrics FILE.jsonl]\n"
                "                          [--export DIR] [--threads N] [--quiet]\n"
+               "                          [--device cpu|cuda:N|auto]  (default auto)\n"
                "       shoal-worker train --default ...   (the embedded tiny-fortunes run)\n");
 }
 
@@ -47,8 +49,10 @@ int cmd_train(int argc, char **argv)
         {"init-model", required_argument, 0, 'i'}, {"metrics", required_argument, 0, 'm'},
         {"export", required_argument, 0, 'e'},     {"threads", required_argument, 0, 't'},
         {"default", no_argument, 0, 'd'},          {"quiet", no_argument, 0, 'q'},
+        {"device", required_argument, 0, 'D'},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     const char *init_dir = NULL, *metrics_path = NULL, *export_dir = NULL;
+    const char *device_arg = "auto";
     int threads = 0, use_default = 0, quiet = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -59,12 +63,20 @@ int cmd_train(int argc, char **argv)
         case 't': threads = commands_parse_count(optarg); break;
         case 'd': use_default = 1; break;
         case 'q': quiet = 1; break;
+        case 'D': device_arg = optarg; break;
         case 'h': s_usage(stdout); return 0;
         default: s_usage(stderr); return 2;
         }
     }
     if ((optind >= argc) == !use_default || threads < 0) {
         s_usage(stderr);
+        return 2;
+    }
+    /* the device this run trains on (device.kind DEVICE_CUDA: the GPU path, bound to this
+     * thread); auto says once when it falls back to the CPU */
+    device_t device;
+    if (device_select(device_arg, &device) != SHOAL_OK || device_bind(&device) != SHOAL_OK) {
+        fprintf(stderr, "shoal-worker train: --device: %s\n", shoal_errmsg());
         return 2;
     }
     runspec_t *spec = calloc(1, sizeof *spec);

@@ -374,7 +374,13 @@ static shoal_err_t s_setup(daemon_t *d, const daemon_config_t *cfg, char *endpoi
     if (name_has_id_form(d->name))
         return shoal_fail(SHOAL_ERR_INVALID, "--name '%s' refused: " NAME_ID_FORM_RULE, d->name);
     log_set_component(d->name); /* before the session thread starts: it logs too */
-    shoal_err_t rc = statedir_open(&d->state, cfg->state_dir, d->name);
+    shoal_err_t rc = device_select(cfg->device ? cfg->device : "auto", &d->device);
+    if (rc != SHOAL_OK)
+        return shoal_fail_context(rc, "--device");
+    /* the training thread is this one: its CUDA calls go to the selected GPU */
+    if ((rc = device_bind(&d->device)) != SHOAL_OK)
+        return rc;
+    rc = statedir_open(&d->state, cfg->state_dir, d->name);
     if (rc != SHOAL_OK)
         return rc;
     if (cfg->metrics_path && !(d->metrics = fopen(cfg->metrics_path, "a")))
@@ -456,7 +462,14 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     shoal_err_t rc = s_setup(d, cfg, endpoint, sizeof endpoint);
     if (rc != SHOAL_OK)
         goto out;
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    /* Register reports "cpu" or "cuda:N <name>" and the device's memory: the planner sizes cells
+     * and tells GPU workers from CPU ones by them (ops/COORDINATOR.md). */
+    char device[sizeof d->device.name + 16];
+    device_spec(&d->device, device, sizeof device);
+    if (d->device.kind == DEVICE_CUDA) {
+        size_t at = strlen(device);
+        snprintf(device + at, sizeof device - at, " %s", d->device.name);
+    }
     /* The id this worker had before a restart (COORDINATOR.md: sent as prev_id). */
     char id_file[PATH_MAX + 16], prev_id[SESS_ID_MAX];
     statedir_prev_id(&d->state, prev_id, sizeof prev_id);
@@ -466,11 +479,11 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
         .coordinator = cfg->coordinator,
         .name = d->name,
         .host = host,
-        .device = "cpu",
+        .device = device,
         .institution = cfg->institution,
         .version = SHOAL_VERSION,
         .data_endpoint = endpoint,
-        .memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0,
+        .memory_bytes = d->device.memory_bytes,
         .stop_flag = cfg->stop_flag,
         .grace_seconds = d->cfg.grace_seconds,
         .notify = getenv("NOTIFY_SOCKET") != NULL,
@@ -479,8 +492,10 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     };
     if ((rc = session_new(d->zctx, &sc, &d->sess)) != SHOAL_OK)
         goto out;
-    log_info("worker %s: state %s, data endpoint %s, coordinator %s", d->name, d->state.path,
-             endpoint, cfg->coordinator);
+    char described[192];
+    device_describe(&d->device, described, sizeof described);
+    log_info("worker %s: device %s, state %s, data endpoint %s, coordinator %s", d->name,
+             described, d->state.path, endpoint, cfg->coordinator);
     daemon_status(d, SESS_ACT_IDLE, NULL);
     while (!daemon_stopping(d)) {
         daemon_pump(d, s_trainable(d) || d->pending ? 0 : S_IDLE_WAIT_MS);

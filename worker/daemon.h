@@ -21,6 +21,7 @@ typedef struct {
                                  * the coordinator is local, else tcp://\*:0 */
     const char *advertise_host; /* host peers use for a wildcard data endpoint (NULL: hostname) */
     const char *institution;    /* NULL: "" */
+    const char *device;         /* cpu | cuda:N | auto (NULL: auto; worker/device.h) */
     const char *metrics_path;   /* JSON lines, one per step (NULL: none) */
     double grace_seconds;       /* SIGTERM: finish or abandon the step within this (default 10) */
     int comm_timeout_ms;        /* longest collective wait without progress (default 30000) */

@@ -12,6 +12,7 @@
 #include "cell_comms.h"
 #include "comm.h"
 #include "daemon.h"
+#include "device.h"
 #include "runspec.h"
 #include "session.h"
 #include "statedir.h"
@@ -21,6 +22,7 @@ typedef struct {
     daemon_config_t cfg;
     statedir_t state; /* the state dir, locked */
     char name[SESS_ID_MAX];
+    device_t device; /* selected from cfg.device at start; what Register reports */
     void *zctx;
     comm_listener_t *listener;
     session_t *sess;
