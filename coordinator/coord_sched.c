@@ -200,7 +200,8 @@ static shoal_err_t s_place(const coord_run_t *r, uint64_t generation, const s_wl
                                 .model = &spec->model,
                                 .seq_len = (uint32_t)spec->seq_len,
                                 .micro_batch = (uint32_t)spec->micro_batch,
-                                .global_batch = (uint32_t)spec->global_batch};
+                                .global_batch = (uint32_t)spec->global_batch,
+                                .precision = plan_precision_from_name(spec->precision)};
     rc = plan_build(p, r->id, generation, &req, pw, e->n);
 out:
     free(pw);

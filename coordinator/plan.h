@@ -44,6 +44,7 @@ typedef struct {
     char host[PLAN_HOST_MAX];
     char institution[PLAN_INSTITUTION_MAX];
     uint64_t memory_bytes; /* declared (0 = unknown: every cell fits) */
+    int gpu;               /* a CUDA device (declared "cuda:N ..."): memory_bytes is its memory */
 } plan_site_t;
 
 typedef struct {
@@ -98,12 +99,33 @@ typedef struct {
     uint64_t memory_bytes; /* declared at registration (0 = unknown) */
 } plan_worker_t;
 
+/* train.precision as the planner sees it: AUTO computes in bf16 on GPUs and fp32 on CPUs; BF16
+ * needs GPUs (a CPU trainer has no bf16 path). */
+typedef enum {
+    PLAN_PRECISION_AUTO = 0,
+    PLAN_PRECISION_FP32,
+    PLAN_PRECISION_BF16
+} plan_precision_t;
+
+/* Napkin speed of a GPU cell against a CPU cell (one CPU worker process of a few cores at
+ * ~0.1-0.5 TFLOP/s against a data-centre GPU at tens of fp32 TFLOP/s): only ranks choices where
+ * the slowest replica sets a step's time. */
+#define PLAN_GPU_SPEED 64
+
 /* What the planner places: the spec's parallel.* keys and what sizes a cell. */
 typedef struct {
     uint32_t pp, ep, dp; /* dp 0 = auto: as many whole replicas as the workers allow */
     const model_config_t *model;
     uint32_t seq_len, micro_batch, global_batch;
+    plan_precision_t precision; /* train.precision (0: auto) */
 } plan_request_t;
+
+/* Whether a declared device ("cuda:0 NVIDIA H200", "cpu", "" ...) is a GPU: it starts with
+ * "cuda". */
+int plan_device_is_gpu(const char *device);
+
+/* The run spec's train.precision ("fp32", "bf16"; anything else, "auto" included: AUTO). */
+plan_precision_t plan_precision_from_name(const char *name);
 
 /* Rank of a cell: (replica * pp + stage) * ep + ep_rank. */
 static inline uint32_t plan_rank(const plan_t *p, plan_cell_t c)
@@ -133,9 +155,16 @@ shoal_err_t plan_build_dp(plan_t *p, const char *run_id, uint64_t generation,
  * spares. When a cell's estimated bytes exceed its worker's declared memory, pp is raised to the
  * smallest that fits (p->note says so). `p` gets run id and generation; the caller sets
  * start_step and the state source.
+ * GPU and CPU workers: a pipeline or an ep group is all GPU or all CPU (NCCL on GPUs, ZeroMQ on
+ * CPUs), GPU replicas first; a dp of 0 takes the replicas that give the most throughput (dp x
+ * the slowest replica's speed, PLAN_GPU_SPEED). Replicas of both kinds share a data-parallel
+ * group only under precision FP32 (AUTO computes bf16 on GPUs, fp32 on CPUs: different math);
+ * under AUTO with both kinds the GPU workers are placed if they can form the plan, else the CPU
+ * workers, the others are spares and p->note says why; BF16 places GPU workers only.
  * Errors: SHOAL_ERR_INVALID when the spec can never be placed (pp > layers, ep not dividing the
  * experts); SHOAL_ERR_STATE when these workers cannot hold it (too few for one replica, a fixed
- * dp, or no pp that fits), the message naming what is missing (worker, cell, bytes). */
+ * dp, or no pp that fits, or kinds that cannot be mixed), the message naming what is missing
+ * (worker, cell, bytes) or why the kinds do not mix. */
 shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
                        const plan_request_t *req, const plan_worker_t *workers, uint32_t n);
 
@@ -149,7 +178,8 @@ typedef struct {
 /* State stays where it is: each survivor (s[0..n)) goes back to the cell it held in `old` when
  * `p` has that cell with the same part of the model (the same layers and experts), by swapping
  * workers between cells of `p` (never changing the cells, so the shape, the groups and the
- * spares stay as placed; a swap that would break a worker's declared memory is skipped). */
+ * spares stay as placed; a swap that would break a worker's declared memory, or put a GPU worker
+ * in a CPU cell's place or the reverse, is skipped). */
 void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n);
 
 /* Whether every part of `p` (each (stage, ep_rank)) sits on at least one survivor that held the

@@ -69,6 +69,8 @@ void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, u
         if (!s_fits(&p->peers[j].site, p->peers[i].mem_est) ||
             !s_fits(&p->peers[i].site, p->peers[j].mem_est))
             continue;
+        if (p->peers[i].site.gpu != p->peers[j].site.gpu)
+            continue; /* a pipeline or ep group stays all GPU or all CPU */
         plan_peer_t tmp = p->peers[i];
         memcpy(p->peers[i].worker_id, p->peers[j].worker_id, sizeof tmp.worker_id);
         memcpy(p->peers[i].endpoint, p->peers[j].endpoint, sizeof tmp.endpoint);

@@ -1,6 +1,7 @@
-/* plan_place.c: the planner: how many replicas, which worker holds which cell (locality first,
- * then memory), the spares, and raising pp when a cell does not fit. Deterministic: workers are
- * sorted before anything looks at them, so the input order never shows in the plan. */
+/* plan_place.c: the planner: how many replicas, which worker holds which cell (device kind,
+ * then locality, then memory), the spares, and raising pp when a cell does not fit.
+ * Deterministic: workers are sorted before anything looks at them, so the input order never
+ * shows in the plan. */
 #include "plan.h"
 
 #include <inttypes.h>
@@ -20,8 +21,27 @@ static int s_id_cmp(const char *a, const char *b)
     return la != lb ? (la < lb ? -1 : 1) : strcmp(a, b);
 }
 
+int plan_device_is_gpu(const char *device)
+{
+    return device && strncmp(device, "cuda", 4) == 0;
+}
+
+plan_precision_t plan_precision_from_name(const char *name)
+{
+    if (name && strcmp(name, "fp32") == 0)
+        return PLAN_PRECISION_FP32;
+    if (name && strcmp(name, "bf16") == 0)
+        return PLAN_PRECISION_BF16;
+    return PLAN_PRECISION_AUTO;
+}
+
+/* Kinds of workers an attempt may place (bit mask). */
+enum { S_GPU = 1, S_CPU = 2 };
+
 typedef struct {
     const plan_worker_t *w;
+    int gpu;
+    int out;   /* of a kind this attempt does not place: last, a spare */
     int unfit; /* declared memory below the smallest cell: placed last, so spare first */
 } s_cand_t;
 
@@ -29,6 +49,10 @@ static int s_cand_cmp(const void *pa, const void *pb)
 {
     const s_cand_t *a = pa, *b = pb;
     int c;
+    if (a->out != b->out)
+        return a->out - b->out;
+    if (a->gpu != b->gpu) /* GPU groups and replicas first: the faster ones */
+        return b->gpu - a->gpu;
     if (a->unfit != b->unfit)
         return a->unfit - b->unfit;
     if ((c = strcmp(s_or_empty(a->w->institution), s_or_empty(b->w->institution))) != 0)
@@ -43,11 +67,14 @@ static int s_same(const char *a, const char *b)
     return strcmp(s_or_empty(a), s_or_empty(b)) == 0;
 }
 
-/* One attempt at a fixed pp. */
+/* One attempt at a fixed pp and set of kinds. */
 typedef struct {
     const plan_request_t *req;
     s_cand_t *cand; /* n, sorted */
     uint32_t n;
+    unsigned kinds;    /* S_GPU | S_CPU: which workers this attempt places */
+    uint32_t n_gpu_in; /* placeable GPU workers: cand[0, n_gpu_in) after sorting */
+    uint32_t n_cpu_in; /* placeable CPU workers: the next n_cpu_in */
     uint32_t *group;   /* group g's members: group[g * ep + k], indices into cand */
     uint32_t n_groups; /* formed */
     uint32_t *replica; /* replica r's groups: replica[r * pp + k], indices into group */
@@ -67,16 +94,16 @@ static uint32_t s_chunk(s_try_t *t, uint32_t ep, uint32_t *pool, uint32_t n)
     return n - whole;
 }
 
-/* ep groups: per institution, first whole groups within one host, then the institution's
- * remaining workers (one institution, several hosts); what is left of every institution is
- * grouped at the end (groups that span institutions). */
-static void s_form_groups(s_try_t *t, uint32_t ep, uint32_t *pool, uint32_t *spill)
+/* ep groups of the workers cand[lo, hi) (one kind): per institution, first whole groups within
+ * one host, then the institution's remaining workers (one institution, several hosts); what is
+ * left of every institution is grouped at the end (groups that span institutions). */
+static void s_form_groups(s_try_t *t, uint32_t ep, uint32_t lo, uint32_t hi, uint32_t *pool,
+                          uint32_t *spill)
 {
     uint32_t n_spill = 0;
-    t->n_groups = 0;
-    for (uint32_t i = 0; i < t->n;) {
+    for (uint32_t i = lo; i < hi;) {
         uint32_t inst_end = i;
-        while (inst_end < t->n && t->cand[inst_end].unfit == t->cand[i].unfit &&
+        while (inst_end < hi && t->cand[inst_end].unfit == t->cand[i].unfit &&
                s_same(t->cand[inst_end].w->institution, t->cand[i].w->institution))
             inst_end++;
         uint32_t n_pool = 0;
@@ -104,14 +131,15 @@ static const char *s_group_inst(const s_try_t *t, uint32_t ep, uint32_t g)
     return s_or_empty(t->cand[t->group[g * ep]].w->institution);
 }
 
-/* Replicas of pp groups: whole replicas within one institution first, then the rest. */
-static void s_form_replicas(s_try_t *t, uint32_t pp, uint32_t ep, uint32_t *spill)
+/* Replicas of pp groups among groups [lo, hi) (one kind): whole replicas within one institution
+ * first, then the rest. */
+static void s_form_replicas(s_try_t *t, uint32_t pp, uint32_t ep, uint32_t lo, uint32_t hi,
+                            uint32_t *spill)
 {
     uint32_t n_spill = 0;
-    t->n_replicas = 0;
-    for (uint32_t g = 0; g < t->n_groups;) {
+    for (uint32_t g = lo; g < hi;) {
         uint32_t end = g;
-        while (end < t->n_groups && strcmp(s_group_inst(t, ep, end), s_group_inst(t, ep, g)) == 0)
+        while (end < hi && strcmp(s_group_inst(t, ep, end), s_group_inst(t, ep, g)) == 0)
             end++;
         uint32_t whole = (end - g) / pp * pp;
         for (uint32_t k = 0; k < whole; k++)
@@ -144,6 +172,7 @@ static void s_site(plan_site_t *s, const plan_worker_t *w)
     snprintf(s->host, sizeof s->host, "%s", s_or_empty(w->host));
     snprintf(s->institution, sizeof s->institution, "%s", s_or_empty(w->institution));
     s->memory_bytes = w->memory_bytes;
+    s->gpu = plan_device_is_gpu(w->device);
 }
 
 /* Places replicas [0, dp) into p (stages set). Within a replica the stage that needs the most
@@ -209,18 +238,33 @@ out:
     return rc;
 }
 
-/* The dp of an attempt: the fixed one, or the most whole replicas (formed) whose dp * ep
- * divides the step's micro-batches. 0 when none. */
-static uint32_t s_dp(const s_try_t *t, uint32_t ep)
+/* Whether replica r (formed) is on GPUs: its groups are of one kind. */
+static int s_replica_gpu(const s_try_t *t, uint32_t pp, uint32_t ep, uint32_t r)
+{
+    return t->cand[t->group[t->replica[r * pp] * ep]].gpu;
+}
+
+/* The dp of an attempt: the fixed one, or among the dp whose dp * ep divides the step's
+ * micro-batches the one with the most throughput, dp x the speed of the slowest of the first dp
+ * replicas (GPU replicas come first; a tie keeps the larger dp). 0 when none. */
+static uint32_t s_dp(const s_try_t *t, uint32_t pp, uint32_t ep)
 {
     const plan_request_t *q = t->req;
     uint64_t n_micro = q->micro_batch ? q->global_batch / q->micro_batch : 1;
     if (q->dp)
         return t->n_replicas >= q->dp ? q->dp : 0;
-    for (uint32_t dp = t->n_replicas; dp > 0; dp--)
-        if (ep <= 1 || n_micro % ((uint64_t)dp * ep) == 0)
-            return dp;
-    return 0;
+    uint32_t best = 0;
+    uint64_t best_rate = 0;
+    for (uint32_t dp = 1; dp <= t->n_replicas; dp++) {
+        if (ep > 1 && n_micro % ((uint64_t)dp * ep) != 0)
+            continue;
+        uint64_t slowest = s_replica_gpu(t, pp, ep, dp - 1) ? PLAN_GPU_SPEED : 1;
+        if ((uint64_t)dp * slowest >= best_rate) {
+            best_rate = (uint64_t)dp * slowest;
+            best = dp;
+        }
+    }
+    return best;
 }
 
 /* One attempt at `pp`: SHOAL_OK (p filled), SHOAL_ERR_STATE with `why` (too few workers or a
@@ -251,23 +295,40 @@ static shoal_err_t s_try(s_try_t *t, plan_t *p, uint32_t pp, char *why, size_t c
         if (t->need[s] < least)
             least = t->need[s];
     }
-    for (uint32_t i = 0; i < t->n; i++)
-        t->cand[i].unfit = t->cand[i].w->memory_bytes && t->cand[i].w->memory_bytes < least;
+    t->n_gpu_in = t->n_cpu_in = 0;
+    for (uint32_t i = 0; i < t->n; i++) {
+        s_cand_t *c = &t->cand[i];
+        c->unfit = c->w->memory_bytes && c->w->memory_bytes < least;
+        c->gpu = plan_device_is_gpu(c->w->device);
+        c->out = !(t->kinds & (c->gpu ? S_GPU : S_CPU));
+        if (!c->out)
+            *(c->gpu ? &t->n_gpu_in : &t->n_cpu_in) += 1;
+    }
     qsort(t->cand, t->n, sizeof *t->cand, s_cand_cmp);
-    s_form_groups(t, ep, pool, pool + t->n);
-    s_form_replicas(t, pp, ep, pool);
-    uint32_t dp = s_dp(t, ep);
+    /* groups and replicas never mix kinds: GPU ones from cand[0, n_gpu_in), then CPU ones */
+    t->n_groups = t->n_replicas = 0;
+    s_form_groups(t, ep, 0, t->n_gpu_in, pool, pool + t->n);
+    const uint32_t gpu_groups = t->n_groups;
+    s_form_groups(t, ep, t->n_gpu_in, t->n_gpu_in + t->n_cpu_in, pool, pool + t->n);
+    s_form_replicas(t, pp, ep, 0, gpu_groups, pool);
+    s_form_replicas(t, pp, ep, gpu_groups, t->n_groups, pool);
+    uint32_t dp = s_dp(t, pp, ep);
     if (dp == 0) {
+        const uint32_t n_in = t->n_gpu_in + t->n_cpu_in;
+        char kinds[96] = "";
+        if (t->n_gpu_in && t->n_cpu_in)
+            snprintf(kinds, sizeof kinds, " (%u GPU, %u CPU: a pipeline or ep group is all one "
+                     "kind)", t->n_gpu_in, t->n_cpu_in);
         if (q->dp)
-            snprintf(why, cap, "%u live workers, data_parallel %u x pp %u x ep %u needs %u", t->n,
-                     q->dp, pp, ep, q->dp * pp * ep);
+            snprintf(why, cap, "%u live workers%s, data_parallel %u x pp %u x ep %u needs %u",
+                     n_in, kinds, q->dp, pp, ep, q->dp * pp * ep);
         else if (t->n_replicas)
             snprintf(why, cap, "%u whole replicas, none with dp x ep %u dividing the %u "
                      "micro-batches of a step", t->n_replicas, ep,
                      q->micro_batch ? q->global_batch / q->micro_batch : 1);
         else
-            snprintf(why, cap, "%u live workers, one replica needs pp %u x ep %u = %u", t->n, pp,
-                     ep, pp * ep);
+            snprintf(why, cap, "%u live workers%s, one replica needs pp %u x ep %u = %u", n_in,
+                     kinds, pp, ep, pp * ep);
         rc = SHOAL_ERR_STATE;
         goto out;
     }
@@ -297,12 +358,48 @@ out:
     return rc;
 }
 
+/* The plan with the workers of `kinds`: the spec's pp, raised while a cell does not fit (more
+ * stages, fewer layers a cell). SHOAL_ERR_STATE with `why` (without the run) when these workers
+ * cannot hold it; *pp_out is the pp placed, *raised_why why the spec's pp did not fit. */
+static shoal_err_t s_build_kinds(s_try_t *t, plan_t *p, unsigned kinds, uint32_t *pp_out,
+                                 char *why, size_t cap, char *raised_why, size_t raised_cap)
+{
+    const plan_request_t *req = t->req;
+    const uint32_t L = (uint32_t)req->model->num_hidden_layers;
+    char first_why[PLAN_NOTE_MAX] = "", last_why[PLAN_NOTE_MAX] = "";
+    shoal_err_t rc = SHOAL_ERR_STATE;
+    t->kinds = kinds;
+    uint32_t pp = req->pp;
+    for (; pp <= L; pp++) {
+        last_why[0] = 0;
+        rc = s_try(t, p, pp, last_why, sizeof last_why);
+        if (rc != SHOAL_ERR_STATE)
+            break;
+        if (!first_why[0])
+            snprintf(first_why, sizeof first_why, "%s", last_why);
+        if (strncmp(last_why, "cell ", 5) != 0)
+            break; /* too few workers: more stages need more still */
+    }
+    *pp_out = pp;
+    if (rc == SHOAL_OK && pp != req->pp)
+        snprintf(raised_why, raised_cap, "%s", first_why);
+    if (rc != SHOAL_ERR_STATE)
+        return rc;
+    if (pp > L)
+        snprintf(why, cap, "%s (and no pp up to the %u layers fits)", first_why, L);
+    else if (pp == req->pp)
+        snprintf(why, cap, "%s", last_why);
+    else
+        snprintf(why, cap, "%.200s; at pp %u: %.200s", first_why, pp, last_why);
+    return rc;
+}
+
 shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
                        const plan_request_t *req, const plan_worker_t *workers, uint32_t n)
 {
     const model_config_t *m = req->model;
     const uint32_t L = (uint32_t)m->num_hidden_layers, N = (uint32_t)m->n_routed_experts;
-    char why[PLAN_NOTE_MAX] = "", first_why[PLAN_NOTE_MAX] = "";
+    char why[PLAN_NOTE_MAX] = "", other_why[PLAN_NOTE_MAX] = "", raised[PLAN_NOTE_MAX] = "";
     shoal_err_t rc;
     plan_fini(p);
     if (req->pp == 0 || req->ep == 0 || req->pp > L || (N && N % req->ep))
@@ -311,41 +408,67 @@ shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
                           run_id, req->pp, req->ep, L, N);
     if (n == 0)
         return shoal_fail(SHOAL_ERR_STATE, "plan for %s: no live workers", run_id);
+    uint32_t n_gpu = 0;
+    for (uint32_t i = 0; i < n; i++)
+        n_gpu += (uint32_t)plan_device_is_gpu(workers[i].device);
+    const unsigned have = (n_gpu ? S_GPU : 0) | (n_gpu < n ? S_CPU : 0);
+    if (req->precision == PLAN_PRECISION_BF16 && !n_gpu)
+        return shoal_fail(SHOAL_ERR_STATE, "plan for %s: train.precision bf16 needs GPU workers "
+                          "and the %u live workers are CPUs (a CPU trainer computes in fp32)",
+                          run_id, n);
+    /* which kinds to try, in order: fp32 is the same math on both, so they may share the
+     * data-parallel groups; auto is bf16 on GPUs, fp32 on CPUs: one kind per plan */
+    unsigned tries[2] = {have, 0};
+    if (req->precision == PLAN_PRECISION_BF16)
+        tries[0] = S_GPU;
+    else if (req->precision == PLAN_PRECISION_AUTO && have == (S_GPU | S_CPU))
+        tries[0] = S_GPU, tries[1] = S_CPU;
     s_try_t t = {.req = req, .n = n, .cand = calloc(n, sizeof(s_cand_t))};
     if (!t.cand)
         return shoal_fail(SHOAL_ERR_NOMEM, "plan: workers");
     for (uint32_t i = 0; i < n; i++)
         t.cand[i].w = &workers[i];
-    /* the spec's pp, raised while a cell does not fit: more stages, fewer layers a cell */
     uint32_t pp = req->pp;
-    for (; pp <= L; pp++) {
-        why[0] = 0;
-        rc = s_try(&t, p, pp, why, sizeof why);
-        if (rc != SHOAL_ERR_STATE)
-            break;
-        if (!first_why[0])
-            snprintf(first_why, sizeof first_why, "%s", why);
-        if (strncmp(why, "cell ", 5) != 0)
-            break; /* too few workers: more stages need more still */
+    unsigned placed = tries[0];
+    rc = s_build_kinds(&t, p, tries[0], &pp, why, sizeof why, raised, sizeof raised);
+    if (rc == SHOAL_ERR_STATE && tries[1]) {
+        placed = tries[1];
+        rc = s_build_kinds(&t, p, tries[1], &pp, other_why, sizeof other_why, raised,
+                           sizeof raised);
     }
     free(t.cand);
-    if (rc == SHOAL_ERR_STATE) {
-        if (pp > L)
-            rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s (and no pp up to the %u layers fits)",
-                            run_id, first_why, L);
-        else if (pp == req->pp)
-            rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s", run_id, why);
-        else
-            rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s; at pp %u: %s", run_id, first_why,
-                            pp, why);
-    }
+    if (rc == SHOAL_ERR_STATE && tries[1])
+        rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: GPU workers alone: %.180s; CPU workers "
+                        "alone: %.180s; GPU replicas (bf16 under train.precision auto) and CPU "
+                        "replicas (fp32) never share a data-parallel group: train.precision fp32 "
+                        "lets them", run_id, why, other_why);
+    else if (rc == SHOAL_ERR_STATE && req->precision == PLAN_PRECISION_BF16 && have != S_GPU)
+        rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s (GPU workers only: train.precision "
+                        "bf16 has no CPU path)", run_id, why);
+    else if (rc == SHOAL_ERR_STATE)
+        rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s", run_id, why);
     if (rc != SHOAL_OK)
         goto fail;
     snprintf(p->run_id, sizeof p->run_id, "%s", run_id);
     p->generation = generation;
+    size_t at = 0;
+    if (placed != have) {
+        const int gpu_only = placed == S_GPU;
+        at = (size_t)snprintf(p->note, sizeof p->note,
+                              "%s workers only (the %u %s workers are spares): %s%s%.160s",
+                              gpu_only ? "GPU" : "CPU", gpu_only ? n - n_gpu : n_gpu,
+                              gpu_only ? "CPU" : "GPU",
+                              req->precision == PLAN_PRECISION_BF16
+                                  ? "train.precision bf16 has no CPU path"
+                                  : "under train.precision auto GPUs compute in bf16 and CPUs "
+                                    "in fp32, never in one data-parallel group",
+                              gpu_only ? "" : "; GPU workers alone: ", gpu_only ? "" : why);
+        if (at >= sizeof p->note)
+            at = sizeof p->note - 1;
+    }
     if (pp != req->pp)
-        snprintf(p->note, sizeof p->note, "pp raised from %u to %u: at pp %u, %.440s", req->pp, pp,
-                 req->pp, first_why);
+        snprintf(p->note + at, sizeof p->note - at, "%spp raised from %u to %u: at pp %u, %.300s",
+                 at ? "; " : "", req->pp, pp, req->pp, raised);
     return SHOAL_OK;
 fail:
     plan_fini(p);
