@@ -194,7 +194,7 @@ static void s_remove_stale(const char *root, const char *keep_name)
  * just-written one is never pruned, even when higher steps of an abandoned run are present.
  * Each removed one is first renamed to a .tmp-del- name (atomic) so that a crash in the middle
  * of the removal never leaves a partial step-* dir. */
-static shoal_err_t s_prune(const char *root, int keep, int64_t current)
+shoal_err_t ckpt_prune_steps(const char *root, int keep, int64_t current)
 {
     int n = 0;
     shoal_err_t rc = ckpt_list(root, NULL, 0, &n);
@@ -303,7 +303,7 @@ out:
 
 /* Moves the finished tmp dir to its final name; an existing checkpoint of the same step is
  * swapped out atomically (RENAME_EXCHANGE) and then removed. */
-static shoal_err_t s_commit(const char *root, const char *tmp, const char *final)
+shoal_err_t ckpt_commit_dir(const char *root, const char *tmp, const char *final)
 {
     if (s_exists(final)) {
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) == 0) {
@@ -369,9 +369,9 @@ shoal_err_t ckpt_save_tensors(const char *root, int64_t step, const model_config
     SHOAL_CHECK_GOTO(fsutil_write_file(path, state, strlen(state)), rc, fail_tmp);
     SHOAL_CHECK_GOTO(ckpt_manifest_write(tmp, step), rc, fail_tmp);
     SHOAL_CHECK_GOTO(fsutil_fsync_dir(tmp), rc, fail_tmp);
-    SHOAL_CHECK_GOTO(s_commit(root, tmp, final), rc, fail_tmp);
+    SHOAL_CHECK_GOTO(ckpt_commit_dir(root, tmp, final), rc, fail_tmp);
     /* committed: what follows is housekeeping and cannot undo the checkpoint */
-    if (s_prune(root, keep, step) != SHOAL_OK)
+    if (ckpt_prune_steps(root, keep, step) != SHOAL_OK)
         log_warn("checkpoint: pruning %s: %s", root, shoal_errmsg());
     atomic_fetch_sub(&s_saves_in_flight, 1);
     log_info("checkpoint: committed %s", final);

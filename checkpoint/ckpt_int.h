@@ -25,6 +25,14 @@ static inline void ckpt_moment_name(const char *name, int which, char *out, size
 /* Removes the temp dir of a failed write (rc) keeping the failure's message. */
 void ckpt_discard_tmp(const char *tmp, shoal_err_t rc);
 
+/* Keeps `keep` committed step-* dirs under root (keep <= 0: all): `current` (never pruned;
+ * -1: none) and the highest others; each removed one is renamed away first (ckpt.c). */
+shoal_err_t ckpt_prune_steps(const char *root, int keep, int64_t current);
+
+/* Renames the complete, fsynced dir `tmp` to `final` (replacing one that exists atomically
+ * where the file system can) and fsyncs `root`, their parent. */
+shoal_err_t ckpt_commit_dir(const char *root, const char *tmp, const char *final);
+
 /* Writes dir/manifest.json listing the layout's files with their sizes and digests. */
 shoal_err_t ckpt_manifest_write(const char *dir, int64_t step);
 
