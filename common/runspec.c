@@ -154,6 +154,10 @@ static const cfg_desc_t s_desc[] = {
      .min = 0, .max = 1e9, .help = "checkpoint every N steps; 0 = only at the end of the run"},
     {.key = "checkpoint.keep", .type = CFG_INT, S_AT(checkpoint_keep), .def = "3", .min = 1,
      .max = 1e6, .help = "committed checkpoints kept; older ones are deleted"},
+    {.key = "checkpoint.replicas", .type = CFG_INT, S_AT(checkpoint_replicas), .def = "2",
+     .min = 0, .max = 16,
+     .help = "copies of each checkpoint shard kept by other workers, besides its writer's "
+             "(no shared file system needed); 0 = off"},
 };
 /* clang-format on */
 #define S_NDESC ((int)(sizeof s_desc / sizeof s_desc[0]))

@@ -41,6 +41,8 @@ typedef struct {
     char checkpoint_dir[RUNSPEC_PATH_MAX]; /* checkpoint.dir (default "checkpoints") */
     int checkpoint_every;            /* checkpoint.every_steps (default 0 = only at the end) */
     int checkpoint_keep;             /* checkpoint.keep (default 3) */
+    int checkpoint_replicas;         /* checkpoint.replicas: copies of each shard on other
+                                      * workers (default 2; 0 = the writer's only) */
     int pp;                          /* parallel.pipeline_stages (default 1) */
     int ep;                          /* parallel.expert_parallel (default 1) */
     int dp;                          /* parallel.data_parallel; 0 = auto (the default) */

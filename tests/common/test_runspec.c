@@ -109,6 +109,7 @@ static int s_spec_equal(const runspec_t *a, const runspec_t *b)
     S_DIFF(strcmp(a->checkpoint_dir, b->checkpoint_dir), "checkpoint.dir");
     S_DIFF(a->checkpoint_every != b->checkpoint_every, "checkpoint.every_steps");
     S_DIFF(a->checkpoint_keep != b->checkpoint_keep, "checkpoint.keep");
+    S_DIFF(a->checkpoint_replicas != b->checkpoint_replicas, "checkpoint.replicas");
     S_DIFF(a->pp != b->pp || a->ep != b->ep || a->dp != b->dp, "parallel");
 #undef S_DIFF
     return 1;
@@ -229,6 +230,7 @@ static void test_defaults(void **state)
     assert_string_equal(s->checkpoint_dir, "checkpoints");
     assert_int_equal(s->checkpoint_every, 0);
     assert_int_equal(s->checkpoint_keep, 3);
+    assert_int_equal(s->checkpoint_replicas, 2);
 
     /* runspec_defaults: the same optional defaults, required keys unset. */
     runspec_t *d = s_new_spec();
@@ -476,6 +478,9 @@ static void test_range_errors(void **state)
     s_expect_error(y, where, needle);                                                              \
     free(y)
     S_BAD("checkpoint:\n  keep: 0\n", "10:9", "checkpoint.keep: must be >= 1, <= 1000000, got 0");
+    S_BAD("checkpoint:\n  replicas: 17\n", "10:13",
+          "checkpoint.replicas: must be >= 0, <= 16, got 17");
+    S_BAD("checkpoint:\n  replicas: -1\n", "10:13", "checkpoint.replicas: must be >= 0");
     S_BAD("checkpoint:\n  every_steps: -1\n", "10:16", "checkpoint.every_steps: must be >= 0");
     S_BAD("checkpoint:\n  dir: \"\"\n", "10:8", "checkpoint.dir: must not be empty");
     S_BAD("model:\n  preset: huge\n", "10:11", "model.preset: unknown model preset");
