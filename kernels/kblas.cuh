@@ -1,11 +1,14 @@
 /* kblas.cuh: private cuBLAS helpers of the CUDA twins: row-major GEMMs (plain and strided
- * batched) in the CPU's cblas_sgemm argument order, and cuBLAS status → shoal_err_t. */
+ * batched) in the CPU's cblas_sgemm argument order, in the handle's matmul precision
+ * (kernels_matmul_bf16_cuda: fp32, or bf16 arithmetic with fp32 accumulation), and cuBLAS
+ * status → shoal_err_t. */
 #ifndef SHOAL_KERNELS_KBLAS_CUH
 #define SHOAL_KERNELS_KBLAS_CUH
 
 #include <cublas_v2.h>
 
 #include "kcuda.cuh"
+#include "kernels_common.h"
 
 /* A cuBLAS status as a shoal_err_t naming the call. */
 static inline shoal_err_t kblas_check(cublasStatus_t st, const char *what)
@@ -35,6 +38,12 @@ static inline shoal_err_t kblas_gemm(cublasHandle_t h, bool ta, bool tb, int M, 
 {
     if (M == 0 || N == 0)
         return SHOAL_OK;
+    if (kernels_matmul_is_bf16_cuda(h))
+        return kblas_check(cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                        ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
+                                        CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F,
+                                        ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT),
+                           what);
     return kblas_check(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A, lda,
                                    &beta, C, ldc),
@@ -50,6 +59,13 @@ static inline shoal_err_t kblas_gemm_strided(cublasHandle_t h, bool ta, bool tb,
 {
     if (M == 0 || N == 0 || batch == 0)
         return SHOAL_OK;
+    if (kernels_matmul_is_bf16_cuda(h))
+        return kblas_check(cublasGemmStridedBatchedEx(
+                               h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N,
+                               M, K, &alpha, B, CUDA_R_32F, ldb, sB, A, CUDA_R_32F, lda, sA, &beta,
+                               C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F_FAST_16BF,
+                               CUBLAS_GEMM_DEFAULT),
+                           what);
     return kblas_check(cublasSgemmStridedBatched(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                  ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
                                                  ldb, sB, A, lda, sA, &beta, C, ldc, sC, batch),

@@ -26,6 +26,18 @@
 extern "C" {
 #endif
 
+#ifdef SHOAL_HAVE_CUDA
+struct cublasContext; /* cublasHandle_t, without pulling cublas_v2.h into every C file */
+
+/* Matrix precision of the CUDA twins' GEMMs issued on handle h: bf16 0 (the default) is plain
+ * fp32; bf16 1 lets cuBLAS round the fp32 operands to bf16 with fp32 accumulation
+ * (CUBLAS_COMPUTE_32F_FAST_16BF on cublasGemmEx), i.e. bf16 tensor-core arithmetic on fp32
+ * storage. Recorded per handle (SHOAL_ERR_NOMEM past 64 handles with bf16 on); forget a handle
+ * (bf16 0) before cublasDestroy. Thread-safe. */
+shoal_err_t kernels_matmul_bf16_cuda(struct cublasContext *h, int bf16);
+int kernels_matmul_is_bf16_cuda(struct cublasContext *h);
+#endif
+
 #ifdef __cplusplus
 }
 #endif

@@ -90,3 +90,15 @@ void moe_bias_update(float *bias, const int64_t *counts, int N, float gamma)
         bias[i] = bias[i] + gamma * sign;
     }
 }
+
+void adamw_update_segments(float *p, float *g, float *m, float *v, const adamw_segment_t *segs,
+                           int n_segs, float lr, float gcoef, int64_t t,
+                           const adamw_hparams_t *hp)
+{
+    for (int i = 0; i < n_segs; i++) {
+        const int64_t o = segs[i].start;
+        if (gcoef < 1.0f)
+            grad_scale(g + o, segs[i].n, gcoef);
+        adamw_update(p + o, g + o, m + o, v + o, segs[i].n, lr, segs[i].decay, t, hp);
+    }
+}

@@ -33,11 +33,32 @@ double lr_at(int64_t k, int64_t steps, double lr, int64_t warmup, double min_lr)
 /* b_i ← b_i + γ·sign(c̄ − c_i) with c̄ the mean of counts, the sign evaluated exactly in
  * integers (sign(Σc − N·c_i)), sign(0) = 0. */
 void moe_bias_update(float *bias, const int64_t *counts, int N, float gamma);
+
+/* A range of the flat parameter array that AdamW updates with one decay flag: elements
+ * [start, start + n); `packed` is the count of elements in the segments before it. */
+typedef struct {
+    int64_t start, n, packed;
+    int decay;
+} adamw_segment_t;
+
+/* The optimizer step of a whole flat array in one pass: for each segment, g is first scaled by
+ * gcoef when gcoef < 1 (grad_scale, in place), then adamw_update(segment). What the CPU trainer
+ * does tensor by tensor, as one call. */
+void adamw_update_segments(float *p, float *g, float *m, float *v, const adamw_segment_t *segs,
+                           int n_segs, float lr, float gcoef, int64_t t,
+                           const adamw_hparams_t *hp);
 #ifdef SHOAL_HAVE_CUDA
 /* Same scalars and element formula as adamw_update (hp is a host pointer). */
 shoal_err_t adamw_update_cuda(float *p, const float *g, float *m, float *v, int64_t n, float lr,
                               int decay, int64_t t, const adamw_hparams_t *hp,
                               cudaStream_t stream);
+/* adamw_update_segments in one launch: segs is a device array of n_segs (sorted by packed),
+ * n_packed = Σ n. g is read, not scaled in place; the element results are bitwise those of
+ * adamw_update_segments (explicitly rounded operations, no FMA contraction). */
+shoal_err_t adamw_update_segments_cuda(float *p, const float *g, float *m, float *v,
+                                       const adamw_segment_t *segs, int n_segs, int64_t n_packed,
+                                       float lr, float gcoef, int64_t t,
+                                       const adamw_hparams_t *hp, cudaStream_t stream);
 /* *acc (device double) += Σ g² over n elements; one block, fixed order: deterministic. */
 shoal_err_t grad_sum_squares_cuda(const float *g, int64_t n, double *acc, cudaStream_t stream);
 shoal_err_t grad_scale_cuda(float *g, int64_t n, float coef, cudaStream_t stream);

@@ -15,6 +15,9 @@
 #include "log.h"
 #include "runspec.h"
 #include "trainer.h"
+#ifdef SHOAL_HAVE_CUDA
+#include "trainer_gpu.h"
+#endif
 
 static volatile sig_atomic_t s_stop;
 
@@ -33,6 +36,111 @@ static void s_format_eta(double seconds, char *buf, size_t cap)
         snprintf(buf, cap, "%ldm%02lds", s / 60, s % 60);
     else
         snprintf(buf, cap, "%lds", s);
+}
+
+/* The run's trainer: the CPU one, or on a CUDA device the GPU one (its host side then keeps
+ * checkpoints). Exactly one is set. */
+typedef struct {
+    trainer_t *cpu;
+#ifdef SHOAL_HAVE_CUDA
+    trainer_gpu_t *gpu;
+#endif
+} s_run_t;
+
+/* Builds the trainer for `dev` and says once what computes: "device: cuda:0 NVIDIA H200
+ * (139.8 GiB), precision bf16". */
+static shoal_err_t s_run_new(const runspec_t *spec, const device_t *dev, s_run_t *r)
+{
+    char what[200];
+    int bf16 = 0;
+    shoal_err_t rc;
+    device_describe(dev, what, sizeof what);
+#ifdef SHOAL_HAVE_CUDA
+    if (dev->kind == DEVICE_CUDA) {
+        if ((rc = trainer_gpu_new(spec, spec->checkpoint_dir, dev, &r->gpu)) != SHOAL_OK)
+            return rc;
+        printf("device: %s, precision %s\n", what, trainer_gpu_bf16(r->gpu) ? "bf16" : "fp32");
+        return SHOAL_OK;
+    }
+#endif
+    if ((rc = runspec_precision_bf16(spec, 0, &bf16)) != SHOAL_OK ||
+        (rc = trainer_new(spec, spec->checkpoint_dir, &r->cpu)) != SHOAL_OK)
+        return rc;
+    printf("device: %s, precision fp32\n", what);
+    return SHOAL_OK;
+}
+
+static void s_run_destroy(s_run_t *r)
+{
+#ifdef SHOAL_HAVE_CUDA
+    trainer_gpu_destroy(&r->gpu);
+#endif
+    trainer_destroy(&r->cpu);
+}
+
+/* The trainer that holds checkpoints (the GPU trainer's host side). */
+static trainer_t *s_run_host(s_run_t *r)
+{
+#ifdef SHOAL_HAVE_CUDA
+    if (r->gpu)
+        return trainer_gpu_host(r->gpu);
+#endif
+    return r->cpu;
+}
+
+static shoal_err_t s_run_resume(s_run_t *r, const char *init_dir, int64_t *resumed)
+{
+#ifdef SHOAL_HAVE_CUDA
+    if (r->gpu)
+        return trainer_gpu_resume(r->gpu, init_dir, resumed);
+#endif
+    return trainer_resume(r->cpu, init_dir, resumed);
+}
+
+static int64_t s_run_next_step(const s_run_t *r)
+{
+#ifdef SHOAL_HAVE_CUDA
+    if (r->gpu)
+        return trainer_gpu_next_step(r->gpu);
+#endif
+    return trainer_next_step(r->cpu);
+}
+
+static shoal_err_t s_run_step(s_run_t *r, trainer_step_info_t *info)
+{
+#ifdef SHOAL_HAVE_CUDA
+    if (r->gpu)
+        return trainer_gpu_step(r->gpu, info);
+#endif
+    shoal_err_t rc = trainer_compute(r->cpu, 0, 1);
+    return rc == SHOAL_OK ? trainer_apply(r->cpu, info) : rc;
+}
+
+static int s_run_checkpoint_due(const s_run_t *r)
+{
+#ifdef SHOAL_HAVE_CUDA
+    if (r->gpu)
+        return trainer_gpu_checkpoint_due(r->gpu);
+#endif
+    return trainer_checkpoint_due(r->cpu);
+}
+
+static shoal_err_t s_run_checkpoint_async(s_run_t *r)
+{
+#ifdef SHOAL_HAVE_CUDA
+    if (r->gpu)
+        return trainer_gpu_checkpoint_async(r->gpu);
+#endif
+    return trainer_checkpoint_async(r->cpu);
+}
+
+static shoal_err_t s_run_export(s_run_t *r, const char *dir)
+{
+#ifdef SHOAL_HAVE_CUDA
+    if (r->gpu)
+        return trainer_gpu_export(r->gpu, dir);
+#endif
+    return trainer_export(r->cpu, dir);
 }
 
 static void s_usage(FILE *f)
@@ -80,7 +188,7 @@ int cmd_train(int argc, char **argv)
         return 2;
     }
     runspec_t *spec = calloc(1, sizeof *spec);
-    trainer_t *t = NULL;
+    s_run_t run = {0};
     FILE *metrics = NULL;
     int ret = 1;
     shoal_err_t rc = use_default ? runspec_load_string(runspec_default_yaml(), "<default run>", spec)
@@ -90,12 +198,12 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     openblas_set_num_threads(threads > 0 ? threads : spec->threads);
-    if ((rc = trainer_new(spec, spec->checkpoint_dir, &t)) != SHOAL_OK) {
+    if ((rc = s_run_new(spec, &device, &run)) != SHOAL_OK) {
         fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
         goto out;
     }
     int64_t resumed = 0;
-    if ((rc = trainer_resume(t, init_dir, &resumed)) != SHOAL_OK) {
+    if ((rc = s_run_resume(&run, init_dir, &resumed)) != SHOAL_OK) {
         fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
         goto out;
     }
@@ -103,6 +211,7 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "shoal-worker train: cannot open %s for appending\n", metrics_path);
         goto out;
     }
+    trainer_t *t = s_run_host(&run); /* steps, checkpoint paths and writer */
     const int64_t total = trainer_total_steps(t);
     char resumed_dir[PATH_MAX];
     if (resumed > 0 &&
@@ -118,9 +227,9 @@ int cmd_train(int argc, char **argv)
     const double t_start = clock_mono_s();
     double first_loss = -1, last_loss = 0, tokens_done = 0, busy = 0;
     int64_t steps_done = 0, last_ckpt = resumed;
-    while (trainer_next_step(t) < total && !s_stop) {
+    while (s_run_next_step(&run) < total && !s_stop) {
         trainer_step_info_t info;
-        if ((rc = trainer_compute(t, 0, 1)) != SHOAL_OK || (rc = trainer_apply(t, &info)) != SHOAL_OK) {
+        if ((rc = s_run_step(&run, &info)) != SHOAL_OK) {
             fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
             goto out;
         }
@@ -143,17 +252,17 @@ int cmd_train(int argc, char **argv)
                     info.loss, info.lr, info.grad_norm, info.tokens / info.step_seconds,
                     info.step_seconds);
         fflush(stdout);
-        if (trainer_checkpoint_due(t)) {
-            if ((rc = trainer_checkpoint_async(t)) != SHOAL_OK) {
+        if (s_run_checkpoint_due(&run)) {
+            if ((rc = s_run_checkpoint_async(&run)) != SHOAL_OK) {
                 fprintf(stderr, "shoal-worker train: checkpoint: %s\n", shoal_errmsg());
                 goto out;
             }
-            last_ckpt = trainer_next_step(t);
+            last_ckpt = s_run_next_step(&run);
         }
     }
     /* stopped by a signal: keep the steps done since the last checkpoint */
-    if (s_stop && trainer_next_step(t) != last_ckpt && trainer_next_step(t) > 0) {
-        if ((rc = trainer_checkpoint_async(t)) != SHOAL_OK) {
+    if (s_stop && s_run_next_step(&run) != last_ckpt && s_run_next_step(&run) > 0) {
+        if ((rc = s_run_checkpoint_async(&run)) != SHOAL_OK) {
             fprintf(stderr, "shoal-worker train: checkpoint: %s\n", shoal_errmsg());
             goto out;
         }
@@ -162,14 +271,14 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "shoal-worker train: checkpoint: %s\n", shoal_errmsg());
         goto out;
     }
-    if (export_dir && (rc = trainer_export(t, export_dir)) != SHOAL_OK) {
+    if (export_dir && (rc = s_run_export(&run, export_dir)) != SHOAL_OK) {
         fprintf(stderr, "shoal-worker train: export: %s\n", shoal_errmsg());
         goto out;
     }
     const double wall = clock_mono_s() - t_start;
     if (s_stop)
         printf("interrupted at step %lld/%lld (resume by running the same command)\n",
-               (long long)trainer_next_step(t), (long long)total);
+               (long long)s_run_next_step(&run), (long long)total);
     printf("summary: %lld steps in %.1f s, loss %.4f -> %.4f, %.0f tokens/s, checkpoints in %s\n",
            (long long)steps_done, wall, first_loss, last_loss,
            busy > 0 ? tokens_done / busy : 0.0, spec->checkpoint_dir);
@@ -177,7 +286,7 @@ int cmd_train(int argc, char **argv)
 out:
     if (metrics)
         fclose(metrics);
-    trainer_destroy(&t);
+    s_run_destroy(&run);
     free(spec);
     return ret;
 }
