@@ -21,19 +21,12 @@
 
 #include "clock.h"
 #include "device.h"
+#include "gpu_testutil.h" /* CK, SK */
 #include "kernels_common.h"
 #include "moe.h"
 #include "runspec.h"
 #include "trainer_gpu.h"
 
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 #define CB(call)                                                                                   \
     do {                                                                                           \
         cublasStatus_t s_ = (call);                                                                \
@@ -49,14 +42,6 @@
             exit(1);                                                                               \
         }                                                                                          \
     } while (0)
-#define SK(call)                                                                                   \
-    do {                                                                                           \
-        if ((call) != SHOAL_OK) {                                                                  \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, shoal_errmsg());         \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
 static double s_peak_bf16; /* TFLOP/s, measured below */
 static curandGenerator_t s_rng;
 
