@@ -5,6 +5,9 @@
 #include <string.h>
 
 #include "commands.h"
+#ifdef SHOAL_HAVE_NCCL
+#include "comm_nccl.h"
+#endif
 #include "numparse.h"
 #include "shoal_version.h"
 
@@ -34,7 +37,13 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "grads") == 0)
         return cmd_grads(argc - 1, argv + 1);
     if (strcmp(argv[1], "--version") == 0) {
-        printf("shoal-worker %s\n", SHOAL_VERSION);
+#ifdef SHOAL_HAVE_NCCL
+        char libs[96];
+        comm_nccl_versions(libs, sizeof libs);
+        printf("shoal-worker %s (%s)\n", SHOAL_VERSION, libs);
+#else
+        printf("shoal-worker %s (CPU only: built without CUDA and NCCL)\n", SHOAL_VERSION);
+#endif
         return 0;
     }
     if (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0)
