@@ -92,6 +92,8 @@
 #define CTL_F_MEM_EST_BYTES "mem_est_bytes"
 #define CTL_F_SPARES "spares"
 #define CTL_F_CKPT_SHARDS "ckpt_shards" /* {cell, path}: CTL_F_PATH below */
+#define CTL_F_HANDOVERS "handovers" /* {to_rank, worker, data_endpoint} */
+#define CTL_F_TO_RANK "to_rank"
 #define CTL_F_NOTE "note"
 #define CTL_F_GROUPS "groups"
 #define CTL_F_HOSTS "hosts"

@@ -98,6 +98,16 @@ static shoal_err_t s_count(size_t n, const char *field)
 
 #define WIRE_CHECK_GOTO(call, rc, label) SHOAL_CHECK_GOTO(call, rc, label)
 
+static shoal_err_t s_check_handover(const Shoal__Handover *h, const char *where)
+{
+    shoal_err_t rc = s_str(h->from_worker, WIRE_MAX_ID_LEN, where);
+    if (rc == SHOAL_OK)
+        rc = s_str(h->from_endpoint, WIRE_MAX_TEXT_LEN, where);
+    if (rc == SHOAL_OK)
+        rc = s_str(h->to_endpoint, WIRE_MAX_TEXT_LEN, where);
+    return rc;
+}
+
 static shoal_err_t s_check_plan(const Shoal__Plan *p)
 {
     shoal_err_t rc = SHOAL_OK;
@@ -121,6 +131,9 @@ static shoal_err_t s_check_plan(const Shoal__Plan *p)
     for (size_t i = 0; i < p->n_ckpt_shards; i++)
         WIRE_CHECK_GOTO(s_str(p->ckpt_shards[i]->path, WIRE_MAX_TEXT_LEN, "plan.ckpt_shards.path"),
                         rc, out);
+    WIRE_CHECK_GOTO(s_count(p->n_handovers, "plan.handovers"), rc, out);
+    for (size_t i = 0; i < p->n_handovers; i++)
+        WIRE_CHECK_GOTO(s_check_handover(p->handovers[i], "plan.handovers"), rc, out);
 out:
     return rc;
 }
@@ -195,6 +208,9 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
     case SHOAL__ENVELOPE__BODY_RUN_CONTROL:
         WIRE_CHECK_GOTO(s_str(env->run_control->reason, WIRE_MAX_TEXT_LEN, "run_control.reason"),
                         rc, out);
+        if (env->run_control->handover)
+            WIRE_CHECK_GOTO(s_check_handover(env->run_control->handover, "run_control.handover"),
+                            rc, out);
         break;
     case SHOAL__ENVELOPE__BODY_CTL_SUBMIT:
         WIRE_CHECK_GOTO(

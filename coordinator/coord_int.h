@@ -240,6 +240,9 @@ void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, in
 void coord_push_run_control(coord_t *c, coord_run_t *r, int command, const char *reason);
 void coord_push_step_commit(coord_t *c, coord_run_t *r);
 void coord_push_drain(coord_t *c, coord_worker_t *w, const char *reason);
+/* RunControl{STOP} to a member the run's new plan left out; when the plan names it as the giver
+ * of a hand-over, the STOP carries it (hand the cell's state to the taker, then leave). */
+void coord_push_leave_plan(coord_t *c, coord_run_t *r, coord_worker_t *w);
 
 /* ---- coord_sched.c: barrier, plans, scheduling --------------------------------------------- */
 /* The lease of a running run: committed step + step_window, at most total_steps. */

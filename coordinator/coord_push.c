@@ -2,6 +2,7 @@
  * (Assignment with the plan in protobuf form, RunControl, StepCommit, Drain). */
 #include "coord_int.h"
 
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +158,7 @@ typedef struct {
     Shoal__Cell *cells;
     Shoal__CheckpointShard *shards, **shard_ptrs;
     Shoal__Cell *shard_cells;
+    Shoal__Handover *handovers, **handover_ptrs;
 } s_plan_pb_t;
 
 static void s_plan_pb_free(s_plan_pb_t *pb)
@@ -172,6 +174,21 @@ static void s_plan_pb_free(s_plan_pb_t *pb)
     free(pb->shards);
     free(pb->shard_ptrs);
     free(pb->shard_cells);
+    free(pb->handovers);
+    free(pb->handover_ptrs);
+}
+
+/* The protobuf form of hand-over h of plan p (strings borrowed from p). */
+static Shoal__Handover s_handover_pb(const plan_t *p, const plan_handover_t *h)
+{
+    Shoal__Handover ho = SHOAL__HANDOVER__INIT;
+    ho.to_rank = h->to_rank;
+    ho.from_worker = (char *)h->from_worker;
+    ho.from_endpoint = (char *)h->from_endpoint;
+    ho.to_endpoint = h->to_rank < p->n_peers ? (char *)p->peers[h->to_rank].endpoint : "";
+    ho.step = p->start_step - 1;
+    ho.generation = p->generation;
+    return ho;
 }
 
 static Shoal__Cell s_cell_pb(plan_cell_t c)
@@ -278,6 +295,20 @@ static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
         pb->plan.ckpt_shards = pb->shard_ptrs;
         pb->plan.n_ckpt_shards = p->n_ckpt_shards;
     }
+    if (p->n_handovers) {
+        pb->handovers = calloc(p->n_handovers, sizeof *pb->handovers);
+        pb->handover_ptrs = calloc(p->n_handovers, sizeof *pb->handover_ptrs);
+        if (!pb->handovers || !pb->handover_ptrs) {
+            s_plan_pb_free(pb);
+            return shoal_fail(SHOAL_ERR_NOMEM, "plan message");
+        }
+        for (uint32_t i = 0; i < p->n_handovers; i++) {
+            pb->handovers[i] = s_handover_pb(p, &p->handovers[i]);
+            pb->handover_ptrs[i] = &pb->handovers[i];
+        }
+        pb->plan.handovers = pb->handover_ptrs;
+        pb->plan.n_handovers = p->n_handovers;
+    }
     return SHOAL_OK;
 }
 
@@ -315,6 +346,28 @@ void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, in
     Shoal__RunControl rc = SHOAL__RUN_CONTROL__INIT;
     rc.command = (Shoal__RunCommand)command;
     rc.reason = (char *)reason;
+    Shoal__Envelope env =
+        s_run_envelope(r, SHOAL__MSG_TYPE__MSG_RUN_CONTROL, SHOAL__ENVELOPE__BODY_RUN_CONTROL);
+    env.run_control = &rc;
+    coord_send_worker(c, w, &env);
+}
+
+void coord_push_leave_plan(coord_t *c, coord_run_t *r, coord_worker_t *w)
+{
+    const plan_handover_t *h = NULL;
+    for (uint32_t i = 0; i < r->plan.n_handovers && !h; i++)
+        if (strcmp(r->plan.handovers[i].from_worker, w->id) == 0)
+            h = &r->plan.handovers[i];
+    Shoal__RunControl rc = SHOAL__RUN_CONTROL__INIT;
+    rc.command = SHOAL__RUN_COMMAND__RUN_CMD_STOP;
+    rc.reason = h ? "not in the new plan: hand the cell over" : "not in the new plan";
+    Shoal__Handover ho;
+    if (h) {
+        ho = s_handover_pb(&r->plan, h);
+        rc.handover = &ho;
+        log_info("run %s: %s hands the state after step %" PRId64 " to rank %u (%s)", r->id,
+                 w->id, ho.step, h->to_rank, ho.to_endpoint);
+    }
     Shoal__Envelope env =
         s_run_envelope(r, SHOAL__MSG_TYPE__MSG_RUN_CONTROL, SHOAL__ENVELOPE__BODY_RUN_CONTROL);
     env.run_control = &rc;

@@ -230,10 +230,31 @@ static shoal_err_t s_build_plan(coord_t *c, coord_run_t *r, uint64_t generation,
         if (r->reported[old->rank] > best)
             best = r->reported[old->rank];
     }
+    /* Members leaving at this boundary (draining) that still hold their cell hand it over to
+     * the worker taking it, so that nothing rolls back (a drain, a preemption's grace). */
+    plan_donor_t *dn = calloc(r->plan.n_peers + 1, sizeof *dn);
+    uint32_t n_dn = 0;
+    for (uint32_t i = 0; dn && i < r->plan.n_peers && r->reported && !r->distrust_peers; i++) {
+        const coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (!w || w->state != WORKER_DRAINING || strcmp(w->run, r->id) != 0 ||
+            plan_find_worker(p, w->id))
+            continue;
+        dn[n_dn++] = (plan_donor_t){w->id, w->endpoint, r->reported[i]};
+        if (r->reported[i] > best)
+            best = r->reported[i];
+    }
     uint32_t best_rank = 0;
     plan_keep_holders(p, &r->plan, sv, n_sv);
-    const int held = best > 0 && plan_parts_held(p, &r->plan, sv, n_sv, best, &best_rank);
+    shoal_err_t hrc = plan_add_handovers(p, &r->plan, sv, n_sv, dn, n_dn, best);
+    const int held = hrc == SHOAL_OK && best > 0 &&
+                     plan_parts_held(p, &r->plan, sv, n_sv, best, &best_rank);
     free(sv);
+    free(dn);
+    if (!held || r->generation == 0) {
+        free(p->handovers); /* the checkpoint (or init) serves every cell: nothing to hand over */
+        p->handovers = NULL;
+        p->n_handovers = 0;
+    }
     if (held && r->generation > 0) { /* best == 0: nobody trained yet, nothing to copy */
         p->source = PLAN_SOURCE_PEER;
         p->source_rank = best_rank;
@@ -404,8 +425,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
                            "note", p.note));
     if (coord_txn_commit(c) == SHOAL_OK) {
         for (uint32_t i = 0; i < n_leaving; i++)
-            coord_push_run_control_to(c, r, leaving[i], SHOAL__RUN_COMMAND__RUN_CMD_STOP,
-                                      "not in the new plan");
+            coord_push_leave_plan(c, r, leaving[i]); /* with its hand-over, if it gives one */
         for (uint32_t i = 0; i < e->n; i++)
             coord_push_assignment(c, r, e->list[i]); /* none to a spare: it has no cell */
     }

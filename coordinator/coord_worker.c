@@ -349,8 +349,26 @@ static void s_on_leave(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                        coord_run_t *unused_r, const Shoal__Envelope *env)
 {
     (void)unused_r;
-    (void)coord_worker_transition(c, w, WORKER_LEFT, "left: %s",
-                                  env->leave->reason[0] ? env->leave->reason : "no reason");
+    const char *why = env->leave->reason[0] ? env->leave->reason : "no reason";
+    if (env->leave->drain_first) {
+        /* preemption with a grace period: hand the cell over at the next boundary (a drain
+         * that leaves no hold behind: a later registration is an ordinary join), then the
+         * worker sends a plain Leave; one holding no cell just leaves */
+        coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
+        if (w->state == WORKER_DRAINING || w->state == WORKER_DRAINED) {
+            coord_reply_ack(c, route, env, w, NULL);
+            return;
+        }
+        if (r && !coord_run_is_terminal(r->state) && plan_find_worker(&r->plan, w->id) &&
+            coord_worker_transition(c, w, WORKER_DRAINING, "leaving after a hand-over: %s",
+                                    why) == SHOAL_OK) {
+            if (coord_txn_commit(c) == SHOAL_OK)
+                coord_push_drain(c, w, why);
+            coord_reply_ack(c, route, env, w, NULL);
+            return;
+        }
+    }
+    (void)coord_worker_transition(c, w, WORKER_LEFT, "left: %s", why);
     coord_txn_commit(c);
     coord_reply_ack(c, route, env, w, NULL);
 }

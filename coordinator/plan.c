@@ -28,6 +28,7 @@ void plan_fini(plan_t *p)
     free(p->peers);
     free(p->spares);
     free(p->ckpt_shards);
+    free(p->handovers);
     memset(p, 0, sizeof *p);
 }
 
@@ -209,8 +210,15 @@ json_t *plan_to_json(const plan_t *p)
         json_array_append_new(shards, json_pack("{s:o, s:s}", CTL_F_CELL,
                                                 s_cell_json(p->ckpt_shards[i].cell), CTL_F_PATH,
                                                 p->ckpt_shards[i].path));
+    json_t *handovers = json_array();
+    for (uint32_t i = 0; i < p->n_handovers; i++)
+        json_array_append_new(handovers,
+                              json_pack("{s:i, s:s, s:s}", CTL_F_TO_RANK,
+                                        (int)p->handovers[i].to_rank, CTL_F_WORKER,
+                                        p->handovers[i].from_worker, CTL_F_DATA_ENDPOINT,
+                                        p->handovers[i].from_endpoint));
     return json_pack("{s:s, s:I, s:{s:i, s:i, s:i}, s:o, s:o, s:o, s:o, s:I, s:s, s:I, s:s, s:o, "
-                     "s:i, s:s, s:o}",
+                     "s:i, s:s, s:o, s:o}",
                      CTL_F_RUN_ID, p->run_id, CTL_F_GENERATION, (json_int_t)p->generation,
                      CTL_F_TOPOLOGY, CTL_F_DP, (int)p->dp, CTL_F_PP, (int)p->pp, CTL_F_EP,
                      (int)p->ep, CTL_F_STAGES, stages, CTL_F_EXPERTS, experts, CTL_F_PEERS, peers,
@@ -218,7 +226,8 @@ json_t *plan_to_json(const plan_t *p)
                      CTL_F_SOURCE, plan_source_name(p->source), CTL_F_CHECKPOINT_STEP,
                      (json_int_t)p->ckpt_step, CTL_F_CHECKPOINT_PATH, p->ckpt_path,
                      CTL_F_CKPT_SHARDS, shards, CTL_F_SOURCE_RANK, (int)p->source_rank,
-                     CTL_F_NOTE, p->note, CTL_F_GROUPS, s_groups_json(p));
+                     CTL_F_NOTE, p->note, CTL_F_GROUPS, s_groups_json(p), CTL_F_HANDOVERS,
+                     handovers);
 }
 
 static shoal_err_t s_int(const json_t *o, const char *key, json_int_t lo, json_int_t hi,
@@ -251,6 +260,34 @@ static void s_site_from(const json_t *o, plan_site_t *s)
     snprintf(s->institution, sizeof s->institution, "%s", inst ? inst : "");
     json_int_t m = json_integer_value(json_object_get(o, CTL_F_MEMORY_BYTES));
     s->memory_bytes = m > 0 ? (uint64_t)m : 0;
+}
+
+/* The optional hand-overs of a plan document (absent: none); a taker outside the peers is
+ * refused. */
+static shoal_err_t s_handovers_from(const json_t *arr, plan_t *p, uint32_t cap)
+{
+    size_t nh = json_array_size(arr);
+    if (nh > cap)
+        return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: too many hand-overs");
+    if (nh && !(p->handovers = calloc(nh, sizeof *p->handovers)))
+        return shoal_fail(SHOAL_ERR_NOMEM, "plan from JSON");
+    for (size_t i = 0; i < nh; i++, p->n_handovers++) {
+        const json_t *o = json_array_get(arr, i);
+        plan_handover_t *h = &p->handovers[i];
+        json_int_t to;
+        shoal_err_t rc = s_int(o, CTL_F_TO_RANK, 0, cap, &to);
+        if (rc == SHOAL_OK)
+            rc = s_str(o, CTL_F_WORKER, h->from_worker, sizeof h->from_worker);
+        if (rc == SHOAL_OK)
+            rc = s_str(o, CTL_F_DATA_ENDPOINT, h->from_endpoint, sizeof h->from_endpoint);
+        if (rc != SHOAL_OK)
+            return rc;
+        if ((uint32_t)to >= p->n_peers)
+            return shoal_fail(SHOAL_ERR_FORMAT, "plan JSON: hand-over to rank %d of %u peers",
+                              (int)to, p->n_peers);
+        h->to_rank = (uint32_t)to;
+    }
+    return SHOAL_OK;
 }
 
 /* The optional members of a plan document (spares, checkpoint shards, note): absent in plans
@@ -291,7 +328,7 @@ static shoal_err_t s_optional_from(const json_t *j, plan_t *p, uint32_t cap)
             return rc;
         p->ckpt_shards[i].cell = (plan_cell_t){(uint32_t)a, (uint32_t)b, (uint32_t)c};
     }
-    return SHOAL_OK;
+    return s_handovers_from(json_object_get(j, CTL_F_HANDOVERS), p, cap);
 }
 
 shoal_err_t plan_from_json(const json_t *j, plan_t *p)

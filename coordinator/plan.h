@@ -70,6 +70,15 @@ typedef struct {
     char path[PLAN_PATH_MAX];
 } plan_ckpt_shard_t;
 
+/* A part of the model whose state only a worker leaving the plan (draining) holds: at the
+ * plan's boundary that worker hands it to the cell `to_rank` (a 2-rank comm of the plan's
+ * generation), instead of the run rolling back to its checkpoint. */
+typedef struct {
+    uint32_t to_rank;
+    char from_worker[PLAN_ID_MAX];
+    char from_endpoint[PLAN_ENDPOINT_MAX];
+} plan_handover_t;
+
 typedef struct {
     char run_id[PLAN_ID_MAX];
     uint64_t generation;
@@ -89,6 +98,8 @@ typedef struct {
     plan_spare_t *spares; /* live workers left out, in placement order */
     uint32_t n_spares;
     char note[PLAN_NOTE_MAX]; /* why the shape differs from the spec's ("" = as asked) */
+    plan_handover_t *handovers; /* source PEER: parts handed over by leaving workers */
+    uint32_t n_handovers;
 } plan_t;
 
 /* A candidate worker for placement (strings borrowed; NULL reads as ""). */
@@ -182,9 +193,23 @@ typedef struct {
  * in a CPU cell's place or the reverse, is skipped). */
 void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n);
 
+/* A worker leaving the plan (draining) that still holds its cell's state, at `step`. */
+typedef struct {
+    const char *worker_id;
+    const char *endpoint;
+    int64_t step;
+} plan_donor_t;
+
+/* Hand-over: for each part of `p` that no survivor (s[0..n)) holds at `step` but a donor
+ * (d[0..nd)) held in `old` at `step`, the first cell of `p` with that part pulls it from that
+ * donor (p->handovers). Frees what p->handovers held before. SHOAL_ERR_NOMEM. */
+shoal_err_t plan_add_handovers(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
+                               const plan_donor_t *d, uint32_t nd, int64_t step);
+
 /* Whether every part of `p` (each (stage, ep_rank)) sits on at least one survivor that held the
- * same part in `old` at `step`; if so *source_rank is the rank of the first such survivor. When
- * not, the state of some part exists only in the checkpoint. */
+ * same part in `old` at `step`, or on a cell a donor hands it to (p->handovers); if so
+ * *source_rank is the rank of the first such survivor (or taker). When not, the state of some
+ * part exists only in the checkpoint. */
 int plan_parts_held(const plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
                     int64_t step, uint32_t *source_rank);
 

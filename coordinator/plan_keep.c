@@ -3,6 +3,7 @@
  * from peers) or not (state from the checkpoint). */
 #include "plan.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,29 +84,77 @@ void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, u
     free(claimed);
 }
 
+/* The first cell of `p` with part (stage, e) whose worker is a survivor that held the same part
+ * in `old` at `step`, or NULL. */
+static const plan_peer_t *s_part_holder(const plan_t *p, const plan_t *old, const plan_survivor_t *s,
+                                        uint32_t n, int64_t step, uint32_t stage, uint32_t e)
+{
+    for (uint32_t i = 0; i < p->n_peers; i++) {
+        const plan_peer_t *now = &p->peers[i];
+        if (now->cell.stage != stage || now->cell.ep_rank != e)
+            continue;
+        const plan_survivor_t *sv = s_survivor(s, n, now->worker_id);
+        const plan_peer_t *was = old ? plan_find_worker(old, now->worker_id) : NULL;
+        if (sv && was && sv->step == step && s_same_part(p, now->cell, old, was->cell))
+            return now;
+    }
+    return NULL;
+}
+
+shoal_err_t plan_add_handovers(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
+                               const plan_donor_t *d, uint32_t nd, int64_t step)
+{
+    free(p->handovers);
+    p->handovers = NULL;
+    p->n_handovers = 0;
+    if (!old || nd == 0)
+        return SHOAL_OK;
+    if (!(p->handovers = calloc((size_t)p->pp * p->ep + 1, sizeof *p->handovers)))
+        return shoal_fail(SHOAL_ERR_NOMEM, "plan hand-overs");
+    for (uint32_t stage = 0; stage < p->pp; stage++)
+        for (uint32_t e = 0; e < p->ep; e++) {
+            if (s_part_holder(p, old, s, n, step, stage, e))
+                continue; /* a survivor shares it (or keeps it): no hand-over needed */
+            const plan_peer_t *taker = NULL;
+            for (uint32_t i = 0; i < p->n_peers && !taker; i++)
+                if (p->peers[i].cell.stage == stage && p->peers[i].cell.ep_rank == e)
+                    taker = &p->peers[i];
+            for (uint32_t k = 0; k < nd && taker; k++) {
+                const plan_peer_t *was = plan_find_worker(old, d[k].worker_id);
+                if (d[k].step != step || !was || !s_same_part(p, taker->cell, old, was->cell))
+                    continue;
+                plan_handover_t *h = &p->handovers[p->n_handovers++];
+                h->to_rank = taker->rank;
+                snprintf(h->from_worker, sizeof h->from_worker, "%s", d[k].worker_id);
+                snprintf(h->from_endpoint, sizeof h->from_endpoint, "%s", d[k].endpoint);
+                break;
+            }
+        }
+    return SHOAL_OK;
+}
+
 int plan_parts_held(const plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
                     int64_t step, uint32_t *source_rank)
 {
     int found_any = 0;
     for (uint32_t stage = 0; stage < p->pp; stage++)
         for (uint32_t e = 0; e < p->ep; e++) {
-            int held = 0;
-            for (uint32_t i = 0; i < p->n_peers && !held; i++) {
-                const plan_peer_t *now = &p->peers[i];
-                if (now->cell.stage != stage || now->cell.ep_rank != e)
-                    continue;
-                const plan_survivor_t *sv = s_survivor(s, n, now->worker_id);
-                const plan_peer_t *was = old ? plan_find_worker(old, now->worker_id) : NULL;
-                if (!sv || !was || sv->step != step || !s_same_part(p, now->cell, old, was->cell))
-                    continue;
-                held = 1;
-                if (!found_any) {
-                    *source_rank = now->rank;
-                    found_any = 1;
+            const plan_peer_t *holder = s_part_holder(p, old, s, n, step, stage, e);
+            uint32_t rank = holder ? holder->rank : 0;
+            for (uint32_t h = 0; h < p->n_handovers && !holder; h++) {
+                const plan_peer_t *taker = &p->peers[p->handovers[h].to_rank];
+                if (p->handovers[h].to_rank < p->n_peers && taker->cell.stage == stage &&
+                    taker->cell.ep_rank == e) {
+                    holder = taker;
+                    rank = taker->rank;
                 }
             }
-            if (!held)
+            if (!holder)
                 return 0;
+            if (!found_any) {
+                *source_rank = rank;
+                found_any = 1;
+            }
         }
     return 1;
 }

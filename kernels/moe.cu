@@ -9,9 +9,12 @@
  * small beside the expert GEMMs' 6·M·K·d·fe FLOPs forward. */
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "ffn.h"
 #include "kblas.cuh"
 #include "moe.h"
+#include "swiglu.h"
 
 #define MOE_THREADS 256
 
@@ -193,6 +196,7 @@ extern "C" shoal_err_t moe_saved_alloc_cuda(moe_saved_cuda_t *sv, const moe_conf
               s_dalloc(&v->sh_gu, sizeof(float) * M * 2 * fs) &&
               s_dalloc(&v->sh_a, sizeof(float) * M * fs) &&
               s_dalloc(&sv->row_of_pair, sizeof(int32_t) * M * K) &&
+              s_dalloc(&sv->gemm_ptrs, sizeof(void *) * 3 * N) &&
               cudaMallocHost((void **)&sv->offsets_host, sizeof(int64_t) * (N + 1)) == cudaSuccess;
     if (!ok) {
         cudaGetLastError(); /* so the failed allocation is not reported by a later launch check */
@@ -218,6 +222,7 @@ extern "C" void moe_saved_free_cuda(moe_saved_cuda_t *sv)
     cudaFree(v->sh_gu);
     cudaFree(v->sh_a);
     cudaFree(sv->row_of_pair);
+    cudaFree(sv->gemm_ptrs);
     cudaFreeHost(sv->offsets_host);
     memset(sv, 0, sizeof *sv);
 }
@@ -255,6 +260,171 @@ extern "C" void moe_scratch_free_cuda(moe_scratch_t *sc)
     cudaFree(sc->sh_dgu);
     cudaFree(sc->sh_da);
     memset(sc, 0, sizeof *sc);
+}
+
+/* One GEMM kind over every expert with rows, in kblas_gemm's row-major terms:
+ * C_e = op(A_e)·op(B_e) + beta·C_e (alpha 1). Each operand is either an activation (`*_rows`:
+ * the expert's rows start r0 rows into it, r0 · ld elements) or a weight (`*_of`: expert e's own
+ * pointer). `rows_is_k`: the expert's row count is the inner dimension (weight gradients:
+ * dW += dY^T X), else the outer M; the other two dimensions are fixed. */
+typedef struct {
+    bool ta, tb, rows_is_k;
+    int m, n, k; /* the fixed dimensions (the row count replaces m, or k) */
+    int lda, ldb, ldc;
+    float beta;
+    const float *a_rows, *const *a_of;
+    const float *b_rows, *const *b_of;
+    float *c_rows, *const *c_of;
+} s_grouped_t;
+
+/* Grouped GEMMs refused by cuBLAS in a precision [bf16]: remembered, then the per-expert loop. */
+static int s_grouped_refused[2];
+
+/* Operand of expert e: its own weight, or its rows of the activation. */
+static const void *s_operand(const float *rows, const float *const *of, int e, int64_t r0, int ld)
+{
+    return of ? (const void *)of[e] : (const void *)(rows + r0 * ld);
+}
+
+/* SHOAL_ERR_STATE (no message) when cuBLAS refuses the grouped call in this precision: the
+ * caller then runs one GEMM per expert. dev_ptrs: [3N] device pointers (moe_saved_cuda_t). */
+static shoal_err_t s_grouped_gemm(cublasHandle_t h, const s_grouped_t *g, int N,
+                                  const int64_t *off, void **dev_ptrs, cudaStream_t stream,
+                                  const char *what)
+{
+    const int bf16 = kernels_matmul_is_bf16_cuda(h) ? 1 : 0;
+    if (s_grouped_refused[bf16])
+        return SHOAL_ERR_STATE;
+    const size_t n_max = (size_t)N;
+    const void **ptrs = (const void **)malloc(sizeof(void *) * 3 * n_max);
+    int *dims = (int *)malloc(sizeof(int) * 7 * n_max);
+    cublasOperation_t *ops = (cublasOperation_t *)malloc(sizeof(cublasOperation_t) * 2 * n_max);
+    float *scal = (float *)malloc(sizeof(float) * 2 * n_max);
+    shoal_err_t rc = SHOAL_OK;
+    if (!ptrs || !dims || !ops || !scal) {
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "%s: out of host memory", what);
+        goto out;
+    }
+    {
+        /* the problems in cuBLAS's column-major terms: operands swapped as in kblas_gemm */
+        int *mm = dims, *nn = dims + n_max, *kk = dims + 2 * n_max, *lda = dims + 3 * n_max;
+        int *ldb = dims + 4 * n_max, *ldc = dims + 5 * n_max, *gsz = dims + 6 * n_max;
+        cublasOperation_t *opa = ops, *opb = ops + n_max;
+        float *alpha = scal, *beta = scal + n_max;
+        const void **pa = ptrs, **pb = ptrs + n_max, **pc = ptrs + 2 * n_max;
+        int n = 0;
+        for (int e = 0; e < N; e++) {
+            const int64_t r0 = off[e], rows = off[e + 1] - off[e];
+            if (rows == 0)
+                continue;
+            pa[n] = s_operand(g->b_rows, g->b_of, e, r0, g->ldb);
+            pb[n] = s_operand(g->a_rows, g->a_of, e, r0, g->lda);
+            pc[n] = s_operand(g->c_rows, (const float *const *)g->c_of, e, r0, g->ldc);
+            opa[n] = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+            opb[n] = g->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+            mm[n] = g->n;
+            nn[n] = g->rows_is_k ? g->m : (int)rows;
+            kk[n] = g->rows_is_k ? (int)rows : g->k;
+            lda[n] = g->ldb;
+            ldb[n] = g->lda;
+            ldc[n] = g->ldc;
+            gsz[n] = 1;
+            alpha[n] = 1.0f;
+            beta[n] = g->beta;
+            n++;
+        }
+        if (n == 0)
+            goto out;
+        /* the three tables packed to n entries and copied at once: from pageable memory the
+         * call returns once they are staged, and stream order keeps the device copy until this
+         * GEMM has read it, so one device table serves every call */
+        memmove(pa + n, pb, sizeof(void *) * (size_t)n);
+        memmove(pa + 2 * n, pc, sizeof(void *) * (size_t)n);
+        rc = s_cuda(cudaMemcpyAsync(dev_ptrs, pa, sizeof(void *) * 3 * (size_t)n,
+                                    cudaMemcpyHostToDevice, stream),
+                    what);
+        if (rc != SHOAL_OK)
+            goto out;
+        const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+            h, opa, opb, mm, nn, kk, alpha, (const void *const *)dev_ptrs, CUDA_R_32F, lda,
+            (const void *const *)(dev_ptrs + n), CUDA_R_32F, ldb, beta,
+            (void *const *)(dev_ptrs + 2 * n), CUDA_R_32F, ldc, n, gsz,
+            bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F);
+        if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+            s_grouped_refused[bf16] = 1; /* this cuBLAS has no grouped GEMM for the types */
+            rc = SHOAL_ERR_STATE;
+        } else {
+            rc = kblas_check(st, what);
+        }
+    }
+out:
+    free(ptrs);
+    free(dims);
+    free(ops);
+    free(scal);
+    return rc;
+}
+
+/* The experts' forward (sc NULL) or backward with grouped GEMMs over the rows of sv (sizes from
+ * sv->offsets_host), SwiGLU over every row at once: the arithmetic of ffn_forward_cuda /
+ * ffn_backward_cuda per expert. SHOAL_ERR_STATE when cuBLAS refuses the first grouped call
+ * (nothing written yet: the caller loops over the experts); a refusal after gradients were
+ * accumulated is an error. */
+static shoal_err_t s_experts_grouped(cublasHandle_t h, const moe_config_t *c,
+                                     const moe_weights_t *w, const moe_saved_cuda_t *sv,
+                                     moe_scratch_t *sc, const moe_weights_t *g,
+                                     cudaStream_t stream)
+{
+    const moe_saved_t *v = &sv->dev;
+    const int N = c->router.N, d = c->d, fe = c->fe, f2 = 2 * c->fe;
+    const int64_t *off = sv->offsets_host, P = off[N];
+    void **tab = sv->gemm_ptrs;
+    shoal_err_t rc;
+    if (!sc) {
+        /* gu = xs_e · Wgu_e^T;  a = swiglu(gu);  ys = a_e · Wd_e^T */
+        const s_grouped_t g1 = {false, true, false, 0, f2, d, d, d, f2, 0.0f,
+                                v->xs, NULL, NULL, w->expert_gu, v->gu, NULL};
+        const s_grouped_t g2 = {false, true, false, 0, d, fe, fe, fe, d, 0.0f,
+                                v->a, NULL, NULL, w->expert_d, v->ys, NULL};
+        rc = s_grouped_gemm(h, &g1, N, off, tab, stream, "moe_forward_cuda (grouped gu)");
+        if (rc == SHOAL_OK)
+            rc = swiglu_forward_cuda(v->gu, (int)P, fe, v->a, stream);
+        if (rc == SHOAL_OK)
+            rc = s_grouped_gemm(h, &g2, N, off, tab, stream, "moe_forward_cuda (grouped y)");
+        return rc; /* a late refusal only means the loop recomputes everything: beta is 0 */
+    }
+    /* dWd_e += dys_e^T a_e;  da = dys_e · Wd_e;  dgu = swiglu'(gu, da);
+     * dWgu_e += dgu_e^T xs_e;  dxs = dgu_e · Wgu_e */
+    const s_grouped_t g3 = {true, false, true, d, fe, 0, d, fe, fe, 1.0f,
+                            sc->dys, NULL, v->a, NULL, NULL, g->expert_d};
+    const s_grouped_t g4 = {false, false, false, 0, fe, d, d, fe, fe, 0.0f,
+                            sc->dys, NULL, NULL, w->expert_d, sc->da, NULL};
+    const s_grouped_t g5 = {true, false, true, f2, d, 0, f2, d, d, 1.0f,
+                            sc->dgu, NULL, v->xs, NULL, NULL, g->expert_gu};
+    const s_grouped_t g6 = {false, false, false, 0, d, f2, f2, d, d, 0.0f,
+                            sc->dgu, NULL, NULL, w->expert_gu, sc->dxs, NULL};
+    rc = s_grouped_gemm(h, &g3, N, off, tab, stream, "moe_backward_cuda (grouped dw_d)");
+    if (rc != SHOAL_OK)
+        return rc; /* SHOAL_ERR_STATE: nothing accumulated yet */
+    rc = s_grouped_gemm(h, &g4, N, off, tab, stream, "moe_backward_cuda (grouped da)");
+    if (rc == SHOAL_OK)
+        rc = swiglu_backward_cuda(v->gu, sc->da, (int)P, fe, sc->dgu, stream);
+    if (rc == SHOAL_OK)
+        rc = s_grouped_gemm(h, &g5, N, off, tab, stream, "moe_backward_cuda (grouped dw_gu)");
+    if (rc == SHOAL_OK)
+        rc = s_grouped_gemm(h, &g6, N, off, tab, stream, "moe_backward_cuda (grouped dx)");
+    if (rc == SHOAL_ERR_STATE)
+        rc = shoal_fail(SHOAL_ERR_CUDA, "moe_backward_cuda: cuBLAS refused a grouped GEMM after "
+                        "accepting one in the same precision");
+    return rc;
+}
+
+/* *rc = the grouped path's result, except a refusal (SHOAL_ERR_STATE), which becomes SHOAL_OK
+ * and returns 1: run one GEMM per expert. */
+static int s_refused(shoal_err_t *rc, shoal_err_t grouped)
+{
+    *rc = grouped == SHOAL_ERR_STATE ? SHOAL_OK : grouped;
+    return grouped == SHOAL_ERR_STATE;
 }
 
 extern "C" shoal_err_t moe_forward_cuda(cublasHandle_t h, const moe_config_t *c,
@@ -312,7 +482,9 @@ extern "C" shoal_err_t moe_forward_cuda(cublasHandle_t h, const moe_config_t *c,
         rc = shoal_fail(SHOAL_ERR_STATE,
                         "moe_forward_cuda: expert offsets cover %lld of %lld pairs (bad idx)",
                         (long long)off[N], (long long)P);
-    for (int e = 0; e < N && rc == SHOAL_OK; e++) {
+    const int per_expert = rc == SHOAL_OK && s_refused(&rc, s_experts_grouped(h, c, w, sv, NULL,
+                                                                              NULL, stream));
+    for (int e = 0; per_expert && e < N && rc == SHOAL_OK; e++) {
         const int64_t r0 = off[e], rows = off[e + 1] - off[e];
         rc = ffn_forward_cuda(h, v->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
                               v->gu + r0 * 2 * fe, v->a + r0 * fe, v->ys + r0 * d, 0.0f, stream);
@@ -361,7 +533,9 @@ extern "C" shoal_err_t moe_backward_cuda(cublasHandle_t h, const moe_config_t *c
     }
     /* experts: sizes from the forward's host copy; scratch at each expert's own rows */
     const int64_t *off = sv->offsets_host;
-    for (int e = 0; e < N && rc == SHOAL_OK; e++) {
+    const int per_expert = rc == SHOAL_OK && s_refused(&rc, s_experts_grouped(h, c, w, sv, sc, g,
+                                                                              stream));
+    for (int e = 0; per_expert && e < N && rc == SHOAL_OK; e++) {
         const int64_t r0 = off[e], rows = off[e + 1] - off[e];
         rc = ffn_backward_cuda(h, v->xs + r0 * d, (int)rows, d, fe, w->expert_gu[e], w->expert_d[e],
                                v->gu + r0 * 2 * fe, v->a + r0 * fe, sc->dys + r0 * d,

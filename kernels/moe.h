@@ -113,6 +113,7 @@ typedef struct {
     int32_t *row_of_pair;  /* [M·K] device: expert-ordered row of pair p (inverse permutation) */
     int64_t *offsets_host; /* [N + 1] pinned host copy of dev.offsets: the per-expert GEMM sizes,
                             * read back once by the forward and reused by the backward */
+    void **gemm_ptrs;      /* [3N] device: A, B, C pointer arrays of the grouped expert GEMMs */
 } moe_saved_cuda_t;
 
 /* Device allocations for up to max_M tokens; SHOAL_ERR_NOMEM (nothing left allocated) on
@@ -123,7 +124,10 @@ void moe_saved_free_cuda(moe_saved_cuda_t *sv);
 shoal_err_t moe_scratch_alloc_cuda(moe_scratch_t *sc, const moe_config_t *c, int max_M);
 void moe_scratch_free_cuda(moe_scratch_t *sc);
 
-/* As moe_forward; counts_acc is a device int64 [N]. Synchronises `stream` once (offsets). */
+/* The experts' GEMMs go through cublasGemmGroupedBatchedEx (one call per GEMM kind for all
+ * experts, SwiGLU over every row at once) in the handle's precision (kernels_matmul_bf16_cuda);
+ * where cuBLAS refuses the grouped call for that precision, one GEMM per expert as before.
+ * As moe_forward; counts_acc is a device int64 [N]. Synchronises `stream` once (offsets). */
 shoal_err_t moe_forward_cuda(cublasHandle_t h, const moe_config_t *c, const moe_weights_t *w,
                              const float *u, int M, moe_saved_cuda_t *sv, float *y,
                              int64_t *counts_acc, cudaStream_t stream);

@@ -14,7 +14,8 @@ extern "C" {
 #endif
 
 /* Group tags on the listener (comm_config_t.group). */
-enum { CELL_GROUP_WORLD = 1, CELL_GROUP_STAGE, CELL_GROUP_EXPERT, CELL_GROUP_EP, CELL_GROUP_PIPE };
+enum { CELL_GROUP_WORLD = 1, CELL_GROUP_STAGE, CELL_GROUP_EXPERT, CELL_GROUP_EP, CELL_GROUP_PIPE,
+       CELL_GROUP_HANDOVER /* a leaving worker hands its cell over (daemon_handover.c) */ };
 
 #define CELL_COMMS_MAX 5
 

@@ -224,6 +224,9 @@ static void s_on_event(daemon_t *d, sess_event_t *ev)
             break;
         case SESS_CTL_STOP:
             s_stop_run(d, ev->reason);
+            if (ev->handover_to[0]) /* the old plan's comms are gone: the state is still here */
+                (void)daemon_handover_give(d, ev->handover_to, ev->handover_step,
+                                           ev->handover_gen);
             break;
         case SESS_CTL_DRAIN:
             /* The coordinator freezes the lease and re-plans without this worker at that
@@ -272,6 +275,27 @@ static int s_trainable(const daemon_t *d)
     return d->plan && !d->failed && d->have_comms && d->have_state &&
            trainer_next_step(d->tr) < trainer_total_steps(d->tr) &&
            trainer_next_step(d->tr) + 1 <= d->lease;
+}
+
+/* SIGTERM while holding a cell of a run not yet complete: ask the coordinator for a drain
+ * (Leave{drain_first}, again every second until its Drain arrives), train to the boundary, hand
+ * the cell over when the STOP that ends the plan says to whom, then leave. When the grace runs
+ * out first (or the plan failed) the worker leaves anyway and the death path applies. */
+static int s_handing_over(daemon_t *d)
+{
+    if (!daemon_stopping(d) || !d->plan || !d->tr || !d->have_state || d->failed ||
+        session_grace_expired(d->sess) ||
+        trainer_next_step(d->tr) >= trainer_total_steps(d->tr))
+        return 0;
+    const int64_t now = clock_mono_ms();
+    if (!d->draining && now - d->handover_ask_ms >= 1000) {
+        d->handover_ask_ms = now;
+        sess_req_t *r = sess_req_new(SESS_REQ_LEAVE_DRAIN, d->plan->run_id, d->plan->generation);
+        if (r)
+            snprintf(r->detail, sizeof r->detail, "stop requested (SIGTERM): handing over");
+        session_post(d->sess, &r);
+    }
+    return 1;
 }
 
 /* ---- a step ------------------------------------------------------------------------------- */
@@ -497,9 +521,9 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     log_info("worker %s: device %s, state %s, data endpoint %s, coordinator %s", d->name,
              described, d->state.path, endpoint, cfg->coordinator);
     daemon_status(d, SESS_ACT_IDLE, NULL);
-    while (!daemon_stopping(d)) {
+    while (!daemon_stopping(d) || s_handing_over(d)) {
         daemon_pump(d, s_trainable(d) || d->pending ? 0 : S_IDLE_WAIT_MS);
-        if (daemon_stopping(d))
+        if (daemon_stopping(d) && !s_handing_over(d))
             break;
         if (d->pending && !s_keep_old_plan(d)) {
             sess_plan_t *p = d->pending;

@@ -44,6 +44,7 @@ typedef struct {
     int64_t snap_step; /* -1: none */
     int64_t lease, committed;
     int paused, failed, draining;
+    int64_t handover_ask_ms; /* SIGTERM: when a hand-over (Leave{drain_first}) was last asked */
     int loading; /* between a plan switch and its agreed state */
     uint64_t failed_gen;
     int64_t failed_ms, last_ask_ms;
@@ -91,5 +92,18 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p);
 
 /* Finishes (and reports) a checkpoint in flight and frees the trainer and its state. */
 void daemon_plan_drop_trainer(daemon_t *d);
+
+/* ---- daemon_handover.c -------------------------------------------------------------------- */
+
+/* A worker leaving its plan (drained, preempted) gives its cell's state after `step` to the
+ * worker taking the cell (`to`, its data endpoint) over a 2-rank comm of generation `gen`; the
+ * comms of the old plan must be gone. When it does not hold that state it says so (the taker
+ * fails at once, and the coordinator's next plan loads the checkpoint). Bounded by the comm
+ * timeout, and by the SIGTERM grace when one runs. */
+shoal_err_t daemon_handover_give(daemon_t *d, const char *to, int64_t step, uint64_t gen);
+
+/* The taker's side (plan->handover_from set): receives the state after `want` steps into the
+ * trainer. SHOAL_ERR_NOTFOUND when the giver lacks it; comm errors as comm_recv. */
+shoal_err_t daemon_handover_take(daemon_t *d, int64_t want);
 
 #endif

@@ -302,6 +302,17 @@ static shoal_err_t s_load_state(daemon_t *d)
             return shoal_fail_context(SHOAL_ERR_NOMEM, "initialising the parameters");
         d->have_state = have = 1;
     }
+    /* a worker leaving the plan hands this cell its state (nothing recomputed); failing that,
+     * the checkpoint of the same step if this host has it, else the share step says missing */
+    if (!have && p->handover_from[0]) {
+        shoal_err_t rc = daemon_handover_take(d, want);
+        if (rc == SHOAL_ERR_ABORTED)
+            return rc;
+        if (rc == SHOAL_OK)
+            d->have_state = have = 1;
+        else
+            log_warn("hand-over from %s: %s", p->handover_from, shoal_errmsg());
+    }
     if (!have && s_load_checkpoint(d, want) == SHOAL_OK)
         d->have_state = have = 1;
     d->snap_step = -1;

@@ -132,6 +132,11 @@ shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *se
                 !(pl->ckpt_shards[i] = strdup(p->ckpt_shards[i]->path)))
                 goto fail_nomem;
     }
+    for (size_t i = 0; p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_PEER && i < p->n_handovers;
+         i++)
+        if (p->handovers[i] && p->handovers[i]->to_rank == pl->rank)
+            snprintf(pl->handover_from, sizeof pl->handover_from, "%s",
+                     p->handovers[i]->from_endpoint);
     *plan = pl;
     return SHOAL_OK;
 fail_nomem:

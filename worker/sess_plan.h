@@ -47,6 +47,10 @@ typedef struct {
     uint32_t n_ckpt_shards;
     int64_t lease;
     char *spec_yaml;
+    /* source PEER: a worker leaving the plan hands this cell the state after start_step - 1
+     * over a 2-rank comm of the plan's generation (CELL_GROUP_HANDOVER): its data endpoint
+     * ("" = no hand-over to this cell) */
+    char handover_from[SESS_TEXT_MAX];
 } sess_plan_t;
 
 /* Frees a plan from sess_plan_from_assignment (or a session event); idempotent, nulls *p. */

@@ -240,7 +240,7 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
     return s_send(s, &env) == 0 ? env.seq : 0;
 }
 
-static void s_send_leave(session_t *s, const char *reason)
+static void s_send_leave(session_t *s, const char *reason, int drain_first)
 {
     const sess_req_t *st = s->status;
     Shoal__Envelope env;
@@ -248,8 +248,13 @@ static void s_send_leave(session_t *s, const char *reason)
                st ? st->generation : 0);
     Shoal__Leave lv = SHOAL__LEAVE__INIT;
     lv.reason = (char *)reason;
+    lv.drain_first = drain_first;
     env.body_case = SHOAL__ENVELOPE__BODY_LEAVE;
     env.leave = &lv;
+    if (drain_first) {
+        (void)s_send(s, &env); /* asked again by the training thread until the drain comes */
+        return;
+    }
     s->leave_seq = s_send(s, &env) == 0 ? env.seq : 0;
 }
 
@@ -275,6 +280,27 @@ static void s_emit_simple(session_t *s, sess_ev_kind_t kind, const char *run, ui
     ev->generation = gen;
     ev->control = ctl;
     s_copy(ev->reason, sizeof ev->reason, reason);
+    s_emit(s, ev);
+}
+
+/* A RunControl as an event; a STOP may carry the hand-over of this worker's cell. */
+static void s_emit_control(session_t *s, const Shoal__RunControl *rc)
+{
+    sess_event_t *ev = calloc(1, sizeof *ev);
+    if (!ev)
+        return;
+    ev->kind = SESS_EV_CONTROL;
+    s_copy(ev->run_id, sizeof ev->run_id, s->run_id);
+    ev->generation = s->generation;
+    ev->control = rc->command == SHOAL__RUN_COMMAND__RUN_CMD_PAUSE    ? SESS_CTL_PAUSE
+                  : rc->command == SHOAL__RUN_COMMAND__RUN_CMD_RESUME ? SESS_CTL_RESUME
+                                                                      : SESS_CTL_STOP;
+    s_copy(ev->reason, sizeof ev->reason, rc->reason);
+    if (ev->control == SESS_CTL_STOP && rc->handover && rc->handover->to_endpoint[0]) {
+        s_copy(ev->handover_to, sizeof ev->handover_to, rc->handover->to_endpoint);
+        ev->handover_step = rc->handover->step;
+        ev->handover_gen = rc->handover->generation;
+    }
     s_emit(s, ev);
 }
 
@@ -506,7 +532,7 @@ static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
     s->next_hb_ms = clock_mono_ms();
     s_send_get_assignment(s, 1);
     if (s->leaving)
-        s_send_leave(s, "leaving");
+        s_send_leave(s, "leaving", 0);
 }
 
 static void s_on_message(const Shoal__Envelope *env, void *ctx)
@@ -567,11 +593,7 @@ static void s_on_message(const Shoal__Envelope *env, void *ctx)
                  : rc->command == SHOAL__RUN_COMMAND__RUN_CMD_RESUME ? "resume"
                                                                      : "stop",
                  rc->reason);
-        s_emit_simple(s, SESS_EV_CONTROL, s->run_id, s->generation,
-                      rc->command == SHOAL__RUN_COMMAND__RUN_CMD_PAUSE    ? SESS_CTL_PAUSE
-                      : rc->command == SHOAL__RUN_COMMAND__RUN_CMD_RESUME ? SESS_CTL_RESUME
-                                                                          : SESS_CTL_STOP,
-                      rc->reason);
+        s_emit_control(s, rc);
         if (rc->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP) {
             s_copy(s->stopped_run, sizeof s->stopped_run, s->run_id);
             s_abort_comm(s, 0, 0, "the run was stopped");
@@ -641,7 +663,13 @@ static void s_on_request(session_t *s, sess_req_t *r)
             }
             s->leave_deadline_ms = until;
             log_info("session: leaving: %s", r->detail);
-            s_send_leave(s, r->detail);
+            s_send_leave(s, r->detail, 0);
+        }
+        break;
+    case SESS_REQ_LEAVE_DRAIN:
+        if (!s->leaving && s->state == S_REGISTERED) {
+            log_info("session: asking for a hand-over before leaving: %s", r->detail);
+            s_send_leave(s, r->detail, 1);
         }
         break;
     }

@@ -54,6 +54,11 @@ typedef struct {
     int64_t lease;         /* LEASE */
     sess_ctl_t control;    /* CONTROL */
     char reason[256];
+    /* CONTROL STOP of a worker leaving its plan: hand the cell's state after handover_step to
+     * handover_to (a 2-rank comm of generation handover_gen) first; "" = no hand-over */
+    char handover_to[SESS_TEXT_MAX];
+    int64_t handover_step;
+    uint64_t handover_gen;
 } sess_event_t;
 
 void sess_event_destroy(sess_event_t **ev);
@@ -64,6 +69,7 @@ typedef enum {
     SESS_REQ_CKPT,         /* CheckpointShardReport */
     SESS_REQ_GET_ASSIGNMENT,
     SESS_REQ_LEAVE,        /* Leave; answered by SESS_EV_LEFT */
+    SESS_REQ_LEAVE_DRAIN,  /* Leave{drain_first}: ask for a drain (a hand-over) before leaving */
 } sess_req_kind_t;
 
 typedef struct {

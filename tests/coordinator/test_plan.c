@@ -350,13 +350,66 @@ static void test_keep_holders(void **state)
     plan_fini(&old);
 }
 
+/* A drain of pp 2 x dp 1 + 1 spare: the drained worker of stage 1 is the only holder of its
+ * part, so the spare taking the cell pulls it from that worker (a hand-over), and the plan is
+ * held without the checkpoint; the hand-over survives the plan's JSON form. */
+static void test_handovers(void **state)
+{
+    (void)state;
+    plan_worker_t w[S_MAX_W];
+    plan_t old = {0}, p = {0}, back = {0};
+    s_workers(w, 3, NULL, NULL, 0);
+    plan_request_t q = s_req(2, 1, 0);
+    assert_int_equal(plan_build(&old, "r", 1, &q, w, 3), SHOAL_OK); /* dp 1 x pp 2, 1 spare */
+    assert_int_equal(old.n_spares, 1);
+    const plan_peer_t *gone = &old.peers[plan_rank(&old, (plan_cell_t){0, 1, 0})];
+    const plan_peer_t *kept = &old.peers[plan_rank(&old, (plan_cell_t){0, 0, 0})];
+    plan_worker_t live[S_MAX_W];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < 3; i++)
+        if (strcmp(w[i].worker_id, gone->worker_id) != 0)
+            live[n++] = w[i];
+    plan_survivor_t sv[1] = {{kept->worker_id, 12}};
+    plan_donor_t dn[1] = {{gone->worker_id, gone->endpoint, 12}};
+    assert_int_equal(plan_build(&p, "r", 2, &q, live, n), SHOAL_OK);
+    plan_keep_holders(&p, &old, sv, 1);
+    uint32_t src = 99;
+    /* without the donor stage 1 is held by nobody */
+    assert_int_equal(plan_add_handovers(&p, &old, sv, 1, NULL, 0, 12), SHOAL_OK);
+    assert_int_equal(p.n_handovers, 0);
+    assert_false(plan_parts_held(&p, &old, sv, 1, 12, &src));
+    /* a donor at another step hands nothing over */
+    plan_donor_t late[1] = {{gone->worker_id, gone->endpoint, 11}};
+    assert_int_equal(plan_add_handovers(&p, &old, sv, 1, late, 1, 12), SHOAL_OK);
+    assert_int_equal(p.n_handovers, 0);
+    assert_int_equal(plan_add_handovers(&p, &old, sv, 1, dn, 1, 12), SHOAL_OK);
+    assert_int_equal(p.n_handovers, 1);
+    const plan_peer_t *taker = &p.peers[p.handovers[0].to_rank];
+    assert_int_equal(taker->cell.stage, 1);
+    assert_string_equal(taker->worker_id, old.spares[0].worker_id);
+    assert_string_equal(p.handovers[0].from_worker, gone->worker_id);
+    assert_string_equal(p.handovers[0].from_endpoint, gone->endpoint);
+    assert_true(plan_parts_held(&p, &old, sv, 1, 12, &src));
+    /* stage 0 stays with its survivor: the survivor is the source */
+    assert_string_equal(p.peers[src].worker_id, kept->worker_id);
+    json_t *j = plan_to_json(&p);
+    assert_int_equal(plan_from_json(j, &back), SHOAL_OK);
+    json_decref(j);
+    assert_int_equal(back.n_handovers, 1);
+    assert_int_equal(back.handovers[0].to_rank, p.handovers[0].to_rank);
+    assert_string_equal(back.handovers[0].from_endpoint, gone->endpoint);
+    plan_fini(&back);
+    plan_fini(&p);
+    plan_fini(&old);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stage_balance),     cmocka_unit_test(test_memory_forces_stages),
         cmocka_unit_test(test_institutions),      cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_spares),            cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_keep_holders),
+        cmocka_unit_test(test_keep_holders),      cmocka_unit_test(test_handovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,16 +29,26 @@ export SHOAL_CONTROL="ipc://$tmp/c.sock"
 # start_cluster N NAME_PREFIX: a coordinator and N workers named PREFIX1..PREFIXN (state dirs
 # $tmp/coord, $tmp/w1..wN; logs $tmp/coord.log, $tmp/wI.log; per-step metrics $tmp/wI.jsonl).
 start_cluster() {
-    local port i
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    "$bindir/shoal-coordinator" --state-dir "$tmp/coord" --listen "tcp://127.0.0.1:$port" \
+    local i
+    cluster_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$bindir/shoal-coordinator" --state-dir "$tmp/coord" --listen "tcp://127.0.0.1:$cluster_port" \
         --control "$SHOAL_CONTROL" >"$tmp/coord.log" 2>&1 &
     pids+=($!)
     for ((i = 1; i <= $1; i++)); do
-        "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$port" --name "$2$i" \
-            --state-dir "$tmp/w$i" --metrics "$tmp/w$i.jsonl" >"$tmp/w$i.log" 2>&1 &
-        pids+=($!)
+        start_worker "$2" "$i"
     done
+}
+
+# start_worker NAME_PREFIX I [FLAGS...]: one more worker PREFIXI of the cluster (state dir
+# $tmp/wI, log $tmp/wI.log, metrics $tmp/wI.jsonl); its pid is ${pids[-1]} and worker_pid[I].
+declare -A worker_pid
+start_worker() {
+    local prefix=$1 i=$2
+    shift 2
+    "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$cluster_port" --name "$prefix$i" \
+        --state-dir "$tmp/w$i" --metrics "$tmp/w$i.jsonl" "$@" >>"$tmp/w$i.log" 2>&1 &
+    pids+=($!)
+    worker_pid[$i]=$!
 }
 
 # long_run_spec FILE NAME: a tiny run that trains until stopped (steps far beyond any test).
