@@ -3,7 +3,9 @@
  *   1. fp32: per-step loss within 1e-4 relative of the CPU's for STEPS steps;
  *   2. bf16: per-step loss within 2e-2 relative (see S_BF16_TOL);
  *   3. determinism: two fresh GPU runs (each precision) end with bitwise equal parameters;
- *   4. a GPU checkpoint resumes on the CPU trainer with bitwise the GPU's parameters.
+ *   4. a GPU checkpoint resumes on the CPU trainer with bitwise the GPU's parameters;
+ *   0. first, the fused AdamW launch (adamw_update_segments_cuda) against its CPU twin, bitwise,
+ *      over the tiny model's segments, with and without clipping.
  * Exit 77 ("no CUDA device: <reason>") without a GPU. `--verbose` prints every step. */
 #include <math.h>
 #include <stdio.h>
@@ -11,7 +13,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cuda_runtime_api.h>
+
 #include "device.h"
+#include "model_gpu_plan.h"
+#include "optim.h"
 #include "runspec.h"
 #include "trainer.h"
 #include "trainer_gpu.h"
@@ -119,6 +125,68 @@ static trainer_gpu_t *s_gpu_run(const device_t *dev, const char *precision, cons
     return t;
 }
 
+/* 0. adamw_update_segments_cuda vs adamw_update_segments: p, m, v bitwise equal. */
+static int s_fused_adamw(void)
+{
+    model_config_t cfg;
+    model_layout_t lay;
+    model_gpu_plan_t plan;
+    model_config_tiny(&cfg);
+    if (model_layout_init(&lay, &cfg) != SHOAL_OK || model_gpu_plan_init(&plan, &lay) != SHOAL_OK)
+        s_die("plan");
+    const size_t n = (size_t)lay.n_params, bytes = sizeof(float) * n;
+    float *h[4], *back[4], *dev[4];
+    adamw_segment_t *dsegs;
+    uint64_t x = 99;
+    for (int j = 0; j < 4; j++) {
+        h[j] = malloc(bytes);
+        back[j] = malloc(bytes);
+        if (!h[j] || !back[j] || cudaMalloc((void **)&dev[j], bytes) != cudaSuccess)
+            exit(1);
+        for (size_t i = 0; i < n; i++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            const float r = (float)((double)(x >> 11) / 9007199254740992.0) - 0.5f;
+            h[j][i] = j == 3 ? r * r : r; /* v >= 0 */
+        }
+        if (cudaMemcpy(dev[j], h[j], bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+            exit(1);
+    }
+    if (cudaMalloc((void **)&dsegs, sizeof *dsegs * (size_t)plan.n_segments) != cudaSuccess ||
+        cudaMemcpy(dsegs, plan.segments, sizeof *dsegs * (size_t)plan.n_segments,
+                   cudaMemcpyHostToDevice) != cudaSuccess)
+        exit(1);
+    const adamw_hparams_t hp = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+    int fails = 0;
+    for (int c = 0; c < 2; c++) {
+        const float coef = c ? 0.29f : 1.0f;
+        adamw_update_segments(h[0], h[1], h[2], h[3], plan.segments, plan.n_segments, 2e-3f,
+                              coef, 3 + c, &hp);
+        if (adamw_update_segments_cuda(dev[0], dev[1], dev[2], dev[3], dsegs, plan.n_segments,
+                                       plan.n_trainable, 2e-3f, coef, 3 + c, &hp, 0) != SHOAL_OK)
+            s_die("adamw_update_segments_cuda");
+        /* the CPU twin scales g in place; the device reads it scaled on the fly: keep them level */
+        if (cudaMemcpy(dev[1], h[1], bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+            exit(1);
+        for (int j = 0; j < 4; j++)
+            if (j != 1 && (cudaMemcpy(back[j], dev[j], bytes, cudaMemcpyDeviceToHost) != cudaSuccess ||
+                           memcmp(back[j], h[j], bytes) != 0)) {
+                printf("  fused AdamW: array %d differs from the CPU twin (clip %g)\n", j,
+                       (double)coef);
+                fails++;
+            }
+    }
+    printf("%-28s %s\n", "fused AdamW vs cpu twin", fails ? "FAIL" : "ok (bitwise)");
+    for (int j = 0; j < 4; j++) {
+        free(h[j]);
+        free(back[j]);
+        cudaFree(dev[j]);
+    }
+    cudaFree(dsegs);
+    model_gpu_plan_fini(&plan);
+    model_layout_fini(&lay);
+    return fails ? 1 : 0;
+}
+
 static int s_compare(const char *name, const double *cpu, const double *gpu, double tol)
 {
     double worst = 0;
@@ -157,7 +225,7 @@ int main(int argc, char **argv)
     char path[128];
     snprintf(path, sizeof path, "%s/corpus.txt", s_dir);
     s_write_corpus(path);
-    int fails = 0;
+    int fails = s_fused_adamw();
     double cpu[STEPS], g32[STEPS], g32b[STEPS], g16[STEPS], g16b[STEPS];
     float *p32 = NULL, *p32b = NULL, *p16 = NULL, *p16b = NULL;
     int64_t n = 0;
