@@ -42,6 +42,20 @@ static int s_precision_check(const char *value, char *msg, size_t cap)
     return 0;
 }
 
+/* train.grad_sum: `exact` or `float`. */
+static int s_grad_sum_check(const char *value, char *msg, size_t cap)
+{
+    if (strcmp(value, "exact") == 0 || strcmp(value, "float") == 0)
+        return 1;
+    snprintf(msg, cap, "must be `exact` or `float`");
+    return 0;
+}
+
+int runspec_grad_sum_exact(const runspec_t *spec)
+{
+    return strcmp(spec->grad_sum, "float") != 0;
+}
+
 shoal_err_t runspec_precision_bf16(const runspec_t *spec, int on_gpu, int *bf16)
 {
     const char *p = spec->precision[0] ? spec->precision : "auto";
@@ -132,6 +146,12 @@ static const cfg_desc_t s_desc[] = {
      .help = "matrix arithmetic: `fp32`, or `bf16` (bf16 inputs, fp32 accumulation; master "
              "weights and AdamW state stay fp32; GPU only); `auto` = bf16 on a GPU, fp32 on the "
              "CPU"},
+    {.key = "train.grad_sum", .type = CFG_STR, S_AT(grad_sum), .check = s_grad_sum_check,
+     .def = "exact",
+     .help = "how gradients are summed over micro-batches and workers: `exact` (binned int64 "
+             "fixed point: the same bits whatever the number of workers, pipeline stages or "
+             "faults) or `float` (fp32 sums in rank order: faster, bits depend on the "
+             "topology)"},
     {.key = "parallel.pipeline_stages", .type = CFG_INT, S_AT(pp), .def = "1", .min = 1,
      .max = 1 << 16, .rule = "<= `model.num_hidden_layers`",
      .help = "pipeline stages (pp): contiguous layer ranges, balanced by FLOPs per token; the "
@@ -428,6 +448,8 @@ static const char *s_type_doc(const cfg_desc_t *d)
             return "integer or `auto`";
         if (d->check == s_precision_check)
             return "`auto`, `fp32` or `bf16`";
+        if (d->check == s_grad_sum_check)
+            return "`exact` or `float`";
         return d->check == s_preset_check ? "preset name" : "string";
     case CFG_INT:
         return "integer";
@@ -485,6 +507,8 @@ void runspec_describe(FILE *out)
             snprintf(allowed, sizeof allowed, "`auto` or >= 1");
         else if (d->check == s_precision_check)
             snprintf(allowed, sizeof allowed, "`auto`, `fp32`, `bf16`");
+        else if (d->check == s_grad_sum_check)
+            snprintf(allowed, sizeof allowed, "`exact`, `float`");
         else if (d->type == CFG_STRLIST)
             snprintf(allowed, sizeof allowed, "1 to %d paths", d->list_max);
         else if (d->type == CFG_STR)

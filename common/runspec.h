@@ -38,6 +38,7 @@ typedef struct {
     int threads;                     /* train.threads: BLAS threads (default 1) */
     char precision[8];               /* train.precision: "auto" (default), "fp32" or "bf16";
                                       * resolve with runspec_precision_bf16() */
+    char grad_sum[8];                /* train.grad_sum: "exact" (default) or "float" */
     char checkpoint_dir[RUNSPEC_PATH_MAX]; /* checkpoint.dir (default "checkpoints") */
     int checkpoint_every;            /* checkpoint.every_steps (default 0 = only at the end) */
     int checkpoint_keep;             /* checkpoint.keep (default 3) */
@@ -68,6 +69,10 @@ static inline int runspec_n_micro(const runspec_t *spec)
 /* Whether `dp` replicas can share a step: with ep > 1 every (replica, ep rank) pair takes whole
  * micro-batches, so the step's micro-batches must be divisible by dp * ep. */
 int runspec_dp_fits(const runspec_t *spec, int dp);
+
+/* Whether train.grad_sum is `exact` (the default): gradients summed in binned int64 fixed point
+ * (kernels/xsum.h), bitwise independent of how micro-batches are spread over workers. */
+int runspec_grad_sum_exact(const runspec_t *spec);
 
 /* train.precision for a trainer on a GPU (on_gpu 1) or the CPU: 1 for bf16 matrix arithmetic,
  * 0 for fp32. "auto" is bf16 on a GPU, fp32 on the CPU. A CPU trainer has no bf16 path:

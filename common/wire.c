@@ -3,9 +3,13 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
+
+#include "numparse.h"
 
 typedef struct {
     int type;
@@ -199,12 +203,16 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
     case SHOAL__ENVELOPE__BODY_ERROR:
         WIRE_CHECK_GOTO(s_str(env->error->message, WIRE_MAX_TEXT_LEN, "error.message"), rc, out);
         break;
-    case SHOAL__ENVELOPE__BODY_COMM_ID:
+    case SHOAL__ENVELOPE__BODY_COMM_ID: {
         WIRE_CHECK_GOTO(s_str(env->comm_id->group, WIRE_MAX_ID_LEN, "comm_id.group"), rc, out);
-        if (env->comm_id->id.len > WIRE_MAX_COMM_ID)
-            return shoal_fail(SHOAL_ERR_FORMAT, "comm_id.id of %zu bytes (max %d)",
+        uint64_t gen;
+        uint32_t tag;
+        WIRE_CHECK_GOTO(wire_comm_group_parse(env->comm_id->group, &gen, &tag), rc, out);
+        if (env->comm_id->id.len == 0 || env->comm_id->id.len > WIRE_MAX_COMM_ID)
+            return shoal_fail(SHOAL_ERR_FORMAT, "comm_id.id of %zu bytes (1 .. %d)",
                               env->comm_id->id.len, WIRE_MAX_COMM_ID);
         break;
+    }
     case SHOAL__ENVELOPE__BODY_RUN_CONTROL:
         WIRE_CHECK_GOTO(s_str(env->run_control->reason, WIRE_MAX_TEXT_LEN, "run_control.reason"),
                         rc, out);
@@ -413,5 +421,29 @@ shoal_err_t wire_socket_limits(void *sock)
     if (zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max, sizeof max) != 0 ||
         zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
         return shoal_fail(SHOAL_ERR_IO, "setting socket limits: %s", zmq_strerror(errno));
+    return SHOAL_OK;
+}
+
+void wire_comm_group_format(char *buf, size_t cap, uint64_t generation, uint32_t tag)
+{
+    snprintf(buf, cap, "%" PRIu64 "/%" PRIu32, generation, tag);
+}
+
+shoal_err_t wire_comm_group_parse(const char *group, uint64_t *generation, uint32_t *tag)
+{
+    const char *slash = group ? strchr(group, '/') : NULL;
+    char gen_text[WIRE_COMM_GROUP_MAX];
+    uint64_t t;
+    if (!slash || (size_t)(slash - group) >= sizeof gen_text ||
+        strlen(group) >= WIRE_COMM_GROUP_MAX)
+        return shoal_fail(SHOAL_ERR_FORMAT, "comm_id.group '%.64s': expected GENERATION/TAG",
+                          group ? group : "");
+    memcpy(gen_text, group, (size_t)(slash - group));
+    gen_text[slash - group] = 0;
+    if (numparse_u64(gen_text, UINT64_MAX, generation) != SHOAL_OK ||
+        numparse_u64(slash + 1, UINT32_MAX, &t) != SHOAL_OK)
+        return shoal_fail(SHOAL_ERR_FORMAT, "comm_id.group '%s': expected GENERATION/TAG in "
+                          "decimal", group);
+    *tag = (uint32_t)t;
     return SHOAL_OK;
 }

@@ -88,6 +88,13 @@ shoal_err_t wire_recv(void *sock, int flags, wire_route_t *route, wire_handler_f
  * disconnected by libzmq before anything is allocated) and ZMQ_LINGER 0. */
 shoal_err_t wire_socket_limits(void *sock);
 
+/* The group of a CommId (an NCCL unique id relayed by the coordinator): "<generation>/<group
+ * tag>" in decimal, e.g. "3/17"; at most WIRE_COMM_GROUP_MAX - 1 characters. */
+#define WIRE_COMM_GROUP_MAX 32
+void wire_comm_group_format(char *buf, size_t cap, uint64_t generation, uint32_t tag);
+/* Parses it strictly (decimal, no spaces, tag < 2^32). SHOAL_ERR_FORMAT quoting the text. */
+shoal_err_t wire_comm_group_parse(const char *group, uint64_t *generation, uint32_t *tag);
+
 #ifdef __cplusplus
 }
 #endif

@@ -329,9 +329,28 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
     coord_reply_ack(c, route, env, w, r);
 }
 
+/* An NCCL unique id from rank 0 of a group: forwarded to the plan's other workers (the
+ * coordinator does not know the groups; a worker keeps only what its comms wait for). The wire
+ * layer checked the group's form and the id's size; here: the sender is in the plan, and the
+ * group's generation is the plan's. */
 static void s_on_comm_id(coord_t *c, const wire_route_t *route, coord_worker_t *w, coord_run_t *r,
                          const Shoal__Envelope *env)
 {
+    uint64_t gen = 0;
+    uint32_t tag = 0;
+    (void)wire_comm_group_parse(env->comm_id->group, &gen, &tag);
+    if (coord_rank_of(r, w) < 0 || gen != r->generation) {
+        c->dropped++;
+        log_warn("dropped comm_id of group %s from %s: %s", env->comm_id->group, w->id,
+                 coord_rank_of(r, w) < 0 ? "not a member of the plan" : "another generation");
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, r,
+                          "comm_id of group %s: %s (run %s generation %" PRIu64 ")",
+                          env->comm_id->group,
+                          coord_rank_of(r, w) < 0 ? "the sender is not in the plan"
+                                                  : "the group is of another generation",
+                          r->id, r->generation);
+        return;
+    }
     Shoal__CommId cid = *env->comm_id;
     Shoal__Envelope fwd;
     wire_envelope_init(&fwd, SHOAL__MSG_TYPE__MSG_COMM_ID, r->id, w->id, r->generation, 0);

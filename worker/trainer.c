@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "data.h"
 #include "expert_ep.h"
+#include "gradsum.h"
 #include "log.h"
 #include "model.h"
 #include "model_dir.h"
@@ -37,6 +38,7 @@ struct trainer {
     int64_t next_step;      /* steps applied so far */
     int64_t adam_t;
     double compute_seconds;
+    gradsum_t *gs;          /* train.grad_sum exact; NULL: float sums */
     ckpt_writer_t *writer;
 };
 
@@ -126,6 +128,9 @@ shoal_err_t trainer_new_cell(const runspec_t *spec, const char *ckpt_root,
     t->d_recv = calloc(hd, sizeof(float));
     t->d_send = calloc(hd, sizeof(float));
     t->writer = ckpt_writer_new();
+    if (runspec_grad_sum_exact(spec))
+        SHOAL_CHECK_GOTO(gradsum_new(&t->lay, spec->global_batch / spec->micro_batch, &t->gs), rc,
+                         fail);
     if (!t->params || !t->m || !t->v || !t->reduce || !t->counts || !t->tok || !t->tgt ||
         !t->slot_tok || !t->slot_tgt || !t->h_recv || !t->h_send || !t->d_recv || !t->d_send ||
         !t->writer) {
@@ -150,6 +155,7 @@ void trainer_destroy(trainer_t **tp)
     if (!t)
         return;
     ckpt_writer_destroy(&t->writer);
+    gradsum_destroy(&t->gs);
     model_destroy(&t->model);
     expert_ep_destroy(&t->xep);
     free(t->slot_tok);
@@ -306,7 +312,20 @@ static void s_fill_tail(trainer_t *t, double loss_sum)
     t->reduce[t->n_reduce - 1] = (float)loss_sum;
 }
 
-shoal_err_t trainer_compute(trainer_t *t, int rank, int nranks)
+/* The buffer a micro-batch's backward accumulates into: its own (exact sums) or the step's. */
+static float *s_grads_begin(trainer_t *t)
+{
+    return t->gs ? gradsum_micro_buffer(t->gs) : t->reduce;
+}
+
+static shoal_err_t s_grads_end(trainer_t *t)
+{
+    return t->gs ? gradsum_micro_add(t->gs) : SHOAL_OK;
+}
+
+/* This data rank's micro-batches (whole model): gradients into the reduce buffer (float sums)
+ * or the exact counters. */
+static shoal_err_t s_compute_data(trainer_t *t, int rank, int nranks)
 {
     if (t->next_step >= t->spec.steps)
         return shoal_fail(SHOAL_ERR_STATE, "trainer: all %d steps are done", t->spec.steps);
@@ -319,16 +338,31 @@ shoal_err_t trainer_compute(trainer_t *t, int rank, int nranks)
     const int n_micro = t->spec.global_batch / t->spec.micro_batch;
     const float scale = s_loss_scale(t);
     memset(t->reduce, 0, sizeof(float) * t->n_reduce);
+    if (t->gs)
+        gradsum_begin(t->gs);
     double loss_sum = 0.0;
     memset(t->counts, 0, sizeof(int64_t) * (size_t)t->n_counts);
     for (int i = rank; i < n_micro; i += nranks) {
         s_read_micro(t, i, t->tok, t->tgt);
         loss_sum += model_forward_backward(t->model, t->params, t->tok, t->tgt,
-                                           t->spec.micro_batch, scale, t->reduce, t->counts);
+                                           t->spec.micro_batch, scale, s_grads_begin(t),
+                                           t->counts);
+        shoal_err_t rc = s_grads_end(t);
+        if (rc != SHOAL_OK)
+            return rc;
     }
     s_fill_tail(t, loss_sum);
     t->compute_seconds = clock_mono_s() - t0;
     return SHOAL_OK;
+}
+
+shoal_err_t trainer_compute(trainer_t *t, int rank, int nranks)
+{
+    shoal_err_t rc = s_compute_data(t, rank, nranks);
+    /* exact sums: this rank's share as floats, as a caller summing buffers expects */
+    if (rc == SHOAL_OK && t->gs)
+        rc = gradsum_reduce(t->gs, NULL, NULL, 0, t->reduce);
+    return rc;
 }
 
 /* comm calls of the step, timed (their waiting is what limits a pipeline) */
@@ -393,9 +427,9 @@ static shoal_err_t s_pipe_backward(trainer_t *t, const trainer_comms_t *cm, int 
     const int last = c->stage == c->pp - 1;
     if (!last && (rc = s_recv(t, cm->pipe, c->stage + 1, t->d_recv, hd, step)) != SHOAL_OK)
         return rc;
-    rc = model_part_backward(t->model, slot, t->params, last ? NULL : t->d_recv, t->reduce,
-                             t->d_send);
-    if (rc != SHOAL_OK)
+    rc = model_part_backward(t->model, slot, t->params, last ? NULL : t->d_recv,
+                             s_grads_begin(t), t->d_send);
+    if (rc != SHOAL_OK || (rc = s_grads_end(t)) != SHOAL_OK)
         return rc;
     if (c->stage > 0)
         return s_send(t, cm->pipe, c->stage - 1, t->d_send, hd, step);
@@ -412,6 +446,8 @@ static shoal_err_t s_compute_pipeline(trainer_t *t, const trainer_comms_t *cm, u
     const int warm = c->pp - 1 - c->stage < m ? c->pp - 1 - c->stage : m;
     memset(t->reduce, 0, sizeof(float) * t->n_reduce);
     memset(t->counts, 0, sizeof(int64_t) * (size_t)t->n_counts);
+    if (t->gs)
+        gradsum_begin(t->gs);
     if (t->xep)
         expert_ep_bind(t->xep, cm->ep, step);
     double loss_sum = 0.0;
@@ -495,11 +531,17 @@ static shoal_err_t s_apply(trainer_t *t, double norm, double compute_s, trainer_
     return SHOAL_OK;
 }
 
+/* The squared norm of a cell holding the whole model. */
+static double s_local_norm_sq(const trainer_t *t)
+{
+    return t->gs ? gradsum_norm_local(t->gs, t->reduce)
+                 : grad_sum_squares(t->reduce, t->lay.n_params);
+}
+
 shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info)
 {
     t->comm_seconds = 0;
-    return s_apply(t, sqrt(grad_sum_squares(t->reduce, t->lay.n_params)), t->compute_seconds,
-                   info);
+    return s_apply(t, sqrt(s_local_norm_sq(t)), t->compute_seconds, info);
 }
 
 /* The global gradient norm and loss of a split model: every distinct tensor counted once (the
@@ -509,6 +551,22 @@ static shoal_err_t s_global_norm(trainer_t *t, const trainer_comms_t *cm, uint64
                                  double *norm)
 {
     const trainer_cell_t *c = &t->cell;
+    if (t->gs) {
+        double loss = t->reduce[t->n_reduce - 1], ss = 0.0;
+        const double t0 = clock_mono_s();
+        shoal_err_t rc = s_timed(
+            t,
+            gradsum_norm_world(t->gs, cm->world, t->reduce, c->replica == 0 && c->ep_rank == 0,
+                               c->replica == 0,
+                               c->replica == 0 && c->ep_rank == 0 && c->stage == c->pp - 1,
+                               &loss, step, &ss),
+            t0);
+        if (rc != SHOAL_OK)
+            return rc;
+        *norm = sqrt(ss);
+        t->reduce[t->n_reduce - 1] = (float)loss;
+        return SHOAL_OK;
+    }
     double ss = 0.0;
     if (c->replica == 0) {
         if (c->ep_rank == 0)
@@ -528,6 +586,20 @@ static shoal_err_t s_global_norm(trainer_t *t, const trainer_comms_t *cm, uint64
     return SHOAL_OK;
 }
 
+/* Exact sums: the non-expert tensors over the stage, the experts over the cells holding them,
+ * counts and loss (integers, and a loss only reported) as floats over the stage. */
+static shoal_err_t s_reduce_exact(trainer_t *t, const trainer_comms_t *cm, uint64_t step)
+{
+    const int64_t np = t->lay.n_params;
+    const double t0 = clock_mono_s();
+    shoal_err_t rc = s_timed(
+        t, gradsum_reduce(t->gs, cm->stage, t->cell.ep > 1 ? cm->expert : cm->stage, step, t->reduce),
+        t0);
+    if (rc != SHOAL_OK)
+        return rc;
+    return s_allreduce(t, cm->stage, t->reduce + np, t->n_reduce - (size_t)np, step);
+}
+
 shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *cm, trainer_step_info_t *info)
 {
     if (t->next_step >= t->spec.steps)
@@ -539,13 +611,15 @@ shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *cm, trainer_step_i
     shoal_err_t rc;
     t->comm_seconds = 0;
     if (!split)
-        rc = trainer_compute(t, c->replica, c->dp);
+        rc = s_compute_data(t, c->replica, c->dp);
     else
         rc = s_compute_pipeline(t, cm, step);
     if (rc != SHOAL_OK)
         return rc;
     const int64_t np = t->lay.n_params, ns = t->lay.n_shared_params;
-    if (c->ep == 1) {
+    if (t->gs) {
+        rc = s_reduce_exact(t, cm, step);
+    } else if (c->ep == 1) {
         rc = s_allreduce(t, cm->stage, t->reduce, t->n_reduce, step);
     } else {
         if ((rc = s_allreduce(t, cm->stage, t->reduce, (size_t)ns, step)) == SHOAL_OK &&
@@ -557,7 +631,7 @@ shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *cm, trainer_step_i
         return rc;
     double norm;
     if (!split)
-        norm = sqrt(grad_sum_squares(t->reduce, np));
+        norm = sqrt(s_local_norm_sq(t));
     else if ((rc = s_global_norm(t, cm, step, &norm)) != SHOAL_OK)
         return rc;
     return s_apply(t, norm, clock_mono_s() - t0, info);

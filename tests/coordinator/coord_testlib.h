@@ -58,6 +58,11 @@ typedef struct {
     uint64_t max_gen;
     int64_t max_committed;
     int got_stop;
+    /* CommIds relayed to this worker: how many, and the last one's group, sender and bytes */
+    int n_comm_ids;
+    char comm_group[64], comm_sender[64];
+    uint8_t comm_id[256];
+    size_t comm_id_len;
 } tc_worker_t;
 
 int tc_worker_open(tc_worker_t *w, const char *dir, const char *name);
@@ -66,6 +71,8 @@ void tc_worker_close(tc_worker_t *w);
  * filled from w) and waits up to 2 s for its Ack or Error, handling pushes meanwhile.
  * Returns 0 on Ack, the ErrorCode (> 0) on Error, -1 on timeout. */
 int tc_worker_call(tc_worker_t *w, Shoal__Envelope *env);
+/* tc_worker_call of an envelope packed as is, without wire_check: hostile input. */
+int tc_worker_call_raw(tc_worker_t *w, Shoal__Envelope *env);
 int tc_worker_register(tc_worker_t *w);
 int tc_worker_heartbeat(tc_worker_t *w, int64_t step);
 int tc_worker_heartbeat_activity(tc_worker_t *w, int64_t step, int activity);

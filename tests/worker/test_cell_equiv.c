@@ -3,7 +3,9 @@
  * group comms over real ZeroMQ sockets on loopback; the per-step losses must match the
  * single-process trainer within 1e-4 relative, every cell must see the same loss, replicas must
  * hold identical parameters, and the cells' checkpoint shards, exported as one model
- * directory, must match the single-process parameters within 1e-4.
+ * directory, must match the single-process parameters within 1e-4. Without expert parallelism
+ * (EP 1, and EP2 1 when resharding) the gradients are summed exactly (train.grad_sum: exact), so
+ * the exported parameters must equal the single process's bit for bit.
  *
  *   test_cell_equiv PP EP DP STEPS
  *   test_cell_equiv PP EP DP STEPS --reshard PP2 EP2 DP2 AT
@@ -216,7 +218,7 @@ static int s_compare_losses(const char *tag, const double *got, const double *wa
 /* The cells' shards of the last step, exported as one model directory, against the
  * single-process parameters. */
 static int s_compare_export(const char *tag, char dirs[][600], int n_dirs, const float *want,
-                            int64_t np)
+                            int64_t np, int bitwise)
 {
     const char *d[S_MAX_CELLS];
     for (int i = 0; i < n_dirs; i++)
@@ -243,6 +245,21 @@ static int s_compare_export(const char *tag, char dirs[][600], int n_dirs, const
     }
     printf("%s: exported %lld parameters, worst absolute difference %.2e\n", tag, (long long)n,
            worst);
+    if (!bad && bitwise) {
+        int64_t differ = 0, first = -1;
+        for (int64_t i = 0; i < n; i++)
+            if (memcmp(&got[i], &want[i], sizeof(float)) != 0 && differ++ == 0)
+                first = i;
+        if (differ) {
+            fprintf(stderr, "FAIL: %s: %lld of %lld parameters differ in their bits from the "
+                    "single process (exact sums); the first, %lld: %a vs %a\n", tag,
+                    (long long)differ, (long long)n, (long long)first, (double)got[first],
+                    (double)want[first]);
+            bad = 1;
+        } else {
+            printf("%s: bitwise identical to the single process\n", tag);
+        }
+    }
     free(got);
     return bad;
 }
@@ -283,7 +300,7 @@ int main(int argc, char **argv)
         if (!bad)
             bad |= s_compare_losses(tag, got, ref, 0, steps);
         if (!bad)
-            bad |= s_compare_export(tag, dirs, n_dirs, ref_params, np);
+            bad |= s_compare_export(tag, dirs, n_dirs, ref_params, np, ep == 1);
     } else {
         const int pp2 = atoi(argv[6]), ep2 = atoi(argv[7]), dp2 = atoi(argv[8]);
         const int at = atoi(argv[9]);
@@ -303,7 +320,7 @@ int main(int argc, char **argv)
         if (!bad)
             bad |= s_compare_losses(tag2, got, ref, 0, steps);
         if (!bad)
-            bad |= s_compare_export(tag2, dirs2, n_dirs2, ref_params, np);
+            bad |= s_compare_export(tag2, dirs2, n_dirs2, ref_params, np, ep == 1 && ep2 == 1);
     }
     free(ref_params);
     if (!bad)

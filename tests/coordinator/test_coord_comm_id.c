@@ -1,0 +1,150 @@
+/* test_coord_comm_id: the relay of NCCL unique ids (CommId) by the real shoal-coordinator. Two
+ * protocol-speaking workers (DEALER sockets) join a run; rank 0's id arrives, byte for byte,
+ * at the other member and not back at the sender; malformed CommIds (group not
+ * "<generation>/<tag>", an empty or oversized id, another generation's group) are answered with
+ * an error and relayed to nobody, and the coordinator keeps relaying afterwards. CPU only. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "coord_testlib.h"
+
+static char s_dir[128];
+
+static int s_setup(void **state)
+{
+    (void)state;
+    return tc_tmpdir_make(s_dir, sizeof s_dir, "shoal-cid");
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    return tc_tmpdir_remove(s_dir);
+}
+
+/* Sends a CommId of `group` with `len` bytes (byte i = seed + 7 i); raw: without the sender's
+ * own wire check, as a hostile worker would. Returns tc_worker_call's result. */
+static int s_send_id(tc_worker_t *w, const char *group, size_t len, uint8_t seed, int raw)
+{
+    static uint8_t bytes[512];
+    for (size_t i = 0; i < len; i++)
+        bytes[i] = (uint8_t)(seed + 7 * i);
+    Shoal__CommId cid = SHOAL__COMM_ID__INIT;
+    cid.group = (char *)group;
+    cid.id.data = bytes;
+    cid.id.len = len;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_COMM_ID, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_COMM_ID;
+    env.comm_id = &cid;
+    return raw ? tc_worker_call_raw(w, &env) : tc_worker_call(w, &env);
+}
+
+static void s_expect_id(const tc_worker_t *w, const char *group, const char *sender, size_t len,
+                        uint8_t seed)
+{
+    assert_string_equal(w->comm_group, group);
+    assert_string_equal(w->comm_sender, sender);
+    assert_int_equal(w->comm_id_len, len);
+    for (size_t i = 0; i < len; i++)
+        if (w->comm_id[i] != (uint8_t)(seed + 7 * i))
+            fail_msg("byte %zu of the relayed id: %u, sent %u", i, w->comm_id[i],
+                     (uint8_t)(seed + 7 * i));
+}
+
+static void test_relay(void **state)
+{
+    (void)state;
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\n");
+    tc_reply_t r;
+    const char *spec = "name: nccl\ndata: {files: [/usr/share/games/fortunes]}\n"
+                       "train: {steps: 50, global_batch: 2, seq_len: 16, lr: 0.001}\n";
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    tc_worker_t a, b;
+    assert_int_equal(tc_worker_open(&a, s_dir, "ga"), 0);
+    assert_int_equal(tc_worker_open(&b, s_dir, "gb"), 0);
+    assert_int_equal(tc_worker_register(&a), 0);
+    assert_int_equal(tc_worker_register(&b), 0);
+    /* both in one plan (dp 2): the same generation, ranks 0 and 1 */
+    for (int i = 0; i < 100 && (a.gen == 0 || a.gen != b.gen || a.dp != 2 || b.dp != 2); i++) {
+        (void)tc_worker_heartbeat(&a, 0);
+        (void)tc_worker_heartbeat(&b, 0);
+        tc_worker_pump(&a, 20);
+        tc_worker_pump(&b, 20);
+    }
+    assert_true(a.gen > 0 && a.gen == b.gen);
+    tc_worker_t *r0 = a.rank == 0 ? &a : &b, *r1 = a.rank == 0 ? &b : &a;
+    char group[32];
+    snprintf(group, sizeof group, "%llu/5", (unsigned long long)r0->gen);
+
+    /* rank 0's id reaches rank 1, byte for byte, and not rank 0 itself */
+    assert_int_equal(s_send_id(r0, group, 128, 3, 0), 0);
+    for (int i = 0; i < 50 && r1->n_comm_ids == 0; i++)
+        tc_worker_pump(r1, 20);
+    assert_int_equal(r1->n_comm_ids, 1);
+    s_expect_id(r1, group, r0->id, 128, 3);
+    tc_worker_pump(r0, 100);
+    assert_int_equal(r0->n_comm_ids, 0);
+
+    /* malformed: each an error to the sender, relayed to nobody */
+    char other_gen[32];
+    snprintf(other_gen, sizeof other_gen, "%llu/5", (unsigned long long)r0->gen + 1);
+    static const struct {
+        const char *group; /* NULL: other_gen */
+        size_t len;
+    } bad[] = {
+        {"5", 128},      {"x/5", 128},   {"1/", 128},        {"/5", 128}, {"1/5/6", 128},
+        {" 1/5", 128},   {"1/4294967296", 128}, {NULL, 128}, {"1/5", 0},  {"1/5", 257},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char g[32];
+        if (!bad[i].group)
+            snprintf(g, sizeof g, "%s", other_gen);
+        else if (strcmp(bad[i].group, "1/5") == 0) /* well-formed group, bad id size */
+            snprintf(g, sizeof g, "%s", group);
+        else
+            snprintf(g, sizeof g, "%s", bad[i].group);
+        int rc = s_send_id(r0, g, bad[i].len, 9, 1);
+        if (rc <= 0)
+            fail_msg("CommId group '%s' id of %zu bytes: answered %d, expected an error", g,
+                     bad[i].len, rc);
+    }
+    tc_worker_pump(r1, 200);
+    assert_int_equal(r1->n_comm_ids, 1);
+    assert_true(tc_alive(tc_pid));
+
+    /* and the relay still works, in the other direction too (any member may send) */
+    assert_int_equal(s_send_id(r1, group, 200, 77, 0), 0);
+    for (int i = 0; i < 50 && r0->n_comm_ids == 0; i++)
+        tc_worker_pump(r0, 20);
+    assert_int_equal(r0->n_comm_ids, 1);
+    s_expect_id(r0, group, r1->id, 200, 77);
+    json_t *status = tc_run_status(s_dir, "nccl"); /* and it still answers its operator */
+    assert_non_null(status);
+    json_decref(status);
+
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    int st = tc_stop(tc_pid, SIGTERM);
+    tc_pid = 0;
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_relay, tc_kill_leftover),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
