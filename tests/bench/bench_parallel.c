@@ -1,7 +1,10 @@
 /* bench_parallel: training tokens/s of one model split over 1, 2 and 4 worker processes as
  * pipeline stages x expert shards x data replicas (pp, ep, dp), against the single-process
  * trainer measured in the same run, and the fraction of each step spent in comm.
- * Run: build/bin/bench_parallel [--quick] [--model tiny|wide] [--steps N]
+ * Run: build/bin/bench_parallel [--quick] [--model tiny|wide] [--steps N] [--grad-sum M]
+ *   --grad-sum exact|float|both: train.grad_sum (default exact, the run spec's default); both
+ *   measures every topology with float then exact sums and ends with the cost of exactness:
+ *   exact step time / float step time per topology, in the same run
  *   (label bench: not part of the default ctest; the whole table takes ~3 minutes on 2 cores)
  * Every cell is its own process with one BLAS thread, bound to ipc://DIR/cell-<plan rank>, so
  * every cell knows every endpoint without talking; the stage split is the planner's
@@ -79,6 +82,7 @@ static const char s_yaml[] = "name: bench-parallel\n"
                              "  micro_batch: %d\n"
                              "  lr: 3e-3\n"
                              "  warmup_steps: 1\n"
+                             "  grad_sum: %s\n"
                              "checkpoint:\n"
                              "  dir: unused\n";
 
@@ -382,11 +386,17 @@ static const char *s_unfit(const runspec_t *spec, const s_topo_t *t)
 }
 
 /* One model's rows of the table. Returns the number of failed topologies. */
-static int s_bench_model(const s_model_t *m, int steps, const char *dir)
+/* Step time (slowest cell, median) per topology of the last s_bench_model, 0 if not run. */
+static double s_step_ms[S_N_TOPOS];
+
+static int s_bench_model(const s_model_t *m, int steps, const char *dir, const char *grad_sum)
 {
     char yaml[2048];
     runspec_t spec;
-    snprintf(yaml, sizeof yaml, s_yaml, m->model_yaml, steps, m->seq_len, m->micro_batch);
+    snprintf(yaml, sizeof yaml, s_yaml, m->model_yaml, steps, m->seq_len, m->micro_batch,
+             grad_sum);
+    for (int ti = 0; ti < S_N_TOPOS; ti++)
+        s_step_ms[ti] = 0;
     if (runspec_load_string(yaml, m->name, &spec) != SHOAL_OK) {
         fprintf(stderr, "FAIL: %s: spec: %s\n", m->name, shoal_errmsg());
         return 1;
@@ -438,6 +448,7 @@ static int s_bench_model(const s_model_t *m, int steps, const char *dir)
             single_cpu = f.cpu_s;
         }
         const double dev = t->pp ? s_loss_dev(r, n, steps, &single) : 0;
+        s_step_ms[ti] = f.step_s * 1e3;
         printf("%-5s %7d  %-8s %8.0f  %8.0f  %9.2f  %5.0f%%  %8.0f  %8.2f  %s\n", m->name, n,
                topo, f.step_s * 1e3, tps, tps / single_tps, t->pp ? f.comm * 100 : 0.0,
                f.cpu_s * 1e3, f.cpu_s / single_cpu, stages);
@@ -453,17 +464,20 @@ static int s_bench_model(const s_model_t *m, int steps, const char *dir)
 
 static void s_usage(const char *argv0)
 {
-    fprintf(stderr, "usage: %s [--quick] [--model tiny|wide] [--steps N]\n"
+    fprintf(stderr, "usage: %s [--quick] [--model tiny|wide] [--steps N] "
+            "[--grad-sum exact|float|both]\n"
             "  --quick    the tiny model only, 3 timed steps\n"
             "  --model M  one model only (default: tiny and wide)\n"
             "  --steps N  timed steps after %d warm-up steps (default: tiny 12, wide 4; at most "
-            "%d)\n",
+            "%d)\n"
+            "  --grad-sum train.grad_sum of every run; both: float then exact, and their ratio\n",
             argv0, S_WARMUP, S_MAX_STEPS - S_WARMUP);
 }
 
 int main(int argc, char **argv)
 {
     int timed = 0, only = -1; /* 0: each model's own */
+    const char *grad_sum = "exact";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             only = 0;
@@ -474,6 +488,10 @@ int main(int argc, char **argv)
                 if (strcmp(argv[i + 1], s_models[k].name) == 0)
                     only = k;
             i++;
+        } else if (strcmp(argv[i], "--grad-sum") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "exact") == 0 || strcmp(argv[i + 1], "float") == 0 ||
+                    strcmp(argv[i + 1], "both") == 0)) {
+            grad_sum = argv[++i];
         } else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
             timed = atoi(argv[++i]);
             timed = timed ? timed : -1;
@@ -508,13 +526,37 @@ int main(int argc, char **argv)
         if (only < 0 || only == k)
             printf("  %s: %s; T %d, %d timed steps\n", s_models[k].name, s_models[k].desc,
                    s_models[k].seq_len, timed ? timed : s_models[k].timed);
-    printf("%-5s %7s  %-8s %8s  %8s  %9s  %6s  %8s  %8s  %s\n", "model", "workers", "pp ep dp",
-           "step ms", "tokens/s", "vs 1 proc", "comm", "cpu ms", "cpu x", "layers/stage");
+    const int both = strcmp(grad_sum, "both") == 0;
     int failed = 0;
-    for (int k = 0; k < S_N_MODELS; k++)
-        if (only < 0 || only == k)
+    for (int k = 0; k < S_N_MODELS; k++) {
+        if (only >= 0 && only != k)
+            continue;
+        double float_ms[S_N_TOPOS] = {0};
+        for (int pass = 0; pass < (both ? 2 : 1); pass++) {
+            const char *mode = both ? (pass == 0 ? "float" : "exact") : grad_sum;
+            printf("train.grad_sum: %s\n", mode);
+            printf("%-5s %7s  %-8s %8s  %8s  %9s  %6s  %8s  %8s  %s\n", "model", "workers",
+                   "pp ep dp", "step ms", "tokens/s", "vs 1 proc", "comm", "cpu ms", "cpu x",
+                   "layers/stage");
             failed += s_bench_model(&s_models[k], S_WARMUP + (timed ? timed : s_models[k].timed),
-                                    dir);
+                                    dir, mode);
+            if (both && pass == 0)
+                memcpy(float_ms, s_step_ms, sizeof float_ms);
+        }
+        if (!both)
+            continue;
+        printf("cost of exact sums (%s): step time exact / float, same run\n", s_models[k].name);
+        for (int ti = 0; ti < S_N_TOPOS; ti++) {
+            const s_topo_t *t = &s_topos[ti];
+            if (float_ms[ti] <= 0 || s_step_ms[ti] <= 0)
+                continue;
+            char topo[32] = "single";
+            if (t->pp)
+                snprintf(topo, sizeof topo, "%d %d %d", t->pp, t->ep, t->dp);
+            printf("  %-8s %8.0f ms / %8.0f ms = %5.2f\n", topo, s_step_ms[ti], float_ms[ti],
+                   s_step_ms[ti] / float_ms[ti]);
+        }
+    }
     if (getloadavg(load, 1) != 1)
         load[0] = -1;
     printf("%ld cores: 4 processes time-share them with whatever else runs (load average %.1f at "

@@ -853,6 +853,28 @@ static void test_precision_key(void **state)
     free(s);
 }
 
+/* train.grad_sum: exact by default, float accepted, anything else refused at its line. */
+static void test_grad_sum_key(void **state)
+{
+    (void)state;
+    runspec_t *s = s_new_spec();
+    char *y = s_with("");
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_string_equal(s->grad_sum, "exact");
+    assert_true(runspec_grad_sum_exact(s));
+    free(y);
+    y = s_with("  grad_sum: float\n");
+    assert_int_equal(runspec_load_string(y, ORIGIN, s), SHOAL_OK);
+    assert_false(runspec_grad_sum_exact(s));
+    char *back = runspec_to_yaml(s);
+    assert_non_null(back);
+    assert_non_null(strstr(back, "grad_sum: \"float\""));
+    free(back);
+    free(y);
+    s_expect_with("  grad_sum: fixed\n", "9:13", "must be `exact` or `float`");
+    free(s);
+}
+
 /* parallel.*: defaults, auto or a number for dp, the rules between keys, the YAML round trip. */
 static void test_parallel_keys(void **state)
 {
@@ -976,6 +998,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_parallel_keys),
         cmocka_unit_test(test_precision_key),
+        cmocka_unit_test(test_grad_sum_key),
         cmocka_unit_test(test_default_matches_example),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_key_errors),
