@@ -22,9 +22,6 @@ EVERY=8
 NFAULTS=12
 WORKERS=(a b c)
 
-# tenths T: T tenths of a second as "S.T".
-tenths() { echo "$(($1 / 10)).$(($1 % 10))"; }
-
 # The schedule, from the seed alone.
 RANDOM=$SEED
 declare -A DRAINED=()
@@ -91,12 +88,7 @@ for f in "${SCHED[@]}"; do
         start_worker $target
         wait_until 30 "$target registered again" logged_since $target "$MARK" "session: registered with"
         ;;
-    coord)
-        kill -KILL "$COORD_PID"
-        wait "$COORD_PID" 2>/dev/null
-        sleep "$(tenths $down)"
-        start_coord
-        ;;
+    coord) kill_coord $down ;;
     drain)
         ctl drain $target > "$T/drain.out" || fail "drain $target: $(cat "$T/drain.out")"
         wait_until 60 "$target drained" worker_state_is $target drained
@@ -106,11 +98,7 @@ for f in "${SCHED[@]}"; do
         wait_until 30 "$target active" worker_state_is $target active
         ;;
     esac
-    if [ $gap = 1 ] && run_state_is "$RUN" running; then
-        wait_until 60 "a committed step after fault $k" run_step_at_least "$RUN" $((STEP0 + 1))
-    else
-        sleep "$(tenths $pause)"
-    fi
+    after_fault $k $gap $pause "$STEP0" "$RUN"
 done
 
 note "faults done at $((SECONDS - T0)) s, run $(run_field "$RUN" state) at step $(run_field "$RUN" step)"
@@ -124,14 +112,7 @@ for w in "${WORKERS[@]}"; do
     [ -n "${DRAINED[$w]:-}" ] && want=drained
     wait_until 20 "worker $w $want (now $(worker_state $w))" worker_state_is $w $want
 done
-python3 - "$T/events.json" <<'EOF'
-import json, sys
-ev = json.load(open(sys.argv[1]))["events"]
-rb = [e["detail"] for e in ev if e["kind"] == "rollback"]
-plans = [e["detail"] for e in ev if e["kind"] == "plan"]
-print(f"  {len(plans)} plans ({', '.join(sorted(set(p['source'] for p in plans)))}), "
-      f"{len(rb)} rollbacks, {sum(r.get('steps_lost', 0) for r in rb)} steps lost")
-EOF
+plans_summary "$T/events.json"
 ckpt_verify_all "$RUN" "${WORKERS[@]}"
 ledger_ok "$RUN"
 ledger_ok cluster

@@ -210,3 +210,37 @@ print(f"  {len(ref)} steps match the reference, worst relative difference {worst
 EOF
 }
 
+
+# tenths T: T tenths of a second as "S.T" (the seeded fault schedules count in tenths).
+tenths() { echo "$(($1 / 10)).$(($1 % 10))"; }
+
+# kill_coord DOWN: SIGKILLs the coordinator and starts it again after DOWN tenths of a second.
+kill_coord() {
+    kill -KILL "$COORD_PID"
+    wait "$COORD_PID" 2>/dev/null
+    sleep "$(tenths "$1")"
+    start_coord
+}
+
+# after_fault K GAP PAUSE STEP0 RUN: what follows fault K: a committed step beyond STEP0 (GAP 1,
+# while the run is running) or a pause of PAUSE tenths of a second.
+after_fault() {
+    if [ "$2" = 1 ] && run_state_is "$5" running; then
+        wait_until 120 "a committed step after fault $1" run_step_at_least "$5" $(($4 + 1))
+    else
+        sleep "$(tenths "$3")"
+    fi
+}
+
+# plans_summary EVENTS: one line on the run whose ledger entries are in EVENTS: its plans, their
+# state sources, its rollbacks and the steps they lost.
+plans_summary() {
+    python3 - "$1" <<'PY'
+import json, sys
+ev = json.load(open(sys.argv[1]))["events"]
+rb = [e["detail"] for e in ev if e["kind"] == "rollback"]
+plans = [e["detail"] for e in ev if e["kind"] == "plan"]
+print(f"  {len(plans)} plans ({', '.join(sorted(set(p['source'] for p in plans)))}), "
+      f"{len(rb)} rollbacks, {sum(r.get('steps_lost', 0) for r in rb)} steps lost")
+PY
+}
