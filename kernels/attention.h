@@ -45,6 +45,22 @@ shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention_shape_t *s
                                     const float *o, const float *dout, float *dobuf, float *dqkv,
                                     float *dp, float *da, float *dw_qkv_acc, float *dw_o_acc,
                                     cudaStream_t stream);
+/* The same block with a fused causal core (flash-style: online softmax, no T×T matrix; head
+ * width dh ≤ 128, else SHOAL_ERR_INVALID). Instead of p the forward saves lse [B, H, T] (per
+ * score row: max + log Σ exp of the scaled scores); the backward recomputes the probabilities
+ * from it and takes drow [B, H, T] as scratch in place of dp. Deterministic (one warp owns each
+ * output row, fixed order, no atomics); results agree with the CPU within float rounding. */
+shoal_err_t attention_forward_fused_cuda(cublasHandle_t h, const attention_shape_t *s,
+                                         const float *a, const float *w_qkv, const float *w_o,
+                                         const float *cos_t, const float *sin_t, float *qkv,
+                                         float *lse, float *o, float *out, cudaStream_t stream);
+shoal_err_t attention_backward_fused_cuda(cublasHandle_t h, const attention_shape_t *s,
+                                          const float *a, const float *w_qkv, const float *w_o,
+                                          const float *cos_t, const float *sin_t,
+                                          const float *qkv, const float *lse, const float *o,
+                                          const float *dout, float *dobuf, float *dqkv,
+                                          float *drow, float *da, float *dw_qkv_acc,
+                                          float *dw_o_acc, cudaStream_t stream);
 #endif
 #ifdef __cplusplus
 }

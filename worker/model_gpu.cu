@@ -24,7 +24,7 @@
 
 /* One layer's saved activations (the buffers of model.c's s_layer_act_t, on the device). */
 typedef struct {
-    float *h_in, *a, *rstd1, *qkv, *p, *o, *h_mid, *u, *rstd2;
+    float *h_in, *a, *rstd1, *qkv, *p, *o, *h_mid, *u, *rstd2; /* p: lse [B, H, T] when fused */
     float *gu, *act; /* dense FFN */
     moe_saved_cuda_t moe;
     int is_moe;
@@ -33,7 +33,7 @@ typedef struct {
 struct model_gpu {
     const model_layout_t *lay;
     model_gpu_plan_t plan;
-    int max_B, T, bf16;
+    int max_B, T, flags;
     cudaStream_t stream;
     cublasHandle_t blas;
     moe_config_t mcfg;
@@ -185,7 +185,9 @@ static shoal_err_t s_alloc_activations(model_gpu_t *m)
     const int L = c->num_hidden_layers, H = c->num_attention_heads;
     const size_t M = (size_t)m->max_B * m->T, d = (size_t)c->hidden_size;
     const size_t f = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
-    const size_t PT = (size_t)m->max_B * H * m->T * m->T, F = sizeof(float);
+    const int fused = (m->flags & MODEL_GPU_FUSED_ATTENTION) != 0;
+    /* attention's saved scores and their gradient scratch: T×T per head, or a row each fused */
+    const size_t PT = (size_t)m->max_B * H * m->T * (fused ? 1 : m->T), F = sizeof(float);
     int fail = 0;
     m->act = (s_act_t *)calloc((size_t)L, sizeof *m->act);
     if (!m->act)
@@ -250,7 +252,7 @@ static void s_bind_experts(model_gpu_t *m)
     }
 }
 
-extern "C" shoal_err_t model_gpu_new(const model_layout_t *lay, int max_B, int T, int bf16,
+extern "C" shoal_err_t model_gpu_new(const model_layout_t *lay, int max_B, int T, int flags,
                                      model_gpu_t **out)
 {
     const model_config_t *c = &lay->cfg;
@@ -265,7 +267,7 @@ extern "C" shoal_err_t model_gpu_new(const model_layout_t *lay, int max_B, int T
     m->lay = lay;
     m->max_B = max_B;
     m->T = T;
-    m->bf16 = bf16;
+    m->flags = flags;
     SHOAL_CHECK_GOTO(model_gpu_plan_init(&m->plan, lay), rc, fail);
     {
         const int L = c->num_hidden_layers, N = c->n_routed_experts, d = c->hidden_size;
@@ -283,7 +285,13 @@ extern "C" shoal_err_t model_gpu_new(const model_layout_t *lay, int max_B, int T
         SHOAL_CHECK_GOTO(kblas_check(cublasCreate(&m->blas), "device model: cublasCreate"), rc,
                          fail);
         SHOAL_CHECK_GOTO(kblas_bind(m->blas, m->stream, "device model"), rc, fail);
-        SHOAL_CHECK_GOTO(kernels_matmul_bf16_cuda(m->blas, bf16), rc, fail);
+        SHOAL_CHECK_GOTO(kernels_matmul_bf16_cuda(m->blas, (flags & MODEL_GPU_BF16) != 0), rc,
+                         fail);
+        if ((flags & MODEL_GPU_FUSED_ATTENTION) && dh > 128) {
+            rc = shoal_fail(SHOAL_ERR_INVALID, "device model: the fused attention takes heads of "
+                            "at most 128, this model's are %d", dh);
+            goto fail;
+        }
         int fail_alloc = 0;
         s_dalloc(&m->params, np, F, &fail_alloc);
         s_dalloc(&m->grads, np, F, &fail_alloc);
@@ -425,9 +433,10 @@ static shoal_err_t s_forward(model_gpu_t *m, int B, float loss_scale)
         float *hout = l + 1 < L ? m->act[l + 1].h_in : m->h_final;
         SHOAL_CHECK_GOTO(rmsnorm_forward_cuda(a->h_in, P + w->ln1, M, d, eps, a->a, a->rstd1, st),
                          rc, out);
-        SHOAL_CHECK_GOTO(attention_forward_cuda(m->blas, &ash, a->a, P + w->w_qkv, P + w->w_o,
-                                                m->cos_t, m->sin_t, a->qkv, a->p, a->o, a->h_mid,
-                                                st),
+        SHOAL_CHECK_GOTO((m->flags & MODEL_GPU_FUSED_ATTENTION ? attention_forward_fused_cuda
+                                                                : attention_forward_cuda)(
+                             m->blas, &ash, a->a, P + w->w_qkv, P + w->w_o, m->cos_t, m->sin_t,
+                             a->qkv, a->p, a->o, a->h_mid, st),
                          rc, out);
         SHOAL_CHECK_GOTO(s_add(m, a->h_mid, a->h_in, (int64_t)M * d), rc, out);
         SHOAL_CHECK_GOTO(rmsnorm_forward_cuda(a->h_mid, P + w->ln2, M, d, eps, a->u, a->rstd2, st),
@@ -504,10 +513,11 @@ static shoal_err_t s_backward(model_gpu_t *m, int B)
                                                m->dh, G + w->ln2, st),
                          rc, out);
         /* attention: dh is now ∂L/∂h_mid = ∂L/∂h_in through the residual */
-        SHOAL_CHECK_GOTO(attention_backward_cuda(m->blas, &ash, a->a, P + w->w_qkv, P + w->w_o,
-                                                 m->cos_t, m->sin_t, a->qkv, a->p, a->o, m->dh,
-                                                 m->dobuf, m->dqkv, m->dp, m->dtmp,
-                                                 G + w->w_qkv, G + w->w_o, st),
+        SHOAL_CHECK_GOTO((m->flags & MODEL_GPU_FUSED_ATTENTION ? attention_backward_fused_cuda
+                                                                : attention_backward_cuda)(
+                             m->blas, &ash, a->a, P + w->w_qkv, P + w->w_o, m->cos_t, m->sin_t,
+                             a->qkv, a->p, a->o, m->dh, m->dobuf, m->dqkv, m->dp, m->dtmp,
+                             G + w->w_qkv, G + w->w_o, st),
                          rc, out);
         SHOAL_CHECK_GOTO(rmsnorm_backward_cuda(a->h_in, P + w->ln1, a->rstd1, m->dtmp, M, d,
                                                m->dh, G + w->ln1, st),

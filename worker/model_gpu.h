@@ -21,12 +21,19 @@ extern "C" {
 
 typedef struct model_gpu model_gpu_t;
 
+/* Options of model_gpu_new (bits). */
+enum {
+    MODEL_GPU_BF16 = 1,            /* GEMMs in bf16 with fp32 accumulation
+                                    * (kernels_matmul_bf16_cuda); all storage stays fp32 */
+    MODEL_GPU_FUSED_ATTENTION = 2, /* attention_*_fused_cuda (online softmax, no T×T matrix;
+                                    * head width <= 128) instead of the batched-GEMM attention */
+};
+
 /* Allocates everything on the current device (device_bind first) for micro-batches of up to
- * max_B sequences of T positions. bf16: the GEMMs run in bf16 with fp32 accumulation
- * (kernels_matmul_bf16_cuda); all storage stays fp32. The layout must hold the whole model and
- * outlive the model. Errors: SHOAL_ERR_INVALID (layout, T), SHOAL_ERR_NOMEM (device memory),
- * SHOAL_ERR_CUDA. */
-shoal_err_t model_gpu_new(const model_layout_t *lay, int max_B, int T, int bf16,
+ * max_B sequences of T positions, with `flags` (MODEL_GPU_*). The layout must hold the whole
+ * model and outlive the model. Errors: SHOAL_ERR_INVALID (layout, T, head width for the fused
+ * attention), SHOAL_ERR_NOMEM (device memory), SHOAL_ERR_CUDA. */
+shoal_err_t model_gpu_new(const model_layout_t *lay, int max_B, int T, int flags,
                           model_gpu_t **out);
 void model_gpu_destroy(model_gpu_t **m);
 

@@ -37,6 +37,12 @@ struct trainer_gpu {
 shoal_err_t trainer_gpu_new(const runspec_t *spec, const char *ckpt_root, const device_t *dev,
                             trainer_gpu_t **out)
 {
+    return trainer_gpu_new_flags(spec, ckpt_root, dev, 0, out);
+}
+
+shoal_err_t trainer_gpu_new_flags(const runspec_t *spec, const char *ckpt_root,
+                                  const device_t *dev, int flags, trainer_gpu_t **out)
+{
     *out = NULL;
     if (dev->kind != DEVICE_CUDA)
         return shoal_fail(SHOAL_ERR_INVALID, "GPU trainer: device %s is not a CUDA device",
@@ -60,7 +66,8 @@ shoal_err_t trainer_gpu_new(const runspec_t *spec, const char *ckpt_root, const 
     SHOAL_CHECK_GOTO(data_open(paths, spec->n_data_files, spec->seq_len, spec->model.vocab_size,
                                spec->data_seed, &t->data),
                      rc, fail);
-    SHOAL_CHECK_GOTO(model_gpu_new(&t->lay, spec->micro_batch, spec->seq_len, t->bf16, &t->model),
+    flags = (flags & ~MODEL_GPU_BF16) | (t->bf16 ? MODEL_GPU_BF16 : 0);
+    SHOAL_CHECK_GOTO(model_gpu_new(&t->lay, spec->micro_batch, spec->seq_len, flags, &t->model),
                      rc, fail);
     const size_t mt = (size_t)spec->micro_batch * spec->seq_len;
     t->tok = calloc(mt, sizeof(int32_t));

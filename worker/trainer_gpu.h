@@ -21,6 +21,10 @@ typedef struct trainer_gpu trainer_gpu_t;
  * for a spec asking for pipeline stages or expert parallelism. *out stays NULL on error. */
 shoal_err_t trainer_gpu_new(const runspec_t *spec, const char *ckpt_root, const device_t *dev,
                             trainer_gpu_t **out);
+/* As trainer_gpu_new, with extra model_gpu.h flags (MODEL_GPU_FUSED_ATTENTION); the precision
+ * bit still comes from the spec. For tests and benchmarks comparing the two attentions. */
+shoal_err_t trainer_gpu_new_flags(const runspec_t *spec, const char *ckpt_root,
+                                  const device_t *dev, int flags, trainer_gpu_t **out);
 void trainer_gpu_destroy(trainer_gpu_t **t);
 
 /* trainer_resume on the host side, then the state to the device. */

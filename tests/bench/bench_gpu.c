@@ -6,7 +6,8 @@
  *   3. a whole training step of the wide preset (d 512, 8 layers, H 8, f 1024, 16 experts of
  *      fe 128, K 2; T 128, 128 sequences per step in micro-batches of 32) on the GPU trainer;
  *      FLOPs per token = 6·(active non-embedding parameters + head) + 12·L·d·T (PaLM's MFU
- *      count; attention counted over the full T×T, which the kernels compute).
+ *      count; attention counted over the full T×T, which the GEMM attention computes), in fp32,
+ *      bf16, and bf16 with the fused causal attention (MODEL_GPU_FUSED_ATTENTION).
  * Prints a table: case | precision | ms | TFLOP/s | of bf16 peak. Exit 77 without a GPU.
  * Run: build/bin/bench_gpu [--quick] (targets in the README: MoE ≥ 40%, wide step ≥ 35%). */
 #include <math.h>
@@ -23,6 +24,7 @@
 #include "device.h"
 #include "gpu_testutil.h" /* CK, SK */
 #include "kernels_common.h"
+#include "model_gpu.h"
 #include "moe.h"
 #include "runspec.h"
 #include "trainer_gpu.h"
@@ -213,7 +215,8 @@ static void s_bench_wide(const device_t *dev, const char *dir, int timed)
     }
     fclose(f);
     const int warm = 2, G = 128, T = 128;
-    for (int bf16 = 0; bf16 < 2; bf16++) {
+    for (int run = 0; run < 3; run++) { /* fp32, bf16, bf16 with the fused attention */
+        const int bf16 = run > 0, flags = run == 2 ? MODEL_GPU_FUSED_ATTENTION : 0;
         snprintf(yaml, sizeof yaml,
                  "name: bench-gpu-wide\n"
                  "model:\n  preset: tiny\n  hidden_size: 512\n  num_hidden_layers: 8\n"
@@ -223,12 +226,12 @@ static void s_bench_wide(const device_t *dev, const char *dir, int timed)
                  "train:\n  steps: %d\n  global_batch: %d\n  seq_len: %d\n  micro_batch: 32\n"
                  "  lr: 1e-3\n  precision: %s\n"
                  "checkpoint:\n  dir: %s/ckpt-%d\n",
-                 corpus, warm + timed, G, T, bf16 ? "bf16" : "fp32", dir, bf16);
+                 corpus, warm + timed, G, T, bf16 ? "bf16" : "fp32", dir, run);
         runspec_t spec;
         trainer_gpu_t *t = NULL;
         int64_t resumed;
         SK(runspec_load_string(yaml, "bench_gpu", &spec));
-        SK(trainer_gpu_new(&spec, spec.checkpoint_dir, dev, &t));
+        SK(trainer_gpu_new_flags(&spec, spec.checkpoint_dir, dev, flags, &t));
         SK(trainer_gpu_resume(t, NULL, &resumed));
         double busy = 0, loss = 0;
         for (int k = 0; k < warm + timed; k++) {
@@ -239,7 +242,8 @@ static void s_bench_wide(const device_t *dev, const char *dir, int timed)
             loss = info.loss;
         }
         const double ms = busy * 1e3 / timed;
-        s_row("wide step (G128 T128, mb 32)", bf16 ? "bf16" : "fp32", ms,
+        s_row(flags ? "wide step, fused attention" : "wide step (G128 T128, mb 32)",
+              bf16 ? "bf16" : "fp32", ms,
               s_step_flops_per_token(&spec.model, T) * G * T);
         printf("|   (loss after %d steps %.4f; %.0f tokens/s)\n", warm + timed, loss,
                G * T / (ms * 1e-3));

@@ -328,6 +328,57 @@ static int test_attention(int B, int T, int d, int H)
     bad += s_validate_acc("attention_backward dw_o_acc", h, dwo, dwo0, nwo, 1e-5, 1e-4, 0);
     free(h);
 
+    /* the fused core: forward from a, backward from its own saved qkv, lse, o */
+    {
+        float *lse_d = s_dev(NULL, (size_t)B * H * T * 4), *drow_d = s_dev(NULL, (size_t)B * H * T * 4);
+        CK(cudaMemset(o_d, 0xff, na * 4));
+        SK(attention_forward_fused_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, lse_d,
+                                        o_d, out_d, 0));
+        h = s_host(o_d, na);
+        bad += s_validate("attention fused forward o", h, o, na, 2e-5, 2e-4);
+        free(h);
+        h = s_host(out_d, na);
+        bad += s_validate("attention fused forward out", h, out, na, 2e-5, 2e-4);
+        free(h);
+        CK(cudaMemcpy(dwq_d, dwq0, nwq * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dwo_d, dwo0, nwo * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemset(dqkv_d, 0xff, nq * 4)); /* every entry written */
+        CK(cudaMemset(da_d, 0xff, na * 4));
+        SK(attention_backward_fused_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, lse_d,
+                                         o_d, dout_d, dobuf_d, dqkv_d, drow_d, da_d, dwq_d, dwo_d,
+                                         0));
+        float *dqkv1 = s_host(dqkv_d, nq);
+        bad += s_validate("attention fused backward dqkv", dqkv1, dqkv, nq, 5e-5, 1e-3);
+        h = s_host(da_d, na);
+        bad += s_validate("attention fused backward da", h, da, na, 5e-5, 1e-3);
+        free(h);
+        h = s_host(dwq_d, nwq);
+        bad += s_validate_acc("attention fused dw_qkv_acc", h, dwq, dwq0, nwq, 5e-5, 1e-3, 0);
+        free(h);
+        h = s_host(dwo_d, nwo);
+        bad += s_validate_acc("attention fused dw_o_acc", h, dwo, dwo0, nwo, 2e-5, 2e-4, 0);
+        free(h);
+        /* deterministic: the same inputs give the same bits */
+        SK(attention_backward_fused_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, lse_d,
+                                         o_d, dout_d, dobuf_d, dqkv_d, drow_d, da_d, dwq_d, dwo_d,
+                                         0));
+        h = s_host(dqkv_d, nq);
+        const int same = memcmp(h, dqkv1, nq * 4) == 0;
+        printf("  %-34s %s\n", "attention fused backward bitwise", same ? "ok" : "FAIL");
+        bad += !same;
+        free(h);
+        free(dqkv1);
+        BENCH("attention fused fwd (gpu only)", 10, (void)0,
+              SK(attention_forward_fused_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d,
+                                              lse_d, o_d, out_d, 0)));
+        BENCH("attention fused bwd (gpu only)", 10, (void)0,
+              SK(attention_backward_fused_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d,
+                                               lse_d, o_d, dout_d, dobuf_d, dqkv_d, drow_d, da_d,
+                                               dwq_d, dwo_d, 0)));
+        CK(cudaFree(lse_d));
+        CK(cudaFree(drow_d));
+    }
+
     BENCH("attention_forward", 10, attention_forward(&sh, a, wq, wo, ct, st, qkv, p, o, out),
           SK(attention_forward_cuda(s_blas, &sh, a_d, wq_d, wo_d, ct_d, st_d, qkv_d, p_d, o_d,
                                     out_d, 0)));
@@ -695,6 +746,7 @@ int main(int argc, char **argv)
     bad += test_attention(2, 128, 128, 4);
     bad += test_attention(3, 70, 48, 3);
     bad += test_attention(1, 1, 8, 2);
+    bad += test_attention(1, 33, 256, 2); /* dh 128: the fused kernel's widest head */
     bad += test_router(1024, 8, 2, 1, 1, 2.5f, 0);
     bad += test_router(1024, 8, 2, 1, 1, 2.5f, 1);
     bad += test_router(1024, 8, 3, 2, 1, 1.0f, 1);

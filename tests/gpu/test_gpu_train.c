@@ -3,6 +3,7 @@
  *   1. fp32: per-step loss within 1e-4 relative of the CPU's for STEPS steps;
  *   2. bf16: per-step loss within 2e-2 relative (see S_BF16_TOL);
  *   3. determinism: two fresh GPU runs (each precision) end with bitwise equal parameters;
+ *   5. the fused causal attention (MODEL_GPU_FUSED_ATTENTION) in fp32 within 1e-4 of the CPU;
  *   4. a GPU checkpoint resumes on the CPU trainer with bitwise the GPU's parameters;
  *   0. first, the fused AdamW launch (adamw_update_segments_cuda) against its CPU twin, bitwise,
  *      over the tiny model's segments, with and without clipping.
@@ -16,6 +17,7 @@
 #include <cuda_runtime_api.h>
 
 #include "device.h"
+#include "model_gpu.h"
 #include "model_gpu_plan.h"
 #include "optim.h"
 #include "runspec.h"
@@ -94,14 +96,14 @@ static void s_cpu_losses(double *loss)
 }
 
 /* A fresh GPU run of STEPS steps: losses, and the final parameters (malloc'd) in *params. */
-static trainer_gpu_t *s_gpu_run(const device_t *dev, const char *precision, const char *ckpt,
-                                double *loss, float **params, int64_t *n)
+static trainer_gpu_t *s_gpu_run(const device_t *dev, const char *precision, int flags,
+                                const char *ckpt, double *loss, float **params, int64_t *n)
 {
     runspec_t spec;
     trainer_gpu_t *t = NULL;
     int64_t resumed;
     s_spec(&spec, precision, ckpt);
-    if (trainer_gpu_new(&spec, spec.checkpoint_dir, dev, &t) != SHOAL_OK ||
+    if (trainer_gpu_new_flags(&spec, spec.checkpoint_dir, dev, flags, &t) != SHOAL_OK ||
         trainer_gpu_resume(t, NULL, &resumed) != SHOAL_OK)
         s_die("gpu trainer");
     if (resumed != 0) {
@@ -230,7 +232,7 @@ int main(int argc, char **argv)
     float *p32 = NULL, *p32b = NULL, *p16 = NULL, *p16b = NULL;
     int64_t n = 0;
     s_cpu_losses(cpu);
-    trainer_gpu_t *t = s_gpu_run(&dev, "fp32", "gpu32", g32, &p32, &n);
+    trainer_gpu_t *t = s_gpu_run(&dev, "fp32", 0, "gpu32", g32, &p32, &n);
     fails += s_compare("fp32 loss vs cpu", cpu, g32, S_FP32_TOL);
     /* 4. the GPU's checkpoint resumed by the CPU trainer */
     if (trainer_gpu_checkpoint_async(t) != SHOAL_OK || trainer_gpu_checkpoint_wait(t) != SHOAL_OK)
@@ -252,19 +254,26 @@ int main(int argc, char **argv)
             fails += s_same_bits("gpu checkpoint params", p32, pc, n);
         trainer_destroy(&c);
     }
-    t = s_gpu_run(&dev, "fp32", "gpu32b", g32b, &p32b, &n);
+    t = s_gpu_run(&dev, "fp32", 0, "gpu32b", g32b, &p32b, &n);
     trainer_gpu_destroy(&t);
     fails += s_same_bits("fp32 determinism", p32, p32b, n);
-    t = s_gpu_run(&dev, "bf16", "gpu16", g16, &p16, &n);
+    t = s_gpu_run(&dev, "bf16", 0, "gpu16", g16, &p16, &n);
     trainer_gpu_destroy(&t);
     fails += s_compare("bf16 loss vs cpu", cpu, g16, S_BF16_TOL);
-    t = s_gpu_run(&dev, "bf16", "gpu16b", g16b, &p16b, &n);
+    t = s_gpu_run(&dev, "bf16", 0, "gpu16b", g16b, &p16b, &n);
     trainer_gpu_destroy(&t);
     fails += s_same_bits("bf16 determinism", p16, p16b, n);
     /* bf16 must differ from fp32 somewhere, or the bf16 switch did nothing */
     const int differs = memcmp(p16, p32, sizeof(float) * (size_t)n) != 0;
     printf("%-28s %s\n", "bf16 path is not fp32", differs ? "ok" : "FAIL (same bits as fp32)");
     fails += !differs;
+    /* 5. the fused attention */
+    double gfa[STEPS];
+    float *pfa = NULL;
+    t = s_gpu_run(&dev, "fp32", MODEL_GPU_FUSED_ATTENTION, "gpufa", gfa, &pfa, &n);
+    trainer_gpu_destroy(&t);
+    fails += s_compare("fp32 fused attn vs cpu", cpu, gfa, S_FP32_TOL);
+    free(pfa);
     free(p32);
     free(p32b);
     free(p16);
