@@ -60,8 +60,10 @@ for t in test_gpu_parity test_gpu_parity_moe; do
     [ $prc -ne 0 ] && rc=1
 done
 echo "== training on the GPU vs the CPU trainer (tiny preset)"
-"$B/bin/test_gpu_train" --verbose | tee "$B.train.log"
+# bounded, so a hang still leaves time for the bench and the table (exit 124 = timed out)
+timeout 240 "$B/bin/test_gpu_train" --verbose | tee "$B.train.log"
 trc=${PIPESTATUS[0]}
+[ $trc -eq 124 ] && row "train (test_gpu_train)" FAIL "timed out after 240 s"
 [ $trc -ne 0 ] && rc=1
 while IFS= read -r line; do
     case "$line" in
@@ -77,7 +79,7 @@ done < <(grep -vE '^  |^test_gpu_train:' "$B.train.log")
 [ $trc -eq 77 ] && row "train (test_gpu_train)" SKIP "no CUDA device"
 
 echo "== bench_gpu (TFLOP/s against the measured bf16 GEMM peak)"
-"$B/bin/bench_gpu" | tee "$B.bench.log"
+timeout 180 "$B/bin/bench_gpu" | tee "$B.bench.log"
 brc=${PIPESTATUS[0]}
 if [ $brc -ne 0 ]; then
     rc=1
