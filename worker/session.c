@@ -51,6 +51,7 @@ struct session {
     char pipe_name[64];
     pthread_t thread;
     int started;
+    comm_ids_t *ids; /* relayed NCCL unique ids (thread-safe, shared with the training thread) */
 
     pthread_mutex_t mu; /* guards the fields below */
     cell_comms_t *comm; /* the training thread's comms (for abort) */
@@ -535,6 +536,24 @@ static void s_on_register_reply(session_t *s, const Shoal__Envelope *env)
         s_send_leave(s, "leaving", 0);
 }
 
+/* A peer's NCCL unique id, relayed: kept for the comm creation that waits for it. Ids of
+ * another run or an older generation are dropped; the wire layer checked the form. */
+static void s_on_comm_id(session_t *s, const Shoal__Envelope *env)
+{
+    const Shoal__CommId *cid = env->comm_id;
+    if (!s_is_current_run(s, env->run_id) || env->generation < s->generation) {
+        log_warn("session: dropped comm id of group %s (run '%s' generation %llu; current: '%s' "
+                 "generation %llu)", cid->group, env->run_id,
+                 (unsigned long long)env->generation, s->run_id,
+                 (unsigned long long)s->generation);
+        return;
+    }
+    if (comm_ids_put(s->ids, cid->group, cid->id.data, cid->id.len) != SHOAL_OK)
+        log_warn("session: comm id from %s dropped: %s", env->sender, shoal_errmsg());
+    else
+        log_debug("session: comm id of group %s from %s", cid->group, env->sender);
+}
+
 static void s_on_message(const Shoal__Envelope *env, void *ctx)
 {
     session_t *s = ctx;
@@ -600,6 +619,9 @@ static void s_on_message(const Shoal__Envelope *env, void *ctx)
         }
         break;
     }
+    case SHOAL__MSG_TYPE__MSG_COMM_ID:
+        s_on_comm_id(s, env);
+        break;
     case SHOAL__MSG_TYPE__MSG_DRAIN:
         /* A worker-level order: the coordinator stamps no generation on it. */
         if (env->run_id[0] && !s_is_current_run(s, env->run_id)) {
@@ -649,6 +671,20 @@ static void s_on_request(session_t *s, sess_req_t *r)
     case SESS_REQ_GET_ASSIGNMENT:
         s_send_get_assignment(s, 0);
         break;
+    case SESS_REQ_COMM_ID: {
+        Shoal__Envelope env;
+        s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_COMM_ID, r->run_id, r->generation);
+        Shoal__CommId cid = SHOAL__COMM_ID__INIT;
+        cid.group = r->comm_group;
+        cid.id.data = r->comm_id;
+        cid.id.len = r->comm_id_len;
+        env.body_case = SHOAL__ENVELOPE__BODY_COMM_ID;
+        env.comm_id = &cid;
+        if (s->state != S_REGISTERED || s_send(s, &env) != 0)
+            log_warn("session: comm id of group %s not sent (not registered, or the "
+                     "coordinator is away): its peers will time out", r->comm_group);
+        break;
+    }
     case SESS_REQ_LEAVE:
         if (!s->leaving) {
             s->leaving = 1;
@@ -844,6 +880,8 @@ shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out
         rc = shoal_fail(SHOAL_ERR_NOMEM, "session: out of memory");
         goto fail;
     }
+    if ((rc = comm_ids_new(&s->ids)) != SHOAL_OK)
+        goto fail;
     if (cfg->prev_id && cfg->prev_id[0] && strlen(cfg->prev_id) < sizeof s->worker_id)
         s_copy(s->worker_id, sizeof s->worker_id, cfg->prev_id);
     snprintf(s->pipe_name, sizeof s->pipe_name, "inproc://shoal-session-%p", (void *)s);
@@ -883,6 +921,7 @@ void session_destroy(session_t **sp)
             break;
         sess_event_destroy(&ev);
     }
+    comm_ids_destroy(&s->ids); /* the training thread waits on it no more: it destroys us */
     if (s->dealer)
         zmq_close(s->dealer);
     if (s->pipe_sess)
@@ -961,4 +1000,23 @@ void session_worker_id(session_t *s, char *out, size_t cap)
     pthread_mutex_lock(&s->mu);
     s_copy(out, cap, s->worker_id);
     pthread_mutex_unlock(&s->mu);
+}
+
+comm_ids_t *session_comm_ids(session_t *s)
+{
+    return s->ids;
+}
+
+shoal_err_t session_send_comm_id(session_t *s, const char *run_id, uint64_t generation,
+                                 uint32_t tag, const uint8_t *id, size_t len)
+{
+    if (!id || len == 0 || len > sizeof ((sess_req_t *)0)->comm_id)
+        return shoal_fail(SHOAL_ERR_INVALID, "session: comm id of %zu bytes", len);
+    sess_req_t *r = sess_req_new(SESS_REQ_COMM_ID, run_id, generation);
+    if (!r)
+        return shoal_fail(SHOAL_ERR_NOMEM, "session: out of memory");
+    wire_comm_group_format(r->comm_group, sizeof r->comm_group, generation, tag);
+    memcpy(r->comm_id, id, len);
+    r->comm_id_len = len;
+    return session_post(s, &r);
 }

@@ -15,6 +15,7 @@
 
 #include "cell_comms.h"
 #include "comm.h"
+#include "comm_ids.h"
 #include "err.h"
 #include "sess_plan.h"
 
@@ -69,6 +70,7 @@ typedef enum {
     SESS_REQ_CKPT,         /* CheckpointShardReport */
     SESS_REQ_GET_ASSIGNMENT,
     SESS_REQ_LEAVE,        /* Leave; answered by SESS_EV_LEFT */
+    SESS_REQ_COMM_ID,      /* CommId: an NCCL unique id for the plan's other workers */
     SESS_REQ_LEAVE_DRAIN,  /* Leave{drain_first}: ask for a drain (a hand-over) before leaving */
 } sess_req_kind_t;
 
@@ -95,6 +97,10 @@ typedef struct {
     int n_files;
     sess_file_t files[SESS_MAX_FILES];
     uint32_t replica, stage, ep_rank;
+    /* COMM_ID: the group ("<generation>/<tag>") and the id */
+    char comm_group[32];
+    uint8_t comm_id[256];
+    size_t comm_id_len;
 } sess_req_t;
 
 typedef struct {
@@ -147,6 +153,18 @@ double session_since_stop_s(const session_t *s);
 
 /* The worker id the coordinator gave (copied into out; "" before registration). */
 void session_worker_id(session_t *s, char *out, size_t cap);
+
+/* The NCCL unique ids the coordinator relayed to this worker (CommId of the current run),
+ * owned by the session: a comm creation waits there with comm_ids_wait. Valid until
+ * session_destroy. */
+comm_ids_t *session_comm_ids(session_t *s);
+
+/* Rank 0 of a group: sends its NCCL unique id (len <= 256) for group `tag` of (run_id,
+ * generation) to the coordinator, which relays it to the plan's other workers. Sent once, when
+ * registered (else dropped, logged): the peers' wait then times out and the plan fails as any
+ * comm failure does. Errors: SHOAL_ERR_INVALID (size), SHOAL_ERR_NOMEM, SHOAL_ERR_IO. */
+shoal_err_t session_send_comm_id(session_t *s, const char *run_id, uint64_t generation,
+                                 uint32_t tag, const uint8_t *id, size_t len);
 
 #ifdef __cplusplus
 }

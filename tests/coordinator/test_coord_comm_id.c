@@ -2,7 +2,9 @@
  * protocol-speaking workers (DEALER sockets) join a run; rank 0's id arrives, byte for byte,
  * at the other member and not back at the sender; malformed CommIds (group not
  * "<generation>/<tag>", an empty or oversized id, another generation's group) are answered with
- * an error and relayed to nobody, and the coordinator keeps relaying afterwards. CPU only. */
+ * an error and relayed to nobody, and the coordinator keeps relaying afterwards. Then the same
+ * through two real worker sessions (worker/session.h): rank 0's session_send_comm_id reaches the
+ * other worker's comm_ids table, where a comm creation waits for it. CPU only. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,7 +17,11 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include <zmq.h>
+
+#include "comm_ids.h"
 #include "coord_testlib.h"
+#include "session.h"
 
 static char s_dir[128];
 
@@ -141,10 +147,87 @@ static void test_relay(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* Waits for a plan event of `s` with 2 ranks; its run, generation and rank. */
+static int s_wait_plan2(session_t *s, char *run, uint64_t *gen, uint32_t *rank, int ms)
+{
+    for (int waited = 0; waited < ms; waited += 50) {
+        sess_event_t *ev = NULL;
+        if (session_wait(s, 50, &ev) != SHOAL_OK)
+            continue;
+        int done = 0;
+        if (ev->kind == SESS_EV_PLAN && ev->plan && ev->plan->nranks == 2) {
+            snprintf(run, SESS_ID_MAX, "%s", ev->run_id);
+            *gen = ev->generation;
+            *rank = ev->plan->rank;
+            done = 1;
+        }
+        sess_event_destroy(&ev);
+        if (done)
+            return 0;
+    }
+    return -1;
+}
+
+static void test_sessions(void **state)
+{
+    (void)state;
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\n");
+    tc_reply_t r;
+    const char *spec = "name: nccl2\ndata: {files: [/usr/share/games/fortunes]}\n"
+                       "train: {steps: 50, global_batch: 2, seq_len: 16, lr: 0.001}\n";
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    char ep[300];
+    tc_worker_endpoint(s_dir, ep, sizeof ep);
+    void *zctx = zmq_ctx_new();
+    session_t *s[2] = {NULL, NULL};
+    const char *names[2] = {"sa", "sb"}, *data[2] = {"tcp://127.0.0.1:9", "tcp://127.0.0.1:10"};
+    for (int i = 0; i < 2; i++) {
+        session_config_t cfg = {.coordinator = ep, .name = names[i], .host = "localhost",
+                                .device = "cpu", .version = "test", .data_endpoint = data[i],
+                                .grace_seconds = 1};
+        assert_int_equal(session_new(zctx, &cfg, &s[i]), SHOAL_OK);
+    }
+    char run[2][SESS_ID_MAX];
+    uint64_t gen[2] = {0, 0};
+    uint32_t rank[2] = {0, 0};
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(s_wait_plan2(s[i], run[i], &gen[i], &rank[i], 10000), 0);
+    while (gen[0] != gen[1]) { /* the one behind takes its next plan event */
+        const int behind = gen[0] < gen[1] ? 0 : 1;
+        assert_int_equal(s_wait_plan2(s[behind], run[behind], &gen[behind], &rank[behind], 10000),
+                         0);
+    }
+    assert_true(rank[0] != rank[1]);
+    const int r0 = rank[0] == 0 ? 0 : 1, r1 = 1 - r0;
+    uint8_t id[128], got[256];
+    for (int i = 0; i < 128; i++)
+        id[i] = (uint8_t)(i * 5 + 1);
+    assert_int_equal(session_send_comm_id(s[r0], run[r0], gen[r0], 3, id, sizeof id), SHOAL_OK);
+    size_t len = 0;
+    assert_int_equal(comm_ids_wait(session_comm_ids(s[r1]), gen[r1], 3, 5000, got, sizeof got,
+                                   &len), SHOAL_OK);
+    assert_int_equal(len, 128);
+    assert_memory_equal(got, id, 128);
+    assert_int_equal(comm_ids_count(session_comm_ids(s[r0])), 0); /* not echoed to the sender */
+    /* a group nobody sends is a timeout naming it, not a hang */
+    assert_int_equal(comm_ids_wait(session_comm_ids(s[r1]), gen[r1], 4, 300, got, sizeof got,
+                                   &len), SHOAL_ERR_TIMEOUT);
+    assert_int_equal(session_send_comm_id(s[r0], run[r0], gen[r0], 5, id, 0), SHOAL_ERR_INVALID);
+    session_destroy(&s[0]);
+    session_destroy(&s[1]);
+    zmq_ctx_term(zctx);
+    int st = tc_stop(tc_pid, SIGTERM);
+    tc_pid = 0;
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_relay, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_sessions, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
