@@ -95,7 +95,7 @@ bench_case() {
     ctl submit "$tmp/$name.yaml" > /dev/null || die "$name: submit"
     poll_until 180 run_step_ge "$name" 12 || die "$name: no step 12"
     for ((k = 1; k <= KILLS; k++)); do
-        victim=$(cell_worker "$stage") || die "$name: nobody holds stage $stage"
+        victim=$(cell_worker "$stage" $RANDOM) || die "$name: nobody holds stage $stage"
         seq=$(last_seq "$name")
         sleep "0.$((RANDOM % 10))" # a random point of the step
         kill_ms=$(now_ms)

@@ -85,7 +85,7 @@ EOF
 }
 TOKENS_PER_STEP=$((8 * 32))
 
-# run_json RUN: `shoalctl status RUN --json`'s run object as "state step generation ckpt".
+# run_now RUN: the run as `shoalctl status RUN --json` shows it: "state step generation ckpt".
 run_now() {
     ctl status "$1" --json 2>/dev/null | python3 -c '
 import json, sys
@@ -99,12 +99,14 @@ import json, sys
 print(sum(w["state"] in ("active", "standby") for w in json.load(sys.stdin)["workers"]))')" = "$1" ]
 }
 
-# cell_worker STAGE: the name of a worker holding a cell of that stage (of replica 0).
+# cell_worker STAGE PICK: the name of an active worker holding a cell of that stage, the
+# (PICK mod their number)-th of them by name.
 cell_worker() {
     ctl workers --json 2>/dev/null | python3 -c '
 import json, sys
-w = [x for x in json.load(sys.stdin)["workers"] if x.get("cell") and x["state"] == "active"]
-print(next(x["name"] for x in w if x["cell"]["stage"] == int(sys.argv[1])))' "$1"
+w = sorted(x["name"] for x in json.load(sys.stdin)["workers"] if x.get("cell") and
+           x["state"] == "active" and x["cell"]["stage"] == int(sys.argv[1]))
+print(w[int(sys.argv[2]) % len(w)])' "$1" "$2"
 }
 
 # pct FILE: p50, p99 and max of the numbers in FILE (one a line) as "p50 p99 max n"; p99 is the
