@@ -78,6 +78,24 @@ while IFS= read -r line; do
 done < <(grep -vE '^  |^test_gpu_train:' "$B.train.log")
 [ $trc -eq 77 ] && row "train (test_gpu_train)" SKIP "no CUDA device"
 
+echo "== nccl (the 2-rank NCCL backend test: needs 2 GPUs)"
+"$B/bin/shoal-worker" --version
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ "$NGPU" -lt 2 ]; then
+    echo "run.sh: this machine has $NGPU GPU(s); the 2-rank NCCL test needs 2: not run"
+    row "nccl 2 ranks (test_nccl_comm)" SKIP "$NGPU GPU(s), needs 2"
+elif [ ! -x "$B/bin/test_nccl_comm" ]; then
+    rc=1
+    row "nccl 2 ranks (test_nccl_comm)" FAIL "not built (NCCL not found?)"
+else
+    timeout 300 "$B/bin/test_nccl_comm"
+    nrc=$?
+    [ $nrc -ne 0 ] && rc=1
+    row "nccl 2 ranks (test_nccl_comm)" "$([ $nrc -eq 0 ] && echo PASS || echo FAIL)" \
+        "collectives bitwise, watchdog, abort; exit $nrc"
+fi
+# == end nccl
+
 echo "== bench_gpu (TFLOP/s against the measured bf16 GEMM peak)"
 timeout 180 "$B/bin/bench_gpu" | tee "$B.bench.log"
 brc=${PIPESTATUS[0]}
