@@ -89,6 +89,7 @@
 #define CTL_F_CHECKPOINT_PATH "checkpoint_path"
 #define CTL_F_SOURCE_RANK "source_rank"
 #define CTL_F_MEMORY_BYTES "memory_bytes"
+#define CTL_F_GPU "gpu" /* plan peer or spare on a GPU (declared device cuda:N) */
 #define CTL_F_MEM_EST_BYTES "mem_est_bytes"
 #define CTL_F_SPARES "spares"
 #define CTL_F_CKPT_SHARDS "ckpt_shards" /* {cell, path}: CTL_F_PATH below */
@@ -107,6 +108,7 @@
 #define CTL_F_SHARDS "shards"
 #define CTL_F_PATH "path"
 #define CTL_F_HOLDER "holder"
+#define CTL_F_HOLDERS "holders" /* a shard's [{worker, path}]: its writer, then confirmed copies */
 
 /* One run of a status reply. Strings are borrowed: from the coordinator's run when encoding,
  * from the decoded document when decoding (valid while it lives). */

@@ -33,6 +33,8 @@ static const wire_type_info_t s_types[] = {
     {SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT, SHOAL__ENVELOPE__BODY_GET_ASSIGNMENT, "get_assignment"},
     {SHOAL__MSG_TYPE__MSG_COMM_ID, SHOAL__ENVELOPE__BODY_COMM_ID, "comm_id"},
     {SHOAL__MSG_TYPE__MSG_RUN_CONTROL, SHOAL__ENVELOPE__BODY_RUN_CONTROL, "run_control"},
+    {SHOAL__MSG_TYPE__MSG_REPLICATE, SHOAL__ENVELOPE__BODY_REPLICATE, "replicate"},
+    {SHOAL__MSG_TYPE__MSG_SHARD_HELD, SHOAL__ENVELOPE__BODY_CKPT_SHARD, "shard_held"},
     {SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, SHOAL__ENVELOPE__BODY_CTL_SUBMIT, "ctl_submit"},
     {SHOAL__MSG_TYPE__MSG_CTL_STATUS, SHOAL__ENVELOPE__BODY_CTL_STATUS, "ctl_status"},
     {SHOAL__MSG_TYPE__MSG_CTL_WORKERS, SHOAL__ENVELOPE__BODY_CTL_WORKERS, "ctl_workers"},
@@ -112,6 +114,26 @@ static shoal_err_t s_check_handover(const Shoal__Handover *h, const char *where)
     return rc;
 }
 
+/* A checkpoint shard's file digests and holders (plan.ckpt_shards, replicate.copies). */
+static shoal_err_t s_check_files(size_t n, Shoal__FileDigest *const *f, const char *where)
+{
+    shoal_err_t rc = s_count(n, where);
+    for (size_t i = 0; rc == SHOAL_OK && i < n; i++)
+        if ((rc = s_str(f[i]->name, WIRE_MAX_TEXT_LEN, where)) == SHOAL_OK)
+            rc = s_str(f[i]->sha256, 64, where);
+    return rc;
+}
+
+static shoal_err_t s_check_sources(size_t n, Shoal__ShardSource *const *src, const char *where)
+{
+    shoal_err_t rc = s_count(n, where);
+    for (size_t i = 0; rc == SHOAL_OK && i < n; i++)
+        if ((rc = s_str(src[i]->worker_id, WIRE_MAX_ID_LEN, where)) == SHOAL_OK &&
+            (rc = s_str(src[i]->endpoint, WIRE_MAX_TEXT_LEN, where)) == SHOAL_OK)
+            rc = s_str(src[i]->path, WIRE_MAX_TEXT_LEN, where);
+    return rc;
+}
+
 static shoal_err_t s_check_plan(const Shoal__Plan *p)
 {
     shoal_err_t rc = SHOAL_OK;
@@ -132,9 +154,13 @@ static shoal_err_t s_check_plan(const Shoal__Plan *p)
         WIRE_CHECK_GOTO(s_str(p->checkpoint->path, WIRE_MAX_TEXT_LEN, "plan.checkpoint.path"), rc,
                         out);
     WIRE_CHECK_GOTO(s_count(p->n_ckpt_shards, "plan.ckpt_shards"), rc, out);
-    for (size_t i = 0; i < p->n_ckpt_shards; i++)
-        WIRE_CHECK_GOTO(s_str(p->ckpt_shards[i]->path, WIRE_MAX_TEXT_LEN, "plan.ckpt_shards.path"),
-                        rc, out);
+    for (size_t i = 0; i < p->n_ckpt_shards; i++) {
+        const Shoal__CheckpointShard *k = p->ckpt_shards[i];
+        WIRE_CHECK_GOTO(s_str(k->path, WIRE_MAX_TEXT_LEN, "plan.ckpt_shards.path"), rc, out);
+        WIRE_CHECK_GOTO(s_check_files(k->n_files, k->files, "plan.ckpt_shards.files"), rc, out);
+        WIRE_CHECK_GOTO(s_check_sources(k->n_sources, k->sources, "plan.ckpt_shards.sources"), rc,
+                        out);
+    }
     WIRE_CHECK_GOTO(s_count(p->n_handovers, "plan.handovers"), rc, out);
     for (size_t i = 0; i < p->n_handovers; i++)
         WIRE_CHECK_GOTO(s_check_handover(p->handovers[i], "plan.handovers"), rc, out);
@@ -159,6 +185,8 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
                         out);
         if (r->prev_id_case_case == SHOAL__REGISTER__PREV_ID_CASE_PREV_ID)
             WIRE_CHECK_GOTO(s_str(r->prev_id, WIRE_MAX_ID_LEN, "register.prev_id"), rc, out);
+        WIRE_CHECK_GOTO(s_str(r->shard_endpoint, WIRE_MAX_TEXT_LEN, "register.shard_endpoint"), rc,
+                        out);
         break;
     }
     case SHOAL__ENVELOPE__BODY_REG_REPLY:
@@ -186,11 +214,21 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         const Shoal__CheckpointShardReport *c = env->ckpt_shard;
         WIRE_CHECK_GOTO(s_str(c->path, WIRE_MAX_TEXT_LEN, "ckpt_shard.path"), rc, out);
         WIRE_CHECK_GOTO(s_str(c->holder, WIRE_MAX_ID_LEN, "ckpt_shard.holder"), rc, out);
-        WIRE_CHECK_GOTO(s_count(c->n_files, "ckpt_shard.files"), rc, out);
-        for (size_t i = 0; i < c->n_files; i++) {
-            WIRE_CHECK_GOTO(s_str(c->files[i]->name, WIRE_MAX_TEXT_LEN, "ckpt_shard.files.name"),
+        WIRE_CHECK_GOTO(s_str(c->replica_of, WIRE_MAX_ID_LEN, "ckpt_shard.replica_of"), rc, out);
+        WIRE_CHECK_GOTO(s_check_files(c->n_files, c->files, "ckpt_shard.files"), rc, out);
+        break;
+    }
+    case SHOAL__ENVELOPE__BODY_REPLICATE: {
+        const Shoal__Replicate *rp = env->replicate;
+        WIRE_CHECK_GOTO(s_count(rp->n_copies, "replicate.copies"), rc, out);
+        for (size_t i = 0; i < rp->n_copies; i++) {
+            const Shoal__ReplicaCopy *k = rp->copies[i];
+            if (!k->cell)
+                return shoal_fail(SHOAL_ERR_FORMAT, "replicate.copies without cell");
+            WIRE_CHECK_GOTO(s_str(k->writer, WIRE_MAX_ID_LEN, "replicate.copies.writer"), rc, out);
+            WIRE_CHECK_GOTO(s_check_files(k->n_files, k->files, "replicate.copies.files"), rc, out);
+            WIRE_CHECK_GOTO(s_check_sources(k->n_sources, k->sources, "replicate.copies.sources"),
                             rc, out);
-            WIRE_CHECK_GOTO(s_str(c->files[i]->sha256, 64, "ckpt_shard.files.sha256"), rc, out);
         }
         break;
     }

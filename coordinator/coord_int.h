@@ -46,6 +46,7 @@ typedef struct {
     char institution[128];
     char version[64];
     char endpoint[PLAN_ENDPOINT_MAX];
+    char shard_endpoint[PLAN_ENDPOINT_MAX]; /* its checkpoint shard server ("" = none) */
     char devices[512];
     uint64_t memory_bytes;
     worker_state_t state;
@@ -285,5 +286,23 @@ void coord_worker_clear_failures(coord_worker_t *w);
  * cell of the plan has reported that step, answers. */
 void coord_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_t *w, coord_run_t *r,
                          const Shoal__Envelope *env);
+
+/* ---- coord_replicas.c: checkpoint.replicas -------------------------------------------------- */
+/* At the commit of `step`'s manifest (before it is stored): lists each shard's writer as its
+ * first holder and pushes Replicate to the live workers chosen to copy it. */
+void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *manifest);
+/* MSG_SHARD_HELD (any generation): a worker confirms a copy; it joins the shard's holders. */
+void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                         coord_run_t *unused, const Shoal__Envelope *env);
+/* Fills the files and live holders of plan->ckpt_shards from `step`'s committed manifest;
+ * *keep owns what they point to until coord_replicas_detach (NULL when nothing was added). */
+typedef struct coord_shard_src coord_shard_src_t;
+void coord_replicas_attach(coord_t *c, const coord_run_t *r, int64_t step, Shoal__Plan *plan,
+                           coord_shard_src_t **keep);
+void coord_replicas_detach(coord_shard_src_t **keep);
+/* The newest committed checkpoint step (<= r->checkpoint_step) whose every shard has a live
+ * holder, its path into path[cap]; r->checkpoint_step and its path when none has (a host that
+ * still reads the dead writer's dir may load it: single-host runs). */
+int64_t coord_replicas_restorable(coord_t *c, const coord_run_t *r, char *path, size_t cap);
 
 #endif

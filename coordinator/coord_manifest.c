@@ -118,6 +118,7 @@ void coord_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_t *
                       "generation", (json_int_t)r->generation, "path", cs->path, "shards",
                       pc.shards, "committed_ms", (json_int_t)clock_wall_ms());
         snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, cs->step);
+        coord_replicas_on_commit(c, r, cs->step, manifest);
         coord_put_json(c, STORE_CF_MANIFESTS, key, manifest);
         char pprefix[128];
         snprintf(pprefix, sizeof pprefix, "p/%s/", r->id);

@@ -336,7 +336,11 @@ void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
     Shoal__Envelope env =
         s_run_envelope(r, SHOAL__MSG_TYPE__MSG_ASSIGNMENT, SHOAL__ENVELOPE__BODY_ASSIGNMENT);
     env.assignment = &a;
+    coord_shard_src_t *holders = NULL; /* the checkpoint's digests and live holders */
+    if (r->plan.source == PLAN_SOURCE_CHECKPOINT)
+        coord_replicas_attach(c, r, r->plan.ckpt_step, &pb.plan, &holders);
     coord_send_worker(c, w, &env);
+    coord_replicas_detach(&holders);
     s_plan_pb_free(&pb);
 }
 

@@ -261,12 +261,13 @@ static shoal_err_t s_build_plan(coord_t *c, coord_run_t *r, uint64_t generation,
         p->start_step = best + 1;
         *committed_out = best;
     } else if (r->checkpoint_step > 0) {
+        /* the newest checkpoint whose every shard a live worker holds (checkpoint.replicas) */
+        const int64_t ck = coord_replicas_restorable(c, r, p->ckpt_path, sizeof p->ckpt_path);
         p->source = PLAN_SOURCE_CHECKPOINT;
-        p->ckpt_step = r->checkpoint_step;
-        snprintf(p->ckpt_path, sizeof p->ckpt_path, "%s", r->checkpoint_path);
-        s_ckpt_shards(c, r, r->checkpoint_step, p);
-        p->start_step = r->checkpoint_step + 1;
-        *committed_out = r->checkpoint_step;
+        p->ckpt_step = ck;
+        s_ckpt_shards(c, r, ck, p);
+        p->start_step = ck + 1;
+        *committed_out = ck;
     } else {
         p->source = PLAN_SOURCE_INIT;
         p->start_step = 1;

@@ -84,6 +84,7 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
     snprintf(w->institution, sizeof w->institution, "%s", rg->institution);
     snprintf(w->version, sizeof w->version, "%s", rg->version);
     snprintf(w->endpoint, sizeof w->endpoint, "%s", rg->data_endpoint);
+    snprintf(w->shard_endpoint, sizeof w->shard_endpoint, "%s", rg->shard_endpoint);
     size_t at = 0;
     w->devices[0] = 0;
     for (size_t i = 0; i < rg->n_devices && at < sizeof w->devices; i++)
@@ -434,6 +435,7 @@ static const s_worker_msg_t s_worker_msgs[] = {
     {SHOAL__MSG_TYPE__MSG_HEARTBEAT, s_on_heartbeat, 1, 0, 0}, /* checks the run itself */
     {SHOAL__MSG_TYPE__MSG_STEP_REPORT, s_on_step_report, 1, 1, 0},
     {SHOAL__MSG_TYPE__MSG_CKPT_SHARD, coord_on_ckpt_shard, 1, 1, 0},
+    {SHOAL__MSG_TYPE__MSG_SHARD_HELD, coord_on_shard_held, 1, 0, 0}, /* any generation */
     {SHOAL__MSG_TYPE__MSG_LEAVE, s_on_leave, 1, 0, 1},
     {SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT, s_on_get_assignment, 1, 0, 0},
     {SHOAL__MSG_TYPE__MSG_COMM_ID, s_on_comm_id, 1, 1, 0},

@@ -241,6 +241,9 @@ static void s_on_event(daemon_t *d, sess_event_t *ev)
         break;
     case SESS_EV_LEFT:
         break;
+    case SESS_EV_REPLICATE:
+        daemon_replicas_order(d, ev);
+        break;
     }
     sess_event_destroy(&ev);
 }
@@ -248,6 +251,7 @@ static void s_on_event(daemon_t *d, sess_event_t *ev)
 void daemon_pump(daemon_t *d, int timeout_ms)
 {
     sess_event_t *ev = NULL;
+    daemon_replicas_poll(d); /* copies made in the background: confirm them */
     if (session_wait(d->sess, timeout_ms, &ev) != SHOAL_OK)
         return;
     s_on_event(d, ev);
@@ -436,6 +440,7 @@ static void s_teardown(daemon_t *d)
     sess_plan_destroy(&d->plan);
     sess_plan_destroy(&d->pending);
     session_destroy(&d->sess);
+    daemon_replicas_stop(d);
     comm_listener_destroy(&d->listener);
     if (d->zctx)
         zmq_ctx_term(d->zctx);
@@ -483,7 +488,10 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     char endpoint[512];
     char host[256] = "localhost";
     gethostname(host, sizeof host - 1);
+    char shard_endpoint[512];
     shoal_err_t rc = s_setup(d, cfg, endpoint, sizeof endpoint);
+    if (rc == SHOAL_OK)
+        rc = daemon_replicas_start(d, endpoint, shard_endpoint, sizeof shard_endpoint);
     if (rc != SHOAL_OK)
         goto out;
     /* Register reports "cpu" or "cuda:N <name>" and the device's memory: the planner sizes cells
@@ -507,6 +515,7 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
         .institution = cfg->institution,
         .version = SHOAL_VERSION,
         .data_endpoint = endpoint,
+        .shard_endpoint = shard_endpoint,
         .memory_bytes = d->device.memory_bytes,
         .stop_flag = cfg->stop_flag,
         .grace_seconds = d->cfg.grace_seconds,

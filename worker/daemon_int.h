@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "cell_comms.h"
+#include "ckpt_repl.h"
 #include "comm.h"
 #include "daemon.h"
 #include "device.h"
@@ -49,6 +50,9 @@ typedef struct {
     uint64_t failed_gen;
     int64_t failed_ms, last_ask_ms;
     int64_t ckpt_pending; /* step of a checkpoint being written (0: none) */
+    ckpt_server_t *shards;   /* serves this worker's shards and copies to its peers */
+    ckpt_replicator_t *repl; /* makes the copies the coordinator orders, in the background */
+    char served_root[PATH_MAX]; /* the checkpoint root last added to the shard server */
     float last_loss, tokens_per_s;
     sess_activity_t activity;
     int64_t status_step;
@@ -82,6 +86,23 @@ void daemon_pump(daemon_t *d, int timeout_ms);
 /* Waits for the checkpoint being written (if any) and, when `report`, reports it to the
  * coordinator once durable (statedir_ckpt_report). */
 void daemon_ckpt_finish(daemon_t *d, int report);
+
+/* ---- daemon_replicas.c: checkpoint replication ------------------------------------------ */
+
+/* Starts the shard server (on the data endpoint's interface, an ephemeral port; serving the
+ * state dir) and the replicator; the endpoint peers reach it at into out[cap]. */
+shoal_err_t daemon_replicas_start(daemon_t *d, const char *data_endpoint, char *out, size_t cap);
+/* Stops both; idempotent. */
+void daemon_replicas_stop(daemon_t *d);
+/* A Replicate order: queues each copy on the replicator (never waits for I/O). */
+void daemon_replicas_order(daemon_t *d, const sess_event_t *ev);
+/* Confirms the copies the replicator finished (MSG_SHARD_HELD); cheap, called every loop. */
+void daemon_replicas_poll(daemon_t *d);
+/* The dir to load the plan's checkpoint shard i from: the writer's dir when this host has it
+ * and it verifies against the recorded digests, else this worker's copy (fetched from a live
+ * holder when missing or corrupt, written into buf[cap]); the writer's dir when neither works
+ * (the load then fails naming what is missing). */
+const char *daemon_replicas_shard_dir(daemon_t *d, uint32_t i, char *buf, size_t cap);
 
 /* ---- daemon_plan.c ------------------------------------------------------------------------ */
 

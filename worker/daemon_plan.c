@@ -147,25 +147,30 @@ static shoal_err_t s_ensure_trainer(daemon_t *d, const sess_plan_t *p)
     return SHOAL_OK;
 }
 
-/* Loads the state after step `want` from checkpoint shards on this host: this worker's own
- * checkpoint of that step, the plan's checkpoint path, and the committed step's shard dirs the
- * plan lists (another plan's cells: resharding). A dir that fails its manifest is skipped. */
+/* Loads the state after step `want` from checkpoint shards: this worker's own checkpoint of
+ * that step, the plan's checkpoint path, and the committed step's shard dirs the plan lists
+ * (another plan's cells: resharding), each from this host when there and valid, else copied
+ * from a live holder (daemon_replicas_shard_dir). A dir that fails its manifest is skipped. */
 static shoal_err_t s_load_checkpoint(daemon_t *d, int64_t want)
 {
     const sess_plan_t *p = d->plan;
     const int cap = 2 + (int)p->n_ckpt_shards;
     const char **dirs = calloc((size_t)cap, sizeof *dirs);
+    char(*copies)[PATH_MAX] = calloc(p->n_ckpt_shards + 1, sizeof *copies);
     char own[PATH_MAX];
     int n = 0;
     shoal_err_t rc = SHOAL_ERR_NOTFOUND;
-    if (!dirs)
+    if (!dirs || !copies) {
+        free(dirs);
+        free(copies);
         return shoal_fail(SHOAL_ERR_NOMEM, "out of memory");
+    }
     if (trainer_checkpoint_path(d->tr, want, own, sizeof own) == SHOAL_OK)
         dirs[n++] = own;
     if (p->source == SESS_SOURCE_CHECKPOINT && p->ckpt_path[0] == '/')
         dirs[n++] = p->ckpt_path;
     for (uint32_t i = 0; i < p->n_ckpt_shards; i++)
-        dirs[n++] = p->ckpt_shards[i];
+        dirs[n++] = daemon_replicas_shard_dir(d, i, copies[i], sizeof copies[i]);
     int usable = 0;
     for (int i = 0; i < n; i++) {
         struct stat st;
@@ -192,6 +197,7 @@ static shoal_err_t s_load_checkpoint(daemon_t *d, int64_t want)
             log_warn("checkpoint of step %lld unusable: %s", (long long)want, shoal_errmsg());
     }
     free(dirs);
+    free(copies);
     return rc;
 }
 

@@ -21,6 +21,7 @@ void sess_plan_destroy(sess_plan_t **pp)
         for (uint32_t i = 0; i < p->n_ckpt_shards; i++)
             free(p->ckpt_shards[i]);
     free(p->ckpt_shards);
+    free(p->ckpt_shard_info);
     free(p->spec_yaml);
     free(p);
     *pp = NULL;
@@ -131,6 +132,14 @@ shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *se
             if (!p->ckpt_shards[i] ||
                 !(pl->ckpt_shards[i] = strdup(p->ckpt_shards[i]->path)))
                 goto fail_nomem;
+        if (!(pl->ckpt_shard_info = calloc(p->n_ckpt_shards, sizeof *pl->ckpt_shard_info)))
+            goto fail_nomem;
+        for (size_t i = 0; i < p->n_ckpt_shards; i++) {
+            const Shoal__CheckpointShard *k = p->ckpt_shards[i];
+            if (k->n_files && sess_shard_from_pb(k->cell, "", k->files, k->n_files, k->sources,
+                                                 k->n_sources, &pl->ckpt_shard_info[i]) != 0)
+                memset(&pl->ckpt_shard_info[i], 0, sizeof pl->ckpt_shard_info[i]);
+        }
     }
     for (size_t i = 0; p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_PEER && i < p->n_handovers;
          i++)
@@ -143,4 +152,38 @@ fail_nomem:
     sess_plan_destroy(&pl);
     *why = "out of memory";
     return shoal_fail(SHOAL_ERR_NOMEM, "out of memory converting an assignment");
+}
+
+int sess_shard_from_pb(const Shoal__Cell *cell, const char *writer, Shoal__FileDigest *const *f,
+                       size_t n_files, Shoal__ShardSource *const *src, size_t n_src,
+                       sess_shard_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!cell || n_files > CKPT_MANIFEST_MAX_FILES + 1 || strlen(writer) >= sizeof out->writer)
+        return -1;
+    out->replica = cell->replica;
+    out->stage = cell->stage;
+    out->ep_rank = cell->ep_rank;
+    snprintf(out->writer, sizeof out->writer, "%s", writer);
+    for (size_t i = 0; i < n_files; i++) {
+        ckpt_file_t *o = &out->want.files[i];
+        if (strlen(f[i]->name) >= sizeof o->name || strlen(f[i]->sha256) != 64)
+            return -1;
+        snprintf(o->name, sizeof o->name, "%s", f[i]->name);
+        snprintf(o->sha256, sizeof o->sha256, "%s", f[i]->sha256);
+        o->size = f[i]->size;
+    }
+    out->want.n_files = (int)n_files;
+    for (size_t i = 0; i < n_src && out->n_src < CKPT_REPL_MAX_SOURCES; i++) {
+        ckpt_source_t *o = &out->src[out->n_src];
+        if (strlen(src[i]->worker_id) >= sizeof o->worker ||
+            strlen(src[i]->endpoint) >= sizeof o->endpoint ||
+            strlen(src[i]->path) >= sizeof o->path)
+            return -1;
+        snprintf(o->worker, sizeof o->worker, "%s", src[i]->worker_id);
+        snprintf(o->endpoint, sizeof o->endpoint, "%s", src[i]->endpoint);
+        snprintf(o->path, sizeof o->path, "%s", src[i]->path);
+        out->n_src++;
+    }
+    return 0;
 }

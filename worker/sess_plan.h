@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "ckpt_repl.h"
 #include "err.h"
 #include "shoal.pb-c.h"
 
@@ -22,6 +23,23 @@ typedef enum {
     SESS_SOURCE_CHECKPOINT = 1,
     SESS_SOURCE_PEER = 2
 } sess_source_t;
+
+/* A committed checkpoint shard as the coordinator lists it: the cell (of the plan that wrote
+ * it) it holds, its writer, the digests of its files and its live holders (ckpt_repl.h). */
+typedef struct {
+    uint32_t replica, stage, ep_rank;
+    char writer[SESS_ID_MAX];
+    ckpt_digests_t want;
+    int n_src;
+    ckpt_source_t src[CKPT_REPL_MAX_SOURCES];
+} sess_shard_t;
+
+/* Converts a shard's cell, files and holders (wire-checked; at most CKPT_REPL_MAX_SOURCES
+ * holders kept) into *out. 0, or -1 when they do not fit (too many files, a name or path too
+ * long, no cell). Pure. */
+int sess_shard_from_pb(const Shoal__Cell *cell, const char *writer, Shoal__FileDigest *const *f,
+                       size_t n_files, Shoal__ShardSource *const *src, size_t n_src,
+                       sess_shard_t *out);
 
 /* One assignment, converted and checked (this worker is peers[rank], peers ordered by rank). */
 typedef struct {
@@ -45,6 +63,9 @@ typedef struct {
      * that wrote it), for loading under another plan shape (resharding) */
     char **ckpt_shards;
     uint32_t n_ckpt_shards;
+    /* NULL, or per ckpt_shards[i]: its digests and live holders, to fetch a shard whose dir is
+     * not on this host (n_src 0 / want.n_files 0: the coordinator listed none) */
+    sess_shard_t *ckpt_shard_info;
     int64_t lease;
     char *spec_yaml;
     /* source PEER: a worker leaving the plan hands this cell the state after start_step - 1

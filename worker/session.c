@@ -40,6 +40,7 @@ typedef struct {
 struct session {
     /* copied configuration */
     char *coordinator, *name, *host, *device, *institution, *version, *data_endpoint;
+    char *shard_endpoint;
     uint64_t memory_bytes;
     const volatile sig_atomic_t *stop_flag;
     double grace_seconds;
@@ -105,6 +106,7 @@ void sess_event_destroy(sess_event_t **evp)
     if (!ev)
         return;
     sess_plan_destroy(&ev->plan);
+    free(ev->copies);
     free(ev);
     *evp = NULL;
 }
@@ -155,6 +157,7 @@ static int s_send_register(session_t *s)
     reg.institution = s->institution;
     reg.version = s->version;
     reg.data_endpoint = s->data_endpoint;
+    reg.shard_endpoint = s->shard_endpoint ? s->shard_endpoint : "";
     if (s->worker_id[0]) {
         reg.prev_id_case_case = SHOAL__REGISTER__PREV_ID_CASE_PREV_ID;
         reg.prev_id = s->worker_id;
@@ -216,7 +219,10 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
         env.step_report = &sr;
         return s_send(s, &env) == 0 ? env.seq : 0;
     }
-    s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_CKPT_SHARD, r->run_id, r->generation);
+    s_envelope(s, &env,
+               r->kind == SESS_REQ_SHARD_HELD ? SHOAL__MSG_TYPE__MSG_SHARD_HELD
+                                              : SHOAL__MSG_TYPE__MSG_CKPT_SHARD,
+               r->run_id, r->generation);
     Shoal__CheckpointShardReport cr = SHOAL__CHECKPOINT_SHARD_REPORT__INIT;
     Shoal__FileDigest fd[SESS_MAX_FILES], *fdp[SESS_MAX_FILES];
     for (int i = 0; i < r->n_files; i++) {
@@ -235,6 +241,7 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
     cr.n_files = (size_t)r->n_files;
     cr.files = fdp;
     cr.holder = s->worker_id;
+    cr.replica_of = r->replica_of;
     cr.cell = &cell;
     env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
     env.ckpt_shard = &cr;
@@ -301,6 +308,32 @@ static void s_emit_control(session_t *s, const Shoal__RunControl *rc)
         s_copy(ev->handover_to, sizeof ev->handover_to, rc->handover->to_endpoint);
         ev->handover_step = rc->handover->step;
         ev->handover_gen = rc->handover->generation;
+    }
+    s_emit(s, ev);
+}
+
+/* A Replicate order as an event: the shards converted (those that do not fit are dropped,
+ * logged); sent whatever plan generation this worker holds (spares keep copies too). */
+static void s_emit_replicate(session_t *s, const Shoal__Envelope *env)
+{
+    const Shoal__Replicate *rp = env->replicate;
+    sess_event_t *ev = calloc(1, sizeof *ev);
+    if (!ev || !(ev->copies = calloc(rp->n_copies + 1, sizeof *ev->copies))) {
+        free(ev);
+        log_error("session: out of memory for a replication order");
+        return;
+    }
+    ev->kind = SESS_EV_REPLICATE;
+    s_copy(ev->run_id, sizeof ev->run_id, env->run_id);
+    ev->generation = env->generation;
+    ev->step = rp->step;
+    for (size_t i = 0; i < rp->n_copies; i++) {
+        const Shoal__ReplicaCopy *k = rp->copies[i];
+        if (sess_shard_from_pb(k->cell, k->writer, k->files, k->n_files, k->sources,
+                               k->n_sources, &ev->copies[ev->n_copies]) == 0)
+            ev->n_copies++;
+        else
+            log_warn("session: replication of %s's shard dropped: does not fit", k->writer);
     }
     s_emit(s, ev);
 }
@@ -378,6 +411,11 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
                  pl->run_id, (unsigned long long)pl->generation, pl->rank, pl->nranks,
                  (long long)pl->start_step);
     }
+    /* relayed NCCL ids: a new run's generations start again; an older generation's are
+     * useless (its id for generation g follows this worker's assignment g on the socket) */
+    if (strcmp(s->run_id, pl->run_id) != 0)
+        comm_ids_reset(s->ids);
+    comm_ids_forget_before(s->ids, pl->generation);
     s_copy(s->run_id, sizeof s->run_id, pl->run_id);
     s->generation = pl->generation;
     if (strcmp(s->stopped_run, pl->run_id) == 0)
@@ -619,6 +657,9 @@ static void s_on_message(const Shoal__Envelope *env, void *ctx)
         }
         break;
     }
+    case SHOAL__MSG_TYPE__MSG_REPLICATE:
+        s_emit_replicate(s, env);
+        break;
     case SHOAL__MSG_TYPE__MSG_COMM_ID:
         s_on_comm_id(s, env);
         break;
@@ -657,6 +698,7 @@ static void s_on_request(session_t *s, sess_req_t *r)
         return;
     case SESS_REQ_STEP:
     case SESS_REQ_CKPT:
+    case SESS_REQ_SHARD_HELD:
         if (s->n_pending == S_PENDING_MAX) {
             log_warn("session: %d reports unacknowledged; dropping the oldest", S_PENDING_MAX);
             free(s->pending[0].req);
@@ -866,8 +908,9 @@ shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out
     s->institution = strdup(cfg->institution ? cfg->institution : "");
     s->version = strdup(cfg->version ? cfg->version : "");
     s->data_endpoint = strdup(cfg->data_endpoint ? cfg->data_endpoint : "");
+    s->shard_endpoint = strdup(cfg->shard_endpoint ? cfg->shard_endpoint : "");
     if (!s->coordinator || !s->name || !s->host || !s->device || !s->institution ||
-        !s->version || !s->data_endpoint) {
+        !s->version || !s->data_endpoint || !s->shard_endpoint) {
         rc = shoal_fail(SHOAL_ERR_NOMEM, "session: out of memory");
         goto fail;
     }
@@ -938,6 +981,7 @@ void session_destroy(session_t **sp)
     free(s->institution);
     free(s->version);
     free(s->data_endpoint);
+    free(s->shard_endpoint);
     free(s->id_file);
     pthread_mutex_destroy(&s->mu);
     free(s);

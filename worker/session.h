@@ -42,6 +42,7 @@ typedef enum {
     SESS_EV_LEASE,       /* step commit / lease of the current generation */
     SESS_EV_CONTROL,     /* pause, resume, stop, drain */
     SESS_EV_LEFT,        /* the Leave was sent (and acknowledged, or timed out): exit now */
+    SESS_EV_REPLICATE,   /* copy committed checkpoint shards (copies[0..n_copies) of step) */
 } sess_ev_kind_t;
 
 typedef enum { SESS_CTL_PAUSE = 1, SESS_CTL_RESUME, SESS_CTL_STOP, SESS_CTL_DRAIN } sess_ctl_t;
@@ -55,6 +56,10 @@ typedef struct {
     int64_t lease;         /* LEASE */
     sess_ctl_t control;    /* CONTROL */
     char reason[256];
+    /* REPLICATE: the checkpoint step and the shards to copy (owned by the event) */
+    int64_t step;
+    sess_shard_t *copies;
+    int n_copies;
     /* CONTROL STOP of a worker leaving its plan: hand the cell's state after handover_step to
      * handover_to (a 2-rank comm of generation handover_gen) first; "" = no hand-over */
     char handover_to[SESS_TEXT_MAX];
@@ -72,6 +77,7 @@ typedef enum {
     SESS_REQ_LEAVE,        /* Leave; answered by SESS_EV_LEFT */
     SESS_REQ_COMM_ID,      /* CommId: an NCCL unique id for the plan's other workers */
     SESS_REQ_LEAVE_DRAIN,  /* Leave{drain_first}: ask for a drain (a hand-over) before leaving */
+    SESS_REQ_SHARD_HELD,   /* MSG_SHARD_HELD: a copy of replica_of's shard is held at path */
 } sess_req_kind_t;
 
 typedef struct {
@@ -101,6 +107,7 @@ typedef struct {
     char comm_group[32];
     uint8_t comm_id[256];
     size_t comm_id_len;
+    char replica_of[SESS_ID_MAX]; /* SHARD_HELD: the shard's writer */
 } sess_req_t;
 
 typedef struct {
@@ -111,6 +118,7 @@ typedef struct {
     const char *institution;
     const char *version;
     const char *data_endpoint;  /* connectable data-plane endpoint */
+    const char *shard_endpoint; /* its checkpoint shard server (NULL or "": none) */
     uint64_t memory_bytes;
     const volatile sig_atomic_t *stop_flag; /* SIGTERM: arms the grace deadline (may be NULL) */
     double grace_seconds;       /* > 0 */

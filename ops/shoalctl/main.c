@@ -22,6 +22,8 @@ static const char s_usage[] =
     "  plan RUN               the placement the coordinator would make now (not applied)\n"
     "  export RUN --step K --out DIR\n"
     "                         write a committed checkpoint as a Hugging Face model directory\n"
+    "  manifest RUN [--step K]\n"
+    "                         a committed checkpoint's shards and the workers holding each\n"
     "  up [--workers N] [RUN.yaml]\n"
     "                         start a local coordinator and N workers, run a job end to end\n"
     "\n"
@@ -43,7 +45,7 @@ static const s_verb_t s_verbs[] = {
     {"drain", cmd_drain},   {"undrain", cmd_undrain}, {"pause", cmd_pause},
     {"resume", cmd_resume}, {"cancel", cmd_cancel},   {"events", cmd_events},
     {"verify", cmd_verify}, {"plan", cmd_plan},       {"up", cmd_up},
-    {"export", cmd_export},
+    {"export", cmd_export}, {"manifest", cmd_manifest},
 };
 
 int main(int argc, char **argv)

@@ -116,6 +116,7 @@ int cmd_verify(ctl_opts_t *o, int argc, char **argv);
 int cmd_plan(ctl_opts_t *o, int argc, char **argv);
 int cmd_up(ctl_opts_t *o, int argc, char **argv);
 int cmd_export(ctl_opts_t *o, int argc, char **argv);
+int cmd_manifest(ctl_opts_t *o, int argc, char **argv);
 
 /* status.c: converts the coordinator's status document into the documented `status --json`
  * object {"runs": [{id, name, state, step, total_steps, loss, generation, checkpoint_step}]}.

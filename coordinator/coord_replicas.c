@@ -1,0 +1,460 @@
+/* coord_replicas.c: checkpoint shards without a shared file system (checkpoint.replicas): when
+ * a step's manifest commits, each shard's writer is its first holder and `replicas` other live
+ * workers are told to copy it (other hosts first, then other institutions, then the worker ids
+ * after the writer's); each copy confirmed (MSG_SHARD_HELD) joins the shard's `holders`; a plan
+ * that restores from the checkpoint lists every shard's digests and live holders. */
+#include "coord_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl_reply.h"
+#include "log.h"
+#include "runspec.h"
+
+/* checkpoint.replicas of a run's spec (0 when it does not parse: logged). */
+static int s_replicas_of(const coord_run_t *r)
+{
+    runspec_t *spec = malloc(sizeof *spec);
+    int n = 0;
+    if (spec && runspec_load_string(r->spec_yaml, r->name, spec) == SHOAL_OK)
+        n = spec->checkpoint_replicas;
+    else
+        log_warn("run %s: spec unreadable, no checkpoint replicas: %s", r->id, shoal_errmsg());
+    free(spec);
+    return n;
+}
+
+static uint64_t s_id_num(const char *id)
+{
+    return id[0] == 'w' ? strtoull(id + 1, NULL, 10) : 0;
+}
+
+/* A worker that can take and serve a copy: live, with a shard server. */
+static int s_can_hold(const coord_worker_t *w)
+{
+    return w && coord_worker_is_live(w->state) && w->shard_endpoint[0];
+}
+
+typedef struct {
+    coord_worker_t *w;
+    int same_host, same_inst;
+    uint64_t dist; /* worker id distance after the writer's, cyclic */
+} s_cand_t;
+
+static int s_cand_cmp(const void *a, const void *b)
+{
+    const s_cand_t *x = a, *y = b;
+    if (x->same_host != y->same_host)
+        return x->same_host - y->same_host;
+    if (x->same_inst != y->same_inst)
+        return x->same_inst - y->same_inst;
+    return (x->dist > y->dist) - (x->dist < y->dist);
+}
+
+/* Up to n holders for a shard `writer` wrote, best first, into out; returns how many. */
+static int s_choose(coord_t *c, const coord_worker_t *writer, int n, coord_worker_t **out)
+{
+    s_cand_t *cand = calloc((size_t)c->n_workers + 1, sizeof *cand);
+    int k = 0;
+    const uint64_t span = c->next_worker + 1, me = s_id_num(writer->id);
+    for (int i = 0; cand && i < c->n_workers; i++) {
+        coord_worker_t *w = c->workers[i];
+        if (w == writer || !s_can_hold(w))
+            continue;
+        cand[k++] = (s_cand_t){w, strcmp(w->host, writer->host) == 0,
+                               strcmp(w->institution, writer->institution) == 0,
+                               (s_id_num(w->id) + span - me) % span};
+    }
+    qsort(cand, (size_t)k, sizeof *cand, s_cand_cmp);
+    if (k > n)
+        k = n;
+    for (int i = 0; i < k; i++)
+        out[i] = cand[i].w;
+    free(cand);
+    return k;
+}
+
+/* Protobuf copies of manifest shards (strings borrowed from the manifest json). */
+typedef struct {
+    Shoal__ReplicaCopy copy;
+    Shoal__Cell cell;
+    Shoal__FileDigest *files, **file_ptrs;
+    Shoal__ShardSource src, *src_ptr;
+} s_copy_pb_t;
+
+static int s_files_pb(const json_t *files, Shoal__FileDigest **out, Shoal__FileDigest ***ptrs)
+{
+    const size_t n = json_array_size(files);
+    *out = calloc(n + 1, sizeof **out);
+    *ptrs = calloc(n + 1, sizeof **ptrs);
+    if (!*out || !*ptrs)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *f = json_array_get(files, i);
+        Shoal__FileDigest d = SHOAL__FILE_DIGEST__INIT;
+        d.name = (char *)json_string_value(json_object_get(f, "name"));
+        d.size = (uint64_t)json_integer_value(json_object_get(f, "size"));
+        d.sha256 = (char *)json_string_value(json_object_get(f, "sha256"));
+        if (!d.name || !d.sha256)
+            return -1;
+        (*out)[i] = d;
+        (*ptrs)[i] = &(*out)[i];
+    }
+    return (int)n;
+}
+
+static void s_cell_of(const json_t *shard, Shoal__Cell *cell)
+{
+    const json_t *j = json_object_get(shard, CTL_F_CELL);
+    Shoal__Cell init = SHOAL__CELL__INIT;
+    *cell = init;
+    cell->replica = (uint32_t)json_integer_value(json_object_get(j, CTL_F_REPLICA));
+    cell->stage = (uint32_t)json_integer_value(json_object_get(j, CTL_F_STAGE));
+    cell->ep_rank = (uint32_t)json_integer_value(json_object_get(j, CTL_F_EP_RANK));
+}
+
+/* Tells `to` to copy the shards shards[idx[0..n)] of `step` from their writers. */
+static void s_push_replicate(coord_t *c, coord_run_t *r, coord_worker_t *to, int64_t step,
+                             const json_t *shards, const int *idx, int n)
+{
+    s_copy_pb_t *k = calloc((size_t)n, sizeof *k);
+    Shoal__ReplicaCopy **ptrs = calloc((size_t)n, sizeof *ptrs);
+    int ok = k && ptrs;
+    for (int i = 0; ok && i < n; i++) {
+        const json_t *sh = json_array_get(shards, (size_t)idx[i]);
+        const char *writer = json_string_value(json_object_get(sh, "worker"));
+        coord_worker_t *ww = writer ? coord_worker_by_id(c, writer) : NULL;
+        Shoal__ReplicaCopy init = SHOAL__REPLICA_COPY__INIT;
+        Shoal__ShardSource src = SHOAL__SHARD_SOURCE__INIT;
+        k[i].copy = init;
+        s_cell_of(sh, &k[i].cell);
+        k[i].copy.cell = &k[i].cell;
+        k[i].copy.writer = (char *)writer;
+        int nf = s_files_pb(json_object_get(sh, "files"), &k[i].files, &k[i].file_ptrs);
+        ok = ww && nf > 0;
+        k[i].copy.files = k[i].file_ptrs;
+        k[i].copy.n_files = nf > 0 ? (size_t)nf : 0;
+        src.worker_id = (char *)writer;
+        src.endpoint = ww ? ww->shard_endpoint : "";
+        src.path = (char *)json_string_value(json_object_get(sh, CTL_F_PATH));
+        ok = ok && src.path;
+        k[i].src = src;
+        k[i].src_ptr = &k[i].src;
+        k[i].copy.sources = &k[i].src_ptr;
+        k[i].copy.n_sources = 1;
+        ptrs[i] = &k[i].copy;
+    }
+    if (ok) {
+        Shoal__Replicate rp = SHOAL__REPLICATE__INIT;
+        rp.step = step;
+        rp.copies = ptrs;
+        rp.n_copies = (size_t)n;
+        Shoal__Envelope env;
+        wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_REPLICATE, r->id, COORD_SENDER, r->generation,
+                           0);
+        env.body_case = SHOAL__ENVELOPE__BODY_REPLICATE;
+        env.replicate = &rp;
+        coord_send_worker(c, to, &env);
+        log_info("run %s: checkpoint %" PRId64 ": %s copies %d shard(s)", r->id, step, to->id, n);
+    } else {
+        log_error("run %s: checkpoint %" PRId64 ": replication order for %s not built", r->id, step,
+                  to->id);
+    }
+    for (int i = 0; k && i < n; i++) {
+        free(k[i].files);
+        free(k[i].file_ptrs);
+    }
+    free(k);
+    free(ptrs);
+}
+
+void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *manifest)
+{
+    json_t *shards = json_object_get(manifest, CTL_F_SHARDS);
+    const size_t n = json_array_size(shards);
+    const int want = s_replicas_of(r);
+    /* per target worker: the shards it copies */
+    int *count = calloc((size_t)c->n_workers + 1, sizeof *count);
+    int *idx = calloc(((size_t)c->n_workers + 1) * (n + 1), sizeof *idx);
+    coord_worker_t **pick = calloc((size_t)want + 1, sizeof *pick);
+    for (size_t i = 0; i < n; i++) {
+        json_t *sh = json_array_get(shards, i);
+        const char *writer = json_string_value(json_object_get(sh, "worker"));
+        const char *path = json_string_value(json_object_get(sh, CTL_F_PATH));
+        json_object_set_new(sh, CTL_F_HOLDERS,
+                            json_pack("[{s:s, s:s}]", "worker", writer ? writer : "", CTL_F_PATH,
+                                      path ? path : ""));
+        coord_worker_t *ww = writer ? coord_worker_by_id(c, writer) : NULL;
+        if (!count || !idx || !pick || want <= 0 || !s_can_hold(ww))
+            continue;
+        const int got = s_choose(c, ww, want, pick);
+        if (got < want)
+            log_warn("run %s: checkpoint %" PRId64 ": shard of %s gets %d of %d replicas (too "
+                     "few live workers with a shard server)",
+                     r->id, step, writer, got, want);
+        for (int k = 0; k < got; k++)
+            for (int t = 0; t < c->n_workers; t++)
+                if (c->workers[t] == pick[k]) {
+                    idx[(size_t)t * (n + 1) + (size_t)count[t]++] = (int)i;
+                    break;
+                }
+    }
+    for (int t = 0; count && idx && t < c->n_workers; t++)
+        if (count[t])
+            s_push_replicate(c, r, c->workers[t], step, shards, &idx[(size_t)t * (n + 1)],
+                             count[t]);
+    free(pick);
+    free(idx);
+    free(count);
+}
+
+/* Whether a confirmed copy lists exactly the files (names and digests) the shard has. */
+static int s_same_files(const json_t *files, const Shoal__CheckpointShardReport *cs)
+{
+    if (json_array_size(files) != cs->n_files)
+        return 0;
+    for (size_t i = 0; i < cs->n_files; i++) {
+        int found = 0;
+        for (size_t j = 0; j < json_array_size(files) && !found; j++) {
+            const json_t *f = json_array_get(files, j);
+            const char *name = json_string_value(json_object_get(f, "name"));
+            const char *sha = json_string_value(json_object_get(f, "sha256"));
+            found = name && sha && strcmp(name, cs->files[i]->name) == 0 &&
+                    strcmp(sha, cs->files[i]->sha256) == 0;
+        }
+        if (!found)
+            return 0;
+    }
+    return 1;
+}
+
+void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                         coord_run_t *unused, const Shoal__Envelope *env)
+{
+    (void)unused;
+    const Shoal__CheckpointShardReport *cs = env->ckpt_shard;
+    coord_run_t *r = coord_find_run(c, env->run_id);
+    coord_run_t *mine = w->run[0] ? coord_find_run(c, w->run) : NULL;
+    char key[160], *val = NULL;
+    size_t len = 0;
+    json_t *m = NULL;
+    if (!r || !cs->replica_of[0] || !cs->path[0]) {
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, mine,
+                          "shard_held: unknown run '%.64s' or no replica_of/path", env->run_id);
+        return;
+    }
+    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, cs->step);
+    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
+        !(m = json_loadb(val, len, 0, NULL))) {
+        free(val);
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, env, mine,
+                          "run %s has no committed checkpoint of step %" PRId64, r->id, cs->step);
+        return;
+    }
+    free(val);
+    json_t *shards = json_object_get(m, CTL_F_SHARDS), *sh = NULL;
+    for (size_t i = 0; i < json_array_size(shards) && !sh; i++) {
+        const char *wr = json_string_value(json_object_get(json_array_get(shards, i), "worker"));
+        if (wr && strcmp(wr, cs->replica_of) == 0)
+            sh = json_array_get(shards, i);
+    }
+    if (!sh || !s_same_files(json_object_get(sh, "files"), cs)) {
+        log_warn("run %s: checkpoint %" PRId64 ": copy of %s's shard from %s refused: %s", r->id,
+                 cs->step, cs->replica_of, w->id, sh ? "its files differ" : "no such shard");
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, mine,
+                          "checkpoint %" PRId64 " has no shard of %.64s with these files", cs->step,
+                          cs->replica_of);
+        json_decref(m);
+        return;
+    }
+    json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
+    if (!json_is_array(holders)) {
+        holders = json_array();
+        json_object_set_new(sh, CTL_F_HOLDERS, holders);
+    }
+    size_t at = json_array_size(holders);
+    for (size_t i = 0; i < json_array_size(holders); i++) {
+        const char *hw = json_string_value(json_object_get(json_array_get(holders, i), "worker"));
+        if (hw && strcmp(hw, w->id) == 0)
+            at = i;
+    }
+    json_t *h = json_pack("{s:s, s:s}", "worker", w->id, CTL_F_PATH, cs->path);
+    if (at < json_array_size(holders))
+        json_array_set_new(holders, at, h);
+    else
+        json_array_append_new(holders, h);
+    log_info("run %s: checkpoint %" PRId64 ": %s holds a copy of %s's shard (%zu holders)", r->id,
+             cs->step, w->id, cs->replica_of, json_array_size(holders));
+    coord_put_json(c, STORE_CF_MANIFESTS, key, m); /* stolen */
+    if (coord_txn_commit(c) != SHOAL_OK) {
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, mine,
+                          "holder not persisted");
+        return;
+    }
+    coord_reply_ack(c, route, env, w, mine);
+}
+
+/* ---- which checkpoint a rollback can restore ------------------------------------------- */
+
+typedef struct {
+    coord_t *c;
+    int64_t upto, best;
+    char path[PLAN_PATH_MAX];
+} s_restorable_t;
+
+/* Whether every shard of a manifest has a live holder (its writer or a confirmed copy). */
+static int s_all_held(coord_t *c, const json_t *m)
+{
+    const json_t *shards = json_object_get(m, CTL_F_SHARDS);
+    if (!json_array_size(shards))
+        return 0;
+    for (size_t i = 0; i < json_array_size(shards); i++) {
+        const json_t *holders = json_object_get(json_array_get(shards, i), CTL_F_HOLDERS);
+        int live = 0;
+        for (size_t h = 0; h < json_array_size(holders) && !live; h++) {
+            const char *id =
+                json_string_value(json_object_get(json_array_get(holders, h), "worker"));
+            live = id && s_can_hold(coord_worker_by_id(c, id));
+        }
+        if (!live)
+            return 0;
+    }
+    return 1;
+}
+
+static int s_restorable_one(const char *k, size_t kl, const char *v, size_t vl, void *ctx)
+{
+    (void)k;
+    (void)kl;
+    s_restorable_t *x = ctx;
+    json_t *m = json_loadb(v, vl, 0, NULL);
+    const int64_t step = (int64_t)json_integer_value(json_object_get(m, "step"));
+    const char *path = json_string_value(json_object_get(m, CTL_F_PATH));
+    if (m && path && step > x->best && step <= x->upto && s_all_held(x->c, m)) {
+        x->best = step;
+        snprintf(x->path, sizeof x->path, "%s", path);
+    }
+    json_decref(m);
+    return 0;
+}
+
+int64_t coord_replicas_restorable(coord_t *c, const coord_run_t *r, char *path, size_t cap)
+{
+    s_restorable_t x = {c, r->checkpoint_step, -1, ""};
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, "c/%s/", r->id);
+    (void)store_scan(c->st, STORE_CF_MANIFESTS, prefix, NULL, s_restorable_one, &x);
+    if (x.best <= 0 || x.best == r->checkpoint_step) {
+        snprintf(path, cap, "%s", r->checkpoint_path);
+        return r->checkpoint_step;
+    }
+    log_warn("run %s: checkpoint %" PRId64 " has a shard no live worker holds: restoring %" PRId64
+             " instead",
+             r->id, r->checkpoint_step, x.best);
+    snprintf(path, cap, "%s", x.path);
+    return x.best;
+}
+
+/* ---- sources of a plan that restores from a checkpoint ---------------------------------- */
+
+struct coord_shard_src {
+    json_t *manifest;
+    size_t n;
+    Shoal__FileDigest **files, ***file_ptrs;
+    Shoal__ShardSource **srcs, ***src_ptrs;
+};
+
+void coord_replicas_attach(coord_t *c, const coord_run_t *r, int64_t step, Shoal__Plan *plan,
+                           coord_shard_src_t **keep)
+{
+    *keep = NULL;
+    if (!plan->n_ckpt_shards)
+        return;
+    char key[160], *val = NULL;
+    size_t len = 0;
+    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, step);
+    coord_shard_src_t *k = calloc(1, sizeof *k);
+    if (!k || store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
+        !(k->manifest = json_loadb(val, len, 0, NULL))) {
+        log_warn("run %s: checkpoint %" PRId64 ": no holders listed in the plan", r->id, step);
+        free(val);
+        coord_replicas_detach(&k);
+        return;
+    }
+    free(val);
+    *keep = k;
+    k->n = plan->n_ckpt_shards;
+    k->files = calloc(k->n, sizeof *k->files);
+    k->file_ptrs = calloc(k->n, sizeof *k->file_ptrs);
+    k->srcs = calloc(k->n, sizeof *k->srcs);
+    k->src_ptrs = calloc(k->n, sizeof *k->src_ptrs);
+    if (!k->files || !k->file_ptrs || !k->srcs || !k->src_ptrs)
+        return;
+    const json_t *shards = json_object_get(k->manifest, CTL_F_SHARDS);
+    for (size_t i = 0; i < k->n; i++) {
+        Shoal__CheckpointShard *ps = plan->ckpt_shards[i];
+        const json_t *sh = NULL;
+        for (size_t j = 0; j < json_array_size(shards) && !sh; j++) {
+            const char *p = json_string_value(json_object_get(json_array_get(shards, j), "path"));
+            if (p && strcmp(p, ps->path) == 0)
+                sh = json_array_get(shards, j);
+        }
+        const int nf =
+            sh ? s_files_pb(json_object_get(sh, "files"), &k->files[i], &k->file_ptrs[i]) : -1;
+        if (nf <= 0)
+            continue;
+        ps->files = k->file_ptrs[i];
+        ps->n_files = (size_t)nf;
+        const json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
+        const size_t nh = json_array_size(holders);
+        k->srcs[i] = calloc(nh + 1, sizeof *k->srcs[i]);
+        k->src_ptrs[i] = calloc(nh + 1, sizeof *k->src_ptrs[i]);
+        if (!k->srcs[i] || !k->src_ptrs[i])
+            continue;
+        size_t ns = 0;
+        for (size_t h = 0; h < nh; h++) {
+            const json_t *hj = json_array_get(holders, h);
+            const char *id = json_string_value(json_object_get(hj, "worker"));
+            const char *path = json_string_value(json_object_get(hj, CTL_F_PATH));
+            coord_worker_t *hw = id ? coord_worker_by_id(c, id) : NULL;
+            if (!path || !s_can_hold(hw))
+                continue; /* dead or gone: not offered */
+            Shoal__ShardSource s = SHOAL__SHARD_SOURCE__INIT;
+            s.worker_id = hw->id;
+            s.endpoint = hw->shard_endpoint;
+            s.path = (char *)path;
+            k->srcs[i][ns] = s;
+            k->src_ptrs[i][ns] = &k->srcs[i][ns];
+            ns++;
+        }
+        ps->sources = k->src_ptrs[i];
+        ps->n_sources = ns;
+    }
+}
+
+void coord_replicas_detach(coord_shard_src_t **kp)
+{
+    coord_shard_src_t *k = kp ? *kp : NULL;
+    if (!k)
+        return;
+    for (size_t i = 0; i < k->n; i++) {
+        if (k->files)
+            free(k->files[i]);
+        if (k->file_ptrs)
+            free(k->file_ptrs[i]);
+        if (k->srcs)
+            free(k->srcs[i]);
+        if (k->src_ptrs)
+            free(k->src_ptrs[i]);
+    }
+    free(k->files);
+    free(k->file_ptrs);
+    free(k->srcs);
+    free(k->src_ptrs);
+    json_decref(k->manifest);
+    free(k);
+    *kp = NULL;
+}
