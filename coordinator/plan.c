@@ -137,6 +137,7 @@ static json_t *s_site_json(json_t *o, const plan_site_t *s)
     json_object_set_new(o, CTL_F_HOST, json_string(s->host));
     json_object_set_new(o, CTL_F_INSTITUTION, json_string(s->institution));
     json_object_set_new(o, CTL_F_MEMORY_BYTES, json_integer((json_int_t)s->memory_bytes));
+    json_object_set_new(o, CTL_F_GPU, json_boolean(s->gpu));
     return o;
 }
 
@@ -260,6 +261,7 @@ static void s_site_from(const json_t *o, plan_site_t *s)
     snprintf(s->institution, sizeof s->institution, "%s", inst ? inst : "");
     json_int_t m = json_integer_value(json_object_get(o, CTL_F_MEMORY_BYTES));
     s->memory_bytes = m > 0 ? (uint64_t)m : 0;
+    s->gpu = json_is_true(json_object_get(o, CTL_F_GPU)); /* absent in older plans: a CPU */
 }
 
 /* The optional hand-overs of a plan document (absent: none); a taker outside the peers is

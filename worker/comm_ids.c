@@ -152,6 +152,15 @@ void comm_ids_forget_before(comm_ids_t *t, uint64_t generation)
     pthread_mutex_unlock(&t->mu);
 }
 
+void comm_ids_reset(comm_ids_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    t->floor = 0;
+    for (int i = 0; i < COMM_IDS_MAX; i++)
+        t->e[i].len = 0;
+    pthread_mutex_unlock(&t->mu);
+}
+
 void comm_ids_cancel(comm_ids_t *t)
 {
     pthread_mutex_lock(&t->mu);

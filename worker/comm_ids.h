@@ -47,6 +47,9 @@ shoal_err_t comm_ids_wait(comm_ids_t *t, uint64_t generation, uint32_t tag, int 
 /* Drops the ids of generations below `generation`, and every later one that arrives for them. */
 void comm_ids_forget_before(comm_ids_t *t, uint64_t generation);
 
+/* Drops every id and the floor (another run: its generations start again). */
+void comm_ids_reset(comm_ids_t *t);
+
 /* Makes the current waits return SHOAL_ERR_ABORTED (a newer plan, a stop); later waits are
  * unaffected. */
 void comm_ids_cancel(comm_ids_t *t);

@@ -111,6 +111,18 @@ static void test_fp32_mix(void **state)
     for (uint32_t i = 0; i < p.n_peers; i++) /* GPU replicas are 0 and 1 */
         assert_int_equal(p.peers[i].site.gpu, p.peers[i].cell.replica < 2);
     assert_string_equal(p.note, "");
+    /* the plan document says which cells and spares are on GPUs, and reads back */
+    json_t *j = plan_to_json(&p);
+    plan_t back = {0};
+    assert_int_equal(plan_from_json(j, &back), SHOAL_OK);
+    json_decref(j);
+    assert_int_equal(back.n_peers, p.n_peers);
+    for (uint32_t i = 0; i < p.n_peers; i++)
+        assert_int_equal(back.peers[i].site.gpu, p.peers[i].site.gpu);
+    assert_int_equal(back.n_spares, 2);
+    for (uint32_t i = 0; i < back.n_spares; i++)
+        assert_false(back.spares[i].site.gpu);
+    plan_fini(&back);
     /* without GPU workers the plan is what it always was */
     s_workers(w, 0, 8, 0);
     q.dp = 0;

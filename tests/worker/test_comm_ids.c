@@ -165,6 +165,11 @@ static void test_generations(void **state)
     assert_int_equal(comm_ids_wait(t, 10 + last / 4, last % 4, 10, got, sizeof got, &len),
                      SHOAL_OK);
     assert_int_equal(comm_ids_wait(t, 2, 0, 10, got, sizeof got, &len), SHOAL_ERR_TIMEOUT);
+    /* another run: generations start again, nothing of the old run is left */
+    comm_ids_reset(t);
+    assert_int_equal(comm_ids_count(t), 0);
+    assert_int_equal(comm_ids_put(t, "1/1", id, 128), SHOAL_OK);
+    assert_int_equal(comm_ids_wait(t, 1, 1, 10, got, sizeof got, &len), SHOAL_OK);
     comm_ids_destroy(&t);
 }
 
