@@ -291,6 +291,11 @@ void coord_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_t *
 /* At the commit of `step`'s manifest (before it is stored): lists each shard's writer as its
  * first holder and pushes Replicate to the live workers chosen to copy it. */
 void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *manifest);
+/* Up to n holders for a copy of the shard `writer` wrote, best first, into out; returns how
+ * many: live workers with a shard server other than the writer, on other hosts first, then in
+ * other institutions, then by worker id following the writer's (cyclic), so that copies
+ * spread. */
+int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord_worker_t **out);
 /* MSG_SHARD_HELD (any generation): a worker confirms a copy; it joins the shard's holders. */
 void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                          coord_run_t *unused, const Shoal__Envelope *env);

@@ -54,8 +54,7 @@ static int s_cand_cmp(const void *a, const void *b)
     return (x->dist > y->dist) - (x->dist < y->dist);
 }
 
-/* Up to n holders for a shard `writer` wrote, best first, into out; returns how many. */
-static int s_choose(coord_t *c, const coord_worker_t *writer, int n, coord_worker_t **out)
+int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord_worker_t **out)
 {
     s_cand_t *cand = calloc((size_t)c->n_workers + 1, sizeof *cand);
     int k = 0;
@@ -190,7 +189,7 @@ void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *
         coord_worker_t *ww = writer ? coord_worker_by_id(c, writer) : NULL;
         if (!count || !idx || !pick || want <= 0 || !s_can_hold(ww))
             continue;
-        const int got = s_choose(c, ww, want, pick);
+        const int got = coord_replicas_choose(c, ww, want, pick);
         if (got < want)
             log_warn("run %s: checkpoint %" PRId64 ": shard of %s gets %d of %d replicas (too "
                      "few live workers with a shard server)",
