@@ -6,8 +6,10 @@ same spec (TMP/single.jsonl from `shoal-worker train --metrics`, TMP/single-mode
   parallel_check.py losses TMP CELLS FROM   every step >= FROM that CELLS workers trained (the
       last report of each step wins: a step trained again after a rollback replaces the
       abandoned one) matches the single process within 1e-4 relative
-  parallel_check.py export TMP STEP SHARDS  TMP/mSTEP (shoalctl export) equals
-      TMP/single-model within 1e-4; the step's SHARDS checkpoint shards each hold only part
+  parallel_check.py export TMP STEP SHARDS [exact]  TMP/mSTEP (shoalctl export) equals
+      TMP/single-model within 1e-4 (with `exact`: byte for byte, what train.grad_sum exact
+      promises without expert parallelism); the step's SHARDS checkpoint shards each hold only
+      part
 """
 import glob
 import json
@@ -50,7 +52,7 @@ def check_losses(tmp, cells, first):
           % (len(trained), first, max(want), worst))
 
 
-def tensors(path):
+def tensors(path, raw_bytes=False):
     out = {}
     with open(path, "rb") as fh:
         n = struct.unpack("<Q", fh.read(8))[0]
@@ -62,11 +64,11 @@ def tensors(path):
             a, b = t["data_offsets"]
             fh.seek(base + a)
             raw = fh.read(b - a)
-            out[name] = struct.unpack("<%df" % (len(raw) // 4), raw)
+            out[name] = raw if raw_bytes else struct.unpack("<%df" % (len(raw) // 4), raw)
     return out
 
 
-def check_export(tmp, step, n_shards):
+def check_export(tmp, step, n_shards, exact=False):
     pattern = "w*/runs/*/checkpoints/step-%08d/model.safetensors" % step
     shards = glob.glob(os.path.join(tmp, pattern))
     assert len(shards) == n_shards, shards
@@ -82,10 +84,18 @@ def check_export(tmp, step, n_shards):
     assert worst <= 1e-4, worst
     print("export: %d tensors from %d shards (%s tensors each), worst difference %.2e"
           % (len(got), len(shards), sizes, worst))
+    if exact:
+        got_b = tensors(os.path.join(tmp, "m%d" % step, "model.safetensors"), True)
+        want_b = tensors(os.path.join(tmp, "single-model", "model.safetensors"), True)
+        differ = [n for n in sorted(want_b) if got_b[n] != want_b[n]]
+        assert not differ, "%d of %d tensors differ in their bytes from the single process: %s" % (
+            len(differ), len(want_b), differ[:5])
+        print("export: byte-identical to the single process (%d tensors)" % len(want_b))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "losses":
         check_losses(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
-        check_export(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        check_export(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                     len(sys.argv) > 5 and sys.argv[5] == "exact")
