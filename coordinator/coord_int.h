@@ -296,6 +296,9 @@ void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *
  * other institutions, then by worker id following the writer's (cyclic), so that copies
  * spread. */
 int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord_worker_t **out);
+/* A worker died or left: for each active run's newest checkpoint holding a shard on it, orders
+ * new copies from the live holders so that every shard is back to replicas + 1 live holders. */
+void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w);
 /* MSG_SHARD_HELD (any generation): a worker confirms a copy; it joins the shard's holders. */
 void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                          coord_run_t *unused, const Shoal__Envelope *env);

@@ -76,13 +76,52 @@ int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord
     return k;
 }
 
+#define S_MAX_SOURCES 8 /* holders offered for one shard (the fetcher tries this many) */
+
 /* Protobuf copies of manifest shards (strings borrowed from the manifest json). */
 typedef struct {
     Shoal__ReplicaCopy copy;
     Shoal__Cell cell;
     Shoal__FileDigest *files, **file_ptrs;
-    Shoal__ShardSource src, *src_ptr;
+    Shoal__ShardSource src[S_MAX_SOURCES], *src_ptrs[S_MAX_SOURCES];
 } s_copy_pb_t;
+
+/* The live holders of a manifest shard, in its holders' order (the writer first), as sources
+ * into src[0..cap) (strings borrowed from the json and the worker records); returns how many. */
+static size_t s_live_sources(coord_t *c, const json_t *sh, Shoal__ShardSource *src,
+                             Shoal__ShardSource **ptrs, size_t cap)
+{
+    const json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
+    size_t n = 0;
+    for (size_t h = 0; h < json_array_size(holders) && n < cap; h++) {
+        const json_t *hj = json_array_get(holders, h);
+        const char *id = json_string_value(json_object_get(hj, "worker"));
+        const char *path = json_string_value(json_object_get(hj, CTL_F_PATH));
+        coord_worker_t *hw = id ? coord_worker_by_id(c, id) : NULL;
+        if (!path || !s_can_hold(hw))
+            continue; /* dead or gone: not offered */
+        Shoal__ShardSource s = SHOAL__SHARD_SOURCE__INIT;
+        s.worker_id = hw->id;
+        s.endpoint = hw->shard_endpoint;
+        s.path = (char *)path;
+        src[n] = s;
+        ptrs[n] = &src[n];
+        n++;
+    }
+    return n;
+}
+
+/* Whether worker `id` is among the shard's holders (alive or not). */
+static int s_is_holder(const json_t *sh, const char *id)
+{
+    const json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
+    for (size_t h = 0; h < json_array_size(holders); h++) {
+        const char *hw = json_string_value(json_object_get(json_array_get(holders, h), "worker"));
+        if (hw && strcmp(hw, id) == 0)
+            return 1;
+    }
+    return 0;
+}
 
 static int s_files_pb(const json_t *files, Shoal__FileDigest **out, Shoal__FileDigest ***ptrs)
 {
@@ -125,25 +164,17 @@ static void s_push_replicate(coord_t *c, coord_run_t *r, coord_worker_t *to, int
     for (int i = 0; ok && i < n; i++) {
         const json_t *sh = json_array_get(shards, (size_t)idx[i]);
         const char *writer = json_string_value(json_object_get(sh, "worker"));
-        coord_worker_t *ww = writer ? coord_worker_by_id(c, writer) : NULL;
         Shoal__ReplicaCopy init = SHOAL__REPLICA_COPY__INIT;
-        Shoal__ShardSource src = SHOAL__SHARD_SOURCE__INIT;
         k[i].copy = init;
         s_cell_of(sh, &k[i].cell);
         k[i].copy.cell = &k[i].cell;
         k[i].copy.writer = (char *)writer;
         int nf = s_files_pb(json_object_get(sh, "files"), &k[i].files, &k[i].file_ptrs);
-        ok = ww && nf > 0;
         k[i].copy.files = k[i].file_ptrs;
         k[i].copy.n_files = nf > 0 ? (size_t)nf : 0;
-        src.worker_id = (char *)writer;
-        src.endpoint = ww ? ww->shard_endpoint : "";
-        src.path = (char *)json_string_value(json_object_get(sh, CTL_F_PATH));
-        ok = ok && src.path;
-        k[i].src = src;
-        k[i].src_ptr = &k[i].src;
-        k[i].copy.sources = &k[i].src_ptr;
-        k[i].copy.n_sources = 1;
+        k[i].copy.n_sources = s_live_sources(c, sh, k[i].src, k[i].src_ptrs, S_MAX_SOURCES);
+        k[i].copy.sources = k[i].src_ptrs;
+        ok = writer && nf > 0 && k[i].copy.n_sources > 0;
         ptrs[i] = &k[i].copy;
     }
     if (ok) {
@@ -170,44 +201,96 @@ static void s_push_replicate(coord_t *c, coord_run_t *r, coord_worker_t *to, int
     free(ptrs);
 }
 
-void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *manifest)
+/* Orders copies so that every shard of `step`'s manifest has `total` live holders: for each
+ * shard with at least one live holder, the workers coord_replicas_choose prefers among those
+ * not yet holding it; one Replicate per target worker. Returns the copies ordered. */
+static int s_order_copies(coord_t *c, coord_run_t *r, int64_t step, const json_t *shards, int total)
 {
-    json_t *shards = json_object_get(manifest, CTL_F_SHARDS);
     const size_t n = json_array_size(shards);
-    const int want = s_replicas_of(r);
+    int ordered = 0;
     /* per target worker: the shards it copies */
     int *count = calloc((size_t)c->n_workers + 1, sizeof *count);
     int *idx = calloc(((size_t)c->n_workers + 1) * (n + 1), sizeof *idx);
-    coord_worker_t **pick = calloc((size_t)want + 1, sizeof *pick);
-    for (size_t i = 0; i < n; i++) {
+    coord_worker_t **pick = calloc((size_t)c->n_workers + 1, sizeof *pick);
+    Shoal__ShardSource src[S_MAX_SOURCES], *ptrs[S_MAX_SOURCES];
+    for (size_t i = 0; count && idx && pick && i < n; i++) {
+        const json_t *sh = json_array_get(shards, i);
+        const char *writer = json_string_value(json_object_get(sh, "worker"));
+        coord_worker_t *ww = writer ? coord_worker_by_id(c, writer) : NULL;
+        const int live = (int)s_live_sources(c, sh, src, ptrs, S_MAX_SOURCES);
+        if (!ww || live == 0 || live >= total)
+            continue; /* lost (no live holder) or enough copies */
+        const int cand = coord_replicas_choose(c, ww, c->n_workers, pick);
+        int got = 0;
+        for (int k = 0; k < cand && live + got < total; k++) {
+            if (s_is_holder(sh, pick[k]->id))
+                continue;
+            for (int t = 0; t < c->n_workers; t++)
+                if (c->workers[t] == pick[k]) {
+                    idx[(size_t)t * (n + 1) + (size_t)count[t]++] = (int)i;
+                    got++;
+                    break;
+                }
+        }
+        if (live + got < total)
+            log_warn("run %s: checkpoint %" PRId64 ": shard of %s gets %d of %d holders (too "
+                     "few live workers with a shard server)",
+                     r->id, step, writer, live + got, total);
+    }
+    for (int t = 0; count && idx && t < c->n_workers; t++)
+        if (count[t]) {
+            s_push_replicate(c, r, c->workers[t], step, shards, &idx[(size_t)t * (n + 1)],
+                             count[t]);
+            ordered += count[t];
+        }
+    free(pick);
+    free(idx);
+    free(count);
+    return ordered;
+}
+
+void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *manifest)
+{
+    json_t *shards = json_object_get(manifest, CTL_F_SHARDS);
+    for (size_t i = 0; i < json_array_size(shards); i++) {
         json_t *sh = json_array_get(shards, i);
         const char *writer = json_string_value(json_object_get(sh, "worker"));
         const char *path = json_string_value(json_object_get(sh, CTL_F_PATH));
         json_object_set_new(sh, CTL_F_HOLDERS,
                             json_pack("[{s:s, s:s}]", "worker", writer ? writer : "", CTL_F_PATH,
                                       path ? path : ""));
-        coord_worker_t *ww = writer ? coord_worker_by_id(c, writer) : NULL;
-        if (!count || !idx || !pick || want <= 0 || !s_can_hold(ww))
-            continue;
-        const int got = coord_replicas_choose(c, ww, want, pick);
-        if (got < want)
-            log_warn("run %s: checkpoint %" PRId64 ": shard of %s gets %d of %d replicas (too "
-                     "few live workers with a shard server)",
-                     r->id, step, writer, got, want);
-        for (int k = 0; k < got; k++)
-            for (int t = 0; t < c->n_workers; t++)
-                if (c->workers[t] == pick[k]) {
-                    idx[(size_t)t * (n + 1) + (size_t)count[t]++] = (int)i;
-                    break;
-                }
     }
-    for (int t = 0; count && idx && t < c->n_workers; t++)
-        if (count[t])
-            s_push_replicate(c, r, c->workers[t], step, shards, &idx[(size_t)t * (n + 1)],
-                             count[t]);
-    free(pick);
-    free(idx);
-    free(count);
+    const int replicas = s_replicas_of(r);
+    if (replicas > 0)
+        (void)s_order_copies(c, r, step, shards, replicas + 1);
+}
+
+void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w)
+{
+    for (int i = 0; i < c->n_runs; i++) {
+        coord_run_t *r = c->runs[i];
+        char key[160], *val = NULL;
+        size_t len = 0;
+        json_t *m = NULL;
+        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0)
+            continue;
+        snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, r->checkpoint_step);
+        if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) == SHOAL_OK &&
+            (m = json_loadb(val, len, 0, NULL))) {
+            const json_t *shards = json_object_get(m, CTL_F_SHARDS);
+            int held = 0;
+            for (size_t k = 0; k < json_array_size(shards); k++)
+                held |= s_is_holder(json_array_get(shards, k), w->id);
+            const int replicas = held ? s_replicas_of(r) : 0;
+            const int n =
+                replicas > 0 ? s_order_copies(c, r, r->checkpoint_step, shards, replicas + 1) : 0;
+            if (n)
+                log_info("run %s: checkpoint %" PRId64 ": %s lost, %d new cop%s ordered", r->id,
+                         r->checkpoint_step, w->id, n, n == 1 ? "y" : "ies");
+        }
+        json_decref(m);
+        free(val);
+    }
 }
 
 /* Whether a confirmed copy lists exactly the files (names and digests) the shard has. */
@@ -407,28 +490,11 @@ void coord_replicas_attach(coord_t *c, const coord_run_t *r, int64_t step, Shoal
             continue;
         ps->files = k->file_ptrs[i];
         ps->n_files = (size_t)nf;
-        const json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
-        const size_t nh = json_array_size(holders);
-        k->srcs[i] = calloc(nh + 1, sizeof *k->srcs[i]);
-        k->src_ptrs[i] = calloc(nh + 1, sizeof *k->src_ptrs[i]);
+        k->srcs[i] = calloc(S_MAX_SOURCES, sizeof *k->srcs[i]);
+        k->src_ptrs[i] = calloc(S_MAX_SOURCES, sizeof *k->src_ptrs[i]);
         if (!k->srcs[i] || !k->src_ptrs[i])
             continue;
-        size_t ns = 0;
-        for (size_t h = 0; h < nh; h++) {
-            const json_t *hj = json_array_get(holders, h);
-            const char *id = json_string_value(json_object_get(hj, "worker"));
-            const char *path = json_string_value(json_object_get(hj, CTL_F_PATH));
-            coord_worker_t *hw = id ? coord_worker_by_id(c, id) : NULL;
-            if (!path || !s_can_hold(hw))
-                continue; /* dead or gone: not offered */
-            Shoal__ShardSource s = SHOAL__SHARD_SOURCE__INIT;
-            s.worker_id = hw->id;
-            s.endpoint = hw->shard_endpoint;
-            s.path = (char *)path;
-            k->srcs[i][ns] = s;
-            k->src_ptrs[i][ns] = &k->srcs[i][ns];
-            ns++;
-        }
+        const size_t ns = s_live_sources(c, sh, k->srcs[i], k->src_ptrs[i], S_MAX_SOURCES);
         ps->sources = k->src_ptrs[i];
         ps->n_sources = ns;
     }

@@ -104,6 +104,8 @@ shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_
                         coord_worker_state_name(to), reason,
                         json_pack("{s:s, s:s}", "worker", w->id, "name", w->name));
     coord_put_worker(c, w);
+    if (to == WORKER_DEAD || to == WORKER_LEFT)
+        coord_replicas_on_loss(c, w); /* its checkpoint copies: made again elsewhere */
     return SHOAL_OK;
 }
 

@@ -322,6 +322,8 @@ static void s_step(daemon_t *d)
         d->snap_step = k - 1;
     }
     trainer_step_info_t info;
+    /* checkpoint copies made meanwhile on the replicator thread (the metric shows their cost) */
+    const int copying = d->repl ? ckpt_replicator_busy(d->repl) : 0;
     session_track_comms(d->sess, &d->comms, p->generation, k);
     shoal_err_t rc = trainer_step(d->tr, &d->comms.g, &info);
     session_track_comms(d->sess, &d->comms, p->generation, 0);
@@ -347,10 +349,10 @@ static void s_step(daemon_t *d)
     if (d->metrics) {
         fprintf(d->metrics, "{\"run\":\"%s\",\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,"
                 "\"grad_norm\":%.9g,\"tokens_per_s\":%.1f,\"step_seconds\":%.6f,"
-                "\"comm_seconds\":%.6f,"
+                "\"comm_seconds\":%.6f,\"copies_in_flight\":%d,"
                 "\"generation\":%llu,\"rank\":%u,\"nranks\":%u}\n", p->run_id, (long long)k,
                 info.loss, info.lr, info.grad_norm, d->tokens_per_s, info.step_seconds,
-                info.comm_seconds,
+                info.comm_seconds, copying,
                 (unsigned long long)p->generation, p->rank, p->nranks);
         fflush(d->metrics);
     }

@@ -120,14 +120,21 @@ grep -h "fetched from\|discarded" "$tmp"/w*.log | sed 's/^/  /'
     >single.log 2>&1) || err "single-process train failed: $(tail -3 "$tmp/single.log")"
 python3 "$(dirname "$0")/parallel_check.py" losses "$tmp" 3 1 || err "losses differ"
 
-# step time while copies were made in the background: the checkpoint's next steps
+# step time with checkpoint copies in flight on the worker (metric copies_in_flight) against
+# the other steps of the same run: copies run off the training thread
 python3 - "$tmp" <<'PY'
 import glob, json, statistics, sys
-t = [json.loads(l).get("step_seconds", 0) for f in glob.glob(sys.argv[1] + "/w*.jsonl")
-     for l in open(f)]
-t = [x for x in t if x]
-print("step seconds: median %.3f, max %.3f over %d steps (copies in flight included)" %
-      (statistics.median(t), max(t), len(t)))
+rows = [json.loads(l) for f in glob.glob(sys.argv[1] + "/w*.jsonl") for l in open(f)]
+busy = [r["step_seconds"] for r in rows if r.get("copies_in_flight", 0) > 0]
+idle = [r["step_seconds"] for r in rows if r.get("copies_in_flight", 0) == 0]
+assert "copies_in_flight" in rows[0], rows[0]
+if busy and idle:
+    print("step seconds with copies in flight: median %.3f max %.3f (%d steps); without: "
+          "median %.3f max %.3f (%d steps); median ratio %.2f" %
+          (statistics.median(busy), max(busy), len(busy), statistics.median(idle), max(idle),
+           len(idle), statistics.median(busy) / statistics.median(idle)))
+else:
+    print("no step ran with copies in flight (%d steps)" % len(rows))
 PY
 
 [ $fail -eq 0 ] && echo "shoalctl_replicas: all checks passed"
