@@ -365,6 +365,20 @@ static void s_on_comm_id(coord_t *c, const wire_route_t *route, coord_worker_t *
     coord_reply_ack(c, route, env, w, r);
 }
 
+/* Whether the run has a plan without `w` (someone to hand its cell to): when not (it is the
+ * last worker, or the rest cannot hold the model), a preempted worker leaves at once instead of
+ * waiting out its grace for a boundary that brings no plan (the death path then applies). */
+static int s_placeable_without(coord_t *c, coord_run_t *r, coord_worker_t *w)
+{
+    const worker_state_t was = w->state;
+    plan_t p;
+    w->state = WORKER_DRAINING; /* in memory only, for the preview */
+    const int ok = coord_plan_preview(c, r, &p) == SHOAL_OK;
+    w->state = was;
+    plan_fini(&p);
+    return ok;
+}
+
 static void s_on_leave(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                        coord_run_t *unused_r, const Shoal__Envelope *env)
 {
@@ -379,7 +393,8 @@ static void s_on_leave(coord_t *c, const wire_route_t *route, coord_worker_t *w,
             coord_reply_ack(c, route, env, w, NULL);
             return;
         }
-        if (r && !coord_run_is_terminal(r->state) && plan_find_worker(&r->plan, w->id) &&
+        if (r && r->state == RUN_RUNNING && plan_find_worker(&r->plan, w->id) &&
+            s_placeable_without(c, r, w) &&
             coord_worker_transition(c, w, WORKER_DRAINING, "leaving after a hand-over: %s",
                                     why) == SHOAL_OK) {
             if (coord_txn_commit(c) == SHOAL_OK)
@@ -387,6 +402,11 @@ static void s_on_leave(coord_t *c, const wire_route_t *route, coord_worker_t *w,
             coord_reply_ack(c, route, env, w, NULL);
             return;
         }
+        /* nobody could take the cell: the Ack (no run for this message) says STOP, and the
+         * worker's plain Leave follows at once (the worker stays live until then: a state
+         * change now would answer its heartbeats with "register again") */
+        coord_reply_ack(c, route, env, w, NULL);
+        return;
     }
     (void)coord_worker_transition(c, w, WORKER_LEFT, "left: %s", why);
     coord_txn_commit(c);
