@@ -36,6 +36,14 @@ void rmsnorm_forward(const float *x, const float *g, int M, int d, float eps, fl
     }
 }
 
+void rmsnorm_residual_forward(float *x, const float *res, const float *g, int M, int d, float eps,
+                              float *y, float *rstd)
+{
+    for (size_t i = 0; i < (size_t)M * d; i++)
+        x[i] += res[i];
+    rmsnorm_forward(x, g, M, d, eps, y, rstd);
+}
+
 /* y_j = x_j r g_j, r = (Σx²/d + eps)^(-1/2), ∂r/∂x_k = −r³ x_k / d, so
  * dx_k = r g_k dy_k − x_k (r³/d) Σ_j dy_j g_j x_j  and  dg_j = dy_j x_j r. */
 SHOAL_VECTOR_CLONES

@@ -5,17 +5,29 @@
 
 #define RMS_ROWS_PER_BLOCK 4
 
-__global__ void k_rmsnorm_forward(const float *__restrict__ x, const float *__restrict__ g, int M,
-                                  int d, float eps, float *__restrict__ y, float *__restrict__ rstd)
+/* res NULL: plain; else x += res first (each lane adds, stores and later rereads its own
+ * elements, so no synchronisation is needed). */
+__global__ void k_rmsnorm_forward(float *__restrict__ x, const float *__restrict__ res,
+                                  const float *__restrict__ g, int M, int d, float eps,
+                                  float *__restrict__ y, float *__restrict__ rstd)
 {
     const int lane = threadIdx.x & 31;
     const int m = blockIdx.x * RMS_ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (m >= M)
         return;
-    const float *xr = x + (int64_t)m * d;
+    float *xr = x + (int64_t)m * d;
     float ss = 0.0f;
-    for (int j = lane; j < d; j += 32)
-        ss += xr[j] * xr[j];
+    if (res) {
+        const float *rr = res + (int64_t)m * d;
+        for (int j = lane; j < d; j += 32) {
+            const float v = __fadd_rn(xr[j], rr[j]);
+            xr[j] = v;
+            ss += v * v;
+        }
+    } else {
+        for (int j = lane; j < d; j += 32)
+            ss += xr[j] * xr[j];
+    }
     ss = kcuda_warp_sum(ss);
     const float r = 1.0f / sqrtf(ss / (float)d + eps);
     float *yr = y + (int64_t)m * d;
@@ -75,8 +87,21 @@ extern "C" shoal_err_t rmsnorm_forward_cuda(const float *x, const float *g, int 
     if (M == 0)
         return SHOAL_OK;
     const unsigned grid = (unsigned)((M + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK);
-    k_rmsnorm_forward<<<grid, 32 * RMS_ROWS_PER_BLOCK, 0, stream>>>(x, g, M, d, eps, y, rstd);
+    /* x is only read when res is NULL */
+    k_rmsnorm_forward<<<grid, 32 * RMS_ROWS_PER_BLOCK, 0, stream>>>((float *)x, NULL, g, M, d, eps,
+                                                                    y, rstd);
     return kcuda_check("rmsnorm_forward_cuda");
+}
+
+extern "C" shoal_err_t rmsnorm_residual_forward_cuda(float *x, const float *res, const float *g,
+                                                     int M, int d, float eps, float *y,
+                                                     float *rstd, cudaStream_t stream)
+{
+    if (M == 0)
+        return SHOAL_OK;
+    const unsigned grid = (unsigned)((M + RMS_ROWS_PER_BLOCK - 1) / RMS_ROWS_PER_BLOCK);
+    k_rmsnorm_forward<<<grid, 32 * RMS_ROWS_PER_BLOCK, 0, stream>>>(x, res, g, M, d, eps, y, rstd);
+    return kcuda_check("rmsnorm_residual_forward_cuda");
 }
 
 extern "C" shoal_err_t rmsnorm_backward_cuda(const float *x, const float *g, const float *rstd,

@@ -74,14 +74,6 @@ static void s_dalloc(void *p, size_t n, size_t size, int *fail)
     }
 }
 
-/* y += x, elementwise (the residual adds of model.c). */
-__global__ void k_add(float *__restrict__ y, const float *__restrict__ x, int64_t n)
-{
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = __fadd_rn(y[i], x[i]);
-}
-
 /* *acc += Σ x[0..n) in a fixed order (one block: strided per-thread sums, then a fixed tree). */
 __global__ void k_sum_doubles(const double *__restrict__ x, int64_t n, double *acc)
 {
@@ -117,12 +109,6 @@ __global__ void k_sq_partial(const float *__restrict__ g, int64_t n, double *__r
     }
     if (threadIdx.x == 0)
         part[blockIdx.x] = s_part[0];
-}
-
-static shoal_err_t s_add(model_gpu_t *m, float *y, const float *x, int64_t n)
-{
-    k_add<<<kcuda_blocks(n, 256), 256, 0, m->stream>>>(y, x, n);
-    return kcuda_check("device model (residual add)");
 }
 
 static void s_free_all(model_gpu_t *m)
@@ -427,19 +413,27 @@ static shoal_err_t s_forward(model_gpu_t *m, int B, float loss_scale)
     int moe_i = 0;
     SHOAL_CHECK_GOTO(embedding_forward_cuda(m->tok, M, P + m->plan.embed, d, m->act[0].h_in, st),
                      rc, out);
+    /* each residual add is fused into the norm that follows it: h_in of layer l > 0 (and
+     * h_final) is the FFN/MoE output + the previous layer's h_mid, h_mid the attention output
+     * + h_in; the sums are stored in place, as the backward reads them */
     for (int l = 0; l < L; l++) {
         s_act_t *a = &m->act[l];
         const model_gpu_layer_t *w = &m->plan.layers[l];
         float *hout = l + 1 < L ? m->act[l + 1].h_in : m->h_final;
-        SHOAL_CHECK_GOTO(rmsnorm_forward_cuda(a->h_in, P + w->ln1, M, d, eps, a->a, a->rstd1, st),
-                         rc, out);
+        if (l == 0)
+            rc = rmsnorm_forward_cuda(a->h_in, P + w->ln1, M, d, eps, a->a, a->rstd1, st);
+        else
+            rc = rmsnorm_residual_forward_cuda(a->h_in, m->act[l - 1].h_mid, P + w->ln1, M, d, eps,
+                                               a->a, a->rstd1, st);
+        if (rc != SHOAL_OK)
+            goto out;
         SHOAL_CHECK_GOTO((m->flags & MODEL_GPU_FUSED_ATTENTION ? attention_forward_fused_cuda
                                                                 : attention_forward_cuda)(
                              m->blas, &ash, a->a, P + w->w_qkv, P + w->w_o, m->cos_t, m->sin_t,
                              a->qkv, a->p, a->o, a->h_mid, st),
                          rc, out);
-        SHOAL_CHECK_GOTO(s_add(m, a->h_mid, a->h_in, (int64_t)M * d), rc, out);
-        SHOAL_CHECK_GOTO(rmsnorm_forward_cuda(a->h_mid, P + w->ln2, M, d, eps, a->u, a->rstd2, st),
+        SHOAL_CHECK_GOTO(rmsnorm_residual_forward_cuda(a->h_mid, a->h_in, P + w->ln2, M, d, eps,
+                                                       a->u, a->rstd2, st),
                          rc, out);
         if (a->is_moe) {
             const moe_weights_t mw = s_moe_view(m, l, P, m->pw_gu, m->pw_d);
@@ -452,10 +446,10 @@ static shoal_err_t s_forward(model_gpu_t *m, int B, float loss_scale)
                                               a->gu, a->act, hout, 0.0f, st),
                              rc, out);
         }
-        SHOAL_CHECK_GOTO(s_add(m, hout, a->h_mid, (int64_t)M * d), rc, out);
     }
-    SHOAL_CHECK_GOTO(rmsnorm_forward_cuda(m->h_final, P + m->plan.norm_f, M, d, eps, m->xn,
-                                          m->rstd_f, st),
+    SHOAL_CHECK_GOTO(rmsnorm_residual_forward_cuda(m->h_final, m->act[L - 1].h_mid,
+                                                   P + m->plan.norm_f, M, d, eps, m->xn,
+                                                   m->rstd_f, st),
                      rc, out);
     SHOAL_CHECK_GOTO(kblas_bind(m->blas, st, "device model (head)"), rc, out);
     SHOAL_CHECK_GOTO(kblas_gemm(m->blas, false, true, M, V, d, 1.0f, m->xn, d, P + m->plan.head,

@@ -139,6 +139,26 @@ static int test_rmsnorm(int M, int d)
     h = s_host(dg_d, (size_t)d);
     bad += s_validate("rmsnorm_backward dg_acc", h, dg, (size_t)d, 1e-4, 1e-4);
     free(h);
+    /* the residual add fused into the norm: x (the stream) bitwise, y and rstd as above */
+    {
+        float *res = s_rand(n, -1, 1), *res_d = s_dev(res, n * 4);
+        CK(cudaMemcpy(x_d, x, n * 4, cudaMemcpyHostToDevice));
+        rmsnorm_residual_forward(x, res, gw, M, d, 1e-6f, y, rstd);
+        SK(rmsnorm_residual_forward_cuda(x_d, res_d, g_d, M, d, 1e-6f, y_d, rstd_d, 0));
+        h = s_host(x_d, n);
+        const int same = memcmp(h, x, n * 4) == 0;
+        printf("  %-34s %s\n", "rmsnorm_residual x += res bitwise", same ? "ok" : "FAIL");
+        bad += !same;
+        free(h);
+        h = s_host(y_d, n);
+        bad += s_validate("rmsnorm_residual_forward y", h, y, n, 1e-6, 1e-5);
+        free(h);
+        h = s_host(rstd_d, (size_t)M);
+        bad += s_validate("rmsnorm_residual_forward rstd", h, rstd, (size_t)M, 0, 1e-5);
+        free(h);
+        free(res);
+        CK(cudaFree(res_d));
+    }
     BENCH("rmsnorm_forward", 50, rmsnorm_forward(x, gw, M, d, 1e-6f, y, rstd),
           SK(rmsnorm_forward_cuda(x_d, g_d, M, d, 1e-6f, y_d, rstd_d, 0)));
     BENCH("rmsnorm_backward", 50, rmsnorm_backward(x, gw, rstd, dy, M, d, dx, dg),
