@@ -144,8 +144,8 @@ shoal_err_t comm_allreduce_sum_f32(comm_t *c, float *buf, size_t n, uint64_t ste
 /* Exact integer all-reduces, same algorithm and guarantees as comm_allreduce_sum_f32 on 8-byte
  * elements: the sum (two's complement, wrapping: keep sums in range) or the maximum of buf[i]
  * over all ranks. Integer folds do not depend on order, so these give the same bits whatever the
- * number of ranks (the exact gradient sums of worker/trainer.c rely on it). They always use the
- * sockets, never the same-host shared-memory path. chunk_bytes must be at least 8
+ * number of ranks (the exact gradient sums of worker/trainer.c rely on it). Same-host comms move
+ * them through shared memory like the float ones. chunk_bytes must be at least 8
  * (SHOAL_ERR_INVALID otherwise). Errors as all-reduce; a rank calling the f32 all-reduce where
  * another calls an int64 one sees that rank's frames dropped and times out naming it. */
 shoal_err_t comm_allreduce_sum_i64(comm_t *c, int64_t *buf, size_t n, uint64_t step);

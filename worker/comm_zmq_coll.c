@@ -324,9 +324,8 @@ static shoal_err_t s_reduction(comm_t *c, void *buf, size_t n, uint64_t step, co
     if (c->chunk < esz)
         return shoal_fail(SHOAL_ERR_INVALID, "comm %s: chunk_bytes %zu is smaller than one "
                           "element (%zu bytes)", name, c->chunk, esz);
-    /* the shared-memory path folds floats only: int64 reductions take the sockets */
-    if (!wire_flags && comm_zmq_shm_fits(c, n * 4, 4))
-        return comm_zmq_shm_reduction(c, buf, n, step, name, rs, ag);
+    if (comm_zmq_shm_fits(c, n * esz, esz))
+        return comm_zmq_shm_reduction(c, buf, n, step, name, rs, ag, wire_flags);
     int R = c->nranks;
     op_t op = {
         .vt = &s_red_vt,

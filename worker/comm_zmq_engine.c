@@ -50,7 +50,10 @@ shoal_err_t comm_zmq_build(const comm_t *c, const op_t *op, const frame_t *f, zm
         .magic = WIRE_MAGIC,
         .version = WIRE_VERSION,
         .kind = (uint8_t)f->kind,
-        .flags = (f->kind == KIND_AR_RS || f->kind == KIND_AR_AG) ? op->wire_flags : 0,
+        .flags = (f->kind == KIND_AR_RS || f->kind == KIND_AR_AG || f->kind == KIND_SHM_IN ||
+                  f->kind == KIND_SHM_OUT)
+                     ? op->wire_flags
+                     : 0,
         .src = (uint32_t)c->rank,
         .nranks = (uint32_t)c->nranks,
         .generation = c->generation,
@@ -79,7 +82,8 @@ static bool s_hdr_parse(const zmq_msg_t *m, wire_hdr_t *h, const char **why)
         return false;
     }
     memcpy(h, zmq_msg_data((zmq_msg_t *)m), HDR_SIZE);
-    const bool reduction = h->kind == KIND_AR_RS || h->kind == KIND_AR_AG;
+    const bool reduction = h->kind == KIND_AR_RS || h->kind == KIND_AR_AG ||
+                           h->kind == KIND_SHM_IN || h->kind == KIND_SHM_OUT;
     if (h->magic != WIRE_MAGIC || h->version != WIRE_VERSION ||
         (h->flags && !(reduction && (h->flags == WIRE_FLAG_I64 ||
                                      h->flags == (WIRE_FLAG_I64 | WIRE_FLAG_MAX))))) {

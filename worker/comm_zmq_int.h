@@ -26,8 +26,8 @@
 
 #define WIRE_MAGIC 0x4d434853u /* "SHCM" */
 #define WIRE_VERSION 2         /* 2: the group tag in the last word, point to point, all-to-all */
-/* wire_hdr_t.flags of reduction frames (AR_RS, AR_AG): the element type and the fold; 0 is an
- * f32 sum. Every other kind carries 0. */
+/* wire_hdr_t.flags of reduction frames (AR_RS, AR_AG, SHM_IN, SHM_OUT): the element type and
+ * the fold; 0 is an f32 sum. Every other kind carries 0. */
 #define WIRE_FLAG_I64 1u /* elements are int64 (8 bytes) */
 #define WIRE_FLAG_MAX 2u /* fold by maximum instead of sum (int64 only) */
 /* Bytes of held messages (next op, later point-to-point messages, comms not created yet) a
@@ -237,9 +237,10 @@ bool comm_zmq_shm_id(const char *ipc_target, char *out, size_t cap);
 /* --- comm_zmq_shm.c --- */
 /* Whether an op of `bytes` (elements of esz bytes, spread over every rank) takes the shm path. */
 bool comm_zmq_shm_fits(const comm_t *c, size_t bytes, size_t esz);
-/* The shm path of all-reduce (rs && ag), reduce-scatter (rs) and all-gather (ag). */
-shoal_err_t comm_zmq_shm_reduction(comm_t *c, float *buf, size_t n, uint64_t step,
-                                   const char *name, bool rs, bool ag);
+/* The shm path of all-reduce (rs && ag), reduce-scatter (rs) and all-gather (ag), of floats or,
+ * with WIRE_FLAG_I64 (| WIRE_FLAG_MAX), int64 sums (maxima). */
+shoal_err_t comm_zmq_shm_reduction(comm_t *c, void *buf, size_t n, uint64_t step,
+                                   const char *name, bool rs, bool ag, uint16_t wire_flags);
 shoal_err_t comm_zmq_shm_broadcast(comm_t *c, void *buf, size_t bytes, int root, uint64_t step);
 /* Rejects a frame that no case of an op's accept took: *why = otherwise, or, for a data frame of
  * the other path (shm vs sockets: the ranks disagree), fails the op (op->fatal, naming both

@@ -211,19 +211,34 @@ static void s_copy_out(void *dst, const void *src, size_t bytes)
 #endif
 }
 
-/* out[i] (streamed, when out) and keep[i] (cached for a reader soon, when keep) = a[i] + b[i].
- * Any of them may be the same array (same index only), hence the block buffer, not restrict. */
-static void s_add2(float *out, float *keep, const float *a, const float *b, size_t n)
+/* out[i] (streamed, when out) and keep[i] (cached for a reader soon, when keep) = a[i] + b[i]
+ * (floats, or with WIRE_FLAG_I64 int64 sums or, with WIRE_FLAG_MAX, maxima). Any of them may
+ * be the same array (same index only), hence the block buffer, not restrict. */
+static void s_add2(const op_t *op, unsigned char *out, unsigned char *keep,
+                   const unsigned char *a, const unsigned char *b, size_t n)
 {
-    float t[FOLD_BLOCK];
+    union {
+        float f[FOLD_BLOCK];
+        int64_t i[FOLD_BLOCK];
+    } t;
+    const size_t esz = op->esz;
+    const bool i64 = op->wire_flags & WIRE_FLAG_I64, max = op->wire_flags & WIRE_FLAG_MAX;
     for (size_t i = 0; i < n; i += FOLD_BLOCK) {
         size_t m = s_min(n - i, FOLD_BLOCK);
-        for (size_t k = 0; k < m; k++)
-            t[k] = a[i + k] + b[i + k];
+        if (!i64) {
+            const float *x = (const float *)a + i, *y = (const float *)b + i;
+            for (size_t k = 0; k < m; k++)
+                t.f[k] = x[k] + y[k];
+        } else {
+            const int64_t *x = (const int64_t *)a + i, *y = (const int64_t *)b + i;
+            for (size_t k = 0; k < m; k++)
+                t.i[k] = max ? (x[k] > y[k] ? x[k] : y[k])
+                             : (int64_t)((uint64_t)x[k] + (uint64_t)y[k]);
+        }
         if (out)
-            s_copy_out(out + i, t, m * 4);
+            s_copy_out(out + i * esz, &t, m * esz);
         if (keep)
-            memcpy(keep + i, t, m * 4);
+            memcpy(keep + i * esz, &t, m * esz);
     }
 }
 
@@ -233,21 +248,21 @@ static void s_fold(comm_t *c, op_t *op, size_t pi)
 {
     shoal_err_t rc = SHOAL_OK;
     size_t off = op->own_lo + pi * op->unit, cnt = s_min(op->own_hi - off, op->unit);
-    float *own = (float *)op->buf + off;
+    unsigned char *own = op->buf + off * op->esz;
     unsigned char *mine = s_mine(c, &rc);
     if (!mine) {
         op->fatal = rc;
         return;
     }
-    float *acc = (float *)mine + s_res_off(c, op, pi);
-    const float *prev = NULL;
+    unsigned char *acc = mine + s_res_off(c, op, pi) * op->esz;
+    const unsigned char *prev = NULL;
     for (int r = 0; r < c->nranks; r++) {
-        const float *x = own;
+        const unsigned char *x = own;
         if (r != c->rank) {
             const unsigned char *seg = s_peer(c, op, r);
             if (!seg)
                 return;
-            x = (const float *)seg + s_in_off(c, op, c->rank, pi);
+            x = seg + s_in_off(c, op, c->rank, pi) * op->esz;
         }
         if (r == 0) {
             prev = x;
@@ -255,9 +270,9 @@ static void s_fold(comm_t *c, op_t *op, size_t pi)
         }
         bool last = r == c->nranks - 1;
         if (!last)
-            s_add2(NULL, acc, prev, x, cnt);
+            s_add2(op, NULL, acc, prev, x, cnt);
         else
-            s_add2(own, op->ag ? acc : NULL, prev, x, cnt);
+            s_add2(op, own, op->ag ? acc : NULL, prev, x, cnt);
         prev = acc;
     }
 }
@@ -296,7 +311,7 @@ static bool s_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
         size_t lo, hi, k = p->rs_next++;
         s_range(c, op, j, &lo, &hi);
         size_t off = lo + k * op->unit, cnt = s_min(hi - off, op->unit);
-        memcpy(mine + s_in_off(c, op, j, k) * 4, op->buf + off * 4, cnt * 4);
+        memcpy(mine + s_in_off(c, op, j, k) * op->esz, op->buf + off * op->esz, cnt * op->esz);
         f.kind = KIND_SHM_IN;
         f.offset = off;
         f.count = (uint32_t)cnt;
@@ -326,6 +341,10 @@ static bool s_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m, con
     size_t pi;
     if (h->total != op->total || h->root != (uint32_t)op->root) {
         *why = "size or root differs from this operation's";
+        return false;
+    }
+    if ((h->kind == KIND_SHM_IN || h->kind == KIND_SHM_OUT) && h->flags != op->wire_flags) {
+        *why = "element type or fold differs from this operation's";
         return false;
     }
     atomic_thread_fence(memory_order_acquire);
@@ -494,17 +513,19 @@ out:
     return rc;
 }
 
-shoal_err_t comm_zmq_shm_reduction(comm_t *c, float *buf, size_t n, uint64_t step,
-                                   const char *name, bool rs, bool ag)
+shoal_err_t comm_zmq_shm_reduction(comm_t *c, void *buf, size_t n, uint64_t step,
+                                   const char *name, bool rs, bool ag, uint16_t wire_flags)
 {
+    const size_t esz = (wire_flags & WIRE_FLAG_I64) ? 8 : 4;
     op_t op = {
         .vt = &s_shm_vt,
         .name = name,
         .step = step,
         .total = n,
         .buf = (unsigned char *)buf,
-        .unit = c->chunk / 4,
-        .esz = 4,
+        .unit = c->chunk / esz,
+        .esz = esz,
+        .wire_flags = wire_flags,
         .rs = rs,
         .ag = ag,
     };

@@ -11,7 +11,7 @@
 #include "comm.h"
 
 #define MAX_RANKS 4
-#define MAX_REC 32
+#define MAX_REC 64
 #define EP_LEN 128
 
 /* What a forked rank reports to the parent: one record per checked operation. */

@@ -1,9 +1,10 @@
 /* test_comm_shm: the same-host shared-memory path of the comm (comm_zmq_shm.c) against the socket
  * path, with real forked ranks on 127.0.0.1: the same ops of awkward sizes over 2, 3 and 4 ranks
  * with shm on and with it off give bitwise the same outputs (and the documented rank-ordered
- * sum); segments grow and are removed; a rank with shm off among ranks with it on fails the op
- * saying so; a dead peer is a timeout naming it; abort from a signal handler and from a thread;
- * the segment module: sizes checked on open, a dead holder's leftovers swept. */
+ * sum; int64 sums and maxima exact); segments grow and are removed; a rank with shm off among ranks
+ * with it on fails the op saying so; a dead peer is a timeout naming it; abort from a signal
+ * handler and from a thread; the segment module: sizes checked on open, a dead holder's leftovers
+ * swept. */
 
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
@@ -68,8 +69,7 @@ static void s_rank_ops(rank_ctx_t *ctx, result_t *res, void *arg)
             ct_fill(buf, n, seed, me);
             s_lag(me, n == MAX_FLOATS);
             int rc = comm_allreduce_sum_f32(c, buf, n, ++step);
-            ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4),
-                   0);
+            ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4), 0);
 
             ct_fill(buf, n, seed, me);
             s_lag(me, n == MAX_FLOATS);
@@ -93,8 +93,35 @@ static void s_rank_ops(rank_ctx_t *ctx, result_t *res, void *arg)
             }
             s_lag(me, n == MAX_FLOATS);
             rc = comm_allgather_f32(c, buf, n, ++step);
-            ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4),
-                   0);
+            ct_rec(res, rc, rc == SHOAL_OK && memcmp(buf, want, n * 4) == 0, ct_fnv(buf, n * 4), 0);
+
+            /* int64 sum and maximum of n / 2 elements (the same bytes as the floats): values
+             * whose sum needs carries across 32 bits; exact, so checked element by element */
+            const size_t ni = n / 2;
+            int64_t *ib = (int64_t *)buf;
+            for (size_t i = 0; i < ni; i++)
+                ib[i] = ((int64_t)(me + 1) << 40) + (int64_t)(i * 2654435761u % 1000003u) - me;
+            s_lag(me, n == MAX_FLOATS);
+            rc = comm_allreduce_sum_i64(c, ib, ni, ++step);
+            ok = rc == SHOAL_OK;
+            for (size_t i = 0; ok && i < ni; i++)
+                ok = ib[i] == (((int64_t)R * (R + 1) / 2) << 40) +
+                                  R * (int64_t)(i * 2654435761u % 1000003u) -
+                                  (int64_t)R * (R - 1) / 2;
+            ct_rec(res, rc, ok, ct_fnv(ib, ni * 8), 0);
+            for (size_t i = 0; i < ni; i++)
+                ib[i] = (int64_t)((i + (size_t)me * 7919u) % 65521u) - 30000;
+            rc = comm_allreduce_max_i64(c, ib, ni, ++step);
+            ok = rc == SHOAL_OK;
+            for (size_t i = 0; ok && i < ni; i++) {
+                int64_t m = INT64_MIN;
+                for (int r = 0; r < R; r++) {
+                    int64_t v = (int64_t)((i + (size_t)r * 7919u) % 65521u) - 30000;
+                    m = v > m ? v : m;
+                }
+                ok = ib[i] == m;
+            }
+            ct_rec(res, rc, ok, ct_fnv(ib, ni * 8), 0);
         }
         for (size_t s = 0; s < sizeof s_nbytes / sizeof s_nbytes[0]; s++) {
             size_t n = s_nbytes[s];
@@ -166,7 +193,7 @@ static void s_shm_vs_sockets(int nranks)
     ct_no_shm_mask = 0;
     ct_check_all(off, got, status, nranks);
     assert_int_equal(on[0].nrec, off[0].nrec);
-    assert_int_equal(on[0].nrec, 2 * (4 * 3 + 3));
+    assert_int_equal(on[0].nrec, 2 * (4 * 5 + 3));
     for (int k = 0; k < on[0].nrec; k++)
         if (on[0].digest[k] != off[0].digest[k])
             fail_msg("record %d: shm and socket outputs differ", k);
