@@ -4,7 +4,9 @@
  *      fe 1408, N 64, K 6, no shared experts, M tokens, in fp32 and bf16 matmul precision;
  *      FLOPs = 18·M·K·d·fe (experts: 6 forward, 12 backward) + 6·M·d·N (router);
  *   3. a whole training step of the wide preset (d 512, 8 layers, H 8, f 1024, 16 experts of
- *      fe 128, K 2; T 128, 128 sequences per step in micro-batches of 32) on the GPU trainer;
+ *      fe 128, K 2; T 128, 128 sequences per step in one micro-batch: at this width each layer
+ *      is tens of small launches, so fewer, larger micro-batches keep the GPU fed) on the GPU
+ *      trainer;
  *      FLOPs per token = 6·(active non-embedding parameters + head) + 12·L·d·T (PaLM's MFU
  *      count; attention counted over the full T×T, which the GEMM attention computes), in fp32,
  *      bf16, and bf16 with the fused causal attention (MODEL_GPU_FUSED_ATTENTION).
@@ -223,10 +225,10 @@ static void s_bench_wide(const device_t *dev, const char *dir, int timed)
                  "  num_attention_heads: 8\n  intermediate_size: 1024\n"
                  "  moe_intermediate_size: 128\n  n_routed_experts: 16\n"
                  "data:\n  files:\n    - %s\n"
-                 "train:\n  steps: %d\n  global_batch: %d\n  seq_len: %d\n  micro_batch: 32\n"
+                 "train:\n  steps: %d\n  global_batch: %d\n  seq_len: %d\n  micro_batch: %d\n"
                  "  lr: 1e-3\n  precision: %s\n"
                  "checkpoint:\n  dir: %s/ckpt-%d\n",
-                 corpus, warm + timed, G, T, bf16 ? "bf16" : "fp32", dir, run);
+                 corpus, warm + timed, G, T, G, bf16 ? "bf16" : "fp32", dir, run);
         runspec_t spec;
         trainer_gpu_t *t = NULL;
         int64_t resumed;
@@ -242,7 +244,7 @@ static void s_bench_wide(const device_t *dev, const char *dir, int timed)
             loss = info.loss;
         }
         const double ms = busy * 1e3 / timed;
-        s_row(flags ? "wide step, fused attention" : "wide step (G128 T128, mb 32)",
+        s_row(flags ? "wide step, fused attention" : "wide step (G128 T128, mb 128)",
               bf16 ? "bf16" : "fp32", ms,
               s_step_flops_per_token(&spec.model, T) * G * T);
         printf("|   (loss after %d steps %.4f; %.0f tokens/s)\n", warm + timed, loss,
