@@ -416,11 +416,6 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
     if (strcmp(s->run_id, pl->run_id) != 0)
         comm_ids_reset(s->ids);
     comm_ids_forget_before(s->ids, pl->generation);
-    /* relayed NCCL ids: a new run's generations start again; an older generation's are
-     * useless (its id for generation g follows this worker's assignment g on the socket) */
-    if (strcmp(s->run_id, pl->run_id) != 0)
-        comm_ids_reset(s->ids);
-    comm_ids_forget_before(s->ids, pl->generation);
     s_copy(s->run_id, sizeof s->run_id, pl->run_id);
     s->generation = pl->generation;
     if (strcmp(s->stopped_run, pl->run_id) == 0)
