@@ -90,7 +90,6 @@
 #define CTL_F_SOURCE_RANK "source_rank"
 #define CTL_F_MEMORY_BYTES "memory_bytes"
 #define CTL_F_GPU "gpu" /* plan peer or spare on a GPU (declared device cuda:N) */
-#define CTL_F_GPU "gpu" /* plan peer or spare on a GPU (declared device cuda:N) */
 #define CTL_F_MEM_EST_BYTES "mem_est_bytes"
 #define CTL_F_SPARES "spares"
 #define CTL_F_CKPT_SHARDS "ckpt_shards" /* {cell, path}: CTL_F_PATH below */
