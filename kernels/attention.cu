@@ -1,6 +1,7 @@
 /* attention.cu: CUDA twin of attention.c. Projections are cuBLAS GEMMs; scores, P·V and their
- * gradients are strided-batched GEMMs over the H heads of one sequence (q, k, v addressed in
- * place inside qkv with leading dimension 3d, as on the CPU); the causal mask lives in the
+ * gradients are strided-batched GEMMs over the (sequence, head) pairs: batched over the larger
+ * of B and H, one launch per index of the smaller (q, k, v addressed in place inside qkv with
+ * leading dimension 3d, as on the CPU); the causal mask lives in the
  * softmax kernels, which zero the upper triangle exactly like the CPU, so the full-width GEMMs
  * that follow add exact zeros. FLOPs forward ≈ 8·M·d² + 4·B·T²·d (the CPU skips masked blocks;
  * here the T×T products are computed whole, 2× the causal work, still GEMM-bound). */
@@ -121,6 +122,32 @@ static shoal_err_t s_proj_backward(cublasHandle_t h, const attention_shape_t *s,
     return rc;
 }
 
+/* A per-(sequence, head) GEMM over all B·H pairs, operand X of pair (b, h) at
+ * X + b·Xb + h·Xh: strided-batched over the larger of B and H, one launch per index of the
+ * smaller (launches, not FLOPs, dominate at large micro-batches of short sequences). */
+typedef struct {
+    const float *p;
+    int ld;
+    long long sb, sh; /* element strides of the sequence and the head */
+} s_bh_t;
+
+static shoal_err_t s_gemm_bh(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, float alpha,
+                             s_bh_t A, s_bh_t Bm, float beta, float *C, int ldc, long long Cb,
+                             long long Ch, int nb, int nh, const char *what)
+{
+    const bool per_seq = nb <= nh; /* loop the sequences, batch the heads (or the reverse) */
+    const int outer = per_seq ? nb : nh, batch = per_seq ? nh : nb;
+    shoal_err_t rc = SHOAL_OK;
+    for (int i = 0; i < outer && rc == SHOAL_OK; i++) {
+        const long long ao = i * (per_seq ? A.sb : A.sh), bo = i * (per_seq ? Bm.sb : Bm.sh);
+        const long long co = i * (per_seq ? Cb : Ch);
+        rc = kblas_gemm_strided(h, ta, tb, M, N, K, alpha, A.p + ao, A.ld, per_seq ? A.sh : A.sb,
+                                Bm.p + bo, Bm.ld, per_seq ? Bm.sh : Bm.sb, beta, C + co, ldc,
+                                per_seq ? Ch : Cb, batch, what);
+    }
+    return rc;
+}
+
 extern "C" shoal_err_t attention_forward_cuda(cublasHandle_t h, const attention_shape_t *s,
                                               const float *a, const float *w_qkv, const float *w_o,
                                               const float *cos_t, const float *sin_t, float *qkv,
@@ -128,26 +155,24 @@ extern "C" shoal_err_t attention_forward_cuda(cublasHandle_t h, const attention_
 {
     const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)dh);
-    const long long TT = (long long)T * T;
+    const long long TT = (long long)T * T, Tld = (long long)T * ld, Td = (long long)T * d;
+    const long long HTT = H * TT;
     if (M == 0)
         return SHOAL_OK;
+    const s_bh_t q = {qkv, ld, Tld, dh}, k = {qkv + d, ld, Tld, dh}, v = {qkv + 2 * d, ld, Tld, dh};
+    const s_bh_t pp = {p, T, HTT, TT};
     shoal_err_t rc = s_qkv_forward(h, s, a, w_qkv, cos_t, sin_t, qkv, stream,
                                    "attention_forward_cuda (qkv)");
-    /* S_h [T, T] = scale · Q_h K_h^T for the H heads of each sequence (head stride dh) */
-    for (int b = 0; b < B && rc == SHOAL_OK; b++) {
-        const float *q = qkv + (size_t)b * T * ld, *k = q + d;
-        rc = kblas_gemm_strided(h, false, true, T, T, dh, scale, q, ld, dh, k, ld, dh, 0.0f,
-                                p + (size_t)b * H * TT, T, TT, H, "attention_forward_cuda (qk)");
-    }
+    /* S [T, T] = scale · Q K^T per (sequence, head): q, k in place in qkv (head stride dh) */
+    if (rc == SHOAL_OK)
+        rc = s_gemm_bh(h, false, true, T, T, dh, scale, q, k, 0.0f, p, T, HTT, TT, B, H,
+                       "attention_forward_cuda (qk)");
     if (rc == SHOAL_OK)
         rc = s_rows_launch(false, NULL, p, (int64_t)B * H * T, T, 0.0f, stream);
-    /* O_h [T, dh] = P_h V_h, written into the heads' columns of o */
-    for (int b = 0; b < B && rc == SHOAL_OK; b++) {
-        const float *v = qkv + (size_t)b * T * ld + 2 * d;
-        rc = kblas_gemm_strided(h, false, false, T, dh, T, 1.0f, p + (size_t)b * H * TT, T, TT, v,
-                                ld, dh, 0.0f, o + (size_t)b * T * d, d, dh, H,
-                                "attention_forward_cuda (pv)");
-    }
+    /* O [T, dh] = P V, written into the heads' columns of o */
+    if (rc == SHOAL_OK)
+        rc = s_gemm_bh(h, false, false, T, dh, T, 1.0f, pp, v, 0.0f, o, d, Td, dh, B, H,
+                       "attention_forward_cuda (pv)");
     if (rc == SHOAL_OK)
         rc = kblas_gemm(h, false, true, M, d, d, 1.0f, o, d, w_o, d, 0.0f, out, d,
                         "attention_forward_cuda (out)");
@@ -164,37 +189,32 @@ extern "C" shoal_err_t attention_backward_cuda(cublasHandle_t h, const attention
 {
     const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)dh);
-    const long long TT = (long long)T * T;
+    const long long TT = (long long)T * T, Tld = (long long)T * ld, Td = (long long)T * d;
+    const long long HTT = H * TT;
     if (M == 0)
         return SHOAL_OK;
+    const s_bh_t q = {qkv, ld, Tld, dh}, k = {qkv + d, ld, Tld, dh}, v = {qkv + 2 * d, ld, Tld, dh};
+    const s_bh_t dob = {dobuf, d, Td, dh}, pp = {p, T, HTT, TT}, ds = {dp, T, HTT, TT};
     /* dWo [d, d] += dout^T o;  do [M, d] = dout Wo */
     shoal_err_t rc = s_proj_backward(h, s, true, a, w_qkv, w_o, cos_t, sin_t, o, dout, dobuf,
                                      dqkv, da, dw_qkv_acc, dw_o_acc, stream,
                                      "attention_backward_cuda (out projection)");
-    for (int b = 0; b < B && rc == SHOAL_OK; b++) {
-        const float *v = qkv + (size_t)b * T * ld + 2 * d, *dob = dobuf + (size_t)b * T * d;
-        const float *pb = p + (size_t)b * H * TT;
-        float *dpb = dp + (size_t)b * H * TT, *dv = dqkv + (size_t)b * T * ld + 2 * d;
-        /* dP_h = dO_h V_h^T;  dV_h = P_h^T dO_h (overwrites: dqkv is scratch) */
-        rc = kblas_gemm_strided(h, false, true, T, T, dh, 1.0f, dob, d, dh, v, ld, dh, 0.0f, dpb, T,
-                                TT, H, "attention_backward_cuda (dp)");
-        if (rc == SHOAL_OK)
-            rc = kblas_gemm_strided(h, true, false, T, dh, T, 1.0f, pb, T, TT, dob, d, dh, 0.0f, dv,
-                                    ld, dh, H, "attention_backward_cuda (dv)");
-    }
+    /* dP = dO V^T;  dV = P^T dO (overwrites: dqkv is scratch) */
+    if (rc == SHOAL_OK)
+        rc = s_gemm_bh(h, false, true, T, T, dh, 1.0f, dob, v, 0.0f, dp, T, HTT, TT, B, H,
+                       "attention_backward_cuda (dp)");
+    if (rc == SHOAL_OK)
+        rc = s_gemm_bh(h, true, false, T, dh, T, 1.0f, pp, dob, 0.0f, dqkv + 2 * d, ld, Tld, dh, B,
+                       H, "attention_backward_cuda (dv)");
     if (rc == SHOAL_OK)
         rc = s_rows_launch(true, p, dp, (int64_t)B * H * T, T, scale, stream);
-    for (int b = 0; b < B && rc == SHOAL_OK; b++) {
-        const size_t base = (size_t)b * T * ld;
-        const float *q = qkv + base, *k = q + d, *dsb = dp + (size_t)b * H * TT;
-        float *dq = dqkv + base, *dk = dq + d;
-        /* dQ_h = dS_h K_h;  dK_h = dS_h^T Q_h */
-        rc = kblas_gemm_strided(h, false, false, T, dh, T, 1.0f, dsb, T, TT, k, ld, dh, 0.0f, dq,
-                                ld, dh, H, "attention_backward_cuda (dq)");
-        if (rc == SHOAL_OK)
-            rc = kblas_gemm_strided(h, true, false, T, dh, T, 1.0f, dsb, T, TT, q, ld, dh, 0.0f, dk,
-                                    ld, dh, H, "attention_backward_cuda (dk)");
-    }
+    /* dQ = dS K;  dK = dS^T Q */
+    if (rc == SHOAL_OK)
+        rc = s_gemm_bh(h, false, false, T, dh, T, 1.0f, ds, k, 0.0f, dqkv, ld, Tld, dh, B, H,
+                       "attention_backward_cuda (dq)");
+    if (rc == SHOAL_OK)
+        rc = s_gemm_bh(h, true, false, T, dh, T, 1.0f, ds, q, 0.0f, dqkv + d, ld, Tld, dh, B, H,
+                       "attention_backward_cuda (dk)");
     /* RoPE backward;  dWqkv [3d, d] += dqkv^T a;  da [M, d] = dqkv Wqkv */
     if (rc == SHOAL_OK)
         rc = s_proj_backward(h, s, false, a, w_qkv, w_o, cos_t, sin_t, o, dout, dobuf, dqkv, da,

@@ -747,6 +747,7 @@ int main(int argc, char **argv)
     bad += test_attention(3, 70, 48, 3);
     bad += test_attention(1, 1, 8, 2);
     bad += test_attention(1, 33, 256, 2); /* dh 128: the fused kernel's widest head */
+    bad += test_attention(6, 24, 32, 2);  /* B > H: the GEMMs batch the sequences, loop the heads */
     bad += test_router(1024, 8, 2, 1, 1, 2.5f, 0);
     bad += test_router(1024, 8, 2, 1, 1, 2.5f, 1);
     bad += test_router(1024, 8, 3, 2, 1, 1.0f, 1);
