@@ -107,7 +107,13 @@ int xsum_vec_deposit(xsum_vec_t *x, const float *g)
     if (x->deposits >= XSUM_MAX_DEPOSITS)
         return -1;
     x->deposits++;
-    for (int t = 0; t < x->n_tensors; t++) {
+    xsum_vec_deposit_tensors(x, g, 0, x->n_tensors);
+    return 0;
+}
+
+void xsum_vec_deposit_tensors(xsum_vec_t *x, const float *g, int t0, int t1)
+{
+    for (int t = t0; t < t1; t++) {
         const int64_t lo = x->offsets[t], hi = x->offsets[t + 1];
         if (x->top[t] == XSUM_NONFINITE)
             continue;
@@ -128,7 +134,6 @@ int xsum_vec_deposit(xsum_vec_t *x, const float *g)
         }
         s_deposit(x->bins + 2 * lo, g + lo, hi - lo, x->top[t]);
     }
-    return 0;
 }
 
 void xsum_vec_align(xsum_vec_t *x, const int64_t *top, int t0, int t1)

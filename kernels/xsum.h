@@ -54,6 +54,11 @@ void xsum_vec_clear(xsum_vec_t *x);
  * vector has taken XSUM_MAX_DEPOSITS deposits already. */
 int xsum_vec_deposit(xsum_vec_t *x, const float *g);
 
+/* Adds tensors [t0, t1) of g (indexed like the whole vector) exactly, and nothing else: for
+ * gradients computed in pieces (the experts of several micro-batches). Not counted in
+ * `deposits`: the caller keeps each element below XSUM_MAX_DEPOSITS deposits. */
+void xsum_vec_deposit_tensors(xsum_vec_t *x, const float *g, int t0, int t1);
+
 /* Raises the windows of tensors [t0, t1) to top[t0 .. t1) (each >= the tensor's own; a
  * maximum over ranks), dropping what falls below, exactly as if every deposit had been made
  * at that window. */

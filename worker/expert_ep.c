@@ -8,25 +8,33 @@
 
 /* What the holder keeps of one MoE layer's micro-batch for the backward. */
 typedef struct {
-    int64_t *cnt;      /* [ep · ne] rows from source i for local expert k */
-    int64_t *ex_off;   /* [ne + 1] expert-major row offsets */
+    int64_t *cnt;       /* [ep · ne] rows from source i for local expert k */
+    int64_t *ex_off;    /* [ne + 1] expert-major row offsets */
     float *xs, *gu, *a; /* expert-major rows: [R, d], [R, 2fe], [R, fe] */
 } s_held_t;
 
 struct expert_ep {
     const model_layout_t *lay;
     int ep, rank, ne, slots, n_moe;
-    int64_t max_rows;          /* rows one rank may hold: ep · max_M · K */
+    int64_t max_rows; /* rows one rank may hold: ep · max_M · K */
     int d, fe;
-    int *moe_of_layer;         /* part layer -> MoE index (-1 dense) */
-    s_held_t *held;            /* [slots · n_moe] */
+    int *moe_of_layer;                        /* part layer -> MoE index (-1 dense) */
+    s_held_t *held;                           /* [slots · n_moe] */
     float *rx, *tx, *ex_y, *ex_dx, *dgu, *da; /* scratch */
-    int64_t *send_cnt;         /* [ep · ne] */
-    size_t *sb, *so, *rb, *ro; /* [ep] each */
+    int64_t *send_cnt;                        /* [ep · ne] */
+    size_t *sb, *so, *rb, *ro;                /* [ep] each */
     comm_t *comm;
     uint64_t step;
     double comm_s;
+    expert_ep_flush_fn flush; /* exact sums: per-source expert gradients */
+    void *flush_ctx;
 };
+
+void expert_ep_set_flush(expert_ep_t *x, expert_ep_flush_fn fn, void *ctx)
+{
+    x->flush = fn;
+    x->flush_ctx = ctx;
+}
 
 void expert_ep_destroy(expert_ep_t **xp)
 {
@@ -94,8 +102,7 @@ shoal_err_t expert_ep_new(const model_layout_t *lay, int ep, int ep_rank, int sl
     if (fail || !x->held)
         goto oom;
     for (int k = 0, i = 0; k < lay->part.n_layers; k++)
-        x->moe_of_layer[k] =
-            model_config_is_moe_layer(c, lay->part.first_layer + k) ? i++ : -1;
+        x->moe_of_layer[k] = model_config_is_moe_layer(c, lay->part.first_layer + k) ? i++ : -1;
     for (int i = 0; i < slots * x->n_moe; i++) {
         s_held_t *h = &x->held[i];
         h->cnt = s_alloc(sizeof(int64_t) * (size_t)ep * x->ne, &fail);
@@ -121,8 +128,7 @@ shoal_err_t expert_ep_new(const model_layout_t *lay, int ep, int ep_rank, int sl
     return SHOAL_OK;
 oom:
     expert_ep_destroy(&x);
-    return shoal_fail(SHOAL_ERR_NOMEM, "expert exchange: cannot allocate %lld rows",
-                      (long long)R);
+    return shoal_fail(SHOAL_ERR_NOMEM, "expert exchange: cannot allocate %lld rows", (long long)R);
 }
 
 void expert_ep_bind(expert_ep_t *x, comm_t *ep_comm, uint64_t step)
@@ -177,6 +183,15 @@ static void s_row_blocks(expert_ep_t *x, const int64_t *off, const s_held_t *h, 
 
 /* Source-major blocks (source i: its rows expert by expert) <-> expert-major rows (expert k:
  * source 0's rows, then source 1's, ...). */
+/* Expert-major row of the block (source i, local expert k): after the sources before i. */
+static int64_t s_block_row(const expert_ep_t *x, const s_held_t *h, int i, int k)
+{
+    int64_t r = h->ex_off[k];
+    for (int q = 0; q < i; q++)
+        r += h->cnt[(size_t)q * x->ne + k];
+    return r;
+}
+
 static void s_regroup(const expert_ep_t *x, const s_held_t *h, const float *src, float *dst,
                       int to_expert_major)
 {
@@ -184,10 +199,7 @@ static void s_regroup(const expert_ep_t *x, const s_held_t *h, const float *src,
     int64_t sm = 0; /* running source-major row */
     for (int i = 0; i < x->ep; i++)
         for (int k = 0; k < x->ne; k++) {
-            const int64_t n = h->cnt[(size_t)i * x->ne + k];
-            int64_t em = h->ex_off[k]; /* expert-major row of (i, k): after sources < i */
-            for (int q = 0; q < i; q++)
-                em += h->cnt[(size_t)q * x->ne + k];
+            const int64_t n = h->cnt[(size_t)i * x->ne + k], em = s_block_row(x, h, i, k);
             if (to_expert_major)
                 memcpy(dst + em * x->d, src + sm * x->d, row * (size_t)n);
             else
@@ -220,8 +232,10 @@ static shoal_err_t s_forward(void *ctx, int layer, int slot, const moe_config_t 
         for (int i = 0; i < ep; i++) {
             const int64_t n = h->cnt[(size_t)i * ne + k];
             if (n < 0 || n > x->max_rows / ep)
-                return shoal_fail(SHOAL_ERR_FORMAT, "expert exchange: rank %d announced %lld "
-                                  "rows for one expert", i, (long long)n);
+                return shoal_fail(SHOAL_ERR_FORMAT,
+                                  "expert exchange: rank %d announced %lld "
+                                  "rows for one expert",
+                                  i, (long long)n);
             total += n;
         }
         h->ex_off[k + 1] = total;
@@ -231,11 +245,55 @@ static shoal_err_t s_forward(void *ctx, int layer, int slot, const moe_config_t 
     if ((rc = s_a2a(x, sv->xs, x->rx)) != SHOAL_OK)
         return rc;
     s_regroup(x, h, x->rx, h->xs, 1);
-    moe_experts_forward(c, w, x->rank * ne, ne, h->ex_off, h->xs, h->gu, h->a, x->ex_y);
+    if (x->flush) {
+        /* exact sums: each (source, expert) block alone, the GEMM shapes of the single process
+         * (BLAS results depend on the number of rows) */
+        for (int i = 0; i < ep; i++)
+            for (int k = 0; k < ne; k++) {
+                const int64_t r0 = s_block_row(x, h, i, k), d = x->d, fe = x->fe;
+                const int64_t blk[2] = {0, h->cnt[(size_t)i * ne + k]};
+                moe_experts_forward(c, w, x->rank * ne + k, 1, blk, h->xs + r0 * d,
+                                    h->gu + r0 * 2 * fe, h->a + r0 * fe, x->ex_y + r0 * d);
+            }
+    } else {
+        moe_experts_forward(c, w, x->rank * ne, ne, h->ex_off, h->xs, h->gu, h->a, x->ex_y);
+    }
     /* 3. outputs back to their sources, into sv->ys in the source's row order */
     s_regroup(x, h, x->ex_y, x->tx, 0);
     s_row_blocks(x, off, h, x->d, 0);
     return s_a2a(x, x->tx, sv->ys);
+}
+
+/* The experts' backward one (source, expert) block at a time, handing each source's expert
+ * gradients to the flush hook once complete (see expert_ep_set_flush). */
+static shoal_err_t s_backward_by_source(expert_ep_t *x, const s_held_t *h, const moe_config_t *c,
+                                        const moe_weights_t *w, const moe_weights_t *g)
+{
+    const int ne = x->ne, e0 = x->rank * ne;
+    const int64_t d = x->d, fe = x->fe;
+    /* the range of this layer's held expert gradients */
+    float *lo = g->expert_gu[e0], *hi = g->expert_gu[e0];
+    for (int k = 0; k < ne; k++) {
+        float *p[2] = {g->expert_gu[e0 + k], g->expert_d[e0 + k]};
+        const int64_t n[2] = {2 * fe * d, d * fe};
+        for (int q = 0; q < 2; q++) {
+            lo = p[q] < lo ? p[q] : lo;
+            hi = p[q] + n[q] > hi ? p[q] + n[q] : hi;
+        }
+    }
+    for (int i = 0; i < x->ep; i++) {
+        for (int k = 0; k < ne; k++) {
+            const int64_t rows = h->cnt[(size_t)i * ne + k], r0 = s_block_row(x, h, i, k);
+            const int64_t off[2] = {0, rows};
+            moe_experts_backward(c, w, e0 + k, 1, off, h->xs + r0 * d, h->gu + r0 * 2 * fe,
+                                 h->a + r0 * fe, x->ex_y + r0 * d, x->dgu, x->da, x->ex_dx + r0 * d,
+                                 g);
+        }
+        shoal_err_t rc = x->flush(x->flush_ctx, lo, hi);
+        if (rc != SHOAL_OK)
+            return rc;
+    }
+    return SHOAL_OK;
 }
 
 static shoal_err_t s_backward(void *ctx, int layer, int slot, const moe_config_t *c,
@@ -249,8 +307,13 @@ static shoal_err_t s_backward(void *ctx, int layer, int slot, const moe_config_t
     if (rc != SHOAL_OK)
         return rc;
     s_regroup(x, h, x->rx, x->ex_y, 1); /* ex_y now holds the gated output gradients */
-    moe_experts_backward(c, w, x->rank * x->ne, x->ne, h->ex_off, h->xs, h->gu, h->a, x->ex_y,
-                         x->dgu, x->da, x->ex_dx, g);
+    if (x->flush)
+        rc = s_backward_by_source(x, h, c, w, g);
+    else
+        moe_experts_backward(c, w, x->rank * x->ne, x->ne, h->ex_off, h->xs, h->gu, h->a, x->ex_y,
+                             x->dgu, x->da, x->ex_dx, g);
+    if (rc != SHOAL_OK)
+        return rc;
     s_regroup(x, h, x->ex_dx, x->tx, 0);
     s_row_blocks(x, sv->offsets, h, x->d, 0);
     return s_a2a(x, x->tx, dxs);

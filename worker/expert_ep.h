@@ -31,6 +31,15 @@ void expert_ep_destroy(expert_ep_t **x);
  * exchanges. */
 void expert_ep_bind(expert_ep_t *x, comm_t *ep_comm, uint64_t step);
 
+/* Exact sums (train.grad_sum exact): called in the backward after the expert weight gradients of
+ * one source rank's micro-batch for one MoE layer are complete in the buffer `g` points into,
+ * with the range [lo, hi) they occupy (the layer's experts held here); it must take them and
+ * leave the range zeroed. With it set, the holder runs each (source, expert) block of rows on
+ * its own, in source order, so each micro-batch's expert gradients are computed exactly as
+ * without expert parallelism; without it, each expert runs once over every source's rows. */
+typedef shoal_err_t (*expert_ep_flush_fn)(void *ctx, float *lo, float *hi);
+void expert_ep_set_flush(expert_ep_t *x, expert_ep_flush_fn fn, void *ctx);
+
 /* The exchange to give model_set_expert_exchange (valid while x lives). */
 model_expert_exchange_t expert_ep_exchange(expert_ep_t *x);
 

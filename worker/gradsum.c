@@ -155,6 +155,28 @@ shoal_err_t gradsum_micro_add(gradsum_t *g)
     return SHOAL_OK;
 }
 
+shoal_err_t gradsum_micro_add_range(gradsum_t *g, float *lo, float *hi)
+{
+    const int64_t a = lo - g->micro, b = hi - g->micro, n = g->lay->n_tensors;
+    if (a < 0 || b > g->lay->n_params || a > b)
+        return shoal_fail(SHOAL_ERR_STATE,
+                          "gradsum: range [%lld, %lld) outside the micro-batch "
+                          "buffer of %lld",
+                          (long long)a, (long long)b, (long long)g->lay->n_params);
+    /* the counters' tensors run by offset: the first at or after a, up to the last ending by b */
+    int t0 = 0, t1;
+    while (t0 < n && g->xoff[t0] < a)
+        t0++;
+    for (t1 = t0; t1 < n && g->xoff[t1 + 1] <= b;)
+        t1++;
+    if (t0 == t1 || g->xoff[t0] != a || g->xoff[t1] != b)
+        return shoal_fail(SHOAL_ERR_STATE, "gradsum: [%lld, %lld) is not a run of whole tensors",
+                          (long long)a, (long long)b);
+    xsum_vec_deposit_tensors(&g->xs, g->micro, t0, t1);
+    memset(lo, 0, sizeof(float) * (size_t)(b - a));
+    return SHOAL_OK;
+}
+
 /* Sums the counters' tensors [t0, t1) over c (see gradsum_reduce). */
 static shoal_err_t s_reduce_range(gradsum_t *g, comm_t *c, int t0, int t1, uint64_t step,
                                   float *out)

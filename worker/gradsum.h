@@ -3,8 +3,7 @@
  * counters are summed over the workers of a group as integers, and the global norm adds
  * per-tensor sums of squares in the model's canonical tensor order. Every result is a function of
  * the step's micro-batches alone: the same bits on 1 or many data-parallel workers, with or
- * without pipeline stages, whatever the faults in between. (Expert parallelism runs the experts
- * of several ranks' micro-batches in one GEMM, so there the bits follow the plan history.) */
+ * without pipeline stages or expert shards, whatever the faults in between. */
 #ifndef SHOAL_WORKER_GRADSUM_H
 #define SHOAL_WORKER_GRADSUM_H
 
@@ -32,6 +31,12 @@ void gradsum_begin(gradsum_t *g);
  * into; gradsum_micro_add then adds it to the counters exactly. */
 float *gradsum_micro_buffer(gradsum_t *g);
 shoal_err_t gradsum_micro_add(gradsum_t *g);
+
+/* Adds the tensors of the micro-batch buffer lying in [lo, hi) (pointers into it, whole tensors)
+ * exactly and zeroes them there: expert parallelism runs the experts of several micro-batches in
+ * one backward call and hands each micro-batch's expert gradients over as soon as they are
+ * complete, so that each is its own deposit, as without expert parallelism. */
+shoal_err_t gradsum_micro_add_range(gradsum_t *g, float *lo, float *hi);
 
 /* Sums the step's gradients: the non-expert tensors ([0, n_shared_params) of the flat array)
  * over the ranks of `shared`, the experts over `experts` (either NULL: this rank alone; a part

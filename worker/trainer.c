@@ -73,6 +73,13 @@ shoal_err_t trainer_new(const runspec_t *spec, const char *ckpt_root, trainer_t 
     return trainer_new_cell(spec, ckpt_root, &whole, out);
 }
 
+/* expert_ep's hook: one source's expert gradients of one layer, deposited on their own. */
+static shoal_err_t s_flush_experts(void *ctx, float *lo, float *hi)
+{
+    trainer_t *t = ctx;
+    return gradsum_micro_add_range(t->gs, lo, hi);
+}
+
 shoal_err_t trainer_new_cell(const runspec_t *spec, const char *ckpt_root,
                              const trainer_cell_t *cell, trainer_t **out)
 {
@@ -110,6 +117,8 @@ shoal_err_t trainer_new_cell(const runspec_t *spec, const char *ckpt_root,
                          rc, fail);
         const model_expert_exchange_t x = expert_ep_exchange(t->xep);
         model_set_expert_exchange(t->model, &x);
+        if (runspec_grad_sum_exact(spec))
+            expert_ep_set_flush(t->xep, s_flush_experts, t);
     }
     const size_t np = (size_t)t->lay.n_params, hd = mt * (size_t)spec->model.hidden_size;
     t->n_counts = (int64_t)t->lay.n_moe_layers * spec->model.n_routed_experts;
