@@ -10,21 +10,23 @@ static const char s_usage[] =
     "usage: shoalctl status [RUN] [--json]\n"
     "  --json prints {\"runs\": [{\"id\", \"name\", \"state\", \"step\", \"total_steps\", "
     "\"loss\",\n"
-    "  \"generation\", \"checkpoint_step\"}]}; state is pending, running, paused, done, failed\n"
-    "  or cancelled; loss is null before the first step.\n";
+    "  \"generation\", \"checkpoint_step\", \"reason\"}]}; state is pending, running, paused, done,\n"
+    "  failed or cancelled; loss is null before the first step; reason says why a run failed,\n"
+    "  was cancelled or waits for workers (\"unplaced: ...\"), else \"\".\n";
 
 /* One run of the coordinator's status reply (ctl_reply.h) as the documented `status --json`
- * object: exactly its eight fields, loss null before the first committed step. */
+ * object: exactly its nine fields, loss null before the first committed step, reason "" unless
+ * the run failed, was cancelled or waits for workers. */
 static json_t *s_run_normalise(const json_t *r)
 {
     ctl_run_status_t st;
     ctl_run_status_decode(r, &st);
     json_t *loss = st.step > 0 && st.has_loss ? json_real(st.loss) : json_null();
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:o, s:I, s:I}", CTL_F_ID, st.id, CTL_F_NAME,
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:o, s:I, s:I, s:s}", CTL_F_ID, st.id, CTL_F_NAME,
                      st.name, CTL_F_STATE, st.state[0] ? st.state : "unknown", CTL_F_STEP,
                      (json_int_t)st.step, CTL_F_TOTAL_STEPS, (json_int_t)st.total_steps, CTL_F_LOSS,
                      loss, CTL_F_GENERATION, (json_int_t)st.generation, CTL_F_CHECKPOINT_STEP,
-                     (json_int_t)st.checkpoint_step);
+                     (json_int_t)st.checkpoint_step, CTL_F_REASON, st.reason);
 }
 
 json_t *status_doc_normalise(const json_t *doc)

@@ -66,7 +66,8 @@ runs = doc["runs"]
 assert len(runs) == 1, runs
 r = runs[0]
 assert set(r) == {"id", "name", "state", "step", "total_steps", "loss", "generation",
-                  "checkpoint_step"}, sorted(r)
+                  "checkpoint_step", "reason"}, sorted(r)
+assert r["reason"] == "", r
 assert r["name"] == "ctl-test" and r["state"] == "pending", r
 assert r["step"] == 0 and r["total_steps"] == 4 and r["loss"] is None, r
 assert isinstance(r["generation"], int) and isinstance(r["checkpoint_step"], int), r

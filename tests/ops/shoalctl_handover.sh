@@ -91,6 +91,9 @@ poll_until 60 has_cells || err "no worker holds stage 1"
 victim=$(stage1_worker)
 vi=${victim#hw}
 poll_until 120 run_holds 'r["step"] >= 3' || err "the run did not reach step 3: $(cat "$tmp/poll")"
+# pause: past the first checkpoint, so that the run resumes from it (not from step 0)
+[ "$mode" = pause ] && { poll_until 120 run_holds 'r["checkpoint_step"] >= 10' ||
+    err "no checkpoint 10: $(cat "$tmp/poll")"; }
 watch_steps &
 watcher=$!
 case $mode in

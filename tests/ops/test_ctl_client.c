@@ -324,20 +324,24 @@ static void test_status_normalise(void **state)
         "{\"runs\":[{\"id\":\"r1\",\"name\":\"a\",\"state\":\"running\",\"step\":3,"
         "\"total_steps\":10,\"loss\":2.5,\"generation\":2,\"checkpoint_step\":2,\"lease\":7,"
         "\"reason\":\"\"},{\"id\":\"r2\",\"name\":\"b\",\"state\":\"pending\",\"step\":0,"
-        "\"total_steps\":4,\"loss\":0.0,\"generation\":0,\"checkpoint_step\":0}],"
+        "\"total_steps\":4,\"loss\":0.0,\"generation\":0,\"checkpoint_step\":0,"
+        "\"reason\":\"unplaced: no active worker to place\"}],"
         "\"active_workers\":2}",
         0, NULL);
     assert_non_null(doc);
     json_t *st = status_doc_normalise(doc);
     assert_non_null(st);
     static const char *const keys[] = {"id",          "name", "state",      "step",
-                                       "total_steps", "loss", "generation", "checkpoint_step"};
+                                       "total_steps", "loss", "generation", "checkpoint_step",
+                                       "reason"};
     assert_int_equal(json_object_size(st), 1);
     const json_t *runs = json_object_get(st, "runs");
     assert_int_equal(json_array_size(runs), 2);
     const json_t *r1 = json_array_get(runs, 0), *r2 = json_array_get(runs, 1);
-    s_assert_keys(r1, keys, 8);
-    s_assert_keys(r2, keys, 8);
+    s_assert_keys(r1, keys, 9);
+    s_assert_keys(r2, keys, 9);
+    assert_string_equal(ctl_json_str(r1, "reason", "?"), "");
+    assert_string_equal(ctl_json_str(r2, "reason", ""), "unplaced: no active worker to place");
     assert_true(json_is_real(json_object_get(r1, "loss")));
     assert_true(json_is_null(json_object_get(r2, "loss"))); /* no step yet: no loss */
     assert_int_equal(ctl_json_int(r1, "step", -1), 3);
@@ -349,7 +353,7 @@ static void test_status_normalise(void **state)
     /* Missing and mistyped fields still give every documented key. */
     doc = json_loads("{\"runs\":[{\"id\":\"r3\",\"step\":\"x\"}]}", 0, NULL);
     st = status_doc_normalise(doc);
-    s_assert_keys(json_array_get(json_object_get(st, "runs"), 0), keys, 8);
+    s_assert_keys(json_array_get(json_object_get(st, "runs"), 0), keys, 9);
     json_decref(st);
     json_decref(doc);
     doc = json_object();
