@@ -407,6 +407,19 @@ static shoal_err_t s_setup(daemon_t *d, const daemon_config_t *cfg, char *endpoi
     shoal_err_t rc = device_select(cfg->device ? cfg->device : "auto", &d->device);
     if (rc != SHOAL_OK)
         return shoal_fail_context(rc, "--device");
+    /* The daemon's cells train with the CPU trainer (split cells, exact sums over ZeroMQ); the
+     * GPU trainer runs whole models in `shoal-worker train` only so far. Reporting a GPU the
+     * worker does not train on would make the planner size its cells wrongly. */
+    if (d->device.kind == DEVICE_CUDA) {
+        if (cfg->device && strcmp(cfg->device, "auto") != 0)
+            return shoal_fail(SHOAL_ERR_INVALID, "--device %s: daemon mode trains on the CPU "
+                              "(the GPU trainer runs in `shoal-worker train` only so far); use "
+                              "--device cpu or auto", cfg->device);
+        log_warn("device auto: %s is present, but daemon mode trains on the CPU (the GPU "
+                 "trainer runs in `shoal-worker train` only so far)", d->device.name);
+        if ((rc = device_select("cpu", &d->device)) != SHOAL_OK)
+            return rc;
+    }
     /* the training thread is this one: its CUDA calls go to the selected GPU */
     if ((rc = device_bind(&d->device)) != SHOAL_OK)
         return rc;
