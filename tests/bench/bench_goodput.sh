@@ -17,7 +17,7 @@ PAIRS=$(((TOTAL_S + WINDOW_S - 1) / WINDOW_S))
 start_coord gp
 for w in gp1 gp2; do start_worker $w; done
 poll_until 60 n_live_is 2 || die "2 workers did not register"
-bench_spec "$tmp/gp.yaml" gp 1000000 1
+bench_spec "$tmp/gp.yaml" gp 1000000 1 2
 ctl submit "$tmp/gp.yaml" > /dev/null || die "submit"
 poll_until 180 run_step_ge gp 12 || die "no step 12"
 

@@ -81,17 +81,17 @@ print(max(firsts) - kill_ms, plan["generation"], plan["source"], lost)
 EOF
 }
 
-# bench_case NAME PP STAGE: the case's cluster (3 workers NAME1..3), KILLS kills of the worker
+# bench_case NAME PP DP STAGE: the case's cluster (3 workers NAME1..3), KILLS kills of the worker
 # holding a cell of STAGE; appends to $tmp/NAME.detect, NAME.recover, NAME.lost.
 bench_case() {
-    local name=$1 pp=$2 stage=$3 k i victim seq kill_ms d r
+    local name=$1 pp=$2 dp=$3 stage=$4 k i victim seq kill_ms d r
     : > "$tmp/$name.detect"
     : > "$tmp/$name.recover"
     : > "$tmp/$name.lost"
     start_coord "$name"
     for i in 1 2 3; do start_worker "$name$i"; done
     poll_until 60 n_live_is 3 || die "$name: 3 workers did not register"
-    bench_spec "$tmp/$name.yaml" "$name" 1000000 "$pp"
+    bench_spec "$tmp/$name.yaml" "$name" 1000000 "$pp" "$dp"
     ctl submit "$tmp/$name.yaml" > /dev/null || die "$name: submit"
     poll_until 180 run_step_ge "$name" 12 || die "$name: no step 12"
     for ((k = 1; k <= KILLS; k++)); do
@@ -128,8 +128,8 @@ print(round(1000 * sum(s) / len(s)))' > "$tmp/$name.step_ms"
 }
 
 echo "bench_recovery: $KILLS SIGKILLs per case; coordinator defaults (heartbeat 500 ms, dead_after $DEAD_AFTER_MS ms); load $(cut -d' ' -f1-3 /proc/loadavg)"
-bench_case peer 1 0
-bench_case ckpt 2 1
+bench_case peer 1 2 0
+bench_case ckpt 2 1 1
 
 echo
 echo "bench_recovery: from kill -KILL (ms; p99 nearest rank), load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -60,8 +60,9 @@ stop_cluster() {
     COORD_PID=
 }
 
-# bench_spec FILE NAME STEPS PP: the run the benches train (tiny, G 8 x T 32 in micro-batches of
-# one sequence, checkpoint every 10 steps), pp stages, data_parallel auto.
+# bench_spec FILE NAME STEPS PP DP: the run the benches train (tiny, G 8 x T 32 in micro-batches
+# of one sequence, checkpoint every 10 steps) in PP stages x DP replicas (fixed: a worker beyond
+# them stays a spare instead of making another replica).
 bench_spec() {
     cat > "$1" <<EOF
 name: $2
@@ -81,6 +82,7 @@ checkpoint:
   every_steps: 10
 parallel:
   pipeline_stages: $4
+  data_parallel: $5
 EOF
 }
 TOKENS_PER_STEP=$((8 * 32))
