@@ -50,16 +50,7 @@ for ((k = 1; k <= NFAULTS; k++)); do
         ;;
     coord) target=coordinator ;;
     esac
-    down=$((RANDOM % 41))      # tenths of a second down (kill, term, coord; dead after 2 s)
-    gap=$((RANDOM % 2))        # 1: then wait for a committed step, 0: then pause
-    pause=$((2 + RANDOM % 10)) # tenths
-    SCHED+=("$kind $target $down $gap $pause")
-    case $kind in
-    kill | term | coord) what="$kind $target, down $(tenths $down) s" ;;
-    *) what="$kind $target" ;;
-    esac
-    [ $gap = 1 ] && what+=", then a committed step" || what+=", then $(tenths $pause) s"
-    note "seed $SEED fault $k: $what"
+    sched_fault $k $kind $target 41
 done
 note "seed $SEED: drained at the end: ${!DRAINED[*]}"
 

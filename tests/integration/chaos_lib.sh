@@ -244,3 +244,18 @@ print(f"  {len(plans)} plans ({', '.join(sorted(set(p['source'] for p in plans))
       f"{len(rb)} rollbacks, {sum(r.get('steps_lost', 0) for r in rb)} steps lost")
 PY
 }
+
+# sched_fault K KIND TARGET MAX_DOWN: draws the rest of fault K from $RANDOM (the tenths of a
+# second a killed, stopped or coordinator process stays down, below MAX_DOWN; then a committed
+# step, or a pause of 0.2-1.1 s), appends "KIND TARGET DOWN GAP PAUSE" to SCHED and prints it.
+# Called in the script's own shell, never in $(...): the draws go on from the seed.
+sched_fault() {
+    local down=$((RANDOM % $4)) gap=$((RANDOM % 2)) pause=$((2 + RANDOM % 10)) what
+    SCHED+=("$2 $3 $down $gap $pause")
+    case $2 in
+    kill | term | coord) what="$2 $3, down $(tenths $down) s" ;;
+    *) what="$2 $3" ;;
+    esac
+    [ $gap = 1 ] && what+=", then a committed step" || what+=", then $(tenths $pause) s"
+    note "seed $SEED fault $1: $what"
+}

@@ -93,16 +93,7 @@ for ((k = 1; k <= NFAULTS; k++)); do
         ;;
     coord) target=coordinator ;;
     esac
-    down=$((RANDOM % 31))      # tenths of a second down (kill, term, coord)
-    gap=$((RANDOM % 2))        # 1: then wait for a committed step, 0: then pause
-    pause=$((2 + RANDOM % 10)) # tenths
-    SCHED+=("$kind $target $down $gap $pause")
-    case $kind in
-    kill | term | coord) what="$kind $target, down $(tenths $down) s" ;;
-    *) what="$kind $target" ;;
-    esac
-    [ $gap = 1 ] && what+=", then a committed step" || what+=", then $(tenths $pause) s"
-    note "seed $SEED fault $k: $what"
+    sched_fault $k $kind $target 31
 done
 note "seed $SEED: pp $PP x ep $EP x dp $DP, $STEPS steps, workers ${POOL[*]}, drained at the end: ${!DRAINED[*]}"
 unset DRAINED
