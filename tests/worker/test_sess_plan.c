@@ -302,12 +302,46 @@ static void test_round_trip(void **state)
     free(buf);
 }
 
+/* A hand-over in the plan reaches only the cell it names, and only with a PEER source. */
+static void test_handover(void **state)
+{
+    (void)state;
+    s_msg_t m;
+    s_msg_init(&m);
+    Shoal__Handover h[2] = {SHOAL__HANDOVER__INIT, SHOAL__HANDOVER__INIT};
+    Shoal__Handover *hp[2] = {&h[0], &h[1]};
+    h[0].to_rank = 2;
+    h[0].from_endpoint = "tcp://127.0.0.1:7600";
+    h[1].to_rank = 1;
+    h[1].from_endpoint = "tcp://127.0.0.1:7601";
+    m.plan.handovers = hp;
+    m.plan.n_handovers = 2;
+    sess_plan_t *p = NULL;
+    const char *why = NULL;
+    assert_int_equal(sess_plan_from_assignment(&m.env, "w1", &p, &why), SHOAL_OK);
+    assert_string_equal(p->handover_from, "tcp://127.0.0.1:7601"); /* rank 1: this worker */
+    sess_plan_destroy(&p);
+    m.plan.n_handovers = 1; /* only rank 2's */
+    assert_int_equal(sess_plan_from_assignment(&m.env, "w1", &p, &why), SHOAL_OK);
+    assert_string_equal(p->handover_from, "");
+    sess_plan_destroy(&p);
+    m.plan.n_handovers = 2; /* a checkpoint plan hands nothing over */
+    m.plan.source = SHOAL__STATE_SOURCE__STATE_SOURCE_CHECKPOINT;
+    m.ckpt.step = 4;
+    m.ckpt.path = "/ckpt";
+    m.plan.checkpoint = &m.ckpt;
+    assert_int_equal(sess_plan_from_assignment(&m.env, "w1", &p, &why), SHOAL_OK);
+    assert_string_equal(p->handover_from, "");
+    sess_plan_destroy(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_dp),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_handover),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
