@@ -30,7 +30,7 @@
 #   of the last step and `shoal-worker train --export` of the spec in one process are compared
 #   with cmp; when they differ the first differing tensors are printed (name, elements that
 #   differ, max abs diff). CHAOS_BYTES=report prints that without failing (for debugging the
-#   other checks while exact gradient sums are not in).
+#   other checks).
 SEED=${1:?usage: chaos_parallel.sh SEED NFAULTS [EP]}
 NFAULTS=${2:?usage: chaos_parallel.sh SEED NFAULTS [EP]}
 EP=${3:-${CHAOS_EP:-2}}
