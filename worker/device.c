@@ -19,6 +19,11 @@ static const char *s_cuda_probe(int *count)
 {
     *count = 0;
 #ifdef SHOAL_HAVE_CUDA
+    /* Without the NVIDIA kernel driver the runtime's first call still takes a second or more
+     * (it loads and initialises libcuda to find out): every worker start would pay it, and a
+     * restarted worker would miss step boundaries it could have joined at. */
+    if (access("/dev/nvidiactl", F_OK) != 0 && access("/proc/driver/nvidia/version", F_OK) != 0)
+        return "no NVIDIA driver loaded: no /dev/nvidiactl, no /proc/driver/nvidia";
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e == cudaErrorNoDevice)
