@@ -69,6 +69,11 @@ train:
   weight_decay: 0.1
   clip_grad_norm: 1.0
   threads: {args.threads}
+  # the oracle sums micro-batch gradients in fp32 as PyTorch does; the exact sums (the default)
+  # round differently, and over {args.steps} steps one borderline top-k choice flips a balancing
+  # bias by its step (1e-3). Exact sums are checked against the single process bit for bit
+  # elsewhere (test_cell_equiv); here the model's mathematics is compared.
+  grad_sum: float
 checkpoint:
   dir: {os.path.join(tmp, "ckpt")}
   every_steps: 0
