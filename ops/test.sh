@@ -18,7 +18,7 @@ oracle=$root/../shared/oracle/moe_ref.py
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHOAL_WERROR=ON -DSHOAL_ORACLE="$oracle" \
     >/dev/null
 cmake --build build -j"$jobs"
-(cd build && ctest --output-on-failure -j"$jobs" -LE 'bench|gpu')
+(cd build && ctest --output-on-failure -j"$jobs" -LE 'bench|gpu|slow')
 
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSHOAL_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
