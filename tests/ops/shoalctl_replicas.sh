@@ -28,7 +28,7 @@ data:
   files: [/usr/share/games/fortunes]
   seed: 5
 train:
-  steps: 40
+  steps: 200
   global_batch: 8
   seq_len: 32
   micro_batch: 1
@@ -64,7 +64,8 @@ for s in shards:
     assert ids[0] == s["worker"], (ids, s["worker"])
 PY
 }
-# pause at a step boundary so that the checkpoint read below stays the newest one
+# pause at a step boundary so that the checkpoint read below stays the newest one (200 steps:
+# a run of 40 was over before the pause arrived on an idle machine)
 expect 0 pause rp
 poll_until 60 run_holds 'r["state"] == "paused"' || err "run not paused: $(cat "$tmp/poll")"
 poll_until 60 three_holders || err "no manifest with 3 holders per shard: $(cat "$tmp/manifest.json")"
