@@ -248,4 +248,39 @@ const char *plan_source_name(plan_source_t s);
 /* Frees the arrays and zeroes `p`; idempotent. */
 void plan_fini(plan_t *p);
 
+/* Hot-expert placement of one MoE layer within one ep group (plan_eplb.c, DeepSeek's EPLB in its
+ * hierarchical form). Rank r of the group is on host r / (ep / n_nodes). */
+typedef struct {
+    uint32_t ep, slots;     /* ranks, physical expert slots per rank (N/ep + redundant) */
+    uint32_t n_experts;
+    uint32_t n_nodes;       /* hosts the placement spreads over (1 when not node-limited) */
+    int node_limited;       /* whole expert groups per host */
+    uint32_t *slot_expert;  /* ep * slots, rank-major: the routed expert of each slot */
+    uint32_t *replicas;     /* n_experts: copies of each expert (>= 1) */
+    uint32_t *expert_node;  /* n_experts: the host holding every copy of the expert */
+    double max_rank_load, mean_rank_load; /* tokens per rank (load split evenly over copies) */
+} plan_eplb_t;
+
+/* Places n_experts routed experts (load[x]: tokens routed to expert x over the window observed;
+ * NULL = uniform) in `n_groups` routing groups on `ep` ranks of `n_nodes` hosts with `redundant`
+ * extra slots per rank: whole groups per host (heaviest group onto the lightest host), each
+ * host's extra slots copy its experts with the most load per copy, copies packed heaviest first
+ * onto the host's lightest rank. When the groups do not divide over the hosts the placement is
+ * one pool (node_limited 0). Frees what `out` held. SHOAL_ERR_INVALID when ep does not divide
+ * the experts or the hosts do not divide ep; SHOAL_ERR_NOMEM. */
+shoal_err_t plan_eplb_place(plan_eplb_t *out, const double *load, uint32_t n_experts,
+                            uint32_t n_groups, uint32_t n_nodes, uint32_t ep, uint32_t redundant);
+/* The most hosts one token's routed experts can reach when its router keeps `topk_group` of the
+ * `n_groups` groups: at most topk_group for a node-limited placement. */
+uint32_t plan_eplb_token_hosts(const plan_eplb_t *e, uint32_t n_groups, uint32_t topk_group);
+void plan_eplb_fini(plan_eplb_t *e);
+
+/* Hosts the ep group (replica, stage) of `p` spans when its ranks come in equal runs, one host a
+ * run, in ep_rank order (what node-limited placement needs); 1 otherwise, 0 for no such group. */
+uint32_t plan_ep_hosts(const plan_t *p, uint32_t replica, uint32_t stage);
+
+/* Ranks whose worker differs between plan `a` and plan `b` (every rank when the shapes differ):
+ * the cells a re-plan moves. */
+uint32_t plan_cells_moved(const plan_t *a, const plan_t *b);
+
 #endif
