@@ -16,6 +16,14 @@ static int s_level_check(const char *value, char *msg, size_t cap)
     return 0;
 }
 
+static int s_format_check(const char *value, char *msg, size_t cap)
+{
+    if (log_format_parse(value) >= 0)
+        return 1;
+    snprintf(msg, cap, "'%s' is not one of plain, json", value);
+    return 0;
+}
+
 /* clang-format off */
 #define STR(k, dflt, h)                                                                       \
     {.key = #k, .type = CFG_STR, .offset = offsetof(coord_config_t, k),                      \
@@ -44,6 +52,10 @@ static const cfg_desc_t s_desc[] = {
     INT(replan_backoff_ms, "1000", 0, 3600000,
         "least wait between two re-plans of a run caused by failures"),
     INT(replan_backoff_max_ms, "30000", 0, 3600000, "the failure re-plan wait doubles up to this"),
+    {.key = "log_format", .type = CFG_STR, .offset = offsetof(coord_config_t, log_format),
+     .size = sizeof(((coord_config_t *)0)->log_format), .check = s_format_check, .def = "plain",
+     .help = "plain (journald priority prefixes under systemd) or json"},
+    STR(metrics_listen, "", "ADDR:PORT serving Prometheus /metrics over HTTP (\"\" = off)"),
 };
 /* clang-format on */
 

@@ -25,6 +25,9 @@ typedef struct {
     int quarantine_after_failures;  /* plan failures in a row that quarantine a worker (3; 0 off) */
     int replan_backoff_ms;          /* first wait between failure re-plans of a run (1000) */
     int replan_backoff_max_ms;      /* the wait doubles up to this (30000) */
+    char log_format[16];            /* log_format: plain|json (plain: journald prefixes under
+                                     * systemd) */
+    char metrics_listen[CONFIG_STR_MAX]; /* metrics_listen: ADDR:PORT of /metrics ("" = off) */
 } coord_config_t;
 
 /* Fills every default. */

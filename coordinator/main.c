@@ -24,7 +24,8 @@ static void s_usage(FILE *out)
 {
     fprintf(out,
             "usage: shoal-coordinator [--state-dir DIR] [--listen ENDPOINT] [--control ENDPOINT]\n"
-            "                         [--config FILE] [--log-level L] [--version]\n"
+            "                         [--config FILE] [--log-level L] [--log-format plain|json]\n"
+            "                         [--metrics-listen ADDR:PORT] [--version]\n"
             "Flags take precedence over the config file (YAML, keys below).\nkeys:\n");
     config_print_keys(out);
 }
@@ -37,12 +38,14 @@ int main(int argc, char **argv)
         {"control", required_argument, NULL, 'c'},
         {"config", required_argument, NULL, 'f'},
         {"log-level", required_argument, NULL, 'v'},
+        {"log-format", required_argument, NULL, 'F'},
+        {"metrics-listen", required_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     /* flags are applied after the file so that they win */
-    const char *flag_key[8], *flag_val[8], *flag_name[8];
+    const char *flag_key[16], *flag_val[16], *flag_name[16];
     int n_flags = 0;
     const char *config_path = NULL;
     int opt;
@@ -65,6 +68,14 @@ int main(int argc, char **argv)
             key = "log_level";
             name = "--log-level";
             break;
+        case 'F':
+            key = "log_format";
+            name = "--log-format";
+            break;
+        case 'M':
+            key = "metrics_listen";
+            name = "--metrics-listen";
+            break;
         case 'f':
             config_path = optarg;
             break;
@@ -78,7 +89,7 @@ int main(int argc, char **argv)
             s_usage(stderr);
             return 2;
         }
-        if (key && n_flags < 8) {
+        if (key && n_flags < 16) {
             flag_key[n_flags] = key;
             flag_val[n_flags] = optarg;
             flag_name[n_flags++] = name;
@@ -106,6 +117,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level((log_level_t)log_level_parse(cfg.log_level));
+    log_set_format((log_format_t)log_format_parse(cfg.log_format));
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -15,6 +15,7 @@ packages=(
     libsystemd-dev systemd
     fortunes
     python3-torch python3-numpy
+    libmicrohttpd-dev prometheus slurm-wlm munge libcairo2-dev
 )
 
 missing=()

@@ -34,6 +34,7 @@ static void s_usage(FILE *f)
             "  --institution I      institution reported to the coordinator\n"
             "  --device D           cpu, cuda:N or auto (a GPU when present, default auto)\n"
             "  --log-level L        error|warn|info|debug (default info)\n"
+            "  --log-format F       plain (journald priority prefixes under systemd) or json\n"
             "  --metrics FILE       append one JSON line per step\n");
     daemon_config_print_flags(f);
 }
@@ -60,10 +61,11 @@ int cmd_daemon(int argc, char **argv)
         {"grace-seconds", required_argument, 0, 'g'},
         {"comm-timeout-ms", required_argument, 0, 't'},
         {"threads", required_argument, 0, 'T'},     {"metrics", required_argument, 0, 'm'},
-        {"device", required_argument, 0, 'D'},
+        {"device", required_argument, 0, 'D'},      {"log-format", required_argument, 0, 'F'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     daemon_config_t cfg = {.stop_flag = &s_stop};
     daemon_config_defaults(&cfg);
+    log_set_format(log_format_auto());
     int c;
     optind = 0; /* argv[0] is the program: reparse from argv[1] */
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -84,6 +86,15 @@ int cmd_daemon(int argc, char **argv)
                 return 2;
             }
             log_set_level((log_level_t)lvl);
+            break;
+        }
+        case 'F': {
+            int fmt = log_format_parse(optarg);
+            if (fmt < 0) {
+                fprintf(stderr, "shoal-worker: --log-format '%s': use plain or json\n", optarg);
+                return 2;
+            }
+            log_set_format((log_format_t)fmt);
             break;
         }
         case 'g':
