@@ -279,8 +279,8 @@ void plan_eplb_fini(plan_eplb_t *e);
  * run, in ep_rank order (what node-limited placement needs); 1 otherwise, 0 for no such group. */
 uint32_t plan_ep_hosts(const plan_t *p, uint32_t replica, uint32_t stage);
 
-/* Ranks whose worker differs between plan `a` and plan `b` (every rank when the shapes differ):
- * the cells a re-plan moves. */
+/* Cells of plan `b` whose worker did not hold the same cell (replica, stage, ep_rank) in plan `a`
+ * (every cell when pp or ep differ): the cells a re-plan moves. */
 uint32_t plan_cells_moved(const plan_t *a, const plan_t *b);
 
 #endif

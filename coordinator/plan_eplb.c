@@ -196,10 +196,12 @@ uint32_t plan_ep_hosts(const plan_t *p, uint32_t replica, uint32_t stage)
 
 uint32_t plan_cells_moved(const plan_t *a, const plan_t *b)
 {
-    if (a->n_peers != b->n_peers)
-        return b->n_peers;
+    const int same_shape = a->pp == b->pp && a->ep == b->ep;
     uint32_t moved = 0;
-    for (uint32_t i = 0; i < b->n_peers; i++)
-        moved += strcmp(a->peers[i].worker_id, b->peers[i].worker_id) != 0;
+    for (uint32_t i = 0; i < b->n_peers; i++) {
+        const plan_cell_t c = b->peers[i].cell;
+        const uint32_t r = same_shape && c.replica < a->dp ? plan_rank(a, c) : UINT32_MAX;
+        moved += r >= a->n_peers || strcmp(a->peers[r].worker_id, b->peers[i].worker_id) != 0;
+    }
     return moved;
 }

@@ -24,11 +24,83 @@ static int s_same_part(const plan_t *a, plan_cell_t c, const plan_t *b, plan_cel
            a->experts[c.ep_rank].count == b->experts[d.ep_rank].count;
 }
 
-static const plan_survivor_t *s_survivor(const plan_survivor_t *s, uint32_t n, const char *id)
+/* Worker ids sorted, each with where it is (an index into its array): a DeepSeek-V3-sized
+ * re-plan has 2,048 cells and as many survivors, and scanning them for every cell took tens of
+ * milliseconds. */
+typedef struct {
+    char id[PLAN_ID_MAX];
+    uint32_t at;
+} s_ix_t;
+
+typedef struct {
+    s_ix_t *e;
+    uint32_t n;
+} s_index_t;
+
+static int s_ix_cmp(const void *a, const void *b)
 {
-    for (uint32_t i = 0; i < n; i++)
-        if (strcmp(s[i].worker_id, id) == 0)
-            return &s[i];
+    return strcmp(((const s_ix_t *)a)->id, ((const s_ix_t *)b)->id);
+}
+
+/* The survivors' ids; 0, or -1 when out of memory. */
+static int s_index_survivors(s_index_t *x, const plan_survivor_t *s, uint32_t n)
+{
+    x->n = n;
+    x->e = calloc((size_t)n + 1, sizeof *x->e);
+    if (!x->e)
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        snprintf(x->e[i].id, sizeof x->e[i].id, "%s", s[i].worker_id);
+        x->e[i].at = i;
+    }
+    qsort(x->e, n, sizeof *x->e, s_ix_cmp);
+    return 0;
+}
+
+/* The same over an array of plan peers (their ids are arrays, not pointers). */
+static int s_index_peers(s_index_t *x, const plan_t *p)
+{
+    x->n = p->n_peers;
+    x->e = calloc((size_t)p->n_peers + 1, sizeof *x->e);
+    if (!x->e)
+        return -1;
+    for (uint32_t i = 0; i < p->n_peers; i++) {
+        memcpy(x->e[i].id, p->peers[i].worker_id, sizeof x->e[i].id);
+        x->e[i].at = i;
+    }
+    qsort(x->e, x->n, sizeof *x->e, s_ix_cmp);
+    return 0;
+}
+
+static s_ix_t *s_index_find(const s_index_t *x, const char *id)
+{
+    s_ix_t key;
+    snprintf(key.id, sizeof key.id, "%s", id);
+    return bsearch(&key, x->e, x->n, sizeof *x->e, s_ix_cmp);
+}
+
+static const plan_survivor_t *s_survivor(const plan_survivor_t *s, const s_index_t *x,
+                                         const char *id)
+{
+    const s_ix_t *e = s_index_find(x, id);
+    return e ? &s[e->at] : NULL;
+}
+
+/* The peer of `old` that held `cell` (by rank when the shapes agree), or NULL. */
+static const plan_peer_t *s_old_cell(const plan_t *old, plan_cell_t cell)
+{
+    if (old->pp && old->ep && cell.stage < old->pp && cell.ep_rank < old->ep &&
+        cell.replica < old->dp) {
+        uint32_t r = plan_rank(old, cell);
+        const plan_peer_t *q = &old->peers[r];
+        if (r < old->n_peers && q->cell.replica == cell.replica && q->cell.stage == cell.stage &&
+            q->cell.ep_rank == cell.ep_rank)
+            return q;
+    }
+    for (uint32_t k = 0; k < old->n_peers; k++)
+        if (old->peers[k].cell.replica == cell.replica && old->peers[k].cell.stage == cell.stage &&
+            old->peers[k].cell.ep_rank == cell.ep_rank)
+            return &old->peers[k];
     return NULL;
 }
 
@@ -43,30 +115,27 @@ void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, u
         return;
     /* a cell whose worker is settled (its own holder, or back on it) is never swapped again */
     uint8_t *claimed = calloc(p->n_peers + 1, 1);
-    if (!claimed)
-        return; /* keeping state is an optimisation: the plan stays valid as placed */
+    s_index_t sx = {0}, px = {0};
+    if (!claimed || s_index_survivors(&sx, s, n) ||
+        s_index_peers(&px, p))
+        goto out; /* keeping state is an optimisation: the plan stays valid as placed */
     for (uint32_t i = 0; i < p->n_peers; i++) {
         /* who held this very cell, with this part, and survives? */
         const plan_cell_t cell = p->peers[i].cell;
-        const plan_peer_t *prev = NULL;
-        for (uint32_t k = 0; k < old->n_peers && !prev; k++)
-            if (old->peers[k].cell.replica == cell.replica &&
-                old->peers[k].cell.stage == cell.stage &&
-                old->peers[k].cell.ep_rank == cell.ep_rank &&
-                s_same_part(p, cell, old, old->peers[k].cell) &&
-                s_survivor(s, n, old->peers[k].worker_id))
-                prev = &old->peers[k];
+        const plan_peer_t *prev = s_old_cell(old, cell);
+        if (prev && (!s_same_part(p, cell, old, prev->cell) ||
+                     !s_survivor(s, &sx, prev->worker_id)))
+            prev = NULL;
         if (!prev)
             continue; /* a new cell, or its holder is gone: whoever the planner put there */
         if (strcmp(p->peers[i].worker_id, prev->worker_id) == 0) {
             claimed[i] = 1;
             continue;
         }
-        uint32_t j = 0;
-        while (j < p->n_peers && strcmp(p->peers[j].worker_id, prev->worker_id) != 0)
-            j++;
-        if (j == p->n_peers || claimed[j])
+        s_ix_t *xj = s_index_find(&px, prev->worker_id), *xi = s_index_find(&px, p->peers[i].worker_id);
+        if (!xj || !xi || claimed[xj->at])
             continue; /* a spare now, or already back on its own cell */
+        const uint32_t j = xj->at;
         if (!s_fits(&p->peers[j].site, p->peers[i].mem_est) ||
             !s_fits(&p->peers[i].site, p->peers[j].mem_est))
             continue;
@@ -79,26 +148,43 @@ void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, u
         memcpy(p->peers[j].worker_id, tmp.worker_id, sizeof tmp.worker_id);
         memcpy(p->peers[j].endpoint, tmp.endpoint, sizeof tmp.endpoint);
         p->peers[j].site = tmp.site;
+        xj->at = i;
+        xi->at = j;
         claimed[i] = 1;
     }
+out:
+    free(sx.e);
+    free(px.e);
     free(claimed);
 }
 
-/* The first cell of `p` with part (stage, e) whose worker is a survivor that held the same part
- * in `old` at `step`, or NULL. */
-static const plan_peer_t *s_part_holder(const plan_t *p, const plan_t *old, const plan_survivor_t *s,
-                                        uint32_t n, int64_t step, uint32_t stage, uint32_t e)
+/* For each part (stage, e) of `p`, the first cell with that part whose worker is a survivor that
+ * held the same part in `old` at `step`, or NULL: holders[stage * ep + e]. -1 when out of
+ * memory. */
+static int s_part_holders(const plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
+                          int64_t step, const plan_peer_t **holders)
 {
+    s_index_t sx = {0}, ox = {0};
+    if (s_index_survivors(&sx, s, n) || (old && s_index_peers(&ox, old))) {
+        free(sx.e);
+        return -1;
+    }
     for (uint32_t i = 0; i < p->n_peers; i++) {
         const plan_peer_t *now = &p->peers[i];
-        if (now->cell.stage != stage || now->cell.ep_rank != e)
+        if (now->cell.stage >= p->pp || now->cell.ep_rank >= p->ep)
             continue;
-        const plan_survivor_t *sv = s_survivor(s, n, now->worker_id);
-        const plan_peer_t *was = old ? plan_find_worker(old, now->worker_id) : NULL;
+        const plan_peer_t **h = &holders[now->cell.stage * p->ep + now->cell.ep_rank];
+        if (*h)
+            continue;
+        const plan_survivor_t *sv = s_survivor(s, &sx, now->worker_id);
+        const s_ix_t *wx = old ? s_index_find(&ox, now->worker_id) : NULL;
+        const plan_peer_t *was = wx ? &old->peers[wx->at] : NULL;
         if (sv && was && sv->step == step && s_same_part(p, now->cell, old, was->cell))
-            return now;
+            *h = now;
     }
-    return NULL;
+    free(sx.e);
+    free(ox.e);
+    return 0;
 }
 
 shoal_err_t plan_add_handovers(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
@@ -109,11 +195,15 @@ shoal_err_t plan_add_handovers(plan_t *p, const plan_t *old, const plan_survivor
     p->n_handovers = 0;
     if (!old || nd == 0)
         return SHOAL_OK;
-    if (!(p->handovers = calloc((size_t)p->pp * p->ep + 1, sizeof *p->handovers)))
+    const plan_peer_t **held = calloc((size_t)p->pp * p->ep + 1, sizeof *held);
+    if (!held || !(p->handovers = calloc((size_t)p->pp * p->ep + 1, sizeof *p->handovers)) ||
+        s_part_holders(p, old, s, n, step, held)) {
+        free(held);
         return shoal_fail(SHOAL_ERR_NOMEM, "plan hand-overs");
+    }
     for (uint32_t stage = 0; stage < p->pp; stage++)
         for (uint32_t e = 0; e < p->ep; e++) {
-            if (s_part_holder(p, old, s, n, step, stage, e))
+            if (held[stage * p->ep + e])
                 continue; /* a survivor shares it (or keeps it): no hand-over needed */
             const plan_peer_t *taker = NULL;
             for (uint32_t i = 0; i < p->n_peers && !taker; i++)
@@ -130,16 +220,22 @@ shoal_err_t plan_add_handovers(plan_t *p, const plan_t *old, const plan_survivor
                 break;
             }
         }
+    free(held);
     return SHOAL_OK;
 }
 
 int plan_parts_held(const plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n,
                     int64_t step, uint32_t *source_rank)
 {
-    int found_any = 0;
-    for (uint32_t stage = 0; stage < p->pp; stage++)
-        for (uint32_t e = 0; e < p->ep; e++) {
-            const plan_peer_t *holder = s_part_holder(p, old, s, n, step, stage, e);
+    int found_any = 0, all = 1;
+    const plan_peer_t **held = calloc((size_t)p->pp * p->ep + 1, sizeof *held);
+    if (!held || s_part_holders(p, old, s, n, step, held)) {
+        free(held);
+        return 0; /* cannot tell: the checkpoint is the safe source */
+    }
+    for (uint32_t stage = 0; stage < p->pp && all; stage++)
+        for (uint32_t e = 0; e < p->ep && all; e++) {
+            const plan_peer_t *holder = held[stage * p->ep + e];
             uint32_t rank = holder ? holder->rank : 0;
             for (uint32_t h = 0; h < p->n_handovers && !holder; h++) {
                 const plan_peer_t *taker = &p->peers[p->handovers[h].to_rank];
@@ -149,12 +245,15 @@ int plan_parts_held(const plan_t *p, const plan_t *old, const plan_survivor_t *s
                     rank = taker->rank;
                 }
             }
-            if (!holder)
-                return 0;
+            if (!holder) {
+                all = 0;
+                break;
+            }
             if (!found_any) {
                 *source_rank = rank;
                 found_any = 1;
             }
         }
-    return 1;
+    free(held);
+    return all;
 }
