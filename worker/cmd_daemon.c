@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_select.h"
 #include "daemon.h"
 #include "daemon_config.h"
 #include "log.h"
@@ -114,6 +115,9 @@ int cmd_daemon(int argc, char **argv)
         return 2;
     }
     log_set_component("shoal-worker"); /* the daemon switches to the worker name once checked */
+    if (cfg.threads > 0)
+        blas_select_set_threads(cfg.threads);
+    blas_select_log("shoal-worker");
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_select.h"
 #include "model.h"
 #include "model_dir.h"
 #include "safetensors.h"
@@ -77,7 +78,8 @@ int cmd_grads(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
-    openblas_set_num_threads(1);
+    blas_select_set_threads(1);
+    blas_select_log("shoal-worker grads");
     model_config_t cfg;
     model_layout_t lay = {0};
     float *params = NULL, *grads = NULL;

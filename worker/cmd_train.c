@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_select.h"
 #include "clock.h"
 #include "device.h"
 #include "log.h"
@@ -197,7 +198,8 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
         goto out;
     }
-    openblas_set_num_threads(threads > 0 ? threads : spec->threads);
+    blas_select_set_threads(threads > 0 ? threads : spec->threads);
+    blas_select_log("shoal-worker train");
     if ((rc = s_run_new(spec, &device, &run)) != SHOAL_OK) {
         fprintf(stderr, "shoal-worker train: %s\n", shoal_errmsg());
         goto out;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "blas_select.h"
 #include "ckpt.h"
 #include "daemon_int.h"
 #include "log.h"
@@ -128,7 +129,7 @@ static shoal_err_t s_ensure_trainer(daemon_t *d, const sess_plan_t *p)
                             sizeof d->ckpt_root);
     if (rc != SHOAL_OK)
         return rc;
-    openblas_set_num_threads(d->cfg.threads > 0 ? d->cfg.threads : d->spec->threads);
+    blas_select_set_threads(d->cfg.threads > 0 ? d->cfg.threads : d->spec->threads);
     s_plan_cell(p, d->spec, &cell);
     if ((rc = trainer_new_cell(d->spec, d->ckpt_root, &cell, &d->tr)) != SHOAL_OK)
         return rc;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_select.h"
 #include "commands.h"
 #ifdef SHOAL_HAVE_NCCL
 #include "comm_nccl.h"
@@ -28,6 +29,8 @@ static void s_usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    /* before anything else: this may re-execute the process with other BLAS kernels */
+    blas_select_at_start(argv);
     if (argc < 2) {
         s_usage(stderr);
         return 2;
@@ -44,6 +47,9 @@ int main(int argc, char **argv)
 #else
         printf("shoal-worker %s (CPU only: built without CUDA and NCCL)\n", SHOAL_VERSION);
 #endif
+        char blas[512];
+        blas_select_describe(blas, sizeof blas);
+        printf("BLAS %s\n", blas);
         return 0;
     }
     if (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0)
