@@ -1,12 +1,12 @@
 /* data.c: loads the corpus into memory and maps global batch positions to sequences. */
 #include "data.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+
+#include "datafiles.h"
 
 struct data {
     unsigned char *bytes;
@@ -46,61 +46,6 @@ static shoal_err_t s_append_file(data_t *d, const char *path, int64_t *cap)
     return rc;
 }
 
-static int s_cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int s_has_suffix(const char *s, const char *suf)
-{
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
-static shoal_err_t s_append_dir(data_t *d, const char *dir, int64_t *cap)
-{
-    DIR *dp = opendir(dir);
-    if (!dp)
-        return shoal_fail(SHOAL_ERR_NOTFOUND, "data directory %s: %s", dir, strerror(errno));
-    char **names = NULL;
-    size_t n = 0, ncap = 0;
-    shoal_err_t rc = SHOAL_OK;
-    struct dirent *e;
-    while ((e = readdir(dp)) != NULL) {
-        if (e->d_name[0] == '.' || s_has_suffix(e->d_name, ".dat") ||
-            s_has_suffix(e->d_name, ".u8"))
-            continue;
-        char path[4096];
-        struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-            continue;
-        if (n == ncap) {
-            ncap = ncap ? ncap * 2 : 64;
-            char **nn = realloc(names, ncap * sizeof *nn);
-            if (!nn) {
-                rc = shoal_fail(SHOAL_ERR_NOMEM, "data directory %s: out of memory", dir);
-                goto out;
-            }
-            names = nn;
-        }
-        names[n++] = strdup(path);
-    }
-    if (n == 0) {
-        rc = shoal_fail(SHOAL_ERR_NOTFOUND, "data directory %s: no text files", dir);
-        goto out;
-    }
-    qsort(names, n, sizeof *names, s_cmp_str);
-    for (size_t i = 0; i < n && rc == SHOAL_OK; i++)
-        rc = s_append_file(d, names[i], cap);
-out:
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    closedir(dp);
-    return rc;
-}
-
 shoal_err_t data_open(const char *const *paths, int n_paths, int T, int vocab_size,
                       uint64_t seed, data_t **out)
 {
@@ -114,16 +59,11 @@ shoal_err_t data_open(const char *const *paths, int n_paths, int T, int vocab_si
     d->seed = seed;
     d->perm_epoch = -1;
     int64_t cap = 0;
-    shoal_err_t rc = SHOAL_OK;
-    for (int i = 0; i < n_paths && rc == SHOAL_OK; i++) {
-        struct stat st;
-        if (stat(paths[i], &st) != 0)
-            rc = shoal_fail(SHOAL_ERR_NOTFOUND, "data file %s: %s", paths[i], strerror(errno));
-        else if (S_ISDIR(st.st_mode))
-            rc = s_append_dir(d, paths[i], &cap);
-        else
-            rc = s_append_file(d, paths[i], &cap);
-    }
+    datafiles_t files;
+    shoal_err_t rc = datafiles_list(paths, n_paths, &files);
+    for (int i = 0; i < files.n && rc == SHOAL_OK; i++)
+        rc = s_append_file(d, files.paths[i], &cap);
+    datafiles_fini(&files);
     if (rc != SHOAL_OK)
         goto fail;
     d->n_seq = d->n_bytes / (T + 1);

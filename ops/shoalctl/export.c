@@ -110,6 +110,41 @@ static int s_shard_dirs(const ctl_opts_t *o, const json_t *manifest, const char 
     return ex;
 }
 
+int ctl_export_step(const ctl_opts_t *o, const char *run, int64_t step, const char *out,
+                    const ckpt_export_opts_t *opts, ctl_export_result_t *res)
+{
+    ctl_client_t *c = ctl_connect(o);
+    if (!c)
+        return CTL_EXIT_ERROR;
+    ctl_reply_t reply = {0};
+    json_t *doc = NULL;
+    const char **dirs = NULL;
+    int n = 0;
+    int ex = ctl_check_reply(o, ctl_client_manifest(c, run, step, &reply), &reply);
+    ctl_client_destroy(&c);
+    if (ex != CTL_EXIT_OK)
+        goto out;
+    if (!(doc = ctl_reply_doc(o, &reply))) {
+        ex = CTL_EXIT_ERROR;
+        goto out;
+    }
+    const json_t *manifest = json_object_get(doc, CTL_F_MANIFEST);
+    if ((ex = s_shard_dirs(o, manifest, &dirs, &n)) != CTL_EXIT_OK)
+        goto out;
+    if (ckpt_export(dirs, n, out, opts) != SHOAL_OK) {
+        ex = ctl_error(o, "%s", shoal_errmsg());
+        goto out;
+    }
+    res->step = ctl_json_int(doc, CTL_F_STEP, step);
+    res->n_dirs = n;
+    snprintf(res->run, sizeof res->run, "%s", ctl_json_str(doc, CTL_F_RUN, run));
+out:
+    free(dirs);
+    json_decref(doc);
+    ctl_reply_fini(&reply);
+    return ex;
+}
+
 int cmd_export(ctl_opts_t *o, int argc, char **argv)
 {
     const char *step_s = NULL, *out = NULL, *dtype = "f32", *max_s = NULL, *run = NULL;
@@ -136,42 +171,18 @@ int cmd_export(ctl_opts_t *o, int argc, char **argv)
     if (max_s && opts.max_shard_bytes == 0)
         return ctl_usage_error(o, s_usage, "--max-shard-bytes: must be > 0");
 
-    ctl_client_t *c = ctl_connect(o);
-    if (!c)
-        return CTL_EXIT_ERROR;
-    ctl_reply_t reply = {0};
-    json_t *doc = NULL;
-    const char **dirs = NULL;
-    int n = 0;
-    ex = ctl_check_reply(o, ctl_client_manifest(c, run, step, &reply), &reply);
-    ctl_client_destroy(&c);
-    if (ex != CTL_EXIT_OK)
-        goto out;
-    if (!(doc = ctl_reply_doc(o, &reply))) {
-        ex = CTL_EXIT_ERROR;
-        goto out;
-    }
-    const json_t *manifest = json_object_get(doc, CTL_F_MANIFEST);
-    step = ctl_json_int(doc, CTL_F_STEP, step);
-    if ((ex = s_shard_dirs(o, manifest, &dirs, &n)) != CTL_EXIT_OK)
-        goto out;
-    if (ckpt_export(dirs, n, out, &opts) != SHOAL_OK) {
-        ex = ctl_error(o, "%s", shoal_errmsg());
-        goto out;
-    }
+    ctl_export_result_t res = {0};
+    if ((ex = ctl_export_step(o, run, step, out, &opts, &res)) != CTL_EXIT_OK)
+        return ex;
     if (o->json) {
-        json_t *res = json_pack("{s:s, s:I, s:s, s:s, s:i}", CTL_F_RUN,
-                                ctl_json_str(doc, CTL_F_RUN, run), CTL_F_STEP, (json_int_t)step,
-                                "out", out, "dtype", dtype, CTL_F_SHARDS, n);
-        ctl_print_json(res);
-        json_decref(res);
+        json_t *doc = json_pack("{s:s, s:I, s:s, s:s, s:i}", CTL_F_RUN, res.run, CTL_F_STEP,
+                                (json_int_t)res.step, "out", out, "dtype", dtype, CTL_F_SHARDS,
+                                res.n_dirs);
+        ctl_print_json(doc);
+        json_decref(doc);
     } else {
-        printf("exported run %s step %" PRId64 " from %d shard dir(s) to %s (%s)\n",
-               ctl_json_str(doc, CTL_F_RUN, run), step, n, out, dtype);
+        printf("exported run %s step %lld from %d shard dir(s) to %s (%s)\n", res.run,
+               res.step, res.n_dirs, out, dtype);
     }
-out:
-    free(dirs);
-    json_decref(doc);
-    ctl_reply_fini(&reply);
-    return ex;
+    return CTL_EXIT_OK;
 }

@@ -26,6 +26,13 @@ static const char s_usage[] =
     "                         a committed checkpoint's shards and the workers holding each\n"
     "  up [--workers N] [RUN.yaml]\n"
     "                         start a local coordinator and N workers, run a job end to end\n"
+    "  release RUN --out DIR --spec RUN.yaml --metrics FILES\n"
+    "                         write the open release of a finished run (weights, data\n"
+    "                         manifest, spec, metrics, plans, verified ledger, model card)\n"
+    "  replay DIR [--workers N]\n"
+    "                         retrain a release locally and check its weights byte for byte\n"
+    "  plot RUN|DIR --out FILE.png|svg\n"
+    "                         loss and tokens/s over the steps, plan changes marked\n"
     "\n"
     "options:\n"
     "  --control ENDPOINT     control endpoint (default $SHOAL_CONTROL, else\n"
@@ -46,6 +53,7 @@ static const s_verb_t s_verbs[] = {
     {"resume", cmd_resume}, {"cancel", cmd_cancel},   {"events", cmd_events},
     {"verify", cmd_verify}, {"plan", cmd_plan},       {"up", cmd_up},
     {"export", cmd_export}, {"manifest", cmd_manifest},
+    {"release", cmd_release}, {"replay", cmd_replay},  {"plot", cmd_plot},
 };
 
 int main(int argc, char **argv)

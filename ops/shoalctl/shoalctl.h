@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "ckpt_export.h"
 #include "ctl_client.h"
 #include "runspec.h"
 
@@ -117,6 +118,22 @@ int cmd_plan(ctl_opts_t *o, int argc, char **argv);
 int cmd_up(ctl_opts_t *o, int argc, char **argv);
 int cmd_export(ctl_opts_t *o, int argc, char **argv);
 int cmd_manifest(ctl_opts_t *o, int argc, char **argv);
+int cmd_release(ctl_opts_t *o, int argc, char **argv);
+int cmd_replay(ctl_opts_t *o, int argc, char **argv);
+int cmd_plot(ctl_opts_t *o, int argc, char **argv);
+
+/* export.c: what ctl_export_step wrote. */
+typedef struct {
+    char run[64];    /* the run's id */
+    long long step;  /* the step exported (the latest committed one for step 0) */
+    int n_dirs;      /* shard dirs read */
+} ctl_export_result_t;
+
+/* Writes the committed checkpoint of `step` (0: the latest) of `run` to `out` as a Hugging Face
+ * model directory (ckpt_export), after checking every shard dir against the coordinator's
+ * manifest. Returns the exit code after printing why it failed; fills *res on success. */
+int ctl_export_step(const ctl_opts_t *o, const char *run, int64_t step, const char *out,
+                    const ckpt_export_opts_t *opts, ctl_export_result_t *res);
 
 /* status.c: converts the coordinator's status document into the documented `status --json`
  * object {"runs": [{id, name, state, step, total_steps, loss, generation, checkpoint_step}]}.

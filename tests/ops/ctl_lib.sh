@@ -51,6 +51,12 @@ start_worker() {
     worker_pid[$i]=$!
 }
 
+# workers_all_active N: exactly N workers registered, every one active.
+workers_all_active() {
+    "$bin" workers --json 2>/dev/null | python3 -c \
+        'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w) == int(sys.argv[1]) and all(x["state"] == "active" for x in w) else 1)' "$1"
+}
+
 # long_run_spec FILE NAME: a tiny run that trains until stopped (steps far beyond any test).
 long_run_spec() {
     cat >"$1" <<YAML
