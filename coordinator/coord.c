@@ -185,7 +185,7 @@ static shoal_err_t s_monitor_open(coord_t *c)
 {
     char addr[64];
     snprintf(addr, sizeof addr, "inproc://shoal-coord-wmon-%p", (void *)c);
-    if (zmq_socket_monitor(c->wsock, addr, ZMQ_EVENT_DISCONNECTED) != 0 ||
+    if (zmq_socket_monitor(c->wsock, addr, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0 ||
         !(c->wmon = zmq_socket(c->zctx, ZMQ_PAIR)) || zmq_connect(c->wmon, addr) != 0)
         return shoal_fail(SHOAL_ERR_IO, "monitoring the worker socket: %s", zmq_strerror(errno));
     return SHOAL_OK;
@@ -213,12 +213,18 @@ static void s_monitor_drain(coord_t *c)
         if (zmq_msg_recv(&ep, c->wmon, ZMQ_DONTWAIT) >= 0 && what == ZMQ_EVENT_DISCONNECTED) {
             for (int i = 0; i < c->n_workers; i++) {
                 coord_worker_t *w = c->workers[i];
-                if (!coord_worker_is_live(w->state) || w->conn_fd != (int)fd)
+                if (!coord_worker_is_live(w->state) || w->conn_fd != (int)fd || w->conn_lost_ms)
                     continue;
-                w->conn_fd = -1;
+                /* conn_fd stays: messages still queued from that connection (a busy
+                 * coordinator reads them after this event) must not undo it */
                 w->conn_lost_ms = clock_mono_ms();
                 log_debug("worker %s: its connection closed", w->id);
             }
+        } else if (what == ZMQ_EVENT_ACCEPTED) {
+            /* a new connection got a closed one's descriptor: messages on it are news */
+            for (int i = 0; i < c->n_workers; i++)
+                if (c->workers[i]->conn_lost_ms && c->workers[i]->conn_fd == (int)fd)
+                    c->workers[i]->conn_fd = -1;
         }
         zmq_msg_close(&ep);
     }

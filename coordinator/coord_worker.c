@@ -17,6 +17,8 @@ void coord_worker_heard(coord_worker_t *w, const wire_route_t *route)
     w->last_seen_ms = clock_mono_ms();
     w->route = *route;
     w->has_route = 1;
+    if (w->conn_lost_ms && route->fd >= 0 && route->fd == w->conn_fd)
+        return; /* sent before its connection closed: the worker is still gone */
     w->conn_fd = route->fd;
     w->conn_lost_ms = 0;
 }
