@@ -267,6 +267,7 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
     SHOAL_CHECK_GOTO(coord_txn_commit(c), rc, fail);
     log_info("state %s (%d runs, %d workers), workers on %s, control on %s", cfg->state_dir,
              c->n_runs, c->n_workers, cfg->listen, cfg->control);
+    SHOAL_CHECK_GOTO(coord_metrics_start(c), rc, fail);
     c->notify = getenv("NOTIFY_SOCKET") != NULL;
     c->watchdog_every_ms = 1000;
 #ifdef SHOAL_HAVE_SYSTEMD
@@ -304,6 +305,7 @@ void coord_destroy(coord_t **self_p)
     for (int i = 0; i < c->n_runs; i++)
         coord_run_free(c->runs[i]);
     free(c->runs);
+    coord_metrics_stop(c);
     ledger_destroy(&c->ledger);
     store_destroy(&c->st);
     free(c);
@@ -348,6 +350,7 @@ static void s_cron(coord_t *c)
         coord_run_replan_check(c, c->runs[i]);
     coord_schedule(c);
     coord_txn_commit(c);
+    coord_metrics_cron(c, now);
     if (now >= c->next_watchdog_ms) {
         s_notify(c, "WATCHDOG=1");
         c->next_watchdog_ms = now + c->watchdog_every_ms;

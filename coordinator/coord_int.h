@@ -12,7 +12,9 @@
 #include "config.h"
 #include "coord.h"
 #include "ledger.h"
+#include "metrics_http.h"
 #include "plan.h"
+#include "prom_text.h"
 #include "store.h"
 #include "wire.h"
 
@@ -59,6 +61,7 @@ typedef struct {
     int64_t last_hb_ms;   /* wall clock of the last heartbeat (0 = none since start) */
     int64_t step;
     double loss, tokens_per_s;
+    double step_seconds, comm_wait_ratio; /* of its last StepReport (metrics) */
     int activity;
     wire_route_t route;
     int has_route;
@@ -72,6 +75,12 @@ typedef struct {
      * restarts and ends only with undrain */
     char drain[96];
 } coord_worker_t;
+
+/* When a step committed (metrics: a checkpoint's duration counts from its step's commit). */
+#define COORD_STEP_TIMES 64
+typedef struct {
+    int64_t step, wall_ms;
+} coord_step_time_t;
 
 typedef struct {
     char id[COORD_ID_MAX];
@@ -99,6 +108,7 @@ typedef struct {
     int64_t fail_backoff_ms; /* wait after the last failure re-plan (0: none yet) */
     int64_t fail_replan_at_ms; /* monotonic: no failure re-plan before this */
     int fail_backoff_logged;   /* the current wait was logged */
+    coord_step_time_t step_times[COORD_STEP_TIMES]; /* recent commits, at [step % N] */
 } coord_run_t;
 
 /* What serves the control socket: control.c attaches it (control_attach, control.h), so that
@@ -143,6 +153,10 @@ struct coord {
     int fail_stopped;
     char fail_why[512];
     coord_control_t control;
+    /* Prometheus /metrics (coord_metrics.c): NULL when --metrics-listen is unset */
+    metrics_http_t *metrics_http;
+    prom_text_t metrics_text;
+    int64_t next_metrics_ms;
 };
 
 /* The receive context of one message: the coordinator and the sender's route. */
@@ -280,6 +294,19 @@ coord_run_t *coord_check_run(coord_t *c, const wire_route_t *route, coord_worker
 int coord_rank_of(const coord_run_t *r, const coord_worker_t *w);
 /* Clears a worker's plan-failure streak (a step completed, or the operator undrained it). */
 void coord_worker_clear_failures(coord_worker_t *w);
+
+/* ---- coord_metrics.c: Prometheus /metrics ------------------------------------------------- */
+/* Starts the HTTP server when cfg.metrics_listen is set (errors: metrics_http_start). */
+shoal_err_t coord_metrics_start(coord_t *c);
+void coord_metrics_stop(coord_t *c);
+/* Cron: renders and publishes a snapshot every 500 ms. */
+void coord_metrics_cron(coord_t *c, int64_t now_mono_ms);
+/* Renders and publishes now (nothing without a server). */
+void coord_metrics_publish(coord_t *c);
+/* Renders the whole exposition into t (reset first); tests call it directly. */
+void coord_metrics_render(coord_t *c, prom_text_t *t);
+/* r->committed_step just advanced: note when. */
+void coord_metrics_on_step_commit(coord_run_t *r);
 
 /* ---- coord_manifest.c: checkpoints --------------------------------------------------------- */
 /* A checkpoint shard report (run already checked): stores it, commits the manifest when every

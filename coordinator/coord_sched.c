@@ -71,6 +71,7 @@ void coord_run_advance(coord_t *c, coord_run_t *r)
     if (low <= r->committed_step)
         return;
     r->committed_step = low;
+    coord_metrics_on_step_commit(r);
     r->fail_backoff_ms = 0; /* the plan works: the next failure re-plans at once again */
     r->fail_replan_at_ms = 0;
     r->distrust_peers = 0; /* a step committed: the ranks hold what they report again */

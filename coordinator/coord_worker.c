@@ -328,6 +328,9 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
     }
     w->step = sr->step;
     w->loss = s_finite(sr->loss, w, "loss");
+    w->step_seconds = s_finite(sr->duration_s, w, "step time");
+    double comm = s_finite(sr->comm_seconds, w, "comm time");
+    w->comm_wait_ratio = w->step_seconds > 0 && comm > 0 ? fmin(comm / w->step_seconds, 1) : 0;
     coord_run_advance(c, r);
     coord_reply_ack(c, route, env, w, r);
 }

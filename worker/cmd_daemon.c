@@ -36,7 +36,8 @@ static void s_usage(FILE *f)
             "  --device D           cpu, cuda:N or auto (a GPU when present, default auto)\n"
             "  --log-level L        error|warn|info|debug (default info)\n"
             "  --log-format F       plain (journald priority prefixes under systemd) or json\n"
-            "  --metrics FILE       append one JSON line per step\n");
+            "  --metrics FILE       append one JSON line per step\n"
+            "  --metrics-listen A:P serve Prometheus /metrics on ADDR:PORT\n");
     daemon_config_print_flags(f);
 }
 
@@ -63,6 +64,7 @@ int cmd_daemon(int argc, char **argv)
         {"comm-timeout-ms", required_argument, 0, 't'},
         {"threads", required_argument, 0, 'T'},     {"metrics", required_argument, 0, 'm'},
         {"device", required_argument, 0, 'D'},      {"log-format", required_argument, 0, 'F'},
+        {"metrics-listen", required_argument, 0, 'M'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     daemon_config_t cfg = {.stop_flag = &s_stop};
     daemon_config_defaults(&cfg);
@@ -78,6 +80,7 @@ int cmd_daemon(int argc, char **argv)
         case 'a': cfg.advertise_host = optarg; break;
         case 'i': cfg.institution = optarg; break;
         case 'm': cfg.metrics_path = optarg; break;
+        case 'M': cfg.metrics_listen = optarg; break;
         case 'D': cfg.device = optarg; break;
         case 'l': {
             int lvl = log_level_parse(optarg);

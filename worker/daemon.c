@@ -60,6 +60,7 @@ void daemon_status(daemon_t *d, sess_activity_t act, const char *fmt, ...)
     d->status_gen = gen;
     snprintf(d->status_run, sizeof d->status_run, "%s", run);
     snprintf(d->detail, sizeof d->detail, "%s", detail);
+    daemon_metrics_publish(d);
     sess_req_t *r = sess_req_new(SESS_REQ_STATUS, run, gen);
     if (r) {
         r->step = step;
@@ -341,6 +342,9 @@ static void s_step(daemon_t *d)
     }
     d->last_loss = (float)info.loss;
     d->tokens_per_s = info.step_seconds > 0 ? (float)(info.tokens / info.step_seconds) : 0;
+    d->last_step_s = info.step_seconds;
+    d->last_comm_s = info.comm_seconds;
+    d->steps_trained++;
     log_info("step %lld/%lld loss %.4f gnorm %.3f %.0f tok/s, %.0f%% in comm (generation %llu, "
              "rank %u/%u)",
              (long long)k, (long long)info.steps, info.loss, info.grad_norm, d->tokens_per_s,
@@ -363,6 +367,7 @@ static void s_step(daemon_t *d)
         r->tokens = (uint64_t)info.tokens;
         r->duration_s = (float)info.step_seconds;
         r->grad_norm = (float)info.grad_norm;
+        r->comm_seconds = (float)info.comm_seconds;
     }
     session_post(d->sess, &r);
     daemon_ckpt_finish(d, 1);
@@ -456,6 +461,7 @@ static void s_teardown(daemon_t *d)
     sess_plan_destroy(&d->pending);
     session_destroy(&d->sess);
     daemon_replicas_stop(d);
+    daemon_metrics_stop(d);
     comm_listener_destroy(&d->listener);
     if (d->zctx)
         zmq_ctx_term(d->zctx);
@@ -505,6 +511,8 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     gethostname(host, sizeof host - 1);
     char shard_endpoint[512];
     shoal_err_t rc = s_setup(d, cfg, endpoint, sizeof endpoint);
+    if (rc == SHOAL_OK)
+        rc = daemon_metrics_start(d);
     if (rc == SHOAL_OK)
         rc = daemon_replicas_start(d, endpoint, shard_endpoint, sizeof shard_endpoint);
     if (rc != SHOAL_OK)

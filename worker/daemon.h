@@ -23,6 +23,7 @@ typedef struct {
     const char *institution;    /* NULL: "" */
     const char *device;         /* cpu | cuda:N | auto (NULL: auto; worker/device.h) */
     const char *metrics_path;   /* JSON lines, one per step (NULL: none) */
+    const char *metrics_listen; /* ADDR:PORT of a Prometheus /metrics server (NULL: none) */
     double grace_seconds;       /* SIGTERM: finish or abandon the step within this (default 10) */
     int comm_timeout_ms;        /* longest collective wait without progress (default 30000) */
     int threads;                /* BLAS threads (0: the run spec's train.threads) */

@@ -14,6 +14,8 @@
 #include "comm.h"
 #include "daemon.h"
 #include "device.h"
+#include "metrics_http.h"
+#include "prom_text.h"
 #include "runspec.h"
 #include "session.h"
 #include "statedir.h"
@@ -59,6 +61,11 @@ typedef struct {
     char status_run[SESS_ID_MAX];
     uint64_t status_gen;
     char detail[256];
+    /* Prometheus /metrics (daemon_metrics.c; NULL: no --metrics-listen) */
+    metrics_http_t *http;
+    prom_text_t http_text;
+    double last_step_s, last_comm_s; /* the last step's wall time and time in collectives */
+    uint64_t steps_trained;
 } daemon_t;
 
 /* ---- daemon.c ----------------------------------------------------------------------------- */
@@ -86,6 +93,14 @@ void daemon_pump(daemon_t *d, int timeout_ms);
 /* Waits for the checkpoint being written (if any) and, when `report`, reports it to the
  * coordinator once durable (statedir_ckpt_report). */
 void daemon_ckpt_finish(daemon_t *d, int report);
+
+/* ---- daemon_metrics.c: Prometheus /metrics ---------------------------------------------- */
+
+/* Starts the HTTP server when cfg.metrics_listen is set. */
+shoal_err_t daemon_metrics_start(daemon_t *d);
+/* Renders the worker's status and publishes it (nothing without a server). */
+void daemon_metrics_publish(daemon_t *d);
+void daemon_metrics_stop(daemon_t *d);
 
 /* ---- daemon_replicas.c: checkpoint replication ------------------------------------------ */
 

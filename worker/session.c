@@ -215,6 +215,7 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
         sr.tokens = r->tokens;
         sr.duration_s = r->duration_s;
         sr.grad_norm = r->grad_norm;
+        sr.comm_seconds = r->comm_seconds;
         env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
         env.step_report = &sr;
         return s_send(s, &env) == 0 ? env.seq : 0;

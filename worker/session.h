@@ -98,6 +98,7 @@ typedef struct {
     /* STEP */
     uint64_t tokens;
     float duration_s, grad_norm;
+    float comm_seconds;         /* of duration_s, inside collectives (metrics) */
     /* CKPT */
     char path[SESS_TEXT_MAX];
     int n_files;

@@ -1,0 +1,71 @@
+/* daemon_metrics.c: the worker's Prometheus /metrics (--metrics-listen). The training thread
+ * renders its status at every change (daemon_status) and publishes the text to metrics_http,
+ * whose thread serves the last snapshot. Names match the coordinator's per-worker series
+ * (ops/OPERATIONS.md "Metrics"). */
+#include "daemon_int.h"
+
+#include <stdio.h>
+
+#include "log.h"
+
+shoal_err_t daemon_metrics_start(daemon_t *d)
+{
+    prom_text_init(&d->http_text);
+    if (!d->cfg.metrics_listen || !d->cfg.metrics_listen[0])
+        return SHOAL_OK;
+    shoal_err_t rc = metrics_http_start(d->cfg.metrics_listen, &d->http);
+    if (rc != SHOAL_OK)
+        return shoal_fail_context(rc, "--metrics-listen");
+    log_info("metrics on http://%s/metrics (port %u)", d->cfg.metrics_listen,
+             metrics_http_port(d->http));
+    return SHOAL_OK;
+}
+
+void daemon_metrics_stop(daemon_t *d)
+{
+    metrics_http_stop(&d->http);
+    prom_text_fini(&d->http_text);
+}
+
+void daemon_metrics_publish(daemon_t *d)
+{
+    if (!d->http)
+        return;
+    static const char *const activities[] = {"idle",          "loading",  "training",
+                                             "waiting",       "checkpointing",
+                                             "draining",      "failed",   "state_missing"};
+    prom_text_t *t = &d->http_text;
+    prom_text_reset(t);
+    const char *run = d->plan ? d->plan->run_id : "";
+    prom_family(t, "shoal_worker_activity", "gauge", "1 for what the worker is doing now");
+    for (int a = 0; a < (int)(sizeof activities / sizeof activities[0]); a++)
+        prom_sample(t, "shoal_worker_activity", d->activity == (sess_activity_t)a, "worker",
+                    d->name, "activity", activities[a], NULL);
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"shoal_worker_step", "gauge", "last step the worker completed"},
+        {"shoal_worker_loss", "gauge", "loss of the worker's last step"},
+        {"shoal_worker_tokens_per_second", "gauge", "tokens per second of the last step"},
+        {"shoal_worker_step_seconds", "gauge", "wall time of the worker's last step"},
+        {"shoal_worker_comm_wait_ratio", "gauge",
+         "fraction of the last step spent inside collectives (waiting included)"},
+        {"shoal_worker_plan_generation", "gauge", "generation of the plan the worker trains"},
+        {"shoal_worker_steps_total", "counter", "steps this process trained"},
+    };
+    double v[] = {
+        (double)d->status_step,
+        d->last_loss,
+        d->tokens_per_s,
+        d->last_step_s,
+        d->last_step_s > 0 ? d->last_comm_s / d->last_step_s : 0,
+        d->plan ? (double)d->plan->generation : 0,
+        (double)d->steps_trained,
+    };
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        prom_family(t, fam[f].name, fam[f].type, fam[f].help);
+        prom_sample(t, fam[f].name, v[f], "worker", d->name, "run", run, NULL);
+    }
+    if (t->oom || metrics_http_publish(d->http, t->buf, t->len) != SHOAL_OK)
+        log_debug("metrics snapshot not published (out of memory)");
+}
