@@ -1,0 +1,530 @@
+/* shoal-sim: many simulated workers in one process, each a DEALER of its own speaking the real
+ * protocol (proto/shoal.proto, as worker/session.c does) to a real coordinator: they register
+ * with a host, an institution and GPU memory (80 GB; --memory-gb 0: undeclared), heartbeat,
+ * "train" (report each step up to their lease), report checkpoint shards, and die, join and drain on a seeded schedule. No
+ * training, no data plane: what the coordinator sees of N workers, at a fraction of the cost.
+ *
+ *   shoal-sim --connect EP --workers N [--first K] [--hosts-of 8] [--institutions 4]
+ *             [--hb-ms 100] [--step-ms 200] [--ckpt-every 0] [--seconds 30] [--seed 1]
+ *             [--churn-ms 0] [--churn-offset-ms 0] [--events FILE] [--quiet-after-ms 0]
+ *             [--memory-gb 80]
+ *
+ * Worker i (global index K + i) is named sim-<K+i> on host h<(K+i)/hosts-of>, institution
+ * inst-<host % institutions>. With --churn-ms P every P ms (from --churn-offset-ms) one event
+ * drawn from the seed: a death (the socket closed at once, as a SIGKILL closes it), a join (a
+ * new worker registers) or a drain (Leave with drain_first: the worker finishes at the
+ * boundary, then leaves). --quiet-after-ms stops the churn that long before the end so the
+ * coordinator's answers to the last events can be seen. Each event is a line of FILE:
+ * "<kind> <name> <worker id> <wall ms>". At the end a summary line goes to stdout:
+ * "sim: sent N acks N registered N deaths N joins N drains N". Exit 0, or 1 on a setup error. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <zmq.h>
+
+#include "clock.h"
+#include "wire.h"
+
+#define S_GETASSIGN_MIN_MS 300
+#define S_REGISTER_RETRY_MS 2000
+
+typedef enum { S_OFF = 0, S_REGISTERING, S_REGISTERED, S_LEAVING } s_state_t;
+
+typedef struct {
+    void *sock;
+    s_state_t state;
+    char name[32], id[WIRE_MAX_ID_LEN + 1], host[24], inst[24], endpoint[64];
+    char run[WIRE_MAX_ID_LEN + 1];
+    uint64_t gen, seq;
+    uint32_t rank, replica, stage, ep_rank;
+    int64_t step, lease;
+    int paused, drain_asked;
+    int64_t next_hb_ms, next_step_ms, reg_sent_ms, getassign_ms;
+} s_worker_t;
+
+typedef struct {
+    const char *connect;
+    int n_workers, first, hosts_of, institutions, hb_ms, step_ms, ckpt_every, seconds;
+    unsigned seed;
+    int churn_ms, churn_offset_ms, quiet_after_ms, memory_gb;
+    const char *events_path;
+} s_opts_t;
+
+typedef struct {
+    s_opts_t o;
+    void *zctx;
+    s_worker_t *w;
+    int n, cap, next_index;
+    uint64_t rng;
+    FILE *events;
+    unsigned long long sent, acks, registered, deaths, joins, drains;
+    s_worker_t *cur; /* the worker whose socket is being read */
+} s_sim_t;
+
+static volatile sig_atomic_t s_stop;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static uint32_t s_rand(s_sim_t *s, uint32_t n)
+{
+    s->rng = s->rng * 6364136223846793005ull + 1442695040888963407ull;
+    return n ? (uint32_t)((s->rng >> 33) % n) : 0;
+}
+
+static void s_event(s_sim_t *s, const char *kind, const s_worker_t *w)
+{
+    if (!s->events)
+        return;
+    fprintf(s->events, "%s %s %s %lld\n", kind, w->name, w->id[0] ? w->id : "-",
+            (long long)clock_wall_ms());
+    fflush(s->events);
+}
+
+static void s_send(s_sim_t *s, s_worker_t *w, Shoal__Envelope *env)
+{
+    if (wire_send(w->sock, NULL, env, ZMQ_DONTWAIT) == SHOAL_OK)
+        s->sent++;
+}
+
+static void s_env(s_worker_t *w, Shoal__Envelope *env, Shoal__MsgType type)
+{
+    wire_envelope_init(env, type, w->run, w->id, w->gen, ++w->seq);
+}
+
+static void s_send_register(s_sim_t *s, s_worker_t *w)
+{
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_REGISTER, "", w->id, 0, ++w->seq);
+    Shoal__Register reg = SHOAL__REGISTER__INIT;
+    char *devices[1] = {"cuda:0 NVIDIA H100 80GB HBM3"};
+    reg.name = w->name;
+    reg.host = w->host;
+    reg.n_devices = 1;
+    reg.devices = devices;
+    reg.memory_bytes = (uint64_t)s->o.memory_gb << 30;
+    reg.institution = w->inst;
+    reg.version = "sim";
+    reg.data_endpoint = w->endpoint;
+    reg.shard_endpoint = "";
+    if (w->id[0]) {
+        reg.prev_id_case_case = SHOAL__REGISTER__PREV_ID_CASE_PREV_ID;
+        reg.prev_id = w->id;
+    }
+    env.body_case = SHOAL__ENVELOPE__BODY_REG;
+    env.reg = &reg;
+    w->state = S_REGISTERING;
+    w->reg_sent_ms = clock_mono_ms();
+    s_send(s, w, &env);
+}
+
+static void s_send_heartbeat(s_sim_t *s, s_worker_t *w)
+{
+    Shoal__Envelope env;
+    s_env(w, &env, SHOAL__MSG_TYPE__MSG_HEARTBEAT);
+    Shoal__Heartbeat hb = SHOAL__HEARTBEAT__INIT;
+    hb.step = w->step;
+    hb.loss = 2.0f;
+    hb.tokens_per_s = w->run[0] ? 1000.0f : 0.0f;
+    hb.activity = w->run[0] ? (w->step < w->lease ? SHOAL__WORKER_ACTIVITY__ACTIVITY_TRAINING
+                                                  : SHOAL__WORKER_ACTIVITY__ACTIVITY_WAITING)
+                            : SHOAL__WORKER_ACTIVITY__ACTIVITY_IDLE;
+    hb.timestamp_ms = (uint64_t)clock_wall_ms();
+    hb.detail = "";
+    env.body_case = SHOAL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    s_send(s, w, &env);
+}
+
+static void s_send_get_assignment(s_sim_t *s, s_worker_t *w)
+{
+    int64_t now = clock_mono_ms();
+    if (now - w->getassign_ms < S_GETASSIGN_MIN_MS)
+        return;
+    w->getassign_ms = now;
+    Shoal__Envelope env;
+    s_env(w, &env, SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT);
+    Shoal__GetAssignment ga = SHOAL__GET_ASSIGNMENT__INIT;
+    env.body_case = SHOAL__ENVELOPE__BODY_GET_ASSIGNMENT;
+    env.get_assignment = &ga;
+    s_send(s, w, &env);
+}
+
+static void s_send_step(s_sim_t *s, s_worker_t *w)
+{
+    Shoal__Envelope env;
+    s_env(w, &env, SHOAL__MSG_TYPE__MSG_STEP_REPORT);
+    Shoal__StepReport sr = SHOAL__STEP_REPORT__INIT;
+    sr.step = w->step;
+    sr.loss = 2.0f;
+    sr.tokens = 4096;
+    sr.duration_s = (float)s->o.step_ms / 1000.0f;
+    sr.grad_norm = 1.0f;
+    env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
+    env.step_report = &sr;
+    s_send(s, w, &env);
+}
+
+/* The shard a real worker would have written: one file, its size and a digest (fixed: nothing
+ * reads it back; the coordinator only records it). */
+static void s_send_ckpt(s_sim_t *s, s_worker_t *w)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/sim/%s/step-%lld/rank-%u", w->run, (long long)w->step, w->rank);
+    Shoal__FileDigest fd = SHOAL__FILE_DIGEST__INIT;
+    Shoal__FileDigest *fdp[1] = {&fd};
+    fd.name = "shard.safetensors";
+    fd.size = 1ull << 30;
+    fd.sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    Shoal__Cell cell = SHOAL__CELL__INIT;
+    cell.replica = w->replica;
+    cell.stage = w->stage;
+    cell.ep_rank = w->ep_rank;
+    Shoal__CheckpointShardReport ck = SHOAL__CHECKPOINT_SHARD_REPORT__INIT;
+    ck.step = w->step;
+    ck.path = path;
+    ck.files = fdp;
+    ck.n_files = 1;
+    ck.holder = w->id;
+    ck.cell = &cell;
+    Shoal__Envelope env;
+    s_env(w, &env, SHOAL__MSG_TYPE__MSG_CKPT_SHARD);
+    env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
+    env.ckpt_shard = &ck;
+    s_send(s, w, &env);
+}
+
+static void s_send_leave(s_sim_t *s, s_worker_t *w, int drain_first)
+{
+    Shoal__Envelope env;
+    s_env(w, &env, SHOAL__MSG_TYPE__MSG_LEAVE);
+    Shoal__Leave lv = SHOAL__LEAVE__INIT;
+    lv.reason = drain_first ? "simulated preemption" : "simulated drain done";
+    lv.drain_first = drain_first;
+    env.body_case = SHOAL__ENVELOPE__BODY_LEAVE;
+    env.leave = &lv;
+    s_send(s, w, &env);
+}
+
+static void s_close(s_worker_t *w)
+{
+    if (w->sock)
+        zmq_close(w->sock); /* linger 0 (wire_socket_limits): the connection drops at once */
+    w->sock = NULL;
+    w->state = S_OFF;
+}
+
+/* A drained worker, its cell handed on: a plain Leave, then gone. */
+static void s_finish_drain(s_sim_t *s, s_worker_t *w)
+{
+    s_send_leave(s, w, 0);
+    s_event(s, "left", w);
+    w->state = S_LEAVING;
+    w->next_hb_ms = clock_mono_ms() + 200; /* let the Leave go out before closing */
+}
+
+static void s_on_msg(const Shoal__Envelope *env, void *ctx)
+{
+    s_sim_t *s = ctx;
+    s_worker_t *w = s->cur;
+    switch (env->type) {
+    case SHOAL__MSG_TYPE__MSG_REGISTER_REPLY:
+        if (env->reg_reply->accepted) {
+            snprintf(w->id, sizeof w->id, "%s", env->reg_reply->worker_id);
+            if (w->state == S_REGISTERING)
+                s->registered++;
+            w->state = S_REGISTERED;
+            w->run[0] = 0;
+            w->gen = 0;
+        }
+        break;
+    case SHOAL__MSG_TYPE__MSG_ASSIGNMENT: {
+        const Shoal__Assignment *a = env->assignment;
+        if (!a->plan || (w->run[0] && strcmp(w->run, a->plan->run_id) == 0 &&
+                         a->plan->generation < w->gen))
+            break;
+        snprintf(w->run, sizeof w->run, "%s", a->plan->run_id);
+        w->gen = a->plan->generation;
+        w->rank = a->rank;
+        if (a->cell) {
+            w->replica = a->cell->replica;
+            w->stage = a->cell->stage;
+            w->ep_rank = a->cell->ep_rank;
+        }
+        w->step = a->plan->start_step - 1; /* loads the state the plan names at once */
+        w->lease = a->lease;
+        w->next_step_ms = clock_mono_ms() + s->o.step_ms;
+        break;
+    }
+    case SHOAL__MSG_TYPE__MSG_STEP_COMMIT:
+        if (strcmp(env->run_id, w->run) == 0 && env->generation == w->gen &&
+            env->step_commit->lease > w->lease)
+            w->lease = env->step_commit->lease;
+        break;
+    case SHOAL__MSG_TYPE__MSG_RUN_CONTROL:
+        if (strcmp(env->run_id, w->run) != 0)
+            break;
+        if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP) {
+            w->run[0] = 0;
+            w->gen = 0;
+            if (w->drain_asked && w->state == S_REGISTERED)
+                s_finish_drain(s, w);
+        } else if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_PAUSE) {
+            w->paused = 1;
+        } else if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_RESUME) {
+            w->paused = 0;
+        }
+        break;
+    case SHOAL__MSG_TYPE__MSG_DRAIN:
+        w->run[0] = 0;
+        w->gen = 0;
+        if (w->drain_asked && w->state == S_REGISTERED)
+            s_finish_drain(s, w);
+        break;
+    case SHOAL__MSG_TYPE__MSG_ACK:
+        s->acks++;
+        if (env->ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_REREGISTER)
+            s_send_register(s, w);
+        else if (env->ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_FETCH_ASSIGNMENT)
+            s_send_get_assignment(s, w);
+        else if (env->ack->generation == w->gen && w->run[0] && env->ack->lease > w->lease)
+            w->lease = env->ack->lease;
+        break;
+    case SHOAL__MSG_TYPE__MSG_ERROR:
+        if (env->error->code == SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER)
+            s_send_register(s, w);
+        else if (env->error->code == SHOAL__ERROR_CODE__ERR_STALE_GENERATION ||
+                 env->error->code == SHOAL__ERROR_CODE__ERR_WRONG_RUN)
+            s_send_get_assignment(s, w);
+        break;
+    default: /* Replicate, CommId: no state to copy, no comm to build */
+        break;
+    }
+}
+
+static int s_open(s_sim_t *s, s_worker_t *w, int index)
+{
+    memset(w, 0, sizeof *w);
+    const int host = index / s->o.hosts_of;
+    snprintf(w->name, sizeof w->name, "sim-%d", index);
+    snprintf(w->host, sizeof w->host, "h%04d", host);
+    snprintf(w->inst, sizeof w->inst, "inst-%d", host % s->o.institutions);
+    snprintf(w->endpoint, sizeof w->endpoint, "tcp://%s:%d", w->host, 7500 + index % s->o.hosts_of);
+    w->sock = zmq_socket(s->zctx, ZMQ_DEALER);
+    if (!w->sock || wire_socket_limits(w->sock) != SHOAL_OK ||
+        zmq_connect(w->sock, s->o.connect) != 0) {
+        fprintf(stderr, "shoal-sim: worker %s: %s\n", w->name, zmq_strerror(errno));
+        s_close(w);
+        return -1;
+    }
+    const int64_t now = clock_mono_ms();
+    w->next_hb_ms = now + s_rand(s, (uint32_t)s->o.hb_ms); /* spread the beats */
+    s_send_register(s, w);
+    return 0;
+}
+
+/* One churn event: a death, a join or a drain (2 : 1 : 1). */
+static void s_churn(s_sim_t *s)
+{
+    uint32_t kind = s_rand(s, 4);
+    if (kind == 2 && s->n < s->cap) {
+        s_worker_t *w = &s->w[s->n];
+        if (s_open(s, w, s->next_index++) == 0) {
+            s->n++;
+            s->joins++;
+            s_event(s, "join", w);
+        }
+        return;
+    }
+    /* a live registered worker, from a random start */
+    uint32_t start = s_rand(s, (uint32_t)s->n);
+    for (int k = 0; k < s->n; k++) {
+        s_worker_t *w = &s->w[(start + (uint32_t)k) % (uint32_t)s->n];
+        if (w->state != S_REGISTERED || w->drain_asked)
+            continue;
+        if (kind == 3) {
+            w->drain_asked = 1;
+            s_send_leave(s, w, 1);
+            s->drains++;
+            s_event(s, "drain", w);
+        } else {
+            s_event(s, "death", w);
+            s_close(w);
+            s->deaths++;
+        }
+        return;
+    }
+}
+
+static void s_tick(s_sim_t *s, s_worker_t *w, int64_t now)
+{
+    if (w->state == S_LEAVING) {
+        if (now >= w->next_hb_ms)
+            s_close(w);
+        return;
+    }
+    if (w->state == S_REGISTERING) {
+        if (now - w->reg_sent_ms > S_REGISTER_RETRY_MS)
+            s_send_register(s, w);
+        return;
+    }
+    if (now >= w->next_hb_ms) {
+        s_send_heartbeat(s, w);
+        w->next_hb_ms += s->o.hb_ms;
+        if (w->next_hb_ms < now)
+            w->next_hb_ms = now + s->o.hb_ms;
+    }
+    if (w->run[0] && !w->paused && w->step < w->lease && now >= w->next_step_ms) {
+        w->step++;
+        s_send_step(s, w);
+        if (s->o.ckpt_every > 0 && w->step % s->o.ckpt_every == 0)
+            s_send_ckpt(s, w);
+        w->next_step_ms = now + s->o.step_ms;
+    }
+}
+
+static int s_parse(int argc, char **argv, s_opts_t *o)
+{
+    *o = (s_opts_t){.n_workers = 0, .hosts_of = 8, .institutions = 4, .hb_ms = 100,
+                    .step_ms = 200, .seconds = 30, .seed = 1, .memory_gb = 80};
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *k = argv[i], *v = argv[i + 1];
+        int n = atoi(v);
+        if (!strcmp(k, "--connect"))
+            o->connect = v;
+        else if (!strcmp(k, "--events"))
+            o->events_path = v;
+        else if (!strcmp(k, "--workers"))
+            o->n_workers = n;
+        else if (!strcmp(k, "--first"))
+            o->first = n;
+        else if (!strcmp(k, "--hosts-of"))
+            o->hosts_of = n;
+        else if (!strcmp(k, "--institutions"))
+            o->institutions = n;
+        else if (!strcmp(k, "--hb-ms"))
+            o->hb_ms = n;
+        else if (!strcmp(k, "--step-ms"))
+            o->step_ms = n;
+        else if (!strcmp(k, "--ckpt-every"))
+            o->ckpt_every = n;
+        else if (!strcmp(k, "--seconds"))
+            o->seconds = n;
+        else if (!strcmp(k, "--seed"))
+            o->seed = (unsigned)strtoul(v, NULL, 10);
+        else if (!strcmp(k, "--churn-ms"))
+            o->churn_ms = n;
+        else if (!strcmp(k, "--churn-offset-ms"))
+            o->churn_offset_ms = n;
+        else if (!strcmp(k, "--quiet-after-ms"))
+            o->quiet_after_ms = n;
+        else if (!strcmp(k, "--memory-gb"))
+            o->memory_gb = n;
+        else {
+            fprintf(stderr, "shoal-sim: unknown option %s\n", k);
+            return -1;
+        }
+    }
+    if (!o->connect || o->n_workers < 1 || o->n_workers > 20000 || o->hosts_of < 1 ||
+        o->institutions < 1 || o->hb_ms < 1 || o->step_ms < 1 || o->seconds < 1 ||
+        o->first < 0 || o->churn_ms < 0 || o->memory_gb < 0) {
+        fprintf(stderr, "usage: shoal-sim --connect EP --workers N (1..20000) [--first K] "
+                        "[--hosts-of 8] [--institutions 4] [--hb-ms 100] [--step-ms 200] "
+                        "[--ckpt-every 0] [--seconds 30] [--seed 1] [--churn-ms 0] "
+                        "[--churn-offset-ms 0] [--quiet-after-ms 0] [--memory-gb 80] "
+                        "[--events FILE]\n");
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    s_sim_t s = {0};
+    if (s_parse(argc, argv, &s.o))
+        return 1;
+    signal(SIGTERM, s_on_signal);
+    signal(SIGINT, s_on_signal);
+    /* a socket and its connection each hold descriptors */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    s.rng = s.o.seed * 0x9E3779B97F4A7C15ull + 1;
+    s.cap = s.o.n_workers + (s.o.churn_ms ? s.o.seconds * 1000 / s.o.churn_ms + 1 : 0);
+    s.w = calloc((size_t)s.cap, sizeof *s.w);
+    zmq_pollitem_t *items = calloc((size_t)s.cap, sizeof *items);
+    int *item_w = calloc((size_t)s.cap, sizeof *item_w);
+    s.zctx = zmq_ctx_new();
+    if (!s.w || !items || !item_w || !s.zctx ||
+        zmq_ctx_set(s.zctx, ZMQ_MAX_SOCKETS, s.cap + 16) != 0) {
+        fprintf(stderr, "shoal-sim: out of memory for %d workers\n", s.cap);
+        return 1;
+    }
+    if (s.o.events_path && !(s.events = fopen(s.o.events_path, "a"))) {
+        fprintf(stderr, "shoal-sim: %s: %s\n", s.o.events_path, strerror(errno));
+        return 1;
+    }
+    s.next_index = s.o.first;
+    for (int i = 0; i < s.o.n_workers; i++) {
+        if (s_open(&s, &s.w[s.n], s.next_index++) != 0)
+            return 1;
+        s.n++;
+    }
+    const int64_t t0 = clock_mono_ms(), end = t0 + (int64_t)s.o.seconds * 1000;
+    const int64_t churn_end = end - s.o.quiet_after_ms;
+    int64_t next_churn = s.o.churn_ms ? t0 + s.o.churn_offset_ms + s.o.churn_ms : INT64_MAX;
+    while (!s_stop) {
+        int64_t now = clock_mono_ms();
+        if (now >= end)
+            break;
+        if (now >= next_churn) {
+            if (now < churn_end)
+                s_churn(&s);
+            next_churn += s.o.churn_ms;
+        }
+        int n_items = 0;
+        for (int i = 0; i < s.n; i++) {
+            if (!s.w[i].sock)
+                continue;
+            items[n_items] = (zmq_pollitem_t){.socket = s.w[i].sock, .events = ZMQ_POLLIN};
+            item_w[n_items++] = i;
+        }
+        if (zmq_poll(items, n_items, 5) < 0 && errno != EINTR)
+            break;
+        for (int k = 0; k < n_items; k++) {
+            if (!(items[k].revents & ZMQ_POLLIN))
+                continue;
+            s.cur = &s.w[item_w[k]];
+            for (int m = 0; m < 64 && s.cur->sock; m++) {
+                wire_route_t route;
+                if (wire_recv(s.cur->sock, ZMQ_DONTWAIT, &route, s_on_msg, &s) ==
+                    SHOAL_ERR_TIMEOUT)
+                    break;
+            }
+        }
+        now = clock_mono_ms();
+        for (int i = 0; i < s.n; i++)
+            if (s.w[i].sock)
+                s_tick(&s, &s.w[i], now);
+    }
+    printf("sim: sent %llu acks %llu registered %llu deaths %llu joins %llu drains %llu\n",
+           s.sent, s.acks, s.registered, s.deaths, s.joins, s.drains);
+    for (int i = 0; i < s.n; i++)
+        s_close(&s.w[i]);
+    zmq_ctx_term(s.zctx);
+    if (s.events)
+        fclose(s.events);
+    free(items);
+    free(item_w);
+    free(s.w);
+    return 0;
+}

@@ -1,0 +1,127 @@
+/* test_sim: the simulator at small N against the real coordinator: 200 shoal-sim workers (real
+ * DEALER sockets, the real protocol) train a pp 2 x ep 2 x dp 40 run with 40 spares while one
+ * worker a second dies, joins or drains (seeded). Every simulated death must be declared dead by
+ * the coordinator and, when the worker held a cell, followed by a plan without it; the run must
+ * keep committing steps and checkpoints; the ledger must verify. Prints the detection latencies
+ * (never asserted: timing is the benchmark's business). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "coord_testlib.h"
+#include "sim_check.h"
+
+static const char *s_spec = "name: sim\n"
+                            "model:\n  preset: tiny\n"
+                            "data:\n  files: [/dev/null]\n"
+                            "train:\n  steps: 100000\n  global_batch: 160\n  seq_len: 64\n"
+                            "  micro_batch: 1\n  lr: 1e-3\n"
+                            "checkpoint:\n  every_steps: 10\n"
+                            "parallel:\n  pipeline_stages: 2\n  expert_parallel: 2\n"
+                            "  data_parallel: 40\n";
+
+static void test_sim_churn(void **state)
+{
+    (void)state;
+    char dir[256], ep[300], events[300], log[300];
+    assert_int_equal(tc_tmpdir_make(dir, sizeof dir, "shoal-sim"), 0);
+    tc_pid = tc_start(dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\nlog_level: info\n");
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
+    if (!r.ok)
+        fail_msg("submit: %s", r.message);
+    char run[128];
+    snprintf(run, sizeof run, "%s", tc_jstr(r.json, "id"));
+    tc_reply_fini(&r);
+    tc_worker_endpoint(dir, ep, sizeof ep);
+    snprintf(events, sizeof events, "%s/events.txt", dir);
+    snprintf(log, sizeof log, "%s/sim.log", dir);
+    /* churn from 3 s to 13 s; the drivers run on (heartbeating, training) until every death is
+     * seen through, at most 40 s */
+    char *argv[] = {"shoal-sim", "--connect", ep, "--workers", "200", "--seconds", "40",
+                    "--hb-ms", "100", "--step-ms", "100", "--ckpt-every", "10", "--churn-ms",
+                    "1000", "--churn-offset-ms", "3000", "--quiet-after-ms", "27000", "--seed",
+                    "13", "--events", events, NULL};
+    pid_t sim = sim_spawn(SHOAL_SIM_BIN, argv, log);
+    assert_true(sim > 0);
+    sim_event_t *ev = NULL;
+    json_t *rl = NULL, *cl = NULL;
+    sim_deaths_t d = {0};
+    int n = 0, st = 0, exited = 0;
+    tc_sleep_ms(13000);
+    for (;;) {
+        exited = waitpid(sim, &st, WNOHANG) == sim;
+        free(ev);
+        json_decref(rl);
+        json_decref(cl);
+        sim_deaths_fini(&d);
+        n = sim_events_load(events, &ev);
+        rl = sim_ledger(dir, run);
+        cl = sim_ledger(dir, "cluster");
+        assert_true(n > 0);
+        assert_non_null(rl);
+        assert_non_null(cl);
+        sim_check_deaths(ev, n, rl, cl, &d);
+        if (exited || (!d.first_missing[0] && d.deaths >= 3))
+            break;
+        tc_sleep_ms(1000);
+    }
+    if (!exited) {
+        kill(sim, SIGTERM);
+        assert_int_equal(waitpid(sim, &st, 0), sim);
+    }
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    double p50 = sim_quantile(d.latency_ms, d.detected, 0.5);
+    double p99 = sim_quantile(d.latency_ms, d.detected, 0.99);
+    printf("sim: %d events, %d deaths (%d held cells), detected %d, re-planned %d; detection "
+           "p50 %.0f ms, p99 %.0f ms\n", n, d.deaths, d.members, d.detected, d.replanned, p50,
+           p99);
+    if (d.first_missing[0])
+        fail_msg("%s", d.first_missing);
+    assert_true(d.deaths >= 3);
+    assert_int_equal(d.detected, d.deaths);
+    assert_true(d.members >= 1);
+    assert_int_equal(d.replanned, d.members);
+
+    /* the run went on: steps and checkpoints committed under churn */
+    json_t *rs = tc_run_status(dir, run);
+    assert_non_null(rs);
+    printf("sim: run %s at step %lld, checkpoint %lld, generation %lld\n", tc_jstr(rs, "state"),
+           (long long)tc_jint(rs, "step"), (long long)tc_jint(rs, "checkpoint_step"),
+           (long long)tc_jint(rs, "generation"));
+    assert_string_equal(tc_jstr(rs, "state"), "running");
+    assert_true(tc_jint(rs, "step") >= 20);
+    assert_true(tc_jint(rs, "checkpoint_step") >= 10);
+    json_decref(rs);
+
+    assert_int_equal(tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_VERIFY, run, 0, &r), 0);
+    assert_true(r.ok);
+    assert_true(json_is_true(json_object_get(r.json, "ok")));
+    tc_reply_fini(&r);
+
+    sim_deaths_fini(&d);
+    json_decref(rl);
+    json_decref(cl);
+    free(ev);
+    tc_stop(tc_pid, SIGTERM);
+    tc_pid = 0;
+    tc_tmpdir_remove(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_sim_churn, tc_kill_leftover),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
