@@ -18,7 +18,11 @@ static const char s_usage[] =
     "  undrain WORKER         let a drained worker be planned again\n"
     "  pause RUN | resume RUN | cancel RUN\n"
     "  events RUN             the run's ledger (--since SEQ, --limit N)\n"
-    "  verify RUN             check the ledger's hash chain (exit 1 when broken)\n"
+    "  verify RUN             check the ledger's hash chain (exit 1 when broken);\n"
+    "                         --pubkey K checks every entry's signature here, --ledger FILE an\n"
+    "                         exported ledger offline\n"
+    "  keys new-signing --out DIR\n"
+    "                         write the Ed25519 key pair that signs the ledger\n"
     "  plan RUN               the placement the coordinator would make now (not applied)\n"
     "  export RUN --step K --out DIR\n"
     "                         write a committed checkpoint as a Hugging Face model directory\n"
@@ -88,6 +92,11 @@ int main(int argc, char **argv)
     }
     if (i >= argc)
         return ctl_usage_error(&o, s_usage, "no verb given");
+    /* `keys new-signing` (the ledger's Ed25519 key) is a two-word verb of its own. */
+    if (strcmp(argv[i], "keys") == 0 && i + 1 < argc && strcmp(argv[i + 1], "new-signing") == 0) {
+        o.verb = "keys new-signing";
+        return cmd_keys_new_signing(&o, argc - i - 1, argv + i + 1);
+    }
     for (size_t v = 0; v < sizeof(s_verbs) / sizeof(s_verbs[0]); v++)
         if (strcmp(argv[i], s_verbs[v].name) == 0) {
             o.verb = s_verbs[v].name;
