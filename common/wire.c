@@ -38,6 +38,7 @@ static const wire_type_info_t s_types[] = {
     {SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, SHOAL__ENVELOPE__BODY_CTL_SUBMIT, "ctl_submit"},
     {SHOAL__MSG_TYPE__MSG_CTL_STATUS, SHOAL__ENVELOPE__BODY_CTL_STATUS, "ctl_status"},
     {SHOAL__MSG_TYPE__MSG_CTL_WORKERS, SHOAL__ENVELOPE__BODY_CTL_WORKERS, "ctl_workers"},
+    {SHOAL__MSG_TYPE__MSG_CTL_KEYS_RELOAD, SHOAL__ENVELOPE__BODY_CTL_WORKERS, "ctl_keys_reload"},
     {SHOAL__MSG_TYPE__MSG_CTL_DRAIN, SHOAL__ENVELOPE__BODY_CTL_WORKER, "ctl_drain"},
     {SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, SHOAL__ENVELOPE__BODY_CTL_WORKER, "ctl_undrain"},
     {SHOAL__MSG_TYPE__MSG_CTL_PAUSE, SHOAL__ENVELOPE__BODY_CTL_RUN, "ctl_pause"},
@@ -149,6 +150,7 @@ static shoal_err_t s_check_plan(const Shoal__Plan *p)
         WIRE_CHECK_GOTO(
             s_str(p->peers[i]->data_endpoint, WIRE_MAX_TEXT_LEN, "plan.peers.data_endpoint"), rc,
             out);
+        WIRE_CHECK_GOTO(s_str(p->peers[i]->public_key, 40, "plan.peers.public_key"), rc, out);
     }
     if (p->checkpoint)
         WIRE_CHECK_GOTO(s_str(p->checkpoint->path, WIRE_MAX_TEXT_LEN, "plan.checkpoint.path"), rc,
@@ -420,6 +422,7 @@ shoal_err_t wire_recv(void *sock, int flags, wire_route_t *route, wire_handler_f
     int bad_route = 0, nframes = 0;
     route->n = 0;
     route->fd = -1;
+    route->user[0] = '\0';
     zmq_msg_t part;
     for (;;) {
         zmq_msg_init(&part);
@@ -442,6 +445,8 @@ shoal_err_t wire_recv(void *sock, int flags, wire_route_t *route, wire_handler_f
         zmq_msg_close(&part);
     }
     route->fd = zmq_msg_get(&part, ZMQ_SRCFD);
+    const char *user = zmq_msg_gets(&part, "User-Id");
+    snprintf(route->user, sizeof route->user, "%s", user ? user : "");
     if (bad_route)
         rc = shoal_fail(SHOAL_ERR_FORMAT, "message of %d frames or an oversized route frame",
                         nframes);

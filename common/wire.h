@@ -37,6 +37,7 @@ typedef struct {
     unsigned char data[WIRE_MAX_ROUTE_FRAMES][WIRE_MAX_ROUTE_BYTES];
     int fd; /* the connection's file descriptor the message came on (-1: unknown, e.g. inproc),
              * to match socket-monitor events with peers */
+    char user[128]; /* the ZAP User-Id of that connection (common/zsec.h); "" without CURVE */
 } wire_route_t;
 
 /* Called with a decoded, validated, borrowed envelope (freed right after the call). */

@@ -52,9 +52,9 @@ static const cfg_desc_t s_desc[] = {
     INT(replan_backoff_ms, "1000", 0, 3600000,
         "least wait between two re-plans of a run caused by failures"),
     INT(replan_backoff_max_ms, "30000", 0, 3600000, "the failure re-plan wait doubles up to this"),
-    STR(ledger_signing_key, "",
-        "Ed25519 key file that signs the ledger (shoalctl keys new-signing); default "
-        "STATE_DIR/ledger_signing.key, created at first start"),
+    STR(keys_dir, "", "CURVE key pair dir (key.secret 0600, key.public; shoalctl keys new)"),
+    STR(allow_list, "", "CURVE allow-list file: worker and operator public keys (ops/SECURITY.md)"),
+    INT(insecure, "0", 0, 1, "1 = plaintext TCP without CURVE (--insecure; a warning at start)"),
     {.key = "log_format", .type = CFG_STR, .offset = offsetof(coord_config_t, log_format),
      .size = sizeof(((coord_config_t *)0)->log_format), .check = s_format_check, .def = "plain",
      .help = "plain (journald priority prefixes under systemd) or json"},
@@ -96,12 +96,6 @@ shoal_err_t config_load_file(coord_config_t *cfg, const char *path)
     return cfgtable_load_file(&s_table, cfg, path);
 }
 
-shoal_err_t config_load_string(coord_config_t *cfg, const char *text, size_t len,
-                               const char *origin)
-{
-    return cfgtable_load_string(&s_table, cfg, text, len, origin, NULL);
-}
-
 static shoal_err_t s_check_ipc(const char *endpoint, const char *key)
 {
     if (strncmp(endpoint, "ipc://", 6) != 0)
@@ -133,6 +127,11 @@ shoal_err_t config_finish(coord_config_t *cfg)
         return shoal_fail(SHOAL_ERR_INVALID,
                           "replan_backoff_max_ms (%d) must be at least replan_backoff_ms (%d)",
                           cfg->replan_backoff_max_ms, cfg->replan_backoff_ms);
+    const int tcp = strncmp(cfg->listen, "tcp://", 6) == 0 || strncmp(cfg->control, "tcp://", 6) == 0;
+    if (tcp && !cfg->insecure && (!cfg->keys_dir[0] || !cfg->allow_list[0]))
+        return shoal_fail(SHOAL_ERR_INVALID,
+                          "TCP endpoints need CURVE: set keys_dir and allow_list (ops/SECURITY.md), "
+                          "or run with --insecure for plaintext");
     shoal_err_t rc = s_check_ipc(cfg->control, "control");
     if (rc == SHOAL_OK)
         rc = s_check_ipc(cfg->listen, "listen");

@@ -311,9 +311,7 @@ static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
     }
     uint64_t n = 0, bad = 0;
     char reason[512];
-    /* the chain, and the signature of every signed entry with this coordinator's own key */
-    if (ledger_verify_signed(c->st, chain, ledger_public_key(c->ledger), false, &n, &bad, reason,
-                             sizeof reason) != SHOAL_OK) {
+    if (ledger_verify(c->st, chain, &n, &bad, reason, sizeof reason) != SHOAL_OK) {
         s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
         return;
     }
@@ -428,6 +426,13 @@ static void s_manifest(coord_t *c, const wire_route_t *route, const Shoal__CtlMa
 static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env)
 {
     log_debug("control: %s", wire_type_name((int)env->type));
+    if (!coord_keys_may(route, (int)env->type)) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_FORBIDDEN,
+                "%s is not allowed to the operator key %s (role read: status, workers, events, "
+                "plan, verify)",
+                wire_type_name((int)env->type), route->user);
+        return;
+    }
     switch (env->type) {
     case SHOAL__MSG_TYPE__MSG_CTL_SUBMIT:
         s_submit(c, route, env->ctl_submit);
@@ -458,6 +463,12 @@ static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelop
         break;
     case SHOAL__MSG_TYPE__MSG_CTL_MANIFEST:
         s_manifest(c, route, env->ctl_manifest);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_KEYS_RELOAD:
+        if (coord_reload_keys(c) != SHOAL_OK)
+            s_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, "%s", shoal_errmsg());
+        else
+            s_reply(c, route, 1, 0, "allow-list reloaded", json_pack("{s:i}", "keys", c->allow.n));
         break;
     default:
         c->dropped++;

@@ -11,7 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sodium.h>
 #include <zmq.h>
 
 #ifdef SHOAL_HAVE_SYSTEMD
@@ -176,6 +175,7 @@ static shoal_err_t s_bind(void *sock, const char *endpoint, const char *what)
     if (zmq_bind(sock, endpoint) != 0)
         return shoal_fail(SHOAL_ERR_IO, "binding the %s endpoint %s: %s", what, endpoint,
                           zmq_strerror(errno));
+    coord_keys_ipc_perms(endpoint);
     return SHOAL_OK;
 }
 
@@ -231,38 +231,6 @@ static void s_monitor_drain(coord_t *c)
     }
 }
 
-/* The ledger's signing key: the configured file, else STATE_DIR/ledger_signing.key, made (0600,
- * with its .pub beside it) at the first start. A configured file that is missing is an error: a
- * typo must not silently give the run a new identity. pk_hex receives the public key. */
-static shoal_err_t s_signing_key(coord_t *c, const coord_config_t *cfg,
-                                 char pk_hex[LEDGER_PUBKEY_HEX])
-{
-    uint8_t pk[LEDGER_PUBKEY_LEN], sk[LEDGER_SECKEY_LEN];
-    char path[CONFIG_STR_MAX + 32];
-    int dflt = cfg->ledger_signing_key[0] == 0;
-    if (dflt)
-        snprintf(path, sizeof path, "%s/%s", cfg->state_dir, LEDGER_KEY_FILE);
-    else
-        snprintf(path, sizeof path, "%s", cfg->ledger_signing_key);
-    shoal_err_t rc = ledger_key_load(path, pk, sk);
-    if (rc == SHOAL_ERR_NOTFOUND && dflt) {
-        rc = ledger_key_generate(pk, sk);
-        if (rc == SHOAL_OK)
-            rc = ledger_key_write(cfg->state_dir, pk, sk);
-        if (rc == SHOAL_OK)
-            log_info("created the ledger signing key %s", path);
-    }
-    if (rc != SHOAL_OK) {
-        sodium_memzero(sk, sizeof sk);
-        return shoal_fail_context(rc, "ledger signing key");
-    }
-    ledger_set_signing_key(c->ledger, sk);
-    sodium_memzero(sk, sizeof sk);
-    ledger_hex(pk, sizeof pk, pk_hex);
-    log_info("ledger signed with Ed25519 public key %s (shoalctl verify --pubkey)", pk_hex);
-    return SHOAL_OK;
-}
-
 shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
 {
     shoal_err_t rc = SHOAL_OK;
@@ -277,8 +245,6 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
         rc = shoal_fail(SHOAL_ERR_NOMEM, "ledger");
         goto fail;
     }
-    char pk_hex[LEDGER_PUBKEY_HEX];
-    SHOAL_CHECK_GOTO(s_signing_key(c, cfg, pk_hex), rc, fail);
     SHOAL_CHECK_GOTO(coord_load(c), rc, fail);
     c->zctx = zmq_ctx_new();
     c->wsock = zmq_socket(c->zctx, ZMQ_ROUTER);
@@ -287,6 +253,7 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
         rc = shoal_fail(SHOAL_ERR_IO, "zmq_socket: %s", zmq_strerror(errno));
         goto fail;
     }
+    SHOAL_CHECK_GOTO(coord_keys_open(c), rc, fail);
     SHOAL_CHECK_GOTO(s_bind(c->wsock, cfg->listen, "worker"), rc, fail);
     SHOAL_CHECK_GOTO(s_bind(c->csock, cfg->control, "control"), rc, fail);
     SHOAL_CHECK_GOTO(s_monitor_open(c), rc, fail);
@@ -296,9 +263,9 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
     for (int i = 0; i < c->n_runs; i++)
         n_active_runs += !coord_run_is_terminal(c->runs[i]->state);
     coord_ledger(c, "", "coordinator_start",
-                 json_pack("{s:i, s:i, s:i, s:s, s:s, s:s}", "workers", c->n_workers,
-                           "live_workers", n_live, "open_runs", n_active_runs, "listen",
-                           cfg->listen, "control", cfg->control, "ledger_pubkey", pk_hex));
+                 json_pack("{s:i, s:i, s:i, s:s, s:s}", "workers", c->n_workers, "live_workers",
+                           n_live, "open_runs", n_active_runs, "listen", cfg->listen, "control",
+                           cfg->control));
     SHOAL_CHECK_GOTO(coord_txn_commit(c), rc, fail);
     log_info("state %s (%d runs, %d workers), workers on %s, control on %s", cfg->state_dir,
              c->n_runs, c->n_workers, cfg->listen, cfg->control);
@@ -328,6 +295,7 @@ void coord_destroy(coord_t **self_p)
         zmq_close(c->wsock);
     if (c->csock)
         zmq_close(c->csock);
+    coord_keys_close(c);
     if (c->zctx)
         zmq_ctx_term(c->zctx);
     store_batch_destroy(&c->txn);
@@ -364,9 +332,19 @@ static void s_notify(coord_t *c, const char *what)
 #endif
 }
 
+void coord_set_reload_flag(coord_t *c, volatile sig_atomic_t *flag)
+{
+    c->reload_flag = flag;
+}
+
 static void s_cron(coord_t *c)
 {
     int64_t now = clock_mono_ms();
+    if (c->reload_flag && *c->reload_flag) {
+        *c->reload_flag = 0;
+        if (coord_reload_keys(c) != SHOAL_OK)
+            log_error("SIGHUP: %s", shoal_errmsg());
+    }
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
         if (!coord_worker_is_live(w->state))

@@ -27,6 +27,11 @@ shoal_err_t coord_run(coord_t *c, volatile sig_atomic_t *stop);
 shoal_err_t coord_poll_once(coord_t *c, int timeout_ms);
 
 /* Messages handled and messages dropped since start. */
+/* SIGHUP: when *flag is set, the next cron reloads the allow-list (and clears it). */
+void coord_set_reload_flag(coord_t *c, volatile sig_atomic_t *flag);
+/* Re-reads the CURVE allow-list now (shoalctl keys reload); the old one stays on error. */
+shoal_err_t coord_reload_keys(coord_t *c);
+
 void coord_counters(const coord_t *c, unsigned long long *handled, unsigned long long *dropped);
 
 #endif

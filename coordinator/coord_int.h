@@ -4,6 +4,7 @@
 #ifndef SHOAL_COORD_INT_H
 #define SHOAL_COORD_INT_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -17,6 +18,7 @@
 #include "prom_text.h"
 #include "store.h"
 #include "wire.h"
+#include "zsec.h"
 
 #define COORD_ID_MAX 24
 #define COORD_SENDER "coordinator"
@@ -50,6 +52,7 @@ typedef struct {
     char endpoint[PLAN_ENDPOINT_MAX];
     char shard_endpoint[PLAN_ENDPOINT_MAX]; /* its checkpoint shard server ("" = none) */
     char devices[512];
+    char public_key[ZSEC_KEY_LEN + 1]; /* its CURVE key (from the connection; "" plaintext) */
     uint64_t memory_bytes;
     worker_state_t state;
     char run[COORD_ID_MAX]; /* run whose plan holds this worker ("" = none) */
@@ -157,7 +160,28 @@ struct coord {
     metrics_http_t *metrics_http;
     prom_text_t metrics_text;
     int64_t next_metrics_ms;
+    /* CURVE (coord_keys.c): NULL zap = plaintext (--insecure or ipc only) */
+    zsec_zap_t *zap;
+    zsec_keys_t keys;
+    zsec_allow_t allow;
+    volatile sig_atomic_t *reload_flag; /* SIGHUP: reload the allow-list at the next cron */
 };
+
+/* ---- coord_keys.c: CURVE, the allow-list, operator roles ---------------------------------- */
+#define COORD_ZAP_WORKERS "shoal-workers"
+#define COORD_ZAP_CONTROL "shoal-control"
+/* Loads the key pair and allow-list, starts the ZAP handler and makes the TCP sockets CURVE
+ * servers (before bind); with insecure, warns about plaintext TCP instead. */
+shoal_err_t coord_keys_open(coord_t *c);
+/* Stops the ZAP handler (before the context is terminated). */
+void coord_keys_close(coord_t *c);
+/* Re-reads the allow-list; on any error the old list stays in force and the error is returned. */
+shoal_err_t coord_keys_reload(coord_t *c);
+/* Whether the control request `type` may run for the connection of `route`: "" (ipc, whose
+ * file permissions decide, or --insecure) and admin keys may do all; read keys only look. */
+int coord_keys_may(const wire_route_t *route, int type);
+/* An ipc control socket: mode 0660, group shoal when that group exists. */
+void coord_keys_ipc_perms(const char *endpoint);
 
 /* The receive context of one message: the coordinator and the sender's route. */
 typedef struct {

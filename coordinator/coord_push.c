@@ -200,7 +200,7 @@ static Shoal__Cell s_cell_pb(plan_cell_t c)
     return cell;
 }
 
-static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
+static shoal_err_t s_plan_pb(coord_t *c, const plan_t *p, s_plan_pb_t *pb)
 {
     memset(pb, 0, sizeof *pb);
     Shoal__Plan plan = SHOAL__PLAN__INIT;
@@ -263,6 +263,8 @@ static shoal_err_t s_plan_pb(const plan_t *p, s_plan_pb_t *pb)
         peer.rank = p->peers[i].rank;
         peer.cell = &pb->cells[i];
         peer.data_endpoint = (char *)p->peers[i].endpoint;
+        const coord_worker_t *pw = coord_worker_by_id(c, p->peers[i].worker_id);
+        peer.public_key = pw ? (char *)pw->public_key : (char *)"";
         pb->peers[i] = peer;
         pb->peer_ptrs[i] = &pb->peers[i];
     }
@@ -318,7 +320,7 @@ void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
     if (!me || !w->has_route)
         return;
     s_plan_pb_t pb;
-    if (s_plan_pb(&r->plan, &pb) != SHOAL_OK) {
+    if (s_plan_pb(c, &r->plan, &pb) != SHOAL_OK) {
         log_error("assignment for %s: %s", w->id, shoal_errmsg());
         return;
     }

@@ -52,6 +52,7 @@ static const s_field_t s_worker_fields[] = {
     S_FIELD(coord_worker_t, "institution", S_STR, institution),
     S_FIELD(coord_worker_t, "version", S_STR, version),
     S_FIELD(coord_worker_t, "data_endpoint", S_STR, endpoint),
+    S_FIELD(coord_worker_t, "public_key", S_STR, public_key),
     S_FIELD(coord_worker_t, "shard_endpoint", S_STR, shard_endpoint),
     S_FIELD(coord_worker_t, "state", S_WSTATE, state),
     S_FIELD(coord_worker_t, "run", S_STR, run),

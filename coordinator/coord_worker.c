@@ -84,6 +84,15 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
     }
     snprintf(w->host, sizeof w->host, "%s", rg->host);
     snprintf(w->institution, sizeof w->institution, "%s", rg->institution);
+    /* with CURVE the connection's key says who this is: its institution is the allow-list's */
+    const zsec_entry_t *listed = zsec_allow_find(&c->allow, route->user);
+    if (listed) {
+        if (rg->institution[0] && strcmp(rg->institution, listed->name) != 0)
+            log_warn("worker %s: claims institution '%s', its key is listed under '%s'", rg->name,
+                     rg->institution, listed->name);
+        snprintf(w->institution, sizeof w->institution, "%s", listed->name);
+    }
+    snprintf(w->public_key, sizeof w->public_key, "%s", listed ? listed->key : "");
     snprintf(w->version, sizeof w->version, "%s", rg->version);
     snprintf(w->endpoint, sizeof w->endpoint, "%s", rg->data_endpoint);
     snprintf(w->shard_endpoint, sizeof w->shard_endpoint, "%s", rg->shard_endpoint);

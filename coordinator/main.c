@@ -12,12 +12,14 @@
 #include "log.h"
 #include "shoal_version.h"
 
-static volatile sig_atomic_t s_stop;
+static volatile sig_atomic_t s_stop, s_reload;
 
 static void s_on_signal(int sig)
 {
-    (void)sig;
-    s_stop = 1;
+    if (sig == SIGHUP)
+        s_reload = 1; /* the allow-list is re-read at the next cron */
+    else
+        s_stop = 1;
 }
 
 static void s_usage(FILE *out)
@@ -25,7 +27,9 @@ static void s_usage(FILE *out)
     fprintf(out,
             "usage: shoal-coordinator [--state-dir DIR] [--listen ENDPOINT] [--control ENDPOINT]\n"
             "                         [--config FILE] [--log-level L] [--log-format plain|json]\n"
-            "                         [--metrics-listen ADDR:PORT] [--version]\n"
+            "                         [--metrics-listen ADDR:PORT] [--insecure] [--version]\n"
+            "--insecure (or SHOAL_INSECURE=1 in the environment): plaintext TCP, no CURVE.\n"
+            "SIGHUP reloads the allow-list.\n"
             "Flags take precedence over the config file (YAML, keys below).\nkeys:\n");
     config_print_keys(out);
 }
@@ -40,6 +44,7 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, 'v'},
         {"log-format", required_argument, NULL, 'F'},
         {"metrics-listen", required_argument, NULL, 'M'},
+        {"insecure", no_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -76,6 +81,11 @@ int main(int argc, char **argv)
             key = "metrics_listen";
             name = "--metrics-listen";
             break;
+        case 'I':
+            key = "insecure";
+            name = "--insecure";
+            optarg = (char *)"1";
+            break;
         case 'f':
             config_path = optarg;
             break;
@@ -107,6 +117,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "shoal-coordinator: %s\n", shoal_errmsg());
         return 2;
     }
+    const char *env_insecure = getenv("SHOAL_INSECURE");
+    if (env_insecure && strcmp(env_insecure, "1") == 0)
+        cfg.insecure = 1; /* test harnesses set it for every daemon they start */
     for (int i = 0; i < n_flags; i++)
         if (config_set(&cfg, flag_key[i], flag_val[i], flag_name[i]) != SHOAL_OK) {
             fprintf(stderr, "shoal-coordinator: %s\n", shoal_errmsg());
@@ -124,6 +137,7 @@ int main(int argc, char **argv)
     sa.sa_handler = s_on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     coord_t *c = NULL;
@@ -132,6 +146,7 @@ int main(int argc, char **argv)
         return 1;
     }
     control_attach(c);
+    coord_set_reload_flag(c, &s_reload);
     shoal_err_t rc = coord_run(c, &s_stop);
     if (rc != SHOAL_OK)
         log_error("stopped on error: %s", shoal_errmsg());

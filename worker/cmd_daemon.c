@@ -65,6 +65,7 @@ int cmd_daemon(int argc, char **argv)
         {"threads", required_argument, 0, 'T'},     {"metrics", required_argument, 0, 'm'},
         {"device", required_argument, 0, 'D'},      {"log-format", required_argument, 0, 'F'},
         {"metrics-listen", required_argument, 0, 'M'},
+        {"keys", required_argument, 0, 'K'},        {"insecure", no_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     daemon_config_t cfg = {.stop_flag = &s_stop};
     daemon_config_defaults(&cfg);
@@ -81,6 +82,8 @@ int cmd_daemon(int argc, char **argv)
         case 'i': cfg.institution = optarg; break;
         case 'm': cfg.metrics_path = optarg; break;
         case 'M': cfg.metrics_listen = optarg; break;
+        case 'K': cfg.keys_dir = optarg; break;
+        case 'I': cfg.insecure = 1; break;
         case 'D': cfg.device = optarg; break;
         case 'l': {
             int lvl = log_level_parse(optarg);
@@ -117,6 +120,9 @@ int cmd_daemon(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
+    const char *env_insecure = getenv("SHOAL_INSECURE");
+    if (env_insecure && strcmp(env_insecure, "1") == 0)
+        cfg.insecure = 1; /* test harnesses set it for every daemon they start */
     log_set_component("shoal-worker"); /* the daemon switches to the worker name once checked */
     if (cfg.threads > 0)
         blas_select_set_threads(cfg.threads);

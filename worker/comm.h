@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "zsec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -61,6 +62,11 @@ typedef struct {
     int no_ipc;                 /* nonzero: tcp only (no ipc socket, never connect over ipc) */
     int no_shm;                 /* nonzero: no shared-memory data path (also when the environment
                                  * sets SHOAL_COMM_NO_SHM to a value other than "0") */
+    const zsec_keys_t *keys;    /* CURVE: this worker's key pair; NULL: plaintext. With keys,
+                                 * every connection (tcp and ipc) is CURVE, a peer is dialled
+                                 * with the key comm_listener_peer_keys gave its endpoint, and a
+                                 * frame whose connection key is not the key of the rank it
+                                 * claims is dropped and counted (comm_dropped_frames) */
 } comm_listener_opts_t;
 
 /* Same-host shared memory. A comm whose peers are all reached over the same-host ipc socket (and
@@ -103,6 +109,16 @@ const char *comm_listener_endpoint(const comm_listener_t *l);
  * destroyed healthy get at most their flush time (see comm_destroy) to leave. Idempotent; nulls
  * *l. */
 void comm_listener_destroy(comm_listener_t **l);
+
+/* CURVE listeners: the public key (Z85) of the worker at each of n endpoints, as the
+ * coordinator's plan publishes them; later calls add to and update the map. comm_new fails
+ * (SHOAL_ERR_INVALID) for a peer endpoint without a key. No-op on a plaintext listener. */
+shoal_err_t comm_listener_peer_keys(comm_listener_t *l, const char *const *endpoints,
+                                    const char *const *keys, int n);
+
+/* Frames dropped in this process because their connection's CURVE key was not the key of the
+ * rank they claimed (never summed). */
+unsigned long long comm_dropped_frames(void);
 
 typedef struct {
     int rank;                     /* this worker's rank in the group, 0 <= rank < nranks */

@@ -205,6 +205,16 @@ shoal_err_t comm_listener_new_opts(const comm_listener_opts_t *o, comm_listener_
     s_sockopt_int(l->pull, ZMQ_RCVHWM, 0);
     s_sockopt_int(l->pull, ZMQ_RCVBUF, SOCK_BUF_BYTES);
     zmq_setsockopt(l->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (o->keys) {
+        /* Any key may complete the handshake (peers dial before our plan may have arrived, and
+         * a refused handshake is never retried by libzmq); what a key may claim is checked
+         * per frame against the plan's key of the rank (comm_zmq_engine.c). */
+        l->curve = true;
+        l->keys = *o->keys;
+        SHOAL_CHECK_GOTO(zsec_zap_new(l->ctx, &l->zap), rc, out_sock);
+        SHOAL_CHECK_GOTO(zsec_zap_allow_any(l->zap, COMM_ZAP_DOMAIN), rc, out_sock);
+        SHOAL_CHECK_GOTO(zsec_server(l->pull, &l->keys, COMM_ZAP_DOMAIN), rc, out_sock);
+    }
     if (zmq_bind(l->pull, o->bind_endpoint) != 0) {
         rc = shoal_fail(SHOAL_ERR_INVALID, "comm listener: cannot bind %s: %s", o->bind_endpoint,
                         zmq_strerror(errno));
@@ -234,6 +244,7 @@ shoal_err_t comm_listener_new_opts(const comm_listener_opts_t *o, comm_listener_
 
 out_sock:
     zmq_close(l->pull);
+    zsec_zap_destroy(&l->zap);
 out_ctx:
     zmq_ctx_term(l->ctx);
 out_free:
@@ -299,6 +310,13 @@ void comm_listener_destroy(comm_listener_t **lp)
     l->stash_bytes = 0;
     free(l->stash);
     zmq_close(l->pull);
+    zsec_zap_destroy(&l->zap);
+    for (int i = 0; i < l->nkeys; i++) {
+        free(l->key_eps[i]);
+        free(l->key_vals[i]);
+    }
+    free(l->key_eps);
+    free(l->key_vals);
     if (l->ipc_path[0])
         unlink(l->ipc_path);
     /* Waits only for sockets of healthy comms still flushing, each at most FLUSH_MAX_MS. */
@@ -359,11 +377,74 @@ bool comm_zmq_shm_id(const char *ipc_target, char *out, size_t cap)
     return w > 0 && (size_t)w < cap;
 }
 
+static _Atomic unsigned long long s_dropped_frames;
+
+unsigned long long comm_dropped_frames(void)
+{
+    return atomic_load(&s_dropped_frames);
+}
+
+unsigned long long comm_zmq_count_forged(void)
+{
+    return atomic_fetch_add(&s_dropped_frames, 1) + 1;
+}
+
+shoal_err_t comm_listener_peer_keys(comm_listener_t *l, const char *const *endpoints,
+                                    const char *const *keys, int n)
+{
+    if (!l->curve)
+        return SHOAL_OK;
+    for (int i = 0; i < n; i++) {
+        if (!keys[i] || !zsec_key_valid(keys[i]))
+            return shoal_fail(SHOAL_ERR_INVALID, "comm: the plan gives %s no CURVE key",
+                              endpoints[i]);
+        int k = 0;
+        while (k < l->nkeys && strcmp(l->key_eps[k], endpoints[i]) != 0)
+            k++;
+        if (k == l->nkeys) {
+            if (l->nkeys == l->cap_keys) {
+                int cap = l->cap_keys ? 2 * l->cap_keys : 16;
+                char **e = realloc(l->key_eps, (size_t)cap * sizeof *e);
+                if (e)
+                    l->key_eps = e;
+                char **v = realloc(l->key_vals, (size_t)cap * sizeof *v);
+                if (v)
+                    l->key_vals = v;
+                if (!e || !v)
+                    return shoal_fail(SHOAL_ERR_NOMEM, "comm: peer keys");
+                l->cap_keys = cap;
+            }
+            if (!(l->key_eps[k] = strdup(endpoints[i])))
+                return shoal_fail(SHOAL_ERR_NOMEM, "comm: peer keys");
+            l->key_vals[k] = NULL;
+            l->nkeys++;
+        }
+        free(l->key_vals[k]);
+        if (!(l->key_vals[k] = strdup(keys[i])))
+            return shoal_fail(SHOAL_ERR_NOMEM, "comm: peer keys");
+    }
+    return SHOAL_OK;
+}
+
+/* The plan's key of a peer endpoint (NULL: none given). */
+static const char *s_peer_key(const comm_listener_t *l, const char *endpoint)
+{
+    for (int k = 0; k < l->nkeys; k++)
+        if (strcmp(l->key_eps[k], endpoint) == 0)
+            return l->key_vals[k];
+    return NULL;
+}
+
 /* The connection to `endpoint` (rank j of the comm being created), shared or new. */
 static shoal_err_t s_conn_get(comm_listener_t *l, const char *endpoint, int j, conn_t **out)
 {
+    const char *key = "";
+    if (l->curve && !(key = s_peer_key(l, endpoint)))
+        return shoal_fail(SHOAL_ERR_INVALID, "comm_new: rank %d endpoint '%s' has no CURVE key "
+                                             "(comm_listener_peer_keys)",
+                          j, endpoint);
     for (int i = 0; i < l->nconns; i++) {
-        if (strcmp(l->conns[i]->endpoint, endpoint) == 0) {
+        if (strcmp(l->conns[i]->endpoint, endpoint) == 0 && strcmp(l->conns[i]->key, key) == 0) {
             l->conns[i]->refs++;
             *out = l->conns[i];
             return SHOAL_OK;
@@ -394,6 +475,12 @@ static shoal_err_t s_conn_get(comm_listener_t *l, const char *endpoint, int j, c
      * bound the collectives; point to point is bounded by the caller's pipeline depth). */
     s_sockopt_int(k->push, ZMQ_SNDHWM, 0);
     s_sockopt_int(k->push, ZMQ_SNDBUF, SOCK_BUF_BYTES);
+    snprintf(k->key, sizeof k->key, "%s", key);
+    if (l->curve && zsec_client(k->push, &l->keys, key) != SHOAL_OK) {
+        shoal_err_t rc = shoal_fail_context(SHOAL_ERR_IO, "comm_new: rank %d", j);
+        s_conn_close(k, 0);
+        return rc;
+    }
     if (zmq_connect(k->push, k->target) != 0) {
         shoal_err_t rc = shoal_fail(SHOAL_ERR_INVALID, "comm_new: rank %d endpoint '%s': %s", j,
                                     endpoint, zmq_strerror(errno));
@@ -584,9 +671,11 @@ shoal_err_t comm_new(comm_listener_t *l, const comm_config_t *cfg, comm_t **out)
             rc = shoal_fail(SHOAL_ERR_INVALID, "comm_new: no endpoint for rank %d", j);
             goto out_free;
         }
-        if (j != c->rank)
+        if (j != c->rank) {
             SHOAL_CHECK_GOTO(s_conn_get(l, cfg->endpoints[j], j, &c->peers[j].conn), rc,
                              out_free);
+            snprintf(c->peers[j].key, sizeof c->peers[j].key, "%s", c->peers[j].conn->key);
+        }
     }
     /* The shm path needs every peer on this host (reached over its ipc socket) and our own
      * identity; the peers decide the same from the same endpoint list. */

@@ -204,6 +204,20 @@ static bool s_route(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m)
         s_drop(c, op, h, m, "comm size or source rank does not fit this comm");
         return false;
     }
+    if (l->curve) {
+        /* the connection's key (User-Id from our ZAP handler) must be the claimed rank's */
+        char user[ZSEC_USER_MAX];
+        zsec_msg_user(m, user);
+        if (strcmp(user, t->peers[h->src].key) != 0) {
+            unsigned long long n = comm_zmq_count_forged();
+            if ((n & (n - 1)) == 0) /* 1, 2, 4, ...: a flood does not flood the log */
+                log_warn("comm gen %" PRIu64 " group %" PRIu32 ": dropped a frame claiming rank %" PRIu32
+                         " from a connection with another CURVE key (%s; %llu so far)",
+                         h->generation, h->group, h->src, user[0] ? user : "none", n);
+            s_drop(c, op, h, m, "CURVE key is not the claimed rank's");
+            return false;
+        }
+    }
     if (p2p) {
         uint64_t next = t->peers[h->src].p2p_recvd + 1;
         if (h->seq < next) {

@@ -86,6 +86,7 @@ typedef struct {
 typedef struct {
     char *endpoint; /* as the comms name it (the key) */
     char *target;   /* what was connected: the peer's same-host ipc socket, or endpoint */
+    char key[ZSEC_KEY_LEN + 1]; /* CURVE: the peer's public key ("" plaintext); part of the key */
     void *push;
     int refs;
 } conn_t;
@@ -111,10 +112,18 @@ struct comm_listener {
     int nconns, cap_conns;
     held_t **stash; /* held messages, arrival order */
     size_t nstash, cap_stash, stash_bytes;
+    /* CURVE (opts.keys): our pair, the ZAP handler of ctx (any key, User-Id = the key) and the
+     * plan's key of each peer endpoint */
+    bool curve;
+    zsec_keys_t keys;
+    zsec_zap_t *zap;
+    char **key_eps, **key_vals;
+    int nkeys, cap_keys;
 };
 
 typedef struct {
     conn_t *conn;
+    char key[ZSEC_KEY_LEN + 1]; /* CURVE: the key its frames must arrive with ("" plaintext) */
     zmq_msg_t out; /* built but not yet accepted by zmq (EAGAIN) */
     bool has_out;
     uint64_t p2p_sent, p2p_recvd; /* point-to-point messages to / from this peer so far */
@@ -222,6 +231,9 @@ typedef struct {
 } frame_t;
 
 /* --- comm_zmq.c --- */
+#define COMM_ZAP_DOMAIN "shoal-data"
+/* Counts a frame dropped for arriving with another key than its rank's (comm_dropped_frames). */
+unsigned long long comm_zmq_count_forged(void); /* the new count */
 /* Takes `msg` into the listener's stash (or drops it when the stash is full). */
 void comm_zmq_stash_put(comm_listener_t *l, const wire_hdr_t *h, zmq_msg_t *msg);
 /* The live comm of (generation, group) on l, or NULL. */

@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "daemon_config.h"
 #include "daemon_int.h"
+#include "fsutil.h"
 #include "log.h"
 #include "name.h"
 #include "shoal_version.h"
@@ -382,6 +383,32 @@ static void s_step(daemon_t *d)
 
 /* ---- setup -------------------------------------------------------------------------------- */
 
+/* CURVE keys from cfg->keys_dir; without them, TCP needs cfg->insecure (warned about). */
+static shoal_err_t s_keys(daemon_t *d, const daemon_config_t *cfg)
+{
+    if (!cfg->keys_dir || !cfg->keys_dir[0]) {
+        if (!cfg->insecure && strncmp(cfg->coordinator, "tcp://", 6) == 0)
+            return shoal_fail(SHOAL_ERR_INVALID,
+                              "the coordinator %s is TCP: give --keys DIR (key.secret, "
+                              "key.public, coordinator.public; ops/SECURITY.md) or --insecure",
+                              cfg->coordinator);
+        if (cfg->insecure)
+            log_warn("--insecure: plaintext TCP to the coordinator and the data-plane peers");
+        return SHOAL_OK;
+    }
+    char path[4096];
+    shoal_err_t rc = zsec_keys_load(cfg->keys_dir, &d->keys);
+    if (rc == SHOAL_OK)
+        rc = fsutil_path(path, sizeof path, "%s/coordinator.public", cfg->keys_dir);
+    if (rc == SHOAL_OK)
+        rc = zsec_public_load(path, d->coordinator_key);
+    if (rc != SHOAL_OK)
+        return shoal_fail_context(rc, "--keys %s", cfg->keys_dir);
+    d->curve = 1;
+    log_info("CURVE on, public key %s", d->keys.public_key);
+    return SHOAL_OK;
+}
+
 static shoal_err_t s_setup(daemon_t *d, const daemon_config_t *cfg, char *endpoint_buf,
                            size_t endpoint_cap)
 {
@@ -443,8 +470,13 @@ static shoal_err_t s_setup(daemon_t *d, const daemon_config_t *cfg, char *endpoi
                           strstr(c, "://127.") || strstr(c, "://localhost");
         bind = local ? "tcp://127.0.0.1:0" : "tcp://*:0";
     }
-    rc = comm_listener_new_advertise(bind, cfg->advertise_host ? cfg->advertise_host : host,
-                                     &d->listener);
+    if ((rc = s_keys(d, cfg)) != SHOAL_OK)
+        return rc;
+    const comm_listener_opts_t lo = {.bind_endpoint = bind,
+                                     .advertise_host =
+                                         cfg->advertise_host ? cfg->advertise_host : host,
+                                     .keys = d->curve ? &d->keys : NULL};
+    rc = comm_listener_new_opts(&lo, &d->listener);
     if (rc != SHOAL_OK)
         return shoal_fail_context(rc, "data endpoint %s", bind);
     snprintf(endpoint_buf, endpoint_cap, "%s", comm_listener_endpoint(d->listener));
@@ -545,6 +577,8 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
         .notify = getenv("NOTIFY_SOCKET") != NULL,
         .prev_id = prev_id,
         .id_file = id_file,
+        .keys = d->curve ? &d->keys : NULL,
+        .coordinator_key = d->coordinator_key,
     };
     if ((rc = session_new(d->zctx, &sc, &d->sess)) != SHOAL_OK)
         goto out;

@@ -28,6 +28,8 @@ typedef struct {
     int comm_timeout_ms;        /* longest collective wait without progress (default 30000) */
     int threads;                /* BLAS threads (0: the run spec's train.threads) */
     const volatile sig_atomic_t *stop_flag; /* nonzero: leave (SIGTERM/SIGINT handler sets it) */
+    const char *keys_dir;       /* CURVE: key.secret, key.public, coordinator.public (NULL: none) */
+    int insecure;               /* plaintext TCP to the coordinator and peers (--insecure) */
 } daemon_config_t;
 
 /* Runs the daemon on the calling thread (training) plus a session thread, until *stop_flag is

@@ -28,6 +28,10 @@ typedef struct {
     device_t device; /* selected from cfg.device at start; what Register reports */
     void *zctx;
     comm_listener_t *listener;
+    /* CURVE (cfg.keys_dir): our pair and the coordinator's public key; curve 0 = plaintext */
+    int curve;
+    zsec_keys_t keys;
+    char coordinator_key[ZSEC_KEY_LEN + 1];
     session_t *sess;
     FILE *metrics;
 

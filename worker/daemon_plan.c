@@ -353,6 +353,12 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
         return;
     }
     d->comms_gen = p->generation; /* even a failed attempt may have used some of its groups */
+    rc = comm_listener_peer_keys(d->listener, (const char *const *)p->endpoints,
+                                 (const char *const *)p->public_keys, (int)p->nranks);
+    if (rc != SHOAL_OK) {
+        daemon_fail(d, "comm: %s", shoal_errmsg());
+        return;
+    }
     rc = cell_comms_new(d->listener, trainer_cell(d->tr), (const char *const *)p->endpoints,
                         p->generation, d->cfg.comm_timeout_ms, &d->comms);
     if (rc != SHOAL_OK) {

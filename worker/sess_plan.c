@@ -17,6 +17,10 @@ void sess_plan_destroy(sess_plan_t **pp)
         for (uint32_t i = 0; i < p->nranks; i++)
             free(p->endpoints[i]);
     free(p->endpoints);
+    if (p->public_keys)
+        for (uint32_t i = 0; i < p->nranks; i++)
+            free(p->public_keys[i]);
+    free(p->public_keys);
     if (p->ckpt_shards)
         for (uint32_t i = 0; i < p->n_ckpt_shards; i++)
             free(p->ckpt_shards[i]);
@@ -119,10 +123,12 @@ shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *se
     pl->lease = a->lease;
     pl->spec_yaml = strdup(a->spec_yaml);
     pl->endpoints = calloc(pl->nranks, sizeof(char *));
-    if (!pl->spec_yaml || !pl->endpoints)
+    pl->public_keys = calloc(pl->nranks, sizeof(char *));
+    if (!pl->spec_yaml || !pl->endpoints || !pl->public_keys)
         goto fail_nomem;
     for (uint32_t i = 0; i < pl->nranks; i++)
-        if (!(pl->endpoints[i] = strdup(p->peers[i]->data_endpoint)))
+        if (!(pl->endpoints[i] = strdup(p->peers[i]->data_endpoint)) ||
+            !(pl->public_keys[i] = strdup(p->peers[i]->public_key)))
             goto fail_nomem;
     /* the committed checkpoint's shard dirs (wire-bounded paths; cells are the writer plan's) */
     if (p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_CHECKPOINT && p->n_ckpt_shards) {

@@ -59,6 +59,7 @@ typedef struct {
     int has_embedding, has_head;
     uint32_t expert_first, expert_count; /* expert_count 0: the model has no routed experts */
     char **endpoints; /* nranks data endpoints, by rank */
+    char **public_keys; /* nranks CURVE public keys, by rank ("" = plaintext) */
     /* source CHECKPOINT: the shard dirs of the committed checkpoint (every cell of the plan
      * that wrote it), for loading under another plan shape (resharding) */
     char **ckpt_shards;

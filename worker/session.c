@@ -22,6 +22,7 @@
 #define S_PENDING_MAX 512        /* unacknowledged reports kept for a resend after reconnect */
 #define S_BACKOFF_MIN_MS 1000     /* Register retry: a slow coordinator must not see two */
 #define S_BACKOFF_MAX_MS 5000
+#define S_CURVE_RETRY_MS 2000 /* a CURVE socket not connected after this is made anew */
 /* libzmq's reconnect backoff cap: a restarted coordinator gives workers dead_after_ms (3 s by
  * default) to show up again, so the cap must stay well below it. */
 #define S_RECONNECT_MAX_MS 500
@@ -41,6 +42,13 @@ struct session {
     /* copied configuration */
     char *coordinator, *name, *host, *device, *institution, *version, *data_endpoint;
     char *shard_endpoint;
+    zsec_keys_t keys;   /* CURVE when curve */
+    char coordinator_key[ZSEC_KEY_LEN + 1];
+    int curve;
+    int curve_refused_logged;
+    int dealer_sent; /* a message left on this socket: it connected */
+    int64_t dealer_since_ms; /* when the socket was made: a refused handshake is not retried by
+                              * libzmq, so a CURVE socket that never connects is made again */
     uint64_t memory_bytes;
     const volatile sig_atomic_t *stop_flag;
     double grace_seconds;
@@ -762,6 +770,8 @@ static void s_connect(session_t *s)
     if (s->dealer)
         zmq_close(s->dealer);
     s->dealer = zmq_socket(s->zctx, ZMQ_DEALER);
+    s->dealer_since_ms = clock_mono_ms();
+    s->dealer_sent = 0;
     if (!s->dealer) {
         log_error("session: cannot create a socket: %s", zmq_strerror(errno));
         return;
@@ -773,6 +783,12 @@ static void s_connect(session_t *s)
     zmq_setsockopt(s->dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(s->dealer, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
     zmq_setsockopt(s->dealer, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    if (s->curve && zsec_client(s->dealer, &s->keys, s->coordinator_key) != SHOAL_OK) {
+        log_error("session: %s", shoal_errmsg());
+        zmq_close(s->dealer);
+        s->dealer = NULL;
+        return;
+    }
     if (wire_socket_limits(s->dealer) != SHOAL_OK ||
         zmq_connect(s->dealer, s->coordinator) != 0) {
         log_error("session: cannot connect to %s: %s", s->coordinator, zmq_strerror(errno));
@@ -812,11 +828,20 @@ static void s_timers(session_t *s, int64_t now)
         }
     }
     if (s->state == S_CONNECTING && now >= s->next_reg_ms) {
+        if (s->curve && s->dealer && !s->dealer_sent && now - s->dealer_since_ms > S_CURVE_RETRY_MS) {
+            if (!s->curve_refused_logged)
+                log_warn("session: no CURVE connection to %s yet: is this worker's key on the "
+                         "coordinator's allow-list, and coordinator.public its key? retrying",
+                         s->coordinator);
+            s->curve_refused_logged = 1;
+            s_connect(s); /* a fresh handshake (after an allow-list reload, say) */
+        }
         if (!s->dealer)
             s_connect(s);
         if (s_send_register(s) != 0) {
             s->next_reg_ms = now + 100; /* not connected yet (IMMEDIATE): try again soon */
         } else {
+            s->dealer_sent = 1;
             /* sent: wait for the answer, longer each time it does not come */
             s->next_reg_ms = now + s->backoff_ms;
             s->backoff_ms =
@@ -903,6 +928,17 @@ shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out
     pthread_mutex_init(&s->mu, NULL);
     s->zctx = zctx;
     s->coordinator = strdup(cfg->coordinator ? cfg->coordinator : "");
+    if (cfg->keys) {
+        if (!cfg->coordinator_key || !zsec_key_valid(cfg->coordinator_key)) {
+            free(s->coordinator);
+            pthread_mutex_destroy(&s->mu);
+            free(s);
+            return shoal_fail(SHOAL_ERR_INVALID, "session: CURVE needs the coordinator's key");
+        }
+        s->keys = *cfg->keys;
+        snprintf(s->coordinator_key, sizeof s->coordinator_key, "%s", cfg->coordinator_key);
+        s->curve = 1;
+    }
     s->name = strdup(cfg->name ? cfg->name : "");
     s->host = strdup(cfg->host ? cfg->host : "");
     s->device = strdup(cfg->device ? cfg->device : "cpu");

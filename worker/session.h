@@ -18,6 +18,7 @@
 #include "comm_ids.h"
 #include "err.h"
 #include "sess_plan.h"
+#include "zsec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -126,6 +127,8 @@ typedef struct {
     int notify;                 /* send sd_notify READY/WATCHDOG/STATUS */
     const char *prev_id;        /* id this worker held before (state dir), sent as prev_id */
     const char *id_file;        /* the id given is written here (NULL: not kept) */
+    const zsec_keys_t *keys;    /* CURVE: this worker's key pair (NULL: plaintext) */
+    const char *coordinator_key; /* CURVE: the coordinator's public key (required with keys) */
 } session_config_t;
 
 typedef struct session session_t;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "numparse.h"
 #include "shoalctl.h"
 
@@ -82,11 +83,16 @@ int ctl_parse_args(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *def
             o->json = true;
             continue;
         }
+        if (s_match(a, "insecure", &val) && !val) {
+            o->insecure = true;
+            continue;
+        }
         /* Options with a value: the value is inline (--x=v) or the next argument. */
         const ctl_optdef_t *d = NULL;
         bool global_control = s_match(a, "control", &val);
         bool global_timeout = !global_control && s_match(a, "timeout", &val);
-        if (!global_control && !global_timeout) {
+        bool global_keys = !global_control && !global_timeout && s_match(a, "keys", &val);
+        if (!global_control && !global_timeout && !global_keys) {
             for (const ctl_optdef_t *p = defs; p && p->name; p++)
                 if (s_match(a, p->name, &val)) {
                     d = p;
@@ -110,6 +116,8 @@ int ctl_parse_args(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *def
             if (!*val)
                 return ctl_usage_error(o, usage, "--control: empty endpoint");
             o->endpoint = val;
+        } else if (global_keys) {
+            o->keys_dir = val;
         } else if (global_timeout) {
             if (!s_parse_timeout(val, &o->timeout_ms))
                 return ctl_usage_error(
@@ -121,11 +129,44 @@ int ctl_parse_args(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *def
     return CTL_EXIT_OK;
 }
 
-ctl_client_t *ctl_connect(const ctl_opts_t *o)
+shoal_err_t ctl_client_for(const ctl_opts_t *o, ctl_client_t **out)
 {
     ctl_client_t *c = ctl_client_new(o->endpoint, o->timeout_ms);
+    *out = NULL;
     if (!c)
-        ctl_error(o, "cannot create a client for %s (out of memory)", o->endpoint);
+        return shoal_fail(SHOAL_ERR_NOMEM, "cannot create a client for %s (out of memory)",
+                          o->endpoint);
+    const char *env = getenv("SHOAL_KEYS");
+    const char *dir = o->keys_dir ? o->keys_dir : env && *env ? env : NULL;
+    if (dir && strncmp(o->endpoint, "tcp://", 6) == 0) {
+        zsec_keys_t keys;
+        char path[4096], server[ZSEC_KEY_LEN + 1];
+        shoal_err_t rc = zsec_keys_load(dir, &keys);
+        if (rc == SHOAL_OK)
+            rc = fsutil_path(path, sizeof path, "%s/coordinator.public", dir);
+        if (rc == SHOAL_OK)
+            rc = zsec_public_load(path, server);
+        if (rc == SHOAL_OK)
+            rc = ctl_client_set_curve(c, &keys, server);
+        memset(&keys, 0, sizeof keys);
+        if (rc != SHOAL_OK) {
+            ctl_client_destroy(&c);
+            return shoal_fail_context(rc, "operator key %s", dir);
+        }
+    } else if (o->insecure) {
+        ctl_client_set_insecure(c);
+        if (strncmp(o->endpoint, "tcp://", 6) == 0)
+            fprintf(stderr, "shoalctl: --insecure: plaintext TCP to %s\n", o->endpoint);
+    }
+    *out = c;
+    return SHOAL_OK;
+}
+
+ctl_client_t *ctl_connect(const ctl_opts_t *o)
+{
+    ctl_client_t *c = NULL;
+    if (ctl_client_for(o, &c) != SHOAL_OK)
+        ctl_error(o, "%s", shoal_errmsg());
     return c;
 }
 
@@ -301,11 +342,11 @@ int ctl_parse_target(ctl_opts_t *o, int argc, char **argv, const ctl_optdef_t *d
 
 shoal_err_t ctl_call(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply)
 {
-    ctl_client_t *c = ctl_client_new(o->endpoint, o->timeout_ms);
-    if (!c)
-        return shoal_fail(SHOAL_ERR_NOMEM, "cannot create a client for %s (out of memory)",
-                          o->endpoint);
-    shoal_err_t rc = fn(c, target, reply);
+    ctl_client_t *c = NULL;
+    shoal_err_t rc = ctl_client_for(o, &c);
+    if (rc != SHOAL_OK)
+        return rc;
+    rc = fn(c, target, reply);
     ctl_client_destroy(&c);
     return rc;
 }

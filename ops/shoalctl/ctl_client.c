@@ -11,6 +11,7 @@
 
 #include "clock.h"
 #include "wire.h"
+#include "zsec.h"
 
 struct ctl_client {
     char *endpoint;
@@ -18,6 +19,10 @@ struct ctl_client {
     void *ctx;
     void *sock; /* REQ, connected lazily; closed and reopened after a timeout */
     uint64_t seq;
+    int curve; /* an operator key: keys, server_key */
+    zsec_keys_t keys;
+    char server_key[ZSEC_KEY_LEN + 1];
+    int insecure; /* plaintext TCP allowed (ctl_client_set_insecure or SHOAL_INSECURE=1) */
 };
 
 /* What the receive handler extracts from the (borrowed) reply envelope. */
@@ -60,6 +65,8 @@ const char *ctl_code_name(int code)
         return "not valid in the current state";
     case SHOAL__ERROR_CODE__ERR_INTERNAL:
         return "internal error";
+    case SHOAL__ERROR_CODE__ERR_FORBIDDEN:
+        return "forbidden for this operator key";
     default:
         return "unknown error";
     }
@@ -79,7 +86,28 @@ ctl_client_t *ctl_client_new(const char *endpoint, int timeout_ms)
         return NULL;
     }
     c->timeout_ms = timeout_ms;
+    const char *env = getenv("SHOAL_INSECURE");
+    c->insecure = env && strcmp(env, "1") == 0;
     return c;
+}
+
+static void s_close_socket(ctl_client_t *c);
+
+shoal_err_t ctl_client_set_curve(ctl_client_t *c, const zsec_keys_t *keys,
+                                 const char *server_key)
+{
+    if (!zsec_key_valid(server_key))
+        return shoal_fail(SHOAL_ERR_INVALID, "the coordinator's public key is not a CURVE key");
+    s_close_socket(c);
+    c->keys = *keys;
+    snprintf(c->server_key, sizeof c->server_key, "%s", server_key);
+    c->curve = 1;
+    return SHOAL_OK;
+}
+
+void ctl_client_set_insecure(ctl_client_t *c)
+{
+    c->insecure = 1;
 }
 
 static void s_close_socket(ctl_client_t *c)
@@ -118,6 +146,16 @@ static shoal_err_t s_connect(ctl_client_t *c)
     shoal_err_t rc = wire_socket_limits(c->sock);
     if (rc != SHOAL_OK)
         goto out_close;
+    if (c->curve) {
+        if ((rc = zsec_client(c->sock, &c->keys, c->server_key)) != SHOAL_OK)
+            goto out_close;
+    } else if (strncmp(c->endpoint, "tcp://", 6) == 0 && !c->insecure) {
+        rc = shoal_fail(SHOAL_ERR_INVALID,
+                        "control endpoint %s is TCP: give an operator key (--keys DIR or "
+                        "$SHOAL_KEYS: key.secret, coordinator.public) or --insecure",
+                        c->endpoint);
+        goto out_close;
+    }
     if (zmq_connect(c->sock, c->endpoint) != 0) {
         rc = shoal_fail(SHOAL_ERR_IO, "control endpoint '%s': %s", c->endpoint,
                         zmq_strerror(zmq_errno()));
@@ -302,13 +340,23 @@ shoal_err_t ctl_client_status(ctl_client_t *c, const char *run, ctl_reply_t *rep
     return s_request(c, &env, s_check_run(body.run), reply);
 }
 
-shoal_err_t ctl_client_workers(ctl_client_t *c, ctl_reply_t *reply)
+/* A request without arguments (its body is the empty CtlWorkers). */
+static shoal_err_t s_bare_request(ctl_client_t *c, Shoal__MsgType type, ctl_reply_t *reply)
 {
     Shoal__CtlWorkers body = SHOAL__CTL_WORKERS__INIT;
-    Shoal__Envelope env =
-        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_WORKERS, SHOAL__ENVELOPE__BODY_CTL_WORKERS);
+    Shoal__Envelope env = s_envelope(type, SHOAL__ENVELOPE__BODY_CTL_WORKERS);
     env.ctl_workers = &body;
     return s_request(c, &env, SHOAL_OK, reply);
+}
+
+shoal_err_t ctl_client_workers(ctl_client_t *c, ctl_reply_t *reply)
+{
+    return s_bare_request(c, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, reply);
+}
+
+shoal_err_t ctl_client_keys_reload(ctl_client_t *c, ctl_reply_t *reply)
+{
+    return s_bare_request(c, SHOAL__MSG_TYPE__MSG_CTL_KEYS_RELOAD, reply);
 }
 
 static shoal_err_t s_worker_request(ctl_client_t *c, Shoal__MsgType type, const char *worker,

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "zsec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,6 +44,15 @@ ctl_client_t *ctl_client_new(const char *endpoint, int timeout_ms);
 void ctl_client_destroy(ctl_client_t **self_p);
 
 const char *ctl_client_endpoint(const ctl_client_t *c);
+
+/* CURVE with an operator key pair and the coordinator's public key (copied), for a TCP control
+ * endpoint. Without it a TCP endpoint is refused unless ctl_client_set_insecure was called or
+ * the environment sets SHOAL_INSECURE=1. */
+shoal_err_t ctl_client_set_curve(ctl_client_t *c, const zsec_keys_t *keys,
+                                 const char *server_key);
+void ctl_client_set_insecure(ctl_client_t *c);
+/* Asks the coordinator to re-read its allow-list (admin keys only). */
+shoal_err_t ctl_client_keys_reload(ctl_client_t *c, ctl_reply_t *reply);
 
 /* Every request below returns SHOAL_OK when the coordinator answered (whether or not it
  * granted the request: see reply->ok), filling *reply (the caller finis it). Otherwise nothing

@@ -18,11 +18,9 @@ static const char s_usage[] =
     "  undrain WORKER         let a drained worker be planned again\n"
     "  pause RUN | resume RUN | cancel RUN\n"
     "  events RUN             the run's ledger (--since SEQ, --limit N)\n"
-    "  verify RUN             check the ledger's hash chain (exit 1 when broken);\n"
-    "                         --pubkey K checks every entry's signature here, --ledger FILE an\n"
-    "                         exported ledger offline\n"
-    "  keys new-signing --out DIR\n"
-    "                         write the Ed25519 key pair that signs the ledger\n"
+    "  verify RUN             check the ledger's hash chain (exit 1 when broken)\n"
+    "  keys new --out DIR     write a CURVE key pair (key.secret 0600, key.public)\n"
+    "  keys reload            make the coordinator re-read its allow-list (admin key)\n"
     "  plan RUN               the placement the coordinator would make now (not applied)\n"
     "  export RUN --step K --out DIR\n"
     "                         write a committed checkpoint as a Hugging Face model directory\n"
@@ -42,6 +40,9 @@ static const char s_usage[] =
     "  --control ENDPOINT     control endpoint (default $SHOAL_CONTROL, else\n"
     "                         " CTL_DEFAULT_ENDPOINT ")\n"
     "  --timeout SECONDS      wait at most this long for each answer (default 5)\n"
+    "  --keys DIR             operator key for a TCP endpoint (default $SHOAL_KEYS): DIR/key.secret\n"
+    "                         and DIR/coordinator.public (ops/SECURITY.md)\n"
+    "  --insecure             plaintext TCP (also SHOAL_INSECURE=1)\n"
     "  --json                 machine-readable output (read commands)\n"
     "  -h, --help             this help; VERB --help for a verb's options\n"
     "  --version              print shoalctl's version\n";
@@ -80,7 +81,8 @@ int main(int argc, char **argv)
         }
         const char *pos[1];
         int n_pos;
-        int takes_value = (strcmp(a, "--control") == 0 || strcmp(a, "--timeout") == 0);
+        int takes_value = (strcmp(a, "--control") == 0 || strcmp(a, "--timeout") == 0 ||
+                           strcmp(a, "--keys") == 0);
         int n = takes_value ? 2 : 1;
         if (i + n > argc)
             return ctl_usage_error(&o, s_usage, "option '%s' needs a value", a);
@@ -92,10 +94,14 @@ int main(int argc, char **argv)
     }
     if (i >= argc)
         return ctl_usage_error(&o, s_usage, "no verb given");
-    /* `keys new-signing` (the ledger's Ed25519 key) is a two-word verb of its own. */
-    if (strcmp(argv[i], "keys") == 0 && i + 1 < argc && strcmp(argv[i + 1], "new-signing") == 0) {
-        o.verb = "keys new-signing";
-        return cmd_keys_new_signing(&o, argc - i - 1, argv + i + 1);
+    /* `keys new` (a CURVE key pair) and `keys reload` (the coordinator's allow-list) verbs. */
+    if (strcmp(argv[i], "keys") == 0 && i + 1 < argc && strcmp(argv[i + 1], "new") == 0) {
+        o.verb = "keys new";
+        return cmd_keys_new(&o, argc - i - 1, argv + i + 1);
+    }
+    if (strcmp(argv[i], "keys") == 0 && i + 1 < argc && strcmp(argv[i + 1], "reload") == 0) {
+        o.verb = "keys reload";
+        return cmd_keys_reload(&o, argc - i - 1, argv + i + 1);
     }
     for (size_t v = 0; v < sizeof(s_verbs) / sizeof(s_verbs[0]); v++)
         if (strcmp(argv[i], s_verbs[v].name) == 0) {

@@ -23,6 +23,8 @@ typedef struct {
     int timeout_ms;       /* --timeout SECONDS */
     bool json;            /* --json */
     const char *verb;
+    const char *keys_dir; /* --keys DIR, else $SHOAL_KEYS: operator key for a TCP endpoint */
+    bool insecure;        /* --insecure: plaintext TCP */
 } ctl_opts_t;
 
 /* One verb-specific option: --name VALUE (has_arg) or --name (flag, sets *flag = true). */
@@ -93,15 +95,6 @@ typedef shoal_err_t (*ctl_target_fn)(ctl_client_t *c, const char *target, ctl_re
  * Returns the exchange's result (SHOAL_ERR_NOMEM when no client could be made). */
 shoal_err_t ctl_call(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply);
 
-/* One page of `run`'s ledger (entries with seq > since, at most limit, 0 = the coordinator's
- * 1000) as the reply document {run, events} into *doc (caller decrefs). Returns CTL_EXIT_OK, or
- * the exit code after printing why. */
-int ctl_events_page(const ctl_opts_t *o, ctl_client_t *c, const char *run, uint64_t since,
-                    unsigned limit, json_t **doc);
-
-/* shoalctl keys new-signing --out DIR: an Ed25519 key pair that signs the ledger. */
-int cmd_keys_new_signing(ctl_opts_t *o, int argc, char **argv);
-
 /* ctl_call, ctl_check_reply, then (doc not NULL) ctl_reply_doc into *doc (caller decrefs).
  * Returns CTL_EXIT_OK, or the exit code after printing why. */
 int ctl_request(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply,
@@ -127,6 +120,12 @@ int cmd_plan(ctl_opts_t *o, int argc, char **argv);
 int cmd_up(ctl_opts_t *o, int argc, char **argv);
 int cmd_export(ctl_opts_t *o, int argc, char **argv);
 int cmd_manifest(ctl_opts_t *o, int argc, char **argv);
+/* keys.c: shoalctl keys new --out DIR (a CURVE key pair), keys reload (the allow-list). */
+int cmd_keys_new(ctl_opts_t *o, int argc, char **argv);
+int cmd_keys_reload(ctl_opts_t *o, int argc, char **argv);
+/* A client for o->endpoint with the operator key (o->keys_dir or $SHOAL_KEYS) or --insecure
+ * applied, in *out (NULL on failure). */
+shoal_err_t ctl_client_for(const ctl_opts_t *o, ctl_client_t **out);
 int cmd_release(ctl_opts_t *o, int argc, char **argv);
 int cmd_replay(ctl_opts_t *o, int argc, char **argv);
 int cmd_plot(ctl_opts_t *o, int argc, char **argv);

@@ -24,6 +24,7 @@
 #include "model_dir.h"
 #include "numparse.h"
 #include "shoalctl.h"
+#include "zsec.h"
 
 static const char s_usage[] =
     "usage: shoalctl up [--workers N] [--out DIR] [--keep] [--time-limit SECONDS] [RUN.yaml]\n"
@@ -74,6 +75,50 @@ static shoal_err_t s_bindir(char *out, size_t cap)
 }
 
 /* A TCP port free right now on 127.0.0.1 (the kernel's pick; the coordinator binds it next). */
+/* Key pairs for a local cluster under root: root/coordinator, root/worker-<i> (each with the
+ * coordinator's key as coordinator.public), the allow-list (institution "local") and the
+ * coordinator's config naming them, whose path goes to cfg_path. */
+static shoal_err_t s_up_keys(const char *root, int n_workers, char *cfg_path, size_t cap)
+{
+    zsec_keys_t coord, w;
+    char dir[PATH_MAX], path[PATH_MAX + 32], allow[PATH_MAX + 32];
+    shoal_err_t rc = zsec_keys_generate(&coord);
+    if (rc == SHOAL_OK)
+        rc = fsutil_path(dir, sizeof dir, "%s/coordinator", root);
+    if (rc == SHOAL_OK)
+        rc = zsec_keys_write(dir, &coord);
+    if (rc == SHOAL_OK)
+        rc = fsutil_path(allow, sizeof allow, "%s/allow_list", root);
+    FILE *f = rc == SHOAL_OK ? fopen(allow, "w") : NULL;
+    if (rc == SHOAL_OK && !f)
+        rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", allow, strerror(errno));
+    for (int i = 0; rc == SHOAL_OK && i < n_workers; i++) {
+        rc = zsec_keys_generate(&w);
+        if (rc == SHOAL_OK)
+            rc = fsutil_path(dir, sizeof dir, "%s/worker-%d", root, i + 1);
+        if (rc == SHOAL_OK)
+            rc = zsec_keys_write(dir, &w);
+        if (rc == SHOAL_OK)
+            rc = fsutil_path(path, sizeof path, "%s/coordinator.public", dir);
+        if (rc == SHOAL_OK)
+            rc = fsutil_write_file(path, coord.public_key, ZSEC_KEY_LEN);
+        if (rc == SHOAL_OK)
+            fprintf(f, "worker local %s\n", w.public_key);
+    }
+    if (f && fclose(f) != 0 && rc == SHOAL_OK)
+        rc = shoal_fail(SHOAL_ERR_IO, "%s: %s", allow, strerror(errno));
+    if (rc == SHOAL_OK)
+        rc = fsutil_path(cfg_path, cap, "%s/coordinator.yaml", root);
+    char yaml[2 * PATH_MAX + 64];
+    if (rc == SHOAL_OK) {
+        snprintf(yaml, sizeof yaml, "keys_dir: %s/coordinator\nallow_list: %s\n", root, allow);
+        rc = fsutil_write_file(cfg_path, yaml, strlen(yaml));
+    }
+    memset(&coord, 0, sizeof coord);
+    memset(&w, 0, sizeof w);
+    return rc == SHOAL_OK ? SHOAL_OK : shoal_fail_context(rc, "shoalctl up: CURVE keys");
+}
+
 static shoal_err_t s_free_port(int *port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -417,8 +462,12 @@ static shoal_err_t s_start_cluster(s_up_t *u)
     snprintf(u->coord.name, sizeof(u->coord.name), "coordinator");
     SHOAL_CHECK_GOTO(fsutil_path(u->coord.log, sizeof(u->coord.log), "%s/coordinator.log", logs),
                      rc, out);
-    char *cargv[] = {coord_bin, "--state-dir", coord_state, "--listen",
-                     u->listen, "--control",   u->control,  NULL};
+    /* CURVE even on loopback: a key pair per daemon, the workers' keys on the allow-list */
+    char keys_root[PATH_MAX], coord_cfg[PATH_MAX];
+    SHOAL_CHECK_GOTO(fsutil_path(keys_root, sizeof(keys_root), "%s/keys", u->tmp), rc, out);
+    SHOAL_CHECK_GOTO(s_up_keys(keys_root, u->n_workers, coord_cfg, sizeof coord_cfg), rc, out);
+    char *cargv[] = {coord_bin, "--state-dir", coord_state, "--listen", u->listen,
+                     "--control", u->control, "--config", coord_cfg, NULL};
     SHOAL_CHECK_GOTO(child_spawn(&u->coord, cargv, "shoalctl up"), rc, out);
 
     for (int i = 0; i < u->n_workers; i++) {
@@ -428,8 +477,11 @@ static shoal_err_t s_start_cluster(s_up_t *u)
         SHOAL_CHECK_GOTO(fsutil_path(state, sizeof(state), "%s/%s", u->tmp, w->name), rc, out);
         SHOAL_CHECK_GOTO(fsutil_mkdir_p(state), rc, out);
         SHOAL_CHECK_GOTO(fsutil_path(w->log, sizeof(w->log), "%s/%s.log", logs, w->name), rc, out);
-        char *wargv[] = {worker_bin, "--coordinator", u->listen, "--name",
-                         w->name,    "--state-dir",   state,     NULL};
+        char wkeys[PATH_MAX];
+        SHOAL_CHECK_GOTO(fsutil_path(wkeys, sizeof(wkeys), "%s/worker-%d", keys_root, i + 1), rc,
+                         out);
+        char *wargv[] = {worker_bin, "--coordinator", u->listen, "--name", w->name,
+                         "--state-dir", state, "--keys", wkeys, NULL};
         SHOAL_CHECK_GOTO(child_spawn(w, wargv, "shoalctl up"), rc, out);
     }
 out:

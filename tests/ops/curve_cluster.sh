@@ -1,0 +1,101 @@
+#!/bin/bash
+# curve_cluster.sh BINDIR: CURVE on a real coordinator (worker and control endpoints on TCP) and
+# real workers: plaintext TCP is refused without --insecure; a worker with an unknown key cannot
+# register; a read key may look but not drain; a key the coordinator does not list (or a client
+# that expects another coordinator key) cannot act at all; SIGHUP and `keys reload` admit a newly
+# listed key, a bad allow-list is refused with the old one kept; two CURVE workers train a run
+# together over the data plane with the keys the plan published.
+. "$(dirname "${BASH_SOURCE[0]}")/ctl_lib.sh" "$1" curve
+unset SHOAL_INSECURE # this test is about what plaintext may not do
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+k="$tmp/keys"
+for who in coord w1 w2 reader admin rogue other; do
+    "$bin" keys new --out "$k/$who" >/dev/null || err "keys new --out $k/$who"
+done
+[ "$(stat -c %a "$k/w1/key.secret")" = 600 ] || err "key.secret mode $(stat -c %a "$k/w1/key.secret")"
+"$bin" keys new --out "$k/w1" >/dev/null 2>&1 && err "keys new overwrote an existing key"
+for who in w1 w2 reader admin rogue; do cp "$k/coord/key.public" "$k/$who/coordinator.public"; done
+cp "$k/other/key.public" "$k/other/coordinator.public" # a client that expects another coordinator
+pub() { cat "$k/$1/key.public"; }
+cat >"$tmp/allow" <<EOF
+# institution uni-a
+worker uni-a $(pub w1)
+operator read alice $(pub reader)
+operator admin bob $(pub admin)
+EOF
+wport=$(port)
+cport=$(port)
+ctl="tcp://127.0.0.1:$cport"
+printf 'keys_dir: %s\nallow_list: %s\n' "$k/coord" "$tmp/allow" >"$tmp/coord.yaml"
+
+# plaintext TCP needs --insecure
+"$bindir/shoal-coordinator" --state-dir "$tmp/plain" --listen "tcp://127.0.0.1:$wport" \
+    >"$tmp/plain.log" 2>&1 && err "a TCP coordinator without keys started"
+grep -q "insecure" "$tmp/plain.log" || err "no word of --insecure: $(cat "$tmp/plain.log")"
+
+"$bindir/shoal-coordinator" --state-dir "$tmp/coord" --listen "tcp://127.0.0.1:$wport" \
+    --control "$ctl" --config "$tmp/coord.yaml" >"$tmp/coord.log" 2>&1 &
+coord=$!
+pids+=($coord)
+as() { local who=$1; shift; "$bin" --control "$ctl" --keys "$k/$who" --timeout 2 "$@"; }
+poll_until 10 as admin status >/dev/null || { err "admin cannot reach the coordinator"; exit 1; }
+
+worker() { # NAME KEYDIR
+    "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$wport" --name "$1" --keys "$k/$2" \
+        --state-dir "$tmp/s-$1" >>"$tmp/$1.log" 2>&1 &
+    pids+=($!)
+}
+worker alpha w1
+worker beta w2
+listed() { as reader workers --json 2>/dev/null | grep -q "\"$1\""; }
+poll_until 20 listed alpha || err "a listed worker did not register: $(tail -5 "$tmp/alpha.log")"
+grep -q "name alpha, .*uni-a" "$tmp/coord.log" || err "alpha's institution is not its key's (uni-a)"
+sleep 1.5
+listed beta && err "a worker with an unknown key registered"
+
+# roles
+as reader status >/dev/null || err "a read key cannot run status"
+as reader drain alpha >"$tmp/out" 2>&1 && err "a read key drained a worker"
+grep -qi "forbidden\|not allowed" "$tmp/out" || err "read drain: $(cat "$tmp/out")"
+as reader keys reload >/dev/null 2>&1 && err "a read key reloaded the allow-list"
+as admin drain alpha >/dev/null || err "an admin key cannot drain"
+as admin undrain alpha >/dev/null || err "an admin key cannot undrain"
+# keys the coordinator does not list, or a coordinator key that is not the coordinator's
+as rogue --timeout 1 status >/dev/null 2>&1 && err "an unlisted operator key got an answer"
+as other --timeout 1 status >/dev/null 2>&1 && err "a client expecting another coordinator got an answer"
+"$bin" --control "$ctl" --timeout 1 status >"$tmp/out" 2>&1 && err "plaintext shoalctl over TCP worked"
+grep -q "operator key" "$tmp/out" || err "plaintext shoalctl: $(cat "$tmp/out")"
+
+# SIGHUP admits a newly listed key; a bad list is refused and the old one stays
+echo "worker uni-b $(pub w2)" >>"$tmp/allow"
+kill -HUP "$coord"
+poll_until 20 listed beta || err "beta not admitted after SIGHUP: $(tail -5 "$tmp/beta.log")"
+cp "$tmp/allow" "$tmp/allow.good"
+echo "worker uni-c not-a-key" >>"$tmp/allow"
+as admin keys reload >"$tmp/out" 2>&1 && err "a bad allow-list was accepted"
+grep -q "allow:[0-9]*:" "$tmp/out" || err "bad allow-list error has no FILE:LINE: $(cat "$tmp/out")"
+kill -0 "$coord" 2>/dev/null || err "the coordinator died on a bad allow-list"
+as admin status >/dev/null || err "the old allow-list is gone after a refused reload"
+cp "$tmp/allow.good" "$tmp/allow"
+as admin keys reload >/dev/null || err "keys reload of a good list failed"
+
+# the two workers train together (data plane over CURVE, keys from the plan)
+cat >"$tmp/run.yaml" <<YAML
+name: curve
+model:
+  preset: tiny
+data:
+  files: [/usr/share/games/fortunes]
+train:
+  steps: 6
+  global_batch: 2
+  seq_len: 16
+  lr: 1e-3
+YAML
+as admin submit "$tmp/run.yaml" >/dev/null || err "submit"
+done_run() { as reader status curve --json 2>/dev/null | grep -q "\"state\": *\"done\""; }
+poll_until 120 done_run || err "the CURVE run did not complete: $(as reader status curve 2>&1)"
+grep -q "CURVE key is not\|another CURVE key" "$tmp"/alpha.log "$tmp"/beta.log && err "a genuine peer's frame was refused"
+[ "$fail" -eq 0 ] && echo "curve_cluster: ok"
+exit "$fail"
