@@ -52,6 +52,9 @@ static const cfg_desc_t s_desc[] = {
     INT(replan_backoff_ms, "1000", 0, 3600000,
         "least wait between two re-plans of a run caused by failures"),
     INT(replan_backoff_max_ms, "30000", 0, 3600000, "the failure re-plan wait doubles up to this"),
+    STR(ledger_signing_key, "",
+        "Ed25519 key file that signs the ledger (shoalctl keys new-signing); default "
+        "STATE_DIR/ledger_signing.key, created at first start"),
     STR(keys_dir, "", "CURVE key pair dir (key.secret 0600, key.public; shoalctl keys new)"),
     STR(allow_list, "", "CURVE allow-list file: worker and operator public keys (ops/SECURITY.md)"),
     INT(insecure, "0", 0, 1, "1 = plaintext TCP without CURVE (--insecure; a warning at start)"),
@@ -94,6 +97,12 @@ void config_print_keys(FILE *out)
 shoal_err_t config_load_file(coord_config_t *cfg, const char *path)
 {
     return cfgtable_load_file(&s_table, cfg, path);
+}
+
+shoal_err_t config_load_string(coord_config_t *cfg, const char *text, size_t len,
+                               const char *origin)
+{
+    return cfgtable_load_string(&s_table, cfg, text, len, origin, NULL);
 }
 
 static shoal_err_t s_check_ipc(const char *endpoint, const char *key)

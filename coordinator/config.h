@@ -25,6 +25,9 @@ typedef struct {
     int quarantine_after_failures;  /* plan failures in a row that quarantine a worker (3; 0 off) */
     int replan_backoff_ms;          /* first wait between failure re-plans of a run (1000) */
     int replan_backoff_max_ms;      /* the wait doubles up to this (30000) */
+    char ledger_signing_key[CONFIG_STR_MAX]; /* ledger_signing_key: Ed25519 secret key file
+                                              * ("" = STATE_DIR/ledger_signing.key, made at
+                                              * first start) */
     char keys_dir[CONFIG_STR_MAX];   /* keys_dir: its CURVE key pair (key.secret, key.public) */
     char allow_list[CONFIG_STR_MAX]; /* allow_list: worker and operator keys (zsec.h format) */
     int insecure;                    /* insecure: 1 = plaintext TCP (--insecure) */
@@ -43,6 +46,10 @@ shoal_err_t config_set(coord_config_t *cfg, const char *key, const char *value, 
 /* Applies a YAML file: a mapping of the keys above to scalars. Unknown keys, duplicates,
  * non-scalar values, bad values and YAML syntax errors fail with "FILE:LINE:COL: ...". */
 shoal_err_t config_load_file(coord_config_t *cfg, const char *path);
+
+/* config_load_file over `len` bytes of YAML text; `origin` stands for the file name in errors. */
+shoal_err_t config_load_string(coord_config_t *cfg, const char *text, size_t len,
+                               const char *origin);
 
 /* Resolves derived values (control default from state_dir) and checks ipc:// path lengths. */
 shoal_err_t config_finish(coord_config_t *cfg);

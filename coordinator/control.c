@@ -311,7 +311,9 @@ static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
     }
     uint64_t n = 0, bad = 0;
     char reason[512];
-    if (ledger_verify(c->st, chain, &n, &bad, reason, sizeof reason) != SHOAL_OK) {
+    /* the chain, and the signature of every signed entry with this coordinator's own key */
+    if (ledger_verify_signed(c->st, chain, ledger_public_key(c->ledger), false, &n, &bad, reason,
+                             sizeof reason) != SHOAL_OK) {
         s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
         return;
     }

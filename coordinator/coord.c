@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
 #include <zmq.h>
 
 #ifdef SHOAL_HAVE_SYSTEMD
@@ -231,6 +232,38 @@ static void s_monitor_drain(coord_t *c)
     }
 }
 
+/* The ledger's signing key: the configured file, else STATE_DIR/ledger_signing.key, made (0600,
+ * with its .pub beside it) at the first start. A configured file that is missing is an error: a
+ * typo must not silently give the run a new identity. pk_hex receives the public key. */
+static shoal_err_t s_signing_key(coord_t *c, const coord_config_t *cfg,
+                                 char pk_hex[LEDGER_PUBKEY_HEX])
+{
+    uint8_t pk[LEDGER_PUBKEY_LEN], sk[LEDGER_SECKEY_LEN];
+    char path[CONFIG_STR_MAX + 32];
+    int dflt = cfg->ledger_signing_key[0] == 0;
+    if (dflt)
+        snprintf(path, sizeof path, "%s/%s", cfg->state_dir, LEDGER_KEY_FILE);
+    else
+        snprintf(path, sizeof path, "%s", cfg->ledger_signing_key);
+    shoal_err_t rc = ledger_key_load(path, pk, sk);
+    if (rc == SHOAL_ERR_NOTFOUND && dflt) {
+        rc = ledger_key_generate(pk, sk);
+        if (rc == SHOAL_OK)
+            rc = ledger_key_write(cfg->state_dir, pk, sk);
+        if (rc == SHOAL_OK)
+            log_info("created the ledger signing key %s", path);
+    }
+    if (rc != SHOAL_OK) {
+        sodium_memzero(sk, sizeof sk);
+        return shoal_fail_context(rc, "ledger signing key");
+    }
+    ledger_set_signing_key(c->ledger, sk);
+    sodium_memzero(sk, sizeof sk);
+    ledger_hex(pk, sizeof pk, pk_hex);
+    log_info("ledger signed with Ed25519 public key %s (shoalctl verify --pubkey)", pk_hex);
+    return SHOAL_OK;
+}
+
 shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
 {
     shoal_err_t rc = SHOAL_OK;
@@ -245,6 +278,8 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
         rc = shoal_fail(SHOAL_ERR_NOMEM, "ledger");
         goto fail;
     }
+    char pk_hex[LEDGER_PUBKEY_HEX];
+    SHOAL_CHECK_GOTO(s_signing_key(c, cfg, pk_hex), rc, fail);
     SHOAL_CHECK_GOTO(coord_load(c), rc, fail);
     c->zctx = zmq_ctx_new();
     c->wsock = zmq_socket(c->zctx, ZMQ_ROUTER);
@@ -263,9 +298,9 @@ shoal_err_t coord_new(const coord_config_t *cfg, coord_t **out)
     for (int i = 0; i < c->n_runs; i++)
         n_active_runs += !coord_run_is_terminal(c->runs[i]->state);
     coord_ledger(c, "", "coordinator_start",
-                 json_pack("{s:i, s:i, s:i, s:s, s:s}", "workers", c->n_workers, "live_workers",
-                           n_live, "open_runs", n_active_runs, "listen", cfg->listen, "control",
-                           cfg->control));
+                 json_pack("{s:i, s:i, s:i, s:s, s:s, s:s}", "workers", c->n_workers,
+                           "live_workers", n_live, "open_runs", n_active_runs, "listen",
+                           cfg->listen, "control", cfg->control, "ledger_pubkey", pk_hex));
     SHOAL_CHECK_GOTO(coord_txn_commit(c), rc, fail);
     log_info("state %s (%d runs, %d workers), workers on %s, control on %s", cfg->state_dir,
              c->n_runs, c->n_workers, cfg->listen, cfg->control);

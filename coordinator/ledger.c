@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
+#include <sodium.h>
 
 #include "ctl_reply.h"
 #include "numparse.h"
@@ -28,6 +28,8 @@ typedef struct {
 
 struct ledger {
     store_t *st;
+    uint8_t sk[LEDGER_SECKEY_LEN];
+    int have_sk;
     ledger_tail_t *tails;
     int n_tails, cap_tails;
 };
@@ -46,26 +48,21 @@ void ledger_destroy(ledger_t **self_p)
     if (!l)
         return;
     free(l->tails);
+    sodium_memzero(l->sk, sizeof l->sk);
     free(l);
     *self_p = NULL;
 }
 
-shoal_err_t ledger_hash(const char *prev_hash, const char *text, char out[LEDGER_HASH_HEX])
+void ledger_set_signing_key(ledger_t *l, const uint8_t sk[LEDGER_SECKEY_LEN])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!ctx)
-        return shoal_fail(SHOAL_ERR_NOMEM, "EVP_MD_CTX_new");
-    int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
-             EVP_DigestUpdate(ctx, prev_hash, strlen(prev_hash)) &&
-             EVP_DigestUpdate(ctx, text, strlen(text)) && EVP_DigestFinal_ex(ctx, md, &mdlen);
-    EVP_MD_CTX_free(ctx);
-    if (!ok || mdlen != 32)
-        return shoal_fail(SHOAL_ERR_INVALID, "SHA-256 failed");
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-    return SHOAL_OK;
+    memcpy(l->sk, sk, LEDGER_SECKEY_LEN);
+    l->have_sk = 1;
+}
+
+const uint8_t *ledger_public_key(const ledger_t *l)
+{
+    /* libsodium's secret key is seed || public key */
+    return l->have_sk ? l->sk + LEDGER_SECKEY_LEN - LEDGER_PUBKEY_LEN : NULL;
 }
 
 static void s_key(char *buf, size_t cap, const char *run, uint64_t seq)
@@ -124,7 +121,7 @@ shoal_err_t ledger_append(ledger_t *l, store_batch_t *b, const char *run, const 
                           json_t *detail, int64_t time_ms, uint64_t *seq_out)
 {
     shoal_err_t rc = SHOAL_OK;
-    char *canon = NULL, *stored = NULL;
+    char *stored = NULL;
     if (strlen(run) >= LEDGER_RUN_MAX - 1 || strchr(run, '/'))
         return shoal_fail(SHOAL_ERR_INVALID, "ledger run id '%s' invalid", run);
     ledger_tail_t *t = NULL;
@@ -140,14 +137,8 @@ shoal_err_t ledger_append(ledger_t *l, store_batch_t *b, const char *run, const 
                           CTL_F_DETAIL, d, CTL_F_PREV_HASH, prev);
     if (!e)
         return shoal_fail(SHOAL_ERR_NOMEM, "ledger entry");
-    canon = json_dumps(e, LEDGER_DUMP_FLAGS);
     char hash[LEDGER_HASH_HEX];
-    if (!canon) {
-        rc = shoal_fail(SHOAL_ERR_NOMEM, "ledger entry");
-        goto out_decref;
-    }
-    SHOAL_CHECK_GOTO(ledger_hash(prev, canon, hash), rc, out_decref);
-    json_object_set_new(e, CTL_F_HASH, json_string(hash));
+    SHOAL_CHECK_GOTO(ledger_entry_seal(e, prev, l->have_sk ? l->sk : NULL, hash), rc, out_decref);
     stored = json_dumps(e, LEDGER_DUMP_FLAGS);
     if (!stored) {
         rc = shoal_fail(SHOAL_ERR_NOMEM, "ledger entry");
@@ -163,7 +154,6 @@ shoal_err_t ledger_append(ledger_t *l, store_batch_t *b, const char *run, const 
         *seq_out = seq;
 out_decref:
     json_decref(e);
-    free(canon);
     free(stored);
     return rc;
 }
@@ -214,8 +204,8 @@ shoal_err_t ledger_list(store_t *st, const char *run, uint64_t since, unsigned l
 }
 
 typedef struct {
-    uint64_t n, first_bad;
-    char prev[LEDGER_HASH_HEX];
+    ledger_chain_t chain;
+    uint64_t first_bad;
     char *reason;
     size_t cap;
     size_t prefix_len;
@@ -231,47 +221,19 @@ static int s_verify_bad(s_verify_ctx_t *c, uint64_t seq, const char *why)
 static int s_verify_one(const char *key, size_t klen, const char *val, size_t vlen, void *ctx)
 {
     s_verify_ctx_t *c = ctx;
-    uint64_t expect = c->n + 1;
-    int stop = 0;
+    uint64_t expect = c->chain.n + 1;
     json_error_t jerr;
-    json_t *e = json_loadb(val, vlen, 0, &jerr);
-    if (!e || !json_is_object(e))
-        return s_verify_bad(c, expect, "not a JSON object");
-    char keyseq[32];
+    char keyseq[32], why[256];
+    uint64_t key_n = 0;
     size_t sl = klen - c->prefix_len;
     snprintf(keyseq, sizeof keyseq, "%.*s", (int)(sl < 31 ? sl : 31), key + c->prefix_len);
-    json_int_t seq = json_integer_value(json_object_get(e, CTL_F_SEQ));
-    const char *h = json_string_value(json_object_get(e, CTL_F_HASH));
-    const char *prev = json_string_value(json_object_get(e, CTL_F_PREV_HASH));
-    char *hash = h ? strdup(h) : NULL;
-    char recomputed[LEDGER_HASH_HEX];
-    char *canon = NULL;
-    uint64_t key_n = 0;
-    if ((uint64_t)seq != expect || numparse_u64(keyseq, UINT64_MAX, &key_n) != SHOAL_OK ||
-        key_n != expect) {
-        stop = s_verify_bad(c, expect, "sequence gap or mismatch");
-        goto out;
-    }
-    if (!hash || strlen(hash) != 64 || !prev) {
-        stop = s_verify_bad(c, expect, "missing hash or prev_hash");
-        goto out;
-    }
-    if (strcmp(prev, c->prev) != 0) {
-        stop = s_verify_bad(c, expect, "prev_hash does not match the previous entry's hash");
-        goto out;
-    }
-    json_object_del(e, CTL_F_HASH);
-    canon = json_dumps(e, LEDGER_DUMP_FLAGS);
-    if (!canon || ledger_hash(c->prev, canon, recomputed) != SHOAL_OK ||
-        strcmp(recomputed, hash) != 0) {
-        stop = s_verify_bad(c, expect, "hash does not match the entry's content");
-        goto out;
-    }
-    memcpy(c->prev, hash, LEDGER_HASH_HEX);
-    c->n++;
-out:
-    free(canon);
-    free(hash);
+    /* the store key must name the entry's seq too: an entry moved to another key is a gap */
+    if (numparse_u64(keyseq, UINT64_MAX, &key_n) != SHOAL_OK || key_n != expect)
+        return s_verify_bad(c, expect, "sequence gap or mismatch");
+    json_t *e = json_loadb(val, vlen, 0, &jerr);
+    int stop = 0;
+    if (!ledger_chain_next(&c->chain, e, why, sizeof why))
+        stop = s_verify_bad(c, expect, e ? why : "not a JSON object");
     json_decref(e);
     return stop;
 }
@@ -279,17 +241,24 @@ out:
 shoal_err_t ledger_verify(store_t *st, const char *run, uint64_t *n_entries, uint64_t *first_bad,
                           char *reason, size_t reason_cap)
 {
+    return ledger_verify_signed(st, run, NULL, false, n_entries, first_bad, reason, reason_cap);
+}
+
+shoal_err_t ledger_verify_signed(store_t *st, const char *run, const uint8_t *pk, bool require_sig,
+                                 uint64_t *n_entries, uint64_t *first_bad, char *reason,
+                                 size_t reason_cap)
+{
     char prefix[LEDGER_RUN_MAX + 2];
     snprintf(prefix, sizeof prefix, "%s/", run);
     s_verify_ctx_t c = {0};
-    memcpy(c.prev, s_zero_hash, LEDGER_HASH_HEX);
+    ledger_chain_init(&c.chain, pk, require_sig);
     c.reason = reason;
     c.cap = reason_cap;
     c.prefix_len = strlen(prefix);
     if (reason_cap)
         reason[0] = 0;
     shoal_err_t rc = store_scan(st, STORE_CF_LEDGER, prefix, NULL, s_verify_one, &c);
-    *n_entries = c.n;
+    *n_entries = c.chain.n;
     *first_bad = c.first_bad;
     return rc;
 }

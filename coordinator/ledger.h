@@ -4,7 +4,8 @@
  * Entry (canonical form: compact JSON, sorted keys, ASCII):
  *   {"detail":{...},"kind":"plan","prev_hash":"<64 hex>","run":"r1","seq":7,"time_ms":...}
  * hash = SHA-256(prev_hash as 64 hex chars || canonical form); the first entry's prev_hash is
- * 64 zeros. The stored value is the canonical object plus "hash". */
+ * 64 zeros. The stored value is the canonical object plus "hash" and, once the coordinator has a
+ * signing key, "sig": the Ed25519 signature of the hash (common/ledger_chain.h). */
 #ifndef SHOAL_LEDGER_H
 #define SHOAL_LEDGER_H
 
@@ -13,9 +14,9 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "ledger_chain.h"
 #include "store.h"
 
-#define LEDGER_HASH_HEX 65 /* 64 hex digits + NUL */
 #define LEDGER_CLUSTER "cluster"
 
 typedef struct ledger ledger_t;
@@ -23,6 +24,11 @@ typedef struct ledger ledger_t;
 /* A ledger over `st` (borrowed; must outlive the ledger). NULL on OOM. */
 ledger_t *ledger_new(store_t *st);
 void ledger_destroy(ledger_t **self_p);
+
+/* Entries appended from now on carry "sig", made with sk (copied; libsodium's 64-byte form). */
+void ledger_set_signing_key(ledger_t *l, const uint8_t sk[LEDGER_SECKEY_LEN]);
+/* The public half of the signing key; NULL when entries are not signed. */
+const uint8_t *ledger_public_key(const ledger_t *l);
 
 /* Adds the next entry of `run`'s chain to batch `b` (detail borrowed, may be NULL = {}).
  * The entry is staged: a later append to the same run in the same batch chains onto it.
@@ -44,7 +50,10 @@ shoal_err_t ledger_list(store_t *st, const char *run, uint64_t since, unsigned l
 shoal_err_t ledger_verify(store_t *st, const char *run, uint64_t *n_entries, uint64_t *first_bad,
                           char *reason, size_t reason_cap);
 
-/* hex SHA-256 of prev_hash || text (OpenSSL EVP). */
-shoal_err_t ledger_hash(const char *prev_hash, const char *text, char out[LEDGER_HASH_HEX]);
+/* ledger_verify that also checks, with public key pk, the signature of every entry that carries
+ * one; with require_sig an unsigned entry breaks the chain too. */
+shoal_err_t ledger_verify_signed(store_t *st, const char *run, const uint8_t *pk, bool require_sig,
+                                 uint64_t *n_entries, uint64_t *first_bad, char *reason,
+                                 size_t reason_cap);
 
 #endif

@@ -57,6 +57,18 @@ static void s_print_entry(const json_t *e, bool json, bool one_line)
     free(detail);
 }
 
+int ctl_events_page(const ctl_opts_t *o, ctl_client_t *c, const char *run, uint64_t since,
+                    unsigned limit, json_t **doc)
+{
+    ctl_reply_t reply = {0};
+    shoal_err_t rc = ctl_client_events(c, run, since, limit, &reply);
+    int ex = ctl_check_reply(o, rc, &reply);
+    if (ex == CTL_EXIT_OK && !(*doc = ctl_reply_doc(o, &reply)))
+        ex = CTL_EXIT_ERROR;
+    ctl_reply_fini(&reply);
+    return ex;
+}
+
 int cmd_events(ctl_opts_t *o, int argc, char **argv)
 {
     const char *since_s = NULL, *limit_s = NULL;
@@ -87,18 +99,9 @@ int cmd_events(ctl_opts_t *o, int argc, char **argv)
         goto out;
     bool header = o->json;
     for (;;) {
-        ctl_reply_t reply = {0};
-        shoal_err_t rc = ctl_client_events(c, run, since, (unsigned)limit, &reply);
-        if ((ex = ctl_check_reply(o, rc, &reply)) != CTL_EXIT_OK) {
-            ctl_reply_fini(&reply);
+        json_t *doc = NULL;
+        if ((ex = ctl_events_page(o, c, run, since, (unsigned)limit, &doc)) != CTL_EXIT_OK)
             goto out;
-        }
-        json_t *doc = ctl_reply_doc(o, &reply);
-        ctl_reply_fini(&reply);
-        if (!doc) {
-            ex = CTL_EXIT_ERROR;
-            goto out;
-        }
         if (!header) { /* only once the coordinator answered: errors leave stdout empty */
             printf("%6s  %-24s  %-16s %s\n", "SEQ", "TIME", "KIND", "DETAIL");
             header = true;

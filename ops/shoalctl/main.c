@@ -18,7 +18,11 @@ static const char s_usage[] =
     "  undrain WORKER         let a drained worker be planned again\n"
     "  pause RUN | resume RUN | cancel RUN\n"
     "  events RUN             the run's ledger (--since SEQ, --limit N)\n"
-    "  verify RUN             check the ledger's hash chain (exit 1 when broken)\n"
+    "  verify RUN             check the ledger's hash chain (exit 1 when broken);\n"
+    "                         --pubkey K checks every entry's signature here, --ledger FILE an\n"
+    "                         exported ledger offline\n"
+    "  keys new-signing --out DIR\n"
+    "                         write the Ed25519 key pair that signs the ledger\n"
     "  keys new --out DIR     write a CURVE key pair (key.secret 0600, key.public)\n"
     "  keys reload            make the coordinator re-read its allow-list (admin key)\n"
     "  plan RUN               the placement the coordinator would make now (not applied)\n"
@@ -94,6 +98,11 @@ int main(int argc, char **argv)
     }
     if (i >= argc)
         return ctl_usage_error(&o, s_usage, "no verb given");
+    /* `keys new-signing` (the ledger's Ed25519 key) is a two-word verb of its own. */
+    if (strcmp(argv[i], "keys") == 0 && i + 1 < argc && strcmp(argv[i + 1], "new-signing") == 0) {
+        o.verb = "keys new-signing";
+        return cmd_keys_new_signing(&o, argc - i - 1, argv + i + 1);
+    }
     /* `keys new` (a CURVE key pair) and `keys reload` (the coordinator's allow-list) verbs. */
     if (strcmp(argv[i], "keys") == 0 && i + 1 < argc && strcmp(argv[i + 1], "new") == 0) {
         o.verb = "keys new";

@@ -99,7 +99,8 @@ static void s_curve(cairo_t *cr, const s_panel_t *p, const runlog_t *log, size_t
     for (int i = 0; i < log->n_points; i++) {
         const runlog_point_t *pt = &log->points[i];
         double v = *(const double *)((const char *)pt + off);
-        if (i == 0)
+        /* steps without metrics (a worker without --metrics held them) leave a gap */
+        if (i == 0 || pt->step != log->points[i - 1].step + 1)
             cairo_move_to(cr, s_px(p, (double)pt->step), s_py(p, v));
         else
             cairo_line_to(cr, s_px(p, (double)pt->step), s_py(p, v));
@@ -194,6 +195,9 @@ shoal_err_t plot_draw(const runlog_t *log, const char *title, const char *path)
     const double ph = (PLOT_HEIGHT - S_TOP - S_GAP - S_BOTTOM) / 2;
     const double pw = PLOT_WIDTH - S_LEFT - S_RIGHT;
     double xmin = (double)log->points[0].step, xmax = (double)log->points[log->n_points - 1].step;
+    for (int i = 0; i < log->n_markers; i++) /* a change after the last step still shows */
+        if ((double)log->markers[i].step > xmax)
+            xmax = (double)log->markers[i].step;
     if (xmax <= xmin)
         xmax = xmin + 1;
     s_panel_t top = {S_LEFT, S_TOP, pw, ph, xmin, xmax, 0, 0};

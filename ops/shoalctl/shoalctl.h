@@ -95,6 +95,15 @@ typedef shoal_err_t (*ctl_target_fn)(ctl_client_t *c, const char *target, ctl_re
  * Returns the exchange's result (SHOAL_ERR_NOMEM when no client could be made). */
 shoal_err_t ctl_call(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply);
 
+/* One page of `run`'s ledger (entries with seq > since, at most limit, 0 = the coordinator's
+ * 1000) as the reply document {run, events} into *doc (caller decrefs). Returns CTL_EXIT_OK, or
+ * the exit code after printing why. */
+int ctl_events_page(const ctl_opts_t *o, ctl_client_t *c, const char *run, uint64_t since,
+                    unsigned limit, json_t **doc);
+
+/* shoalctl keys new-signing --out DIR: an Ed25519 key pair that signs the ledger. */
+int cmd_keys_new_signing(ctl_opts_t *o, int argc, char **argv);
+
 /* ctl_call, ctl_check_reply, then (doc not NULL) ctl_reply_doc into *doc (caller decrefs).
  * Returns CTL_EXIT_OK, or the exit code after printing why. */
 int ctl_request(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply,

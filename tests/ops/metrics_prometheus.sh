@@ -3,7 +3,8 @@
 # (--metrics-listen) every second during a run, and its HTTP API (/api/v1/query) must show
 # shoal_run_step increasing, per-worker series from the coordinator (label worker="mp1") and
 # from the workers themselves, and the checkpoint series. The coordinator's page is also checked
-# directly: HELP/TYPE for every family, text format 0.0.4, 404 off /metrics.
+# directly: HELP/TYPE for every family, text format 0.0.4, 404 off /metrics; and every query of
+# the Grafana dashboard (ops/grafana/shoal.json) must parse and name only scraped series.
 # Skips (77) without /usr/bin/prometheus. Usage: metrics_prometheus.sh BINDIR
 set -u
 . "$(dirname "$0")/ctl_lib.sh" "$1" "mp"
@@ -106,6 +107,34 @@ poll_until 60 query 'shoal_checkpoint_bytes{run="pm"}' 'len(v) == 1 and v[0] > 1
 query 'shoal_checkpoint_age_seconds{run="pm"}' 'len(v) == 1 and 0 <= v[0] < 60' ||
     err "checkpoint age: $(cat "$tmp/q")"
 query 'up' 'len(v) == 3 and v == [1.0, 1.0, 1.0]' || err "a target is down: $(cat "$tmp/q")"
+
+# the Grafana dashboard: every query parses in this Prometheus and every shoal_ series it names
+# was scraped
+dash="$(dirname "$0")/../../ops/grafana/shoal.json"
+curl -sf --get "http://127.0.0.1:$pport/api/v1/label/__name__/values" >"$tmp/names" ||
+    err "no series names from Prometheus"
+python3 - "$dash" "$tmp/names" "http://127.0.0.1:$pport" <<'PY' || err "the dashboard names series or queries that do not work"
+import json, re, sys, urllib.parse, urllib.request
+d = json.load(open(sys.argv[1]))
+have = set(json.load(open(sys.argv[2]))["data"])
+exprs = [t["expr"] for p in d["panels"] for t in p["targets"]]
+exprs += [a["expr"] for a in d["annotations"]["list"]]
+bad = []
+for e in exprs:
+    q = e.replace('"$run"', '".*"').replace('"$coordinator_job"', '"shoal-coordinator"')
+    for name in re.findall(r"\b(shoal_[a-z0-9_]+)", q):
+        if name not in have:
+            bad.append("%s: %s never scraped" % (e, name))
+    url = sys.argv[3] + "/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    try:
+        r = json.load(urllib.request.urlopen(url, timeout=10))
+        if r["status"] != "success":
+            bad.append("%s: %s" % (e, r))
+    except Exception as x:
+        bad.append("%s: %s" % (e, x))
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
 
 # the page itself: every sample's family has HELP and TYPE, names follow the conventions
 page || err "no page at the end"
