@@ -60,9 +60,6 @@ shoal_err_t runspec_precision_bf16(const runspec_t *spec, int on_gpu, int *bf16)
 {
     const char *p = spec->precision[0] ? spec->precision : "auto";
     *bf16 = strcmp(p, "bf16") == 0 || (on_gpu && strcmp(p, "auto") == 0);
-    if (*bf16 && !on_gpu)
-        return shoal_fail(SHOAL_ERR_INVALID, "train.precision: bf16 needs a GPU (the CPU trainer "
-                          "computes in fp32 only); use fp32 or auto, or --device cuda:N");
     return SHOAL_OK;
 }
 
@@ -144,8 +141,8 @@ static const cfg_desc_t s_desc[] = {
     {.key = "train.precision", .type = CFG_STR, S_AT(precision), .check = s_precision_check,
      .def = "auto",
      .help = "matrix arithmetic: `fp32`, or `bf16` (bf16 inputs, fp32 accumulation; master "
-             "weights and AdamW state stay fp32; GPU only); `auto` = bf16 on a GPU, fp32 on the "
-             "CPU"},
+             "weights and AdamW state stay fp32; on the CPU needs AVX512_BF16 or AMX and oneDNN); "
+             "`auto` = bf16 on a GPU, fp32 on the CPU"},
     {.key = "train.grad_sum", .type = CFG_STR, S_AT(grad_sum), .check = s_grad_sum_check,
      .def = "exact",
      .help = "how gradients are summed over micro-batches and workers: `exact` (binned int64 "

@@ -75,8 +75,8 @@ int runspec_dp_fits(const runspec_t *spec, int dp);
 int runspec_grad_sum_exact(const runspec_t *spec);
 
 /* train.precision for a trainer on a GPU (on_gpu 1) or the CPU: 1 for bf16 matrix arithmetic,
- * 0 for fp32. "auto" is bf16 on a GPU, fp32 on the CPU. A CPU trainer has no bf16 path:
- * "bf16" there is SHOAL_ERR_INVALID ("train.precision: bf16 needs a GPU ..."). */
+ * 0 for fp32. "auto" is bf16 on a GPU, fp32 on the CPU; "bf16" is bf16 on both (whether this
+ * CPU can is the CPU trainer's check, kgemm_check). Never fails today (kept for callers). */
 shoal_err_t runspec_precision_bf16(const runspec_t *spec, int on_gpu, int *bf16);
 
 /* Fills the defaults of every optional key (preset tiny, ...); required keys are left unset (0),

@@ -1,14 +1,19 @@
 /* attention.c: causal MHA on the CPU. Per (sequence, head) the scores and the weighted sum are
- * OpenBLAS GEMMs addressing q, k, v in place inside the fused qkv buffer (leading dimension 3d),
+ * GEMMs (kgemm) addressing q, k, v in place inside the fused qkv buffer (leading dimension 3d),
  * so there is no head transpose. FLOPs forward ≈ 8·M·d² (projections) + 4·B·T²·d (scores, pv). */
 #include "attention.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
+#include "kgemm.h"
 #include "rope.h"
 #include "vexp.h"
+
+/* The causal core (scores and p·v, per head) stays fp32 whatever s->prec says: its GEMMs are
+ * small (dh wide), where oneDNN's bf16 call costs more than it saves (bench_bf16: 0.35–0.75 of
+ * sgemm at dh 32), and in bf16 it moved test_train_bf16's worst step by 2.9% (0.19% with it in
+ * fp32). The projections run in s->prec. */
 
 /* Query rows per causal block: smaller blocks skip more of the masked upper triangle, larger
  * ones keep the GEMMs efficient. */
@@ -41,8 +46,7 @@ void attention_forward(const attention_shape_t *s, const float *a, const float *
 {
     const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)dh);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, 3 * d, d, 1.0f, a, d, w_qkv, d, 0.0f,
-                qkv, ld);
+    kgemm(s->prec, 0, 1, M, 3 * d, d, 1.0f, a, d, w_qkv, d, 0.0f, qkv, ld);
     rope_forward(qkv, B, T, H, dh, ld, cos_t, sin_t);
     rope_forward(qkv + d, B, T, H, dh, ld, cos_t, sin_t);
     for (int b = 0; b < B; b++) {
@@ -55,8 +59,8 @@ void attention_forward(const attention_shape_t *s, const float *a, const float *
             for (int i0 = 0; i0 < T; i0 += ATTN_QBLOCK) {
                 const int i1 = i0 + ATTN_QBLOCK < T ? i0 + ATTN_QBLOCK : T, nq = i1 - i0;
                 float *pq = pb + (size_t)i0 * T;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, i1, dh, scale,
-                            q + (size_t)i0 * ld, ld, k, ld, 0.0f, pq, T);
+                kgemm(KGEMM_FP32, 0, 1, nq, i1, dh, scale, q + (size_t)i0 * ld, ld, k, ld, 0.0f, pq,
+                      T);
                 for (int i = i0; i < i1; i++) {
                     float *row = pb + (size_t)i * T;
                     float mx = row[0];
@@ -68,13 +72,12 @@ void attention_forward(const attention_shape_t *s, const float *a, const float *
                     memset(row + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
                 }
                 /* o[i0:i1] = P[i0:i1, 0:i1] v[0:i1] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, dh, i1, 1.0f, pq, T, v,
-                            ld, 0.0f, ob + (size_t)i0 * d, d);
+                kgemm(KGEMM_FP32, 0, 0, nq, dh, i1, 1.0f, pq, T, v, ld, 0.0f, ob + (size_t)i0 * d,
+                      d);
             }
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, d, d, 1.0f, o, d, w_o, d, 0.0f, out,
-                d);
+    kgemm(s->prec, 0, 1, M, d, d, 1.0f, o, d, w_o, d, 0.0f, out, d);
 }
 
 void attention_backward(const attention_shape_t *s, const float *a, const float *w_qkv,
@@ -86,10 +89,8 @@ void attention_backward(const attention_shape_t *s, const float *a, const float 
     const int B = s->B, T = s->T, d = s->d, H = s->H, dh = d / H, M = B * T, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)dh);
     /* dWo [d, d] += dout^T o;  do [M, d] = dout Wo */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, M, 1.0f, dout, d, o, d, 1.0f,
-                dw_o_acc, d);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, d, 1.0f, dout, d, w_o, d, 0.0f,
-                dobuf, d);
+    kgemm(s->prec, 1, 0, d, d, M, 1.0f, dout, d, o, d, 1.0f, dw_o_acc, d);
+    kgemm(s->prec, 0, 0, M, d, d, 1.0f, dout, d, w_o, d, 0.0f, dobuf, d);
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             const size_t base = (size_t)b * T * ld + h * dh;
@@ -106,10 +107,10 @@ void attention_backward(const attention_shape_t *s, const float *a, const float 
                 const float *pq = pb + (size_t)i0 * T;
                 float *dpq = dp + (size_t)i0 * T;
                 /* dP[i0:i1, 0:i1] = dO[i0:i1] v[0:i1]^T;  dV[0:i1] += P[i0:i1, 0:i1]^T dO[i0:i1] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, i1, dh, 1.0f,
-                            dob + (size_t)i0 * d, d, v, ld, 0.0f, dpq, T);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dh, nq, 1.0f, pq, T,
-                            dob + (size_t)i0 * d, d, beta, dv, ld);
+                kgemm(KGEMM_FP32, 0, 1, nq, i1, dh, 1.0f, dob + (size_t)i0 * d, d, v, ld, 0.0f, dpq,
+                      T);
+                kgemm(KGEMM_FP32, 1, 0, i1, dh, nq, 1.0f, pq, T, dob + (size_t)i0 * d, d, beta, dv,
+                      ld);
                 /* dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled here by 1/√dh for both q and k */
                 for (int i = i0; i < i1; i++) {
                     const float *prow = pb + (size_t)i * T;
@@ -122,18 +123,16 @@ void attention_backward(const attention_shape_t *s, const float *a, const float 
                     memset(drow + i + 1, 0, sizeof(float) * (size_t)(i1 - i - 1));
                 }
                 /* dQ[i0:i1] = dS K[0:i1];  dK[0:i1] += dS^T Q[i0:i1] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, dh, i1, 1.0f, dpq, T,
-                            k, ld, 0.0f, dq + (size_t)i0 * ld, ld);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, dh, nq, 1.0f, dpq, T,
-                            q + (size_t)i0 * ld, ld, beta, dk, ld);
+                kgemm(KGEMM_FP32, 0, 0, nq, dh, i1, 1.0f, dpq, T, k, ld, 0.0f, dq + (size_t)i0 * ld,
+                      ld);
+                kgemm(KGEMM_FP32, 1, 0, i1, dh, nq, 1.0f, dpq, T, q + (size_t)i0 * ld, ld, beta, dk,
+                      ld);
             }
         }
     }
     rope_backward(dqkv, B, T, H, dh, ld, cos_t, sin_t);
     rope_backward(dqkv + d, B, T, H, dh, ld, cos_t, sin_t);
     /* dWqkv [3d, d] += dqkv^T a;  da [M, d] = dqkv Wqkv */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 3 * d, d, M, 1.0f, dqkv, ld, a, d, 1.0f,
-                dw_qkv_acc, d);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, 3 * d, 1.0f, dqkv, ld, w_qkv, d,
-                0.0f, da, d);
+    kgemm(s->prec, 1, 0, 3 * d, d, M, 1.0f, dqkv, ld, a, d, 1.0f, dw_qkv_acc, d);
+    kgemm(s->prec, 0, 0, M, d, 3 * d, 1.0f, dqkv, ld, w_qkv, d, 0.0f, da, d);
 }

@@ -4,6 +4,7 @@
 #ifndef SHOAL_KERNELS_ATTENTION_H
 #define SHOAL_KERNELS_ATTENTION_H
 #include "kernels_common.h"
+#include "kgemm.h"
 #ifdef SHOAL_HAVE_CUDA
 #include <cublas_v2.h>
 #endif
@@ -11,7 +12,8 @@
 extern "C" {
 #endif
 typedef struct {
-    int B, T, d, H; /* sequences, positions, width, heads (dh = d/H, even) */
+    int B, T, d, H;    /* sequences, positions, width, heads (dh = d/H, even) */
+    kgemm_prec_t prec; /* the projections' precision (kgemm.h; 0: fp32); the core's is fp32 */
 } attention_shape_t;
 
 /* Forward on a [B·T, d]. Saves qkv [B·T, 3d] (q, k after RoPE), p [B, H, T, T] (softmax

@@ -5,6 +5,7 @@
 #ifndef SHOAL_KERNELS_FFN_H
 #define SHOAL_KERNELS_FFN_H
 #include "kernels_common.h"
+#include "kgemm.h"
 #ifdef SHOAL_HAVE_CUDA
 #include <cublas_v2.h>
 #endif
@@ -12,15 +13,16 @@
 extern "C" {
 #endif
 /* Forward. Saves gu [M, 2f] (pre-activations) and a [M, f] (activations) for backward.
- * y [M, d] = beta·y + FFN(x) (beta 0 overwrites, 1 accumulates). M may be 0. */
-void ffn_forward(const float *x, int M, int d, int f, const float *w_gu, const float *w_d,
-                 float *gu, float *a, float *y, float beta);
+ * y [M, d] = beta·y + FFN(x) (beta 0 overwrites, 1 accumulates). M may be 0. prec: the GEMMs'
+ * precision (kgemm.h; KGEMM_FP32 is plain fp32), the same for the backward. */
+void ffn_forward(kgemm_prec_t prec, const float *x, int M, int d, int f, const float *w_gu,
+                 const float *w_d, float *gu, float *a, float *y, float beta);
 /* Backward from dy [M, d]. dgu [M, 2f] is scratch (its da part is also used as scratch).
  * dx_acc [M, d] += ∂L/∂x (or, with dx_beta 0, dx is overwritten); dw_gu_acc [2f, d] and
  * dw_d_acc [d, f] accumulate. */
-void ffn_backward(const float *x, int M, int d, int f, const float *w_gu, const float *w_d,
-                  const float *gu, const float *a, const float *dy, float *dgu, float *da,
-                  float *dx_acc, float dx_beta, float *dw_gu_acc, float *dw_d_acc);
+void ffn_backward(kgemm_prec_t prec, const float *x, int M, int d, int f, const float *w_gu,
+                  const float *w_d, const float *gu, const float *a, const float *dy, float *dgu,
+                  float *da, float *dx_acc, float dx_beta, float *dw_gu_acc, float *dw_d_acc);
 #ifdef SHOAL_HAVE_CUDA
 /* CUDA twins on device pointers, same arguments and semantics. `h` is the caller's cuBLAS
  * handle: it is bound to `stream` (cublasSetStream) and to host pointer mode; its math mode is

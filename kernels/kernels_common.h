@@ -5,7 +5,8 @@
  * Shape arguments come in one fixed order: tokens (M or B, T), then widths (d, f, ...), then
  * experts (N, K). Backward functions ACCUMULATE (+=) into weight gradients and into input
  * gradients named `dx_acc`; outputs named without `_acc` are overwritten.
- * All functions are fp32 on the CPU, single-threaded except inside OpenBLAS. */
+ * All functions keep fp32 data on the CPU; their GEMMs go through kgemm.h (fp32 OpenBLAS, or bf16
+ * inputs on oneDNN where a config says so), single-threaded except inside those libraries. */
 #ifndef SHOAL_KERNELS_COMMON_H
 #define SHOAL_KERNELS_COMMON_H
 

@@ -1,12 +1,14 @@
 /* moe.c: MoE layer forward/backward on the CPU. Routed FLOPs forward 6·M·K·d·fe as per-expert
- * GEMMs (M·K/N rows each on average), plus 2·M·N·d for the router. */
+ * GEMMs (M·K/N rows each on average), plus 2·M·N·d for the router. The experts' GEMMs run in
+ * c->prec; the router's stay fp32 whatever it is: top-K is a discrete choice that bf16 logits
+ * would flip on near ties, and the router is N/(3·K·fe) of the layer's work. */
 #include "moe.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ffn.h"
+#include "kgemm.h"
 #include "model_config.h"
 
 static void *s_alloc(size_t n)
@@ -94,8 +96,7 @@ void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, in
     const int N = c->router.N, K = c->router.K, d = c->d;
     const int64_t P = (int64_t)M * K;
     sv->M = M;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, d, 1.0f, u, d, w->router, d, 0.0f,
-                sv->s, N);
+    kgemm(KGEMM_FP32, 0, 1, M, N, d, 1.0f, u, d, w->router, d, 0.0f, sv->s, N);
     router_sigmoid(sv->s, (int64_t)M * N);
     router_select(&c->router, sv->s, w->bias, M, sv->idx);
     router_gates_forward(&c->router, sv->s, sv->idx, M, sv->gates);
@@ -124,8 +125,8 @@ void moe_experts_forward(const moe_config_t *c, const moe_weights_t *w, int e0, 
     const int d = c->d, fe = c->fe;
     for (int k = 0; k < ne; k++) {
         const int64_t r0 = off[k], rows = off[k + 1] - off[k];
-        ffn_forward(xs + r0 * d, (int)rows, d, fe, w->expert_gu[e0 + k], w->expert_d[e0 + k],
-                    gu + r0 * 2 * fe, a + r0 * fe, ys + r0 * d, 0.0f);
+        ffn_forward(c->prec, xs + r0 * d, (int)rows, d, fe, w->expert_gu[e0 + k],
+                    w->expert_d[e0 + k], gu + r0 * 2 * fe, a + r0 * fe, ys + r0 * d, 0.0f);
     }
 }
 
@@ -136,7 +137,8 @@ void moe_combine(const moe_config_t *c, const moe_weights_t *w, const float *u,
     const int64_t P = (int64_t)M * K;
     /* shared experts write y; routed outputs are added in expert-row order */
     if (c->fs > 0)
-        ffn_forward(u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, y, 0.0f);
+        ffn_forward(c->prec, u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, y,
+                    0.0f);
     else
         memset(y, 0, sizeof(float) * (size_t)M * d);
     for (int64_t row = 0; row < P; row++) {
@@ -165,7 +167,7 @@ void moe_backward_gates(const moe_config_t *c, const moe_weights_t *w, const flo
     const int64_t P = (int64_t)M * K;
     /* shared experts write du first */
     if (c->fs > 0)
-        ffn_backward(u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, dy,
+        ffn_backward(c->prec, u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, dy,
                      sc->sh_dgu, sc->sh_da, du, 0.0f, g->shared_gu, g->shared_d);
     else
         memset(du, 0, sizeof(float) * (size_t)M * d);
@@ -192,9 +194,9 @@ void moe_experts_backward(const moe_config_t *c, const moe_weights_t *w, int e0,
     const int d = c->d, fe = c->fe;
     for (int k = 0; k < ne; k++) {
         const int64_t r0 = off[k], rows = off[k + 1] - off[k];
-        ffn_backward(xs + r0 * d, (int)rows, d, fe, w->expert_gu[e0 + k], w->expert_d[e0 + k],
-                     gu + r0 * 2 * fe, a + r0 * fe, dys + r0 * d, dgu, da, dxs + r0 * d, 0.0f,
-                     g->expert_gu[e0 + k], g->expert_d[e0 + k]);
+        ffn_backward(c->prec, xs + r0 * d, (int)rows, d, fe, w->expert_gu[e0 + k],
+                     w->expert_d[e0 + k], gu + r0 * 2 * fe, a + r0 * fe, dys + r0 * d, dgu, da,
+                     dxs + r0 * d, 0.0f, g->expert_gu[e0 + k], g->expert_d[e0 + k]);
     }
 }
 
@@ -212,10 +214,8 @@ void moe_backward_finish(const moe_config_t *c, const moe_weights_t *w, const fl
     }
     /* router: through the gates and the sigmoid to the logits, then to Wr and u */
     router_gates_backward(&c->router, sv->s, sv->idx, sc->dgates, M, sc->dlogits);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, d, M, 1.0f, sc->dlogits, N, u, d,
-                1.0f, g->router, d);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, N, 1.0f, sc->dlogits, N,
-                w->router, d, 1.0f, du, d);
+    kgemm(KGEMM_FP32, 1, 0, N, d, M, 1.0f, sc->dlogits, N, u, d, 1.0f, g->router, d);
+    kgemm(KGEMM_FP32, 0, 0, M, d, N, 1.0f, sc->dlogits, N, w->router, d, 1.0f, du, d);
 }
 
 void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,

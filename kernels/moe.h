@@ -5,6 +5,7 @@
 #ifndef SHOAL_KERNELS_MOE_H
 #define SHOAL_KERNELS_MOE_H
 #include "kernels_common.h"
+#include "kgemm.h"
 #ifdef SHOAL_HAVE_CUDA
 #include <cublas_v2.h>
 #endif
@@ -15,6 +16,7 @@ extern "C" {
 typedef struct {
     int d, fe, fs;       /* width, expert hidden width, shared hidden width ns·fe (0: none) */
     router_config_t router;
+    kgemm_prec_t prec;   /* the CPU GEMMs' precision (kgemm.h; 0: fp32); the router's stay fp32 */
 } moe_config_t;
 
 /* Weights (or, with the same shape, their gradients). Expert e's gate and up rows are adjacent

@@ -9,7 +9,7 @@ packages=(
     libprotobuf-c-dev protobuf-c-compiler
     librocksdb-dev
     libyaml-dev
-    libopenblas-dev
+    libopenblas-dev libdnnl-dev
     libjansson-dev
     libssl-dev libcmocka-dev
     libsystemd-dev systemd

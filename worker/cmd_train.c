@@ -67,7 +67,7 @@ static shoal_err_t s_run_new(const runspec_t *spec, const device_t *dev, s_run_t
     if ((rc = runspec_precision_bf16(spec, 0, &bf16)) != SHOAL_OK ||
         (rc = trainer_new(spec, spec->checkpoint_dir, &r->cpu)) != SHOAL_OK)
         return rc;
-    printf("device: %s, precision fp32\n", what);
+    printf("device: %s, precision %s\n", what, bf16 ? "bf16 (oneDNN, fp32 accumulation)" : "fp32");
     return SHOAL_OK;
 }
 

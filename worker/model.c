@@ -2,7 +2,6 @@
  * backward of one micro-batch through it, composing the kernels. */
 #include "model.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +10,7 @@
 #include "cross_entropy.h"
 #include "embedding.h"
 #include "ffn.h"
+#include "kgemm.h"
 #include "moe.h"
 #include "rmsnorm.h"
 #include "rope.h"
@@ -470,6 +470,11 @@ void model_set_expert_exchange(model_t *m, const model_expert_exchange_t *x)
         m->xchg = *x;
 }
 
+void model_set_precision(model_t *m, kgemm_prec_t prec)
+{
+    m->mcfg.prec = prec;
+}
+
 const moe_config_t *model_moe_config(const model_t *m)
 {
     return &m->mcfg;
@@ -520,7 +525,8 @@ shoal_err_t model_part_forward(model_t *m, int slot, const float *params, const 
     const int nl = pt->n_layers, d = c->hidden_size, V = c->vocab_size, T = m->T;
     const int f = c->intermediate_size, N = c->n_routed_experts, M = B * T;
     const float eps = (float)c->rms_norm_eps;
-    const attention_shape_t ash = {.B = B, .T = T, .d = d, .H = c->num_attention_heads};
+    const attention_shape_t ash = {
+        .B = B, .T = T, .d = d, .H = c->num_attention_heads, .prec = m->mcfg.prec};
     if (slot < 0 || slot >= m->n_slots || B < 1 || B > m->max_B)
         return shoal_fail(SHOAL_ERR_INVALID, "model: slot %d of %d, micro-batch %d of %d", slot,
                           m->n_slots, B, m->max_B);
@@ -552,7 +558,7 @@ shoal_err_t model_part_forward(model_t *m, int slot, const float *params, const 
                 return rc;
             moe_i++;
         } else {
-            ffn_forward(a->u, M, d, f, w->w_gu, w->w_d, a->gu, a->act, out, 0.0f);
+            ffn_forward(m->mcfg.prec, a->u, M, d, f, w->w_gu, w->w_d, a->gu, a->act, out, 0.0f);
         }
         for (int64_t j = 0; j < (int64_t)M * d; j++)
             out[j] += a->h_mid[j];
@@ -562,8 +568,7 @@ shoal_err_t model_part_forward(model_t *m, int slot, const float *params, const 
     const int ti_head = s_tensor_head(lay);
     const float *norm_f = P + lay->offsets[ti_head - 1], *head = P + lay->offsets[ti_head];
     rmsnorm_forward(m->h_final, norm_f, M, d, eps, m->xn, m->rstd_f);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, V, d, 1.0f, m->xn, d, head, d, 0.0f,
-                m->logits, V);
+    kgemm(m->mcfg.prec, 0, 1, M, V, d, 1.0f, m->xn, d, head, d, 0.0f, m->logits, V);
     *loss_sum = cross_entropy_forward_backward(m->logits, tgt, M, V, loss_scale, m->logits);
     return SHOAL_OK;
 }
@@ -580,7 +585,8 @@ shoal_err_t model_part_backward(model_t *m, int slot, const float *params, const
         return shoal_fail(SHOAL_ERR_INVALID, "model: slot %d of %d", slot, m->n_slots);
     s_slot_t *sl = &m->slots[slot];
     const int B = sl->B, M = B * T;
-    const attention_shape_t ash = {.B = B, .T = T, .d = d, .H = c->num_attention_heads};
+    const attention_shape_t ash = {
+        .B = B, .T = T, .d = d, .H = c->num_attention_heads, .prec = m->mcfg.prec};
     float *P = (float *)params;
     s_bind(m, P, m->pw, m->expert_ptrs);
     s_bind(m, grads, m->gw, m->expert_ptrs + (size_t)2 * nl * N);
@@ -589,10 +595,8 @@ shoal_err_t model_part_backward(model_t *m, int slot, const float *params, const
         const int ti_head = s_tensor_head(lay);
         const float *norm_f = P + lay->offsets[ti_head - 1], *head = P + lay->offsets[ti_head];
         float *g_norm_f = grads + lay->offsets[ti_head - 1], *g_head = grads + lay->offsets[ti_head];
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, d, M, 1.0f, m->logits, V, m->xn,
-                    d, 1.0f, g_head, d);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, d, V, 1.0f, m->logits, V, head,
-                    d, 0.0f, m->dtmp, d);
+        kgemm(m->mcfg.prec, 1, 0, V, d, M, 1.0f, m->logits, V, m->xn, d, 1.0f, g_head, d);
+        kgemm(m->mcfg.prec, 0, 0, M, d, V, 1.0f, m->logits, V, head, d, 0.0f, m->dtmp, d);
         memset(m->dh, 0, sizeof(float) * (size_t)M * d);
         rmsnorm_backward(m->h_final, norm_f, m->rstd_f, m->dtmp, M, d, m->dh, g_norm_f);
     } else {
@@ -608,8 +612,8 @@ shoal_err_t model_part_backward(model_t *m, int slot, const float *params, const
             if (rc != SHOAL_OK)
                 return rc;
         } else {
-            ffn_backward(a->u, M, d, f, w->w_gu, w->w_d, a->gu, a->act, m->dh, m->dgu, m->dact,
-                         m->dtmp, 0.0f, gw->w_gu, gw->w_d);
+            ffn_backward(m->mcfg.prec, a->u, M, d, f, w->w_gu, w->w_d, a->gu, a->act, m->dh, m->dgu,
+                         m->dact, m->dtmp, 0.0f, gw->w_gu, gw->w_d);
         }
         rmsnorm_backward(a->h_mid, w->ln2, a->rstd2, m->dtmp, M, d, m->dh, gw->ln2);
         /* attention: dh is now ∂L/∂h_mid = ∂L/∂h_in through the residual */

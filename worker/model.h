@@ -81,7 +81,11 @@ typedef struct {
 /* Sets (or with NULL clears) the exchange; copied. */
 void model_set_expert_exchange(model_t *m, const model_expert_exchange_t *x);
 
-/* The MoE configuration the model's layers use. */
+/* The precision of the model's matrix products (kgemm.h); KGEMM_FP32 (the default) until set.
+ * The caller checks kgemm_check(prec) first. The MoE routers stay fp32 either way. */
+void model_set_precision(model_t *m, kgemm_prec_t prec);
+
+/* The MoE configuration the model's layers use (its prec field is the model's precision). */
 const moe_config_t *model_moe_config(const model_t *m);
 
 /* Forward of one micro-batch of B sequences through the part, kept in `slot`. Input: tok

@@ -406,7 +406,7 @@ static shoal_err_t s_forward(model_gpu_t *m, int B, float loss_scale)
     const int L = c->num_hidden_layers, d = c->hidden_size, V = c->vocab_size, T = m->T;
     const int f = c->intermediate_size, N = c->n_routed_experts, M = B * T;
     const float eps = (float)c->rms_norm_eps;
-    const attention_shape_t ash = {B, T, d, c->num_attention_heads};
+    const attention_shape_t ash = {B, T, d, c->num_attention_heads, KGEMM_FP32};
     const cudaStream_t st = m->stream;
     float *P = m->params;
     shoal_err_t rc;
@@ -469,7 +469,7 @@ static shoal_err_t s_backward(model_gpu_t *m, int B)
     const model_config_t *c = &m->lay->cfg;
     const int L = c->num_hidden_layers, d = c->hidden_size, V = c->vocab_size, T = m->T;
     const int f = c->intermediate_size, M = B * T;
-    const attention_shape_t ash = {B, T, d, c->num_attention_heads};
+    const attention_shape_t ash = {B, T, d, c->num_attention_heads, KGEMM_FP32};
     const cudaStream_t st = m->stream;
     float *P = m->params, *G = m->grads;
     shoal_err_t rc;

@@ -11,6 +11,7 @@
 #include "data.h"
 #include "expert_ep.h"
 #include "gradsum.h"
+#include "kgemm.h"
 #include "log.h"
 #include "model.h"
 #include "model_dir.h"
@@ -66,6 +67,19 @@ static shoal_err_t s_cell_check(const runspec_t *spec, const trainer_cell_t *c)
     return SHOAL_OK;
 }
 
+/* train.precision on the CPU: auto and fp32 are fp32; bf16 needs this CPU and oneDNN. */
+static shoal_err_t s_set_precision(trainer_t *t)
+{
+    int bf16 = 0;
+    shoal_err_t rc = runspec_precision_bf16(&t->spec, 0, &bf16);
+    if (rc != SHOAL_OK || !bf16)
+        return rc;
+    if ((rc = kgemm_check(KGEMM_BF16)) != SHOAL_OK)
+        return shoal_fail_context(rc, "train.precision bf16");
+    model_set_precision(t->model, KGEMM_BF16);
+    return SHOAL_OK;
+}
+
 shoal_err_t trainer_new(const runspec_t *spec, const char *ckpt_root, trainer_t **out)
 {
     trainer_cell_t whole;
@@ -110,6 +124,7 @@ shoal_err_t trainer_new_cell(const runspec_t *spec, const char *ckpt_root,
         rc = SHOAL_ERR_NOMEM;
         goto fail;
     }
+    SHOAL_CHECK_GOTO(s_set_precision(t), rc, fail);
     const size_t mt = (size_t)spec->micro_batch * spec->seq_len;
     if (cell->ep > 1) {
         SHOAL_CHECK_GOTO(expert_ep_new(&t->lay, cell->ep, cell->ep_rank, t->n_slots, (int)mt,

@@ -58,7 +58,11 @@ shoal_err_t trainer_gpu_new_flags(const runspec_t *spec, const char *ckpt_root,
     t->spec = *spec;
     SHOAL_CHECK_GOTO(runspec_precision_bf16(spec, 1, &t->bf16), rc, fail);
     SHOAL_CHECK_GOTO(device_bind(dev), rc, fail);
-    SHOAL_CHECK_GOTO(trainer_new(spec, ckpt_root, &t->host), rc, fail);
+    /* the host side keeps checkpoints and multiplies nothing: fp32, so that train.precision
+     * bf16 on a GPU never asks the CPU for bf16 */
+    runspec_t host_spec = *spec;
+    strcpy(host_spec.precision, "fp32");
+    SHOAL_CHECK_GOTO(trainer_new(&host_spec, ckpt_root, &t->host), rc, fail);
     SHOAL_CHECK_GOTO(model_layout_init(&t->lay, &spec->model), rc, fail);
     const char *paths[RUNSPEC_MAX_FILES];
     for (int i = 0; i < spec->n_data_files; i++)

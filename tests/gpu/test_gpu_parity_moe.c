@@ -177,7 +177,7 @@ static int test_ffn(int M, int d, int f)
 
     /* beta 1: y accumulates onto its start */
     memcpy(y, y0, nx * 4);
-    ffn_forward(x, M, d, f, wgu, wd, gu, a, y, 1.0f);
+    ffn_forward(KGEMM_FP32, x, M, d, f, wgu, wd, gu, a, y, 1.0f);
     SK(ffn_forward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, y_d, 1.0f, 0));
     h = s_host(gu_d, nh);
     bad += s_validate("ffn_forward gu", h, gu, nh, 1e-5, 1e-4);
@@ -189,7 +189,7 @@ static int test_ffn(int M, int d, int f)
     bad += s_validate_acc("ffn_forward y (beta 1)", h, y, y0, nx, 1e-5, 1e-4, 0);
     free(h);
     /* beta 0 overwrites whatever y held */
-    ffn_forward(x, M, d, f, wgu, wd, gu, a, y, 0.0f);
+    ffn_forward(KGEMM_FP32, x, M, d, f, wgu, wd, gu, a, y, 0.0f);
     SK(ffn_forward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, y_d, 0.0f, 0));
     h = s_host(y_d, nx);
     bad += s_validate("ffn_forward y (beta 0)", h, y, nx, 1e-5, 1e-4);
@@ -201,7 +201,7 @@ static int test_ffn(int M, int d, int f)
     memcpy(dx, dx0, nx * 4);
     memcpy(dwgu, dwgu0, ngu * 4);
     memcpy(dwd, dwd0, nwd * 4);
-    ffn_backward(x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 1.0f, dwgu, dwd);
+    ffn_backward(KGEMM_FP32, x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 1.0f, dwgu, dwd);
     SK(ffn_backward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, dy_d, dgu_d, da_d, dx_d,
                          1.0f, dwgu_d, dwd_d, 0));
     h = s_host(dgu_d, nh);
@@ -217,17 +217,17 @@ static int test_ffn(int M, int d, int f)
     bad += s_validate_acc("ffn_backward dw_d_acc", h, dwd, dwd0, nwd, 1e-5, 1e-4, 0);
     free(h);
     /* dx_beta 0 overwrites dx */
-    ffn_backward(x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 0.0f, dwgu, dwd);
+    ffn_backward(KGEMM_FP32, x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 0.0f, dwgu, dwd);
     SK(ffn_backward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, dy_d, dgu_d, da_d, dx_d,
                          0.0f, dwgu_d, dwd_d, 0));
     h = s_host(dx_d, nx);
     bad += s_validate("ffn_backward dx (beta 0)", h, dx, nx, 1e-5, 1e-4);
     free(h);
 
-    BENCH("ffn_forward", 20, ffn_forward(x, M, d, f, wgu, wd, gu, a, y, 0.0f),
+    BENCH("ffn_forward", 20, ffn_forward(KGEMM_FP32, x, M, d, f, wgu, wd, gu, a, y, 0.0f),
           SK(ffn_forward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, y_d, 0.0f, 0)));
     BENCH("ffn_backward", 20,
-          ffn_backward(x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 0.0f, dwgu, dwd),
+          ffn_backward(KGEMM_FP32, x, M, d, f, wgu, wd, gu, a, dy, dgu, da, dx, 0.0f, dwgu, dwd),
           SK(ffn_backward_cuda(s_blas, x_d, M, d, f, wgu_d, wd_d, gu_d, a_d, dy_d, dgu_d, da_d,
                                dx_d, 0.0f, dwgu_d, dwd_d, 0)));
     free(x), free(wgu), free(wd), free(y0), free(dy), free(dx0), free(dwgu0), free(dwd0);
@@ -261,7 +261,7 @@ static int test_attention(int B, int T, int d, int H)
 {
     const int dh = d / H, M = B * T;
     printf("attention B=%d T=%d d=%d H=%d\n", B, T, d, H);
-    const attention_shape_t sh = {B, T, d, H};
+    const attention_shape_t sh = {B, T, d, H, KGEMM_FP32};
     const size_t na = (size_t)M * d, nq = (size_t)M * 3 * d, np = (size_t)B * H * T * T;
     const size_t nwq = (size_t)3 * d * d, nwo = (size_t)d * d, nt = (size_t)T * dh / 2;
     const double w = 1.0 / sqrt(d);
@@ -605,7 +605,7 @@ static moe_result_t s_moe_gpu(const moe_config_t *c, const moe_weights_t *w_d, c
 
 static int test_moe(int M, int d, int fe, int ns, int N, int K, int G, int TG)
 {
-    moe_config_t c = {d, fe, ns * fe, {N, K, G, TG, 2.5f}};
+    moe_config_t c = {d, fe, ns * fe, {N, K, G, TG, 2.5f}, KGEMM_FP32};
     printf("moe M=%d d=%d fe=%d ns=%d N=%d K=%d n_group=%d topk_group=%d\n", M, d, fe, ns, N, K, G,
            TG);
     const moe_layout_t l = s_layout(&c);

@@ -97,7 +97,7 @@ static void s_run_case(int B, int T, int d, int H, double theta, uint64_t seed)
     kt_rng_t r = {seed};
     int M = B * T, dh = d / H;
     size_t na = (size_t)M * d, nqkv = (size_t)3 * d * d, no = (size_t)d * d;
-    att_case_t c = {{B, T, d, H},
+    att_case_t c = {{B, T, d, H, KGEMM_FP32},
                     theta,
                     malloc(na * 4),
                     malloc(nqkv * 4),

@@ -22,7 +22,7 @@ typedef struct {
 static double s_loss(void *ctx)
 {
     ffn_case_t *c = ctx;
-    ffn_forward(c->x, c->M, c->d, c->f, c->w_gu, c->w_d, c->gu, c->a, c->y, 0.0f);
+    ffn_forward(KGEMM_FP32, c->x, c->M, c->d, c->f, c->w_gu, c->w_d, c->gu, c->a, c->y, 0.0f);
     return kt_project(c->w, c->y, (size_t)c->M * c->d);
 }
 
@@ -67,23 +67,24 @@ static void s_run_case(int M, int d, int f, uint64_t seed)
 
     double *ref = malloc(nx * 8);
     s_ref_forward(&c, ref);
-    ffn_forward(c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.y, 0.0f);
+    ffn_forward(KGEMM_FP32, c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.y, 0.0f);
     assert_int_equal(kt_check_close("y", c.y, ref, nx, 1e-5, 1e-5), 0);
     /* beta 1 adds the FFN on top of what y holds */
     float *y1 = malloc(nx * 4);
     kt_fill(&r, y1, nx, -1, 1);
     for (size_t i = 0; i < nx; i++)
         ref[i] += y1[i];
-    ffn_forward(c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, y1, 1.0f);
+    ffn_forward(KGEMM_FP32, c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, y1, 1.0f);
     assert_int_equal(kt_check_close("y(beta=1)", y1, ref, nx, 1e-5, 1e-5), 0);
 
     /* backward into garbage dx (dx_beta 0 overwrites) and zero weight gradients */
-    ffn_forward(c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.y, 0.0f);
+    ffn_forward(KGEMM_FP32, c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.y, 0.0f);
     float *dgu = malloc((size_t)M * 2 * f * 4), *da = malloc((size_t)M * f * 4);
     float *dx = malloc(nx * 4), *dwgu = calloc(ngu, 4), *dwd = calloc(nd, 4);
     for (size_t i = 0; i < nx; i++)
         dx[i] = 1e6f;
-    ffn_backward(c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.w, dgu, da, dx, 0.0f, dwgu, dwd);
+    ffn_backward(KGEMM_FP32, c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.w, dgu, da, dx, 0.0f, dwgu,
+                 dwd);
 
     size_t nmax = ngu > nx ? (ngu > nd ? ngu : nd) : (nx > nd ? nx : nd);
     double *num = malloc(nmax * 8);
@@ -101,8 +102,9 @@ static void s_run_case(int M, int d, int f, uint64_t seed)
     kt_fill(&r, dwgu2, ngu, -1, 1);
     kt_fill(&r, dwd2, nd, -1, 1);
     memcpy(dx2_0, dx2, nx * 4), memcpy(dwgu2_0, dwgu2, ngu * 4), memcpy(dwd2_0, dwd2, nd * 4);
-    ffn_forward(c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.y, 0.0f);
-    ffn_backward(c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.w, dgu, da, dx2, 1.0f, dwgu2, dwd2);
+    ffn_forward(KGEMM_FP32, c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.y, 0.0f);
+    ffn_backward(KGEMM_FP32, c.x, M, d, f, c.w_gu, c.w_d, c.gu, c.a, c.w, dgu, da, dx2, 1.0f, dwgu2,
+                 dwd2);
     for (size_t i = 0; i < nx; i++)
         assert_true(fabs(dx2[i] - (dx2_0[i] + dx[i])) <= 1e-5);
     for (size_t i = 0; i < ngu; i++)
@@ -132,8 +134,9 @@ static void test_ffn_empty(void **state)
         dwgu[i] = (float)i;
     for (int i = 0; i < 12; i++)
         dwd[i] = (float)-i;
-    ffn_forward(NULL, 0, 4, 3, w_gu, w_d, NULL, NULL, NULL, 0.0f);
-    ffn_backward(NULL, 0, 4, 3, w_gu, w_d, NULL, NULL, NULL, NULL, NULL, NULL, 0.0f, dwgu, dwd);
+    ffn_forward(KGEMM_FP32, NULL, 0, 4, 3, w_gu, w_d, NULL, NULL, NULL, 0.0f);
+    ffn_backward(KGEMM_FP32, NULL, 0, 4, 3, w_gu, w_d, NULL, NULL, NULL, NULL, NULL, NULL, 0.0f,
+                 dwgu, dwd);
     for (int i = 0; i < 24; i++)
         assert_true(dwgu[i] == (float)i);
     for (int i = 0; i < 12; i++)
