@@ -1,0 +1,154 @@
+/* test_comm_curve.c: the ZeroMQ comm backend with CURVE (comm_listener_opts_t.keys): two ranks
+ * (threads, a listener each) all-reduce while a third party holding a valid CURVE key of its own
+ * sends each rank well-formed frames claiming to be the other rank, with poison that would show
+ * in the sum. The sum must be exact and every forged frame counted (comm_dropped_frames); a peer
+ * endpoint the plan gave no key is refused by comm_new; a plaintext sender gets nothing through. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <pthread.h>
+
+#include "comm_zmq_int.h"
+#include "zsec.h"
+
+#define N 1000
+#define POISON 1e30f
+
+typedef struct {
+    comm_t *c;
+    float buf[N];
+    shoal_err_t rc;
+} rank_t;
+
+static void *s_rank(void *arg)
+{
+    rank_t *r = arg;
+    r->rc = comm_allreduce_sum_f32(r->c, r->buf, N, 1);
+    return NULL;
+}
+
+/* A frame rank `src` would send rank `dst` in the first all-reduce (a contribution to dst's
+ * piece of the buffer), its payload poison. */
+static void s_forge(void *sock, int src, int dst)
+{
+    size_t lo, hi;
+    comm_chunk_range(N, 2, dst, &lo, &hi);
+    size_t count = hi - lo;
+    wire_hdr_t h = {.magic = WIRE_MAGIC,
+                    .version = WIRE_VERSION,
+                    .kind = KIND_AR_RS,
+                    .src = (uint32_t)src,
+                    .nranks = 2,
+                    .generation = 1,
+                    .step = 1,
+                    .seq = 1,
+                    .total = N,
+                    .offset = lo,
+                    .count = (uint32_t)count,
+                    .chunk = COMM_CHUNK_DEFAULT,
+                    .group = 0};
+    size_t bytes = sizeof h + count * sizeof(float);
+    unsigned char *m = malloc(bytes);
+    memcpy(m, &h, sizeof h);
+    for (size_t i = 0; i < count; i++)
+        memcpy(m + sizeof h + i * sizeof(float), &(float){POISON}, sizeof(float));
+    zmq_send(sock, m, bytes, 0);
+    free(m);
+}
+
+/* Sends forged frames to `ep` (the listener of rank dst, key dst_key) from a connection made
+ * with `keys` (NULL: plaintext), waiting until they left. */
+static void s_send_forged(const char *ep, const char *dst_key, const zsec_keys_t *keys, int dst)
+{
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_PUSH);
+    if (keys)
+        assert_int_equal(zsec_client(s, keys, dst_key), SHOAL_OK);
+    assert_int_equal(zmq_connect(s, ep), 0);
+    for (int i = 0; i < 3; i++)
+        s_forge(s, 1 - dst, dst);
+    int linger = 2000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+}
+
+static void test_forged_frames_dropped(void **state)
+{
+    (void)state;
+    zsec_keys_t k[2], rogue;
+    comm_listener_t *l[2];
+    const char *eps[2], *pubs[2];
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(zsec_keys_generate(&k[r]), SHOAL_OK);
+        comm_listener_opts_t o = {.bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = 1,
+                                  .keys = &k[r]};
+        assert_int_equal(comm_listener_new_opts(&o, &l[r]), SHOAL_OK);
+        eps[r] = comm_listener_endpoint(l[r]);
+        pubs[r] = k[r].public_key;
+    }
+    assert_int_equal(zsec_keys_generate(&rogue), SHOAL_OK);
+
+    /* a peer endpoint without a key in the plan: refused */
+    comm_t *nokey = NULL;
+    const comm_config_t cfg0 = {.rank = 0, .nranks = 2, .endpoints = eps, .generation = 1,
+                                .timeout_ms = 10000};
+    assert_int_equal(comm_new(l[0], &cfg0, &nokey), SHOAL_ERR_INVALID);
+    assert_null(nokey);
+
+    rank_t rk[2];
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(comm_listener_peer_keys(l[r], eps, pubs, 2), SHOAL_OK);
+        comm_config_t cfg = {.rank = r, .nranks = 2, .endpoints = eps, .generation = 1,
+                             .timeout_ms = 10000};
+        assert_int_equal(comm_new(l[r], &cfg, &rk[r].c), SHOAL_OK);
+        for (int i = 0; i < N; i++)
+            rk[r].buf[i] = (float)(i + 1000 * (r + 1));
+    }
+    unsigned long long before = comm_dropped_frames();
+    /* a valid key of its own, claiming to be the other rank; and a plaintext sender, which
+     * CURVE keeps out before any frame */
+    for (int r = 0; r < 2; r++) {
+        s_send_forged(eps[r], pubs[r], &rogue, r);
+        s_send_forged(eps[r], pubs[r], NULL, r);
+    }
+    pthread_t t[2];
+    for (int r = 0; r < 2; r++)
+        assert_int_equal(pthread_create(&t[r], NULL, s_rank, &rk[r]), 0);
+    for (int r = 0; r < 2; r++)
+        pthread_join(t[r], NULL);
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(rk[r].rc, SHOAL_OK);
+        for (int i = 0; i < N; i++)
+            if (rk[r].buf[i] != (float)(2 * i + 3000)) {
+                fprintf(stderr, "rank %d [%d] = %g, expected %d\n", r, i, rk[r].buf[i],
+                        2 * i + 3000);
+                fail();
+            }
+    }
+    /* the rogue's 3 frames to each rank, none of the plaintext sender's */
+    assert_int_equal(comm_dropped_frames() - before, 6);
+    for (int r = 0; r < 2; r++) {
+        comm_destroy(&rk[r].c);
+        comm_listener_destroy(&l[r]);
+    }
+}
+
+int main(void)
+{
+    if (!zmq_has("curve")) {
+        printf("libzmq without CURVE: skip\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_forged_frames_dropped),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
