@@ -2,7 +2,10 @@
  * coord_* loop, in a child process pinned to one core) handles from many simulated workers
  * (DEALER sockets over ipc://, each keeping a window of heartbeats in flight).
  *
- *   bench_coordinator_msgs [WORKERS=64] [SECONDS=3] [WINDOW=16]
+ *   bench_coordinator_msgs [WORKERS=64] [SECONDS=3] [WINDOW=16] [--curve]
+ *
+ * --curve: the same load over loopback TCP twice in one run, plaintext then CURVE (every worker
+ * with its own allow-listed key), and the CURVE rate as a fraction of the plaintext one.
  *
  * Prints the figure; exits 1 if the coordinator did not answer. Label bench (not run by
  * default). */
@@ -21,6 +24,10 @@
 #include "coord.h"
 #include "log.h"
 #include "wire.h"
+#include "zsec.h"
+
+/* Transports measured: the default ipc, and loopback TCP without and with CURVE (--curve). */
+typedef enum { S_IPC, S_TCP, S_CURVE } s_mode_t;
 
 static volatile sig_atomic_t s_stop;
 
@@ -56,7 +63,7 @@ static double s_cpu_seconds(pid_t pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-static int s_coordinator(const char *dir)
+static int s_coordinator(const char *dir, const char *listen)
 {
     s_pin(0);
     struct sigaction sa;
@@ -67,9 +74,14 @@ static int s_coordinator(const char *dir)
     log_set_level(LOG_LVL_WARN);
     coord_config_t cfg;
     config_defaults(&cfg);
-    char listen[256];
-    snprintf(listen, sizeof listen, "ipc://%s/w.sock", dir);
-    if (config_set(&cfg, "state_dir", dir, "bench") != SHOAL_OK ||
+    char keys[300], allow[300];
+    snprintf(keys, sizeof keys, "%s/keys/coord", dir);
+    snprintf(allow, sizeof allow, "%s/keys/allow", dir);
+    const int curve = access(allow, R_OK) == 0;
+    if ((curve && (config_set(&cfg, "keys_dir", keys, "bench") != SHOAL_OK ||
+                   config_set(&cfg, "allow_list", allow, "bench") != SHOAL_OK)) ||
+        (!curve && config_set(&cfg, "insecure", "1", "bench") != SHOAL_OK) ||
+        config_set(&cfg, "state_dir", dir, "bench") != SHOAL_OK ||
         config_set(&cfg, "listen", listen, "bench") != SHOAL_OK ||
         config_set(&cfg, "dead_after_ms", "600000", "bench") != SHOAL_OK ||
         config_finish(&cfg) != SHOAL_OK) {
@@ -103,23 +115,64 @@ static void s_on_reg(const Shoal__Envelope *env, void *ctx)
     }
 }
 
-int main(int argc, char **argv)
+/* A free loopback TCP port. */
+static int s_free_port(void)
 {
-    int n = argc > 1 ? atoi(argv[1]) : 64;
-    double seconds = argc > 2 ? atof(argv[2]) : 3.0;
-    int window = argc > 3 ? atoi(argv[3]) : 16;
-    if (n < 1 || n > 4096 || seconds <= 0 || window < 1) {
-        fprintf(stderr, "usage: bench_coordinator_msgs [WORKERS] [SECONDS] [WINDOW]\n");
-        return 2;
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
+    char last[64] = "";
+    size_t len = sizeof last;
+    int port = 0;
+    if (zmq_bind(s, "tcp://127.0.0.1:*") == 0 &&
+        zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, last, &len) == 0 && strrchr(last, ':'))
+        port = atoi(strrchr(last, ':') + 1);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    return port;
+}
+
+/* CURVE: the coordinator's pair, one pair a worker (keys[i]) and the allow-list, under dir. */
+static int s_make_keys(const char *dir, int n, zsec_keys_t *keys, zsec_keys_t *coord)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/keys/coord", dir);
+    if (zsec_keys_generate(coord) != SHOAL_OK || zsec_keys_write(path, coord) != SHOAL_OK)
+        return -1;
+    snprintf(path, sizeof path, "%s/keys/allow", dir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        if (zsec_keys_generate(&keys[i]) != SHOAL_OK) {
+            fclose(f);
+            return -1;
+        }
+        fprintf(f, "worker bench %s\n", keys[i].public_key);
     }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* One measurement: heartbeat+ack per second over `mode`, or -1 on failure. */
+static double s_measure(int n, double seconds, int window, s_mode_t mode)
+{
     char dir[] = "/tmp/shoal-bench-XXXXXX";
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
-        return 1;
+        return -1;
+    }
+    char ep[256];
+    if (mode == S_IPC)
+        snprintf(ep, sizeof ep, "ipc://%s/w.sock", dir);
+    else
+        snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_free_port());
+    zsec_keys_t coord, *keys = calloc((size_t)n, sizeof *keys);
+    if (!keys || (mode == S_CURVE && s_make_keys(dir, n, keys, &coord) != 0)) {
+        fprintf(stderr, "keys: %s\n", shoal_errmsg());
+        free(keys);
+        return -1;
     }
     pid_t pid = fork();
     if (pid == 0)
-        _exit(s_coordinator(dir));
+        _exit(s_coordinator(dir, ep));
     s_pin(1);
 
     void *ctx = zmq_ctx_new();
@@ -129,9 +182,7 @@ int main(int argc, char **argv)
     size_t *hb_len = calloc((size_t)n, sizeof *hb_len);
     zmq_pollitem_t *items = calloc((size_t)n, sizeof *items);
     int *inflight = calloc((size_t)n, sizeof *inflight);
-    char ep[256];
-    snprintf(ep, sizeof ep, "ipc://%s/w.sock", dir);
-    int rc = 1;
+    double rate = -1;
     for (int i = 0; i < n; i++) {
         socks[i] = zmq_socket(ctx, ZMQ_DEALER);
         if (!socks[i]) {
@@ -141,6 +192,8 @@ int main(int argc, char **argv)
         int t = 5000, linger = 0;
         zmq_setsockopt(socks[i], ZMQ_RCVTIMEO, &t, sizeof t);
         zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
+        if (mode == S_CURVE && zsec_client(socks[i], &keys[i], coord.public_key) != SHOAL_OK)
+            goto out;
         zmq_connect(socks[i], ep);
         items[i] = (zmq_pollitem_t){socks[i], 0, ZMQ_POLLIN, 0};
     }
@@ -157,8 +210,12 @@ int main(int argc, char **argv)
         env.reg = &rg;
         s_reg_t reg = {"", 0};
         wire_route_t route;
-        if (wire_send(socks[i], NULL, &env, 0) != SHOAL_OK ||
-            wire_recv(socks[i], 0, &route, s_on_reg, &reg) != SHOAL_OK || !reg.ok) {
+        /* the coordinator may still be starting: a few tries */
+        for (int t = 0; t < 20 && !reg.ok; t++)
+            if (wire_send(socks[i], NULL, &env, 0) != SHOAL_OK ||
+                wire_recv(socks[i], 0, &route, s_on_reg, &reg) != SHOAL_OK)
+                clock_sleep_ms(100);
+        if (!reg.ok) {
             fprintf(stderr, "worker %d: registration failed\n", i);
             goto out;
         }
@@ -200,12 +257,13 @@ int main(int argc, char **argv)
         }
     }
     double dt = clock_mono_s() - t0, cpu = s_cpu_seconds(pid) - cpu0;
-    printf("bench_coordinator_msgs: %d workers, window %d, %.1f s: %llu heartbeat+ack, "
+    static const char *const names[] = {"ipc", "tcp", "tcp+curve"};
+    printf("bench_coordinator_msgs: %s, %d workers, window %d, %.1f s: %llu heartbeat+ack, "
            "%.0f heartbeat+ack/s (coordinator pinned to one core, busy %.0f%%: %.0f/s per "
            "busy core-second)\n",
-           n, window, dt, acks, (double)acks / dt, 100.0 * cpu / dt,
+           names[mode], n, window, dt, acks, (double)acks / dt, 100.0 * cpu / dt,
            cpu > 0 ? (double)acks / cpu : 0.0);
-    rc = acks > 0 ? 0 : 1;
+    rate = acks > 0 ? (double)acks / dt : -1;
 out:
     for (int i = 0; i < n; i++) {
         if (socks[i])
@@ -221,9 +279,33 @@ out:
     free(hb_len);
     free(items);
     free(inflight);
+    free(keys);
     char cmd[64];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", dir);
-    return rc;
+    return rate;
+}
+
+int main(int argc, char **argv)
+{
+    int curve = argc > 1 && strcmp(argv[argc - 1], "--curve") == 0;
+    if (curve)
+        argc--;
+    int n = argc > 1 ? atoi(argv[1]) : 64;
+    double seconds = argc > 2 ? atof(argv[2]) : 3.0;
+    int window = argc > 3 ? atoi(argv[3]) : 16;
+    if (n < 1 || n > 4096 || seconds <= 0 || window < 1) {
+        fprintf(stderr, "usage: bench_coordinator_msgs [WORKERS] [SECONDS] [WINDOW] [--curve]\n");
+        return 2;
+    }
+    if (!curve)
+        return s_measure(n, seconds, window, S_IPC) > 0 ? 0 : 1;
+    double plain = s_measure(n, seconds, window, S_TCP);
+    double sealed = s_measure(n, seconds, window, S_CURVE);
+    if (plain <= 0 || sealed <= 0)
+        return 1;
+    printf("bench_coordinator_msgs: CURVE / plaintext TCP = %.2f (target >= 0.5)\n",
+           sealed / plain);
+    return 0;
 }
