@@ -61,6 +61,11 @@ typedef struct {
  * it. */
 shoal_err_t ckpt_manifest_read(const char *dir, ckpt_manifest_t *m);
 
+/* The checks of ckpt_manifest_read on `len` bytes of manifest text (a manifest fetched from a
+ * peer, the fuzz target); `origin` names it in errors. */
+shoal_err_t ckpt_manifest_parse(const char *text, size_t len, const char *origin,
+                                ckpt_manifest_t *m);
+
 /* Checks every file dir/manifest.json lists (ckpt_manifest_read first): present, its size,
  * then its SHA-256. A truncated, altered or missing file is SHOAL_ERR_FORMAT naming it; errors of
  * ckpt_manifest_read otherwise. Reads the files once, streaming. */

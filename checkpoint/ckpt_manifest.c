@@ -74,8 +74,21 @@ shoal_err_t ckpt_manifest_read(const char *dir, ckpt_manifest_t *m)
     if (!s_exists(mpath))
         return shoal_fail(s_is_dir(dir) ? SHOAL_ERR_FORMAT : SHOAL_ERR_NOTFOUND,
                           "%s: missing (not a committed checkpoint)", mpath);
+    uint8_t *text = NULL;
+    size_t len = 0;
+    if ((rc = fsutil_read_file(mpath, &text, &len)) != SHOAL_OK)
+        return rc;
+    rc = ckpt_manifest_parse((const char *)text, len, mpath, m);
+    free(text);
+    return rc;
+}
+
+shoal_err_t ckpt_manifest_parse(const char *text, size_t len, const char *mpath,
+                                ckpt_manifest_t *m)
+{
+    shoal_err_t rc = SHOAL_OK;
     json_error_t jerr;
-    json_t *root = json_load_file(mpath, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
         return shoal_fail(SHOAL_ERR_FORMAT, "%s:%d:%d: %s", mpath, jerr.line, jerr.column,
                           jerr.text);

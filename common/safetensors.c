@@ -126,6 +126,7 @@ struct st_file {
     char *path;
     uint8_t *map;
     size_t map_len;
+    int borrowed; /* map is the caller's buffer (st_open_buffer), not an mmap */
     const uint8_t *data; /* start of the data section */
     uint64_t data_len;
     s_entry_t *ent; /* sorted by data offset */
@@ -394,12 +395,33 @@ fail:
     return rc;
 }
 
+shoal_err_t st_open_buffer(const void *buf, size_t len, const char *origin, st_file_t **out)
+{
+    *out = NULL;
+    st_file_t *f = calloc(1, sizeof *f);
+    if (!f)
+        return shoal_fail(SHOAL_ERR_NOMEM, "%s: out of memory", origin);
+    f->borrowed = 1;
+    f->map = (uint8_t *)buf;
+    f->map_len = len;
+    shoal_err_t rc = SHOAL_OK;
+    if (!(f->path = strdup(origin)))
+        rc = shoal_fail(SHOAL_ERR_NOMEM, "%s: out of memory", origin);
+    else
+        rc = s_parse_header(f);
+    if (rc == SHOAL_OK)
+        *out = f;
+    else
+        st_close(&f);
+    return rc;
+}
+
 void st_close(st_file_t **fp)
 {
     if (!fp || !*fp)
         return;
     st_file_t *f = *fp;
-    if (f->map)
+    if (f->map && !f->borrowed)
         munmap(f->map, f->map_len);
     if (f->ent)
         for (int i = 0; i < f->n; i++)

@@ -59,6 +59,11 @@ typedef struct {
  * (st_close). The file must not be truncated while open (it is mmap'd). */
 shoal_err_t st_open(const char *path, st_file_t **out);
 
+/* st_open over `len` bytes already in memory (borrowed: they must outlive *out); `origin`
+ * names them in errors. The same validation, for files received or held in memory (and for
+ * the fuzz target). */
+shoal_err_t st_open_buffer(const void *buf, size_t len, const char *origin, st_file_t **out);
+
 /* Closes and NULLs *f; idempotent. */
 void st_close(st_file_t **f);
 

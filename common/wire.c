@@ -399,6 +399,42 @@ out_free_buf:
 
 /* ---- receive / decode ------------------------------------------------------------------- */
 
+/* Whether every field protobuf-c kept as unknown, in m and the messages it holds, has a valid
+ * field number (1 .. 2^29 - 1). protobuf-c accepts a non-canonical tag varint for field 0 (e.g.
+ * 82 00) and keeps it, then packs it canonically (02 00), which it refuses: found by fuzz_wire.
+ * A field number 0 is malformed protobuf, so such a message is refused here. */
+static int s_field_numbers_valid(const ProtobufCMessage *m, int depth)
+{
+    if (depth > 32)
+        return 0;
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0 || m->unknown_fields[i].tag > 0x1fffffffu)
+            return 0;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)m;
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) { /* members share one slot: the set one */
+            if (*(const uint32_t *)(base + f->quantifier_offset) != f->id)
+                continue;
+        }
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *sub = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t k = 0; k < n; k++)
+                if (sub[k] && !s_field_numbers_valid(sub[k], depth + 1))
+                    return 0;
+        } else {
+            const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)(base + f->offset);
+            if (sub && !s_field_numbers_valid(sub, depth + 1))
+                return 0;
+        }
+    }
+    return 1;
+}
+
 shoal_err_t wire_decode(const void *buf, size_t len, wire_handler_fn fn, void *ctx)
 {
     if (len == 0)
@@ -409,7 +445,11 @@ shoal_err_t wire_decode(const void *buf, size_t len, wire_handler_fn fn, void *c
     Shoal__Envelope *env = shoal__envelope__unpack(NULL, len, buf);
     if (!env)
         return shoal_fail(SHOAL_ERR_FORMAT, "undecodable envelope (%zu bytes)", len);
-    shoal_err_t rc = wire_check(env);
+    shoal_err_t rc = SHOAL_OK;
+    if (!s_field_numbers_valid(&env->base, 0))
+        rc = shoal_fail(SHOAL_ERR_FORMAT, "envelope holds an invalid field number (0)");
+    else
+        rc = wire_check(env);
     if (rc == SHOAL_OK && fn)
         fn(env, ctx);
     shoal__envelope__free_unpacked(env, NULL);

@@ -74,11 +74,28 @@ static void s_capture(const Shoal__Envelope *env, void *ctx)
     }
 }
 
+/* With SHOAL_WIRE_CORPUS=DIR every round-tripped envelope is also written to DIR: the seeds
+ * of tests/fuzz/corpus/wire are made this way. */
+static void s_save_seed(const uint8_t *buf, size_t len, int type)
+{
+    static int n;
+    const char *dir = getenv("SHOAL_WIRE_CORPUS");
+    if (!dir || !*dir)
+        return;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s-%d.bin", dir, wire_type_name(type), n++);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, len, f), len);
+    fclose(f);
+}
+
 static void s_roundtrip(const Shoal__Envelope *env, seen_t *seen)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
     assert_int_equal(wire_pack(env, &buf, &len), SHOAL_OK);
+    s_save_seed(buf, len, (int)env->type);
     memset(seen, 0, sizeof *seen);
     assert_int_equal(wire_decode(buf, len, s_capture, seen), SHOAL_OK);
     assert_int_equal(seen->calls, 1);
