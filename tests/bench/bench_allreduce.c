@@ -4,8 +4,10 @@
  * broadcast go through it; alltoallv and send/recv still use the ipc socket), 1/16/64 MiB, against
  * a plain memcpy of the same bytes measured in the same run.
  * Run: build/bin/bench_allreduce [chunk_bytes [vias [ranks]]]   e.g. `bench_allreduce 0 shm,ipc 2`
- * (vias: a comma list of tcp, ipc, shm; ranks: 2 or 4; default all; label bench: not part of the
- * default ctest)
+ * (vias: a comma list of tcp, ipc, shm, curve (tcp with CURVE keys); ranks: 2 or 4; default
+ * tcp,ipc,shm; label bench: not part of the default ctest).
+ * `bench_allreduce --curve`: tcp and curve in one run, and CURVE's all-reduce bandwidth as a
+ * fraction of plaintext TCP's per size and rank count.
  * algbw = bytes / time; busbw = algbw * 2 (n-1) / n (as nccl-tests): the bytes each rank moves.
  * For scale, a 2-rank broadcast of the same bytes gives the one-way stream rate of the transport.
  */
@@ -20,6 +22,7 @@
 #include "clock.h"
 #include "comm.h"
 #include "log.h"
+#include "zsec.h"
 
 #define MAX_RANKS 4
 #define NSIZES 3
@@ -29,8 +32,10 @@
 static const size_t s_sizes[NSIZES] = {1u << 20, 16u << 20, 64u << 20};
 static const int s_iters[NSIZES] = {30, 6, 3};
 static const char *const s_ops[NOPS] = {"allreduce", "broadcast", "alltoallv", "send/recv"};
-enum { VIA_TCP, VIA_IPC, VIA_SHM, NVIAS };
-static const char *const s_vias[NVIAS] = {"tcp", "ipc", "shm"};
+enum { VIA_TCP, VIA_IPC, VIA_SHM, VIA_CURVE, NVIAS };
+static const char *const s_vias[NVIAS] = {"tcp", "ipc", "shm", "curve"};
+/* VIA_CURVE: every rank's key pair, made before the ranks fork */
+static zsec_keys_t s_keys[MAX_RANKS];
 
 static int s_io(int fd, void *buf, size_t n, int writing)
 {
@@ -112,16 +117,21 @@ static void s_rank(int rank, int nranks, int up, int down, size_t chunk, int via
 {
     comm_listener_t *l = NULL;
     comm_listener_opts_t o = {
-        .bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = via == VIA_TCP, .no_shm = via != VIA_SHM};
+        .bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = via == VIA_TCP || via == VIA_CURVE,
+        .no_shm = via != VIA_SHM, .keys = via == VIA_CURVE ? &s_keys[rank] : NULL};
     if (comm_listener_new_opts(&o, &l) != SHOAL_OK)
         _exit(2);
     char ep[EP_LEN] = {0}, eps[MAX_RANKS][EP_LEN];
     snprintf(ep, sizeof ep, "%s", comm_listener_endpoint(l));
     if (s_io(up, ep, sizeof ep, 1) || s_io(down, eps, sizeof eps[0] * (size_t)nranks, 0))
         _exit(2);
-    const char *ptrs[MAX_RANKS];
-    for (int r = 0; r < nranks; r++)
+    const char *ptrs[MAX_RANKS], *pubs[MAX_RANKS];
+    for (int r = 0; r < nranks; r++) {
         ptrs[r] = eps[r];
+        pubs[r] = s_keys[r].public_key;
+    }
+    if (via == VIA_CURVE && comm_listener_peer_keys(l, ptrs, pubs, nranks) != SHOAL_OK)
+        _exit(2);
     comm_config_t cfg = {.rank = rank,
                          .nranks = nranks,
                          .endpoints = ptrs,
@@ -161,6 +171,9 @@ static int s_group(int nranks, size_t chunk, int via, double secs[NOPS * NSIZES]
     int up[MAX_RANKS][2], down[MAX_RANKS][2];
     pid_t pid[MAX_RANKS];
     char eps[MAX_RANKS][EP_LEN];
+    for (int r = 0; r < nranks && via == VIA_CURVE; r++)
+        if (zsec_keys_generate(&s_keys[r]) != SHOAL_OK)
+            return -1;
     for (int r = 0; r < nranks; r++) {
         if (pipe(up[r]) || pipe(down[r]))
             return -1;
@@ -227,8 +240,12 @@ static double s_memcpy_bw(size_t bytes)
 int main(int argc, char **argv)
 {
     log_set_level(LOG_LVL_WARN);
+    const int curve = argc > 1 && strcmp(argv[argc - 1], "--curve") == 0;
+    if (curve)
+        argc--;
     size_t chunk = argc > 1 ? strtoul(argv[1], NULL, 0) : 0;
-    const char *vias = argc > 2 ? argv[2] : "tcp,ipc,shm";
+    const char *vias = curve ? "tcp,curve" : argc > 2 ? argv[2] : "tcp,ipc,shm";
+    double ar_bw[NVIAS][2][NSIZES] = {{{0}}}; /* all-reduce algbw by via, ranks 2/4, size */
     int only_ranks = argc > 3 ? atoi(argv[3]) : 0;
     double mbw[NSIZES];
     for (int s = 0; s < NSIZES; s++)
@@ -256,6 +273,8 @@ int main(int argc, char **argv)
                 for (int s = 0; s < NSIZES; s++) {
                     double t = secs[op * NSIZES + s], alg = (double)s_sizes[s] / t;
                     double bus = op == 0 ? alg * 2.0 * (nranks - 1) / nranks : alg;
+                    if (op == 0)
+                        ar_bw[via][nranks / 2 - 1][s] = alg;
                     printf("%4s %5d %-10s %4zu MiB %7.2f ms %7.3f GB/s %7.3f GB/s %7.2f GB/s "
                            "%10.4f\n",
                            s_vias[via], nranks, s_ops[op], s_sizes[s] >> 20, t * 1e3,
@@ -264,5 +283,11 @@ int main(int argc, char **argv)
             }
         }
     }
+    for (int k = 0; curve && k < 2; k++)
+        for (int s = 0; s < NSIZES; s++)
+            if (ar_bw[VIA_TCP][k][s] > 0 && ar_bw[VIA_CURVE][k][s] > 0)
+                printf("curve/tcp all-reduce, %d ranks, %4zu MiB: %.2f (target >= 0.5)\n",
+                       2 * (k + 1), s_sizes[s] >> 20,
+                       ar_bw[VIA_CURVE][k][s] / ar_bw[VIA_TCP][k][s]);
     return status;
 }
