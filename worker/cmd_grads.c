@@ -2,7 +2,6 @@
  * mean loss of one batch (no clipping, no optimizer step), written as safetensors. */
 #include "commands.h"
 
-#include <cblas.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

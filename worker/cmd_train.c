@@ -2,7 +2,6 @@
  * checkpoints every checkpoint.every_steps and resume from the newest complete one. */
 #include "commands.h"
 
-#include <cblas.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>

@@ -3,7 +3,6 @@
  * decided in s_load_state: kept, rolled back to the snapshot before the last apply, fresh
  * (source INIT), a local checkpoint (source CHECKPOINT, or ours of that step), then agreed with
  * the peers, one of which broadcasts it (source PEER names which). */
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

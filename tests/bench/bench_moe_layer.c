@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_select.h"
 #include "clock.h"
 #include "kgemm.h"
 #include "moe.h"
@@ -39,11 +40,64 @@ static double s_sgemm_gflops(int M, int N, int K)
     return best;
 }
 
+/* Seconds of the best of 5 runs of one sgemm C [m, n] (+)= op(A) · op(B), k deep, repeated
+ * until a run lasts 2 ms (small expert GEMMs are tens of microseconds). */
+static double s_sgemm_seconds(int ta, int tb, int m, int n, int k, float beta)
+{
+    if (m == 0 || n == 0 || k == 0)
+        return 0;
+    unsigned seed = 11;
+    float *a = s_randn((size_t)m * k, 1, &seed), *b = s_randn((size_t)k * n, 1, &seed);
+    float *c = calloc((size_t)m * n, sizeof(float));
+    const int lda = ta ? m : k, ldb = tb ? k : n;
+    const CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+    int reps = 1;
+    double best = 1e30;
+    for (int r = 0; r < 6; r++) {
+        double t0 = clock_mono_s();
+        for (int i = 0; i < reps; i++)
+            cblas_sgemm(CblasRowMajor, opa, opb, m, n, k, 1, a, lda, b, ldb, beta, c, n);
+        double dt = (clock_mono_s() - t0) / reps;
+        if (r == 0) /* the first run warms up and sizes the rest */
+            reps = dt < 2e-3 ? (int)(2e-3 / dt) + 1 : 1;
+        else
+            best = dt < best ? dt : best;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return best;
+}
+
+/* The time the layer's GEMMs take as lone sgemm calls at their own shapes (moe.c, ffn.c): the
+ * router, per expert its rows (the last forward's offsets), the shared expert; forward (NT) and
+ * backward (weight gradients TN, accumulated; input gradients NN). What the layer spends beyond
+ * it is routing, gathering, activations and memory traffic between the GEMMs. */
+static double s_layer_sgemm_seconds(const moe_config_t *c, const moe_saved_t *sv, int M)
+{
+    const int d = c->d, N = c->router.N;
+    double t = s_sgemm_seconds(0, 1, M, N, d, 0) + s_sgemm_seconds(1, 0, N, d, M, 1) +
+               s_sgemm_seconds(0, 0, M, d, N, 1);
+    for (int e = 0; e <= N; e++) {
+        const int rows = e < N ? (int)(sv->offsets[e + 1] - sv->offsets[e]) : (c->fs ? M : 0);
+        const int f = e < N ? c->fe : c->fs;
+        t += s_sgemm_seconds(0, 1, rows, 2 * f, d, 0) + s_sgemm_seconds(0, 1, rows, d, f, 0) +
+             s_sgemm_seconds(1, 0, d, f, rows, 1) + s_sgemm_seconds(0, 0, rows, f, d, 0) +
+             s_sgemm_seconds(1, 0, 2 * f, d, rows, 1) + s_sgemm_seconds(0, 0, rows, d, 2 * f, 0);
+    }
+    return t;
+}
+
 int main(int argc, char **argv)
 {
+    blas_select_at_start(argv); /* the kernels shoal-worker would run (blas_select.h) */
     const int threads = argc > 1 ? atoi(argv[1]) : 1;
-    openblas_set_num_threads(threads);
-    const int d = 512, fe = 1024, N = 16, K = 2, M = 4096, ns = 1;
+    blas_select_set_threads(threads);
+    /* bench_moe_layer [threads] [tiny]; tiny: the tiny preset's MoE layer (d 128, fe 128, N 8,
+     * K 2) on one G 16 x T 128 batch */
+    const int tiny = argc > 2 && strcmp(argv[2], "tiny") == 0;
+    const int d = tiny ? 128 : 512, fe = tiny ? 128 : 1024, N = tiny ? 8 : 16, K = 2,
+              M = tiny ? 2048 : 4096, ns = 1;
     moe_config_t c = {.d = d, .fe = fe, .fs = ns * fe,
                       .router = {.N = N, .K = K, .n_group = 1, .topk_group = 1, .rsf = 1.0f}};
     unsigned seed = 1;
@@ -104,6 +158,12 @@ int main(int argc, char **argv)
            peak_shape, peak_cube);
     printf("  ratio MoE / sgemm(1024^3) = %.2f   (target >= 0.6)\n", moe_gflops / peak_cube);
     printf("  ratio MoE / sgemm(same shape) = %.2f\n", moe_gflops / peak_shape);
+    const double gemms = s_layer_sgemm_seconds(&c, &sv, M);
+    printf("  its GEMMs as lone sgemm calls at their own shapes: %.1f ms; layer / those = %.2f "
+           "(target >= 0.9)\n", gemms * 1e3, gemms / best);
+    char blas[512];
+    blas_select_describe(blas, sizeof blas);
+    printf("  BLAS %s\n", blas);
     if (best_bf16 > 0)
         printf("  bf16 (oneDNN) forward+backward: %.1f ms: %.0f tokens/s against fp32 %.0f "
                "tokens/s, bf16/fp32 = %.2f\n", best_bf16 * 1e3, M / best_bf16, M / best,
