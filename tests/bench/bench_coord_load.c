@@ -7,13 +7,17 @@
  * latency of the simulated deaths (kill to ledger entry), and `status` / `workers` latency
  * under load. Prints a table; never fails on timing (exit 1 only when nothing ran).
  *
- *   bench_coord_load [WORKERS=10000] [PROCS=4] [SECONDS=60]
+ *   bench_coord_load [WORKERS=10000] [PROCS=4] [SECONDS=150] [RAMP_S=60] [HB_MS=100]
+ *
+ * Registrations are spread over RAMP_S (each is a synced RocksDB write); churn starts 10 s after
+ * the ramp and stops 10 s before the end; the measuring window is [RAMP_S + 15 s, end - 10 s).
  *
  * Label bench. The drivers share the machine with the coordinator: say so with the figures. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,7 +45,7 @@ static const char *s_spec = "name: v3-sim\n"
 typedef struct {
     double cpu_s;
     long rss_kb, hwm_kb;
-    unsigned long long syscw, write_bytes;
+    unsigned long long syscw, write_bytes, wchar;
 } s_proc_t;
 
 static void s_proc(pid_t pid, s_proc_t *p)
@@ -72,6 +76,7 @@ static void s_proc(pid_t pid, s_proc_t *p)
         while (fgets(buf, sizeof buf, f)) {
             sscanf(buf, "syscw: %llu", &p->syscw);
             sscanf(buf, "write_bytes: %llu", &p->write_bytes);
+            sscanf(buf, "wchar: %llu", &p->wchar);
         }
         fclose(f);
     }
@@ -101,16 +106,22 @@ static void s_lat_line(const char *what, double *v, int n, int timeouts)
 int main(int argc, char **argv)
 {
     int workers = argc > 1 ? atoi(argv[1]) : 10000, procs = argc > 2 ? atoi(argv[2]) : 4;
-    int seconds = argc > 3 ? atoi(argv[3]) : 60;
-    if (workers < 1 || procs < 1 || procs > S_MAX_PROCS || seconds < 30) {
-        fprintf(stderr, "usage: bench_coord_load [WORKERS] [PROCS <= 16] [SECONDS >= 30]\n");
+    int seconds = argc > 3 ? atoi(argv[3]) : 150, ramp = argc > 4 ? atoi(argv[4]) : 60;
+    const int hb = argc > 5 ? atoi(argv[5]) : 100;
+    if (workers < 1 || procs < 1 || procs > S_MAX_PROCS || ramp < 0 || seconds < ramp + 30 ||
+        hb < 10 || hb > 10000) {
+        fprintf(stderr, "usage: bench_coord_load [WORKERS] [PROCS <= 16] [SECONDS >= RAMP_S + "
+                        "30] [RAMP_S] [HB_MS]\n");
         return 2;
     }
+    const int w0 = ramp + 15, w1 = seconds - 10; /* the measuring window, s */
     char dir[256], ep[300], events[300];
     if (tc_tmpdir_make(dir, sizeof dir, "shoal-load"))
         return 1;
-    pid_t coord = tc_start(dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\n"
-                                "log_level: warn\n");
+    char cfg[160];
+    snprintf(cfg, sizeof cfg, "heartbeat_interval_ms: %d\ndead_after_ms: %d\nlog_level: warn\n",
+             hb, hb * 6 > 3000 ? hb * 6 : 3000);
+    pid_t coord = tc_start(dir, cfg);
     tc_reply_t r;
     if (tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r) != 0 || !r.ok) {
         fprintf(stderr, "submit: %s\n", r.message);
@@ -122,23 +133,26 @@ int main(int argc, char **argv)
     tc_reply_fini(&r);
     tc_worker_endpoint(dir, ep, sizeof ep);
     snprintf(events, sizeof events, "%s/events.txt", dir);
-    /* churn starts after 15 s (registration), one event a second over all drivers, and stops
-     * 10 s before the end */
+    /* churn starts 10 s after the ramp, one event a second over all drivers, and stops 10 s
+     * before the end */
     pid_t sims[S_MAX_PROCS];
     char logs[S_MAX_PROCS][300];
     for (int i = 0; i < procs; i++) {
-        char n[16], first[16], secs[16], churn[16], off[16], seed[16];
+        char n[16], first[16], secs[16], churn[16], off[16], seed[16], ramp_ms[16], hbs[16];
         snprintf(n, sizeof n, "%d", workers / procs + (i < workers % procs));
         snprintf(first, sizeof first, "%d", i * (workers / procs) + (i < workers % procs ? i : workers % procs));
         snprintf(secs, sizeof secs, "%d", seconds);
         snprintf(churn, sizeof churn, "%d", procs * 1000);
-        snprintf(off, sizeof off, "%d", 15000 + i * 1000);
+        snprintf(off, sizeof off, "%d", (ramp + 10) * 1000 + i * 1000);
+        snprintf(ramp_ms, sizeof ramp_ms, "%d", ramp * 1000);
+        snprintf(hbs, sizeof hbs, "%d", hb);
         snprintf(seed, sizeof seed, "%d", i + 1);
         snprintf(logs[i], sizeof logs[i], "%s/sim-%d.log", dir, i);
         char *av[] = {"shoal-sim", "--connect", ep, "--workers", n, "--first", first,
-                      "--seconds", secs, "--hb-ms", "100", "--step-ms", "1000", "--ckpt-every",
+                      "--seconds", secs, "--hb-ms", hbs, "--step-ms", "1000", "--ckpt-every",
                       "10", "--churn-ms", churn, "--churn-offset-ms", off, "--quiet-after-ms",
-                      "10000", "--memory-gb", "0", "--seed", seed, "--events", events, NULL};
+                      "10000", "--memory-gb", "0", "--ramp-ms", ramp_ms, "--seed", seed,
+                      "--events", events, NULL};
         sims[i] = sim_spawn(SHOAL_SIM_BIN, av, logs[i]);
     }
     /* samples every second; control latency every other second */
@@ -154,11 +168,11 @@ int main(int argc, char **argv)
         s_proc(coord, &pn);
         if (pn.rss_kb > rss_max)
             rss_max = pn.rss_kb;
-        if (s == 20)
+        if (s == w0)
             p0 = pn; /* the window: registered, running, churning */
-        if (s == seconds - 10)
+        if (s == w1)
             p1 = pn;
-        if (s >= 20 && s <= seconds - 10 && s % 2 == 0) {
+        if (s >= w0 && s <= w1 && s % 2 == 0) {
             double ms = s_ctl_ms(dir, SHOAL__MSG_TYPE__MSG_CTL_STATUS, NULL);
             if (ms < 0)
                 st_lost++;
@@ -175,9 +189,13 @@ int main(int argc, char **argv)
         }
     }
     unsigned long long acks = 0, sent = 0;
+    double sim_cpu = 0;
     for (int i = 0; i < procs; i++) {
         int st;
-        waitpid(sims[i], &st, 0);
+        struct rusage ru;
+        if (wait4(sims[i], &st, 0, &ru) == sims[i])
+            sim_cpu += (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+                       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
         FILE *f = fopen(logs[i], "r");
         char line[512];
         unsigned long long a, b;
@@ -204,25 +222,30 @@ int main(int argc, char **argv)
         ckpts += k && !strcmp(k, "checkpoint");
     }
     json_t *rs = tc_run_status(dir, run);
-    const double win = (double)(seconds - 30);
+    const double win = (double)(w1 - w0);
     char load[128] = "";
     FILE *la = fopen("/proc/loadavg", "r");
     if (la && fgets(load, sizeof load, la))
         load[strcspn(load, "\n")] = 0;
     if (la)
         fclose(la);
-    printf("coordinator load: %d simulated workers in %d drivers, %d s, 100 ms heartbeats, "
-           "V3 plan pp 16 x ep 64 x dp 2 (2048 cells), step 1 s, checkpoint every 10 steps, churn "
-           "1/s from 15 s to %d s; %ld CPUs online, loadavg at the end %s\n",
-           workers, procs, seconds, seconds - 10, sysconf(_SC_NPROCESSORS_ONLN), load);
-    printf("messages answered          %.0f /s (acks the drivers got; offered %.0f /s sent)\n",
-           (double)acks / seconds, (double)sent / seconds);
-    printf("coordinator CPU            %.2f cores in the window (20 s .. %d s)\n",
-           (p1.cpu_s - p0.cpu_s) / win, seconds - 10);
+    printf("coordinator load: %d simulated workers in %d drivers, %d s (registrations over the "
+           "first %d s), %d ms heartbeats, V3 plan pp 16 x ep 64 x dp 2 (2048 cells), step 1 s, "
+           "checkpoint every 10 steps, churn 1/s from %d s to %d s, window %d s .. %d s; %ld "
+           "CPUs online, loadavg at the end %s\n",
+           workers, procs, seconds, ramp, hb, ramp + 10, seconds - 10, w0, w1,
+           sysconf(_SC_NPROCESSORS_ONLN), load);
+    printf("messages answered          %.0f /s over the run (acks the drivers got; they sent "
+           "%.0f /s)\n", (double)acks / seconds, (double)sent / seconds);
+    printf("coordinator CPU            %.2f cores in the window (%.1f CPU s over the run); the "
+           "drivers used %.2f cores over the run\n", (p1.cpu_s - p0.cpu_s) / win, pn.cpu_s,
+           sim_cpu / seconds);
     printf("coordinator memory         RSS %.1f MiB now, peak sampled %.1f MiB, VmHWM %.1f MiB\n",
            pn.rss_kb / 1024.0, rss_max / 1024.0, pn.hwm_kb / 1024.0);
-    printf("coordinator disk writes    %.0f write calls/s, %.2f MB/s in the window\n",
-           (double)(p1.syscw - p0.syscw) / win, (double)(p1.write_bytes - p0.write_bytes) / win / 1e6);
+    printf("coordinator writes         %.0f write calls/s (log lines and ZeroMQ's wake-ups too), "
+           "%.2f MB/s to disk, %.2f MB/s written in all (sockets too) in the window\n",
+           (double)(p1.syscw - p0.syscw) / win, (double)(p1.write_bytes - p0.write_bytes) / win / 1e6,
+           (double)(p1.wchar - p0.wchar) / win / 1e6);
     printf("simulated deaths           %d (%d held cells), detected %d, re-planned %d%s%s\n",
            d.deaths, d.members, d.detected, d.replanned, d.first_missing[0] ? "; missing: " : "",
            d.first_missing);

@@ -7,14 +7,16 @@
  *   shoal-sim --connect EP --workers N [--first K] [--hosts-of 8] [--institutions 4]
  *             [--hb-ms 100] [--step-ms 200] [--ckpt-every 0] [--seconds 30] [--seed 1]
  *             [--churn-ms 0] [--churn-offset-ms 0] [--events FILE] [--quiet-after-ms 0]
- *             [--memory-gb 80]
+ *             [--memory-gb 80] [--ramp-ms 0]
  *
  * Worker i (global index K + i) is named sim-<K+i> on host h<(K+i)/hosts-of>, institution
  * inst-<host % institutions>. With --churn-ms P every P ms (from --churn-offset-ms) one event
  * drawn from the seed: a death (the socket closed at once, as a SIGKILL closes it), a join (a
  * new worker registers) or a drain (Leave with drain_first: the worker finishes at the
  * boundary, then leaves). --quiet-after-ms stops the churn that long before the end so the
- * coordinator's answers to the last events can be seen. Each event is a line of FILE:
+ * coordinator's answers to the last events can be seen. --ramp-ms spreads the first
+ * registrations over that long (a cluster comes up gradually); an unanswered Register is sent
+ * again after 2 s, doubling up to 30 s. Each event is a line of FILE:
  * "<kind> <name> <worker id> <wall ms>". At the end a summary line goes to stdout:
  * "sim: sent N acks N registered N deaths N joins N drains N". Exit 0, or 1 on a setup error. */
 #include <errno.h>
@@ -30,7 +32,8 @@
 #include "wire.h"
 
 #define S_GETASSIGN_MIN_MS 300
-#define S_REGISTER_RETRY_MS 2000
+#define S_REGISTER_RETRY_MS 2000 /* first retry of an unanswered Register, doubling ... */
+#define S_REGISTER_RETRY_MAX_MS 30000 /* ... up to this (a slow coordinator is not flooded) */
 
 typedef enum { S_OFF = 0, S_REGISTERING, S_REGISTERED, S_LEAVING } s_state_t;
 
@@ -43,14 +46,14 @@ typedef struct {
     uint32_t rank, replica, stage, ep_rank;
     int64_t step, lease;
     int paused, drain_asked;
-    int64_t next_hb_ms, next_step_ms, reg_sent_ms, getassign_ms;
+    int64_t next_hb_ms, next_step_ms, reg_sent_ms, reg_retry_ms, getassign_ms;
 } s_worker_t;
 
 typedef struct {
     const char *connect;
     int n_workers, first, hosts_of, institutions, hb_ms, step_ms, ckpt_every, seconds;
     unsigned seed;
-    int churn_ms, churn_offset_ms, quiet_after_ms, memory_gb;
+    int churn_ms, churn_offset_ms, quiet_after_ms, memory_gb, ramp_ms;
     const char *events_path;
 } s_opts_t;
 
@@ -120,6 +123,8 @@ static void s_send_register(s_sim_t *s, s_worker_t *w)
     }
     env.body_case = SHOAL__ENVELOPE__BODY_REG;
     env.reg = &reg;
+    if (w->state != S_REGISTERING)
+        w->reg_retry_ms = S_REGISTER_RETRY_MS;
     w->state = S_REGISTERING;
     w->reg_sent_ms = clock_mono_ms();
     s_send(s, w, &env);
@@ -290,7 +295,9 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
         break;
     case SHOAL__MSG_TYPE__MSG_ACK:
         s->acks++;
-        if (env->ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_REREGISTER)
+        /* once per loss: the answers to beats already in flight say the same again */
+        if (env->ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_REREGISTER &&
+            w->state == S_REGISTERED)
             s_send_register(s, w);
         else if (env->ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_FETCH_ASSIGNMENT)
             s_send_get_assignment(s, w);
@@ -298,7 +305,7 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
             w->lease = env->ack->lease;
         break;
     case SHOAL__MSG_TYPE__MSG_ERROR:
-        if (env->error->code == SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER)
+        if (env->error->code == SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER && w->state == S_REGISTERED)
             s_send_register(s, w);
         else if (env->error->code == SHOAL__ERROR_CODE__ERR_STALE_GENERATION ||
                  env->error->code == SHOAL__ERROR_CODE__ERR_WRONG_RUN)
@@ -309,7 +316,8 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
     }
 }
 
-static int s_open(s_sim_t *s, s_worker_t *w, int index)
+/* Opens worker `index`'s socket; it registers after `delay_ms` (0: now). */
+static int s_open(s_sim_t *s, s_worker_t *w, int index, int delay_ms)
 {
     memset(w, 0, sizeof *w);
     const int host = index / s->o.hosts_of;
@@ -325,8 +333,13 @@ static int s_open(s_sim_t *s, s_worker_t *w, int index)
         return -1;
     }
     const int64_t now = clock_mono_ms();
-    w->next_hb_ms = now + s_rand(s, (uint32_t)s->o.hb_ms); /* spread the beats */
-    s_send_register(s, w);
+    w->next_hb_ms = now + delay_ms + s_rand(s, (uint32_t)s->o.hb_ms); /* spread the beats */
+    if (delay_ms == 0) {
+        s_send_register(s, w);
+    } else {
+        w->state = S_REGISTERING; /* not sent yet: reg_sent_ms 0 */
+        w->reg_retry_ms = S_REGISTER_RETRY_MS;
+    }
     return 0;
 }
 
@@ -336,7 +349,7 @@ static void s_churn(s_sim_t *s)
     uint32_t kind = s_rand(s, 4);
     if (kind == 2 && s->n < s->cap) {
         s_worker_t *w = &s->w[s->n];
-        if (s_open(s, w, s->next_index++) == 0) {
+        if (s_open(s, w, s->next_index++, 0) == 0) {
             s->n++;
             s->joins++;
             s_event(s, "join", w);
@@ -371,8 +384,14 @@ static void s_tick(s_sim_t *s, s_worker_t *w, int64_t now)
         return;
     }
     if (w->state == S_REGISTERING) {
-        if (now - w->reg_sent_ms > S_REGISTER_RETRY_MS)
+        if (w->reg_sent_ms && now - w->reg_sent_ms > w->reg_retry_ms) {
             s_send_register(s, w);
+            w->reg_retry_ms = 2 * w->reg_retry_ms < S_REGISTER_RETRY_MAX_MS
+                                  ? 2 * w->reg_retry_ms
+                                  : S_REGISTER_RETRY_MAX_MS;
+        } else if (!w->reg_sent_ms && now >= w->next_hb_ms) {
+            s_send_register(s, w); /* its turn in the ramp */
+        }
         return;
     }
     if (now >= w->next_hb_ms) {
@@ -427,6 +446,8 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
             o->quiet_after_ms = n;
         else if (!strcmp(k, "--memory-gb"))
             o->memory_gb = n;
+        else if (!strcmp(k, "--ramp-ms"))
+            o->ramp_ms = n;
         else {
             fprintf(stderr, "shoal-sim: unknown option %s\n", k);
             return -1;
@@ -434,11 +455,11 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
     }
     if (!o->connect || o->n_workers < 1 || o->n_workers > 20000 || o->hosts_of < 1 ||
         o->institutions < 1 || o->hb_ms < 1 || o->step_ms < 1 || o->seconds < 1 ||
-        o->first < 0 || o->churn_ms < 0 || o->memory_gb < 0) {
+        o->first < 0 || o->churn_ms < 0 || o->memory_gb < 0 || o->ramp_ms < 0) {
         fprintf(stderr, "usage: shoal-sim --connect EP --workers N (1..20000) [--first K] "
                         "[--hosts-of 8] [--institutions 4] [--hb-ms 100] [--step-ms 200] "
                         "[--ckpt-every 0] [--seconds 30] [--seed 1] [--churn-ms 0] "
-                        "[--churn-offset-ms 0] [--quiet-after-ms 0] [--memory-gb 80] "
+                        "[--churn-offset-ms 0] [--quiet-after-ms 0] [--memory-gb 80] [--ramp-ms 0] "
                         "[--events FILE]\n");
         return -1;
     }
@@ -475,7 +496,8 @@ int main(int argc, char **argv)
     }
     s.next_index = s.o.first;
     for (int i = 0; i < s.o.n_workers; i++) {
-        if (s_open(&s, &s.w[s.n], s.next_index++) != 0)
+        if (s_open(&s, &s.w[s.n], s.next_index++,
+                   (int)((int64_t)s.o.ramp_ms * i / s.o.n_workers)) != 0)
             return 1;
         s.n++;
     }

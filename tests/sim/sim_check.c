@@ -43,8 +43,12 @@ json_t *sim_ledger(const char *dir, const char *chain)
     uint64_t since = 0;
     for (;;) {
         tc_reply_t r;
-        if (tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_EVENTS, chain, since, &r) != 0 || !r.ok) {
-            tc_reply_fini(&r);
+        int rc = -1;
+        for (int tries = 0; tries < 20 && rc != 0; tries++) /* a loaded coordinator: 3 s each */
+            rc = tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_EVENTS, chain, since, &r);
+        if (rc != 0 || !r.ok) {
+            if (rc == 0)
+                tc_reply_fini(&r);
             json_decref(all);
             return NULL;
         }
@@ -67,8 +71,8 @@ static const char *s_str(const json_t *o, const char *k)
     return s ? s : "";
 }
 
-/* The ledger entry where `id` went to dead, or NULL. */
-static const json_t *s_death_entry(const json_t *ledger, const char *id)
+/* The first ledger entry at or after `since_ms` where `id` went to dead, or NULL. */
+static const json_t *s_death_entry(const json_t *ledger, const char *id, int64_t since_ms)
 {
     size_t i;
     const json_t *e;
@@ -76,7 +80,8 @@ static const json_t *s_death_entry(const json_t *ledger, const char *id)
     {
         const json_t *d = json_object_get(e, "detail");
         if (strcmp(s_str(e, "kind"), "worker_state") == 0 && strcmp(s_str(d, "worker"), id) == 0 &&
-            strcmp(s_str(d, "to"), "dead") == 0)
+            strcmp(s_str(d, "to"), "dead") == 0 &&
+            json_integer_value(json_object_get(e, "time_ms")) >= since_ms)
             return e;
     }
     return NULL;
@@ -103,9 +108,9 @@ void sim_check_deaths(const sim_event_t *ev, int n, const json_t *run_ledger,
         if (strcmp(ev[k].kind, "death") != 0)
             continue;
         out->deaths++;
-        const json_t *d = s_death_entry(run_ledger, ev[k].id);
+        const json_t *d = s_death_entry(run_ledger, ev[k].id, ev[k].wall_ms);
         if (!d)
-            d = s_death_entry(cluster_ledger, ev[k].id);
+            d = s_death_entry(cluster_ledger, ev[k].id, ev[k].wall_ms);
         if (!d) {
             if (!out->first_missing[0])
                 snprintf(out->first_missing, sizeof out->first_missing, "%s (%s) never declared "
