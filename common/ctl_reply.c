@@ -74,11 +74,12 @@ json_t *ctl_worker_encode(const ctl_worker_t *w)
     json_t *cell = w->has_cell ? json_pack("{s:i, s:i, s:i}", CTL_F_REPLICA, w->replica,
                                            CTL_F_STAGE, w->stage, CTL_F_EP_RANK, w->ep_rank)
                                : json_null();
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:s, s:I, s:f, s:f}", CTL_F_ID, w->id,
-                     CTL_F_NAME, w->name, CTL_F_STATE, w->state, CTL_F_RUN, w->run, CTL_F_CELL,
-                     cell, CTL_F_LAST_HEARTBEAT_MS, (json_int_t)w->last_heartbeat_ms, CTL_F_HOST,
-                     w->host, CTL_F_INSTITUTION, w->institution, CTL_F_STEP, (json_int_t)w->step,
-                     CTL_F_LOSS, w->loss, CTL_F_TOKENS_PER_S, w->tokens_per_s);
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:s, s:s, s:I, s:f, s:f, s:s}", CTL_F_ID,
+                     w->id, CTL_F_NAME, w->name, CTL_F_STATE, w->state, CTL_F_RUN, w->run,
+                     CTL_F_CELL, cell, CTL_F_LAST_HEARTBEAT_MS, (json_int_t)w->last_heartbeat_ms,
+                     CTL_F_HOST, w->host, CTL_F_INSTITUTION, w->institution, CTL_F_STEP,
+                     (json_int_t)w->step, CTL_F_LOSS, w->loss, CTL_F_TOKENS_PER_S, w->tokens_per_s,
+                     CTL_F_REASON, w->reason ? w->reason : "");
 }
 
 void ctl_worker_decode(const json_t *obj, ctl_worker_t *out)
@@ -100,5 +101,6 @@ void ctl_worker_decode(const json_t *obj, ctl_worker_t *out)
         .step = s_int(obj, CTL_F_STEP),
         .loss = json_number_value(json_object_get(obj, CTL_F_LOSS)),
         .tokens_per_s = json_number_value(json_object_get(obj, CTL_F_TOKENS_PER_S)),
+        .reason = s_str(obj, CTL_F_REASON),
     };
 }

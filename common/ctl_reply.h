@@ -144,6 +144,7 @@ typedef struct {
     int64_t last_heartbeat_ms; /* ms since the last heartbeat, -1 when none (decode: also absent) */
     int64_t step;
     double loss, tokens_per_s;
+    const char *reason; /* what holds it out of plans: its quarantine, else its drain ("" none) */
 } ctl_worker_t;
 
 /* The JSON object of one worker (NULL when out of memory). */

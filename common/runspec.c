@@ -56,6 +56,20 @@ int runspec_grad_sum_exact(const runspec_t *spec)
     return strcmp(spec->grad_sum, "float") != 0;
 }
 
+/* train.aggregation: `sum` or `trimmed_mean`. */
+static int s_aggregation_check(const char *value, char *msg, size_t cap)
+{
+    if (strcmp(value, "sum") == 0 || strcmp(value, "trimmed_mean") == 0)
+        return 1;
+    snprintf(msg, cap, "must be `sum` or `trimmed_mean`");
+    return 0;
+}
+
+int runspec_trimmed_mean(const runspec_t *spec)
+{
+    return strcmp(spec->aggregation, "trimmed_mean") == 0;
+}
+
 shoal_err_t runspec_precision_bf16(const runspec_t *spec, int on_gpu, int *bf16)
 {
     const char *p = spec->precision[0] ? spec->precision : "auto";
@@ -149,6 +163,21 @@ static const cfg_desc_t s_desc[] = {
              "fixed point: the same bits whatever the number of workers, pipeline stages or "
              "faults) or `float` (fp32 sums in rank order: faster, bits depend on the "
              "topology)"},
+    {.key = "train.grad_sanity_k", .type = CFG_REAL, S_AT(grad_sanity_k), .def = "10", .min = 0,
+     .max = 1e9, .rule = "0 (off) or > 1",
+     .help = "data-parallel gradient sanity: a replica whose gradient is non-finite, or whose "
+             "norm exceeds k x the running median of its peers' norms, is left out of the step "
+             "(the mean is over the accepted replicas) and reported to the coordinator, which "
+             "quarantines its worker; 0 turns the checks off"},
+    {.key = "train.aggregation", .type = CFG_STR, S_AT(aggregation), .check = s_aggregation_check,
+     .def = "sum",
+     .help = "how data-parallel replicas' gradients combine: `sum` (the batch's gradient) or "
+             "`trimmed_mean` (per coordinate, the replicas' values sorted, `train.trim` of them "
+             "dropped at each end, the rest averaged: robust to a replica that lies)"},
+    {.key = "train.trim", .type = CFG_REAL, S_AT(trim), .def = "0.25", .min = 0, .max = 0.5,
+     .flags = CFG_MAX_OPEN,
+     .help = "`trimmed_mean`: fraction of the replicas dropped at each end of each coordinate "
+             "(floor(trim x replicas))"},
     {.key = "parallel.pipeline_stages", .type = CFG_INT, S_AT(pp), .def = "1", .min = 1,
      .max = 1 << 16, .rule = "<= `model.num_hidden_layers`",
      .help = "pipeline stages (pp): contiguous layer ranges, balanced by FLOPs per token; the "
@@ -247,6 +276,12 @@ static int s_check_cross(const runspec_t *s, char *msg, size_t cap, const char *
                  "the %d micro-batches of a step (train.global_batch %d / train.micro_batch %d) "
                  "must be divisible by data_parallel x expert_parallel (%d x %d)",
                  runspec_n_micro(s), s->global_batch, s->micro_batch, s->dp ? s->dp : 1, s->ep);
+        return 0;
+    }
+    if (s->grad_sanity_k > 0 && s->grad_sanity_k <= 1) {
+        *blame = "train.grad_sanity_k";
+        snprintf(msg, cap, "must be 0 (off) or > 1 (at most 1 rejects honest replicas), got %g",
+                 s->grad_sanity_k);
         return 0;
     }
     if (s->warmup_steps > s->steps) {
@@ -447,6 +482,8 @@ static const char *s_type_doc(const cfg_desc_t *d)
             return "`auto`, `fp32` or `bf16`";
         if (d->check == s_grad_sum_check)
             return "`exact` or `float`";
+        if (d->check == s_aggregation_check)
+            return "`sum` or `trimmed_mean`";
         return d->check == s_preset_check ? "preset name" : "string";
     case CFG_INT:
         return "integer";
@@ -506,6 +543,8 @@ void runspec_describe(FILE *out)
             snprintf(allowed, sizeof allowed, "`auto`, `fp32`, `bf16`");
         else if (d->check == s_grad_sum_check)
             snprintf(allowed, sizeof allowed, "`exact`, `float`");
+        else if (d->check == s_aggregation_check)
+            snprintf(allowed, sizeof allowed, "`sum`, `trimmed_mean`");
         else if (d->type == CFG_STRLIST)
             snprintf(allowed, sizeof allowed, "1 to %d paths", d->list_max);
         else if (d->type == CFG_STR)

@@ -39,6 +39,11 @@ typedef struct {
     char precision[8];               /* train.precision: "auto" (default), "fp32" or "bf16";
                                       * resolve with runspec_precision_bf16() */
     char grad_sum[8];                /* train.grad_sum: "exact" (default) or "float" */
+    double grad_sanity_k;            /* train.grad_sanity_k: reject a replica's gradient whose
+                                      * norm exceeds k x the running median, or non-finite
+                                      * (default 10; 0 = checks off) */
+    char aggregation[16];            /* train.aggregation: "sum" (default) or "trimmed_mean" */
+    double trim;                     /* train.trim: fraction trimmed from each end (0.25) */
     char checkpoint_dir[RUNSPEC_PATH_MAX]; /* checkpoint.dir (default "checkpoints") */
     int checkpoint_every;            /* checkpoint.every_steps (default 0 = only at the end) */
     int checkpoint_keep;             /* checkpoint.keep (default 3) */
@@ -73,6 +78,9 @@ int runspec_dp_fits(const runspec_t *spec, int dp);
 /* Whether train.grad_sum is `exact` (the default): gradients summed in binned int64 fixed point
  * (kernels/xsum.h), bitwise independent of how micro-batches are spread over workers. */
 int runspec_grad_sum_exact(const runspec_t *spec);
+
+/* Whether train.aggregation is `trimmed_mean` (coordinate-wise over data-parallel replicas). */
+int runspec_trimmed_mean(const runspec_t *spec);
 
 /* train.precision for a trainer on a GPU (on_gpu 1) or the CPU: 1 for bf16 matrix arithmetic,
  * 0 for fp32. "auto" is bf16 on a GPU, fp32 on the CPU; "bf16" is bf16 on both (whether this

@@ -212,6 +212,11 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         WIRE_CHECK_GOTO(s_str(env->heartbeat->detail, WIRE_MAX_TEXT_LEN, "heartbeat.detail"), rc,
                         out);
         break;
+    case SHOAL__ENVELOPE__BODY_STEP_REPORT:
+        WIRE_CHECK_GOTO(s_str(env->step_report->reject_detail, WIRE_MAX_TEXT_LEN,
+                              "step_report.reject_detail"),
+                        rc, out);
+        break;
     case SHOAL__ENVELOPE__BODY_CKPT_SHARD: {
         const Shoal__CheckpointShardReport *c = env->ckpt_shard;
         WIRE_CHECK_GOTO(s_str(c->path, WIRE_MAX_TEXT_LEN, "ckpt_shard.path"), rc, out);

@@ -49,6 +49,12 @@ static const cfg_desc_t s_desc[] = {
     INT(min_workers, "1", 1, 1000000, "live workers needed to start a run"),
     INT(quarantine_after_failures, "3", 0, 1000000,
         "plan failures in a row (no step between) that quarantine a worker; 0 = never"),
+    INT(quarantine_after_bad_messages, "10", 0, 1000000,
+        "malformed or out-of-plan messages from a worker that quarantine it; 0 = never"),
+    INT(rate_limit_msgs_per_s, "5000", 0, 100000000,
+        "messages per second one worker connection may send (token bucket; the excess is "
+        "dropped unanswered and counted); 0 = no limit"),
+    INT(rate_limit_burst, "10000", 1, 100000000, "depth of that bucket (messages)"),
     INT(replan_backoff_ms, "1000", 0, 3600000,
         "least wait between two re-plans of a run caused by failures"),
     INT(replan_backoff_max_ms, "30000", 0, 3600000, "the failure re-plan wait doubles up to this"),

@@ -23,6 +23,10 @@ typedef struct {
     int step_window;                /* step_window: steps a worker may run ahead unasked (4) */
     int min_workers;                /* min_workers: live workers needed to start a run (1) */
     int quarantine_after_failures;  /* plan failures in a row that quarantine a worker (3; 0 off) */
+    int quarantine_after_bad_messages; /* malformed or out-of-plan messages that quarantine a
+                                        * worker (10; 0 off) */
+    int rate_limit_msgs_per_s;      /* messages per second per worker connection (5000; 0 off) */
+    int rate_limit_burst;           /* the bucket's depth (10000) */
     int replan_backoff_ms;          /* first wait between failure re-plans of a run (1000) */
     int replan_backoff_max_ms;      /* the wait doubles up to this (30000) */
     char ledger_signing_key[CONFIG_STR_MAX]; /* ledger_signing_key: Ed25519 secret key file

@@ -169,6 +169,7 @@ static void s_workers(coord_t *c, const wire_route_t *route)
             .step = (int64_t)w->step,
             .loss = w->loss,
             .tokens_per_s = w->tokens_per_s,
+            .reason = w->quarantine[0] ? w->quarantine : w->drain,
         };
         json_array_append_new(arr, ctl_worker_encode(&cw));
     }
@@ -188,6 +189,10 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
     /* the drain is a persisted hold on the worker, not only its state: it survives the
      * worker's restarts (a dead worker registering again comes back drained) until undrain */
     if (drain) {
+        if (s == WORKER_QUARANTINED) {
+            s_reply(c, route, 1, 0, "quarantined: out of every plan until undrain", NULL);
+            return;
+        }
         if (s == WORKER_DRAINING || s == WORKER_DRAINED || (gone && coord_worker_held(w))) {
             s_reply(c, route, 1, 0, "already draining", NULL);
             return;
@@ -206,6 +211,7 @@ static void s_drain(coord_t *c, const wire_route_t *route, const char *arg, int 
         }
         w->drain[0] = 0;
         w->quarantine[0] = 0;
+        w->strikes = 0;
         coord_worker_clear_failures(w); /* a quarantined worker starts with a clean slate */
         if (gone)
             coord_put_worker(c, w); /* it comes back active */

@@ -340,6 +340,7 @@ void coord_destroy(coord_t **self_p)
         free(c->workers[i]);
     free(c->workers);
     free(c->by_num);
+    free(c->rates);
     for (int i = 0; i < c->n_runs; i++)
         coord_run_free(c->runs[i]);
     free(c->runs);
@@ -432,8 +433,12 @@ static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
         if (sock == c->csock) {
             if (c->control.reject)
                 c->control.reject(c, &route, code, shoal_errmsg());
-        } else
-            coord_reply_error(c, &route, code, NULL, NULL, "%s", shoal_errmsg());
+        } else if (coord_guard_admit(c, &route)) {
+            char why[256];
+            snprintf(why, sizeof why, "%s", shoal_errmsg());
+            coord_reply_error(c, &route, code, NULL, NULL, "%s", why);
+            coord_guard_strike_route(c, &route, why); /* the sender's strike */
+        }
         coord_outbox_flush(c);
     }
 }

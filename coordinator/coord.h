@@ -34,4 +34,11 @@ shoal_err_t coord_reload_keys(coord_t *c);
 
 void coord_counters(const coord_t *c, unsigned long long *handled, unsigned long long *dropped);
 
+/* What the guards counted since start (coord_guard.c), for metrics: worker messages dropped
+ * over the per-connection rate limit, malformed or out-of-plan messages, quarantines. */
+typedef struct {
+    unsigned long long rate_dropped, bad_messages, quarantines;
+} coord_guard_counters_t;
+void coord_guard_counters(const coord_t *c, coord_guard_counters_t *out);
+
 #endif

@@ -30,6 +30,9 @@ typedef enum {
     WORKER_DRAINED,     /* out of every plan until undrained */
     WORKER_DEAD,        /* silent for dead_after_ms; must register again */
     WORKER_LEFT,        /* left cleanly (Leave); must register again */
+    WORKER_QUARANTINED, /* heartbeating, in no plan until undrained: its plans kept failing, it
+                           sent malformed or out-of-plan data, or its peers rejected its
+                           gradients (the reason is in `quarantine` and the ledger) */
     WORKER__COUNT
 } worker_state_t;
 
@@ -74,6 +77,8 @@ typedef struct {
     int fail_count;
     uint64_t fail_gen;
     char quarantine[192]; /* why it was quarantined (persisted; "" = not quarantined) */
+    int strikes;          /* malformed or out-of-plan messages since its last quarantine or
+                           * undrain (volatile) */
     /* an operator's drain (persisted; "" = none): like Slurm's DRAIN it outlives the worker's
      * restarts and ends only with undrain */
     char drain[96];
@@ -111,6 +116,9 @@ typedef struct {
     int64_t fail_backoff_ms; /* wait after the last failure re-plan (0: none yet) */
     int64_t fail_replan_at_ms; /* monotonic: no failure re-plan before this */
     int fail_backoff_logged;   /* the current wait was logged */
+    /* gradient-sanity votes of generation votes_gen: [replica] = the replicas that reported it */
+    uint64_t grad_votes[64];
+    uint64_t votes_gen;
     coord_step_time_t step_times[COORD_STEP_TIMES]; /* recent commits, at [step % N] */
 } coord_run_t;
 
@@ -148,6 +156,10 @@ struct coord {
     int64_t next_cron_ms, next_watchdog_ms, watchdog_every_ms;
     int notify;
     unsigned long long handled, dropped;
+    /* coord_guard.c: per-connection message rate buckets and what the guards counted */
+    struct coord_rate *rates;
+    int n_rates, cap_rates;
+    unsigned long long rate_dropped, bad_messages, quarantines;
     store_batch_t *txn; /* the state change being built; one synced batch */
     /* durable first: every message waits here until coord_txn_commit() has written what came
      * before it; a failed write discards them and fail-stops the coordinator */
@@ -316,6 +328,12 @@ coord_run_t *coord_check_run(coord_t *c, const wire_route_t *route, coord_worker
                              const Shoal__Envelope *env);
 /* w's rank in r's plan, or -1. */
 int coord_rank_of(const coord_run_t *r, const coord_worker_t *w);
+/* Quarantines a live worker (no-op when it is quarantined already or not live): state
+ * `quarantined` with its reason, a `quarantine` ledger entry {worker, name, generation,
+ * failures, cause, detail}, out of its run (told to stop; the cron re-plans without it). cause
+ * names the rule ("plan failures", "bad messages", "gradient rejected"). Commits. */
+void coord_worker_quarantine(coord_t *c, coord_worker_t *w, const char *cause,
+                             const char *detail);
 /* Clears a worker's plan-failure streak (a step completed, or the operator undrained it). */
 void coord_worker_clear_failures(coord_worker_t *w);
 
@@ -331,6 +349,21 @@ void coord_metrics_publish(coord_t *c);
 void coord_metrics_render(coord_t *c, prom_text_t *t);
 /* r->committed_step just advanced: note when. */
 void coord_metrics_on_step_commit(coord_run_t *r);
+
+/* ---- coord_guard.c: rate limit, bad-message strikes, gradient votes ------------------------ */
+/* Whether a message from this worker connection is within its rate (a token taken); when not
+ * it is counted and must be dropped unanswered. */
+int coord_guard_admit(coord_t *c, const wire_route_t *route);
+/* A malformed or out-of-plan message from w (NULL: from no known worker; only counted): after
+ * quarantine_after_bad_messages of them w is quarantined. */
+void coord_guard_strike(coord_t *c, coord_worker_t *w, const char *why);
+/* The same for a message that could not be decoded: the worker whose last route it came on. */
+void coord_guard_strike_route(coord_t *c, const wire_route_t *route, const char *why);
+/* A StepReport of w (a member of r's current plan) naming replicas its step left out: each
+ * named replica's worker (in w's stage and ep rank) is quarantined once a strict majority of
+ * its dp - 1 peers named it in this generation. */
+void coord_guard_grad_report(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t rejected,
+                             const char *detail);
 
 /* ---- coord_manifest.c: checkpoints --------------------------------------------------------- */
 /* A checkpoint shard report (run already checked): stores it, commits the manifest when every

@@ -133,7 +133,8 @@ void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelop
         ack.committed_step = r->committed_step;
         ack.lease = r->lease;
     }
-    if (w && (w->state == WORKER_DRAINING || w->state == WORKER_DRAINED) && !r)
+    if (w && (w->state == WORKER_DRAINING || w->state == WORKER_DRAINED ||
+              w->state == WORKER_QUARANTINED) && !r)
         ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_DRAIN;
     else if (r && (strcmp(about->run_id, r->id) != 0 || about->generation != r->generation))
         ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_FETCH_ASSIGNMENT;

@@ -455,7 +455,7 @@ static void s_note_unplaced(coord_t *c, coord_run_t *r)
     int n_q = 0;
     for (int i = 0; i < c->n_workers; i++) {
         const coord_worker_t *w = c->workers[i];
-        if (w->state != WORKER_DRAINED || !w->quarantine[0])
+        if (w->state != WORKER_QUARANTINED)
             continue;
         at += (size_t)snprintf(note + at, at < sizeof note ? sizeof note - at : 0, "%s%s %s",
                                n_q++ ? "; " : " (", w->id, w->quarantine);

@@ -8,8 +8,8 @@
 
 #include "log.h"
 
-static const char *s_worker_states[WORKER__COUNT] = {"joining", "active", "draining",
-                                                     "drained", "dead",   "left"};
+static const char *s_worker_states[WORKER__COUNT] = {
+    "joining", "active", "draining", "drained", "dead", "left", "quarantined"};
 static const char *s_run_states[RUN__COUNT] = {"pending", "running", "paused",
                                                "done",    "failed",  "cancelled"};
 
@@ -43,7 +43,8 @@ int coord_run_state_parse(const char *name)
 
 int coord_worker_is_live(worker_state_t s)
 {
-    return s == WORKER_JOINING || s == WORKER_ACTIVE || s == WORKER_DRAINING || s == WORKER_DRAINED;
+    return s == WORKER_JOINING || s == WORKER_ACTIVE || s == WORKER_DRAINING ||
+           s == WORKER_DRAINED || s == WORKER_QUARANTINED;
 }
 
 int coord_run_is_terminal(run_state_t s)
@@ -57,11 +58,15 @@ static int s_worker_transition_ok(worker_state_t from, worker_state_t to)
     case WORKER_JOINING:
         return from == WORKER_DEAD || from == WORKER_LEFT;
     case WORKER_ACTIVE:
-        return from == WORKER_JOINING || from == WORKER_DRAINING || from == WORKER_DRAINED;
+        return from == WORKER_JOINING || from == WORKER_DRAINING || from == WORKER_DRAINED ||
+               from == WORKER_QUARANTINED;
     case WORKER_DRAINING:
         return from == WORKER_JOINING || from == WORKER_ACTIVE;
-    case WORKER_DRAINED: /* from active/joining: quarantine (see s_quarantine) */
+    case WORKER_DRAINED: /* from joining: a drain outlives a restart */
         return from == WORKER_DRAINING || from == WORKER_ACTIVE || from == WORKER_JOINING;
+    case WORKER_QUARANTINED: /* coord_worker_quarantine; from joining: it outlives a restart */
+        return from == WORKER_JOINING || from == WORKER_ACTIVE || from == WORKER_DRAINING ||
+               from == WORKER_DRAINED;
     case WORKER_DEAD:
     case WORKER_LEFT:
         return coord_worker_is_live(from);

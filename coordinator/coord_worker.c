@@ -202,30 +202,32 @@ const coord_worker_t *s_silent_peer(coord_t *c, const coord_run_t *r, const coor
     return NULL;
 }
 
-/* Takes a worker whose plans keep failing out of r's placement: drained (the operator's
- * undrain puts it back), a `quarantine` ledger entry, told to stop; the cron then re-plans
- * without it. */
-static void s_quarantine(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *detail)
+void coord_worker_quarantine(coord_t *c, coord_worker_t *w, const char *cause,
+                             const char *detail)
 {
+    if (w->state == WORKER_QUARANTINED || !coord_worker_is_live(w->state))
+        return;
+    coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
     char why[160]; /* "quarantined: " + why fits w->quarantine */
     snprintf(why, sizeof why, "%s", detail[0] ? detail : "no detail");
     int failures = w->fail_count;
-    if (coord_worker_transition(c, w, WORKER_DRAINED, "quarantined: %s", why) != SHOAL_OK) {
-        log_error("run %s: %s", r->id, shoal_errmsg());
+    if (coord_worker_transition(c, w, WORKER_QUARANTINED, "quarantined: %s", why) != SHOAL_OK) {
+        log_error("%s", shoal_errmsg());
         return;
     }
     snprintf(w->quarantine, sizeof w->quarantine, "quarantined: %s", why);
-    log_warn("run %s: worker %s quarantined after %d failed plans in a row (%s); "
-             "`shoalctl undrain %s` places it again",
-             r->id, w->id, failures, why, w->id);
-    coord_ledger(c, r->id, "quarantine",
-                 json_pack("{s:s, s:s, s:I, s:i, s:s}", "worker", w->id, "name", w->name,
-                           "generation", (json_int_t)r->generation, "failures", failures, "detail",
-                           why));
+    c->quarantines++;
+    log_warn("worker %s quarantined (%s: %s); `shoalctl undrain %s` places it again", w->id, cause,
+             why, w->id);
+    coord_ledger(c, r ? r->id : "", "quarantine",
+                 json_pack("{s:s, s:s, s:I, s:i, s:s, s:s}", "worker", w->id, "name", w->name,
+                           "generation", (json_int_t)(r ? r->generation : 0), "failures", failures,
+                           "cause", cause, "detail", why));
     w->run[0] = 0;
+    w->strikes = 0;
     coord_worker_clear_failures(w);
     coord_put_worker(c, w);
-    if (coord_txn_commit(c) == SHOAL_OK)
+    if (coord_txn_commit(c) == SHOAL_OK && r)
         coord_push_run_control_to(c, r, w, SHOAL__RUN_COMMAND__RUN_CMD_STOP, w->quarantine);
 }
 
@@ -270,7 +272,7 @@ static void s_on_plan_failed(coord_t *c, coord_run_t *r, coord_worker_t *w, cons
     log_warn("run %s: worker %s: plan failure %d%s in a row (generation %" PRIu64 ")", r->id, w->id,
              w->fail_count, limit > 0 ? "" : " (quarantine off)", r->generation);
     if (limit > 0 && w->fail_count >= limit)
-        s_quarantine(c, r, w, detail);
+        coord_worker_quarantine(c, w, "plan failures", detail);
 }
 
 /* A heartbeat proves the worker alive whatever run and generation it names: liveness and the
@@ -287,7 +289,9 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
     w->activity = hb->activity;
     if (w->state == WORKER_JOINING) {
         if (coord_worker_held(w))
-            (void)coord_worker_transition(c, w, WORKER_DRAINED, "first heartbeat; %s still holds",
+            (void)coord_worker_transition(c, w, w->quarantine[0] ? WORKER_QUARANTINED
+                                                                 : WORKER_DRAINED,
+                                          "first heartbeat; %s still holds",
                                           w->quarantine[0] ? w->quarantine : w->drain);
         else
             (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
@@ -328,6 +332,8 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
                  w->id, sr->step, r->id, r->lease);
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, r,
                           "step %" PRId64 " is outside the lease %" PRId64, sr->step, r->lease);
+        coord_guard_strike(c, w, rank < 0 ? "step_report from outside the plan"
+                                          : "step_report outside the lease");
         return;
     }
     if (sr->step > r->reported[rank]) {
@@ -341,6 +347,8 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
     double comm = s_finite(sr->comm_seconds, w, "comm time");
     w->comm_wait_ratio = w->step_seconds > 0 && comm > 0 ? fmin(comm / w->step_seconds, 1) : 0;
     coord_run_advance(c, r);
+    if (sr->rejected_replicas)
+        coord_guard_grad_report(c, r, w, sr->rejected_replicas, sr->reject_detail);
     coord_reply_ack(c, route, env, w, r);
 }
 
@@ -364,6 +372,7 @@ static void s_on_comm_id(coord_t *c, const wire_route_t *route, coord_worker_t *
                           coord_rank_of(r, w) < 0 ? "the sender is not in the plan"
                                                   : "the group is of another generation",
                           r->id, r->generation);
+        coord_guard_strike(c, w, "comm_id outside the plan");
         return;
     }
     Shoal__CommId cid = *env->comm_id;
@@ -403,7 +412,8 @@ static void s_on_leave(coord_t *c, const wire_route_t *route, coord_worker_t *w,
          * that leaves no hold behind: a later registration is an ordinary join), then the
          * worker sends a plain Leave; one holding no cell just leaves */
         coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
-        if (w->state == WORKER_DRAINING || w->state == WORKER_DRAINED) {
+        if (w->state == WORKER_DRAINING || w->state == WORKER_DRAINED ||
+            w->state == WORKER_QUARANTINED) {
             coord_reply_ack(c, route, env, w, NULL);
             return;
         }
@@ -483,6 +493,8 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
     coord_t *c = ctx->c;
     const wire_route_t *route = ctx->route;
     c->handled++;
+    if (!coord_guard_admit(c, route))
+        return; /* over its connection's rate: dropped unanswered (counted) */
     const s_worker_msg_t *m = NULL;
     for (size_t i = 0; i < sizeof s_worker_msgs / sizeof s_worker_msgs[0] && !m; i++)
         if (s_worker_msgs[i].type == env->type)
@@ -494,6 +506,7 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE, env, NULL,
                           "%s is not accepted on the worker socket",
                           wire_type_name((int)env->type));
+        coord_guard_strike_route(c, route, "a message type not accepted on the worker socket");
         return;
     }
     if (!m->needs_worker) {

@@ -369,6 +369,8 @@ static void s_step(daemon_t *d)
         r->duration_s = (float)info.step_seconds;
         r->grad_norm = (float)info.grad_norm;
         r->comm_seconds = (float)info.comm_seconds;
+        r->rejected_replicas = info.rejected_replicas;
+        snprintf(r->reject_detail, sizeof r->reject_detail, "%s", info.reject_why);
     }
     session_post(d->sess, &r);
     daemon_ckpt_finish(d, 1);

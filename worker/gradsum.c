@@ -147,6 +147,11 @@ float *gradsum_micro_buffer(gradsum_t *g)
     return g->micro;
 }
 
+float *gradsum_micro_buffer_current(gradsum_t *g)
+{
+    return g->micro;
+}
+
 shoal_err_t gradsum_micro_add(gradsum_t *g)
 {
     if (xsum_vec_deposit(&g->xs, g->micro) != 0)
@@ -212,29 +217,15 @@ static double s_tensor_ss(const gradsum_t *g, const float *grads, int i)
     return grad_sum_squares(grads + g->lay->offsets[i], model_tensor_numel(&g->lay->tensors[i]));
 }
 
-static int64_t s_bits(double v)
-{
-    int64_t b;
-    memcpy(&b, &v, sizeof b);
-    return b;
-}
-
-static double s_double(int64_t b)
-{
-    double v;
-    memcpy(&v, &b, sizeof v);
-    return v;
-}
-
 double gradsum_norm_local(const gradsum_t *g, const float *grads)
 {
     /* the same additions, in the same order, as gradsum_norm_world's over the whole model */
     memset(g->norm, 0, sizeof(int64_t) * (size_t)g->n_canon);
     for (int i = 0; i < g->lay->n_tensors; i++)
-        g->norm[g->canon[i]] = s_bits(s_tensor_ss(g, grads, i));
+        g->norm[g->canon[i]] = gradsum_bits(s_tensor_ss(g, grads, i));
     double ss = 0.0;
     for (int k = 0; k < g->n_canon; k++)
-        ss += s_double(g->norm[k]);
+        ss += gradsum_double(g->norm[k]);
     return ss;
 }
 
@@ -245,9 +236,9 @@ shoal_err_t gradsum_norm_world(gradsum_t *g, comm_t *world, const float *grads, 
     memset(g->norm, 0, sizeof(int64_t) * ((size_t)g->n_canon + 1));
     for (int i = 0; i < g->lay->n_tensors; i++)
         if (g->lay->offsets[i] < g->lay->n_shared_params ? count_shared : count_experts)
-            g->norm[g->canon[i]] = s_bits(s_tensor_ss(g, grads, i));
+            g->norm[g->canon[i]] = gradsum_bits(s_tensor_ss(g, grads, i));
     if (has_loss)
-        g->norm[g->n_canon] = s_bits(*loss);
+        g->norm[g->n_canon] = gradsum_bits(*loss);
     /* one cell holds each value, every other adds zero bits: the sum is that value exactly */
     if (world) {
         shoal_err_t rc = comm_allreduce_sum_i64(world, g->norm, (size_t)g->n_canon + 1, step);
@@ -256,8 +247,8 @@ shoal_err_t gradsum_norm_world(gradsum_t *g, comm_t *world, const float *grads, 
     }
     double ss = 0.0;
     for (int k = 0; k < g->n_canon; k++)
-        ss += s_double(g->norm[k]);
+        ss += gradsum_double(g->norm[k]);
     *norm_sq = ss;
-    *loss = s_double(g->norm[g->n_canon]);
+    *loss = gradsum_double(g->norm[g->n_canon]);
     return SHOAL_OK;
 }

@@ -8,6 +8,7 @@
 #define SHOAL_WORKER_GRADSUM_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "comm.h"
 #include "err.h"
@@ -18,6 +19,22 @@ extern "C" {
 #endif
 
 typedef struct gradsum gradsum_t;
+
+/* A double's bits as an int64 and back: exact all-reduces of doubles where one rank holds each
+ * value and the others add zero bits. */
+static inline int64_t gradsum_bits(double v)
+{
+    int64_t b;
+    memcpy(&b, &v, sizeof b);
+    return b;
+}
+
+static inline double gradsum_double(int64_t b)
+{
+    double v;
+    memcpy(&v, &b, sizeof v);
+    return v;
+}
 
 /* For the tensors of `lay` (which must outlive it) and steps of n_micro micro-batches.
  * SHOAL_ERR_INVALID when n_micro exceeds the counters' capacity (XSUM_MAX_DEPOSITS). */
@@ -31,6 +48,8 @@ void gradsum_begin(gradsum_t *g);
  * into; gradsum_micro_add then adds it to the counters exactly. */
 float *gradsum_micro_buffer(gradsum_t *g);
 shoal_err_t gradsum_micro_add(gradsum_t *g);
+/* The micro-batch buffer as it is now (not zeroed): what the next gradsum_micro_add adds. */
+float *gradsum_micro_buffer_current(gradsum_t *g);
 
 /* Adds the tensors of the micro-batch buffer lying in [lo, hi) (pointers into it, whole tensors)
  * exactly and zeroes them there: expert parallelism runs the experts of several micro-batches in

@@ -6,6 +6,9 @@
 
 #include "blas_select.h"
 #include "commands.h"
+#ifdef SHOAL_GRAD_ATTACK
+#include "grad_attack.h"
+#endif
 #ifdef SHOAL_HAVE_NCCL
 #include "comm_nccl.h"
 #endif
@@ -35,6 +38,10 @@ int main(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
+#ifdef SHOAL_GRAD_ATTACK
+    if (grad_attack_install_from_env() != 0)
+        return 2;
+#endif
     if (strcmp(argv[1], "train") == 0)
         return cmd_train(argc - 1, argv + 1);
     if (strcmp(argv[1], "grads") == 0)

@@ -221,6 +221,8 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
         sr.step = r->step;
         sr.loss = r->loss;
         sr.tokens = r->tokens;
+        sr.rejected_replicas = r->rejected_replicas;
+        sr.reject_detail = r->reject_detail;
         sr.duration_s = r->duration_s;
         sr.grad_norm = r->grad_norm;
         sr.comm_seconds = r->comm_seconds;

@@ -100,6 +100,8 @@ typedef struct {
     uint64_t tokens;
     float duration_s, grad_norm;
     float comm_seconds;         /* of duration_s, inside collectives (metrics) */
+    uint64_t rejected_replicas; /* gradient sanity: replicas left out of the step (bit each) */
+    char reject_detail[160];    /* why the first was */
     /* CKPT */
     char path[SESS_TEXT_MAX];
     int n_files;

@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "data.h"
 #include "expert_ep.h"
+#include "grad_sanity.h"
 #include "gradsum.h"
 #include "kgemm.h"
 #include "log.h"
@@ -41,7 +42,20 @@ struct trainer {
     double compute_seconds;
     gradsum_t *gs;          /* train.grad_sum exact; NULL: float sums */
     ckpt_writer_t *writer;
+    /* data-parallel guard (grad_sanity.h): this rank's micro-batches of the step, the running
+     * norms of its group, and every replica's reduce buffer when they must be combined apart */
+    int64_t micro_here;
+    grad_sanity_t sanity;
+    float *rows;    /* [dp][n_reduce] */
+    double *trim_scratch;
 };
+
+static trainer_grad_hook_fn s_grad_hook;
+
+void trainer_set_grad_hook(trainer_grad_hook_fn fn)
+{
+    s_grad_hook = fn;
+}
 
 void trainer_cell_whole(const model_config_t *cfg, trainer_cell_t *cell)
 {
@@ -182,6 +196,8 @@ void trainer_destroy(trainer_t **tp)
     gradsum_destroy(&t->gs);
     model_destroy(&t->model);
     expert_ep_destroy(&t->xep);
+    free(t->rows);
+    free(t->trim_scratch);
     free(t->slot_tok);
     free(t->slot_tgt);
     free(t->h_recv);
@@ -344,6 +360,9 @@ static float *s_grads_begin(trainer_t *t)
 
 static shoal_err_t s_grads_end(trainer_t *t)
 {
+    if (t->gs && s_grad_hook)
+        s_grad_hook(gradsum_micro_buffer_current(t->gs), t->lay.n_params, t->cell.replica,
+                    t->next_step + 1);
     return t->gs ? gradsum_micro_add(t->gs) : SHOAL_OK;
 }
 
@@ -366,7 +385,9 @@ static shoal_err_t s_compute_data(trainer_t *t, int rank, int nranks)
         gradsum_begin(t->gs);
     double loss_sum = 0.0;
     memset(t->counts, 0, sizeof(int64_t) * (size_t)t->n_counts);
+    t->micro_here = 0;
     for (int i = rank; i < n_micro; i += nranks) {
+        t->micro_here++;
         s_read_micro(t, i, t->tok, t->tgt);
         loss_sum += model_forward_backward(t->model, t->params, t->tok, t->tgt,
                                            t->spec.micro_batch, scale, s_grads_begin(t),
@@ -375,6 +396,8 @@ static shoal_err_t s_compute_data(trainer_t *t, int rank, int nranks)
         if (rc != SHOAL_OK)
             return rc;
     }
+    if (!t->gs && s_grad_hook && t->micro_here > 0)
+        s_grad_hook(t->reduce, t->lay.n_params, t->cell.replica, t->next_step + 1);
     s_fill_tail(t, loss_sum);
     t->compute_seconds = clock_mono_s() - t0;
     return SHOAL_OK;
@@ -624,6 +647,153 @@ static shoal_err_t s_reduce_exact(trainer_t *t, const trainer_comms_t *cm, uint6
     return s_allreduce(t, cm->stage, t->reduce + np, t->n_reduce - (size_t)np, step);
 }
 
+/* ---- the data-parallel guard (train.grad_sanity_k, train.aggregation) ---------------------- */
+
+/* Micro-batches replica r of dp computes (s_compute_data's i = r, r + dp, ...). */
+static int64_t s_micro_of(const trainer_t *t, int r, int dp)
+{
+    const int n_micro = t->spec.global_batch / t->spec.micro_batch;
+    return r < n_micro ? (n_micro - r + dp - 1) / dp : 0;
+}
+
+/* Every replica's report (finite, norm scaled to the whole batch, micro-batches) over the
+ * group, exactly: each rank fills its slot, the others add zero bits. */
+static shoal_err_t s_exchange_reports(trainer_t *t, comm_t *group, uint64_t step,
+                                      grad_report_t *rep, int dp)
+{
+    const int64_t np = t->lay.n_params;
+    const int me = t->cell.replica;
+    int finite = isfinite(t->reduce[t->n_reduce - 1]);
+    for (int64_t j = 0; j < np && finite; j++)
+        finite = isfinite(t->reduce[j]);
+    const double norm = finite ? sqrt(s_local_norm_sq(t)) : 0.0;
+    const int n_micro = t->spec.global_batch / t->spec.micro_batch;
+    int64_t buf[3 * GRAD_SANITY_MAX_REPLICAS] = {0};
+    buf[3 * me] = finite;
+    buf[3 * me + 1] = gradsum_bits(t->micro_here > 0 ? norm * n_micro / (double)t->micro_here : 0.0);
+    buf[3 * me + 2] = t->micro_here;
+    const double t0 = clock_mono_s();
+    shoal_err_t rc = s_timed(t, comm_allreduce_sum_i64(group, buf, 3 * (size_t)dp, step), t0);
+    if (rc != SHOAL_OK)
+        return rc;
+    for (int r = 0; r < dp; r++) {
+        rep[r] = (grad_report_t){.finite = buf[3 * r] == 1, .norm = gradsum_double(buf[3 * r + 1]),
+                                 .micro = buf[3 * r + 2]};
+        if (rep[r].micro != s_micro_of(t, r, dp))
+            return shoal_fail(SHOAL_ERR_STATE, "step %llu: replica %d reports %lld micro-batches, "
+                              "its share is %lld", (unsigned long long)step, r,
+                              (long long)rep[r].micro, (long long)s_micro_of(t, r, dp));
+    }
+    return SHOAL_OK;
+}
+
+/* Combines the replicas apart: every replica's reduce buffer gathered (each element has one
+ * non-zero contributor, so the sum is exact), then on every rank the same arithmetic over the
+ * accepted rows: their sum (exact sums: deposited into the counters) or trimmed mean, scaled to
+ * the whole batch. */
+static shoal_err_t s_combine_apart(trainer_t *t, comm_t *group, uint64_t step,
+                                   const grad_report_t *rep, int dp, uint64_t rejected)
+{
+    const size_t nr = t->n_reduce;
+    const int64_t np = t->lay.n_params;
+    const int n_micro = t->spec.global_batch / t->spec.micro_batch;
+    if (!t->rows) {
+        t->rows = malloc(sizeof(float) * nr * (size_t)dp);
+        t->trim_scratch = malloc(sizeof(double) * (size_t)dp);
+        if (!t->rows || !t->trim_scratch)
+            return shoal_fail(SHOAL_ERR_NOMEM, "trainer: cannot gather %d replicas' gradients",
+                              dp);
+    }
+    memset(t->rows, 0, sizeof(float) * nr * (size_t)dp);
+    const int me = t->cell.replica;
+    if (!(rejected >> me & 1))
+        memcpy(t->rows + (size_t)me * nr, t->reduce, sizeof(float) * nr);
+    const double t0 = clock_mono_s();
+    shoal_err_t rc = s_timed(t, comm_allreduce_sum_f32(group, t->rows, nr * (size_t)dp, step), t0);
+    if (rc != SHOAL_OK)
+        return rc;
+    int use[GRAD_SANITY_MAX_REPLICAS];
+    int64_t micro = 0;
+    for (int r = 0; r < dp; r++) {
+        use[r] = rep[r].micro > 0 && !(rejected >> r & 1);
+        micro += use[r] ? rep[r].micro : 0;
+    }
+    const double scale = micro > 0 ? (double)n_micro / (double)micro : 0.0;
+    if (runspec_trimmed_mean(&t->spec)) {
+        /* each row scaled to a whole batch's gradient before the per-coordinate ranking */
+        for (int r = 0; r < dp; r++)
+            if (use[r]) {
+                const float f = (float)((double)n_micro / (double)rep[r].micro);
+                float *row = t->rows + (size_t)r * nr;
+                for (int64_t j = 0; j < np; j++)
+                    row[j] *= f;
+            }
+        grad_trimmed_mean(t->rows, dp, nr, np, use, 0, t->spec.trim, t->trim_scratch, t->reduce);
+    } else if (t->gs) {
+        gradsum_begin(t->gs);
+        for (int r = 0; r < dp; r++)
+            if (use[r]) {
+                memcpy(gradsum_micro_buffer(t->gs), t->rows + (size_t)r * nr,
+                       sizeof(float) * (size_t)np);
+                if ((rc = gradsum_micro_add(t->gs)) != SHOAL_OK)
+                    return rc;
+            }
+        if ((rc = gradsum_reduce(t->gs, NULL, NULL, 0, t->reduce)) != SHOAL_OK)
+            return rc;
+        grad_scale(t->reduce, np, (float)scale);
+    } else {
+        for (int64_t j = 0; j < np; j++) {
+            double sum = 0.0;
+            for (int r = 0; r < dp; r++)
+                sum += use[r] ? t->rows[(size_t)r * nr + (size_t)j] : 0.0f;
+            t->reduce[j] = (float)(sum * scale);
+        }
+    }
+    /* counts and loss: the accepted replicas' sums (the loss as a whole batch's) */
+    for (size_t j = (size_t)np; j < nr; j++) {
+        double sum = 0.0;
+        for (int r = 0; r < dp; r++)
+            sum += use[r] ? t->rows[(size_t)r * nr + j] : 0.0f;
+        t->reduce[j] = (float)sum;
+    }
+    t->reduce[nr - 1] = (float)(t->reduce[nr - 1] * scale);
+    return SHOAL_OK;
+}
+
+/* The guard of an unsplit data-parallel step, after this rank's compute: replicas exchange
+ * their reports, every rank decides alike which to leave out, and unless the plain sum of all
+ * of them applies (*combined = 0: nothing rejected, aggregation sum), the step's gradients are
+ * combined here (*combined = 1). */
+static shoal_err_t s_dp_guard(trainer_t *t, comm_t *group, uint64_t step, int *combined,
+                              trainer_step_info_t *info)
+{
+    const int dp = t->cell.dp;
+    *combined = 0;
+    if (dp > GRAD_SANITY_MAX_REPLICAS)
+        return SHOAL_OK; /* beyond the decision's mask: plain sums (documented) */
+    if (t->sanity.generation != comm_generation(group) || t->sanity.k != t->spec.grad_sanity_k)
+        grad_sanity_reset(&t->sanity, t->spec.grad_sanity_k, comm_generation(group));
+    shoal_err_t rc;
+    if (t->gs && (rc = gradsum_reduce(t->gs, NULL, NULL, 0, t->reduce)) != SHOAL_OK)
+        return rc; /* this rank's share as floats (the counters stay as they are) */
+    grad_report_t rep[GRAD_SANITY_MAX_REPLICAS];
+    if ((rc = s_exchange_reports(t, group, step, rep, dp)) != SHOAL_OK)
+        return rc;
+    uint64_t rejected = 0;
+    rc = grad_sanity_decide(&t->sanity, rep, dp, &rejected, info->reject_why,
+                            sizeof info->reject_why);
+    if (rc != SHOAL_OK)
+        return rc;
+    info->rejected_replicas = rejected;
+    if (rejected)
+        log_warn("step %llu: gradient of replica mask 0x%llx left out: %s",
+                 (unsigned long long)step, (unsigned long long)rejected, info->reject_why);
+    if (!rejected && !runspec_trimmed_mean(&t->spec))
+        return SHOAL_OK;
+    *combined = 1;
+    return s_combine_apart(t, group, step, rep, dp, rejected);
+}
+
 shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *cm, trainer_step_info_t *info)
 {
     if (t->next_step >= t->spec.steps)
@@ -640,8 +810,16 @@ shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *cm, trainer_step_i
         rc = s_compute_pipeline(t, cm, step);
     if (rc != SHOAL_OK)
         return rc;
+    trainer_step_info_t guard = {0};
+    int combined = 0;
+    if (!split && c->dp > 1 && cm->stage &&
+        (t->spec.grad_sanity_k > 0 || runspec_trimmed_mean(&t->spec)) &&
+        (rc = s_dp_guard(t, cm->stage, step, &combined, &guard)) != SHOAL_OK)
+        return rc;
     const int64_t np = t->lay.n_params, ns = t->lay.n_shared_params;
-    if (t->gs) {
+    if (combined) {
+        rc = SHOAL_OK;
+    } else if (t->gs) {
         rc = s_reduce_exact(t, cm, step);
     } else if (c->ep == 1) {
         rc = s_allreduce(t, cm->stage, t->reduce, t->n_reduce, step);
@@ -658,7 +836,12 @@ shoal_err_t trainer_step(trainer_t *t, const trainer_comms_t *cm, trainer_step_i
         norm = sqrt(s_local_norm_sq(t));
     else if ((rc = s_global_norm(t, cm, step, &norm)) != SHOAL_OK)
         return rc;
-    return s_apply(t, norm, clock_mono_s() - t0, info);
+    rc = s_apply(t, norm, clock_mono_s() - t0, info);
+    if (rc == SHOAL_OK && info) {
+        info->rejected_replicas = guard.rejected_replicas;
+        memcpy(info->reject_why, guard.reject_why, sizeof info->reject_why);
+    }
+    return rc;
 }
 
 int trainer_checkpoint_due(const trainer_t *t)

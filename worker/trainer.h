@@ -28,7 +28,17 @@ typedef struct {
     double step_seconds; /* wall time of compute + apply on this process */
     double tokens;       /* tokens in the global batch */
     double comm_seconds; /* of step_seconds, the time spent inside comm calls (waiting included) */
+    /* gradient sanity (train.grad_sanity_k): data-parallel replicas left out of this step's
+     * aggregate (bit = replica) and why the first was; every replica reports the same */
+    uint64_t rejected_replicas;
+    char reject_why[160];
 } trainer_step_info_t;
+
+/* A test build's attack on a rank's own gradients (shoal-worker-attack): called with this
+ * rank's local gradient buffer before any exchange (each micro-batch's with exact sums, the
+ * accumulated buffer with float sums). Process-wide; NULL (the default) = none. */
+typedef void (*trainer_grad_hook_fn)(float *grads, int64_t n, int replica, int64_t step);
+void trainer_set_grad_hook(trainer_grad_hook_fn fn);
 
 /* Where a trainer sits in a run's plan: a cell (replica, stage, ep_rank) of dp x pp x ep, and
  * the part of the model the cell holds. */

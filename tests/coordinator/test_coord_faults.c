@@ -311,7 +311,7 @@ static void s_fail_plans(tc_worker_t *bad, tc_worker_t *good, int ms, uint64_t u
 
 /* Default settings (quarantine after 3 failures, back-off 1 s doubling): a worker that fails
  * every plan (its data file is missing) is re-planned at once, then after 1 s, and on its third
- * failure in a row quarantined: drained, a `quarantine` ledger entry, told to stop; the next
+ * failure in a row quarantined (state quarantined), a `quarantine` ledger entry, told to stop; the next
  * plan holds only the healthy worker, and its later stale failures change nothing. undrain puts
  * it back and it is placed again at the next step boundary. */
 static void test_quarantine(void **state)
@@ -334,7 +334,7 @@ static void test_quarantine(void **state)
     assert_string_equal(b.run, "");
     assert_int_equal(b.run_command, SHOAL__RUN_COMMAND__RUN_CMD_STOP);
     assert_string_equal(b.control_run, run);
-    assert_string_equal(tc_worker_state(s_dir, b.id), "drained");
+    assert_string_equal(tc_worker_state(s_dir, b.id), "quarantined");
     assert_string_equal(tc_worker_state(s_dir, a.id), "active");
     for (int64_t end = s_deadline(); a.gen < 4 && clock_mono_ms() < end;)
         tc_beat(both, 1, 50, HB_MS, 0, false);
@@ -366,7 +366,8 @@ static void test_quarantine(void **state)
     int drained = 0;
     for (size_t i = 0; i < json_array_size(ws); i++) {
         json_t *d = json_object_get(json_array_get(ws, i), "detail");
-        if (strcmp(tc_jstr(d, "worker"), b.id) == 0 && strcmp(tc_jstr(d, "to"), "drained") == 0 &&
+        if (strcmp(tc_jstr(d, "worker"), b.id) == 0 &&
+            strcmp(tc_jstr(d, "to"), "quarantined") == 0 &&
             strncmp(tc_jstr(d, "reason"), "quarantined: " MISSING, 20) == 0)
             drained++;
     }
@@ -444,7 +445,7 @@ static void test_streak_and_unplaced(void **state)
     /* the second failure in a row: quarantined, and nobody is left to place */
     s_fail_plans(&a, NULL, WAIT_MS, 0);
     assert_string_equal(a.run, "");
-    assert_string_equal(tc_worker_state(s_dir, a.id), "drained");
+    assert_string_equal(tc_worker_state(s_dir, a.id), "quarantined");
     ev = s_events(run);
     quar = s_kind(ev, "quarantine");
     assert_int_equal(json_array_size(quar), 1);

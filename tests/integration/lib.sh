@@ -81,7 +81,8 @@ start_coord() {
     wait_until 10 "coordinator control socket" ctl status >/dev/null
 }
 
-# start_worker NAME [COORD_ENDPOINT] [extra flags...]: sets WPID[NAME].
+# start_worker NAME [COORD_ENDPOINT] [extra flags...]: sets WPID[NAME]. WORKER_BIN overrides
+# the binary (e.g. shoal-worker-attack).
 declare -A WPID
 start_worker() {
     local name=$1 ep=$WORKER_EP
@@ -90,7 +91,7 @@ start_worker() {
         ep=$1
         shift
     fi
-    "$SHOAL_BIN/shoal-worker" --coordinator "$ep" --name "$name" --state-dir "$T/$name" \
+    "${WORKER_BIN:-$SHOAL_BIN/shoal-worker}" --coordinator "$ep" --name "$name" --state-dir "$T/$name" \
         --data-endpoint tcp://127.0.0.1:0 --metrics "$T/$name.jsonl" --comm-timeout-ms 20000 \
         "$@" >> "$T/$name.log" 2>&1 &
     WPID[$name]=$!

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # quarantine.sh: a worker that cannot run any plan (the run's data file is missing on its host)
 # fails each plan it gets. The coordinator re-plans at once, then after a back-off, and on its
-# third failure in a row quarantines it (drained, `quarantine` in the ledger); the healthy worker
+# third failure in a row quarantines it (state quarantined, `quarantine` in the ledger); the healthy worker
 # finishes the run alone with the single-process losses. `shoalctl undrain` makes it active again.
 # The data path /proc/self/cwd/data.txt is the same string for both workers but resolves in each
 # worker's working directory; only a's has the file.
@@ -22,7 +22,7 @@ wait_until 10 "2 active workers" bash -c "[ \$($SHOAL_BIN/shoalctl --control $CT
 ctl submit "$T/run.yaml" > "$T/submit.out" || fail "submit: $(cat "$T/submit.out")"
 RUN=$(awk '/submitted run/ {print $3}' "$T/submit.out")
 T0=$SECONDS
-wait_until 30 "b quarantined" worker_state_is b drained
+wait_until 30 "b quarantined" worker_state_is b quarantined
 note "b quarantined $((SECONDS - T0)) s after the submit, generation $(run_field "$RUN" generation)"
 grep -q "assignment failed.*data.txt" "$T/b.log" || fail "b did not fail on its missing data file"
 wait_until 90 "run $RUN done" run_state_is "$RUN" done

@@ -1,0 +1,176 @@
+/* coord_guard.c: what the coordinator does about workers that misbehave: a message rate limit
+ * per worker connection (token bucket), strikes for malformed or out-of-plan messages that
+ * quarantine a worker after quarantine_after_bad_messages, and the gradient-sanity votes of a
+ * run's data-parallel replicas (StepReport.rejected_replicas) that quarantine the replica they
+ * name once a majority of its peers reported it. */
+#include "coord_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+/* Buckets of connections silent this long are forgotten (the table stays as small as the set
+ * of connections that talk). */
+#define S_RATE_IDLE_MS 60000
+
+struct coord_rate {
+    unsigned char id[WIRE_MAX_ROUTE_BYTES];
+    size_t len;
+    double tokens;
+    int64_t last_ms;
+    unsigned long long dropped; /* since the last log line about it */
+};
+
+/* The connection's identity: the first route frame the ROUTER prepended (NULL: none). */
+static const unsigned char *s_route_id(const wire_route_t *route, size_t *len)
+{
+    if (!route || route->n < 1 || route->len[0] == 0)
+        return NULL;
+    *len = route->len[0];
+    return route->data[0];
+}
+
+static struct coord_rate *s_bucket(coord_t *c, const unsigned char *id, size_t len, int64_t now)
+{
+    for (int i = 0; i < c->n_rates; i++) {
+        struct coord_rate *b = &c->rates[i];
+        if (b->len == len && memcmp(b->id, id, len) == 0)
+            return b;
+    }
+    /* forget idle connections before growing */
+    int k = 0;
+    for (int i = 0; i < c->n_rates; i++)
+        if (now - c->rates[i].last_ms < S_RATE_IDLE_MS)
+            c->rates[k++] = c->rates[i];
+    c->n_rates = k;
+    if (c->n_rates == c->cap_rates) {
+        int cap = c->cap_rates ? 2 * c->cap_rates : 16;
+        struct coord_rate *grown = realloc(c->rates, sizeof *grown * (size_t)cap);
+        if (!grown)
+            return NULL;
+        c->rates = grown;
+        c->cap_rates = cap;
+    }
+    struct coord_rate *b = &c->rates[c->n_rates++];
+    memset(b, 0, sizeof *b);
+    memcpy(b->id, id, len);
+    b->len = len;
+    b->tokens = c->cfg.rate_limit_burst;
+    b->last_ms = now;
+    return b;
+}
+
+int coord_guard_admit(coord_t *c, const wire_route_t *route)
+{
+    const double rate = c->cfg.rate_limit_msgs_per_s;
+    size_t len = 0;
+    const unsigned char *id = s_route_id(route, &len);
+    if (rate <= 0 || !id)
+        return 1;
+    const int64_t now = clock_mono_ms();
+    struct coord_rate *b = s_bucket(c, id, len, now);
+    if (!b)
+        return 1; /* out of memory: no limit rather than no service */
+    b->tokens += rate * (double)(now - b->last_ms) / 1000.0;
+    if (b->tokens > c->cfg.rate_limit_burst)
+        b->tokens = c->cfg.rate_limit_burst;
+    b->last_ms = now;
+    if (b->tokens >= 1.0) {
+        b->tokens -= 1.0;
+        return 1;
+    }
+    c->rate_dropped++;
+    c->dropped++;
+    if (b->dropped++ % 1000 == 0)
+        log_warn("a worker connection exceeds %d messages/s (burst %d): %llu dropped so far",
+                 c->cfg.rate_limit_msgs_per_s, c->cfg.rate_limit_burst, c->rate_dropped);
+    return 0;
+}
+
+void coord_guard_strike(coord_t *c, coord_worker_t *w, const char *why)
+{
+    c->bad_messages++;
+    if (!w || !coord_worker_is_live(w->state) || w->state == WORKER_QUARANTINED)
+        return;
+    w->strikes++;
+    const int limit = c->cfg.quarantine_after_bad_messages;
+    log_warn("worker %s: bad message %d%s: %s", w->id, w->strikes,
+             limit > 0 ? "" : " (quarantine off)", why);
+    if (limit > 0 && w->strikes >= limit) {
+        char detail[160];
+        snprintf(detail, sizeof detail, "%d malformed or out-of-plan messages, the last: %.100s",
+                 w->strikes, why);
+        coord_worker_quarantine(c, w, "bad messages", detail);
+    }
+}
+
+void coord_guard_strike_route(coord_t *c, const wire_route_t *route, const char *why)
+{
+    size_t len = 0;
+    const unsigned char *id = s_route_id(route, &len);
+    coord_worker_t *who = NULL;
+    for (int i = 0; id && i < c->n_workers && !who; i++) {
+        coord_worker_t *w = c->workers[i];
+        if (w->has_route && w->route.n >= 1 && w->route.len[0] == len &&
+            memcmp(w->route.data[0], id, len) == 0)
+            who = w;
+    }
+    coord_guard_strike(c, who, why);
+}
+
+/* The worker of r's plan at `replica` in the stage and ep rank of `like` (NULL: none). */
+static coord_worker_t *s_replica_worker(coord_t *c, const coord_run_t *r, uint32_t replica,
+                                        const plan_peer_t *like)
+{
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        const plan_peer_t *p = &r->plan.peers[i];
+        if (p->cell.replica == replica && p->cell.stage == like->cell.stage &&
+            p->cell.ep_rank == like->cell.ep_rank)
+            return coord_worker_by_id(c, p->worker_id);
+    }
+    return NULL;
+}
+
+void coord_guard_grad_report(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t rejected,
+                             const char *detail)
+{
+    const plan_peer_t *me = plan_find_worker(&r->plan, w->id);
+    const uint32_t dp = r->plan.dp;
+    if (!me || !rejected || dp < 2 || dp > 64)
+        return;
+    if (r->votes_gen != r->generation) {
+        memset(r->grad_votes, 0, sizeof r->grad_votes);
+        r->votes_gen = r->generation;
+    }
+    if (dp < 64 && rejected >> dp) {
+        coord_guard_strike(c, w, "step_report names replicas outside the plan's data_parallel");
+        return;
+    }
+    for (uint32_t i = 0; i < dp; i++) {
+        if (!(rejected >> i & 1) || i == me->cell.replica)
+            continue;
+        r->grad_votes[i] |= 1ull << me->cell.replica;
+        int votes = 0;
+        for (uint32_t j = 0; j < dp; j++)
+            votes += (int)(r->grad_votes[i] >> j & 1);
+        coord_worker_t *bad = s_replica_worker(c, r, i, me);
+        /* a strict majority of the replica's peers: one liar cannot quarantine an honest
+         * worker unless data_parallel is 2 (then there is nobody to outvote it) */
+        if (bad && 2 * votes > (int)dp - 1) {
+            char why[160];
+            snprintf(why, sizeof why, "gradient rejected by %d of %u peers: %.100s", votes,
+                     dp - 1, detail[0] ? detail : "no detail");
+            coord_worker_quarantine(c, bad, "gradient rejected", why);
+        }
+    }
+}
+
+void coord_guard_counters(const coord_t *c, coord_guard_counters_t *out)
+{
+    out->rate_dropped = c->rate_dropped;
+    out->bad_messages = c->bad_messages;
+    out->quarantines = c->quarantines;
+}
