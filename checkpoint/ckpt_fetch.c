@@ -216,6 +216,11 @@ static shoal_err_t s_fetch_from(void *zctx, const ckpt_source_t *src, const ckpt
     shoal_err_t rc = SHOAL_OK;
     char path[PATH_MAX];
     uint64_t next_id = 1;
+    zsec_keys_t keys;
+    if (ckpt_repl_curve_keys(&keys) && zsec_client(sock, &keys, src->public_key) != SHOAL_OK) {
+        rc = shoal_fail_context(SHOAL_ERR_INVALID, "%s (holder %s)", src->endpoint, src->worker);
+        goto out;
+    }
     if (zmq_connect(sock, src->endpoint) != 0) {
         rc = shoal_fail(SHOAL_ERR_INVALID, "%s: %s", src->endpoint, zmq_strerror(errno));
         goto out;

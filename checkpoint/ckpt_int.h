@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 
+#include "zsec.h"
 #include "ckpt.h"
 
 #define CKPT_MODEL_FILE "model.safetensors"
@@ -39,5 +40,8 @@ shoal_err_t ckpt_manifest_write(const char *dir, int64_t step);
 /* SHOAL_OK when the config.json at `path` equals `expect`, else SHOAL_ERR_INVALID naming the
  * file and the first differing key; errors of model_config_load. */
 shoal_err_t ckpt_config_check(const char *path, const model_config_t *expect);
+
+/* ckpt_serve.c: the keys ckpt_repl_set_curve gave (1), or 0 for plaintext. */
+int ckpt_repl_curve_keys(zsec_keys_t *out);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ckpt.h"
+#include "zsec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,6 +24,13 @@ extern "C" {
 #define CKPT_REPL_MAX_ROOTS 8      /* directories one server serves from */
 #define CKPT_REPL_MAX_SOURCES 8    /* holders tried for one shard */
 #define CKPT_REPL_ENDPOINT_MAX 256
+
+/* CURVE for the shard servers created and the fetches made after this call in this process
+ * (call it once at start; keys copied): a server is a CURVE server with `keys` (any CURVE key
+ * may ask: what a fetcher gets it verifies against the coordinator's digests), a fetch dials a
+ * holder with the holder's ckpt_source_t.public_key (a source without one fails). NULL:
+ * plaintext. */
+void ckpt_repl_set_curve(const zsec_keys_t *keys);
 
 /* ---- server ----------------------------------------------------------------------------- */
 
@@ -57,6 +65,7 @@ typedef struct {
     char worker[64];
     char endpoint[CKPT_REPL_ENDPOINT_MAX];
     char path[PATH_MAX];
+    char public_key[ZSEC_KEY_LEN + 1]; /* the holder's CURVE key ("" plaintext) */
 } ckpt_source_t;
 
 /* The files a shard dir holds (manifest.json among them) as the coordinator recorded them. */

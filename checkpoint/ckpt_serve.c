@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "ckpt_int.h"
 #include "ckpt_repl.h"
 #include "log.h"
 #include "shoal.pb-c.h"
@@ -29,7 +30,26 @@ struct ckpt_server {
     int n_roots;
     char roots[CKPT_REPL_MAX_ROOTS][PATH_MAX];
     char endpoint[CKPT_REPL_ENDPOINT_MAX];
+    zsec_zap_t *zap; /* CURVE (ckpt_repl_set_curve): admits any key */
 };
+
+static zsec_keys_t s_curve_keys;
+static atomic_int s_curve;
+
+void ckpt_repl_set_curve(const zsec_keys_t *keys)
+{
+    if (keys)
+        s_curve_keys = *keys;
+    atomic_store(&s_curve, keys != NULL);
+}
+
+int ckpt_repl_curve_keys(zsec_keys_t *out)
+{
+    if (!atomic_load(&s_curve))
+        return 0;
+    *out = s_curve_keys;
+    return 1;
+}
 
 /* A request's file: resolved, checked, opened. code/message describe a refusal. */
 typedef struct {
@@ -245,6 +265,12 @@ shoal_err_t ckpt_server_new(const char *bind, const char *advertise_host, const 
     }
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zsec_keys_t keys;
+    if (ckpt_repl_curve_keys(&keys)) {
+        SHOAL_CHECK_GOTO(zsec_zap_new(s->ctx, &s->zap), rc, fail);
+        SHOAL_CHECK_GOTO(zsec_zap_allow_any(s->zap, "shoal-shards"), rc, fail);
+        SHOAL_CHECK_GOTO(zsec_server(s->sock, &keys, "shoal-shards"), rc, fail);
+    }
     if (zmq_bind(s->sock, bind) != 0) {
         rc = shoal_fail(SHOAL_ERR_IO, "shard server: bind %s: %s", bind, zmq_strerror(errno));
         goto fail;
@@ -306,6 +332,7 @@ void ckpt_server_destroy(ckpt_server_t **sp)
     }
     if (s->sock)
         zmq_close(s->sock);
+    zsec_zap_destroy(&s->zap);
     if (s->ctx)
         zmq_ctx_term(s->ctx);
     pthread_mutex_destroy(&s->mu);

@@ -130,7 +130,8 @@ static shoal_err_t s_check_sources(size_t n, Shoal__ShardSource *const *src, con
     shoal_err_t rc = s_count(n, where);
     for (size_t i = 0; rc == SHOAL_OK && i < n; i++)
         if ((rc = s_str(src[i]->worker_id, WIRE_MAX_ID_LEN, where)) == SHOAL_OK &&
-            (rc = s_str(src[i]->endpoint, WIRE_MAX_TEXT_LEN, where)) == SHOAL_OK)
+            (rc = s_str(src[i]->endpoint, WIRE_MAX_TEXT_LEN, where)) == SHOAL_OK &&
+            (rc = s_str(src[i]->public_key, 40, where)) == SHOAL_OK)
             rc = s_str(src[i]->path, WIRE_MAX_TEXT_LEN, where);
     return rc;
 }

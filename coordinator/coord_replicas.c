@@ -103,6 +103,7 @@ static size_t s_live_sources(coord_t *c, const json_t *sh, Shoal__ShardSource *s
         Shoal__ShardSource s = SHOAL__SHARD_SOURCE__INIT;
         s.worker_id = hw->id;
         s.endpoint = hw->shard_endpoint;
+        s.public_key = hw->public_key;
         s.path = (char *)path;
         src[n] = s;
         ptrs[n] = &src[n];

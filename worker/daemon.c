@@ -547,8 +547,11 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     shoal_err_t rc = s_setup(d, cfg, endpoint, sizeof endpoint);
     if (rc == SHOAL_OK)
         rc = daemon_metrics_start(d);
-    if (rc == SHOAL_OK)
+    if (rc == SHOAL_OK) {
+        /* shard servers and fetches: CURVE with this worker's keys (ckpt_repl.h) */
+        ckpt_repl_set_curve(d->curve ? &d->keys : NULL);
         rc = daemon_replicas_start(d, endpoint, shard_endpoint, sizeof shard_endpoint);
+    }
     if (rc != SHOAL_OK)
         goto out;
     /* Register reports "cpu" or "cuda:N <name>" and the device's memory: the planner sizes cells

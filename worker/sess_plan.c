@@ -189,6 +189,7 @@ int sess_shard_from_pb(const Shoal__Cell *cell, const char *writer, Shoal__FileD
         snprintf(o->worker, sizeof o->worker, "%s", src[i]->worker_id);
         snprintf(o->endpoint, sizeof o->endpoint, "%s", src[i]->endpoint);
         snprintf(o->path, sizeof o->path, "%s", src[i]->path);
+        snprintf(o->public_key, sizeof o->public_key, "%s", src[i]->public_key);
         out->n_src++;
     }
     return 0;

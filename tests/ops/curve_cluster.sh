@@ -4,7 +4,8 @@
 # register; a read key may look but not drain; a key the coordinator does not list (or a client
 # that expects another coordinator key) cannot act at all; SIGHUP and `keys reload` admit a newly
 # listed key, a bad allow-list is refused with the old one kept; two CURVE workers train a run
-# together over the data plane with the keys the plan published.
+# together over the data plane with the keys the plan published, and copy each other's
+# checkpoint shards from their CURVE shard servers.
 . "$(dirname "${BASH_SOURCE[0]}")/ctl_lib.sh" "$1" curve
 unset SHOAL_INSECURE # this test is about what plaintext may not do
 
@@ -92,10 +93,16 @@ train:
   global_batch: 2
   seq_len: 16
   lr: 1e-3
+checkpoint:
+  every_steps: 3
+  replicas: 1
 YAML
 as admin submit "$tmp/run.yaml" >/dev/null || err "submit"
 done_run() { as reader status curve --json 2>/dev/null | grep -q "\"state\": *\"done\""; }
 poll_until 120 done_run || err "the CURVE run did not complete: $(as reader status curve 2>&1)"
 grep -q "CURVE key is not\|another CURVE key" "$tmp"/alpha.log "$tmp"/beta.log && err "a genuine peer's frame was refused"
+# checkpoint replication between the two (their shard servers are CURVE too)
+copied() { grep -q "holding a copy of" "$tmp"/alpha.log "$tmp"/beta.log; }
+poll_until 20 copied || err "no checkpoint shard copied over CURVE: $(grep -h "copy" "$tmp"/alpha.log "$tmp"/beta.log | tail -3)"
 [ "$fail" -eq 0 ] && echo "curve_cluster: ok"
 exit "$fail"
