@@ -89,12 +89,12 @@ model:
 data:
   files: [/usr/share/games/fortunes]
 train:
-  steps: 6
+  steps: 4
   global_batch: 2
   seq_len: 16
   lr: 1e-3
 checkpoint:
-  every_steps: 3
+  every_steps: 2
   replicas: 1
 YAML
 as admin submit "$tmp/run.yaml" >/dev/null || err "submit"
