@@ -34,6 +34,13 @@ printf 'keys_dir: %s\nallow_list: %s\n' "$k/coord" "$tmp/allow" >"$tmp/coord.yam
 "$bindir/shoal-coordinator" --state-dir "$tmp/plain" --listen "tcp://127.0.0.1:$wport" \
     >"$tmp/plain.log" 2>&1 && err "a TCP coordinator without keys started"
 grep -q "insecure" "$tmp/plain.log" || err "no word of --insecure: $(cat "$tmp/plain.log")"
+# the local (ipc) control socket relies on file permissions: 0660
+"$bindir/shoal-coordinator" --state-dir "$tmp/local" --listen "ipc://$tmp/local-w.sock" \
+    --control "ipc://$tmp/local-c.sock" >"$tmp/local.log" 2>&1 &
+local_pid=$!
+poll_until 10 test -S "$tmp/local-c.sock" || err "no ipc control socket: $(cat "$tmp/local.log")"
+[ "$(stat -c %a "$tmp/local-c.sock")" = 660 ] || err "control socket mode $(stat -c %a "$tmp/local-c.sock")"
+kill "$local_pid"; wait "$local_pid"
 
 "$bindir/shoal-coordinator" --state-dir "$tmp/coord" --listen "tcp://127.0.0.1:$wport" \
     --control "$ctl" --config "$tmp/coord.yaml" >"$tmp/coord.log" 2>&1 &
