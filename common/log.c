@@ -1,4 +1,5 @@
-/* log.c: leveled logging to stderr, one write per line so concurrent processes do not interleave. */
+/* log.c: leveled logging to stderr, one write per line so that concurrent processes do not
+ * interleave. */
 #include "log.h"
 
 #include <jansson.h>
@@ -91,7 +92,11 @@ static void s_utf8_sanitize(char *s, size_t n)
     size_t i = 0;
     while (i < n) {
         unsigned char b = (unsigned char)s[i];
-        size_t len = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xe ? 3 : (b >> 3) == 0x1e ? 4 : 0;
+        size_t len = b < 0x80           ? 1
+                     : (b >> 5) == 0x6  ? 2
+                     : (b >> 4) == 0xe  ? 3
+                     : (b >> 3) == 0x1e ? 4
+                                        : 0;
         int ok = len > 0 && i + len <= n;
         for (size_t k = 1; ok && k < len; k++)
             ok = ((unsigned char)s[i + k] >> 6) == 0x2;

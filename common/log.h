@@ -33,10 +33,10 @@ void log_set_format(log_format_t format);
 log_format_t log_format_auto(void);
 void log_emit(log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define LOG_AT(lvl, ...)                                                                      \
-    do {                                                                                      \
-        if ((lvl) <= log_threshold)                                                           \
-            log_emit((lvl), __VA_ARGS__);                                                     \
+#define LOG_AT(lvl, ...)                                                                           \
+    do {                                                                                           \
+        if ((lvl) <= log_threshold)                                                                \
+            log_emit((lvl), __VA_ARGS__);                                                          \
     } while (0)
 #define log_error(...) LOG_AT(LOG_LVL_ERROR, __VA_ARGS__)
 #define log_warn(...) LOG_AT(LOG_LVL_WARN, __VA_ARGS__)

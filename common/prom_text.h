@@ -23,7 +23,6 @@ void prom_family(prom_text_t *t, const char *name, const char *type, const char 
 /* One sample "name{k1="v1",...} value": the label pairs follow as const char * key, value, ...,
  * ended by NULL. Label values are escaped (\\, \", \n); values print as Prometheus reads them
  * (NaN, +Inf, -Inf, integers without exponent up to 2^53). */
-void prom_sample(prom_text_t *t, const char *name, double value, ...)
-    __attribute__((sentinel));
+void prom_sample(prom_text_t *t, const char *name, double value, ...) __attribute__((sentinel));
 
 #endif

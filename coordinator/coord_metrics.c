@@ -85,15 +85,15 @@ static s_ckpt_t s_checkpoint(coord_t *c, const coord_run_t *r)
         const json_t *sh = json_array_get(shards, i);
         const json_t *files = json_object_get(sh, "files");
         for (size_t f = 0; f < json_array_size(files); f++)
-            out.bytes += (uint64_t)json_integer_value(json_object_get(json_array_get(files, f),
-                                                                       "size"));
+            out.bytes +=
+                (uint64_t)json_integer_value(json_object_get(json_array_get(files, f), "size"));
         /* live holders: the listed holders, else (before any copy) the writer alone */
         const json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
         int live = 0;
         if (json_array_size(holders))
             for (size_t h = 0; h < json_array_size(holders); h++)
-                live += s_live_holder(c, json_string_value(json_object_get(
-                                             json_array_get(holders, h), "worker")));
+                live += s_live_holder(
+                    c, json_string_value(json_object_get(json_array_get(holders, h), "worker")));
         else
             live = s_live_holder(c, json_string_value(json_object_get(sh, "worker")));
         if (live < least)
@@ -139,9 +139,9 @@ static void s_render_runs(coord_t *c, prom_text_t *t)
         prom_family(t, fam[f].name, fam[f].type, fam[f].help);
         for (int i = 0; i < c->n_runs; i++) {
             const coord_run_t *r = c->runs[i];
-            double v[] = {(double)r->committed_step,  (double)r->total_steps,
-                          r->loss,                    s_run_tokens_per_s(c, r),
-                          (double)r->generation,      (double)r->plan.n_peers};
+            double v[] = {
+                (double)r->committed_step, (double)r->total_steps, r->loss,
+                s_run_tokens_per_s(c, r),  (double)r->generation,  (double)r->plan.n_peers};
             prom_sample(t, fam[f].name, v[f], "run", r->name, NULL);
         }
     }
@@ -176,9 +176,15 @@ static void s_render_runs(coord_t *c, prom_text_t *t)
             int64_t step_ms = s_step_commit_ms(r, r->checkpoint_step);
             double v;
             switch (f) {
-            case 0: v = (double)r->checkpoint_step; break;
-            case 1: v = (double)(now - ck[i].committed_ms) / 1000.0; break;
-            case 2: v = (double)ck[i].bytes; break;
+            case 0:
+                v = (double)r->checkpoint_step;
+                break;
+            case 1:
+                v = (double)(now - ck[i].committed_ms) / 1000.0;
+                break;
+            case 2:
+                v = (double)ck[i].bytes;
+                break;
             case 3:
                 if (!step_ms) /* committed before this coordinator started */
                     continue;
@@ -186,7 +192,9 @@ static void s_render_runs(coord_t *c, prom_text_t *t)
                 if (v < 0)
                     v = 0;
                 break;
-            default: v = ck[i].replicas; break;
+            default:
+                v = ck[i].replicas;
+                break;
             }
             prom_sample(t, cfam[f].name, v, "run", r->name, NULL);
         }
@@ -236,12 +244,24 @@ static void s_render_workers(coord_t *c, prom_text_t *t)
                     continue;
                 v = (double)(now - w->last_seen_ms) / 1000.0;
                 break;
-            case 1: v = (double)w->step; break;
-            case 2: v = w->loss; break;
-            case 3: v = w->tokens_per_s; break;
-            case 4: v = w->step_seconds; break;
-            case 5: v = w->comm_wait_ratio; break;
-            default: v = w->quarantine[0] != 0; break;
+            case 1:
+                v = (double)w->step;
+                break;
+            case 2:
+                v = w->loss;
+                break;
+            case 3:
+                v = w->tokens_per_s;
+                break;
+            case 4:
+                v = w->step_seconds;
+                break;
+            case 5:
+                v = w->comm_wait_ratio;
+                break;
+            default:
+                v = w->quarantine[0] != 0;
+                break;
             }
             prom_sample(t, fam[f].name, v, "worker", w->name, NULL);
         }
@@ -290,8 +310,7 @@ void coord_metrics_publish(coord_t *c)
         log_warn("metrics: out of memory rendering the snapshot; the previous one stays");
         return;
     }
-    if (metrics_http_publish(c->metrics_http, c->metrics_text.buf, c->metrics_text.len) !=
-        SHOAL_OK)
+    if (metrics_http_publish(c->metrics_http, c->metrics_text.buf, c->metrics_text.len) != SHOAL_OK)
         log_warn("metrics: %s", shoal_errmsg());
 }
 

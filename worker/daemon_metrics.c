@@ -31,9 +31,9 @@ void daemon_metrics_publish(daemon_t *d)
 {
     if (!d->http)
         return;
-    static const char *const activities[] = {"idle",          "loading",  "training",
-                                             "waiting",       "checkpointing",
-                                             "draining",      "failed",   "state_missing"};
+    static const char *const activities[] = {"idle",    "loading",       "training",
+                                             "waiting", "checkpointing", "draining",
+                                             "failed",  "state_missing"};
     prom_text_t *t = &d->http_text;
     prom_text_reset(t);
     const char *run = d->plan ? d->plan->run_id : "";
@@ -52,6 +52,8 @@ void daemon_metrics_publish(daemon_t *d)
          "fraction of the last step spent inside collectives (waiting included)"},
         {"shoal_worker_plan_generation", "gauge", "generation of the plan the worker trains"},
         {"shoal_worker_steps_total", "counter", "steps this process trained"},
+        {"shoal_worker_comm_forged_frames_total", "counter",
+         "data-plane frames dropped: their connection's CURVE key was not the claimed rank's"},
     };
     double v[] = {
         (double)d->status_step,
@@ -61,6 +63,7 @@ void daemon_metrics_publish(daemon_t *d)
         d->last_step_s > 0 ? d->last_comm_s / d->last_step_s : 0,
         d->plan ? (double)d->plan->generation : 0,
         (double)d->steps_trained,
+        (double)comm_dropped_frames(),
     };
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
         prom_family(t, fam[f].name, fam[f].type, fam[f].help);

@@ -1,11 +1,15 @@
 /* test_log: the three line formats of common/log: plain, journald's "<N>" priority prefix (chosen
  * only when $JOURNAL_STREAM names stderr), and JSON objects that parse, with escaping and UTF-8
  * repair. stderr is redirected to a temporary file and read back. */
+
+/* cmocka.h needs these first */
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+// clang-format on
 
 #include <jansson.h>
 #include <stdio.h>
@@ -164,8 +168,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_plain_line, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_journal_only_when_stream_matches, s_setup,
-                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_journal_only_when_stream_matches, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_json_lines_parse, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_json_long_message_fits, s_setup, s_teardown),
     };

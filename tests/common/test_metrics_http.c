@@ -2,11 +2,15 @@
  * the /metrics server over a real loopback socket: 503 before the first publish, the published
  * bytes after, 404 elsewhere, 405 for POST, the newest text after a republish, bad listen
  * addresses refused and a taken port reported. */
+
+/* cmocka.h needs these first */
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+// clang-format on
 
 #include <arpa/inet.h>
 #include <math.h>
@@ -109,8 +113,9 @@ static void test_server(void **state)
 static void test_bad_listen(void **state)
 {
     (void)state;
-    static const char *const bad[] = {"", "9100", "127.0.0.1:", "127.0.0.1:65536",
-                                      "127.0.0.1:-1", "host.example:9100", "1.2.3:80"};
+    static const char *const bad[] = {
+        "",        "9100", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "host.example:9100",
+        "1.2.3:80"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         metrics_http_t *m = (metrics_http_t *)&bad; /* must come back NULL */
         assert_int_equal(metrics_http_start(bad[i], &m), SHOAL_ERR_INVALID);
