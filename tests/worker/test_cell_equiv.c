@@ -10,6 +10,8 @@
  *   test_cell_equiv PP EP DP STEPS --reshard PP2 EP2 DP2 AT
  *       trains AT steps under (PP, EP, DP), checkpoints, resumes from those shards under
  *       (PP2, EP2, DP2) and trains to STEPS: the losses continue as the uninterrupted run's.
+ *   ... --bf16 (last): the same in train.precision bf16 (kernels/kgemm.h), single process
+ *       included; skips (77) where the CPU or the build has no bf16.
  */
 #include <cblas.h>
 #include <math.h>
@@ -23,6 +25,7 @@
 #include "ckpt.h"
 #include "ckpt_export.h"
 #include "fsutil.h"
+#include "kgemm.h"
 #include "model.h"
 #include "model_dir.h"
 #include "runspec.h"
@@ -46,6 +49,7 @@ static const char s_yaml[] = "name: equiv\n"
                              "  lr: 3e-3\n"
                              "  warmup_steps: 3\n"
                              "  clip_grad_norm: 0.5\n"
+                             "  precision: %s\n"
                              "checkpoint:\n"
                              "  dir: unused\n"
                              "  keep: 2\n";
@@ -265,8 +269,11 @@ static int s_compare_export(const char *tag, char dirs[][600], int n_dirs, const
 
 int main(int argc, char **argv)
 {
+    const int bf16 = argc > 1 && strcmp(argv[argc - 1], "--bf16") == 0;
+    argc -= bf16;
     if (argc != 5 && argc != 10) {
-        fprintf(stderr, "usage: %s PP EP DP STEPS [--reshard PP2 EP2 DP2 AT]\n", argv[0]);
+        fprintf(stderr, "usage: %s PP EP DP STEPS [--reshard PP2 EP2 DP2 AT] [--bf16]\n",
+                argv[0]);
         return 2;
     }
     const int pp = atoi(argv[1]), ep = atoi(argv[2]), dp = atoi(argv[3]), steps = atoi(argv[4]);
@@ -278,8 +285,12 @@ int main(int argc, char **argv)
         printf("SKIP: /usr/share/games/fortunes missing (Debian package fortunes)\n");
         return 77;
     }
-    char yaml[sizeof s_yaml + 16];
-    snprintf(yaml, sizeof yaml, s_yaml, steps);
+    if (bf16 && kgemm_check(KGEMM_BF16) != SHOAL_OK) {
+        printf("SKIP: %s\n", shoal_errmsg());
+        return 77;
+    }
+    char yaml[sizeof s_yaml + 32];
+    snprintf(yaml, sizeof yaml, s_yaml, steps, bf16 ? "bf16" : "fp32");
     if (runspec_load_string(yaml, "test spec", &s_spec) != SHOAL_OK)
         s_die("spec");
     snprintf(s_tmp, sizeof s_tmp, "/tmp/shoal-equiv-XXXXXX");
@@ -293,7 +304,7 @@ int main(int argc, char **argv)
     static char dirs[S_MAX_CELLS][600], dirs2[S_MAX_CELLS][600];
     int n_dirs = 0, n_dirs2 = 0, bad = 0;
     char tag[64];
-    snprintf(tag, sizeof tag, "pp%d-ep%d-dp%d", pp, ep, dp);
+    snprintf(tag, sizeof tag, "pp%d-ep%d-dp%d%s", pp, ep, dp, bf16 ? "-bf16" : "");
     if (argc == 5) {
         bad |= s_run(pp, ep, dp, 0, steps, NULL, 0, tag, got, dirs, &n_dirs);
         if (!bad)
