@@ -5,7 +5,8 @@
 # runbook says to look for: a second institution's worker takes a cell; a host's drained workers
 # leave the plan while the run steps on; after a SIGKILL the coordinator restarts from its state
 # dir, the run continues and the ledger verifies; new workers take the cells of drained old
-# ones and write the next checkpoint; the plot marks the plan changes. CURVE throughout: keys
+# ones and write the next checkpoint; the plot of the moved run holds pixels of both curves'
+# colours and of the join and drain markers (png_colours.py). CURVE throughout: keys
 # made with shoalctl keys new, an allow-list reloaded with SIGHUP.
 # Usage: runbooks.sh BINDIR RUNBOOKS.md
 set -u
@@ -57,6 +58,10 @@ has "^w[0-9]+ +new-cpu1 +active +r1 +r[0-9]/s0/e0" "move: new-cpu1 holds no cell
 has "cell r[0-9]/s0/e0 written by w[45]," "move: no checkpoint written by the new workers"
 has "^plotted [0-9]+ step\(s\) and [1-9][0-9]* plan change\(s\) to move.png" "move: no plot"
 [ -s "$tmp/r/move.png" ] || err "move.png missing"
+# the plot of the moved run: both curves, the joins (green) and the drains (purple) drawn
+python3 "$(dirname "$0")/png_colours.py" "$tmp/r/move.png" 1f77b4 ff7f0e 2ca02c 9467bd >"$tmp/colours" &&
+    awk '{ n[$1] = $2 } END { exit !(n["1f77b4"] > 500 && n["ff7f0e"] > 500 && n["2ca02c"] > 100 && n["9467bd"] > 100) }' \
+        "$tmp/colours" || err "move.png lacks a curve or a marker: $(cat "$tmp/colours" 2>&1)"
 # the status after the restart is running again at a later step than before the kill
 python3 - "$tmp/out" <<'PY' || err "coordinator loss: the run did not go on after the restart"
 import re, sys

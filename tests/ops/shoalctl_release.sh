@@ -123,7 +123,9 @@ done
 # plot of the release
 expect 0 plot "$tmp/rel" --out "$tmp/rel.png"
 grep -q "plotted 12 step(s)" "$tmp/out" || err "plot output: $(cat "$tmp/out")"
-head -c 8 "$tmp/rel.png" | od -An -tx1 | grep -q "89 50 4e 47 0d 0a 1a 0a" || err "rel.png is not a PNG"
+python3 "$(dirname "$0")/png_colours.py" "$tmp/rel.png" 1f77b4 ff7f0e >"$tmp/colours" &&
+    awk '{ n[$1] = $2 } END { exit !(n["1f77b4"] > 500 && n["ff7f0e"] > 500) }' "$tmp/colours" ||
+    err "rel.png lacks a curve: $(cat "$tmp/colours" 2>&1)"
 
 # plot of the run from the coordinator's ledger and the workers' metrics files, as SVG
 expect 0 plot rel --metrics "$tmp/w1.jsonl,$tmp/w2.jsonl" --out "$tmp/rel.svg"
