@@ -266,7 +266,8 @@ extern "C" shoal_err_t model_gpu_new(const model_layout_t *lay, int max_B, int T
                                             .K = c->num_experts_per_tok,
                                             .n_group = c->n_group,
                                             .topk_group = c->topk_group,
-                                            .rsf = (float)c->routed_scaling_factor}};
+                                            .rsf = (float)c->routed_scaling_factor},
+                                 .prec = KGEMM_FP32}; /* host GEMMs only; the device's: flags */
         SHOAL_CHECK_GOTO(s_cuda(cudaStreamCreate(&m->stream), "stream"), rc, fail);
         SHOAL_CHECK_GOTO(kblas_check(cublasCreate(&m->blas), "device model: cublasCreate"), rc,
                          fail);
