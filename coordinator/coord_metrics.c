@@ -289,6 +289,17 @@ static void s_render_coordinator(coord_t *c, prom_text_t *t)
                 "messages dropped (stale generation, outside the lease, malformed, unknown "
                 "sender) since the coordinator started");
     prom_sample(t, "shoal_messages_dropped_total", (double)c->dropped, NULL);
+    coord_guard_counters_t g;
+    coord_guard_counters(c, &g);
+    prom_family(t, "shoal_messages_rate_limited_total", "counter",
+                "worker messages dropped over the per-connection rate limit");
+    prom_sample(t, "shoal_messages_rate_limited_total", (double)g.rate_dropped, NULL);
+    prom_family(t, "shoal_messages_bad_total", "counter",
+                "malformed or out-of-plan worker messages (each a strike towards quarantine)");
+    prom_sample(t, "shoal_messages_bad_total", (double)g.bad_messages, NULL);
+    prom_family(t, "shoal_quarantines_total", "counter",
+                "workers quarantined since the coordinator started");
+    prom_sample(t, "shoal_quarantines_total", (double)g.quarantines, NULL);
     prom_family(t, "shoal_plan_generation", "gauge", "highest plan generation of any run");
     prom_sample(t, "shoal_plan_generation", (double)c->last_generation, NULL);
 }

@@ -164,7 +164,9 @@ for ln in open(sys.argv[1]):
 for need in ("shoal_run_step", "shoal_run_loss", "shoal_run_tokens_per_second",
              "shoal_run_plan_generation", "shoal_worker_comm_wait_ratio",
              "shoal_checkpoint_duration_seconds", "shoal_checkpoint_replicas",
-             "shoal_messages_dropped_total", "shoal_workers_quarantined"):
+             "shoal_messages_dropped_total", "shoal_workers_quarantined",
+             "shoal_messages_rate_limited_total", "shoal_messages_bad_total",
+             "shoal_quarantines_total"):
     if need not in type_:
         bad.append("missing family " + need)
 print("\n".join(bad))
