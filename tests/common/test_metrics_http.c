@@ -12,15 +12,13 @@
 #include <cmocka.h>
 // clang-format on
 
-#include <arpa/inet.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
+#include "http_get.h"
 #include "metrics_http.h"
 #include "prom_text.h"
 
@@ -55,32 +53,6 @@ static void test_text_format(void **state)
     prom_text_fini(&t);
 }
 
-/* One HTTP/1.0 request to 127.0.0.1:port; the status code, the body into body[cap]. */
-static int s_http(unsigned port, const char *method, const char *path, char *body, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    char req[256];
-    int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: x\r\n\r\n", method, path);
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    static char resp[65536];
-    size_t got = 0;
-    ssize_t r;
-    while ((r = read(fd, resp + got, sizeof resp - 1 - got)) > 0)
-        got += (size_t)r;
-    close(fd);
-    resp[got] = 0;
-    int code = 0;
-    assert_int_equal(sscanf(resp, "HTTP/1.%*d %d", &code), 1);
-    const char *b = strstr(resp, "\r\n\r\n");
-    assert_non_null(b);
-    snprintf(body, cap, "%s", b + 4);
-    return code;
-}
-
 static void test_server(void **state)
 {
     (void)state;
@@ -89,15 +61,15 @@ static void test_server(void **state)
     unsigned port = metrics_http_port(m);
     assert_true(port > 0);
     char body[4096];
-    assert_int_equal(s_http(port, "GET", "/metrics", body, sizeof body), 503);
+    assert_int_equal(test_http(port, "GET", "/metrics", body, sizeof body), 503);
     const char text[] = "# HELP a b\n# TYPE a gauge\na 1\n";
     assert_int_equal(metrics_http_publish(m, text, sizeof text - 1), SHOAL_OK);
-    assert_int_equal(s_http(port, "GET", "/metrics", body, sizeof body), 200);
+    assert_int_equal(test_http(port, "GET", "/metrics", body, sizeof body), 200);
     assert_string_equal(body, text);
-    assert_int_equal(s_http(port, "GET", "/", body, sizeof body), 404);
-    assert_int_equal(s_http(port, "POST", "/metrics", body, sizeof body), 405);
+    assert_int_equal(test_http(port, "GET", "/", body, sizeof body), 404);
+    assert_int_equal(test_http(port, "POST", "/metrics", body, sizeof body), 405);
     assert_int_equal(metrics_http_publish(m, "b 2\n", 4), SHOAL_OK);
-    assert_int_equal(s_http(port, "GET", "/metrics", body, sizeof body), 200);
+    assert_int_equal(test_http(port, "GET", "/metrics", body, sizeof body), 200);
     assert_string_equal(body, "b 2\n");
     /* the same port again: taken */
     char addr[64];

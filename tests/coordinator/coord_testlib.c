@@ -438,11 +438,17 @@ int tc_worker_heartbeat_detail(tc_worker_t *w, int64_t step, int activity, const
 
 int tc_worker_step(tc_worker_t *w, int64_t step, float loss)
 {
+    return tc_worker_step_timed(w, step, loss, 0.01f, 0.0f);
+}
+
+int tc_worker_step_timed(tc_worker_t *w, int64_t step, float loss, float secs, float comm_secs)
+{
     Shoal__StepReport sr = SHOAL__STEP_REPORT__INIT;
     sr.step = step;
     sr.loss = loss;
     sr.tokens = 2048;
-    sr.duration_s = 0.01f;
+    sr.duration_s = secs;
+    sr.comm_seconds = comm_secs;
     sr.grad_norm = 1.0f;
     Shoal__Envelope env;
     wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_REPORT, "", "", 0, 0);

@@ -79,6 +79,8 @@ int tc_worker_heartbeat_activity(tc_worker_t *w, int64_t step, int activity);
 /* A heartbeat with the given activity and detail text. */
 int tc_worker_heartbeat_detail(tc_worker_t *w, int64_t step, int activity, const char *detail);
 int tc_worker_step(tc_worker_t *w, int64_t step, float loss);
+/* A StepReport with the step's wall time and its time in collectives (metrics). */
+int tc_worker_step_timed(tc_worker_t *w, int64_t step, float loss, float secs, float comm_secs);
 int tc_worker_ckpt(tc_worker_t *w, int64_t step);
 int tc_worker_get_assignment(tc_worker_t *w);
 /* Handles pushed messages (assignments, step commits, run controls) for `ms`. */

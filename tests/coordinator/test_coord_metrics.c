@@ -1,0 +1,138 @@
+/* test_coord_metrics: the real shoal-coordinator with metrics_listen, driven by a fake DEALER
+ * worker through a run: its /metrics must hold the values the worker reported (step time, comm
+ * wait ratio, loss, the committed step, the plan generation), the states, and the checkpoint's
+ * step, bytes, age, duration and replicas once its manifest is committed. */
+/* cmocka.h needs these first */
+// clang-format off
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+// clang-format on
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "coord_testlib.h"
+#include "http_get.h"
+#include "wire.h"
+
+static char s_root[128], s_dir[160];
+
+static int s_setup(void **state)
+{
+    (void)state;
+    if (tc_tmpdir_make(s_root, sizeof s_root, "shoal-cm") != 0)
+        return -1;
+    snprintf(s_dir, sizeof s_dir, "%s/t", s_root);
+    return mkdir(s_dir, 0755);
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    return tc_tmpdir_remove(s_root);
+}
+
+/* A port nobody listens on now. */
+static unsigned s_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* The value of the sample whose line starts with `series` + " " in page; NAN when absent. */
+static double s_value(const char *page, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = page; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+    return NAN;
+}
+
+static void s_expect(const char *page, const char *series, double want, double tol)
+{
+    double got = s_value(page, series);
+    if (!(fabs(got - want) <= tol))
+        fail_msg("%s = %g, expected %g (+- %g)\n%s", series, got, want, tol, page);
+}
+
+static void test_run_series(void **state)
+{
+    (void)state;
+    unsigned port = s_free_port();
+    char yaml[256];
+    snprintf(yaml, sizeof yaml, "heartbeat_interval_ms: 100\nmetrics_listen: 127.0.0.1:%u\n", port);
+    tc_pid = tc_start(s_dir, yaml);
+    static char page[1 << 20];
+    assert_int_equal(test_http(port, "GET", "/metrics", page, sizeof page), 200);
+    s_expect(page, "shoal_messages_dropped_total", 0, 0);
+
+    tc_reply_t r;
+    const char *spec = "name: met\ndata: {files: [/usr/share/games/fortunes]}\n"
+                       "train: {steps: 50, global_batch: 2, seq_len: 16, lr: 0.001}\n"
+                       "checkpoint: {every_steps: 2}\n";
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    tc_worker_t a;
+    assert_int_equal(tc_worker_open(&a, s_dir, "ma"), 0);
+    assert_int_equal(tc_worker_register(&a), 0);
+    for (int i = 0; i < 100 && a.gen == 0; i++) {
+        (void)tc_worker_heartbeat(&a, 0);
+        tc_worker_pump(&a, 20);
+    }
+    assert_true(a.gen > 0);
+    assert_int_equal(tc_worker_step_timed(&a, 1, 4.0f, 0.5f, 0.125f), 0);
+    assert_int_equal(tc_worker_step_timed(&a, 2, 3.5f, 0.25f, 0.2f), 0);
+    assert_int_equal(tc_worker_ckpt(&a, 2), 0);
+    (void)tc_worker_heartbeat(&a, 2);
+    tc_worker_pump(&a, 700); /* the coordinator publishes every 500 ms */
+
+    assert_int_equal(test_http(port, "GET", "/metrics", page, sizeof page), 200);
+    s_expect(page, "shoal_run_step{run=\"met\"}", 2, 0);
+    s_expect(page, "shoal_run_target_steps{run=\"met\"}", 50, 0);
+    s_expect(page, "shoal_run_loss{run=\"met\"}", 3.5, 1e-6);
+    s_expect(page, "shoal_run_state{run=\"met\",state=\"running\"}", 1, 0);
+    s_expect(page, "shoal_run_state{run=\"met\",state=\"pending\"}", 0, 0);
+    s_expect(page, "shoal_run_plan_generation{run=\"met\"}", (double)a.gen, 0);
+    s_expect(page, "shoal_run_plan_workers{run=\"met\"}", 1, 0);
+    s_expect(page, "shoal_worker_state{worker=\"ma\",state=\"active\"}", 1, 0);
+    s_expect(page, "shoal_worker_step{worker=\"ma\"}", 2, 0);
+    s_expect(page, "shoal_worker_step_seconds{worker=\"ma\"}", 0.25, 1e-6);
+    s_expect(page, "shoal_worker_comm_wait_ratio{worker=\"ma\"}", 0.8, 1e-6);
+    s_expect(page, "shoal_worker_heartbeat_age_seconds{worker=\"ma\"}", 1, 1); /* 0..2 s */
+    s_expect(page, "shoal_worker_quarantined{worker=\"ma\"}", 0, 0);
+    s_expect(page, "shoal_workers{state=\"active\"}", 1, 0);
+    /* the checkpoint of step 2: one shard of one 4096-byte file, no copies */
+    s_expect(page, "shoal_checkpoint_step{run=\"met\"}", 2, 0);
+    s_expect(page, "shoal_checkpoint_bytes{run=\"met\"}", 4096, 0);
+    s_expect(page, "shoal_checkpoint_replicas{run=\"met\"}", 0, 0);
+    s_expect(page, "shoal_checkpoint_age_seconds{run=\"met\"}", 1, 1);
+    s_expect(page, "shoal_checkpoint_duration_seconds{run=\"met\"}", 1, 1);
+    assert_true(s_value(page, "shoal_messages_handled_total") >= 6);
+
+    tc_worker_close(&a);
+    assert_int_equal(tc_stop(tc_pid, SIGTERM), 0);
+    tc_pid = 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_run_series, tc_kill_leftover),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
