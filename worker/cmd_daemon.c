@@ -37,7 +37,10 @@ static void s_usage(FILE *f)
             "  --log-level L        error|warn|info|debug (default info)\n"
             "  --log-format F       plain (journald priority prefixes under systemd) or json\n"
             "  --metrics FILE       append one JSON line per step\n"
-            "  --metrics-listen A:P serve Prometheus /metrics on ADDR:PORT\n");
+            "  --metrics-listen A:P serve Prometheus /metrics on ADDR:PORT\n"
+            "  --keys DIR           CURVE keys: DIR/key.secret (0600), key.public and the\n"
+            "                       coordinator's coordinator.public (ops/SECURITY.md)\n"
+            "  --insecure           plaintext TCP (also SHOAL_INSECURE=1); logs a warning\n");
     daemon_config_print_flags(f);
 }
 
