@@ -111,8 +111,11 @@ static shoal_err_t s_up_keys(const char *root, int n_workers, char *cfg_path, si
         rc = fsutil_path(cfg_path, cap, "%s/coordinator.yaml", root);
     char yaml[2 * PATH_MAX + 64];
     if (rc == SHOAL_OK) {
-        snprintf(yaml, sizeof yaml, "keys_dir: %s/coordinator\nallow_list: %s\n", root, allow);
-        rc = fsutil_write_file(cfg_path, yaml, strlen(yaml));
+        int n = snprintf(yaml, sizeof yaml, "keys_dir: %s/coordinator\nallow_list: %s\n", root,
+                         allow);
+        rc = n > 0 && (size_t)n < sizeof yaml
+                 ? fsutil_write_file(cfg_path, yaml, (size_t)n)
+                 : shoal_fail(SHOAL_ERR_INVALID, "%s: path too long for the config", root);
     }
     memset(&coord, 0, sizeof coord);
     memset(&w, 0, sizeof w);
