@@ -407,7 +407,7 @@ static void s_cron(coord_t *c)
 }
 
 /* Reads up to COORD_BURST messages from one socket; every message gets an answer. */
-static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
+static void s_drain_burst(coord_t *c, void *sock, wire_handler_fn fn)
 {
     for (int i = 0; i < COORD_BURST; i++) {
         wire_route_t route;
@@ -441,6 +441,19 @@ static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
         }
         coord_outbox_flush(c);
     }
+}
+
+/* A burst of messages; registrations and heartbeats in it share one synced write (group commit:
+ * their answers wait in the outbox until it is done, so "durable before the answer" holds). A
+ * join took two fsyncs before (register, first heartbeat): 10,000 workers coming up, or a busy
+ * disk, queued every heartbeat behind them until live workers were declared dead. */
+static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn)
+{
+    c->in_burst = 1;
+    s_drain_burst(c, sock, fn);
+    c->in_burst = 0;
+    c->defer_commit = 0;
+    (void)coord_txn_commit(c);
 }
 
 shoal_err_t coord_poll_once(coord_t *c, int timeout_ms)

@@ -166,6 +166,8 @@ struct coord {
     coord_outmsg_t *outbox;
     size_t n_out, cap_out;
     int fail_stopped;
+    int in_burst, defer_commit; /* s_drain_socket: commits of write-only messages wait for the
+                                 * burst's end (coord_txn_commit returns SHOAL_OK meanwhile) */
     char fail_why[512];
     coord_control_t control;
     /* Prometheus /metrics (coord_metrics.c): NULL when --metrics-listen is unset */

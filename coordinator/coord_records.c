@@ -214,6 +214,8 @@ void coord_ledger(coord_t *c, const char *run, const char *kind, json_t *detail)
 
 shoal_err_t coord_txn_commit(coord_t *c)
 {
+    if (c->defer_commit && !c->fail_stopped)
+        return SHOAL_OK; /* the burst commits it, answers after (s_drain_socket) */
     shoal_err_t rc = SHOAL_OK;
     if (c->fail_stopped)
         rc = shoal_fail(SHOAL_ERR_DB, "stopping after a failed state write: %s", c->fail_why);

@@ -493,6 +493,15 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
     coord_t *c = ctx->c;
     const wire_route_t *route = ctx->route;
     c->handled++;
+    /* registrations and heartbeats only write (no handler of theirs reads the store back): they
+     * may share the burst's commit; anything else first sees what came before it on disk */
+    const int write_only = env->type == SHOAL__MSG_TYPE__MSG_REGISTER ||
+                           env->type == SHOAL__MSG_TYPE__MSG_HEARTBEAT;
+    if (!write_only && c->defer_commit) {
+        c->defer_commit = 0;
+        (void)coord_txn_commit(c);
+    }
+    c->defer_commit = write_only && c->in_burst;
     if (!coord_guard_admit(c, route))
         return; /* over its connection's rate: dropped unanswered (counted) */
     const s_worker_msg_t *m = NULL;
