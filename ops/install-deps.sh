@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-    build-essential clang cmake pkg-config
+    build-essential clang libclang-rt-dev cmake pkg-config
     libzmq3-dev libsodium-dev
     libprotobuf-c-dev protobuf-c-compiler
     librocksdb-dev
