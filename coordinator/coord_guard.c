@@ -157,9 +157,10 @@ void coord_guard_grad_report(coord_t *c, coord_run_t *r, coord_worker_t *w, uint
         for (uint32_t j = 0; j < dp; j++)
             votes += (int)(r->grad_votes[i] >> j & 1);
         coord_worker_t *bad = s_replica_worker(c, r, i, me);
-        /* a strict majority of the replica's peers: one liar cannot quarantine an honest
-         * worker unless data_parallel is 2 (then there is nobody to outvote it) */
-        if (bad && 2 * votes > (int)dp - 1) {
+        /* at least two accusers and a strict majority of the replica's peers: one liar (or
+         * one honest replica's mistaken decision) never quarantines a worker; with
+         * data_parallel 2 the step still leaves the gradient out, but nobody is quarantined */
+        if (bad && votes >= 2 && 2 * votes > (int)dp - 1) {
             char why[160];
             snprintf(why, sizeof why, "gradient rejected by %d of %u peers: %.100s", votes,
                      dp - 1, detail[0] ? detail : "no detail");

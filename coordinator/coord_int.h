@@ -362,8 +362,8 @@ void coord_guard_strike(coord_t *c, coord_worker_t *w, const char *why);
 /* The same for a message that could not be decoded: the worker whose last route it came on. */
 void coord_guard_strike_route(coord_t *c, const wire_route_t *route, const char *why);
 /* A StepReport of w (a member of r's current plan) naming replicas its step left out: each
- * named replica's worker (in w's stage and ep rank) is quarantined once a strict majority of
- * its dp - 1 peers named it in this generation. */
+ * named replica's worker (in w's stage and ep rank) is quarantined once at least two and a
+ * strict majority of its dp - 1 peers named it in this generation. */
 void coord_guard_grad_report(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t rejected,
                              const char *detail);
 

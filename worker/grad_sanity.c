@@ -46,7 +46,10 @@ shoal_err_t grad_sanity_decide(grad_sanity_t *s, const grad_report_t *rep, int n
     for (int i = 0; i < n; i++)
         if (rep[i].micro > 0 && rep[i].finite && isfinite(rep[i].norm))
             pool[np++] = rep[i].norm;
-    const double ref = np ? s_lower_median(pool, np) : 0.0;
+    /* the norm test needs a reference: three replicas this step, or a history; two honest
+     * replicas alone differ by more than k now and then (one micro-batch of outliers) */
+    const int norm_test = np - s->n_hist >= 3 || s->n_hist >= GRAD_SANITY_MIN_HISTORY;
+    const double ref = np && norm_test ? s_lower_median(pool, np) : 0.0;
     for (int i = 0; i < n; i++) {
         if (rep[i].micro <= 0)
             continue;

@@ -21,6 +21,8 @@ extern "C" {
 #define GRAD_SANITY_MAX_REPLICAS 64
 /* Accepted norms the running distribution keeps (the newest). */
 #define GRAD_SANITY_WINDOW 64
+/* Accepted norms needed before the norm test applies to fewer than 3 replicas with data. */
+#define GRAD_SANITY_MIN_HISTORY 8
 
 /* What a replica tells its peers about its share of the step. */
 typedef struct {
@@ -41,7 +43,8 @@ void grad_sanity_reset(grad_sanity_t *s, double k, uint64_t generation);
 
 /* Decides one step over n replicas (1 <= n <= GRAD_SANITY_MAX_REPLICAS): bit i of *rejected
  * is set for a replica with data whose gradient is non-finite, or whose norm exceeds k x the
- * lower median of the history and this step's finite norms. The accepted norms join the
+ * lower median of the history and this step's finite norms (the norm test only with 3 or more
+ * finite replicas this step or GRAD_SANITY_MIN_HISTORY norms in the history). The accepted norms join the
  * history. why (cap bytes) names the first rejection ("" when none). SHOAL_ERR_NUMERIC when
  * every replica holding data is rejected (nothing left to aggregate; the history is kept),
  * SHOAL_ERR_INVALID for n out of range. */

@@ -68,11 +68,18 @@ static void s_test_decide(void)
     CHECK(rej == 2, "x100 replica rejected: mask %llx", (unsigned long long)rej);
     CHECK(strstr(why, "replica 1") != NULL, "why names replica 1: '%s'", why);
     CHECK(s.n_hist == 2, "two accepted norms in the history, got %d", s.n_hist);
-    /* two replicas: the lower median keeps the honest norm as the reference */
-    grad_report_t r2[2] = {{1, 1.0, 1}, {1, 100.0, 1}};
+    /* two replicas and no history: no reference yet, only the finite test; after
+     * GRAD_SANITY_MIN_HISTORY accepted norms the lower median keeps the honest norm as the
+     * reference */
+    grad_report_t r2[2] = {{1, 1.0, 1}, {1, 100.0, 1}}, h2[2] = {{1, 1.0, 1}, {1, 1.1, 1}};
     grad_sanity_reset(&s, 10, 1);
+    CHECK(grad_sanity_decide(&s, r2, 2, &rej, why, sizeof why) == SHOAL_OK && rej == 0,
+          "dp 2 without history: no norm test, mask %llx", (unsigned long long)rej);
+    grad_sanity_reset(&s, 10, 1);
+    for (int i = 0; i < GRAD_SANITY_MIN_HISTORY / 2; i++)
+        (void)grad_sanity_decide(&s, h2, 2, &rej, why, sizeof why);
     CHECK(grad_sanity_decide(&s, r2, 2, &rej, why, sizeof why) == SHOAL_OK && rej == 2,
-          "dp 2: x100 rejected, mask %llx", (unsigned long long)rej);
+          "dp 2 with history: x100 rejected, mask %llx", (unsigned long long)rej);
     /* non-finite, and a replica without data is neither checked nor in the statistics */
     grad_report_t rn[3] = {{0, 0.0, 2}, {1, 5.0, 2}, {1, 1e9, 0}};
     grad_sanity_reset(&s, 10, 1);
