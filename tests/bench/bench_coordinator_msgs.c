@@ -84,6 +84,9 @@ static int s_coordinator(const char *dir, const char *listen)
         config_set(&cfg, "state_dir", dir, "bench") != SHOAL_OK ||
         config_set(&cfg, "listen", listen, "bench") != SHOAL_OK ||
         config_set(&cfg, "dead_after_ms", "600000", "bench") != SHOAL_OK ||
+        /* the raw throughput: no per-connection rate limit (a simulated worker sends thousands
+         * a second) */
+        config_set(&cfg, "rate_limit_msgs_per_s", "0", "bench") != SHOAL_OK ||
         config_finish(&cfg) != SHOAL_OK) {
         fprintf(stderr, "config: %s\n", shoal_errmsg());
         return 1;
