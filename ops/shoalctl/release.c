@@ -12,6 +12,7 @@
 
 #include "ctl_reply.h"
 #include "fsutil.h"
+#include "ledger_chain.h"
 #include "release.h"
 #include "sha256.h"
 #include "shoalctl.h"
@@ -34,6 +35,7 @@ typedef struct {
     runspec_t spec;
     char *spec_text;
     json_t *events, *verify, *plans, *data;
+    char pubkey_hex[2 * LEDGER_PUBKEY_LEN + 1];
     runlog_t log;
 } s_release_t;
 
@@ -47,12 +49,8 @@ int release_fetch_ledger(const ctl_opts_t *o, const char *run, json_t **events)
     uint64_t since = 0;
     int ex = CTL_EXIT_OK;
     for (size_t got = 1000; ex == CTL_EXIT_OK && got >= 1000;) {
-        ctl_reply_t reply = {0};
         json_t *doc = NULL;
-        ex = ctl_check_reply(o, ctl_client_events(c, run, since, 0, &reply), &reply);
-        if (ex == CTL_EXIT_OK && !(doc = ctl_reply_doc(o, &reply)))
-            ex = CTL_EXIT_ERROR;
-        ctl_reply_fini(&reply);
+        ex = ctl_events_page(o, c, run, since, 0, &doc);
         const json_t *page = json_object_get(doc, CTL_F_EVENTS);
         got = json_array_size(page);
         size_t i;
@@ -109,6 +107,43 @@ static int s_fetch_verify(s_release_t *r)
         ex = ctl_error(r->o, "run %s: ledger BROKEN at entry %llu: %s: not released", r->run_id,
                        (unsigned long long)v.first_bad, v.reason);
     return ex;
+}
+
+/* The run's entries checked here, in shoalctl, against the coordinator's Ed25519 public key as
+ * its last start recorded it in the cluster ledger: the result goes into the verification
+ * document ("signatures") and the key into *pubkey_hex ("" when no start recorded one). A
+ * failure is recorded, not fatal: entries from before signing verify by hash chain only. */
+static int s_check_signatures(s_release_t *r, char pubkey_hex[2 * LEDGER_PUBKEY_LEN + 1])
+{
+    json_t *cluster = NULL;
+    pubkey_hex[0] = 0;
+    int ex = release_fetch_ledger(r->o, "cluster", &cluster);
+    size_t i;
+    const json_t *e;
+    json_array_foreach(cluster, i, e)
+    {
+        const char *pk = ctl_json_str(json_object_get(e, CTL_F_DETAIL), "ledger_pubkey", "");
+        if (strcmp(ctl_json_str(e, CTL_F_KIND, ""), "coordinator_start") == 0 && pk[0])
+            snprintf(pubkey_hex, 2 * LEDGER_PUBKEY_LEN + 1, "%s", pk);
+    }
+    json_decref(cluster);
+    if (ex != CTL_EXIT_OK || !pubkey_hex[0])
+        return ex;
+    uint8_t pk[LEDGER_PUBKEY_LEN];
+    uint64_t n = 0, bad = 0;
+    char reason[256] = "";
+    if (ledger_pubkey_parse(pubkey_hex, pk) != SHOAL_OK)
+        snprintf(reason, sizeof reason, "%s", shoal_errmsg());
+    else
+        ledger_chain_check_array(r->events, pk, true, &n, &bad, reason, sizeof reason);
+    json_object_set_new(r->verify, "signatures",
+                        json_pack("{s:s, s:b, s:I, s:I, s:s}", "pubkey", pubkey_hex, "ok",
+                                  !reason[0], "entries", (json_int_t)n, "first_bad",
+                                  (json_int_t)bad, "reason", reason));
+    if (reason[0])
+        fprintf(stderr, "shoalctl release: run %s: not every ledger entry is signed by %s (%s): "
+                "published with the hash chain verified\n", r->run_id, pubkey_hex, reason);
+    return CTL_EXIT_OK;
 }
 
 /* The spec file, as submit sends it, must hash to the ledger's submit entry. */
@@ -211,6 +246,22 @@ static shoal_err_t s_write_lines(s_release_t *r, const char *dir)
     return rc;
 }
 
+/* ledger.json as `shoalctl events RUN --json` exports it (what `verify --ledger` reads), and the
+ * coordinator's public key beside it when it signs. */
+static shoal_err_t s_write_ledger_export(s_release_t *r, const char *dir)
+{
+    json_t *doc = json_pack("{s:s, s:O}", CTL_F_RUN, r->run_id, CTL_F_EVENTS, r->events);
+    shoal_err_t rc = doc ? s_write_json(dir, RELEASE_LEDGER_EXPORT, doc)
+                         : shoal_fail(SHOAL_ERR_NOMEM, "ledger export: out of memory");
+    json_decref(doc);
+    if (rc == SHOAL_OK && r->pubkey_hex[0]) {
+        char line[2 * LEDGER_PUBKEY_LEN + 2];
+        snprintf(line, sizeof line, "%s\n", r->pubkey_hex);
+        rc = s_write_text(dir, RELEASE_PUBKEY, line);
+    }
+    return rc;
+}
+
 /* Everything beside the weights, then the model card, into `dir`. */
 static shoal_err_t s_write_release(s_release_t *r, const char *dir)
 {
@@ -219,6 +270,7 @@ static shoal_err_t s_write_release(s_release_t *r, const char *dir)
         (rc = s_write_json(dir, RELEASE_DATA_MANIFEST, r->data)) != SHOAL_OK ||
         (rc = s_write_json(dir, RELEASE_PLANS, r->plans)) != SHOAL_OK ||
         (rc = s_write_json(dir, RELEASE_VERIFY, r->verify)) != SHOAL_OK ||
+        (rc = s_write_ledger_export(r, dir)) != SHOAL_OK ||
         (rc = s_write_lines(r, dir)) != SHOAL_OK)
         return rc;
     const json_t *last = json_array_get(r->events, json_array_size(r->events) - 1);
@@ -227,6 +279,7 @@ static shoal_err_t s_write_release(s_release_t *r, const char *dir)
         .data = r->data, .log = &r->log, .plans = r->plans, .verify = r->verify,
         .ledger_entries = (long long)json_array_size(r->events),
         .ledger_head = ctl_json_str(last, CTL_F_HASH, ""), .dir = dir,
+        .pubkey_hex = r->pubkey_hex,
     };
     char *text = NULL;
     if ((rc = release_card_text(&card, &text)) == SHOAL_OK)
@@ -263,7 +316,9 @@ int cmd_release(ctl_opts_t *o, int argc, char **argv)
         return ctl_error(o, "out of memory");
     r->o = o;
     if ((ex = s_fetch_run(r, run)) != CTL_EXIT_OK || (ex = release_fetch_ledger(o, r->run_id, &r->events)) != CTL_EXIT_OK ||
-        (ex = s_fetch_verify(r)) != CTL_EXIT_OK || (ex = s_load_spec(r, spec_path)) != CTL_EXIT_OK)
+        (ex = s_fetch_verify(r)) != CTL_EXIT_OK ||
+        (ex = s_check_signatures(r, r->pubkey_hex)) != CTL_EXIT_OK ||
+        (ex = s_load_spec(r, spec_path)) != CTL_EXIT_OK)
         goto out;
     ex = CTL_EXIT_ERROR;
     if (!(r->plans = runlog_plan_history(r->events))) {

@@ -18,6 +18,8 @@
 #define RELEASE_PLANS "plan_history.json"
 #define RELEASE_LEDGER "ledger.jsonl"
 #define RELEASE_VERIFY "ledger_verification.json"
+#define RELEASE_LEDGER_EXPORT "ledger.json" /* {run, events}: what `verify --ledger` reads */
+#define RELEASE_PUBKEY "ledger_signing.pub"  /* the coordinator's Ed25519 key (hex), if it signs */
 #define RELEASE_CARD "README.md"
 #define RELEASE_WEIGHTS "model.safetensors"
 #define RELEASE_CONFIG "config.json"
@@ -47,6 +49,7 @@ typedef struct {
     long long ledger_entries;
     const char *ledger_head;   /* hash of the last entry */
     const char *dir;           /* the release dir being written: file digests are listed */
+    const char *pubkey_hex;    /* the key the entries were checked against, "" if none */
 } release_card_t;
 
 /* README.md text (a Hugging Face model card with YAML front matter). Caller frees; NULL and

@@ -218,6 +218,15 @@ shoal_err_t release_card_text(const release_card_t *c, char **out)
                "carrying the SHA-256 of the one before; the last is `%s`. The coordinator "
                "verified the chain at release: %s (`" RELEASE_VERIFY "`).\n\n",
             c->ledger_entries, c->ledger_head, json_is_true(ok) ? "intact" : "NOT intact");
+    const json_t *sig = json_object_get(c->verify, "signatures");
+    if (c->pubkey_hex && c->pubkey_hex[0])
+        fprintf(f, "Every entry is signed by the coordinator (Ed25519, public key `%s` in "
+                   "`" RELEASE_PUBKEY "`): %s at release. Anyone can check the chain and the "
+                   "signatures offline:\n\n```\nshoalctl verify --ledger " RELEASE_LEDGER_EXPORT
+                   " --pubkey " RELEASE_PUBKEY "\n```\n\n",
+                c->pubkey_hex,
+                json_is_true(json_object_get(sig, "ok")) ? "all verified"
+                                                         : "NOT all verified (see the document)");
     fprintf(f, "## Reproduce\n\n```\nshoalctl replay DIR --workers N\n```\n\nretrains this run "
                "from `" RELEASE_SPEC "` on N local workers after checking the data files against "
                "the manifest, and checks that the weights are byte-identical to `" RELEASE_WEIGHTS

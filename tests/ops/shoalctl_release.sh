@@ -4,9 +4,10 @@
 # `shoalctl export` of the last step), config.json, spec.yaml, a data manifest whose sizes and
 # SHA-256 match the files the trainer read (and the data seed), per-step metrics (JSONL and
 # CSV, one row a step), the plan history, the ledger with the coordinator's verification, and a
-# model card; it refuses a spec that is not the one submitted and a taken --out. The release
-# loads in the PyTorch references (tests/reference/moe_ref.py and SHOAL_ORACLE when given, where
-# /usr/bin/python3 has torch). `shoalctl plot` of the release writes a PNG. `shoalctl replay` on
+# model card, and ledger.json with the coordinator's public key, which `verify --ledger` checks
+# offline (an edited entry fails); it refuses a spec that is not the one submitted and a taken
+# --out. The release loads in the PyTorch references (tests/reference/moe_ref.py and
+# SHOAL_ORACLE when given, where /usr/bin/python3 has torch). `shoalctl plot` of the release writes a PNG. `shoalctl replay` on
 # ONE worker reproduces the weights byte for byte, and refuses a release whose data digests do
 # not match the files. Usage: shoalctl_release.sh BINDIR [ORACLE]
 set -u
@@ -62,7 +63,7 @@ import csv, hashlib, json, os, sys
 d, spec = sys.argv[1], sys.argv[2]
 for f in ["model.safetensors", "config.json", "spec.yaml", "data_manifest.json", "metrics.jsonl",
           "metrics.csv", "plan_history.json", "ledger.jsonl", "ledger_verification.json",
-          "README.md"]:
+          "ledger.json", "ledger_signing.pub", "README.md"]:
     assert os.path.getsize(os.path.join(d, f)) > 0, f
 assert open(os.path.join(d, "spec.yaml")).read() == open(spec).read()
 # the data manifest: the trainer's files (a directory: its regular files by name, not hidden,
@@ -84,8 +85,10 @@ assert all(r["ranks"] == 2 and r["loss"] > 0 and r["tokens_per_s"] > 0 for r in 
 c = list(csv.DictReader(open(os.path.join(d, "metrics.csv"))))
 assert [int(r["step"]) for r in c] == list(range(1, 13))
 assert all(abs(float(a["loss"]) - b["loss"]) <= 1e-6 * b["loss"] for a, b in zip(c, rows))
-# the ledger: as verified, every entry chained to the one before
+# the ledger: as verified, every entry chained to the one before and signed
 ledger = [json.loads(l) for l in open(os.path.join(d, "ledger.jsonl"))]
+assert json.load(open(os.path.join(d, "ledger.json")))["events"] == ledger
+assert all(e.get("sig") for e in ledger), [e["seq"] for e in ledger if not e.get("sig")]
 v = json.load(open(os.path.join(d, "ledger_verification.json")))
 assert v["ok"] is True and v["entries"] == len(ledger), (v, len(ledger))
 for a, b in zip(ledger, ledger[1:]):
@@ -101,6 +104,21 @@ w = hashlib.sha256(open(os.path.join(d, "model.safetensors"), "rb").read()).hexd
 assert "# rel" in card and "shoalctl replay" in card and w in card, card[:400]
 assert man["files"][0]["sha256"] in card and ledger[-1]["hash"] in card
 PY
+
+# the signed ledger checks offline from the release alone (shoalctl, no coordinator), and an
+# edited entry fails
+grep -q '"ok": true' <(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["signatures"]))' \
+    "$tmp/rel/ledger_verification.json") || err "release: signatures not verified: $(cat "$tmp/rel/ledger_verification.json")"
+expect 0 verify --ledger "$tmp/rel/ledger.json" --pubkey "$tmp/rel/ledger_signing.pub"
+python3 - "$tmp/rel/ledger.json" "$tmp/forged.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["events"][0]["detail"]["steps"] = 13
+json.dump(d, open(sys.argv[2], "w"))
+PY
+expect 1 verify --ledger "$tmp/forged.json" --pubkey "$tmp/rel/ledger_signing.pub"
+grep -q "shoalctl verify --ledger ledger.json" "$tmp/rel/README.md" ||
+    err "the model card does not say how to check the signatures"
 
 # the release loads in the PyTorch references
 for ref in "$refdir/moe_ref.py" $oracle; do
