@@ -10,7 +10,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${SHOAL_FUZZ_BUILD:-$root/build-fuzz}
-targets=$(cd "$root/tests/fuzz" && ls fuzz_*.c | sed 's/^fuzz_//; s/\.c$//' | grep -v '^util$' || true)
+targets=$(cd "$root/tests/fuzz" && ls fuzz_*.c | sed 's/^fuzz_//; s/\.c$//' | grep -Evx 'util|replay' || true)
 usage() { echo "usage: ops/fuzz.sh TARGET|all SECONDS [libFuzzer flags]; targets:" $targets >&2; exit 2; }
 [ "${1:-}" = list ] && { echo $targets; exit 0; }
 [ $# -ge 2 ] || usage
