@@ -163,12 +163,14 @@ static const cfg_desc_t s_desc[] = {
              "fixed point: the same bits whatever the number of workers, pipeline stages or "
              "faults) or `float` (fp32 sums in rank order: faster, bits depend on the "
              "topology)"},
-    {.key = "train.grad_sanity_k", .type = CFG_REAL, S_AT(grad_sanity_k), .def = "10", .min = 0,
+    {.key = "train.grad_sanity_k", .type = CFG_REAL, S_AT(grad_sanity_k), .def = "0", .min = 0,
      .max = 1e9, .rule = "0 (off) or > 1",
      .help = "data-parallel gradient sanity: a replica whose gradient is non-finite, or whose "
              "norm exceeds k x the running median of its peers' norms, is left out of the step "
              "(the mean is over the accepted replicas) and reported to the coordinator, which "
-             "quarantines its worker; 0 turns the checks off"},
+             "quarantines its worker; 0 (the default) turns the checks off: they are for runs "
+             "with untrusted donors, and an honest micro-batch k times its peers' is rejected "
+             "too, so results then depend on how the batch is split over replicas"},
     {.key = "train.aggregation", .type = CFG_STR, S_AT(aggregation), .check = s_aggregation_check,
      .def = "sum",
      .help = "how data-parallel replicas' gradients combine: `sum` (the batch's gradient) or "

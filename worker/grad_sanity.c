@@ -48,8 +48,15 @@ shoal_err_t grad_sanity_decide(grad_sanity_t *s, const grad_report_t *rep, int n
             pool[np++] = rep[i].norm;
     /* the norm test needs a reference: three replicas this step, or a history; two honest
      * replicas alone differ by more than k now and then (one micro-batch of outliers) */
-    const int norm_test = np - s->n_hist >= 3 || s->n_hist >= GRAD_SANITY_MIN_HISTORY;
-    const double ref = np && norm_test ? s_lower_median(pool, np) : 0.0;
+    const int n_step = np - s->n_hist;
+    const int norm_test = n_step >= 3 || s->n_hist >= GRAD_SANITY_MIN_HISTORY;
+    /* an outlier is measured against its peers of the same step too: when every replica's norm
+     * rises together (a loss spike, a new data shard) that is the run's, not an attacker's, and
+     * clipping already bounds it; a lone replica has no peers to be an outlier among */
+    double step_norms[GRAD_SANITY_MAX_REPLICAS];
+    memcpy(step_norms, pool + s->n_hist, (size_t)n_step * sizeof *step_norms);
+    const double step_ref = n_step >= 2 ? s_lower_median(step_norms, n_step) : 0.0;
+    const double ref = np && norm_test && step_ref > 0 ? s_lower_median(pool, np) : 0.0;
     for (int i = 0; i < n; i++) {
         if (rep[i].micro <= 0)
             continue;
@@ -59,7 +66,7 @@ shoal_err_t grad_sanity_decide(grad_sanity_t *s, const grad_report_t *rep, int n
             bad = 1;
             if (cap && !why[0])
                 snprintf(why, cap, "replica %d: non-finite gradient", i);
-        } else if (ref > 0 && rep[i].norm > s->k * ref) {
+        } else if (ref > 0 && rep[i].norm > s->k * ref && rep[i].norm > s->k * step_ref) {
             bad = 1;
             if (cap && !why[0])
                 snprintf(why, cap, "replica %d: gradient norm %.4g > %g x running median %.4g", i,

@@ -70,7 +70,9 @@ static void s_expect_id(const tc_worker_t *w, const char *group, const char *sen
 static void test_relay(void **state)
 {
     (void)state;
-    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\n");
+    /* ten malformed CommIds below must not quarantine their sender: that is test_coord_guard's */
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\n"
+                             "quarantine_after_bad_messages: 100\n");
     tc_reply_t r;
     const char *spec = "name: nccl\ndata: {files: [/usr/share/games/fortunes]}\n"
                        "train: {steps: 50, global_batch: 2, seq_len: 16, lr: 0.001}\n";

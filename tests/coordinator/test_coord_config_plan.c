@@ -39,6 +39,10 @@ static void test_config_defaults_and_file(void **state)
     assert_int_equal(c.quarantine_after_failures, 3);
     assert_int_equal(c.replan_backoff_ms, 1000);
     assert_int_equal(c.replan_backoff_max_ms, 30000);
+    /* the default TCP endpoint needs CURVE keys, or an explicit insecure */
+    assert_int_equal(config_finish(&c), SHOAL_ERR_INVALID);
+    assert_non_null(strstr(shoal_errmsg(), "TCP endpoints need CURVE"));
+    assert_int_equal(config_set(&c, "insecure", "1", "--insecure"), SHOAL_OK);
     assert_int_equal(config_finish(&c), SHOAL_OK);
     assert_string_equal(c.control, "ipc:///var/lib/shoal/coordinator/control.sock");
 
@@ -86,6 +90,7 @@ static void test_config_defaults_and_file(void **state)
     longdir[0] = '/';
     longdir[sizeof longdir - 1] = 0;
     assert_int_equal(config_set(&c, "state_dir", longdir, "--state-dir"), SHOAL_OK);
+    assert_int_equal(config_set(&c, "insecure", "1", "--insecure"), SHOAL_OK);
     assert_int_equal(config_finish(&c), SHOAL_ERR_INVALID);
     assert_non_null(strstr(shoal_errmsg(), "too long"));
     assert_int_equal(config_set(&c, "nope", "1", "--nope"), SHOAL_ERR_NOTFOUND);

@@ -18,7 +18,8 @@ SANITY=${2:-on}
 [ -x "$SHOAL_BIN/shoal-worker-attack" ] || { echo "no shoal-worker-attack (SHOAL_ATTACK_WORKER=OFF)"; exit 77; }
 STEPS=40
 write_spec "$T/run.yaml" $STEPS 10
-[ "$SANITY" = off ] && sed -i 's/^train:$/train:\n  grad_sanity_k: 0/' "$T/run.yaml"
+# the checks are opt-in (train.grad_sanity_k defaults to 0)
+[ "$SANITY" = on ] && sed -i 's/^train:$/train:\n  grad_sanity_k: 10/' "$T/run.yaml"
 reference "$T/run.yaml"
 start_coord
 start_worker a

@@ -57,6 +57,9 @@ static void s_attack(float *g, int64_t n, int replica, int64_t step)
 
 /* ---- the decision alone ------------------------------------------------------------------- */
 
+/* the checks are opt-in (train.grad_sanity_k 0 by default) */
+#define S_ON "  grad_sanity_k: 10\n"
+
 static void s_test_decide(void)
 {
     grad_sanity_t s;
@@ -86,15 +89,23 @@ static void s_test_decide(void)
     CHECK(grad_sanity_decide(&s, rn, 3, &rej, why, sizeof why) == SHOAL_OK && rej == 1,
           "NaN rejected, no-data replica ignored: mask %llx", (unsigned long long)rej);
     CHECK(strstr(why, "non-finite") != NULL, "why: '%s'", why);
-    /* the history: after honest steps near 1, a step where every replica jumps x50 is rejected
-     * whole (an error: nothing to aggregate) */
+    /* the history: after honest steps near 1, a step where every replica jumps x50 together is
+     * the run's own spike (clipping bounds it), accepted; one replica jumping x50 is not */
     grad_sanity_reset(&s, 10, 1);
     grad_report_t ok[3] = {{1, 1.0, 1}, {1, 1.1, 1}, {1, 0.9, 1}};
     for (int i = 0; i < 30; i++)
         (void)grad_sanity_decide(&s, ok, 3, &rej, why, sizeof why);
     grad_report_t jump[3] = {{1, 50.0, 1}, {1, 55.0, 1}, {1, 60.0, 1}};
-    CHECK(grad_sanity_decide(&s, jump, 3, &rej, why, sizeof why) == SHOAL_ERR_NUMERIC,
-          "every replica far above the running median: an error");
+    CHECK(grad_sanity_decide(&s, jump, 3, &rej, why, sizeof why) == SHOAL_OK && rej == 0,
+          "every replica far above the running median together: accepted, mask %llx",
+          (unsigned long long)rej);
+    grad_report_t one_jump[3] = {{1, 1.0, 1}, {1, 50.0, 1}, {1, 1.1, 1}};
+    CHECK(grad_sanity_decide(&s, one_jump, 3, &rej, why, sizeof why) == SHOAL_OK && rej == 2,
+          "one replica x50 over its peers and the history: rejected, mask %llx",
+          (unsigned long long)rej);
+    grad_report_t spike2[2] = {{1, 40.0, 1}, {1, 45.0, 1}};
+    CHECK(grad_sanity_decide(&s, spike2, 2, &rej, why, sizeof why) == SHOAL_OK && rej == 0,
+          "dp 2, both replicas spike together: accepted, mask %llx", (unsigned long long)rej);
     /* off: everything accepted */
     grad_sanity_reset(&s, 0, 1);
     CHECK(grad_sanity_decide(&s, rn, 3, &rej, why, sizeof why) == SHOAL_OK && rej == 0,
@@ -299,16 +310,16 @@ int main(int argc, char **argv)
     trainer_set_grad_hook(s_attack);
 
     s_result_t clean;
-    s_train("clean", "", 0, &clean);
+    s_train("clean", S_ON, 0, &clean);
     CHECK(s_all_ok(&clean) && clean.same_params && clean.rejected_or == 0,
           "clean run: trains, same parameters, nothing rejected (mask %llx)",
           (unsigned long long)clean.rejected_or);
     printf("%-34s final loss %.4f\n", "clean (sum, sanity k 10)", clean.loss);
 
     const uint64_t att = 1ull << S_ATTACKER;
-    s_expect_held("nan, sanity on", "", 1, clean.loss, att);
-    s_expect_held("x100, sanity on", "", 2, clean.loss, att);
-    s_expect_held("x100, sanity on, float sums", "  grad_sum: float\n", 2, clean.loss, att);
+    s_expect_held("nan, sanity on", S_ON, 1, clean.loss, att);
+    s_expect_held("x100, sanity on", S_ON, 2, clean.loss, att);
+    s_expect_held("x100, sanity on, float sums", S_ON "  grad_sum: float\n", 2, clean.loss, att);
     s_expect_held("x100, trimmed_mean, sanity off",
                   "  grad_sanity_k: 0\n  aggregation: trimmed_mean\n  trim: 0.34\n", 2,
                   clean.loss, 0);
