@@ -58,7 +58,9 @@ steps=50
 every=1000
 n_start=3
 case $mode in
-drain | sigterm) n_start=3 ;;
+# 150 steps: on an idle machine 50 steps were over (~6 s) before the drain, issued by polls
+# through shoalctl, reached the workers
+drain | sigterm) n_start=3 steps=150 ;;
 spread) n_start=4 ;;
 join) n_start=2 steps=150 ;; # the newcomers start (and load cuBLAS) on a loaded machine
 pause) n_start=2 every=10 ;;
