@@ -15,7 +15,8 @@ TEST_NAME=rollback_single_$MODE
 . "$(dirname "$0")/chaos_lib.sh"
 
 EVERY=4
-write_spec "$T/run.yaml" 40 $EVERY
+STEPS=120 # ~50 ms a step on an idle machine: 40 steps could end before a poll saw the window
+write_spec "$T/run.yaml" $STEPS $EVERY
 reference "$T/run.yaml"
 start_coord
 start_worker a
@@ -48,8 +49,8 @@ FIRST=$(tail -n +$((LINES_BEFORE + 1)) "$T/a.jsonl" | head -1 | python3 -c "impo
 [ "$FIRST" = $((TO + 1)) ] ||
     fail "the restarted worker's first step is $FIRST, expected $((TO + 1)) (after checkpoint $TO)"
 grep -q "loaded checkpoint" "$T/a.log" || fail "worker a loaded no checkpoint"
-[ "$(run_field "$RUN" step)" = 40 ] || fail "status step $(run_field "$RUN" step), expected 40"
-[ "$(run_field "$RUN" checkpoint_step)" = 40 ] || fail "final checkpoint not committed"
+[ "$(run_field "$RUN" step)" = $STEPS ] || fail "status step $(run_field "$RUN" step), expected $STEPS"
+[ "$(run_field "$RUN" checkpoint_step)" = $STEPS ] || fail "final checkpoint not committed"
 no_reason "$RUN"
 compare_losses a 1e-5
 ckpt_verify_all "$RUN" a
