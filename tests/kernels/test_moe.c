@@ -148,7 +148,7 @@ static int s_grad_check(const char *what, moe_case_t *k, float *param, const flo
 static void s_run_case(int d, int fe, int fs, router_config_t rc, int dead, uint64_t seed)
 {
     kt_rng_t r = {seed};
-    moe_case_t k = {.c = {d, fe, fs, rc}};
+    moe_case_t k = {.c = {d, fe, fs, rc, KGEMM_FP32}};
     int N = rc.N, K = rc.K;
     s_weights_alloc(&k.w, &k.c);
     k.u = malloc((size_t)MOE_M * d * 4), k.y = malloc((size_t)MOE_M * d * 4);
