@@ -21,7 +21,8 @@ training() {
 poll_until 30 training || err "the run did not start training"
 victim=fd2
 killed_ms=$(python3 -c 'import time; print(int(time.time() * 1000))')
-pkill -KILL -f -- "--name $victim " || err "could not kill $victim"
+# the state dir makes the pattern this test's own: tests running side by side use the same names
+pkill -KILL -f -- "--name $victim --state-dir $tmp/" || err "could not kill $victim"
 dead() {
     "$bin" events fd --json 2>/dev/null | python3 -c '
 import json, sys

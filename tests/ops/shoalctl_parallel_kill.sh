@@ -56,7 +56,8 @@ import json, sys
 w = [x for x in json.load(sys.stdin)["workers"] if x.get("cell")]
 print(next(x["name"] for x in w if x["cell"]["stage"] == 1))')
 [ -n "$victim" ] || err "no worker holds stage 1"
-pkill -KILL -f -- "--name $victim " || err "could not kill $victim"
+# the state dir makes the pattern this test's own: tests running side by side use the same names
+pkill -KILL -f -- "--name $victim --state-dir $tmp/" || err "could not kill $victim"
 poll_until 180 run_holds 'r["state"] == "done"' || err "run not done: $(cat "$tmp/poll")"
 
 expect 0 events pk --json
