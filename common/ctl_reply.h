@@ -45,6 +45,8 @@
  * {seq, time_ms, run, kind, detail, prev_hash, hash} */
 #define CTL_F_RUN "run"
 #define CTL_F_EVENTS "events"
+#define CTL_F_ROWS "rows" /* history reply: the per-step rows of one page */
+#define CTL_F_NEXT "next" /* history reply: the step to ask after next (0: the end) */
 #define CTL_F_SEQ "seq"
 #define CTL_F_TIME_MS "time_ms"
 #define CTL_F_KIND "kind"

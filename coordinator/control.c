@@ -306,6 +306,26 @@ static void s_events(coord_t *c, const wire_route_t *route, const Shoal__CtlEven
     s_reply(c, route, 1, 0, "", json_pack("{s:s, s:o}", CTL_F_RUN, chain, CTL_F_EVENTS, arr));
 }
 
+/* One page of a run's per-step history (rows with step > since, at most limit): a long run is
+ * read page by page, never as one giant reply. */
+static void s_history(coord_t *c, const wire_route_t *route, const Shoal__CtlEvents *ev)
+{
+    coord_run_t *r = s_run_arg(c, route, ev->run);
+    if (!r)
+        return;
+    json_t *rows = json_array();
+    int64_t next = 0;
+    const int64_t since = ev->since > INT64_MAX ? INT64_MAX : (int64_t)ev->since;
+    if (!rows || coord_history_list(c->st, r->id, since, ev->limit, rows, &next) != SHOAL_OK) {
+        json_decref(rows);
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, "%s", shoal_errmsg());
+        return;
+    }
+    s_reply(c, route, 1, 0, "",
+            json_pack("{s:s, s:o, s:I}", CTL_F_RUN, r->id, CTL_F_ROWS, rows, CTL_F_NEXT,
+                      (json_int_t)next));
+}
+
 static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
 {
     const char *chain = arg;
@@ -437,7 +457,7 @@ static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelop
     if (!coord_keys_may(route, (int)env->type)) {
         s_error(c, route, SHOAL__ERROR_CODE__ERR_FORBIDDEN,
                 "%s is not allowed to the operator key %s (role read: status, workers, events, "
-                "plan, verify)",
+                "history, plan, verify)",
                 wire_type_name((int)env->type), route->user);
         return;
     }
@@ -462,6 +482,9 @@ static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelop
         break;
     case SHOAL__MSG_TYPE__MSG_CTL_EVENTS:
         s_events(c, route, env->ctl_events);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_HISTORY:
+        s_history(c, route, env->ctl_events);
         break;
     case SHOAL__MSG_TYPE__MSG_CTL_VERIFY:
         s_verify(c, route, env->ctl_run->run);

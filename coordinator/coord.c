@@ -115,6 +115,7 @@ void coord_run_free(coord_run_t *r)
     plan_fini(&r->plan);
     free(r->reported);
     free(r->rank_loss);
+    free(r->rank_step);
     free(r->spec_yaml);
     free(r);
 }

@@ -90,6 +90,12 @@ typedef struct {
     int64_t step, wall_ms;
 } coord_step_time_t;
 
+/* A rank's newest StepReport figures (the history row of a committed step is made of them). */
+typedef struct {
+    int64_t step;
+    double tokens, seconds, grad_norm;
+} coord_rank_step_t;
+
 typedef struct {
     char id[COORD_ID_MAX];
     char name[128];
@@ -120,6 +126,10 @@ typedef struct {
     uint64_t grad_votes[64];
     uint64_t votes_gen;
     coord_step_time_t step_times[COORD_STEP_TIMES]; /* recent commits, at [step % N] */
+    /* volatile, coord_history.c: per rank, the figures of its newest StepReport */
+    coord_rank_step_t *rank_step;
+    double tokens_per_s;     /* of the newest history row */
+    int tokens_per_s_known;  /* set by a commit, or once read back from the store after a load */
 } coord_run_t;
 
 /* What serves the control socket: control.c attaches it (control_attach, control.h), so that
@@ -351,6 +361,18 @@ void coord_metrics_publish(coord_t *c);
 void coord_metrics_render(coord_t *c, prom_text_t *t);
 /* r->committed_step just advanced: note when. */
 void coord_metrics_on_step_commit(coord_run_t *r);
+
+/* ---- coord_history.c: the per-step history of a run (store family "history") ------------- */
+/* Rank `rank` of r reported step report sr (a step past its last): its figures are kept. */
+void coord_history_note(coord_run_t *r, int rank, const Shoal__StepReport *sr);
+/* r->committed_step just advanced: stages its row (in the transaction of the run record). */
+void coord_history_put(coord_t *c, coord_run_t *r);
+/* Rows of `run` with step > after, at most limit (0: 1000; capped at 5000), appended to out.
+ * *next: the step to ask `after` next, or 0 when the history ends here. */
+shoal_err_t coord_history_list(store_t *st, const char *run, int64_t after, unsigned limit,
+                               json_t *out, int64_t *next);
+/* The run's tokens/s: its newest history row's (read back from the store once after a load). */
+double coord_history_tokens_per_s(coord_t *c, coord_run_t *r);
 
 /* ---- coord_guard.c: rate limit, bad-message strikes, gradient votes ------------------------ */
 /* Whether a message from this worker connection is within its rate (a token taken); when not

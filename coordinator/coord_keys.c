@@ -131,6 +131,7 @@ int coord_keys_may(const wire_route_t *route, int type)
     case SHOAL__MSG_TYPE__MSG_CTL_STATUS:
     case SHOAL__MSG_TYPE__MSG_CTL_WORKERS:
     case SHOAL__MSG_TYPE__MSG_CTL_EVENTS:
+    case SHOAL__MSG_TYPE__MSG_CTL_HISTORY:
     case SHOAL__MSG_TYPE__MSG_CTL_PLAN:
     case SHOAL__MSG_TYPE__MSG_CTL_VERIFY:
         return 1;

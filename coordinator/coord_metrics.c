@@ -104,18 +104,6 @@ static s_ckpt_t s_checkpoint(coord_t *c, const coord_run_t *r)
     return out;
 }
 
-/* The pace of a run: the slowest member's tokens/s (every member waits for it at the barrier). */
-static double s_run_tokens_per_s(coord_t *c, const coord_run_t *r)
-{
-    double slowest = 0;
-    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
-        coord_worker_t *w = coord_worker_by_id(c, r->plan.peers[i].worker_id);
-        if (w && w->tokens_per_s > 0 && (slowest == 0 || w->tokens_per_s < slowest))
-            slowest = w->tokens_per_s;
-    }
-    return slowest;
-}
-
 static void s_render_runs(coord_t *c, prom_text_t *t)
 {
     prom_family(t, "shoal_run_state", "gauge",
@@ -131,17 +119,18 @@ static void s_render_runs(coord_t *c, prom_text_t *t)
         {"shoal_run_target_steps", "gauge", "steps the run spec asks for"},
         {"shoal_run_loss", "gauge", "mean training loss of the last committed step"},
         {"shoal_run_tokens_per_second", "gauge",
-         "training throughput: the slowest plan member's tokens per second"},
+         "training throughput of the last committed step: its tokens (the global batch) over "
+         "the slowest rank's step time (the history row's figure)"},
         {"shoal_run_plan_generation", "gauge", "generation of the run's current plan"},
         {"shoal_run_plan_workers", "gauge", "cells (workers) in the run's current plan"},
     };
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
         prom_family(t, fam[f].name, fam[f].type, fam[f].help);
         for (int i = 0; i < c->n_runs; i++) {
-            const coord_run_t *r = c->runs[i];
+            coord_run_t *r = c->runs[i];
             double v[] = {
                 (double)r->committed_step, (double)r->total_steps, r->loss,
-                s_run_tokens_per_s(c, r),  (double)r->generation,  (double)r->plan.n_peers};
+                coord_history_tokens_per_s(c, r),  (double)r->generation,  (double)r->plan.n_peers};
             prom_sample(t, fam[f].name, v[f], "run", r->name, NULL);
         }
     }

@@ -21,12 +21,14 @@ shoal_err_t coord_run_reset_ranks(coord_run_t *r)
 {
     free(r->reported);
     free(r->rank_loss);
+    free(r->rank_step);
     r->reported = NULL;
     r->rank_loss = NULL;
     uint32_t n = r->plan.n_peers;
     r->reported = calloc(n + 1, sizeof *r->reported);
     r->rank_loss = calloc(n + 1, sizeof *r->rank_loss);
-    if (!r->reported || !r->rank_loss)
+    r->rank_step = calloc(n + 1, sizeof *r->rank_step);
+    if (!r->reported || !r->rank_loss || !r->rank_step)
         return shoal_fail(SHOAL_ERR_NOMEM, "run %s ranks", r->id);
     for (uint32_t i = 0; i < n; i++)
         r->reported[i] = r->committed_step;
@@ -88,6 +90,7 @@ void coord_run_advance(coord_t *c, coord_run_t *r)
         r->lease = coord_run_lease_for(c, r);
     log_debug("run %s: step %" PRId64 " committed (loss %.4f, lease %" PRId64 ")", r->id,
               r->committed_step, r->loss, r->lease);
+    coord_history_put(c, r); /* its row, in the run record's transaction */
     coord_put_run(c, r);
     if (coord_txn_commit(c) != SHOAL_OK)
         return;

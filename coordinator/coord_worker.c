@@ -339,6 +339,7 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
     if (sr->step > r->reported[rank]) {
         r->reported[rank] = sr->step;
         r->rank_loss[rank] = s_finite(sr->loss, w, "loss");
+        coord_history_note(r, rank, sr); /* its figures for the step's history row */
         coord_worker_clear_failures(w); /* it completed a step under this plan */
     }
     w->step = sr->step;

@@ -13,7 +13,7 @@
 #include "numparse.h"
 
 static const char *s_cf_names[STORE_CF__COUNT] = {
-    "default", "runs", "workers", "plans", "manifests", "ledger",
+    "default", "runs", "workers", "plans", "manifests", "ledger", "history",
 };
 
 struct store {

@@ -14,6 +14,7 @@ typedef enum {
     STORE_CF_PLANS,     /* "<run>/<generation %020>" -> plan (JSON) */
     STORE_CF_MANIFESTS, /* "c/<run>/<step %020>" manifest, "p/<run>/<step>/<worker>" pending */
     STORE_CF_LEDGER,    /* "<run>/<seq %020>" -> ledger entry (canonical JSON + hash) */
+    STORE_CF_HISTORY,   /* "<run>/<step %020>" -> the committed step's metrics row (JSON) */
     STORE_CF__COUNT
 } store_cf_t;
 

@@ -133,6 +133,12 @@ static void s_on_ctl_reply(const Shoal__Envelope *env, void *ctxp)
 
 int tc_ctl(const char *dir, Shoal__MsgType type, const char *arg, uint64_t flag, tc_reply_t *out)
 {
+    return tc_ctl_page(dir, type, arg, flag, 0, out);
+}
+
+int tc_ctl_page(const char *dir, Shoal__MsgType type, const char *arg, uint64_t flag,
+                unsigned limit, tc_reply_t *out)
+{
     memset(out, 0, sizeof *out);
     char ep[300];
     tc_control_endpoint(dir, ep, sizeof ep);
@@ -176,6 +182,7 @@ int tc_ctl(const char *dir, Shoal__MsgType type, const char *arg, uint64_t flag,
     case SHOAL__ENVELOPE__BODY_CTL_EVENTS:
         ev.run = (char *)arg;
         ev.since = flag;
+        ev.limit = limit;
         env.ctl_events = &ev;
         break;
     case SHOAL__ENVELOPE__BODY_CTL_PLAN:

@@ -35,6 +35,9 @@ void tc_control_endpoint(const char *dir, char *buf, size_t cap);
 /* One control request; arg is the run/worker/yaml per type, flag is dry_run/since. Returns 0
  * when a CtlReply came back within 3 s. */
 int tc_ctl(const char *dir, Shoal__MsgType type, const char *arg, uint64_t flag, tc_reply_t *out);
+/* tc_ctl with a page size (CtlEvents.limit) for the paged requests (events, history). */
+int tc_ctl_page(const char *dir, Shoal__MsgType type, const char *arg, uint64_t flag,
+                unsigned limit, tc_reply_t *out);
 /* Status JSON of one run ("" = all) as a new reference, or NULL. */
 json_t *tc_run_status(const char *dir, const char *run);
 void tc_reply_fini(tc_reply_t *r);

@@ -105,6 +105,9 @@ static void test_run_series(void **state)
     s_expect(page, "shoal_run_step{run=\"met\"}", 2, 0);
     s_expect(page, "shoal_run_target_steps{run=\"met\"}", 50, 0);
     s_expect(page, "shoal_run_loss{run=\"met\"}", 3.5, 1e-6);
+    /* the run's figure: step 2's tokens (2048, the whole batch) over its time (0.25 s), as its
+     * history row says, not a worker's heartbeat figure (the testlib's heartbeats say 1000) */
+    s_expect(page, "shoal_run_tokens_per_second{run=\"met\"}", 8192, 1e-3);
     s_expect(page, "shoal_run_state{run=\"met\",state=\"running\"}", 1, 0);
     s_expect(page, "shoal_run_state{run=\"met\",state=\"pending\"}", 0, 0);
     s_expect(page, "shoal_run_plan_generation{run=\"met\"}", (double)a.gen, 0);
