@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "fsutil.h"
 #include "log.h"
 
@@ -312,15 +313,35 @@ shoal_err_t zsec_allow_load(const char *path, zsec_allow_t *out)
 
 /* ---- the ZAP handler ---------------------------------------------------------------------- */
 
+/* Held handshakes are looked at again this often (a new list, or their deadline). */
+#define ZAP_HOLD_TICK_MS 50
+/* Keys whose denial was logged in the last minute (older ones are forgotten first). */
+#define ZAP_LOGGED_MAX 64
+#define ZAP_LOG_EVERY_MS 60000
+
 typedef struct {
     char name[ZAP_DOMAIN_MAX];
     bool any;
+    int hold_ms; /* > 0: an unknown key waits this long for a list that admits it */
     zsec_rule_t *rules;
     int n;
 } s_domain_t;
 
+/* A ZAP request waiting for its answer (routing id and request id kept to address it). */
+typedef struct {
+    zmq_msg_t rid, reqid;
+    char domain[ZAP_DOMAIN_MAX];
+    uint8_t key[32];
+    int64_t deadline_ms;
+} s_held_t;
+
+typedef struct {
+    char key[ZSEC_KEY_LEN + 1];
+    int64_t at_ms;
+} s_logged_t;
+
 struct zsec_zap {
-    void *rep;       /* bound to ZAP_ENDPOINT, used by the thread only */
+    void *router;    /* bound to ZAP_ENDPOINT, used by the thread only */
     void *stop_tx;   /* destroy writes here */
     void *stop_rx;   /* the thread polls this */
     pthread_t thread;
@@ -329,52 +350,112 @@ struct zsec_zap {
     s_domain_t domains[ZAP_MAX_DOMAINS];
     int n_domains;
     atomic_ullong denied;
+    /* the handler thread's own */
+    s_held_t held[ZSEC_HOLD_MAX];
+    int n_held;
+    s_logged_t logged[ZAP_LOGGED_MAX];
 };
 
-/* The admission of `key` (32 bytes) in `domain`: the User-Id written to user; false = denied. */
-static bool s_admit(zsec_zap_t *z, const char *domain, const uint8_t *key, char *user,
-                    size_t cap)
+typedef enum { S_DENY, S_ADMIT, S_HOLD } s_verdict_t;
+
+/* The admission of `key` (32 bytes) in `domain`: on S_ADMIT the User-Id is written to user;
+ * S_HOLD when the domain holds unknown keys (*hold_ms says how long). */
+static s_verdict_t s_admit(zsec_zap_t *z, const char *domain, const uint8_t *key, char *user,
+                           size_t cap, int *hold_ms)
 {
     char text[ZSEC_KEY_LEN + 1];
     if (!zmq_z85_encode(text, key, 32))
-        return false;
-    bool ok = false;
+        return S_DENY;
+    s_verdict_t v = S_DENY;
+    *hold_ms = 0;
     pthread_mutex_lock(&z->lock);
-    for (int i = 0; i < z->n_domains && !ok; i++) {
+    for (int i = 0; i < z->n_domains && v != S_ADMIT; i++) {
         s_domain_t *d = &z->domains[i];
         if (strcmp(d->name, domain) != 0)
             continue;
         if (d->any) {
             snprintf(user, cap, "%s", text);
-            ok = true;
+            v = S_ADMIT;
         }
-        for (int k = 0; k < d->n && !ok; k++)
+        for (int k = 0; k < d->n && v != S_ADMIT; k++)
             if (strcmp(d->rules[k].key, text) == 0) {
                 snprintf(user, cap, "%s", d->rules[k].user);
-                ok = true;
+                v = S_ADMIT;
             }
+        if (v != S_ADMIT && d->hold_ms > 0) {
+            v = S_HOLD;
+            *hold_ms = d->hold_ms;
+        }
     }
     pthread_mutex_unlock(&z->lock);
-    if (!ok)
-        log_warn("zap: denied CURVE key %s in domain '%s' (not on its allow-list)", text, domain);
-    return ok;
+    return v;
 }
 
-static void s_send_str(void *sock, const char *s, size_t n, int more)
+/* Logs a denial once per key per minute: a stranger that keeps dialling cannot flood the log. */
+static void s_log_denied(zsec_zap_t *z, const uint8_t *key, const char *domain)
+{
+    char text[ZSEC_KEY_LEN + 1];
+    if (!zmq_z85_encode(text, key, 32))
+        return;
+    int64_t now = clock_mono_ms();
+    int slot = 0;
+    for (int i = 0; i < ZAP_LOGGED_MAX; i++) {
+        if (strcmp(z->logged[i].key, text) == 0) {
+            if (now - z->logged[i].at_ms < ZAP_LOG_EVERY_MS)
+                return;
+            slot = i;
+            break;
+        }
+        if (z->logged[i].at_ms < z->logged[slot].at_ms)
+            slot = i; /* the oldest (or an empty one) */
+    }
+    snprintf(z->logged[slot].key, sizeof z->logged[slot].key, "%s", text);
+    z->logged[slot].at_ms = now;
+    log_warn("zap: denied CURVE key %s in domain '%s' (not on its allow-list; logged once a "
+             "minute per key, %llu denied so far)",
+             text, domain, (unsigned long long)atomic_load(&z->denied));
+}
+
+static void s_send_str(void *sock, const void *s, size_t n, int more)
 {
     zmq_send(sock, s, n, more ? ZMQ_SNDMORE : 0);
 }
 
-/* Reads one ZAP request (all its frames) and answers it. */
-static void s_zap_answer(zsec_zap_t *z)
+/* Answers the request of routing id `rid` and request id `reqid`. */
+static void s_reply(zsec_zap_t *z, zmq_msg_t *rid, zmq_msg_t *reqid, bool ok, const char *user)
 {
-    enum { NFRAMES = 8 };
+    s_send_str(z->router, zmq_msg_data(rid), zmq_msg_size(rid), 1);
+    s_send_str(z->router, "", 0, 1);
+    s_send_str(z->router, "1.0", 3, 1);
+    s_send_str(z->router, zmq_msg_data(reqid), zmq_msg_size(reqid), 1);
+    s_send_str(z->router, ok ? "200" : "400", 3, 1);
+    s_send_str(z->router, ok ? "OK" : "key not allowed", ok ? 2 : 15, 1);
+    s_send_str(z->router, user, strlen(user), 1);
+    s_send_str(z->router, "", 0, 0);
+}
+
+/* Answers a denial (counted and logged). */
+static void s_deny(zsec_zap_t *z, zmq_msg_t *rid, zmq_msg_t *reqid, const uint8_t *key,
+                   const char *domain)
+{
+    atomic_fetch_add(&z->denied, 1);
+    if (key)
+        s_log_denied(z, key, domain);
+    s_reply(z, rid, reqid, false, "");
+}
+
+/* Reads one ZAP request (all its frames) and answers it, or holds it. */
+static void s_zap_request(zsec_zap_t *z)
+{
+    /* routing id, delimiter, version, request id, domain, address, identity, mechanism,
+     * credentials */
+    enum { NFRAMES = 10 };
     zmq_msg_t f[NFRAMES];
     int n = 0, more = 1;
     while (more) {
         zmq_msg_t part;
         zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, z->rep, 0) < 0) {
+        if (zmq_msg_recv(&part, z->router, 0) < 0) {
             zmq_msg_close(&part);
             break;
         }
@@ -385,35 +466,79 @@ static void s_zap_answer(zsec_zap_t *z)
         }
         zmq_msg_close(&part);
     }
+    if (n < 4)
+        goto out; /* not a ZAP request: nothing to address an answer to */
     char domain[ZAP_DOMAIN_MAX] = "", user[ZSEC_USER_MAX] = "";
-    bool ok = false;
-    /* version, request id, domain, address, identity, mechanism, credentials */
-    if (n == 7 && zmq_msg_size(&f[5]) == 5 && memcmp(zmq_msg_data(&f[5]), "CURVE", 5) == 0 &&
-        zmq_msg_size(&f[6]) == 32 && zmq_msg_size(&f[2]) < sizeof domain) {
-        memcpy(domain, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
-        ok = s_admit(z, domain, zmq_msg_data(&f[6]), user, sizeof user);
+    const uint8_t *key = NULL;
+    if (n == 9 && zmq_msg_size(&f[7]) == 5 && memcmp(zmq_msg_data(&f[7]), "CURVE", 5) == 0 &&
+        zmq_msg_size(&f[8]) == 32 && zmq_msg_size(&f[4]) < sizeof domain) {
+        memcpy(domain, zmq_msg_data(&f[4]), zmq_msg_size(&f[4]));
+        key = zmq_msg_data(&f[8]);
     }
-    if (!ok)
-        atomic_fetch_add(&z->denied, 1);
-    s_send_str(z->rep, "1.0", 3, 1);
-    if (n >= 2)
-        s_send_str(z->rep, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), 1);
-    else
-        s_send_str(z->rep, "", 0, 1);
-    s_send_str(z->rep, ok ? "200" : "400", 3, 1);
-    s_send_str(z->rep, ok ? "OK" : "key not allowed", ok ? 2 : 15, 1);
-    s_send_str(z->rep, user, strlen(user), 1);
-    s_send_str(z->rep, "", 0, 0);
+    int hold_ms = 0;
+    s_verdict_t v = key ? s_admit(z, domain, key, user, sizeof user, &hold_ms) : S_DENY;
+    if (v == S_HOLD && z->n_held < ZSEC_HOLD_MAX) {
+        s_held_t *h = &z->held[z->n_held++];
+        zmq_msg_init(&h->rid);
+        zmq_msg_init(&h->reqid);
+        zmq_msg_move(&h->rid, &f[0]);
+        zmq_msg_move(&h->reqid, &f[3]);
+        snprintf(h->domain, sizeof h->domain, "%s", domain);
+        memcpy(h->key, key, 32);
+        h->deadline_ms = clock_mono_ms() + hold_ms;
+    } else if (v == S_ADMIT) {
+        s_reply(z, &f[0], &f[3], true, user);
+    } else {
+        s_deny(z, &f[0], &f[3], key, domain);
+    }
+out:
     for (int i = 0; i < n; i++)
         zmq_msg_close(&f[i]);
+}
+
+/* Answers the held requests that the lists now admit or whose time is up. */
+static void s_zap_review(zsec_zap_t *z)
+{
+    int64_t now = clock_mono_ms();
+    int k = 0;
+    for (int i = 0; i < z->n_held; i++) {
+        s_held_t *h = &z->held[i];
+        char user[ZSEC_USER_MAX] = "";
+        int hold_ms;
+        s_verdict_t v = s_admit(z, h->domain, h->key, user, sizeof user, &hold_ms);
+        if (v == S_HOLD && now < h->deadline_ms) {
+            if (k != i) {
+                s_held_t *to = &z->held[k];
+                zmq_msg_init(&to->rid);
+                zmq_msg_init(&to->reqid);
+                zmq_msg_move(&to->rid, &h->rid);
+                zmq_msg_move(&to->reqid, &h->reqid);
+                zmq_msg_close(&h->rid);
+                zmq_msg_close(&h->reqid);
+                memcpy(to->domain, h->domain, sizeof to->domain);
+                memcpy(to->key, h->key, sizeof to->key);
+                to->deadline_ms = h->deadline_ms;
+            }
+            k++;
+            continue;
+        }
+        if (v == S_ADMIT)
+            s_reply(z, &h->rid, &h->reqid, true, user);
+        else
+            s_deny(z, &h->rid, &h->reqid, h->key, h->domain);
+        zmq_msg_close(&h->rid);
+        zmq_msg_close(&h->reqid);
+    }
+    z->n_held = k;
 }
 
 static void *s_zap_thread(void *arg)
 {
     zsec_zap_t *z = arg;
     for (;;) {
-        zmq_pollitem_t items[2] = {{z->rep, 0, ZMQ_POLLIN, 0}, {z->stop_rx, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, -1) < 0) {
+        zmq_pollitem_t items[2] = {{z->router, 0, ZMQ_POLLIN, 0},
+                                   {z->stop_rx, 0, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, z->n_held ? ZAP_HOLD_TICK_MS : -1) < 0) {
             if (errno == EINTR)
                 continue;
             break;
@@ -421,9 +546,16 @@ static void *s_zap_thread(void *arg)
         if (items[1].revents & ZMQ_POLLIN)
             break;
         if (items[0].revents & ZMQ_POLLIN)
-            s_zap_answer(z);
+            s_zap_request(z);
+        if (z->n_held)
+            s_zap_review(z);
     }
-    zmq_close(z->rep);
+    for (int i = 0; i < z->n_held; i++) {
+        zmq_msg_close(&z->held[i].rid);
+        zmq_msg_close(&z->held[i].reqid);
+    }
+    z->n_held = 0;
+    zmq_close(z->router);
     zmq_close(z->stop_rx);
     return NULL;
 }
@@ -439,26 +571,26 @@ shoal_err_t zsec_zap_new(void *zctx, zsec_zap_t **out)
     char stop_ep[64];
     snprintf(stop_ep, sizeof stop_ep, "inproc://zsec-stop-%p", (void *)z);
     int linger = 0;
-    z->rep = zmq_socket(zctx, ZMQ_REP);
+    z->router = zmq_socket(zctx, ZMQ_ROUTER);
     z->stop_rx = zmq_socket(zctx, ZMQ_PAIR);
     z->stop_tx = zmq_socket(zctx, ZMQ_PAIR);
-    if (!z->rep || !z->stop_rx || !z->stop_tx || zmq_bind(z->rep, ZAP_ENDPOINT) != 0 ||
+    if (!z->router || !z->stop_rx || !z->stop_tx || zmq_bind(z->router, ZAP_ENDPOINT) != 0 ||
         zmq_bind(z->stop_rx, stop_ep) != 0 || zmq_connect(z->stop_tx, stop_ep) != 0) {
         shoal_err_t rc = shoal_fail(SHOAL_ERR_IO, "zap handler: %s", zmq_strerror(errno));
-        if (z->rep)
-            zmq_close(z->rep);
+        if (z->router)
+            zmq_close(z->router);
         if (z->stop_rx)
             zmq_close(z->stop_rx);
-        z->rep = z->stop_rx = NULL;
+        z->router = z->stop_rx = NULL;
         zsec_zap_destroy(&z);
         return rc;
     }
-    zmq_setsockopt(z->rep, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(z->router, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(z->stop_tx, ZMQ_LINGER, &linger, sizeof linger);
     if (pthread_create(&z->thread, NULL, s_zap_thread, z) != 0) {
-        zmq_close(z->rep);
+        zmq_close(z->router);
         zmq_close(z->stop_rx);
-        z->rep = z->stop_rx = NULL;
+        z->router = z->stop_rx = NULL;
         zsec_zap_destroy(&z);
         return shoal_fail(SHOAL_ERR_IO, "zap handler: cannot start its thread");
     }
@@ -532,6 +664,18 @@ shoal_err_t zsec_zap_allow_any(zsec_zap_t *z, const char *domain)
     s_domain_t *d = s_domain(z, domain);
     if (d)
         d->any = true;
+    pthread_mutex_unlock(&z->lock);
+    return d ? SHOAL_OK : shoal_fail(SHOAL_ERR_STATE, "zap: more than %d domains", ZAP_MAX_DOMAINS);
+}
+
+shoal_err_t zsec_zap_hold(zsec_zap_t *z, const char *domain, int hold_ms)
+{
+    if (strlen(domain) >= ZAP_DOMAIN_MAX)
+        return shoal_fail(SHOAL_ERR_INVALID, "zap domain '%s' too long", domain);
+    pthread_mutex_lock(&z->lock);
+    s_domain_t *d = s_domain(z, domain);
+    if (d)
+        d->hold_ms = hold_ms > 0 ? hold_ms : 0;
     pthread_mutex_unlock(&z->lock);
     return d ? SHOAL_OK : shoal_fail(SHOAL_ERR_STATE, "zap: more than %d domains", ZAP_MAX_DOMAINS);
 }

@@ -8,7 +8,8 @@
  * The ZAP handler answers the requests libzmq sends to inproc://zeromq.zap.01 of one context
  * while a CURVE server socket of that context handshakes. Per ZAP domain it either admits the
  * keys of a list (each with the User-Id it is given) or any key (User-Id = the key's Z85 text);
- * requests of other domains are denied. The receiver reads a message's User-Id with
+ * requests of other domains are denied; a domain may hold unknown keys for a while
+ * (zsec_zap_hold). The receiver reads a message's User-Id with
  * zsec_msg_user. Lists are replaced atomically (zsec_zap_set) while the handler runs. */
 #ifndef SHOAL_ZSEC_H
 #define SHOAL_ZSEC_H
@@ -105,7 +106,14 @@ void zsec_zap_destroy(zsec_zap_t **z);
 shoal_err_t zsec_zap_set(zsec_zap_t *z, const char *domain, const zsec_rule_t *rules, int n);
 /* Admits any CURVE key in `domain`, with User-Id = its Z85 text. */
 shoal_err_t zsec_zap_allow_any(zsec_zap_t *z, const char *domain);
-/* Handshakes denied so far. */
+/* Most handshakes held at once (zsec_zap_hold); more are denied at once. */
+#define ZSEC_HOLD_MAX 64
+/* In `domain`, a handshake whose key is not (yet) on the list is held for up to hold_ms, waiting
+ * for a zsec_zap_set that admits it, then denied (0: denied at once, the default). libzmq never
+ * retries a refused handshake, so a listener whose list follows a plan holds a peer that dialled
+ * before the plan reached it (libzmq's handshake timeout, 30 s, bounds hold_ms). */
+shoal_err_t zsec_zap_hold(zsec_zap_t *z, const char *domain, int hold_ms);
+/* Handshakes denied so far (each denial is logged once per key per minute). */
 unsigned long long zsec_zap_denied(const zsec_zap_t *z);
 
 #endif

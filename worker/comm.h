@@ -66,8 +66,17 @@ typedef struct {
                                  * every connection (tcp and ipc) is CURVE, a peer is dialled
                                  * with the key comm_listener_peer_keys gave its endpoint, and a
                                  * frame whose connection key is not the key of the rank it
-                                 * claims is dropped and counted (comm_dropped_frames) */
+                                 * claims is dropped and counted (comm_dropped_frames). Only
+                                 * the keys of the last two plans (comm_listener_peer_keys)
+                                 * complete a handshake; another key is held up to
+                                 * admit_hold_ms for a plan that lists it, then refused and
+                                 * counted (comm_listener_denied_handshakes) */
+    int admit_hold_ms;          /* CURVE: 0 means COMM_ADMIT_HOLD_MS */
 } comm_listener_opts_t;
+
+/* How long a CURVE listener holds the handshake of a key that no plan it holds lists yet (a
+ * peer that got the next plan first): below libzmq's 30 s handshake timeout. */
+#define COMM_ADMIT_HOLD_MS 20000
 
 /* Same-host shared memory. A comm whose peers are all reached over the same-host ipc socket (and
  * whose listener, like every peer's, has shm on) moves all-reduce, reduce-scatter, all-gather and
@@ -112,9 +121,14 @@ void comm_listener_destroy(comm_listener_t **l);
 
 /* CURVE listeners: the public key (Z85) of the worker at each of n endpoints, as the
  * coordinator's plan publishes them; later calls add to and update the map. comm_new fails
- * (SHOAL_ERR_INVALID) for a peer endpoint without a key. No-op on a plaintext listener. */
+ * (SHOAL_ERR_INVALID) for a peer endpoint without a key. Each call is one plan: from then on
+ * only the keys of this call and of the previous one complete a handshake on this listener
+ * (connections already up stay). No-op on a plaintext listener. */
 shoal_err_t comm_listener_peer_keys(comm_listener_t *l, const char *const *endpoints,
                                     const char *const *keys, int n);
+
+/* Handshakes this listener refused (a key of no plan it holds); 0 without CURVE. */
+unsigned long long comm_listener_denied_handshakes(const comm_listener_t *l);
 
 /* Frames dropped in this process because their connection's CURVE key was not the key of the
  * rank they claimed (never summed). */

@@ -5,10 +5,14 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "comm_shm.h"
+
+/* The header: magic, then the nonce. */
+static const char s_magic[8] = "SHOALSHM";
 
 static shoal_err_t s_name_set(comm_shm_seg_t *s, const char *name)
 {
@@ -35,19 +39,26 @@ shoal_err_t comm_shm_create(comm_shm_seg_t *s, const char *name, size_t bytes)
         goto out;
     }
     s->linked = true;
-    int e = ftruncate(fd, (off_t)bytes) != 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
+    if (getrandom(s->nonce, sizeof s->nonce, 0) != (ssize_t)sizeof s->nonce) {
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: nonce for %s: %s", name, strerror(errno));
+        goto out_fd;
+    }
+    size_t total = COMM_SHM_HDR_BYTES + bytes;
+    int e = ftruncate(fd, (off_t)total) != 0 ? errno : posix_fallocate(fd, 0, (off_t)total);
     if (e != 0) {
-        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: reserve %zu bytes for %s: %s", bytes, name,
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: reserve %zu bytes for %s: %s", total, name,
                         strerror(e));
         goto out_fd;
     }
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) {
-        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: map %zu bytes of %s: %s", bytes, name,
+        rc = shoal_fail(SHOAL_ERR_IO, "comm shm: map %zu bytes of %s: %s", total, name,
                         strerror(errno));
         goto out_fd;
     }
-    s->base = p;
+    memcpy(p, s_magic, sizeof s_magic);
+    memcpy((unsigned char *)p + sizeof s_magic, s->nonce, sizeof s->nonce);
+    s->base = (unsigned char *)p + COMM_SHM_HDR_BYTES;
     s->bytes = bytes;
     close(fd);
     return SHOAL_OK;
@@ -59,7 +70,8 @@ out:
     return rc;
 }
 
-shoal_err_t comm_shm_open(comm_shm_seg_t *s, const char *name, size_t min_bytes)
+shoal_err_t comm_shm_open(comm_shm_seg_t *s, const char *name, size_t min_bytes,
+                          const unsigned char nonce[COMM_SHM_NONCE_BYTES])
 {
     shoal_err_t rc = SHOAL_OK;
     memset(s, 0, sizeof *s);
@@ -74,9 +86,20 @@ shoal_err_t comm_shm_open(comm_shm_seg_t *s, const char *name, size_t min_bytes)
         rc = shoal_fail(SHOAL_ERR_IO, "comm shm: stat %s: %s", name, strerror(errno));
         goto out_fd;
     }
-    if (st.st_size < 0 || (size_t)st.st_size < min_bytes) {
+    /* Our own user's, private to it (comm_shm_create makes it so): another local user could
+     * otherwise plant or read the segment a peer's name leads to. */
+    if (st.st_uid != geteuid() || (st.st_mode & 077)) {
+        rc = shoal_fail(SHOAL_ERR_INVALID,
+                        "comm shm: %s is owned by uid %u with mode %03o (expected uid %u, 600): "
+                        "not a segment of this worker's peer",
+                        name, (unsigned)st.st_uid, (unsigned)(st.st_mode & 0777),
+                        (unsigned)geteuid());
+        goto out_fd;
+    }
+    if (st.st_size < 0 || (size_t)st.st_size < COMM_SHM_HDR_BYTES ||
+        (size_t)st.st_size - COMM_SHM_HDR_BYTES < min_bytes) {
         rc = shoal_fail(SHOAL_ERR_INVALID, "comm shm: %s holds %lld bytes, fewer than %zu", name,
-                        (long long)st.st_size, min_bytes);
+                        (long long)st.st_size, COMM_SHM_HDR_BYTES + min_bytes);
         goto out_fd;
     }
     /* Prefaulted: a first touch of every 4 KiB page inside the timed copies costs more than the
@@ -86,8 +109,19 @@ shoal_err_t comm_shm_open(comm_shm_seg_t *s, const char *name, size_t min_bytes)
         rc = shoal_fail(SHOAL_ERR_IO, "comm shm: map %s: %s", name, strerror(errno));
         goto out_fd;
     }
-    s->base = p;
-    s->bytes = (size_t)st.st_size;
+    const unsigned char *hdr = p;
+    if (memcmp(hdr, s_magic, sizeof s_magic) != 0 ||
+        memcmp(hdr + sizeof s_magic, nonce, COMM_SHM_NONCE_BYTES) != 0) {
+        munmap(p, (size_t)st.st_size);
+        rc = shoal_fail(SHOAL_ERR_INVALID,
+                        "comm shm: %s does not carry the nonce its creator announced (a stale or "
+                        "planted segment)",
+                        name);
+        goto out_fd;
+    }
+    memcpy(s->nonce, nonce, COMM_SHM_NONCE_BYTES);
+    s->base = (unsigned char *)p + COMM_SHM_HDR_BYTES;
+    s->bytes = (size_t)st.st_size - COMM_SHM_HDR_BYTES;
 
 out_fd:
     close(fd);
@@ -107,7 +141,7 @@ void comm_shm_close(comm_shm_seg_t *s)
 {
     comm_shm_unlink(s);
     if (s->base)
-        munmap(s->base, s->bytes);
+        munmap(s->base - COMM_SHM_HDR_BYTES, COMM_SHM_HDR_BYTES + s->bytes);
     memset(s, 0, sizeof *s);
 }
 

@@ -206,13 +206,18 @@ shoal_err_t comm_listener_new_opts(const comm_listener_opts_t *o, comm_listener_
     s_sockopt_int(l->pull, ZMQ_RCVBUF, SOCK_BUF_BYTES);
     zmq_setsockopt(l->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     if (o->keys) {
-        /* Any key may complete the handshake (peers dial before our plan may have arrived, and
-         * a refused handshake is never retried by libzmq); what a key may claim is checked
-         * per frame against the plan's key of the rank (comm_zmq_engine.c). */
+        /* Only the keys of the plans we hold complete the handshake (comm_listener_peer_keys);
+         * a peer that dials before our plan arrived is held, not refused (libzmq never retries a
+         * refused handshake). What an admitted key may claim is checked per frame against the
+         * plan's key of the rank (comm_zmq_engine.c). */
         l->curve = true;
         l->keys = *o->keys;
         SHOAL_CHECK_GOTO(zsec_zap_new(l->ctx, &l->zap), rc, out_sock);
-        SHOAL_CHECK_GOTO(zsec_zap_allow_any(l->zap, COMM_ZAP_DOMAIN), rc, out_sock);
+        SHOAL_CHECK_GOTO(zsec_zap_set(l->zap, COMM_ZAP_DOMAIN, NULL, 0), rc, out_sock);
+        SHOAL_CHECK_GOTO(zsec_zap_hold(l->zap, COMM_ZAP_DOMAIN,
+                                       o->admit_hold_ms > 0 ? o->admit_hold_ms
+                                                            : COMM_ADMIT_HOLD_MS),
+                         rc, out_sock);
         SHOAL_CHECK_GOTO(zsec_server(l->pull, &l->keys, COMM_ZAP_DOMAIN), rc, out_sock);
     }
     if (zmq_bind(l->pull, o->bind_endpoint) != 0) {
@@ -317,6 +322,7 @@ void comm_listener_destroy(comm_listener_t **lp)
     }
     free(l->key_eps);
     free(l->key_vals);
+    free(l->admit_prev);
     if (l->ipc_path[0])
         unlink(l->ipc_path);
     /* Waits only for sockets of healthy comms still flushing, each at most FLUSH_MAX_MS. */
@@ -389,11 +395,63 @@ unsigned long long comm_zmq_count_forged(void)
     return atomic_fetch_add(&s_dropped_frames, 1) + 1;
 }
 
+/* Admits at the handshake the keys of this plan (n keys) and of the previous one (a peer still
+ * finishing the old generation, or dialling for it, during a hand-over); one atomic swap of the
+ * ZAP list. Keeps this plan's keys as the next call's previous ones. */
+static shoal_err_t s_admit_plan(comm_listener_t *l, const char *const *keys, int n)
+{
+    int cap = n + l->n_admit_prev;
+    zsec_rule_t *rules = cap > 0 ? calloc((size_t)cap, sizeof *rules) : NULL;
+    zsec_rule_t *now = n > 0 ? calloc((size_t)n, sizeof *now) : NULL;
+    if ((cap > 0 && !rules) || (n > 0 && !now)) {
+        free(rules);
+        free(now);
+        return shoal_fail(SHOAL_ERR_NOMEM, "comm: admitted keys");
+    }
+    int m = 0;
+    for (int i = 0; i < cap; i++) {
+        const char *k = i < n ? keys[i] : l->admit_prev[i - n].key;
+        bool dup = false;
+        for (int j = 0; j < m && !dup; j++)
+            dup = strcmp(rules[j].key, k) == 0;
+        if (dup)
+            continue;
+        /* User-Id = the key itself: what the per-frame check compares with the rank's key */
+        snprintf(rules[m].key, sizeof rules[m].key, "%s", k);
+        snprintf(rules[m].user, sizeof rules[m].user, "%s", k);
+        m++;
+    }
+    shoal_err_t rc = zsec_zap_set(l->zap, COMM_ZAP_DOMAIN, rules, m);
+    free(rules);
+    if (rc != SHOAL_OK) {
+        free(now);
+        return rc;
+    }
+    for (int i = 0; i < n; i++)
+        snprintf(now[i].key, sizeof now[i].key, "%s", keys[i]);
+    free(l->admit_prev);
+    l->admit_prev = now;
+    l->n_admit_prev = n;
+    return SHOAL_OK;
+}
+
+unsigned long long comm_listener_denied_handshakes(const comm_listener_t *l)
+{
+    return l && l->zap ? zsec_zap_denied(l->zap) : 0;
+}
+
 shoal_err_t comm_listener_peer_keys(comm_listener_t *l, const char *const *endpoints,
                                     const char *const *keys, int n)
 {
     if (!l->curve)
         return SHOAL_OK;
+    for (int i = 0; i < n; i++)
+        if (!keys[i] || !zsec_key_valid(keys[i]))
+            return shoal_fail(SHOAL_ERR_INVALID, "comm: the plan gives %s no CURVE key",
+                              endpoints[i]);
+    shoal_err_t rc = s_admit_plan(l, keys, n);
+    if (rc != SHOAL_OK)
+        return rc;
     for (int i = 0; i < n; i++) {
         if (!keys[i] || !zsec_key_valid(keys[i]))
             return shoal_fail(SHOAL_ERR_INVALID, "comm: the plan gives %s no CURVE key",

@@ -120,12 +120,13 @@ static bool s_hdr_parse(const zmq_msg_t *m, wire_hdr_t *h, const char **why)
         break;
     case KIND_SHM_IN:
     case KIND_SHM_OUT:
-        /* The piece lives in the sender's shared segment: its length, and no payload. */
+        /* The piece lives in the sender's shared segment: its length, and the segment's nonce
+         * as the payload. */
         if (h->count == 0 || h->count > h->chunk) {
             *why = "bad piece length";
             return false;
         }
-        if (size != HDR_SIZE) {
+        if (size != HDR_SIZE + COMM_SHM_NONCE_BYTES) {
             *why = "frame size does not match the header";
             return false;
         }

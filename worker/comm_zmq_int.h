@@ -25,7 +25,8 @@
 #endif
 
 #define WIRE_MAGIC 0x4d434853u /* "SHCM" */
-#define WIRE_VERSION 2         /* 2: the group tag in the last word, point to point, all-to-all */
+#define WIRE_VERSION 3 /* 2: the group tag in the last word, point to point, all-to-all;
+                          * 3: SHM_IN and SHM_OUT carry the sender's segment nonce */
 /* wire_hdr_t.flags of reduction frames (AR_RS, AR_AG, SHM_IN, SHM_OUT): the element type and
  * the fold; 0 is an f32 sum. Every other kind carries 0. */
 #define WIRE_FLAG_I64 1u /* elements are int64 (8 bytes) */
@@ -49,8 +50,10 @@ enum {
     KIND_P2P,       /* point to point: a piece of message `seq` of its (src, dst) pair */
     KIND_A2A,       /* all-to-all: a piece of the sender's block for the receiver */
     KIND_RS_ACK,    /* reduce-scatter: the owner has every rank's contributions */
-    KIND_SHM_IN,    /* shm: a contribution to a piece is in the sender's segment, to its owner */
-    KIND_SHM_OUT,   /* shm: the owner's piece is final (reduced or copied in), to every rank */
+    KIND_SHM_IN,    /* shm: a contribution to a piece is in the sender's segment, to its owner;
+                     * payload: the segment's nonce */
+    KIND_SHM_OUT,   /* shm: the owner's piece is final (reduced or copied in), to every rank;
+                     * payload: the segment's nonce */
     KIND_SHM_ACK,   /* shm: the sender has read all of the receiver's pieces (no payload) */
     KIND_SHM_DONE,  /* shm broadcast: every rank has everything (root to every rank) */
     KIND__END
@@ -112,13 +115,16 @@ struct comm_listener {
     int nconns, cap_conns;
     held_t **stash; /* held messages, arrival order */
     size_t nstash, cap_stash, stash_bytes;
-    /* CURVE (opts.keys): our pair, the ZAP handler of ctx (any key, User-Id = the key) and the
+    /* CURVE (opts.keys): our pair, the ZAP handler of ctx (the plans' keys, User-Id = the key) and the
      * plan's key of each peer endpoint */
     bool curve;
     zsec_keys_t keys;
     zsec_zap_t *zap;
     char **key_eps, **key_vals;
     int nkeys, cap_keys;
+    /* the keys of the last plan (comm_listener_peer_keys), admitted with the next one's */
+    zsec_rule_t *admit_prev;
+    int n_admit_prev;
 };
 
 typedef struct {
@@ -140,6 +146,8 @@ typedef struct {
     /* shm path */
     comm_shm_seg_t seg; /* its segment, mapped read-only once needed */
     unsigned seg_k;     /* which of its segments seg is (comm_t.shm_k numbering) */
+    /* the nonce its last SHM_IN / SHM_OUT announced: its segment must carry it */
+    unsigned char seg_nonce[COMM_SHM_NONCE_BYTES];
 } peer_t;
 
 struct comm {

@@ -165,7 +165,7 @@ static const unsigned char *s_peer(comm_t *c, op_t *op, int j)
         return NULL;
     }
     s_seg_name(c, id, name, sizeof name);
-    shoal_err_t rc = comm_shm_open(&p->seg, name, c->shm_bytes);
+    shoal_err_t rc = comm_shm_open(&p->seg, name, c->shm_bytes, p->seg_nonce);
     if (rc != SHOAL_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s", shoal_errmsg());
@@ -328,6 +328,12 @@ static bool s_next_out(comm_t *c, op_t *op, int j, shoal_err_t *rc)
     } else {
         return false;
     }
+    /* Where a frame points into our segment, it names the segment by its nonce: the peer maps
+     * only the segment we made, which the CURVE connection vouches for. */
+    if (f.kind == KIND_SHM_IN || f.kind == KIND_SHM_OUT) {
+        f.payload = c->seg.nonce;
+        f.bytes = sizeof c->seg.nonce;
+    }
     /* Our copies happen before the frame that announces them (zmq's queues order them too). */
     atomic_thread_fence(memory_order_release);
     *rc = comm_zmq_build(c, op, &f, &p->out);
@@ -348,6 +354,9 @@ static bool s_accept(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m, con
         return false;
     }
     atomic_thread_fence(memory_order_acquire);
+    if (h->kind == KIND_SHM_IN || h->kind == KIND_SHM_OUT)
+        memcpy(p->seg_nonce, (const unsigned char *)zmq_msg_data(m) + HDR_SIZE,
+               sizeof p->seg_nonce);
     switch (h->kind) {
     case KIND_SHM_IN: {
         if (!op->rs || (pi = s_piece_of(c, op, c->rank, h)) == SIZE_MAX) {

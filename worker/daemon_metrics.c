@@ -54,6 +54,8 @@ void daemon_metrics_publish(daemon_t *d)
         {"shoal_worker_steps_total", "counter", "steps this process trained"},
         {"shoal_worker_comm_forged_frames_total", "counter",
          "data-plane frames dropped: their connection's CURVE key was not the claimed rank's"},
+        {"shoal_worker_denied_handshakes_total", "counter",
+         "data-plane CURVE handshakes refused: a key of no plan this worker holds"},
     };
     double v[] = {
         (double)d->status_step,
@@ -64,6 +66,7 @@ void daemon_metrics_publish(daemon_t *d)
         d->plan ? (double)d->plan->generation : 0,
         (double)d->steps_trained,
         (double)comm_dropped_frames(),
+        (double)comm_listener_denied_handshakes(d->listener),
     };
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
         prom_family(t, fam[f].name, fam[f].type, fam[f].help);

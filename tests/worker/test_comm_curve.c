@@ -1,8 +1,14 @@
 /* test_comm_curve.c: the ZeroMQ comm backend with CURVE (comm_listener_opts_t.keys): two ranks
- * (threads, a listener each) all-reduce while a third party holding a valid CURVE key of its own
- * sends each rank well-formed frames claiming to be the other rank, with poison that would show
- * in the sum. The sum must be exact and every forged frame counted (comm_dropped_frames); a peer
- * endpoint the plan gave no key is refused by comm_new; a plaintext sender gets nothing through. */
+ * (threads, a listener each) all-reduce while
+ * - a peer of the plan (its key is in the plan, for another endpoint) sends each rank
+ *   well-formed frames claiming to be the other rank, with poison that would show in the sum:
+ *   the sum must be exact and every forged frame counted (comm_dropped_frames);
+ * - a stranger (a valid CURVE key that no plan lists) sends the same: its handshake is refused
+ *   (comm_listener_denied_handshakes moves) and none of its frames reaches the comm;
+ * - a plaintext sender gets nothing through.
+ * Rank 0 dials rank 1 before rank 1 holds the plan: the handshake is held, not refused, and the
+ * all-reduce completes once rank 1 has it. A peer endpoint the plan gave no key is refused by
+ * comm_new. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +26,8 @@
 
 #define N 1000
 #define POISON 1e30f
+/* how long a listener holds an unknown key: well above the 300 ms rank 1 takes to get its plan */
+#define HOLD_MS 2000
 
 typedef struct {
     comm_t *c;
@@ -83,18 +91,23 @@ static void s_send_forged(const char *ep, const char *dst_key, const zsec_keys_t
 static void test_forged_frames_dropped(void **state)
 {
     (void)state;
-    zsec_keys_t k[2], rogue;
+    zsec_keys_t k[2], rogue, stranger;
     comm_listener_t *l[2];
-    const char *eps[2], *pubs[2];
+    /* the plan: the two ranks, and the rogue as a worker of another group at an endpoint of
+     * its own (never dialled) */
+    const char *eps[3], *pubs[3];
     for (int r = 0; r < 2; r++) {
         assert_int_equal(zsec_keys_generate(&k[r]), SHOAL_OK);
         comm_listener_opts_t o = {.bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = 1,
-                                  .keys = &k[r]};
+                                  .keys = &k[r], .admit_hold_ms = HOLD_MS};
         assert_int_equal(comm_listener_new_opts(&o, &l[r]), SHOAL_OK);
         eps[r] = comm_listener_endpoint(l[r]);
         pubs[r] = k[r].public_key;
     }
     assert_int_equal(zsec_keys_generate(&rogue), SHOAL_OK);
+    assert_int_equal(zsec_keys_generate(&stranger), SHOAL_OK);
+    eps[2] = "tcp://127.0.0.1:9";
+    pubs[2] = rogue.public_key;
 
     /* a peer endpoint without a key in the plan: refused */
     comm_t *nokey = NULL;
@@ -104,19 +117,23 @@ static void test_forged_frames_dropped(void **state)
     assert_null(nokey);
 
     rank_t rk[2];
+    unsigned long long before = comm_dropped_frames();
     for (int r = 0; r < 2; r++) {
-        assert_int_equal(comm_listener_peer_keys(l[r], eps, pubs, 2), SHOAL_OK);
+        /* rank 0 dials rank 1 (comm_new) while rank 1 holds no plan yet: held, then admitted */
+        if (r == 1)
+            usleep(300 * 1000);
+        assert_int_equal(comm_listener_peer_keys(l[r], eps, pubs, 3), SHOAL_OK);
         comm_config_t cfg = {.rank = r, .nranks = 2, .endpoints = eps, .generation = 1,
                              .timeout_ms = 10000};
         assert_int_equal(comm_new(l[r], &cfg, &rk[r].c), SHOAL_OK);
         for (int i = 0; i < N; i++)
             rk[r].buf[i] = (float)(i + 1000 * (r + 1));
     }
-    unsigned long long before = comm_dropped_frames();
-    /* a valid key of its own, claiming to be the other rank; and a plaintext sender, which
-     * CURVE keeps out before any frame */
+    /* the plan's rogue claiming to be the other rank (dropped per frame), a stranger's key
+     * (refused at the handshake) and a plaintext sender (CURVE keeps it out before any frame) */
     for (int r = 0; r < 2; r++) {
         s_send_forged(eps[r], pubs[r], &rogue, r);
+        s_send_forged(eps[r], pubs[r], &stranger, r);
         s_send_forged(eps[r], pubs[r], NULL, r);
     }
     pthread_t t[2];
@@ -133,8 +150,14 @@ static void test_forged_frames_dropped(void **state)
                 fail();
             }
     }
-    /* the rogue's 3 frames to each rank, none of the plaintext sender's */
+    /* the rogue's 3 frames to each rank, none of the stranger's or the plaintext sender's */
     assert_int_equal(comm_dropped_frames() - before, 6);
+    /* the stranger's handshake with each rank was refused (held HOLD_MS first) */
+    for (int r = 0; r < 2; r++) {
+        for (int w = 0; w < 100 && comm_listener_denied_handshakes(l[r]) == 0; w++)
+            usleep(50 * 1000);
+        assert_int_equal(comm_listener_denied_handshakes(l[r]), 1);
+    }
     for (int r = 0; r < 2; r++) {
         comm_destroy(&rk[r].c);
         comm_listener_destroy(&l[r]);

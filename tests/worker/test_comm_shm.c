@@ -15,12 +15,15 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -358,8 +361,8 @@ static void test_shm_abort(void **state)
     ct_run_all(2, s_rank_abort, NULL, res);
 }
 
-/* comm_shm directly: create, open (too small, absent), unlink, and the sweep of exactly one
- * identity's leftovers. */
+/* comm_shm directly: create, open (too small, absent, another nonce, a wider mode, another
+ * owner), unlink, and the sweep of exactly one identity's leftovers. */
 static void test_segments(void **state)
 {
     (void)state;
@@ -371,20 +374,50 @@ static void test_segments(void **state)
     comm_shm_seg_t w, w2, r;
     assert_int_equal(comm_shm_create(&w, a, 8192), SHOAL_OK);
     assert_int_equal(comm_shm_create(&w2, b, 4096), SHOAL_OK);
+    /* each segment its own random nonce */
+    assert_memory_not_equal(w.nonce, w2.nonce, COMM_SHM_NONCE_BYTES);
     memset(w.base, 0x5a, 8192);
-    assert_int_equal(comm_shm_open(&r, a, 8193), SHOAL_ERR_INVALID);
-    assert_int_equal(comm_shm_open(&r, a, 8192), SHOAL_OK);
+    assert_int_equal(comm_shm_open(&r, a, 8193, w.nonce), SHOAL_ERR_INVALID);
+    assert_int_equal(comm_shm_open(&r, a, 8192, w.nonce), SHOAL_OK);
     assert_int_equal(r.base[8191], 0x5a);
+    assert_int_equal(r.base[0], 0x5a);
+    comm_shm_close(&r);
+    /* the nonce of another segment (a stale or planted one under the announced name): refused */
+    assert_int_equal(comm_shm_open(&r, a, 8192, w2.nonce), SHOAL_ERR_INVALID);
+    assert_null(r.base);
+    unsigned char flipped[COMM_SHM_NONCE_BYTES];
+    memcpy(flipped, w.nonce, sizeof flipped);
+    flipped[COMM_SHM_NONCE_BYTES - 1] ^= 1;
+    assert_int_equal(comm_shm_open(&r, a, 8192, flipped), SHOAL_ERR_INVALID);
+    /* created 0600; a segment group or others may touch is refused */
+    int fd = shm_open(a, O_RDWR, 0);
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(fchmod(fd, 0640), 0);
+    assert_int_equal(comm_shm_open(&r, a, 8192, w.nonce), SHOAL_ERR_INVALID);
+    assert_non_null(strstr(shoal_errmsg(), "mode 640"));
+    assert_int_equal(fchmod(fd, 0600), 0);
+    /* another user's segment (only root can make one here) */
+    if (geteuid() == 0) {
+        assert_int_equal(fchown(fd, 65534, (gid_t)-1), 0);
+        assert_int_equal(comm_shm_open(&r, a, 8192, w.nonce), SHOAL_ERR_INVALID);
+        assert_non_null(strstr(shoal_errmsg(), "uid 65534"));
+        assert_int_equal(fchown(fd, 0, (gid_t)-1), 0);
+    }
+    close(fd);
+    assert_int_equal(comm_shm_open(&r, a, 8192, w.nonce), SHOAL_OK);
     comm_shm_close(&r);
     /* A leftover of our identity is replaced on create, and swept; another identity's is not. */
     comm_shm_seg_t again;
     assert_int_equal(comm_shm_create(&again, a, 4096), SHOAL_OK);
     comm_shm_sweep(id);
-    assert_int_equal(comm_shm_open(&r, a, 1), SHOAL_ERR_IO);
-    assert_int_equal(comm_shm_open(&r, b, 4096), SHOAL_OK);
+    assert_int_equal(comm_shm_open(&r, a, 1, again.nonce), SHOAL_ERR_IO);
+    assert_int_equal(comm_shm_open(&r, b, 4096, w2.nonce), SHOAL_OK);
     comm_shm_close(&r);
     comm_shm_unlink(&w2);
-    assert_int_equal(comm_shm_open(&r, b, 1), SHOAL_ERR_IO);
+    assert_int_equal(comm_shm_open(&r, b, 1, w2.nonce), SHOAL_ERR_IO);
     assert_int_equal(comm_shm_create(&r, "/no/slash", 4096), SHOAL_ERR_INVALID);
     again.linked = false; /* swept already */
     comm_shm_close(&again);
