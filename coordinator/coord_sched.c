@@ -227,13 +227,22 @@ static shoal_err_t s_build_plan(coord_t *c, coord_run_t *r, uint64_t generation,
     int64_t best = -1;
     for (uint32_t i = 0; sv && i < e->n && !r->distrust_peers; i++) {
         const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id);
-        if (!old || !plan_find_worker(p, e->list[i]->id) || !r->reported ||
-            strcmp(e->list[i]->run, r->id) != 0)
-            continue; /* not a survivor (new, restarted without its state) or a spare now */
+        if (!old || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
+            continue; /* not a survivor (new, or restarted without its state) */
         sv[n_sv++] = (plan_survivor_t){e->list[i]->id, r->reported[old->rank]};
-        if (r->reported[old->rank] > best)
-            best = r->reported[old->rank];
     }
+    /* survivors back on their cells (from the spares too: a joiner the planner sorted first
+     * must not take a cell that a survivor holds); one still a spare keeps no cell */
+    if (sv)
+        plan_keep_holders(p, &r->plan, sv, n_sv);
+    uint32_t n_placed = 0;
+    for (uint32_t i = 0; i < n_sv; i++)
+        if (plan_find_worker(p, sv[i].worker_id)) {
+            sv[n_placed++] = sv[i];
+            if (sv[i].step > best)
+                best = sv[i].step;
+        }
+    n_sv = n_placed;
     /* Members leaving at this boundary (draining) that still hold their cell hand it over to
      * the worker taking it, so that nothing rolls back (a drain, a preemption's grace). */
     plan_donor_t *dn = calloc(r->plan.n_peers + 1, sizeof *dn);
@@ -248,7 +257,6 @@ static shoal_err_t s_build_plan(coord_t *c, coord_run_t *r, uint64_t generation,
             best = r->reported[i];
     }
     uint32_t best_rank = 0;
-    plan_keep_holders(p, &r->plan, sv, n_sv);
     shoal_err_t hrc = plan_add_handovers(p, &r->plan, sv, n_sv, dn, n_dn, best);
     const int held = hrc == SHOAL_OK && best > 0 &&
                      plan_parts_held(p, &r->plan, sv, n_sv, best, &best_rank);

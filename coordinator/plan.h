@@ -188,9 +188,11 @@ typedef struct {
 
 /* State stays where it is: each survivor (s[0..n)) goes back to the cell it held in `old` when
  * `p` has that cell with the same part of the model (the same layers and experts), by swapping
- * workers between cells of `p` (never changing the cells, so the shape, the groups and the
- * spares stay as placed; a swap that would break a worker's declared memory, or put a GPU worker
- * in a CPU cell's place or the reverse, is skipped). */
+ * workers between cells of `p`, or with a spare of `p` when the planner made the survivor a
+ * spare (the worker placed on its cell becomes the spare): the cells, the shape and the groups
+ * stay as placed, so a join that only adds a worker keeps the same cells. A swap that would
+ * break a worker's declared memory, or put a GPU worker in a CPU cell's place or the reverse,
+ * is skipped. */
 void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n);
 
 /* A worker leaving the plan (draining) that still holds its cell's state, at `step`. */

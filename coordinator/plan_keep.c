@@ -109,6 +109,31 @@ static int s_fits(const plan_site_t *site, uint64_t mem_est)
     return site->memory_bytes == 0 || mem_est <= site->memory_bytes;
 }
 
+/* An index entry of a worker that was placed and is a spare now. */
+#define S_NOT_PEER UINT32_MAX
+
+/* Cell i of p goes back to `prev`'s worker, which p lists as a spare, when it fits there; the
+ * worker placed on it becomes that spare. Returns whether it did. */
+static int s_take_from_spares(plan_t *p, uint32_t i, const plan_peer_t *prev)
+{
+    plan_peer_t *q = &p->peers[i];
+    for (uint32_t k = 0; k < p->n_spares; k++) {
+        plan_spare_t *sp = &p->spares[k];
+        if (strcmp(sp->worker_id, prev->worker_id) != 0)
+            continue;
+        if (!s_fits(&sp->site, q->mem_est) || sp->site.gpu != q->site.gpu)
+            return 0;
+        plan_spare_t displaced = {.site = q->site};
+        memcpy(displaced.worker_id, q->worker_id, sizeof displaced.worker_id);
+        memcpy(q->worker_id, prev->worker_id, sizeof q->worker_id);
+        memcpy(q->endpoint, prev->endpoint, sizeof q->endpoint); /* a survivor: unchanged */
+        q->site = sp->site;
+        *sp = displaced;
+        return 1;
+    }
+    return 0;
+}
+
 void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, uint32_t n)
 {
     if (!old || old->n_peers == 0)
@@ -133,8 +158,16 @@ void plan_keep_holders(plan_t *p, const plan_t *old, const plan_survivor_t *s, u
             continue;
         }
         s_ix_t *xj = s_index_find(&px, prev->worker_id), *xi = s_index_find(&px, p->peers[i].worker_id);
+        if (xi && (!xj || xj->at == S_NOT_PEER)) {
+            /* the planner made the holder a spare (a joiner sorted before it): it takes its cell
+             * back and the joiner is the spare, so that a join that only adds a spare keeps the
+             * plan as it was (no new generation, nobody restarts) */
+            if (s_take_from_spares(p, i, prev))
+                xi->at = S_NOT_PEER, claimed[i] = 1;
+            continue;
+        }
         if (!xj || !xi || claimed[xj->at])
-            continue; /* a spare now, or already back on its own cell */
+            continue; /* already back on its own cell */
         const uint32_t j = xj->at;
         if (!s_fits(&p->peers[j].site, p->peers[i].mem_est) ||
             !s_fits(&p->peers[i].site, p->peers[j].mem_est))

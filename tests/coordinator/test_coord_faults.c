@@ -67,13 +67,18 @@ static void s_stop_clean(void)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
-static void s_submit(char *run_id, size_t cap)
+static void s_submit_spec(const char *spec, char *run_id, size_t cap)
 {
     tc_reply_t r;
-    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec, 0, &r), 0);
     assert_true(r.ok);
     snprintf(run_id, cap, "%s", tc_jstr(r.json, "id"));
     tc_reply_fini(&r);
+}
+
+static void s_submit(char *run_id, size_t cap)
+{
+    s_submit_spec(s_spec, run_id, cap);
 }
 
 /* Registers `w` and heartbeats until it holds an assignment of generation >= `gen`. */
@@ -512,6 +517,96 @@ static void test_failure_backoff(void **state)
     s_stop_clean();
 }
 
+/* The plan entries of the run's ledger (a new reference). */
+static size_t s_n_plans(const char *run)
+{
+    json_t *ev = s_events(run), *plans = s_kind(ev, "plan");
+    const size_t n = json_array_size(plans);
+    json_decref(plans);
+    json_decref(ev);
+    return n;
+}
+
+/* dp 2 on 3 workers: a member dies and the spare takes its cell (one re-plan, generation 2).
+ * The dead worker restarts and registers again: the planner sorts it first (the lowest id), yet
+ * the survivors keep their cells and it only becomes the spare, so the plan keeps generation 2
+ * and nobody gets a new assignment (bench_recovery saw every kill + restart move the
+ * generation by 2: the restarted worker took a cell back from the spare that held it). */
+static void test_restart_becomes_spare(void **state)
+{
+    (void)state;
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 1200\nstep_window: 2\n"
+                             "min_workers: 3\n");
+    char run[64], spec[512];
+    snprintf(spec, sizeof spec, "%sparallel:\n  data_parallel: 2\n", s_spec);
+    s_submit_spec(spec, run, sizeof run);
+    tc_worker_t a, b, c;
+    assert_int_equal(tc_worker_open(&a, s_dir, "rs-a"), 0);
+    assert_int_equal(tc_worker_open(&b, s_dir, "rs-b"), 0);
+    assert_int_equal(tc_worker_open(&c, s_dir, "rs-c"), 0);
+    assert_int_equal(tc_worker_register(&a), 0);
+    assert_int_equal(tc_worker_register(&b), 0);
+    assert_int_equal(tc_worker_register(&c), 0);
+    tc_worker_t *all[3] = {&a, &b, &c};
+    for (int64_t end = s_deadline(); (a.gen < 1 || b.gen < 1) && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 0, false);
+    assert_int_equal(a.gen, 1);
+    assert_int_equal(b.gen, 1);
+    assert_int_equal(c.gen, 0); /* the spare: no cell */
+    assert_string_equal(tc_worker_state(s_dir, c.id), "standby");
+
+    /* a is killed: its connection closes and it falls silent; the spare takes its cell */
+    char a_id[64];
+    snprintf(a_id, sizeof a_id, "%s", a.id);
+    tc_worker_close(&a);
+    tc_worker_t *left[3] = {NULL, &b, &c};
+    for (int64_t end = s_deadline(); (b.gen < 2 || c.gen < 2) && clock_mono_ms() < end;)
+        tc_beat(left, 3, 50, HB_MS, 0, false);
+    assert_int_equal(b.gen, 2);
+    assert_int_equal(c.gen, 2);
+    assert_string_equal(tc_worker_state(s_dir, a_id), "dead");
+    assert_int_equal(s_n_plans(run), 2); /* re-planned once */
+    const uint32_t b_assigned = b.n_assignments, c_assigned = c.n_assignments;
+
+    /* a restarts: a new process registering under its name, then heartbeating */
+    assert_int_equal(tc_worker_open(&a, s_dir, "rs-a"), 0);
+    assert_int_equal(tc_worker_register(&a), 0);
+    assert_string_equal(a.id, a_id);
+    char joins[96];
+    snprintf(joins, sizeof joins, "%s joins): new plan after step", a.id);
+    for (int64_t end = s_deadline(); !s_log_has(joins) && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, b.committed, false);
+    assert_true(s_log_has(joins));
+    /* the members train to the frozen lease: the boundary where a join is applied */
+    json_t *st = tc_run_status(s_dir, run);
+    const int64_t lease = tc_jint(st, "lease");
+    json_decref(st);
+    assert_true(lease >= 1);
+    for (int64_t k = b.committed + 1; k <= lease; k++) {
+        assert_int_equal(tc_worker_step(&b, k, 2.0f), 0);
+        assert_int_equal(tc_worker_step(&c, k, 2.0f), 0);
+    }
+    for (int64_t end = s_deadline();
+         strcmp(tc_worker_state(s_dir, a.id), "standby") != 0 && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, b.committed, false);
+    assert_string_equal(tc_worker_state(s_dir, a.id), "standby");
+    tc_beat(all, 3, 300, HB_MS, b.committed, false); /* a plan would have reached them by now */
+    assert_int_equal(s_n_plans(run), 2);
+    st = tc_run_status(s_dir, run);
+    assert_int_equal(tc_jint(st, "generation"), 2);
+    assert_true(tc_jint(st, "lease") > lease); /* the lease moves on: the join is settled */
+    json_decref(st);
+    assert_int_equal(a.gen, 0);
+    assert_int_equal(b.gen, 2);
+    assert_int_equal(c.gen, 2);
+    assert_int_equal(b.n_assignments, b_assigned);
+    assert_int_equal(c.n_assignments, c_assigned);
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    tc_worker_close(&c);
+    s_stop_clean();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -522,6 +617,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quarantine, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_streak_and_unplaced, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_failure_backoff, s_fresh_dir, tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_restart_becomes_spare, s_fresh_dir,
+                                        tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
