@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
@@ -47,7 +49,17 @@ typedef struct {
     int64_t step, lease;
     int paused, drain_asked;
     int64_t next_hb_ms, next_step_ms, reg_sent_ms, reg_retry_ms, getassign_ms;
+    /* the event loop: the due time of its live timer entry (0: none), whether it is in the
+     * ready list, its socket's ZMQ_FD in the epoll set */
+    int64_t timer_at;
+    int ready, zfd;
 } s_worker_t;
+
+/* A timer: worker `w` needs a tick at `at` (stale when the worker's timer_at moved since). */
+typedef struct {
+    int64_t at;
+    int w;
+} s_timer_t;
 
 typedef struct {
     const char *connect;
@@ -66,6 +78,13 @@ typedef struct {
     FILE *events;
     unsigned long long sent, acks, registered, deaths, joins, drains;
     s_worker_t *cur; /* the worker whose socket is being read */
+    /* the event loop: one epoll set over every socket's ZMQ_FD (edge-triggered), a min-heap
+     * of timers and the list of sockets to look at: a wake-up costs O(ready), not O(workers) */
+    int epfd;
+    s_timer_t *heap;
+    int n_heap, cap_heap;
+    int *ready;
+    int n_ready;
 } s_sim_t;
 
 static volatile sig_atomic_t s_stop;
@@ -91,10 +110,21 @@ static void s_event(s_sim_t *s, const char *kind, const s_worker_t *w)
     fflush(s->events);
 }
 
+/* The socket may hold input whose ZMQ_FD edge is gone (a send or a ZMQ_EVENTS read
+ * processes the socket's commands, which resets the descriptor): it is looked at again. */
+static void s_mark_ready(s_sim_t *s, s_worker_t *w)
+{
+    if (w->ready || !w->sock)
+        return;
+    w->ready = 1;
+    s->ready[s->n_ready++] = (int)(w - s->w);
+}
+
 static void s_send(s_sim_t *s, s_worker_t *w, Shoal__Envelope *env)
 {
     if (wire_send(w->sock, NULL, env, ZMQ_DONTWAIT) == SHOAL_OK)
         s->sent++;
+    s_mark_ready(s, w);
 }
 
 static void s_env(s_worker_t *w, Shoal__Envelope *env, Shoal__MsgType type)
@@ -218,8 +248,10 @@ static void s_send_leave(s_sim_t *s, s_worker_t *w, int drain_first)
     s_send(s, w, &env);
 }
 
-static void s_close(s_worker_t *w)
+static void s_close(s_sim_t *s, s_worker_t *w)
 {
+    if (w->sock && w->zfd >= 0)
+        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->zfd, NULL);
     if (w->sock)
         zmq_close(w->sock); /* linger 0 (wire_socket_limits): the connection drops at once */
     w->sock = NULL;
@@ -325,11 +357,20 @@ static int s_open(s_sim_t *s, s_worker_t *w, int index, int delay_ms)
     snprintf(w->host, sizeof w->host, "h%04d", host);
     snprintf(w->inst, sizeof w->inst, "inst-%d", host % s->o.institutions);
     snprintf(w->endpoint, sizeof w->endpoint, "tcp://%s:%d", w->host, 7500 + index % s->o.hosts_of);
+    w->zfd = -1;
     w->sock = zmq_socket(s->zctx, ZMQ_DEALER);
+    size_t fd_len = sizeof w->zfd;
     if (!w->sock || wire_socket_limits(w->sock) != SHOAL_OK ||
-        zmq_connect(w->sock, s->o.connect) != 0) {
+        zmq_connect(w->sock, s->o.connect) != 0 ||
+        zmq_getsockopt(w->sock, ZMQ_FD, &w->zfd, &fd_len) != 0) {
         fprintf(stderr, "shoal-sim: worker %s: %s\n", w->name, zmq_strerror(errno));
-        s_close(w);
+        s_close(s, w);
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u32 = (uint32_t)(w - s->w)};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, w->zfd, &ev) != 0) {
+        fprintf(stderr, "shoal-sim: worker %s: epoll: %s\n", w->name, strerror(errno));
+        s_close(s, w);
         return -1;
     }
     const int64_t now = clock_mono_ms();
@@ -369,7 +410,7 @@ static void s_churn(s_sim_t *s)
             s_event(s, "drain", w);
         } else {
             s_event(s, "death", w);
-            s_close(w);
+            s_close(s, w);
             s->deaths++;
         }
         return;
@@ -380,7 +421,7 @@ static void s_tick(s_sim_t *s, s_worker_t *w, int64_t now)
 {
     if (w->state == S_LEAVING) {
         if (now >= w->next_hb_ms)
-            s_close(w);
+            s_close(s, w);
         return;
     }
     if (w->state == S_REGISTERING) {
@@ -407,6 +448,123 @@ static void s_tick(s_sim_t *s, s_worker_t *w, int64_t now)
             s_send_ckpt(s, w);
         w->next_step_ms = now + s->o.step_ms;
     }
+}
+
+/* ---- the event loop: timers and ready sockets ---------------------------------------- */
+
+static int s_heap_push(s_sim_t *s, int64_t at, int w)
+{
+    if (s->n_heap == s->cap_heap) {
+        int cap = s->cap_heap ? 2 * s->cap_heap : 1024;
+        s_timer_t *grown = realloc(s->heap, sizeof *grown * (size_t)cap);
+        if (!grown)
+            return -1;
+        s->heap = grown;
+        s->cap_heap = cap;
+    }
+    int i = s->n_heap++;
+    while (i > 0 && s->heap[(i - 1) / 2].at > at) {
+        s->heap[i] = s->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    s->heap[i] = (s_timer_t){at, w};
+    return 0;
+}
+
+static s_timer_t s_heap_pop(s_sim_t *s)
+{
+    s_timer_t top = s->heap[0], last = s->heap[--s->n_heap];
+    int i = 0;
+    for (;;) {
+        int k = 2 * i + 1;
+        if (k >= s->n_heap)
+            break;
+        if (k + 1 < s->n_heap && s->heap[k + 1].at < s->heap[k].at)
+            k++;
+        if (s->heap[k].at >= last.at)
+            break;
+        s->heap[i] = s->heap[k];
+        i = k;
+    }
+    if (s->n_heap > 0)
+        s->heap[i] = last;
+    return top;
+}
+
+/* When worker w next needs s_tick (INT64_MAX: never; a socketless worker is done). */
+static int64_t s_due(const s_sim_t *s, const s_worker_t *w)
+{
+    (void)s;
+    if (!w->sock)
+        return INT64_MAX;
+    if (w->state == S_REGISTERING)
+        return w->reg_sent_ms ? w->reg_sent_ms + w->reg_retry_ms + 1 : w->next_hb_ms;
+    int64_t at = w->next_hb_ms;
+    if (w->state == S_REGISTERED && w->run[0] && !w->paused && w->step < w->lease &&
+        w->next_step_ms < at)
+        at = w->next_step_ms;
+    return at;
+}
+
+/* Keeps a timer entry at w's due time: a new one when that is earlier than its live entry (the
+ * later one goes stale); an entry that fires early only ticks a worker with nothing due. */
+static void s_arm(s_sim_t *s, s_worker_t *w)
+{
+    const int64_t at = s_due(s, w);
+    if (at == INT64_MAX || (w->timer_at && w->timer_at <= at))
+        return;
+    if (s_heap_push(s, at, (int)(w - s->w)) == 0)
+        w->timer_at = at;
+}
+
+/* Reads what w's socket holds (up to a burst; more waits for the next round). */
+static void s_service(s_sim_t *s, s_worker_t *w)
+{
+    w->ready = 0;
+    s->cur = w;
+    int m = 0;
+    for (; m < 64 && w->sock; m++) {
+        int events = 0;
+        size_t len = sizeof events;
+        if (zmq_getsockopt(w->sock, ZMQ_EVENTS, &events, &len) != 0 || !(events & ZMQ_POLLIN))
+            break;
+        wire_route_t route;
+        if (wire_recv(w->sock, ZMQ_DONTWAIT, &route, s_on_msg, s) == SHOAL_ERR_TIMEOUT)
+            break;
+    }
+    if (m == 64)
+        s_mark_ready(s, w);
+    s_arm(s, w); /* an answer may have moved its timers (a lease, a plan) */
+}
+
+/* Every timer due by `now`: the worker ticks and gets its next entry. */
+static void s_run_timers(s_sim_t *s, int64_t now)
+{
+    while (s->n_heap > 0 && s->heap[0].at <= now) {
+        s_timer_t t = s_heap_pop(s);
+        s_worker_t *w = &s->w[t.w];
+        if (w->timer_at != t.at)
+            continue; /* stale: a newer entry stands */
+        w->timer_at = 0;
+        if (!w->sock)
+            continue;
+        s_tick(s, w, now);
+        s_arm(s, w);
+    }
+}
+
+/* Services every socket marked ready (those marked meanwhile wait for the next round). */
+static void s_run_ready(s_sim_t *s)
+{
+    int n = s->n_ready;
+    for (int k = 0; k < n; k++) {
+        s_worker_t *w = &s->w[s->ready[k]];
+        if (w->ready)
+            s_service(s, w);
+    }
+    /* keep what was marked during the round */
+    memmove(s->ready, s->ready + n, sizeof *s->ready * (size_t)(s->n_ready - n));
+    s->n_ready -= n;
 }
 
 static int s_parse(int argc, char **argv, s_opts_t *o)
@@ -482,10 +640,11 @@ int main(int argc, char **argv)
     s.rng = s.o.seed * 0x9E3779B97F4A7C15ull + 1;
     s.cap = s.o.n_workers + (s.o.churn_ms ? s.o.seconds * 1000 / s.o.churn_ms + 1 : 0);
     s.w = calloc((size_t)s.cap, sizeof *s.w);
-    zmq_pollitem_t *items = calloc((size_t)s.cap, sizeof *items);
-    int *item_w = calloc((size_t)s.cap, sizeof *item_w);
+    /* a round's list plus what it marks again (each worker at most once in either) */
+    s.ready = calloc(2 * (size_t)s.cap, sizeof *s.ready);
     s.zctx = zmq_ctx_new();
-    if (!s.w || !items || !item_w || !s.zctx ||
+    s.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (!s.w || !s.ready || !s.zctx || s.epfd < 0 ||
         zmq_ctx_set(s.zctx, ZMQ_MAX_SOCKETS, s.cap + 16) != 0) {
         fprintf(stderr, "shoal-sim: out of memory for %d workers\n", s.cap);
         return 1;
@@ -499,54 +658,53 @@ int main(int argc, char **argv)
         if (s_open(&s, &s.w[s.n], s.next_index++,
                    (int)((int64_t)s.o.ramp_ms * i / s.o.n_workers)) != 0)
             return 1;
+        s_arm(&s, &s.w[s.n]);
         s.n++;
     }
     const int64_t t0 = clock_mono_ms(), end = t0 + (int64_t)s.o.seconds * 1000;
     const int64_t churn_end = end - s.o.quiet_after_ms;
     int64_t next_churn = s.o.churn_ms ? t0 + s.o.churn_offset_ms + s.o.churn_ms : INT64_MAX;
+    struct epoll_event evs[256];
     while (!s_stop) {
         int64_t now = clock_mono_ms();
         if (now >= end)
             break;
         if (now >= next_churn) {
-            if (now < churn_end)
+            if (now < churn_end) {
+                const int n_before = s.n;
                 s_churn(&s);
+                if (s.n > n_before)
+                    s_arm(&s, &s.w[s.n - 1]); /* a join */
+            }
             next_churn += s.o.churn_ms;
         }
-        int n_items = 0;
-        for (int i = 0; i < s.n; i++) {
-            if (!s.w[i].sock)
-                continue;
-            items[n_items] = (zmq_pollitem_t){.socket = s.w[i].sock, .events = ZMQ_POLLIN};
-            item_w[n_items++] = i;
-        }
-        if (zmq_poll(items, n_items, 5) < 0 && errno != EINTR)
-            break;
-        for (int k = 0; k < n_items; k++) {
-            if (!(items[k].revents & ZMQ_POLLIN))
-                continue;
-            s.cur = &s.w[item_w[k]];
-            for (int m = 0; m < 64 && s.cur->sock; m++) {
-                wire_route_t route;
-                if (wire_recv(s.cur->sock, ZMQ_DONTWAIT, &route, s_on_msg, &s) ==
-                    SHOAL_ERR_TIMEOUT)
-                    break;
-            }
-        }
+        s_run_timers(&s, now);
+        s_run_ready(&s);
+        /* sleep until the next timer, churn or the end, unless a socket is ready already */
+        int64_t until = next_churn < end ? next_churn : end;
+        if (s.n_heap > 0 && s.heap[0].at < until)
+            until = s.heap[0].at;
         now = clock_mono_ms();
-        for (int i = 0; i < s.n; i++)
-            if (s.w[i].sock)
-                s_tick(&s, &s.w[i], now);
+        int64_t wait_ms = s.n_ready || until <= now ? 0 : until - now;
+        const int timeout = (int)(wait_ms < 1000 ? wait_ms : 1000);
+        int n = epoll_wait(s.epfd, evs, (int)(sizeof evs / sizeof evs[0]), timeout);
+        if (n < 0 && errno != EINTR) {
+            fprintf(stderr, "shoal-sim: epoll_wait: %s\n", strerror(errno));
+            break;
+        }
+        for (int k = 0; k < n; k++)
+            s_mark_ready(&s, &s.w[evs[k].data.u32]);
     }
     printf("sim: sent %llu acks %llu registered %llu deaths %llu joins %llu drains %llu\n",
            s.sent, s.acks, s.registered, s.deaths, s.joins, s.drains);
     for (int i = 0; i < s.n; i++)
-        s_close(&s.w[i]);
+        s_close(&s, &s.w[i]);
     zmq_ctx_term(s.zctx);
     if (s.events)
         fclose(s.events);
-    free(items);
-    free(item_w);
+    close(s.epfd);
+    free(s.ready);
+    free(s.heap);
     free(s.w);
     return 0;
 }
