@@ -49,6 +49,7 @@ static const wire_type_info_t s_types[] = {
     {SHOAL__MSG_TYPE__MSG_CTL_VERIFY, SHOAL__ENVELOPE__BODY_CTL_RUN, "ctl_verify"},
     {SHOAL__MSG_TYPE__MSG_CTL_PLAN, SHOAL__ENVELOPE__BODY_CTL_PLAN, "ctl_plan"},
     {SHOAL__MSG_TYPE__MSG_CTL_MANIFEST, SHOAL__ENVELOPE__BODY_CTL_MANIFEST, "ctl_manifest"},
+    {SHOAL__MSG_TYPE__MSG_CTL_EXPERTS, SHOAL__ENVELOPE__BODY_CTL_EXPERTS, "ctl_experts"},
     {SHOAL__MSG_TYPE__MSG_CTL_REPLY, SHOAL__ENVELOPE__BODY_CTL_REPLY, "ctl_reply"},
 };
 
@@ -137,6 +138,22 @@ static shoal_err_t s_check_sources(size_t n, Shoal__ShardSource *const *src, con
     return rc;
 }
 
+/* Per-expert loads: bounded layers and experts (the coordinator checks them against the model). */
+static shoal_err_t s_check_expert_loads(const Shoal__StepReport *sr)
+{
+    if (sr->n_expert_loads > WIRE_MAX_EXPERT_LAYERS)
+        return shoal_fail(SHOAL_ERR_FORMAT, "field step_report.expert_loads has %zu layers (max %d)",
+                          sr->n_expert_loads, WIRE_MAX_EXPERT_LAYERS);
+    for (size_t i = 0; i < sr->n_expert_loads; i++) {
+        if (!sr->expert_loads[i])
+            return shoal_fail(SHOAL_ERR_FORMAT, "field step_report.expert_loads missing");
+        if (sr->expert_loads[i]->n_counts > WIRE_MAX_EXPERTS)
+            return shoal_fail(SHOAL_ERR_FORMAT, "field step_report.expert_loads.counts has %zu "
+                              "experts (max %d)", sr->expert_loads[i]->n_counts, WIRE_MAX_EXPERTS);
+    }
+    return SHOAL_OK;
+}
+
 static shoal_err_t s_check_plan(const Shoal__Plan *p)
 {
     shoal_err_t rc = SHOAL_OK;
@@ -218,6 +235,7 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         WIRE_CHECK_GOTO(s_str(env->step_report->reject_detail, WIRE_MAX_TEXT_LEN,
                               "step_report.reject_detail"),
                         rc, out);
+        WIRE_CHECK_GOTO(s_check_expert_loads(env->step_report), rc, out);
         break;
     case SHOAL__ENVELOPE__BODY_CKPT_SHARD: {
         const Shoal__CheckpointShardReport *c = env->ckpt_shard;
@@ -290,6 +308,10 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         break;
     case SHOAL__ENVELOPE__BODY_CTL_PLAN:
         WIRE_CHECK_GOTO(s_str(env->ctl_plan->run, WIRE_MAX_ID_LEN + 64, "ctl_plan.run"), rc, out);
+        break;
+    case SHOAL__ENVELOPE__BODY_CTL_EXPERTS:
+        WIRE_CHECK_GOTO(s_str(env->ctl_experts->run, WIRE_MAX_ID_LEN + 64, "ctl_experts.run"), rc,
+                        out);
         break;
     case SHOAL__ENVELOPE__BODY_CTL_MANIFEST:
         WIRE_CHECK_GOTO(s_str(env->ctl_manifest->run, WIRE_MAX_ID_LEN + 64, "ctl_manifest.run"),

@@ -58,6 +58,8 @@ static const cfg_desc_t s_desc[] = {
     INT(replan_backoff_ms, "1000", 0, 3600000,
         "least wait between two re-plans of a run caused by failures"),
     INT(replan_backoff_max_ms, "30000", 0, 3600000, "the failure re-plan wait doubles up to this"),
+    INT(expert_load_half_life_steps, "32", 1, 1000000,
+        "hot experts: steps after which a step's reported expert loads weigh half"),
     STR(ledger_signing_key, "",
         "Ed25519 key file that signs the ledger (shoalctl keys new-signing); default "
         "STATE_DIR/ledger_signing.key, created at first start"),

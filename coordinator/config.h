@@ -29,6 +29,7 @@ typedef struct {
     int rate_limit_burst;           /* the bucket's depth (10000) */
     int replan_backoff_ms;          /* first wait between failure re-plans of a run (1000) */
     int replan_backoff_max_ms;      /* the wait doubles up to this (30000) */
+    int expert_load_half_life_steps; /* steps after which a step's expert loads weigh half (32) */
     char ledger_signing_key[CONFIG_STR_MAX]; /* ledger_signing_key: Ed25519 secret key file
                                               * ("" = STATE_DIR/ledger_signing.key, made at
                                               * first start) */

@@ -326,6 +326,19 @@ static void s_history(coord_t *c, const wire_route_t *route, const Shoal__CtlEve
                       (json_int_t)next));
 }
 
+/* shoalctl experts: the run's observed expert loads and the placement they call for. */
+static void s_experts(coord_t *c, const wire_route_t *route, const Shoal__CtlExperts *ce)
+{
+    coord_run_t *r = s_run_arg(c, route, ce->run);
+    if (!r)
+        return;
+    json_t *j = coord_experts_json(c, r, ce->ep, ce->hosts, ce->redundant);
+    if (!j)
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, "%s", shoal_errmsg());
+    else
+        s_reply(c, route, 1, 0, "", j);
+}
+
 static void s_verify(coord_t *c, const wire_route_t *route, const char *arg)
 {
     const char *chain = arg;
@@ -494,6 +507,9 @@ static void s_handle(coord_t *c, const wire_route_t *route, const Shoal__Envelop
         break;
     case SHOAL__MSG_TYPE__MSG_CTL_MANIFEST:
         s_manifest(c, route, env->ctl_manifest);
+        break;
+    case SHOAL__MSG_TYPE__MSG_CTL_EXPERTS:
+        s_experts(c, route, env->ctl_experts);
         break;
     case SHOAL__MSG_TYPE__MSG_CTL_KEYS_RELOAD:
         if (coord_reload_keys(c) != SHOAL_OK)

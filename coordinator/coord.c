@@ -116,6 +116,7 @@ void coord_run_free(coord_run_t *r)
     free(r->reported);
     free(r->rank_loss);
     free(r->rank_step);
+    coord_experts_free(r);
     free(r->spec_yaml);
     free(r);
 }

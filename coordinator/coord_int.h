@@ -126,6 +126,7 @@ typedef struct {
     uint64_t grad_votes[64];
     uint64_t votes_gen;
     coord_step_time_t step_times[COORD_STEP_TIMES]; /* recent commits, at [step % N] */
+    struct coord_experts *experts; /* coord_experts.c: observed expert loads (NULL: none yet) */
     /* volatile, coord_history.c: per rank, the figures of its newest StepReport */
     coord_rank_step_t *rank_step;
     double tokens_per_s;     /* of the newest history row */
@@ -361,6 +362,21 @@ void coord_metrics_publish(coord_t *c);
 void coord_metrics_render(coord_t *c, prom_text_t *t);
 /* r->committed_step just advanced: note when. */
 void coord_metrics_on_step_commit(coord_run_t *r);
+
+/* ---- coord_experts.c: observed per-expert loads (hot experts, EPLB placement) ------------- */
+typedef struct coord_experts coord_experts_t;
+/* Folds the expert loads of sr (from w, rank `rank` of r's plan) into r's decayed loads; loads
+ * that do not fit the model or the sender's stage are dropped, counted and a strike. */
+void coord_experts_note(coord_t *c, coord_run_t *r, coord_worker_t *w, int rank,
+                        const Shoal__StepReport *sr);
+/* shoalctl experts: per layer the loads, hottest experts, the contiguous split's imbalance and
+ * the EPLB placement for ep (0: the plan's) over `hosts` (0: the plan's ep group's) with
+ * `redundant` extra slots per rank. NULL with shoal_fail set when it cannot be made. */
+json_t *coord_experts_json(coord_t *c, coord_run_t *r, uint32_t ep, uint32_t hosts,
+                           uint32_t redundant);
+/* shoal_expert_load_imbalance{run,layer} of the live runs. */
+void coord_experts_render(coord_t *c, prom_text_t *t);
+void coord_experts_free(coord_run_t *r);
 
 /* ---- coord_history.c: the per-step history of a run (store family "history") ------------- */
 /* Rank `rank` of r reported step report sr (a step past its last): its figures are kept. */

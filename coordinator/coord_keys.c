@@ -134,6 +134,7 @@ int coord_keys_may(const wire_route_t *route, int type)
     case SHOAL__MSG_TYPE__MSG_CTL_HISTORY:
     case SHOAL__MSG_TYPE__MSG_CTL_PLAN:
     case SHOAL__MSG_TYPE__MSG_CTL_VERIFY:
+    case SHOAL__MSG_TYPE__MSG_CTL_EXPERTS:
         return 1;
     default:
         return 0;

@@ -299,6 +299,7 @@ void coord_metrics_render(coord_t *c, prom_text_t *t)
     s_render_coordinator(c, t);
     s_render_runs(c, t);
     s_render_workers(c, t);
+    coord_experts_render(c, t);
 }
 
 void coord_metrics_publish(coord_t *c)

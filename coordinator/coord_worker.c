@@ -350,6 +350,7 @@ static void s_on_step_report(coord_t *c, const wire_route_t *route, coord_worker
     coord_run_advance(c, r);
     if (sr->rejected_replicas)
         coord_guard_grad_report(c, r, w, sr->rejected_replicas, sr->reject_detail);
+    coord_experts_note(c, r, w, rank, sr);
     coord_reply_ack(c, route, env, w, r);
 }
 

@@ -5,6 +5,7 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -306,6 +307,28 @@ static int s_handing_over(daemon_t *d)
 
 /* ---- a step ------------------------------------------------------------------------------- */
 
+/* The StepReport request of the step just applied; with the stage's expert loads when this cell
+ * is replica 0, ep rank 0 of its stage: after the step's reduce every cell of a stage holds the
+ * same whole-batch counts, so one report per stage carries them (ops/CAPACITY.md). */
+static sess_req_t *s_step_request(daemon_t *d, const sess_plan_t *p)
+{
+    const float *counts = NULL;
+    int first = 0, n_experts = 0;
+    const int n_layers = p->replica == 0 && p->ep_rank == 0
+                             ? trainer_expert_counts(d->tr, &counts, &first, &n_experts)
+                             : 0;
+    if (n_layers <= 0 || n_experts <= 0)
+        return sess_req_new(SESS_REQ_STEP, p->run_id, p->generation);
+    sess_req_t *r =
+        sess_req_new_step(p->run_id, p->generation, (uint32_t)n_layers, (uint32_t)n_experts);
+    if (!r)
+        return NULL;
+    r->first_expert_layer = (uint32_t)first;
+    for (size_t i = 0; i < (size_t)n_layers * (size_t)n_experts; i++)
+        r->expert_counts[i] = counts[i] > 0 ? (uint64_t)llroundf(counts[i]) : 0;
+    return r;
+}
+
 static void s_step(daemon_t *d)
 {
     const sess_plan_t *p = d->plan;
@@ -361,7 +384,7 @@ static void s_step(daemon_t *d)
                 (unsigned long long)p->generation, p->rank, p->nranks);
         fflush(d->metrics);
     }
-    sess_req_t *r = sess_req_new(SESS_REQ_STEP, p->run_id, p->generation);
+    sess_req_t *r = s_step_request(d, p);
     if (r) {
         r->step = k;
         r->loss = (float)info.loss;

@@ -119,14 +119,32 @@ void sess_event_destroy(sess_event_t **evp)
     *evp = NULL;
 }
 
-sess_req_t *sess_req_new(sess_req_kind_t kind, const char *run_id, uint64_t generation)
+/* A zeroed request of `kind` with room for `n_counts` expert counts. */
+static sess_req_t *s_req_alloc(sess_req_kind_t kind, const char *run_id, uint64_t generation,
+                               size_t n_counts)
 {
-    sess_req_t *r = calloc(1, sizeof *r);
+    sess_req_t *r = calloc(1, sizeof *r + n_counts * sizeof r->expert_counts[0]);
     if (!r)
         return NULL;
     r->kind = kind;
     s_copy(r->run_id, sizeof r->run_id, run_id);
     r->generation = generation;
+    return r;
+}
+
+sess_req_t *sess_req_new(sess_req_kind_t kind, const char *run_id, uint64_t generation)
+{
+    return s_req_alloc(kind, run_id, generation, 0);
+}
+
+sess_req_t *sess_req_new_step(const char *run_id, uint64_t generation, uint32_t n_layers,
+                              uint32_t n_experts)
+{
+    sess_req_t *r = s_req_alloc(SESS_REQ_STEP, run_id, generation, (size_t)n_layers * n_experts);
+    if (r) {
+        r->n_expert_layers = n_layers;
+        r->n_experts = n_experts;
+    }
     return r;
 }
 
@@ -226,9 +244,34 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
         sr.duration_s = r->duration_s;
         sr.grad_norm = r->grad_norm;
         sr.comm_seconds = r->comm_seconds;
+        /* the loads point into the request: it outlives the send */
+        Shoal__ExpertLoad *el = NULL, **elp = NULL;
+        if (r->n_expert_layers) {
+            el = calloc(r->n_expert_layers, sizeof *el);
+            elp = calloc(r->n_expert_layers, sizeof *elp);
+            if (!el || !elp) {
+                free(el);
+                free(elp);
+                log_warn("session: step %lld reported without its expert loads (out of memory)",
+                         (long long)r->step);
+                el = NULL, elp = NULL;
+            }
+        }
+        for (uint32_t i = 0; el && i < r->n_expert_layers; i++) {
+            shoal__expert_load__init(&el[i]);
+            el[i].layer = r->first_expert_layer + i;
+            el[i].n_counts = r->n_experts;
+            el[i].counts = r->expert_counts + (size_t)i * r->n_experts;
+            elp[i] = &el[i];
+        }
+        sr.n_expert_loads = el ? r->n_expert_layers : 0;
+        sr.expert_loads = elp;
         env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
         env.step_report = &sr;
-        return s_send(s, &env) == 0 ? env.seq : 0;
+        const uint64_t seq = s_send(s, &env) == 0 ? env.seq : 0;
+        free(el);
+        free(elp);
+        return seq;
     }
     s_envelope(s, &env,
                r->kind == SESS_REQ_SHARD_HELD ? SHOAL__MSG_TYPE__MSG_SHARD_HELD

@@ -112,6 +112,10 @@ typedef struct {
     uint8_t comm_id[256];
     size_t comm_id_len;
     char replica_of[SESS_ID_MAX]; /* SHARD_HELD: the shard's writer */
+    /* STEP, hot experts: tokens per routed expert of n_expert_layers MoE layers from model
+     * layer first_expert_layer, n_experts each, layer-major (sess_req_new_step sizes it) */
+    uint32_t n_expert_layers, first_expert_layer, n_experts;
+    uint64_t expert_counts[];
 } sess_req_t;
 
 typedef struct {
@@ -147,6 +151,9 @@ shoal_err_t session_post(session_t *s, sess_req_t **req);
 
 /* Convenience: a new zeroed request of `kind` under (run_id, generation); NULL on OOM. */
 sess_req_t *sess_req_new(sess_req_kind_t kind, const char *run_id, uint64_t generation);
+/* A STEP request with room for n_layers x n_experts expert counts; NULL on OOM. */
+sess_req_t *sess_req_new_step(const char *run_id, uint64_t generation, uint32_t n_layers,
+                              uint32_t n_experts);
 
 /* Waits up to timeout_ms (0 = poll) for the next event; *ev is owned by the caller.
  * SHOAL_ERR_TIMEOUT when none arrived. */

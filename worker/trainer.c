@@ -578,6 +578,17 @@ static shoal_err_t s_apply(trainer_t *t, double norm, double compute_s, trainer_
     return SHOAL_OK;
 }
 
+int trainer_expert_counts(const trainer_t *t, const float **counts, int *first_layer,
+                          int *n_experts)
+{
+    const model_part_t *pt = &t->lay.part;
+    const int fk = t->spec.model.first_k_dense_replace;
+    *counts = t->reduce + t->lay.n_params;
+    *first_layer = pt->first_layer > fk ? pt->first_layer : fk; /* MoE layers are contiguous */
+    *n_experts = t->spec.model.n_routed_experts;
+    return t->lay.n_moe_layers;
+}
+
 /* The squared norm of a cell holding the whole model. */
 static double s_local_norm_sq(const trainer_t *t)
 {

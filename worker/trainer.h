@@ -108,6 +108,14 @@ shoal_err_t trainer_compute(trainer_t *t, int rank, int nranks);
  * [gradients (n_params) | expert counts (n_moe_layers·N) | loss sum (1)]. */
 float *trainer_reduce_buffer(trainer_t *t, size_t *n);
 
+/* Hot experts: the routed-token counts (top-k picks) per expert of the MoE layers the cell
+ * holds, from the step just applied, as its reduce left them: summed over every cell of the
+ * stage (all replicas and ep ranks: the whole batch; replicas the gradient guard left out are
+ * not counted). Layer-major, *n_experts per layer, from model layer *first_layer; returns the
+ * number of MoE layers (0: none). Points into the trainer: valid until its next step. */
+int trainer_expert_counts(const trainer_t *t, const float **counts, int *first_layer,
+                          int *n_experts);
+
 /* Applies the summed buffer: clip, AdamW, bias update; advances the step. */
 shoal_err_t trainer_apply(trainer_t *t, trainer_step_info_t *info);
 

@@ -360,6 +360,23 @@ int ctl_request(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_r
     return ex;
 }
 
+int ctl_show(const ctl_opts_t *o, ctl_target_fn fn, const char *target,
+             void (*print)(const json_t *doc))
+{
+    ctl_reply_t reply = {0};
+    json_t *doc = NULL;
+    int ex = ctl_request(o, fn, target, &reply, &doc);
+    if (ex == CTL_EXIT_OK) {
+        if (o->json)
+            ctl_print_json(doc);
+        else
+            print(doc);
+    }
+    json_decref(doc);
+    ctl_reply_fini(&reply);
+    return ex;
+}
+
 int ctl_target_verb(ctl_opts_t *o, int argc, char **argv, const char *usage, ctl_target_fn fn,
                     const char *noun, const char *done)
 {

@@ -432,6 +432,20 @@ shoal_err_t ctl_client_plan(ctl_client_t *c, const char *run, bool dry_run, ctl_
     return s_request(c, &env, s_check_run(run), reply);
 }
 
+shoal_err_t ctl_client_experts(ctl_client_t *c, const char *run, uint32_t ep, uint32_t hosts,
+                               uint32_t redundant, ctl_reply_t *reply)
+{
+    Shoal__CtlExperts body = SHOAL__CTL_EXPERTS__INIT;
+    body.run = (char *)run;
+    body.ep = ep;
+    body.hosts = hosts;
+    body.redundant = redundant;
+    Shoal__Envelope env =
+        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_EXPERTS, SHOAL__ENVELOPE__BODY_CTL_EXPERTS);
+    env.ctl_experts = &body;
+    return s_request(c, &env, s_check_run(run), reply);
+}
+
 shoal_err_t ctl_client_manifest(ctl_client_t *c, const char *run, int64_t step,
                                 ctl_reply_t *reply)
 {

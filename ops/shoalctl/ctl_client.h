@@ -79,6 +79,10 @@ shoal_err_t ctl_client_events(ctl_client_t *c, const char *run, uint64_t since, 
                               ctl_reply_t *reply);
 /* The plan the coordinator would make now for `run`; dry_run = true stores nothing. */
 shoal_err_t ctl_client_plan(ctl_client_t *c, const char *run, bool dry_run, ctl_reply_t *reply);
+/* The observed per-expert loads of `run` and the EPLB placement for ep (0: the plan's) over
+ * `hosts` (0: the plan's) with `redundant` extra slots per rank (shoalctl experts). */
+shoal_err_t ctl_client_experts(ctl_client_t *c, const char *run, uint32_t ep, uint32_t hosts,
+                               uint32_t redundant, ctl_reply_t *reply);
 /* The committed checkpoint manifest of `run` at `step` (0 = the latest committed one). */
 shoal_err_t ctl_client_manifest(ctl_client_t *c, const char *run, int64_t step,
                                 ctl_reply_t *reply);

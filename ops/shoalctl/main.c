@@ -26,6 +26,9 @@ static const char s_usage[] =
     "  keys new --out DIR     write a CURVE key pair (key.secret 0600, key.public)\n"
     "  keys reload            make the coordinator re-read its allow-list (admin key)\n"
     "  plan RUN               the placement the coordinator would make now (not applied)\n"
+    "  experts RUN [--ep E] [--hosts H] [--redundant R]\n"
+    "                         observed per-expert loads: hottest experts, imbalance, and the\n"
+    "                         EPLB placement they call for\n"
     "  export RUN --step K --out DIR\n"
     "                         write a committed checkpoint as a Hugging Face model directory\n"
     "  manifest RUN [--step K]\n"
@@ -63,6 +66,7 @@ static const s_verb_t s_verbs[] = {
     {"verify", cmd_verify}, {"plan", cmd_plan},       {"up", cmd_up},
     {"export", cmd_export}, {"manifest", cmd_manifest},
     {"release", cmd_release}, {"replay", cmd_replay},  {"plot", cmd_plot},
+    {"experts", cmd_experts},
 };
 
 int main(int argc, char **argv)

@@ -185,16 +185,5 @@ int cmd_plan(ctl_opts_t *o, int argc, char **argv)
     int ex = ctl_parse_target(o, argc, argv, NULL, s_usage, "RUN", &run);
     if (ex != CTL_EXIT_OK)
         return ex < 0 ? CTL_EXIT_OK : ex;
-
-    ctl_reply_t reply = {0};
-    json_t *doc = NULL;
-    if ((ex = ctl_request(o, s_dry_run, run, &reply, &doc)) == CTL_EXIT_OK) {
-        if (o->json)
-            ctl_print_json(doc);
-        else
-            s_print(doc);
-    }
-    json_decref(doc);
-    ctl_reply_fini(&reply);
-    return ex;
+    return ctl_show(o, s_dry_run, run, s_print);
 }

@@ -108,6 +108,10 @@ int cmd_keys_new_signing(ctl_opts_t *o, int argc, char **argv);
  * Returns CTL_EXIT_OK, or the exit code after printing why. */
 int ctl_request(const ctl_opts_t *o, ctl_target_fn fn, const char *target, ctl_reply_t *reply,
                 json_t **doc);
+/* ctl_request of a read verb, then the reply document printed as JSON (--json) or by `print`.
+ * Returns the exit code. */
+int ctl_show(const ctl_opts_t *o, ctl_target_fn fn, const char *target,
+             void (*print)(const json_t *doc));
 
 /* A verb that names one target (a worker or a run) and prints the coordinator's answer:
  * parses `VERB TARGET [--json]`, calls fn, prints "<noun> TARGET <done>: message" or the JSON
@@ -126,6 +130,7 @@ int cmd_cancel(ctl_opts_t *o, int argc, char **argv);
 int cmd_events(ctl_opts_t *o, int argc, char **argv);
 int cmd_verify(ctl_opts_t *o, int argc, char **argv);
 int cmd_plan(ctl_opts_t *o, int argc, char **argv);
+int cmd_experts(ctl_opts_t *o, int argc, char **argv);
 int cmd_up(ctl_opts_t *o, int argc, char **argv);
 int cmd_export(ctl_opts_t *o, int argc, char **argv);
 int cmd_manifest(ctl_opts_t *o, int argc, char **argv);

@@ -8,6 +8,7 @@
  *             [--hb-ms 100] [--step-ms 200] [--ckpt-every 0] [--seconds 30] [--seed 1]
  *             [--churn-ms 0] [--churn-offset-ms 0] [--events FILE] [--quiet-after-ms 0]
  *             [--memory-gb 80] [--ramp-ms 0]
+ *             [--experts N --first-moe K [--zipf 1.0] [--expert-tokens 8192]]
  *
  * Worker i (global index K + i) is named sim-<K+i> on host h<(K+i)/hosts-of>, institution
  * inst-<host % institutions>. With --churn-ms P every P ms (from --churn-offset-ms) one event
@@ -17,9 +18,12 @@
  * coordinator's answers to the last events can be seen. --ramp-ms spreads the first
  * registrations over that long (a cluster comes up gradually); an unanswered Register is sent
  * again after 2 s, doubling up to 30 s. Each event is a line of FILE:
- * "<kind> <name> <worker id> <wall ms>". At the end a summary line goes to stdout:
+ * "<kind> <name> <worker id> <wall ms>". With --experts N, replica 0 / ep rank 0 of each stage
+ * reports with each step the loads of the stage's MoE layers (from --first-moe): Zipf-skewed,
+ * the expert at rank k of layer l being sim_expert_at_rank(k, l, N). At the end a summary line goes to stdout:
  * "sim: sent N acks N registered N deaths N joins N drains N". Exit 0, or 1 on a setup error. */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +50,7 @@ typedef struct {
     char run[WIRE_MAX_ID_LEN + 1];
     uint64_t gen, seq;
     uint32_t rank, replica, stage, ep_rank;
+    uint32_t first_layer, n_layers; /* its stage's layers (the Assignment's plan) */
     int64_t step, lease;
     int paused, drain_asked;
     int64_t next_hb_ms, next_step_ms, reg_sent_ms, reg_retry_ms, getassign_ms;
@@ -67,6 +72,10 @@ typedef struct {
     unsigned seed;
     int churn_ms, churn_offset_ms, quiet_after_ms, memory_gb, ramp_ms;
     const char *events_path;
+    /* hot experts: routed experts per MoE layer (0: no loads reported), the first MoE layer,
+     * the Zipf exponent of the skew and the routed tokens x top-k of a layer's step */
+    int experts, first_moe, expert_tokens;
+    double zipf;
 } s_opts_t;
 
 typedef struct {
@@ -192,6 +201,52 @@ static void s_send_get_assignment(s_sim_t *s, s_worker_t *w)
     s_send(s, w, &env);
 }
 
+/* The expert at Zipf rank k (0 = hottest) of MoE layer l: a different order each layer, the
+ * same in every run (tests name the hot experts by it; --experts is no multiple of 7). */
+static uint32_t sim_expert_at_rank(uint32_t k, uint32_t layer, uint32_t n_experts)
+{
+    return (uint32_t)((7ull * k + 3ull * layer) % n_experts);
+}
+
+/* The step's loads of the MoE layers of w's stage, as a real worker's replica 0 / ep rank 0
+ * reports them: expert at rank k gets expert_tokens x (k+1)^-zipf / H of the tokens, plus a
+ * seeded jitter under 1%. Returns the layers filled (0: none, or out of memory). */
+static size_t s_expert_loads(s_sim_t *s, const s_worker_t *w, Shoal__ExpertLoad **out,
+                             uint64_t **counts_out)
+{
+    const uint32_t n = (uint32_t)s->o.experts;
+    const uint32_t first = w->first_layer > (uint32_t)s->o.first_moe ? w->first_layer
+                                                                     : (uint32_t)s->o.first_moe;
+    const uint32_t end = w->first_layer + w->n_layers;
+    if (!n || w->replica != 0 || w->ep_rank != 0 || first >= end)
+        return 0;
+    const size_t nl = end - first;
+    Shoal__ExpertLoad *el = calloc(nl, sizeof *el);
+    uint64_t *counts = calloc(nl * n, sizeof *counts);
+    if (!el || !counts) {
+        free(el);
+        free(counts);
+        return 0;
+    }
+    double h = 0;
+    for (uint32_t k = 0; k < n; k++)
+        h += pow(k + 1.0, -s->o.zipf);
+    for (size_t i = 0; i < nl; i++) {
+        shoal__expert_load__init(&el[i]);
+        el[i].layer = first + (uint32_t)i;
+        el[i].n_counts = n;
+        el[i].counts = counts + i * n;
+        for (uint32_t k = 0; k < n; k++) {
+            const double want = s->o.expert_tokens * pow(k + 1.0, -s->o.zipf) / h;
+            el[i].counts[sim_expert_at_rank(k, el[i].layer, n)] =
+                (uint64_t)want + s_rand(s, (uint32_t)(want / 100) + 1);
+        }
+    }
+    *out = el;
+    *counts_out = counts;
+    return nl;
+}
+
 static void s_send_step(s_sim_t *s, s_worker_t *w)
 {
     Shoal__Envelope env;
@@ -202,9 +257,17 @@ static void s_send_step(s_sim_t *s, s_worker_t *w)
     sr.tokens = 4096;
     sr.duration_s = (float)s->o.step_ms / 1000.0f;
     sr.grad_norm = 1.0f;
+    Shoal__ExpertLoad *el = NULL, *elp[WIRE_MAX_EXPERT_LAYERS];
+    uint64_t *counts = NULL;
+    sr.n_expert_loads = s_expert_loads(s, w, &el, &counts);
+    for (size_t i = 0; i < sr.n_expert_loads && i < WIRE_MAX_EXPERT_LAYERS; i++)
+        elp[i] = &el[i];
+    sr.expert_loads = elp;
     env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
     env.step_report = &sr;
     s_send(s, w, &env);
+    free(el);
+    free(counts);
 }
 
 /* The shard a real worker would have written: one file, its size and a digest (fixed: nothing
@@ -295,6 +358,12 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
             w->stage = a->cell->stage;
             w->ep_rank = a->cell->ep_rank;
         }
+        w->n_layers = 0;
+        for (size_t i = 0; i < a->plan->n_stages; i++)
+            if (a->plan->stages[i]->stage == w->stage) {
+                w->first_layer = a->plan->stages[i]->first_layer;
+                w->n_layers = a->plan->stages[i]->n_layers;
+            }
         w->step = a->plan->start_step - 1; /* loads the state the plan names at once */
         w->lease = a->lease;
         w->next_step_ms = clock_mono_ms() + s->o.step_ms;
@@ -570,7 +639,8 @@ static void s_run_ready(s_sim_t *s)
 static int s_parse(int argc, char **argv, s_opts_t *o)
 {
     *o = (s_opts_t){.n_workers = 0, .hosts_of = 8, .institutions = 4, .hb_ms = 100,
-                    .step_ms = 200, .seconds = 30, .seed = 1, .memory_gb = 80};
+                    .step_ms = 200, .seconds = 30, .seed = 1, .memory_gb = 80,
+                    .expert_tokens = 8192, .zipf = 1.0};
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         int n = atoi(v);
@@ -606,6 +676,14 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
             o->memory_gb = n;
         else if (!strcmp(k, "--ramp-ms"))
             o->ramp_ms = n;
+        else if (!strcmp(k, "--experts"))
+            o->experts = n;
+        else if (!strcmp(k, "--first-moe"))
+            o->first_moe = n;
+        else if (!strcmp(k, "--expert-tokens"))
+            o->expert_tokens = n;
+        else if (!strcmp(k, "--zipf"))
+            o->zipf = atof(v);
         else {
             fprintf(stderr, "shoal-sim: unknown option %s\n", k);
             return -1;
@@ -613,12 +691,15 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
     }
     if (!o->connect || o->n_workers < 1 || o->n_workers > 20000 || o->hosts_of < 1 ||
         o->institutions < 1 || o->hb_ms < 1 || o->step_ms < 1 || o->seconds < 1 ||
-        o->first < 0 || o->churn_ms < 0 || o->memory_gb < 0 || o->ramp_ms < 0) {
+        o->first < 0 || o->churn_ms < 0 || o->memory_gb < 0 || o->ramp_ms < 0 ||
+        o->experts < 0 || o->experts > WIRE_MAX_EXPERTS || (o->experts && o->experts % 7 == 0) ||
+        o->first_moe < 0 || o->expert_tokens < 1 || !(o->zipf >= 0 && o->zipf <= 10)) {
         fprintf(stderr, "usage: shoal-sim --connect EP --workers N (1..20000) [--first K] "
                         "[--hosts-of 8] [--institutions 4] [--hb-ms 100] [--step-ms 200] "
                         "[--ckpt-every 0] [--seconds 30] [--seed 1] [--churn-ms 0] "
                         "[--churn-offset-ms 0] [--quiet-after-ms 0] [--memory-gb 80] [--ramp-ms 0] "
-                        "[--events FILE]\n");
+                        "[--events FILE] [--experts N --first-moe K --zipf 1.0 "
+                        "--expert-tokens 8192]\n");
         return -1;
     }
     return 0;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "coord_testlib.h"
+#include "ctl_client.h"
 #include "sim_check.h"
 
 static const char *s_spec = "name: sim\n"
@@ -29,6 +30,48 @@ static const char *s_spec = "name: sim\n"
                             "checkpoint:\n  every_steps: 10\n"
                             "parallel:\n  pipeline_stages: 2\n  expert_parallel: 2\n"
                             "  data_parallel: 40\n";
+
+/* Hot experts (issue 13): the simulated stages' Zipf-skewed loads reached the coordinator; its
+ * decayed loads rank the experts as the simulator skews them (rank k of layer l is expert
+ * (7k + 3l) mod 8, shoal_sim.c), and the EPLB placement with a redundant slot per rank is more
+ * even than the plan's contiguous split. */
+static void s_check_experts(const char *dir, const char *run)
+{
+    char ep[300];
+    tc_control_endpoint(dir, ep, sizeof ep);
+    ctl_client_t *c = ctl_client_new(ep, 5000);
+    assert_non_null(c);
+    ctl_reply_t reply = {0};
+    assert_int_equal(ctl_client_experts(c, run, 0, 0, 1, &reply), SHOAL_OK);
+    if (!reply.ok)
+        fail_msg("experts: %s", reply.message);
+    json_t *doc = json_loads(reply.json, 0, NULL);
+    assert_non_null(doc);
+    assert_int_equal(tc_jint(doc, "ep"), 2);
+    assert_int_equal(tc_jint(doc, "dropped"), 0);
+    const json_t *layers = json_object_get(doc, "layers");
+    assert_int_equal(json_array_size(layers), 3); /* tiny: layers 1-3 are MoE */
+    size_t i;
+    const json_t *l;
+    json_array_foreach(layers, i, l)
+    {
+        const json_int_t layer = tc_jint(l, "layer");
+        const json_t *hot = json_object_get(l, "hottest");
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(tc_jint(json_array_get(hot, (size_t)k), "expert"),
+                             (7 * k + 3 * layer) % 8);
+        const double contig = json_number_value(json_object_get(l, "contiguous_imbalance"));
+        const double placed =
+            json_number_value(json_object_get(json_object_get(l, "eplb"), "imbalance"));
+        printf("sim: layer %lld at step %lld: contiguous imbalance %.3f, eplb (1 redundant) %.3f\n",
+               (long long)layer, (long long)tc_jint(l, "step"), contig, placed);
+        assert_true(tc_jint(l, "step") >= 20);
+        assert_true(placed < contig);
+    }
+    json_decref(doc);
+    ctl_reply_fini(&reply);
+    ctl_client_destroy(&c);
+}
 
 static void test_sim_churn(void **state)
 {
@@ -51,7 +94,7 @@ static void test_sim_churn(void **state)
     char *argv[] = {"shoal-sim", "--connect", ep, "--workers", "200", "--seconds", "40",
                     "--hb-ms", "100", "--step-ms", "100", "--ckpt-every", "10", "--churn-ms",
                     "1000", "--churn-offset-ms", "3000", "--quiet-after-ms", "27000", "--seed",
-                    "13", "--events", events, NULL};
+                    "13", "--events", events, "--experts", "8", "--first-moe", "1", NULL};
     pid_t sim = sim_spawn(SHOAL_SIM_BIN, argv, log);
     assert_true(sim > 0);
     sim_event_t *ev = NULL;
@@ -108,6 +151,7 @@ static void test_sim_churn(void **state)
     assert_true(r.ok);
     assert_true(json_is_true(json_object_get(r.json, "ok")));
     tc_reply_fini(&r);
+    s_check_experts(dir, run);
 
     sim_deaths_fini(&d);
     json_decref(rl);
