@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fsutil.h"
 #include "numparse.h"
@@ -311,6 +312,19 @@ void ctl_table_destroy(ctl_table_t **self_p)
     free(t->cells);
     free(t);
     *self_p = NULL;
+}
+
+void ctl_format_time_ms(long long ms, char *out, size_t cap)
+{
+    if (ms <= 0) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, cap, "%04d-%02d-%02d %02d:%02d:%02d.%03lldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000);
 }
 
 void ctl_format_duration(double s, char *out, size_t cap)

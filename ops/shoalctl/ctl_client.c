@@ -409,17 +409,29 @@ shoal_err_t ctl_client_verify(ctl_client_t *c, const char *run, ctl_reply_t *rep
     return s_run_request(c, SHOAL__MSG_TYPE__MSG_CTL_VERIFY, run, reply);
 }
 
-shoal_err_t ctl_client_events(ctl_client_t *c, const char *run, uint64_t since, unsigned limit,
-                              ctl_reply_t *reply)
+/* A paged request (body CtlEvents): events (since = a ledger seq), history (since = a step). */
+static shoal_err_t s_page_request(ctl_client_t *c, Shoal__MsgType type, const char *run,
+                                  uint64_t since, unsigned limit, ctl_reply_t *reply)
 {
     Shoal__CtlEvents body = SHOAL__CTL_EVENTS__INIT;
     body.run = (char *)run;
     body.since = since;
     body.limit = limit;
-    Shoal__Envelope env =
-        s_envelope(SHOAL__MSG_TYPE__MSG_CTL_EVENTS, SHOAL__ENVELOPE__BODY_CTL_EVENTS);
+    Shoal__Envelope env = s_envelope(type, SHOAL__ENVELOPE__BODY_CTL_EVENTS);
     env.ctl_events = &body;
     return s_request(c, &env, s_check_run(run), reply);
+}
+
+shoal_err_t ctl_client_events(ctl_client_t *c, const char *run, uint64_t since, unsigned limit,
+                              ctl_reply_t *reply)
+{
+    return s_page_request(c, SHOAL__MSG_TYPE__MSG_CTL_EVENTS, run, since, limit, reply);
+}
+
+shoal_err_t ctl_client_history(ctl_client_t *c, const char *run, uint64_t since, unsigned limit,
+                               ctl_reply_t *reply)
+{
+    return s_page_request(c, SHOAL__MSG_TYPE__MSG_CTL_HISTORY, run, since, limit, reply);
 }
 
 shoal_err_t ctl_client_plan(ctl_client_t *c, const char *run, bool dry_run, ctl_reply_t *reply)

@@ -77,6 +77,10 @@ shoal_err_t ctl_client_verify(ctl_client_t *c, const char *run, ctl_reply_t *rep
 /* Ledger entries of `run` with seq > since, at most limit (0 = the coordinator's default). */
 shoal_err_t ctl_client_events(ctl_client_t *c, const char *run, uint64_t since, unsigned limit,
                               ctl_reply_t *reply);
+/* One page of `run`'s per-step history: rows with step > since, at most limit (0 = the
+ * coordinator's 1000); the reply's "next" is the `since` of the next page (0: no more). */
+shoal_err_t ctl_client_history(ctl_client_t *c, const char *run, uint64_t since, unsigned limit,
+                               ctl_reply_t *reply);
 /* The plan the coordinator would make now for `run`; dry_run = true stores nothing. */
 shoal_err_t ctl_client_plan(ctl_client_t *c, const char *run, bool dry_run, ctl_reply_t *reply);
 /* The observed per-expert loads of `run` and the EPLB placement for ep (0: the plan's) over

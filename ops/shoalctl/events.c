@@ -3,7 +3,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "clock.h"
 #include "ctl_reply.h"
@@ -42,15 +41,8 @@ static void s_print_entry(const json_t *e, bool json, bool one_line)
         free(s);
         return;
     }
-    char when[80] = "-";
-    long long ms = ctl_json_int(e, CTL_F_TIME_MS, 0);
-    if (ms > 0) {
-        time_t t = (time_t)(ms / 1000);
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        snprintf(when, sizeof(when), "%04d-%02d-%02d %02d:%02d:%02d.%03lldZ", tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000);
-    }
+    char when[80];
+    ctl_format_time_ms(ctl_json_int(e, CTL_F_TIME_MS, 0), when, sizeof when);
     char *detail = json_dumps(json_object_get(e, CTL_F_DETAIL), JSON_COMPACT | JSON_ENCODE_ANY);
     printf("%6lld  %s  %-16s %s\n", ctl_json_int(e, CTL_F_SEQ, 0), when,
            ctl_json_str(e, CTL_F_KIND, "?"), detail ? detail : "{}");

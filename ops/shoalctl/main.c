@@ -18,6 +18,8 @@ static const char s_usage[] =
     "  undrain WORKER         let a drained worker be planned again\n"
     "  pause RUN | resume RUN | cancel RUN\n"
     "  events RUN             the run's ledger (--since SEQ, --limit N)\n"
+    "  history RUN            the run's per-step history: time, loss, tokens/s, step time\n"
+    "                         (--from STEP, --json, --csv)\n"
     "  verify RUN             check the ledger's hash chain (exit 1 when broken);\n"
     "                         --pubkey K checks every entry's signature here, --ledger FILE an\n"
     "                         exported ledger offline\n"
@@ -35,13 +37,14 @@ static const char s_usage[] =
     "                         a committed checkpoint's shards and the workers holding each\n"
     "  up [--workers N] [RUN.yaml]\n"
     "                         start a local coordinator and N workers, run a job end to end\n"
-    "  release RUN --out DIR --spec RUN.yaml --metrics FILES\n"
+    "  release RUN --out DIR --spec RUN.yaml [--metrics FILES]\n"
     "                         write the open release of a finished run (weights, data\n"
-    "                         manifest, spec, metrics, plans, verified ledger, model card)\n"
+    "                         manifest, spec, per-step metrics from the coordinator's\n"
+    "                         history, plans, verified ledger, model card)\n"
     "  replay DIR [--workers N]\n"
     "                         retrain a release locally and check its weights byte for byte\n"
     "  plot RUN|DIR --out FILE.png|svg\n"
-    "                         loss and tokens/s over the steps, plan changes marked\n"
+    "                         loss and tokens/s over wall time, plan changes marked\n"
     "\n"
     "options:\n"
     "  --control ENDPOINT     control endpoint (default $SHOAL_CONTROL, else\n"
@@ -66,6 +69,7 @@ static const s_verb_t s_verbs[] = {
     {"verify", cmd_verify}, {"plan", cmd_plan},       {"up", cmd_up},
     {"export", cmd_export}, {"manifest", cmd_manifest},
     {"release", cmd_release}, {"replay", cmd_replay},  {"plot", cmd_plot},
+    {"history", cmd_history},
     {"experts", cmd_experts},
 };
 

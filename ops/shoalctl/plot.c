@@ -1,6 +1,7 @@
-/* plot.c: `shoalctl plot RUN|DIR --out FILE.png|svg`: a run's loss and tokens/s over its steps
- * with the plan changes marked, drawn with cairo, from a release directory or from the
- * coordinator's ledger and the workers' metrics files. */
+/* plot.c: `shoalctl plot RUN|DIR --out FILE.png|svg`: a run's loss and tokens/s over wall time
+ * with the plan changes marked, drawn with cairo, from the coordinator's history and ledger, from
+ * a release directory, or (--metrics) from the workers' metrics files (over steps: their lines
+ * carry no time). */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -14,12 +15,15 @@
 #endif
 
 static const char s_usage[] =
-    "usage: shoalctl plot RUN --metrics FILE[,FILE...] --out FILE.png|FILE.svg\n"
+    "usage: shoalctl plot RUN --out FILE.png|FILE.svg [--metrics FILE[,FILE...]]\n"
     "       shoalctl plot DIR --out FILE.png|FILE.svg\n"
-    "  Draws the loss and tokens/s of every step, with the plan changes marked at the step\n"
-    "  they apply from (green: a worker joined, red: one died, purple: one was drained or\n"
-    "  left, grey: another re-plan). The metrics come from the workers' --metrics files and\n"
-    "  the plan changes from RUN's ledger, or both from DIR, a `shoalctl release` directory.\n";
+    "  Draws the loss and tokens/s of every committed step over wall time (seconds, or\n"
+    "  minutes for a run over 10 min, since the first step), with the plan changes marked\n"
+    "  when they were made (green: a worker joined, red: one died, purple: one was drained or\n"
+    "  left, grey: another re-plan). The metrics come from the coordinator's per-step history\n"
+    "  of RUN and the plan changes from its ledger, or both from DIR, a `shoalctl release`\n"
+    "  directory. --metrics reads the workers' --metrics files instead of the history\n"
+    "  (offline files): their lines carry no time, so the x axis is then the step.\n";
 
 #ifdef SHOAL_HAVE_CAIRO
 /* The plan changes of RUN from the coordinator's ledger; run_id receives RUN's id. */
@@ -55,9 +59,6 @@ int cmd_plot(ctl_opts_t *o, int argc, char **argv)
 #else
     struct stat st;
     const int is_dir = stat(target, &st) == 0 && S_ISDIR(st.st_mode);
-    if (!is_dir && !metrics)
-        return ctl_usage_error(o, s_usage, "--metrics FILE[,FILE...] is required with a RUN "
-                                           "(or give a release DIR)");
     runlog_t log = {0};
     char run_id[64] = "", title[256];
     if (is_dir) {
@@ -70,7 +71,13 @@ int cmd_plot(ctl_opts_t *o, int argc, char **argv)
         if ((ex = s_markers_from_coordinator(o, target, &log, run_id, sizeof run_id)) !=
             CTL_EXIT_OK)
             goto out;
-        if (runlog_read_metrics_list(&log, metrics, run_id) != SHOAL_OK) {
+        json_t *rows = NULL;
+        if (!metrics && (ex = ctl_history_fetch(o, run_id, &rows, NULL, 0)) != CTL_EXIT_OK)
+            goto out;
+        shoal_err_t rc = metrics ? runlog_read_metrics_list(&log, metrics, run_id)
+                                 : runlog_points_from_history(&log, rows);
+        json_decref(rows);
+        if (rc != SHOAL_OK) {
             ex = ctl_error(o, "%s", shoal_errmsg());
             goto out;
         }
@@ -84,7 +91,8 @@ int cmd_plot(ctl_opts_t *o, int argc, char **argv)
         ex = ctl_error(o, "%s", shoal_errmsg());
         goto out;
     }
-    printf("plotted %d step(s) and %d plan change(s) to %s\n", log.n_points, log.n_markers, out);
+    printf("plotted %d step(s) and %d plan change(s) to %s (x axis: %s)\n", log.n_points,
+           log.n_markers, out, runlog_has_times(&log) ? "wall time" : "step");
     ex = CTL_EXIT_OK;
 out:
     runlog_fini(&log);

@@ -10,8 +10,8 @@
 #include <cairo-svg.h>
 #include <cairo.h>
 
-#define S_LEFT 90.0
-#define S_RIGHT 30.0
+#define S_LEFT PLOT_LEFT
+#define S_RIGHT PLOT_RIGHT
 #define S_TOP 70.0
 #define S_GAP 60.0
 #define S_BOTTOM 50.0
@@ -20,6 +20,27 @@ typedef struct {
     double x0, y0, w, h;         /* the panel's plotting area */
     double xmin, xmax, ymin, ymax;
 } s_panel_t;
+
+void plot_xaxis(const runlog_t *log, plot_xaxis_t *ax)
+{
+    *ax = (plot_xaxis_t){.time = runlog_has_times(log), .unit_s = 1};
+    if (!ax->time)
+        return;
+    /* time since the first committed step; minutes once the run is longer than 10 min */
+    ax->t0_ms = log->points[0].time_ms;
+    if (log->points[log->n_points - 1].time_ms - ax->t0_ms > 600 * 1000)
+        ax->unit_s = 60;
+}
+
+double plot_point_x(const plot_xaxis_t *ax, const runlog_point_t *p)
+{
+    return ax->time ? (double)(p->time_ms - ax->t0_ms) / 1000.0 / ax->unit_s : (double)p->step;
+}
+
+double plot_marker_x(const plot_xaxis_t *ax, const runlog_marker_t *m)
+{
+    return ax->time ? (double)(m->time_ms - ax->t0_ms) / 1000.0 / ax->unit_s : (double)m->step;
+}
 
 unsigned plot_marker_rgb(runlog_change_t kind)
 {
@@ -90,8 +111,8 @@ static void s_axes(cairo_t *cr, const s_panel_t *p, const char *ylabel, const ch
 }
 
 /* The curve of field `off` (a double of runlog_point_t) over the panel, unantialiased. */
-static void s_curve(cairo_t *cr, const s_panel_t *p, const runlog_t *log, size_t off,
-                    unsigned rgb)
+static void s_curve(cairo_t *cr, const s_panel_t *p, const plot_xaxis_t *ax, const runlog_t *log,
+                    size_t off, unsigned rgb)
 {
     cairo_set_antialias(cr, CAIRO_ANTIALIAS_NONE);
     cairo_set_line_width(cr, 2);
@@ -99,11 +120,14 @@ static void s_curve(cairo_t *cr, const s_panel_t *p, const runlog_t *log, size_t
     for (int i = 0; i < log->n_points; i++) {
         const runlog_point_t *pt = &log->points[i];
         double v = *(const double *)((const char *)pt + off);
-        /* steps without metrics (a worker without --metrics held them) leave a gap */
-        if (i == 0 || pt->step != log->points[i - 1].step + 1)
-            cairo_move_to(cr, s_px(p, (double)pt->step), s_py(p, v));
+        /* on the step axis, steps without metrics (a worker without --metrics held them) leave
+         * a gap; on the time axis the history's rows are joined (a row may stand for several
+         * steps committed at once) */
+        const double x = plot_point_x(ax, pt);
+        if (i == 0 || (!ax->time && pt->step != log->points[i - 1].step + 1))
+            cairo_move_to(cr, s_px(p, x), s_py(p, v));
         else
-            cairo_line_to(cr, s_px(p, (double)pt->step), s_py(p, v));
+            cairo_line_to(cr, s_px(p, x), s_py(p, v));
     }
     if (log->n_points == 1) /* one step: a dot, so that it shows */
         cairo_rel_line_to(cr, 3, 0);
@@ -127,14 +151,15 @@ static void s_range(const runlog_t *log, size_t off, double *lo, double *hi)
 }
 
 static void s_markers(cairo_t *cr, const s_panel_t *top, const s_panel_t *bottom,
-                      const runlog_t *log)
+                      const plot_xaxis_t *ax, const runlog_t *log)
 {
     const double dash[] = {6, 4};
     for (int i = 0; i < log->n_markers; i++) {
         const runlog_marker_t *m = &log->markers[i];
-        if ((double)m->step < top->xmin || (double)m->step > top->xmax)
+        const double mx = plot_marker_x(ax, m);
+        if (mx < top->xmin || mx > top->xmax)
             continue;
-        double x = floor(s_px(top, (double)m->step)) + 0.5;
+        double x = floor(s_px(top, mx)) + 0.5;
         cairo_set_antialias(cr, CAIRO_ANTIALIAS_NONE);
         cairo_set_line_width(cr, 2);
         cairo_set_dash(cr, dash, 2, 0);
@@ -194,10 +219,15 @@ shoal_err_t plot_draw(const runlog_t *log, const char *title, const char *path)
     cairo_t *cr = cairo_create(sf);
     const double ph = (PLOT_HEIGHT - S_TOP - S_GAP - S_BOTTOM) / 2;
     const double pw = PLOT_WIDTH - S_LEFT - S_RIGHT;
-    double xmin = (double)log->points[0].step, xmax = (double)log->points[log->n_points - 1].step;
-    for (int i = 0; i < log->n_markers; i++) /* a change after the last step still shows */
-        if ((double)log->markers[i].step > xmax)
-            xmax = (double)log->markers[i].step;
+    plot_xaxis_t ax;
+    plot_xaxis(log, &ax);
+    double xmin = plot_point_x(&ax, &log->points[0]);
+    double xmax = plot_point_x(&ax, &log->points[log->n_points - 1]);
+    for (int i = 0; i < log->n_markers; i++) { /* a change outside the steps still shows */
+        const double mx = plot_marker_x(&ax, &log->markers[i]);
+        xmin = mx < xmin ? mx : xmin;
+        xmax = mx > xmax ? mx : xmax;
+    }
     if (xmax <= xmin)
         xmax = xmin + 1;
     s_panel_t top = {S_LEFT, S_TOP, pw, ph, xmin, xmax, 0, 0};
@@ -215,10 +245,12 @@ shoal_err_t plot_draw(const runlog_t *log, const char *title, const char *path)
     cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
     s_legend(cr, S_LEFT, 42);
     s_axes(cr, &top, "loss", NULL);
-    s_axes(cr, &bottom, "tokens/s", "step");
-    s_curve(cr, &top, log, offsetof(runlog_point_t, loss), PLOT_RGB_LOSS);
-    s_curve(cr, &bottom, log, offsetof(runlog_point_t, tokens_per_s), PLOT_RGB_TOKENS);
-    s_markers(cr, &top, &bottom, log);
+    s_axes(cr, &bottom, "tokens/s",
+           !ax.time ? "step" : ax.unit_s > 1 ? "minutes since the first step"
+                                             : "seconds since the first step");
+    s_curve(cr, &top, &ax, log, offsetof(runlog_point_t, loss), PLOT_RGB_LOSS);
+    s_curve(cr, &bottom, &ax, log, offsetof(runlog_point_t, tokens_per_s), PLOT_RGB_TOKENS);
+    s_markers(cr, &top, &bottom, &ax, log);
 
     shoal_err_t rc = SHOAL_OK;
     if (cairo_status(cr) != CAIRO_STATUS_SUCCESS)

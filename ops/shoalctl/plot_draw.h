@@ -1,6 +1,8 @@
-/* plot_draw.h: draws a run's loss and tokens/s curves over its steps, with plan changes
- * (joins, deaths, drains) marked as vertical lines, into a PNG or SVG file with cairo. Built
- * only where cairo is (SHOAL_HAVE_CAIRO); `shoalctl plot` says so otherwise. */
+/* plot_draw.h: draws a run's loss and tokens/s curves over wall time (the coordinator's
+ * history: every point has its commit time) or over steps (workers' metrics files, which carry
+ * no time), with plan changes (joins, deaths, drains) marked as vertical lines at their time
+ * (or step), into a PNG or SVG file with cairo. Built only where cairo is (SHOAL_HAVE_CAIRO);
+ * `shoalctl plot` says so otherwise. */
 #ifndef SHOAL_PLOT_DRAW_H
 #define SHOAL_PLOT_DRAW_H
 
@@ -18,6 +20,21 @@
 
 #define PLOT_WIDTH 1000
 #define PLOT_HEIGHT 640
+/* margins of the plotting area: x runs from PLOT_LEFT to PLOT_WIDTH - PLOT_RIGHT */
+#define PLOT_LEFT 90.0
+#define PLOT_RIGHT 30.0
+
+/* The x axis: time (seconds, or minutes for runs over 10 min, since the first point's commit)
+ * when every point has a time, else the step. */
+typedef struct {
+    int time;
+    long long t0_ms;
+    double unit_s; /* 1 or 60 */
+} plot_xaxis_t;
+void plot_xaxis(const runlog_t *log, plot_xaxis_t *ax);
+/* A point's and a plan change's x on that axis (a change at its ledger entry's time). */
+double plot_point_x(const plot_xaxis_t *ax, const runlog_point_t *p);
+double plot_marker_x(const plot_xaxis_t *ax, const runlog_marker_t *m);
 
 /* The colour of a plan change's marker. */
 unsigned plot_marker_rgb(runlog_change_t kind);

@@ -1,8 +1,9 @@
-/* release.c: `shoalctl release RUN --out DIR --spec RUN.yaml --metrics FILES`: the fully open
+/* release.c: `shoalctl release RUN --out DIR --spec RUN.yaml [--metrics FILES]`: the fully open
  * release of a finished run in one directory: the final weights as a Hugging Face model
  * (export), the run spec (checked against the ledger's digest of what was submitted), the data
- * manifest, per-step metrics (JSONL and CSV), the plan history, the ledger as verified by the
- * coordinator, and a model card written from all of these. */
+ * manifest, per-step metrics (JSONL and CSV, from the coordinator's per-step history with each
+ * step's commit time, or from the workers' --metrics files), the plan history, the ledger as
+ * verified by the coordinator, and a model card written from all of these. */
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -18,13 +19,15 @@
 #include "shoalctl.h"
 
 static const char s_usage[] =
-    "usage: shoalctl release RUN --out DIR --spec RUN.yaml --metrics FILE[,FILE...] [--json]\n"
+    "usage: shoalctl release RUN --out DIR --spec RUN.yaml [--metrics FILE[,FILE...]] [--json]\n"
     "  Writes the open release of the finished run RUN to DIR (which must not exist):\n"
     "  model.safetensors and config.json (its last committed checkpoint, F32), spec.yaml,\n"
     "  data_manifest.json (every data file with its size and SHA-256, and the data order's\n"
-    "  seed), metrics.jsonl and metrics.csv (one row a step, merged from the workers'\n"
-    "  --metrics files), plan_history.json, ledger.jsonl with ledger_verification.json (the\n"
-    "  coordinator's check of the hash chain: a broken ledger is refused), and README.md.\n"
+    "  seed), metrics.jsonl and metrics.csv (one row a committed step with its wall time,\n"
+    "  from the coordinator's history; --metrics merges the workers' --metrics files\n"
+    "  instead, rows without time), plan_history.json, ledger.jsonl with\n"
+    "  ledger_verification.json (the coordinator's check of the hash chain: a broken ledger\n"
+    "  is refused), and README.md.\n"
     "  --spec is the file RUN was submitted from; its SHA-256 must match the ledger's.\n"
     "  The checkpoint's shard dirs and the data files are read from this machine.\n";
 
@@ -303,9 +306,6 @@ int cmd_release(ctl_opts_t *o, int argc, char **argv)
     if (!spec_path)
         return ctl_usage_error(o, s_usage, "--spec RUN.yaml is required (the file RUN was "
                                            "submitted from)");
-    if (!metrics)
-        return ctl_usage_error(o, s_usage, "--metrics FILE[,FILE...] is required (the workers' "
-                                           "--metrics files)");
     struct stat st;
     if (stat(out, &st) == 0)
         return ctl_error(o, "%s already exists: a release goes into a new directory", out);
@@ -325,13 +325,20 @@ int cmd_release(ctl_opts_t *o, int argc, char **argv)
         ctl_error(o, "out of memory");
         goto out;
     }
-    if (release_data_manifest(&r->spec, &r->data) != SHOAL_OK ||
-        runlog_read_metrics_list(&r->log, metrics, r->run_id) != SHOAL_OK) {
+    json_t *rows = NULL;
+    if (!metrics && (ex = ctl_history_fetch(o, r->run_id, &rows, NULL, 0)) != CTL_EXIT_OK)
+        goto out;
+    ex = CTL_EXIT_ERROR;
+    shoal_err_t mrc = metrics ? runlog_read_metrics_list(&r->log, metrics, r->run_id)
+                              : runlog_points_from_history(&r->log, rows);
+    json_decref(rows);
+    if (release_data_manifest(&r->spec, &r->data) != SHOAL_OK || mrc != SHOAL_OK) {
         ctl_error(o, "%s", shoal_errmsg());
         goto out;
     }
     if (r->log.n_points == 0) {
-        ctl_error(o, "no metrics line of run %s in %s", r->run_id, metrics);
+        ctl_error(o, "no per-step metrics of run %s in %s", r->run_id,
+                  metrics ? metrics : "the coordinator's history");
         goto out;
     }
     /* Built beside DIR and renamed into place: a release appears complete or not at all. */

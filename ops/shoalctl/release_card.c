@@ -139,6 +139,13 @@ static void s_card_results(FILE *f, const runlog_t *log)
             "| mean throughput | %.0f tokens/s |\n\n",
             log->n_points, first->step, last->step, first->step, first->loss, last->step,
             last->loss, tps / log->n_points);
+    if (runlog_has_times(log)) { /* the coordinator's history: every row has its commit time */
+        char took[48];
+        ctl_format_duration((double)(last->time_ms - first->time_ms) / 1000.0, took, sizeof took);
+        fprintf(f, "Steps %lld to %lld took %s of wall time (the coordinator's commit times, in "
+                   "`" RELEASE_METRICS_JSONL "` as `time_ms`).\n\n",
+                first->step, last->step, took);
+    }
 }
 
 static void s_card_plans(FILE *f, const json_t *plans)

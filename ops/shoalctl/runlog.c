@@ -12,7 +12,7 @@
 
 /* One metrics line as a worker wrote it. */
 typedef struct {
-    long long step, generation;
+    long long step, generation, time_ms;
     int rank;
     double loss, lr, grad_norm, tokens_per_s, step_seconds;
 } s_line_t;
@@ -72,6 +72,7 @@ static shoal_err_t s_read_file(s_lines_t *ls, const char *path, const char *run_
                     .grad_norm = s_num(o, "grad_norm"),
                     .tokens_per_s = s_num(o, "tokens_per_s"),
                     .step_seconds = s_num(o, "step_seconds"),
+                    .time_ms = (long long)s_num(o, "time_ms"), /* a release's rows have it */
                 };
                 rc = s_push(ls, &x);
             }
@@ -117,7 +118,8 @@ shoal_err_t runlog_read_metrics(runlog_t *l, const char *const *files, int n_fil
         const s_line_t *first = &ls.v[i];
         runlog_point_t *p = &l->points[l->n_points++];
         *p = (runlog_point_t){.step = first->step, .loss = first->loss, .lr = first->lr,
-                              .grad_norm = first->grad_norm, .generation = first->generation};
+                              .grad_norm = first->grad_norm, .generation = first->generation,
+                              .time_ms = first->time_ms};
         size_t j = i;
         for (; j < ls.n && ls.v[j].step == first->step; j++) {
             if (ls.v[j].generation != first->generation)
@@ -134,6 +136,38 @@ shoal_err_t runlog_read_metrics(runlog_t *l, const char *const *files, int n_fil
 out:
     free(ls.v);
     return rc;
+}
+
+shoal_err_t runlog_points_from_history(runlog_t *l, const json_t *rows)
+{
+    free(l->points);
+    l->n_points = 0;
+    if (!(l->points = calloc(json_array_size(rows) + 1, sizeof *l->points)))
+        return shoal_fail(SHOAL_ERR_NOMEM, "history: out of memory");
+    size_t i;
+    const json_t *row;
+    json_array_foreach(rows, i, row)
+    {
+        l->points[l->n_points++] = (runlog_point_t){
+            .step = (long long)s_num(row, "step"),
+            .loss = s_num(row, "loss"),
+            .grad_norm = s_num(row, "grad_norm"),
+            .tokens_per_s = s_num(row, "tokens_per_s"),
+            .step_seconds = s_num(row, "step_seconds"),
+            .generation = (long long)s_num(row, "generation"),
+            .ranks = (int)s_num(row, "ranks"),
+            .time_ms = (long long)s_num(row, "time_ms"),
+        };
+    }
+    return SHOAL_OK;
+}
+
+int runlog_has_times(const runlog_t *l)
+{
+    for (int i = 0; i < l->n_points; i++)
+        if (l->points[i].time_ms <= 0)
+            return 0;
+    return l->n_points > 0;
 }
 
 shoal_err_t runlog_read_metrics_list(runlog_t *l, const char *list, const char *run_id)
@@ -227,19 +261,21 @@ shoal_err_t runlog_read_release(runlog_t *l, const char *dir)
 
 json_t *runlog_point_json(const runlog_point_t *p)
 {
-    return json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:I, s:i}", "step", (json_int_t)p->step,
-                     "loss", p->loss, "lr", p->lr, "grad_norm", p->grad_norm, "tokens_per_s",
-                     p->tokens_per_s, "step_seconds", p->step_seconds, "generation",
-                     (json_int_t)p->generation, "ranks", p->ranks);
+    return json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:I, s:i, s:I}", "step",
+                     (json_int_t)p->step, "loss", p->loss, "lr", p->lr, "grad_norm",
+                     p->grad_norm, "tokens_per_s", p->tokens_per_s, "step_seconds",
+                     p->step_seconds, "generation", (json_int_t)p->generation, "ranks", p->ranks,
+                     "time_ms", (json_int_t)p->time_ms);
 }
 
 const char runlog_csv_header[] =
-    "step,loss,lr,grad_norm,tokens_per_s,step_seconds,generation,ranks\n";
+    "step,loss,lr,grad_norm,tokens_per_s,step_seconds,generation,ranks,time_ms\n";
 
 void runlog_point_csv(const runlog_point_t *p, char *out, size_t cap)
 {
-    snprintf(out, cap, "%lld,%.9g,%.9g,%.9g,%.1f,%.6f,%lld,%d\n", p->step, p->loss, p->lr,
-             p->grad_norm, p->tokens_per_s, p->step_seconds, p->generation, p->ranks);
+    snprintf(out, cap, "%lld,%.9g,%.9g,%.9g,%.1f,%.6f,%lld,%d,%lld\n", p->step, p->loss, p->lr,
+             p->grad_norm, p->tokens_per_s, p->step_seconds, p->generation, p->ranks,
+             p->time_ms);
 }
 
 const char *runlog_change_name(runlog_change_t kind)

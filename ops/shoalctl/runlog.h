@@ -1,6 +1,7 @@
 /* runlog.h: a run's history as `release` publishes it and `plot` draws it: per-step metrics
- * merged from the workers' --metrics JSON lines, and the plan changes (joins, deaths, drains)
- * from the ledger. Also reads both back from a release directory. */
+ * from the coordinator's history (MSG_CTL_HISTORY) or merged from the workers' --metrics JSON
+ * lines, and the plan changes (joins, deaths, drains) from the ledger. Also reads both back
+ * from a release directory. */
 #ifndef SHOAL_RUNLOG_H
 #define SHOAL_RUNLOG_H
 
@@ -17,7 +18,8 @@ typedef struct {
     double tokens_per_s; /* the run's throughput: the global batch over the slowest rank's step */
     double step_seconds; /* the slowest rank's */
     long long generation;
-    int ranks;           /* lines merged */
+    int ranks;           /* lines merged (history: ranks that reported exactly this step) */
+    long long time_ms;   /* wall clock of the step's commit (0: unknown: workers' files) */
 } runlog_point_t;
 
 typedef enum { RUNLOG_JOIN, RUNLOG_DEATH, RUNLOG_DRAIN, RUNLOG_PLAN } runlog_change_t;
@@ -41,6 +43,13 @@ typedef struct {
  * SHOAL_ERR_FORMAT names file:line of a line that is not a metrics object. */
 shoal_err_t runlog_read_metrics(runlog_t *l, const char *const *files, int n_files,
                                 const char *run_id);
+
+/* Fills l->points from the coordinator's history rows (ctl_history_fetch: {step, time_ms,
+ * loss, tokens, step_seconds, tokens_per_s, grad_norm, generation, ranks}). SHOAL_ERR_NOMEM. */
+shoal_err_t runlog_points_from_history(runlog_t *l, const json_t *rows);
+
+/* Whether every point has its wall time (then plots use a time axis). */
+int runlog_has_times(const runlog_t *l);
 
 /* runlog_read_metrics of a comma-separated list of files ("a.jsonl,b.jsonl"). */
 shoal_err_t runlog_read_metrics_list(runlog_t *l, const char *list, const char *run_id);

@@ -85,6 +85,9 @@ bool ctl_table_add(ctl_table_t *t, const char *const *cells);
 void ctl_table_print(const ctl_table_t *t, FILE *out);
 void ctl_table_destroy(ctl_table_t **self_p);
 
+/* A wall clock in ms as "2026-01-02 03:04:05.678Z" (UTC); "-" for 0 or less. */
+void ctl_format_time_ms(long long ms, char *out, size_t cap);
+
 /* "1.2 s", "3 min 4 s", "2 h 05 min" */
 void ctl_format_duration(double seconds, char *out, size_t cap);
 
@@ -143,6 +146,17 @@ shoal_err_t ctl_client_for(const ctl_opts_t *o, ctl_client_t **out);
 int cmd_release(ctl_opts_t *o, int argc, char **argv);
 int cmd_replay(ctl_opts_t *o, int argc, char **argv);
 int cmd_plot(ctl_opts_t *o, int argc, char **argv);
+int cmd_history(ctl_opts_t *o, int argc, char **argv);
+
+/* history.c: a run's per-step history from the coordinator, page by page: fn(row, ctx) for
+ * every row with step >= from, in step order (a non-OK exit code from fn stops). run_id (may
+ * be NULL) receives the run's id. Returns CTL_EXIT_OK, or the exit code after printing why. */
+typedef int (*ctl_history_fn)(json_t *row, void *ctx);
+int ctl_history_each(const ctl_opts_t *o, const char *run, int64_t from, ctl_history_fn fn,
+                     void *ctx, char *run_id, size_t cap);
+/* Every row of the history into a new array *rows (caller decrefs). */
+int ctl_history_fetch(const ctl_opts_t *o, const char *run, json_t **rows, char *run_id,
+                      size_t cap);
 
 /* export.c: what ctl_export_step wrote. */
 typedef struct {

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # shoalctl_release.sh: the open release of a short real run (a coordinator and two workers,
-# data-parallel) and its replay. `shoalctl release` writes the weights (the same bytes as
-# `shoalctl export` of the last step), config.json, spec.yaml, a data manifest whose sizes and
-# SHA-256 match the files the trainer read (and the data seed), per-step metrics (JSONL and
-# CSV, one row a step), the plan history, the ledger with the coordinator's verification, and a
+# data-parallel) and its replay. `shoalctl release` (no --metrics: the coordinator's history)
+# writes the weights (the same bytes as `shoalctl export` of the last step), config.json,
+# spec.yaml, a data manifest whose sizes and SHA-256 match the files the trainer read (and the
+# data seed), per-step metrics (JSONL and CSV, one row a step with its commit time: count =
+# steps, times monotone, losses finite), the plan history, the ledger with the coordinator's verification, and a
 # model card, and ledger.json with the coordinator's public key, which `verify --ledger` checks
 # offline (an edited entry fails); it refuses a spec that is not the one submitted and a taken
 # --out. The release loads in the PyTorch references (tests/reference/moe_ref.py and
@@ -47,10 +48,10 @@ poll_until 120 run_holds 'r["state"] == "done" and r["checkpoint_step"] == 12' |
 sed 's/lr: 1e-3/lr: 2e-3/' "$tmp/run.yaml" >"$tmp/other.yaml"
 expect 1 release rel --out "$tmp/bad" --spec "$tmp/other.yaml" --metrics "$tmp/w1.jsonl,$tmp/w2.jsonl"
 grep -q "is not the spec run r1 was submitted with" "$tmp/err" || err "other spec: $(cat "$tmp/err")"
-expect 2 release rel --out "$tmp/bad" --spec "$tmp/run.yaml"
+expect 2 release rel --out "$tmp/bad"
 ls -d "$tmp"/bad* >/dev/null 2>&1 && err "a refused release left $(ls -d "$tmp"/bad*)"
 
-expect 0 release rel --out "$tmp/rel" --spec "$tmp/run.yaml" --metrics "$tmp/w1.jsonl,$tmp/w2.jsonl"
+expect 0 release rel --out "$tmp/rel" --spec "$tmp/run.yaml"
 grep -q "released run r1 (rel) step 12" "$tmp/out" || err "release output: $(cat "$tmp/out")"
 expect 1 release rel --out "$tmp/rel" --spec "$tmp/run.yaml" --metrics "$tmp/w1.jsonl"
 grep -q "already exists" "$tmp/err" || err "taken --out: $(cat "$tmp/err")"
@@ -78,12 +79,17 @@ for f in man["files"]:
     data = open(f["path"], "rb").read()
     assert f["size"] == len(data) and f["sha256"] == hashlib.sha256(data).hexdigest(), f["path"]
 assert man["seed"] == 3 and man["total_bytes"] == sum(f["size"] for f in man["files"]), man
-# metrics: one row a step, 1..12, both ranks merged, the same rows in JSONL and CSV
+# metrics from the coordinator's history: one row a step, 1..12, with its commit time
+# (monotone), finite losses, the same rows in JSONL and CSV
+import math
 rows = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
 assert [r["step"] for r in rows] == list(range(1, 13)), [r["step"] for r in rows]
-assert all(r["ranks"] == 2 and r["loss"] > 0 and r["tokens_per_s"] > 0 for r in rows), rows[0]
+assert all(math.isfinite(r["loss"]) and r["loss"] > 0 and r["tokens_per_s"] > 0 for r in rows), rows[0]
+times = [r["time_ms"] for r in rows]
+assert times[0] > 1.6e12 and all(a <= b for a, b in zip(times, times[1:])), times
 c = list(csv.DictReader(open(os.path.join(d, "metrics.csv"))))
 assert [int(r["step"]) for r in c] == list(range(1, 13))
+assert [int(r["time_ms"]) for r in c] == times
 assert all(abs(float(a["loss"]) - b["loss"]) <= 1e-6 * b["loss"] for a, b in zip(c, rows))
 # the ledger: as verified, every entry chained to the one before and signed
 ledger = [json.loads(l) for l in open(os.path.join(d, "ledger.jsonl"))]
@@ -103,6 +109,7 @@ card = open(os.path.join(d, "README.md")).read()
 w = hashlib.sha256(open(os.path.join(d, "model.safetensors"), "rb").read()).hexdigest()
 assert "# rel" in card and "shoalctl replay" in card and w in card, card[:400]
 assert man["files"][0]["sha256"] in card and ledger[-1]["hash"] in card
+assert "of wall time" in card, card
 PY
 
 # the signed ledger checks offline from the release alone (shoalctl, no coordinator), and an
@@ -140,7 +147,7 @@ done
 
 # plot of the release
 expect 0 plot "$tmp/rel" --out "$tmp/rel.png"
-grep -q "plotted 12 step(s)" "$tmp/out" || err "plot output: $(cat "$tmp/out")"
+grep -q "plotted 12 step(s) .*(x axis: wall time)" "$tmp/out" || err "plot output: $(cat "$tmp/out")"
 python3 "$(dirname "$0")/png_colours.py" "$tmp/rel.png" 1f77b4 ff7f0e >"$tmp/colours" &&
     awk '{ n[$1] = $2 } END { exit !(n["1f77b4"] > 500 && n["ff7f0e"] > 500) }' "$tmp/colours" ||
     err "rel.png lacks a curve: $(cat "$tmp/colours" 2>&1)"
@@ -149,7 +156,14 @@ python3 "$(dirname "$0")/png_colours.py" "$tmp/rel.png" 1f77b4 ff7f0e >"$tmp/col
 expect 0 plot rel --metrics "$tmp/w1.jsonl,$tmp/w2.jsonl" --out "$tmp/rel.svg"
 grep -q "plotted 12 step(s) and 0 plan change(s)" "$tmp/out" || err "plot RUN: $(cat "$tmp/out")"
 grep -q "<svg" "$tmp/rel.svg" || err "rel.svg is not an SVG"
-expect 2 plot rel --out "$tmp/x.png"
+expect 2 plot rel
+# the workers' files merged still make a release (rows without time), and plot RUN without
+# --metrics reads the coordinator's history: over wall time
+expect 0 release rel --out "$tmp/relm" --spec "$tmp/run.yaml" --metrics "$tmp/w1.jsonl,$tmp/w2.jsonl"
+[ "$(grep -c '"ranks":2' "$tmp/relm/metrics.jsonl")" = 12 ] || err "release --metrics: $(head -2 "$tmp/relm/metrics.jsonl")"
+expect 0 plot rel --out "$tmp/rel-time.png"
+grep -q "plotted 12 step(s) and 0 plan change(s) to $tmp/rel-time.png (x axis: wall time)" "$tmp/out" ||
+    err "plot RUN from the history: $(cat "$tmp/out")"
 
 # replay on one worker (the run had two): byte for byte
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done

@@ -1,7 +1,8 @@
 /* test_plot: shoalctl plot's pieces: the metrics merge (newest generation of a step, the run's
- * throughput over the slowest rank, the run filter), the plan changes read from plan entries,
- * and the drawing: a PNG that cairo reads back holds pixels of both curves' colours and of each
- * plan change's marker colour, and none of a marker that is not in the run. */
+ * throughput over the slowest rank, the run filter), the coordinator's history rows as points,
+ * the plan changes read from plan entries, and the drawing: a PNG that cairo reads back holds
+ * pixels of both curves' colours and of each plan change's marker colour, and none of a marker
+ * that is not in the run; on the time axis the marker sits at its time's x. */
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -32,19 +33,23 @@ static void s_write(const char *name, const char *text, char *path, size_t cap)
     fclose(f);
 }
 
-/* Pixels of exactly colour rgb below the legend (rows >= 50: the panels). */
-static long s_count(cairo_surface_t *img, unsigned rgb)
+/* Pixels of exactly colour rgb below the legend (rows >= 50: the panels start at 70) in
+ * columns [lo, hi]. */
+static long s_count_cols(cairo_surface_t *img, unsigned rgb, int lo, int hi)
 {
-    const int w = cairo_image_surface_get_width(img), h = cairo_image_surface_get_height(img);
-    const int stride = cairo_image_surface_get_stride(img);
+    const int h = cairo_image_surface_get_height(img), stride = cairo_image_surface_get_stride(img);
     const unsigned char *data = cairo_image_surface_get_data(img);
     long n = 0;
-    for (int y = 50; y < h; y++) /* the panels start at 70 */
-        for (int x = 0; x < w; x++) {
-            uint32_t px = *(const uint32_t *)(data + (size_t)y * stride + 4 * (size_t)x);
-            n += (px & 0xffffff) == rgb;
-        }
+    for (int y = 50; y < h; y++)
+        for (int x = lo < 0 ? 0 : lo; x <= hi && x < PLOT_WIDTH; x++)
+            n += (*(const uint32_t *)(data + (size_t)y * stride + 4 * (size_t)x) & 0xffffff) == rgb;
     return n;
+}
+
+/* ... in every column. */
+static long s_count(cairo_surface_t *img, unsigned rgb)
+{
+    return s_count_cols(img, rgb, 0, PLOT_WIDTH - 1);
 }
 
 static void test_merge_metrics(void **state)
@@ -201,6 +206,98 @@ static void test_svg_and_refusals(void **state)
     runlog_fini(&l);
 }
 
+/* The coordinator's history rows become points with their commit times. */
+static void test_history_points(void **state)
+{
+    (void)state;
+    json_t *rows = json_pack("[{s:I, s:I, s:f, s:I, s:f, s:f, s:f, s:I, s:i},"
+                             " {s:I, s:I, s:f, s:I, s:f, s:f, s:f, s:I, s:i}]",
+                             "step", (json_int_t)1, "time_ms", (json_int_t)1700000000000,
+                             "loss", 4.5, "tokens", (json_int_t)2048, "step_seconds", 0.5,
+                             "tokens_per_s", 4096.0, "grad_norm", 1.25, "generation",
+                             (json_int_t)3, "ranks", 2,
+                             "step", (json_int_t)4, "time_ms", (json_int_t)1700000002500,
+                             "loss", 3.0, "tokens", (json_int_t)2048, "step_seconds", 0.25,
+                             "tokens_per_s", 8192.0, "grad_norm", 0.5, "generation",
+                             (json_int_t)4, "ranks", 0);
+    assert_non_null(rows);
+    runlog_t l = {0};
+    assert_int_equal(runlog_points_from_history(&l, rows), SHOAL_OK);
+    assert_int_equal(l.n_points, 2);
+    assert_int_equal(l.points[1].step, 4);
+    assert_int_equal(l.points[1].time_ms, 1700000002500LL);
+    assert_true(l.points[0].loss == 4.5 && l.points[0].step_seconds == 0.5);
+    assert_true(l.points[1].tokens_per_s == 8192.0 && l.points[0].grad_norm == 1.25);
+    assert_int_equal(l.points[0].generation, 3);
+    assert_int_equal(l.points[0].ranks, 2);
+    assert_true(runlog_has_times(&l));
+    plot_xaxis_t ax;
+    plot_xaxis(&l, &ax);
+    assert_true(ax.time && ax.unit_s == 1);
+    assert_true(fabs(plot_point_x(&ax, &l.points[1]) - 2.5) < 1e-9);
+    /* a release row round-trips its time through metrics.jsonl */
+    json_t *j = runlog_point_json(&l.points[1]);
+    assert_int_equal(json_integer_value(json_object_get(j, "time_ms")), 1700000002500LL);
+    json_decref(j);
+    char line[256];
+    runlog_point_csv(&l.points[1], line, sizeof line);
+    assert_non_null(strstr(line, ",1700000002500\n"));
+    /* one point without a time (a workers' file) puts the plot back on the step axis */
+    l.points[0].time_ms = 0;
+    assert_false(runlog_has_times(&l));
+    runlog_fini(&l);
+    json_decref(rows);
+}
+
+/* On the time axis a point sits at its commit time and a plan change at its ledger time: with
+ * steps that slow down (step i at 0.1 i^2 s) the marker of a death at 90 s lands at 90 s, not
+ * where its step would be; a run over 10 min is drawn in minutes. */
+static void test_time_axis_markers(void **state)
+{
+    (void)state;
+    const long long t0 = 1700000000000LL;
+    for (int minutes = 0; minutes <= 1; minutes++) {
+        runlog_t l = {0};
+        s_synthetic(&l, 0);
+        const long long scale = minutes ? 1000 : 100; /* ms per i^2: 240 s or 2401 s in all */
+        for (int i = 0; i < 50; i++)
+            l.points[i].time_ms = t0 + scale * i * i;
+        /* its start step (10) is far from where its time (i = 30) puts it */
+        l.markers[0] = (runlog_marker_t){.step = 10, .generation = 2, .kind = RUNLOG_DEATH,
+                                         .time_ms = t0 + scale * 900};
+        l.n_markers = 1;
+        plot_xaxis_t ax;
+        plot_xaxis(&l, &ax);
+        assert_true(ax.time);
+        assert_true(ax.unit_s == (minutes ? 60 : 1));
+        const double span = (double)(scale * 49 * 49) / 1000.0 / ax.unit_s;
+        const double want = (double)(scale * 900) / 1000.0 / ax.unit_s;
+        assert_true(fabs(plot_marker_x(&ax, &l.markers[0]) - want) < 1e-9);
+        char path[512];
+        snprintf(path, sizeof path, "%s/time%d.png", s_dir, minutes);
+        assert_int_equal(plot_draw(&l, "time axis", path), SHOAL_OK);
+        runlog_fini(&l);
+        cairo_surface_t *img = cairo_image_surface_create_from_png(path);
+        assert_int_equal(cairo_surface_status(img), CAIRO_STATUS_SUCCESS);
+        const double w = PLOT_WIDTH - PLOT_LEFT - PLOT_RIGHT;
+        const int k = (int)floor(PLOT_LEFT + want / span * w);
+        const int at_step = (int)floor(PLOT_LEFT + (10.0 - 1) / 49 * w); /* step axis's x */
+        long near = s_count_cols(img, PLOT_RGB_DEATH, k - 2, k + 2);
+        long left = s_count_cols(img, PLOT_RGB_DEATH, 0, k - 3);
+        long at_s = s_count_cols(img, PLOT_RGB_DEATH, at_step - 2, at_step + 2);
+        printf("time axis (%s): marker at x %d: %ld pixels there, %ld left of it, %ld at the "
+               "step's x %d\n", minutes ? "min" : "s", k, near, left, at_s, at_step);
+        assert_true(near > 300); /* a dashed 2-pixel line over both panels */
+        assert_int_equal(left, 0);
+        assert_int_equal(at_s, 0);
+        /* the curves span the axis: loss pixels at both ends */
+        assert_true(s_count_cols(img, PLOT_RGB_LOSS, (int)PLOT_LEFT, (int)PLOT_LEFT + 5) > 0);
+        assert_true(s_count_cols(img, PLOT_RGB_LOSS, PLOT_WIDTH - (int)PLOT_RIGHT - 5,
+                                 PLOT_WIDTH - (int)PLOT_RIGHT) > 0);
+        cairo_surface_destroy(img);
+    }
+}
+
 int main(void)
 {
     if (!mkdtemp(s_dir))
@@ -210,6 +307,8 @@ int main(void)
         cmocka_unit_test(test_markers),
         cmocka_unit_test(test_png_pixels),
         cmocka_unit_test(test_svg_and_refusals),
+        cmocka_unit_test(test_history_points),
+        cmocka_unit_test(test_time_axis_markers),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[128];
