@@ -113,21 +113,13 @@ static int s_shard_dirs(const ctl_opts_t *o, const json_t *manifest, const char 
 int ctl_export_step(const ctl_opts_t *o, const char *run, int64_t step, const char *out,
                     const ckpt_export_opts_t *opts, ctl_export_result_t *res)
 {
-    ctl_client_t *c = ctl_connect(o);
-    if (!c)
-        return CTL_EXIT_ERROR;
     ctl_reply_t reply = {0};
     json_t *doc = NULL;
     const char **dirs = NULL;
     int n = 0;
-    int ex = ctl_check_reply(o, ctl_client_manifest(c, run, step, &reply), &reply);
-    ctl_client_destroy(&c);
+    int ex = ctl_manifest_request(o, run, step, &reply, &doc);
     if (ex != CTL_EXIT_OK)
         goto out;
-    if (!(doc = ctl_reply_doc(o, &reply))) {
-        ex = CTL_EXIT_ERROR;
-        goto out;
-    }
     const json_t *manifest = json_object_get(doc, CTL_F_MANIFEST);
     if ((ex = s_shard_dirs(o, manifest, &dirs, &n)) != CTL_EXIT_OK)
         goto out;

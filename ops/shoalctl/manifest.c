@@ -14,6 +14,19 @@ static const char s_usage[] =
     "  that wrote it and the workers holding a verified copy (checkpoint.replicas), with the\n"
     "  path on each. --json prints the manifest document (ops/COORDINATOR.md).\n";
 
+int ctl_manifest_request(const ctl_opts_t *o, const char *run, int64_t step, ctl_reply_t *reply,
+                         json_t **doc)
+{
+    ctl_client_t *c = ctl_connect(o);
+    if (!c)
+        return CTL_EXIT_ERROR;
+    int ex = ctl_check_reply(o, ctl_client_manifest(c, run, step, reply), reply);
+    ctl_client_destroy(&c);
+    if (ex == CTL_EXIT_OK && !(*doc = ctl_reply_doc(o, reply)))
+        ex = CTL_EXIT_ERROR;
+    return ex;
+}
+
 int cmd_manifest(ctl_opts_t *o, int argc, char **argv)
 {
     const char *step_s = NULL, *run = NULL;
@@ -24,19 +37,10 @@ int cmd_manifest(ctl_opts_t *o, int argc, char **argv)
     int64_t step = 0;
     if (step_s && numparse_i64(step_s, 1, INT64_MAX, &step) != SHOAL_OK)
         return ctl_usage_error(o, s_usage, "--step: expected a step >= 1");
-    ctl_client_t *c = ctl_connect(o);
-    if (!c)
-        return CTL_EXIT_ERROR;
     ctl_reply_t reply = {0};
     json_t *doc = NULL;
-    ex = ctl_check_reply(o, ctl_client_manifest(c, run, step, &reply), &reply);
-    ctl_client_destroy(&c);
-    if (ex != CTL_EXIT_OK)
+    if ((ex = ctl_manifest_request(o, run, step, &reply, &doc)) != CTL_EXIT_OK)
         goto out;
-    if (!(doc = ctl_reply_doc(o, &reply))) {
-        ex = CTL_EXIT_ERROR;
-        goto out;
-    }
     if (o->json) {
         ctl_print_json(doc);
         goto out;

@@ -104,6 +104,12 @@ shoal_err_t ctl_call(const ctl_opts_t *o, ctl_target_fn fn, const char *target, 
 int ctl_events_page(const ctl_opts_t *o, ctl_client_t *c, const char *run, uint64_t since,
                     unsigned limit, json_t **doc);
 
+/* The committed checkpoint manifest of `run` at `step` (0: the latest) as the reply document
+ * into *doc (caller decrefs; *reply is the caller's to finish). Returns CTL_EXIT_OK, or the exit
+ * code after printing why. */
+int ctl_manifest_request(const ctl_opts_t *o, const char *run, int64_t step, ctl_reply_t *reply,
+                         json_t **doc);
+
 /* shoalctl keys new-signing --out DIR: an Ed25519 key pair that signs the ledger. */
 int cmd_keys_new_signing(ctl_opts_t *o, int argc, char **argv);
 

@@ -50,17 +50,8 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$mport/nothing")
 ctype=$(curl -s -o /dev/null -w '%{content_type}' "http://127.0.0.1:$mport/metrics")
 [ "$ctype" = "text/plain; version=0.0.4; charset=utf-8" ] || err "content type '$ctype'"
 
-cat >"$tmp/run.yaml" <<YAML
-name: pm
-model:
-  preset: tiny
-data:
-  files: [/usr/share/games/fortunes]
-train:
-  steps: 100000
-  global_batch: 2
-  seq_len: 16
-  lr: 1e-3
+long_run_spec "$tmp/run.yaml" pm
+cat >>"$tmp/run.yaml" <<YAML
 checkpoint:
   every_steps: 5
 parallel:
