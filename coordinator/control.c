@@ -153,7 +153,7 @@ static void s_workers(coord_t *c, const wire_route_t *route)
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
         coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
-        const plan_peer_t *p = r ? plan_find_worker(&r->plan, w->id) : NULL;
+        const plan_peer_t *p = r ? coord_plan_member(r, w->id) : NULL;
         const ctl_worker_t cw = {
             .id = w->id,
             .name = w->name,

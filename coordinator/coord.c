@@ -108,10 +108,56 @@ shoal_err_t coord_run_insert(coord_t *c, coord_run_t *r)
     return SHOAL_OK;
 }
 
+static int s_index_valid(const coord_run_t *r)
+{
+    return r->indexed_peers == r->plan.peers && r->indexed_n_peers == r->plan.n_peers &&
+           r->indexed_spares == r->plan.spares && r->indexed_n_spares == r->plan.n_spares &&
+           (r->plan.peers || r->plan.spares);
+}
+
+void coord_run_index_plan(coord_run_t *r)
+{
+    idmap_clear(&r->member_index);
+    idmap_clear(&r->spare_index);
+    r->indexed_peers = NULL;
+    r->indexed_spares = NULL;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++) {
+        plan_peer_t *p = &r->plan.peers[i];
+        if (idmap_put(&r->member_index, p->worker_id, strlen(p->worker_id), p) != SHOAL_OK)
+            return; /* logged; lookups scan */
+    }
+    for (uint32_t i = 0; i < r->plan.n_spares; i++) {
+        plan_spare_t *s = &r->plan.spares[i];
+        if (idmap_put(&r->spare_index, s->worker_id, strlen(s->worker_id), s) != SHOAL_OK)
+            return;
+    }
+    r->indexed_peers = r->plan.peers;
+    r->indexed_n_peers = r->plan.n_peers;
+    r->indexed_spares = r->plan.spares;
+    r->indexed_n_spares = r->plan.n_spares;
+}
+
+const plan_peer_t *coord_plan_member(const coord_run_t *r, const char *worker_id)
+{
+    if (!s_index_valid(r))
+        return plan_find_worker(&r->plan, worker_id);
+    return idmap_get(&r->member_index, worker_id, strlen(worker_id));
+}
+
+int coord_plan_is_spare(const coord_run_t *r, const char *worker_id)
+{
+    if (!s_index_valid(r))
+        return plan_is_spare(&r->plan, worker_id);
+    return idmap_get(&r->spare_index, worker_id, strlen(worker_id)) != NULL;
+}
+
 void coord_run_free(coord_run_t *r)
 {
     if (!r)
         return;
+    idmap_fini(&r->member_index);
+    idmap_fini(&r->spare_index);
+    free(r->ckpt_seen);
     plan_fini(&r->plan);
     free(r->reported);
     free(r->rank_loss);
@@ -342,7 +388,7 @@ void coord_destroy(coord_t **self_p)
         free(c->workers[i]);
     free(c->workers);
     free(c->by_num);
-    free(c->rates);
+    coord_guard_free(c);
     for (int i = 0; i < c->n_runs; i++)
         coord_run_free(c->runs[i]);
     free(c->runs);
@@ -375,19 +421,52 @@ void coord_set_reload_flag(coord_t *c, volatile sig_atomic_t *flag)
     c->reload_flag = flag;
 }
 
+static void s_drain_socket(coord_t *c, void *sock, wire_handler_fn fn);
+
+/* Whether the socket holds a message not read yet. */
+static int s_has_input(void *sock)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    return zmq_getsockopt(sock, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN);
+}
+
+/* Silence is judged on an empty worker socket only: a heartbeat queued behind a backlog is not
+ * silence (a coordinator that fell behind declared live workers dead, their re-registrations
+ * made the backlog longer). Reads the socket for up to a cron period first; returns whether
+ * silence may be judged now: the socket is empty, or it has not been for dead_after_ms (a
+ * coordinator that never catches up still declares the silent dead, that much later). */
+static int s_silence_judgeable(coord_t *c)
+{
+    const int64_t until = clock_mono_ms() + COORD_CRON_MS;
+    while (s_has_input(c->wsock) && !c->fail_stopped && clock_mono_ms() < until)
+        s_drain_socket(c, c->wsock, coord_on_worker_msg);
+    const int64_t now = clock_mono_ms();
+    if (!s_has_input(c->wsock)) {
+        c->backlog_since_ms = 0;
+        return 1;
+    }
+    if (!c->backlog_since_ms) {
+        c->backlog_since_ms = now;
+        log_debug("the worker socket has a backlog: silence is not judged until it is read");
+    }
+    return now - c->backlog_since_ms > c->cfg.dead_after_ms;
+}
+
 static void s_cron(coord_t *c)
 {
-    int64_t now = clock_mono_ms();
     if (c->reload_flag && *c->reload_flag) {
         *c->reload_flag = 0;
         if (coord_reload_keys(c) != SHOAL_OK)
             log_error("SIGHUP: %s", shoal_errmsg());
     }
+    const int judge_silence = s_silence_judgeable(c);
+    int64_t now = clock_mono_ms();
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
         if (!coord_worker_is_live(w->state))
             continue;
-        if (now - w->last_seen_ms > c->cfg.dead_after_ms)
+        if (judge_silence && now - w->last_seen_ms > c->cfg.dead_after_ms)
             (void)coord_worker_transition(c, w, WORKER_DEAD, "no heartbeat for %.1f s",
                                           (double)(now - w->last_seen_ms) / 1000.0);
         else if (w->conn_lost_ms && c->cfg.closed_grace_ms > 0 &&

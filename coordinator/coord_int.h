@@ -11,6 +11,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "idmap.h"
 #include "coord.h"
 #include "ledger.h"
 #include "metrics_http.h"
@@ -110,7 +111,9 @@ typedef struct {
     char checkpoint_path[PLAN_PATH_MAX];
     double loss;
     int64_t submitted_ms;
-    char reason[256]; /* why failed / cancelled */
+    char reason[256]; /* why failed / cancelled / paused waiting for workers ("unplaced: ...") */
+    uint32_t unplaced; /* paused because no plan fits the live workers (not by the operator):
+                          the cron places it again, and it runs again, once one does */
     plan_t plan;
     /* volatile: per rank of the plan */
     int64_t *reported;
@@ -131,6 +134,18 @@ typedef struct {
     coord_rank_step_t *rank_step;
     double tokens_per_s;     /* of the newest history row */
     int tokens_per_s_known;  /* set by a commit, or once read back from the store after a load */
+    /* worker id -> its plan_peer_t / plan_spare_t in `plan` (coord_run_index_plan); valid
+     * while plan.peers/spares are the arrays indexed (checked: a stale index is not used) */
+    idmap_t member_index, spare_index;
+    const plan_peer_t *indexed_peers;
+    const plan_spare_t *indexed_spares;
+    uint32_t indexed_n_peers, indexed_n_spares;
+    /* coord_manifest.c: the plan members (by index in plan.peers) that reported a shard of
+     * ckpt_count_step under generation ckpt_count_gen, and how many (0 step: not counting) */
+    int64_t ckpt_count_step;
+    uint64_t ckpt_count_gen;
+    uint8_t *ckpt_seen;
+    uint32_t ckpt_seen_n, ckpt_have;
 } coord_run_t;
 
 /* What serves the control socket: control.c attaches it (control_attach, control.h), so that
@@ -165,11 +180,14 @@ struct coord {
     uint64_t next_worker, next_run, seq;
     uint64_t last_generation; /* highest plan generation of any run */
     int64_t next_cron_ms, next_watchdog_ms, watchdog_every_ms;
+    int64_t backlog_since_ms; /* monotonic: the worker socket has had unread input at every
+                               * cron since then (0: it was empty at the last one) */
     int notify;
     unsigned long long handled, dropped;
     /* coord_guard.c: per-connection message rate buckets and what the guards counted */
-    struct coord_rate *rates;
+    struct coord_rate **rates;
     int n_rates, cap_rates;
+    idmap_t rate_index; /* route id -> bucket */
     unsigned long long rate_dropped, bad_messages, quarantines;
     store_batch_t *txn; /* the state change being built; one synced batch */
     /* durable first: every message waits here until coord_txn_commit() has written what came
@@ -230,6 +248,12 @@ coord_worker_t *coord_worker_by_id(coord_t *c, const char *id);
 shoal_err_t coord_worker_insert(coord_t *c, coord_worker_t *w);
 /* Appends a run (ownership passes on success). SHOAL_ERR_NOMEM. */
 shoal_err_t coord_run_insert(coord_t *c, coord_run_t *r);
+/* Indexes r->plan's members and spares by worker id; call after r->plan changes (until then,
+ * and when indexing fails, the lookups below scan the plan). */
+void coord_run_index_plan(coord_run_t *r);
+/* w's entry in r's plan as a member (NULL: not one), and whether it is a spare: O(1). */
+const plan_peer_t *coord_plan_member(const coord_run_t *r, const char *worker_id);
+int coord_plan_is_spare(const coord_run_t *r, const char *worker_id);
 /* Frees a run that is in no list (NULL: nothing). */
 void coord_run_free(coord_run_t *r);
 /* Adds a submitted run (spec checked by the caller). */
@@ -394,6 +418,8 @@ double coord_history_tokens_per_s(coord_t *c, coord_run_t *r);
 /* Whether a message from this worker connection is within its rate (a token taken); when not
  * it is counted and must be dropped unanswered. */
 int coord_guard_admit(coord_t *c, const wire_route_t *route);
+/* Frees the rate buckets (coord_destroy). */
+void coord_guard_free(coord_t *c);
 /* A malformed or out-of-plan message from w (NULL: from no known worker; only counted): after
  * quarantine_after_bad_messages of them w is quarantined. */
 void coord_guard_strike(coord_t *c, coord_worker_t *w, const char *why);

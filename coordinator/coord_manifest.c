@@ -52,6 +52,49 @@ static int s_prune_one(const char *k, size_t kl, const char *v, size_t vl, void 
     return 0;
 }
 
+/* What the burst deferred goes to disk now: the scans below read the store. */
+static shoal_err_t s_commit_now(coord_t *c)
+{
+    c->defer_commit = 0;
+    return coord_txn_commit(c);
+}
+
+typedef struct {
+    coord_run_t *r;
+} s_count_ctx_t;
+
+static int s_count_one(const char *k, size_t kl, const char *v, size_t vl, void *ctx)
+{
+    (void)k;
+    (void)kl;
+    coord_run_t *r = ((s_count_ctx_t *)ctx)->r;
+    json_t *j = json_loadb(v, vl, 0, NULL);
+    const char *wid = json_string_value(json_object_get(j, "worker"));
+    const plan_peer_t *p = wid ? coord_plan_member(r, wid) : NULL;
+    if (p && !r->ckpt_seen[p - r->plan.peers]) {
+        r->ckpt_seen[p - r->plan.peers] = 1;
+        r->ckpt_have++;
+    }
+    json_decref(j);
+    return 0;
+}
+
+/* Counts the members of r's plan with a pending shard of `step` (one scan of its reports). */
+static shoal_err_t s_count_rebuild(coord_t *c, coord_run_t *r, int64_t step, const char *prefix)
+{
+    uint8_t *seen = calloc(r->plan.n_peers + 1, 1);
+    if (!seen)
+        return shoal_fail(SHOAL_ERR_NOMEM, "checkpoint report count of %u cells", r->plan.n_peers);
+    free(r->ckpt_seen);
+    r->ckpt_seen = seen;
+    r->ckpt_seen_n = r->plan.n_peers;
+    r->ckpt_have = 0;
+    r->ckpt_count_step = step;
+    r->ckpt_count_gen = r->generation;
+    s_count_ctx_t cc = {r};
+    return store_scan(c->st, STORE_CF_MANIFESTS, prefix, NULL, s_count_one, &cc);
+}
+
 void coord_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_t *w, coord_run_t *r,
                          const Shoal__Envelope *env)
 {
@@ -92,27 +135,33 @@ void coord_on_ckpt_shard(coord_t *c, const wire_route_t *route, coord_worker_t *
     char key[160];
     snprintf(key, sizeof key, "p/%s/%020" PRId64 "/%s", r->id, cs->step, w->id);
     coord_put_json(c, STORE_CF_MANIFESTS, key, shard);
-    if (coord_txn_commit(c) != SHOAL_OK) {
-        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, r,
-                          "shard report not persisted");
-        return;
-    }
-    /* complete when every cell of the current plan has a shard for this step */
+    /* complete when every cell of the current plan has a shard for this step: counted here,
+     * the store scanned only to rebuild the count (a new step or plan, a restart) and once at
+     * completion (a rescan of every pending shard per report was O(cells^2) a report) */
     char prefix[128];
     snprintf(prefix, sizeof prefix, "p/%s/%020" PRId64 "/", r->id, cs->step);
-    s_pending_ctx_t pc = {json_array()};
-    (void)store_scan(c->st, STORE_CF_MANIFESTS, prefix, NULL, s_pending_one, &pc);
-    uint32_t have = 0;
-    for (uint32_t i = 0; i < r->plan.n_peers; i++)
-        for (size_t k = 0; k < json_array_size(pc.shards); k++) {
-            const char *wid =
-                json_string_value(json_object_get(json_array_get(pc.shards, k), "worker"));
-            if (wid && strcmp(wid, r->plan.peers[i].worker_id) == 0) {
-                have++;
-                break;
-            }
+    const uint32_t me_idx = (uint32_t)(me - r->plan.peers);
+    if (r->ckpt_count_step != cs->step || r->ckpt_count_gen != r->generation ||
+        r->ckpt_seen_n != r->plan.n_peers) {
+        if (s_commit_now(c) != SHOAL_OK || s_count_rebuild(c, r, cs->step, prefix) != SHOAL_OK) {
+            coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, r,
+                              "shard report not persisted or counted");
+            return;
         }
+    } else if (!r->ckpt_seen[me_idx]) {
+        r->ckpt_seen[me_idx] = 1;
+        r->ckpt_have++;
+    }
+    const uint32_t have = r->ckpt_have;
+    s_pending_ctx_t pc = {NULL};
     if (have == r->plan.n_peers) {
+        if (s_commit_now(c) != SHOAL_OK) {
+            coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, r,
+                              "shard report not persisted");
+            return;
+        }
+        pc.shards = json_array();
+        (void)store_scan(c->st, STORE_CF_MANIFESTS, prefix, NULL, s_pending_one, &pc);
         json_t *manifest =
             json_pack("{s:s, s:I, s:I, s:s, s:O, s:I}", "run", r->id, "step", (json_int_t)cs->step,
                       "generation", (json_int_t)r->generation, "path", cs->path, "shards",

@@ -317,7 +317,7 @@ static shoal_err_t s_plan_pb(coord_t *c, const plan_t *p, s_plan_pb_t *pb)
 
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
 {
-    const plan_peer_t *me = plan_find_worker(&r->plan, w->id);
+    const plan_peer_t *me = coord_plan_member(r, w->id);
     if (!me || !w->has_route)
         return;
     s_plan_pb_t pb;

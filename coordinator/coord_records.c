@@ -78,6 +78,7 @@ static const s_field_t s_run_fields[] = {
     S_FIELD(coord_run_t, "loss", S_F64, loss),
     S_FIELD(coord_run_t, "submitted_ms", S_I64, submitted_ms),
     S_FIELD(coord_run_t, "reason", S_STR, reason),
+    S_FIELD(coord_run_t, "unplaced", S_U32, unplaced),
     {NULL, S_STR, 0, 0},
 };
 
@@ -316,6 +317,7 @@ static int s_load_run(const char *k, size_t kl, const char *v, size_t vl, void *
             !(pj = json_loads(pv, 0, NULL)) || plan_from_json(pj, &r->plan) != SHOAL_OK)
             log_error("run %s: plan generation %" PRIu64 " unreadable (%s): re-planning", r->id,
                       r->generation, shoal_errmsg());
+        coord_run_index_plan(r);
         json_decref(pj);
         free(pv);
     }

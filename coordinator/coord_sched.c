@@ -322,6 +322,7 @@ static void s_update_spares(coord_t *c, coord_run_t *r, plan_t *p, const char *w
     free(r->plan.spares);
     r->plan.spares = p->spares;
     r->plan.n_spares = p->n_spares;
+    coord_run_index_plan(r);
     p->spares = NULL;
     p->n_spares = 0;
     plan_fini(p);
@@ -402,6 +403,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     }
     plan_fini(&r->plan);
     r->plan = p;
+    coord_run_index_plan(r);
     r->generation = p.generation;
     c->last_generation = p.generation;
     coord_put_meta(c, "last_generation", c->last_generation);
@@ -504,7 +506,7 @@ void coord_run_replan_check(coord_t *c, coord_run_t *r)
         }
     }
     for (uint32_t i = 0; i < e.n; i++)
-        if (!plan_find_worker(&r->plan, e.list[i]->id) && !plan_is_spare(&r->plan, e.list[i]->id)) {
+        if (!coord_plan_member(r, e.list[i]->id) && !coord_plan_is_spare(r, e.list[i]->id)) {
             changed = 1;
             at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0, "%s%s joins",
                                    at ? ", " : "", e.list[i]->id);
@@ -567,7 +569,7 @@ int coord_worker_is_standby(const coord_t *c, const coord_worker_t *w)
         return 0;
     for (int i = 0; i < c->n_runs; i++) {
         const coord_run_t *r = c->runs[i];
-        if ((r->state == RUN_RUNNING || r->state == RUN_PAUSED) && plan_is_spare(&r->plan, w->id))
+        if ((r->state == RUN_RUNNING || r->state == RUN_PAUSED) && coord_plan_is_spare(r, w->id))
             return 1;
     }
     return 0;

@@ -173,7 +173,7 @@ static double s_finite(double x, const coord_worker_t *w, const char *what)
 
 int coord_rank_of(const coord_run_t *r, const coord_worker_t *w)
 {
-    const plan_peer_t *p = plan_find_worker(&r->plan, w->id);
+    const plan_peer_t *p = coord_plan_member(r, w->id);
     return p ? (int)p->rank : -1;
 }
 
@@ -419,7 +419,7 @@ static void s_on_leave(coord_t *c, const wire_route_t *route, coord_worker_t *w,
             coord_reply_ack(c, route, env, w, NULL);
             return;
         }
-        if (r && r->state == RUN_RUNNING && plan_find_worker(&r->plan, w->id) &&
+        if (r && r->state == RUN_RUNNING && coord_plan_member(r, w->id) &&
             s_placeable_without(c, r, w) &&
             coord_worker_transition(c, w, WORKER_DRAINING, "leaving after a hand-over: %s",
                                     why) == SHOAL_OK) {
@@ -444,7 +444,7 @@ static void s_on_get_assignment(coord_t *c, const wire_route_t *route, coord_wor
 {
     (void)unused_r;
     coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
-    if (r && !coord_run_is_terminal(r->state) && plan_find_worker(&r->plan, w->id))
+    if (r && !coord_run_is_terminal(r->state) && coord_plan_member(r, w->id))
         coord_push_assignment(c, r, w);
     else
         coord_reply_ack(c, route, env, w, NULL);
@@ -495,10 +495,12 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
     coord_t *c = ctx->c;
     const wire_route_t *route = ctx->route;
     c->handled++;
-    /* registrations and heartbeats only write (no handler of theirs reads the store back): they
-     * may share the burst's commit; anything else first sees what came before it on disk */
+    /* registrations, heartbeats and shard reports only write (no handler of theirs reads the
+     * store back; coord_on_ckpt_shard commits first when it scans): they may share the burst's
+     * commit; anything else first sees what came before it on disk */
     const int write_only = env->type == SHOAL__MSG_TYPE__MSG_REGISTER ||
-                           env->type == SHOAL__MSG_TYPE__MSG_HEARTBEAT;
+                           env->type == SHOAL__MSG_TYPE__MSG_HEARTBEAT ||
+                           env->type == SHOAL__MSG_TYPE__MSG_CKPT_SHARD;
     if (!write_only && c->defer_commit) {
         c->defer_commit = 0;
         (void)coord_txn_commit(c);

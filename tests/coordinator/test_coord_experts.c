@@ -23,6 +23,9 @@
 #include "coord_testlib.h"
 #include "ctl_client.h"
 #include "wire.h"
+#ifdef SHOAL_TEST_METRICS
+#include "http_get.h"
+#endif
 
 #define HB_MS 100
 #define WAIT_MS 30000
@@ -33,14 +36,22 @@ static const char *s_spec = "name: hot\n"
                             "model:\n  preset: tiny\n"
                             "data:\n  files: [/usr/share/games/fortunes]\n"
                             "train:\n  steps: 40\n  global_batch: 4\n  seq_len: 16\n  lr: 1e-3\n";
-static const char *s_cfg = "heartbeat_interval_ms: 100\ndead_after_ms: 60000\n"
-                           "expert_load_half_life_steps: 4\n";
+static char s_cfg[256];
 
 static char s_root[128], s_dir[160];
+
+static unsigned s_port; /* metrics_listen (0: built without /metrics) */
 
 static int s_setup(void **state)
 {
     (void)state;
+#ifdef SHOAL_TEST_METRICS
+    s_port = test_free_port();
+#endif
+    int n = snprintf(s_cfg, sizeof s_cfg, "heartbeat_interval_ms: 100\ndead_after_ms: 60000\n"
+                                          "expert_load_half_life_steps: 4\n");
+    if (s_port)
+        snprintf(s_cfg + n, sizeof s_cfg - (size_t)n, "metrics_listen: 127.0.0.1:%u\n", s_port);
     if (tc_tmpdir_make(s_root, sizeof s_root, "shoal-cx") != 0)
         return -1;
     snprintf(s_dir, sizeof s_dir, "%s/c", s_root);
@@ -113,6 +124,37 @@ static const json_t *s_layer(const json_t *doc, int layer)
     return NULL;
 }
 
+/* /metrics: shoal_expert_load_imbalance{run="hot",layer="L"} is max/mean of layer L's loads (the
+ * plan has ep 1: one expert a rank), once the snapshot (every 500 ms) has them. */
+static void s_check_metric(const json_t *jl)
+{
+#ifdef SHOAL_TEST_METRICS
+    const json_t *load = json_object_get(jl, "load");
+    double max = 0, sum = 0;
+    for (size_t x = 0; x < json_array_size(load); x++) {
+        const double v = json_number_value(json_array_get(load, x));
+        sum += v;
+        max = v > max ? v : max;
+    }
+    const double want = max / (sum / (double)json_array_size(load));
+    char series[96];
+    snprintf(series, sizeof series, "shoal_expert_load_imbalance{run=\"hot\",layer=\"%d\"} ",
+             (int)tc_jint(jl, "layer"));
+    static char page[1 << 20];
+    double got = -1;
+    for (int64_t end = clock_mono_ms() + 5000; clock_mono_ms() < end; tc_sleep_ms(100)) {
+        assert_int_equal(test_http(s_port, "GET", "/metrics", page, sizeof page), 200);
+        const char *at = strstr(page, series);
+        if (at && (got = strtod(at + strlen(series), NULL)) > 0)
+            break;
+    }
+    print_message("%s= %.4f (want %.4f)\n", series, got, want);
+    assert_true(fabs(got - want) < 1e-3 * want);
+#else
+    (void)jl;
+#endif
+}
+
 static void test_expert_loads(void **state)
 {
     (void)state;
@@ -176,6 +218,7 @@ static void test_expert_loads(void **state)
         /* both spare slots (10 slots, 8 experts) copy the hot expert */
         assert_int_equal(json_integer_value(json_array_get(json_object_get(eplb, "replicas"), 5)),
                          3);
+        s_check_metric(jl);
     }
     json_decref(doc);
 

@@ -315,6 +315,51 @@ static void test_rejects_inconsistent(void **state)
     assert_int_equal(seen.calls, 0);
 }
 
+/* StepReport.expert_loads: a round trip, and the bounds (layers, experts a layer, no NULL entry). */
+static void test_expert_loads_bounds(void **state)
+{
+    (void)state;
+    seen_t seen = {0};
+    uint64_t counts[WIRE_MAX_EXPERTS + 1] = {0};
+    counts[3] = 42;
+    Shoal__ExpertLoad el = SHOAL__EXPERT_LOAD__INIT, *elp[WIRE_MAX_EXPERT_LAYERS + 1];
+    el.layer = 7;
+    el.counts = counts;
+    el.n_counts = 8;
+    for (size_t i = 0; i <= WIRE_MAX_EXPERT_LAYERS; i++)
+        elp[i] = &el;
+    Shoal__StepReport sr = SHOAL__STEP_REPORT__INIT;
+    sr.step = 3;
+    sr.reject_detail = "";
+    sr.expert_loads = elp;
+    sr.n_expert_loads = 2;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_REPORT, "r1", "w1", 1, 1);
+    env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
+    env.step_report = &sr;
+    size_t len;
+    uint8_t *buf;
+    assert_int_equal(wire_pack(&env, &buf, &len), SHOAL_OK);
+    assert_int_equal(wire_decode(buf, len, s_capture, &seen), SHOAL_OK);
+    free(buf);
+    /* too many layers, too many experts in one: refused at decode */
+    sr.n_expert_loads = WIRE_MAX_EXPERT_LAYERS + 1;
+    buf = s_raw_pack(&env, &len);
+    assert_int_equal(wire_decode(buf, len, s_capture, &seen), SHOAL_ERR_FORMAT);
+    assert_non_null(strstr(shoal_errmsg(), "expert_loads"));
+    free(buf);
+    sr.n_expert_loads = 1;
+    el.n_counts = WIRE_MAX_EXPERTS + 1;
+    buf = s_raw_pack(&env, &len);
+    assert_int_equal(wire_decode(buf, len, s_capture, &seen), SHOAL_ERR_FORMAT);
+    assert_non_null(strstr(shoal_errmsg(), "expert_loads.counts"));
+    free(buf);
+    el.n_counts = WIRE_MAX_EXPERTS;
+    buf = s_raw_pack(&env, &len);
+    assert_int_equal(wire_decode(buf, len, s_capture, &seen), SHOAL_OK);
+    free(buf);
+}
+
 static void test_garbage_never_crashes(void **state)
 {
     (void)state;
@@ -430,6 +475,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_register),    cmocka_unit_test(test_roundtrip_assignment),
         cmocka_unit_test(test_roundtrip_misc),        cmocka_unit_test(test_rejects_inconsistent),
         cmocka_unit_test(test_garbage_never_crashes), cmocka_unit_test(test_socket_roundtrip),
+        cmocka_unit_test(test_expert_loads_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
