@@ -248,6 +248,12 @@ static void s_run_verb(coord_t *c, const wire_route_t *route, Shoal__MsgType typ
                 coord_run_state_name(r->state));
         return;
     }
+    if (type == SHOAL__MSG_TYPE__MSG_CTL_RESUME && r->state == RUN_PAUSED && r->unplaced) {
+        s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE,
+                "run %s is paused waiting for workers (%s): it runs again by itself once placed",
+                r->id, r->reason);
+        return;
+    }
     if (type == SHOAL__MSG_TYPE__MSG_CTL_RESUME && r->state != RUN_PAUSED) {
         s_error(c, route, SHOAL__ERROR_CODE__ERR_STATE,
                 "run %s is %s: only a paused run can be resumed", r->id,

@@ -112,6 +112,12 @@ static void s_render_runs(coord_t *c, prom_text_t *t)
         for (int s = 0; s < RUN__COUNT; s++)
             prom_sample(t, "shoal_run_state", c->runs[i]->state == (run_state_t)s, "run",
                         c->runs[i]->name, "state", coord_run_state_name((run_state_t)s), NULL);
+    prom_family(t, "shoal_run_unplaced", "gauge",
+                "1 while the run is paused waiting for workers (no plan fits the live ones; "
+                "`shoalctl status` says why), 0 otherwise (an operator's pause included)");
+    for (int i = 0; i < c->n_runs; i++)
+        prom_sample(t, "shoal_run_unplaced", c->runs[i]->state == RUN_PAUSED && c->runs[i]->unplaced,
+                    "run", c->runs[i]->name, NULL);
     static const struct {
         const char *name, *type, *help;
     } fam[] = {

@@ -304,15 +304,39 @@ shoal_err_t coord_plan_preview(coord_t *c, coord_run_t *r, plan_t *out)
     return rc;
 }
 
-/* Shows why a running run has no (new) plan in its status `reason` (logged once per change). */
+/* No plan fits the live workers: a running run is paused, waiting for workers (run_state entry
+ * with the note as its reason; workers told PAUSE), and its status `reason` says why (logged
+ * once per change). The cron keeps trying; s_resume_placed ends the wait. */
 static void s_set_unplaced(coord_t *c, coord_run_t *r, const char *note)
 {
+    if (r->state == RUN_RUNNING) {
+        snprintf(r->reason, sizeof r->reason, "%s", note);
+        r->unplaced = 1;
+        if (coord_run_transition(c, r, RUN_PAUSED, "%s", note) == SHOAL_OK &&
+            coord_txn_commit(c) == SHOAL_OK)
+            coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_PAUSE, note);
+        return;
+    }
     if (strcmp(note, r->reason) == 0)
         return;
     snprintf(r->reason, sizeof r->reason, "%s", note);
     log_warn("run %s: %s", r->id, note);
     coord_put_run(c, r);
     coord_txn_commit(c);
+}
+
+/* A run paused for want of workers has a plan (generation gen) again: running, its reason
+ * cleared. Returns whether it was waiting (the caller tells its workers RESUME once the plan is
+ * durable). */
+static int s_resume_placed(coord_t *c, coord_run_t *r, uint64_t gen)
+{
+    if (!r->unplaced)
+        return 0;
+    r->unplaced = 0;
+    r->reason[0] = 0;
+    if (r->state == RUN_PAUSED)
+        (void)coord_run_transition(c, r, RUN_RUNNING, "placed: plan generation %" PRIu64, gen);
+    return 1;
 }
 
 /* Only the spares changed (a worker joined or a spare left, every cell as it was): the plan keeps
@@ -329,12 +353,16 @@ static void s_update_spares(coord_t *c, coord_run_t *r, plan_t *p, const char *w
     log_info("run %s: plan generation %" PRIu64 " unchanged, %u spare(s) (%s)", r->id,
              r->generation, r->plan.n_spares, why);
     r->replan_pending = 0;
+    const int resumed = s_resume_placed(c, r, r->generation);
     if (r->state == RUN_RUNNING)
         r->lease = coord_run_lease_for(c, r);
     coord_put_plan(c, &r->plan);
     coord_put_run(c, r);
-    if (coord_txn_commit(c) == SHOAL_OK)
-        coord_push_step_commit(c, r);
+    if (coord_txn_commit(c) != SHOAL_OK)
+        return;
+    if (resumed)
+        coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_RESUME, "placed again");
+    coord_push_step_commit(c, r);
 }
 
 /* Installs a new plan (generation + 1) for `r` with the eligible workers `e`; those it leaves
@@ -411,6 +439,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     r->replan_pending = 0;
     r->replan_now = 0;
     r->reason[0] = 0; /* placed: no "unplaced" note any more (terminal runs never get here) */
+    const int resumed = s_resume_placed(c, r, p.generation);
     r->lease = r->state == RUN_RUNNING ? coord_run_lease_for(c, r) : committed;
     if (coord_run_reset_ranks(r) != SHOAL_OK)
         log_error("%s", shoal_errmsg());
@@ -459,8 +488,8 @@ static void s_failure_backoff(coord_t *c, coord_run_t *r)
     r->fail_backoff_logged = 0;
 }
 
-/* A running run that lost its cells and has no active worker to place stays running, unplaced;
- * its status `reason` says why (quarantined workers with their failure) until a plan is made. */
+/* A running run that lost its cells and has no active worker to place is paused, unplaced; its
+ * status `reason` says why (quarantined workers with their failure) until a plan is made. */
 static void s_note_unplaced(coord_t *c, coord_run_t *r)
 {
     char note[sizeof r->reason];
@@ -483,8 +512,8 @@ static void s_note_unplaced(coord_t *c, coord_run_t *r)
  * plan cannot complete); joins and drains re-plan at the boundary (the frozen lease). */
 void coord_run_replan_check(coord_t *c, coord_run_t *r)
 {
-    if (r->state != RUN_RUNNING)
-        return;
+    if (r->state != RUN_RUNNING && !(r->state == RUN_PAUSED && r->unplaced))
+        return; /* an operator's pause holds until resume */
     s_wlist_t e;
     if (s_eligible(c, r, &e) != SHOAL_OK)
         return;

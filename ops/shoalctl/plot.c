@@ -84,7 +84,10 @@ int cmd_plot(ctl_opts_t *o, int argc, char **argv)
         snprintf(title, sizeof title, "run %s", run_id);
     }
     if (log.n_points == 0) {
-        ex = ctl_error(o, "no metrics of %s to plot", target);
+        ex = ctl_error(o, "no metrics of %s to plot%s", target,
+                       is_dir || metrics ? ""
+                                         : " (no step committed yet, or a run older than the "
+                                           "coordinator's history: give --metrics FILES)");
         goto out;
     }
     if (plot_draw(&log, title, out) != SHOAL_OK) {

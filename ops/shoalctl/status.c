@@ -12,11 +12,11 @@ static const char s_usage[] =
     "\"loss\",\n"
     "  \"generation\", \"checkpoint_step\", \"reason\"}]}; state is pending, running, paused, done,\n"
     "  failed or cancelled; loss is null before the first step; reason says why a run failed,\n"
-    "  was cancelled or waits for workers (\"unplaced: ...\"), else \"\".\n";
+    "  was cancelled or is paused waiting for workers (\"unplaced: ...\"), else \"\".\n";
 
 /* One run of the coordinator's status reply (ctl_reply.h) as the documented `status --json`
  * object: exactly its nine fields, loss null before the first committed step, reason "" unless
- * the run failed, was cancelled or waits for workers. */
+ * the run failed, was cancelled or is paused waiting for workers. */
 static json_t *s_run_normalise(const json_t *r)
 {
     ctl_run_status_t st;

@@ -412,8 +412,10 @@ static void test_quarantine(void **state)
 }
 
 /* The failure streak counts failures in a row: a step completed in between starts it again
- * and resets the back-off. When the only worker is quarantined the run stays running,
- * unplaced, and its status reason says why; undrain places it again. Quarantine after 2
+ * and resets the back-off. When the only worker is quarantined the run is paused, unplaced:
+ * state paused with the reason in its status and in the ledger's run_state entry, an
+ * operator's resume refused (it resumes by itself); undrain places it again and it is running,
+ * the reason cleared. Quarantine after 2
  * failures and a back-off of 10 minutes make each outcome a matter of what happens, not of
  * when: without the resets the second failure would quarantine, or its re-plan would not come
  * within the test's wait. */
@@ -464,14 +466,19 @@ static void test_streak_and_unplaced(void **state)
         if (strstr(tc_jstr(st, "reason"), "unplaced"))
             break;
     }
-    assert_string_equal(tc_jstr(st, "state"), "running");
+    assert_string_equal(tc_jstr(st, "state"), "paused");
     assert_non_null(strstr(tc_jstr(st, "reason"), "unplaced"));
     assert_non_null(strstr(tc_jstr(st, "reason"), "quarantined: " MISSING));
     assert_int_equal(tc_jint(st, "generation"), 3);
     json_decref(st);
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_RESUME, run, 0, &r), 0);
+    assert_false(r.ok);
+    assert_int_equal(r.code, SHOAL__ERROR_CODE__ERR_STATE);
+    assert_non_null(strstr(r.message, "waiting for workers"));
+    tc_reply_fini(&r);
     /* undrain: placed again at once (its cells were lost, the back-off does not apply), the
      * reason cleared */
-    tc_reply_t r;
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, a.id, 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
@@ -481,7 +488,30 @@ static void test_streak_and_unplaced(void **state)
     assert_int_equal(a.gen, 4);
     st = tc_run_status(s_dir, run);
     assert_string_equal(tc_jstr(st, "reason"), "");
+    assert_string_equal(tc_jstr(st, "state"), "running");
     json_decref(st);
+    /* the ledger: running -> paused with the unplaced reason, then paused -> running */
+    ev = s_events(run);
+    json_t *rs = s_kind(ev, "run_state");
+    int paused = 0, placed = 0;
+    for (size_t i = 0; i < json_array_size(rs); i++) {
+        json_t *d = json_object_get(json_array_get(rs, i), "detail");
+        if (strcmp(tc_jstr(d, "to"), "paused") == 0 &&
+            strncmp(tc_jstr(d, "reason"), "unplaced: ", 10) == 0)
+            paused++;
+        if (strcmp(tc_jstr(d, "from"), "paused") == 0 && strcmp(tc_jstr(d, "to"), "running") == 0 &&
+            strstr(tc_jstr(d, "reason"), "placed: plan generation 4"))
+            placed++;
+    }
+    assert_int_equal(paused, 1);
+    assert_int_equal(placed, 1);
+    json_decref(rs);
+    json_decref(ev);
+    /* the worker was told: PAUSE while unplaced, then RESUME with the new plan */
+    for (int64_t end = s_deadline();
+         a.run_command != SHOAL__RUN_COMMAND__RUN_CMD_RESUME && clock_mono_ms() < end;)
+        tc_worker_pump(&a, 50);
+    assert_int_equal(a.run_command, SHOAL__RUN_COMMAND__RUN_CMD_RESUME);
     tc_worker_close(&a);
     s_stop_clean();
 }

@@ -132,10 +132,70 @@ static void test_run_series(void **state)
     tc_pid = 0;
 }
 
+/* Polls /metrics (up to 10 s) until `series` has the value `want`, then checks it. */
+static void s_expect_soon(unsigned port, char *page, size_t cap, const char *series, double want)
+{
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(test_http(port, "GET", "/metrics", page, cap), 200);
+        if (s_value(page, series) == want)
+            break;
+        tc_sleep_ms(100);
+    }
+    s_expect(page, series, want, 0);
+}
+
+/* A run that no plan fits (pp 2, one worker) is paused and unplaced; a second worker places
+ * it: running, unplaced 0. */
+static void test_unplaced_series(void **state)
+{
+    (void)state;
+    char dir[200];
+    snprintf(dir, sizeof dir, "%s/u", s_root);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    unsigned port = s_free_port();
+    char yaml[256];
+    snprintf(yaml, sizeof yaml, "heartbeat_interval_ms: 100\nmetrics_listen: 127.0.0.1:%u\n", port);
+    tc_pid = tc_start(dir, yaml);
+    static char page[1 << 20];
+    tc_reply_t r;
+    const char *spec = "name: wait\ndata: {files: [/usr/share/games/fortunes]}\n"
+                       "train: {steps: 50, global_batch: 2, seq_len: 16, lr: 0.001}\n"
+                       "parallel: {pipeline_stages: 2}\n";
+    assert_int_equal(tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    tc_worker_t a, b;
+    assert_int_equal(tc_worker_open(&a, dir, "ua"), 0);
+    assert_int_equal(tc_worker_register(&a), 0);
+    for (int i = 0; i < 10; i++) {
+        (void)tc_worker_heartbeat(&a, 0);
+        tc_worker_pump(&a, 50);
+    }
+    s_expect_soon(port, page, sizeof page, "shoal_run_state{run=\"wait\",state=\"paused\"}", 1);
+    s_expect(page, "shoal_run_unplaced{run=\"wait\"}", 1, 0);
+    s_expect(page, "shoal_run_state{run=\"wait\",state=\"running\"}", 0, 0);
+    assert_int_equal(tc_worker_open(&b, dir, "ub"), 0);
+    assert_int_equal(tc_worker_register(&b), 0);
+    for (int i = 0; i < 200 && (a.gen == 0 || b.gen == 0); i++) {
+        (void)tc_worker_heartbeat(&a, 0);
+        (void)tc_worker_heartbeat(&b, 0);
+        tc_worker_pump(&a, 20);
+        tc_worker_pump(&b, 20);
+    }
+    assert_true(a.gen > 0 && b.gen > 0);
+    s_expect_soon(port, page, sizeof page, "shoal_run_state{run=\"wait\",state=\"running\"}", 1);
+    s_expect(page, "shoal_run_unplaced{run=\"wait\"}", 0, 0);
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    assert_int_equal(tc_stop(tc_pid, SIGTERM), 0);
+    tc_pid = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_run_series, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_unplaced_series, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -12,8 +12,9 @@
 #   join    pp 2 on 2 workers; 2 more start mid-run: admitted at the next boundary as a second
 #           replica (pp 2 x dp 2) whose cells pull their state from the live holders
 #   pause   pp 2 on 2 workers, no spare, checkpoint every 10; SIGKILL one: nobody can take the
-#           lost stage, the run waits (status reason `unplaced: ...`, JSON and text); a new
-#           worker registers: the run resumes from the checkpoint and finishes
+#           lost stage, the run is `paused` (status reason `unplaced: ...`, JSON and text; the
+#           ledger's run_state entry says so); a new worker registers: the run is `running`
+#           again, resumes from the checkpoint and finishes
 # Usage: shoalctl_handover.sh BINDIR MODE
 set -u
 . "$(dirname "$0")/ctl_lib.sh" "$1" "ho$2"
@@ -121,13 +122,15 @@ esac
 if [ "$mode" = pause ]; then
     poll_until 60 run_holds 'r["reason"].startswith("unplaced")' ||
         err "no unplaced reason in the status: $(cat "$tmp/poll")"
-    python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; assert r['state'] == 'running', r" \
-        "$tmp/poll" || err "paused run state: $(cat "$tmp/poll")"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; assert r['state'] == 'paused', r" \
+        "$tmp/poll" || err "waiting run state: $(cat "$tmp/poll")"
     expect 0 status ho
     grep -q "unplaced" "$tmp/out" || err "the text status does not say why: $(cat "$tmp/out")"
     sleep 2
     run_holds 'r["reason"].startswith("unplaced")' || err "the run did not stay waiting: $(cat "$tmp/poll")"
     start_worker hw 3
+    poll_until 60 run_holds 'r["state"] == "running" and r["reason"] == ""' ||
+        err "placed again, the run is not running: $(cat "$tmp/poll")"
 fi
 poll_until 240 run_holds 'r["state"] == "done"' || err "run not done: $(cat "$tmp/poll")"
 wait "$watcher" 2>/dev/null
@@ -174,6 +177,12 @@ if mode == "pause":
     assert last["source"] == "checkpoint" and workers["hw3"]["id"] in last["workers"], last
     assert workers[victim]["id"] not in last["workers"], last
     assert rollbacks and rollbacks[-1]["to_step"] >= 10, rollbacks
+    states = [(e["detail"]["from"], e["detail"]["to"], e["detail"]["reason"]) for e in ev
+              if e["kind"] == "run_state"]
+    print("run states:", states)
+    assert any(t == "paused" and why.startswith("unplaced: ") for _, t, why in states), states
+    assert any(f == "paused" and t == "running" and why.startswith("placed: ")
+               for f, t, why in states), states
 PY
 case $mode in
 drain | sigterm)
