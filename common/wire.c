@@ -154,6 +154,23 @@ static shoal_err_t s_check_expert_loads(const Shoal__StepReport *sr)
     return SHOAL_OK;
 }
 
+/* Heartbeat.bad_frames: a few entries, each a key and a short reason. */
+static shoal_err_t s_check_bad_frames(const Shoal__Heartbeat *hb)
+{
+    if (hb->n_bad_frames > WIRE_MAX_BAD_SENDERS)
+        return shoal_fail(SHOAL_ERR_FORMAT, "field heartbeat.bad_frames has %zu entries (max %d)",
+                          hb->n_bad_frames, WIRE_MAX_BAD_SENDERS);
+    shoal_err_t rc = SHOAL_OK;
+    for (size_t i = 0; i < hb->n_bad_frames && rc == SHOAL_OK; i++) {
+        if (!hb->bad_frames[i])
+            return shoal_fail(SHOAL_ERR_FORMAT, "field heartbeat.bad_frames missing");
+        rc = s_str(hb->bad_frames[i]->public_key, 40, "heartbeat.bad_frames.public_key");
+        if (rc == SHOAL_OK)
+            rc = s_str(hb->bad_frames[i]->why, 200, "heartbeat.bad_frames.why");
+    }
+    return rc;
+}
+
 static shoal_err_t s_check_plan(const Shoal__Plan *p)
 {
     shoal_err_t rc = SHOAL_OK;
@@ -230,6 +247,7 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
     case SHOAL__ENVELOPE__BODY_HEARTBEAT:
         WIRE_CHECK_GOTO(s_str(env->heartbeat->detail, WIRE_MAX_TEXT_LEN, "heartbeat.detail"), rc,
                         out);
+        WIRE_CHECK_GOTO(s_check_bad_frames(env->heartbeat), rc, out);
         break;
     case SHOAL__ENVELOPE__BODY_STEP_REPORT:
         WIRE_CHECK_GOTO(s_str(env->step_report->reject_detail, WIRE_MAX_TEXT_LEN,

@@ -30,6 +30,7 @@ extern "C" {
 #define WIRE_MAX_SPEC_LEN (1u << 20) /* run spec YAML */
 #define WIRE_MAX_REPEATED 65536      /* elements of any repeated field */
 #define WIRE_MAX_COMM_ID 256
+#define WIRE_MAX_BAD_SENDERS 16      /* Heartbeat.bad_frames entries */
 #define WIRE_MAX_EXPERT_LAYERS 1024 /* StepReport.expert_loads entries */
 #define WIRE_MAX_EXPERTS 4096       /* counts of one ExpertLoad */
 

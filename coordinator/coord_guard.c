@@ -199,3 +199,33 @@ void coord_guard_counters(const coord_t *c, coord_guard_counters_t *out)
     out->bad_messages = c->bad_messages;
     out->quarantines = c->quarantines;
 }
+
+void coord_guard_peer_frames(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *key,
+                             uint32_t frames, const char *why)
+{
+    if (!coord_plan_member(r, w->id) || !frames || !zsec_key_valid(key) ||
+        strcmp(key, w->public_key) == 0)
+        return;
+    /* The accused is whoever holds the key: CURVE authenticated every frame of that connection,
+     * so frames claiming another rank count against the key's holder, never the claimed rank. */
+    coord_worker_t *bad = NULL;
+    for (uint32_t i = 0; i < r->plan.n_peers && !bad; i++) {
+        coord_worker_t *p = coord_worker_by_id(c, r->plan.peers[i].worker_id);
+        if (p && p != w && strcmp(p->public_key, key) == 0)
+            bad = p;
+    }
+    if (!bad) {
+        log_info("worker %s reports %u bad data-plane frames from key %s, which holds no place "
+                 "in run %s's plan: ignored",
+                 w->id, frames, key, r->id);
+        return;
+    }
+    const int64_t now = clock_mono_ms();
+    if (bad->peer_frames_ms && now - bad->peer_frames_ms < COORD_PEER_FRAMES_MS)
+        return;
+    bad->peer_frames_ms = now;
+    char text[200];
+    snprintf(text, sizeof text, "%u bad data-plane frames reported by %s: %.100s", frames, w->id,
+             why);
+    coord_guard_strike(c, bad, text);
+}

@@ -80,6 +80,7 @@ typedef struct {
     char quarantine[192]; /* why it was quarantined (persisted; "" = not quarantined) */
     int strikes;          /* malformed or out-of-plan messages since its last quarantine or
                            * undrain (volatile) */
+    int64_t peer_frames_ms; /* last strike for bad data-plane frames its peers reported */
     /* an operator's drain (persisted; "" = none): like Slurm's DRAIN it outlives the worker's
      * restarts and ends only with undrain */
     char drain[96];
@@ -430,6 +431,13 @@ void coord_guard_strike_route(coord_t *c, const wire_route_t *route, const char 
  * strict majority of its dp - 1 peers named it in this generation. */
 void coord_guard_grad_report(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t rejected,
                              const char *detail);
+/* A heartbeat of w (a member of r's current plan) saying that `frames` data-plane frames it
+ * dropped came on a connection authenticated with CURVE key `key`: one strike against the
+ * other member of the plan holding that key, at most one per COORD_PEER_FRAMES_MS per accused
+ * worker whoever reports (a lying member cannot strike faster). */
+void coord_guard_peer_frames(coord_t *c, coord_run_t *r, coord_worker_t *w, const char *key,
+                             uint32_t frames, const char *why);
+#define COORD_PEER_FRAMES_MS 30000
 
 /* ---- coord_manifest.c: checkpoints --------------------------------------------------------- */
 /* A checkpoint shard report (run already checked): stores it, commits the manifest when every

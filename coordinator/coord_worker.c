@@ -313,6 +313,9 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
         }
         if (rank >= 0 && failed)
             s_on_plan_failed(c, ok, w, hb->detail, state_missing);
+        for (size_t i = 0; rank >= 0 && i < hb->n_bad_frames; i++)
+            coord_guard_peer_frames(c, ok, w, hb->bad_frames[i]->public_key,
+                                    hb->bad_frames[i]->frames, hb->bad_frames[i]->why);
     }
     w->step = hb->step;
     w->loss = s_finite(hb->loss, w, "loss");

@@ -130,6 +130,24 @@ shoal_err_t comm_listener_peer_keys(comm_listener_t *l, const char *const *endpo
 /* Handshakes this listener refused (a key of no plan it holds); 0 without CURVE. */
 unsigned long long comm_listener_denied_handshakes(const comm_listener_t *l);
 
+/* Most sending keys whose bad frames a listener keeps between two takes (more are not kept:
+ * the report is evidence, not an account). */
+#define COMM_BAD_SENDERS_MAX 16
+
+/* Frames dropped as malformed (header, size, multipart) or as claiming a rank whose key is not
+ * their connection's, per the CURVE key of the connection they came on: the sender that holds
+ * that key's secret sent them (CURVE authenticates every frame), whatever rank they claimed. */
+typedef struct {
+    char key[ZSEC_KEY_LEN + 1];
+    unsigned frames;
+    char why[96]; /* the last one's reason */
+} comm_bad_sender_t;
+
+/* Moves up to max entries of bad-frame senders seen since the last call into out and forgets
+ * them; returns how many. Safe from another thread than the comms' (a lock). Plaintext listeners
+ * never record any (no authenticated sender to name). */
+int comm_listener_take_bad_senders(comm_listener_t *l, comm_bad_sender_t *out, int max);
+
 /* Frames dropped in this process because their connection's CURVE key was not the key of the
  * rank they claimed (never summed). */
 unsigned long long comm_dropped_frames(void);

@@ -186,6 +186,7 @@ shoal_err_t comm_listener_new_opts(const comm_listener_opts_t *o, comm_listener_
     comm_listener_t *l = calloc(1, sizeof *l);
     if (!l)
         return shoal_fail(SHOAL_ERR_NOMEM, "comm listener: out of memory");
+    pthread_mutex_init(&l->bad_lock, NULL);
     l->ctx = zmq_ctx_new();
     if (!l->ctx) {
         rc = shoal_fail(SHOAL_ERR_IO, "comm listener: zmq_ctx_new: %s", zmq_strerror(errno));
@@ -253,6 +254,7 @@ out_sock:
 out_ctx:
     zmq_ctx_term(l->ctx);
 out_free:
+    pthread_mutex_destroy(&l->bad_lock);
     free(l);
     return rc;
 }
@@ -327,6 +329,7 @@ void comm_listener_destroy(comm_listener_t **lp)
         unlink(l->ipc_path);
     /* Waits only for sockets of healthy comms still flushing, each at most FLUSH_MAX_MS. */
     zmq_ctx_term(l->ctx);
+    pthread_mutex_destroy(&l->bad_lock);
     free(l);
     *lp = NULL;
 }
@@ -433,6 +436,42 @@ static shoal_err_t s_admit_plan(comm_listener_t *l, const char *const *keys, int
     l->admit_prev = now;
     l->n_admit_prev = n;
     return SHOAL_OK;
+}
+
+void comm_zmq_note_bad(comm_listener_t *l, zmq_msg_t *m, const char *why)
+{
+    char user[ZSEC_USER_MAX];
+    zsec_msg_user(m, user);
+    if (!l->curve || !zsec_key_valid(user))
+        return;
+    pthread_mutex_lock(&l->bad_lock);
+    int i = 0;
+    while (i < l->nbad && strcmp(l->bad[i].key, user) != 0)
+        i++;
+    if (i == l->nbad && l->nbad < COMM_BAD_SENDERS_MAX) {
+        memset(&l->bad[i], 0, sizeof l->bad[i]);
+        memcpy(l->bad[i].key, user, ZSEC_KEY_LEN + 1); /* a valid key: 40 characters */
+        l->nbad++;
+    }
+    if (i < l->nbad) {
+        l->bad[i].frames++;
+        snprintf(l->bad[i].why, sizeof l->bad[i].why, "%s", why);
+    }
+    pthread_mutex_unlock(&l->bad_lock);
+}
+
+int comm_listener_take_bad_senders(comm_listener_t *l, comm_bad_sender_t *out, int max)
+{
+    if (!l)
+        return 0;
+    pthread_mutex_lock(&l->bad_lock);
+    int n = l->nbad < max ? l->nbad : max;
+    memcpy(out, l->bad, (size_t)n * sizeof *out);
+    /* what did not fit stays for the next take */
+    memmove(l->bad, l->bad + n, (size_t)(l->nbad - n) * sizeof *l->bad);
+    l->nbad -= n;
+    pthread_mutex_unlock(&l->bad_lock);
+    return n;
 }
 
 unsigned long long comm_listener_denied_handshakes(const comm_listener_t *l)

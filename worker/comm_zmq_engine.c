@@ -215,6 +215,7 @@ static bool s_route(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m)
                 log_warn("comm gen %" PRIu64 " group %" PRIu32 ": dropped a frame claiming rank %" PRIu32
                          " from a connection with another CURVE key (%s; %llu so far)",
                          h->generation, h->group, h->src, user[0] ? user : "none", n);
+            comm_zmq_note_bad(l, m, "claims a rank whose key is not its connection's");
             s_drop(c, op, h, m, "CURVE key is not the claimed rank's");
             return false;
         }
@@ -263,12 +264,14 @@ static int s_recv_one(comm_t *c, op_t *op, bool *accepted, shoal_err_t *rc)
             if (zmq_msg_recv(&m, c->l->pull, ZMQ_DONTWAIT) < 0)
                 break;
         }
+        comm_zmq_note_bad(c->l, &m, "multipart message");
         s_drop(c, op, NULL, &m, "multipart message");
         return 1;
     }
     wire_hdr_t h;
     const char *why = NULL;
     if (!s_hdr_parse(&m, &h, &why)) {
+        comm_zmq_note_bad(c->l, &m, why);
         s_drop(c, op, NULL, &m, why);
         return 1;
     }

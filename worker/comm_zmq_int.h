@@ -11,6 +11,7 @@
 #ifndef SHOAL_COMM_ZMQ_INT_H
 #define SHOAL_COMM_ZMQ_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -125,6 +126,10 @@ struct comm_listener {
     /* the keys of the last plan (comm_listener_peer_keys), admitted with the next one's */
     zsec_rule_t *admit_prev;
     int n_admit_prev;
+    /* bad frames per sending key since the last comm_listener_take_bad_senders */
+    pthread_mutex_t bad_lock;
+    comm_bad_sender_t bad[COMM_BAD_SENDERS_MAX];
+    int nbad;
 };
 
 typedef struct {
@@ -242,6 +247,9 @@ typedef struct {
 #define COMM_ZAP_DOMAIN "shoal-data"
 /* Counts a frame dropped for arriving with another key than its rank's (comm_dropped_frames). */
 unsigned long long comm_zmq_count_forged(void); /* the new count */
+/* Records a dropped malformed or forged frame `m` against its connection's CURVE key (for the
+ * coordinator: comm_listener_take_bad_senders). No-op without a key. */
+void comm_zmq_note_bad(comm_listener_t *l, zmq_msg_t *m, const char *why);
 /* Takes `msg` into the listener's stash (or drops it when the stash is full). */
 void comm_zmq_stash_put(comm_listener_t *l, const wire_hdr_t *h, zmq_msg_t *msg);
 /* The live comm of (generation, group) on l, or NULL. */

@@ -63,6 +63,7 @@ void daemon_status(daemon_t *d, sess_activity_t act, const char *fmt, ...)
     snprintf(d->status_run, sizeof d->status_run, "%s", run);
     snprintf(d->detail, sizeof d->detail, "%s", detail);
     daemon_metrics_publish(d);
+    daemon_report_bad_frames(d);
     sess_req_t *r = sess_req_new(SESS_REQ_STATUS, run, gen);
     if (r) {
         r->step = step;

@@ -104,6 +104,9 @@ void daemon_ckpt_finish(daemon_t *d, int report);
 shoal_err_t daemon_metrics_start(daemon_t *d);
 /* Renders the worker's status and publishes it (nothing without a server). */
 void daemon_metrics_publish(daemon_t *d);
+/* Tells the coordinator which plan peers' keys sent this worker's listener malformed or forged
+ * data-plane frames since the last call (one heartbeat per key; the coordinator strikes them). */
+void daemon_report_bad_frames(daemon_t *d);
 void daemon_metrics_stop(daemon_t *d);
 
 /* ---- daemon_replicas.c: checkpoint replication ------------------------------------------ */

@@ -75,3 +75,21 @@ void daemon_metrics_publish(daemon_t *d)
     if (t->oom || metrics_http_publish(d->http, t->buf, t->len) != SHOAL_OK)
         log_debug("metrics snapshot not published (out of memory)");
 }
+
+void daemon_report_bad_frames(daemon_t *d)
+{
+    comm_bad_sender_t bad[COMM_BAD_SENDERS_MAX];
+    int n = comm_listener_take_bad_senders(d->listener, bad, COMM_BAD_SENDERS_MAX);
+    for (int i = 0; i < n && d->plan; i++) {
+        log_warn("data plane: %u bad frame(s) from the connection of key %s (%s): reported to "
+                 "the coordinator",
+                 bad[i].frames, bad[i].key, bad[i].why);
+        sess_req_t *r = sess_req_new(SESS_REQ_BAD_FRAMES, d->plan->run_id, d->plan->generation);
+        if (!r)
+            continue;
+        snprintf(r->bad_key, sizeof r->bad_key, "%s", bad[i].key);
+        r->bad_frames = bad[i].frames;
+        snprintf(r->detail, sizeof r->detail, "%s", bad[i].why);
+        session_post(d->sess, &r);
+    }
+}

@@ -209,7 +209,8 @@ static void s_send_get_assignment(session_t *s, int force)
     s_send(s, &env);
 }
 
-static void s_send_heartbeat(session_t *s)
+/* A heartbeat of the latest status; `bad` (a BAD_FRAMES request, or NULL) adds its entry. */
+static void s_send_heartbeat(session_t *s, const sess_req_t *bad)
 {
     const sess_req_t *st = s->status;
     Shoal__Envelope env;
@@ -224,6 +225,14 @@ static void s_send_heartbeat(session_t *s)
         hb.detail = (char *)st->detail;
     }
     hb.timestamp_ms = (uint64_t)clock_wall_ms();
+    Shoal__BadFrames bf = SHOAL__BAD_FRAMES__INIT, *bfp = &bf;
+    if (bad) {
+        bf.public_key = (char *)bad->bad_key;
+        bf.frames = bad->bad_frames;
+        bf.why = (char *)bad->detail;
+        hb.n_bad_frames = 1;
+        hb.bad_frames = &bfp;
+    }
     env.body_case = SHOAL__ENVELOPE__BODY_HEARTBEAT;
     env.heartbeat = &hb;
     s_send(s, &env);
@@ -804,6 +813,10 @@ static void s_on_request(session_t *s, sess_req_t *r)
             s_send_leave(s, r->detail, 1);
         }
         break;
+    case SESS_REQ_BAD_FRAMES:
+        if (s->state == S_REGISTERED && !s->leaving)
+            s_send_heartbeat(s, r);
+        break;
     }
     free(r);
 }
@@ -867,7 +880,7 @@ static void s_timers(session_t *s, int64_t now)
             s->lost = 1;
         }
         if (now >= s->next_hb_ms && !s->leaving) {
-            s_send_heartbeat(s);
+            s_send_heartbeat(s, NULL);
             s->next_hb_ms = now + s->hb_ms;
             s_resend_pending(s, 2 * (int64_t)s->dead_ms);
         }

@@ -79,6 +79,7 @@ typedef enum {
     SESS_REQ_COMM_ID,      /* CommId: an NCCL unique id for the plan's other workers */
     SESS_REQ_LEAVE_DRAIN,  /* Leave{drain_first}: ask for a drain (a hand-over) before leaving */
     SESS_REQ_SHARD_HELD,   /* MSG_SHARD_HELD: a copy of replica_of's shard is held at path */
+    SESS_REQ_BAD_FRAMES,   /* a heartbeat now, naming bad_key's bad data-plane frames */
 } sess_req_kind_t;
 
 typedef struct {
@@ -112,6 +113,10 @@ typedef struct {
     uint8_t comm_id[256];
     size_t comm_id_len;
     char replica_of[SESS_ID_MAX]; /* SHARD_HELD: the shard's writer */
+    /* BAD_FRAMES: the sending connection's CURVE key, its frames dropped, the last reason in
+     * detail */
+    char bad_key[41];
+    uint32_t bad_frames;
     /* STEP, hot experts: tokens per routed expert of n_expert_layers MoE layers from model
      * layer first_expert_layer, n_experts each, layer-major (sess_req_new_step sizes it) */
     uint32_t n_expert_layers, first_expert_layer, n_experts;

@@ -48,9 +48,23 @@ pid_t tc_start(const char *dir, const char *yaml)
     return pid;
 }
 
+static pid_t s_start(const char *bin, const char *dir, const char *listen, const char *yaml);
+
 pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml)
 {
-    char cfg[512], listen[300], log[512];
+    char listen[300];
+    tc_worker_endpoint(dir, listen, sizeof listen);
+    return s_start(bin, dir, listen, yaml);
+}
+
+pid_t tc_start_listen(const char *dir, const char *listen, const char *yaml)
+{
+    return s_start(SHOAL_COORDINATOR_BIN, dir, listen, yaml);
+}
+
+static pid_t s_start(const char *bin, const char *dir, const char *listen, const char *yaml)
+{
+    char cfg[512], log[512];
     snprintf(cfg, sizeof cfg, "%s/coordinator.yaml", dir);
     FILE *f = fopen(cfg, "w");
     if (!f) {
@@ -59,7 +73,6 @@ pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml)
     }
     fputs(yaml ? yaml : "", f);
     fclose(f);
-    tc_worker_endpoint(dir, listen, sizeof listen);
     snprintf(log, sizeof log, "%s/coordinator.log", dir);
     pid_t pid = fork();
     if (pid == 0) {

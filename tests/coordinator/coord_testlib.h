@@ -25,6 +25,9 @@ typedef struct {
 pid_t tc_start(const char *dir, const char *yaml);
 /* tc_start with another coordinator binary; returns -1 (no exit) when it does not come up. */
 pid_t tc_start_bin(const char *bin, const char *dir, const char *yaml);
+/* tc_start_bin of shoal-coordinator with the worker endpoint `listen` (e.g. tcp://127.0.0.1:PORT,
+ * for CURVE). */
+pid_t tc_start_listen(const char *dir, const char *listen, const char *yaml);
 /* Sends `sig` and reaps; returns the wait status. */
 int tc_stop(pid_t pid, int sig);
 int tc_alive(pid_t pid);

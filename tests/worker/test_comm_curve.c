@@ -5,7 +5,9 @@
  *   the sum must be exact and every forged frame counted (comm_dropped_frames);
  * - a stranger (a valid CURVE key that no plan lists) sends the same: its handshake is refused
  *   (comm_listener_denied_handshakes moves) and none of its frames reaches the comm;
- * - a plaintext sender gets nothing through.
+ * - a plaintext sender gets nothing through;
+ * each rank names the rogue's key (only it) as the sender of bad frames (the report to the
+ * coordinator).
  * Rank 0 dials rank 1 before rank 1 holds the plan: the handshake is held, not refused, and the
  * all-reduce completes once rank 1 has it. A peer endpoint the plan gave no key is refused by
  * comm_new. */
@@ -82,6 +84,7 @@ static void s_send_forged(const char *ep, const char *dst_key, const zsec_keys_t
     assert_int_equal(zmq_connect(s, ep), 0);
     for (int i = 0; i < 3; i++)
         s_forge(s, 1 - dst, dst);
+    zmq_send(s, "junk", 4, 0); /* shorter than a header */
     int linger = 2000;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(s);
@@ -152,6 +155,16 @@ static void test_forged_frames_dropped(void **state)
     }
     /* the rogue's 3 frames to each rank, none of the stranger's or the plaintext sender's */
     assert_int_equal(comm_dropped_frames() - before, 6);
+    /* each rank names the rogue's key, and only it, as the sender of its 3 forged frames and
+     * the malformed one: what the worker reports to the coordinator */
+    for (int r = 0; r < 2; r++) {
+        comm_bad_sender_t bad[COMM_BAD_SENDERS_MAX];
+        assert_int_equal(comm_listener_take_bad_senders(l[r], bad, COMM_BAD_SENDERS_MAX), 1);
+        assert_string_equal(bad[0].key, rogue.public_key);
+        assert_int_equal(bad[0].frames, 4);
+        assert_string_equal(bad[0].why, "frame shorter than a header");
+        assert_int_equal(comm_listener_take_bad_senders(l[r], bad, COMM_BAD_SENDERS_MAX), 0);
+    }
     /* the stranger's handshake with each rank was refused (held HOLD_MS first) */
     for (int r = 0; r < 2; r++) {
         for (int w = 0; w < 100 && comm_listener_denied_handshakes(l[r]) == 0; w++)

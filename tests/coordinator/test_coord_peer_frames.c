@@ -1,0 +1,212 @@
+/* test_coord_peer_frames: the real shoal-coordinator with CURVE (a TCP worker endpoint, an
+ * allow-list of three keys) and three fake workers of a dp 3 run that report bad data-plane
+ * frames in their heartbeats (Heartbeat.bad_frames, per sending connection's CURVE key):
+ * - a report naming the reporter's own key, or a key that holds no place in the plan, strikes
+ *   nobody;
+ * - a report naming a peer's key strikes that peer (quarantine_after_bad_messages 1: it is
+ *   quarantined, the reason names the reporter), never the reporter;
+ * - a second report against the same worker within COORD_PEER_FRAMES_MS (after undrain put it
+ *   back in the plan) does not strike it again: a lying member cannot strike faster. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "clock.h"
+#include "coord_testlib.h"
+#include "wire.h"
+#include "zsec.h"
+
+#define HB_MS 100
+#define WAIT_MS 30000
+
+static const char *s_spec = "name: frames\n"
+                            "model:\n  preset: tiny\n"
+                            "data:\n  files: [/usr/share/games/fortunes]\n"
+                            "train:\n  steps: 40\n  global_batch: 6\n  seq_len: 32\n  lr: 1e-3\n"
+                            "parallel:\n  data_parallel: 3\n";
+
+static char s_root[128];
+
+static int s_setup(void **state)
+{
+    (void)state;
+    return tc_tmpdir_make(s_root, sizeof s_root, "shoal-cpf");
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    return tc_tmpdir_remove(s_root);
+}
+
+/* A free TCP port on 127.0.0.1 (bound once and released). */
+static int s_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* A fake worker that dials the coordinator's CURVE endpoint with `keys`. */
+static void s_open(tc_worker_t *w, const char *name, const char *ep, const zsec_keys_t *keys,
+                   const char *coord_public)
+{
+    assert_int_equal(tc_worker_open(w, s_root, name), 0); /* an ipc dial, replaced below */
+    zmq_close(w->sock);
+    static void *ctx;
+    if (!ctx)
+        ctx = zmq_ctx_new();
+    w->sock = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(w->sock);
+    int linger = 0, ivl = 50;
+    zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(w->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    assert_int_equal(zsec_client(w->sock, keys, coord_public), SHOAL_OK);
+    assert_int_equal(zmq_connect(w->sock, ep), 0);
+    assert_int_equal(tc_worker_register(w), 0);
+}
+
+/* A heartbeat of w (its run and generation) reporting `frames` bad frames from `key`. */
+static int s_report(tc_worker_t *w, const char *key, uint32_t frames)
+{
+    Shoal__BadFrames bf = SHOAL__BAD_FRAMES__INIT, *bfp = &bf;
+    bf.public_key = (char *)key;
+    bf.frames = frames;
+    bf.why = "frame shorter than a header";
+    Shoal__Heartbeat hb = SHOAL__HEARTBEAT__INIT;
+    hb.activity = SHOAL__WORKER_ACTIVITY__ACTIVITY_TRAINING;
+    hb.timestamp_ms = 1;
+    hb.n_bad_frames = 1;
+    hb.bad_frames = &bfp;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_HEARTBEAT, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    return tc_worker_call(w, &env);
+}
+
+/* The workers reply's `reason` of worker id (a static buffer; "" when absent). */
+static const char *s_reason(const char *id)
+{
+    static char out[256];
+    out[0] = 0;
+    tc_reply_t r;
+    if (tc_ctl(s_root, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
+        return out;
+    json_t *arr = json_object_get(r.json, "workers");
+    for (size_t i = 0; i < json_array_size(arr); i++)
+        if (strcmp(tc_jstr(json_array_get(arr, i), "id"), id) == 0)
+            snprintf(out, sizeof out, "%s", tc_jstr(json_array_get(arr, i), "reason"));
+    tc_reply_fini(&r);
+    return out;
+}
+
+/* Beats until every worker holds a plan of generation > gen_min. */
+static void s_placed(tc_worker_t **all, int n, uint64_t gen_min)
+{
+    for (int64_t end = clock_mono_ms() + WAIT_MS; clock_mono_ms() < end;) {
+        int ok = 1;
+        for (int i = 0; i < n; i++)
+            ok &= all[i]->gen > gen_min && all[i]->rank >= 0;
+        if (ok)
+            return;
+        tc_beat(all, n, 50, HB_MS, 0, false);
+    }
+    fail_msg("workers not placed past generation %llu", (unsigned long long)gen_min);
+}
+
+static void test_peer_frames(void **state)
+{
+    (void)state;
+    char kdir[256], allow[256], ep[64], yaml[1024];
+    zsec_keys_t coord, k[3], stranger;
+    assert_int_equal(zsec_keys_generate(&coord), SHOAL_OK);
+    snprintf(kdir, sizeof kdir, "%s/coord-keys", s_root);
+    assert_int_equal(zsec_keys_write(kdir, &coord), SHOAL_OK);
+    assert_int_equal(zsec_keys_generate(&stranger), SHOAL_OK);
+    snprintf(allow, sizeof allow, "%s/allow", s_root);
+    FILE *f = fopen(allow, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(zsec_keys_generate(&k[i]), SHOAL_OK);
+        fprintf(f, "worker uni-a %s\n", k[i].public_key);
+    }
+    fclose(f);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_free_port());
+    snprintf(yaml, sizeof yaml,
+             "heartbeat_interval_ms: 100\ndead_after_ms: 5000\nmin_workers: 3\n"
+             "quarantine_after_bad_messages: 1\nkeys_dir: %s\nallow_list: %s\n",
+             kdir, allow);
+    tc_pid = tc_start_listen(s_root, ep, yaml);
+    assert_true(tc_pid > 0);
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(s_root, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    tc_worker_t w[3];
+    tc_worker_t *all[3] = {&w[0], &w[1], &w[2]};
+    const char *names[3] = {"fa", "fb", "fc"};
+    for (int i = 0; i < 3; i++)
+        s_open(&w[i], names[i], ep, &k[i], coord.public_key);
+    s_placed(all, 3, 0);
+
+    /* its own key, and a key of no plan: nobody is struck */
+    assert_int_equal(s_report(&w[0], k[0].public_key, 3), 0);
+    assert_int_equal(s_report(&w[0], stranger.public_key, 3), 0);
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(tc_worker_state(s_root, w[i].id), "active");
+    /* w[0] names w[1]'s key: w[1] is struck (and, at 1, quarantined), w[0] is not */
+    assert_int_equal(s_report(&w[0], k[1].public_key, 3), 0);
+    assert_string_equal(tc_worker_state(s_root, w[1].id), "quarantined");
+    assert_string_equal(tc_worker_state(s_root, w[0].id), "active");
+    char want[128];
+    snprintf(want, sizeof want, "bad data-plane frames reported by %s", w[0].id);
+    assert_non_null(strstr(s_reason(w[1].id), want));
+
+    /* back in the plan, w[2] at once names w[1] too: within COORD_PEER_FRAMES_MS, no strike */
+    uint64_t gen = w[0].gen;
+    assert_int_equal(tc_ctl(s_root, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, w[1].id, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    s_placed(all, 3, gen);
+    assert_int_equal(s_report(&w[2], k[1].public_key, 3), 0);
+    tc_beat(all, 3, 300, HB_MS, 0, false);
+    assert_string_equal(tc_worker_state(s_root, w[1].id), "active");
+
+    for (int i = 0; i < 3; i++)
+        tc_worker_close(&w[i]);
+    int st = tc_stop(tc_pid, SIGTERM);
+    tc_pid = 0;
+    assert_true(WIFEXITED(st));
+}
+
+int main(void)
+{
+    if (!zmq_has("curve")) {
+        printf("libzmq without CURVE: skip\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_peer_frames, tc_kill_leftover),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
