@@ -95,6 +95,17 @@ static double s_ctl_ms(const char *dir, Shoal__MsgType type, size_t *rows)
     return rc == 0 && r.ok ? ms : -1;
 }
 
+/* /proc/loadavg's line ("" when unreadable). */
+static void s_loadavg(char *out, size_t cap)
+{
+    out[0] = 0;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f && fgets(out, (int)cap, f))
+        out[strcspn(out, "\n")] = 0;
+    if (f)
+        fclose(f);
+}
+
 static void s_lat_line(const char *what, double *v, int n, int timeouts)
 {
     const double p50 = sim_quantile(v, n, 0.5); /* sorts v */
@@ -121,6 +132,8 @@ int main(int argc, char **argv)
     char cfg[160];
     snprintf(cfg, sizeof cfg, "heartbeat_interval_ms: %d\ndead_after_ms: %d\nlog_level: warn\n",
              hb, hb * 6 > 3000 ? hb * 6 : 3000);
+    char load0[128];
+    s_loadavg(load0, sizeof load0); /* the machine is shared: how loaded it was */
     pid_t coord = tc_start(dir, cfg);
     tc_reply_t r;
     if (tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r) != 0 || !r.ok) {
@@ -223,20 +236,20 @@ int main(int argc, char **argv)
     }
     json_t *rs = tc_run_status(dir, run);
     const double win = (double)(w1 - w0);
-    char load[128] = "";
-    FILE *la = fopen("/proc/loadavg", "r");
-    if (la && fgets(load, sizeof load, la))
-        load[strcspn(load, "\n")] = 0;
-    if (la)
-        fclose(la);
+    char load[128];
+    s_loadavg(load, sizeof load);
     printf("coordinator load: %d simulated workers in %d drivers, %d s (registrations over the "
            "first %d s), %d ms heartbeats, V3 plan pp 16 x ep 64 x dp 2 (2048 cells), step 1 s, "
            "checkpoint every 10 steps, churn 1/s from %d s to %d s, window %d s .. %d s; %ld "
-           "CPUs online, loadavg at the end %s\n",
+           "CPUs online, loadavg at the start %s, at the end %s\n",
            workers, procs, seconds, ramp, hb, ramp + 10, seconds - 10, w0, w1,
-           sysconf(_SC_NPROCESSORS_ONLN), load);
+           sysconf(_SC_NPROCESSORS_ONLN), load0, load);
     printf("messages answered          %.0f /s over the run (acks the drivers got; they sent "
            "%.0f /s)\n", (double)acks / seconds, (double)sent / seconds);
+    /* the target: every worker's heartbeat answered, N x 1000 / HB_MS a second (the ramp and
+     * the quiet end are in the run's average too, so 1.0 is out of reach by their share) */
+    printf("ratio to the target load   %.3f (answers/s over %d workers x %.0f beats/s)\n",
+           (double)acks / seconds / (workers * 1000.0 / hb), workers, 1000.0 / hb);
     printf("coordinator CPU            %.2f cores in the window (%.1f CPU s over the run); the "
            "drivers used %.2f cores over the run\n", (p1.cpu_s - p0.cpu_s) / win, pn.cpu_s,
            sim_cpu / seconds);
