@@ -177,6 +177,78 @@ static void test_forged_frames_dropped(void **state)
     }
 }
 
+/* Dials ep (server key server_pub) with `keys` and waits for the handshake's outcome: 1 done,
+ * 0 refused, -1 neither within wait_ms (a held handshake). */
+static int s_handshake(const char *ep, const char *server_pub, const zsec_keys_t *keys,
+                       int wait_ms)
+{
+    static int n;
+    char mon[64];
+    snprintf(mon, sizeof mon, "inproc://curve-mon-%d", ++n);
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, ZMQ_PUSH);
+    assert_int_equal(zsec_client(s, keys, server_pub), SHOAL_OK);
+    assert_int_equal(zmq_socket_monitor(s, mon,
+                                        ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL),
+                     0);
+    void *m = zmq_socket(ctx, ZMQ_PAIR);
+    assert_int_equal(zmq_connect(m, mon), 0);
+    assert_int_equal(zmq_connect(s, ep), 0);
+    int outcome = -1;
+    zmq_setsockopt(m, ZMQ_RCVTIMEO, &wait_ms, sizeof wait_ms);
+    zmq_msg_t ev;
+    zmq_msg_init(&ev);
+    if (zmq_msg_recv(&ev, m, 0) >= 6) {
+        uint16_t what;
+        memcpy(&what, zmq_msg_data(&ev), sizeof what);
+        outcome = what == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+        while (zmq_msg_more(&ev) && zmq_msg_recv(&ev, m, 0) >= 0)
+            ; /* the endpoint frame */
+    }
+    zmq_msg_close(&ev);
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(m, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(s);
+    zmq_close(m);
+    zmq_ctx_term(ctx);
+    return outcome;
+}
+
+/* Three plans in a row (keys A, then B, then C): the listener admits the keys of the last two,
+ * refuses A once C arrives (after holding it), and counts only that refusal. */
+static void test_admission_follows_plans(void **state)
+{
+    (void)state;
+    zsec_keys_t me, k[3];
+    assert_int_equal(zsec_keys_generate(&me), SHOAL_OK);
+    comm_listener_opts_t o = {.bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = 1, .keys = &me,
+                              .admit_hold_ms = 300};
+    comm_listener_t *l = NULL;
+    assert_int_equal(comm_listener_new_opts(&o, &l), SHOAL_OK);
+    const char *ep = comm_listener_endpoint(l);
+    const char *eps[3] = {"tcp://127.0.0.1:7", "tcp://127.0.0.1:8", "tcp://127.0.0.1:9"};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(zsec_keys_generate(&k[i]), SHOAL_OK);
+    /* no plan yet: held, then refused */
+    assert_int_equal(s_handshake(ep, me.public_key, &k[0], 5000), 0);
+    assert_int_equal(comm_listener_denied_handshakes(l), 1);
+    for (int i = 0; i < 3; i++) {
+        const char *key = k[i].public_key;
+        assert_int_equal(comm_listener_peer_keys(l, &eps[i], &key, 1), SHOAL_OK);
+        /* this plan's key, and the previous plan's */
+        assert_int_equal(s_handshake(ep, me.public_key, &k[i], 5000), 1);
+        if (i > 0)
+            assert_int_equal(s_handshake(ep, me.public_key, &k[i - 1], 5000), 1);
+    }
+    /* the plan before the previous one: refused */
+    assert_int_equal(s_handshake(ep, me.public_key, &k[0], 5000), 0);
+    assert_int_equal(comm_listener_denied_handshakes(l), 2);
+    comm_listener_destroy(&l);
+}
+
 int main(void)
 {
     if (!zmq_has("curve")) {
@@ -185,6 +257,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forged_frames_dropped),
+        cmocka_unit_test(test_admission_follows_plans),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
