@@ -208,6 +208,17 @@ static uint32_t sim_expert_at_rank(uint32_t k, uint32_t layer, uint32_t n_expert
     return (uint32_t)((7ull * k + 3ull * layer) % n_experts);
 }
 
+/* A hash of (seed, step, layer, expert) (splitmix64): the loads' jitter draws nothing from the
+ * simulator's random stream, so the churn schedule stays what the seed alone makes it. */
+static uint64_t s_jitter_hash(uint64_t seed, int64_t step, uint32_t layer, uint32_t x)
+{
+    uint64_t z = seed ^ ((uint64_t)step << 24) ^ ((uint64_t)layer << 12) ^ x;
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
 /* The step's loads of the MoE layers of w's stage, as a real worker's replica 0 / ep rank 0
  * reports them: expert at rank k gets expert_tokens x (k+1)^-zipf / H of the tokens, plus a
  * seeded jitter under 1%. Returns the layers filled (0: none, or out of memory). */
@@ -238,8 +249,9 @@ static size_t s_expert_loads(s_sim_t *s, const s_worker_t *w, Shoal__ExpertLoad 
         el[i].counts = counts + i * n;
         for (uint32_t k = 0; k < n; k++) {
             const double want = s->o.expert_tokens * pow(k + 1.0, -s->o.zipf) / h;
-            el[i].counts[sim_expert_at_rank(k, el[i].layer, n)] =
-                (uint64_t)want + s_rand(s, (uint32_t)(want / 100) + 1);
+            const uint32_t x = sim_expert_at_rank(k, el[i].layer, n);
+            el[i].counts[x] = (uint64_t)want + s_jitter_hash(s->o.seed, w->step, el[i].layer, x) %
+                                                   ((uint64_t)(want / 100) + 1);
         }
     }
     *out = el;
