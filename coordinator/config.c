@@ -58,6 +58,10 @@ static const cfg_desc_t s_desc[] = {
     INT(replan_backoff_ms, "1000", 0, 3600000,
         "least wait between two re-plans of a run caused by failures"),
     INT(replan_backoff_max_ms, "30000", 0, 3600000, "the failure re-plan wait doubles up to this"),
+    INT(replicate_ack_ms, "30000", 0, 86400000,
+        "a Replicate order whose copy is not confirmed (MSG_SHARD_HELD) within this is sent "
+        "again, the wait doubling each time; 0 = sent once"),
+    INT(replicate_retries, "3", 0, 1000, "re-sends of one unconfirmed Replicate order"),
     INT(expert_load_half_life_steps, "32", 1, 1000000,
         "hot experts: steps after which a step's reported expert loads weigh half"),
     STR(ledger_signing_key, "",

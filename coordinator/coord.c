@@ -389,6 +389,7 @@ void coord_destroy(coord_t **self_p)
     free(c->workers);
     free(c->by_num);
     coord_guard_free(c);
+    coord_replicas_free(c);
     for (int i = 0; i < c->n_runs; i++)
         coord_run_free(c->runs[i]);
     free(c->runs);
@@ -480,6 +481,7 @@ static void s_cron(coord_t *c)
         coord_run_replan_check(c, c->runs[i]);
     coord_schedule(c);
     coord_txn_commit(c);
+    coord_replicas_cron(c, now);
     coord_metrics_cron(c, now);
     if (now >= c->next_watchdog_ms) {
         s_notify(c, "WATCHDOG=1");

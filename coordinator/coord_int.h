@@ -209,6 +209,10 @@ struct coord {
     zsec_keys_t keys;
     zsec_allow_t allow;
     volatile sig_atomic_t *reload_flag; /* SIGHUP: reload the allow-list at the next cron */
+    /* coord_replicas.c: Replicate orders whose copy is not confirmed yet (volatile: a restarted
+     * coordinator orders again what the loss of a holder calls for) */
+    struct coord_repl_order *repl_orders;
+    int n_repl_orders, cap_repl_orders;
 };
 
 /* ---- coord_keys.c: CURVE, the allow-list, operator roles ---------------------------------- */
@@ -457,6 +461,12 @@ int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord
 /* A worker died or left: for each active run's newest checkpoint holding a shard on it, orders
  * new copies from the live holders so that every shard is back to replicas + 1 live holders. */
 void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w);
+/* Cron: a Replicate order whose copy is not confirmed within replicate_ack_ms is sent again
+ * (up to replicate_retries times, the wait doubling); one whose target died, already holds
+ * the copy or belongs to an older checkpoint is dropped. */
+void coord_replicas_cron(coord_t *c, int64_t now_mono_ms);
+/* Frees the unconfirmed orders (coord_destroy). */
+void coord_replicas_free(coord_t *c);
 /* MSG_SHARD_HELD (any generation): a worker confirms a copy; it joins the shard's holders. */
 void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                          coord_run_t *unused, const Shoal__Envelope *env);

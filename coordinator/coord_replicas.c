@@ -78,6 +78,70 @@ int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord
 
 #define S_MAX_SOURCES 8 /* holders offered for one shard (the fetcher tries this many) */
 
+/* A copy ordered and not confirmed yet: `to` copies `writer`'s shard of `step`. */
+struct coord_repl_order {
+    char run[COORD_ID_MAX], to[COORD_ID_MAX], writer[COORD_ID_MAX];
+    int64_t step;
+    int sent;          /* how many times it was sent */
+    int64_t resend_ms; /* monotonic: sent again (or given up) from then */
+};
+
+static struct coord_repl_order *s_order_find(coord_t *c, const char *run, int64_t step,
+                                             const char *to, const char *writer)
+{
+    for (int i = 0; i < c->n_repl_orders; i++) {
+        struct coord_repl_order *o = &c->repl_orders[i];
+        if (o->step == step && strcmp(o->run, run) == 0 && strcmp(o->to, to) == 0 &&
+            strcmp(o->writer, writer) == 0)
+            return o;
+    }
+    return NULL;
+}
+
+/* One more sending of an order (a new order when it is not known): its re-send time is
+ * replicate_ack_ms from now, doubled for every earlier sending. */
+static void s_order_sent(coord_t *c, const char *run, int64_t step, const char *to,
+                         const char *writer)
+{
+    if (c->cfg.replicate_ack_ms <= 0)
+        return; /* sent once, not followed */
+    struct coord_repl_order *o = s_order_find(c, run, step, to, writer);
+    if (!o) {
+        if (c->n_repl_orders == c->cap_repl_orders) {
+            int cap = c->cap_repl_orders ? 2 * c->cap_repl_orders : 16;
+            struct coord_repl_order *n = realloc(c->repl_orders, (size_t)cap * sizeof *n);
+            if (!n) {
+                log_warn("replication order of %s's shard to %s not followed: out of memory",
+                         writer, to);
+                return;
+            }
+            c->repl_orders = n;
+            c->cap_repl_orders = cap;
+        }
+        o = &c->repl_orders[c->n_repl_orders++];
+        memset(o, 0, sizeof *o);
+        snprintf(o->run, sizeof o->run, "%s", run);
+        snprintf(o->to, sizeof o->to, "%s", to);
+        snprintf(o->writer, sizeof o->writer, "%s", writer);
+        o->step = step;
+    }
+    const int shift = o->sent < 20 ? o->sent : 20;
+    o->resend_ms = clock_mono_ms() + ((int64_t)c->cfg.replicate_ack_ms << shift);
+    o->sent++;
+}
+
+static void s_order_drop(coord_t *c, struct coord_repl_order *o)
+{
+    *o = c->repl_orders[--c->n_repl_orders];
+}
+
+void coord_replicas_free(coord_t *c)
+{
+    free(c->repl_orders);
+    c->repl_orders = NULL;
+    c->n_repl_orders = c->cap_repl_orders = 0;
+}
+
 /* Protobuf copies of manifest shards (strings borrowed from the manifest json). */
 typedef struct {
     Shoal__ReplicaCopy copy;
@@ -189,6 +253,8 @@ static void s_push_replicate(coord_t *c, coord_run_t *r, coord_worker_t *to, int
         env.body_case = SHOAL__ENVELOPE__BODY_REPLICATE;
         env.replicate = &rp;
         coord_send_worker(c, to, &env);
+        for (int i = 0; i < n; i++)
+            s_order_sent(c, r->id, step, to->id, ptrs[i]->writer);
         log_info("run %s: checkpoint %" PRId64 ": %s copies %d shard(s)", r->id, step, to->id, n);
     } else {
         log_error("run %s: checkpoint %" PRId64 ": replication order for %s not built", r->id, step,
@@ -371,6 +437,9 @@ void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *
         json_array_append_new(holders, h);
     log_info("run %s: checkpoint %" PRId64 ": %s holds a copy of %s's shard (%zu holders)", r->id,
              cs->step, w->id, cs->replica_of, json_array_size(holders));
+    struct coord_repl_order *o = s_order_find(c, r->id, cs->step, w->id, cs->replica_of);
+    if (o)
+        s_order_drop(c, o); /* confirmed: nothing to send again */
     coord_put_json(c, STORE_CF_MANIFESTS, key, m); /* stolen */
     if (coord_txn_commit(c) != SHOAL_OK) {
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, mine,
@@ -378,6 +447,65 @@ void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *
         return;
     }
     coord_reply_ack(c, route, env, w, mine);
+}
+
+/* Sends order o again when its shard still lacks that copy: returns whether it is still
+ * followed (0: drop it). */
+static int s_order_resend(coord_t *c, const struct coord_repl_order *o)
+{
+    coord_run_t *r = coord_find_run(c, o->run);
+    coord_worker_t *to = coord_worker_by_id(c, o->to);
+    if (!r || coord_run_is_terminal(r->state) || o->step < r->checkpoint_step || !s_can_hold(to))
+        return 0; /* a newer checkpoint, or the target is gone (its loss orders new copies) */
+    char key[160], *val = NULL;
+    size_t len = 0;
+    json_t *m = NULL;
+    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, o->step);
+    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
+        !(m = json_loadb(val, len, 0, NULL))) {
+        free(val);
+        return 0;
+    }
+    free(val);
+    const json_t *shards = json_object_get(m, CTL_F_SHARDS);
+    int idx = -1;
+    for (size_t i = 0; i < json_array_size(shards) && idx < 0; i++) {
+        const char *wr = json_string_value(json_object_get(json_array_get(shards, i), "worker"));
+        if (wr && strcmp(wr, o->writer) == 0)
+            idx = (int)i;
+    }
+    int keep = 0;
+    if (idx >= 0 && !s_is_holder(json_array_get(shards, (size_t)idx), o->to)) {
+        if (o->sent > c->cfg.replicate_retries) {
+            log_warn("run %s: checkpoint %" PRId64 ": %s never confirmed its copy of %s's shard "
+                     "(%d orders): given up",
+                     r->id, o->step, o->to, o->writer, o->sent);
+        } else {
+            log_warn("run %s: checkpoint %" PRId64 ": %s has not confirmed its copy of %s's shard: "
+                     "order sent again (%d of %d)",
+                     r->id, o->step, o->to, o->writer, o->sent + 1, c->cfg.replicate_retries + 1);
+            s_push_replicate(c, r, to, o->step, shards, &idx, 1); /* s_order_sent: o->sent++ */
+            keep = 1;
+        }
+    }
+    json_decref(m);
+    return keep;
+}
+
+void coord_replicas_cron(coord_t *c, int64_t now_mono_ms)
+{
+    for (int i = 0; i < c->n_repl_orders;) {
+        if (now_mono_ms < c->repl_orders[i].resend_ms) {
+            i++;
+            continue;
+        }
+        /* a re-send finds this order (s_order_sent: sent + 1, a later time) and adds none */
+        const struct coord_repl_order o = c->repl_orders[i];
+        if (s_order_resend(c, &o))
+            i++;
+        else
+            s_order_drop(c, &c->repl_orders[i]); /* slot i now holds another: look at it */
+    }
 }
 
 /* ---- which checkpoint a rollback can restore ------------------------------------------- */

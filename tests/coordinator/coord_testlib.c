@@ -311,6 +311,23 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         w->comm_id_len = env->comm_id->id.len <= sizeof w->comm_id ? env->comm_id->id.len : 0;
         memcpy(w->comm_id, env->comm_id->id.data, w->comm_id_len);
         break;
+    case SHOAL__MSG_TYPE__MSG_REPLICATE: {
+        const Shoal__Replicate *rp = env->replicate;
+        w->n_replicates++;
+        snprintf(w->repl_run, sizeof w->repl_run, "%s", env->run_id);
+        w->repl_step = rp->step;
+        w->n_repl_files = 0;
+        if (rp->n_copies) {
+            const Shoal__ReplicaCopy *k = rp->copies[0];
+            snprintf(w->repl_writer, sizeof w->repl_writer, "%s", k->writer);
+            for (size_t i = 0; i < k->n_files && i < 4; i++, w->n_repl_files++) {
+                snprintf(w->repl_file[i], sizeof w->repl_file[i], "%s", k->files[i]->name);
+                snprintf(w->repl_sha[i], sizeof w->repl_sha[i], "%s", k->files[i]->sha256);
+                w->repl_size[i] = k->files[i]->size;
+            }
+        }
+        break;
+    }
     case SHOAL__MSG_TYPE__MSG_DRAIN:
         w->drained = 1;
         snprintf(w->drain_run, sizeof w->drain_run, "%s", env->run_id);
@@ -416,6 +433,7 @@ int tc_worker_register(tc_worker_t *w)
     char ep[96];
     snprintf(ep, sizeof ep, "ipc:///tmp/%s-data.sock", w->name);
     rg.data_endpoint = ep;
+    rg.shard_endpoint = w->shard_endpoint;
     if (w->id[0]) {
         rg.prev_id_case_case = SHOAL__REGISTER__PREV_ID_CASE_PREV_ID;
         rg.prev_id = w->id;
@@ -498,6 +516,38 @@ int tc_worker_ckpt(tc_worker_t *w, int64_t step)
     env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
     env.ckpt_shard = &ck;
     return tc_worker_call(w, &env);
+}
+
+int tc_worker_shard_held(tc_worker_t *w)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/copies/%s/step-%lld", w->repl_writer, (long long)w->repl_step);
+    Shoal__FileDigest fd[4], *fdp[4];
+    for (int i = 0; i < w->n_repl_files; i++) {
+        Shoal__FileDigest init = SHOAL__FILE_DIGEST__INIT;
+        fd[i] = init;
+        fd[i].name = w->repl_file[i];
+        fd[i].size = w->repl_size[i];
+        fd[i].sha256 = w->repl_sha[i];
+        fdp[i] = &fd[i];
+    }
+    Shoal__CheckpointShardReport ck = SHOAL__CHECKPOINT_SHARD_REPORT__INIT;
+    ck.step = w->repl_step;
+    ck.path = path;
+    ck.files = fdp;
+    ck.n_files = (size_t)w->n_repl_files;
+    ck.holder = w->id;
+    ck.replica_of = w->repl_writer;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_SHARD_HELD, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
+    env.ckpt_shard = &ck;
+    char run[64];
+    snprintf(run, sizeof run, "%s", w->run);
+    snprintf(w->run, sizeof w->run, "%s", w->repl_run); /* a spare holds no run */
+    int rc = tc_worker_call(w, &env);
+    snprintf(w->run, sizeof w->run, "%s", run);
+    return rc;
 }
 
 int tc_worker_get_assignment(tc_worker_t *w)

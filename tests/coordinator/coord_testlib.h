@@ -69,6 +69,16 @@ typedef struct {
     char comm_group[64], comm_sender[64];
     uint8_t comm_id[256];
     size_t comm_id_len;
+    /* checkpoint replication: the shard server endpoint sent at registration ("" = none; set
+     * after tc_worker_open), Replicate orders received, and the last one's run, step and
+     * first copy (its writer and files, what tc_worker_shard_held confirms) */
+    char shard_endpoint[96];
+    int n_replicates;
+    char repl_run[64], repl_writer[64];
+    int64_t repl_step;
+    int n_repl_files;
+    char repl_file[4][64], repl_sha[4][65];
+    uint64_t repl_size[4];
 } tc_worker_t;
 
 int tc_worker_open(tc_worker_t *w, const char *dir, const char *name);
@@ -89,6 +99,9 @@ int tc_worker_step(tc_worker_t *w, int64_t step, float loss);
 int tc_worker_step_timed(tc_worker_t *w, int64_t step, float loss, float secs, float comm_secs);
 int tc_worker_ckpt(tc_worker_t *w, int64_t step);
 int tc_worker_get_assignment(tc_worker_t *w);
+/* MSG_SHARD_HELD confirming the first copy of the last Replicate received (its run, step,
+ * writer and files). 0 on Ack. */
+int tc_worker_shard_held(tc_worker_t *w);
 /* Handles pushed messages (assignments, step commits, run controls) for `ms`. */
 void tc_worker_pump(tc_worker_t *w, int ms);
 

@@ -637,6 +637,58 @@ static void test_restart_becomes_spare(void **state)
     s_stop_clean();
 }
 
+/* checkpoint.replicas 2 on dp 1 + 2 spares with shard servers: when checkpoint 2 commits,
+ * both spares are told to copy the writer's shard. One confirms its copy at once and is never
+ * told again; the other never confirms: the order is sent again after replicate_ack_ms, then
+ * after twice that, and after replicate_retries (2) re-sends the coordinator gives up and
+ * logs so: 3 orders in all. */
+static void test_replicate_resent(void **state)
+{
+    (void)state;
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                             "min_workers: 3\nreplicate_ack_ms: 300\nreplicate_retries: 2\n");
+    char run[64], spec[512];
+    snprintf(spec, sizeof spec, "%sparallel:\n  data_parallel: 1\n", s_spec);
+    s_submit_spec(spec, run, sizeof run);
+    tc_worker_t a, b, c;
+    tc_worker_t *all[3] = {&a, &b, &c};
+    const char *names[3] = {"rp-a", "rp-b", "rp-c"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(tc_worker_open(all[i], s_dir, names[i]), 0);
+        snprintf(all[i]->shard_endpoint, sizeof all[i]->shard_endpoint,
+                 "ipc:///tmp/%s-shards.sock", names[i]);
+        assert_int_equal(tc_worker_register(all[i]), 0);
+    }
+    for (int64_t end = s_deadline(); a.gen < 1 && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 0, false);
+    assert_int_equal(a.gen, 1); /* the lowest id holds the cell, b and c are spares */
+    assert_int_equal(b.gen, 0);
+    assert_int_equal(tc_worker_step(&a, 1, 3.0f), 0);
+    assert_int_equal(tc_worker_step(&a, 2, 2.5f), 0);
+    assert_int_equal(tc_worker_ckpt(&a, 2), 0);
+    int b_confirmed_at = -1;
+    for (int64_t end = s_deadline(); !s_log_has("never confirmed") && clock_mono_ms() < end;) {
+        tc_beat(all, 3, 50, HB_MS, 2, false);
+        if (b.n_replicates && b_confirmed_at < 0) {
+            assert_int_equal(tc_worker_shard_held(&b), 0);
+            b_confirmed_at = b.n_replicates;
+        }
+    }
+    assert_true(s_log_has("never confirmed"));
+    tc_beat(all, 3, 700, HB_MS, 2, false); /* a fourth order would come 1.2 s after the third */
+    assert_int_equal(c.n_replicates, 3);
+    assert_int_equal(c.repl_step, 2);
+    assert_string_equal(c.repl_writer, a.id);
+    assert_int_equal(b_confirmed_at, 1);
+    assert_int_equal(b.n_replicates, 1); /* confirmed: never sent again */
+    assert_true(s_log_has("order sent again (2 of 3)"));
+    assert_true(s_log_has("order sent again (3 of 3)"));
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    tc_worker_close(&c);
+    s_stop_clean();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -649,6 +701,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failure_backoff, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_restart_becomes_spare, s_fresh_dir,
                                         tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_replicate_resent, s_fresh_dir, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
