@@ -127,7 +127,12 @@ static void test_run_series(void **state)
     s_expect(page, "shoal_checkpoint_duration_seconds{run=\"met\"}", 1, 1);
     assert_true(s_value(page, "shoal_messages_handled_total") >= 6);
 
+    /* after a SIGKILL and restart the run's tokens/s is read back from its history row */
     tc_worker_close(&a);
+    tc_stop(tc_pid, SIGKILL);
+    tc_pid = tc_start(s_dir, yaml);
+    assert_int_equal(test_http(port, "GET", "/metrics", page, sizeof page), 200);
+    s_expect(page, "shoal_run_tokens_per_second{run=\"met\"}", 8192, 1e-3);
     assert_int_equal(tc_stop(tc_pid, SIGTERM), 0);
     tc_pid = 0;
 }
