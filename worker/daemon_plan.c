@@ -346,18 +346,20 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
              p->source == SESS_SOURCE_INIT ? "init"
              : p->source == SESS_SOURCE_CHECKPOINT ? "checkpoint" : "peer");
     daemon_status(d, SESS_ACT_LOADING, NULL);
-    shoal_err_t rc;
+    /* The plan's keys first: peers that have it dial our listener at once, and their handshakes
+     * wait (at most COMM_ADMIT_HOLD_MS) for these keys, not for the trainer's setup below. */
+    shoal_err_t rc = comm_listener_peer_keys(d->listener, (const char *const *)p->endpoints,
+                                             (const char *const *)p->public_keys,
+                                             (int)p->nranks);
+    if (rc != SHOAL_OK) {
+        daemon_fail(d, "comm: %s", shoal_errmsg());
+        return;
+    }
     if ((rc = s_ensure_trainer(d, p)) != SHOAL_OK) {
         daemon_fail(d, "%s", shoal_errmsg());
         return;
     }
     d->comms_gen = p->generation; /* even a failed attempt may have used some of its groups */
-    rc = comm_listener_peer_keys(d->listener, (const char *const *)p->endpoints,
-                                 (const char *const *)p->public_keys, (int)p->nranks);
-    if (rc != SHOAL_OK) {
-        daemon_fail(d, "comm: %s", shoal_errmsg());
-        return;
-    }
     rc = cell_comms_new(d->listener, trainer_cell(d->tr), (const char *const *)p->endpoints,
                         p->generation, d->cfg.comm_timeout_ms, &d->comms);
     if (rc != SHOAL_OK) {
