@@ -104,8 +104,9 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
     w->memory_bytes = rg->memory_bytes;
     coord_worker_heard(w, route);
     if (is_new) {
-        log_info("worker %s: registered as joining (name %s, host %s, %s)", w->id, w->name, w->host,
-                 w->institution[0] ? w->institution : "no institution");
+        log_info("worker %s: registered as joining (name %s, host %s, %s, device %s)", w->id,
+                 w->name, w->host, w->institution[0] ? w->institution : "no institution",
+                 w->devices[0] ? w->devices : "none declared");
         coord_ledger(c, "", "worker_register",
                      json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "worker", w->id, "name", w->name,
                                "host", w->host, "institution", w->institution, "version",

@@ -111,7 +111,8 @@ typedef struct {
 } plan_worker_t;
 
 /* train.precision as the planner sees it: AUTO computes in bf16 on GPUs and fp32 on CPUs; BF16
- * needs GPUs (a CPU trainer has no bf16 path). */
+ * runs on GPUs or on CPU workers that declare "cpu bf16" (oneDNN, AVX512_BF16/AMX), never both
+ * in one plan (different math). */
 typedef enum {
     PLAN_PRECISION_AUTO = 0,
     PLAN_PRECISION_FP32,
@@ -134,6 +135,11 @@ typedef struct {
 /* Whether a declared device ("cuda:0 NVIDIA H200", "cpu", "" ...) is a GPU: it starts with
  * "cuda". */
 int plan_device_is_gpu(const char *device);
+
+/* Whether a declared CPU device can compute in bf16: "cpu" followed by the word "bf16"
+ * ("cpu bf16"), which a worker declares when it was built with oneDNN on a CPU with
+ * AVX512_BF16 or AMX-BF16. */
+int plan_device_cpu_bf16(const char *device);
 
 /* The run spec's train.precision ("fp32", "bf16"; anything else, "auto" included: AUTO). */
 plan_precision_t plan_precision_from_name(const char *name);
@@ -171,7 +177,9 @@ shoal_err_t plan_build_dp(plan_t *p, const char *run_id, uint64_t generation,
  * the slowest replica's speed, PLAN_GPU_SPEED). Replicas of both kinds share a data-parallel
  * group only under precision FP32 (AUTO computes bf16 on GPUs, fp32 on CPUs: different math);
  * under AUTO with both kinds the GPU workers are placed if they can form the plan, else the CPU
- * workers, the others are spares and p->note says why; BF16 places GPU workers only.
+ * workers, the others are spares and p->note says why; BF16 places GPU workers if they can
+ * form the plan, else the CPU workers that declare bf16 (plan_device_cpu_bf16); other CPU
+ * workers are spares.
  * Errors: SHOAL_ERR_INVALID when the spec can never be placed (pp > layers, ep not dividing the
  * experts); SHOAL_ERR_STATE when these workers cannot hold it (too few for one replica, a fixed
  * dp, or no pp that fits, or kinds that cannot be mixed), the message naming what is missing

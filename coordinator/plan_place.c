@@ -26,6 +26,16 @@ int plan_device_is_gpu(const char *device)
     return device && strncmp(device, "cuda", 4) == 0;
 }
 
+int plan_device_cpu_bf16(const char *device)
+{
+    if (!device || strncmp(device, "cpu", 3) != 0)
+        return 0;
+    for (const char *p = device + 3; (p = strstr(p, "bf16")) != NULL; p += 4)
+        if (p[-1] == ' ' && (p[4] == '\0' || p[4] == ' '))
+            return 1;
+    return 0;
+}
+
 plan_precision_t plan_precision_from_name(const char *name)
 {
     if (name && strcmp(name, "fp32") == 0)
@@ -300,7 +310,9 @@ static shoal_err_t s_try(s_try_t *t, plan_t *p, uint32_t pp, char *why, size_t c
         s_cand_t *c = &t->cand[i];
         c->unfit = c->w->memory_bytes && c->w->memory_bytes < least;
         c->gpu = plan_device_is_gpu(c->w->device);
-        c->out = !(t->kinds & (c->gpu ? S_GPU : S_CPU));
+        c->out = !(t->kinds & (c->gpu ? S_GPU : S_CPU)) ||
+                 (!c->gpu && q->precision == PLAN_PRECISION_BF16 &&
+                  !plan_device_cpu_bf16(c->w->device));
         if (!c->out)
             *(c->gpu ? &t->n_gpu_in : &t->n_cpu_in) += 1;
     }
@@ -408,20 +420,24 @@ shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
                           run_id, req->pp, req->ep, L, N);
     if (n == 0)
         return shoal_fail(SHOAL_ERR_STATE, "plan for %s: no live workers", run_id);
-    uint32_t n_gpu = 0;
-    for (uint32_t i = 0; i < n; i++)
+    uint32_t n_gpu = 0, n_cpu_bf16 = 0;
+    for (uint32_t i = 0; i < n; i++) {
         n_gpu += (uint32_t)plan_device_is_gpu(workers[i].device);
+        n_cpu_bf16 += (uint32_t)plan_device_cpu_bf16(workers[i].device);
+    }
     const unsigned have = (n_gpu ? S_GPU : 0) | (n_gpu < n ? S_CPU : 0);
-    if (req->precision == PLAN_PRECISION_BF16 && !n_gpu)
+    const int bf16 = req->precision == PLAN_PRECISION_BF16;
+    if (bf16 && !n_gpu && !n_cpu_bf16)
         return shoal_fail(SHOAL_ERR_STATE, "plan for %s: train.precision bf16 needs GPU workers "
-                          "and the %u live workers are CPUs (a CPU trainer computes in fp32)",
+                          "or CPU workers that compute in bf16 (declared \"cpu bf16\": oneDNN "
+                          "and AVX512_BF16 or AMX), and none of the %u live workers does",
                           run_id, n);
     /* which kinds to try, in order: fp32 is the same math on both, so they may share the
-     * data-parallel groups; auto is bf16 on GPUs, fp32 on CPUs: one kind per plan */
-    unsigned tries[2] = {have, 0};
-    if (req->precision == PLAN_PRECISION_BF16)
-        tries[0] = S_GPU;
-    else if (req->precision == PLAN_PRECISION_AUTO && have == (S_GPU | S_CPU))
+     * data-parallel groups; auto is bf16 on GPUs, fp32 on CPUs, and bf16 is cuBLAS on GPUs,
+     * oneDNN on CPUs: one kind per plan */
+    const unsigned bf16_have = (n_gpu ? S_GPU : 0) | (n_cpu_bf16 ? S_CPU : 0);
+    unsigned tries[2] = {bf16 ? bf16_have : have, 0};
+    if ((req->precision == PLAN_PRECISION_AUTO || bf16) && tries[0] == (S_GPU | S_CPU))
         tries[0] = S_GPU, tries[1] = S_CPU;
     s_try_t t = {.req = req, .n = n, .cand = calloc(n, sizeof(s_cand_t))};
     if (!t.cand)
@@ -437,14 +453,20 @@ shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
                            sizeof raised);
     }
     free(t.cand);
-    if (rc == SHOAL_ERR_STATE && tries[1])
+    if (rc == SHOAL_ERR_STATE && tries[1] && bf16)
+        rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: GPU workers alone: %.180s; bf16 CPU "
+                        "workers alone: %.180s; under train.precision bf16 GPU replicas (cuBLAS) "
+                        "and CPU replicas (oneDNN) never share a data-parallel group",
+                        run_id, why, other_why);
+    else if (rc == SHOAL_ERR_STATE && tries[1])
         rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: GPU workers alone: %.180s; CPU workers "
                         "alone: %.180s; GPU replicas (bf16 under train.precision auto) and CPU "
                         "replicas (fp32) never share a data-parallel group: train.precision fp32 "
                         "lets them", run_id, why, other_why);
-    else if (rc == SHOAL_ERR_STATE && req->precision == PLAN_PRECISION_BF16 && have != S_GPU)
-        rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s (GPU workers only: train.precision "
-                        "bf16 has no CPU path)", run_id, why);
+    else if (rc == SHOAL_ERR_STATE && bf16 && n_cpu_bf16 < n - n_gpu)
+        rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s (under train.precision bf16 only GPU "
+                        "workers and CPU workers declaring \"cpu bf16\" count: %u of %u)",
+                        run_id, why, n_gpu + n_cpu_bf16, n);
     else if (rc == SHOAL_ERR_STATE)
         rc = shoal_fail(SHOAL_ERR_STATE, "plan for %s: %s", run_id, why);
     if (rc != SHOAL_OK)
@@ -452,17 +474,29 @@ shoal_err_t plan_build(plan_t *p, const char *run_id, uint64_t generation,
     snprintf(p->run_id, sizeof p->run_id, "%s", run_id);
     p->generation = generation;
     size_t at = 0;
-    if (placed != have) {
+    const uint32_t n_cpu_out = placed == S_GPU ? n - n_gpu : bf16 ? n - n_gpu - n_cpu_bf16 : 0;
+    if (placed != have || n_cpu_out) {
         const int gpu_only = placed == S_GPU;
-        at = (size_t)snprintf(p->note, sizeof p->note,
-                              "%s workers only (the %u %s workers are spares): %s%s%.160s",
-                              gpu_only ? "GPU" : "CPU", gpu_only ? n - n_gpu : n_gpu,
-                              gpu_only ? "CPU" : "GPU",
-                              req->precision == PLAN_PRECISION_BF16
-                                  ? "train.precision bf16 has no CPU path"
-                                  : "under train.precision auto GPUs compute in bf16 and CPUs "
-                                    "in fp32, never in one data-parallel group",
-                              gpu_only ? "" : "; GPU workers alone: ", gpu_only ? "" : why);
+        const char *why_cpu =
+            !bf16 ? "under train.precision auto GPUs compute in bf16 and CPUs in fp32, never in "
+                    "one data-parallel group"
+            : gpu_only && n_cpu_bf16 ? "under train.precision bf16 GPUs (cuBLAS) and CPUs (oneDNN) "
+                                       "never share a data-parallel group"
+                                     : "train.precision bf16 places CPU workers that declare "
+                                       "\"cpu bf16\" only";
+        if (gpu_only)
+            at = (size_t)snprintf(p->note, sizeof p->note,
+                                  "GPU workers only (the %u CPU workers are spares): %s", n_cpu_out,
+                                  why_cpu);
+        else if (!n_cpu_out)
+            at = (size_t)snprintf(p->note, sizeof p->note,
+                                  "CPU workers only (the %u GPU workers are spares): %s; GPU "
+                                  "workers alone: %.160s", n_gpu, why_cpu, why);
+        else
+            at = (size_t)snprintf(p->note, sizeof p->note,
+                                  "CPU workers that declare bf16 only (spares: %u GPU, %u CPU): "
+                                  "%s%s%.160s", n_gpu, n_cpu_out, why_cpu,
+                                  n_gpu ? "; GPU workers alone: " : "", n_gpu ? why : "");
         if (at >= sizeof p->note)
             at = sizeof p->note - 1;
     }

@@ -324,6 +324,11 @@ void kgemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K, flo
     s_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+int kgemm_bf16_available(void)
+{
+    return kgemm_cpu_has_bf16();
+}
+
 shoal_err_t kgemm_check(kgemm_prec_t prec)
 {
     if (prec == KGEMM_FP32)
@@ -344,6 +349,11 @@ shoal_err_t kgemm_check(kgemm_prec_t prec)
 }
 
 #else /* built without oneDNN */
+
+int kgemm_bf16_available(void)
+{
+    return 0;
+}
 
 void kgemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K, float alpha,
            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)

@@ -43,6 +43,10 @@ const char *kgemm_prec_name(kgemm_prec_t prec);
  * AVX-512 state), from cpuid; independent of how shoal was built. */
 int kgemm_cpu_has_bf16(void);
 
+/* Whether train.precision bf16 can run here: built with oneDNN and kgemm_cpu_has_bf16(). Does
+ * not start oneDNN (kgemm_check does): a worker declares it at registration ("cpu bf16"). */
+int kgemm_bf16_available(void);
+
 /* dst[i] = src[i] rounded to bf16 (nearest even; NaN stays NaN), as the bf16 bit pattern. */
 void kgemm_round_bf16(const float *src, uint16_t *dst, int64_t n);
 

@@ -17,6 +17,7 @@
 #include "daemon_config.h"
 #include "daemon_int.h"
 #include "fsutil.h"
+#include "kgemm.h"
 #include "log.h"
 #include "name.h"
 #include "shoal_version.h"
@@ -578,14 +579,16 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     }
     if (rc != SHOAL_OK)
         goto out;
-    /* Register reports "cpu" or "cuda:N <name>" and the device's memory: the planner sizes cells
-     * and tells GPU workers from CPU ones by them (ops/COORDINATOR.md). */
+    /* Register reports "cpu" (or "cpu bf16" where train.precision bf16 can run) or
+     * "cuda:N <name>" and the device's memory: the planner sizes cells and tells GPU workers
+     * from CPU ones by them (ops/COORDINATOR.md). */
     char device[sizeof d->device.name + 16];
     device_spec(&d->device, device, sizeof device);
-    if (d->device.kind == DEVICE_CUDA) {
-        size_t at = strlen(device);
+    size_t at = strlen(device);
+    if (d->device.kind == DEVICE_CUDA)
         snprintf(device + at, sizeof device - at, " %s", d->device.name);
-    }
+    else if (kgemm_bf16_available())
+        snprintf(device + at, sizeof device - at, " bf16");
     /* The id this worker had before a restart (COORDINATOR.md: sent as prev_id). */
     char id_file[PATH_MAX + 16], prev_id[SESS_ID_MAX];
     statedir_prev_id(&d->state, prev_id, sizeof prev_id);

@@ -91,6 +91,7 @@ static shoal_err_t s_set_precision(trainer_t *t)
     if ((rc = kgemm_check(KGEMM_BF16)) != SHOAL_OK)
         return shoal_fail_context(rc, "train.precision bf16");
     model_set_precision(t->model, KGEMM_BF16);
+    log_info("train.precision bf16: the CPU computes in bf16 (oneDNN, fp32 accumulation)");
     return SHOAL_OK;
 }
 

@@ -87,6 +87,13 @@ static void test_device_kind(void **state)
     assert_false(plan_device_is_gpu("cpu"));
     assert_false(plan_device_is_gpu(""));
     assert_false(plan_device_is_gpu(NULL));
+    assert_true(plan_device_cpu_bf16("cpu bf16"));
+    assert_true(plan_device_cpu_bf16("cpu avx512 bf16"));
+    assert_false(plan_device_cpu_bf16("cpu"));
+    assert_false(plan_device_cpu_bf16("cpu bf16x"));
+    assert_false(plan_device_cpu_bf16("cpubf16"));
+    assert_false(plan_device_cpu_bf16("cuda:0 bf16"));
+    assert_false(plan_device_cpu_bf16(NULL));
 }
 
 /* fp32: 4 GPU + 4 CPU workers, pp 2. dp auto takes the 2 GPU replicas (2 x 64 beats 4 x 1);
@@ -186,7 +193,8 @@ static void test_auto_one_kind(void **state)
     plan_fini(&p);
 }
 
-/* precision bf16: GPU workers only; none is a refusal. */
+/* precision bf16: GPU workers, else CPU workers declaring "cpu bf16", never both in a plan;
+ * none of either is a refusal. */
 static void test_bf16(void **state)
 {
     (void)state;
@@ -195,15 +203,38 @@ static void test_bf16(void **state)
     plan_t p = {0};
     plan_request_t q = s_req(1, 1, 0, PLAN_PRECISION_BF16);
     assert_int_equal(plan_build(&p, "r", 1, &q, w, 4), SHOAL_ERR_STATE);
-    s_expect(shoal_errmsg(), "train.precision bf16 needs GPU workers");
+    s_expect(shoal_errmsg(), "train.precision bf16 needs GPU workers or CPU workers that compute "
+                             "in bf16");
     s_workers(w, 2, 4, 141ull << 30);
     assert_int_equal(plan_build(&p, "r", 1, &q, w, 4), SHOAL_OK);
     assert_int_equal(p.dp, 2);
     assert_int_equal(s_check_kinds(&p, 2), 2);
-    s_expect(p.note, "train.precision bf16 has no CPU path");
+    s_expect(p.note, "GPU workers only (the 2 CPU workers are spares)");
+    s_expect(p.note, "declare \"cpu bf16\" only");
     q.dp = 3;
     assert_int_equal(plan_build(&p, "r", 1, &q, w, 4), SHOAL_ERR_STATE);
-    s_expect(shoal_errmsg(), "GPU workers only: train.precision bf16 has no CPU path");
+    s_expect(shoal_errmsg(), "only GPU workers and CPU workers declaring \"cpu bf16\" count: "
+                             "2 of 4");
+    /* CPU workers 3 and 4 declare bf16: with the GPUs they form no mixed replica */
+    snprintf(s_devs[2], sizeof s_devs[2], "cpu bf16");
+    snprintf(s_devs[3], sizeof s_devs[3], "cpu bf16");
+    assert_int_equal(plan_build(&p, "r", 1, &q, w, 4), SHOAL_ERR_STATE);
+    s_expect(shoal_errmsg(), "GPU replicas (cuBLAS) and CPU replicas (oneDNN) never share");
+    q.dp = 0;
+    assert_int_equal(plan_build(&p, "r", 1, &q, w, 4), SHOAL_OK);
+    assert_int_equal(s_check_kinds(&p, 2), 2);
+    s_expect(p.note, "GPUs (cuBLAS) and CPUs (oneDNN) never share");
+    /* without GPUs: the bf16 CPU workers train, the fp32-only one is a spare */
+    s_workers(w, 0, 3, 0);
+    snprintf(s_devs[0], sizeof s_devs[0], "cpu bf16");
+    snprintf(s_devs[2], sizeof s_devs[2], "cpu bf16");
+    assert_int_equal(plan_build(&p, "r", 1, &q, w, 3), SHOAL_OK);
+    assert_int_equal(p.dp, 2);
+    assert_int_equal(p.n_spares, 1);
+    assert_string_equal(p.spares[0].worker_id, "w2");
+    s_expect(p.note, "CPU workers that declare bf16 only (spares: 0 GPU, 1 CPU)");
+    for (uint32_t i = 0; i < p.n_peers; i++)
+        assert_string_not_equal(p.peers[i].worker_id, "w2");
     plan_fini(&p);
 }
 
