@@ -470,6 +470,11 @@ void coord_replicas_free(coord_t *c);
 /* MSG_SHARD_HELD (any generation): a worker confirms a copy; it joins the shard's holders. */
 void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                          coord_run_t *unused, const Shoal__Envelope *env);
+/* MSG_SHARD_CORRUPT (any generation): w fetched a copy of replica_of's shard from `holder` and
+ * it failed its digests: that holder leaves the shard's holders (a `shard_corrupt` ledger
+ * entry) and copies are ordered until the shard has replicas + 1 live holders again. */
+void coord_on_shard_corrupt(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                            coord_run_t *unused, const Shoal__Envelope *env);
 /* Fills the files and live holders of plan->ckpt_shards from `step`'s committed manifest;
  * *keep owns what they point to until coord_replicas_detach (NULL when nothing was added). */
 typedef struct coord_shard_src coord_shard_src_t;

@@ -508,6 +508,74 @@ void coord_replicas_cron(coord_t *c, int64_t now_mono_ms)
     }
 }
 
+void coord_on_shard_corrupt(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                            coord_run_t *unused, const Shoal__Envelope *env)
+{
+    (void)unused;
+    const Shoal__CheckpointShardReport *cs = env->ckpt_shard;
+    coord_run_t *r = coord_find_run(c, env->run_id);
+    coord_run_t *mine = w->run[0] ? coord_find_run(c, w->run) : NULL;
+    char key[160], *val = NULL;
+    size_t len = 0;
+    json_t *m = NULL;
+    if (!r || !cs->replica_of[0] || !cs->holder[0]) {
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, mine,
+                          "shard_corrupt: unknown run '%.64s' or no replica_of/holder",
+                          env->run_id);
+        return;
+    }
+    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, cs->step);
+    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
+        !(m = json_loadb(val, len, 0, NULL))) {
+        free(val);
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, env, mine,
+                          "run %s has no committed checkpoint of step %" PRId64, r->id, cs->step);
+        return;
+    }
+    free(val);
+    json_t *shards = json_object_get(m, CTL_F_SHARDS), *sh = NULL;
+    for (size_t i = 0; i < json_array_size(shards) && !sh; i++) {
+        const char *wr = json_string_value(json_object_get(json_array_get(shards, i), "worker"));
+        if (wr && strcmp(wr, cs->replica_of) == 0)
+            sh = json_array_get(shards, i);
+    }
+    json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
+    size_t at = json_array_size(holders);
+    for (size_t i = 0; i < json_array_size(holders); i++) {
+        const char *hw = json_string_value(json_object_get(json_array_get(holders, i), "worker"));
+        if (hw && strcmp(hw, cs->holder) == 0)
+            at = i;
+    }
+    if (at < json_array_size(holders)) {
+        /* the reporter checked the copy against the committed digests: that holder's copy
+         * is no replica any more (a later verified copy joins again through SHARD_HELD) */
+        json_array_remove(holders, at);
+        log_warn("run %s: checkpoint %" PRId64 ": %s's copy of %s's shard is corrupt (found by "
+                 "%s): no longer a holder (%zu left)",
+                 r->id, cs->step, cs->holder, cs->replica_of, w->id, json_array_size(holders));
+        coord_ledger(c, r->id, "shard_corrupt",
+                     json_pack("{s:I, s:s, s:s, s:s, s:s}", "step", (json_int_t)cs->step, "writer",
+                               cs->replica_of, "holder", cs->holder, "path", cs->path,
+                               "reported_by", w->id));
+        const int replicas = s_replicas_of(r);
+        if (replicas > 0 && cs->step >= r->checkpoint_step)
+            (void)s_order_copies(c, r, cs->step, shards, replicas + 1);
+        coord_put_json(c, STORE_CF_MANIFESTS, key, m); /* stolen */
+        m = NULL;
+        if (coord_txn_commit(c) != SHOAL_OK) {
+            coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, mine,
+                              "holder change not persisted");
+            return;
+        }
+    } else {
+        log_info("run %s: checkpoint %" PRId64 ": %s reports a corrupt copy of %s's shard on %s, "
+                 "which is no holder of it",
+                 r->id, cs->step, w->id, cs->replica_of, cs->holder);
+    }
+    json_decref(m);
+    coord_reply_ack(c, route, env, w, mine);
+}
+
 /* ---- which checkpoint a rollback can restore ------------------------------------------- */
 
 typedef struct {

@@ -486,6 +486,7 @@ static const s_worker_msg_t s_worker_msgs[] = {
     {SHOAL__MSG_TYPE__MSG_STEP_REPORT, s_on_step_report, 1, 1, 0},
     {SHOAL__MSG_TYPE__MSG_CKPT_SHARD, coord_on_ckpt_shard, 1, 1, 0},
     {SHOAL__MSG_TYPE__MSG_SHARD_HELD, coord_on_shard_held, 1, 0, 0}, /* any generation */
+    {SHOAL__MSG_TYPE__MSG_SHARD_CORRUPT, coord_on_shard_corrupt, 1, 0, 0}, /* any generation */
     {SHOAL__MSG_TYPE__MSG_LEAVE, s_on_leave, 1, 0, 1},
     {SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT, s_on_get_assignment, 1, 0, 0},
     {SHOAL__MSG_TYPE__MSG_COMM_ID, s_on_comm_id, 1, 1, 0},

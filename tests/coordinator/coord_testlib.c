@@ -550,6 +550,20 @@ int tc_worker_shard_held(tc_worker_t *w)
     return rc;
 }
 
+int tc_worker_shard_corrupt(tc_worker_t *w, int64_t step, const char *writer, const char *holder)
+{
+    Shoal__CheckpointShardReport ck = SHOAL__CHECKPOINT_SHARD_REPORT__INIT;
+    ck.step = step;
+    ck.path = "/copies/corrupt";
+    ck.holder = (char *)holder;
+    ck.replica_of = (char *)writer;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_SHARD_CORRUPT, "", "", 0, 0);
+    env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
+    env.ckpt_shard = &ck;
+    return tc_worker_call(w, &env);
+}
+
 int tc_worker_get_assignment(tc_worker_t *w)
 {
     Shoal__GetAssignment ga = SHOAL__GET_ASSIGNMENT__INIT;
@@ -600,17 +614,22 @@ json_int_t tc_jint(const json_t *obj, const char *k)
 
 const char *tc_worker_state(const char *dir, const char *id)
 {
-    static char state[32];
+    return tc_worker_field(dir, id, "state");
+}
+
+const char *tc_worker_field(const char *dir, const char *id, const char *field)
+{
+    static char out[256];
     tc_reply_t r;
-    state[0] = 0;
+    out[0] = 0;
     if (tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
-        return state;
+        return out;
     json_t *arr = json_object_get(r.json, "workers");
     for (size_t i = 0; i < json_array_size(arr); i++)
         if (strcmp(tc_jstr(json_array_get(arr, i), "id"), id) == 0)
-            snprintf(state, sizeof state, "%s", tc_jstr(json_array_get(arr, i), "state"));
+            snprintf(out, sizeof out, "%s", tc_jstr(json_array_get(arr, i), field));
     tc_reply_fini(&r);
-    return state;
+    return out;
 }
 
 void tc_beat(tc_worker_t **ws, int n, int ms, int hb_ms, int64_t step, bool reregister)

@@ -102,6 +102,9 @@ int tc_worker_get_assignment(tc_worker_t *w);
 /* MSG_SHARD_HELD confirming the first copy of the last Replicate received (its run, step,
  * writer and files). 0 on Ack. */
 int tc_worker_shard_held(tc_worker_t *w);
+/* MSG_SHARD_CORRUPT of w's run: the copy of `writer`'s shard of `step` that `holder` served
+ * failed its digests. 0 on Ack. */
+int tc_worker_shard_corrupt(tc_worker_t *w, int64_t step, const char *writer, const char *holder);
 /* Handles pushed messages (assignments, step commits, run controls) for `ms`. */
 void tc_worker_pump(tc_worker_t *w, int ms);
 
@@ -120,6 +123,9 @@ json_int_t tc_jint(const json_t *obj, const char *k);
 /* The state of worker `id` in the workers reply of the coordinator in dir ("" when unknown).
  * Points into a static buffer. */
 const char *tc_worker_state(const char *dir, const char *id);
+/* The string `field` of worker `id` in that reply (e.g. "reason"; "" when absent). Points into a
+ * static buffer (the same as tc_worker_state's). */
+const char *tc_worker_field(const char *dir, const char *id, const char *field);
 
 /* Heartbeats every worker in `ws` (NULL entries skipped) every hb_ms / 2 for `ms`, handling
  * pushes; with reregister, a worker declared dead (a slow test step) registers again, as a real

@@ -689,6 +689,72 @@ static void test_replicate_resent(void **state)
     s_stop_clean();
 }
 
+/* checkpoint.replicas 2 on dp 1 + 2 spares: both spares confirm their copies of checkpoint
+ * 2 (3 holders). The writer then reports that one spare's copy failed its digests: that
+ * holder leaves the shard's holders (a shard_corrupt ledger entry naming holder, writer and
+ * reporter) and a new copy is ordered, to the only live worker holding none: that spare. A
+ * report about a worker that holds no copy changes nothing. */
+static void test_shard_corrupt(void **state)
+{
+    (void)state;
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                             "min_workers: 3\nreplicate_ack_ms: 0\n");
+    char run[64], spec[512];
+    snprintf(spec, sizeof spec, "%sparallel:\n  data_parallel: 1\n", s_spec);
+    s_submit_spec(spec, run, sizeof run);
+    tc_worker_t a, b, c;
+    tc_worker_t *all[3] = {&a, &b, &c};
+    const char *names[3] = {"sc-a", "sc-b", "sc-c"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(tc_worker_open(all[i], s_dir, names[i]), 0);
+        snprintf(all[i]->shard_endpoint, sizeof all[i]->shard_endpoint,
+                 "ipc:///tmp/%s-shards.sock", names[i]);
+        assert_int_equal(tc_worker_register(all[i]), 0);
+    }
+    for (int64_t end = s_deadline(); a.gen < 1 && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 0, false);
+    assert_int_equal(a.gen, 1);
+    assert_int_equal(tc_worker_step(&a, 1, 3.0f), 0);
+    assert_int_equal(tc_worker_step(&a, 2, 2.5f), 0);
+    assert_int_equal(tc_worker_ckpt(&a, 2), 0);
+    for (int64_t end = s_deadline();
+         (!b.n_replicates || !c.n_replicates) && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 2, false);
+    assert_int_equal(b.n_replicates, 1);
+    assert_int_equal(c.n_replicates, 1);
+    assert_int_equal(tc_worker_shard_held(&b), 0);
+    assert_int_equal(tc_worker_shard_held(&c), 0);
+    assert_true(s_log_has("holds a copy of") && s_log_has("(3 holders)"));
+
+    /* a report about a worker holding no copy: nothing changes */
+    assert_int_equal(tc_worker_shard_corrupt(&a, 2, a.id, "w99"), 0);
+    tc_beat(all, 3, 300, HB_MS, 2, false);
+    assert_int_equal(b.n_replicates + c.n_replicates, 2);
+
+    assert_int_equal(tc_worker_shard_corrupt(&a, 2, a.id, c.id), 0);
+    for (int64_t end = s_deadline(); c.n_replicates < 2 && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 2, false);
+    assert_int_equal(c.n_replicates, 2); /* ordered again: the only live non-holder */
+    assert_int_equal(b.n_replicates, 1);
+    assert_string_equal(c.repl_writer, a.id);
+    assert_true(s_log_has("is corrupt (found by") && s_log_has("(2 left)"));
+    json_t *ev = s_events(run), *bad = s_kind(ev, "shard_corrupt");
+    assert_int_equal(json_array_size(bad), 1);
+    json_t *d = json_object_get(json_array_get(bad, 0), "detail");
+    assert_string_equal(tc_jstr(d, "holder"), c.id);
+    assert_string_equal(tc_jstr(d, "writer"), a.id);
+    assert_string_equal(tc_jstr(d, "reported_by"), a.id);
+    assert_int_equal(tc_jint(d, "step"), 2);
+    json_decref(bad);
+    json_decref(ev);
+    /* its new verified copy counts again */
+    assert_int_equal(tc_worker_shard_held(&c), 0);
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    tc_worker_close(&c);
+    s_stop_clean();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -702,6 +768,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_becomes_spare, s_fresh_dir,
                                         tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_replicate_resent, s_fresh_dir, tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_shard_corrupt, s_fresh_dir, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
