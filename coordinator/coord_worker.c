@@ -538,8 +538,12 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
             return;
         }
         c->dropped++;
-        log_warn("dropped %s from '%.64s': %s", wire_type_name((int)env->type), env->sender,
-                 w ? "worker must register again" : "unknown worker");
+        /* a worker declared dead sends until the Error reaches it: a line per 1,000 such drops,
+         * not per message (a write each, under the backlog that made the deaths) */
+        if (c->gone_dropped++ % 1000 == 0)
+            log_warn("dropped %s from '%.64s': %s (%llu such drops so far)",
+                     wire_type_name((int)env->type), env->sender,
+                     w ? "worker must register again" : "unknown worker", c->gone_dropped);
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_UNKNOWN_WORKER, env, NULL,
                           "worker '%.64s' is %s: register again", env->sender,
                           w ? coord_worker_state_name(w->state) : "unknown");
