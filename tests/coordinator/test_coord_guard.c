@@ -63,22 +63,6 @@ static void s_stop_clean(void)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
-/* The workers reply's `field` of worker id (a static buffer; "" when absent). */
-static const char *s_worker_field(const char *id, const char *field)
-{
-    static char out[256];
-    out[0] = 0;
-    tc_reply_t r;
-    if (tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
-        return out;
-    json_t *arr = json_object_get(r.json, "workers");
-    for (size_t i = 0; i < json_array_size(arr); i++)
-        if (strcmp(tc_jstr(json_array_get(arr, i), "id"), id) == 0)
-            snprintf(out, sizeof out, "%s", tc_jstr(json_array_get(arr, i), field));
-    tc_reply_fini(&r);
-    return out;
-}
-
 static void s_active(tc_worker_t *w, const char *name)
 {
     assert_int_equal(tc_worker_open(w, s_dir, name), 0);
@@ -120,7 +104,7 @@ static void test_bad_messages(void **state)
     env.ctl_status = &cs;
     assert_int_equal(tc_worker_call(&a, &env), SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE);
     assert_string_equal(tc_worker_state(s_dir, a.id), "quarantined");
-    assert_non_null(strstr(s_worker_field(a.id, "reason"), "3 malformed or out-of-plan"));
+    assert_non_null(strstr(tc_worker_field(s_dir, a.id, "reason"), "3 malformed or out-of-plan"));
     /* it keeps heartbeating: live, but told to drain (in no plan) */
     assert_int_equal(tc_worker_heartbeat(&a, 0), 0);
     assert_int_equal(a.last_directive, SHOAL__DIRECTIVE__DIRECTIVE_DRAIN);
@@ -228,7 +212,8 @@ static void test_gradient_votes(void **state)
     assert_int_equal(s_report_rejected(by_rank[1], 1, 1u << 2), 0);
     assert_string_equal(tc_worker_state(s_dir, bad->id), "quarantined");
     assert_string_equal(tc_worker_state(s_dir, by_rank[0]->id), "active");
-    assert_non_null(strstr(s_worker_field(bad->id, "reason"), "gradient rejected by 2 of 2"));
+    assert_non_null(
+        strstr(tc_worker_field(s_dir, bad->id, "reason"), "gradient rejected by 2 of 2"));
     assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_EVENTS, run, 0, &r), 0);
     json_t *ev = json_object_get(r.json, "events");
     int found = 0;

@@ -14,12 +14,10 @@
 
 #include <cmocka.h>
 
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,6 +26,7 @@
 
 #include "clock.h"
 #include "coord_testlib.h"
+#include "http_get.h"
 #include "wire.h"
 #include "zsec.h"
 
@@ -52,18 +51,6 @@ static int s_teardown(void **state)
 {
     (void)state;
     return tc_tmpdir_remove(s_root);
-}
-
-/* A free TCP port on 127.0.0.1 (bound once and released). */
-static int s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 /* A fake worker that dials the coordinator's CURVE endpoint with `keys`. */
@@ -104,22 +91,6 @@ static int s_report(tc_worker_t *w, const char *key, uint32_t frames)
     return tc_worker_call(w, &env);
 }
 
-/* The workers reply's `reason` of worker id (a static buffer; "" when absent). */
-static const char *s_reason(const char *id)
-{
-    static char out[256];
-    out[0] = 0;
-    tc_reply_t r;
-    if (tc_ctl(s_root, SHOAL__MSG_TYPE__MSG_CTL_WORKERS, "", 0, &r) != 0)
-        return out;
-    json_t *arr = json_object_get(r.json, "workers");
-    for (size_t i = 0; i < json_array_size(arr); i++)
-        if (strcmp(tc_jstr(json_array_get(arr, i), "id"), id) == 0)
-            snprintf(out, sizeof out, "%s", tc_jstr(json_array_get(arr, i), "reason"));
-    tc_reply_fini(&r);
-    return out;
-}
-
 /* Beats until every worker holds a plan of generation > gen_min. */
 static void s_placed(tc_worker_t **all, int n, uint64_t gen_min)
 {
@@ -151,7 +122,7 @@ static void test_peer_frames(void **state)
         fprintf(f, "worker uni-a %s\n", k[i].public_key);
     }
     fclose(f);
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", test_free_port());
     snprintf(yaml, sizeof yaml,
              "heartbeat_interval_ms: 100\ndead_after_ms: 5000\nmin_workers: 3\n"
              "quarantine_after_bad_messages: 1\nkeys_dir: %s\nallow_list: %s\n",
@@ -180,7 +151,7 @@ static void test_peer_frames(void **state)
     assert_string_equal(tc_worker_state(s_root, w[0].id), "active");
     char want[128];
     snprintf(want, sizeof want, "bad data-plane frames reported by %s", w[0].id);
-    assert_non_null(strstr(s_reason(w[1].id), want));
+    assert_non_null(strstr(tc_worker_field(s_root, w[1].id, "reason"), want));
 
     /* back in the plan, w[2] at once names w[1] too: within COORD_PEER_FRAMES_MS, no strike */
     uint64_t gen = w[0].gen;
