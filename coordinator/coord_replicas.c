@@ -380,6 +380,36 @@ static int s_same_files(const json_t *files, const Shoal__CheckpointShardReport 
     return 1;
 }
 
+/* The committed manifest a shard report (held or corrupt) of run r is about: stored under
+ * key[cap], and its shard written by cs->replica_of into *sh (NULL when none). NULL, answered
+ * with an Error, when r has no committed checkpoint of that step. */
+static json_t *s_report_manifest(coord_t *c, const wire_route_t *route, const Shoal__Envelope *env,
+                                 const coord_run_t *r, const coord_run_t *mine, char *key,
+                                 size_t cap, json_t **sh)
+{
+    const Shoal__CheckpointShardReport *cs = env->ckpt_shard;
+    char *val = NULL;
+    size_t len = 0;
+    json_t *m = NULL;
+    *sh = NULL;
+    snprintf(key, cap, "c/%s/%020" PRId64, r->id, cs->step);
+    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
+        !(m = json_loadb(val, len, 0, NULL))) {
+        free(val);
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, env, mine,
+                          "run %s has no committed checkpoint of step %" PRId64, r->id, cs->step);
+        return NULL;
+    }
+    free(val);
+    json_t *shards = json_object_get(m, CTL_F_SHARDS);
+    for (size_t i = 0; i < json_array_size(shards) && !*sh; i++) {
+        const char *wr = json_string_value(json_object_get(json_array_get(shards, i), "worker"));
+        if (wr && strcmp(wr, cs->replica_of) == 0)
+            *sh = json_array_get(shards, i);
+    }
+    return m;
+}
+
 void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *w,
                          coord_run_t *unused, const Shoal__Envelope *env)
 {
@@ -387,29 +417,15 @@ void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *
     const Shoal__CheckpointShardReport *cs = env->ckpt_shard;
     coord_run_t *r = coord_find_run(c, env->run_id);
     coord_run_t *mine = w->run[0] ? coord_find_run(c, w->run) : NULL;
-    char key[160], *val = NULL;
-    size_t len = 0;
-    json_t *m = NULL;
+    char key[160];
     if (!r || !cs->replica_of[0] || !cs->path[0]) {
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, mine,
                           "shard_held: unknown run '%.64s' or no replica_of/path", env->run_id);
         return;
     }
-    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, cs->step);
-    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
-        !(m = json_loadb(val, len, 0, NULL))) {
-        free(val);
-        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, env, mine,
-                          "run %s has no committed checkpoint of step %" PRId64, r->id, cs->step);
+    json_t *sh, *m = s_report_manifest(c, route, env, r, mine, key, sizeof key, &sh);
+    if (!m)
         return;
-    }
-    free(val);
-    json_t *shards = json_object_get(m, CTL_F_SHARDS), *sh = NULL;
-    for (size_t i = 0; i < json_array_size(shards) && !sh; i++) {
-        const char *wr = json_string_value(json_object_get(json_array_get(shards, i), "worker"));
-        if (wr && strcmp(wr, cs->replica_of) == 0)
-            sh = json_array_get(shards, i);
-    }
     if (!sh || !s_same_files(json_object_get(sh, "files"), cs)) {
         log_warn("run %s: checkpoint %" PRId64 ": copy of %s's shard from %s refused: %s", r->id,
                  cs->step, cs->replica_of, w->id, sh ? "its files differ" : "no such shard");
@@ -515,30 +531,17 @@ void coord_on_shard_corrupt(coord_t *c, const wire_route_t *route, coord_worker_
     const Shoal__CheckpointShardReport *cs = env->ckpt_shard;
     coord_run_t *r = coord_find_run(c, env->run_id);
     coord_run_t *mine = w->run[0] ? coord_find_run(c, w->run) : NULL;
-    char key[160], *val = NULL;
-    size_t len = 0;
-    json_t *m = NULL;
+    char key[160];
     if (!r || !cs->replica_of[0] || !cs->holder[0]) {
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, mine,
                           "shard_corrupt: unknown run '%.64s' or no replica_of/holder",
                           env->run_id);
         return;
     }
-    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, cs->step);
-    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
-        !(m = json_loadb(val, len, 0, NULL))) {
-        free(val);
-        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_NOT_FOUND, env, mine,
-                          "run %s has no committed checkpoint of step %" PRId64, r->id, cs->step);
+    json_t *sh, *m = s_report_manifest(c, route, env, r, mine, key, sizeof key, &sh);
+    if (!m)
         return;
-    }
-    free(val);
-    json_t *shards = json_object_get(m, CTL_F_SHARDS), *sh = NULL;
-    for (size_t i = 0; i < json_array_size(shards) && !sh; i++) {
-        const char *wr = json_string_value(json_object_get(json_array_get(shards, i), "worker"));
-        if (wr && strcmp(wr, cs->replica_of) == 0)
-            sh = json_array_get(shards, i);
-    }
+    json_t *shards = json_object_get(m, CTL_F_SHARDS);
     json_t *holders = json_object_get(sh, CTL_F_HOLDERS);
     size_t at = json_array_size(holders);
     for (size_t i = 0; i < json_array_size(holders); i++) {
