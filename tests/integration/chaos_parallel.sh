@@ -31,6 +31,13 @@
 #   with cmp; when they differ the first differing tensors are printed (name, elements that
 #   differ, max abs diff). CHAOS_BYTES=report prints that without failing (for debugging the
 #   other checks).
+# CHAOS_ROLLBACK=1 adds the fault `pair` (one of the first five, and drawn like the others
+# after): every holder of one part of the model (stage, ep rank: its replicas in every dp
+# replica) is SIGKILLed at the same moment, a few steps past a committed checkpoint (every 25
+# steps in this mode), so no peer holds that part's state and the run must roll back. Right
+# after each, the first plan must load the checkpoint and the ledger must hold its `rollback`
+# entry (from the committed step, to the checkpoint); then the workers are restarted. The
+# final weights must still equal the uninterrupted run's, byte for byte.
 SEED=${1:?usage: chaos_parallel.sh SEED NFAULTS [EP]}
 NFAULTS=${2:?usage: chaos_parallel.sh SEED NFAULTS [EP]}
 EP=${3:-${CHAOS_EP:-2}}
@@ -46,7 +53,9 @@ PP=2
 DP=2
 CELLS=$((PP * EP * DP))
 STEPS=${CHAOS_STEPS:-$((60 + 30 * NFAULTS))}
+ROLLBACK=${CHAOS_ROLLBACK:-0}
 EVERY=${CHAOS_EVERY:-50}
+[ "$ROLLBACK" = 1 ] && EVERY=${CHAOS_EVERY:-25}
 MAX_ADDS=3
 WORKERS=()
 for ((i = 1; i <= CELLS + 2; i++)); do WORKERS+=("p$i"); done
@@ -57,7 +66,8 @@ declare -A DRAINED=()
 POOL=("${WORKERS[@]}")
 ADDS=0
 first=(kill add drain coord)
-for ((k = 3; k > 0; k--)); do # seeded shuffle of the first four
+[ "$ROLLBACK" = 1 ] && first+=(pair)
+for ((k = ${#first[@]} - 1; k > 0; k--)); do # seeded shuffle of the first four (five)
     j=$((RANDOM % (k + 1)))
     t=${first[k]} first[k]=${first[j]} first[j]=$t
 done
@@ -71,8 +81,9 @@ for ((k = 1; k <= NFAULTS; k++)); do
     [ ${#undrained[@]} -gt $((PP * EP + 1)) ] && kinds+=(drain)
     [ ${#drained[@]} -ge 1 ] && kinds+=(undrain)
     [ $ADDS -lt $MAX_ADDS ] && kinds+=(add)
+    [ "$ROLLBACK" = 1 ] && kinds+=(pair)
     kind=${kinds[RANDOM % ${#kinds[@]}]}
-    if [ $k -le 4 ]; then
+    if [ $k -le ${#first[@]} ]; then
         kind=${first[k - 1]}
         [ $kind = drain ] && [ ${#undrained[@]} -le $((PP * EP + 1)) ] && kind=kill
     fi
@@ -92,6 +103,7 @@ for ((k = 1; k <= NFAULTS; k++)); do
         POOL+=("$target")
         ;;
     coord) target=coordinator ;;
+    pair) target=$((RANDOM % PP)).$((RANDOM % EP)) ;; # the part: stage.ep_rank
     esac
     sched_fault $k $kind $target 31
 done
@@ -179,6 +191,64 @@ check_states() {
     wait_until 30 "workers shown as they are ($1): $(cat "$T/truth.bad" 2>/dev/null)" states_true
 }
 
+# part_holders STAGE EP_RANK: the names of the live workers `shoalctl workers` shows holding a
+# cell of that part (one per data-parallel replica); fails when none.
+part_holders() {
+    ctl workers --json 2>/dev/null | python3 -c '
+import json, sys
+s, e = int(sys.argv[1]), int(sys.argv[2])
+n = [w["name"] for w in json.load(sys.stdin)["workers"] if w.get("cell") and
+     w["state"] not in ("dead", "left") and w["cell"]["stage"] == s and w["cell"]["ep_rank"] == e]
+print(" ".join(n))
+sys.exit(0 if n else 1)' "$1" "$2"
+}
+
+# steps_past_checkpoint RUN: a checkpoint is committed and the committed step is 1 to EVERY - 3
+# steps past the newest one (so that losing a part now loses steps, with a margin before the
+# next checkpoint); writes "step checkpoint_step" to $T/at_kill.
+steps_past_checkpoint() {
+    ctl status "$1" --json 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)["runs"][0]
+s, c, every = r["step"], r["checkpoint_step"], int(sys.argv[1])
+open(sys.argv[2], "w").write(f"{s} {c}\n")
+sys.exit(0 if c >= 1 and 1 <= s - c <= every - 3 and r["state"] == "running" else 1)' \
+        "$EVERY" "$T/at_kill"
+}
+
+# last_seq RUN: the sequence number of the run's newest ledger entry.
+last_seq() {
+    ctl events "$1" --json 2>/dev/null |
+        python3 -c 'import json, sys; print(max([e["seq"] for e in json.load(sys.stdin)["events"]], default=0))'
+}
+
+# rolled_back RUN SEQ STEP: after ledger entry SEQ, the first plan loads a checkpoint below
+# STEP (the step committed when the part was lost) and a `rollback` entry of that plan's
+# generation records it (to_step = the checkpoint, from_step >= STEP); fails until both are
+# there, exits 2 when the first plan is not from the checkpoint (a peer cannot hold the part).
+rolled_back() {
+    ctl events "$1" --since "$2" --json > "$T/rb.json" 2>/dev/null || return 1
+    python3 - "$T/rb.json" "$3" <<'EOF'
+import json, sys
+ev = json.load(open(sys.argv[1]))["events"]
+step = int(sys.argv[2])
+plans = [e["detail"] for e in ev if e["kind"] == "plan"]
+if not plans:
+    sys.exit(1)
+p = plans[0]
+if p["source"] != "checkpoint":
+    print(f"the first plan after the part was lost is from {p['source']}: {p}")
+    sys.exit(2)
+rb = [e["detail"] for e in ev if e["kind"] == "rollback" and e["detail"]["generation"] == p["generation"]]
+if not rb:
+    sys.exit(1)
+r = rb[0]
+assert r["to_step"] == p["start_step"] - 1 < step <= r["from_step"], (r, p, step)
+print(f"rollback from step {r['from_step']} to checkpoint {r['to_step']} "
+      f"({r['steps_lost']} steps lost), plan generation {p['generation']}")
+EOF
+}
+
 start_coord
 POOL_NOW=("${WORKERS[@]}")
 for w in "${WORKERS[@]}"; do start_worker $w; done
@@ -189,6 +259,7 @@ T0=$SECONDS
 note "step 2 at generation $(run_field "$RUN" generation); faults start"
 
 k=0
+ROLLBACKS=0
 for f in "${SCHED[@]}"; do
     k=$((k + 1))
     read -r kind target down gap pause <<< "$f"
@@ -216,6 +287,26 @@ for f in "${SCHED[@]}"; do
         wait_until 30 "$target registered" logged_since $target 0 "session: registered"
         ;;
     coord) kill_coord $down ;;
+    pair)
+        wait_until 300 "a few steps past a committed checkpoint" steps_past_checkpoint "$RUN"
+        read -r ps pe <<< "${target/./ }"
+        holders=$(part_holders $ps $pe) || fail "nobody shown holding part $target"
+        seq=$(last_seq "$RUN")
+        read -r at_step at_ckpt < "$T/at_kill"
+        for w in $holders; do kill -KILL "${WPID[$w]}" 2>/dev/null; done
+        for w in $holders; do wait "${WPID[$w]}" 2>/dev/null; done
+        note "part $target: SIGKILLed its holders $holders at once (step $at_step, checkpoint $at_ckpt)"
+        poll_until 120 rolled_back "$RUN" "$seq" "$at_step" > "$T/rb.out" ||
+            fail "no rollback after part $target was lost: $(cat "$T/rb.out")"
+        note "  $(cat "$T/rb.out")"
+        ROLLBACKS=$((ROLLBACKS + 1))
+        sleep "$(tenths $down)"
+        for w in $holders; do
+            MARK=$(log_lines $w)
+            start_worker $w
+            wait_until 30 "$w registered again" logged_since $w "$MARK" "session: registered"
+        done
+        ;;
     drain)
         DRAINED[$target]=1
         ctl drain $target > "$T/drain.out" || fail "drain $target: $(cat "$T/drain.out")"
@@ -238,6 +329,10 @@ no_reason "$RUN"
 no_quarantine "$RUN" "$T/events.json"
 check_states "at the end"
 plans_summary "$T/events.json"
+if [ "$ROLLBACK" = 1 ]; then
+    [ $ROLLBACKS -ge 1 ] || fail "CHAOS_ROLLBACK=1 and no part was lost"
+    note "$ROLLBACKS part(s) lost with every holder, each rolled back to its checkpoint"
+fi
 
 # The loss curve the run ended up with never jumps back towards its start.
 python3 - "$T" "${POOL_NOW[@]}" <<'EOF' || fail "the loss jumped back towards its initial value"
