@@ -236,6 +236,15 @@ out:
 shoal_err_t ckpt_repl_fetch(void *zctx, const ckpt_source_t *src, int n_src,
                             const ckpt_digests_t *want, const char *dest, int timeout_ms, int *used)
 {
+    return ckpt_repl_fetch_checked(zctx, src, n_src, want, dest, timeout_ms, used, NULL);
+}
+
+shoal_err_t ckpt_repl_fetch_checked(void *zctx, const ckpt_source_t *src, int n_src,
+                                    const ckpt_digests_t *want, const char *dest, int timeout_ms,
+                                    int *used, uint32_t *corrupt)
+{
+    if (corrupt)
+        *corrupt = 0;
     char parent[PATH_MAX], tmp[PATH_MAX], why[2048] = "";
     size_t wl = 0;
     shoal_err_t rc = s_check_want(want);
@@ -263,6 +272,8 @@ shoal_err_t ckpt_repl_fetch(void *zctx, const ckpt_source_t *src, int n_src,
         rc = s_fetch_from(zctx, &src[i], want, tmp, timeout_ms);
         if (rc == SHOAL_OK)
             rc = ckpt_repl_verify(tmp, want);
+        if (rc == SHOAL_ERR_FORMAT && corrupt && i < 32)
+            *corrupt |= 1u << i; /* it answered, with bytes that are not the shard's */
         if (rc == SHOAL_OK && (rc = fsutil_fsync_dir(tmp)) == SHOAL_OK &&
             (rc = ckpt_commit_dir(parent, tmp, dest)) == SHOAL_OK) {
             log_info("shard %s copied from %s (%s) in %.2f s", dest, src[i].worker, src[i].endpoint,
@@ -314,8 +325,12 @@ static void *s_repl_main(void *arg)
         snprintf(d.tag, sizeof d.tag, "%s", job->tag);
         snprintf(d.dest, sizeof d.dest, "%s", job->dest);
         const double t0 = clock_mono_s();
-        d.rc =
-            ckpt_repl_fetch(zctx, job->src, job->n_src, &job->want, job->dest, r->timeout_ms, NULL);
+        uint32_t bad = 0;
+        d.rc = ckpt_repl_fetch_checked(zctx, job->src, job->n_src, &job->want, job->dest,
+                                       r->timeout_ms, NULL, &bad);
+        for (int i = 0; i < job->n_src && i < CKPT_REPL_MAX_SOURCES; i++)
+            if (bad & (1u << i))
+                snprintf(d.corrupt[d.n_corrupt++], sizeof d.corrupt[0], "%s", job->src[i].worker);
         d.seconds = clock_mono_s() - t0;
         if (d.rc != SHOAL_OK)
             snprintf(d.message, sizeof d.message, "%s", shoal_errmsg());

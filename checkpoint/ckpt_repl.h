@@ -96,6 +96,12 @@ shoal_err_t ckpt_repl_verify(const char *dir, const ckpt_digests_t *want);
 shoal_err_t ckpt_repl_fetch(void *zctx, const ckpt_source_t *src, int n_src,
                             const ckpt_digests_t *want, const char *dest, int timeout_ms,
                             int *used);
+/* ckpt_repl_fetch that also tells which holders served a corrupt copy: bit i of *corrupt (may
+ * be NULL) is set when src[i] answered but what it sent failed its sizes or SHA-256 digests (a
+ * copy to report to the coordinator; a holder that did not answer is not corrupt). */
+shoal_err_t ckpt_repl_fetch_checked(void *zctx, const ckpt_source_t *src, int n_src,
+                                    const ckpt_digests_t *want, const char *dest, int timeout_ms,
+                                    int *used, uint32_t *corrupt);
 
 /* ---- replicator: fetches on a background thread ---------------------------------------- */
 
@@ -123,6 +129,9 @@ typedef struct {
     shoal_err_t rc;
     char message[512]; /* why it failed */
     double seconds;
+    /* holders whose copy failed its digests (worker ids), whatever the outcome */
+    int n_corrupt;
+    char corrupt[CKPT_REPL_MAX_SOURCES][64];
 } ckpt_repl_done_t;
 
 /* Starts the replicator thread (its own ZeroMQ context). NULL on failure (logged). */

@@ -96,6 +96,26 @@ void daemon_replicas_order(daemon_t *d, const sess_event_t *ev)
     free(job);
 }
 
+/* Tells the coordinator that `holder`'s copy of `writer`'s shard of `step` (at path, "" when
+ * unknown) failed its digests here: it stops counting that copy and orders another. */
+static void s_report_corrupt(daemon_t *d, const char *run, int64_t step, const char *writer,
+                             const char *holder, const char *path)
+{
+    sess_req_t *r = sess_req_new(SESS_REQ_SHARD_CORRUPT, run, d->plan ? d->plan->generation : 0);
+    if (!r) {
+        log_error("checkpoint %lld: corrupt copy on %s not reported: out of memory",
+                  (long long)step, holder);
+        return;
+    }
+    r->step = step;
+    snprintf(r->replica_of, sizeof r->replica_of, "%s", writer);
+    snprintf(r->holder, sizeof r->holder, "%s", holder);
+    snprintf(r->path, sizeof r->path, "%s", path);
+    log_warn("checkpoint %lld: %s served a corrupt copy of %s's shard: reported", (long long)step,
+             holder, writer);
+    session_post(d->sess, &r);
+}
+
 void daemon_replicas_poll(daemon_t *d)
 {
     if (!d->repl)
@@ -112,6 +132,8 @@ void daemon_replicas_poll(daemon_t *d)
         unsigned rep, stage, ep;
         if (sscanf(done.tag, "%64s %64s %u %u %u", run, writer, &rep, &stage, &ep) != 5)
             continue;
+        for (int i = 0; i < done.n_corrupt; i++)
+            s_report_corrupt(d, run, done.step, writer, done.corrupt[i], "");
         if (done.rc != SHOAL_OK) {
             log_warn("checkpoint %lld: no copy of %s's shard: %s", (long long)done.step, writer,
                      done.message);
@@ -164,8 +186,14 @@ const char *daemon_replicas_shard_dir(daemon_t *d, uint32_t i, char *buf, size_t
         return writer_dir;
     const double t0 = clock_mono_s();
     int used = -1;
-    if (ckpt_repl_fetch(d->zctx, k->src, k->n_src, &k->want, buf, S_FETCH_TIMEOUT_MS, &used) !=
-        SHOAL_OK) {
+    uint32_t bad = 0;
+    const shoal_err_t rc = ckpt_repl_fetch_checked(d->zctx, k->src, k->n_src, &k->want, buf,
+                                                   S_FETCH_TIMEOUT_MS, &used, &bad);
+    for (int h = 0; h < k->n_src; h++)
+        if (bad & (1u << h))
+            s_report_corrupt(d, p->run_id, p->ckpt_step, k->writer, k->src[h].worker,
+                             k->src[h].path);
+    if (rc != SHOAL_OK) {
         log_warn("checkpoint shard of cell %u/%u/%u (step %lld): %s", k->replica, k->stage,
                  k->ep_rank, (long long)p->ckpt_step, shoal_errmsg());
         return writer_dir; /* the load then fails naming what is missing */

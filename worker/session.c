@@ -283,8 +283,9 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
         return seq;
     }
     s_envelope(s, &env,
-               r->kind == SESS_REQ_SHARD_HELD ? SHOAL__MSG_TYPE__MSG_SHARD_HELD
-                                              : SHOAL__MSG_TYPE__MSG_CKPT_SHARD,
+               r->kind == SESS_REQ_SHARD_HELD      ? SHOAL__MSG_TYPE__MSG_SHARD_HELD
+               : r->kind == SESS_REQ_SHARD_CORRUPT ? SHOAL__MSG_TYPE__MSG_SHARD_CORRUPT
+                                                   : SHOAL__MSG_TYPE__MSG_CKPT_SHARD,
                r->run_id, r->generation);
     Shoal__CheckpointShardReport cr = SHOAL__CHECKPOINT_SHARD_REPORT__INIT;
     Shoal__FileDigest fd[SESS_MAX_FILES], *fdp[SESS_MAX_FILES];
@@ -303,7 +304,7 @@ static uint64_t s_send_report(session_t *s, sess_req_t *r)
     cr.path = r->path;
     cr.n_files = (size_t)r->n_files;
     cr.files = fdp;
-    cr.holder = s->worker_id;
+    cr.holder = r->kind == SESS_REQ_SHARD_CORRUPT ? r->holder : s->worker_id;
     cr.replica_of = r->replica_of;
     cr.cell = &cell;
     env.body_case = SHOAL__ENVELOPE__BODY_CKPT_SHARD;
@@ -762,6 +763,7 @@ static void s_on_request(session_t *s, sess_req_t *r)
     case SESS_REQ_STEP:
     case SESS_REQ_CKPT:
     case SESS_REQ_SHARD_HELD:
+    case SESS_REQ_SHARD_CORRUPT:
         if (s->n_pending == S_PENDING_MAX) {
             log_warn("session: %d reports unacknowledged; dropping the oldest", S_PENDING_MAX);
             free(s->pending[0].req);

@@ -80,6 +80,8 @@ typedef enum {
     SESS_REQ_LEAVE_DRAIN,  /* Leave{drain_first}: ask for a drain (a hand-over) before leaving */
     SESS_REQ_SHARD_HELD,   /* MSG_SHARD_HELD: a copy of replica_of's shard is held at path */
     SESS_REQ_BAD_FRAMES,   /* a heartbeat now, naming bad_key's bad data-plane frames */
+    SESS_REQ_SHARD_CORRUPT, /* MSG_SHARD_CORRUPT: holder's copy of replica_of's shard of step
+                               failed its digests */
 } sess_req_kind_t;
 
 typedef struct {
@@ -112,7 +114,8 @@ typedef struct {
     char comm_group[32];
     uint8_t comm_id[256];
     size_t comm_id_len;
-    char replica_of[SESS_ID_MAX]; /* SHARD_HELD: the shard's writer */
+    char replica_of[SESS_ID_MAX]; /* SHARD_HELD, SHARD_CORRUPT: the shard's writer */
+    char holder[SESS_ID_MAX];     /* SHARD_CORRUPT: the worker that served the corrupt copy */
     /* BAD_FRAMES: the sending connection's CURVE key, its frames dropped, the last reason in
      * detail */
     char bad_key[41];

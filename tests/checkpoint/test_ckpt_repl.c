@@ -241,7 +241,8 @@ static void test_bad_requests(void **state)
 }
 
 /* A corrupt local copy is discarded; a holder serving a corrupt copy and a dead holder are
- * passed over for one with a valid copy; with no valid holder the fetch fails saying why. */
+ * passed over for one with a valid copy, and only the corrupt one is flagged (the worker
+ * reports it to the coordinator); with no valid holder the fetch fails saying why. */
 static void test_corrupt_replaced(void **state)
 {
     (void)state;
@@ -268,14 +269,18 @@ static void test_corrupt_replaced(void **state)
     s_source(&src[1], "w3", bad, cshard);
     s_source(&src[2], "w1", good, s_shard);
     int used = -2;
-    assert_int_equal(ckpt_repl_fetch(s_zctx, src, 3, &s_want, dest, 500, &used), SHOAL_OK);
+    uint32_t corrupt = 99;
+    assert_int_equal(ckpt_repl_fetch_checked(s_zctx, src, 3, &s_want, dest, 500, &used, &corrupt),
+                     SHOAL_OK);
     assert_int_equal(used, 2);
+    assert_int_equal(corrupt, 1u << 1); /* w3 served a corrupt copy; w9 did not answer */
     assert_int_equal(ckpt_repl_verify(dest, &s_want), SHOAL_OK);
     assert_int_equal(ckpt_manifest_verify(dest), SHOAL_OK);
     /* only bad holders: refused, naming each */
     s_flip_byte(f, 5);
-    assert_int_equal(ckpt_repl_fetch(s_zctx, src, 2, &s_want, dest, 500, &used),
+    assert_int_equal(ckpt_repl_fetch_checked(s_zctx, src, 2, &s_want, dest, 500, &used, &corrupt),
                      SHOAL_ERR_NOTFOUND);
+    assert_int_equal(corrupt, 1u << 1);
     assert_non_null(strstr(shoal_errmsg(), "w9"));
     assert_non_null(strstr(shoal_errmsg(), "w3: "));
     assert_non_null(strstr(shoal_errmsg(), "corrupt"));
