@@ -226,7 +226,7 @@ static shoal_err_t s_build_plan(coord_t *c, coord_run_t *r, uint64_t generation,
     uint32_t n_sv = 0;
     int64_t best = -1;
     for (uint32_t i = 0; sv && i < e->n && !r->distrust_peers; i++) {
-        const plan_peer_t *old = plan_find_worker(&r->plan, e->list[i]->id);
+        const plan_peer_t *old = coord_plan_member(r, e->list[i]->id); /* indexed: O(1) */
         if (!old || !r->reported || strcmp(e->list[i]->run, r->id) != 0)
             continue; /* not a survivor (new, or restarted without its state) */
         sv[n_sv++] = (plan_survivor_t){e->list[i]->id, r->reported[old->rank]};
@@ -446,7 +446,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     json_t *ids = json_array(), *spares = json_array();
     for (uint32_t i = 0; i < e->n; i++) {
         coord_worker_t *w = e->list[i];
-        int placed = plan_find_worker(&p, w->id) != NULL;
+        int placed = coord_plan_member(r, w->id) != NULL; /* r->plan is p, indexed */
         json_array_append_new(placed ? ids : spares, json_string(w->id));
         const char *run = placed ? r->id : ""; /* a spare holds no run: it idles, unassigned */
         if (strcmp(w->run, run) != 0) {
