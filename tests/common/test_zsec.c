@@ -1,7 +1,8 @@
 /* test_zsec.c: common/zsec: key files (0600 secret, never overwritten, a secret others may read
  * refused, a key.public of another pair refused), the allow-list file (entries, comments, '#'
  * inside a key, errors as FILE:LINE, duplicates), and the ZAP handler over real CURVE sockets
- * (a listed key gets its User-Id, an unlisted key no connection, a list replaced while running). */
+ * (a listed key gets its User-Id, an unlisted key no connection, a list replaced while running;
+ * a holding domain: an unknown key held until a list admits it, or refused after the hold). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -184,6 +185,41 @@ static void test_zap(void **state)
     assert_string_equal(s_exchange(ctx, server, ep, &a, srv.public_key), "-");
     assert_int_equal(zsec_zap_allow_any(zap, "d"), SHOAL_OK);
     assert_string_equal(s_exchange(ctx, server, ep, &a, srv.public_key), a.public_key);
+
+    /* a holding domain: an unknown key waits for a list that admits it (its message then
+     * arrives), and is refused once the hold is over */
+    assert_int_equal(zsec_zap_set(zap, "h", NULL, 0), SHOAL_OK);
+    assert_int_equal(zsec_zap_hold(zap, "h", 400), SHOAL_OK);
+    void *held = zmq_socket(ctx, ZMQ_PULL);
+    zmq_setsockopt(held, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zsec_server(held, &srv, "h"), SHOAL_OK);
+    assert_int_equal(zmq_bind(held, "tcp://127.0.0.1:*"), 0);
+    len = sizeof ep;
+    zmq_getsockopt(held, ZMQ_LAST_ENDPOINT, ep, &len);
+    unsigned long long denied = zsec_zap_denied(zap);
+    assert_string_equal(s_exchange(ctx, held, ep, &b, srv.public_key), "-");
+    assert_int_equal(zsec_zap_denied(zap), denied + 1);
+    void *c = zmq_socket(ctx, ZMQ_PUSH);
+    zmq_setsockopt(c, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zsec_client(c, &a, srv.public_key), SHOAL_OK);
+    assert_int_equal(zmq_connect(c, ep), 0);
+    zmq_send(c, "x", 1, ZMQ_DONTWAIT);
+    usleep(150 * 1000); /* the handshake is held now */
+    snprintf(rule.key, sizeof rule.key, "%s", a.public_key);
+    snprintf(rule.user, sizeof rule.user, "plan:a");
+    assert_int_equal(zsec_zap_set(zap, "h", &rule, 1), SHOAL_OK);
+    int t = 2000;
+    zmq_setsockopt(held, ZMQ_RCVTIMEO, &t, sizeof t);
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    assert_int_equal(zmq_msg_recv(&m, held, 0), 1);
+    char user[ZSEC_USER_MAX];
+    zsec_msg_user(&m, user);
+    assert_string_equal(user, "plan:a");
+    zmq_msg_close(&m);
+    assert_int_equal(zsec_zap_denied(zap), denied + 1);
+    zmq_close(c);
+    zmq_close(held);
     zmq_close(server);
     zsec_zap_destroy(&zap);
     assert_null(zap);
