@@ -173,10 +173,13 @@ void coord_experts_note(coord_t *c, coord_run_t *r, coord_worker_t *w, int rank,
     if (!sr->n_expert_loads)
         return;
     coord_experts_t *e = s_get(c, r);
-    const plan_stage_t *st = rank >= 0 && (uint32_t)rank < r->plan.n_peers &&
-                                     r->plan.peers[rank].cell.stage < r->plan.pp
-                                 ? &r->plan.stages[r->plan.peers[rank].cell.stage]
-                                 : NULL;
+    /* the sender's cell: peers[rank] when the plan lists peers by rank, else by id */
+    const plan_peer_t *me = rank >= 0 && (uint32_t)rank < r->plan.n_peers &&
+                                    strcmp(r->plan.peers[rank].worker_id, w->id) == 0
+                                ? &r->plan.peers[rank]
+                                : plan_find_worker(&r->plan, w->id);
+    const plan_stage_t *st =
+        me && me->cell.stage < r->plan.pp ? &r->plan.stages[me->cell.stage] : NULL;
     const char *why = e ? s_misfit(e, st, sr) : "the run's model has no routed experts";
     if (why[0]) {
         if (e)

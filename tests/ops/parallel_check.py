@@ -10,6 +10,10 @@ same spec (TMP/single.jsonl from `shoal-worker train --metrics`, TMP/single-mode
       TMP/single-model within 1e-4 (with `exact`: byte for byte, what train.grad_sum exact
       promises without expert parallelism); the step's SHARDS checkpoint shards each hold only
       part
+  parallel_check.py experts FILE STEP TOTAL [SLOTS]  FILE (shoalctl experts --json of a tiny
+      run: MoE layers 1-3) holds every MoE layer's loads up to STEP, each layer's newest counts
+      summing to TOTAL (global_batch x seq_len x top-k: the whole batch, every replica and ep
+      rank); with SLOTS, the placement's copies fill that many slots
 """
 import glob
 import json
@@ -93,9 +97,25 @@ def check_export(tmp, step, n_shards, exact=False):
         print("export: byte-identical to the single process (%d tensors)" % len(want_b))
 
 
+def check_experts(path, step, total, slots=None):
+    doc = json.load(open(path))
+    layers = {l["layer"]: l for l in doc["layers"]}
+    assert sorted(layers) == [1, 2, 3], sorted(layers)
+    assert doc["dropped"] == 0, doc
+    for l in layers.values():
+        assert l["step"] == step and 1 <= l["folded"] <= step, l
+        assert l["last_total"] == total == sum(l["last"]), l
+        assert len(l["load"]) == doc["n_experts"] and sum(l["load"]) >= total, l
+        if slots is not None:
+            assert sum(l["eplb"]["replicas"]) == slots, l["eplb"]
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "losses":
         check_losses(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "experts":
+        check_experts(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                      int(sys.argv[5]) if len(sys.argv) > 5 else None)
     else:
         check_export(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
                      len(sys.argv) > 5 and sys.argv[5] == "exact")

@@ -73,18 +73,8 @@ PY
 # (1 on stage 0, 2-3 on stage 1); after the step's reduce they cover the whole batch, so the
 # newest step's counts of every layer sum to global_batch x seq_len x top_k = 8 x 32 x 2
 expect 0 experts par --json --redundant 1
-python3 - "$tmp/out" <<'PY' || err "experts: $(cat "$tmp/out")"
-import json, sys
-doc = json.load(open(sys.argv[1]))
-layers = {l["layer"]: l for l in doc["layers"]}
-assert sorted(layers) == [1, 2, 3], sorted(layers)
-assert doc["ep"] == 2 and doc["top_k"] == 2 and doc["dropped"] == 0, doc
-for l in layers.values():
-    assert l["step"] == 20 and 1 <= l["folded"] <= 20, l
-    assert l["last_total"] == 8 * 32 * 2 == sum(l["last"]), l
-    assert len(l["load"]) == 8 and sum(l["load"]) >= l["last_total"], l
-    assert sum(l["eplb"]["replicas"]) == 2 * 5, l["eplb"]
-PY
+python3 "$(dirname "$0")/parallel_check.py" experts "$tmp/out" 20 $((8 * 32 * 2)) $((2 * 5)) ||
+    err "experts: $(cat "$tmp/out")"
 expect 0 experts par
 grep -q "CONTIGUOUS" "$tmp/out" || err "experts table: $(cat "$tmp/out")"
 # the same spec in one process

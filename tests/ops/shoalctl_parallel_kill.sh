@@ -92,6 +92,12 @@ else
     grep -q "loaded checkpoint" "$tmp"/w*.log || err "no worker loaded a checkpoint"
 fi
 
+# hot experts (issue 13): whatever cell replica 0's stages moved to, the loads reported cover
+# the whole batch: with dp 2 both replicas' micro-batches (8 x 32 x top-2 a layer)
+expect 0 experts pk --json
+python3 "$(dirname "$0")/parallel_check.py" experts "$tmp/out" 60 $((8 * 32 * 2)) ||
+    err "experts: $(cat "$tmp/out")"
+
 (cd "$tmp" && "$bindir/shoal-worker" train run.yaml --metrics single.jsonl \
     --export single-model --quiet >single.log 2>&1) ||
     err "single-process train failed: $(tail -3 "$tmp/single.log")"
