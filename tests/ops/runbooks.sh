@@ -16,29 +16,9 @@ book=$2
 [ -r /usr/share/games/fortunes ] || { echo "no /usr/share/games/fortunes: skip"; exit 77; }
 tmp=$(mktemp -d /tmp/shoal-rb-XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 - "$book" "$bindir" "$tmp" "$port" >"$tmp/script.sh" <<'PY'
-import sys
-book, bindir, tmp, port = sys.argv[1:]
-lines = open(book).read().split("\n")
-out, i, first, prev = [], 0, True, ""
-while i < len(lines):
-    if lines[i].startswith("```sh"):
-        j = i + 1
-        while not lines[j].startswith("```"):
-            j += 1
-        if first or prev.startswith("Rehearsal"):
-            out.append('echo "=== block ==="')
-            out += lines[i + 1:j]
-        first, i = False, j + 1
-        continue
-    if lines[i].strip():
-        prev = lines[i].strip()
-    i += 1
-s = "\n".join(out)
-s = s.replace("export PATH=$PWD/build/bin:$PATH", "export PATH=%s:$PATH" % bindir)
-s = s.replace("/tmp/rehearsal", tmp + "/r").replace("127.0.0.1:7471", "127.0.0.1:" + port)
-print(s)
-PY
+python3 "$(dirname "$0")/md_sh_blocks.py" "$book" --after Rehearsal \
+    'export PATH=$PWD/build/bin:$PATH' "export PATH=$bindir:\$PATH" \
+    /tmp/rehearsal "$tmp/r" 127.0.0.1:7471 "127.0.0.1:$port" >"$tmp/script.sh"
 grep -q "export PATH=$bindir" "$tmp/script.sh" || { echo "FAIL: no setup block in $book"; exit 1; }
 (cd "$tmp" && timeout 300 bash "$tmp/script.sh") >"$tmp/out" 2>&1
 (cd "$tmp/r" 2>/dev/null && kill $(cat *.pid) 2>/dev/null)
