@@ -350,6 +350,30 @@ static void test_keep_holders(void **state)
     plan_fini(&old);
 }
 
+/* A worker with a lower id joins dp 2 (w2, w3 hold the cells): the planner sorts it first and
+ * places it, making a holder the spare; the holders take their cells back from the spares and
+ * the newcomer is the spare, so the cells are the plan's as they were (no new generation). */
+static void test_keep_holders_spare(void **state)
+{
+    (void)state;
+    plan_worker_t w[S_MAX_W];
+    plan_t old = {0}, p = {0};
+    s_workers(w, 3, NULL, NULL, 0);
+    plan_request_t q = s_req(1, 1, 2);
+    assert_int_equal(plan_build(&old, "r", 1, &q, w + 1, 2), SHOAL_OK); /* w2, w3 */
+    assert_int_equal(plan_build(&p, "r", 2, &q, w, 3), SHOAL_OK);      /* w1 joins */
+    assert_int_equal(p.n_spares, 1);
+    assert_false(plan_same_cells(&old, &p)); /* as placed: w1 took a cell */
+    plan_survivor_t sv[2] = {{"w2", 7}, {"w3", 7}};
+    plan_keep_holders(&p, &old, sv, 2);
+    assert_true(plan_same_cells(&old, &p));
+    assert_string_equal(p.spares[0].worker_id, "w1");
+    for (uint32_t i = 0; i < p.n_peers; i++)
+        assert_string_equal(p.peers[i].endpoint, old.peers[i].endpoint);
+    plan_fini(&p);
+    plan_fini(&old);
+}
+
 /* A drain of pp 2 x dp 1 + 1 spare: the drained worker of stage 1 is the only holder of its
  * part, so the spare taking the cell pulls it from that worker (a hand-over), and the plan is
  * held without the checkpoint; the hand-over survives the plan's JSON form. */
@@ -410,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_institutions),      cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_spares),            cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_keep_holders),      cmocka_unit_test(test_handovers),
+        cmocka_unit_test(test_keep_holders_spare),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
