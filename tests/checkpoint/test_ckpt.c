@@ -614,7 +614,7 @@ static void test_async_writer(void **state)
 static void test_layout(void **state)
 {
     (void)state;
-    char name[32], dir[600], p[700];
+    char name[32], dir[600], p[900];
     int64_t step = -1;
     assert_int_equal(ckpt_step_dir_name(20, name, sizeof name), SHOAL_OK);
     assert_string_equal(name, "step-00000020");

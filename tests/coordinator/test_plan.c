@@ -27,7 +27,7 @@ static plan_request_t s_req(uint32_t pp, uint32_t ep, uint32_t dp)
 }
 
 #define S_MAX_W 16
-static char s_ids[S_MAX_W][8], s_eps[S_MAX_W][32];
+static char s_ids[S_MAX_W][12], s_eps[S_MAX_W][32];
 
 /* n workers w1..wn; host and institution from the strings (NULL: ""), memory for all */
 static void s_workers(plan_worker_t *w, uint32_t n, const char *const *hosts,
