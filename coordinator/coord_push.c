@@ -179,14 +179,24 @@ static void s_plan_pb_free(s_plan_pb_t *pb)
     free(pb->handover_ptrs);
 }
 
-/* The protobuf form of hand-over h of plan p (strings borrowed from p). */
-static Shoal__Handover s_handover_pb(const plan_t *p, const plan_handover_t *h)
+/* A worker's CURVE key ("" when unknown or without CURVE), borrowed. */
+static char *s_worker_key(coord_t *c, const char *id)
+{
+    const coord_worker_t *w = id ? coord_worker_by_id(c, id) : NULL;
+    return w ? (char *)w->public_key : (char *)"";
+}
+
+/* The protobuf form of hand-over h of plan p (strings borrowed from p and the workers). */
+static Shoal__Handover s_handover_pb(coord_t *c, const plan_t *p, const plan_handover_t *h)
 {
     Shoal__Handover ho = SHOAL__HANDOVER__INIT;
+    const int to_known = h->to_rank < p->n_peers;
     ho.to_rank = h->to_rank;
     ho.from_worker = (char *)h->from_worker;
     ho.from_endpoint = (char *)h->from_endpoint;
-    ho.to_endpoint = h->to_rank < p->n_peers ? (char *)p->peers[h->to_rank].endpoint : "";
+    ho.to_endpoint = to_known ? (char *)p->peers[h->to_rank].endpoint : "";
+    ho.from_public_key = s_worker_key(c, h->from_worker);
+    ho.to_public_key = to_known ? s_worker_key(c, p->peers[h->to_rank].worker_id) : "";
     ho.step = p->start_step - 1;
     ho.generation = p->generation;
     return ho;
@@ -264,8 +274,7 @@ static shoal_err_t s_plan_pb(coord_t *c, const plan_t *p, s_plan_pb_t *pb)
         peer.rank = p->peers[i].rank;
         peer.cell = &pb->cells[i];
         peer.data_endpoint = (char *)p->peers[i].endpoint;
-        const coord_worker_t *pw = coord_worker_by_id(c, p->peers[i].worker_id);
-        peer.public_key = pw ? (char *)pw->public_key : (char *)"";
+        peer.public_key = s_worker_key(c, p->peers[i].worker_id);
         pb->peers[i] = peer;
         pb->peer_ptrs[i] = &pb->peers[i];
     }
@@ -306,7 +315,7 @@ static shoal_err_t s_plan_pb(coord_t *c, const plan_t *p, s_plan_pb_t *pb)
             return shoal_fail(SHOAL_ERR_NOMEM, "plan message");
         }
         for (uint32_t i = 0; i < p->n_handovers; i++) {
-            pb->handovers[i] = s_handover_pb(p, &p->handovers[i]);
+            pb->handovers[i] = s_handover_pb(c, p, &p->handovers[i]);
             pb->handover_ptrs[i] = &pb->handovers[i];
         }
         pb->plan.handovers = pb->handover_ptrs;
@@ -370,7 +379,7 @@ void coord_push_leave_plan(coord_t *c, coord_run_t *r, coord_worker_t *w)
     rc.reason = h ? "not in the new plan: hand the cell over" : "not in the new plan";
     Shoal__Handover ho;
     if (h) {
-        ho = s_handover_pb(&r->plan, h);
+        ho = s_handover_pb(c, &r->plan, h);
         rc.handover = &ho;
         log_info("run %s: %s hands the state after step %" PRId64 " to rank %u (%s)", r->id,
                  w->id, ho.step, h->to_rank, ho.to_endpoint);

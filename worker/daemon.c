@@ -230,8 +230,8 @@ static void s_on_event(daemon_t *d, sess_event_t *ev)
         case SESS_CTL_STOP:
             s_stop_run(d, ev->reason);
             if (ev->handover_to[0]) /* the old plan's comms are gone: the state is still here */
-                (void)daemon_handover_give(d, ev->handover_to, ev->handover_step,
-                                           ev->handover_gen);
+                (void)daemon_handover_give(d, ev->handover_to, ev->handover_to_key,
+                                           ev->handover_step, ev->handover_gen);
             break;
         case SESS_CTL_DRAIN:
             /* The coordinator freezes the lease and re-plans without this worker at that

@@ -25,8 +25,16 @@ static shoal_err_t s_comm(daemon_t *d, const char *giver, const char *taker, int
     return comm_new(d->listener, &cfg, out);
 }
 
-shoal_err_t daemon_handover_give(daemon_t *d, const char *to, int64_t step, uint64_t gen)
+shoal_err_t daemon_handover_give(daemon_t *d, const char *to, const char *to_key, int64_t step,
+                                 uint64_t gen)
 {
+    /* the taker is in no plan this worker holds: admit and dial it with the key the coordinator
+     * sent (the old plan's keys stay admitted as the previous set) */
+    if (to_key && to_key[0] &&
+        comm_listener_peer_keys(d->listener, &to, &to_key, 1) != SHOAL_OK) {
+        log_warn("hand-over to %s: %s", to, shoal_errmsg());
+        return SHOAL_ERR_INVALID;
+    }
     int timeout_ms = d->cfg.comm_timeout_ms;
     const double since_stop = session_since_stop_s(d->sess);
     if (since_stop >= 0) {

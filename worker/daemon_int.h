@@ -139,11 +139,13 @@ void daemon_plan_drop_trainer(daemon_t *d);
 /* ---- daemon_handover.c -------------------------------------------------------------------- */
 
 /* A worker leaving its plan (drained, preempted) gives its cell's state after `step` to the
- * worker taking the cell (`to`, its data endpoint) over a 2-rank comm of generation `gen`; the
+ * worker taking the cell (`to`, its data endpoint; `to_key` its CURVE key, "" without CURVE)
+ * over a 2-rank comm of generation `gen`; the
  * comms of the old plan must be gone. When it does not hold that state it says so (the taker
  * fails at once, and the coordinator's next plan loads the checkpoint). Bounded by the comm
  * timeout, and by the SIGTERM grace when one runs. */
-shoal_err_t daemon_handover_give(daemon_t *d, const char *to, int64_t step, uint64_t gen);
+shoal_err_t daemon_handover_give(daemon_t *d, const char *to, const char *to_key, int64_t step,
+                                 uint64_t gen);
 
 /* The taker's side (plan->handover_from set): receives the state after `want` steps into the
  * trainer. SHOAL_ERR_NOTFOUND when the giver lacks it; comm errors as comm_recv. */

@@ -17,6 +17,32 @@
 /* A plan that starts right after a checkpoint step: the checkpoint commits only once every
  * cell of the current plan reported its shard, so write it if this worker lacks it (state
  * received from a peer) and report it under the new generation. */
+/* The plan's CURVE keys on this worker's listener, and the key of the worker handing this cell
+ * its state when there is one (it left the plan, so the plan does not list it). */
+static shoal_err_t s_admit_plan_keys(daemon_t *d, const sess_plan_t *p)
+{
+    if (!p->handover_from[0] || !p->handover_from_key[0])
+        return comm_listener_peer_keys(d->listener, (const char *const *)p->endpoints,
+                                       (const char *const *)p->public_keys, (int)p->nranks);
+    const char **eps = calloc(p->nranks + 1, sizeof *eps);
+    const char **keys = calloc(p->nranks + 1, sizeof *keys);
+    shoal_err_t rc = SHOAL_ERR_NOMEM;
+    if (eps && keys) {
+        for (uint32_t i = 0; i < p->nranks; i++) {
+            eps[i] = p->endpoints[i];
+            keys[i] = p->public_keys[i];
+        }
+        eps[p->nranks] = p->handover_from;
+        keys[p->nranks] = p->handover_from_key;
+        rc = comm_listener_peer_keys(d->listener, eps, keys, (int)p->nranks + 1);
+    } else {
+        shoal_fail(rc, "out of memory for the plan's keys");
+    }
+    free(eps);
+    free(keys);
+    return rc;
+}
+
 static void s_checkpoint_boundary(daemon_t *d)
 {
     const int64_t step = trainer_next_step(d->tr);
@@ -348,9 +374,7 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
     daemon_status(d, SESS_ACT_LOADING, NULL);
     /* The plan's keys first: peers that have it dial our listener at once, and their handshakes
      * wait (at most COMM_ADMIT_HOLD_MS) for these keys, not for the trainer's setup below. */
-    shoal_err_t rc = comm_listener_peer_keys(d->listener, (const char *const *)p->endpoints,
-                                             (const char *const *)p->public_keys,
-                                             (int)p->nranks);
+    shoal_err_t rc = s_admit_plan_keys(d, p);
     if (rc != SHOAL_OK) {
         daemon_fail(d, "comm: %s", shoal_errmsg());
         return;

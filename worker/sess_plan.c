@@ -149,9 +149,12 @@ shoal_err_t sess_plan_from_assignment(const Shoal__Envelope *env, const char *se
     }
     for (size_t i = 0; p->source == SHOAL__STATE_SOURCE__STATE_SOURCE_PEER && i < p->n_handovers;
          i++)
-        if (p->handovers[i] && p->handovers[i]->to_rank == pl->rank)
+        if (p->handovers[i] && p->handovers[i]->to_rank == pl->rank) {
             snprintf(pl->handover_from, sizeof pl->handover_from, "%s",
                      p->handovers[i]->from_endpoint);
+            snprintf(pl->handover_from_key, sizeof pl->handover_from_key, "%s",
+                     p->handovers[i]->from_public_key);
+        }
     *plan = pl;
     return SHOAL_OK;
 fail_nomem:

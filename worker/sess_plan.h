@@ -73,6 +73,7 @@ typedef struct {
      * over a 2-rank comm of the plan's generation (CELL_GROUP_HANDOVER): its data endpoint
      * ("" = no hand-over to this cell) */
     char handover_from[SESS_TEXT_MAX];
+    char handover_from_key[SESS_TEXT_MAX]; /* the giver's CURVE key ("" without CURVE) */
 } sess_plan_t;
 
 /* Frees a plan from sess_plan_from_assignment (or a session event); idempotent, nulls *p. */

@@ -370,6 +370,7 @@ static void s_emit_control(session_t *s, const Shoal__RunControl *rc)
     s_copy(ev->reason, sizeof ev->reason, rc->reason);
     if (ev->control == SESS_CTL_STOP && rc->handover && rc->handover->to_endpoint[0]) {
         s_copy(ev->handover_to, sizeof ev->handover_to, rc->handover->to_endpoint);
+        s_copy(ev->handover_to_key, sizeof ev->handover_to_key, rc->handover->to_public_key);
         ev->handover_step = rc->handover->step;
         ev->handover_gen = rc->handover->generation;
     }

@@ -64,6 +64,7 @@ typedef struct {
     /* CONTROL STOP of a worker leaving its plan: hand the cell's state after handover_step to
      * handover_to (a 2-rank comm of generation handover_gen) first; "" = no hand-over */
     char handover_to[SESS_TEXT_MAX];
+    char handover_to_key[SESS_TEXT_MAX]; /* the taker's CURVE key ("" without CURVE) */
     int64_t handover_step;
     uint64_t handover_gen;
 } sess_event_t;

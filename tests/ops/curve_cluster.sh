@@ -5,23 +5,25 @@
 # that expects another coordinator key) cannot act at all; SIGHUP and `keys reload` admit a newly
 # listed key, a bad allow-list is refused with the old one kept; two CURVE workers train a run
 # together over the data plane with the keys the plan published, and copy each other's
-# checkpoint shards from their CURVE shard servers.
+# checkpoint shards from their CURVE shard servers; a drained worker hands its cell's state over
+# to a spare that was in none of its plans (the keys travel in the Handover).
 . "$(dirname "${BASH_SOURCE[0]}")/ctl_lib.sh" "$1" curve
 unset SHOAL_INSECURE # this test is about what plaintext may not do
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 k="$tmp/keys"
-for who in coord w1 w2 reader admin rogue other; do
+for who in coord w1 w2 w3 reader admin rogue other; do
     "$bin" keys new --out "$k/$who" >/dev/null || err "keys new --out $k/$who"
 done
 [ "$(stat -c %a "$k/w1/key.secret")" = 600 ] || err "key.secret mode $(stat -c %a "$k/w1/key.secret")"
 "$bin" keys new --out "$k/w1" >/dev/null 2>&1 && err "keys new overwrote an existing key"
-for who in w1 w2 reader admin rogue; do cp "$k/coord/key.public" "$k/$who/coordinator.public"; done
+for who in w1 w2 w3 reader admin rogue; do cp "$k/coord/key.public" "$k/$who/coordinator.public"; done
 cp "$k/other/key.public" "$k/other/coordinator.public" # a client that expects another coordinator
 pub() { cat "$k/$1/key.public"; }
 cat >"$tmp/allow" <<EOF
 # institution uni-a
 worker uni-a $(pub w1)
+worker uni-a $(pub w3)
 operator read alice $(pub reader)
 operator admin bob $(pub admin)
 EOF
@@ -111,5 +113,28 @@ grep -q "CURVE key is not\|another CURVE key" "$tmp"/alpha.log "$tmp"/beta.log &
 # checkpoint replication between the two (their shard servers are CURVE too)
 copied() { grep -q "holding a copy of" "$tmp"/alpha.log "$tmp"/beta.log; }
 poll_until 20 copied || err "no checkpoint shard copied over CURVE: $(grep -h "copy" "$tmp"/alpha.log "$tmp"/beta.log | tail -3)"
+
+# a hand-over over CURVE: a third worker joins; a run of one cell (the others are spares, so no
+# data-parallel peer holds the state): draining the holder hands its state to a spare that was
+# in none of the drained worker's plans
+worker gamma w3
+poll_until 20 listed gamma || err "gamma did not register: $(tail -5 "$tmp/gamma.log")"
+sed -e 's/^name: curve/name: hand/' -e 's/steps: 4/steps: 100000/' "$tmp/run.yaml" >"$tmp/hand.yaml"
+printf 'parallel:\n  data_parallel: 1\n' >>"$tmp/hand.yaml"
+as admin submit "$tmp/hand.yaml" >/dev/null || err "submit hand"
+holder() { # the name of the worker holding the cell of run hand, once the run has stepped
+    as reader status hand --json 2>/dev/null | grep -q '"step": *[1-9]' &&
+        as reader workers --json 2>/dev/null | python3 -c '
+import json, sys
+w = [x for x in json.load(sys.stdin)["workers"] if x.get("cell") and x["run"]]
+sys.exit(1) if len(w) != 1 else print(w[0]["name"])'
+}
+poll_until 60 holder >/dev/null || err "run hand did not train"
+victim=$(holder)
+as admin drain "$victim" >/dev/null || err "drain $victim"
+took() { grep -q "took the state after step" "$tmp"/alpha.log "$tmp"/beta.log "$tmp"/gamma.log; }
+poll_until 60 took || err "no worker took $victim's state over CURVE: $(grep -h "hand-over\|handed\|took" "$tmp"/*.log | tail -5)"
+grep -q "handed the state after step" "$tmp/$victim.log" || err "$victim did not hand its state over"
+as admin cancel hand >/dev/null || err "cancel hand"
 [ "$fail" -eq 0 ] && echo "curve_cluster: ok"
 exit "$fail"
