@@ -5,6 +5,7 @@
 #include "daemon_int.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "log.h"
 
@@ -87,7 +88,9 @@ void daemon_report_bad_frames(daemon_t *d)
         sess_req_t *r = sess_req_new(SESS_REQ_BAD_FRAMES, d->plan->run_id, d->plan->generation);
         if (!r)
             continue;
-        snprintf(r->bad_key, sizeof r->bad_key, "%s", bad[i].key);
+        _Static_assert(sizeof r->bad_key == sizeof bad[i].key, "a key fits as it is");
+        memcpy(r->bad_key, bad[i].key, sizeof r->bad_key);
+        r->bad_key[sizeof r->bad_key - 1] = 0;
         r->bad_frames = bad[i].frames;
         snprintf(r->detail, sizeof r->detail, "%s", bad[i].why);
         session_post(d->sess, &r);
