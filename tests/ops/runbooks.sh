@@ -29,7 +29,7 @@ has() { grep -Eq "$1" "$tmp/out" || err "$2"; }
 has "^submitted run r1 \(rehearsal\)" "setup: the run was not submitted"
 has "^w[0-9]+ +uni-x-cpu0 +active +r1 +r[0-9]/s0/e0" "institution: uni-x-cpu0 holds no cell"
 has "^ +[0-9]+ .* plan .*w3 joins" "institution: no plan took w3 in"
-has "registered as joining \\(name uni-x-cpu0, host [^,]+, uni-x\\)" "institution: not registered under uni-x"
+has "registered as joining \\(name uni-x-cpu0, host [^,]+, uni-x[,)]" "institution: not registered under uni-x"
 has "^w[0-9]+ +old-cpu1 +drained" "drain: old-cpu1 not drained"
 has "undrained: worker w[0-9]+ is active" "drain: undrain refused"
 has "coordinator unreachable" "coordinator loss: status did not report the coordinator gone"
