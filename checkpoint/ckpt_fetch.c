@@ -329,8 +329,12 @@ static void *s_repl_main(void *arg)
         d.rc = ckpt_repl_fetch_checked(zctx, job->src, job->n_src, &job->want, job->dest,
                                        r->timeout_ms, NULL, &bad);
         for (int i = 0; i < job->n_src && i < CKPT_REPL_MAX_SOURCES; i++)
-            if (bad & (1u << i))
-                snprintf(d.corrupt[d.n_corrupt++], sizeof d.corrupt[0], "%s", job->src[i].worker);
+            if (bad & (1u << i)) {
+                /* memcpy, not snprintf: gcc -O3 cannot bound the string and warns */
+                _Static_assert(sizeof d.corrupt[0] == sizeof job->src[i].worker, "same size");
+                memcpy(d.corrupt[d.n_corrupt], job->src[i].worker, sizeof d.corrupt[0]);
+                d.corrupt[d.n_corrupt++][sizeof d.corrupt[0] - 1] = 0;
+            }
         d.seconds = clock_mono_s() - t0;
         if (d.rc != SHOAL_OK)
             snprintf(d.message, sizeof d.message, "%s", shoal_errmsg());
