@@ -3,6 +3,7 @@
 #ifndef SHOAL_KERNELS_OPTIM_H
 #define SHOAL_KERNELS_OPTIM_H
 #include "kernels_common.h"
+#include "lr_schedule.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -26,9 +27,7 @@ double clip_coefficient(double total_norm, double max_norm);
 /* g ← g · coef. */
 void grad_scale(float *g, int64_t n, float coef);
 
-/* LR of optimizer step k (0-based) of `steps`: lr·k/warmup for k < warmup, then cosine from lr
- * at k = warmup to min_lr at k = steps − 1. */
-double lr_at(int64_t k, int64_t steps, double lr, int64_t warmup, double min_lr);
+/* lr_at: the LR schedule (common/lr_schedule.h, shared with the tools that never train). */
 
 /* b_i ← b_i + γ·sign(c̄ − c_i) with c̄ the mean of counts, the sign evaluated exactly in
  * integers (sign(Σc − N·c_i)), sign(0) = 0. */

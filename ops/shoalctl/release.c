@@ -14,6 +14,7 @@
 #include "ctl_reply.h"
 #include "fsutil.h"
 #include "ledger_chain.h"
+#include "lr_schedule.h"
 #include "release.h"
 #include "sha256.h"
 #include "shoalctl.h"
@@ -332,6 +333,11 @@ int cmd_release(ctl_opts_t *o, int argc, char **argv)
     shoal_err_t mrc = metrics ? runlog_read_metrics_list(&r->log, metrics, r->run_id)
                               : runlog_points_from_history(&r->log, rows);
     json_decref(rows);
+    /* the coordinator is not told the LR: it is the spec's schedule at the row's step (a
+     * history row's step is 1-based, the schedule's 0-based), exactly the trainers' figure */
+    for (int i = 0; !metrics && mrc == SHOAL_OK && i < r->log.n_points; i++)
+        r->log.points[i].lr = lr_at(r->log.points[i].step - 1, r->spec.steps, r->spec.lr,
+                                    r->spec.warmup_steps, r->spec.min_lr);
     if (release_data_manifest(&r->spec, &r->data) != SHOAL_OK || mrc != SHOAL_OK) {
         ctl_error(o, "%s", shoal_errmsg());
         goto out;

@@ -161,6 +161,15 @@ expect 2 plot rel
 # --metrics reads the coordinator's history: over wall time
 expect 0 release rel --out "$tmp/relm" --spec "$tmp/run.yaml" --metrics "$tmp/w1.jsonl,$tmp/w2.jsonl"
 [ "$(grep -c '"ranks":2' "$tmp/relm/metrics.jsonl")" = 12 ] || err "release --metrics: $(head -2 "$tmp/relm/metrics.jsonl")"
+# the history's rows carry the LR of the spec's schedule: the workers' own figures
+python3 - "$tmp/rel/metrics.jsonl" "$tmp/relm/metrics.jsonl" <<'PY' || err "history LR differs from the workers'"
+import json, sys
+h, m = ([json.loads(l) for l in open(p)] for p in sys.argv[1:])
+assert [r["step"] for r in h] == [r["step"] for r in m], ([r["step"] for r in h], [r["step"] for r in m])
+assert any(r["lr"] > 0 for r in m), m[0]
+for a, b in zip(h, m):
+    assert abs(a["lr"] - b["lr"]) <= 1e-7 * max(b["lr"], 1e-12), (a["step"], a["lr"], b["lr"])
+PY
 expect 0 plot rel --out "$tmp/rel-time.png"
 grep -q "plotted 12 step(s) and 0 plan change(s) to $tmp/rel-time.png (x axis: wall time)" "$tmp/out" ||
     err "plot RUN from the history: $(cat "$tmp/out")"
