@@ -39,19 +39,6 @@ static int s_teardown(void **state)
     return tc_tmpdir_remove(s_root);
 }
 
-/* A port nobody listens on now. */
-static unsigned s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 /* The value of the sample whose line starts with `series` + " " in page; NAN when absent. */
 static double s_value(const char *page, const char *series)
 {
@@ -72,7 +59,7 @@ static void s_expect(const char *page, const char *series, double want, double t
 static void test_run_series(void **state)
 {
     (void)state;
-    unsigned port = s_free_port();
+    unsigned port = test_free_port();
     char yaml[256];
     snprintf(yaml, sizeof yaml, "heartbeat_interval_ms: 100\nmetrics_listen: 127.0.0.1:%u\n", port);
     tc_pid = tc_start(s_dir, yaml);
@@ -157,7 +144,7 @@ static void test_unplaced_series(void **state)
     char dir[200];
     snprintf(dir, sizeof dir, "%s/u", s_root);
     assert_int_equal(mkdir(dir, 0755), 0);
-    unsigned port = s_free_port();
+    unsigned port = test_free_port();
     char yaml[256];
     snprintf(yaml, sizeof yaml, "heartbeat_interval_ms: 100\nmetrics_listen: 127.0.0.1:%u\n", port);
     tc_pid = tc_start(dir, yaml);
