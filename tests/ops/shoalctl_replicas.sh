@@ -5,8 +5,8 @@
 # paused meanwhile, so that it stays the newest) the manifest lists 3 holders per shard (the
 # writer and 2 copies) on distinct workers. Then a copy held by a survivor is corrupted on disk,
 # two workers are SIGKILLed at once (the writer of stage 1's shard and a worker holding no copy
-# of it) and their state dirs deleted (the host is gone), and the run resumed: it rolls back to
-# the committed checkpoint, which the survivors load from copies (the corrupt one detected by its
+# of it) and their state dirs deleted (the host is gone), and the run resumed: it restores
+# (rolls back to) the committed checkpoint, which the survivors load from copies (the corrupt one detected by its
 # digest and fetched again from another holder over ZeroMQ), and finishes with every step equal
 # to a single-process run of the same spec.
 # Usage: shoalctl_replicas.sh BINDIR
@@ -108,8 +108,15 @@ expect 0 events rp --json
 python3 - "$tmp/out" <<'PY' || err "ledger: $(cat "$tmp/out")"
 import json, sys
 ev = json.load(open(sys.argv[1]))["events"]
+# the plan after the kill restores the cells from the committed checkpoint; a rollback entry
+# comes with it only when steps past that checkpoint were lost (the pause may land exactly at
+# the checkpoint's step: the lease runs to it and commits it)
+plans = [e["detail"] for e in ev if e["kind"] == "plan"]
+ckpts = {e["detail"]["step"] for e in ev if e["kind"] == "checkpoint"}
+assert len(plans) >= 2 and plans[1]["source"] == "checkpoint", plans
+assert plans[1]["start_step"] - 1 >= 20 and plans[1]["start_step"] - 1 in ckpts, (plans[1], ckpts)
 rollbacks = [e["detail"] for e in ev if e["kind"] == "rollback"]
-assert rollbacks and rollbacks[0]["to_step"] >= 20, rollbacks
+assert all(r["to_step"] == plans[1]["start_step"] - 1 for r in rollbacks), (rollbacks, plans[1])
 PY
 pc=${corrupt_on#rw}
 grep -q "model.safetensors: SHA-256 differs" "$tmp/w$pc.log" ||
