@@ -27,18 +27,7 @@ for w in "alpha w1" "beta w2"; do
         --state-dir "$tmp/s-$1" >>"$tmp/$1.log" 2>&1 &
     pids+=($!)
 done
-cat >"$tmp/run.yaml" <<YAML
-name: bad
-model:
-  preset: tiny
-data:
-  files: [/usr/share/games/fortunes]
-train:
-  steps: 100000
-  global_batch: 2
-  seq_len: 16
-  lr: 1e-3
-YAML
+long_run_spec "$tmp/run.yaml" bad
 poll_until 30 "$bin" submit "$tmp/run.yaml" >/dev/null || { err "submit"; exit 1; }
 training() { grep -q "^.*step [0-9]*/100000" "$tmp/alpha.log" && grep -q "step [0-9]*/100000" "$tmp/beta.log"; }
 poll_until 120 training || { err "the run did not start: $(tail -3 "$tmp/alpha.log")"; exit 1; }
