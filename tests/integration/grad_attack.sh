@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # grad_attack.sh MODE SANITY: three workers train a dp 3 run; one is shoal-worker-attack with
-# SHOAL_GRAD_ATTACK=MODE (nan: NaN gradients, scale100: gradients x100) from step 1.
+# SHOAL_GRAD_ATTACK=MODE (nan: NaN gradients, scale100: gradients x100, ascent100: gradients
+# x-100, a gradient-ascent attack) from step 1.
 #   SANITY on  (train.grad_sanity_k 10): its two peers leave its gradient out of every step and
 #              report it; the coordinator quarantines it (state quarantined, a `quarantine`
 #              ledger entry with cause "gradient rejected"), the run re-plans on the two
@@ -9,7 +10,8 @@
 #   SANITY off (train.grad_sanity_k 0): nan: every replica's step 1 fails (non-finite gradient
 #              norm) and the run never commits a step while the attacker is in it; scale100:
 #              the run finishes (clipping bounds the step) and its final loss is printed beside
-#              the clean one.
+#              the clean one; ascent100: the run finishes but diverges: its final loss is above
+#              both the clean run's by more than 20% and its own first step's.
 # Prints the final losses (the figures of ops/SECURITY.md).
 TEST_NAME=grad_attack_${1:-nan}_${2:-on}
 . "$(dirname "$0")/lib.sh"
@@ -76,7 +78,15 @@ else
     wait_until 180 "run $RUN done" run_state_is "$RUN" done
     a_final=$(final_loss a)
     python3 -c "
-print(f'  sanity off, x100: final loss {$a_final:.4f}, clean {$ref_final:.4f}, ratio {$a_final / $ref_final:.4f}')"
+print(f'  sanity off, $MODE: final loss {$a_final:.4f}, clean {$ref_final:.4f}, ratio {$a_final / $ref_final:.4f}')"
     ! grep -q "left out" "$T/a.log" || fail "sanity off, yet a gradient was left out"
+    if [ "$MODE" = ascent100 ]; then
+        a_first=$(python3 -c "
+import json
+print(json.loads(open('$T/a.jsonl').readline())['loss'])")
+        python3 -c "
+assert $a_final > 1.2 * $ref_final and $a_final > $a_first, 'the ascent attack did not diverge'
+print(f'  diverged: first step {$a_first:.4f} -> final {$a_final:.4f}')" || fail "no divergence"
+    fi
 fi
 finish
