@@ -24,6 +24,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef SHOAL_HAVE_CUDA
+#include "kernels_common.h" /* cudaStream_t, shoal_err_t */
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -67,6 +71,43 @@ void xsum_vec_align(xsum_vec_t *x, const int64_t *top, int t0, int t1);
 /* The sums of tensors [t0, t1) as floats into out (indexed like the vector): each a function
  * of its window and counters only. A NONFINITE tensor gives NaN, an EMPTY one zeros. */
 void xsum_vec_result(const xsum_vec_t *x, float *out, int t0, int t1);
+
+#ifdef SHOAL_HAVE_CUDA
+/* The CUDA twin (kernels/xsum.cu): the same vector in device memory, bit for bit the CPU's.
+ * `top` and `bins` have xsum_vec_t's layout, so the windows can be max-reduced and the counters
+ * summed as int64 over NCCL (comm_nccl) in place, between deposit and result, as gradsum does on
+ * the CPU. Every call enqueues on `stream`; the largest magnitudes are unsigned integer maxima
+ * and each counter is owned by one thread: no float reduction, no float atomics. */
+typedef struct {
+    int n_tensors;
+    int64_t n;             /* elements */
+    int64_t *offsets;      /* host [n_tensors + 1] (copied) */
+    int *chunk_first;      /* host [n_tensors + 1]: tensor t's chunks are [first[t], first[t+1]) */
+    void *chunks;          /* device: (tensor, element range) of each chunk, tensor order */
+    int64_t *top;          /* device [n_tensors], as xsum_vec_t's */
+    int64_t *bins;         /* device [2 · n], as xsum_vec_t's */
+    unsigned int *maxbits; /* device [n_tensors]: a deposit's largest |g| bit pattern */
+    void *steps;           /* device [n_tensors]: what a deposit or align does to each tensor */
+    int64_t deposits;      /* since the last clear */
+} xsum_vec_cuda_t;
+
+/* Allocates and clears (synchronously) a vector of offsets[n_tensors] elements; offsets is a host
+ * array. SHOAL_ERR_NOMEM or SHOAL_ERR_CUDA on failure (nothing left allocated). */
+shoal_err_t xsum_vec_cuda_init(xsum_vec_cuda_t *x, const int64_t *offsets, int n_tensors);
+void xsum_vec_cuda_fini(xsum_vec_cuda_t *x);
+shoal_err_t xsum_vec_cuda_clear(xsum_vec_cuda_t *x, cudaStream_t stream);
+/* xsum_vec_deposit of the device array g; SHOAL_ERR_STATE past XSUM_MAX_DEPOSITS. */
+shoal_err_t xsum_vec_cuda_deposit(xsum_vec_cuda_t *x, const float *g, cudaStream_t stream);
+shoal_err_t xsum_vec_cuda_deposit_tensors(xsum_vec_cuda_t *x, const float *g, int t0, int t1,
+                                          cudaStream_t stream);
+/* top: a device array indexed like x->top, not x->top itself: a copy of it max-reduced over
+ * the ranks (gradsum's tops). */
+shoal_err_t xsum_vec_cuda_align(xsum_vec_cuda_t *x, const int64_t *top, int t0, int t1,
+                                cudaStream_t stream);
+/* out: a device array indexed like the vector. */
+shoal_err_t xsum_vec_cuda_result(const xsum_vec_cuda_t *x, float *out, int t0, int t1,
+                                 cudaStream_t stream);
+#endif
 
 #ifdef __cplusplus
 }

@@ -36,8 +36,8 @@ echo "== build (-j$J)"
 if ! cmake --build "$B" -j"$J" >"$B.build.log" 2>&1; then
     grep -E "error" "$B.build.log" | head -20
     echo "run.sh: full build failed; building the GPU parity tests alone" >&2
-    cmake --build "$B" -j"$J" --target test_gpu_parity test_gpu_parity_moe test_gpu_train \
-        bench_gpu || exit 1
+    cmake --build "$B" -j"$J" --target test_gpu_parity test_gpu_parity_moe test_gpu_parity_xsum \
+        test_gpu_train bench_gpu || exit 1
 fi
 SUMMARY=$(mktemp)
 row() { printf '| %-34s | %-6s | %s |\n' "$1" "$2" "$3" >>"$SUMMARY"; }
@@ -54,7 +54,7 @@ else
 fi
 
 echo "== parity + timings (CPU single thread vs GPU, ms per call)"
-for t in test_gpu_parity test_gpu_parity_moe; do
+for t in test_gpu_parity test_gpu_parity_moe test_gpu_parity_xsum; do
     timeout 180 "$B/bin/$t" --bench
     prc=$?
     [ $prc -eq 124 ] && row "$t --bench" FAIL "timed out after 180 s"
