@@ -84,12 +84,12 @@ __global__ void k_apply(const xsum_chunk_t *__restrict__ chunks, int c0,
     const int deposit = g && st.dep != XSUM_EMPTY;
     if (st.raise == 0 && !deposit)
         return;
-    const double s = deposit ? xsum_deposit_scale(st.dep) : 0.0;
+    const int shift = deposit ? xsum_deposit_shift(st.dep) : 0;
     for (int64_t i = c.lo + threadIdx.x; i < c.hi; i += blockDim.x) {
         if (st.raise != 0)
             xsum_raise_one(bins + 2 * i, st.raise);
         if (deposit)
-            xsum_deposit_one(bins + 2 * i, g[i], s);
+            xsum_deposit_one(bins + 2 * i, g[i], shift);
     }
 }
 

@@ -8,8 +8,8 @@
  *     the infinity's means a NaN or an infinity was deposited;
  *   - the window top comes from the exponent field (frexpf's exponent, subnormals included);
  *   - the deposit is xsum.c's double arithmetic (power-of-two scalings and truncations: exact,
- *     FMA or not), with a plain double -> int64 conversion in place of the magic-number trick
- *     (both exact for these integer values below 2^49);
+ *     FMA or not), with g's value read from its bits and a plain double -> int64 conversion in
+ *     place of the magic-number trick (both exact for these integer values below 2^49);
  *   - the result rounds the 128-bit count of low units to float (round to nearest even, as the
  *     compiler's __int128 -> float conversion does) and then scales it by 2^e with a second
  *     rounding only where the result is subnormal (as ldexpf does): both in integer arithmetic.
@@ -115,18 +115,27 @@ XSUM_HD void xsum_raise_one(int64_t *bins2, int64_t d)
     bins2[0] = 0;
 }
 
-/* xsum.c's s_deposit of one value: s = 2^(OFFSET - BITS·(top - 1)) (xsum_deposit_scale). */
-XSUM_HD void xsum_deposit_one(int64_t *bins2, float g, double s)
+/* The power of two a deposit at window top scales by: g / u_{T-1} = g · 2^shift. */
+XSUM_HD int xsum_deposit_shift(int64_t top)
 {
-    const double q = (double)g * s;
+    return (int)(XSUM_GRID_OFFSET - XSUM_BIN_BITS * (top - 1));
+}
+
+/* xsum.c's s_deposit of one finite value. q = g · 2^shift is formed from g's bits (integer
+ * significand times a power of two, exact) rather than from (double)g, so that a device flushing
+ * float subnormals (-ftz, fast math) still deposits them. */
+XSUM_HD void xsum_deposit_one(int64_t *bins2, float g, int shift)
+{
+    uint32_t b;
+    memcpy(&b, &g, sizeof b);
+    const int ex = (int)((b >> 23) & 0xffu);
+    int32_t m = (int32_t)(ex ? (b & 0x7fffffu) | 0x800000u : b & 0x7fffffu);
+    if (b >> 31)
+        m = -m;
+    const double q = (double)m * xsum_pow2((ex ? ex - 150 : -149) + shift);
     const double h = trunc(q * xsum_pow2(-XSUM_BIN_BITS));
     bins2[0] += (int64_t)h;
     bins2[1] += (int64_t)(trunc(q) - h * xsum_pow2(XSUM_BIN_BITS));
-}
-
-XSUM_HD double xsum_deposit_scale(int64_t top)
-{
-    return xsum_pow2((int)(XSUM_GRID_OFFSET - XSUM_BIN_BITS * (top - 1)));
 }
 
 /* Round-to-nearest-even of the magnitude hi:lo (128 bits, non-zero) to 24 significant bits:

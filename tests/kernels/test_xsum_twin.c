@@ -50,12 +50,12 @@ static void s_apply(host_twin_t *h, const float *g, int t0, int t1)
     for (int t = t0; t < t1; t++) {
         const xsum_step_t st = h->steps[t];
         const int deposit = g && st.dep != XSUM_EMPTY;
-        const double s = deposit ? xsum_deposit_scale(st.dep) : 0.0;
+        const int shift = deposit ? xsum_deposit_shift(st.dep) : 0;
         for (int64_t i = h->off[t]; i < h->off[t + 1]; i++) {
             if (st.raise != 0)
                 xsum_raise_one(h->bins + 2 * i, st.raise);
             if (deposit)
-                xsum_deposit_one(h->bins + 2 * i, g[i], s);
+                xsum_deposit_one(h->bins + 2 * i, g[i], shift);
         }
     }
 }
