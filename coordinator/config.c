@@ -62,6 +62,10 @@ static const cfg_desc_t s_desc[] = {
         "a Replicate order whose copy is not confirmed (MSG_SHARD_HELD) within this is sent "
         "again, the wait doubling each time; 0 = sent once"),
     INT(replicate_retries, "3", 0, 1000, "re-sends of one unconfirmed Replicate order"),
+    INT(replica_repair_ms, "30000", 0, 86400000,
+        "every this long, each active run's newest checkpoint is checked for shards with fewer "
+        "live holders than checkpoint.replicas + 1 and no order in flight, and copies ordered "
+        "(orders live in memory: this repairs what a coordinator restart forgot); 0 = off"),
     INT(expert_load_half_life_steps, "32", 1, 1000000,
         "hot experts: steps after which a step's reported expert loads weigh half"),
     STR(ledger_signing_key, "",

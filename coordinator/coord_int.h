@@ -214,6 +214,7 @@ struct coord {
      * coordinator orders again what the loss of a holder calls for) */
     struct coord_repl_order *repl_orders;
     int n_repl_orders, cap_repl_orders;
+    int64_t repl_repair_at_ms; /* monotonic: the next under-replication scan (0: not yet set) */
 };
 
 /* ---- coord_keys.c: CURVE, the allow-list, operator roles ---------------------------------- */
@@ -464,7 +465,11 @@ int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord
 void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w);
 /* Cron: a Replicate order whose copy is not confirmed within replicate_ack_ms is sent again
  * (up to replicate_retries times, the wait doubling); one whose target died, already holds
- * the copy or belongs to an older checkpoint is dropped. */
+ * the copy or belongs to an older checkpoint is dropped. Every replica_repair_ms (the first
+ * time that long after the start, so that the workers have registered again) each active
+ * run's newest checkpoint gets copies ordered for its shards that have too few live holders
+ * and no order in flight: orders live in memory, and this is what brings a shard back to
+ * replicas + 1 after a coordinator restart. */
 void coord_replicas_cron(coord_t *c, int64_t now_mono_ms);
 /* Frees the unconfirmed orders (coord_destroy). */
 void coord_replicas_free(coord_t *c);

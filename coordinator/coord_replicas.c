@@ -271,7 +271,34 @@ static void s_push_replicate(coord_t *c, coord_run_t *r, coord_worker_t *to, int
 /* Orders copies so that every shard of `step`'s manifest has `total` live holders: for each
  * shard with at least one live holder, the workers coord_replicas_choose prefers among those
  * not yet holding it; one Replicate per target worker. Returns the copies ordered. */
-static int s_order_copies(coord_t *c, coord_run_t *r, int64_t step, const json_t *shards, int total)
+/* The committed manifest of (run, step), parsed; NULL when there is none or it does not parse. */
+static json_t *s_manifest_at(coord_t *c, const char *run, int64_t step)
+{
+    char key[160], *val = NULL;
+    size_t len = 0;
+    snprintf(key, sizeof key, "c/%s/%020" PRId64, run, step);
+    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK)
+        return NULL;
+    json_t *m = json_loadb(val, len, 0, NULL);
+    free(val);
+    return m;
+}
+
+/* Whether an order for a copy of `writer`'s shard of (run, step) is still followed. */
+static int s_order_pending(const coord_t *c, const char *run, int64_t step, const char *writer)
+{
+    for (int i = 0; i < c->n_repl_orders; i++) {
+        const struct coord_repl_order *o = &c->repl_orders[i];
+        if (o->step == step && strcmp(o->run, run) == 0 && strcmp(o->writer, writer) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Orders copies so that each shard of (r, step) has `total` live holders; a shard with an order
+ * in flight is left alone when skip_pending. Returns the number of copies ordered. */
+static int s_order_copies(coord_t *c, coord_run_t *r, int64_t step, const json_t *shards, int total,
+                          int skip_pending)
 {
     const size_t n = json_array_size(shards);
     int ordered = 0;
@@ -287,6 +314,8 @@ static int s_order_copies(coord_t *c, coord_run_t *r, int64_t step, const json_t
         const int live = (int)s_live_sources(c, sh, src, ptrs, S_MAX_SOURCES);
         if (!ww || live == 0 || live >= total)
             continue; /* lost (no live holder) or enough copies */
+        if (skip_pending && s_order_pending(c, r->id, step, writer))
+            continue;
         const int cand = coord_replicas_choose(c, ww, c->n_workers, pick);
         int got = 0;
         for (int k = 0; k < cand && live + got < total; k++) {
@@ -329,34 +358,29 @@ void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *
     }
     const int replicas = s_replicas_of(r);
     if (replicas > 0)
-        (void)s_order_copies(c, r, step, shards, replicas + 1);
+        (void)s_order_copies(c, r, step, shards, replicas + 1, 0);
 }
 
 void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w)
 {
     for (int i = 0; i < c->n_runs; i++) {
         coord_run_t *r = c->runs[i];
-        char key[160], *val = NULL;
-        size_t len = 0;
         json_t *m = NULL;
         if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0)
             continue;
-        snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, r->checkpoint_step);
-        if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) == SHOAL_OK &&
-            (m = json_loadb(val, len, 0, NULL))) {
+        if ((m = s_manifest_at(c, r->id, r->checkpoint_step))) {
             const json_t *shards = json_object_get(m, CTL_F_SHARDS);
             int held = 0;
             for (size_t k = 0; k < json_array_size(shards); k++)
                 held |= s_is_holder(json_array_get(shards, k), w->id);
             const int replicas = held ? s_replicas_of(r) : 0;
             const int n =
-                replicas > 0 ? s_order_copies(c, r, r->checkpoint_step, shards, replicas + 1) : 0;
+                replicas > 0 ? s_order_copies(c, r, r->checkpoint_step, shards, replicas + 1, 0) : 0;
             if (n)
                 log_info("run %s: checkpoint %" PRId64 ": %s lost, %d new cop%s ordered", r->id,
                          r->checkpoint_step, w->id, n, n == 1 ? "y" : "ies");
         }
         json_decref(m);
-        free(val);
     }
 }
 
@@ -473,16 +497,9 @@ static int s_order_resend(coord_t *c, const struct coord_repl_order *o)
     coord_worker_t *to = coord_worker_by_id(c, o->to);
     if (!r || coord_run_is_terminal(r->state) || o->step < r->checkpoint_step || !s_can_hold(to))
         return 0; /* a newer checkpoint, or the target is gone (its loss orders new copies) */
-    char key[160], *val = NULL;
-    size_t len = 0;
-    json_t *m = NULL;
-    snprintf(key, sizeof key, "c/%s/%020" PRId64, r->id, o->step);
-    if (store_get(c->st, STORE_CF_MANIFESTS, key, &val, &len) != SHOAL_OK ||
-        !(m = json_loadb(val, len, 0, NULL))) {
-        free(val);
+    json_t *m = s_manifest_at(c, r->id, o->step);
+    if (!m)
         return 0;
-    }
-    free(val);
     const json_t *shards = json_object_get(m, CTL_F_SHARDS);
     int idx = -1;
     for (size_t i = 0; i < json_array_size(shards) && idx < 0; i++) {
@@ -508,8 +525,38 @@ static int s_order_resend(coord_t *c, const struct coord_repl_order *o)
     return keep;
 }
 
+/* Each active run's newest checkpoint: copies for its shards that are short of live holders
+ * and have no order in flight. */
+static void s_repair_scan(coord_t *c)
+{
+    for (int i = 0; i < c->n_runs; i++) {
+        coord_run_t *r = c->runs[i];
+        const int replicas = s_replicas_of(r);
+        json_t *m = NULL;
+        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 || replicas <= 0)
+            continue;
+        if ((m = s_manifest_at(c, r->id, r->checkpoint_step))) {
+            const int n = s_order_copies(c, r, r->checkpoint_step,
+                                         json_object_get(m, CTL_F_SHARDS), replicas + 1, 1);
+            if (n)
+                log_info("run %s: checkpoint %" PRId64 ": short of holders, %d new cop%s "
+                         "ordered",
+                         r->id, r->checkpoint_step, n, n == 1 ? "y" : "ies");
+        }
+        json_decref(m);
+    }
+}
+
 void coord_replicas_cron(coord_t *c, int64_t now_mono_ms)
 {
+    if (c->cfg.replica_repair_ms > 0) {
+        if (!c->repl_repair_at_ms)
+            c->repl_repair_at_ms = now_mono_ms + c->cfg.replica_repair_ms;
+        else if (now_mono_ms >= c->repl_repair_at_ms) {
+            c->repl_repair_at_ms = now_mono_ms + c->cfg.replica_repair_ms;
+            s_repair_scan(c);
+        }
+    }
     for (int i = 0; i < c->n_repl_orders;) {
         if (now_mono_ms < c->repl_orders[i].resend_ms) {
             i++;
@@ -562,7 +609,7 @@ void coord_on_shard_corrupt(coord_t *c, const wire_route_t *route, coord_worker_
                                "reported_by", w->id));
         const int replicas = s_replicas_of(r);
         if (replicas > 0 && cs->step >= r->checkpoint_step)
-            (void)s_order_copies(c, r, cs->step, shards, replicas + 1);
+            (void)s_order_copies(c, r, cs->step, shards, replicas + 1, 0);
         coord_put_json(c, STORE_CF_MANIFESTS, key, m); /* stolen */
         m = NULL;
         if (coord_txn_commit(c) != SHOAL_OK) {

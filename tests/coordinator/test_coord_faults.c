@@ -637,6 +637,34 @@ static void test_restart_becomes_spare(void **state)
     s_stop_clean();
 }
 
+/* A coordinator with config `cfg` and a dp 1 run (checkpoint.replicas 2) on three workers with
+ * shard servers, named prefix-a/b/c: a (the lowest id) holds the cell, b and c are spares. a
+ * trains steps 1 and 2 and commits checkpoint 2 (the copy orders follow). The run's id goes to
+ * run. */
+static void s_replicated_ckpt(const char *cfg, const char *prefix, tc_worker_t **all, char *run,
+                              size_t run_cap)
+{
+    tc_pid = tc_start(s_dir, cfg);
+    char spec[512];
+    snprintf(spec, sizeof spec, "%sparallel:\n  data_parallel: 1\n", s_spec);
+    s_submit_spec(spec, run, run_cap);
+    for (int i = 0; i < 3; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%s-%c", prefix, 'a' + i);
+        assert_int_equal(tc_worker_open(all[i], s_dir, name), 0);
+        snprintf(all[i]->shard_endpoint, sizeof all[i]->shard_endpoint,
+                 "ipc:///tmp/%s-shards.sock", name);
+        assert_int_equal(tc_worker_register(all[i]), 0);
+    }
+    for (int64_t end = s_deadline(); all[0]->gen < 1 && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 0, false);
+    assert_int_equal(all[0]->gen, 1);
+    assert_int_equal(all[1]->gen, 0);
+    assert_int_equal(tc_worker_step(all[0], 1, 3.0f), 0);
+    assert_int_equal(tc_worker_step(all[0], 2, 2.5f), 0);
+    assert_int_equal(tc_worker_ckpt(all[0], 2), 0);
+}
+
 /* checkpoint.replicas 2 on dp 1 + 2 spares with shard servers: when checkpoint 2 commits,
  * both spares are told to copy the writer's shard. One confirms its copy at once and is never
  * told again; the other never confirms: the order is sent again after replicate_ack_ms, then
@@ -645,27 +673,13 @@ static void test_restart_becomes_spare(void **state)
 static void test_replicate_resent(void **state)
 {
     (void)state;
-    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
-                             "min_workers: 3\nreplicate_ack_ms: 300\nreplicate_retries: 2\n");
-    char run[64], spec[512];
-    snprintf(spec, sizeof spec, "%sparallel:\n  data_parallel: 1\n", s_spec);
-    s_submit_spec(spec, run, sizeof run);
     tc_worker_t a, b, c;
     tc_worker_t *all[3] = {&a, &b, &c};
-    const char *names[3] = {"rp-a", "rp-b", "rp-c"};
-    for (int i = 0; i < 3; i++) {
-        assert_int_equal(tc_worker_open(all[i], s_dir, names[i]), 0);
-        snprintf(all[i]->shard_endpoint, sizeof all[i]->shard_endpoint,
-                 "ipc:///tmp/%s-shards.sock", names[i]);
-        assert_int_equal(tc_worker_register(all[i]), 0);
-    }
-    for (int64_t end = s_deadline(); a.gen < 1 && clock_mono_ms() < end;)
-        tc_beat(all, 3, 50, HB_MS, 0, false);
-    assert_int_equal(a.gen, 1); /* the lowest id holds the cell, b and c are spares */
-    assert_int_equal(b.gen, 0);
-    assert_int_equal(tc_worker_step(&a, 1, 3.0f), 0);
-    assert_int_equal(tc_worker_step(&a, 2, 2.5f), 0);
-    assert_int_equal(tc_worker_ckpt(&a, 2), 0);
+    char run[64];
+    s_replicated_ckpt("heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                      "min_workers: 3\nreplicate_ack_ms: 300\nreplicate_retries: 2\n"
+                      "replica_repair_ms: 0\n",
+                      "rp", all, run, sizeof run);
     int b_confirmed_at = -1;
     for (int64_t end = s_deadline(); !s_log_has("never confirmed") && clock_mono_ms() < end;) {
         tc_beat(all, 3, 50, HB_MS, 2, false);
@@ -689,6 +703,50 @@ static void test_replicate_resent(void **state)
     s_stop_clean();
 }
 
+/* Replication orders live in memory; the periodic repair scan (replica_repair_ms) brings a
+ * restarted coordinator's shards back to replicas + 1. checkpoint.replicas 2 on dp 1 + 2 spares:
+ * both spares get an order for checkpoint 2 and confirm none. While those orders are followed
+ * (replicate_ack_ms 30 s) the scan orders nothing more. After a SIGKILL and restart the
+ * coordinator has forgotten them: once the workers are back, the scan orders both copies
+ * again; after both confirm, later scans order nothing. */
+static void test_repair_after_restart(void **state)
+{
+    (void)state;
+    const char *cfg = "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                      "min_workers: 3\nreplica_repair_ms: 500\n";
+    tc_worker_t a, b, c;
+    tc_worker_t *all[3] = {&a, &b, &c};
+    char run[64];
+    s_replicated_ckpt(cfg, "rr", all, run, sizeof run);
+    for (int64_t end = s_deadline();
+         (!b.n_replicates || !c.n_replicates) && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 2, false);
+    tc_beat(all, 3, 1500, HB_MS, 2, false); /* three scans: the orders are still followed */
+    assert_int_equal(b.n_replicates, 1);
+    assert_int_equal(c.n_replicates, 1);
+    assert_false(s_log_has("short of holders"));
+
+    tc_stop(tc_pid, SIGKILL);
+    tc_pid = tc_start(s_dir, cfg);
+    for (int64_t end = s_deadline();
+         (b.n_replicates < 2 || c.n_replicates < 2) && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 2, true);
+    assert_int_equal(b.n_replicates, 2);
+    assert_int_equal(c.n_replicates, 2);
+    assert_int_equal(c.repl_step, 2);
+    assert_string_equal(c.repl_writer, a.id);
+    assert_true(s_log_has("short of holders, 2 new copies ordered"));
+    assert_int_equal(tc_worker_shard_held(&b), 0);
+    assert_int_equal(tc_worker_shard_held(&c), 0);
+    tc_beat(all, 3, 1500, HB_MS, 2, true); /* 3 holders: nothing more to order */
+    assert_int_equal(b.n_replicates, 2);
+    assert_int_equal(c.n_replicates, 2);
+    tc_worker_close(&a);
+    tc_worker_close(&b);
+    tc_worker_close(&c);
+    s_stop_clean();
+}
+
 /* checkpoint.replicas 2 on dp 1 + 2 spares: both spares confirm their copies of checkpoint
  * 2 (3 holders). The writer then reports that one spare's copy failed its digests: that
  * holder leaves the shard's holders (a shard_corrupt ledger entry naming holder, writer and
@@ -697,26 +755,12 @@ static void test_replicate_resent(void **state)
 static void test_shard_corrupt(void **state)
 {
     (void)state;
-    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
-                             "min_workers: 3\nreplicate_ack_ms: 0\n");
-    char run[64], spec[512];
-    snprintf(spec, sizeof spec, "%sparallel:\n  data_parallel: 1\n", s_spec);
-    s_submit_spec(spec, run, sizeof run);
     tc_worker_t a, b, c;
     tc_worker_t *all[3] = {&a, &b, &c};
-    const char *names[3] = {"sc-a", "sc-b", "sc-c"};
-    for (int i = 0; i < 3; i++) {
-        assert_int_equal(tc_worker_open(all[i], s_dir, names[i]), 0);
-        snprintf(all[i]->shard_endpoint, sizeof all[i]->shard_endpoint,
-                 "ipc:///tmp/%s-shards.sock", names[i]);
-        assert_int_equal(tc_worker_register(all[i]), 0);
-    }
-    for (int64_t end = s_deadline(); a.gen < 1 && clock_mono_ms() < end;)
-        tc_beat(all, 3, 50, HB_MS, 0, false);
-    assert_int_equal(a.gen, 1);
-    assert_int_equal(tc_worker_step(&a, 1, 3.0f), 0);
-    assert_int_equal(tc_worker_step(&a, 2, 2.5f), 0);
-    assert_int_equal(tc_worker_ckpt(&a, 2), 0);
+    char run[64];
+    s_replicated_ckpt("heartbeat_interval_ms: 100\ndead_after_ms: 2000\nstep_window: 2\n"
+                      "min_workers: 3\nreplicate_ack_ms: 0\nreplica_repair_ms: 0\n",
+                      "sc", all, run, sizeof run);
     for (int64_t end = s_deadline();
          (!b.n_replicates || !c.n_replicates) && clock_mono_ms() < end;)
         tc_beat(all, 3, 50, HB_MS, 2, false);
@@ -769,6 +813,8 @@ int main(void)
                                         tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_replicate_resent, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_shard_corrupt, s_fresh_dir, tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_repair_after_restart, s_fresh_dir,
+                                        tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
