@@ -10,9 +10,19 @@
  * fraction of plaintext TCP's per size and rank count.
  * algbw = bytes / time; busbw = algbw * 2 (n-1) / n (as nccl-tests): the bytes each rank moves.
  * For scale, a 2-rank broadcast of the same bytes gives the one-way stream rate of the transport.
+ *
+ * Over a real link instead of loopback: SHOAL_BENCH_NETNS="ns0,ns1,..." puts rank r's process
+ * into network namespace nsR (/run/netns, `ip netns add`) and SHOAL_BENCH_HOSTS="ip0,ip1,..."
+ * binds it on ipR. tests/bench/bench_curve_link.sh sets that up: two namespaces joined by a veth
+ * pair shaped with tc to a given rate.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* setns */
+#endif
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,11 +123,49 @@ static double s_time_op(comm_t *c, int op, unsigned char *buf, unsigned char *ou
 
 /* Seconds per op and size on this rank (secs[op * NSIZES + s]); negative on error or wrong
  * result. */
+/* Field `i` of the comma list in environment variable `name` into buf; 0 when there is none. */
+static int s_env_field(const char *name, int i, char *buf, size_t cap)
+{
+    const char *v = getenv(name);
+    for (; v && *v && i > 0; i--) {
+        v = strchr(v, ',');
+        v = v ? v + 1 : NULL;
+    }
+    if (!v || !*v)
+        return 0;
+    size_t n = strcspn(v, ",");
+    if (n == 0 || n >= cap)
+        return 0;
+    memcpy(buf, v, n);
+    buf[n] = 0;
+    return 1;
+}
+
+/* Rank `rank`'s bind endpoint: its namespace (SHOAL_BENCH_NETNS) entered, its address
+ * (SHOAL_BENCH_HOSTS, default 127.0.0.1). */
+static void s_rank_net(int rank, char *bind, size_t cap)
+{
+    char ns[64], path[128], host[64] = "127.0.0.1";
+    if (s_env_field("SHOAL_BENCH_NETNS", rank, ns, sizeof ns)) {
+        snprintf(path, sizeof path, "/run/netns/%s", ns);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
+            fprintf(stderr, "rank %d: network namespace %s: %s\n", rank, path, strerror(errno));
+            _exit(2);
+        }
+        close(fd);
+    }
+    (void)s_env_field("SHOAL_BENCH_HOSTS", rank, host, sizeof host);
+    snprintf(bind, cap, "tcp://%s:0", host);
+}
+
 static void s_rank(int rank, int nranks, int up, int down, size_t chunk, int via)
 {
     comm_listener_t *l = NULL;
+    char bind[96];
+    s_rank_net(rank, bind, sizeof bind);
     comm_listener_opts_t o = {
-        .bind_endpoint = "tcp://127.0.0.1:0", .no_ipc = via == VIA_TCP || via == VIA_CURVE,
+        .bind_endpoint = bind, .no_ipc = via == VIA_TCP || via == VIA_CURVE,
         .no_shm = via != VIA_SHM, .keys = via == VIA_CURVE ? &s_keys[rank] : NULL};
     if (comm_listener_new_opts(&o, &l) != SHOAL_OK)
         _exit(2);
@@ -250,6 +298,9 @@ int main(int argc, char **argv)
     double mbw[NSIZES];
     for (int s = 0; s < NSIZES; s++)
         mbw[s] = s_memcpy_bw(s_sizes[s]);
+    if (getenv("SHOAL_BENCH_NETNS"))
+        printf("# ranks in network namespaces %s at %s\n", getenv("SHOAL_BENCH_NETNS"),
+               getenv("SHOAL_BENCH_HOSTS") ? getenv("SHOAL_BENCH_HOSTS") : "127.0.0.1");
     printf("# ZeroMQ comm, loopback (shm: same-host shared memory from %zu bytes), chunk %zu bytes; %ld CPUs online; algbw = bytes / time "
            "(alltoallv: bytes sent per rank; send/recv: one-way stream)\n",
            (size_t)COMM_SHM_MIN_BYTES, chunk ? chunk : (size_t)COMM_CHUNK_DEFAULT, sysconf(_SC_NPROCESSORS_ONLN));
