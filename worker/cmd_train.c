@@ -16,7 +16,7 @@
 #include "runspec.h"
 #include "trainer.h"
 #ifdef SHOAL_HAVE_CUDA
-#include "trainer_gpu.h"
+#include "gpu_module.h"
 #endif
 
 static volatile sig_atomic_t s_stop;
@@ -39,10 +39,11 @@ static void s_format_eta(double seconds, char *buf, size_t cap)
 }
 
 /* The run's trainer: the CPU one, or on a CUDA device the GPU one (its host side then keeps
- * checkpoints). Exactly one is set. */
+ * checkpoints), from the GPU module (gpu_module.h), loaded only then. Exactly one is set. */
 typedef struct {
     trainer_t *cpu;
 #ifdef SHOAL_HAVE_CUDA
+    const gpu_module_t *gm;
     trainer_gpu_t *gpu;
 #endif
 } s_run_t;
@@ -57,9 +58,10 @@ static shoal_err_t s_run_new(const runspec_t *spec, const device_t *dev, s_run_t
     device_describe(dev, what, sizeof what);
 #ifdef SHOAL_HAVE_CUDA
     if (dev->kind == DEVICE_CUDA) {
-        if ((rc = trainer_gpu_new(spec, spec->checkpoint_dir, dev, &r->gpu)) != SHOAL_OK)
+        if ((rc = gpu_module_load(&r->gm)) != SHOAL_OK ||
+            (rc = r->gm->trainer_new(spec, spec->checkpoint_dir, dev, &r->gpu)) != SHOAL_OK)
             return rc;
-        printf("device: %s, precision %s\n", what, trainer_gpu_bf16(r->gpu) ? "bf16" : "fp32");
+        printf("device: %s, precision %s\n", what, r->gm->trainer_bf16(r->gpu) ? "bf16" : "fp32");
         return SHOAL_OK;
     }
 #endif
@@ -73,7 +75,8 @@ static shoal_err_t s_run_new(const runspec_t *spec, const device_t *dev, s_run_t
 static void s_run_destroy(s_run_t *r)
 {
 #ifdef SHOAL_HAVE_CUDA
-    trainer_gpu_destroy(&r->gpu);
+    if (r->gpu)
+        r->gm->trainer_destroy(&r->gpu);
 #endif
     trainer_destroy(&r->cpu);
 }
@@ -83,7 +86,7 @@ static trainer_t *s_run_host(s_run_t *r)
 {
 #ifdef SHOAL_HAVE_CUDA
     if (r->gpu)
-        return trainer_gpu_host(r->gpu);
+        return r->gm->trainer_host(r->gpu);
 #endif
     return r->cpu;
 }
@@ -92,7 +95,7 @@ static shoal_err_t s_run_resume(s_run_t *r, const char *init_dir, int64_t *resum
 {
 #ifdef SHOAL_HAVE_CUDA
     if (r->gpu)
-        return trainer_gpu_resume(r->gpu, init_dir, resumed);
+        return r->gm->trainer_resume(r->gpu, init_dir, resumed);
 #endif
     return trainer_resume(r->cpu, init_dir, resumed);
 }
@@ -101,7 +104,7 @@ static int64_t s_run_next_step(const s_run_t *r)
 {
 #ifdef SHOAL_HAVE_CUDA
     if (r->gpu)
-        return trainer_gpu_next_step(r->gpu);
+        return r->gm->trainer_next_step(r->gpu);
 #endif
     return trainer_next_step(r->cpu);
 }
@@ -110,7 +113,7 @@ static shoal_err_t s_run_step(s_run_t *r, trainer_step_info_t *info)
 {
 #ifdef SHOAL_HAVE_CUDA
     if (r->gpu)
-        return trainer_gpu_step(r->gpu, info);
+        return r->gm->trainer_step(r->gpu, info);
 #endif
     shoal_err_t rc = trainer_compute(r->cpu, 0, 1);
     return rc == SHOAL_OK ? trainer_apply(r->cpu, info) : rc;
@@ -120,7 +123,7 @@ static int s_run_checkpoint_due(const s_run_t *r)
 {
 #ifdef SHOAL_HAVE_CUDA
     if (r->gpu)
-        return trainer_gpu_checkpoint_due(r->gpu);
+        return r->gm->trainer_checkpoint_due(r->gpu);
 #endif
     return trainer_checkpoint_due(r->cpu);
 }
@@ -129,7 +132,7 @@ static shoal_err_t s_run_checkpoint_async(s_run_t *r)
 {
 #ifdef SHOAL_HAVE_CUDA
     if (r->gpu)
-        return trainer_gpu_checkpoint_async(r->gpu);
+        return r->gm->trainer_checkpoint_async(r->gpu);
 #endif
     return trainer_checkpoint_async(r->cpu);
 }
@@ -138,7 +141,7 @@ static shoal_err_t s_run_export(s_run_t *r, const char *dir)
 {
 #ifdef SHOAL_HAVE_CUDA
     if (r->gpu)
-        return trainer_gpu_export(r->gpu, dir);
+        return r->gm->trainer_export(r->gpu, dir);
 #endif
     return trainer_export(r->cpu, dir);
 }

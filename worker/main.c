@@ -12,6 +12,9 @@
 #ifdef SHOAL_HAVE_NCCL
 #include "comm_nccl.h"
 #endif
+#ifdef SHOAL_HAVE_CUDA
+#include "gpu_module.h"
+#endif
 #include "numparse.h"
 #include "shoal_version.h"
 
@@ -57,6 +60,17 @@ int main(int argc, char **argv)
         char blas[512];
         blas_select_describe(blas, sizeof blas);
         printf("BLAS %s\n", blas);
+#ifdef SHOAL_HAVE_CUDA
+        /* the GPU trainer is a module loaded only for --device cuda: say whether it loads */
+        const gpu_module_t *gm;
+        char path[4200], what[128];
+        gpu_module_path(path, sizeof path);
+        if (gpu_module_load(&gm) == SHOAL_OK) {
+            gm->describe(what, sizeof what);
+            printf("GPU module %s (%s)\n", path, what);
+        } else
+            printf("GPU module: none loads: %s\n", shoal_errmsg());
+#endif
         return 0;
     }
     if (strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--help") != 0)
