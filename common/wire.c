@@ -241,6 +241,11 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         WIRE_CHECK_GOTO(s_check_plan(a->plan), rc, out);
         WIRE_CHECK_GOTO(s_str(a->run_name, WIRE_MAX_ID_LEN, "assignment.run_name"), rc, out);
         WIRE_CHECK_GOTO(s_str(a->spec_yaml, WIRE_MAX_SPEC_LEN, "assignment.spec_yaml"), rc, out);
+        /* a plan delta (plan_delta.h): the full table's count and its 32-byte digest */
+        WIRE_CHECK_GOTO(s_count(a->n_peers, "assignment.n_peers"), rc, out);
+        if (a->peers_digest.len != 0 && a->peers_digest.len != 32)
+            return shoal_fail(SHOAL_ERR_FORMAT, "assignment.peers_digest of %zu bytes",
+                              a->peers_digest.len);
         if (!a->cell)
             return shoal_fail(SHOAL_ERR_FORMAT, "assignment without cell");
         break;

@@ -165,6 +165,7 @@ void coord_run_free(coord_run_t *r)
     free(r->rank_loss);
     free(r->rank_step);
     coord_experts_free(r);
+    plan_peers_clear(&r->sent_peers);
     free(r->spec_yaml);
     free(r);
 }

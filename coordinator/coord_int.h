@@ -16,6 +16,7 @@
 #include "ledger.h"
 #include "metrics_http.h"
 #include "plan.h"
+#include "plan_delta.h"
 #include "prom_text.h"
 #include "store.h"
 #include "wire.h"
@@ -81,6 +82,9 @@ typedef struct {
     int strikes;          /* malformed or out-of-plan messages since its last quarantine or
                            * undrain (volatile) */
     int64_t peer_frames_ms; /* last strike for bad data-plane frames its peers reported */
+    /* the plan generation of `run` its last heartbeat named (volatile; 0: none): a re-plan
+     * sends it a delta when that is the generation the delta is based on */
+    uint64_t held_gen;
     /* an operator's drain (persisted; "" = none): like Slurm's DRAIN it outlives the worker's
      * restarts and ends only with undrain */
     char drain[96];
@@ -147,6 +151,9 @@ typedef struct {
     uint64_t ckpt_count_gen;
     uint8_t *ckpt_seen;
     uint32_t ckpt_seen_n, ckpt_have;
+    /* volatile, coord_push.c: the peer table last pushed to the plan's members (the base of
+     * the next re-plan's deltas; empty: none yet, every member gets the full plan) */
+    plan_peers_t sent_peers;
 } coord_run_t;
 
 /* What serves the control socket: control.c attaches it (control_attach, control.h), so that
@@ -329,7 +336,12 @@ void coord_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode c
 void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelope *about,
                      coord_worker_t *w, coord_run_t *r);
 /* Messages to workers (through their last route; dropped silently when unreachable). */
+/* The full assignment of member w (its GetAssignment, a fresh member). */
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w);
+/* A re-plan's assignments to the members among ws[n] (non-members skipped): the plan message
+ * is built once; a member whose heartbeat names the generation last pushed gets a delta
+ * (plan_delta.h) when that is smaller. The table pushed becomes the next deltas' base. */
+void coord_push_assignments(coord_t *c, coord_run_t *r, coord_worker_t **ws, uint32_t n);
 void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, int command,
                                const char *reason);
 void coord_push_run_control(coord_t *c, coord_run_t *r, int command, const char *reason);

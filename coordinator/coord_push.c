@@ -324,36 +324,108 @@ static shoal_err_t s_plan_pb(coord_t *c, const plan_t *p, s_plan_pb_t *pb)
     return SHOAL_OK;
 }
 
-void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
+/* What a push of assignments sends every member: the plan in protobuf form (with the
+ * checkpoint's shard holders), built once; and, when the peer table last pushed is the base,
+ * the delta plan: the same plan with only the changed peers. */
+typedef struct {
+    s_plan_pb_t pb;
+    coord_shard_src_t *holders;
+    int has_delta;
+    Shoal__Plan delta;
+    Shoal__Peer **changed;
+    uint8_t digest[PLAN_DIGEST_LEN];
+} s_plan_msg_t;
+
+static shoal_err_t s_plan_msg_build(coord_t *c, coord_run_t *r, int with_delta, s_plan_msg_t *m)
+{
+    memset(m, 0, sizeof *m);
+    if (s_plan_pb(c, &r->plan, &m->pb) != SHOAL_OK)
+        return SHOAL_ERR_NOMEM;
+    if (r->plan.source == PLAN_SOURCE_CHECKPOINT)
+        coord_replicas_attach(c, r, r->plan.ckpt_step, &m->pb.plan, &m->holders);
+    const plan_peers_t *base = &r->sent_peers;
+    if (!with_delta || !base->generation || base->generation >= r->plan.generation ||
+        strcmp(base->run_id, r->id) != 0)
+        return SHOAL_OK;
+    const size_t n = m->pb.plan.n_peers;
+    if (!(m->changed = calloc(n + 1, sizeof *m->changed)))
+        return SHOAL_OK; /* full plans only */
+    const size_t k = plan_peers_diff(base, m->pb.plan.peers, n, m->changed);
+    if (2 * k >= n) /* no gain worth a second form */
+        return SHOAL_OK;
+    plan_peers_digest(m->pb.plan.peers, n, m->digest);
+    m->delta = m->pb.plan;
+    m->delta.peers = m->changed;
+    m->delta.n_peers = k;
+    m->has_delta = 1;
+    return SHOAL_OK;
+}
+
+static void s_plan_msg_free(s_plan_msg_t *m)
+{
+    coord_replicas_detach(&m->holders);
+    free(m->changed);
+    s_plan_pb_free(&m->pb);
+}
+
+/* Member w's assignment: the delta when w holds its base, else the full plan. */
+static void s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_plan_msg_t *m)
 {
     const plan_peer_t *me = coord_plan_member(r, w->id);
     if (!me || !w->has_route)
         return;
-    s_plan_pb_t pb;
-    if (s_plan_pb(c, &r->plan, &pb) != SHOAL_OK) {
-        log_error("assignment for %s: %s", w->id, shoal_errmsg());
-        return;
-    }
-    Shoal__Cell cell = SHOAL__CELL__INIT;
-    cell.replica = me->cell.replica;
-    cell.stage = me->cell.stage;
-    cell.ep_rank = me->cell.ep_rank;
+    Shoal__Cell cell = s_cell_pb(me->cell);
     Shoal__Assignment a = SHOAL__ASSIGNMENT__INIT;
-    a.plan = &pb.plan;
     a.run_name = r->name;
-    a.spec_yaml = r->spec_yaml;
     a.cell = &cell;
     a.rank = me->rank;
     a.lease = r->lease;
+    if (m->has_delta && w->held_gen == r->sent_peers.generation) {
+        a.plan = &m->delta;
+        a.spec_yaml = ""; /* the base's */
+        a.base_generation = r->sent_peers.generation;
+        a.n_peers = (uint32_t)m->pb.plan.n_peers;
+        a.peers_digest.data = m->digest;
+        a.peers_digest.len = PLAN_DIGEST_LEN;
+    } else {
+        a.plan = &m->pb.plan;
+        a.spec_yaml = r->spec_yaml;
+    }
     Shoal__Envelope env =
         s_run_envelope(r, SHOAL__MSG_TYPE__MSG_ASSIGNMENT, SHOAL__ENVELOPE__BODY_ASSIGNMENT);
     env.assignment = &a;
-    coord_shard_src_t *holders = NULL; /* the checkpoint's digests and live holders */
-    if (r->plan.source == PLAN_SOURCE_CHECKPOINT)
-        coord_replicas_attach(c, r, r->plan.ckpt_step, &pb.plan, &holders);
     coord_send_worker(c, w, &env);
-    coord_replicas_detach(&holders);
-    s_plan_pb_free(&pb);
+}
+
+void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
+{
+    s_plan_msg_t m;
+    if (s_plan_msg_build(c, r, 0, &m) != SHOAL_OK) {
+        log_error("assignment for %s: %s", w->id, shoal_errmsg());
+        return;
+    }
+    s_send_assignment(c, r, w, &m);
+    s_plan_msg_free(&m);
+}
+
+void coord_push_assignments(coord_t *c, coord_run_t *r, coord_worker_t **ws, uint32_t n)
+{
+    s_plan_msg_t m;
+    if (s_plan_msg_build(c, r, 1, &m) != SHOAL_OK) {
+        log_error("run %s: assignments of generation %" PRIu64 ": %s", r->id, r->plan.generation,
+                  shoal_errmsg());
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        s_send_assignment(c, r, ws[i], &m);
+    if (m.has_delta)
+        log_debug("run %s: generation %" PRIu64 ": delta of %zu of %zu peers", r->id,
+                  r->plan.generation, m.delta.n_peers, m.pb.plan.n_peers);
+    /* the next deltas' base (none when it cannot be kept: full plans then) */
+    if (plan_peers_copy(&r->sent_peers, r->id, r->plan.generation, m.pb.plan.peers,
+                        m.pb.plan.n_peers) != SHOAL_OK)
+        log_warn("run %s: %s: the next re-plan sends full plans", r->id, shoal_errmsg());
+    s_plan_msg_free(&m);
 }
 
 void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, int command,

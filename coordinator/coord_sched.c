@@ -470,8 +470,7 @@ static void s_apply_plan(coord_t *c, coord_run_t *r, const s_wlist_t *e, const c
     if (coord_txn_commit(c) == SHOAL_OK) {
         for (uint32_t i = 0; i < n_leaving; i++)
             coord_push_leave_plan(c, r, leaving[i]); /* with its hand-over, if it gives one */
-        for (uint32_t i = 0; i < e->n; i++)
-            coord_push_assignment(c, r, e->list[i]); /* none to a spare: it has no cell */
+        coord_push_assignments(c, r, e->list, e->n); /* none to a spare: it has no cell */
         if (resumed) /* a worker's pause outlives plans of its run: end it */
             coord_push_run_control(c, r, SHOAL__RUN_COMMAND__RUN_CMD_RESUME, "placed again");
     }

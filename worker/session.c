@@ -17,6 +17,7 @@
 #include "clock.h"
 #include "fsutil.h"
 #include "log.h"
+#include "plan_delta.h"
 #include "wire.h"
 
 #define S_PENDING_MAX 512        /* unacknowledged reports kept for a resend after reconnect */
@@ -83,6 +84,9 @@ struct session {
     s_pending_t pending[S_PENDING_MAX];
     int n_pending;
     char run_id[SESS_ID_MAX]; /* run and generation of the newest accepted assignment */
+    /* that assignment's full peer table and run spec: the base a plan delta applies to */
+    plan_peers_t held;
+    char *held_spec;
     char stopped_run[SESS_ID_MAX]; /* a run told to stop (the trainer may not have seen it) */
     uint64_t generation;
     int64_t fwd_committed, fwd_lease; /* last lease forwarded for (run_id, generation) */
@@ -443,8 +447,69 @@ static int s_trainer_busy_with(const session_t *s, const char *run)
            strcmp(st->run_id, s->stopped_run) != 0;
 }
 
+/* Keeps the accepted assignment's peer table and spec as the next delta's base: `rebuilt`
+ * (a delta's table, moved) or a copy of the full assignment's. On failure no base is held
+ * (the next delta is refused and the full plan fetched). */
+static void s_hold_plan(session_t *s, const Shoal__Envelope *env, plan_peers_t *rebuilt)
+{
+    const Shoal__Assignment *a = env->assignment;
+    if (rebuilt->generation) {
+        plan_peers_clear(&s->held);
+        s->held = *rebuilt;
+        memset(rebuilt, 0, sizeof *rebuilt);
+        return;
+    }
+    if (!s->held_spec || strcmp(s->held_spec, a->spec_yaml) != 0) {
+        free(s->held_spec);
+        s->held_spec = strdup(a->spec_yaml);
+    }
+    if (!s->held_spec || plan_peers_copy(&s->held, a->plan->run_id, a->plan->generation,
+                                         a->plan->peers, a->plan->n_peers) != SHOAL_OK) {
+        plan_peers_clear(&s->held);
+        log_warn("session: out of memory keeping the plan: the next delta fetches it in full");
+    }
+}
+
+/* A plan delta (plan_delta.h) rebuilt on the plan held into a full assignment: *full (with
+ * *a and *p as its parts, the peers in *rebuilt) when it applies; otherwise 0, logged, and the
+ * full assignment is fetched. */
+static int s_rebuild_delta(session_t *s, const Shoal__Envelope *env, Shoal__Envelope *full,
+                           Shoal__Assignment *a, Shoal__Plan *p, plan_peers_t *rebuilt)
+{
+    const char *why = NULL;
+    if (plan_peers_apply(&s->held, env->run_id, env->assignment, rebuilt, &why) != SHOAL_OK ||
+        !s->held_spec) {
+        log_warn("session: dropped plan delta (run %s, generation %llu on %llu): %s; fetching "
+                 "the full plan", env->run_id, (unsigned long long)env->generation,
+                 (unsigned long long)env->assignment->base_generation,
+                 why ? why : "no run spec held");
+        plan_peers_clear(rebuilt);
+        s_send_get_assignment(s, 1);
+        return 0;
+    }
+    *p = *env->assignment->plan;
+    p->peers = rebuilt->ptrs;
+    p->n_peers = rebuilt->n;
+    *a = *env->assignment;
+    a->plan = p;
+    a->spec_yaml = s->held_spec;
+    *full = *env;
+    full->assignment = a;
+    return 1;
+}
+
 static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
 {
+    Shoal__Envelope full;
+    Shoal__Assignment full_a;
+    Shoal__Plan full_p;
+    plan_peers_t rebuilt = {0};
+    if (env->body_case == SHOAL__ENVELOPE__BODY_ASSIGNMENT && env->assignment &&
+        env->assignment->base_generation) {
+        if (!s_rebuild_delta(s, env, &full, &full_a, &full_p, &rebuilt))
+            return;
+        env = &full;
+    }
     sess_plan_t *pl = NULL;
     const char *why = NULL;
     shoal_err_t rc = sess_plan_from_assignment(env, s->worker_id, &pl, &why);
@@ -453,18 +518,21 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
     if (rc != SHOAL_OK) {
         log_warn("session: dropped assignment (run %s, generation %llu): %s", env->run_id,
                  (unsigned long long)env->generation, why);
+        plan_peers_clear(&rebuilt);
         return;
     }
     if (strcmp(pl->run_id, s->run_id) == 0 && pl->generation < s->generation) {
         log_warn("session: dropped stale assignment of run %s: generation %llu < %llu", pl->run_id,
                  (unsigned long long)pl->generation, (unsigned long long)s->generation);
         sess_plan_destroy(&pl);
+        plan_peers_clear(&rebuilt);
         return;
     }
     if (s_trainer_busy_with(s, pl->run_id)) {
         log_warn("session: dropped assignment for run %s while training run %s", pl->run_id,
                  s->status->run_id);
         sess_plan_destroy(&pl);
+        plan_peers_clear(&rebuilt);
         return;
     }
     sess_event_t *ev = calloc(1, sizeof *ev);
@@ -483,6 +551,7 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
     comm_ids_forget_before(s->ids, pl->generation);
     s_copy(s->run_id, sizeof s->run_id, pl->run_id);
     s->generation = pl->generation;
+    s_hold_plan(s, env, &rebuilt);
     if (strcmp(s->stopped_run, pl->run_id) == 0)
         s->stopped_run[0] = 0; /* assigned again (e.g. undrained) */
     const uint64_t gen = pl->generation;
@@ -497,6 +566,7 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
 fail:
     log_error("session: out of memory converting an assignment");
     sess_plan_destroy(&pl);
+    plan_peers_clear(&rebuilt);
 }
 
 static void s_pending_remove_seq(session_t *s, uint64_t seq)
@@ -1081,6 +1151,8 @@ void session_destroy(session_t **sp)
     free(s->data_endpoint);
     free(s->shard_endpoint);
     free(s->id_file);
+    plan_peers_clear(&s->held);
+    free(s->held_spec);
     pthread_mutex_destroy(&s->mu);
     free(s);
     *sp = NULL;

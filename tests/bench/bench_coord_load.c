@@ -7,7 +7,12 @@
  * latency of the simulated deaths (kill to ledger entry), and `status` / `workers` latency
  * under load. Prints a table; never fails on timing (exit 1 only when nothing ran).
  *
- *   bench_coord_load [WORKERS=10000] [PROCS=4] [SECONDS=150] [RAMP_S=60] [HB_MS=100]
+ *   bench_coord_load [WORKERS=10000] [PROCS=4] [SECONDS=150] [RAMP_S=60] [HB_MS=100] [CHURN=1]
+ *
+ * CHURN 0: no deaths, joins or drains (the steady state: no re-plan in the window). Either way
+ * it prints the coordinator's CPU seconds per answered message in the window (the drivers'
+ * per-second progress lines count the window's answers), the figure that says what one core
+ * answers a second, and how many assignments went out in full and as plan deltas (bytes).
  *
  * Registrations are spread over RAMP_S (each is a synced RocksDB write); churn starts 10 s after
  * the ramp and stops 10 s before the end; the measuring window is [RAMP_S + 15 s, end - 10 s).
@@ -119,10 +124,11 @@ int main(int argc, char **argv)
     int workers = argc > 1 ? atoi(argv[1]) : 10000, procs = argc > 2 ? atoi(argv[2]) : 4;
     int seconds = argc > 3 ? atoi(argv[3]) : 150, ramp = argc > 4 ? atoi(argv[4]) : 60;
     const int hb = argc > 5 ? atoi(argv[5]) : 100;
+    const int churn_on = argc > 6 ? atoi(argv[6]) : 1;
     if (workers < 1 || procs < 1 || procs > S_MAX_PROCS || ramp < 0 || seconds < ramp + 30 ||
         hb < 10 || hb > 10000) {
         fprintf(stderr, "usage: bench_coord_load [WORKERS] [PROCS <= 16] [SECONDS >= RAMP_S + "
-                        "30] [RAMP_S] [HB_MS]\n");
+                        "30] [RAMP_S] [HB_MS] [CHURN 0|1]\n");
         return 2;
     }
     const int w0 = ramp + 15, w1 = seconds - 10; /* the measuring window, s */
@@ -155,7 +161,7 @@ int main(int argc, char **argv)
         snprintf(n, sizeof n, "%d", workers / procs + (i < workers % procs));
         snprintf(first, sizeof first, "%d", i * (workers / procs) + (i < workers % procs ? i : workers % procs));
         snprintf(secs, sizeof secs, "%d", seconds);
-        snprintf(churn, sizeof churn, "%d", procs * 1000);
+        snprintf(churn, sizeof churn, "%d", churn_on ? procs * 1000 : 0);
         snprintf(off, sizeof off, "%d", (ramp + 10) * 1000 + i * 1000);
         snprintf(ramp_ms, sizeof ramp_ms, "%d", ramp * 1000);
         snprintf(hbs, sizeof hbs, "%d", hb);
@@ -201,8 +207,10 @@ int main(int argc, char **argv)
             }
         }
     }
-    unsigned long long acks = 0, sent = 0;
+    unsigned long long acks = 0, sent = 0, win_acks = 0;
+    unsigned long long fulls = 0, full_b = 0, deltas = 0, delta_b = 0, refused = 0;
     double sim_cpu = 0;
+    const long long win0_ms = t0 + w0 * 1000LL, win1_ms = t0 + w1 * 1000LL;
     for (int i = 0; i < procs; i++) {
         int st;
         struct rusage ru;
@@ -211,10 +219,23 @@ int main(int argc, char **argv)
                        (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
         FILE *f = fopen(logs[i], "r");
         char line[512];
-        unsigned long long a, b;
-        while (f && fgets(line, sizeof line, f))
+        unsigned long long a, b, c, d, e;
+        long long at;
+        unsigned long long acks_w0 = 0, acks_w1 = 0; /* at the window's ends */
+        while (f && fgets(line, sizeof line, f)) {
             if (sscanf(line, "sim: sent %llu acks %llu", &a, &b) == 2)
                 sent += a, acks += b;
+            if (sscanf(line, "sim: at %lld acks %llu", &at, &a) == 2) {
+                if (at <= win0_ms)
+                    acks_w0 = a;
+                if (at <= win1_ms)
+                    acks_w1 = a;
+            }
+            if (sscanf(line, "sim: plans full %llu (%llu bytes) deltas %llu (%llu bytes) "
+                             "deltas_refused %llu", &a, &b, &c, &d, &e) == 5)
+                fulls += a, full_b += b, deltas += c, delta_b += d, refused += e;
+        }
+        win_acks += acks_w1 - acks_w0;
         if (f)
             fclose(f);
     }
@@ -240,9 +261,10 @@ int main(int argc, char **argv)
     s_loadavg(load, sizeof load);
     printf("coordinator load: %d simulated workers in %d drivers, %d s (registrations over the "
            "first %d s), %d ms heartbeats, V3 plan pp 16 x ep 64 x dp 2 (2048 cells), step 1 s, "
-           "checkpoint every 10 steps, churn 1/s from %d s to %d s, window %d s .. %d s; %ld "
+           "checkpoint every 10 steps, churn 1/s from %d s to %d s%s, window %d s .. %d s; %ld "
            "CPUs online, loadavg at the start %s, at the end %s\n",
-           workers, procs, seconds, ramp, hb, ramp + 10, seconds - 10, w0, w1,
+           workers, procs, seconds, ramp, hb, ramp + 10, seconds - 10, churn_on ? "" : " (OFF)",
+           w0, w1,
            sysconf(_SC_NPROCESSORS_ONLN), load0, load);
     printf("messages answered          %.0f /s over the run (acks the drivers got; they sent "
            "%.0f /s)\n", (double)acks / seconds, (double)sent / seconds);
@@ -253,6 +275,16 @@ int main(int argc, char **argv)
     printf("coordinator CPU            %.2f cores in the window (%.1f CPU s over the run); the "
            "drivers used %.2f cores over the run\n", (p1.cpu_s - p0.cpu_s) / win, pn.cpu_s,
            sim_cpu / seconds);
+ /* the CPU one answer costs, so what one core answers a second (its sockets' kernel time in) */
+    const double cpu_per = win_acks ? (p1.cpu_s - p0.cpu_s) / (double)win_acks : 0;
+    printf("coordinator CPU per answer %.2f us CPU per answered message in the window (%.0f "
+           "answers/s%s): one core answers %.0f /s\n", cpu_per * 1e6, (double)win_acks / win,
+           churn_on ? ", re-plans included" : ", steady state: no re-plan",
+           cpu_per > 0 ? 1.0 / cpu_per : 0.0);
+    printf("assignments                %llu full (%.0f KB each), %llu plan deltas (%.1f KB each), "
+           "%llu deltas refused (fetched in full)\n", fulls,
+           fulls ? (double)full_b / (double)fulls / 1e3 : 0.0, deltas,
+           deltas ? (double)delta_b / (double)deltas / 1e3 : 0.0, refused);
     printf("coordinator memory         RSS %.1f MiB now, peak sampled %.1f MiB, VmHWM %.1f MiB\n",
            pn.rss_kb / 1024.0, rss_max / 1024.0, pn.hwm_kb / 1024.0);
     printf("coordinator writes         %.0f write calls/s (log lines and ZeroMQ's wake-ups too), "

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -281,6 +282,8 @@ static void s_on_worker_push(const Shoal__Envelope *env, void *ctxp)
         w->n_assignments++;
         if (w->gen > w->max_gen)
             w->max_gen = w->gen;
+        if (w->on_assignment)
+            w->on_assignment(w->on_assignment_arg, env, shoal__envelope__get_packed_size(env));
         if (ctx->want_seq == (uint64_t)-1)
             ctx->answered = 1;
         break;
@@ -579,6 +582,15 @@ int tc_tmpdir_make(char *buf, size_t cap, const char *prefix)
     if ((size_t)snprintf(buf, cap, "/tmp/%s-XXXXXX", prefix) >= cap)
         return -1;
     return mkdtemp(buf) ? 0 : -1;
+}
+
+int tc_tmpdir_make_with(char *root, size_t root_cap, char *dir, size_t dir_cap,
+                        const char *prefix)
+{
+    if (tc_tmpdir_make(root, root_cap, prefix) != 0 ||
+        (size_t)snprintf(dir, dir_cap, "%s/t", root) >= dir_cap)
+        return -1;
+    return mkdir(dir, 0755);
 }
 
 int tc_tmpdir_remove(const char *dir)

@@ -79,6 +79,9 @@ typedef struct {
     int n_repl_files;
     char repl_file[4][64], repl_sha[4][65];
     uint64_t repl_size[4];
+    /* when set, called with every Assignment received (decoded, borrowed) and its size */
+    void (*on_assignment)(void *arg, const Shoal__Envelope *env, size_t bytes);
+    void *on_assignment_arg;
 } tc_worker_t;
 
 int tc_worker_open(tc_worker_t *w, const char *dir, const char *name);
@@ -136,5 +139,8 @@ void tc_beat(tc_worker_t **ws, int n, int ms, int hb_ms, int64_t step, bool rere
  * (kept when SHOAL_KEEP_TEST_DIR is set, to look at the logs). */
 int tc_tmpdir_make(char *buf, size_t cap, const char *prefix);
 int tc_tmpdir_remove(const char *dir);
+/* tc_tmpdir_make into root, and its state dir root/t (made) into dir: one coordinator's. */
+int tc_tmpdir_make_with(char *root, size_t root_cap, char *dir, size_t dir_cap,
+                        const char *prefix);
 
 #endif

@@ -27,10 +27,7 @@ static char s_root[128], s_dir[160];
 static int s_setup(void **state)
 {
     (void)state;
-    if (tc_tmpdir_make(s_root, sizeof s_root, "shoal-cm") != 0)
-        return -1;
-    snprintf(s_dir, sizeof s_dir, "%s/t", s_root);
-    return mkdir(s_dir, 0755);
+    return tc_tmpdir_make_with(s_root, sizeof s_root, s_dir, sizeof s_dir, "shoal-cm");
 }
 
 static int s_teardown(void **state)

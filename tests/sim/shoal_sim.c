@@ -20,8 +20,13 @@
  * again after 2 s, doubling up to 30 s. Each event is a line of FILE:
  * "<kind> <name> <worker id> <wall ms>". With --experts N, replica 0 / ep rank 0 of each stage
  * reports with each step the loads of the stage's MoE layers (from --first-moe): Zipf-skewed,
- * the expert at rank k of layer l being sim_expert_at_rank(k, l, N). At the end a summary line goes to stdout:
- * "sim: sent N acks N registered N deaths N joins N drains N". Exit 0, or 1 on a setup error. */
+ * the expert at rank k of layer l being sim_expert_at_rank(k, l, N). Each second a progress
+ * line goes to stdout, "sim: at <CLOCK_MONOTONIC ms> acks N sent N" (a bench counts the answers
+ * of a window with it); at the end the summary lines "sim: sent N acks N registered N deaths N
+ * joins N drains N" and "sim: plans full N (B bytes) deltas N (B bytes) deltas_refused N".
+ * Assignments are held as a worker holds them (plan_delta.h): a plan delta applies on the peer
+ * table of the generation held, checked against its digest, or the full plan is fetched.
+ * Exit 0, or 1 on a setup error. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -35,6 +40,7 @@
 #include <zmq.h>
 
 #include "clock.h"
+#include "plan_delta.h"
 #include "wire.h"
 
 #define S_GETASSIGN_MIN_MS 300
@@ -42,6 +48,14 @@
 #define S_REGISTER_RETRY_MAX_MS 30000 /* ... up to this (a slow coordinator is not flooded) */
 
 typedef enum { S_OFF = 0, S_REGISTERING, S_REGISTERED, S_LEAVING } s_state_t;
+
+/* A plan's peer table held by simulated workers, shared by the workers of this process that
+ * hold the same one (2,048 peers do not fit 10,000 times): the base a plan delta applies to. */
+typedef struct {
+    plan_peers_t t;
+    int refs;
+} s_table_t;
+#define S_TABLES_KEPT 4 /* recent tables a worker's delta may turn out to rebuild */
 
 typedef struct {
     void *sock;
@@ -58,6 +72,7 @@ typedef struct {
      * ready list, its socket's ZMQ_FD in the epoll set */
     int64_t timer_at;
     int ready, zfd;
+    s_table_t *held; /* the peer table of (run, gen) (NULL: none) */
 } s_worker_t;
 
 /* A timer: worker `w` needs a tick at `at` (stale when the worker's timer_at moved since). */
@@ -86,6 +101,8 @@ typedef struct {
     uint64_t rng;
     FILE *events;
     unsigned long long sent, acks, registered, deaths, joins, drains;
+    unsigned long long full_plans, deltas, deltas_refused, delta_bytes, full_bytes;
+    s_table_t *recent[S_TABLES_KEPT]; /* newest first, one reference each */
     s_worker_t *cur; /* the worker whose socket is being read */
     /* the event loop: one epoll set over every socket's ZMQ_FD (edge-triggered), a min-heap
      * of timers and the list of sockets to look at: a wake-up costs O(ready), not O(workers) */
@@ -139,6 +156,79 @@ static void s_send(s_sim_t *s, s_worker_t *w, Shoal__Envelope *env)
 static void s_env(s_worker_t *w, Shoal__Envelope *env, Shoal__MsgType type)
 {
     wire_envelope_init(env, type, w->run, w->id, w->gen, ++w->seq);
+}
+
+static void s_table_unref(s_table_t **tp)
+{
+    s_table_t *t = *tp;
+    if (t && --t->refs == 0) {
+        plan_peers_clear(&t->t);
+        free(t);
+    }
+    *tp = NULL;
+}
+
+/* Keeps t (one more reference) among the recent tables, dropping the oldest. */
+static s_table_t *s_table_keep(s_sim_t *s, s_table_t *t)
+{
+    s_table_unref(&s->recent[S_TABLES_KEPT - 1]);
+    memmove(&s->recent[1], &s->recent[0], (S_TABLES_KEPT - 1) * sizeof s->recent[0]);
+    s->recent[0] = t;
+    t->refs++;
+    return t;
+}
+
+/* w no longer holds a plan. */
+static void s_drop_plan(s_worker_t *w)
+{
+    w->run[0] = 0;
+    w->gen = 0;
+    s_table_unref(&w->held);
+}
+
+/* The table of full assignment `a`: a recent one with the same rows, else a new copy. */
+static s_table_t *s_table_of_full(s_sim_t *s, const Shoal__Assignment *a)
+{
+    const Shoal__Plan *p = a->plan;
+    uint8_t digest[PLAN_DIGEST_LEN];
+    plan_peers_digest(p->peers, p->n_peers, digest);
+    for (int i = 0; i < S_TABLES_KEPT; i++) {
+        s_table_t *t = s->recent[i];
+        if (t && t->t.generation == p->generation && strcmp(t->t.run_id, p->run_id) == 0 &&
+            memcmp(t->t.digest, digest, sizeof digest) == 0) {
+            t->refs++;
+            return t;
+        }
+    }
+    s_table_t *t = calloc(1, sizeof *t);
+    if (!t || plan_peers_copy(&t->t, p->run_id, p->generation, p->peers, p->n_peers) != SHOAL_OK) {
+        free(t);
+        return NULL;
+    }
+    t->refs = 1;
+    return s_table_keep(s, t);
+}
+
+/* The table delta `a` rebuilds on w's: a recent one it rebuilds exactly, else a new one
+ * (NULL when refused: not w's base, or the digest differs). */
+static s_table_t *s_table_of_delta(s_sim_t *s, s_worker_t *w, const Shoal__Envelope *env)
+{
+    const Shoal__Assignment *a = env->assignment;
+    if (!w->held)
+        return NULL;
+    for (int i = 0; i < S_TABLES_KEPT; i++)
+        if (s->recent[i] && plan_peers_delta_is(&w->held->t, env->run_id, a, &s->recent[i]->t)) {
+            s->recent[i]->refs++;
+            return s->recent[i];
+        }
+    s_table_t *t = calloc(1, sizeof *t);
+    const char *why = NULL;
+    if (!t || plan_peers_apply(&w->held->t, env->run_id, a, &t->t, &why) != SHOAL_OK) {
+        free(t);
+        return NULL;
+    }
+    t->refs = 1;
+    return s_table_keep(s, t);
 }
 
 static void s_send_register(s_sim_t *s, s_worker_t *w)
@@ -331,6 +421,7 @@ static void s_close(s_sim_t *s, s_worker_t *w)
         zmq_close(w->sock); /* linger 0 (wire_socket_limits): the connection drops at once */
     w->sock = NULL;
     w->state = S_OFF;
+    s_table_unref(&w->held);
 }
 
 /* A drained worker, its cell handed on: a plain Leave, then gone. */
@@ -353,8 +444,7 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
             if (w->state == S_REGISTERING)
                 s->registered++;
             w->state = S_REGISTERED;
-            w->run[0] = 0;
-            w->gen = 0;
+            s_drop_plan(w);
         }
         break;
     case SHOAL__MSG_TYPE__MSG_ASSIGNMENT: {
@@ -362,6 +452,26 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
         if (!a->plan || (w->run[0] && strcmp(w->run, a->plan->run_id) == 0 &&
                          a->plan->generation < w->gen))
             break;
+        /* like a worker: a delta on the table it holds, checked against the digest, or the
+         * full plan fetched */
+        const size_t bytes = shoal__envelope__get_packed_size(env);
+        s_table_t *t = a->base_generation ? s_table_of_delta(s, w, env) : s_table_of_full(s, a);
+        if (!t) {
+            if (a->base_generation)
+                s->deltas_refused++;
+            w->getassign_ms = 0; /* at once */
+            s_send_get_assignment(s, w);
+            break;
+        }
+        if (a->base_generation) {
+            s->deltas++;
+            s->delta_bytes += bytes;
+        } else {
+            s->full_plans++;
+            s->full_bytes += bytes;
+        }
+        s_table_unref(&w->held);
+        w->held = t;
         snprintf(w->run, sizeof w->run, "%s", a->plan->run_id);
         w->gen = a->plan->generation;
         w->rank = a->rank;
@@ -390,8 +500,7 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
         if (strcmp(env->run_id, w->run) != 0)
             break;
         if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP) {
-            w->run[0] = 0;
-            w->gen = 0;
+            s_drop_plan(w);
             if (w->drain_asked && w->state == S_REGISTERED)
                 s_finish_drain(s, w);
         } else if (env->run_control->command == SHOAL__RUN_COMMAND__RUN_CMD_PAUSE) {
@@ -401,8 +510,7 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
         }
         break;
     case SHOAL__MSG_TYPE__MSG_DRAIN:
-        w->run[0] = 0;
-        w->gen = 0;
+        s_drop_plan(w);
         if (w->drain_asked && w->state == S_REGISTERED)
             s_finish_drain(s, w);
         break;
@@ -758,10 +866,16 @@ int main(int argc, char **argv)
     const int64_t churn_end = end - s.o.quiet_after_ms;
     int64_t next_churn = s.o.churn_ms ? t0 + s.o.churn_offset_ms + s.o.churn_ms : INT64_MAX;
     struct epoll_event evs[256];
+    int64_t next_progress = t0 + 1000;
     while (!s_stop) {
         int64_t now = clock_mono_ms();
         if (now >= end)
             break;
+        if (now >= next_progress) {
+            printf("sim: at %lld acks %llu sent %llu\n", (long long)now, s.acks, s.sent);
+            fflush(stdout);
+            next_progress += 1000;
+        }
         if (now >= next_churn) {
             if (now < churn_end) {
                 const int n_before = s.n;
@@ -790,8 +904,12 @@ int main(int argc, char **argv)
     }
     printf("sim: sent %llu acks %llu registered %llu deaths %llu joins %llu drains %llu\n",
            s.sent, s.acks, s.registered, s.deaths, s.joins, s.drains);
+    printf("sim: plans full %llu (%llu bytes) deltas %llu (%llu bytes) deltas_refused %llu\n",
+           s.full_plans, s.full_bytes, s.deltas, s.delta_bytes, s.deltas_refused);
     for (int i = 0; i < s.n; i++)
         s_close(&s, &s.w[i]);
+    for (int i = 0; i < S_TABLES_KEPT; i++)
+        s_table_unref(&s.recent[i]);
     zmq_ctx_term(s.zctx);
     if (s.events)
         fclose(s.events);
