@@ -38,8 +38,9 @@ shoal_err_t gpu_module_load(const gpu_module_t **out)
                           "the GPU trainer module %s does not load (%s): install it beside "
                           "shoal-worker, or use --device cpu",
                           path, dlerror());
-    const gpu_module_t *(*entry)(void);
-    *(void **)&entry = dlsym(h, GPU_MODULE_ENTRY);
+    const gpu_module_t *(*entry)(void) = NULL;
+    void *sym = dlsym(h, GPU_MODULE_ENTRY);
+    memcpy(&entry, &sym, sizeof sym); /* object pointer -> function pointer, as POSIX allows */
     const gpu_module_t *m = entry ? entry() : NULL;
     if (!m) {
         dlclose(h);
