@@ -3,6 +3,7 @@
 # CUDA, prints nvidia-smi, runs the gpu-labelled tests (every kernel against its CPU twin), times
 # each kernel CPU vs GPU, trains the tiny preset on the GPU against the CPU trainer
 # (test_gpu_train: fp32 within 1e-4 relative per step, bf16 within 2e-2, determinism, resume),
+# runs `shoal-worker train --device cuda:0` for 3 steps (the GPU trainer from libshoal_gpu.so),
 # benchmarks the MoE layer and a wide-preset step against the measured bf16 GEMM peak
 # (bench_gpu), and ends with a short table. Budget: under 8 minutes on an H200.
 # Usage (repository root or anywhere): tests/gpu/run.sh [build-dir]   (default build-gpu)
@@ -83,8 +84,25 @@ while IFS= read -r line; do
 done < <(grep -vE '^  |^test_gpu_train:' "$B.train.log")
 [ $trc -eq 77 ] && row "train (test_gpu_train)" SKIP "no CUDA device"
 
-echo "== nccl (the 2-rank NCCL backend test: needs 2 GPUs)"
+echo "== shoal-worker train --device cuda:0 (the GPU trainer from libshoal_gpu.so)"
 "$B/bin/shoal-worker" --version
+MT=$(mktemp -d)
+corpus=/usr/share/games/fortunes/fortunes
+[ -f "$corpus" ] || { head -c 200000 /dev/urandom | base64 >"$MT/corpus.txt"; corpus=$MT/corpus.txt; }
+printf '%s\n' "name: gpu-module" "model: {preset: tiny}" "data: {files: [$corpus], seed: 7}" \
+    "train: {steps: 3, global_batch: 8, seq_len: 64, micro_batch: 4, lr: 3e-3, warmup_steps: 1}" \
+    "checkpoint: {dir: $MT/ck, every_steps: 10, keep: 1}" >"$MT/run.yaml"
+timeout 120 "$B/bin/shoal-worker" train "$MT/run.yaml" --device cuda:0 --quiet >"$B.module.log" 2>&1
+if grep -q '^summary: 3 steps' "$B.module.log"; then
+    row "shoal-worker train cuda:0 (module)" ok "$(grep -m1 '^device:' "$B.module.log")"
+else
+    rc=1
+    row "shoal-worker train cuda:0 (module)" FAIL "see $B.module.log"
+    tail -5 "$B.module.log"
+fi
+rm -rf "$MT"
+
+echo "== nccl (the 2-rank NCCL backend test: needs 2 GPUs)"
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 if [ "$NGPU" -lt 2 ]; then
     echo "run.sh: this machine has $NGPU GPU(s); the 2-rank NCCL test needs 2: not run"
