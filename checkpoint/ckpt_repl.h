@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ckpt.h"
+#include "vouch.h"
 #include "zsec.h"
 
 #ifdef __cplusplus
@@ -26,11 +27,18 @@ extern "C" {
 #define CKPT_REPL_ENDPOINT_MAX 256
 
 /* CURVE for the shard servers created and the fetches made after this call in this process
- * (call it once at start; keys copied): a server is a CURVE server with `keys` (any CURVE key
- * may ask: what a fetcher gets it verifies against the coordinator's digests), a fetch dials a
+ * (call it once at start; keys copied): a server is a CURVE server with `keys` (admitting the
+ * keys of ckpt_repl_set_vouch; what a fetcher gets it verifies against the coordinator's
+ * digests either way), a fetch dials a
  * holder with the holder's ckpt_source_t.public_key (a source without one fails). NULL:
  * plaintext. */
 void ckpt_repl_set_curve(const zsec_keys_t *keys);
+
+/* Which keys the CURVE shard servers created after this call admit: those `v` vouches for (the
+ * coordinator's answers, common/vouch.h), a key not yet known held up to CKPT_REPL_VOUCH_HOLD_MS
+ * while it is asked about. NULL (the default): any CURVE key. `v` must outlive the servers. */
+void ckpt_repl_set_vouch(vouch_t *v);
+#define CKPT_REPL_VOUCH_HOLD_MS 20000
 
 /* ---- server ----------------------------------------------------------------------------- */
 
@@ -54,6 +62,8 @@ shoal_err_t ckpt_server_allow(ckpt_server_t *s, const char *root);
 
 /* Requests answered (ok, refused) so far; for tests and logs. */
 void ckpt_server_counts(ckpt_server_t *s, uint64_t *served, uint64_t *refused);
+/* CURVE handshakes refused so far (a key nobody vouched for; each logged once a minute). */
+unsigned long long ckpt_server_denied_handshakes(const ckpt_server_t *s);
 
 /* Stops the thread, closes the socket, frees; idempotent, NULLs *s. */
 void ckpt_server_destroy(ckpt_server_t **s);

@@ -19,6 +19,7 @@
 
 #define S_POLL_MS 100
 #define S_MAX_REQUEST 8192 /* bytes of one ShardRequest at most */
+#define S_ZAP_DOMAIN "shoal-shards"
 
 struct ckpt_server {
     void *ctx, *sock;
@@ -30,11 +31,17 @@ struct ckpt_server {
     int n_roots;
     char roots[CKPT_REPL_MAX_ROOTS][PATH_MAX];
     char endpoint[CKPT_REPL_ENDPOINT_MAX];
-    zsec_zap_t *zap; /* CURVE (ckpt_repl_set_curve): admits any key */
+    zsec_zap_t *zap; /* CURVE (ckpt_repl_set_curve): admits the vouched-for keys, or any */
 };
 
 static zsec_keys_t s_curve_keys;
 static atomic_int s_curve;
+static vouch_t *_Atomic s_vouch;
+
+void ckpt_repl_set_vouch(vouch_t *v)
+{
+    atomic_store(&s_vouch, v);
+}
 
 void ckpt_repl_set_curve(const zsec_keys_t *keys)
 {
@@ -268,8 +275,17 @@ shoal_err_t ckpt_server_new(const char *bind, const char *advertise_host, const 
     zsec_keys_t keys;
     if (ckpt_repl_curve_keys(&keys)) {
         SHOAL_CHECK_GOTO(zsec_zap_new(s->ctx, &s->zap), rc, fail);
-        SHOAL_CHECK_GOTO(zsec_zap_allow_any(s->zap, "shoal-shards"), rc, fail);
-        SHOAL_CHECK_GOTO(zsec_server(s->sock, &keys, "shoal-shards"), rc, fail);
+        vouch_t *v = atomic_load(&s_vouch);
+        if (v) {
+            /* libzmq never retries a refused handshake: a fetcher's key is held while the
+             * coordinator is asked, not refused at once */
+            SHOAL_CHECK_GOTO(zsec_zap_vouch(s->zap, S_ZAP_DOMAIN, vouch_lookup, v), rc, fail);
+            SHOAL_CHECK_GOTO(zsec_zap_hold(s->zap, S_ZAP_DOMAIN, CKPT_REPL_VOUCH_HOLD_MS), rc,
+                             fail);
+        } else {
+            SHOAL_CHECK_GOTO(zsec_zap_allow_any(s->zap, S_ZAP_DOMAIN), rc, fail);
+        }
+        SHOAL_CHECK_GOTO(zsec_server(s->sock, &keys, S_ZAP_DOMAIN), rc, fail);
     }
     if (zmq_bind(s->sock, bind) != 0) {
         rc = shoal_fail(SHOAL_ERR_IO, "shard server: bind %s: %s", bind, zmq_strerror(errno));
@@ -319,6 +335,11 @@ void ckpt_server_counts(ckpt_server_t *s, uint64_t *served, uint64_t *refused)
 {
     *served = atomic_load(&s->served);
     *refused = atomic_load(&s->refused);
+}
+
+unsigned long long ckpt_server_denied_handshakes(const ckpt_server_t *s)
+{
+    return s && s->zap ? zsec_zap_denied(s->zap) : 0;
 }
 
 void ckpt_server_destroy(ckpt_server_t **sp)

@@ -10,6 +10,7 @@
 #include <zmq.h>
 
 #include "numparse.h"
+#include "zsec.h"
 
 typedef struct {
     int type;
@@ -36,6 +37,8 @@ static const wire_type_info_t s_types[] = {
     {SHOAL__MSG_TYPE__MSG_REPLICATE, SHOAL__ENVELOPE__BODY_REPLICATE, "replicate"},
     {SHOAL__MSG_TYPE__MSG_SHARD_HELD, SHOAL__ENVELOPE__BODY_CKPT_SHARD, "shard_held"},
     {SHOAL__MSG_TYPE__MSG_SHARD_CORRUPT, SHOAL__ENVELOPE__BODY_CKPT_SHARD, "shard_corrupt"},
+    {SHOAL__MSG_TYPE__MSG_KEY_QUERY, SHOAL__ENVELOPE__BODY_KEY_QUERY, "key_query"},
+    {SHOAL__MSG_TYPE__MSG_KEY_ANSWER, SHOAL__ENVELOPE__BODY_KEY_ANSWER, "key_answer"},
     {SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, SHOAL__ENVELOPE__BODY_CTL_SUBMIT, "ctl_submit"},
     {SHOAL__MSG_TYPE__MSG_CTL_STATUS, SHOAL__ENVELOPE__BODY_CTL_STATUS, "ctl_status"},
     {SHOAL__MSG_TYPE__MSG_CTL_WORKERS, SHOAL__ENVELOPE__BODY_CTL_WORKERS, "ctl_workers"},
@@ -283,6 +286,18 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         }
         break;
     }
+    case SHOAL__ENVELOPE__BODY_KEY_QUERY:
+        WIRE_CHECK_GOTO(s_str(env->key_query->public_key, ZSEC_KEY_LEN, "key_query.public_key"),
+                        rc, out);
+        break;
+    case SHOAL__ENVELOPE__BODY_KEY_ANSWER:
+        WIRE_CHECK_GOTO(s_str(env->key_answer->public_key, ZSEC_KEY_LEN, "key_answer.public_key"),
+                        rc, out);
+        WIRE_CHECK_GOTO(s_str(env->key_answer->worker_id, WIRE_MAX_ID_LEN, "key_answer.worker_id"),
+                        rc, out);
+        WIRE_CHECK_GOTO(s_str(env->key_answer->reason, WIRE_MAX_TEXT_LEN, "key_answer.reason"), rc,
+                        out);
+        break;
     case SHOAL__ENVELOPE__BODY_LEAVE:
         WIRE_CHECK_GOTO(s_str(env->leave->reason, WIRE_MAX_TEXT_LEN, "leave.reason"), rc, out);
         break;

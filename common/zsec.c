@@ -323,6 +323,8 @@ typedef struct {
     char name[ZAP_DOMAIN_MAX];
     bool any;
     int hold_ms; /* > 0: an unknown key waits this long for a list that admits it */
+    zsec_vouch_fn vouch; /* asked about keys the list does not name (NULL: none) */
+    void *vouch_arg;
     zsec_rule_t *rules;
     int n;
 } s_domain_t;
@@ -368,6 +370,9 @@ static s_verdict_t s_admit(zsec_zap_t *z, const char *domain, const uint8_t *key
         return S_DENY;
     s_verdict_t v = S_DENY;
     *hold_ms = 0;
+    zsec_vouch_fn vouch = NULL;
+    void *vouch_arg = NULL;
+    int vouch_hold_ms = 0;
     pthread_mutex_lock(&z->lock);
     for (int i = 0; i < z->n_domains && v != S_ADMIT; i++) {
         s_domain_t *d = &z->domains[i];
@@ -382,13 +387,28 @@ static s_verdict_t s_admit(zsec_zap_t *z, const char *domain, const uint8_t *key
                 snprintf(user, cap, "%s", d->rules[k].user);
                 v = S_ADMIT;
             }
-        if (v != S_ADMIT && d->hold_ms > 0) {
+        if (v != S_ADMIT && d->vouch) {
+            vouch = d->vouch;
+            vouch_arg = d->vouch_arg;
+            vouch_hold_ms = d->hold_ms;
+        } else if (v != S_ADMIT && d->hold_ms > 0) {
             v = S_HOLD;
             *hold_ms = d->hold_ms;
         }
     }
     pthread_mutex_unlock(&z->lock);
-    return v;
+    if (v == S_ADMIT || !vouch)
+        return v;
+    /* asked outside the lock: the voucher takes its own */
+    switch (vouch(vouch_arg, text, user, cap)) {
+    case ZSEC_VOUCH_ADMIT:
+        return S_ADMIT;
+    case ZSEC_VOUCH_DENY:
+        return S_DENY;
+    default:
+        *hold_ms = vouch_hold_ms;
+        return vouch_hold_ms > 0 ? S_HOLD : S_DENY;
+    }
 }
 
 /* Logs a denial once per key per minute: a stranger that keeps dialling cannot flood the log. */
@@ -656,28 +676,52 @@ shoal_err_t zsec_zap_set(zsec_zap_t *z, const char *domain, const zsec_rule_t *r
     return SHOAL_OK;
 }
 
-shoal_err_t zsec_zap_allow_any(zsec_zap_t *z, const char *domain)
+/* Locks the handler's lists and gives the slot of `domain` (created when missing); on error
+ * nothing is locked. */
+static shoal_err_t s_domain_locked(zsec_zap_t *z, const char *domain, s_domain_t **out)
 {
     if (strlen(domain) >= ZAP_DOMAIN_MAX)
         return shoal_fail(SHOAL_ERR_INVALID, "zap domain '%s' too long", domain);
     pthread_mutex_lock(&z->lock);
-    s_domain_t *d = s_domain(z, domain);
-    if (d)
-        d->any = true;
+    if (!(*out = s_domain(z, domain))) {
+        pthread_mutex_unlock(&z->lock);
+        return shoal_fail(SHOAL_ERR_STATE, "zap: more than %d domains", ZAP_MAX_DOMAINS);
+    }
+    return SHOAL_OK;
+}
+
+shoal_err_t zsec_zap_allow_any(zsec_zap_t *z, const char *domain)
+{
+    s_domain_t *d;
+    shoal_err_t rc = s_domain_locked(z, domain, &d);
+    if (rc != SHOAL_OK)
+        return rc;
+    d->any = true;
     pthread_mutex_unlock(&z->lock);
-    return d ? SHOAL_OK : shoal_fail(SHOAL_ERR_STATE, "zap: more than %d domains", ZAP_MAX_DOMAINS);
+    return SHOAL_OK;
 }
 
 shoal_err_t zsec_zap_hold(zsec_zap_t *z, const char *domain, int hold_ms)
 {
-    if (strlen(domain) >= ZAP_DOMAIN_MAX)
-        return shoal_fail(SHOAL_ERR_INVALID, "zap domain '%s' too long", domain);
-    pthread_mutex_lock(&z->lock);
-    s_domain_t *d = s_domain(z, domain);
-    if (d)
-        d->hold_ms = hold_ms > 0 ? hold_ms : 0;
+    s_domain_t *d;
+    shoal_err_t rc = s_domain_locked(z, domain, &d);
+    if (rc != SHOAL_OK)
+        return rc;
+    d->hold_ms = hold_ms > 0 ? hold_ms : 0;
     pthread_mutex_unlock(&z->lock);
-    return d ? SHOAL_OK : shoal_fail(SHOAL_ERR_STATE, "zap: more than %d domains", ZAP_MAX_DOMAINS);
+    return SHOAL_OK;
+}
+
+shoal_err_t zsec_zap_vouch(zsec_zap_t *z, const char *domain, zsec_vouch_fn fn, void *arg)
+{
+    s_domain_t *d;
+    shoal_err_t rc = s_domain_locked(z, domain, &d);
+    if (rc != SHOAL_OK)
+        return rc;
+    d->vouch = fn;
+    d->vouch_arg = arg;
+    pthread_mutex_unlock(&z->lock);
+    return SHOAL_OK;
 }
 
 unsigned long long zsec_zap_denied(const zsec_zap_t *z)

@@ -113,6 +113,14 @@ shoal_err_t zsec_zap_allow_any(zsec_zap_t *z, const char *domain);
  * retries a refused handshake, so a listener whose list follows a plan holds a peer that dialled
  * before the plan reached it (libzmq's handshake timeout, 30 s, bounds hold_ms). */
 shoal_err_t zsec_zap_hold(zsec_zap_t *z, const char *domain, int hold_ms);
+/* What a voucher says of a key the domain's list does not name. */
+typedef enum { ZSEC_VOUCH_UNKNOWN = 0, ZSEC_VOUCH_ADMIT, ZSEC_VOUCH_DENY } zsec_vouch_t;
+/* Asked, on the handler thread, about a key (Z85) not on the domain's list: ADMIT (the User-Id
+ * written to user), DENY (denied at once, even in a holding domain), or UNKNOWN (held while the
+ * domain holds, asked again every 50 ms until the hold ends). Must not call zsec_zap_*. */
+typedef zsec_vouch_t (*zsec_vouch_fn)(void *arg, const char *key, char *user, size_t cap);
+/* Consults fn(arg, ...) for the keys of `domain` its list does not admit (NULL: no voucher). */
+shoal_err_t zsec_zap_vouch(zsec_zap_t *z, const char *domain, zsec_vouch_fn fn, void *arg);
 /* Handshakes denied so far (each denial is logged once per key per minute). */
 unsigned long long zsec_zap_denied(const zsec_zap_t *z);
 

@@ -239,6 +239,14 @@ shoal_err_t coord_keys_reload(coord_t *c);
 int coord_keys_may(const wire_route_t *route, int type);
 /* An ipc control socket: mode 0660, group shoal when that group exists. */
 void coord_keys_ipc_perms(const char *endpoint);
+/* MSG_KEY_QUERY from live worker w: may the key fetch w's checkpoint shards? Admitted when it
+ * is a worker key of the allow-list held by a live worker that is not quarantined; answered
+ * with MSG_KEY_ANSWER (the worker's shard server caches it, ops/SECURITY.md). */
+void coord_on_key_query(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                        coord_run_t *unused_r, const Shoal__Envelope *env);
+/* Tells every live worker's shard server that `key` is refused from now on (a key removed from
+ * the allow-list, a quarantined worker's): its cached admission ends (nothing without CURVE). */
+void coord_keys_revoke(coord_t *c, const char *key, const char *why);
 
 /* The receive context of one message: the coordinator and the sender's route. */
 typedef struct {

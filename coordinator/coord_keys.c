@@ -108,6 +108,10 @@ shoal_err_t coord_keys_reload(coord_t *c)
         (void)s_zap_rules(c, &c->allow);
         return shoal_fail_context(rc, "allow-list reload refused, the previous list stays");
     }
+    for (int i = 0; i < c->allow.n; i++)
+        if (c->allow.entries[i].kind == ZSEC_WORKER &&
+            !zsec_allow_find(&fresh, c->allow.entries[i].key))
+            coord_keys_revoke(c, c->allow.entries[i].key, "removed from the allow-list");
     zsec_allow_fini(&c->allow);
     c->allow = fresh;
     coord_ledger(c, "", "keys_reload",
@@ -139,6 +143,87 @@ int coord_keys_may(const wire_route_t *route, int type)
     default:
         return 0;
     }
+}
+
+/* Why `key` may not fetch shards ("" when it may; *holder then the live worker holding it). */
+static void s_key_refusal(coord_t *c, const char *key, const coord_worker_t **holder, char *why,
+                          size_t cap)
+{
+    *holder = NULL;
+    why[0] = 0;
+    const zsec_entry_t *e = zsec_allow_find(&c->allow, key);
+    if (!c->zap) {
+        snprintf(why, cap, "CURVE is off at the coordinator");
+        return;
+    }
+    if (!e || e->kind != ZSEC_WORKER) {
+        snprintf(why, cap, "not a worker key of the allow-list");
+        return;
+    }
+    /* a key may have served several worker records (a rename, a re-registration): any live
+     * one quarantined refuses it */
+    for (int i = 0; i < c->n_workers; i++) {
+        const coord_worker_t *p = c->workers[i];
+        if (!coord_worker_is_live(p->state) || strcmp(p->public_key, key) != 0)
+            continue;
+        if (p->state == WORKER_QUARANTINED) {
+            snprintf(why, cap, "worker %s is quarantined", p->id);
+            *holder = NULL;
+            return;
+        }
+        *holder = p;
+    }
+    if (!*holder)
+        snprintf(why, cap, "no live worker holds it");
+}
+
+/* A KeyAnswer envelope about `key` in *env (pointing at *a). */
+static void s_key_answer(Shoal__Envelope *env, Shoal__KeyAnswer *a, const char *key,
+                         const coord_worker_t *holder, const char *why)
+{
+    Shoal__KeyAnswer init = SHOAL__KEY_ANSWER__INIT;
+    *a = init;
+    a->public_key = (char *)key;
+    a->admitted = holder != NULL;
+    a->worker_id = holder ? (char *)holder->id : "";
+    a->reason = (char *)why;
+    wire_envelope_init(env, SHOAL__MSG_TYPE__MSG_KEY_ANSWER, "", COORD_SENDER, 0, 0);
+    env->body_case = SHOAL__ENVELOPE__BODY_KEY_ANSWER;
+    env->key_answer = a;
+}
+
+void coord_on_key_query(coord_t *c, const wire_route_t *route, coord_worker_t *w,
+                        coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)unused_r;
+    const char *key = env->key_query->public_key;
+    const coord_worker_t *holder = NULL;
+    char why[128];
+    s_key_refusal(c, key, &holder, why, sizeof why);
+    if (!holder)
+        log_info("key query from %s: key %.40s refused: %s", w->id, key, why);
+    Shoal__Envelope out;
+    Shoal__KeyAnswer a;
+    s_key_answer(&out, &a, key, holder, why);
+    coord_send(c, c->wsock, route, &out);
+}
+
+void coord_keys_revoke(coord_t *c, const char *key, const char *why)
+{
+    if (!c->zap || !zsec_key_valid(key))
+        return;
+    int told = 0;
+    for (int i = 0; i < c->n_workers; i++) {
+        coord_worker_t *w = c->workers[i];
+        if (!coord_worker_is_live(w->state) || !w->shard_endpoint[0])
+            continue;
+        Shoal__Envelope out;
+        Shoal__KeyAnswer a;
+        s_key_answer(&out, &a, key, NULL, why);
+        coord_send_worker(c, w, &out);
+        told++;
+    }
+    log_info("key %s revoked for the shard servers (%s): %d worker(s) told", key, why, told);
 }
 
 void coord_keys_ipc_perms(const char *endpoint)

@@ -111,6 +111,8 @@ shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_
     coord_put_worker(c, w);
     if (to == WORKER_DEAD || to == WORKER_LEFT)
         coord_replicas_on_loss(c, w); /* its checkpoint copies: made again elsewhere */
+    if (to == WORKER_QUARANTINED)
+        coord_keys_revoke(c, w->public_key, "its worker is quarantined");
     return SHOAL_OK;
 }
 

@@ -490,6 +490,7 @@ static const s_worker_msg_t s_worker_msgs[] = {
     {SHOAL__MSG_TYPE__MSG_SHARD_CORRUPT, coord_on_shard_corrupt, 1, 0, 0}, /* any generation */
     {SHOAL__MSG_TYPE__MSG_LEAVE, s_on_leave, 1, 0, 1},
     {SHOAL__MSG_TYPE__MSG_GET_ASSIGNMENT, s_on_get_assignment, 1, 0, 0},
+    {SHOAL__MSG_TYPE__MSG_KEY_QUERY, coord_on_key_query, 1, 0, 0},
     {SHOAL__MSG_TYPE__MSG_COMM_ID, s_on_comm_id, 1, 1, 0},
     {SHOAL__MSG_TYPE__MSG_ACK, s_on_answer, 0, 0, 0},
     {SHOAL__MSG_TYPE__MSG_ERROR, s_on_answer, 0, 0, 0},

@@ -520,6 +520,8 @@ static void s_teardown(daemon_t *d)
     sess_plan_destroy(&d->pending);
     session_destroy(&d->sess);
     daemon_replicas_stop(d);
+    ckpt_repl_set_vouch(NULL);
+    vouch_destroy(&d->vouch); /* after its askers: the session and the shard server */
     daemon_metrics_stop(d);
     comm_listener_destroy(&d->listener);
     if (d->zctx)
@@ -573,9 +575,14 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
     if (rc == SHOAL_OK)
         rc = daemon_metrics_start(d);
     if (rc == SHOAL_OK) {
-        /* shard servers and fetches: CURVE with this worker's keys (ckpt_repl.h) */
+        /* shard servers and fetches: CURVE with this worker's keys (ckpt_repl.h); the shard
+         * server admits only the keys the coordinator vouches for (asked by the session) */
         ckpt_repl_set_curve(d->curve ? &d->keys : NULL);
-        rc = daemon_replicas_start(d, endpoint, shard_endpoint, sizeof shard_endpoint);
+        if (d->curve)
+            rc = vouch_new(VOUCH_TTL_MS, &d->vouch);
+        ckpt_repl_set_vouch(d->vouch);
+        if (rc == SHOAL_OK)
+            rc = daemon_replicas_start(d, endpoint, shard_endpoint, sizeof shard_endpoint);
     }
     if (rc != SHOAL_OK)
         goto out;
@@ -611,6 +618,7 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
         .id_file = id_file,
         .keys = d->curve ? &d->keys : NULL,
         .coordinator_key = d->coordinator_key,
+        .vouch = d->vouch,
     };
     if ((rc = session_new(d->zctx, &sc, &d->sess)) != SHOAL_OK)
         goto out;

@@ -57,6 +57,7 @@ typedef struct {
     int64_t failed_ms, last_ask_ms;
     int64_t ckpt_pending; /* step of a checkpoint being written (0: none) */
     ckpt_server_t *shards;   /* serves this worker's shards and copies to its peers */
+    vouch_t *vouch; /* CURVE: the keys the coordinator vouches for, asked by the session */
     ckpt_replicator_t *repl; /* makes the copies the coordinator orders, in the background */
     char served_root[PATH_MAX]; /* the checkpoint root last added to the shard server */
     float last_loss, tokens_per_s;

@@ -57,6 +57,8 @@ void daemon_metrics_publish(daemon_t *d)
          "data-plane frames dropped: their connection's CURVE key was not the claimed rank's"},
         {"shoal_worker_denied_handshakes_total", "counter",
          "data-plane CURVE handshakes refused: a key of no plan this worker holds"},
+        {"shoal_worker_shard_denied_handshakes_total", "counter",
+         "shard-server CURVE handshakes refused: a key the coordinator does not vouch for"},
     };
     double v[] = {
         (double)d->status_step,
@@ -68,6 +70,7 @@ void daemon_metrics_publish(daemon_t *d)
         (double)d->steps_trained,
         (double)comm_dropped_frames(),
         (double)comm_listener_denied_handshakes(d->listener),
+        (double)ckpt_server_denied_handshakes(d->shards),
     };
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
         prom_family(t, fam[f].name, fam[f].type, fam[f].help);

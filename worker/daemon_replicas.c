@@ -36,6 +36,8 @@ shoal_err_t daemon_replicas_start(daemon_t *d, const char *data_endpoint, char *
     if (!(d->repl = ckpt_replicator_new(S_FETCH_TIMEOUT_MS)))
         return shoal_fail(SHOAL_ERR_IO, "checkpoint replicator not started");
     snprintf(out, cap, "%s", ckpt_server_endpoint(d->shards));
+    log_info("checkpoint shard server on %s%s", out,
+             d->vouch ? " (CURVE: admits the keys the coordinator vouches for)" : "");
     return SHOAL_OK;
 }
 

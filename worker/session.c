@@ -30,6 +30,7 @@
 #define S_GETASSIGN_MIN_MS 300   /* GetAssignment rate limit */
 #define S_LEAVE_WAIT_MS 1500     /* longest wait for the Leave's Ack */
 #define S_POLL_MAX_MS 50
+#define S_KEY_QUERIES_MAX 16     /* key questions sent per loop turn */
 
 typedef enum { S_CONNECTING = 0, S_REGISTERED } s_state_t;
 
@@ -46,6 +47,7 @@ struct session {
     zsec_keys_t keys;   /* CURVE when curve */
     char coordinator_key[ZSEC_KEY_LEN + 1];
     int curve;
+    vouch_t *vouch; /* the shard server's questions (session.h) */
     int curve_refused_logged;
     int dealer_sent; /* a message left on this socket: it connected */
     int64_t dealer_since_ms; /* when the socket was made: a refused handshake is not retried by
@@ -211,6 +213,35 @@ static void s_send_get_assignment(session_t *s, int force)
     env.body_case = SHOAL__ENVELOPE__BODY_GET_ASSIGNMENT;
     env.get_assignment = &ga;
     s_send(s, &env);
+}
+
+/* Asks the coordinator about the keys the shard server met and does not know (vouch.h); the
+ * answers come back as MSG_KEY_ANSWER. A question lost with the connection is asked again. */
+static void s_send_key_queries(session_t *s)
+{
+    if (!s->vouch || s->state != S_REGISTERED || s->lost)
+        return;
+    char keys[S_KEY_QUERIES_MAX][ZSEC_KEY_LEN + 1];
+    const int n = vouch_take_wanted(s->vouch, keys, S_KEY_QUERIES_MAX);
+    for (int i = 0; i < n; i++) {
+        Shoal__Envelope env;
+        s_envelope(s, &env, SHOAL__MSG_TYPE__MSG_KEY_QUERY, "", 0);
+        Shoal__KeyQuery q = SHOAL__KEY_QUERY__INIT;
+        q.public_key = keys[i];
+        env.body_case = SHOAL__ENVELOPE__BODY_KEY_QUERY;
+        env.key_query = &q;
+        s_send(s, &env);
+    }
+}
+
+static void s_on_key_answer(session_t *s, const Shoal__KeyAnswer *a)
+{
+    if (!s->vouch || !vouch_answer(s->vouch, a->public_key, a->admitted, a->worker_id))
+        return; /* not asked (any more): nothing to file */
+    if (a->admitted)
+        log_info("session: shard server admits key %s (worker %s)", a->public_key, a->worker_id);
+    else
+        log_info("session: shard server refuses key %s: %s", a->public_key, a->reason);
 }
 
 /* A heartbeat of the latest status; `bad` (a BAD_FRAMES request, or NULL) adds its entry. */
@@ -798,6 +829,9 @@ static void s_on_message(const Shoal__Envelope *env, void *ctx)
     case SHOAL__MSG_TYPE__MSG_COMM_ID:
         s_on_comm_id(s, env);
         break;
+    case SHOAL__MSG_TYPE__MSG_KEY_ANSWER:
+        s_on_key_answer(s, env->key_answer);
+        break;
     case SHOAL__MSG_TYPE__MSG_DRAIN:
         /* A worker-level order: the coordinator stamps no generation on it. */
         if (env->run_id[0] && !s_is_current_run(s, env->run_id)) {
@@ -957,6 +991,7 @@ static void s_timers(session_t *s, int64_t now)
             s->next_hb_ms = now + s->hb_ms;
             s_resend_pending(s, 2 * (int64_t)s->dead_ms);
         }
+        s_send_key_queries(s);
     }
     if (s->state == S_CONNECTING && now >= s->next_reg_ms) {
         if (s->curve && s->dealer && !s->dealer_sent && now - s->dealer_since_ms > S_CURVE_RETRY_MS) {
@@ -1070,6 +1105,7 @@ shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out
         snprintf(s->coordinator_key, sizeof s->coordinator_key, "%s", cfg->coordinator_key);
         s->curve = 1;
     }
+    s->vouch = cfg->vouch;
     s->name = strdup(cfg->name ? cfg->name : "");
     s->host = strdup(cfg->host ? cfg->host : "");
     s->device = strdup(cfg->device ? cfg->device : "cpu");

@@ -18,6 +18,7 @@
 #include "comm_ids.h"
 #include "err.h"
 #include "sess_plan.h"
+#include "vouch.h"
 #include "zsec.h"
 
 #ifdef __cplusplus
@@ -144,6 +145,7 @@ typedef struct {
     const char *id_file;        /* the id given is written here (NULL: not kept) */
     const zsec_keys_t *keys;    /* CURVE: this worker's key pair (NULL: plaintext) */
     const char *coordinator_key; /* CURVE: the coordinator's public key (required with keys) */
+    vouch_t *vouch; /* keys the shard server asks about: queried, answers filed (NULL: none) */
 } session_config_t;
 
 typedef struct session session_t;

@@ -2,7 +2,8 @@
  * refused, a key.public of another pair refused), the allow-list file (entries, comments, '#'
  * inside a key, errors as FILE:LINE, duplicates), and the ZAP handler over real CURVE sockets
  * (a listed key gets its User-Id, an unlisted key no connection, a list replaced while running;
- * a holding domain: an unknown key held until a list admits it, or refused after the hold). */
+ * a holding domain: an unknown key held until a list admits it, or refused after the hold; a
+ * voucher's domain: held until vouched for, a refused key denied at once), and the vouch cache. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include "vouch.h"
 #include "zsec.h"
 
 static char s_dir[64];
@@ -126,18 +128,40 @@ static void test_allow_list(void **state)
     zsec_allow_fini(&al);
 }
 
+/* A CURVE client with `client` dialling ep, "x" queued on it (sent once the handshake is done). */
+static void *s_dial(void *ctx, const char *ep, const zsec_keys_t *client, const char *server_pub)
+{
+    void *s = zmq_socket(ctx, ZMQ_PUSH);
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zsec_client(s, client, server_pub), SHOAL_OK);
+    assert_int_equal(zmq_connect(s, ep), 0);
+    zmq_send(s, "x", 1, ZMQ_DONTWAIT);
+    return s;
+}
+
+/* The server receives "x" within 2 s, on a connection whose User-Id is `want`. */
+static void s_expect_user(void *server, const char *want)
+{
+    int t = 2000;
+    zmq_setsockopt(server, ZMQ_RCVTIMEO, &t, sizeof t);
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    assert_int_equal(zmq_msg_recv(&m, server, 0), 1);
+    char user[ZSEC_USER_MAX];
+    zsec_msg_user(&m, user);
+    assert_string_equal(user, want);
+    zmq_msg_close(&m);
+}
+
 /* Sends "x" from a CURVE client with `client` to the server; returns the User-Id the server saw
  * or "-" when nothing arrived within 1 s. */
 static const char *s_exchange(void *ctx, void *server, const char *ep, const zsec_keys_t *client,
                               const char *server_pub)
 {
     static char user[ZSEC_USER_MAX];
-    void *s = zmq_socket(ctx, ZMQ_PUSH);
-    int linger = 0, t = 1000;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(zsec_client(s, client, server_pub), SHOAL_OK);
-    assert_int_equal(zmq_connect(s, ep), 0);
-    zmq_send(s, "x", 1, ZMQ_DONTWAIT);
+    void *s = s_dial(ctx, ep, client, server_pub);
+    int t = 1000;
     zmq_setsockopt(server, ZMQ_RCVTIMEO, &t, sizeof t);
     zmq_msg_t m;
     zmq_msg_init(&m);
@@ -199,30 +223,112 @@ static void test_zap(void **state)
     unsigned long long denied = zsec_zap_denied(zap);
     assert_string_equal(s_exchange(ctx, held, ep, &b, srv.public_key), "-");
     assert_int_equal(zsec_zap_denied(zap), denied + 1);
-    void *c = zmq_socket(ctx, ZMQ_PUSH);
-    zmq_setsockopt(c, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(zsec_client(c, &a, srv.public_key), SHOAL_OK);
-    assert_int_equal(zmq_connect(c, ep), 0);
-    zmq_send(c, "x", 1, ZMQ_DONTWAIT);
+    void *c = s_dial(ctx, ep, &a, srv.public_key);
     usleep(150 * 1000); /* the handshake is held now */
     snprintf(rule.key, sizeof rule.key, "%s", a.public_key);
     snprintf(rule.user, sizeof rule.user, "plan:a");
     assert_int_equal(zsec_zap_set(zap, "h", &rule, 1), SHOAL_OK);
-    int t = 2000;
-    zmq_setsockopt(held, ZMQ_RCVTIMEO, &t, sizeof t);
-    zmq_msg_t m;
-    zmq_msg_init(&m);
-    assert_int_equal(zmq_msg_recv(&m, held, 0), 1);
-    char user[ZSEC_USER_MAX];
-    zsec_msg_user(&m, user);
-    assert_string_equal(user, "plan:a");
-    zmq_msg_close(&m);
+    s_expect_user(held, "plan:a");
     assert_int_equal(zsec_zap_denied(zap), denied + 1);
     zmq_close(c);
     zmq_close(held);
     zmq_close(server);
     zsec_zap_destroy(&zap);
     assert_null(zap);
+    zmq_ctx_term(ctx);
+}
+
+/* common/vouch: answers stand for the ttl then the key is wanted again; an admission nobody
+ * asked for is ignored, a refusal (a revocation) always filed; the table stays bounded. */
+static void test_vouch_cache(void **state)
+{
+    (void)state;
+    vouch_t *v = NULL;
+    assert_int_equal(vouch_new(200, &v), SHOAL_OK);
+    zsec_keys_t a, b;
+    assert_int_equal(zsec_keys_generate(&a), SHOAL_OK);
+    assert_int_equal(zsec_keys_generate(&b), SHOAL_OK);
+    char user[64] = "", keys[4][ZSEC_KEY_LEN + 1];
+    assert_int_equal(vouch_answer(v, a.public_key, 1, "w1"), 0); /* nobody asked */
+    assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_UNKNOWN);
+    assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_UNKNOWN);
+    assert_int_equal(vouch_take_wanted(v, keys, 4), 1); /* asked once */
+    assert_string_equal(keys[0], a.public_key);
+    assert_int_equal(vouch_take_wanted(v, keys, 4), 0);
+    assert_int_equal(vouch_answer(v, a.public_key, 1, "w1"), 1);
+    assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_ADMIT);
+    assert_string_equal(user, "worker:w1");
+    /* a revocation ends the admission before its time */
+    assert_int_equal(vouch_answer(v, a.public_key, 0, ""), 1);
+    assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_DENY);
+    assert_int_equal(vouch_refusals(v), 1);
+    assert_int_equal(vouch_answer(v, b.public_key, 0, ""), 0); /* a key it never met */
+    usleep(300 * 1000); /* past the ttl: asked again */
+    assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_UNKNOWN);
+    assert_int_equal(vouch_take_wanted(v, keys, 4), 1);
+    /* many strangers: the table stays at VOUCH_MAX keys */
+    for (int i = 0; i < VOUCH_MAX + 40; i++) {
+        zsec_keys_t k;
+        assert_int_equal(zsec_keys_generate(&k), SHOAL_OK);
+        vouch_lookup(v, k.public_key, user, sizeof user);
+    }
+    int n = 0, got;
+    while ((got = vouch_take_wanted(v, keys, 4)) > 0)
+        n += got;
+    assert_true(n <= VOUCH_MAX);
+    assert_true(n >= VOUCH_MAX - 1);
+    vouch_destroy(&v);
+    assert_null(v);
+}
+
+/* A ZAP domain with a voucher (common/vouch) over real CURVE sockets: an unknown key is held
+ * until its admission is filed (its message then arrives with the vouched User-Id); a refused
+ * key is denied at once, not held. */
+static void test_zap_vouch(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    zsec_zap_t *zap = NULL;
+    vouch_t *v = NULL;
+    assert_int_equal(zsec_zap_new(ctx, &zap), SHOAL_OK);
+    assert_int_equal(vouch_new(60000, &v), SHOAL_OK);
+    assert_int_equal(zsec_zap_vouch(zap, "v", vouch_lookup, v), SHOAL_OK);
+    assert_int_equal(zsec_zap_hold(zap, "v", 20000), SHOAL_OK);
+    zsec_keys_t srv, a, b;
+    assert_int_equal(zsec_keys_generate(&srv), SHOAL_OK);
+    assert_int_equal(zsec_keys_generate(&a), SHOAL_OK);
+    assert_int_equal(zsec_keys_generate(&b), SHOAL_OK);
+    void *server = zmq_socket(ctx, ZMQ_PULL);
+    int linger = 0;
+    zmq_setsockopt(server, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zsec_server(server, &srv, "v"), SHOAL_OK);
+    assert_int_equal(zmq_bind(server, "tcp://127.0.0.1:*"), 0);
+    char ep[64], keys[4][ZSEC_KEY_LEN + 1];
+    size_t len = sizeof ep;
+    zmq_getsockopt(server, ZMQ_LAST_ENDPOINT, ep, &len);
+    /* a is asked about while its handshake is held, then admitted */
+    void *c = s_dial(ctx, ep, &a, srv.public_key);
+    int n = 0;
+    for (int i = 0; i < 100 && n == 0; i++) {
+        n = vouch_take_wanted(v, keys, 4);
+        usleep(20 * 1000);
+    }
+    assert_int_equal(n, 1);
+    assert_string_equal(keys[0], a.public_key);
+    assert_int_equal(vouch_answer(v, a.public_key, 1, "w7"), 1);
+    s_expect_user(server, "worker:w7");
+    zmq_close(c);
+    char user[ZSEC_USER_MAX];
+    /* b refused: denied at once (the hold of 20 s would outlast the exchange's 1 s) */
+    vouch_lookup(v, b.public_key, user, sizeof user);
+    assert_int_equal(vouch_take_wanted(v, keys, 4), 1);
+    assert_int_equal(vouch_answer(v, b.public_key, 0, ""), 1);
+    const unsigned long long denied = zsec_zap_denied(zap);
+    assert_string_equal(s_exchange(ctx, server, ep, &b, srv.public_key), "-");
+    assert_true(zsec_zap_denied(zap) > denied);
+    zmq_close(server);
+    zsec_zap_destroy(&zap);
+    vouch_destroy(&v);
     zmq_ctx_term(ctx);
 }
 
@@ -236,6 +342,8 @@ int main(void)
         cmocka_unit_test(test_key_files),
         cmocka_unit_test(test_allow_list),
         cmocka_unit_test(test_zap),
+        cmocka_unit_test(test_vouch_cache),
+        cmocka_unit_test(test_zap_vouch),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -6,7 +6,9 @@
  * - a report naming a peer's key strikes that peer (quarantine_after_bad_messages 1: it is
  *   quarantined, the reason names the reporter), never the reporter;
  * - a second report against the same worker within COORD_PEER_FRAMES_MS (after undrain put it
- *   back in the plan) does not strike it again: a lying member cannot strike faster. */
+ *   back in the plan) does not strike it again: a lying member cannot strike faster;
+ * - shard-server key queries (MSG_KEY_QUERY): a live listed worker's key is admitted with its
+ *   worker id, a quarantined worker's key and keys not on the allow-list as workers refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -91,6 +93,43 @@ static int s_report(tc_worker_t *w, const char *key, uint32_t frames)
     return tc_worker_call(w, &env);
 }
 
+/* MSG_KEY_QUERY from w about `key`: 1 admitted (the holder's id to holder), 0 refused (the
+ * reason to why), -1 no answer within 2 s. Other messages meanwhile are read and dropped. */
+static int s_key_query(tc_worker_t *w, const char *key, char *holder, char *why, size_t cap)
+{
+    Shoal__KeyQuery q = SHOAL__KEY_QUERY__INIT;
+    q.public_key = (char *)key;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_KEY_QUERY, "", w->id, 0, ++w->seq);
+    env.body_case = SHOAL__ENVELOPE__BODY_KEY_QUERY;
+    env.key_query = &q;
+    if (wire_send(w->sock, NULL, &env, 0) != SHOAL_OK)
+        return -1;
+    for (int64_t end = clock_mono_ms() + 2000; clock_mono_ms() < end;) {
+        zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        int got = -1;
+        if (zmq_msg_recv(&m, w->sock, 0) >= 0) {
+            Shoal__Envelope *e = shoal__envelope__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
+            if (e && e->type == SHOAL__MSG_TYPE__MSG_KEY_ANSWER && e->key_answer &&
+                strcmp(e->key_answer->public_key, key) == 0) {
+                got = e->key_answer->admitted;
+                snprintf(holder, cap, "%s", e->key_answer->worker_id);
+                snprintf(why, cap, "%s", e->key_answer->reason);
+            }
+            if (e)
+                shoal__envelope__free_unpacked(e, NULL);
+        }
+        zmq_msg_close(&m);
+        if (got >= 0)
+            return got;
+    }
+    return -1;
+}
+
 /* Beats until every worker holds a plan of generation > gen_min. */
 static void s_placed(tc_worker_t **all, int n, uint64_t gen_min)
 {
@@ -152,6 +191,17 @@ static void test_peer_frames(void **state)
     char want[128];
     snprintf(want, sizeof want, "bad data-plane frames reported by %s", w[0].id);
     assert_non_null(strstr(tc_worker_field(s_root, w[1].id, "reason"), want));
+
+    /* shard servers' key queries (asked here by the quarantined w[1], which no plan pushes to):
+     * a live listed worker's key is vouched for, a quarantined worker's and a stranger's not */
+    char holder[128], why[128];
+    assert_int_equal(s_key_query(&w[1], k[2].public_key, holder, why, sizeof holder), 1);
+    assert_string_equal(holder, w[2].id);
+    assert_int_equal(s_key_query(&w[1], k[1].public_key, holder, why, sizeof holder), 0);
+    assert_non_null(strstr(why, "quarantined"));
+    assert_int_equal(s_key_query(&w[1], stranger.public_key, holder, why, sizeof holder), 0);
+    assert_non_null(strstr(why, "not a worker key of the allow-list"));
+    assert_int_equal(s_key_query(&w[1], coord.public_key, holder, why, sizeof holder), 0);
 
     /* back in the plan, w[2] at once names w[1] too: within COORD_PEER_FRAMES_MS, no strike */
     uint64_t gen = w[0].gen;

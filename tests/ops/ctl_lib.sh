@@ -51,6 +51,14 @@ start_worker() {
     worker_pid[$i]=$!
 }
 
+# curve_worker NAME KEYDIR: a CURVE worker NAME of the coordinator on 127.0.0.1:$wport with the
+# key pair in KEYDIR (state dir $tmp/s-NAME, log $tmp/NAME.log); its pid joins pids.
+curve_worker() {
+    "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$wport" --name "$1" --keys "$2" \
+        --state-dir "$tmp/s-$1" >>"$tmp/$1.log" 2>&1 &
+    pids+=($!)
+}
+
 # workers_all_active N: exactly N workers registered, every one active.
 workers_all_active() {
     "$bin" workers --json 2>/dev/null | python3 -c \

@@ -51,11 +51,7 @@ pids+=($coord)
 as() { local who=$1; shift; "$bin" --control "$ctl" --keys "$k/$who" --timeout 2 "$@"; }
 poll_until 10 as admin status >/dev/null || { err "admin cannot reach the coordinator"; exit 1; }
 
-worker() { # NAME KEYDIR
-    "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$wport" --name "$1" --keys "$k/$2" \
-        --state-dir "$tmp/s-$1" >>"$tmp/$1.log" 2>&1 &
-    pids+=($!)
-}
+worker() { curve_worker "$1" "$k/$2"; } # NAME KEYNAME
 worker alpha w1
 worker beta w2
 listed() { as reader workers --json 2>/dev/null | grep -q "\"$1\""; }
