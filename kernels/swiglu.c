@@ -1,12 +1,28 @@
-/* swiglu.c: a = silu(gate) ⊙ up on fused [M, 2f] rows, and its gradient. */
+/* swiglu.c: a = silu(gate) ⊙ up on fused [M, 2f] rows, and its gradient. Rows are independent:
+ * ranges of them run on the kernels' threads (kpar), with the same bits for any thread count. */
 #include "swiglu.h"
 
+#include "kpar.h"
 #include "vexp.h"
 
-SHOAL_VECTOR_CLONES
-void swiglu_forward(const float *gu, int M, int f, float *a)
+/* rows per thread at least this many elements: below, waking a thread costs more than it saves */
+#define S_GRAIN_ELEMS 16384
+
+typedef struct {
+    const float *gu, *da;
+    int f;
+    float *out; /* a (forward) or dgu (backward) */
+} s_job_t;
+
+static int64_t s_grain(int f)
 {
-    for (int m = 0; m < M; m++) {
+    return f >= S_GRAIN_ELEMS ? 1 : S_GRAIN_ELEMS / (f > 0 ? f : 1);
+}
+
+SHOAL_VECTOR_CLONES
+static void s_forward_rows(const float *gu, int64_t m0, int64_t m1, int f, float *a)
+{
+    for (int64_t m = m0; m < m1; m++) {
         const float *restrict gr = gu + (size_t)m * 2 * f;
         const float *restrict ur = gr + f;
         float *restrict ar = a + (size_t)m * f;
@@ -17,11 +33,25 @@ void swiglu_forward(const float *gu, int M, int f, float *a)
     }
 }
 
+static void s_forward_job(void *arg, int64_t lo, int64_t hi, void *scratch)
+{
+    (void)scratch;
+    const s_job_t *j = arg;
+    s_forward_rows(j->gu, lo, hi, j->f, j->out);
+}
+
+void swiglu_forward(const float *gu, int M, int f, float *a)
+{
+    s_job_t j = {gu, NULL, f, a};
+    kpar_for(M, s_grain(f), 0, s_forward_job, &j);
+}
+
 /* silu'(z) = σ(z)(1 + z(1 − σ(z))). */
 SHOAL_VECTOR_CLONES
-void swiglu_backward(const float *gu, const float *da, int M, int f, float *dgu)
+static void s_backward_rows(const float *gu, const float *da, int64_t m0, int64_t m1, int f,
+                            float *dgu)
 {
-    for (int m = 0; m < M; m++) {
+    for (int64_t m = m0; m < m1; m++) {
         const float *restrict gr = gu + (size_t)m * 2 * f;
         const float *restrict ur = gr + f;
         const float *restrict dar = da + (size_t)m * f;
@@ -34,4 +64,17 @@ void swiglu_backward(const float *gu, const float *da, int M, int f, float *dgu)
             dg[j] = dar[j] * ur[j] * sig * (1.0f + z * (1.0f - sig));
         }
     }
+}
+
+static void s_backward_job(void *arg, int64_t lo, int64_t hi, void *scratch)
+{
+    (void)scratch;
+    const s_job_t *j = arg;
+    s_backward_rows(j->gu, j->da, lo, hi, j->f, j->out);
+}
+
+void swiglu_backward(const float *gu, const float *da, int M, int f, float *dgu)
+{
+    s_job_t j = {gu, da, f, dgu};
+    kpar_for(M, s_grain(f), 0, s_backward_job, &j);
 }
