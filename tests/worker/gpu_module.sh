@@ -12,8 +12,12 @@ fail() { echo "FAIL: $*"; exit 1; }
 tmp=$(mktemp -d /tmp/shoal-gpu-module-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
-ldd "$worker" | grep -q libcublas && fail "shoal-worker links cuBLAS itself: $(ldd "$worker" | grep cublas)"
-ldd "$module" | grep -q libcublas || fail "$module does not link cuBLAS"
+# (ldd's lists whole first: grep -q ending the pipe early would fail it under pipefail)
+libs_worker=$(ldd "$worker") || fail "ldd $worker failed"
+libs_module=$(ldd "$module") || fail "ldd $module failed"
+grep -q libcublas <<<"$libs_worker" &&
+    fail "shoal-worker links cuBLAS itself: $(grep cublas <<<"$libs_worker")"
+grep -q libcublas <<<"$libs_module" || fail "$module does not link cuBLAS"
 
 out=$("$worker" --version) || fail "--version failed: $out"
 line=$(grep '^GPU module' <<<"$out")
@@ -32,7 +36,7 @@ echo "$line"
 
 # a library that is not the module
 cp "$worker" "$tmp/other/"
-libm=$(ldd "$worker" | sed -n 's/.*libm\.so\.6 => \([^ ]*\) .*/\1/p')
+libm=$(sed -n 's/.*libm\.so\.6 => \([^ ]*\) .*/\1/p' <<<"$libs_worker")
 [ -f "$libm" ] || fail "no libm.so.6 in ldd's list to stand in for a foreign library"
 cp "$libm" "$tmp/other/libshoal_gpu.so"
 line=$("$tmp/other/shoal-worker" --version | grep '^GPU module')
