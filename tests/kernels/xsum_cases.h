@@ -212,21 +212,24 @@ static int xsum_twin_check(const xsum_twin_ops_t *ops, kt_rng_t *r, int trials)
     return bad;
 }
 
+__extension__ typedef __int128 xc_i128; /* gcc and clang on 64-bit targets, as xsum.c */
+__extension__ typedef unsigned __int128 xc_u128;
+
 /* A counter pair whose 128-bit value sits at (or next to) a tie of a rounding at bit a. */
 static void xc_tie_counters(kt_rng_t *r, int64_t *bins2)
 {
     const int a = 1 + kt_randint(r, 100);
     const int mbits = a + 24 < 110 ? 24 : 110 - a;
-    unsigned __int128 v = (unsigned __int128)(kt_next(r) & ((UINT64_C(1) << mbits) - 1)) << a;
-    v += (unsigned __int128)1 << (a - 1);
+    xc_u128 v = (xc_u128)(kt_next(r) & ((UINT64_C(1) << mbits) - 1)) << a;
+    v += (xc_u128)1 << (a - 1);
     const int64_t deltas[5] = {0, 1, -1, a > 6 ? (INT64_C(1) << (a - 6 < 60 ? a - 6 : 60)) : 0,
                                a > 6 ? -(INT64_C(1) << (a - 6 < 60 ? a - 6 : 60)) : 0};
-    v += (unsigned __int128)(__int128)deltas[kt_randint(r, 5)];
-    __int128 s = (__int128)v;
+    v += (xc_u128)(xc_i128)deltas[kt_randint(r, 5)];
+    xc_i128 s = (xc_i128)v;
     if (kt_next(r) & 1)
         s = -s;
     /* hi·2^48 + lo with lo of either sign */
-    int64_t hi = (int64_t)(s >> 48), lo = (int64_t)(s - ((__int128)hi << 48));
+    int64_t hi = (int64_t)(s >> 48), lo = (int64_t)(s - ((xc_i128)hi << 48));
     if (kt_next(r) & 1) {
         hi += 1;
         lo -= INT64_C(1) << 48;
