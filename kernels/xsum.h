@@ -74,9 +74,9 @@ void xsum_vec_result(const xsum_vec_t *x, float *out, int t0, int t1);
 
 #ifdef SHOAL_HAVE_CUDA
 /* The CUDA twin (kernels/xsum.cu): the same vector in device memory, bit for bit the CPU's.
- * `top` and `bins` have xsum_vec_t's layout, so the windows can be max-reduced and the counters
- * summed as int64 over NCCL (comm_nccl) in place, between deposit and result, as gradsum does on
- * the CPU. Every call enqueues on `stream`; the largest magnitudes are unsigned integer maxima
+ * `top` and `bins` have xsum_vec_t's layout, so between deposit and result a copy of the windows
+ * can be max-reduced and the counters summed in place as int64 over NCCL (comm_nccl), as gradsum
+ * does on the CPU. Every call enqueues on `stream`; the largest magnitudes are unsigned integer maxima
  * and each counter is owned by one thread: no float reduction, no float atomics. */
 typedef struct {
     int n_tensors;
