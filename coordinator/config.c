@@ -62,6 +62,9 @@ static const cfg_desc_t s_desc[] = {
         "a Replicate order whose copy is not confirmed (MSG_SHARD_HELD) within this is sent "
         "again, the wait doubling each time; 0 = sent once"),
     INT(replicate_retries, "3", 0, 1000, "re-sends of one unconfirmed Replicate order"),
+    INT(plan_deltas, "1", 0, 1,
+        "1 = after a re-plan a member that was sent the previous generation gets only the peers "
+        "that changed (ops/COORDINATOR.md); 0 = every member gets the full plan"),
     INT(replica_repair_ms, "30000", 0, 86400000,
         "every this long, each active run's newest checkpoint is checked for shards with fewer "
         "live holders than checkpoint.replicas + 1 and no order in flight, and copies ordered "

@@ -32,6 +32,7 @@ typedef struct {
     int expert_load_half_life_steps; /* steps after which a step's expert loads weigh half (32) */
     int replicate_ack_ms;            /* an unconfirmed Replicate is sent again after (30000) */
     int replicate_retries;           /* that many times at most, the wait doubling (3) */
+    int plan_deltas;                 /* 1: re-plans send plan deltas to members that can take one */
     int replica_repair_ms;           /* under-replicated shards re-checked this often (30000) */
     char ledger_signing_key[CONFIG_STR_MAX]; /* ledger_signing_key: Ed25519 secret key file
                                               * ("" = STATE_DIR/ledger_signing.key, made at

@@ -82,9 +82,10 @@ typedef struct {
     int strikes;          /* malformed or out-of-plan messages since its last quarantine or
                            * undrain (volatile) */
     int64_t peer_frames_ms; /* last strike for bad data-plane frames its peers reported */
-    /* the plan generation of `run` its last heartbeat named (volatile; 0: none): a re-plan
-     * sends it a delta when that is the generation the delta is based on */
-    uint64_t held_gen;
+    /* the plan generation of the last assignment sent to it (volatile; 0: none): a re-plan
+     * sends it a delta when that is the generation the delta is based on (one it did not get
+     * fails the worker's base or digest check: it pulls the full plan) */
+    uint64_t sent_gen;
     /* an operator's drain (persisted; "" = none): like Slurm's DRAIN it outlives the worker's
      * restarts and ends only with undrain */
     char drain[96];
@@ -347,8 +348,8 @@ void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelop
 /* The full assignment of member w (its GetAssignment, a fresh member). */
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w);
 /* A re-plan's assignments to the members among ws[n] (non-members skipped): the plan message
- * is built once; a member whose heartbeat names the generation last pushed gets a delta
- * (plan_delta.h) when that is smaller. The table pushed becomes the next deltas' base. */
+ * is built once; a member last sent the generation last pushed gets a delta (plan_delta.h)
+ * when that is smaller. The table pushed becomes the next deltas' base. */
 void coord_push_assignments(coord_t *c, coord_run_t *r, coord_worker_t **ws, uint32_t n);
 void coord_push_run_control_to(coord_t *c, coord_run_t *r, coord_worker_t *w, int command,
                                const char *reason);

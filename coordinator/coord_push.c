@@ -380,7 +380,7 @@ static void s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_p
     a.cell = &cell;
     a.rank = me->rank;
     a.lease = r->lease;
-    if (m->has_delta && w->held_gen == r->sent_peers.generation) {
+    if (m->has_delta && w->sent_gen == r->sent_peers.generation) {
         a.plan = &m->delta;
         a.spec_yaml = ""; /* the base's */
         a.base_generation = r->sent_peers.generation;
@@ -395,6 +395,7 @@ static void s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_p
         s_run_envelope(r, SHOAL__MSG_TYPE__MSG_ASSIGNMENT, SHOAL__ENVELOPE__BODY_ASSIGNMENT);
     env.assignment = &a;
     coord_send_worker(c, w, &env);
+    w->sent_gen = r->plan.generation;
 }
 
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
@@ -411,7 +412,7 @@ void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
 void coord_push_assignments(coord_t *c, coord_run_t *r, coord_worker_t **ws, uint32_t n)
 {
     s_plan_msg_t m;
-    if (s_plan_msg_build(c, r, 1, &m) != SHOAL_OK) {
+    if (s_plan_msg_build(c, r, c->cfg.plan_deltas, &m) != SHOAL_OK) {
         log_error("run %s: assignments of generation %" PRIu64 ": %s", r->id, r->plan.generation,
                   shoal_errmsg());
         return;

@@ -288,7 +288,6 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
     w->last_hb_ms = clock_wall_ms();
     w->tokens_per_s = s_finite(hb->tokens_per_s, w, "tokens/s");
     w->activity = hb->activity;
-    w->held_gen = env->run_id[0] && strcmp(env->run_id, w->run) == 0 ? env->generation : 0;
     if (w->state == WORKER_JOINING) {
         if (coord_worker_held(w))
             (void)coord_worker_transition(c, w, w->quarantine[0] ? WORKER_QUARANTINED

@@ -8,7 +8,9 @@
  * under load. Prints a table; never fails on timing (exit 1 only when nothing ran).
  *
  *   bench_coord_load [WORKERS=10000] [PROCS=4] [SECONDS=150] [RAMP_S=60] [HB_MS=100] [CHURN=1]
+ *                    [DELTAS=1] [STEP_MS=1000]
  *
+ * DELTAS 0: the coordinator's plan_deltas off (every member gets the full plan: the baseline).
  * CHURN 0: no deaths, joins or drains (the steady state: no re-plan in the window). Either way
  * it prints the coordinator's CPU seconds per answered message in the window (the drivers'
  * per-second progress lines count the window's answers), the figure that says what one core
@@ -125,19 +127,22 @@ int main(int argc, char **argv)
     int seconds = argc > 3 ? atoi(argv[3]) : 150, ramp = argc > 4 ? atoi(argv[4]) : 60;
     const int hb = argc > 5 ? atoi(argv[5]) : 100;
     const int churn_on = argc > 6 ? atoi(argv[6]) : 1;
+    const int deltas_on = argc > 7 ? atoi(argv[7]) : 1;
+    const int step_ms = argc > 8 ? atoi(argv[8]) : 1000; /* each member's step (a StepReport) */
     if (workers < 1 || procs < 1 || procs > S_MAX_PROCS || ramp < 0 || seconds < ramp + 30 ||
-        hb < 10 || hb > 10000) {
+        hb < 10 || hb > 10000 || step_ms < 10) {
         fprintf(stderr, "usage: bench_coord_load [WORKERS] [PROCS <= 16] [SECONDS >= RAMP_S + "
-                        "30] [RAMP_S] [HB_MS] [CHURN 0|1]\n");
+                        "30] [RAMP_S] [HB_MS] [CHURN 0|1] [DELTAS 0|1] [STEP_MS]\n");
         return 2;
     }
     const int w0 = ramp + 15, w1 = seconds - 10; /* the measuring window, s */
     char dir[256], ep[300], events[300];
     if (tc_tmpdir_make(dir, sizeof dir, "shoal-load"))
         return 1;
-    char cfg[160];
-    snprintf(cfg, sizeof cfg, "heartbeat_interval_ms: %d\ndead_after_ms: %d\nlog_level: warn\n",
-             hb, hb * 6 > 3000 ? hb * 6 : 3000);
+    char cfg[200];
+    snprintf(cfg, sizeof cfg,
+             "heartbeat_interval_ms: %d\ndead_after_ms: %d\nlog_level: warn\nplan_deltas: %d\n",
+             hb, hb * 6 > 3000 ? hb * 6 : 3000, deltas_on ? 1 : 0);
     char load0[128];
     s_loadavg(load0, sizeof load0); /* the machine is shared: how loaded it was */
     pid_t coord = tc_start(dir, cfg);
@@ -157,7 +162,8 @@ int main(int argc, char **argv)
     pid_t sims[S_MAX_PROCS];
     char logs[S_MAX_PROCS][300];
     for (int i = 0; i < procs; i++) {
-        char n[16], first[16], secs[16], churn[16], off[16], seed[16], ramp_ms[16], hbs[16];
+        char n[16], first[16], secs[16], churn[16], off[16], seed[16], ramp_ms[16], hbs[16],
+            steps[16];
         snprintf(n, sizeof n, "%d", workers / procs + (i < workers % procs));
         snprintf(first, sizeof first, "%d", i * (workers / procs) + (i < workers % procs ? i : workers % procs));
         snprintf(secs, sizeof secs, "%d", seconds);
@@ -165,10 +171,11 @@ int main(int argc, char **argv)
         snprintf(off, sizeof off, "%d", (ramp + 10) * 1000 + i * 1000);
         snprintf(ramp_ms, sizeof ramp_ms, "%d", ramp * 1000);
         snprintf(hbs, sizeof hbs, "%d", hb);
+        snprintf(steps, sizeof steps, "%d", step_ms);
         snprintf(seed, sizeof seed, "%d", i + 1);
         snprintf(logs[i], sizeof logs[i], "%s/sim-%d.log", dir, i);
         char *av[] = {"shoal-sim", "--connect", ep, "--workers", n, "--first", first,
-                      "--seconds", secs, "--hb-ms", hbs, "--step-ms", "1000", "--ckpt-every",
+                      "--seconds", secs, "--hb-ms", hbs, "--step-ms", steps, "--ckpt-every",
                       "10", "--churn-ms", churn, "--churn-offset-ms", off, "--quiet-after-ms",
                       "10000", "--memory-gb", "0", "--ramp-ms", ramp_ms, "--seed", seed,
                       "--events", events, NULL};
@@ -260,11 +267,11 @@ int main(int argc, char **argv)
     char load[128];
     s_loadavg(load, sizeof load);
     printf("coordinator load: %d simulated workers in %d drivers, %d s (registrations over the "
-           "first %d s), %d ms heartbeats, V3 plan pp 16 x ep 64 x dp 2 (2048 cells), step 1 s, "
-           "checkpoint every 10 steps, churn 1/s from %d s to %d s%s, window %d s .. %d s; %ld "
-           "CPUs online, loadavg at the start %s, at the end %s\n",
-           workers, procs, seconds, ramp, hb, ramp + 10, seconds - 10, churn_on ? "" : " (OFF)",
-           w0, w1,
+           "first %d s), %d ms heartbeats, V3 plan pp 16 x ep 64 x dp 2 (2048 cells), step %d ms, "
+           "checkpoint every 10 steps, churn 1/s from %d s to %d s%s, plan deltas %s, window %d s "
+           ".. %d s; %ld CPUs online, loadavg at the start %s, at the end %s\n",
+           workers, procs, seconds, ramp, hb, step_ms, ramp + 10, seconds - 10,
+           churn_on ? "" : " (OFF)", deltas_on ? "on" : "off", w0, w1,
            sysconf(_SC_NPROCESSORS_ONLN), load0, load);
     printf("messages answered          %.0f /s over the run (acks the drivers got; they sent "
            "%.0f /s)\n", (double)acks / seconds, (double)sent / seconds);
