@@ -52,6 +52,9 @@ typedef struct {
 /* Allocates a vector of offsets[n_tensors] elements, cleared. Returns 0, or -1 on OOM. */
 int xsum_vec_init(xsum_vec_t *x, const int64_t *offsets, int n_tensors);
 void xsum_vec_fini(xsum_vec_t *x);
+/* Back to nothing deposited, in O(tensors): counters are rewritten by each tensor's first
+ * deposit (or zeroed by xsum_vec_align), so `bins` of a tensor still EMPTY hold stale values;
+ * read them only after xsum_vec_align. */
 void xsum_vec_clear(xsum_vec_t *x);
 
 /* Adds g[0 .. n) (the whole vector, in its element order) exactly. Returns 0, or -1 when the

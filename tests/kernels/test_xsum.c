@@ -185,6 +185,113 @@ static void test_nonfinite_empty_capacity(void **state)
     xsum_vec_fini(&x);
 }
 
+/* The result's rounding: counters set by hand (a window and (top, low) pairs, including sums
+ * exactly halfway between two floats with and without a remainder below, parts beyond 2^53,
+ * results that are subnormal or overflow) against the 128-bit integer rounded by the compiler's
+ * conversion and scaled by ldexpf, which is the definition (xsum.h). */
+__extension__ typedef __int128 s_i128; /* gcc and clang on 64-bit targets */
+
+static void test_result_rounding(void **state)
+{
+    (void)state;
+    kt_rng_t r = {kt_seed("xsum_round", 5)};
+    enum { N = 4096 };
+    const int64_t off[2] = {0, N};
+    const int64_t tops[] = {1, 2, 4, 5, 6, 7};
+    xsum_vec_t x;
+    assert_int_equal(xsum_vec_init(&x, off, 1), 0);
+    float out[N];
+    for (size_t k = 0; k < sizeof tops / sizeof tops[0]; k++) {
+        x.top[0] = tops[k];
+        for (int i = 0; i < N; i++) {
+            int64_t hi = (int64_t)(kt_next(&r) >> (16 + kt_randint(&r, 48))) *
+                         (kt_randint(&r, 2) ? 1 : -1);
+            int64_t lo = (int64_t)(kt_next(&r) >> (12 + kt_randint(&r, 52))) *
+                         (kt_randint(&r, 2) ? 1 : -1);
+            switch (i % 8) {
+            case 0: /* hi·2^48 = m·2^55 + 2^54 (m of 24 bits): exactly halfway between two
+                     * floats; lo 0 (a tie, to even) or ±1, lost in a double's rounding */
+            case 1:
+                hi = (int64_t)((kt_next(&r) >> 40) | (1u << 23)) * 128 + 64;
+                lo = i % 8 == 0 ? 0 : kt_randint(&r, 2) ? 1 : -1;
+                break;
+            case 2: /* parts beyond 2^53 (many deposits) */
+                hi = (int64_t)(kt_next(&r) >> 2) * (kt_randint(&r, 2) ? 1 : -1);
+                break;
+            default:
+                break;
+            }
+            x.bins[2 * i] = hi;
+            x.bins[2 * i + 1] = lo;
+        }
+        xsum_vec_result(&x, out, 0, 1);
+        const int e = (int)(XSUM_BIN_BITS * (tops[k] - 1) - XSUM_GRID_OFFSET);
+        for (int i = 0; i < N; i++) {
+            const s_i128 v = (s_i128)x.bins[2 * i] * ((s_i128)1 << XSUM_BIN_BITS) + x.bins[2 * i + 1];
+            const float want = ldexpf((float)v, e);
+            if (memcmp(&want, &out[i], sizeof want) != 0)
+                fail_msg("top %lld counters (%lld, %lld): %a, want %a", (long long)tops[k],
+                         (long long)x.bins[2 * i], (long long)x.bins[2 * i + 1], out[i], want);
+        }
+    }
+    xsum_vec_fini(&x);
+}
+
+/* A cleared vector (counters left stale) sums like a fresh one, alone and over two ranks with a
+ * tensor only one rank deposited into and one nobody did. */
+static void test_clear_reuse(void **state)
+{
+    (void)state;
+    kt_rng_t r = {kt_seed("xsum_clear", 9)};
+    s_fill(&r);
+    int order[NV];
+    for (int k = 0; k < NV; k++)
+        order[k] = k;
+    float fresh[NE], reused[NE];
+    s_sum_ranks(order, NV, 1, fresh);
+    xsum_vec_t x[2];
+    for (int q = 0; q < 2; q++) {
+        assert_int_equal(xsum_vec_init(&x[q], s_offsets, NT), 0);
+        for (int k = 0; k < 5; k++) /* stale counters from an earlier step */
+            assert_int_equal(xsum_vec_deposit(&x[q], s_vals[NV - 1 - k]), 0);
+        xsum_vec_clear(&x[q]);
+    }
+    for (int k = 0; k < NV; k++)
+        assert_int_equal(xsum_vec_deposit(&x[0], s_vals[k]), 0);
+    xsum_vec_result(&x[0], reused, 0, NT);
+    assert_memory_equal(fresh, reused, sizeof fresh);
+    /* rank 1 deposits into tensor 2 only; tensor 4 gets nothing anywhere */
+    static float g[NE];
+    memcpy(g + s_offsets[2], s_vals[0] + s_offsets[2],
+           sizeof(float) * (size_t)(s_offsets[3] - s_offsets[2]));
+    xsum_vec_deposit_tensors(&x[1], g, 2, 3);
+    int64_t top[NT];
+    for (int t = 0; t < NT; t++)
+        top[t] = x[0].top[t] > x[1].top[t] ? x[0].top[t] : x[1].top[t];
+    xsum_vec_clear(&x[0]); /* rank 0: everything but tensors 2 and 4 */
+    for (int k = 0; k < NV; k++) {
+        xsum_vec_deposit_tensors(&x[0], s_vals[k], 0, 2);
+        xsum_vec_deposit_tensors(&x[0], s_vals[k], 3, 4);
+        xsum_vec_deposit_tensors(&x[0], s_vals[k], 5, NT);
+    }
+    for (int t = 0; t < NT; t++)
+        top[t] = x[0].top[t] > x[1].top[t] ? x[0].top[t] : x[1].top[t];
+    for (int q = 0; q < 2; q++)
+        xsum_vec_align(&x[q], top, 0, NT);
+    for (int64_t i = 0; i < 2 * s_offsets[NT]; i++)
+        x[0].bins[i] += x[1].bins[i];
+    xsum_vec_result(&x[0], reused, 0, NT);
+    for (int64_t i = 0; i < NE; i++) {
+        const float want = i >= s_offsets[4] && i < s_offsets[5] ? 0.0f
+                           : i >= s_offsets[2] && i < s_offsets[3] ? s_vals[0][i]
+                                                                    : fresh[i];
+        if (memcmp(&want, &reused[i], sizeof want) != 0)
+            fail_msg("element %lld: %a, want %a", (long long)i, reused[i], want);
+    }
+    for (int q = 0; q < 2; q++)
+        xsum_vec_fini(&x[q]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +299,8 @@ int main(void)
         cmocka_unit_test(test_accuracy),
         cmocka_unit_test(test_window_raise),
         cmocka_unit_test(test_nonfinite_empty_capacity),
+        cmocka_unit_test(test_result_rounding),
+        cmocka_unit_test(test_clear_reuse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
