@@ -4,6 +4,7 @@
 
 #include <math.h>
 
+#include "kpar.h"
 #include "vexp.h" /* SHOAL_VECTOR_CLONES */
 #define OPT_LANES 8
 
@@ -11,10 +12,25 @@
  * float tensor; the per-element arithmetic is float in the same order as the oracle's
  *   p.mul_(1-lr*wd); m.mul_(b1).add_(g, alpha=1-b1); v.mul_(b2).addcmul_(g, g, value=1-b2);
  *   denom = (v.sqrt() / sqrt(bc2)).add_(eps); p.addcdiv_(m, denom, value=-lr/bc1). */
+typedef struct {
+    float *p, *m, *v;
+    const float *g;
+    float lr;
+    int decay;
+    int64_t t;
+    const adamw_hparams_t *hp;
+} s_adamw_t;
+
+/* elements [lo, hi) of adamw_update */
 SHOAL_VECTOR_CLONES
-void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, float lr, int decay,
-                  int64_t t, const adamw_hparams_t *hp)
+static void s_adamw_range(void *arg, int64_t lo, int64_t hi, void *scratch)
 {
+    (void)scratch;
+    const s_adamw_t *a = arg;
+    const adamw_hparams_t *hp = a->hp;
+    const float lr = a->lr;
+    const int decay = a->decay;
+    const int64_t t = a->t, n = hi - lo;
     double b1 = hp->beta1, b2 = hp->beta2;
     double bc1 = 1.0 - pow(b1, (double)t);
     double bc2 = 1.0 - pow(b2, (double)t);
@@ -24,10 +40,10 @@ void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, float
     const float step = (float)(-(double)lr / bc1);
     /* ×1.0f is exact, so one branch-free loop serves both cases */
     const float keep = decay ? (float)(1.0 - (double)lr * (double)hp->weight_decay) : 1.0f;
-    float *restrict pp = p;
-    const float *restrict gg = g;
-    float *restrict mm = m;
-    float *restrict vv = v;
+    float *restrict pp = a->p + lo;
+    const float *restrict gg = a->g + lo;
+    float *restrict mm = a->m + lo;
+    float *restrict vv = a->v + lo;
     for (int64_t i = 0; i < n; i++) {
         float pi = pp[i] * keep;
         float gi = gg[i];
@@ -38,6 +54,14 @@ void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, float
         float denom = sqrtf(vi) / sbc2 + eps;
         pp[i] = pi + step * mi / denom;
     }
+}
+
+/* elementwise: ranges on the kernels' threads (kpar), the same bits at any thread count */
+void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, float lr, int decay,
+                  int64_t t, const adamw_hparams_t *hp)
+{
+    s_adamw_t a = {p, m, v, g, lr, decay, t, hp};
+    kpar_for(n, 32768, 0, s_adamw_range, &a);
 }
 
 SHOAL_VECTOR_CLONES

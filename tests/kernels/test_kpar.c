@@ -2,7 +2,7 @@
  * contiguous ranges that do not depend on timing; helpers get their own scratch; a nested call
  * and a call from a second thread while a loop runs complete (alone); and the kernels threaded
  * with it (attention's per-head core, SwiGLU) give the same bits at 1, 2 and 3 loop threads, the
- * GEMMs staying on one OpenBLAS thread. */
+ * GEMMs staying on one OpenBLAS thread; so do RoPE (inside attention) and AdamW. */
 
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
@@ -18,6 +18,7 @@
 #include "attention.h"
 #include "kpar.h"
 #include "kt_util.h"
+#include "optim.h"
 #include "rope.h"
 #include "swiglu.h"
 
@@ -188,6 +189,22 @@ static float *s_run_kernels(const s_kcase_t *k, int threads)
     swiglu_forward(k->gu, M, f, rest);
     rest += (size_t)M * f;
     swiglu_backward(k->gu, k->da, M, f, rest);
+    rest += (size_t)M * 2 * f;
+    /* AdamW over a vector long enough for 3 ranges: parameters and both moments */
+    const int64_t np = 3 * 32768 + 5;
+    float *pm = rest, *mm = pm + np, *vm = mm + np;
+    for (int64_t i = 0; i < np; i++) {
+        pm[i] = k->gu[i % ((int64_t)M * 2 * f)];
+        mm[i] = 0.1f * k->da[i % ((int64_t)M * f)];
+        vm[i] = 0.01f * fabsf(k->gu[(i * 7) % ((int64_t)M * 2 * f)]);
+    }
+    float *gm = malloc(sizeof(float) * (size_t)np);
+    assert_non_null(gm);
+    for (int64_t i = 0; i < np; i++)
+        gm[i] = 0.5f * k->da[(i * 3) % ((int64_t)M * f)];
+    const adamw_hparams_t hp = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+    adamw_update(pm, gm, mm, vm, np, 3e-3f, 1, 3, &hp);
+    free(gm);
     free(qkv), free(p), free(o), free(out), free(dobuf), free(dqkv), free(dp), free(da);
     kpar_set_threads(0);
     return res;
@@ -215,7 +232,8 @@ static void test_kernels_any_threads(void **state)
     kt_fill(&r, k.gu, (size_t)M * 2 * f, -4, 4);
     kt_fill(&r, k.da, (size_t)M * f, -1, 1);
     rope_tables(T, dh, 10000.0, k.cos_t, k.sin_t);
-    k.n_out = (size_t)4 * d * d + 2 * (size_t)M * d + (size_t)B * k.s.H * T * T + 3 * (size_t)M * f;
+    k.n_out = (size_t)4 * d * d + 2 * (size_t)M * d + (size_t)B * k.s.H * T * T + 3 * (size_t)M * f +
+              3 * (size_t)(3 * 32768 + 5);
     float *one = s_run_kernels(&k, 1);
     /* repeated: a range sharing another's buffers shows only when the two overlap in time */
     for (int run = 0; run < 6; run++) {
