@@ -299,7 +299,7 @@ struct ckpt_replicator {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int stop, running, timeout_ms;
+    int stop, running, held, timeout_ms;
     ckpt_repl_job_t *queue;
     int n_queue, cap_queue;
     ckpt_repl_done_t *done;
@@ -313,7 +313,7 @@ static void *s_repl_main(void *arg)
     ckpt_repl_job_t *job = malloc(sizeof *job);
     pthread_mutex_lock(&r->mu);
     while (!r->stop) {
-        if (r->n_queue == 0 || !zctx || !job) {
+        if (r->n_queue == 0 || r->held || !zctx || !job) {
             pthread_cond_wait(&r->cv, &r->mu);
             continue;
         }
@@ -413,6 +413,14 @@ int ckpt_replicator_poll(ckpt_replicator_t *r, ckpt_repl_done_t *out)
     }
     pthread_mutex_unlock(&r->mu);
     return got;
+}
+
+void ckpt_replicator_hold(ckpt_replicator_t *r, int hold)
+{
+    pthread_mutex_lock(&r->mu);
+    r->held = hold != 0;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
 }
 
 int ckpt_replicator_busy(ckpt_replicator_t *r)

@@ -153,6 +153,11 @@ shoal_err_t ckpt_replicator_submit(ckpt_replicator_t *r, const ckpt_repl_job_t *
 /* Takes one finished job into *out: 1 when there was one, 0 otherwise. Never blocks. */
 int ckpt_replicator_poll(ckpt_replicator_t *r, ckpt_repl_done_t *out);
 
+/* Nonzero: start no further job until called again with 0 (the one running goes on; queued
+ * ones wait, nothing is dropped). A worker recovering from a death holds its copies: they would
+ * take the CPU and disk its recovery needs (worker/daemon.c). Thread-safe. */
+void ckpt_replicator_hold(ckpt_replicator_t *r, int hold);
+
 /* Jobs queued or running. */
 int ckpt_replicator_busy(ckpt_replicator_t *r);
 

@@ -131,6 +131,10 @@ typedef struct {
     int64_t fail_backoff_ms; /* wait after the last failure re-plan (0: none yet) */
     int64_t fail_replan_at_ms; /* monotonic: no failure re-plan before this */
     int fail_backoff_logged;   /* the current wait was logged */
+    int repl_lost;             /* a holder of the newest checkpoint was lost: the cron orders the
+                                  copies, after pushing the re-plan the loss causes (the plan
+                                  reaches its workers first, and they hold the copies until they
+                                  train again: worker/daemon.c) */
     /* gradient-sanity votes of generation votes_gen: [replica] = the replicas that reported it */
     uint64_t grad_votes[64];
     uint64_t votes_gen;
@@ -481,8 +485,9 @@ void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *
  * other institutions, then by worker id following the writer's (cyclic), so that copies
  * spread. */
 int coord_replicas_choose(coord_t *c, const coord_worker_t *writer, int n, coord_worker_t **out);
-/* A worker died or left: for each active run's newest checkpoint holding a shard on it, orders
- * new copies from the live holders so that every shard is back to replicas + 1 live holders. */
+/* A worker died or left: for each active run's newest checkpoint holding a shard on it, the
+ * next cron orders new copies from the live holders so that every shard is back to replicas + 1
+ * live holders (after the re-plan the loss causes: its workers get the plan first). */
 void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w);
 /* Cron: a Replicate order whose copy is not confirmed within replicate_ack_ms is sent again
  * (up to replicate_retries times, the wait doubling); one whose target died, already holds

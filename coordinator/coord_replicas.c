@@ -370,16 +370,36 @@ void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w)
             continue;
         if ((m = s_manifest_at(c, r->id, r->checkpoint_step))) {
             const json_t *shards = json_object_get(m, CTL_F_SHARDS);
-            int held = 0;
             for (size_t k = 0; k < json_array_size(shards); k++)
-                held |= s_is_holder(json_array_get(shards, k), w->id);
-            const int replicas = held ? s_replicas_of(r) : 0;
-            const int n =
-                replicas > 0 ? s_order_copies(c, r, r->checkpoint_step, shards, replicas + 1, 0) : 0;
-            if (n)
-                log_info("run %s: checkpoint %" PRId64 ": %s lost, %d new cop%s ordered", r->id,
-                         r->checkpoint_step, w->id, n, n == 1 ? "y" : "ies");
+                if (s_is_holder(json_array_get(shards, k), w->id) && s_replicas_of(r) > 0) {
+                    r->repl_lost = 1; /* ordered by the cron, after the re-plan's push */
+                    log_info("run %s: checkpoint %" PRId64 ": %s lost, new copies to order",
+                             r->id, r->checkpoint_step, w->id);
+                    break;
+                }
         }
+        json_decref(m);
+    }
+}
+
+/* The copies a loss calls for (coord_replicas_on_loss), once the cron has pushed the plan that
+ * replaces the lost worker: the workers then hold them until they train again. */
+static void s_order_lost(coord_t *c)
+{
+    for (int i = 0; i < c->n_runs; i++) {
+        coord_run_t *r = c->runs[i];
+        json_t *m = NULL;
+        if (!r->repl_lost)
+            continue;
+        r->repl_lost = 0;
+        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 ||
+            !(m = s_manifest_at(c, r->id, r->checkpoint_step)))
+            continue;
+        const int n = s_order_copies(c, r, r->checkpoint_step, json_object_get(m, CTL_F_SHARDS),
+                                     s_replicas_of(r) + 1, 0);
+        if (n)
+            log_info("run %s: checkpoint %" PRId64 ": %d new cop%s ordered after a loss", r->id,
+                     r->checkpoint_step, n, n == 1 ? "y" : "ies");
         json_decref(m);
     }
 }
@@ -508,8 +528,16 @@ static int s_order_resend(coord_t *c, const struct coord_repl_order *o)
             idx = (int)i;
     }
     int keep = 0;
+    Shoal__ShardSource src[S_MAX_SOURCES], *ptrs[S_MAX_SOURCES];
     if (idx >= 0 && !s_is_holder(json_array_get(shards, (size_t)idx), o->to)) {
-        if (o->sent > c->cfg.replicate_retries) {
+        if (s_live_sources(c, json_array_get(shards, (size_t)idx), src, ptrs, S_MAX_SOURCES) == 0) {
+            /* its holders died: no order can be built (re-sent every cron, it flooded the log
+             * at 40 lines/s); a copy already under way still confirms, the repair scan and a
+             * holder's return order again */
+            log_warn("run %s: checkpoint %" PRId64 ": no live holder of %s's shard for %s to copy "
+                     "from: order dropped",
+                     r->id, o->step, o->writer, o->to);
+        } else if (o->sent > c->cfg.replicate_retries) {
             log_warn("run %s: checkpoint %" PRId64 ": %s never confirmed its copy of %s's shard "
                      "(%d orders): given up",
                      r->id, o->step, o->to, o->writer, o->sent);
@@ -549,6 +577,7 @@ static void s_repair_scan(coord_t *c)
 
 void coord_replicas_cron(coord_t *c, int64_t now_mono_ms)
 {
+    s_order_lost(c);
     if (c->cfg.replica_repair_ms > 0) {
         if (!c->repl_repair_at_ms)
             c->repl_repair_at_ms = now_mono_ms + c->cfg.replica_repair_ms;

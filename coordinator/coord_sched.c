@@ -535,6 +535,24 @@ void coord_run_replan_check(coord_t *c, coord_run_t *r)
                                    at ? ", " : "", w->id, coord_worker_state_name(w->state));
         }
     }
+    /* a hand-over giver (out of the plan, so not a member) dead while its taker still loads:
+     * the state will never come, and the taker would wait out its comm timeout; the new plan
+     * aborts its wait (worker/daemon_handover.c) */
+    for (uint32_t i = 0; i < r->plan.n_handovers && r->committed_step < r->plan.start_step; i++) {
+        const plan_handover_t *h = &r->plan.handovers[i];
+        coord_worker_t *g = coord_worker_by_id(c, h->from_worker);
+        coord_worker_t *t = h->to_rank < r->plan.n_peers
+                                ? coord_worker_by_id(c, r->plan.peers[h->to_rank].worker_id)
+                                : NULL;
+        if ((!g || g->state == WORKER_DEAD) && t &&
+            t->activity == SHOAL__WORKER_ACTIVITY__ACTIVITY_LOADING) {
+            lost = 1;
+            r->distrust_peers = 1; /* the taker reports the boundary step but never got it */
+            at += (size_t)snprintf(why + at, at < sizeof why ? sizeof why - at : 0,
+                                   "%s%s dead while handing its cell to %s", at ? ", " : "",
+                                   h->from_worker, t->id);
+        }
+    }
     for (uint32_t i = 0; i < e.n; i++)
         if (!coord_plan_member(r, e.list[i]->id) && !coord_plan_is_spare(r, e.list[i]->id)) {
             changed = 1;

@@ -20,6 +20,7 @@
 #include "kgemm.h"
 #include "log.h"
 #include "name.h"
+#include "prefault.h"
 #include "shoal_version.h"
 
 #define S_IDLE_WAIT_MS 100
@@ -93,6 +94,18 @@ void daemon_drop_comm(daemon_t *d)
     d->have_comms = 0;
 }
 
+/* Checkpoint copies (Replicate orders) wait from a new plan's arrival until this worker trains
+ * under it or has nothing to train: a recovery needs the CPU and the disk, and a death orders
+ * copies of the dead worker's shards to the very workers that take over its cell (the
+ * coordinator pushes the plan first). Copies started before the plan came run on. */
+static void s_hold_copies(daemon_t *d, int hold)
+{
+    if (!d->repl || d->copies_held == hold)
+        return;
+    d->copies_held = hold;
+    ckpt_replicator_hold(d->repl, hold);
+}
+
 static void s_vfail(daemon_t *d, sess_activity_t act, const char *fmt, va_list ap)
 {
     char msg[256];
@@ -100,6 +113,7 @@ static void s_vfail(daemon_t *d, sess_activity_t act, const char *fmt, va_list a
     log_warn("assignment failed (generation %llu): %s",
              (unsigned long long)(d->plan ? d->plan->generation : 0), msg);
     daemon_drop_comm(d);
+    s_hold_copies(d, 0);
     d->failed = 1;
     d->failed_gen = d->plan ? d->plan->generation : 0;
     d->failed_ms = clock_mono_ms();
@@ -167,6 +181,7 @@ static void s_stop_run(daemon_t *d, const char *why)
     daemon_ckpt_finish(d, 0); /* durable on disk; the coordinator no longer wants it */
     sess_plan_destroy(&d->plan);
     sess_plan_destroy(&d->pending);
+    s_hold_copies(d, 0);
     /* The trainer and its state stay until another run needs the memory: a later plan of the
      * same run (undrain, a cell given up and re-planned) may start right where it is. */
     d->paused = d->failed = d->draining = 0;
@@ -203,6 +218,7 @@ static void s_on_event(daemon_t *d, sess_event_t *ev)
         sess_plan_destroy(&d->pending);
         d->pending = p;
         ev->plan = NULL;
+        s_hold_copies(d, 1); /* before the Replicate orders that follow it in this pump */
         break;
     }
     case SESS_EV_LEASE:
@@ -309,6 +325,19 @@ static int s_handing_over(daemon_t *d)
 
 /* ---- a step ------------------------------------------------------------------------------- */
 
+void *daemon_state_buffer(daemon_t *d)
+{
+    const size_t n = trainer_state_bytes(d->tr);
+    if (!d->snap || d->snap_len != n) {
+        free(d->snap);
+        d->snap = malloc(n);
+        d->snap_len = d->snap ? n : 0;
+        d->snap_step = -1;
+        prefault(d->snap, d->snap_len); /* written in full by its first use */
+    }
+    return d->snap;
+}
+
 /* The StepReport request of the step just applied; with the stage's expert loads when this cell
  * is replica 0, ep rank 0 of its stage: after the step's reduce every cell of a stage holds the
  * same whole-batch counts, so one report per stage carries them (ops/CAPACITY.md). */
@@ -338,13 +367,7 @@ static void s_step(daemon_t *d)
     const sess_activity_t act = d->draining ? SESS_ACT_DRAINING : SESS_ACT_TRAINING;
     daemon_status(d, act, NULL);
     /* the state before this step, for a rollback if the step's commit never comes */
-    const size_t sn = trainer_state_bytes(d->tr);
-    if (!d->snap || d->snap_len != sn) {
-        free(d->snap);
-        d->snap = malloc(sn);
-        d->snap_len = d->snap ? sn : 0;
-    }
-    if (d->snap) {
+    if (daemon_state_buffer(d)) {
         trainer_state_pack(d->tr, d->snap);
         d->snap_step = k - 1;
     }
@@ -398,6 +421,8 @@ static void s_step(daemon_t *d)
         snprintf(r->reject_detail, sizeof r->reject_detail, "%s", info.reject_why);
     }
     session_post(d->sess, &r);
+    if (!d->pending)
+        s_hold_copies(d, 0);
     daemon_ckpt_finish(d, 1);
     if (trainer_checkpoint_due(d->tr)) {
         if ((rc = trainer_checkpoint_async(d->tr)) != SHOAL_OK)
@@ -642,6 +667,8 @@ shoal_err_t daemon_run(const daemon_config_t *cfg)
             continue;
         }
         /* Nothing to train now: say why, finish a checkpoint, ask again if failed. */
+        if (!d->pending)
+            s_hold_copies(d, 0);
         if (d->failed) {
             if (clock_mono_ms() - d->last_ask_ms >= S_FAILED_ASK_MS)
                 s_ask_assignment(d);

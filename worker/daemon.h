@@ -39,6 +39,10 @@ typedef struct {
  * fault during training is reported to the coordinator and survived. */
 shoal_err_t daemon_run(const daemon_config_t *cfg);
 
+/* Test builds only (shoal-worker-attack, SHOAL_HANDOVER_STALL_MS; handover_stall.c): a worker
+ * handing its cell over stalls `ms` after the header, as a giver that hangs or dies mid-way. */
+void daemon_set_handover_stall_ms(int ms);
+
 #ifdef __cplusplus
 }
 #endif

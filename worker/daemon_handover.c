@@ -6,10 +6,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "daemon_int.h"
 #include "log.h"
 
 enum { S_GIVER = 0, S_TAKER = 1 };
+
+static int s_stall_ms; /* test builds only: daemon_set_handover_stall_ms */
+
+void daemon_set_handover_stall_ms(int ms)
+{
+    s_stall_ms = ms;
+}
 
 /* The 2-rank comm between giver and taker. */
 static shoal_err_t s_comm(daemon_t *d, const char *giver, const char *taker, int rank,
@@ -55,6 +63,10 @@ shoal_err_t daemon_handover_give(daemon_t *d, const char *to, const char *to_key
                             &c);
     if (rc == SHOAL_OK)
         rc = comm_send(c, S_TAKER, hdr, sizeof hdr, (uint64_t)step);
+    if (rc == SHOAL_OK && s_stall_ms > 0) {
+        log_warn("hand-over: stalling %d ms after the header (SHOAL_HANDOVER_STALL_MS)", s_stall_ms);
+        clock_sleep_ms(s_stall_ms);
+    }
     if (rc == SHOAL_OK && buf) {
         trainer_state_pack(d->tr, buf);
         rc = comm_send(c, S_TAKER, buf, (size_t)hdr[1], (uint64_t)step);
@@ -89,17 +101,27 @@ shoal_err_t daemon_handover_take(daemon_t *d, int64_t want)
     int64_t hdr[2] = {-1, 0};
     void *buf = NULL;
     const size_t n = trainer_state_bytes(d->tr);
+    /* Tracked like the plan's collectives: a newer plan that starts at or before this one (the
+     * giver died or stalled mid-way, the coordinator re-planned) or a stop aborts the wait at
+     * once instead of after the comm timeout. */
+    cell_comms_t tracked = {0};
+    log_info("taking the state after step %lld over from %s", (long long)want,
+             p->handover_from);
     shoal_err_t rc = s_comm(d, p->handover_from, p->endpoints[p->rank], S_TAKER, p->generation,
                             d->cfg.comm_timeout_ms, &c);
-    if (rc == SHOAL_OK)
+    if (rc == SHOAL_OK) {
+        tracked.all[tracked.n++] = c;
+        session_track_comms(d->sess, &tracked, p->generation, p->start_step);
         rc = comm_recv(c, S_GIVER, hdr, sizeof hdr, (uint64_t)want);
+    }
     const int got_header = rc == SHOAL_OK;
     if (rc == SHOAL_OK && (hdr[0] != want || hdr[1] != (int64_t)n))
         rc = shoal_fail(SHOAL_ERR_NOTFOUND, "the leaving worker %s holds %s (want the state after "
                         "step %lld, %zu bytes)", p->handover_from,
                         hdr[0] < 0 ? "no such state" : "another state", (long long)want, n);
-    if (rc == SHOAL_OK && !(buf = malloc(n)))
+    if (rc == SHOAL_OK && !(buf = daemon_state_buffer(d)))
         rc = shoal_fail(SHOAL_ERR_NOMEM, "out of memory for a %zu-byte state", n);
+    d->snap_step = -1; /* the buffer carries the handed-over state, not a snapshot */
     if (rc == SHOAL_OK)
         rc = comm_recv(c, S_GIVER, buf, n, (uint64_t)want);
     if (rc == SHOAL_OK)
@@ -107,12 +129,12 @@ shoal_err_t daemon_handover_take(daemon_t *d, int64_t want)
     if (rc == SHOAL_OK && trainer_next_step(d->tr) != want)
         rc = shoal_fail(SHOAL_ERR_FORMAT, "the handed-over state is after step %lld, not %lld",
                         (long long)trainer_next_step(d->tr), (long long)want);
-    if (got_header) { /* the giver waits for this answer, whatever it says */
+    if (got_header && rc != SHOAL_ERR_ABORTED) { /* the giver waits for this answer */
         const uint8_t ack = rc == SHOAL_OK;
         (void)comm_send(c, S_GIVER, &ack, 1, (uint64_t)want);
     }
+    session_track_comms(d->sess, NULL, 0, 0);
     comm_destroy(&c);
-    free(buf);
     if (rc == SHOAL_OK)
         log_info("took the state after step %lld over from %s (%.1f MiB)", (long long)want,
                  p->handover_from, (double)n / (1 << 20));

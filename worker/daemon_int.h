@@ -53,6 +53,7 @@ typedef struct {
     int paused, failed, draining;
     int64_t handover_ask_ms; /* SIGTERM: when a hand-over (Leave{drain_first}) was last asked */
     int loading; /* between a plan switch and its agreed state */
+    int copies_held; /* checkpoint copies wait: a plan came and no step has run under it yet */
     uint64_t failed_gen;
     int64_t failed_ms, last_ask_ms;
     int64_t ckpt_pending; /* step of a checkpoint being written (0: none) */
@@ -91,6 +92,13 @@ void daemon_fail_as(daemon_t *d, sess_activity_t act, const char *fmt, ...)
 
 /* Destroys the plan's comm (untracked by the session first); no-op without one. */
 void daemon_drop_comm(daemon_t *d);
+
+/* d->snap sized for the trainer's packed state (NULL when out of memory). The snapshot buffer
+ * doubles as the buffer a recovery sends or receives the state in: its pages are already
+ * mapped (a fresh 20 MiB buffer costs ~5,000 page faults, 0.1-0.5 s on a loaded VM) and the
+ * first step's snapshot finds it warm. Whoever writes anything but the snapshot into it sets
+ * d->snap_step = -1. */
+void *daemon_state_buffer(daemon_t *d);
 
 /* Takes every waiting session event; waits up to timeout_ms for the first. */
 void daemon_pump(daemon_t *d, int timeout_ms);

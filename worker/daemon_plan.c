@@ -10,6 +10,7 @@
 
 #include "blas_select.h"
 #include "ckpt.h"
+#include "clock.h"
 #include "daemon_int.h"
 #include "log.h"
 #include "name.h"
@@ -246,7 +247,6 @@ static shoal_err_t s_share_state(daemon_t *d, int have, int64_t want)
     const int n_share = split ? c->dp : (int)p->nranks;
     float *holds = calloc(p->nranks, sizeof(float));
     int *member = calloc((size_t)n_share, sizeof(int));
-    void *buf = NULL;
     shoal_err_t rc = SHOAL_OK;
     if (!holds || !member) {
         rc = shoal_fail(SHOAL_ERR_NOMEM, "out of memory");
@@ -256,6 +256,7 @@ static shoal_err_t s_share_state(daemon_t *d, int have, int64_t want)
         member[i] = split ? cell_rank(c->pp, c->ep, i, c->stage, c->ep_rank) : i;
     holds[p->rank] = have ? 1.0f : 0.0f;
     session_track_comms(d->sess, &d->comms, p->generation, p->start_step);
+    const int64_t t0 = clock_mono_ms();
     rc = comm_allreduce_sum_f32(world, holds, p->nranks, (uint64_t)want);
     if (rc != SHOAL_OK) {
         rc = shoal_fail_context(rc, "agreeing on the state after step %lld", (long long)want);
@@ -278,14 +279,18 @@ static shoal_err_t s_share_state(daemon_t *d, int have, int64_t want)
     }
     if (missing) {
         const size_t n = trainer_state_bytes(d->tr);
-        if (!(buf = malloc(n))) {
+        void *buf = daemon_state_buffer(d);
+        if (!buf) {
             rc = shoal_fail(SHOAL_ERR_NOMEM, "out of memory for a %zu-byte state", n);
             goto out;
         }
+        d->snap_step = -1; /* the buffer carries the shared state now, not a snapshot */
         if (have)
             trainer_state_pack(d->tr, buf);
-        log_info("state after step %lld: rank %d sends it to %d rank(s) (%.1f MiB)",
-                 (long long)want, member[root], missing, (double)n / (1 << 20));
+        const int64_t t1 = clock_mono_ms();
+        log_info("state after step %lld: rank %d sends it to %d rank(s) (%.1f MiB; holders "
+                 "agreed in %lld ms)", (long long)want, member[root], missing,
+                 (double)n / (1 << 20), (long long)(t1 - t0));
         rc = comm_broadcast(share, buf, n, root, (uint64_t)want);
         if (rc != SHOAL_OK) {
             rc = shoal_fail_context(rc, "receiving the state after step %lld", (long long)want);
@@ -302,10 +307,11 @@ static shoal_err_t s_share_state(daemon_t *d, int have, int64_t want)
             }
             d->have_state = 1;
         }
+        log_info("state after step %lld %s in %lld ms", (long long)want,
+                 have ? "sent" : "received", (long long)(clock_mono_ms() - t1));
     }
 out:
     session_track_comms(d->sess, &d->comms, p->generation, 0);
-    free(buf);
     free(member);
     free(holds);
     return rc;
@@ -353,6 +359,7 @@ static shoal_err_t s_load_state(daemon_t *d)
 
 void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
 {
+    const int64_t t_start = clock_mono_ms();
     daemon_drop_comm(d);
     /* Not reported under the old generation (the coordinator moved on): the new plan reports
      * the checkpoint of its boundary (s_checkpoint_boundary). */
@@ -384,6 +391,7 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
         return;
     }
     d->comms_gen = p->generation; /* even a failed attempt may have used some of its groups */
+    const int64_t t_trainer = clock_mono_ms();
     rc = cell_comms_new(d->listener, trainer_cell(d->tr), (const char *const *)p->endpoints,
                         p->generation, d->cfg.comm_timeout_ms, &d->comms);
     if (rc != SHOAL_OK) {
@@ -391,6 +399,7 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
         return;
     }
     d->have_comms = 1;
+    const int64_t t_comms = clock_mono_ms();
     rc = s_load_state(d);
     d->loading = 0;
     if (rc == SHOAL_ERR_ABORTED) {
@@ -405,6 +414,12 @@ void daemon_plan_switch(daemon_t *d, sess_plan_t *p)
                        shoal_errmsg());
         return;
     }
+    /* where a recovery's seconds go (bench_recovery.sh measures the whole) */
+    const int64_t t_end = clock_mono_ms();
+    log_info("generation %llu ready in %lld ms: keys and trainer %lld ms, comms %lld ms, state "
+             "%lld ms", (unsigned long long)p->generation, (long long)(t_end - t_start),
+             (long long)(t_trainer - t_start), (long long)(t_comms - t_trainer),
+             (long long)(t_end - t_comms));
     s_checkpoint_boundary(d);
     daemon_status(d, SESS_ACT_TRAINING, NULL);
 }

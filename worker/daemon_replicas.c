@@ -92,8 +92,9 @@ void daemon_replicas_order(daemon_t *d, const sess_event_t *ev)
         if (ckpt_replicator_submit(d->repl, job) != SHOAL_OK)
             log_error("replication of %s's shard: %s", k->writer, shoal_errmsg());
         else
-            log_info("checkpoint %lld: copying %s's shard (cell %u/%u/%u) in the background",
-                     (long long)ev->step, k->writer, k->replica, k->stage, k->ep_rank);
+            log_info("checkpoint %lld: copying %s's shard (cell %u/%u/%u) in the background%s",
+                     (long long)ev->step, k->writer, k->replica, k->stage, k->ep_rank,
+                     d->copies_held ? " once this worker has trained under its new plan" : "");
     }
     free(job);
 }

@@ -8,6 +8,7 @@
 #include "commands.h"
 #ifdef SHOAL_GRAD_ATTACK
 #include "grad_attack.h"
+#include "handover_stall.h"
 #endif
 #ifdef SHOAL_HAVE_NCCL
 #include "comm_nccl.h"
@@ -42,7 +43,7 @@ int main(int argc, char **argv)
         return 2;
     }
 #ifdef SHOAL_GRAD_ATTACK
-    if (grad_attack_install_from_env() != 0)
+    if (grad_attack_install_from_env() != 0 || handover_stall_install_from_env() != 0)
         return 2;
 #endif
     if (strcmp(argv[1], "train") == 0)

@@ -17,6 +17,7 @@
 #include "model.h"
 #include "model_dir.h"
 #include "optim.h"
+#include "prefault.h"
 
 struct trainer {
     runspec_t spec;
@@ -176,6 +177,11 @@ shoal_err_t trainer_new_cell(const runspec_t *spec, const char *ckpt_root,
         rc = shoal_fail(SHOAL_ERR_NOMEM, "trainer: cannot allocate %zu parameters", np);
         goto fail;
     }
+    /* every step writes them in full: map them now, in one call each (prefault.h) */
+    prefault(t->params, np * sizeof(float));
+    prefault(t->m, np * sizeof(float));
+    prefault(t->v, np * sizeof(float));
+    prefault(t->reduce, t->n_reduce * sizeof(float));
     *out = t;
     return SHOAL_OK;
 fail:

@@ -30,6 +30,8 @@ die() {
 }
 now_ms() { date +%s%3N; }
 export SHOAL_CONTROL="ipc://$tmp/c.sock"
+# plaintext TCP on loopback, as the test harnesses run it (TCP otherwise needs CURVE keys)
+export SHOAL_INSECURE=1
 ctl() { "$bindir/shoalctl" --timeout 5 "$@"; }
 COORD_EP=
 

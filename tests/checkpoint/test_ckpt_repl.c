@@ -293,7 +293,8 @@ static void test_corrupt_replaced(void **state)
     ckpt_server_destroy(&good);
 }
 
-/* The replicator copies in the background, reports the outcome once, and prunes old steps. */
+/* The replicator copies in the background, reports the outcome once, and prunes old steps; a
+ * job submitted while it is held (a worker recovering) waits, untouched, until the hold ends. */
 static void test_replicator(void **state)
 {
     (void)state;
@@ -318,8 +319,20 @@ static void test_replicator(void **state)
     assert_int_equal(fsutil_mkdir_p(old), SHOAL_OK);
     snprintf(old, sizeof old, "%s/step-00000003/manifest.json", job->prune_dir);
     assert_int_equal(fsutil_write_file(old, "{}", 2), SHOAL_OK);
+    ckpt_replicator_hold(r, 1);
     assert_int_equal(ckpt_replicator_submit(r, job), SHOAL_OK);
     ckpt_repl_done_t done;
+    char tmp[PATH_MAX + 64];
+    snprintf(tmp, sizeof tmp, "%s.fetch-%ld", job->dest, (long)getpid());
+    struct stat st;
+    for (int i = 0; i < 25; i++) { /* 0.5 s: a started copy makes its temp dir at once */
+        assert_int_equal(ckpt_replicator_poll(r, &done), 0);
+        assert_int_not_equal(stat(tmp, &st), 0);
+        assert_int_not_equal(stat(job->dest, &st), 0);
+        clock_sleep_ms(20);
+    }
+    assert_int_equal(ckpt_replicator_busy(r), 1); /* queued, not dropped */
+    ckpt_replicator_hold(r, 0);
     int got = 0;
     for (int i = 0; i < 300 && !got; i++) {
         got = ckpt_replicator_poll(r, &done);
@@ -332,7 +345,6 @@ static void test_replicator(void **state)
     assert_int_equal(ckpt_replicator_poll(r, &done), 0);
     assert_int_equal(ckpt_replicator_busy(r), 0);
     assert_int_equal(ckpt_repl_verify(job->dest, &s_want), SHOAL_OK);
-    struct stat st;
     snprintf(old, sizeof old, "%s/step-00000003", job->prune_dir);
     assert_int_not_equal(stat(old, &st), 0);
     ckpt_replicator_destroy(&r);
