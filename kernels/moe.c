@@ -9,6 +9,8 @@
 
 #include "ffn.h"
 #include "kgemm.h"
+#include "kpar.h"
+#include "vexp.h" /* SHOAL_VECTOR_CLONES */
 #include "model_config.h"
 
 static void *s_alloc(size_t n)
@@ -159,6 +161,46 @@ void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, 
     moe_combine(c, w, u, sv, y);
 }
 
+/* Expert rows [r0, r1) of moe_backward_gates: dgates[p] = dy[m]·ys[row] (8 lanes, then the
+ * lanes in order: vectorised, the same bits wherever the row runs) and dys[row] = gate·dy[m].
+ * Each row writes its own outputs: ranges run on the kernels' threads (kpar). */
+typedef struct {
+    int K, d;
+    const int32_t *pair_of_row;
+    const float *gates, *ys, *dy;
+    float *dys, *dgates;
+} s_gates_t;
+
+SHOAL_VECTOR_CLONES
+static void s_gates_rows(void *arg, int64_t r0, int64_t r1, void *scratch)
+{
+    (void)scratch;
+    const s_gates_t *a = arg;
+    const int K = a->K, d = a->d;
+    for (int64_t row = r0; row < r1; row++) {
+        const int32_t p = a->pair_of_row[row];
+        const float *restrict dym = a->dy + (int64_t)(p / K) * d;
+        const float *restrict ys = a->ys + row * d;
+        float *restrict dys = a->dys + row * d;
+        const float gt = a->gates[p];
+        float lane[8] = {0};
+        int j = 0;
+        for (; j + 8 <= d; j += 8)
+            for (int k = 0; k < 8; k++) {
+                lane[k] += dym[j + k] * ys[j + k];
+                dys[j + k] = gt * dym[j + k];
+            }
+        float dot = 0.0f;
+        for (; j < d; j++) {
+            dot += dym[j] * ys[j];
+            dys[j] = gt * dym[j];
+        }
+        for (int k = 0; k < 8; k++)
+            dot += lane[k];
+        a->dgates[p] = dot;
+    }
+}
+
 void moe_backward_gates(const moe_config_t *c, const moe_weights_t *w, const float *u,
                         const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
                         const moe_weights_t *g)
@@ -172,18 +214,8 @@ void moe_backward_gates(const moe_config_t *c, const moe_weights_t *w, const flo
     else
         memset(du, 0, sizeof(float) * (size_t)M * d);
     /* gate gradients and the gated output gradient per expert row */
-    for (int64_t row = 0; row < P; row++) {
-        const int32_t p = sv->pair_of_row[row];
-        const float *dym = dy + (int64_t)(p / K) * d, *ys = sv->ys + row * d;
-        float *dys = sc->dys + row * d;
-        const float gt = sv->gates[p];
-        float dot = 0.0f;
-        for (int j = 0; j < d; j++) {
-            dot += dym[j] * ys[j];
-            dys[j] = gt * dym[j];
-        }
-        sc->dgates[p] = dot;
-    }
+    s_gates_t job = {K, d, sv->pair_of_row, sv->gates, sv->ys, dy, sc->dys, sc->dgates};
+    kpar_for(P, 16384 / (d > 0 ? d : 1) + 1, 0, s_gates_rows, &job);
 }
 
 void moe_experts_backward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
