@@ -27,6 +27,7 @@ int moe_saved_alloc(moe_saved_t *sv, const moe_config_t *c, int max_M)
     sv->idx = s_alloc(sizeof(int32_t) * M * K);
     sv->gates = s_alloc(sizeof(float) * M * K);
     sv->pair_of_row = s_alloc(sizeof(int32_t) * M * K);
+    sv->row_of_pair = s_alloc(sizeof(int32_t) * M * K);
     sv->offsets = s_alloc(sizeof(int64_t) * (N + 1));
     sv->xs = s_alloc(sizeof(float) * M * K * d);
     sv->gu = s_alloc(sizeof(float) * M * K * 2 * fe);
@@ -34,7 +35,8 @@ int moe_saved_alloc(moe_saved_t *sv, const moe_config_t *c, int max_M)
     sv->ys = s_alloc(sizeof(float) * M * K * d);
     sv->sh_gu = s_alloc(sizeof(float) * M * 2 * fs);
     sv->sh_a = s_alloc(sizeof(float) * M * fs);
-    if (!sv->s || !sv->idx || !sv->gates || !sv->pair_of_row || !sv->offsets || !sv->xs ||
+    if (!sv->s || !sv->idx || !sv->gates || !sv->pair_of_row || !sv->row_of_pair ||
+        !sv->offsets || !sv->xs ||
         !sv->gu || !sv->a || !sv->ys || !sv->sh_gu || !sv->sh_a) {
         moe_saved_free(sv);
         return -1;
@@ -48,6 +50,7 @@ void moe_saved_free(moe_saved_t *sv)
     free(sv->idx);
     free(sv->gates);
     free(sv->pair_of_row);
+    free(sv->row_of_pair);
     free(sv->offsets);
     free(sv->xs);
     free(sv->gu);
@@ -117,6 +120,7 @@ void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, in
     for (int64_t p = 0; p < P; p++) {
         const int64_t row = fill[sv->idx[p]]++;
         sv->pair_of_row[row] = (int32_t)p;
+        sv->row_of_pair[p] = (int32_t)row;
         memcpy(sv->xs + row * d, u + (p / K) * d, sizeof(float) * (size_t)d);
     }
 }
@@ -132,25 +136,60 @@ void moe_experts_forward(const moe_config_t *c, const moe_weights_t *w, int e0, 
     }
 }
 
+/* Tokens [m0, m1) of the scatter back from expert rows: out[m] += gate · src[row] (gates NULL:
+ * 1) over token m's K rows in increasing row order, the order of a pass over all rows, so each
+ * element gets the same additions in the same order wherever its token runs (kpar). */
+typedef struct {
+    int K, d;
+    const int32_t *row_of_pair;
+    const float *gates, *src;
+    float *out;
+} s_scatter_t;
+
+static void s_scatter_tokens(void *arg, int64_t m0, int64_t m1, void *scratch)
+{
+    (void)scratch;
+    const s_scatter_t *a = arg;
+    const int K = a->K, d = a->d;
+    int64_t rows[MODEL_MAX_EXPERTS], pairs[MODEL_MAX_EXPERTS];
+    for (int64_t m = m0; m < m1; m++) {
+        for (int k = 0; k < K; k++) { /* insertion sort of the K pairs by row (K is small) */
+            const int64_t p = m * K + k, r = a->row_of_pair[p];
+            int i = k;
+            for (; i > 0 && rows[i - 1] > r; i--) {
+                rows[i] = rows[i - 1];
+                pairs[i] = pairs[i - 1];
+            }
+            rows[i] = r;
+            pairs[i] = p;
+        }
+        float *restrict om = a->out + m * d;
+        for (int k = 0; k < K; k++) {
+            const float *restrict src = a->src + rows[k] * d;
+            if (a->gates) {
+                const float g = a->gates[pairs[k]];
+                for (int j = 0; j < d; j++)
+                    om[j] += g * src[j];
+            } else {
+                for (int j = 0; j < d; j++)
+                    om[j] += src[j];
+            }
+        }
+    }
+}
+
 void moe_combine(const moe_config_t *c, const moe_weights_t *w, const float *u,
                  moe_saved_t *sv, float *y)
 {
     const int K = c->router.K, d = c->d, M = sv->M;
-    const int64_t P = (int64_t)M * K;
     /* shared experts write y; routed outputs are added in expert-row order */
     if (c->fs > 0)
         ffn_forward(c->prec, u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, y,
                     0.0f);
     else
         memset(y, 0, sizeof(float) * (size_t)M * d);
-    for (int64_t row = 0; row < P; row++) {
-        const int32_t p = sv->pair_of_row[row];
-        const float g = sv->gates[p];
-        float *yr = y + (int64_t)(p / K) * d;
-        const float *src = sv->ys + row * d;
-        for (int j = 0; j < d; j++)
-            yr[j] += g * src[j];
-    }
+    s_scatter_t job = {K, d, sv->row_of_pair, sv->gates, sv->ys, y};
+    kpar_for(M, 16384 / (K * d > 0 ? K * d : 1) + 1, 0, s_scatter_tokens, &job);
 }
 
 void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
@@ -237,13 +276,8 @@ void moe_backward_finish(const moe_config_t *c, const moe_weights_t *w, const fl
                          const moe_weights_t *g)
 {
     const int N = c->router.N, K = c->router.K, d = c->d, M = sv->M;
-    const int64_t P = (int64_t)M * K;
-    for (int64_t row = 0; row < P; row++) {
-        float *dum = du + (int64_t)(sv->pair_of_row[row] / K) * d;
-        const float *src = sc->dxs + row * d;
-        for (int j = 0; j < d; j++)
-            dum[j] += src[j];
-    }
+    s_scatter_t job = {K, d, sv->row_of_pair, NULL, sc->dxs, du};
+    kpar_for(M, 16384 / (K * d > 0 ? K * d : 1) + 1, 0, s_scatter_tokens, &job);
     /* router: through the gates and the sigmoid to the logits, then to Wr and u */
     router_gates_backward(&c->router, sv->s, sv->idx, sc->dgates, M, sc->dlogits);
     kgemm(KGEMM_FP32, 1, 0, N, d, M, 1.0f, sc->dlogits, N, u, d, 1.0f, g->router, d);

@@ -43,6 +43,7 @@ typedef struct {
     float *a;            /* [M·K, fe] */
     float *ys;           /* [M·K, d] expert outputs before gating */
     float *sh_gu, *sh_a; /* shared experts: [M, 2fs], [M, fs] */
+    int32_t *row_of_pair;/* [M·K] the inverse of pair_of_row: pair p's row */
 } moe_saved_t;
 
 /* Scratch for the backward (one per model, shared by layers). */
