@@ -518,6 +518,10 @@ static int s_rebuild_delta(session_t *s, const Shoal__Envelope *env, Shoal__Enve
         s_send_get_assignment(s, 1);
         return 0;
     }
+    log_info("session: plan delta: generation %llu on %llu, %zu of %u peers changed",
+             (unsigned long long)env->generation,
+             (unsigned long long)env->assignment->base_generation,
+             env->assignment->plan->n_peers, rebuilt->n);
     *p = *env->assignment->plan;
     p->peers = rebuilt->ptrs;
     p->n_peers = rebuilt->n;
