@@ -95,6 +95,37 @@ void moe_scratch_free(moe_scratch_t *sc)
     memset(sc, 0, sizeof *sc);
 }
 
+/* moe_route's per-token work on the kpar threads: affinities, selection and gates of tokens
+ * [m0, m1), and the gather of expert rows [r0, r1); each token's or row's own outputs only. */
+typedef struct {
+    const router_config_t *rc;
+    const float *bias, *u;
+    int d;
+    moe_saved_t *sv;
+} s_route_t;
+
+static void s_route_tokens(void *arg, int64_t m0, int64_t m1, void *scratch)
+{
+    (void)scratch;
+    const s_route_t *a = arg;
+    const int N = a->rc->N, K = a->rc->K, n = (int)(m1 - m0);
+    float *s = a->sv->s + m0 * N;
+    int32_t *idx = a->sv->idx + m0 * K;
+    router_sigmoid(s, (int64_t)n * N);
+    router_select(a->rc, s, a->bias, n, idx);
+    router_gates_forward(a->rc, s, idx, n, a->sv->gates + m0 * K);
+}
+
+static void s_gather_rows(void *arg, int64_t r0, int64_t r1, void *scratch)
+{
+    (void)scratch;
+    const s_route_t *a = arg;
+    const int64_t K = a->rc->K, d = a->d;
+    for (int64_t row = r0; row < r1; row++)
+        memcpy(a->sv->xs + row * d, a->u + (a->sv->pair_of_row[row] / K) * d,
+               sizeof(float) * (size_t)d);
+}
+
 void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
                moe_saved_t *sv, int64_t *counts_acc)
 {
@@ -102,9 +133,8 @@ void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, in
     const int64_t P = (int64_t)M * K;
     sv->M = M;
     kgemm(KGEMM_FP32, 0, 1, M, N, d, 1.0f, u, d, w->router, d, 0.0f, sv->s, N);
-    router_sigmoid(sv->s, (int64_t)M * N);
-    router_select(&c->router, sv->s, w->bias, M, sv->idx);
-    router_gates_forward(&c->router, sv->s, sv->idx, M, sv->gates);
+    s_route_t job = {&c->router, w->bias, u, d, sv};
+    kpar_for(M, 4096 / (N > 0 ? N : 1) + 1, 0, s_route_tokens, &job);
 
     /* counting sort of the pairs by expert; stable in pair order */
     int64_t *off = sv->offsets;
@@ -121,8 +151,8 @@ void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, in
         const int64_t row = fill[sv->idx[p]]++;
         sv->pair_of_row[row] = (int32_t)p;
         sv->row_of_pair[p] = (int32_t)row;
-        memcpy(sv->xs + row * d, u + (p / K) * d, sizeof(float) * (size_t)d);
     }
+    kpar_for(P, 16384 / (d > 0 ? d : 1) + 1, 0, s_gather_rows, &job);
 }
 
 void moe_experts_forward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
