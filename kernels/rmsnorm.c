@@ -4,6 +4,7 @@
 
 #include <math.h>
 
+#include "kpar.h"
 #include "vexp.h" /* SHOAL_VECTOR_CLONES (on the backward only: measured slower on the forward) */
 #define RMS_LANES 8
 
@@ -23,25 +24,51 @@ static float s_dot(const float *restrict a, const float *restrict b, int n)
     return s;
 }
 
-void rmsnorm_forward(const float *x, const float *g, int M, int d, float eps, float *y, float *rstd)
+/* Rows [m0, m1) of the forward, after adding res to them when res is not NULL. Rows are
+ * independent: ranges run on the kernels' threads (kpar), the same bits at any thread count. */
+typedef struct {
+    float *x; /* written only with res */
+    const float *res, *g;
+    int d;
+    float eps, *y, *rstd;
+} s_fwd_t;
+
+static void s_forward_rows(void *arg, int64_t m0, int64_t m1, void *scratch)
 {
-    for (int m = 0; m < M; m++) {
-        const float *restrict xr = x + (size_t)m * d;
-        float *restrict yr = y + (size_t)m * d;
-        float r = 1.0f / sqrtf(s_dot(xr, xr, d) / (float)d + eps);
+    (void)scratch;
+    const s_fwd_t *a = arg;
+    const int d = a->d;
+    const float *g = a->g;
+    if (a->res)
+        for (size_t i = (size_t)m0 * d; i < (size_t)m1 * d; i++)
+            a->x[i] += a->res[i];
+    for (int64_t m = m0; m < m1; m++) {
+        const float *restrict xr = a->x + (size_t)m * d;
+        float *restrict yr = a->y + (size_t)m * d;
+        float r = 1.0f / sqrtf(s_dot(xr, xr, d) / (float)d + a->eps);
         for (int j = 0; j < d; j++)
             yr[j] = (xr[j] * r) * g[j];
-        if (rstd)
-            rstd[m] = r;
+        if (a->rstd)
+            a->rstd[m] = r;
     }
+}
+
+static int64_t s_grain(int d)
+{
+    return d >= 16384 ? 1 : 16384 / (d > 0 ? d : 1);
+}
+
+void rmsnorm_forward(const float *x, const float *g, int M, int d, float eps, float *y, float *rstd)
+{
+    s_fwd_t a = {(float *)x, NULL, g, d, eps, y, rstd}; /* x is only read without res */
+    kpar_for(M, s_grain(d), 0, s_forward_rows, &a);
 }
 
 void rmsnorm_residual_forward(float *x, const float *res, const float *g, int M, int d, float eps,
                               float *y, float *rstd)
 {
-    for (size_t i = 0; i < (size_t)M * d; i++)
-        x[i] += res[i];
-    rmsnorm_forward(x, g, M, d, eps, y, rstd);
+    s_fwd_t a = {x, res, g, d, eps, y, rstd};
+    kpar_for(M, s_grain(d), 0, s_forward_rows, &a);
 }
 
 /* y_j = x_j r g_j, r = (Σx²/d + eps)^(-1/2), ∂r/∂x_k = −r³ x_k / d, so

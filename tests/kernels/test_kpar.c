@@ -2,7 +2,8 @@
  * contiguous ranges that do not depend on timing; helpers get their own scratch; a nested call
  * and a call from a second thread while a loop runs complete (alone); and the kernels threaded
  * with it (attention's per-head core, SwiGLU) give the same bits at 1, 2 and 3 loop threads, the
- * GEMMs staying on one OpenBLAS thread; so do RoPE (inside attention) and AdamW. */
+ * GEMMs staying on one OpenBLAS thread; so do RoPE (inside attention),
+ * AdamW and RMSNorm's forward. */
 
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
@@ -19,6 +20,7 @@
 #include "kpar.h"
 #include "kt_util.h"
 #include "optim.h"
+#include "rmsnorm.h"
 #include "rope.h"
 #include "swiglu.h"
 
@@ -205,6 +207,17 @@ static float *s_run_kernels(const s_kcase_t *k, int threads)
     const adamw_hparams_t hp = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
     adamw_update(pm, gm, mm, vm, np, 3e-3f, 1, 3, &hp);
     free(gm);
+    rest = vm + np;
+    /* RMSNorm with its residual add over [M, 2f] rows: the sum, the output and 1/rms */
+    const size_t nx = (size_t)M * 2 * f;
+    float *xr = rest, *yr = xr + nx, *rs = yr + nx, *resid = malloc(sizeof(float) * nx);
+    assert_non_null(resid);
+    for (size_t i = 0; i < nx; i++) {
+        xr[i] = k->gu[i];
+        resid[i] = k->gu[nx - 1 - i];
+    }
+    rmsnorm_residual_forward(xr, resid, k->da, M, 2 * f, 1e-5f, yr, rs);
+    free(resid);
     free(qkv), free(p), free(o), free(out), free(dobuf), free(dqkv), free(dp), free(da);
     kpar_set_threads(0);
     return res;
@@ -233,7 +246,7 @@ static void test_kernels_any_threads(void **state)
     kt_fill(&r, k.da, (size_t)M * f, -1, 1);
     rope_tables(T, dh, 10000.0, k.cos_t, k.sin_t);
     k.n_out = (size_t)4 * d * d + 2 * (size_t)M * d + (size_t)B * k.s.H * T * T + 3 * (size_t)M * f +
-              3 * (size_t)(3 * 32768 + 5);
+              3 * (size_t)(3 * 32768 + 5) + 2 * (size_t)M * 2 * f + (size_t)M;
     float *one = s_run_kernels(&k, 1);
     /* repeated: a range sharing another's buffers shows only when the two overlap in time */
     for (int run = 0; run < 6; run++) {
