@@ -8,7 +8,9 @@ TEST_NAME=drain_restart
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/chaos_lib.sh"
 
-write_spec "$T/run.yaml" 160 4
+# 400 steps: a lone worker trains ~8 steps/s, and the drain, both restarts, c's death and the
+# holds below take 15-20 s; with 160 steps the run had ended before the undrain (CI, 2026-12-01)
+write_spec "$T/run.yaml" 400 10
 reference "$T/run.yaml"
 start_coord
 for w in a b c; do start_worker $w; done

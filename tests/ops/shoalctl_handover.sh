@@ -64,7 +64,9 @@ case $mode in
 drain | sigterm) n_start=3 steps=150 ;;
 spread) n_start=4 ;;
 join) n_start=2 steps=150 ;; # the newcomers start (and load cuBLAS) on a loaded machine
-pause) n_start=2 every=10 ;;
+# pause: 150 steps as well: with 50 the run could end before the kill took effect (CI,
+# 2026-12-01, once checkpoint 10 had been waited for)
+pause) n_start=2 every=10 steps=150 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 start_cluster $n_start hw
