@@ -58,7 +58,7 @@ grep -qF "denied CURVE key $(pub stranger) in domain 'shoal-shards'" "$tmp/alpha
     err "alpha did not log the stranger's refusal: $(grep -i "denied\|refuse" "$tmp/alpha.log")"
 
 # revocation: beta's key off the list; alpha's cached admission of it ends with the reload
-grep -vF "$(pub w2)" "$tmp/allow" >"$tmp/allow.new" && mv "$tmp/allow.new" "$tmp/allow"
+grep -vF -e "$(pub w2)" "$tmp/allow" >"$tmp/allow.new" && mv "$tmp/allow.new" "$tmp/allow"
 as keys reload >/dev/null || err "keys reload"
 poll_until 5 grep -qF "shard server refuses key $(pub w2)" "$tmp/alpha.log" ||
     err "alpha was not told of the revocation: $(grep -i "key" "$tmp/alpha.log" | tail -3)"

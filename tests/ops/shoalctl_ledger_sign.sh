@@ -33,7 +33,7 @@ expect 0 keys new-signing --out "$tmp/keys"
 [ "$(mode "$tmp/keys/ledger_signing.key")" = 600 ] || err "secret key mode $(mode "$tmp/keys/ledger_signing.key")"
 pub=$(cat "$tmp/keys/ledger_signing.pub")
 [[ "$pub" =~ ^[0-9a-f]{64}$ ]] || err "public key file: '$pub'"
-grep -q "$pub" "$tmp/out" || err "new-signing did not print the public key: $(cat "$tmp/out")"
+grep -qF -e "$pub" "$tmp/out" || err "new-signing did not print the public key: $(cat "$tmp/out")"
 cp "$tmp/keys/ledger_signing.key" "$tmp/key.before"
 expect 1 keys new-signing --out "$tmp/keys"
 grep -q "never overwritten" "$tmp/err" || err "overwrite refusal: $(cat "$tmp/err")"
@@ -45,7 +45,7 @@ key_config() { printf 'ledger_signing_key: %s\n' "$1" >"$2"; }  # keys come from
 key_config "$tmp/keys/ledger_signing.key" "$tmp/signed.yaml"
 start_coord "$tmp/state" --config "$tmp/signed.yaml" ||
     { echo "FAIL: coordinator did not start: $(cat "$tmp/coord.log")"; exit 1; }
-grep -q "$pub" "$tmp/coord.log" || err "the coordinator did not log its public key"
+grep -qF -e "$pub" "$tmp/coord.log" || err "the coordinator did not log its public key"
 long_run_spec "$tmp/run.yaml" signed
 expect 0 submit "$tmp/run.yaml"
 expect 0 verify signed
