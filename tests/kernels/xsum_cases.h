@@ -229,7 +229,7 @@ static void xc_tie_counters(kt_rng_t *r, int64_t *bins2)
     if (kt_next(r) & 1)
         s = -s;
     /* hi·2^48 + lo with lo of either sign */
-    int64_t hi = (int64_t)(s >> 48), lo = (int64_t)(s - ((xc_i128)hi << 48));
+    int64_t hi = (int64_t)(s >> 48), lo = (int64_t)(s - (xc_i128)hi * ((xc_i128)1 << 48));
     if (kt_next(r) & 1) {
         hi += 1;
         lo -= INT64_C(1) << 48;
