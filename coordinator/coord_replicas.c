@@ -382,28 +382,6 @@ void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w)
     }
 }
 
-/* The copies a loss calls for (coord_replicas_on_loss), once the cron has pushed the plan that
- * replaces the lost worker: the workers then hold them until they train again. */
-static void s_order_lost(coord_t *c)
-{
-    for (int i = 0; i < c->n_runs; i++) {
-        coord_run_t *r = c->runs[i];
-        json_t *m = NULL;
-        if (!r->repl_lost)
-            continue;
-        r->repl_lost = 0;
-        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 ||
-            !(m = s_manifest_at(c, r->id, r->checkpoint_step)))
-            continue;
-        const int n = s_order_copies(c, r, r->checkpoint_step, json_object_get(m, CTL_F_SHARDS),
-                                     s_replicas_of(r) + 1, 0);
-        if (n)
-            log_info("run %s: checkpoint %" PRId64 ": %d new cop%s ordered after a loss", r->id,
-                     r->checkpoint_step, n, n == 1 ? "y" : "ies");
-        json_decref(m);
-    }
-}
-
 /* Whether a confirmed copy lists exactly the files (names and digests) the shard has. */
 static int s_same_files(const json_t *files, const Shoal__CheckpointShardReport *cs)
 {
@@ -553,37 +531,43 @@ static int s_order_resend(coord_t *c, const struct coord_repl_order *o)
     return keep;
 }
 
-/* Each active run's newest checkpoint: copies for its shards that are short of live holders
- * and have no order in flight. */
-static void s_repair_scan(coord_t *c)
+/* Copies for the shards of each active run's newest checkpoint that are short of live holders.
+ * after_loss: only the runs a loss marked (coord_replicas_on_loss), once the cron has pushed the
+ * plan that replaces the lost worker (the workers then hold the copies until they train again);
+ * else the periodic repair scan, which leaves alone a shard with an order in flight. */
+static void s_order_short(coord_t *c, int after_loss)
 {
     for (int i = 0; i < c->n_runs; i++) {
         coord_run_t *r = c->runs[i];
         const int replicas = s_replicas_of(r);
         json_t *m = NULL;
-        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 || replicas <= 0)
-            continue;
-        if ((m = s_manifest_at(c, r->id, r->checkpoint_step))) {
-            const int n = s_order_copies(c, r, r->checkpoint_step,
-                                         json_object_get(m, CTL_F_SHARDS), replicas + 1, 1);
-            if (n)
-                log_info("run %s: checkpoint %" PRId64 ": short of holders, %d new cop%s "
-                         "ordered",
-                         r->id, r->checkpoint_step, n, n == 1 ? "y" : "ies");
+        if (after_loss) {
+            if (!r->repl_lost)
+                continue;
+            r->repl_lost = 0;
         }
+        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 || replicas <= 0 ||
+            !(m = s_manifest_at(c, r->id, r->checkpoint_step)))
+            continue;
+        const int n = s_order_copies(c, r, r->checkpoint_step, json_object_get(m, CTL_F_SHARDS),
+                                     replicas + 1, !after_loss);
+        if (n)
+            log_info("run %s: checkpoint %" PRId64 ": %s, %d new cop%s ordered", r->id,
+                     r->checkpoint_step, after_loss ? "after a loss" : "short of holders", n,
+                     n == 1 ? "y" : "ies");
         json_decref(m);
     }
 }
 
 void coord_replicas_cron(coord_t *c, int64_t now_mono_ms)
 {
-    s_order_lost(c);
+    s_order_short(c, 1);
     if (c->cfg.replica_repair_ms > 0) {
         if (!c->repl_repair_at_ms)
             c->repl_repair_at_ms = now_mono_ms + c->cfg.replica_repair_ms;
         else if (now_mono_ms >= c->repl_repair_at_ms) {
             c->repl_repair_at_ms = now_mono_ms + c->cfg.replica_repair_ms;
-            s_repair_scan(c);
+            s_order_short(c, 0);
         }
     }
     for (int i = 0; i < c->n_repl_orders;) {
