@@ -28,13 +28,13 @@
 
 coord_worker_t *coord_find_worker(coord_t *c, const char *id_or_name)
 {
-    for (int i = 0; i < c->n_workers; i++)
-        if (strcmp(c->workers[i]->id, id_or_name) == 0)
-            return c->workers[i];
-    for (int i = 0; i < c->n_workers; i++)
-        if (strcmp(c->workers[i]->name, id_or_name) == 0)
-            return c->workers[i];
-    return NULL;
+    coord_worker_t *w = coord_worker_by_id(c, id_or_name);
+    return w ? w : coord_worker_by_name(c, id_or_name);
+}
+
+coord_worker_t *coord_worker_by_name(coord_t *c, const char *name)
+{
+    return idmap_get(&c->by_name, name, strlen(name));
 }
 
 /* Worker ids are "w<N>" (assigned here), so the number indexes c->by_num: every message's
@@ -80,6 +80,10 @@ shoal_err_t coord_worker_insert(coord_t *c, coord_worker_t *w)
         c->workers = ws;
         c->cap_workers = cap;
     }
+    /* the first of a name keeps it (a store never holds two; a scan found the first) */
+    if (!coord_worker_by_name(c, w->name) &&
+        idmap_put(&c->by_name, w->name, strlen(w->name), w) != SHOAL_OK)
+        return SHOAL_ERR_NOMEM;
     c->workers[c->n_workers++] = w;
     c->by_num[n] = w;
     return SHOAL_OK;
@@ -166,6 +170,7 @@ void coord_run_free(coord_run_t *r)
     free(r->rank_step);
     coord_experts_free(r);
     plan_peers_clear(&r->sent_peers);
+    plan_peers_clear(&r->prev_peers);
     free(r->spec_yaml);
     free(r);
 }
@@ -391,6 +396,7 @@ void coord_destroy(coord_t **self_p)
         free(c->workers[i]);
     free(c->workers);
     free(c->by_num);
+    idmap_fini(&c->by_name);
     coord_guard_free(c);
     coord_replicas_free(c);
     for (int i = 0; i < c->n_runs; i++)

@@ -86,6 +86,9 @@ typedef struct {
      * sends it a delta when that is the generation the delta is based on (one it did not get
      * fails the worker's base or digest check: it pulls the full plan) */
     uint64_t sent_gen;
+    int64_t sent_ms;        /* monotonic: when sent_gen was sent (coord_assignment_in_flight) */
+    uint64_t pull_delta_gen; /* a GetAssignment of this generation was answered with a delta:
+                              * the next one gets the full plan (the worker refused it) */
     /* an operator's drain (persisted; "" = none): like Slurm's DRAIN it outlives the worker's
      * restarts and ends only with undrain */
     char drain[96];
@@ -159,6 +162,9 @@ typedef struct {
     /* volatile, coord_push.c: the peer table last pushed to the plan's members (the base of
      * the next re-plan's deltas; empty: none yet, every member gets the full plan) */
     plan_peers_t sent_peers;
+    /* the table pushed before sent_peers (the base a stale member still holds: a GetAssignment
+     * naming its generation is answered with a delta; empty: none) */
+    plan_peers_t prev_peers;
 } coord_run_t;
 
 /* What serves the control socket: control.c attaches it (control_attach, control.h), so that
@@ -187,6 +193,7 @@ struct coord {
     coord_worker_t **workers; /* in registration (or load) order */
     int n_workers, cap_workers;
     coord_worker_t **by_num; /* index: worker "w<N>" at [N] */
+    idmap_t by_name;         /* index: worker name -> worker (names never change) */
     uint64_t cap_by_num;
     coord_run_t **runs;
     int n_runs, cap_runs;
@@ -270,6 +277,8 @@ static inline int coord_worker_held(const coord_worker_t *w)
 coord_run_t *coord_find_run(coord_t *c, const char *id_or_name);
 /* The worker with id "w<N>" in O(1) (NULL: none). */
 coord_worker_t *coord_worker_by_id(coord_t *c, const char *id);
+/* The worker named `name` in O(1) (NULL: none). */
+coord_worker_t *coord_worker_by_name(coord_t *c, const char *name);
 /* Appends a worker (ownership passes on success) to the list and the index. SHOAL_ERR_NOMEM, or
  * SHOAL_ERR_INVALID for an id not of the form w<N>. */
 shoal_err_t coord_worker_insert(coord_t *c, coord_worker_t *w);
@@ -349,8 +358,14 @@ void coord_reply_error(coord_t *c, const wire_route_t *route, Shoal__ErrorCode c
 void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelope *about,
                      coord_worker_t *w, coord_run_t *r);
 /* Messages to workers (through their last route; dropped silently when unreachable). */
-/* The full assignment of member w (its GetAssignment, a fresh member). */
-void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w);
+/* Member w's assignment, answering its GetAssignment that names generation held_gen of the
+ * run (0: none): a delta when the coordinator holds that table as a base and this generation's
+ * pulls of w got no delta yet (a second pull means it refused one), else the full plan. */
+void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t held_gen);
+/* Whether w was sent r's current generation within the last few heartbeat periods: a message
+ * of w naming an older one was sent before w got it, and is answered without FETCH_ASSIGNMENT
+ * or ERR_STALE_GENERATION (half the full assignments at 10,000 workers were such pulls). */
+int coord_assignment_in_flight(const coord_t *c, const coord_run_t *r, const coord_worker_t *w);
 /* A re-plan's assignments to the members among ws[n] (non-members skipped): the plan message
  * is built once; a member last sent the generation last pushed gets a delta (plan_delta.h)
  * when that is smaller. The table pushed becomes the next deltas' base. */

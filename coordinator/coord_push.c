@@ -136,7 +136,9 @@ void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelop
     if (w && (w->state == WORKER_DRAINING || w->state == WORKER_DRAINED ||
               w->state == WORKER_QUARANTINED) && !r)
         ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_DRAIN;
-    else if (r && (strcmp(about->run_id, r->id) != 0 || about->generation != r->generation))
+    else if (r && (strcmp(about->run_id, r->id) != 0 || about->generation != r->generation) &&
+             !(strcmp(about->run_id, r->id) == 0 && about->generation < r->generation &&
+               coord_assignment_in_flight(c, r, w)))
         ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_FETCH_ASSIGNMENT;
     else if (r && r->state == RUN_PAUSED)
         ack.directive = SHOAL__DIRECTIVE__DIRECTIVE_PAUSE;
@@ -324,27 +326,38 @@ static shoal_err_t s_plan_pb(coord_t *c, const plan_t *p, s_plan_pb_t *pb)
     return SHOAL_OK;
 }
 
+int coord_assignment_in_flight(const coord_t *c, const coord_run_t *r, const coord_worker_t *w)
+{
+    int64_t grace = 5 * (int64_t)c->cfg.heartbeat_interval_ms;
+    if (grace < 1000)
+        grace = 1000;
+    return w && r && r->generation && w->sent_gen == r->generation &&
+           clock_mono_ms() - w->sent_ms < grace;
+}
+
 /* What a push of assignments sends every member: the plan in protobuf form (with the
- * checkpoint's shard holders), built once; and, when the peer table last pushed is the base,
- * the delta plan: the same plan with only the changed peers. */
+ * checkpoint's shard holders), built once; and, when a base table is given (the one last
+ * pushed, or the one a pulling worker holds), the delta plan: the same plan with only the
+ * changed peers. */
 typedef struct {
     s_plan_pb_t pb;
     coord_shard_src_t *holders;
     int has_delta;
+    uint64_t base_gen;
     Shoal__Plan delta;
     Shoal__Peer **changed;
     uint8_t digest[PLAN_DIGEST_LEN];
 } s_plan_msg_t;
 
-static shoal_err_t s_plan_msg_build(coord_t *c, coord_run_t *r, int with_delta, s_plan_msg_t *m)
+static shoal_err_t s_plan_msg_build(coord_t *c, coord_run_t *r, const plan_peers_t *base,
+                                    s_plan_msg_t *m)
 {
     memset(m, 0, sizeof *m);
     if (s_plan_pb(c, &r->plan, &m->pb) != SHOAL_OK)
         return SHOAL_ERR_NOMEM;
     if (r->plan.source == PLAN_SOURCE_CHECKPOINT)
         coord_replicas_attach(c, r, r->plan.ckpt_step, &m->pb.plan, &m->holders);
-    const plan_peers_t *base = &r->sent_peers;
-    if (!with_delta || !base->generation || base->generation >= r->plan.generation ||
+    if (!base || !base->generation || base->generation >= r->plan.generation ||
         strcmp(base->run_id, r->id) != 0)
         return SHOAL_OK;
     const size_t n = m->pb.plan.n_peers;
@@ -358,6 +371,7 @@ static shoal_err_t s_plan_msg_build(coord_t *c, coord_run_t *r, int with_delta, 
     m->delta.peers = m->changed;
     m->delta.n_peers = k;
     m->has_delta = 1;
+    m->base_gen = base->generation;
     return SHOAL_OK;
 }
 
@@ -368,22 +382,25 @@ static void s_plan_msg_free(s_plan_msg_t *m)
     s_plan_pb_free(&m->pb);
 }
 
-/* Member w's assignment: the delta when w holds its base, else the full plan. */
-static void s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_plan_msg_t *m)
+/* Member w's assignment: the delta when w holds its base (w was last sent it, or it names it:
+ * held_gen), else the full plan. Returns whether a delta went. */
+static int s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_plan_msg_t *m,
+                             uint64_t held_gen)
 {
     const plan_peer_t *me = coord_plan_member(r, w->id);
     if (!me || !w->has_route)
-        return;
+        return 0;
     Shoal__Cell cell = s_cell_pb(me->cell);
     Shoal__Assignment a = SHOAL__ASSIGNMENT__INIT;
     a.run_name = r->name;
     a.cell = &cell;
     a.rank = me->rank;
     a.lease = r->lease;
-    if (m->has_delta && w->sent_gen == r->sent_peers.generation) {
+    const int delta = m->has_delta && (w->sent_gen == m->base_gen || held_gen == m->base_gen);
+    if (delta) {
         a.plan = &m->delta;
         a.spec_yaml = ""; /* the base's */
-        a.base_generation = r->sent_peers.generation;
+        a.base_generation = m->base_gen;
         a.n_peers = (uint32_t)m->pb.plan.n_peers;
         a.peers_digest.data = m->digest;
         a.peers_digest.len = PLAN_DIGEST_LEN;
@@ -396,33 +413,49 @@ static void s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_p
     env.assignment = &a;
     coord_send_worker(c, w, &env);
     w->sent_gen = r->plan.generation;
+    w->sent_ms = clock_mono_ms();
+    return delta;
 }
 
-void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w)
+void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t held_gen)
 {
+    /* the table the worker holds, when it is the one pushed before the current one, and
+     * this generation's pulls of w got no delta yet */
+    const plan_peers_t *base = c->cfg.plan_deltas && held_gen &&
+                                       held_gen == r->prev_peers.generation &&
+                                       w->pull_delta_gen != r->plan.generation
+                                   ? &r->prev_peers
+                                   : NULL;
     s_plan_msg_t m;
-    if (s_plan_msg_build(c, r, 0, &m) != SHOAL_OK) {
+    if (s_plan_msg_build(c, r, base, &m) != SHOAL_OK) {
         log_error("assignment for %s: %s", w->id, shoal_errmsg());
         return;
     }
-    s_send_assignment(c, r, w, &m);
+    if (s_send_assignment(c, r, w, &m, held_gen))
+        w->pull_delta_gen = r->plan.generation;
     s_plan_msg_free(&m);
 }
 
 void coord_push_assignments(coord_t *c, coord_run_t *r, coord_worker_t **ws, uint32_t n)
 {
     s_plan_msg_t m;
-    if (s_plan_msg_build(c, r, c->cfg.plan_deltas, &m) != SHOAL_OK) {
+    if (s_plan_msg_build(c, r, c->cfg.plan_deltas ? &r->sent_peers : NULL, &m) != SHOAL_OK) {
         log_error("run %s: assignments of generation %" PRIu64 ": %s", r->id, r->plan.generation,
                   shoal_errmsg());
         return;
     }
     for (uint32_t i = 0; i < n; i++)
-        s_send_assignment(c, r, ws[i], &m);
+        s_send_assignment(c, r, ws[i], &m, 0);
     if (m.has_delta)
         log_debug("run %s: generation %" PRIu64 ": delta of %zu of %zu peers", r->id,
                   r->plan.generation, m.delta.n_peers, m.pb.plan.n_peers);
-    /* the next deltas' base (none when it cannot be kept: full plans then) */
+    /* the next deltas' base (none when it cannot be kept: full plans then); the table it
+     * replaces is the base of pulls from members whose copy of this push is not in yet */
+    if (r->sent_peers.generation != r->plan.generation) {
+        plan_peers_clear(&r->prev_peers);
+        r->prev_peers = r->sent_peers;
+        memset(&r->sent_peers, 0, sizeof r->sent_peers);
+    }
     if (plan_peers_copy(&r->sent_peers, r->id, r->plan.generation, m.pb.plan.peers,
                         m.pb.plan.n_peers) != SHOAL_OK)
         log_warn("run %s: %s: the next re-plan sends full plans", r->id, shoal_errmsg());

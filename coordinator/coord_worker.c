@@ -62,14 +62,14 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
             w = NULL;
     }
     if (!w)
-        for (int i = 0; i < c->n_workers && !w; i++)
-            if (strcmp(c->workers[i]->name, rg->name) == 0)
-                w = c->workers[i];
+        w = coord_worker_by_name(c, rg->name); /* O(1): a scan of every worker before */
     int is_new = !w;
     if (is_new) {
         w = calloc(1, sizeof *w);
-        if (w)
+        if (w) {
             snprintf(w->id, sizeof w->id, "w%" PRIu64, c->next_worker);
+            snprintf(w->name, sizeof w->name, "%s", rg->name); /* the index's key */
+        }
         if (!w || coord_worker_insert(c, w) != SHOAL_OK) {
             free(w);
             log_error("register %s: %s", rg->name, shoal_errmsg());
@@ -77,7 +77,6 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
             return;
         }
         c->next_worker++;
-        snprintf(w->name, sizeof w->name, "%s", rg->name);
         w->state = WORKER_JOINING;
         w->registered_ms = clock_wall_ms();
         coord_put_meta(c, "next_worker", c->next_worker);
@@ -298,6 +297,14 @@ static void s_on_heartbeat(coord_t *c, const wire_route_t *route, coord_worker_t
             (void)coord_worker_transition(c, w, WORKER_ACTIVE, "first heartbeat");
         coord_txn_commit(c);
     }
+    coord_run_t *mine = w->run[0] ? coord_find_run(c, w->run) : NULL;
+    if (mine && strcmp(env->run_id, mine->id) == 0 && env->generation < mine->generation &&
+        coord_assignment_in_flight(c, mine, w)) {
+        /* sent before the worker got its new assignment, which is on its way: its liveness
+         * counts, its step (of the old plan) does not, and no pull is asked for */
+        coord_reply_ack(c, route, env, w, mine);
+        return;
+    }
     if (env->run_id[0]) {
         coord_run_t *ok = coord_check_run(c, route, w, env);
         if (!ok)
@@ -449,7 +456,7 @@ static void s_on_get_assignment(coord_t *c, const wire_route_t *route, coord_wor
     (void)unused_r;
     coord_run_t *r = w->run[0] ? coord_find_run(c, w->run) : NULL;
     if (r && !coord_run_is_terminal(r->state) && coord_plan_member(r, w->id))
-        coord_push_assignment(c, r, w);
+        coord_push_assignment(c, r, w, strcmp(env->run_id, r->id) == 0 ? env->generation : 0);
     else
         coord_reply_ack(c, route, env, w, NULL);
 }
