@@ -126,8 +126,11 @@ int vouch_answer(vouch_t *v, const char *key, int admitted, const char *worker_i
     int filed = 0;
     pthread_mutex_lock(&v->mu);
     s_entry_t *e = s_find(v, key);
-    /* an admission is filed only when asked; a refusal always (a revocation, pushed) */
-    if (e && (!admitted || e->state == S_ASKED || e->state == S_WANTED)) {
+    /* an admission is filed when asked, or over a refusal (a quarantined worker undrained,
+     * pushed); a refusal always (a revocation, pushed). An admission of a key nobody asked
+     * about is not cached: strangers' answers cannot fill the table. */
+    if (e && (!admitted || e->state == S_ASKED || e->state == S_WANTED ||
+              e->state == S_REFUSED)) {
         e->state = admitted ? S_ADMITTED : S_REFUSED;
         e->at_ms = clock_mono_ms();
         snprintf(e->user, sizeof e->user, "worker:%s", worker_id ? worker_id : "");

@@ -3,7 +3,8 @@
  *
  * A key the cache does not know (or whose answer expired) is "wanted": vouch_lookup says
  * UNKNOWN and the session takes it with vouch_take_wanted, asks, and files the answer with
- * vouch_answer. An answer, admit or refuse, stands for ttl_ms; a refusal is final for that time.
+ * vouch_answer. An answer, admit or refuse, stands for ttl_ms; a refusal is final for that time
+ * unless the coordinator pushes an admission over it (a quarantined worker undrained).
  * A question left unanswered is asked again after VOUCH_ASK_AGAIN_MS. At most VOUCH_MAX keys
  * are kept: a new key evicts the one whose answer expires first (a stranger that dials with many
  * keys can evict answers, never forge one). Thread-safe. */
@@ -35,9 +36,10 @@ zsec_vouch_t vouch_lookup(void *v, const char *key, char *user, size_t cap);
 /* Up to max keys to ask about now, each marked asked; returns how many. */
 int vouch_take_wanted(vouch_t *v, char (*keys)[ZSEC_KEY_LEN + 1], int max);
 
-/* The answer for key: admitted (as worker `worker_id`) or refused. An admission of a key not
- * asked about is ignored; a refusal of a known key is filed whenever it comes (a revocation the
- * coordinator pushes ends a cached admission). Returns 1 when filed, 0 when ignored. */
+/* The answer for key: admitted (as worker `worker_id`) or refused. An admission is filed for a
+ * key asked about or cached as refused (the coordinator's push after an undrain) and ignored
+ * otherwise; a refusal of a known key is filed whenever it comes (a revocation the coordinator
+ * pushes ends a cached admission). Returns 1 when filed, 0 when ignored. */
 int vouch_answer(vouch_t *v, const char *key, int admitted, const char *worker_id);
 
 /* Refusals filed so far. */

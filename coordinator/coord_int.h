@@ -259,6 +259,10 @@ void coord_on_key_query(coord_t *c, const wire_route_t *route, coord_worker_t *w
 /* Tells every live worker's shard server that `key` is refused from now on (a key removed from
  * the allow-list, a quarantined worker's): its cached admission ends (nothing without CURVE). */
 void coord_keys_revoke(coord_t *c, const char *key, const char *why);
+/* The opposite, once a quarantined worker is undrained: tells every live worker's shard server
+ * that `key` is admitted again, ending a refusal it cached (nothing when the key is still
+ * refused for another reason, or without CURVE). */
+void coord_keys_readmit(coord_t *c, const char *key);
 
 /* The receive context of one message: the coordinator and the sender's route. */
 typedef struct {

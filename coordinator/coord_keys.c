@@ -208,10 +208,10 @@ void coord_on_key_query(coord_t *c, const wire_route_t *route, coord_worker_t *w
     coord_send(c, c->wsock, route, &out);
 }
 
-void coord_keys_revoke(coord_t *c, const char *key, const char *why)
+/* Tells every live worker's shard server what the coordinator now says of key: refused
+ * (holder NULL) or admitted as holder's. Returns how many were told. */
+static int s_keys_push(coord_t *c, const char *key, const coord_worker_t *holder, const char *why)
 {
-    if (!c->zap || !zsec_key_valid(key))
-        return;
     int told = 0;
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
@@ -219,11 +219,33 @@ void coord_keys_revoke(coord_t *c, const char *key, const char *why)
             continue;
         Shoal__Envelope out;
         Shoal__KeyAnswer a;
-        s_key_answer(&out, &a, key, NULL, why);
+        s_key_answer(&out, &a, key, holder, why);
         coord_send_worker(c, w, &out);
         told++;
     }
+    return told;
+}
+
+void coord_keys_revoke(coord_t *c, const char *key, const char *why)
+{
+    if (!c->zap || !zsec_key_valid(key))
+        return;
+    const int told = s_keys_push(c, key, NULL, why);
     log_info("key %s revoked for the shard servers (%s): %d worker(s) told", key, why, told);
+}
+
+void coord_keys_readmit(coord_t *c, const char *key)
+{
+    if (!c->zap || !zsec_key_valid(key))
+        return;
+    const coord_worker_t *holder = NULL;
+    char why[128];
+    s_key_refusal(c, key, &holder, why, sizeof why);
+    if (!holder)
+        return; /* still refused (another record of the key is quarantined, or it is unlisted) */
+    const int told = s_keys_push(c, key, holder, "");
+    log_info("key %s admitted again for the shard servers (worker %s): %d worker(s) told", key,
+             holder->id, told);
 }
 
 void coord_keys_ipc_perms(const char *endpoint)

@@ -113,6 +113,8 @@ shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_
         coord_replicas_on_loss(c, w); /* its checkpoint copies: made again elsewhere */
     if (to == WORKER_QUARANTINED)
         coord_keys_revoke(c, w->public_key, "its worker is quarantined");
+    else if (from == WORKER_QUARANTINED && to == WORKER_ACTIVE)
+        coord_keys_readmit(c, w->public_key); /* after the state change: it decides */
     return SHOAL_OK;
 }
 

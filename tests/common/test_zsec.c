@@ -262,10 +262,19 @@ static void test_vouch_cache(void **state)
     assert_int_equal(vouch_answer(v, a.public_key, 0, ""), 1);
     assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_DENY);
     assert_int_equal(vouch_refusals(v), 1);
+    /* an undrain: the coordinator's admission over the cached refusal ends it at once */
+    assert_int_equal(vouch_answer(v, a.public_key, 1, "w1"), 1);
+    assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_ADMIT);
+    assert_string_equal(user, "worker:w1");
+    assert_int_equal(vouch_answer(v, a.public_key, 1, "w1"), 0); /* over an admission: nothing */
+    assert_int_equal(vouch_answer(v, a.public_key, 0, ""), 1);
+    assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_DENY);
     assert_int_equal(vouch_answer(v, b.public_key, 0, ""), 0); /* a key it never met */
+    assert_int_equal(vouch_answer(v, b.public_key, 1, "w2"), 0);
+    assert_int_equal(vouch_lookup(v, b.public_key, user, sizeof user), ZSEC_VOUCH_UNKNOWN);
     usleep(300 * 1000); /* past the ttl: asked again */
     assert_int_equal(vouch_lookup(v, a.public_key, user, sizeof user), ZSEC_VOUCH_UNKNOWN);
-    assert_int_equal(vouch_take_wanted(v, keys, 4), 1);
+    assert_int_equal(vouch_take_wanted(v, keys, 4), 2); /* a again, and b (looked up above) */
     /* many strangers: the table stays at VOUCH_MAX keys */
     for (int i = 0; i < VOUCH_MAX + 40; i++) {
         zsec_keys_t k;

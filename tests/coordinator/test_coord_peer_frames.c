@@ -8,7 +8,9 @@
  * - a second report against the same worker within COORD_PEER_FRAMES_MS (after undrain put it
  *   back in the plan) does not strike it again: a lying member cannot strike faster;
  * - shard-server key queries (MSG_KEY_QUERY): a live listed worker's key is admitted with its
- *   worker id, a quarantined worker's key and keys not on the allow-list as workers refused. */
+ *   worker id, a quarantined worker's key and keys not on the allow-list as workers refused;
+ * - the quarantine is pushed to the other workers (their shard servers) as a refusal of the key,
+ *   and the undrain as its admission, ending the cached refusal at once. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -60,6 +62,8 @@ static void s_open(tc_worker_t *w, const char *name, const char *ep, const zsec_
                    const char *coord_public)
 {
     assert_int_equal(tc_worker_open(w, s_root, name), 0); /* an ipc dial, replaced below */
+    /* a shard server's endpoint: the coordinator pushes key verdicts to such workers */
+    snprintf(w->shard_endpoint, sizeof w->shard_endpoint, "tcp://127.0.0.1:%d", 7700 + name[1]);
     zmq_close(w->sock);
     static void *ctx;
     if (!ctx)
@@ -93,18 +97,12 @@ static int s_report(tc_worker_t *w, const char *key, uint32_t frames)
     return tc_worker_call(w, &env);
 }
 
-/* MSG_KEY_QUERY from w about `key`: 1 admitted (the holder's id to holder), 0 refused (the
- * reason to why), -1 no answer within 2 s. Other messages meanwhile are read and dropped. */
-static int s_key_query(tc_worker_t *w, const char *key, char *holder, char *why, size_t cap)
+/* The next MSG_KEY_ANSWER about `key` that w receives within 2 s whose verdict is `want` (-1:
+ * any): 1 admitted (the holder's id to holder), 0 refused (the reason to why), -1 none. Other
+ * messages meanwhile are read and dropped. */
+static int s_key_answer_wait(tc_worker_t *w, const char *key, int want, char *holder, char *why,
+                             size_t cap)
 {
-    Shoal__KeyQuery q = SHOAL__KEY_QUERY__INIT;
-    q.public_key = (char *)key;
-    Shoal__Envelope env;
-    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_KEY_QUERY, "", w->id, 0, ++w->seq);
-    env.body_case = SHOAL__ENVELOPE__BODY_KEY_QUERY;
-    env.key_query = &q;
-    if (wire_send(w->sock, NULL, &env, 0) != SHOAL_OK)
-        return -1;
     for (int64_t end = clock_mono_ms() + 2000; clock_mono_ms() < end;) {
         zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&it, 1, 100) <= 0)
@@ -115,7 +113,8 @@ static int s_key_query(tc_worker_t *w, const char *key, char *holder, char *why,
         if (zmq_msg_recv(&m, w->sock, 0) >= 0) {
             Shoal__Envelope *e = shoal__envelope__unpack(NULL, zmq_msg_size(&m), zmq_msg_data(&m));
             if (e && e->type == SHOAL__MSG_TYPE__MSG_KEY_ANSWER && e->key_answer &&
-                strcmp(e->key_answer->public_key, key) == 0) {
+                strcmp(e->key_answer->public_key, key) == 0 &&
+                (want < 0 || (int)e->key_answer->admitted == want)) {
                 got = e->key_answer->admitted;
                 snprintf(holder, cap, "%s", e->key_answer->worker_id);
                 snprintf(why, cap, "%s", e->key_answer->reason);
@@ -128,6 +127,20 @@ static int s_key_query(tc_worker_t *w, const char *key, char *holder, char *why,
             return got;
     }
     return -1;
+}
+
+/* MSG_KEY_QUERY from w about `key`: its answer, as s_key_answer_wait's. */
+static int s_key_query(tc_worker_t *w, const char *key, char *holder, char *why, size_t cap)
+{
+    Shoal__KeyQuery q = SHOAL__KEY_QUERY__INIT;
+    q.public_key = (char *)key;
+    Shoal__Envelope env;
+    wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_KEY_QUERY, "", w->id, 0, ++w->seq);
+    env.body_case = SHOAL__ENVELOPE__BODY_KEY_QUERY;
+    env.key_query = &q;
+    if (wire_send(w->sock, NULL, &env, 0) != SHOAL_OK)
+        return -1;
+    return s_key_answer_wait(w, key, -1, holder, why, cap);
 }
 
 /* Beats until every worker holds a plan of generation > gen_min. */
@@ -192,9 +205,13 @@ static void test_peer_frames(void **state)
     snprintf(want, sizeof want, "bad data-plane frames reported by %s", w[0].id);
     assert_non_null(strstr(tc_worker_field(s_root, w[1].id, "reason"), want));
 
+    /* the quarantine is pushed to the other workers' shard servers as a refusal of w[1]'s key */
+    char holder[128], why[128];
+    assert_int_equal(s_key_answer_wait(&w[2], k[1].public_key, 0, holder, why, sizeof holder), 0);
+    assert_non_null(strstr(why, "quarantined"));
+
     /* shard servers' key queries (asked here by the quarantined w[1], which no plan pushes to):
      * a live listed worker's key is vouched for, a quarantined worker's and a stranger's not */
-    char holder[128], why[128];
     assert_int_equal(s_key_query(&w[1], k[2].public_key, holder, why, sizeof holder), 1);
     assert_string_equal(holder, w[2].id);
     assert_int_equal(s_key_query(&w[1], k[1].public_key, holder, why, sizeof holder), 0);
@@ -208,6 +225,9 @@ static void test_peer_frames(void **state)
     assert_int_equal(tc_ctl(s_root, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, w[1].id, 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
+    /* the undrain ends the refusal that shard servers cached: w[1]'s key is admitted again */
+    assert_int_equal(s_key_answer_wait(&w[2], k[1].public_key, 1, holder, why, sizeof holder), 1);
+    assert_string_equal(holder, w[1].id);
     s_placed(all, 3, gen);
     assert_int_equal(s_report(&w[2], k[1].public_key, 3), 0);
     tc_beat(all, 3, 300, HB_MS, 0, false);
