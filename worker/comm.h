@@ -180,7 +180,8 @@ shoal_err_t comm_new(comm_listener_t *l, const comm_config_t *cfg, comm_t **out)
 
 /* Destroys the comm; the listener's other comms are not disturbed. A healthy comm lets the messages of its last operation leave in the
  * background for at most min(timeout_ms, 1 s) (they are needed by peers still finishing that
- * operation); an aborted or failed comm drops them at once (ZMQ_LINGER 0). Never blocks.
+ * operation); an aborted or failed comm drops them at once (ZMQ_LINGER 0), unless it gave up
+ * (comm_give_up: the frames telling the peers leave as a healthy comm's). Never blocks.
  * Idempotent; nulls *c. */
 void comm_destroy(comm_t **c);
 
@@ -249,6 +250,22 @@ shoal_err_t comm_alltoallv(comm_t *c, const void *sendbuf, const size_t *send_by
  * from another thread and from a signal handler (an atomic store and one write(2)), as long as it
  * cannot race with comm_destroy of the same comm. */
 void comm_abort(comm_t *c);
+
+/* Aborts c (as comm_abort) and tells every peer that this rank gave it up: a KIND_GIVE_UP
+ * frame, queued without waiting, that makes the op in progress on the peer's comm of the same
+ * (generation, group), or its next op if it has none or has not created that comm yet, fail at
+ * once with SHOAL_ERR_ABORTED naming this rank (comm_given_up_by), instead of after its
+ * timeout. comm_destroy then lets those frames leave (at most min(timeout_ms, 1 s)). Best effort:
+ * a peer it cannot queue to waits out its timeout, as a dead rank's peers do. Call from the
+ * comm's thread (e.g. once an op returned SHOAL_ERR_ABORTED), not from a signal handler. */
+void comm_give_up(comm_t *c);
+
+/* The rank whose comm_give_up aborted c, or -1 (none, or aborted here). */
+int comm_given_up_by(const comm_t *c);
+
+/* Whether c was aborted (comm_abort here, or a peer's comm_give_up seen by an op). Safe from
+ * any thread, like comm_abort. */
+int comm_is_aborted(const comm_t *c);
 
 int comm_rank(const comm_t *c);
 int comm_nranks(const comm_t *c);

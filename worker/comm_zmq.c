@@ -657,7 +657,7 @@ void comm_destroy(comm_t **cp)
     if (!c)
         return;
     int linger = 0;
-    if (c->broken == SHOAL_OK && !atomic_load(&c->aborted))
+    if ((c->broken == SHOAL_OK && !atomic_load(&c->aborted)) || c->gave_up)
         linger = c->timeout_ms < FLUSH_MAX_MS ? c->timeout_ms : FLUSH_MAX_MS;
     for (int j = 0; c->peers && j < c->nranks; j++) {
         peer_t *p = &c->peers[j];
@@ -812,6 +812,38 @@ void comm_abort(comm_t *c)
     atomic_store(&c->aborted, 1);
     ssize_t w = write(c->wake[1], "a", 1); /* async-signal-safe; a full pipe already wakes */
     (void)w;
+}
+
+void comm_give_up(comm_t *c)
+{
+    if (!c || !c->l || c->gave_up)
+        return;
+    atomic_store(&c->aborted, 1);
+    c->gave_up = true;
+    const op_t op = {.name = "give up"};
+    const frame_t f = {.kind = KIND_GIVE_UP};
+    for (int j = 0; j < c->nranks; j++) {
+        if (j == c->rank || j + 1 == c->given_up_by)
+            continue; /* the rank that gave up first knows */
+        zmq_msg_t m;
+        if (comm_zmq_build(c, &op, &f, &m) != SHOAL_OK)
+            continue; /* best effort: that peer waits out its timeout, as before */
+        if (zmq_msg_send(&m, c->peers[j].conn->push, ZMQ_DONTWAIT) < 0) {
+            log_debug("comm give up (generation %" PRIu64 ", group %" PRIu32 "): to rank %d: %s",
+                      c->generation, c->group, j, zmq_strerror(errno));
+            zmq_msg_close(&m);
+        }
+    }
+}
+
+int comm_given_up_by(const comm_t *c)
+{
+    return c && c->given_up_by ? c->given_up_by - 1 : -1;
+}
+
+int comm_is_aborted(const comm_t *c)
+{
+    return c && atomic_load(&((comm_t *)c)->aborted);
 }
 
 void comm_chunk_range(size_t n, int nranks, int r, size_t *lo, size_t *hi)

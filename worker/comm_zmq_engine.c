@@ -189,13 +189,13 @@ static bool s_route(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m)
 {
     comm_listener_t *l = c->l;
     comm_t *t = comm_zmq_find(l, h->generation, h->group);
-    bool p2p = h->kind == KIND_P2P;
+    bool p2p = h->kind == KIND_P2P, give_up = h->kind == KIND_GIVE_UP;
     if (!t) {
         if (l->used && h->generation < l->generation)
             s_drop(c, op, h, m, "older generation");
         else if (comm_zmq_group_gone(l, h->generation, h->group))
             s_drop(c, op, h, m, "the comm of its group is gone");
-        else if (p2p || h->seq == 1)
+        else if (p2p || give_up || h->seq == 1)
             comm_zmq_stash_put(l, h, m);
         else
             s_drop(c, op, h, m, "comm not created yet and the message beyond its first op");
@@ -219,6 +219,14 @@ static bool s_route(comm_t *c, op_t *op, const wire_hdr_t *h, zmq_msg_t *m)
             s_drop(c, op, h, m, "CURVE key is not the claimed rank's");
             return false;
         }
+    }
+    if (give_up) {
+        /* whatever op runs on t (or the next one) fails at once, naming the sender */
+        if (!t->given_up_by)
+            t->given_up_by = (int)h->src + 1;
+        atomic_store(&t->aborted, 1);
+        zmq_msg_close(m);
+        return false;
     }
     if (p2p) {
         uint64_t next = t->peers[h->src].p2p_recvd + 1;
@@ -326,6 +334,11 @@ static shoal_err_t s_timeout(const comm_t *c, const op_t *op, uint64_t idle_ms)
 
 static shoal_err_t s_aborted(const comm_t *c, const char *name, uint64_t step)
 {
+    if (c->given_up_by)
+        return shoal_fail(SHOAL_ERR_ABORTED,
+                          "comm %s (generation %" PRIu64 ", group %" PRIu32 ", step %" PRIu64
+                          "): rank %d gave the comm up",
+                          name, c->generation, c->group, step, c->given_up_by - 1);
     return shoal_fail(SHOAL_ERR_ABORTED,
                       "comm %s (generation %" PRIu64 ", group %" PRIu32 ", step %" PRIu64
                       "): aborted",
@@ -342,8 +355,9 @@ static void s_take_held(comm_t *c, op_t *op)
         held_t *e = l->stash[i];
         const wire_hdr_t *h = &e->h;
         bool mine = h->generation == c->generation && h->group == c->group &&
-                    h->seq == op->seq && (h->kind == KIND_P2P) == op->p2p &&
-                    (!op->p2p || (int)h->src == op->src);
+                    (h->kind == KIND_GIVE_UP ||
+                     (h->seq == op->seq && (h->kind == KIND_P2P) == op->p2p &&
+                      (!op->p2p || (int)h->src == op->src)));
         if (mine) {
             l->stash_bytes -= zmq_msg_size(&e->msg);
             s_route(c, op, &e->h, &e->msg);
@@ -471,9 +485,7 @@ shoal_err_t comm_zmq_usable(comm_t *c, const char *what)
     if (!c)
         return shoal_fail(SHOAL_ERR_INVALID, "comm %s: NULL comm", what);
     if (atomic_load(&c->aborted))
-        return shoal_fail(SHOAL_ERR_ABORTED,
-                          "comm %s (generation %" PRIu64 ", group %" PRIu32 "): comm aborted", what,
-                          c->generation, c->group);
+        return s_aborted(c, what, 0);
     if (!c->l)
         return shoal_fail(SHOAL_ERR_STATE,
                           "comm %s (generation %" PRIu64 ", group %" PRIu32

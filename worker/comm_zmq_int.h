@@ -57,6 +57,8 @@ enum {
                      * payload: the segment's nonce */
     KIND_SHM_ACK,   /* shm: the sender has read all of the receiver's pieces (no payload) */
     KIND_SHM_DONE,  /* shm broadcast: every rank has everything (root to every rank) */
+    KIND_GIVE_UP,   /* the sender gave the comm up (comm_give_up): every op on it fails at once
+                     * (no payload; routed by generation and group whatever the op) */
     KIND__END
 };
 
@@ -167,6 +169,8 @@ struct comm {
     uint64_t seq;       /* of the last started collective */
     shoal_err_t broken; /* first failure; SHOAL_OK while healthy */
     atomic_int aborted;
+    int given_up_by; /* 1 + the rank whose KIND_GIVE_UP aborted this comm; 0: none */
+    bool gave_up;    /* comm_give_up queued frames: comm_destroy lets them leave */
     int wake[2]; /* comm_abort writes here to end a zmq_poll at once */
     /* Same-host shared-memory path (comm_zmq_shm.c): on when every peer is reached over ipc and
      * shm is not switched off. Every rank's segment k holds shm_bytes; all ranks grow theirs at

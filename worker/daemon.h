@@ -42,6 +42,9 @@ shoal_err_t daemon_run(const daemon_config_t *cfg);
 /* Test builds only (shoal-worker-attack, SHOAL_HANDOVER_STALL_MS; handover_stall.c): a worker
  * handing its cell over stalls `ms` after the header, as a giver that hangs or dies mid-way. */
 void daemon_set_handover_stall_ms(int ms);
+/* The same for a worker taking a cell over (SHOAL_HANDOVER_TAKE_STALL_MS): it stalls `ms` after
+ * the header, as a slow taker; a newer plan or a stop still ends the stall. */
+void daemon_set_handover_take_stall_ms(int ms);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,11 @@
  * grace) hands its cell's state to the worker taking the cell, at the plan's boundary, so that
  * nothing is recomputed: no rollback to a checkpoint. The two meet on a 2-rank comm of the new
  * plan's generation (group CELL_GROUP_HANDOVER; rank 0 gives, rank 1 takes): a header (the step
- * the giver's state is after, its size), then the packed state. */
+ * the giver's state is after, its size), then the packed state, then the taker's one-byte
+ * answer. Either side's session aborts its wait (a newer plan; for the taker also a stop), and
+ * the side that aborts gives the comm up (comm_give_up), which ends the other side's wait at
+ * once rather than after its comm timeout. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,11 +16,37 @@
 
 enum { S_GIVER = 0, S_TAKER = 1 };
 
-static int s_stall_ms; /* test builds only: daemon_set_handover_stall_ms */
+static int s_stall_ms, s_take_stall_ms; /* test builds only: daemon_set_handover_*stall_ms */
 
 void daemon_set_handover_stall_ms(int ms)
 {
     s_stall_ms = ms;
+}
+
+void daemon_set_handover_take_stall_ms(int ms)
+{
+    s_take_stall_ms = ms;
+}
+
+/* Test builds only: waits `ms` after the header unless the session aborts c meanwhile (as a
+ * giver or taker that hangs mid-way, but still hears its own session). */
+static void s_stall(comm_t *c, int ms, const char *what)
+{
+    log_warn("hand-over: stalling %d ms after the header (%s)", ms, what);
+    for (const int64_t end = clock_mono_ms() + ms; clock_mono_ms() < end && !comm_is_aborted(c);)
+        clock_sleep_ms(20);
+}
+
+/* After a failed hand-over op: when this side aborted (its session), tell the other side
+ * (comm_give_up) so that it stops waiting now. True when the other side gave up. */
+static int s_after_abort(comm_t *c, shoal_err_t rc)
+{
+    if (rc != SHOAL_ERR_ABORTED || !c)
+        return 0;
+    if (comm_given_up_by(c) >= 0)
+        return 1;
+    comm_give_up(c);
+    return 0;
 }
 
 /* The 2-rank comm between giver and taker. */
@@ -59,14 +89,20 @@ shoal_err_t daemon_handover_give(daemon_t *d, const char *to, const char *to_key
         hdr[1] = 0;
     }
     comm_t *c = NULL;
+    cell_comms_t tracked = {0};
     shoal_err_t rc = s_comm(d, comm_listener_endpoint(d->listener), to, S_GIVER, gen, timeout_ms,
                             &c);
-    if (rc == SHOAL_OK)
+    if (rc == SHOAL_OK) {
+        /* A newer plan that starts at or before the taker's first step (this worker is back in
+         * the run, or the coordinator re-planned the cell) or the grace's end aborts the wait;
+         * a stop does not: a stop is what started it. */
+        tracked.all[tracked.n++] = c;
+        session_track_comms_on(d->sess, &tracked, gen, step + 1,
+                               COMM_WATCH_PLAN | COMM_WATCH_GRACE);
         rc = comm_send(c, S_TAKER, hdr, sizeof hdr, (uint64_t)step);
-    if (rc == SHOAL_OK && s_stall_ms > 0) {
-        log_warn("hand-over: stalling %d ms after the header (SHOAL_HANDOVER_STALL_MS)", s_stall_ms);
-        clock_sleep_ms(s_stall_ms);
     }
+    if (rc == SHOAL_OK && s_stall_ms > 0)
+        s_stall(c, s_stall_ms, "SHOAL_HANDOVER_STALL_MS");
     if (rc == SHOAL_OK && buf) {
         trainer_state_pack(d->tr, buf);
         rc = comm_send(c, S_TAKER, buf, (size_t)hdr[1], (uint64_t)step);
@@ -75,10 +111,14 @@ shoal_err_t daemon_handover_give(daemon_t *d, const char *to, const char *to_key
     uint8_t ack = 0;
     if (rc == SHOAL_OK)
         rc = comm_recv(c, S_TAKER, &ack, 1, (uint64_t)step);
+    const int taker_gave_up = s_after_abort(c, rc);
+    session_track_comms(d->sess, NULL, 0, 0);
     comm_destroy(&c);
     free(buf);
     if (rc != SHOAL_OK) {
-        log_warn("hand-over of the state after step %lld to %s failed: %s", (long long)step, to,
+        log_warn("hand-over of the state after step %lld to %s %s: %s", (long long)step, to,
+                 taker_gave_up ? "aborted by the taker" : rc == SHOAL_ERR_ABORTED ? "aborted"
+                                                                             : "failed",
                  shoal_errmsg());
         return rc;
     }
@@ -115,6 +155,8 @@ shoal_err_t daemon_handover_take(daemon_t *d, int64_t want)
         rc = comm_recv(c, S_GIVER, hdr, sizeof hdr, (uint64_t)want);
     }
     const int got_header = rc == SHOAL_OK;
+    if (rc == SHOAL_OK && s_take_stall_ms > 0)
+        s_stall(c, s_take_stall_ms, "SHOAL_HANDOVER_TAKE_STALL_MS");
     if (rc == SHOAL_OK && (hdr[0] != want || hdr[1] != (int64_t)n))
         rc = shoal_fail(SHOAL_ERR_NOTFOUND, "the leaving worker %s holds %s (want the state after "
                         "step %lld, %zu bytes)", p->handover_from,
@@ -132,6 +174,12 @@ shoal_err_t daemon_handover_take(daemon_t *d, int64_t want)
     if (got_header && rc != SHOAL_ERR_ABORTED) { /* the giver waits for this answer */
         const uint8_t ack = rc == SHOAL_OK;
         (void)comm_send(c, S_GIVER, &ack, 1, (uint64_t)want);
+    }
+    if (s_after_abort(c, rc)) { /* not this plan's abort: fall back as for a missing state */
+        char why[256];
+        snprintf(why, sizeof why, "%s", shoal_errmsg());
+        rc = shoal_fail(SHOAL_ERR_STATE, "the leaving worker %s gave the hand-over up (%s)",
+                        p->handover_from, why);
     }
     session_track_comms(d->sess, NULL, 0, 0);
     comm_destroy(&c);

@@ -65,10 +65,8 @@ struct session {
     int started;
     comm_ids_t *ids; /* relayed NCCL unique ids (thread-safe, shared with the training thread) */
 
+    comm_watch_t watch; /* the training thread's comms and what aborts them (its own lock) */
     pthread_mutex_t mu; /* guards the fields below */
-    cell_comms_t *comm; /* the training thread's comms (for abort) */
-    uint64_t comm_gen;
-    int64_t inflight;
     char worker_id[SESS_ID_MAX];
     atomic_int grace_expired;
     atomic_llong stop_seen_at_ms; /* stop_seen_ms for the training thread (0 = no stop yet) */
@@ -455,19 +453,6 @@ static void s_emit_lease(session_t *s, int64_t committed, int64_t lease)
     s_emit(s, ev);
 }
 
-/* Aborts the tracked collective when `pred` says it is pointless; logs why. */
-static void s_abort_comm(session_t *s, uint64_t newer_gen, int64_t start_step, const char *why)
-{
-    pthread_mutex_lock(&s->mu);
-    if (s->comm && s->inflight > 0 &&
-        (newer_gen == 0 || (s->comm_gen < newer_gen && start_step <= s->inflight))) {
-        log_info("session: aborting the collective of step %lld (generation %llu): %s",
-                 (long long)s->inflight, (unsigned long long)s->comm_gen, why);
-        cell_comms_abort(s->comm);
-    }
-    pthread_mutex_unlock(&s->mu);
-}
-
 /* ---- receiving ---------------------------------------------------------------------------- */
 
 /* The training thread is in the middle of a run (busy) unless its status says idle. */
@@ -596,7 +581,7 @@ static void s_on_assignment(session_t *s, const Shoal__Envelope *env)
     ev->generation = gen;
     ev->plan = pl;
     s_emit(s, ev); /* first, so the training thread finds the plan once its collective fails */
-    s_abort_comm(s, gen, start, "a newer plan starts at or before it");
+    (void)comm_watch_plan(&s->watch, gen, start, "a newer plan starts at or before it");
     return;
 fail:
     log_error("session: out of memory converting an assignment");
@@ -668,7 +653,7 @@ static void s_on_ack(session_t *s, const Shoal__Envelope *env)
                       "directive");
         if (ack->directive == SHOAL__DIRECTIVE__DIRECTIVE_STOP) {
             s_copy(s->stopped_run, sizeof s->stopped_run, s->run_id);
-            s_abort_comm(s, 0, 0, "the coordinator says stop");
+            (void)comm_watch_stop(&s->watch, COMM_WATCH_STOP, "the coordinator says stop");
         }
         break;
     default:
@@ -823,7 +808,7 @@ static void s_on_message(const Shoal__Envelope *env, void *ctx)
         s_emit_control(s, rc);
         if (rc->command == SHOAL__RUN_COMMAND__RUN_CMD_STOP) {
             s_copy(s->stopped_run, sizeof s->stopped_run, s->run_id);
-            s_abort_comm(s, 0, 0, "the run was stopped");
+            (void)comm_watch_stop(&s->watch, COMM_WATCH_STOP, "the run was stopped");
         }
         break;
     }
@@ -978,7 +963,8 @@ static void s_timers(session_t *s, int64_t now)
         double margin = s->grace_seconds / 4 < 1.0 ? s->grace_seconds / 4 : 1.0;
         if (now >= s->stop_seen_ms + (int64_t)((s->grace_seconds - margin) * 1000)) {
             atomic_store(&s->grace_expired, 1);
-            s_abort_comm(s, 0, 0, "the SIGTERM grace period is ending");
+            (void)comm_watch_stop(&s->watch, COMM_WATCH_GRACE,
+                                  "the SIGTERM grace period is ending");
         }
     }
     if (s->state == S_REGISTERED) {
@@ -1096,12 +1082,14 @@ shoal_err_t session_new(void *zctx, const session_config_t *cfg, session_t **out
     if (!s)
         return shoal_fail(SHOAL_ERR_NOMEM, "session: out of memory");
     pthread_mutex_init(&s->mu, NULL);
+    comm_watch_init(&s->watch);
     s->zctx = zctx;
     s->coordinator = strdup(cfg->coordinator ? cfg->coordinator : "");
     if (cfg->keys) {
         if (!cfg->coordinator_key || !zsec_key_valid(cfg->coordinator_key)) {
             free(s->coordinator);
             pthread_mutex_destroy(&s->mu);
+            comm_watch_fini(&s->watch);
             free(s);
             return shoal_fail(SHOAL_ERR_INVALID, "session: CURVE needs the coordinator's key");
         }
@@ -1194,6 +1182,7 @@ void session_destroy(session_t **sp)
     plan_peers_clear(&s->held);
     free(s->held_spec);
     pthread_mutex_destroy(&s->mu);
+    comm_watch_fini(&s->watch);
     free(s);
     *sp = NULL;
 }
@@ -1231,11 +1220,13 @@ shoal_err_t session_wait(session_t *s, int timeout_ms, sess_event_t **ev)
 void session_track_comms(session_t *s, cell_comms_t *c, uint64_t generation,
                          int64_t inflight_step)
 {
-    pthread_mutex_lock(&s->mu);
-    s->comm = c;
-    s->comm_gen = generation;
-    s->inflight = c ? inflight_step : 0;
-    pthread_mutex_unlock(&s->mu);
+    (void)comm_watch_track(&s->watch, c, generation, inflight_step, COMM_WATCH_ALL);
+}
+
+void session_track_comms_on(session_t *s, cell_comms_t *c, uint64_t generation,
+                            int64_t inflight_step, unsigned causes)
+{
+    (void)comm_watch_track(&s->watch, c, generation, inflight_step, causes);
 }
 
 double session_since_stop_s(const session_t *s)

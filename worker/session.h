@@ -16,6 +16,7 @@
 #include "cell_comms.h"
 #include "comm.h"
 #include "comm_ids.h"
+#include "comm_watch.h"
 #include "err.h"
 #include "sess_plan.h"
 #include "vouch.h"
@@ -172,10 +173,15 @@ shoal_err_t session_wait(session_t *s, int timeout_ms, sess_event_t **ev);
 
 /* Tells the session which comms the training thread uses (NULL = none), their generation and
  * the step whose collectives are in flight (0 = none). The session aborts them when a newer plan
- * starts at or before that step, on a run stop, and at the SIGTERM grace deadline. Call with
+ * starts at or before that step, on a run stop, and at the SIGTERM grace deadline, also when
+ * that plan or stop came after their creation but before this call (comm_watch.h). Call with
  * NULL before destroying the comms. */
 void session_track_comms(session_t *s, cell_comms_t *c, uint64_t generation,
                          int64_t inflight_step);
+/* The same, aborted only for the causes in `causes` (COMM_WATCH_*): a hand-over's giver, whose
+ * hand-over a stop starts, is not aborted by a stop. */
+void session_track_comms_on(session_t *s, cell_comms_t *c, uint64_t generation,
+                            int64_t inflight_step, unsigned causes);
 
 /* Whether the SIGTERM grace deadline has passed (the training thread abandons work then). */
 int session_grace_expired(const session_t *s);

@@ -10,29 +10,11 @@
 # Usage: handover_abort.sh BINDIR
 set -u
 . "$(dirname "$0")/ctl_lib.sh" "$1" hoabort
-[ -r /usr/share/games/fortunes ] || { echo "no /usr/share/games/fortunes: skip"; exit 77; }
-[ -x "$bindir/shoal-worker-attack" ] || { echo "no shoal-worker-attack in $bindir: skip"; exit 77; }
-export SHOAL_INSECURE=1 # plaintext TCP on loopback
-long_run_spec "$tmp/run.yaml" hoabort
-cat >>"$tmp/run.yaml" <<YAML
-checkpoint:
-  every_steps: 5
-parallel:
-  pipeline_stages: 1
-  data_parallel: 1
-YAML
-cluster_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bindir/shoal-coordinator" --state-dir "$tmp/coord" --listen "tcp://127.0.0.1:$cluster_port" \
-    --control "$SHOAL_CONTROL" >"$tmp/coord.log" 2>&1 &
-pids+=($!)
+. "$(dirname "$0")/handover_lib.sh" hoabort
 SHOAL_HANDOVER_STALL_MS=600000 "$bindir/shoal-worker-attack" --coordinator \
     "tcp://127.0.0.1:$cluster_port" --name hoa --state-dir "$tmp/a" >"$tmp/a.log" 2>&1 &
 pids+=($!)
 a_pid=$!
-n_live() {
-    "$bin" workers --json 2>/dev/null | python3 -c \
-        'import json,sys; sys.exit(0 if sum(x["state"] in ("active", "standby") for x in json.load(sys.stdin)["workers"]) == int(sys.argv[1]) else 1)' "$1"
-}
 poll_until 60 n_live 1 || { err "A did not register"; exit 1; }
 "$bin" submit "$tmp/run.yaml" >/dev/null || { err "submit"; exit 1; }
 trained() { grep -q " step $1/.*generation" "$tmp/a.log"; }
