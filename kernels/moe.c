@@ -10,7 +10,7 @@
 #include "ffn.h"
 #include "kgemm.h"
 #include "kpar.h"
-#include "vexp.h" /* SHOAL_VECTOR_CLONES */
+#include "vexp.h" /* SHOAL_VECTOR_CLONES_512 */
 #include "model_config.h"
 
 static void *s_alloc(size_t n)
@@ -95,6 +95,15 @@ void moe_scratch_free(moe_scratch_t *sc)
     memset(sc, 0, sizeof *sc);
 }
 
+/* rows this far ahead of a pass over rows in random order are prefetched */
+#define S_AHEAD 4
+
+static void s_prefetch_row(const float *row, int d)
+{
+    for (int j = 0; j < d; j += 16) /* one 64-byte line each */
+        __builtin_prefetch(row + j);
+}
+
 /* moe_route's per-token work on the kpar threads: affinities, selection and gates of tokens
  * [m0, m1), and the gather of expert rows [r0, r1); each token's or row's own outputs only. */
 typedef struct {
@@ -102,6 +111,7 @@ typedef struct {
     const float *bias, *u;
     int d;
     moe_saved_t *sv;
+    int64_t row0; /* the gather's first row: its ranges are relative to it */
 } s_route_t;
 
 static void s_route_tokens(void *arg, int64_t m0, int64_t m1, void *scratch)
@@ -120,20 +130,33 @@ static void s_gather_rows(void *arg, int64_t r0, int64_t r1, void *scratch)
 {
     (void)scratch;
     const s_route_t *a = arg;
-    const int64_t K = a->rc->K, d = a->d;
-    for (int64_t row = r0; row < r1; row++)
-        memcpy(a->sv->xs + row * d, a->u + (a->sv->pair_of_row[row] / K) * d,
-               sizeof(float) * (size_t)d);
+    const int64_t K = a->rc->K, d = a->d, end = a->row0 + r1;
+    const int32_t *pair = a->sv->pair_of_row;
+    for (int64_t row = a->row0 + r0; row < end; row++) {
+        if (row + S_AHEAD < end) /* the token rows are in random order: fetch ahead */
+            s_prefetch_row(a->u + (pair[row + S_AHEAD] / K) * d, (int)d);
+        memcpy(a->sv->xs + row * d, a->u + (pair[row] / K) * d, sizeof(float) * (size_t)d);
+    }
 }
 
-void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
-               moe_saved_t *sv, int64_t *counts_acc)
+/* xs rows [r0, r1) from their tokens' rows of u */
+static void s_gather(const moe_config_t *c, const float *u, moe_saved_t *sv, int64_t r0,
+                     int64_t r1)
+{
+    const int d = c->d;
+    s_route_t job = {&c->router, NULL, u, d, sv, r0};
+    kpar_for(r1 - r0, 16384 / (d > 0 ? d : 1) + 1, 0, s_gather_rows, &job);
+}
+
+/* moe_route without the gather */
+static void s_route_select(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
+                           moe_saved_t *sv, int64_t *counts_acc)
 {
     const int N = c->router.N, K = c->router.K, d = c->d;
     const int64_t P = (int64_t)M * K;
     sv->M = M;
     kgemm(KGEMM_FP32, 0, 1, M, N, d, 1.0f, u, d, w->router, d, 0.0f, sv->s, N);
-    s_route_t job = {&c->router, w->bias, u, d, sv};
+    s_route_t job = {&c->router, w->bias, u, d, sv, 0};
     kpar_for(M, 4096 / (N > 0 ? N : 1) + 1, 0, s_route_tokens, &job);
 
     /* counting sort of the pairs by expert; stable in pair order */
@@ -152,7 +175,13 @@ void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, in
         sv->pair_of_row[row] = (int32_t)p;
         sv->row_of_pair[p] = (int32_t)row;
     }
-    kpar_for(P, 16384 / (d > 0 ? d : 1) + 1, 0, s_gather_rows, &job);
+}
+
+void moe_route(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
+               moe_saved_t *sv, int64_t *counts_acc)
+{
+    s_route_select(c, w, u, M, sv, counts_acc);
+    s_gather(c, u, sv, 0, (int64_t)M * c->router.K);
 }
 
 void moe_experts_forward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
@@ -176,6 +205,7 @@ typedef struct {
     float *out;
 } s_scatter_t;
 
+SHOAL_VECTOR_CLONES_512
 static void s_scatter_tokens(void *arg, int64_t m0, int64_t m1, void *scratch)
 {
     (void)scratch;
@@ -183,6 +213,9 @@ static void s_scatter_tokens(void *arg, int64_t m0, int64_t m1, void *scratch)
     const int K = a->K, d = a->d;
     int64_t rows[MODEL_MAX_EXPERTS], pairs[MODEL_MAX_EXPERTS];
     for (int64_t m = m0; m < m1; m++) {
+        if (m + S_AHEAD < m1) /* the expert rows are in random order: fetch ahead */
+            for (int k = 0; k < K; k++)
+                s_prefetch_row(a->src + (int64_t)a->row_of_pair[(m + S_AHEAD) * K + k] * d, d);
         for (int k = 0; k < K; k++) { /* insertion sort of the K pairs by row (K is small) */
             const int64_t p = m * K + k, r = a->row_of_pair[p];
             int i = k;
@@ -222,11 +255,16 @@ void moe_combine(const moe_config_t *c, const moe_weights_t *w, const float *u,
     kpar_for(M, 16384 / (K * d > 0 ? K * d : 1) + 1, 0, s_scatter_tokens, &job);
 }
 
+/* moe_route, moe_experts_forward, moe_combine, but each expert's rows gathered just before its
+ * GEMMs, which then read them from cache: the same values (each row is a copy). */
 void moe_forward(const moe_config_t *c, const moe_weights_t *w, const float *u, int M,
                  moe_saved_t *sv, float *y, int64_t *counts_acc)
 {
-    moe_route(c, w, u, M, sv, counts_acc);
-    moe_experts_forward(c, w, 0, c->router.N, sv->offsets, sv->xs, sv->gu, sv->a, sv->ys);
+    s_route_select(c, w, u, M, sv, counts_acc);
+    for (int e = 0; e < c->router.N; e++) {
+        s_gather(c, u, sv, sv->offsets[e], sv->offsets[e + 1]);
+        moe_experts_forward(c, w, e, 1, sv->offsets + e, sv->xs, sv->gu, sv->a, sv->ys);
+    }
     moe_combine(c, w, u, sv, y);
 }
 
@@ -238,6 +276,7 @@ typedef struct {
     const int32_t *pair_of_row;
     const float *gates, *ys, *dy;
     float *dys, *dgates;
+    int64_t row0; /* ranges are relative to it */
 } s_gates_t;
 
 SHOAL_VECTOR_CLONES
@@ -246,9 +285,12 @@ static void s_gates_rows(void *arg, int64_t r0, int64_t r1, void *scratch)
     (void)scratch;
     const s_gates_t *a = arg;
     const int K = a->K, d = a->d;
-    for (int64_t row = r0; row < r1; row++) {
+    const int64_t end = a->row0 + r1;
+    for (int64_t row = a->row0 + r0; row < end; row++) {
         const int32_t p = a->pair_of_row[row];
         const float *restrict dym = a->dy + (int64_t)(p / K) * d;
+        if (row + S_AHEAD < end) /* the dy rows are in random order: fetch ahead */
+            s_prefetch_row(a->dy + (int64_t)(a->pair_of_row[row + S_AHEAD] / K) * d, d);
         const float *restrict ys = a->ys + row * d;
         float *restrict dys = a->dys + row * d;
         const float gt = a->gates[p];
@@ -270,21 +312,35 @@ static void s_gates_rows(void *arg, int64_t r0, int64_t r1, void *scratch)
     }
 }
 
-void moe_backward_gates(const moe_config_t *c, const moe_weights_t *w, const float *u,
-                        const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
-                        const moe_weights_t *g)
+/* gate gradients and gated output gradients of expert rows [r0, r1) */
+static void s_gates(const moe_config_t *c, const moe_saved_t *sv, const float *dy,
+                    moe_scratch_t *sc, int64_t r0, int64_t r1)
 {
-    const int K = c->router.K, d = c->d, M = sv->M;
-    const int64_t P = (int64_t)M * K;
-    /* shared experts write du first */
+    const int d = c->d;
+    s_gates_t job = {c->router.K, d, sv->pair_of_row, sv->gates, sv->ys, dy, sc->dys, sc->dgates,
+                     r0};
+    kpar_for(r1 - r0, 16384 / (d > 0 ? d : 1) + 1, 0, s_gates_rows, &job);
+}
+
+/* the shared experts' backward: du = their input gradient (or 0) */
+static void s_shared_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                              const moe_saved_t *sv, const float *dy, moe_scratch_t *sc,
+                              float *du, const moe_weights_t *g)
+{
+    const int d = c->d, M = sv->M;
     if (c->fs > 0)
         ffn_backward(c->prec, u, M, d, c->fs, w->shared_gu, w->shared_d, sv->sh_gu, sv->sh_a, dy,
                      sc->sh_dgu, sc->sh_da, du, 0.0f, g->shared_gu, g->shared_d);
     else
         memset(du, 0, sizeof(float) * (size_t)M * d);
-    /* gate gradients and the gated output gradient per expert row */
-    s_gates_t job = {K, d, sv->pair_of_row, sv->gates, sv->ys, dy, sc->dys, sc->dgates};
-    kpar_for(P, 16384 / (d > 0 ? d : 1) + 1, 0, s_gates_rows, &job);
+}
+
+void moe_backward_gates(const moe_config_t *c, const moe_weights_t *w, const float *u,
+                        const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
+                        const moe_weights_t *g)
+{
+    s_shared_backward(c, w, u, sv, dy, sc, du, g);
+    s_gates(c, sv, dy, sc, 0, (int64_t)sv->M * c->router.K);
 }
 
 void moe_experts_backward(const moe_config_t *c, const moe_weights_t *w, int e0, int ne,
@@ -314,12 +370,18 @@ void moe_backward_finish(const moe_config_t *c, const moe_weights_t *w, const fl
     kgemm(KGEMM_FP32, 0, 0, M, d, N, 1.0f, sc->dlogits, N, w->router, d, 1.0f, du, d);
 }
 
+/* moe_backward_gates, moe_experts_backward, moe_backward_finish, but each expert's gated dy
+ * rows made just before its GEMMs, which then read them from cache: the same values (each row
+ * is its own). */
 void moe_backward(const moe_config_t *c, const moe_weights_t *w, const float *u,
                   const moe_saved_t *sv, const float *dy, moe_scratch_t *sc, float *du,
                   const moe_weights_t *g)
 {
-    moe_backward_gates(c, w, u, sv, dy, sc, du, g);
-    moe_experts_backward(c, w, 0, c->router.N, sv->offsets, sv->xs, sv->gu, sv->a, sc->dys,
-                         sc->dgu, sc->da, sc->dxs, g);
+    s_shared_backward(c, w, u, sv, dy, sc, du, g);
+    for (int e = 0; e < c->router.N; e++) {
+        s_gates(c, sv, dy, sc, sv->offsets[e], sv->offsets[e + 1]);
+        moe_experts_backward(c, w, e, 1, sv->offsets + e, sv->xs, sv->gu, sv->a, sc->dys,
+                             sc->dgu, sc->da, sc->dxs, g);
+    }
     moe_backward_finish(c, w, u, sv, sc, du, g);
 }

@@ -7,6 +7,8 @@
 
 /* rows per thread at least this many elements: below, waking a thread costs more than it saves */
 #define S_GRAIN_ELEMS 16384
+/* the backward prefetches the gu row this many rows ahead */
+#define S_AHEAD 2
 
 typedef struct {
     const float *gu, *da;
@@ -19,7 +21,7 @@ static int64_t s_grain(int f)
     return f >= S_GRAIN_ELEMS ? 1 : S_GRAIN_ELEMS / (f > 0 ? f : 1);
 }
 
-SHOAL_VECTOR_CLONES
+SHOAL_VECTOR_CLONES_512
 static void s_forward_rows(const float *gu, int64_t m0, int64_t m1, int f, float *a)
 {
     for (int64_t m = m0; m < m1; m++) {
@@ -47,7 +49,7 @@ void swiglu_forward(const float *gu, int M, int f, float *a)
 }
 
 /* silu'(z) = σ(z)(1 + z(1 − σ(z))). */
-SHOAL_VECTOR_CLONES
+SHOAL_VECTOR_CLONES_512
 static void s_backward_rows(const float *gu, const float *da, int64_t m0, int64_t m1, int f,
                             float *dgu)
 {
@@ -56,6 +58,9 @@ static void s_backward_rows(const float *gu, const float *da, int64_t m0, int64_
         const float *restrict ur = gr + f;
         const float *restrict dar = da + (size_t)m * f;
         float *restrict dg = dgu + (size_t)m * 2 * f;
+        if (m + S_AHEAD < m1) /* gu was saved by the forward, long out of cache */
+            for (int j = 0; j < 2 * f; j += 16)
+                __builtin_prefetch(gu + (size_t)(m + S_AHEAD) * 2 * f + j);
         float *restrict du = dg + f;
         for (int j = 0; j < f; j++) {
             float z = gr[j];

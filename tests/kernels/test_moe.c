@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "kpar.h"
 #include "kt_util.h"
 #include "moe.h"
 
@@ -274,6 +275,109 @@ static void test_moe_k1(void **state)
     s_run_case(5, 3, 3, (router_config_t){4, 1, 1, 1, 1.0f}, 0, s_seed + 3);
 }
 
+/* One layer's forward and backward outputs: y, du and every gradient. */
+typedef struct {
+    moe_weights_t g;
+    float *y, *du;
+    int64_t counts[64];
+} moe_run_t;
+
+static void s_run_alloc(moe_run_t *o, const moe_config_t *c, int M)
+{
+    s_weights_alloc(&o->g, c);
+    o->y = malloc((size_t)M * c->d * 4), o->du = malloc((size_t)M * c->d * 4);
+    memset(o->counts, 0, sizeof o->counts);
+}
+
+static void s_run_equal(const moe_run_t *a, const moe_run_t *b, const moe_config_t *c, int M)
+{
+    const int N = c->router.N, d = c->d;
+    assert_memory_equal(a->y, b->y, (size_t)M * d * 4);
+    assert_memory_equal(a->du, b->du, (size_t)M * d * 4);
+    assert_memory_equal(a->g.router, b->g.router, (size_t)N * d * 4);
+    for (int e = 0; e < N; e++) {
+        assert_memory_equal(a->g.expert_gu[e], b->g.expert_gu[e], (size_t)2 * c->fe * d * 4);
+        assert_memory_equal(a->g.expert_d[e], b->g.expert_d[e], (size_t)d * c->fe * 4);
+    }
+    if (c->fs) {
+        assert_memory_equal(a->g.shared_gu, b->g.shared_gu, (size_t)2 * c->fs * d * 4);
+        assert_memory_equal(a->g.shared_d, b->g.shared_d, (size_t)d * c->fs * 4);
+    }
+    assert_memory_equal(a->counts, b->counts, (size_t)N * 8);
+}
+
+static void s_run_free(moe_run_t *o, const moe_config_t *c)
+{
+    s_weights_free(&o->g, c);
+    free(o->y), free(o->du);
+}
+
+/* moe_forward and moe_backward (which gather and gate each expert's rows just before its GEMMs)
+ * against their pieces run one after the other as expert parallelism runs them (moe_route,
+ * moe_experts_forward over all experts, moe_combine; moe_backward_gates, moe_experts_backward,
+ * moe_backward_finish): the same bits, with the kernels' loops on 1 and on 2 threads, twice
+ * (the weight gradients accumulate). 1024 tokens: each expert's rows span several kpar ranges. */
+static void s_pieces_case(int fs)
+{
+    enum { M = 1024 };
+    kt_rng_t r = {s_seed + 10 + (uint64_t)fs};
+    const moe_config_t c = {64, 24, fs, (router_config_t){4, 2, 1, 1, 1.0f}, KGEMM_FP32};
+    const int N = c.router.N, d = c.d;
+    moe_weights_t w;
+    s_weights_alloc(&w, &c);
+    kt_fill(&r, w.router, (size_t)N * d, -1.5, 1.5);
+    kt_fill(&r, w.bias, (size_t)N, -0.05, 0.05);
+    for (int e = 0; e < N; e++) {
+        kt_fill(&r, w.expert_gu[e], (size_t)2 * c.fe * d, -0.6, 0.6);
+        kt_fill(&r, w.expert_d[e], (size_t)d * c.fe, -0.6, 0.6);
+    }
+    if (fs) {
+        kt_fill(&r, w.shared_gu, (size_t)2 * fs * d, -0.6, 0.6);
+        kt_fill(&r, w.shared_d, (size_t)d * fs, -0.6, 0.6);
+    }
+    float *u = malloc((size_t)M * d * 4), *dy = malloc((size_t)M * d * 4);
+    kt_fill(&r, u, (size_t)M * d, -1, 1);
+    kt_fill(&r, dy, (size_t)M * d, -1, 1);
+    moe_saved_t sv;
+    moe_scratch_t sc;
+    assert_int_equal(moe_saved_alloc(&sv, &c, M), 0);
+    assert_int_equal(moe_scratch_alloc(&sc, &c, M), 0);
+    for (int threads = 1; threads <= 2; threads++) {
+        kpar_set_threads(threads);
+        moe_run_t whole, pieces;
+        s_run_alloc(&whole, &c, M);
+        s_run_alloc(&pieces, &c, M);
+        for (int rep = 0; rep < 2; rep++) {
+            moe_forward(&c, &w, u, M, &sv, whole.y, whole.counts);
+            moe_backward(&c, &w, u, &sv, dy, &sc, whole.du, &whole.g);
+            moe_route(&c, &w, u, M, &sv, pieces.counts);
+            moe_experts_forward(&c, &w, 0, N, sv.offsets, sv.xs, sv.gu, sv.a, sv.ys);
+            moe_combine(&c, &w, u, &sv, pieces.y);
+            moe_backward_gates(&c, &w, u, &sv, dy, &sc, pieces.du, &pieces.g);
+            moe_experts_backward(&c, &w, 0, N, sv.offsets, sv.xs, sv.gu, sv.a, sc.dys, sc.dgu,
+                                 sc.da, sc.dxs, &pieces.g);
+            moe_backward_finish(&c, &w, u, &sv, &sc, pieces.du, &pieces.g);
+            s_run_equal(&whole, &pieces, &c, M);
+        }
+        for (int e = 0; e < N; e++) /* every expert had rows: the comparison covered them */
+            assert_true(whole.counts[e] > 0);
+        s_run_free(&whole, &c);
+        s_run_free(&pieces, &c);
+    }
+    kpar_set_threads(0);
+    moe_scratch_free(&sc);
+    moe_saved_free(&sv);
+    s_weights_free(&w, &c);
+    free(u), free(dy);
+}
+
+static void test_moe_pieces_bitwise(void **state)
+{
+    (void)state;
+    s_pieces_case(24);
+    s_pieces_case(0);
+}
+
 int main(void)
 {
     s_seed = kt_seed("test_moe", 20261128);
@@ -282,6 +386,7 @@ int main(void)
         cmocka_unit_test(test_moe_k3_no_shared),
         cmocka_unit_test(test_moe_k3_four_groups),
         cmocka_unit_test(test_moe_k1),
+        cmocka_unit_test(test_moe_pieces_bitwise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
