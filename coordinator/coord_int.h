@@ -218,6 +218,7 @@ struct coord {
     int fail_stopped;
     int in_burst, defer_commit; /* s_drain_socket: commits of write-only messages wait for the
                                  * burst's end (coord_txn_commit returns SHOAL_OK meanwhile) */
+    unsigned long long state_writes; /* synced batches written (metrics: group commit at work) */
     char fail_why[512];
     coord_control_t control;
     /* Prometheus /metrics (coord_metrics.c): NULL when --metrics-listen is unset */

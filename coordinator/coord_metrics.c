@@ -295,6 +295,10 @@ static void s_render_coordinator(coord_t *c, prom_text_t *t)
     prom_family(t, "shoal_quarantines_total", "counter",
                 "workers quarantined since the coordinator started");
     prom_sample(t, "shoal_quarantines_total", (double)g.quarantines, NULL);
+    prom_family(t, "shoal_state_writes_total", "counter",
+                "synced state writes (RocksDB batches) since the coordinator started: a burst of "
+                "registrations, heartbeats, step and shard reports shares one");
+    prom_sample(t, "shoal_state_writes_total", (double)c->state_writes, NULL);
     prom_family(t, "shoal_plan_generation", "gauge", "highest plan generation of any run");
     prom_sample(t, "shoal_plan_generation", (double)c->last_generation, NULL);
 }

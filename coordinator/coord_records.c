@@ -220,8 +220,8 @@ shoal_err_t coord_txn_commit(coord_t *c)
     shoal_err_t rc = SHOAL_OK;
     if (c->fail_stopped)
         rc = shoal_fail(SHOAL_ERR_DB, "stopping after a failed state write: %s", c->fail_why);
-    else if (c->txn && store_batch_count(c->txn) > 0)
-        rc = store_commit(c->txn);
+    else if (c->txn && store_batch_count(c->txn) > 0 && (rc = store_commit(c->txn)) == SHOAL_OK)
+        c->state_writes++;
     if (rc == SHOAL_OK) {
         if (c->txn)
             ledger_staged_commit(c->ledger);

@@ -508,11 +508,14 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
     coord_t *c = ctx->c;
     const wire_route_t *route = ctx->route;
     c->handled++;
-    /* registrations, heartbeats and shard reports only write (no handler of theirs reads the
-     * store back; coord_on_ckpt_shard commits first when it scans): they may share the burst's
-     * commit; anything else first sees what came before it on disk */
+    /* registrations, heartbeats, step and shard reports only write (no handler of theirs
+     * reads the store back; coord_on_ckpt_shard commits first when it scans): they may share
+     * the burst's commit, and what they announce (answers, a step's StepCommit to every
+     * member) waits in the outbox until it is on disk; anything else first sees what came
+     * before it on disk */
     const int write_only = env->type == SHOAL__MSG_TYPE__MSG_REGISTER ||
                            env->type == SHOAL__MSG_TYPE__MSG_HEARTBEAT ||
+                           env->type == SHOAL__MSG_TYPE__MSG_STEP_REPORT ||
                            env->type == SHOAL__MSG_TYPE__MSG_CKPT_SHARD;
     if (!write_only && c->defer_commit) {
         c->defer_commit = 0;

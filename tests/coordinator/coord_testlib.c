@@ -380,7 +380,8 @@ void tc_worker_pump(tc_worker_t *w, int ms)
 }
 
 /* raw: packed as is, without wire_check (hostile input the coordinator must refuse) */
-static int s_call(tc_worker_t *w, Shoal__Envelope *env, int raw)
+/* Fills env's run, sender, generation and seq from w and sends it; 0, or -1 when not sent. */
+static int s_send_env(tc_worker_t *w, Shoal__Envelope *env, int raw)
 {
     env->run_id = w->run;
     env->sender = w->id;
@@ -399,6 +400,13 @@ static int s_call(tc_worker_t *w, Shoal__Envelope *env, int raw)
     } else if (wire_send(w->sock, NULL, env, 0) != SHOAL_OK) {
         return -1;
     }
+    return 0;
+}
+
+static int s_call(tc_worker_t *w, Shoal__Envelope *env, int raw)
+{
+    if (s_send_env(w, env, raw) != 0)
+        return -1;
     s_wctx_t ctx = {w, env->seq, 0, 0};
     if (env->type == SHOAL__MSG_TYPE__MSG_REGISTER)
         ctx.want_seq = (uint64_t)-3; /* answered by RegisterReply */
@@ -482,7 +490,8 @@ int tc_worker_step(tc_worker_t *w, int64_t step, float loss)
     return tc_worker_step_timed(w, step, loss, 0.01f, 0.0f);
 }
 
-int tc_worker_step_timed(tc_worker_t *w, int64_t step, float loss, float secs, float comm_secs)
+/* A StepReport: sent and answered (wait), or only sent. */
+static int s_step(tc_worker_t *w, int64_t step, float loss, float secs, float comm_secs, int wait)
 {
     Shoal__StepReport sr = SHOAL__STEP_REPORT__INIT;
     sr.step = step;
@@ -495,7 +504,17 @@ int tc_worker_step_timed(tc_worker_t *w, int64_t step, float loss, float secs, f
     wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_STEP_REPORT, "", "", 0, 0);
     env.body_case = SHOAL__ENVELOPE__BODY_STEP_REPORT;
     env.step_report = &sr;
-    return tc_worker_call(w, &env);
+    return wait ? tc_worker_call(w, &env) : s_send_env(w, &env, 0);
+}
+
+int tc_worker_step_timed(tc_worker_t *w, int64_t step, float loss, float secs, float comm_secs)
+{
+    return s_step(w, step, loss, secs, comm_secs, 1);
+}
+
+int tc_worker_step_send(tc_worker_t *w, int64_t step, float loss)
+{
+    return s_step(w, step, loss, 0.5f, 0.0f, 0);
 }
 
 int tc_worker_ckpt(tc_worker_t *w, int64_t step)

@@ -100,6 +100,8 @@ int tc_worker_heartbeat_detail(tc_worker_t *w, int64_t step, int activity, const
 int tc_worker_step(tc_worker_t *w, int64_t step, float loss);
 /* A StepReport with the step's wall time and its time in collectives (metrics). */
 int tc_worker_step_timed(tc_worker_t *w, int64_t step, float loss, float secs, float comm_secs);
+/* A StepReport sent without waiting for its answer (tc_worker_pump reads it): 0, or -1. */
+int tc_worker_step_send(tc_worker_t *w, int64_t step, float loss);
 int tc_worker_ckpt(tc_worker_t *w, int64_t step);
 int tc_worker_get_assignment(tc_worker_t *w);
 /* MSG_SHARD_HELD confirming the first copy of the last Replicate received (its run, step,

@@ -1,7 +1,8 @@
 /* test_coord_metrics: the real shoal-coordinator with metrics_listen, driven by a fake DEALER
  * worker through a run: its /metrics must hold the values the worker reported (step time, comm
  * wait ratio, loss, the committed step, the plan generation), the states, and the checkpoint's
- * step, bytes, age, duration and replicas once its manifest is committed. */
+ * step, bytes, age, duration and replicas once its manifest is committed; step reports read in
+ * one burst share one synced write (test_step_group_commit). */
 /* cmocka.h needs these first */
 // clang-format off
 #include <setjmp.h>
@@ -53,6 +54,28 @@ static void s_expect(const char *page, const char *series, double want, double t
         fail_msg("%s = %g, expected %g (+- %g)\n%s", series, got, want, tol, page);
 }
 
+/* Submits a 50-step run (`head`: its name and checkpoint lines) to the coordinator of `dir` and
+ * registers worker `name` as *a, heartbeating until it holds the run's plan. */
+static void s_one_worker_run(const char *dir, const char *head, const char *name, tc_worker_t *a)
+{
+    char spec[512];
+    snprintf(spec, sizeof spec,
+             "%sdata: {files: [/usr/share/games/fortunes]}\n"
+             "train: {steps: 50, global_batch: 2, seq_len: 16, lr: 0.001}\n",
+             head);
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    assert_int_equal(tc_worker_open(a, dir, name), 0);
+    assert_int_equal(tc_worker_register(a), 0);
+    for (int i = 0; i < 100 && a->gen == 0; i++) {
+        (void)tc_worker_heartbeat(a, 0);
+        tc_worker_pump(a, 20);
+    }
+    assert_true(a->gen > 0);
+}
+
 static void test_run_series(void **state)
 {
     (void)state;
@@ -64,21 +87,8 @@ static void test_run_series(void **state)
     assert_int_equal(test_http(port, "GET", "/metrics", page, sizeof page), 200);
     s_expect(page, "shoal_messages_dropped_total", 0, 0);
 
-    tc_reply_t r;
-    const char *spec = "name: met\ndata: {files: [/usr/share/games/fortunes]}\n"
-                       "train: {steps: 50, global_batch: 2, seq_len: 16, lr: 0.001}\n"
-                       "checkpoint: {every_steps: 2}\n";
-    assert_int_equal(tc_ctl(s_dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, spec, 0, &r), 0);
-    assert_true(r.ok);
-    tc_reply_fini(&r);
     tc_worker_t a;
-    assert_int_equal(tc_worker_open(&a, s_dir, "ma"), 0);
-    assert_int_equal(tc_worker_register(&a), 0);
-    for (int i = 0; i < 100 && a.gen == 0; i++) {
-        (void)tc_worker_heartbeat(&a, 0);
-        tc_worker_pump(&a, 20);
-    }
-    assert_true(a.gen > 0);
+    s_one_worker_run(s_dir, "name: met\ncheckpoint: {every_steps: 2}\n", "ma", &a);
     assert_int_equal(tc_worker_step_timed(&a, 1, 4.0f, 0.5f, 0.125f), 0);
     assert_int_equal(tc_worker_step_timed(&a, 2, 3.5f, 0.25f, 0.2f), 0);
     assert_int_equal(tc_worker_ckpt(&a, 2), 0);
@@ -180,11 +190,63 @@ static void test_unplaced_series(void **state)
     tc_pid = 0;
 }
 
+/* Group commit of step reports (issue 13): K step reports that each complete a step, read in
+ * one burst, share one synced write (shoal_state_writes_total), not K; the StepCommits went
+ * out only after it, so a coordinator SIGKILLed once the worker holds step K has step K on
+ * disk after a restart. */
+static void test_step_group_commit(void **state)
+{
+    (void)state;
+    enum { K = 4 }; /* the default step_window: steps 1..4 are in the first lease */
+    char dir[200];
+    snprintf(dir, sizeof dir, "%s/g", s_root);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    unsigned port = test_free_port();
+    char yaml[256];
+    snprintf(yaml, sizeof yaml,
+             "heartbeat_interval_ms: 100\ndead_after_ms: 10000\nmetrics_listen: 127.0.0.1:%u\n",
+             port);
+    tc_pid = tc_start(dir, yaml);
+    static char page[1 << 20];
+    tc_worker_t a;
+    s_one_worker_run(dir, "name: gc\ncheckpoint: {every_steps: 100}\n", "ga", &a);
+    assert_true(a.lease >= K); /* the only member: each report commits a step */
+    tc_worker_pump(&a, 600); /* the coordinator publishes every 500 ms */
+    assert_int_equal(test_http(port, "GET", "/metrics", page, sizeof page), 200);
+    const double writes0 = s_value(page, "shoal_state_writes_total");
+    assert_true(writes0 >= 1);
+    /* the reports queue while the coordinator is stopped: it reads them as one burst */
+    assert_int_equal(kill(tc_pid, SIGSTOP), 0);
+    for (int s = 1; s <= K; s++)
+        assert_int_equal(tc_worker_step_send(&a, s, 4.0f - 0.1f * (float)s), 0);
+    tc_sleep_ms(100);
+    assert_int_equal(kill(tc_pid, SIGCONT), 0);
+    for (int i = 0; i < 250 && a.committed < K; i++)
+        tc_worker_pump(&a, 20);
+    assert_int_equal(a.committed, K);
+    s_expect_soon(port, page, sizeof page, "shoal_run_step{run=\"gc\"}", K);
+    const double writes = s_value(page, "shoal_state_writes_total") - writes0;
+    printf("# %d steps committed by one burst of step reports in %.0f synced write(s)\n", K,
+           writes);
+    assert_true(writes >= 1 && writes <= 2); /* K (one a report) without group commit */
+    /* told, so on disk */
+    tc_worker_close(&a);
+    tc_stop(tc_pid, SIGKILL);
+    tc_pid = tc_start(dir, yaml);
+    json_t *st = tc_run_status(dir, "gc");
+    assert_non_null(st);
+    assert_int_equal(tc_jint(st, "step"), K);
+    json_decref(st);
+    assert_int_equal(tc_stop(tc_pid, SIGTERM), 0);
+    tc_pid = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_run_series, tc_kill_leftover),
         cmocka_unit_test_teardown(test_unplaced_series, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_step_group_commit, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
