@@ -89,6 +89,43 @@ shoal_err_t coord_worker_insert(coord_t *c, coord_worker_t *w)
     return SHOAL_OK;
 }
 
+static void s_fd_unlink(coord_t *c, coord_worker_t *w)
+{
+    if (w->conn_fd >= 0 && w->conn_fd < c->cap_by_fd)
+        for (coord_worker_t **pp = &c->by_fd[w->conn_fd]; *pp; pp = &(*pp)->fd_next)
+            if (*pp == w) {
+                *pp = w->fd_next;
+                break;
+            }
+    w->fd_next = NULL;
+}
+
+void coord_worker_set_conn(coord_t *c, coord_worker_t *w, int fd)
+{
+    if (fd == w->conn_fd)
+        return;
+    s_fd_unlink(c, w);
+    w->conn_fd = fd;
+    if (fd < 0)
+        return;
+    if (fd >= c->cap_by_fd) {
+        int cap = c->cap_by_fd ? c->cap_by_fd : 256;
+        while (cap <= fd)
+            cap *= 2;
+        coord_worker_t **idx = realloc(c->by_fd, (size_t)cap * sizeof *idx);
+        if (!idx) {
+            /* unindexed: its closed connection is not seen; silence still judges it */
+            log_error("worker %s: connection index: out of memory", w->id);
+            return;
+        }
+        memset(idx + c->cap_by_fd, 0, (size_t)(cap - c->cap_by_fd) * sizeof *idx);
+        c->by_fd = idx;
+        c->cap_by_fd = cap;
+    }
+    w->fd_next = c->by_fd[fd];
+    c->by_fd[fd] = w;
+}
+
 coord_run_t *coord_find_run(coord_t *c, const char *id_or_name)
 {
     for (int i = 0; i < c->n_runs; i++)
@@ -268,10 +305,11 @@ static void s_monitor_drain(coord_t *c)
         }
         zmq_msg_close(&ev);
         zmq_msg_init(&ep); /* the endpoint frame */
+        /* the workers whose last message came on descriptor fd (O(1), was a scan of all) */
+        coord_worker_t *on_fd = (int)fd >= 0 && (int)fd < c->cap_by_fd ? c->by_fd[fd] : NULL;
         if (zmq_msg_recv(&ep, c->wmon, ZMQ_DONTWAIT) >= 0 && what == ZMQ_EVENT_DISCONNECTED) {
-            for (int i = 0; i < c->n_workers; i++) {
-                coord_worker_t *w = c->workers[i];
-                if (!coord_worker_is_live(w->state) || w->conn_fd != (int)fd || w->conn_lost_ms)
+            for (coord_worker_t *w = on_fd; w; w = w->fd_next) {
+                if (!coord_worker_is_live(w->state) || w->conn_lost_ms)
                     continue;
                 /* conn_fd stays: messages still queued from that connection (a busy
                  * coordinator reads them after this event) must not undo it */
@@ -280,9 +318,11 @@ static void s_monitor_drain(coord_t *c)
             }
         } else if (what == ZMQ_EVENT_ACCEPTED) {
             /* a new connection got a closed one's descriptor: messages on it are news */
-            for (int i = 0; i < c->n_workers; i++)
-                if (c->workers[i]->conn_lost_ms && c->workers[i]->conn_fd == (int)fd)
-                    c->workers[i]->conn_fd = -1;
+            for (coord_worker_t *w = on_fd, *next; w; w = next) {
+                next = w->fd_next;
+                if (w->conn_lost_ms)
+                    coord_worker_set_conn(c, w, -1);
+            }
         }
         zmq_msg_close(&ep);
     }
@@ -397,6 +437,7 @@ void coord_destroy(coord_t **self_p)
     free(c->workers);
     free(c->by_num);
     idmap_fini(&c->by_name);
+    free(c->by_fd);
     coord_guard_free(c);
     coord_replicas_free(c);
     for (int i = 0; i < c->n_runs; i++)

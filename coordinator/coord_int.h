@@ -48,7 +48,7 @@ typedef enum {
     RUN__COUNT
 } run_state_t;
 
-typedef struct {
+typedef struct coord_worker {
     char id[COORD_ID_MAX];
     char name[WIRE_MAX_ID_LEN + 1];
     char host[256];
@@ -65,6 +65,7 @@ typedef struct {
     /* volatile (not persisted) */
     int64_t last_seen_ms; /* monotonic: any message */
     int conn_fd;          /* the connection its last message came on (-1: unknown) */
+    struct coord_worker *fd_next; /* the next worker of c->by_fd[conn_fd] (coord_worker_set_conn) */
     int64_t conn_lost_ms; /* monotonic: that connection closed with no message since (0: no) */
     int64_t last_hb_ms;   /* wall clock of the last heartbeat (0 = none since start) */
     int64_t step;
@@ -194,6 +195,9 @@ struct coord {
     int n_workers, cap_workers;
     coord_worker_t **by_num; /* index: worker "w<N>" at [N] */
     idmap_t by_name;         /* index: worker name -> worker (names never change) */
+    coord_worker_t **by_fd;  /* index: the workers whose conn_fd is fd, a list at [fd] (the
+                              * socket monitor's events name a descriptor) */
+    int cap_by_fd;
     uint64_t cap_by_num;
     coord_run_t **runs;
     int n_runs, cap_runs;
@@ -312,7 +316,9 @@ int coord_run_state_parse(const char *name);
 /* joining, active, draining or drained: registered and not dead or gone */
 int coord_worker_is_live(worker_state_t s);
 /* A message from live worker w arrived on `route`: seen now, its route and connection kept. */
-void coord_worker_heard(coord_worker_t *w, const wire_route_t *route);
+void coord_worker_heard(coord_t *c, coord_worker_t *w, const wire_route_t *route);
+/* w's connection is now descriptor fd (-1: none), in c->by_fd too. */
+void coord_worker_set_conn(coord_t *c, coord_worker_t *w, int fd);
 /* done, failed or cancelled */
 int coord_run_is_terminal(run_state_t s);
 

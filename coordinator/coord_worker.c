@@ -12,14 +12,14 @@
 #include "log.h"
 #include "name.h"
 
-void coord_worker_heard(coord_worker_t *w, const wire_route_t *route)
+void coord_worker_heard(coord_t *c, coord_worker_t *w, const wire_route_t *route)
 {
     w->last_seen_ms = clock_mono_ms();
     w->route = *route;
     w->has_route = 1;
     if (w->conn_lost_ms && route->fd >= 0 && route->fd == w->conn_fd)
         return; /* sent before its connection closed: the worker is still gone */
-    w->conn_fd = route->fd;
+    coord_worker_set_conn(c, w, route->fd);
     w->conn_lost_ms = 0;
 }
 
@@ -69,6 +69,7 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
         if (w) {
             snprintf(w->id, sizeof w->id, "w%" PRIu64, c->next_worker);
             snprintf(w->name, sizeof w->name, "%s", rg->name); /* the index's key */
+            w->conn_fd = -1; /* in no c->by_fd list yet */
         }
         if (!w || coord_worker_insert(c, w) != SHOAL_OK) {
             free(w);
@@ -101,7 +102,7 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
         at += (size_t)snprintf(w->devices + at, sizeof w->devices - at, "%s%s", i ? "," : "",
                                rg->devices[i]);
     w->memory_bytes = rg->memory_bytes;
-    coord_worker_heard(w, route);
+    coord_worker_heard(c, w, route);
     if (is_new) {
         log_info("worker %s: registered as joining (name %s, host %s, %s, device %s)", w->id,
                  w->name, w->host, w->institution[0] ? w->institution : "no institution",
@@ -560,7 +561,7 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
                           w ? coord_worker_state_name(w->state) : "unknown");
         return;
     }
-    coord_worker_heard(w, route);
+    coord_worker_heard(c, w, route);
     coord_run_t *r = NULL;
     if (m->needs_run && !(r = coord_check_run(c, route, w, env)))
         return;
