@@ -1,8 +1,9 @@
 /* bench_coord_lookup: the coordinator's per-message lookups at 10,000 workers, indexed
  * (common/idmap: coord_plan_member, coord_plan_is_spare, the rate-limit bucket by route id)
  * against the linear scans they replaced (plan_find_worker, plan_is_spare, a memcmp per known
- * connection), in the same run: ns per lookup and the ratio. CPU only: the ratio holds on a
- * loaded machine, where the absolute figures do not.
+ * connection), in the same run: ns per lookup and the ratio; and the re-plan check's eligible
+ * list (built at every cron) by a scan of the list against the plan index. CPU only: the ratio
+ * holds on a loaded machine, where the absolute figures do not.
  *
  *   bench_coord_lookup [WORKERS=10000] [CELLS=2048]
  *
@@ -36,6 +37,46 @@ static const unsigned char *s_scan_route(unsigned char (*routes)[S_ROUTE_LEN], i
         if (memcmp(routes[j], id, S_ROUTE_LEN) == 0)
             return routes[j];
     return NULL;
+}
+
+/* The eligible list of a re-plan check (every cron) as it was: the run's active members, then
+ * every other active worker not in the list yet, found by a scan of the list (O(workers x
+ * list)). Returns its length. */
+static uint32_t s_eligible_scan(coord_worker_t **ws, int n, const coord_run_t *r,
+                                coord_worker_t **out)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++)
+        if (ws[i]->state == WORKER_ACTIVE && strcmp(ws[i]->run, r->id) == 0)
+            out[k++] = ws[i];
+    for (int i = 0; i < n; i++) {
+        coord_worker_t *w = ws[i];
+        int listed = 0;
+        for (uint32_t j = 0; j < k && !listed; j++)
+            listed = out[j] == w;
+        if (w->state == WORKER_ACTIVE && (!w->run[0] || strcmp(w->run, r->id) == 0) && !listed)
+            out[k++] = w;
+    }
+    return k;
+}
+
+/* The same list as coord_sched.c builds it now: "listed" is "an active member holding the
+ * run", asked of the plan index. */
+static uint32_t s_eligible_index(coord_worker_t **ws, int n, const coord_run_t *r,
+                                 coord_worker_t **out)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < r->plan.n_peers; i++)
+        if (ws[i]->state == WORKER_ACTIVE && strcmp(ws[i]->run, r->id) == 0)
+            out[k++] = ws[i];
+    for (int i = 0; i < n; i++) {
+        coord_worker_t *w = ws[i];
+        const int listed = w->state == WORKER_ACTIVE && strcmp(w->run, r->id) == 0 &&
+                           coord_plan_member(r, w->id) != NULL;
+        if (w->state == WORKER_ACTIVE && (!w->run[0] || strcmp(w->run, r->id) == 0) && !listed)
+            out[k++] = w;
+    }
+    return k;
 }
 
 /* ns per call of `what` over `n` random workers; `sink` keeps the results alive. */
@@ -103,6 +144,38 @@ int main(int argc, char **argv)
            hash_rate, scan_rate / hash_rate);
     printf("status over %d workers: %.1f ms scanning, %.2f ms indexed (the standby count)\n",
            workers, scan_spare * workers / 1e6, hash_spare * workers / 1e6);
+    /* the re-plan check's eligible list, every cron (20 a second), every worker active, the
+     * first `cells` the plan's members */
+    coord_worker_t **ws = calloc((size_t)workers, sizeof *ws), **list = calloc((size_t)workers,
+                                                                                sizeof *list);
+    if (!ws || !list)
+        return 1;
+    snprintf(r->id, sizeof r->id, "r1");
+    for (int i = 0; i < workers; i++) {
+        if (!(ws[i] = calloc(1, sizeof *ws[i])))
+            return 1;
+        snprintf(ws[i]->id, sizeof ws[i]->id, "%s", ids[i]);
+        ws[i]->state = WORKER_ACTIVE;
+        snprintf(ws[i]->run, sizeof ws[i]->run, "%s", i < cells ? "r1" : "");
+    }
+    uint64_t t0 = clock_mono_ns();
+    const uint32_t n_scan_list = s_eligible_scan(ws, workers, r, list);
+    const double elig_scan = (double)(clock_mono_ns() - t0) / 1e6;
+    const int reps = 20;
+    uint32_t n_index_list = 0;
+    t0 = clock_mono_ns();
+    for (int k = 0; k < reps; k++)
+        n_index_list = s_eligible_index(ws, workers, r, list);
+    const double elig_index = (double)(clock_mono_ns() - t0) / 1e6 / reps;
+    printf("eligible list (every cron, 20/s): %.1f ms scanning, %.3f ms indexed (%ux; %u and %u "
+           "workers listed): %.2f vs %.4f cores at 20 crons a second\n",
+           elig_scan, elig_index, (unsigned)(elig_scan / elig_index), n_scan_list, n_index_list,
+           elig_scan * 20 / 1000, elig_index * 20 / 1000);
+    sink += n_scan_list == n_index_list;
+    for (int i = 0; i < workers; i++)
+        free(ws[i]);
+    free(ws);
+    free(list);
     idmap_fini(&rates);
     coord_run_free(r);
     free(ids);
