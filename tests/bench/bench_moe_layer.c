@@ -1,7 +1,8 @@
 /* bench_moe_layer: forward+backward GFLOP/s of one MoE layer (d 512, fe 1024, N 16, K 2,
  * 4096 tokens, one shared expert) against OpenBLAS sgemm measured in the same run on the
  * layer's own largest GEMM shape and on 1024³, and the same layer in bf16 (train.precision bf16,
- * oneDNN) against fp32 where the CPU has it. Run: build/bin/bench_moe_layer [threads]. */
+ * oneDNN) against fp32 where the CPU has it, and the fp32 layer against its own GEMMs as lone
+ * sgemm calls. Run: build/bin/bench_moe_layer [threads] [tiny [profile [reps]]]. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
