@@ -26,16 +26,11 @@ static void s_send_now(void *sock, const wire_route_t *route, uint8_t **buf, siz
         log_debug("send: %s", shoal_errmsg());
 }
 
-void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelope *env)
+/* Queues packed message buf (owned from here) behind what the outbox holds; after a fail-stop
+ * only a refusal goes out, at once. */
+static void s_enqueue(coord_t *c, void *sock, const wire_route_t *route, uint8_t *buf, size_t len,
+                      const Shoal__Envelope *env)
 {
-    if (env->type != SHOAL__MSG_TYPE__MSG_CTL_REPLY)
-        env->seq = ++c->seq;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (wire_pack(env, &buf, &len) != SHOAL_OK) {
-        log_error("send %s: %s", wire_type_name((int)env->type), shoal_errmsg());
-        return;
-    }
     if (c->fail_stopped) {
         if (s_is_refusal(env))
             s_send_now(sock, route, &buf, len);
@@ -61,6 +56,19 @@ void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelo
         m->route = *route;
     m->buf = buf;
     m->len = len;
+}
+
+void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelope *env)
+{
+    if (env->type != SHOAL__MSG_TYPE__MSG_CTL_REPLY)
+        env->seq = ++c->seq;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (wire_pack(env, &buf, &len) != SHOAL_OK) {
+        log_error("send %s: %s", wire_type_name((int)env->type), shoal_errmsg());
+        return;
+    }
+    s_enqueue(c, sock, route, buf, len, env);
 }
 
 void coord_outbox_flush(coord_t *c)
@@ -339,6 +347,14 @@ int coord_assignment_in_flight(const coord_t *c, const coord_run_t *r, const coo
  * checkpoint's shard holders), built once; and, when a base table is given (the one last
  * pushed, or the one a pulling worker holds), the delta plan: the same plan with only the
  * changed peers. */
+/* A plan packed once for every member it goes to (packing it per member was 3 passes over
+ * 2,048 peers and a 76 KB buffer each: wire_check, size, pack). */
+typedef struct {
+    uint8_t *buf; /* NULL: not packed yet */
+    size_t len;
+    int checked; /* a whole envelope with it passed wire_check */
+} s_packed_plan_t;
+
 typedef struct {
     s_plan_pb_t pb;
     coord_shard_src_t *holders;
@@ -347,7 +363,84 @@ typedef struct {
     Shoal__Plan delta;
     Shoal__Peer **changed;
     uint8_t digest[PLAN_DIGEST_LEN];
+    s_packed_plan_t full_packed, delta_packed;
 } s_plan_msg_t;
+
+/* Protobuf's varint of v into out (room for 10); returns its length. */
+static size_t s_varint(uint64_t v, uint8_t *out)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+/* The header (tag, length) of length-delimited field `num` of `len` bytes; returns its size. */
+static size_t s_field_header(uint32_t num, size_t len, uint8_t out[20])
+{
+    const size_t n = s_varint((uint64_t)num << 3 | 2, out);
+    return n + s_varint(len, out + n);
+}
+
+#define S_ENVELOPE_ASSIGNMENT 12 /* Envelope.assignment (proto/shoal.proto) */
+#define S_ASSIGNMENT_PLAN 1      /* Assignment.plan */
+
+/* Queues assignment envelope env (its assignment's plan is `plan`) with the plan's bytes packed
+ * once (pp) spliced in: the envelope and the assignment are packed without the plan, and the
+ * plan field is appended to the assignment (protobuf fields may come in any order), so every
+ * member's message decodes as if packed whole. The first use of pp checks the whole envelope
+ * (wire_check), as coord_send does for every message. */
+static void s_send_spliced(coord_t *c, const wire_route_t *route, Shoal__Envelope *env,
+                           const Shoal__Plan *plan, s_packed_plan_t *pp)
+{
+    Shoal__Assignment *a = env->assignment;
+    env->seq = ++c->seq;
+    a->plan = (Shoal__Plan *)plan;
+    if (!pp->checked && wire_check(env) != SHOAL_OK) {
+        log_error("send %s: %s", wire_type_name((int)env->type), shoal_errmsg());
+        return;
+    }
+    pp->checked = 1;
+    if (!pp->buf) {
+        pp->len = shoal__plan__get_packed_size(plan);
+        if (!(pp->buf = malloc(pp->len ? pp->len : 1))) {
+            log_error("send %s: out of memory packing the plan", wire_type_name((int)env->type));
+            return;
+        }
+        shoal__plan__pack(plan, pp->buf);
+    }
+    a->plan = NULL; /* packed apart */
+    Shoal__Envelope bare = *env;
+    bare.body_case = SHOAL__ENVELOPE__BODY__NOT_SET;
+    const size_t e_len = shoal__envelope__get_packed_size(&bare);
+    const size_t a_len = shoal__assignment__get_packed_size(a);
+    uint8_t plan_hdr[20], asg_hdr[20];
+    const size_t ph = s_field_header(S_ASSIGNMENT_PLAN, pp->len, plan_hdr);
+    const size_t a_total = a_len + ph + pp->len;
+    const size_t ah = s_field_header(S_ENVELOPE_ASSIGNMENT, a_total, asg_hdr);
+    const size_t len = e_len + ah + a_total;
+    uint8_t *buf = len <= WIRE_MAX_MSG_BYTES ? malloc(len) : NULL;
+    a->plan = (Shoal__Plan *)plan;
+    if (!buf) {
+        log_error("send %s of %zu bytes: %s", wire_type_name((int)env->type), len,
+                  len > WIRE_MAX_MSG_BYTES ? "over the message limit" : "out of memory");
+        return;
+    }
+    uint8_t *at = buf;
+    at += shoal__envelope__pack(&bare, at);
+    memcpy(at, asg_hdr, ah);
+    at += ah;
+    a->plan = NULL;
+    at += shoal__assignment__pack(a, at);
+    a->plan = (Shoal__Plan *)plan;
+    memcpy(at, plan_hdr, ph);
+    at += ph;
+    memcpy(at, pp->buf, pp->len);
+    s_enqueue(c, c->wsock, route, buf, len, env);
+}
 
 static shoal_err_t s_plan_msg_build(coord_t *c, coord_run_t *r, const plan_peers_t *base,
                                     s_plan_msg_t *m)
@@ -377,6 +470,8 @@ static shoal_err_t s_plan_msg_build(coord_t *c, coord_run_t *r, const plan_peers
 
 static void s_plan_msg_free(s_plan_msg_t *m)
 {
+    free(m->full_packed.buf);
+    free(m->delta_packed.buf);
     coord_replicas_detach(&m->holders);
     free(m->changed);
     s_plan_pb_free(&m->pb);
@@ -411,7 +506,7 @@ static int s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_pl
     Shoal__Envelope env =
         s_run_envelope(r, SHOAL__MSG_TYPE__MSG_ASSIGNMENT, SHOAL__ENVELOPE__BODY_ASSIGNMENT);
     env.assignment = &a;
-    coord_send_worker(c, w, &env);
+    s_send_spliced(c, &w->route, &env, a.plan, delta ? &m->delta_packed : &m->full_packed);
     w->sent_gen = r->plan.generation;
     w->sent_ms = clock_mono_ms();
     return delta;
