@@ -22,6 +22,10 @@
 #include "numparse.h"
 
 #define COORD_CRON_MS 50
+/* Connections that closed within this long after one whose grace ran out are judged with it:
+ * workers lost together (a host, a part's every holder) die in one sweep and get one re-plan.
+ * Judged one cron apart, the first re-plan named a dead worker as a state source. */
+#define COORD_DEATH_COALESCE_MS 100
 #define COORD_BURST 256 /* messages drained per socket per poll round */
 #define COORD_BACKLOG_SILENCE 10 /* silence unjudged under a backlog for up to this many
                                   * dead_after_ms (s_silence_judgeable) */
@@ -517,6 +521,14 @@ static void s_cron(coord_t *c)
     }
     const int judge_silence = s_silence_judgeable(c);
     int64_t now = clock_mono_ms();
+    /* a closed connection is judged once its grace ran out, or with one that did */
+    const int64_t closed_due = now - c->cfg.heartbeat_interval_ms - c->cfg.closed_grace_ms;
+    int64_t closed_cut = closed_due;
+    for (int i = 0; i < c->n_workers; i++) {
+        const coord_worker_t *w = c->workers[i];
+        if (coord_worker_is_live(w->state) && w->conn_lost_ms && w->conn_lost_ms < closed_due)
+            closed_cut = closed_due + COORD_DEATH_COALESCE_MS;
+    }
     for (int i = 0; i < c->n_workers; i++) {
         coord_worker_t *w = c->workers[i];
         if (!coord_worker_is_live(w->state))
@@ -524,8 +536,7 @@ static void s_cron(coord_t *c)
         if (judge_silence && now - w->last_seen_ms > c->cfg.dead_after_ms)
             (void)coord_worker_transition(c, w, WORKER_DEAD, "no heartbeat for %.1f s",
                                           (double)(now - w->last_seen_ms) / 1000.0);
-        else if (w->conn_lost_ms && c->cfg.closed_grace_ms > 0 &&
-                 now - w->conn_lost_ms > c->cfg.heartbeat_interval_ms + c->cfg.closed_grace_ms)
+        else if (w->conn_lost_ms && c->cfg.closed_grace_ms > 0 && w->conn_lost_ms < closed_cut)
             (void)coord_worker_transition(c, w, WORKER_DEAD, "connection closed %.2f s ago "
                                           "and no message since",
                                           (double)(now - w->conn_lost_ms) / 1000.0);

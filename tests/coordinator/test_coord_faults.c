@@ -319,6 +319,43 @@ static void s_fail_plans(tc_worker_t *bad, tc_worker_t *good, int ms, uint64_t u
  * failure in a row quarantined (state quarantined), a `quarantine` ledger entry, told to stop; the next
  * plan holds only the healthy worker, and its later stale failures change nothing. undrain puts
  * it back and it is placed again at the next step boundary. */
+/* Two workers whose connections close 70 ms apart (a host lost, a part's every holder) die in
+ * the same sweep: the survivor gets one new plan, not one per death (the first of two would name
+ * the second, already gone, as a holder). Fails with the deaths judged one by one. */
+static void test_deaths_coalesced(void **state)
+{
+    (void)state;
+    tc_pid = tc_start(s_dir, "heartbeat_interval_ms: 100\ndead_after_ms: 30000\n"
+                             "min_workers: 3\n");
+    char run[64];
+    s_submit(run, sizeof run);
+    tc_worker_t a, b, c;
+    assert_int_equal(tc_worker_open(&a, s_dir, "da"), 0);
+    assert_int_equal(tc_worker_open(&b, s_dir, "db"), 0);
+    assert_int_equal(tc_worker_open(&c, s_dir, "dc"), 0);
+    tc_worker_t *all[3] = {&a, &b, &c};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(tc_worker_register(all[i]), 0);
+    for (int64_t end = s_deadline();
+         (a.gen < 1 || b.gen < 1 || c.gen < 1) && clock_mono_ms() < end;)
+        tc_beat(all, 3, 50, HB_MS, 0, false);
+    assert_int_equal(c.gen, 1);
+    tc_worker_close(&a);
+    tc_worker_t *only_c[3] = {NULL, NULL, &c};
+    tc_beat(only_c, 3, 70, HB_MS, 0, false);
+    tc_worker_close(&b);
+    for (int64_t end = s_deadline(); (strcmp(tc_worker_state(s_dir, a.id), "dead") != 0 ||
+                                      strcmp(tc_worker_state(s_dir, b.id), "dead") != 0) &&
+                                     clock_mono_ms() < end;)
+        tc_beat(only_c, 3, 50, HB_MS, 0, false);
+    assert_string_equal(tc_worker_state(s_dir, a.id), "dead");
+    assert_string_equal(tc_worker_state(s_dir, b.id), "dead");
+    tc_beat(only_c, 3, 1000, HB_MS, 0, false); /* any later plan would have come by now */
+    assert_int_equal(c.gen, 2);
+    tc_worker_close(&c);
+    s_stop_clean();
+}
+
 static void test_quarantine(void **state)
 {
     (void)state;
@@ -806,6 +843,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_push_generations, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_stale_heartbeat_activates, s_fresh_dir,
                                         tc_kill_leftover),
+        cmocka_unit_test_setup_teardown(test_deaths_coalesced, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_quarantine, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_streak_and_unplaced, s_fresh_dir, tc_kill_leftover),
         cmocka_unit_test_setup_teardown(test_failure_backoff, s_fresh_dir, tc_kill_leftover),
