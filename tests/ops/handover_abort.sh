@@ -15,10 +15,7 @@ SHOAL_HANDOVER_STALL_MS=600000 "$bindir/shoal-worker-attack" --coordinator \
     "tcp://127.0.0.1:$cluster_port" --name hoa --state-dir "$tmp/a" >"$tmp/a.log" 2>&1 &
 pids+=($!)
 a_pid=$!
-poll_until 60 n_live 1 || { err "A did not register"; exit 1; }
-"$bin" submit "$tmp/run.yaml" >/dev/null || { err "submit"; exit 1; }
-trained() { grep -q " step $1/.*generation" "$tmp/a.log"; }
-poll_until 120 trained 3 || { err "A did not train step 3"; tail "$tmp/a.log"; exit 1; }
+a_trains 3
 "$bindir/shoal-worker" --coordinator "tcp://127.0.0.1:$cluster_port" --name hob \
     --state-dir "$tmp/b" --comm-timeout-ms 120000 >"$tmp/w.log" 2>&1 &
 pids+=($!)

@@ -27,10 +27,7 @@ a_run=("$bindir/shoal-worker") b_run=(env SHOAL_HANDOVER_TAKE_STALL_MS=600000 "$
     --state-dir "$tmp/a" --comm-timeout-ms 30000 >"$tmp/a.log" 2>&1 &
 pids+=($!)
 a_pid=$!
-poll_until 60 n_live 1 || { err "A did not register"; exit 1; }
-"$bin" submit "$tmp/run.yaml" >/dev/null || { err "submit"; exit 1; }
-trained() { grep -q " step $1/.*generation" "$tmp/a.log"; }
-poll_until 120 trained 3 || { err "A did not train step 3"; tail "$tmp/a.log"; exit 1; }
+a_trains 3
 "${b_run[@]}" --coordinator "tcp://127.0.0.1:$cluster_port" --name hgb --state-dir "$tmp/b" \
     --comm-timeout-ms 120000 >"$tmp/b.log" 2>&1 &
 pids+=($!)
