@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <sched.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,7 +226,7 @@ void blas_select_describe(char *buf, size_t cap)
     const char *ver = cfg + name_len + (cfg[name_len] ? 1 : 0);
     snprintf(buf, cap, "%.*s %.*s%s, kernels %s, threads %d; selection: %s", name_len, cfg,
              (int)strcspn(ver, " "), ver, strstr(cfg, "DYNAMIC_ARCH") ? " (DYNAMIC_ARCH)" : "",
-             openblas_get_corename(), openblas_get_num_threads(), s_reason);
+             openblas_get_corename(), blas_select_threads(), s_reason);
 }
 
 void blas_select_log(const char *who)
@@ -244,14 +245,25 @@ static int s_cores(void)
     return n > 0 ? (int)n : 1;
 }
 
+static atomic_int s_threads; /* blas_select_set_threads; 0: never called */
+
 void blas_select_set_threads(int threads)
 {
-    /* more BLAS threads than cores this process may run on only makes them wait for each other */
+    /* more threads than cores this process may run on only makes them wait for each other */
     const int cores = s_cores();
     if (threads > cores) {
         log_warn("BLAS: %d threads asked, %d cores available to this process: using %d", threads,
                  cores, cores);
         threads = cores;
     }
-    openblas_set_num_threads(threads < 1 ? 1 : threads);
+    atomic_store(&s_threads, threads < 1 ? 1 : threads);
+    /* shoal spreads each GEMM's blocks over its own threads (kernels/kgemm.c), and every block
+     * runs whole on the thread that took it */
+    openblas_set_num_threads(1);
+}
+
+int blas_select_threads(void)
+{
+    const int t = atomic_load(&s_threads);
+    return t > 0 ? t : openblas_get_num_threads();
 }

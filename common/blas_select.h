@@ -71,8 +71,14 @@ void blas_select_describe(char *buf, size_t cap);
 /* Logs blas_select_describe's line at INFO as "<who>: BLAS ...". */
 void blas_select_log(const char *who);
 
-/* Sets the BLAS thread count (OpenBLAS's pool; 1..core count makes sense). */
+/* Sets the process's compute threads (train.threads, --threads), cut to the cores it may run
+ * on: kernels/kpar's threads run the kernel loops and the blocks of each GEMM (kgemm), and
+ * OpenBLAS itself is set to one thread, so that each block runs whole on the thread that took
+ * it and a run computes the same bits at any thread count. */
 void blas_select_set_threads(int threads);
+
+/* The count blas_select_set_threads set; before any call, OpenBLAS's own thread count. */
+int blas_select_threads(void);
 
 #ifdef __cplusplus
 }

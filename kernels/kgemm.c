@@ -14,6 +14,7 @@
 #include <cpuid.h>
 #endif
 
+#include "kpar.h"
 #include "log.h"
 
 #ifdef SHOAL_HAVE_ONEDNN
@@ -70,11 +71,93 @@ const char *kgemm_prec_name(kgemm_prec_t prec)
     return "?";
 }
 
-static void s_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
+static void s_sgemm_whole(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                          const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                          int ldc)
 {
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* One fp32 GEMM cut into blocks of C along its longer side (rows when M >= N). */
+typedef struct {
+    int trans_a, trans_b, M, N, K;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    int lda, ldb, ldc;
+    int by_rows; /* blocks of C's rows, else of its columns */
+    int block;   /* rows (columns) per block; the last may be shorter */
+} s_blocked_t;
+
+/* 256 rows or columns a block: at one thread the blocks cost 2-5% against whole calls (tiny G 16,
+ * Cooperlake; 64-row blocks cost 8% for 7% more at two threads); a block under 2^20 multiply-adds
+ * (~10 us) is not worth a call of its own */
+#define S_BLOCK 256
+#define S_BLOCK_MIN_MACS ((int64_t)1 << 20)
+
+void kgemm_fp32_blocks(int M, int N, int K, int *by_rows, int *block, int *blocks)
+{
+    *by_rows = M >= N;
+    const int64_t side = *by_rows ? M : N;
+    int64_t b = S_BLOCK, n = (side + b - 1) / b;
+    const int64_t by_work = (int64_t)M * N * K / S_BLOCK_MIN_MACS;
+    if (n > by_work) { /* fewer, longer blocks: multiples of 32, the kernels' tile edges */
+        n = by_work > 1 ? by_work : 1;
+        b = ((side + n - 1) / n + 31) / 32 * 32;
+        n = (side + b - 1) / b;
+    }
+    *block = (int)b;
+    *blocks = (int)n;
+}
+
+static void s_blocked_range(void *ctx, int64_t lo, int64_t hi, void *scratch)
+{
+    (void)scratch;
+    const s_blocked_t *g = ctx;
+    for (int64_t blk = lo; blk < hi; blk++) {
+        const int a = (int)blk * g->block, side = g->by_rows ? g->M : g->N;
+        const int n = side - a < g->block ? side - a : g->block;
+        if (g->by_rows)
+            s_sgemm_whole(g->trans_a, g->trans_b, n, g->N, g->K, g->alpha,
+                          g->trans_a ? g->A + a : g->A + (size_t)a * g->lda, g->lda, g->B, g->ldb,
+                          g->beta, g->C + (size_t)a * g->ldc, g->ldc);
+        else
+            s_sgemm_whole(g->trans_a, g->trans_b, g->M, n, g->K, g->alpha, g->A, g->lda,
+                          g->trans_b ? g->B + (size_t)a * g->ldb : g->B + a, g->ldb, g->beta,
+                          g->C + a, g->ldc);
+    }
+}
+
+/* fp32. When OpenBLAS runs on one thread (blas_select_set_threads: every configured shoal
+ * process), C is cut into blocks by the shape alone and the blocks are spread over kpar's
+ * threads, each one single-threaded cblas_sgemm: the same calls at any thread count, so the
+ * same bits. When OpenBLAS has its own threads (a process that never chose), it runs whole. */
+static void s_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    int by_rows, block, blocks;
+    kgemm_fp32_blocks(M, N, K, &by_rows, &block, &blocks);
+    if (blocks < 2 || openblas_get_num_threads() != 1) {
+        s_sgemm_whole(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    s_blocked_t g = {.trans_a = trans_a,
+                     .trans_b = trans_b,
+                     .M = M,
+                     .N = N,
+                     .K = K,
+                     .alpha = alpha,
+                     .beta = beta,
+                     .A = A,
+                     .B = B,
+                     .C = C,
+                     .lda = lda,
+                     .ldb = ldb,
+                     .ldc = ldc,
+                     .by_rows = by_rows,
+                     .block = block};
+    kpar_for(blocks, 1, 0, s_blocked_range, &g);
 }
 
 #ifdef SHOAL_HAVE_ONEDNN
@@ -274,7 +357,7 @@ static dnnl_status_t s_dnnl_gemm(kgemm_prec_t prec, int trans_a, int trans_b, in
         b_ld = b_cols;
         in = dnnl_bf16;
     }
-    const int threads = openblas_get_num_threads();
+    const int threads = kpar_threads();
     if (s_dnnl.omp_set_num_threads && threads != t->omp_threads) {
         s_dnnl.omp_set_num_threads(threads);
         t->omp_threads = threads;

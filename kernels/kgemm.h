@@ -23,13 +23,24 @@ typedef enum { KGEMM_FP32 = 0, KGEMM_BF16 = 1, KGEMM_FP32_ONEDNN = 2 } kgemm_pre
  * nonzero. A is [M, K] (trans_a 0) or [K, M] (1) with row stride lda; B is [K, N] or [N, K]
  * with ldb; C has row stride ldc. beta 0 overwrites C (NaN in C is not propagated). M, N or K
  * may be 0. Thread-safe: concurrent calls from different threads are allowed.
- * FP32 results are those of cblas_sgemm with the same arguments. BF16 and FP32_ONEDNN need
- * kgemm_check(prec) == SHOAL_OK first; should oneDNN fail on a call (out of memory), that call
- * runs in fp32 on OpenBLAS instead and one error line is logged. Threads: oneDNN uses as many as
- * OpenBLAS is set to (openblas_set_num_threads), so one knob sets both. bf16 results are
- * deterministic for a given shape and thread count (oneDNN may split K over threads). */
+ * FP32: with OpenBLAS on one thread (blas_select_set_threads), C is cut into blocks by the
+ * shape alone (kgemm_fp32_blocks) and the blocks run on kpar's threads, each one cblas_sgemm
+ * on its part of C: the same bits at any thread count, and those of a single cblas_sgemm call
+ * with the same arguments when the shape is one block. With OpenBLAS threaded (a process that
+ * never set its threads), one cblas_sgemm call.
+ * BF16 and FP32_ONEDNN need kgemm_check(prec) == SHOAL_OK first; should oneDNN fail on a call
+ * (out of memory), that call runs in fp32 on OpenBLAS instead and one error line is logged.
+ * oneDNN uses kpar_threads() threads, so one knob sets all. bf16 results are deterministic for
+ * a given shape and thread count (oneDNN may split K over threads). */
 void kgemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K, float alpha,
            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* How an fp32 GEMM of this shape is cut: C in `blocks` blocks of `block` rows (by_rows 1) or
+ * columns (0), the last one shorter. The shape alone decides: blocks of 32 to 256 along C's
+ * longer side, 256 each unless that leaves a block under 2^20 multiply-adds (then fewer, longer
+ * ones, multiples of 32; one block for a small GEMM). Each block is one single-threaded
+ * cblas_sgemm when OpenBLAS runs on one thread. */
+void kgemm_fp32_blocks(int M, int N, int K, int *by_rows, int *block, int *blocks);
 
 /* Whether `prec` can run on this machine: SHOAL_OK for FP32 always; for BF16 when shoal was
  * built with oneDNN and the CPU has AVX512_BF16 or AMX-BF16 (cpuid); for FP32_ONEDNN when built

@@ -9,12 +9,20 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "blas_select.h"
 #include "log.h"
 
-/* A few microseconds of polling before sleeping (pause is ~10-140 cycles by CPU): enough for
- * back-to-back loops, short enough not to hold a core that OpenBLAS's threads need for the GEMM
- * between two loops (G 16 tiny at load 3-4: 16,200-17,100 tokens/s at 2 threads with either) */
-#define S_SPIN 256
+/* Polling before sleeping (pause is ~10-140 cycles by CPU). When OpenBLAS runs on one thread
+ * (blas_select_set_threads), these threads run the GEMMs' blocks as well as the loops, and a
+ * step issues them back to back, microseconds apart: a helper that slept would be woken by a
+ * futex call at every one (tiny G 16 at 2 threads, idle 2-core VM: 24,700-28,000 tokens/s
+ * polling 256 times, 27,400-31,900 polling 32,768; ~0.1-1.5 ms before sleeping). When OpenBLAS
+ * has its own threads they need the cores between two loops, so only a few microseconds
+ * (polling 32,768 there halved the speed). */
+static int s_spin_count(void)
+{
+    return openblas_get_num_threads() == 1 ? 32768 : 256;
+}
 
 static inline void s_relax(void)
 {
@@ -58,7 +66,8 @@ static void *s_helper(void *arg)
     unsigned seen = s_pool.start_gen[me];
     for (;;) {
         unsigned g = seen;
-        for (int s = 0; s < S_SPIN && g == seen; s++) {
+        const int spin = s_spin_count();
+        for (int s = 0; s < spin && g == seen; s++) {
             s_relax();
             g = atomic_load_explicit(&s_pool.gen, memory_order_acquire);
         }
@@ -111,7 +120,7 @@ void kpar_set_threads(int threads)
 int kpar_threads(void)
 {
     const int set = atomic_load(&s_threads_set);
-    const int t = set > 0 ? set : openblas_get_num_threads();
+    const int t = set > 0 ? set : blas_select_threads();
     return t < 1 ? 1 : t > KPAR_MAX_THREADS ? KPAR_MAX_THREADS : t;
 }
 
@@ -188,7 +197,8 @@ void kpar_for(int64_t n, int64_t grain, size_t scratch_bytes, kpar_fn fn, void *
     s_range(n, workers, 0, &lo, &hi);
     if (lo < hi)
         fn(ctx, lo, hi, NULL);
-    for (int s = 0; s < S_SPIN && atomic_load_explicit(&s_pool.pending, memory_order_acquire) > 0;
+    const int spin = s_spin_count();
+    for (int s = 0; s < spin && atomic_load_explicit(&s_pool.pending, memory_order_acquire) > 0;
          s++)
         s_relax();
     if (atomic_load_explicit(&s_pool.pending, memory_order_acquire) > 0) {

@@ -1,5 +1,7 @@
 /* test_kgemm: the CPU GEMM entry point.
  *   - fp32 is cblas_sgemm bit for bit (every transpose pair, alpha, beta, padded strides);
+ *   - fp32 GEMMs large enough to be cut (kgemm_fp32_blocks) give the same bits at 1, 2 and 3
+ *     threads, those of one cblas_sgemm per block, and the cut covers C exactly once;
  *   - kgemm_round_bf16 rounds as common/safetensors' st_f32_to_bf16 (nearest even, NaN, ±inf);
  *   - bf16 (skipped, 77, where kgemm_check refuses it: no AVX512_BF16/AMX or no oneDNN):
  *     (a) within fp32 accumulation rounding of the exact product of the bf16-rounded inputs:
@@ -27,6 +29,7 @@
 #include <string.h>
 
 #include "kgemm.h"
+#include "kpar.h"
 #include "kt_util.h"
 #include "safetensors.h"
 
@@ -104,6 +107,76 @@ static void test_fp32_is_sgemm(void **state)
                             c.ldb, beta, want, c.ldc);
                 assert_memory_equal(got, want, sizeof(float) * (size_t)c.M * c.ldc);
                 free(got);
+                free(want);
+                s_case_free(&c);
+            }
+}
+
+/* The cut of a few shapes: blocks of 256 along the longer side, fewer for little work. */
+static void test_fp32_block_rule(void **state)
+{
+    (void)state;
+    static const struct {
+        int M, N, K, by_rows, block, blocks;
+    } want[] = {
+        {2048, 128, 128, 1, 256, 8}, /* tiny's token-row GEMMs */
+        {128, 2048, 64, 0, 256, 8},  /* columns when N > M */
+        {37, 29, 45, 1, 64, 1},      /* small: one call */
+        {300, 64, 128, 1, 256, 2},   /* 256 + 44 */
+        {2048, 32, 32, 1, 1024, 2},  /* 2.1M multiply-adds: two blocks, not eight */
+        {1030, 96, 64, 1, 256, 5},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        int by_rows, block, blocks;
+        kgemm_fp32_blocks(want[i].M, want[i].N, want[i].K, &by_rows, &block, &blocks);
+        const int side = by_rows ? want[i].M : want[i].N;
+        assert_int_equal(by_rows, want[i].by_rows);
+        assert_int_equal(blocks, want[i].blocks);
+        if (blocks > 1)
+            assert_int_equal(block, want[i].block);
+        assert_true((int64_t)block * blocks >= side && (int64_t)block * (blocks - 1) < side);
+    }
+}
+
+/* Cut GEMMs: the same bits at any thread count, each block one cblas_sgemm on its part of C. */
+static void test_fp32_blocks_same_bits(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{1030, 96, 64}, {40, 700, 300}, {300, 64, 128}, {520, 520, 33}};
+    kt_rng_t r = {12};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                const float alpha = tb ? 0.5f : 1.0f, beta = ta ? 1.0f : 0.0f;
+                s_case_t c = s_case_new(&r, ta, tb, shapes[s][0], shapes[s][1], shapes[s][2], 3,
+                                        alpha, beta);
+                int by_rows, block, blocks;
+                kgemm_fp32_blocks(c.M, c.N, c.K, &by_rows, &block, &blocks);
+                assert_true(blocks > 1);
+                const size_t bytes = sizeof(float) * (size_t)c.M * c.ldc;
+                float *want = malloc(bytes);
+                memcpy(want, c.C0, bytes);
+                for (int b = 0; b < blocks; b++) {
+                    const int a = b * block, side = by_rows ? c.M : c.N;
+                    const int n = side - a < block ? side - a : block;
+                    if (by_rows)
+                        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                                    tb ? CblasTrans : CblasNoTrans, n, c.N, c.K, alpha,
+                                    ta ? c.A + a : c.A + (size_t)a * c.lda, c.lda, c.B, c.ldb, beta,
+                                    want + (size_t)a * c.ldc, c.ldc);
+                    else
+                        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                                    tb ? CblasTrans : CblasNoTrans, c.M, n, c.K, alpha, c.A, c.lda,
+                                    tb ? c.B + (size_t)a * c.ldb : c.B + a, c.ldb, beta, want + a,
+                                    c.ldc);
+                }
+                for (int threads = 1; threads <= 3; threads++) {
+                    kpar_set_threads(threads);
+                    float *got = s_run(&c, KGEMM_FP32);
+                    assert_memory_equal(got, want, bytes);
+                    free(got);
+                }
+                kpar_set_threads(0);
                 free(want);
                 s_case_free(&c);
             }
@@ -280,6 +353,8 @@ int main(void)
     openblas_set_num_threads(1);
     const struct CMUnitTest always[] = {
         cmocka_unit_test(test_fp32_is_sgemm),
+        cmocka_unit_test(test_fp32_block_rule),
+        cmocka_unit_test(test_fp32_blocks_same_bits),
         cmocka_unit_test(test_round_bf16),
     };
     const struct CMUnitTest bf16[] = {
