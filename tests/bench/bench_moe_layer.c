@@ -221,8 +221,13 @@ int main(int argc, char **argv)
         }
     }
     const double moe_gflops = flops / best / 1e9;
+    /* The baselines are lone cblas_sgemm calls threaded by OpenBLAS itself, at the same thread
+     * count: what a program calling the library gets. The layer's GEMMs run as blocks on
+     * shoal's threads with OpenBLAS on one (blas_select_set_threads). */
+    openblas_set_num_threads(threads);
     const double peak_shape = s_sgemm_gflops(M, 2 * c.fs, d);
     const double peak_cube = s_sgemm_gflops(1024, 1024, 1024);
+    openblas_set_num_threads(1);
     const char *ct = getenv("OPENBLAS_CORETYPE");
     printf("bench_moe_layer: d %d fe %d N %d K %d ns %d tokens %d, threads %d, "
            "OPENBLAS_CORETYPE=%s\n", d, fe, N, K, ns, M, threads, ct ? ct : "(unset)");
@@ -247,10 +252,12 @@ int main(int argc, char **argv)
         moe_forward(&c, &w, u, M, &sv, y, counts);
         moe_backward(&c, &w, u, &sv, dy, &sc, du, &g);
         const double t1 = clock_mono_s(), c1 = s_thread_cpu_s();
+        openblas_set_num_threads(threads);
         s_gemms_run(&gl, 1);
         const double t2 = clock_mono_s(), c2 = s_thread_cpu_s();
         s_gemms_run(&gl, 0);
         const double t3 = clock_mono_s(), c3 = s_thread_cpu_s();
+        openblas_set_num_threads(1);
         lay = t1 - t0 < lay ? t1 - t0 : lay;
         gem = t2 - t1 < gem ? t2 - t1 : gem;
         hot = t3 - t2 < hot ? t3 - t2 : hot;
