@@ -151,7 +151,7 @@ static const cfg_desc_t s_desc[] = {
     {.key = "train.init_seed", .type = CFG_U64, S_AT(init_seed), .def = "1",
      .help = "seed of the parameter initialisation"},
     {.key = "train.threads", .type = CFG_INT, S_AT(threads), .def = "1", .min = 1, .max = 1024,
-     .help = "BLAS threads per worker process"},
+     .help = "compute threads per worker process (GEMM blocks and kernel loops; same bits at any count)"},
     {.key = "train.precision", .type = CFG_STR, S_AT(precision), .check = s_precision_check,
      .def = "auto",
      .help = "matrix arithmetic: `fp32`, or `bf16` (bf16 inputs, fp32 accumulation; master "

@@ -23,7 +23,7 @@ static const cfg_desc_t s_desc[] = {
      .min = 10, .max = 86400000, .def = "30000",
      .help = "T  longest collective wait without progress"},
     {.key = "--threads", .type = CFG_INT, .offset = offsetof(s_values_t, threads), .min = 1,
-     .max = 1024, .def_doc = "default: the run spec's train.threads", .help = "N  BLAS threads"},
+     .max = 1024, .def_doc = "default: the run spec's train.threads", .help = "N  compute threads (GEMM blocks and kernel loops)"},
 };
 /* clang-format on */
 
