@@ -83,6 +83,8 @@ typedef struct coord_worker {
     int strikes;          /* malformed or out-of-plan messages since its last quarantine or
                            * undrain (volatile) */
     int64_t peer_frames_ms; /* last strike for bad data-plane frames its peers reported */
+    int key_refused;        /* its quarantine's refusal of its key went to the shard servers
+                             * and no admission has followed yet (volatile) */
     /* the plan generation of the last assignment sent to it (volatile; 0: none): a re-plan
      * sends it a delta when that is the generation the delta is based on (one it did not get
      * fails the worker's base or digest check: it pulls the full plan) */

@@ -111,10 +111,15 @@ shoal_err_t coord_worker_transition(coord_t *c, coord_worker_t *w, worker_state_
     coord_put_worker(c, w);
     if (to == WORKER_DEAD || to == WORKER_LEFT)
         coord_replicas_on_loss(c, w); /* its checkpoint copies: made again elsewhere */
-    if (to == WORKER_QUARANTINED)
+    if (to == WORKER_QUARANTINED) {
         coord_keys_revoke(c, w->public_key, "its worker is quarantined");
-    else if (from == WORKER_QUARANTINED && to == WORKER_ACTIVE)
+        w->key_refused = 1;
+    } else if (to == WORKER_ACTIVE && w->key_refused) {
+        /* undrained while connected, or undrained while gone and now registered again: the
+         * servers that cached the refusal learn at once, not when their cache expires */
         coord_keys_readmit(c, w->public_key); /* after the state change: it decides */
+        w->key_refused = 0;
+    }
     return SHOAL_OK;
 }
 

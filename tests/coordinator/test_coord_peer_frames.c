@@ -10,7 +10,9 @@
  * - shard-server key queries (MSG_KEY_QUERY): a live listed worker's key is admitted with its
  *   worker id, a quarantined worker's key and keys not on the allow-list as workers refused;
  * - the quarantine is pushed to the other workers (their shard servers) as a refusal of the key,
- *   and the undrain as its admission, ending the cached refusal at once. */
+ *   and the undrain as its admission, ending the cached refusal at once;
+ * - (test_readmit_after_gone) a quarantined worker that is gone when it is undrained: its key's
+ *   admission is pushed when it registers again and is active. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -58,10 +60,10 @@ static int s_teardown(void **state)
 }
 
 /* A fake worker that dials the coordinator's CURVE endpoint with `keys`. */
-static void s_open(tc_worker_t *w, const char *name, const char *ep, const zsec_keys_t *keys,
-                   const char *coord_public)
+static void s_open(tc_worker_t *w, const char *dir, const char *name, const char *ep,
+                   const zsec_keys_t *keys, const char *coord_public)
 {
-    assert_int_equal(tc_worker_open(w, s_root, name), 0); /* an ipc dial, replaced below */
+    assert_int_equal(tc_worker_open(w, dir, name), 0); /* an ipc dial, replaced below */
     /* a shard server's endpoint: the coordinator pushes key verdicts to such workers */
     snprintf(w->shard_endpoint, sizeof w->shard_endpoint, "tcp://127.0.0.1:%d", 7700 + name[1]);
     zmq_close(w->sock);
@@ -157,53 +159,82 @@ static void s_placed(tc_worker_t **all, int n, uint64_t gen_min)
     fail_msg("workers not placed past generation %llu", (unsigned long long)gen_min);
 }
 
-static void test_peer_frames(void **state)
-{
-    (void)state;
-    char kdir[256], allow[256], ep[64], yaml[1024];
+/* The coordinator of `sub` (a directory under s_root) with CURVE, an allow-list of k[0..2] and
+ * the run submitted; three workers fa, fb, fc with those keys registered and placed. */
+typedef struct {
+    char dir[192], ep[64];
     zsec_keys_t coord, k[3], stranger;
-    assert_int_equal(zsec_keys_generate(&coord), SHOAL_OK);
-    snprintf(kdir, sizeof kdir, "%s/coord-keys", s_root);
-    assert_int_equal(zsec_keys_write(kdir, &coord), SHOAL_OK);
-    assert_int_equal(zsec_keys_generate(&stranger), SHOAL_OK);
-    snprintf(allow, sizeof allow, "%s/allow", s_root);
+    tc_worker_t w[3];
+    tc_worker_t *all[3];
+} s_fixture_t;
+
+static void s_fixture_start(s_fixture_t *fx, const char *sub)
+{
+    char kdir[256], allow[256], yaml[1024];
+    snprintf(fx->dir, sizeof fx->dir, "%s/%s", s_root, sub);
+    assert_int_equal(mkdir(fx->dir, 0700), 0);
+    assert_int_equal(zsec_keys_generate(&fx->coord), SHOAL_OK);
+    snprintf(kdir, sizeof kdir, "%s/coord-keys", fx->dir);
+    assert_int_equal(zsec_keys_write(kdir, &fx->coord), SHOAL_OK);
+    assert_int_equal(zsec_keys_generate(&fx->stranger), SHOAL_OK);
+    snprintf(allow, sizeof allow, "%s/allow", fx->dir);
     FILE *f = fopen(allow, "w");
     assert_non_null(f);
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(zsec_keys_generate(&k[i]), SHOAL_OK);
-        fprintf(f, "worker uni-a %s\n", k[i].public_key);
+        assert_int_equal(zsec_keys_generate(&fx->k[i]), SHOAL_OK);
+        fprintf(f, "worker uni-a %s\n", fx->k[i].public_key);
     }
     fclose(f);
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", test_free_port());
+    snprintf(fx->ep, sizeof fx->ep, "tcp://127.0.0.1:%d", test_free_port());
     snprintf(yaml, sizeof yaml,
              "heartbeat_interval_ms: 100\ndead_after_ms: 5000\nmin_workers: 3\n"
              "quarantine_after_bad_messages: 1\nkeys_dir: %s\nallow_list: %s\n",
              kdir, allow);
-    tc_pid = tc_start_listen(s_root, ep, yaml);
+    tc_pid = tc_start_listen(fx->dir, fx->ep, yaml);
     assert_true(tc_pid > 0);
     tc_reply_t r;
-    assert_int_equal(tc_ctl(s_root, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
+    assert_int_equal(tc_ctl(fx->dir, SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, s_spec, 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
-    tc_worker_t w[3];
-    tc_worker_t *all[3] = {&w[0], &w[1], &w[2]};
     const char *names[3] = {"fa", "fb", "fc"};
+    for (int i = 0; i < 3; i++) {
+        fx->all[i] = &fx->w[i];
+        s_open(&fx->w[i], fx->dir, names[i], fx->ep, &fx->k[i], fx->coord.public_key);
+    }
+    s_placed(fx->all, 3, 0);
+}
+
+static void s_fixture_stop(s_fixture_t *fx)
+{
     for (int i = 0; i < 3; i++)
-        s_open(&w[i], names[i], ep, &k[i], coord.public_key);
-    s_placed(all, 3, 0);
+        tc_worker_close(&fx->w[i]);
+    int st = tc_stop(tc_pid, SIGTERM);
+    tc_pid = 0;
+    assert_true(WIFEXITED(st));
+}
+
+static void test_peer_frames(void **state)
+{
+    (void)state;
+    s_fixture_t fx;
+    s_fixture_start(&fx, "frames");
+    tc_worker_t *w = fx.w, **all = fx.all;
+    const zsec_keys_t *k = fx.k, *coord = &fx.coord, *stranger = &fx.stranger;
+    const char *dir = fx.dir; /* this test's coordinator */
+    tc_reply_t r;
 
     /* its own key, and a key of no plan: nobody is struck */
     assert_int_equal(s_report(&w[0], k[0].public_key, 3), 0);
-    assert_int_equal(s_report(&w[0], stranger.public_key, 3), 0);
+    assert_int_equal(s_report(&w[0], stranger->public_key, 3), 0);
     for (int i = 0; i < 3; i++)
-        assert_string_equal(tc_worker_state(s_root, w[i].id), "active");
+        assert_string_equal(tc_worker_state(dir, w[i].id), "active");
     /* w[0] names w[1]'s key: w[1] is struck (and, at 1, quarantined), w[0] is not */
     assert_int_equal(s_report(&w[0], k[1].public_key, 3), 0);
-    assert_string_equal(tc_worker_state(s_root, w[1].id), "quarantined");
-    assert_string_equal(tc_worker_state(s_root, w[0].id), "active");
+    assert_string_equal(tc_worker_state(dir, w[1].id), "quarantined");
+    assert_string_equal(tc_worker_state(dir, w[0].id), "active");
     char want[128];
     snprintf(want, sizeof want, "bad data-plane frames reported by %s", w[0].id);
-    assert_non_null(strstr(tc_worker_field(s_root, w[1].id, "reason"), want));
+    assert_non_null(strstr(tc_worker_field(dir, w[1].id, "reason"), want));
 
     /* the quarantine is pushed to the other workers' shard servers as a refusal of w[1]'s key */
     char holder[128], why[128];
@@ -216,13 +247,13 @@ static void test_peer_frames(void **state)
     assert_string_equal(holder, w[2].id);
     assert_int_equal(s_key_query(&w[1], k[1].public_key, holder, why, sizeof holder), 0);
     assert_non_null(strstr(why, "quarantined"));
-    assert_int_equal(s_key_query(&w[1], stranger.public_key, holder, why, sizeof holder), 0);
+    assert_int_equal(s_key_query(&w[1], stranger->public_key, holder, why, sizeof holder), 0);
     assert_non_null(strstr(why, "not a worker key of the allow-list"));
-    assert_int_equal(s_key_query(&w[1], coord.public_key, holder, why, sizeof holder), 0);
+    assert_int_equal(s_key_query(&w[1], coord->public_key, holder, why, sizeof holder), 0);
 
     /* back in the plan, w[2] at once names w[1] too: within COORD_PEER_FRAMES_MS, no strike */
     uint64_t gen = w[0].gen;
-    assert_int_equal(tc_ctl(s_root, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, w[1].id, 0, &r), 0);
+    assert_int_equal(tc_ctl(dir, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, w[1].id, 0, &r), 0);
     assert_true(r.ok);
     tc_reply_fini(&r);
     /* the undrain ends the refusal that shard servers cached: w[1]'s key is admitted again */
@@ -231,13 +262,47 @@ static void test_peer_frames(void **state)
     s_placed(all, 3, gen);
     assert_int_equal(s_report(&w[2], k[1].public_key, 3), 0);
     tc_beat(all, 3, 300, HB_MS, 0, false);
-    assert_string_equal(tc_worker_state(s_root, w[1].id), "active");
+    assert_string_equal(tc_worker_state(dir, w[1].id), "active");
 
-    for (int i = 0; i < 3; i++)
-        tc_worker_close(&w[i]);
-    int st = tc_stop(tc_pid, SIGTERM);
-    tc_pid = 0;
-    assert_true(WIFEXITED(st));
+    s_fixture_stop(&fx);
+}
+
+/* A quarantined worker that is gone when it is undrained: the admission of its key reaches the
+ * shard servers when it registers again, not when their cached refusal expires (60 s). */
+static void test_readmit_after_gone(void **state)
+{
+    (void)state;
+    s_fixture_t fx;
+    s_fixture_start(&fx, "gone");
+    char holder[128], why[128];
+    /* w[0] names w[1]'s key: w[1] is quarantined, and its key refused at w[2]'s server */
+    assert_int_equal(s_report(&fx.w[0], fx.k[1].public_key, 3), 0);
+    assert_string_equal(tc_worker_state(fx.dir, fx.w[1].id), "quarantined");
+    assert_int_equal(s_key_answer_wait(&fx.w[2], fx.k[1].public_key, 0, holder, why, sizeof why),
+                     0);
+    /* w[1] goes away (its connection closes) and is undrained while gone */
+    char id[sizeof fx.w[1].id];
+    snprintf(id, sizeof id, "%s", fx.w[1].id);
+    tc_worker_close(&fx.w[1]);
+    tc_worker_t *alive[2] = {&fx.w[0], &fx.w[2]};
+    for (int64_t end = clock_mono_ms() + WAIT_MS;
+         strcmp(tc_worker_state(fx.dir, id), "dead") != 0;) {
+        assert_true(clock_mono_ms() < end);
+        tc_beat(alive, 2, 100, HB_MS, 0, false);
+    }
+    tc_reply_t r;
+    assert_int_equal(tc_ctl(fx.dir, SHOAL__MSG_TYPE__MSG_CTL_UNDRAIN, id, 0, &r), 0);
+    assert_true(r.ok);
+    tc_reply_fini(&r);
+    /* it registers again with the same key: once active, its key is admitted at w[2] */
+    s_open(&fx.w[1], fx.dir, "fb", fx.ep, &fx.k[1], fx.coord.public_key);
+    assert_string_equal(fx.w[1].id, id);
+    assert_int_equal(tc_worker_heartbeat(&fx.w[1], 0), 0);
+    assert_string_equal(tc_worker_state(fx.dir, id), "active");
+    assert_int_equal(s_key_answer_wait(&fx.w[2], fx.k[1].public_key, 1, holder, why, sizeof why),
+                     1);
+    assert_string_equal(holder, id);
+    s_fixture_stop(&fx);
 }
 
 int main(void)
@@ -248,6 +313,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_peer_frames, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_readmit_after_gone, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
