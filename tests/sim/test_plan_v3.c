@@ -1,6 +1,7 @@
 /* test_plan_v3: the planner at DeepSeek-V3 shape (tests/sim/v3_shape.h): 2,048 GPUs in 256 hosts
  * of 8 placed as dp 2 x pp 16 x ep 64 with each ep group on 8 whole hosts; a host's death
- * re-planned onto a spare host moves that host's 8 cells and nothing else; hot experts
+ * re-planned onto a spare host moves that host's 8 cells and nothing else, and so does one with no
+ * spare host (dp falls to 1, the dead host's cells go to one host of replica 1); hot experts
  * replicated from loads (plan_eplb.c) stay node-limited (a token's 4 groups on <= 4 hosts) and
  * even out the ranks. No I/O. */
 #include <setjmp.h>
@@ -95,6 +96,49 @@ static void test_v3_host_death(void **state)
     plan_fini(&p);
 }
 
+/* 256 hosts, no spare; the host holding rank 777 (replica 0) dies: dp falls to 1 (dp must stay
+ * whole), replica 0's 1,016 surviving cells stay on their workers, and only the dead host's 8
+ * cells move, onto one whole host of the old replica 1, so the ep group still spans 8 hosts. */
+static void test_v3_host_death_no_spare(void **state)
+{
+    (void)state;
+    plan_t old = {0}, p = {0};
+    s_build(&old, 256, -1);
+    const plan_cell_t c = old.peers[777].cell;
+    assert_int_equal(c.replica, 0);
+    char dead[PLAN_HOST_MAX];
+    snprintf(dead, sizeof dead, "%s", old.peers[777].site.host);
+    s_build(&p, 256, atoi(dead + 1));
+    assert_int_equal(p.dp, 1);
+    assert_int_equal(p.n_peers, 1024);
+    plan_survivor_t *sv = calloc(old.n_peers, sizeof *sv);
+    assert_non_null(sv);
+    uint32_t n_sv = 0;
+    for (uint32_t i = 0; i < old.n_peers; i++)
+        if (strcmp(old.peers[i].site.host, dead) != 0)
+            sv[n_sv++] = (plan_survivor_t){old.peers[i].worker_id, 10};
+    plan_keep_holders(&p, &old, sv, n_sv);
+    assert_int_equal(plan_cells_moved(&old, &p), 8);
+    char taker_host[PLAN_HOST_MAX] = "";
+    for (uint32_t i = 0; i < p.n_peers; i++) {
+        const plan_peer_t *was = &old.peers[plan_rank(&old, p.peers[i].cell)];
+        const int was_dead = strcmp(was->site.host, dead) == 0;
+        assert_int_equal(strcmp(was->worker_id, p.peers[i].worker_id) != 0, was_dead);
+        if (!was_dead)
+            continue;
+        const plan_peer_t *taker = plan_find_worker(&old, p.peers[i].worker_id);
+        assert_non_null(taker);
+        assert_int_equal(taker->cell.replica, 1); /* from the replica that is gone */
+        if (!taker_host[0])
+            snprintf(taker_host, sizeof taker_host, "%s", taker->site.host);
+        assert_string_equal(taker->site.host, taker_host); /* one whole host */
+    }
+    assert_int_equal(plan_ep_hosts(&p, 0, c.stage), 8);
+    free(sv);
+    plan_fini(&old);
+    plan_fini(&p);
+}
+
 /* Loads per rank of the default contiguous split (N/ep experts a rank), the worst one. */
 static double s_contiguous_max(const double *load, uint32_t n, uint32_t ep)
 {
@@ -166,6 +210,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_v3_layout),
         cmocka_unit_test(test_v3_host_death),
+        cmocka_unit_test(test_v3_host_death_no_spare),
         cmocka_unit_test(test_eplb_v3),
         cmocka_unit_test(test_eplb_edges),
     };
