@@ -87,7 +87,8 @@ typedef struct coord_worker {
                              * and no admission has followed yet (volatile) */
     /* the plan generation of the last assignment sent to it (volatile; 0: none): a re-plan
      * sends it a delta when that is the generation the delta is based on (one it did not get
-     * fails the worker's base or digest check: it pulls the full plan) */
+     * fails the worker's base or digest check: it pulls the full plan); 0 again when it
+     * registers again (a restarted process holds nothing) */
     uint64_t sent_gen;
     int64_t sent_ms;        /* monotonic: when sent_gen was sent (coord_assignment_in_flight) */
     uint64_t pull_delta_gen; /* a GetAssignment of this generation was answered with a delta:

@@ -125,6 +125,11 @@ static void s_on_register(coord_t *c, const wire_route_t *route, coord_worker_t 
             log_info("worker %s: registered again (%s, state %s)", w->id, w->name,
                      coord_worker_state_name(w->state));
         }
+        /* nor does it hold what was sent to it before: a restarted process has no peer table,
+         * so a plan delta on that generation would be refused and pulled again in full */
+        w->sent_gen = 0;
+        w->sent_ms = 0;
+        w->pull_delta_gen = 0;
         if (w->state == WORKER_DEAD || w->state == WORKER_LEFT)
             (void)coord_worker_transition(c, w, WORKER_JOINING, "registered again from %s",
                                           w->host);

@@ -3,7 +3,9 @@
  * sent the previous generation gets a delta much smaller than the full plan, and the table it
  * rebuilds equals the full plan's peer for peer; a member that does not hold the delta's base
  * refuses it and pulls the full plan; a tampered delta is refused; messages a member sent
- * before its new assignment arrived cause no full pull (test_stale_pull). */
+ * before its new assignment arrived cause no full pull (test_stale_pull); a member that
+ * restarted gets the full plan, not a delta on what its previous process was sent
+ * (test_restart_full). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -162,6 +164,16 @@ static void s_start_run(const char *dir, const char *yaml, const char *prefix, i
     s_wait_gen(n, 1, n);
 }
 
+/* s_start_run in a fresh directory `sub` of the test root, with no members held yet. */
+static void s_start_run_in(const char *sub, const char *yaml, const char *prefix, int n,
+                           char *dir, size_t cap)
+{
+    snprintf(dir, cap, "%s/%s", s_root, sub);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    memset(s_m, 0, sizeof s_m);
+    s_start_run(dir, yaml, prefix, n);
+}
+
 static void s_assert_same_table(const plan_peers_t *a, const plan_peers_t *b)
 {
     assert_int_equal(a->generation, b->generation);
@@ -269,11 +281,9 @@ static void test_stale_pull(void **state)
     (void)state;
     enum { N = 4 };
     char dir[200];
-    snprintf(dir, sizeof dir, "%s/stale", s_root);
-    assert_int_equal(mkdir(dir, 0700), 0);
-    memset(s_m, 0, sizeof s_m);
     /* heartbeat 300 ms: the grace is 5 periods (1.5 s), room for a loaded test machine */
-    s_start_run(dir, "heartbeat_interval_ms: 300\ndead_after_ms: 1500\n", "sp-w", N);
+    s_start_run_in("stale", "heartbeat_interval_ms: 300\ndead_after_ms: 1500\n", "sp-w", N, dir,
+                   sizeof dir);
     const uint64_t gen = s_m[0].held.generation;
     tc_worker_close(&s_m[N - 1].w); /* the re-plan */
     s_wait_gen(N - 1, gen + 1, N - 1);
@@ -311,11 +321,53 @@ static void test_stale_pull(void **state)
     s_members_fini(N);
 }
 
+/* A member that restarts (its process gone, the same name registering again on a new socket)
+ * holds no peer table: when the re-plan that follows places it again, it gets the full plan,
+ * not a delta on the generation sent to its previous process (it would refuse that and pull:
+ * shoal-sim counted such refusals under churn with false deaths). Survivors still get deltas. */
+static void test_restart_full(void **state)
+{
+    (void)state;
+    enum { N = 4 };
+    char dir[200];
+    s_start_run_in("restart", "heartbeat_interval_ms: 100\ndead_after_ms: 3000\n", "rs-w", N, dir,
+                   sizeof dir);
+    const uint64_t gen = s_m[0].held.generation;
+    for (int i = 0; i < N; i++)
+        s_m[i].fulls = s_m[i].deltas = s_m[i].refused = 0;
+    /* member 0 restarts well within dead_after_ms: a new socket, nothing held, same name */
+    char id[64];
+    snprintf(id, sizeof id, "%s", s_m[0].w.id);
+    tc_worker_close(&s_m[0].w);
+    plan_peers_clear(&s_m[0].held);
+    s_open_in(dir, "rs-w", 0);
+    assert_string_equal(s_m[0].w.id, id); /* the same worker record: its cell is lost */
+    s_wait_gen(N, gen + 1, N);            /* re-planned with it again */
+    const uint64_t gen2 = s_m[0].held.generation;
+    for (int i = 0; i < N; i++) {
+        s_member_t *m = &s_m[i];
+        printf("# member %d: full %d delta %d refused %d, generation %llu\n", i, m->fulls,
+               m->deltas, m->refused, (unsigned long long)m->held.generation);
+        assert_int_equal(m->held.generation, gen2);
+        assert_int_equal(m->refused, 0);
+    }
+    assert_int_equal(s_m[0].deltas, 0); /* the restarted one: the full plan at once */
+    assert_true(s_m[0].fulls >= 1);
+    for (int i = 1; i < N; i++) { /* the survivors, sent gen (and only gen2 after it) */
+        if (gen2 == gen + 1)
+            assert_int_equal(s_m[i].deltas, 1);
+        assert_int_equal(s_m[i].fulls, 0);
+    }
+    tc_worker_close(&s_m[N - 1].w); /* s_members_fini closes the others */
+    s_members_fini(N);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_delta, tc_kill_leftover),
         cmocka_unit_test_teardown(test_stale_pull, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_restart_full, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

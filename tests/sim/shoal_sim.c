@@ -25,7 +25,8 @@
  * of a window with it); at the end the summary lines "sim: sent N acks N registered N deaths N
  * joins N drains N" and "sim: plans full N (B bytes) deltas N (B bytes) deltas_refused N".
  * Assignments are held as a worker holds them (plan_delta.h): a plan delta applies on the peer
- * table of the generation held, checked against its digest, or the full plan is fetched.
+ * table of the generation held, checked against its digest, or the full plan is fetched (each
+ * refusal is a line on stderr: worker, the delta's generation and base, what it holds, why).
  * Exit 0, or 1 on a setup error. */
 #include <errno.h>
 #include <math.h>
@@ -209,13 +210,44 @@ static s_table_t *s_table_of_full(s_sim_t *s, const Shoal__Assignment *a)
     return s_table_keep(s, t);
 }
 
+/* The first 4 bytes of digest d (len bytes) in hex, into out ("-" when shorter). */
+static const char *s_digest_head(const uint8_t *d, size_t len, char out[9])
+{
+    if (len < 4)
+        return "-";
+    snprintf(out, 9, "%02x%02x%02x%02x", d[0], d[1], d[2], d[3]);
+    return out;
+}
+
+/* A refused delta: one line on stderr with the generations and digests involved (each costs a
+ * full pull, and may be a bug). */
+static void s_refusal(const s_worker_t *w, const Shoal__Envelope *env, const char *why)
+{
+    const Shoal__Assignment *a = env->assignment;
+    const plan_peers_t *h = w->held ? &w->held->t : NULL;
+    char dd[9], hd[9];
+    fprintf(stderr,
+            "shoal-sim: %s (%s) refused delta seq %llu: generation %llu on %llu (%u peers, %zu "
+            "listed, digest %s); holds run %s generation %llu (table %llu, %u peers, digest "
+            "%s): %s\n",
+            w->name, w->id, (unsigned long long)env->seq,
+            (unsigned long long)a->plan->generation, (unsigned long long)a->base_generation,
+            a->n_peers, a->plan->n_peers,
+            s_digest_head(a->peers_digest.data, a->peers_digest.len, dd),
+            w->run[0] ? w->run : "-", (unsigned long long)w->gen,
+            h ? (unsigned long long)h->generation : 0ull, h ? h->n : 0u,
+            h ? s_digest_head(h->digest, PLAN_DIGEST_LEN, hd) : "-", why);
+}
+
 /* The table delta `a` rebuilds on w's: a recent one it rebuilds exactly, else a new one
  * (NULL when refused: not w's base, or the digest differs). */
 static s_table_t *s_table_of_delta(s_sim_t *s, s_worker_t *w, const Shoal__Envelope *env)
 {
     const Shoal__Assignment *a = env->assignment;
-    if (!w->held)
+    if (!w->held) {
+        s_refusal(w, env, "no plan held");
         return NULL;
+    }
     for (int i = 0; i < S_TABLES_KEPT; i++)
         if (s->recent[i] && plan_peers_delta_is(&w->held->t, env->run_id, a, &s->recent[i]->t)) {
             s->recent[i]->refs++;
@@ -224,6 +256,7 @@ static s_table_t *s_table_of_delta(s_sim_t *s, s_worker_t *w, const Shoal__Envel
     s_table_t *t = calloc(1, sizeof *t);
     const char *why = NULL;
     if (!t || plan_peers_apply(&w->held->t, env->run_id, a, &t->t, &why) != SHOAL_OK) {
+        s_refusal(w, env, why ? why : "out of memory");
         free(t);
         return NULL;
     }
