@@ -81,6 +81,7 @@ static void s_sgemm_whole(int trans_a, int trans_b, int M, int N, int K, float a
 
 /* One fp32 GEMM cut into blocks of C along its longer side (rows when M >= N). */
 typedef struct {
+    kgemm_prec_t prec;
     int trans_a, trans_b, M, N, K;
     float alpha, beta;
     const float *A, *B;
@@ -88,6 +89,9 @@ typedef struct {
     int lda, ldb, ldc;
     int by_rows; /* blocks of C's rows, else of its columns */
     int block;   /* rows (columns) per block; the last may be shorter */
+    /* bf16: the operand every block reads whole (B for row blocks, A for column blocks), rounded
+     * once by the caller (packed rows), or NULL: each block rounds its own */
+    const uint16_t *shared16;
 } s_blocked_t;
 
 /* 256 rows or columns a block: at one thread the blocks cost 2-5% against whole calls (tiny G 16,
@@ -111,38 +115,53 @@ void kgemm_fp32_blocks(int M, int N, int K, int *by_rows, int *block, int *block
     *blocks = (int)n;
 }
 
+/* Rows (columns) [a, a + n) of g's C, on the calling thread: OpenBLAS sgemm, or oneDNN with
+ * omp_threads OpenMP threads; defined per build below. */
+static void s_block_run(const s_blocked_t *g, int a, int n, int omp_threads);
+
+/* The operands of rows (columns) [a, a + n) of g's C: that block is an M x N x K GEMM. */
+typedef struct {
+    int M, N;
+    const float *A, *B;
+    float *C;
+} s_block_t;
+
+static s_block_t s_block_of(const s_blocked_t *g, int a, int n)
+{
+    if (g->by_rows)
+        return (s_block_t){n, g->N, g->trans_a ? g->A + a : g->A + (size_t)a * g->lda, g->B,
+                           g->C + (size_t)a * g->ldc};
+    return (s_block_t){g->M, n, g->A, g->trans_b ? g->B + (size_t)a * g->ldb : g->B + a, g->C + a};
+}
+
 static void s_blocked_range(void *ctx, int64_t lo, int64_t hi, void *scratch)
 {
     (void)scratch;
     const s_blocked_t *g = ctx;
     for (int64_t blk = lo; blk < hi; blk++) {
         const int a = (int)blk * g->block, side = g->by_rows ? g->M : g->N;
-        const int n = side - a < g->block ? side - a : g->block;
-        if (g->by_rows)
-            s_sgemm_whole(g->trans_a, g->trans_b, n, g->N, g->K, g->alpha,
-                          g->trans_a ? g->A + a : g->A + (size_t)a * g->lda, g->lda, g->B, g->ldb,
-                          g->beta, g->C + (size_t)a * g->ldc, g->ldc);
-        else
-            s_sgemm_whole(g->trans_a, g->trans_b, g->M, n, g->K, g->alpha, g->A, g->lda,
-                          g->trans_b ? g->B + (size_t)a * g->ldb : g->B + a, g->ldb, g->beta,
-                          g->C + a, g->ldc);
+        s_block_run(g, a, side - a < g->block ? side - a : g->block, 1);
     }
 }
 
-/* fp32. When OpenBLAS runs on one thread (blas_select_set_threads: every configured shoal
- * process), C is cut into blocks by the shape alone and the blocks are spread over kpar's
- * threads, each one single-threaded cblas_sgemm: the same calls at any thread count, so the
- * same bits. When OpenBLAS has its own threads (a process that never chose), it runs whole. */
-static void s_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
-                    int lda, const float *B, int ldb, float beta, float *C, int ldc)
+/* Rounds the operand every block of g reads whole to bf16 once, for them all (oneDNN builds);
+ * leaves g->shared16 NULL when it need not or cannot. */
+static void s_share_bf16(s_blocked_t *g);
+
+/* When OpenBLAS runs on one thread (blas_select_set_threads: every configured shoal process),
+ * C is cut into blocks by the shape alone and the blocks are spread over kpar's threads, each
+ * one single-threaded GEMM (OpenBLAS sgemm, or oneDNN on one OpenMP thread): the same calls at
+ * any thread count, so the same bits, and one set of threads in the process (OpenMP's or
+ * OpenBLAS's spinning between kpar's jobs made 2 threads slower than 1). When OpenBLAS has its
+ * own threads (a process that never chose), the GEMM runs whole, oneDNN on kpar_threads(). */
+static void s_gemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
+    const int configured = openblas_get_num_threads() == 1;
     int by_rows, block, blocks;
     kgemm_fp32_blocks(M, N, K, &by_rows, &block, &blocks);
-    if (blocks < 2 || openblas_get_num_threads() != 1) {
-        s_sgemm_whole(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    s_blocked_t g = {.trans_a = trans_a,
+    s_blocked_t g = {.prec = prec,
+                     .trans_a = trans_a,
                      .trans_b = trans_b,
                      .M = M,
                      .N = N,
@@ -157,6 +176,12 @@ static void s_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, 
                      .ldc = ldc,
                      .by_rows = by_rows,
                      .block = block};
+    if (blocks < 2 || !configured) {
+        s_block_run(&g, 0, by_rows ? M : N, configured ? 1 : kpar_threads());
+        return;
+    }
+    if (prec == KGEMM_BF16)
+        s_share_bf16(&g);
     kpar_for(blocks, 1, 0, s_blocked_range, &g);
 }
 
@@ -188,6 +213,8 @@ typedef struct {
     dnnl_stream_t stream;
     uint16_t *scratch;
     size_t scratch_elems;
+    uint16_t *shared; /* s_share_bf16's operand, read by every block of one GEMM */
+    size_t shared_elems;
     int omp_threads;
 } s_tls_t;
 
@@ -197,6 +224,7 @@ static void s_tls_free(void *p)
     if (t->stream)
         dnnl_stream_destroy(t->stream);
     free(t->scratch);
+    free(t->shared);
     free(t);
 }
 
@@ -320,9 +348,10 @@ static void s_to_bf16(const float *x, int rows, int cols, int ld, uint16_t *dst)
 }
 
 /* The oneDNN matmul; dnnl_success or the failing status. */
-static dnnl_status_t s_dnnl_gemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K,
-                                 float alpha, const float *A, int lda, const float *B, int ldb,
-                                 float beta, float *C, int ldc)
+static dnnl_status_t s_dnnl_gemm(kgemm_prec_t prec, int threads, int trans_a, int trans_b, int M,
+                                 int N, int K, float alpha, const float *A, int lda, const float *B,
+                                 int ldb, float beta, float *C, int ldc, const uint16_t *a16,
+                                 const uint16_t *b16)
 {
     pthread_once(&s_dnnl.once, s_dnnl_start);
     if (!s_dnnl.engine)
@@ -340,8 +369,8 @@ static dnnl_status_t s_dnnl_gemm(kgemm_prec_t prec, int trans_a, int trans_b, in
     const void *a_data = A, *b_data = B;
     int a_ld = lda, b_ld = ldb;
     dnnl_data_type_t in = dnnl_f32;
-    if (prec == KGEMM_BF16) {
-        const size_t need = (size_t)M * K + (size_t)K * N;
+    if (prec == KGEMM_BF16) { /* a16, b16: already rounded (packed rows), else rounded here */
+        const size_t need = (a16 ? 0 : (size_t)M * K) + (b16 ? 0 : (size_t)K * N);
         if (need > t->scratch_elems) {
             uint16_t *grown = realloc(t->scratch, need * sizeof(uint16_t));
             if (!grown)
@@ -349,15 +378,16 @@ static dnnl_status_t s_dnnl_gemm(kgemm_prec_t prec, int trans_a, int trans_b, in
             t->scratch = grown;
             t->scratch_elems = need;
         }
-        s_to_bf16(A, a_rows, a_cols, lda, t->scratch);
-        s_to_bf16(B, b_rows, b_cols, ldb, t->scratch + (size_t)M * K);
-        a_data = t->scratch;
-        b_data = t->scratch + (size_t)M * K;
+        if (!a16)
+            s_to_bf16(A, a_rows, a_cols, lda, t->scratch);
+        if (!b16)
+            s_to_bf16(B, b_rows, b_cols, ldb, t->scratch + (a16 ? 0 : (size_t)M * K));
+        a_data = a16 ? a16 : t->scratch;
+        b_data = b16 ? b16 : t->scratch + (a16 ? 0 : (size_t)M * K);
         a_ld = a_cols;
         b_ld = b_cols;
         in = dnnl_bf16;
     }
-    const int threads = kpar_threads();
     if (s_dnnl.omp_set_num_threads && threads != t->omp_threads) {
         s_dnnl.omp_set_num_threads(threads);
         t->omp_threads = threads;
@@ -384,27 +414,68 @@ out:
     return st;
 }
 
+static void s_block_run(const s_blocked_t *g, int a, int n, int omp_threads)
+{
+    const s_block_t b = s_block_of(g, a, n);
+    if (g->prec != KGEMM_FP32 && b.M > 0 && b.N > 0 && g->K > 0) { /* K 0: C = beta·C (sgemm) */
+        const dnnl_status_t st =
+            s_dnnl_gemm(g->prec, omp_threads, g->trans_a, g->trans_b, b.M, b.N, g->K, g->alpha, b.A,
+                        g->lda, b.B, g->ldb, g->beta, b.C, g->ldc, g->by_rows ? NULL : g->shared16,
+                        g->by_rows ? g->shared16 : NULL);
+        if (st == dnnl_success)
+            return;
+        static int s_reported;
+        if (!__atomic_exchange_n(&s_reported, 1, __ATOMIC_RELAXED))
+            log_error("kgemm: oneDNN %s matmul %dx%dx%d failed (status %d): this and any later "
+                      "failing GEMM run in fp32 on OpenBLAS",
+                      kgemm_prec_name(g->prec), b.M, b.N, g->K, (int)st);
+    }
+    s_sgemm_whole(g->trans_a, g->trans_b, b.M, b.N, g->K, g->alpha, b.A, g->lda, b.B, g->ldb,
+                  g->beta, b.C, g->ldc);
+}
+
+typedef struct {
+    const float *x;
+    int cols, ld;
+    uint16_t *dst;
+} s_round_job_t;
+
+static void s_round_rows(void *ctx, int64_t lo, int64_t hi, void *scratch)
+{
+    (void)scratch;
+    const s_round_job_t *j = ctx;
+    s_to_bf16(j->x + (size_t)lo * j->ld, (int)(hi - lo), j->cols, j->ld,
+              j->dst + (size_t)lo * j->cols);
+}
+
+static void s_share_bf16(s_blocked_t *g)
+{
+    g->shared16 = NULL;
+    pthread_once(&s_dnnl.once, s_dnnl_start);
+    s_tls_t *t = s_dnnl.engine ? s_tls() : NULL;
+    if (!t || g->M == 0 || g->N == 0 || g->K == 0)
+        return;
+    /* row blocks all read B whole ([K, N], or [N, K] transposed), column blocks A ([M, K] or
+     * [K, M]) */
+    const int rows = g->by_rows ? (g->trans_b ? g->N : g->K) : (g->trans_a ? g->K : g->M);
+    const int cols = g->by_rows ? (g->trans_b ? g->K : g->N) : (g->trans_a ? g->M : g->K);
+    const size_t need = (size_t)rows * cols;
+    if (need > t->shared_elems) {
+        uint16_t *grown = realloc(t->shared, need * sizeof(uint16_t));
+        if (!grown)
+            return; /* each block rounds its own */
+        t->shared = grown;
+        t->shared_elems = need;
+    }
+    s_round_job_t j = {g->by_rows ? g->B : g->A, cols, g->by_rows ? g->ldb : g->lda, t->shared};
+    kpar_for(rows, 64, 0, s_round_rows, &j);
+    g->shared16 = t->shared;
+}
+
 void kgemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K, float alpha,
            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    if (prec == KGEMM_FP32 || M == 0 || N == 0) {
-        s_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    if (K == 0) { /* nothing to multiply: C = beta·C, which sgemm does exactly */
-        s_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    const dnnl_status_t st =
-        s_dnnl_gemm(prec, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    if (st == dnnl_success)
-        return;
-    static int s_reported;
-    if (!__atomic_exchange_n(&s_reported, 1, __ATOMIC_RELAXED))
-        log_error("kgemm: oneDNN %s matmul %dx%dx%d failed (status %d): this and any later "
-                  "failing GEMM run in fp32 on OpenBLAS",
-                  kgemm_prec_name(prec), M, N, K, (int)st);
-    s_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    s_gemm(prec, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 int kgemm_bf16_available(void)
@@ -438,11 +509,24 @@ int kgemm_bf16_available(void)
     return 0;
 }
 
+static void s_block_run(const s_blocked_t *g, int a, int n, int omp_threads)
+{
+    (void)omp_threads; /* fp32 only: kgemm_check refused anything else */
+    const s_block_t b = s_block_of(g, a, n);
+    s_sgemm_whole(g->trans_a, g->trans_b, b.M, b.N, g->K, g->alpha, b.A, g->lda, b.B, g->ldb,
+                  g->beta, b.C, g->ldc);
+}
+
+static void s_share_bf16(s_blocked_t *g)
+{
+    g->shared16 = NULL;
+}
+
 void kgemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K, float alpha,
            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    (void)prec; /* kgemm_check refused anything else; keep the math right regardless */
-    s_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    s_gemm(KGEMM_FP32, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    (void)prec;
 }
 
 shoal_err_t kgemm_check(kgemm_prec_t prec)

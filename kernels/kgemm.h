@@ -30,16 +30,17 @@ typedef enum { KGEMM_FP32 = 0, KGEMM_BF16 = 1, KGEMM_FP32_ONEDNN = 2 } kgemm_pre
  * never set its threads), one cblas_sgemm call.
  * BF16 and FP32_ONEDNN need kgemm_check(prec) == SHOAL_OK first; should oneDNN fail on a call
  * (out of memory), that call runs in fp32 on OpenBLAS instead and one error line is logged.
- * oneDNN uses kpar_threads() threads, so one knob sets all. bf16 results are deterministic for
- * a given shape and thread count (oneDNN may split K over threads). */
+ * BF16 is cut the same way (the operand every block reads whole rounded once), each block one
+ * oneDNN call on one OpenMP thread: the same bits at any thread count too. Unconfigured (OpenBLAS
+ * threaded), oneDNN runs the whole GEMM on kpar_threads() OpenMP threads. */
 void kgemm(kgemm_prec_t prec, int trans_a, int trans_b, int M, int N, int K, float alpha,
            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* How an fp32 GEMM of this shape is cut: C in `blocks` blocks of `block` rows (by_rows 1) or
- * columns (0), the last one shorter. The shape alone decides: blocks of 32 to 256 along C's
- * longer side, 256 each unless that leaves a block under 2^20 multiply-adds (then fewer, longer
- * ones, multiples of 32; one block for a small GEMM). Each block is one single-threaded
- * cblas_sgemm when OpenBLAS runs on one thread. */
+ * columns (0), the last one shorter. The shape alone decides: blocks of 256 along C's longer
+ * side, unless that leaves a block under 2^20 multiply-adds (then fewer, longer ones, multiples
+ * of 32; one block for a small GEMM). Each block is one single-threaded
+ * GEMM (cblas_sgemm, or oneDNN for bf16) when OpenBLAS runs on one thread. */
 void kgemm_fp32_blocks(int M, int N, int K, int *by_rows, int *block, int *blocks);
 
 /* Whether `prec` can run on this machine: SHOAL_OK for FP32 always; for BF16 when shoal was

@@ -11,7 +11,9 @@
  *         |C - C_exact(A, B)| ≤ 2^-7·Σ_k|a_ik·b_kj| (each product of two inputs rounded to 8
  *         significant bits is off by at most 2^-8 relative; 2^-7 leaves room for (a));
  *     over every transpose pair, alpha ≠ 1, beta 0 and 1, padded strides, a row count that
- *     changes from call to call (one cached primitive serves all), and from two threads at once.
+ *     changes from call to call (one cached primitive serves all), and from two threads at once;
+ *     shapes cut into blocks (one operand rounded once for all blocks) within the same bounds
+ *     and with the same bits at 1, 2 and 3 threads.
  */
 /* cmocka needs these first, in this order */
 #include <setjmp.h>
@@ -138,6 +140,19 @@ static void test_fp32_block_rule(void **state)
     }
 }
 
+/* c in prec at from_threads .. 3 kernel threads gives exactly want. */
+static void s_same_bits_at(const s_case_t *c, kgemm_prec_t prec, const float *want,
+                           int from_threads)
+{
+    for (int threads = from_threads; threads <= 3; threads++) {
+        kpar_set_threads(threads);
+        float *got = s_run(c, prec);
+        assert_memory_equal(got, want, sizeof(float) * (size_t)c->M * c->ldc);
+        free(got);
+    }
+    kpar_set_threads(0);
+}
+
 /* Cut GEMMs: the same bits at any thread count, each block one cblas_sgemm on its part of C. */
 static void test_fp32_blocks_same_bits(void **state)
 {
@@ -170,13 +185,7 @@ static void test_fp32_blocks_same_bits(void **state)
                                     tb ? c.B + (size_t)a * c.ldb : c.B + a, c.ldb, beta, want + a,
                                     c.ldc);
                 }
-                for (int threads = 1; threads <= 3; threads++) {
-                    kpar_set_threads(threads);
-                    float *got = s_run(&c, KGEMM_FP32);
-                    assert_memory_equal(got, want, bytes);
-                    free(got);
-                }
-                kpar_set_threads(0);
+                s_same_bits_at(&c, KGEMM_FP32, want, 1);
                 free(want);
                 s_case_free(&c);
             }
@@ -292,9 +301,41 @@ static void test_bf16_parity(void **state)
                 free(C);
                 s_case_free(&c);
             }
+    /* shapes cut into blocks that share one operand rounded once: B for row blocks, A for
+     * column blocks (kgemm_fp32_blocks) */
+    static const int cut[][3] = {{1030, 96, 64}, {40, 700, 300}};
+    for (int s = 0; s < 2; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                s_case_t c = s_case_new(&r, ta, tb, cut[s][0], cut[s][1], cut[s][2], 2, 1.0f,
+                                        tb ? 1.0f : 0.0f);
+                float *C = s_run(&c, KGEMM_BF16);
+                bad += s_check_bf16(&c, C, &worst);
+                free(C);
+                s_case_free(&c);
+            }
     printf("bf16 vs fp32: worst |C - C_fp32| / sum|a b| = %.3g (bound 2^-7 = %.3g)\n", worst,
            ldexp(1.0, -7));
     assert_int_equal(bad, 0);
+}
+
+/* bf16 GEMMs cut into blocks give the same bits at 1, 2 and 3 threads (each block one oneDNN
+ * call on one thread). */
+static void test_bf16_blocks_same_bits(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{1030, 96, 64}, {40, 700, 300}};
+    kt_rng_t r = {13};
+    for (int s = 0; s < 2; s++)
+        for (int ta = 0; ta < 2; ta++) {
+            s_case_t c =
+                s_case_new(&r, ta, !ta, shapes[s][0], shapes[s][1], shapes[s][2], 1, 1.0f, 0.0f);
+            kpar_set_threads(1);
+            float *want = s_run(&c, KGEMM_BF16);
+            s_same_bits_at(&c, KGEMM_BF16, want, 2);
+            free(want);
+            s_case_free(&c);
+        }
 }
 
 /* Empty shapes: M or N 0 touch nothing; K 0 gives beta·C. */
@@ -361,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_bf16_parity),
         cmocka_unit_test(test_bf16_empty),
         cmocka_unit_test(test_bf16_threads),
+        cmocka_unit_test(test_bf16_blocks_same_bits),
     };
     int failed = cmocka_run_group_tests(always, NULL, NULL);
     return failed ? failed : cmocka_run_group_tests(bf16, s_bf16_setup, NULL);
