@@ -98,6 +98,10 @@ static double s_ctl_ms(const char *dir, Shoal__MsgType type, size_t *rows)
     double ms = (double)(clock_mono_ns() - t0) / 1e6;
     if (rows)
         *rows = rc == 0 ? json_array_size(json_object_get(r.json, "workers")) : 0;
+    if (rc != 0 || !r.ok)
+        fprintf(stderr, "bench_coord_load: %s after %.0f ms: %s\n",
+                type == SHOAL__MSG_TYPE__MSG_CTL_STATUS ? "status" : "workers", ms,
+                rc != 0 ? "no answer" : r.message);
     tc_reply_fini(&r);
     return rc == 0 && r.ok ? ms : -1;
 }
