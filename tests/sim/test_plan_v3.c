@@ -34,6 +34,18 @@ static void s_build(plan_t *p, uint32_t n_hosts, int skip_host)
     v3_cluster_free(&c);
 }
 
+/* The workers of `old` not on host `dead`, each at step 10 (calloc'ed; free it). */
+static plan_survivor_t *s_survivors(const plan_t *old, const char *dead, uint32_t *n)
+{
+    plan_survivor_t *sv = calloc(old->n_peers, sizeof *sv);
+    assert_non_null(sv);
+    *n = 0;
+    for (uint32_t i = 0; i < old->n_peers; i++)
+        if (strcmp(old->peers[i].site.host, dead) != 0)
+            sv[(*n)++] = (plan_survivor_t){old->peers[i].worker_id, 10};
+    return sv;
+}
+
 /* 256 hosts: dp 2, pp 16, ep 64, no spare, pp as asked; every ep group spans 8 hosts of 8 ranks
  * in rank order; the 61 layers covered once, in order. */
 static void test_v3_layout(void **state)
@@ -74,12 +86,8 @@ static void test_v3_host_death(void **state)
     snprintf(dead, sizeof dead, "%s", old.peers[777].site.host);
     int dead_host = atoi(dead + 1);
     s_build(&p, 257, dead_host);
-    plan_survivor_t *sv = calloc(old.n_peers, sizeof *sv);
-    assert_non_null(sv);
-    uint32_t n_sv = 0;
-    for (uint32_t i = 0; i < old.n_peers; i++)
-        if (strcmp(old.peers[i].site.host, dead) != 0)
-            sv[n_sv++] = (plan_survivor_t){old.peers[i].worker_id, 10};
+    uint32_t n_sv;
+    plan_survivor_t *sv = s_survivors(&old, dead, &n_sv);
     assert_int_equal(n_sv, 2040);
     plan_keep_holders(&p, &old, sv, n_sv);
     assert_int_equal(plan_cells_moved(&old, &p), 8);
@@ -111,12 +119,8 @@ static void test_v3_host_death_no_spare(void **state)
     s_build(&p, 256, atoi(dead + 1));
     assert_int_equal(p.dp, 1);
     assert_int_equal(p.n_peers, 1024);
-    plan_survivor_t *sv = calloc(old.n_peers, sizeof *sv);
-    assert_non_null(sv);
-    uint32_t n_sv = 0;
-    for (uint32_t i = 0; i < old.n_peers; i++)
-        if (strcmp(old.peers[i].site.host, dead) != 0)
-            sv[n_sv++] = (plan_survivor_t){old.peers[i].worker_id, 10};
+    uint32_t n_sv;
+    plan_survivor_t *sv = s_survivors(&old, dead, &n_sv);
     plan_keep_holders(&p, &old, sv, n_sv);
     assert_int_equal(plan_cells_moved(&old, &p), 8);
     char taker_host[PLAN_HOST_MAX] = "";
