@@ -39,6 +39,7 @@ static const wire_type_info_t s_types[] = {
     {SHOAL__MSG_TYPE__MSG_SHARD_CORRUPT, SHOAL__ENVELOPE__BODY_CKPT_SHARD, "shard_corrupt"},
     {SHOAL__MSG_TYPE__MSG_KEY_QUERY, SHOAL__ENVELOPE__BODY_KEY_QUERY, "key_query"},
     {SHOAL__MSG_TYPE__MSG_KEY_ANSWER, SHOAL__ENVELOPE__BODY_KEY_ANSWER, "key_answer"},
+    {SHOAL__MSG_TYPE__MSG_RELAY_CLOSED, SHOAL__ENVELOPE__BODY_RELAY_CLOSED, "relay_closed"},
     {SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, SHOAL__ENVELOPE__BODY_CTL_SUBMIT, "ctl_submit"},
     {SHOAL__MSG_TYPE__MSG_CTL_STATUS, SHOAL__ENVELOPE__BODY_CTL_STATUS, "ctl_status"},
     {SHOAL__MSG_TYPE__MSG_CTL_WORKERS, SHOAL__ENVELOPE__BODY_CTL_WORKERS, "ctl_workers"},
@@ -300,6 +301,10 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         break;
     case SHOAL__ENVELOPE__BODY_LEAVE:
         WIRE_CHECK_GOTO(s_str(env->leave->reason, WIRE_MAX_TEXT_LEN, "leave.reason"), rc, out);
+        break;
+    case SHOAL__ENVELOPE__BODY_RELAY_CLOSED:
+        WIRE_CHECK_GOTO(s_str(env->relay_closed->reason, WIRE_MAX_TEXT_LEN, "relay_closed.reason"),
+                        rc, out);
         break;
     case SHOAL__ENVELOPE__BODY_DRAIN:
         WIRE_CHECK_GOTO(s_str(env->drain->reason, WIRE_MAX_TEXT_LEN, "drain.reason"), rc, out);
@@ -597,4 +602,43 @@ shoal_err_t wire_comm_group_parse(const char *group, uint64_t *generation, uint3
                           "decimal", group);
     *tag = (uint32_t)t;
     return SHOAL_OK;
+}
+
+int wire_route_same(const wire_route_t *a, const wire_route_t *b)
+{
+    if (a->n != b->n)
+        return 0;
+    for (int i = 0; i < a->n; i++)
+        if (a->len[i] != b->len[i] || memcmp(a->data[i], b->data[i], a->len[i]) != 0)
+            return 0;
+    return 1;
+}
+
+size_t wire_route_key(const wire_route_t *route, unsigned char *key, size_t cap)
+{
+    size_t at = 0;
+    for (int i = 0; route && i < route->n && at < cap; i++) {
+        key[at++] = (unsigned char)route->len[i];
+        size_t n = route->len[i] < cap - at ? route->len[i] : cap - at;
+        memcpy(key + at, route->data[i], n);
+        at += n;
+    }
+    return at;
+}
+
+void wire_relay_slot_put(unsigned char out[WIRE_RELAY_SLOT_LEN], uint32_t slot)
+{
+    out[0] = (unsigned char)(slot >> 24);
+    out[1] = (unsigned char)(slot >> 16);
+    out[2] = (unsigned char)(slot >> 8);
+    out[3] = (unsigned char)slot;
+}
+
+int wire_relay_slot_get(const void *frame, size_t len, uint32_t *slot)
+{
+    if (len != WIRE_RELAY_SLOT_LEN)
+        return 0;
+    const unsigned char *b = frame;
+    *slot = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+    return 1;
 }

@@ -88,6 +88,20 @@ shoal_err_t wire_decode(const void *buf, size_t len, wire_handler_fn fn, void *c
  * SHOAL_ERR_FORMAT for too many or too large route frames, and wire_decode()'s result. */
 shoal_err_t wire_recv(void *sock, int flags, wire_route_t *route, wire_handler_fn fn, void *ctx);
 
+/* Whether two routes are the same (frames and bytes; fd and user are not compared). */
+int wire_route_same(const wire_route_t *a, const wire_route_t *b);
+
+/* A key naming a route's connection and, for a relayed worker, its slot: each frame as a length
+ * byte and its bytes, cut at cap. Returns its length (0: no route). */
+size_t wire_route_key(const wire_route_t *route, unsigned char *key, size_t cap);
+
+/* Host relays (worker/relay.h): a relayed message carries the worker's slot on the relay as one
+ * more route frame, 4 bytes big-endian. */
+#define WIRE_RELAY_SLOT_LEN 4
+void wire_relay_slot_put(unsigned char out[WIRE_RELAY_SLOT_LEN], uint32_t slot);
+/* 1 and *slot when frame is a slot frame, else 0. */
+int wire_relay_slot_get(const void *frame, size_t len, uint32_t *slot);
+
 /* Sets the receive bounds on a socket: ZMQ_MAXMSGSIZE (peers sending larger frames are
  * disconnected by libzmq before anything is allocated) and ZMQ_LINGER 0. */
 shoal_err_t wire_socket_limits(void *sock);

@@ -24,13 +24,13 @@ struct coord_rate {
     unsigned long long dropped; /* since the last log line about it */
 };
 
-/* The connection's identity: the first route frame the ROUTER prepended (NULL: none). */
-static const unsigned char *s_route_id(const wire_route_t *route, size_t *len)
+/* The sender's identity: its connection's route frame, and its slot for a worker behind a host
+ * relay (each relayed worker has its own rate). Returns the key's length (0: no route). */
+static size_t s_route_id(const wire_route_t *route, unsigned char key[WIRE_MAX_ROUTE_BYTES])
 {
     if (!route || route->n < 1 || route->len[0] == 0)
-        return NULL;
-    *len = route->len[0];
-    return route->data[0];
+        return 0;
+    return wire_route_key(route, key, WIRE_MAX_ROUTE_BYTES);
 }
 
 /* The connection's bucket, found through c->rate_index (a scan of every bucket per message
@@ -90,9 +90,9 @@ void coord_guard_free(coord_t *c)
 int coord_guard_admit(coord_t *c, const wire_route_t *route)
 {
     const double rate = c->cfg.rate_limit_msgs_per_s;
-    size_t len = 0;
-    const unsigned char *id = s_route_id(route, &len);
-    if (rate <= 0 || !id)
+    unsigned char id[WIRE_MAX_ROUTE_BYTES];
+    const size_t len = s_route_id(route, id);
+    if (rate <= 0 || !len)
         return 1;
     const int64_t now = clock_mono_ms();
     struct coord_rate *b = s_bucket(c, id, len, now);
@@ -133,13 +133,10 @@ void coord_guard_strike(coord_t *c, coord_worker_t *w, const char *why)
 
 void coord_guard_strike_route(coord_t *c, const wire_route_t *route, const char *why)
 {
-    size_t len = 0;
-    const unsigned char *id = s_route_id(route, &len);
     coord_worker_t *who = NULL;
-    for (int i = 0; id && i < c->n_workers && !who; i++) {
+    for (int i = 0; route && route->n >= 1 && i < c->n_workers && !who; i++) {
         coord_worker_t *w = c->workers[i];
-        if (w->has_route && w->route.n >= 1 && w->route.len[0] == len &&
-            memcmp(w->route.data[0], id, len) == 0)
+        if (w->has_route && wire_route_same(&w->route, route))
             who = w;
     }
     coord_guard_strike(c, who, why);

@@ -15,9 +15,13 @@
 void coord_worker_heard(coord_t *c, coord_worker_t *w, const wire_route_t *route)
 {
     w->last_seen_ms = clock_mono_ms();
+    /* behind a host relay many workers share a connection: the slot frame tells a relayed
+     * worker's old connection to the relay from its new one */
+    const int same_conn = route->fd >= 0 && route->fd == w->conn_fd &&
+                          (route->n < 2 || !w->has_route || wire_route_same(route, &w->route));
     w->route = *route;
     w->has_route = 1;
-    if (w->conn_lost_ms && route->fd >= 0 && route->fd == w->conn_fd)
+    if (w->conn_lost_ms && same_conn)
         return; /* sent before its connection closed: the worker is still gone */
     coord_worker_set_conn(c, w, route->fd);
     w->conn_lost_ms = 0;
@@ -484,6 +488,26 @@ static void s_on_answer(coord_t *c, const wire_route_t *route, coord_worker_t *u
                  env->error->message);
 }
 
+/* A host relay's notice that the worker it relays on this route closed its connection to the
+ * relay: what the socket monitor says of a direct worker's connection (no answer: the slot is
+ * gone). A route that names no live worker is ignored. */
+static void s_on_relay_closed(coord_t *c, const wire_route_t *route, coord_worker_t *unused_w,
+                              coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)unused_w;
+    (void)unused_r;
+    (void)env;
+    if (route->n < 2 || route->fd < 0 || route->fd >= c->cap_by_fd)
+        return;
+    for (coord_worker_t *w = c->by_fd[route->fd]; w; w = w->fd_next)
+        if (coord_worker_is_live(w->state) && !w->conn_lost_ms && w->has_route &&
+            wire_route_same(&w->route, route)) {
+            w->conn_lost_ms = clock_mono_ms();
+            log_debug("worker %s: its connection to its host relay closed", w->id);
+            return;
+        }
+}
+
 /* One handler per message type accepted on the worker socket. needs_worker: the sender must be
  * a live registered worker (its liveness and route are refreshed before the handler runs);
  * needs_run: the message's run and generation must be current (coord_check_run), the handler
@@ -510,6 +534,7 @@ static const s_worker_msg_t s_worker_msgs[] = {
     {SHOAL__MSG_TYPE__MSG_COMM_ID, s_on_comm_id, 1, 1, 0},
     {SHOAL__MSG_TYPE__MSG_ACK, s_on_answer, 0, 0, 0},
     {SHOAL__MSG_TYPE__MSG_ERROR, s_on_answer, 0, 0, 0},
+    {SHOAL__MSG_TYPE__MSG_RELAY_CLOSED, s_on_relay_closed, 0, 0, 0},
 };
 
 void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
@@ -546,6 +571,20 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
                           "%s is not accepted on the worker socket",
                           wire_type_name((int)env->type));
         coord_guard_strike_route(c, route, "a message type not accepted on the worker socket");
+        return;
+    }
+    if (route->n > 1 && c->zap) {
+        /* with CURVE a worker's key is its connection's, and a relay's connection is the
+         * relay's: its workers' own keys (data-plane admission, institution) would be lost */
+        c->dropped++;
+        if (c->relay_refused++ % 1000 == 0)
+            log_warn("refused %s relayed from '%.64s': host relays are plaintext only "
+                     "(--insecure) (%llu refused so far)",
+                     wire_type_name((int)env->type), env->sender, c->relay_refused);
+        if (env->type != SHOAL__MSG_TYPE__MSG_RELAY_CLOSED)
+            coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, NULL,
+                              "host relays are plaintext only: connect directly to a CURVE "
+                              "coordinator");
         return;
     }
     if (!m->needs_worker) {

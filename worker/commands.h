@@ -8,6 +8,8 @@ int cmd_train(int argc, char **argv);
  * the subcommands report as a usage error. */
 int commands_parse_count(const char *arg);
 int cmd_grads(int argc, char **argv);
+/* The host relay (relay.h): argv[0] is "relay". */
+int cmd_relay(int argc, char **argv);
 /* The daemon: argv[0] is the program name, flags from argv[1] (`--coordinator ...`). */
 int cmd_daemon(int argc, char **argv);
 #endif

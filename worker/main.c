@@ -30,6 +30,7 @@ static void s_usage(FILE *f)
     fprintf(f, "usage: shoal-worker train RUN.yaml [options]     train in this process\n"
                "       shoal-worker grads --model DIR ...         gradients of one batch\n"
                "       shoal-worker --coordinator ENDPOINT ...    run as a worker daemon\n"
+               "       shoal-worker relay --listen EP ...         a host relay to the coordinator\n"
                "       shoal-worker --version\n"
                "run a subcommand with --help for its options\n");
 }
@@ -50,6 +51,8 @@ int main(int argc, char **argv)
         return cmd_train(argc - 1, argv + 1);
     if (strcmp(argv[1], "grads") == 0)
         return cmd_grads(argc - 1, argv + 1);
+    if (strcmp(argv[1], "relay") == 0)
+        return cmd_relay(argc - 1, argv + 1);
     if (strcmp(argv[1], "--version") == 0) {
 #ifdef SHOAL_HAVE_NCCL
         char libs[96];

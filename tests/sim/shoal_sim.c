@@ -42,6 +42,7 @@
 
 #include "clock.h"
 #include "plan_delta.h"
+#include "relay_hold.h"
 #include "wire.h"
 
 #define S_GETASSIGN_MIN_MS 300
@@ -58,8 +59,22 @@ typedef struct {
 } s_table_t;
 #define S_TABLES_KEPT 4 /* recent tables a worker's delta may turn out to rebuild */
 
+/* --relay: one connection per simulated host, as `shoal-worker relay` carries a host's workers
+ * (worker/relay.h): each worker's messages go up with its slot frame through the relay's own
+ * queue (relay_hold.h), and a death is the relay's RelayClosed on the worker's route. */
 typedef struct {
-    void *sock;
+    void *sock; /* NULL: not opened yet */
+    int zfd, ready;
+    int64_t timer_at; /* due time of its flush timer entry (0: none) */
+    relay_hold_t hold;
+    int *by_slot; /* slot -> worker index (-1: closed) */
+    uint32_t n_slots, cap_slots;
+} s_link_t;
+
+typedef struct {
+    void *sock; /* its DEALER; with --relay its host's link's (NULL: closed) */
+    s_link_t *link; /* --relay: its host's connection (NULL: a connection of its own) */
+    uint32_t slot;
     s_state_t state;
     char name[32], id[WIRE_MAX_ID_LEN + 1], host[24], inst[24], endpoint[64];
     char run[WIRE_MAX_ID_LEN + 1];
@@ -87,6 +102,7 @@ typedef struct {
     int n_workers, first, hosts_of, institutions, hb_ms, step_ms, ckpt_every, seconds;
     unsigned seed;
     int churn_ms, churn_offset_ms, quiet_after_ms, memory_gb, ramp_ms;
+    int relay, hold_ms; /* --relay: a connection per host; --hold-ms: its heartbeats' wait */
     const char *events_path;
     /* hot experts: routed experts per MoE layer (0: no loads reported), the first MoE layer,
      * the Zipf exponent of the skew and the routed tokens x top-k of a layer's step */
@@ -112,7 +128,14 @@ typedef struct {
     int n_heap, cap_heap;
     int *ready;
     int n_ready;
+    /* --relay: a link per host of this process's workers (host - first_host) */
+    s_link_t *links;
+    int n_links, first_host;
+    int *link_ready;
+    int n_link_ready;
 } s_sim_t;
+
+#define S_LINK_BIT 0x80000000u /* epoll data of a link: S_LINK_BIT | link index */
 
 static volatile sig_atomic_t s_stop;
 
@@ -139,16 +162,52 @@ static void s_event(s_sim_t *s, const char *kind, const s_worker_t *w)
 
 /* The socket may hold input whose ZMQ_FD edge is gone (a send or a ZMQ_EVENTS read
  * processes the socket's commands, which resets the descriptor): it is looked at again. */
+static void s_mark_link_ready(s_sim_t *s, s_link_t *l)
+{
+    if (l->ready || !l->sock)
+        return;
+    l->ready = 1;
+    s->link_ready[s->n_link_ready++] = (int)(l - s->links);
+}
+
+static void s_heap_push_link(s_sim_t *s, s_link_t *l);
+
 static void s_mark_ready(s_sim_t *s, s_worker_t *w)
 {
+    if (w->link) {
+        s_mark_link_ready(s, w->link);
+        return;
+    }
     if (w->ready || !w->sock)
         return;
     w->ready = 1;
     s->ready[s->n_ready++] = (int)(w - s->w);
 }
 
+/* A relayed message: through the link's queue, as the relay sends it. */
+static void s_send_relayed(s_sim_t *s, s_worker_t *w, const Shoal__Envelope *env)
+{
+    s_link_t *l = w->link;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (wire_pack(env, &buf, &len) != SHOAL_OK)
+        return;
+    const unsigned long long before = l->hold.sent + l->hold.dropped;
+    if (relay_hold_send(&l->hold, l->sock, w->slot, buf, len, clock_mono_ms()) == SHOAL_OK)
+        s->sent++;
+    free(buf);
+    if (l->hold.sent + l->hold.dropped != before)
+        s_mark_link_ready(s, l); /* it sent: its descriptor's edge may be gone */
+    if (l->hold.n > 0)
+        s_heap_push_link(s, l);
+}
+
 static void s_send(s_sim_t *s, s_worker_t *w, Shoal__Envelope *env)
 {
+    if (w->link) {
+        s_send_relayed(s, w, env);
+        return;
+    }
     if (wire_send(w->sock, NULL, env, ZMQ_DONTWAIT) == SHOAL_OK)
         s->sent++;
     s_mark_ready(s, w);
@@ -448,10 +507,22 @@ static void s_send_leave(s_sim_t *s, s_worker_t *w, int drain_first)
 
 static void s_close(s_sim_t *s, s_worker_t *w)
 {
-    if (w->sock && w->zfd >= 0)
-        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->zfd, NULL);
-    if (w->sock)
-        zmq_close(w->sock); /* linger 0 (wire_socket_limits): the connection drops at once */
+    if (w->link && w->sock) {
+        /* what the relay does when a worker's connection to it closes */
+        Shoal__Envelope env;
+        wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_RELAY_CLOSED, "", "sim-relay", 0, 0);
+        Shoal__RelayClosed rc = SHOAL__RELAY_CLOSED__INIT;
+        rc.reason = "simulated death";
+        env.body_case = SHOAL__ENVELOPE__BODY_RELAY_CLOSED;
+        env.relay_closed = &rc;
+        s_send_relayed(s, w, &env);
+        w->link->by_slot[w->slot] = -1;
+    } else {
+        if (w->sock && w->zfd >= 0)
+            (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->zfd, NULL);
+        if (w->sock)
+            zmq_close(w->sock); /* linger 0 (wire_socket_limits): the connection drops at once */
+    }
     w->sock = NULL;
     w->state = S_OFF;
     s_table_unref(&w->held);
@@ -570,6 +641,9 @@ static void s_on_msg(const Shoal__Envelope *env, void *ctx)
     }
 }
 
+static int s_open_own(s_sim_t *s, s_worker_t *w);
+static int s_link_attach(s_sim_t *s, s_worker_t *w, int host);
+
 /* Opens worker `index`'s socket; it registers after `delay_ms` (0: now). */
 static int s_open(s_sim_t *s, s_worker_t *w, int index, int delay_ms)
 {
@@ -580,6 +654,26 @@ static int s_open(s_sim_t *s, s_worker_t *w, int index, int delay_ms)
     snprintf(w->inst, sizeof w->inst, "inst-%d", host % s->o.institutions);
     snprintf(w->endpoint, sizeof w->endpoint, "tcp://%s:%d", w->host, 7500 + index % s->o.hosts_of);
     w->zfd = -1;
+    if (s->o.relay) {
+        if (s_link_attach(s, w, host) != 0)
+            return -1;
+    } else if (s_open_own(s, w) != 0) {
+        return -1;
+    }
+    const int64_t now = clock_mono_ms();
+    w->next_hb_ms = now + delay_ms + s_rand(s, (uint32_t)s->o.hb_ms); /* spread the beats */
+    if (delay_ms == 0) {
+        s_send_register(s, w);
+    } else {
+        w->state = S_REGISTERING; /* not sent yet: reg_sent_ms 0 */
+        w->reg_retry_ms = S_REGISTER_RETRY_MS;
+    }
+    return 0;
+}
+
+/* The worker's own DEALER. */
+static int s_open_own(s_sim_t *s, s_worker_t *w)
+{
     w->sock = zmq_socket(s->zctx, ZMQ_DEALER);
     size_t fd_len = sizeof w->zfd;
     if (!w->sock || wire_socket_limits(w->sock) != SHOAL_OK ||
@@ -595,14 +689,41 @@ static int s_open(s_sim_t *s, s_worker_t *w, int index, int delay_ms)
         s_close(s, w);
         return -1;
     }
-    const int64_t now = clock_mono_ms();
-    w->next_hb_ms = now + delay_ms + s_rand(s, (uint32_t)s->o.hb_ms); /* spread the beats */
-    if (delay_ms == 0) {
-        s_send_register(s, w);
-    } else {
-        w->state = S_REGISTERING; /* not sent yet: reg_sent_ms 0 */
-        w->reg_retry_ms = S_REGISTER_RETRY_MS;
+    return 0;
+}
+
+/* --relay: w joins its host's link (opened by the host's first worker) under a new slot. */
+static int s_link_attach(s_sim_t *s, s_worker_t *w, int host)
+{
+    const int li = host - s->first_host;
+    if (li < 0 || li >= s->n_links)
+        return -1;
+    s_link_t *l = &s->links[li];
+    if (!l->sock) {
+        l->sock = zmq_socket(s->zctx, ZMQ_DEALER);
+        size_t fd_len = sizeof l->zfd;
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u32 = S_LINK_BIT | (uint32_t)li};
+        if (!l->sock || wire_socket_limits(l->sock) != SHOAL_OK ||
+            zmq_connect(l->sock, s->o.connect) != 0 ||
+            zmq_getsockopt(l->sock, ZMQ_FD, &l->zfd, &fd_len) != 0 ||
+            epoll_ctl(s->epfd, EPOLL_CTL_ADD, l->zfd, &ev) != 0) {
+            fprintf(stderr, "shoal-sim: relay of host %d: %s\n", host, zmq_strerror(errno));
+            return -1;
+        }
+        relay_hold_init(&l->hold, s->o.hold_ms);
     }
+    if (l->n_slots == l->cap_slots) {
+        uint32_t cap = l->cap_slots ? 2 * l->cap_slots : 16;
+        int *grown = realloc(l->by_slot, cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        l->by_slot = grown;
+        l->cap_slots = cap;
+    }
+    w->link = l;
+    w->slot = l->n_slots++;
+    l->by_slot[w->slot] = (int)(w - s->w);
+    w->sock = l->sock;
     return 0;
 }
 
@@ -713,6 +834,16 @@ static s_timer_t s_heap_pop(s_sim_t *s)
     return top;
 }
 
+/* A flush timer for l's queue at its due time (none when one stands already). */
+static void s_heap_push_link(s_sim_t *s, s_link_t *l)
+{
+    const int64_t at = clock_mono_ms() + relay_hold_due_in(&l->hold, clock_mono_ms());
+    if (l->timer_at && l->timer_at <= at)
+        return;
+    if (s_heap_push(s, at, -1 - (int)(l - s->links)) == 0)
+        l->timer_at = at;
+}
+
 /* When worker w next needs s_tick (INT64_MAX: never; a socketless worker is done). */
 static int64_t s_due(const s_sim_t *s, const s_worker_t *w)
 {
@@ -759,11 +890,61 @@ static void s_service(s_sim_t *s, s_worker_t *w)
     s_arm(s, w); /* an answer may have moved its timers (a lease, a plan) */
 }
 
+/* --relay: what the coordinator sent a host's workers, each answer to the worker of its slot. */
+typedef struct {
+    s_sim_t *s;
+    s_link_t *l;
+    const wire_route_t *route;
+} s_link_ctx_t;
+
+static void s_on_link_msg(const Shoal__Envelope *env, void *ctxp)
+{
+    s_link_ctx_t *ctx = ctxp;
+    uint32_t slot;
+    if (ctx->route->n != 1 ||
+        !wire_relay_slot_get(ctx->route->data[0], ctx->route->len[0], &slot) ||
+        slot >= ctx->l->n_slots || ctx->l->by_slot[slot] < 0)
+        return; /* its worker died: the relay drops it */
+    s_worker_t *w = &ctx->s->w[ctx->l->by_slot[slot]];
+    ctx->s->cur = w;
+    s_on_msg(env, ctx->s);
+    s_arm(ctx->s, w);
+}
+
+static void s_service_link(s_sim_t *s, s_link_t *l)
+{
+    l->ready = 0;
+    int m = 0;
+    for (; m < 512 && l->sock; m++) {
+        int events = 0;
+        size_t len = sizeof events;
+        if (zmq_getsockopt(l->sock, ZMQ_EVENTS, &events, &len) != 0 || !(events & ZMQ_POLLIN))
+            break;
+        wire_route_t route;
+        s_link_ctx_t ctx = {s, l, &route};
+        if (wire_recv(l->sock, ZMQ_DONTWAIT, &route, s_on_link_msg, &ctx) == SHOAL_ERR_TIMEOUT)
+            break;
+    }
+    if (m == 512)
+        s_mark_link_ready(s, l);
+}
+
 /* Every timer due by `now`: the worker ticks and gets its next entry. */
 static void s_run_timers(s_sim_t *s, int64_t now)
 {
     while (s->n_heap > 0 && s->heap[0].at <= now) {
         s_timer_t t = s_heap_pop(s);
+        if (t.w < 0) { /* a link's queue is due */
+            s_link_t *l = &s->links[-1 - t.w];
+            if (l->timer_at != t.at)
+                continue;
+            l->timer_at = 0;
+            relay_hold_flush(&l->hold, l->sock, now, 0);
+            s_mark_link_ready(s, l);
+            if (l->hold.n > 0)
+                s_heap_push_link(s, l);
+            continue;
+        }
         s_worker_t *w = &s->w[t.w];
         if (w->timer_at != t.at)
             continue; /* stale: a newer entry stands */
@@ -787,13 +968,22 @@ static void s_run_ready(s_sim_t *s)
     /* keep what was marked during the round */
     memmove(s->ready, s->ready + n, sizeof *s->ready * (size_t)(s->n_ready - n));
     s->n_ready -= n;
+    n = s->n_link_ready;
+    for (int k = 0; k < n; k++) {
+        s_link_t *l = &s->links[s->link_ready[k]];
+        if (l->ready)
+            s_service_link(s, l);
+    }
+    memmove(s->link_ready, s->link_ready + n,
+            sizeof *s->link_ready * (size_t)(s->n_link_ready - n));
+    s->n_link_ready -= n;
 }
 
 static int s_parse(int argc, char **argv, s_opts_t *o)
 {
     *o = (s_opts_t){.n_workers = 0, .hosts_of = 8, .institutions = 4, .hb_ms = 100,
                     .step_ms = 200, .seconds = 30, .seed = 1, .memory_gb = 80,
-                    .expert_tokens = 8192, .zipf = 1.0};
+                    .expert_tokens = 8192, .zipf = 1.0, .hold_ms = 20};
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         int n = atoi(v);
@@ -837,6 +1027,10 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
             o->expert_tokens = n;
         else if (!strcmp(k, "--zipf"))
             o->zipf = atof(v);
+        else if (!strcmp(k, "--relay"))
+            o->relay = n;
+        else if (!strcmp(k, "--hold-ms"))
+            o->hold_ms = n;
         else {
             fprintf(stderr, "shoal-sim: unknown option %s\n", k);
             return -1;
@@ -846,13 +1040,14 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
         o->institutions < 1 || o->hb_ms < 1 || o->step_ms < 1 || o->seconds < 1 ||
         o->first < 0 || o->churn_ms < 0 || o->memory_gb < 0 || o->ramp_ms < 0 ||
         o->experts < 0 || o->experts > WIRE_MAX_EXPERTS || (o->experts && o->experts % 7 == 0) ||
-        o->first_moe < 0 || o->expert_tokens < 1 || !(o->zipf >= 0 && o->zipf <= 10)) {
+        o->first_moe < 0 || o->expert_tokens < 1 || !(o->zipf >= 0 && o->zipf <= 10) ||
+        o->relay < 0 || o->relay > 1 || o->hold_ms < 0 || o->hold_ms > 1000) {
         fprintf(stderr, "usage: shoal-sim --connect EP --workers N (1..20000) [--first K] "
                         "[--hosts-of 8] [--institutions 4] [--hb-ms 100] [--step-ms 200] "
                         "[--ckpt-every 0] [--seconds 30] [--seed 1] [--churn-ms 0] "
                         "[--churn-offset-ms 0] [--quiet-after-ms 0] [--memory-gb 80] [--ramp-ms 0] "
                         "[--events FILE] [--experts N --first-moe K --zipf 1.0 "
-                        "--expert-tokens 8192]\n");
+                        "--expert-tokens 8192] [--relay 0|1 [--hold-ms 20]]\n");
         return -1;
     }
     return 0;
@@ -876,9 +1071,13 @@ int main(int argc, char **argv)
     s.w = calloc((size_t)s.cap, sizeof *s.w);
     /* a round's list plus what it marks again (each worker at most once in either) */
     s.ready = calloc(2 * (size_t)s.cap, sizeof *s.ready);
+    s.first_host = s.o.first / s.o.hosts_of;
+    s.n_links = s.o.relay ? (s.o.first + s.cap) / s.o.hosts_of - s.first_host + 1 : 0;
+    s.links = calloc((size_t)s.n_links + 1, sizeof *s.links);
+    s.link_ready = calloc(2 * (size_t)s.n_links + 1, sizeof *s.link_ready);
     s.zctx = zmq_ctx_new();
     s.epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (!s.w || !s.ready || !s.zctx || s.epfd < 0 ||
+    if (!s.w || !s.ready || !s.links || !s.link_ready || !s.zctx || s.epfd < 0 ||
         zmq_ctx_set(s.zctx, ZMQ_MAX_SOCKETS, s.cap + 16) != 0) {
         fprintf(stderr, "shoal-sim: out of memory for %d workers\n", s.cap);
         return 1;
@@ -932,15 +1131,29 @@ int main(int argc, char **argv)
             fprintf(stderr, "shoal-sim: epoll_wait: %s\n", strerror(errno));
             break;
         }
-        for (int k = 0; k < n; k++)
-            s_mark_ready(&s, &s.w[evs[k].data.u32]);
+        for (int k = 0; k < n; k++) {
+            const uint32_t d = evs[k].data.u32;
+            if (d & S_LINK_BIT)
+                s_mark_link_ready(&s, &s.links[d & ~S_LINK_BIT]);
+            else
+                s_mark_ready(&s, &s.w[d]);
+        }
     }
     printf("sim: sent %llu acks %llu registered %llu deaths %llu joins %llu drains %llu\n",
            s.sent, s.acks, s.registered, s.deaths, s.joins, s.drains);
     printf("sim: plans full %llu (%llu bytes) deltas %llu (%llu bytes) deltas_refused %llu\n",
            s.full_plans, s.full_bytes, s.deltas, s.delta_bytes, s.deltas_refused);
     for (int i = 0; i < s.n; i++)
-        s_close(&s, &s.w[i]);
+        if (!s.w[i].link)
+            s_close(&s, &s.w[i]);
+    for (int i = 0; i < s.n_links; i++) {
+        if (s.links[i].sock)
+            zmq_close(s.links[i].sock);
+        relay_hold_fini(&s.links[i].hold);
+        free(s.links[i].by_slot);
+    }
+    free(s.links);
+    free(s.link_ready);
     for (int i = 0; i < S_TABLES_KEPT; i++)
         s_table_unref(&s.recent[i]);
     zmq_ctx_term(s.zctx);

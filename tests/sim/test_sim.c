@@ -73,9 +73,23 @@ static void s_check_experts(const char *dir, const char *run)
     ctl_client_destroy(&c);
 }
 
-static void test_sim_churn(void **state)
+/* Deaths the coordinator's log declares by a closed connection (not by silence). */
+static int s_closed_deaths(const char *dir)
 {
-    (void)state;
+    char path[512], line[2048];
+    snprintf(path, sizeof path, "%s/coordinator.log", dir);
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, "connection closed") && strstr(line, "no message since") ? 1 : 0;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* relay: the workers of each host of 8 share one connection, as behind `shoal-worker relay`. */
+static void s_sim_churn(int relay)
+{
     char dir[256], ep[300], events[300], log[300];
     assert_int_equal(tc_tmpdir_make(dir, sizeof dir, "shoal-sim"), 0);
     tc_pid = tc_start(dir, "heartbeat_interval_ms: 100\ndead_after_ms: 3000\nlog_level: info\n");
@@ -94,7 +108,8 @@ static void test_sim_churn(void **state)
     char *argv[] = {"shoal-sim", "--connect", ep, "--workers", "200", "--seconds", "40",
                     "--hb-ms", "100", "--step-ms", "100", "--ckpt-every", "10", "--churn-ms",
                     "1000", "--churn-offset-ms", "3000", "--quiet-after-ms", "27000", "--seed",
-                    "13", "--events", events, "--experts", "8", "--first-moe", "1", NULL};
+                    "13", "--events", events, "--experts", "8", "--first-moe", "1", "--relay",
+                    relay ? "1" : "0", NULL};
     pid_t sim = sim_spawn(SHOAL_SIM_BIN, argv, log);
     assert_true(sim > 0);
     sim_event_t *ev = NULL;
@@ -135,6 +150,12 @@ static void test_sim_churn(void **state)
     assert_int_equal(d.detected, d.deaths);
     assert_true(d.members >= 1);
     assert_int_equal(d.replanned, d.members);
+    /* a relayed worker's death reaches the coordinator as its relay's RelayClosed: declared by
+     * the closed connection, within its grace, never by 3 s of silence */
+    const int closed = s_closed_deaths(dir);
+    printf("sim: %d deaths declared by a closed connection%s\n", closed,
+           relay ? " (relayed)" : "");
+    assert_true(closed >= d.deaths);
 
     /* the run went on: steps and checkpoints committed under churn */
     json_t *rs = tc_run_status(dir, run);
@@ -162,10 +183,25 @@ static void test_sim_churn(void **state)
     tc_tmpdir_remove(dir);
 }
 
+static void test_sim_churn(void **state)
+{
+    (void)state;
+    s_sim_churn(0);
+}
+
+/* The same churn with every host's 8 workers on one connection (shoal-worker relay's framing
+ * and queue, worker/relay.h). */
+static void test_sim_churn_relay(void **state)
+{
+    (void)state;
+    s_sim_churn(1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_sim_churn, tc_kill_leftover),
+        cmocka_unit_test_teardown(test_sim_churn_relay, tc_kill_leftover),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
