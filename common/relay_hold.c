@@ -1,6 +1,7 @@
 /* relay_hold.c: the relay's upward queue (relay_hold.h). */
 #include "relay_hold.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,10 +10,11 @@
 #include "shoal.pb-c.h"
 #include "wire.h"
 
-void relay_hold_init(relay_hold_t *h, int hold_ms)
+void relay_hold_init(relay_hold_t *h, int hold_ms, const char *sender)
 {
     memset(h, 0, sizeof *h);
     h->hold_ms = hold_ms > 0 ? hold_ms : 0;
+    snprintf(h->sender, sizeof h->sender, "%s", sender ? sender : "relay");
 }
 
 void relay_hold_fini(relay_hold_t *h)
@@ -29,40 +31,52 @@ int relay_is_heartbeat(const void *buf, size_t len)
     return len >= 2 && b[0] == 0x08 && b[1] == SHOAL__MSG_TYPE__MSG_HEARTBEAT;
 }
 
-static void s_send_one(relay_hold_t *h, void *sock, uint32_t slot, const void *buf, size_t len)
+/* The queue as one RelayBatch, sent; the queue is empty after. */
+static void s_send_batch(relay_hold_t *h, void *sock)
 {
-    unsigned char frame[WIRE_RELAY_SLOT_LEN];
-    wire_relay_slot_put(frame, slot);
-    /* a full socket (the coordinator gone or far behind) drops: workers send again */
-    if (zmq_send(sock, frame, sizeof frame, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        h->dropped++;
-        return;
+    Shoal__RelayItem *items = calloc((size_t)h->n, sizeof *items);
+    Shoal__RelayItem **ptrs = calloc((size_t)h->n, sizeof *ptrs);
+    if (items && ptrs) {
+        for (int i = 0; i < h->n; i++) {
+            shoal__relay_item__init(&items[i]);
+            items[i].slot = h->q[i].slot;
+            items[i].envelope.data = h->q[i].buf;
+            items[i].envelope.len = h->q[i].len;
+            ptrs[i] = &items[i];
+        }
+        Shoal__RelayBatch batch = SHOAL__RELAY_BATCH__INIT;
+        batch.n_items = (size_t)h->n;
+        batch.items = ptrs;
+        Shoal__Envelope env;
+        wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_RELAY_BATCH, "", h->sender, 0,
+                           ++h->batches);
+        env.body_case = SHOAL__ENVELOPE__BODY_RELAY_BATCH;
+        env.relay_batch = &batch;
+        /* a full socket (the coordinator gone or far behind) drops: workers send again */
+        if (wire_send(sock, NULL, &env, ZMQ_DONTWAIT) == SHOAL_OK)
+            h->sent += (unsigned long long)h->n;
+        else
+            h->dropped += (unsigned long long)h->n;
+    } else {
+        h->dropped += (unsigned long long)h->n;
     }
-    if (zmq_send(sock, buf, len, ZMQ_DONTWAIT) < 0)
-        h->dropped++; /* unreachable after the first frame went: ZeroMQ sends parts atomically */
-    else
-        h->sent++;
+    free(items);
+    free(ptrs);
+    for (int i = 0; i < h->n; i++)
+        free(h->q[i].buf);
+    h->n = 0;
 }
 
 void relay_hold_flush(relay_hold_t *h, void *sock, int64_t now_ms, int force)
 {
     if (h->n == 0 || (!force && now_ms - h->first_ms < h->hold_ms))
         return;
-    for (int i = 0; i < h->n; i++) {
-        s_send_one(h, sock, h->q[i].slot, h->q[i].buf, h->q[i].len);
-        free(h->q[i].buf);
-    }
-    h->n = 0;
+    s_send_batch(h, sock);
 }
 
 shoal_err_t relay_hold_send(relay_hold_t *h, void *sock, uint32_t slot, const void *buf,
                             size_t len, int64_t now_ms)
 {
-    if (h->hold_ms == 0 || !relay_is_heartbeat(buf, len)) {
-        relay_hold_flush(h, sock, now_ms, 1);
-        s_send_one(h, sock, slot, buf, len);
-        return SHOAL_OK;
-    }
     if (h->n == h->cap) {
         int cap = h->cap ? 2 * h->cap : 16;
         relay_held_t *q = realloc(h->q, (size_t)cap * sizeof *q);
@@ -78,6 +92,8 @@ shoal_err_t relay_hold_send(relay_hold_t *h, void *sock, uint32_t slot, const vo
     if (h->n == 0)
         h->first_ms = now_ms;
     h->q[h->n++] = (relay_held_t){slot, copy, len};
+    if (h->hold_ms == 0 || !relay_is_heartbeat(buf, len))
+        s_send_batch(h, sock);
     return SHOAL_OK;
 }
 

@@ -1,12 +1,12 @@
 /* relay_hold.h: what a host relay sends up to the coordinator, in one place for the relay
  * (worker/relay.h) and the simulator that plays many relays (tests/sim/shoal_sim.c).
  *
- * A relayed message is two frames, the worker's slot on the relay (wire.h,
- * WIRE_RELAY_SLOT_LEN) and its packed Envelope. Heartbeats wait up to hold_ms so that a
- * host's beats leave in one burst: the coordinator's I/O thread then reads them in one system
- * call, where each alone on its connection cost a wake-up, a recv and a send of their own
- * (ops/CAPACITY.md, "one connection per worker"). Anything else sends the queue at once, in
- * order, so a worker's messages keep their order. */
+ * Workers' messages go up in RelayBatch envelopes (proto/shoal.proto), each item a worker's slot
+ * and its packed Envelope. Heartbeats wait up to hold_ms so that a host's beats leave as one
+ * message: the coordinator then reads, handles and answers them with one ZeroMQ message each
+ * way, where each alone cost a wake-up, a recv and a send of the kernel and ZeroMQ
+ * (ops/CAPACITY.md, "one connection per worker"). Anything else sends the queue at once, itself
+ * last, so a worker's messages keep their order. */
 #ifndef SHOAL_RELAY_HOLD_H
 #define SHOAL_RELAY_HOLD_H
 
@@ -14,6 +14,9 @@
 #include <stdint.h>
 
 #include "err.h"
+
+/* `shoal-worker relay --hold-ms` and shoal-sim --hold-ms by default */
+#define RELAY_DEFAULT_HOLD_MS 20
 
 typedef struct {
     uint32_t slot;
@@ -23,25 +26,28 @@ typedef struct {
 
 typedef struct {
     int hold_ms;           /* the longest a heartbeat waits (0: none waits) */
+    char sender[64];       /* the batches' sender (the relay's name) */
     relay_held_t *q;
     int n, cap;
     int64_t first_ms;      /* monotonic: when the oldest queued message came */
     unsigned long long sent, dropped; /* messages sent up; dropped (the socket was full) */
+    unsigned long long batches;       /* RelayBatch messages sent */
 } relay_hold_t;
 
-void relay_hold_init(relay_hold_t *h, int hold_ms);
+void relay_hold_init(relay_hold_t *h, int hold_ms, const char *sender);
 void relay_hold_fini(relay_hold_t *h);
 
 /* Whether buf is a packed Envelope of type MSG_HEARTBEAT. protoc-c packs fields in number order,
  * so the type (field 1) leads: a look at two bytes, no unpacking. */
 int relay_is_heartbeat(const void *buf, size_t len);
 
-/* Sends (or queues, for a heartbeat) one message of `slot` (buf copied) on `sock`: queued
- * messages go first. SHOAL_ERR_NOMEM when the copy fails (nothing queued). */
+/* Queues one message of `slot` (buf copied) and, unless it is a heartbeat that may wait, sends
+ * the queue on `sock` as one RelayBatch. SHOAL_ERR_NOMEM when the copy fails (nothing queued). */
 shoal_err_t relay_hold_send(relay_hold_t *h, void *sock, uint32_t slot, const void *buf,
                             size_t len, int64_t now_ms);
 
-/* Sends the queue when its oldest message is due (or at once with force). */
+/* Sends the queue as one RelayBatch when its oldest message is due (or at once with force); a
+ * full socket drops it (counted: workers send again). */
 void relay_hold_flush(relay_hold_t *h, void *sock, int64_t now_ms, int force);
 
 /* Milliseconds until the oldest queued message is due (0: due; -1: nothing queued). */

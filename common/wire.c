@@ -40,6 +40,7 @@ static const wire_type_info_t s_types[] = {
     {SHOAL__MSG_TYPE__MSG_KEY_QUERY, SHOAL__ENVELOPE__BODY_KEY_QUERY, "key_query"},
     {SHOAL__MSG_TYPE__MSG_KEY_ANSWER, SHOAL__ENVELOPE__BODY_KEY_ANSWER, "key_answer"},
     {SHOAL__MSG_TYPE__MSG_RELAY_CLOSED, SHOAL__ENVELOPE__BODY_RELAY_CLOSED, "relay_closed"},
+    {SHOAL__MSG_TYPE__MSG_RELAY_BATCH, SHOAL__ENVELOPE__BODY_RELAY_BATCH, "relay_batch"},
     {SHOAL__MSG_TYPE__MSG_CTL_SUBMIT, SHOAL__ENVELOPE__BODY_CTL_SUBMIT, "ctl_submit"},
     {SHOAL__MSG_TYPE__MSG_CTL_STATUS, SHOAL__ENVELOPE__BODY_CTL_STATUS, "ctl_status"},
     {SHOAL__MSG_TYPE__MSG_CTL_WORKERS, SHOAL__ENVELOPE__BODY_CTL_WORKERS, "ctl_workers"},
@@ -301,6 +302,14 @@ static shoal_err_t s_check_body(const Shoal__Envelope *env)
         break;
     case SHOAL__ENVELOPE__BODY_LEAVE:
         WIRE_CHECK_GOTO(s_str(env->leave->reason, WIRE_MAX_TEXT_LEN, "leave.reason"), rc, out);
+        break;
+    case SHOAL__ENVELOPE__BODY_RELAY_BATCH:
+        WIRE_CHECK_GOTO(s_count(env->relay_batch->n_items, "relay_batch.items"), rc, out);
+        for (size_t i = 0; i < env->relay_batch->n_items; i++)
+            if (!env->relay_batch->items[i]) {
+                rc = shoal_fail(SHOAL_ERR_FORMAT, "relay_batch.items[%zu] missing", i);
+                goto out;
+            }
         break;
     case SHOAL__ENVELOPE__BODY_RELAY_CLOSED:
         WIRE_CHECK_GOTO(s_str(env->relay_closed->reason, WIRE_MAX_TEXT_LEN, "relay_closed.reason"),

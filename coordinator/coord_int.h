@@ -213,6 +213,7 @@ struct coord {
     unsigned long long handled, dropped;
     unsigned long long gone_dropped; /* messages of dead, gone or unknown workers (logged 1/1000) */
     unsigned long long relay_refused; /* relayed messages refused under CURVE (logged 1/1000) */
+    unsigned long long relay_batches; /* RelayBatch messages handled (answered in batches too) */
     unsigned long long stale_dropped; /* messages naming a past generation (logged 1/1000) */
     /* coord_guard.c: per-connection message rate buckets and what the guards counted */
     struct coord_rate **rates;

@@ -71,10 +71,96 @@ void coord_send(coord_t *c, void *sock, const wire_route_t *route, Shoal__Envelo
     s_enqueue(c, sock, route, buf, len, env);
 }
 
+/* A message for a worker behind a host relay: [relay][slot] on the worker socket. */
+static int s_relayed(const coord_t *c, const coord_outmsg_t *m)
+{
+    uint32_t slot;
+    return m->buf && m->sock == c->wsock && m->route.n == 2 &&
+           wire_relay_slot_get(m->route.data[1], m->route.len[1], &slot);
+}
+
+#define S_RELAY_BATCH_MAX_BYTES (16u << 20) /* a batch past this goes, the rest in the next */
+
+/* outbox[i] and every later message to the same relay, in their order, as RelayBatches: a relay
+ * gets the answers to its batch in one message, not one per worker (ops/CAPACITY.md). */
+static void s_send_relay_batches(coord_t *c, size_t i)
+{
+    const coord_outmsg_t *first = &c->outbox[i];
+    wire_route_t relay = first->route;
+    relay.n = 1;
+    size_t n = 0, cap = 0, bytes = 0;
+    Shoal__RelayItem *items = NULL;
+    coord_outmsg_t **taken = NULL;
+    for (size_t j = i; j <= c->n_out; j++) {
+        coord_outmsg_t *m = j < c->n_out ? &c->outbox[j] : NULL;
+        const int mine = m && s_relayed(c, m) && m->route.len[0] == relay.len[0] &&
+                         memcmp(m->route.data[0], relay.data[0], relay.len[0]) == 0;
+        if (n > 0 && (!m || (mine && bytes + m->len > S_RELAY_BATCH_MAX_BYTES))) {
+            Shoal__RelayItem **ptrs = malloc(n * sizeof *ptrs);
+            Shoal__RelayBatch batch = SHOAL__RELAY_BATCH__INIT;
+            Shoal__Envelope env;
+            wire_envelope_init(&env, SHOAL__MSG_TYPE__MSG_RELAY_BATCH, "", COORD_SENDER, 0,
+                               ++c->seq);
+            env.body_case = SHOAL__ENVELOPE__BODY_RELAY_BATCH;
+            env.relay_batch = &batch;
+            uint8_t *buf = NULL;
+            size_t len = 0;
+            if (ptrs) {
+                for (size_t k = 0; k < n; k++)
+                    ptrs[k] = &items[k];
+                batch.n_items = n;
+                batch.items = ptrs;
+                if (wire_pack(&env, &buf, &len) == SHOAL_OK)
+                    s_send_now(c->wsock, &relay, &buf, len);
+                else
+                    log_warn("relay batch of %zu answers: %s: dropped", n, shoal_errmsg());
+            }
+            free(ptrs);
+            for (size_t k = 0; k < n; k++) {
+                free(taken[k]->buf);
+                taken[k]->buf = NULL;
+            }
+            n = 0;
+            bytes = 0;
+        }
+        if (!m || !mine)
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 16;
+            Shoal__RelayItem *gi = realloc(items, nc * sizeof *gi);
+            if (gi)
+                items = gi;
+            coord_outmsg_t **gt = gi ? realloc(taken, nc * sizeof *gt) : NULL;
+            if (gt)
+                taken = gt;
+            if (!gi || !gt) { /* out of memory: this one alone, as a routed push */
+                s_send_now(m->sock, &m->route, &m->buf, m->len);
+                continue;
+            }
+            cap = nc;
+        }
+        shoal__relay_item__init(&items[n]);
+        (void)wire_relay_slot_get(m->route.data[1], m->route.len[1], &items[n].slot);
+        items[n].envelope.data = m->buf;
+        items[n].envelope.len = m->len;
+        taken[n++] = m;
+        bytes += m->len;
+    }
+    free(items);
+    free(taken);
+}
+
 void coord_outbox_flush(coord_t *c)
 {
-    for (size_t i = 0; i < c->n_out; i++)
-        s_send_now(c->outbox[i].sock, &c->outbox[i].route, &c->outbox[i].buf, c->outbox[i].len);
+    for (size_t i = 0; i < c->n_out; i++) {
+        if (!c->outbox[i].buf)
+            continue; /* went in a relay's batch */
+        if (s_relayed(c, &c->outbox[i]))
+            s_send_relay_batches(c, i);
+        else
+            s_send_now(c->outbox[i].sock, &c->outbox[i].route, &c->outbox[i].buf,
+                       c->outbox[i].len);
+    }
     c->n_out = 0;
 }
 

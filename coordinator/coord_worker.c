@@ -508,6 +508,44 @@ static void s_on_relay_closed(coord_t *c, const wire_route_t *route, coord_worke
         }
 }
 
+/* A host relay's batch: each item is handled as a message of the route [relay][slot], as if it
+ * had come alone (its answers are batched again per relay by coord_outbox_flush). */
+static void s_on_relay_batch(coord_t *c, const wire_route_t *route, coord_worker_t *unused_w,
+                             coord_run_t *unused_r, const Shoal__Envelope *env)
+{
+    (void)unused_w;
+    (void)unused_r;
+    if (route->n != 1) {
+        coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, NULL,
+                          "a relay batch comes on a connection of its own, not relayed");
+        coord_guard_strike_route(c, route, "a relay batch inside a relayed message");
+        return;
+    }
+    const Shoal__RelayBatch *b = env->relay_batch;
+    c->relay_batches++;
+    for (size_t i = 0; i < b->n_items; i++) {
+        wire_route_t vr = *route;
+        wire_relay_slot_put(vr.data[1], b->items[i]->slot);
+        vr.len[1] = WIRE_RELAY_SLOT_LEN;
+        vr.n = 2;
+        coord_msg_ctx_t ctx = {c, &vr};
+        const shoal_err_t rc = wire_decode(b->items[i]->envelope.data, b->items[i]->envelope.len,
+                                           coord_on_worker_msg, &ctx);
+        if (rc == SHOAL_OK)
+            continue;
+        c->dropped++;
+        char why[256];
+        snprintf(why, sizeof why, "%s", shoal_errmsg());
+        log_warn("dropped a bad message relayed by '%.64s' (slot %u): %s", env->sender,
+                 b->items[i]->slot, why);
+        coord_reply_error(c, &vr,
+                          rc == SHOAL_ERR_INVALID ? SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE
+                                                  : SHOAL__ERROR_CODE__ERR_BAD_MESSAGE,
+                          NULL, NULL, "%s", why);
+        coord_guard_strike_route(c, &vr, why);
+    }
+}
+
 /* One handler per message type accepted on the worker socket. needs_worker: the sender must be
  * a live registered worker (its liveness and route are refreshed before the handler runs);
  * needs_run: the message's run and generation must be current (coord_check_run), the handler
@@ -535,6 +573,7 @@ static const s_worker_msg_t s_worker_msgs[] = {
     {SHOAL__MSG_TYPE__MSG_ACK, s_on_answer, 0, 0, 0},
     {SHOAL__MSG_TYPE__MSG_ERROR, s_on_answer, 0, 0, 0},
     {SHOAL__MSG_TYPE__MSG_RELAY_CLOSED, s_on_relay_closed, 0, 0, 0},
+    {SHOAL__MSG_TYPE__MSG_RELAY_BATCH, s_on_relay_batch, 0, 0, 0},
 };
 
 void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
@@ -573,7 +612,7 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
         coord_guard_strike_route(c, route, "a message type not accepted on the worker socket");
         return;
     }
-    if (route->n > 1 && c->zap) {
+    if (c->zap && (route->n > 1 || env->type == SHOAL__MSG_TYPE__MSG_RELAY_BATCH)) {
         /* with CURVE a worker's key is its connection's, and a relay's connection is the
          * relay's: its workers' own keys (data-plane admission, institution) would be lost */
         c->dropped++;
@@ -581,7 +620,7 @@ void coord_on_worker_msg(const Shoal__Envelope *env, void *ctxp)
             log_warn("refused %s relayed from '%.64s': host relays are plaintext only "
                      "(--insecure) (%llu refused so far)",
                      wire_type_name((int)env->type), env->sender, c->relay_refused);
-        if (env->type != SHOAL__MSG_TYPE__MSG_RELAY_CLOSED)
+        if (env->type != SHOAL__MSG_TYPE__MSG_RELAY_CLOSED && route->n == 1)
             coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INVALID, env, NULL,
                               "host relays are plaintext only: connect directly to a CURVE "
                               "coordinator");

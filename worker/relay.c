@@ -57,7 +57,7 @@ shoal_err_t relay_open(const relay_config_t *cfg, relay_t **out)
     if (!r)
         return shoal_fail(SHOAL_ERR_NOMEM, "relay");
     r->cfg = *cfg;
-    relay_hold_init(&r->hold, cfg->hold_ms);
+    relay_hold_init(&r->hold, cfg->hold_ms, cfg->name);
     r->next_slot = 1;
     r->zctx = zmq_ctx_new();
     shoal_err_t rc = SHOAL_ERR_IO;
@@ -200,7 +200,35 @@ static void s_from_workers(relay_t *r, int64_t now)
     }
 }
 
-/* Coordinator -> worker: [slot][envelope] becomes [routing id][envelope]. */
+/* One message for the worker of `slot` (its packed Envelope, handed on as it is). */
+static void s_to_worker(relay_t *r, const unsigned char slot_key[WIRE_RELAY_SLOT_LEN],
+                        const void *buf, size_t len)
+{
+    s_entry_t *x = idmap_get(&r->by_slot, slot_key, WIRE_RELAY_SLOT_LEN);
+    if (x && !x->closed_ms &&
+        zmq_send(r->local, x->id, x->id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+        zmq_send(r->local, buf, len, ZMQ_DONTWAIT) >= 0)
+        r->st.down++;
+    else
+        r->st.dropped_down++; /* its worker is gone */
+}
+
+static void s_on_batch(const Shoal__Envelope *env, void *ctx)
+{
+    relay_t *r = ctx;
+    if (env->type != SHOAL__MSG_TYPE__MSG_RELAY_BATCH) {
+        r->st.dropped_down++; /* the coordinator sends a relay nothing else unrouted */
+        return;
+    }
+    for (size_t i = 0; i < env->relay_batch->n_items; i++) {
+        const Shoal__RelayItem *it = env->relay_batch->items[i];
+        unsigned char key[WIRE_RELAY_SLOT_LEN];
+        wire_relay_slot_put(key, it->slot);
+        s_to_worker(r, key, it->envelope.data, it->envelope.len);
+    }
+}
+
+/* Coordinator -> workers: a RelayBatch of answers, or a push as [slot][envelope]. */
 static void s_from_coordinator(relay_t *r)
 {
     for (int i = 0; i < S_BURST; i++) {
@@ -208,14 +236,11 @@ static void s_from_coordinator(relay_t *r)
         int n = s_recv(r->up, p);
         if (n < 0)
             return;
-        s_entry_t *x = n == 2 ? idmap_get(&r->by_slot, zmq_msg_data(&p[0]), zmq_msg_size(&p[0]))
-                              : NULL;
-        if (x && !x->closed_ms &&
-            zmq_send(r->local, x->id, x->id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
-            zmq_send(r->local, zmq_msg_data(&p[1]), zmq_msg_size(&p[1]), ZMQ_DONTWAIT) >= 0)
-            r->st.down++;
-        else
-            r->st.dropped_down++; /* its worker is gone (or not a relayed answer) */
+        if (n == 2 && zmq_msg_size(&p[0]) == WIRE_RELAY_SLOT_LEN)
+            s_to_worker(r, zmq_msg_data(&p[0]), zmq_msg_data(&p[1]), zmq_msg_size(&p[1]));
+        else if (n != 1 || wire_decode(zmq_msg_data(&p[0]), zmq_msg_size(&p[0]), s_on_batch, r) !=
+                               SHOAL_OK)
+            r->st.dropped_down++;
         for (int k = 0; k < n && k < 2; k++)
             zmq_msg_close(&p[k]);
     }

@@ -14,9 +14,9 @@
 #include <signal.h>
 
 #include "err.h"
+#include "relay_hold.h"
 
 #define RELAY_ENDPOINT_MAX 512
-#define RELAY_DEFAULT_HOLD_MS 20
 
 typedef struct {
     char listen[RELAY_ENDPOINT_MAX];      /* the host's workers connect here */

@@ -8,9 +8,11 @@
  * under load. Prints a table; never fails on timing (exit 1 only when nothing ran).
  *
  *   bench_coord_load [WORKERS=10000] [PROCS=4] [SECONDS=150] [RAMP_S=60] [HB_MS=100] [CHURN=1]
- *                    [DELTAS=1] [STEP_MS=1000]
+ *                    [DELTAS=1] [STEP_MS=1000] [RELAY=0] [HOLD_MS=relay's default]
  *
  * DELTAS 0: the coordinator's plan_deltas off (every member gets the full plan: the baseline).
+ * RELAY 1: each host's 8 workers share one connection, as behind `shoal-worker relay` (worker/
+ * relay.h): 1,250 connections at 10,000 workers, a host's heartbeats sent together.
  * CHURN 0: no deaths, joins or drains (the steady state: no re-plan in the window). Either way
  * it prints the coordinator's CPU seconds per answered message in the window (the drivers'
  * per-second progress lines count the window's answers), the figure that says what one core
@@ -30,6 +32,7 @@
 
 #include "clock.h"
 #include "coord_testlib.h"
+#include "relay_hold.h"
 #include "sim_check.h"
 
 #define S_MAX_PROCS 16
@@ -133,10 +136,15 @@ int main(int argc, char **argv)
     const int churn_on = argc > 6 ? atoi(argv[6]) : 1;
     const int deltas_on = argc > 7 ? atoi(argv[7]) : 1;
     const int step_ms = argc > 8 ? atoi(argv[8]) : 1000; /* each member's step (a StepReport) */
+    const int relay_on = argc > 9 ? atoi(argv[9]) : 0;
+    const int hold_ms = argc > 10 ? atoi(argv[10]) : RELAY_DEFAULT_HOLD_MS;
+    char hold_txt[24];
+    snprintf(hold_txt, sizeof hold_txt, "%d ms", hold_ms);
     if (workers < 1 || procs < 1 || procs > S_MAX_PROCS || ramp < 0 || seconds < ramp + 30 ||
-        hb < 10 || hb > 10000 || step_ms < 10) {
+        hb < 10 || hb > 10000 || step_ms < 10 || relay_on < 0 || relay_on > 1 ||
+        hold_ms < 0 || hold_ms > 1000) {
         fprintf(stderr, "usage: bench_coord_load [WORKERS] [PROCS <= 16] [SECONDS >= RAMP_S + "
-                        "30] [RAMP_S] [HB_MS] [CHURN 0|1] [DELTAS 0|1] [STEP_MS]\n");
+                        "30] [RAMP_S] [HB_MS] [CHURN 0|1] [DELTAS 0|1] [STEP_MS] [RELAY 0|1] [HOLD_MS]\n");
         return 2;
     }
     const int w0 = ramp + 15, w1 = seconds - 10; /* the measuring window, s */
@@ -167,7 +175,7 @@ int main(int argc, char **argv)
     char logs[S_MAX_PROCS][300];
     for (int i = 0; i < procs; i++) {
         char n[16], first[16], secs[16], churn[16], off[16], seed[16], ramp_ms[16], hbs[16],
-            steps[16];
+            steps[16], hold[16];
         snprintf(n, sizeof n, "%d", workers / procs + (i < workers % procs));
         snprintf(first, sizeof first, "%d", i * (workers / procs) + (i < workers % procs ? i : workers % procs));
         snprintf(secs, sizeof secs, "%d", seconds);
@@ -177,12 +185,13 @@ int main(int argc, char **argv)
         snprintf(hbs, sizeof hbs, "%d", hb);
         snprintf(steps, sizeof steps, "%d", step_ms);
         snprintf(seed, sizeof seed, "%d", i + 1);
+        snprintf(hold, sizeof hold, "%d", hold_ms);
         snprintf(logs[i], sizeof logs[i], "%s/sim-%d.log", dir, i);
         char *av[] = {"shoal-sim", "--connect", ep, "--workers", n, "--first", first,
                       "--seconds", secs, "--hb-ms", hbs, "--step-ms", steps, "--ckpt-every",
                       "10", "--churn-ms", churn, "--churn-offset-ms", off, "--quiet-after-ms",
                       "10000", "--memory-gb", "0", "--ramp-ms", ramp_ms, "--seed", seed,
-                      "--events", events, NULL};
+                      "--events", events, "--relay", relay_on ? "1" : "0", "--hold-ms", hold, NULL};
         sims[i] = sim_spawn(SHOAL_SIM_BIN, av, logs[i]);
     }
     /* samples every second; control latency every other second */
@@ -272,10 +281,12 @@ int main(int argc, char **argv)
     s_loadavg(load, sizeof load);
     printf("coordinator load: %d simulated workers in %d drivers, %d s (registrations over the "
            "first %d s), %d ms heartbeats, V3 plan pp 16 x ep 64 x dp 2 (2048 cells), step %d ms, "
-           "checkpoint every 10 steps, churn 1/s from %d s to %d s%s, plan deltas %s, window %d s "
+           "checkpoint every 10 steps, churn 1/s from %d s to %d s%s, plan deltas %s, %s%s, window %d s "
            ".. %d s; %ld CPUs online, loadavg at the start %s, at the end %s\n",
            workers, procs, seconds, ramp, hb, step_ms, ramp + 10, seconds - 10,
-           churn_on ? "" : " (OFF)", deltas_on ? "on" : "off", w0, w1,
+           churn_on ? "" : " (OFF)", deltas_on ? "on" : "off",
+           relay_on ? "a relay per host of 8, heartbeats held up to " : "a connection per worker",
+           relay_on ? hold_txt : "", w0, w1,
            sysconf(_SC_NPROCESSORS_ONLN), load0, load);
     printf("messages answered          %.0f /s over the run (acks the drivers got; they sent "
            "%.0f /s)\n", (double)acks / seconds, (double)sent / seconds);

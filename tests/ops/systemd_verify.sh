@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 fail=0
 err() { echo "FAIL: $*"; fail=1; }
 
-for unit in shoal-coordinator.service shoal-worker@.service; do
+for unit in shoal-coordinator.service shoal-worker@.service shoal-relay.service; do
     [ -f "$src/$unit" ] || { err "$src/$unit missing"; continue; }
     sed "s|/usr/local/bin/|$bindir/|g" "$src/$unit" >"$tmp/$unit"
 done
@@ -20,7 +20,7 @@ done
 cp "$tmp/shoal-worker@.service" "$tmp/shoal-worker@cpu0.service"
 cp "$tmp/shoal-worker@.service" "$tmp/shoal-worker@cuda0.service"
 for u in shoal-coordinator.service shoal-worker@.service shoal-worker@cpu0.service \
-         shoal-worker@cuda0.service; do
+         shoal-worker@cuda0.service shoal-relay.service; do
     out=$(cd "$tmp" && SYSTEMD_LOG_COLOR=0 systemd-analyze verify --man=no "./$u" 2>&1)
     rc=$?
     about=$(printf '%s\n' "$out" | grep -i "shoal" || true)
@@ -48,6 +48,12 @@ for unit in shoal-coordinator.service shoal-worker@.service; do
     done
 done
 need shoal-coordinator.service 'StateDirectory=shoal/coordinator'
+# The relay: no notify (it has no start-up to wait for), restarted always (its workers wait on it).
+for line in 'KillSignal=SIGTERM' 'Restart=always' 'ProtectSystem=strict' 'NoNewPrivileges=yes' \
+            'User=shoal' 'RuntimeDirectory=shoal' 'EnvironmentFile=-/etc/shoal/relay.env' \
+            'ExecStart=/usr/local/bin/shoal-worker relay .*--listen ipc:///run/shoal/relay.sock.*'; do
+    need shoal-relay.service "$line"
+done
 need shoal-worker@.service 'StateDirectory=shoal/worker-%i'
 # The stop timeout must exceed the worker's SIGTERM grace period (shoal-worker --help).
 grace=$(timeout 5 "$bindir/shoal-worker" --coordinator tcp://127.0.0.1:1 --help 2>&1 | sed -n 's/.*--grace-seconds.*(\([0-9]*\)).*/\1/p' | head -1)

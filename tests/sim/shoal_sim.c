@@ -710,7 +710,7 @@ static int s_link_attach(s_sim_t *s, s_worker_t *w, int host)
             fprintf(stderr, "shoal-sim: relay of host %d: %s\n", host, zmq_strerror(errno));
             return -1;
         }
-        relay_hold_init(&l->hold, s->o.hold_ms);
+        relay_hold_init(&l->hold, s->o.hold_ms, "sim-relay");
     }
     if (l->n_slots == l->cap_slots) {
         uint32_t cap = l->cap_slots ? 2 * l->cap_slots : 16;
@@ -895,20 +895,41 @@ typedef struct {
     s_sim_t *s;
     s_link_t *l;
     const wire_route_t *route;
+    uint32_t slot; /* of the batch item being decoded */
 } s_link_ctx_t;
 
-static void s_on_link_msg(const Shoal__Envelope *env, void *ctxp)
+/* One message for the worker of `slot` (dropped when it died, as the relay drops it). */
+static void s_link_deliver(s_link_ctx_t *ctx, uint32_t slot, const Shoal__Envelope *env)
 {
-    s_link_ctx_t *ctx = ctxp;
-    uint32_t slot;
-    if (ctx->route->n != 1 ||
-        !wire_relay_slot_get(ctx->route->data[0], ctx->route->len[0], &slot) ||
-        slot >= ctx->l->n_slots || ctx->l->by_slot[slot] < 0)
-        return; /* its worker died: the relay drops it */
+    if (slot >= ctx->l->n_slots || ctx->l->by_slot[slot] < 0)
+        return;
     s_worker_t *w = &ctx->s->w[ctx->l->by_slot[slot]];
     ctx->s->cur = w;
     s_on_msg(env, ctx->s);
     s_arm(ctx->s, w);
+}
+
+static void s_on_link_item(const Shoal__Envelope *env, void *ctxp)
+{
+    s_link_ctx_t *ctx = ctxp;
+    s_link_deliver(ctx, ctx->slot, env);
+}
+
+/* A RelayBatch of answers, or a push routed [slot][envelope]. */
+static void s_on_link_msg(const Shoal__Envelope *env, void *ctxp)
+{
+    s_link_ctx_t *ctx = ctxp;
+    uint32_t slot;
+    if (ctx->route->n == 0 && env->type == SHOAL__MSG_TYPE__MSG_RELAY_BATCH) {
+        for (size_t i = 0; i < env->relay_batch->n_items; i++) {
+            const Shoal__RelayItem *it = env->relay_batch->items[i];
+            ctx->slot = it->slot;
+            (void)wire_decode(it->envelope.data, it->envelope.len, s_on_link_item, ctx);
+        }
+    } else if (ctx->route->n == 1 &&
+               wire_relay_slot_get(ctx->route->data[0], ctx->route->len[0], &slot)) {
+        s_link_deliver(ctx, slot, env);
+    }
 }
 
 static void s_service_link(s_sim_t *s, s_link_t *l)
@@ -921,7 +942,7 @@ static void s_service_link(s_sim_t *s, s_link_t *l)
         if (zmq_getsockopt(l->sock, ZMQ_EVENTS, &events, &len) != 0 || !(events & ZMQ_POLLIN))
             break;
         wire_route_t route;
-        s_link_ctx_t ctx = {s, l, &route};
+        s_link_ctx_t ctx = {s, l, &route, 0};
         if (wire_recv(l->sock, ZMQ_DONTWAIT, &route, s_on_link_msg, &ctx) == SHOAL_ERR_TIMEOUT)
             break;
     }
@@ -983,7 +1004,7 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
 {
     *o = (s_opts_t){.n_workers = 0, .hosts_of = 8, .institutions = 4, .hb_ms = 100,
                     .step_ms = 200, .seconds = 30, .seed = 1, .memory_gb = 80,
-                    .expert_tokens = 8192, .zipf = 1.0, .hold_ms = 20};
+                    .expert_tokens = 8192, .zipf = 1.0, .hold_ms = RELAY_DEFAULT_HOLD_MS};
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         int n = atoi(v);
