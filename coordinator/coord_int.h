@@ -212,6 +212,7 @@ struct coord {
     int notify;
     unsigned long long handled, dropped;
     unsigned long long gone_dropped; /* messages of dead, gone or unknown workers (logged 1/1000) */
+    unsigned long long wrong_run_dropped; /* messages naming a run not the worker's (1/1000) */
     unsigned long long relay_refused; /* relayed messages refused under CURVE (logged 1/1000) */
     unsigned long long relay_batches; /* RelayBatch messages handled (answered in batches too) */
     unsigned long long stale_dropped; /* messages naming a past generation (logged 1/1000) */

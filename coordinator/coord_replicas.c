@@ -366,12 +366,16 @@ void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w)
     for (int i = 0; i < c->n_runs; i++) {
         coord_run_t *r = c->runs[i];
         json_t *m = NULL;
-        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0)
+        /* the manifest (0.8 MB of JSON at 2,048 shards) is read at most once a cron: once a
+         * loss is marked the cron's order covers every later one (a relay's death, or a
+         * coordinator that lost 10,000 connections, read it once per worker before) */
+        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 || r->repl_lost ||
+            s_replicas_of(r) <= 0)
             continue;
         if ((m = s_manifest_at(c, r->id, r->checkpoint_step))) {
             const json_t *shards = json_object_get(m, CTL_F_SHARDS);
             for (size_t k = 0; k < json_array_size(shards); k++)
-                if (s_is_holder(json_array_get(shards, k), w->id) && s_replicas_of(r) > 0) {
+                if (s_is_holder(json_array_get(shards, k), w->id)) {
                     r->repl_lost = 1; /* ordered by the cron, after the re-plan's push */
                     log_info("run %s: checkpoint %" PRId64 ": %s lost, new copies to order",
                              r->id, r->checkpoint_step, w->id);

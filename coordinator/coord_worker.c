@@ -154,8 +154,11 @@ coord_run_t *coord_check_run(coord_t *c, const wire_route_t *route, coord_worker
     const char *what = wire_type_name((int)env->type);
     if (!r || strcmp(env->run_id, r->id) != 0) {
         c->dropped++;
-        log_warn("dropped %s from %s: run '%.64s' is not its run '%s'", what, w->id, env->run_id,
-                 r ? r->id : "");
+        /* a worker taken out of a plan sends under it until the news reaches it: like stale
+         * generations, a line per 1,000 (a 10,000-worker re-plan made 5,700 lines) */
+        if (c->wrong_run_dropped++ % 1000 == 0)
+            log_warn("dropped %s from %s: run '%.64s' is not its run '%s' (%llu such drops so far)",
+                     what, w->id, env->run_id, r ? r->id : "", c->wrong_run_dropped);
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_WRONG_RUN, env, r,
                           "run '%.64s' is not your run '%s'", env->run_id, r ? r->id : "");
         return NULL;
