@@ -204,6 +204,9 @@ void coord_run_free(coord_run_t *r)
         return;
     idmap_fini(&r->member_index);
     idmap_fini(&r->spare_index);
+    idmap_fini(&r->holders);
+    free(r->holder_ids);
+    coord_push_forget_pulls(r);
     free(r->ckpt_seen);
     plan_fini(&r->plan);
     free(r->reported);

@@ -142,6 +142,17 @@ typedef struct {
                                   copies, after pushing the re-plan the loss causes (the plan
                                   reaches its workers first, and they hold the copies until they
                                   train again: worker/daemon.c) */
+    /* coord_push.c: the answer to GetAssignment pulls of generation pull_msg_gen with deltas on
+     * the table of pull_msg_base, built once (NULL: none; stale: its checkpoint holders changed) */
+    struct coord_plan_msg *pull_msg;
+    uint64_t pull_msg_gen, pull_msg_base;
+    int pull_msg_stale;
+    /* coord_replicas.c: the workers holding a shard of the checkpoint of holders_step (0: none
+     * built; a manifest write forgets it), so that a death looks its worker up instead of
+     * parsing the manifest (0.8 MB of JSON at 2,048 shards) */
+    idmap_t holders;
+    char (*holder_ids)[COORD_ID_MAX];
+    int64_t holders_step;
     /* gradient-sanity votes of generation votes_gen: [replica] = the replicas that reported it */
     uint64_t grad_votes[64];
     uint64_t votes_gen;
@@ -380,6 +391,8 @@ void coord_reply_ack(coord_t *c, const wire_route_t *route, const Shoal__Envelop
  * run (0: none): a delta when the coordinator holds that table as a base and this generation's
  * pulls of w got no delta yet (a second pull means it refused one), else the full plan. */
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t held_gen);
+/* Frees r's cached answer to pulls (coord_run_free). */
+void coord_push_forget_pulls(coord_run_t *r);
 /* Whether w was sent r's current generation within the last few heartbeat periods: a message
  * of w naming an older one was sent before w got it, and is answered without FETCH_ASSIGNMENT
  * or ERR_STALE_GENERATION (half the full assignments at 10,000 workers were such pulls). */

@@ -441,7 +441,7 @@ typedef struct {
     int checked; /* a whole envelope with it passed wire_check */
 } s_packed_plan_t;
 
-typedef struct {
+typedef struct coord_plan_msg {
     s_plan_pb_t pb;
     coord_shard_src_t *holders;
     int has_delta;
@@ -563,10 +563,10 @@ static void s_plan_msg_free(s_plan_msg_t *m)
     s_plan_pb_free(&m->pb);
 }
 
-/* Member w's assignment: the delta when w holds its base (w was last sent it, or it names it:
- * held_gen), else the full plan. Returns whether a delta went. */
+/* Member w's assignment: the delta when allowed and w holds its base (w was last sent it, or
+ * it names it: held_gen), else the full plan. Returns whether a delta went. */
 static int s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_plan_msg_t *m,
-                             uint64_t held_gen)
+                             uint64_t held_gen, int allow_delta)
 {
     const plan_peer_t *me = coord_plan_member(r, w->id);
     if (!me || !w->has_route)
@@ -577,7 +577,8 @@ static int s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_pl
     a.cell = &cell;
     a.rank = me->rank;
     a.lease = r->lease;
-    const int delta = m->has_delta && (w->sent_gen == m->base_gen || held_gen == m->base_gen);
+    const int delta = allow_delta && m->has_delta &&
+                      (w->sent_gen == m->base_gen || held_gen == m->base_gen);
     if (delta) {
         a.plan = &m->delta;
         a.spec_yaml = ""; /* the base's */
@@ -598,23 +599,43 @@ static int s_send_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, s_pl
     return delta;
 }
 
+void coord_push_forget_pulls(coord_run_t *r)
+{
+    if (r->pull_msg) {
+        s_plan_msg_free(r->pull_msg);
+        free(r->pull_msg);
+        r->pull_msg = NULL;
+    }
+}
+
 void coord_push_assignment(coord_t *c, coord_run_t *r, coord_worker_t *w, uint64_t held_gen)
 {
-    /* the table the worker holds, when it is the one pushed before the current one, and
-     * this generation's pulls of w got no delta yet */
-    const plan_peers_t *base = c->cfg.plan_deltas && held_gen &&
-                                       held_gen == r->prev_peers.generation &&
-                                       w->pull_delta_gen != r->plan.generation
-                                   ? &r->prev_peers
-                                   : NULL;
-    s_plan_msg_t m;
-    if (s_plan_msg_build(c, r, base, &m) != SHOAL_OK) {
-        log_error("assignment for %s: %s", w->id, shoal_errmsg());
-        return;
+    /* the answer to pulls of this generation, built (and packed) once: at 2,048 cells a build
+     * is the whole peer table and, for a plan from a checkpoint, its shards' holders (~100 ms),
+     * and 10,000 workers pulled after each re-plan */
+    s_plan_msg_t *m = r->pull_msg;
+    if (m && (r->pull_msg_gen != r->plan.generation ||
+              r->pull_msg_base != r->prev_peers.generation || r->pull_msg_stale))
+        coord_push_forget_pulls(r);
+    if (!r->pull_msg) {
+        if (!(m = malloc(sizeof *m)) ||
+            s_plan_msg_build(c, r, c->cfg.plan_deltas ? &r->prev_peers : NULL, m) != SHOAL_OK) {
+            log_error("assignment for %s: %s", w->id, m ? shoal_errmsg() : "out of memory");
+            free(m);
+            return;
+        }
+        r->pull_msg = m;
+        r->pull_msg_gen = r->plan.generation;
+        r->pull_msg_base = r->prev_peers.generation;
+        r->pull_msg_stale = 0;
     }
-    if (s_send_assignment(c, r, w, &m, held_gen))
+    /* a delta on the table pushed before the current one, when the worker names it and this
+     * generation's pulls of w got no delta yet (one it refused is not sent again) */
+    const int allow_delta = c->cfg.plan_deltas && held_gen &&
+                            held_gen == r->prev_peers.generation &&
+                            w->pull_delta_gen != r->plan.generation;
+    if (s_send_assignment(c, r, w, r->pull_msg, held_gen, allow_delta))
         w->pull_delta_gen = r->plan.generation;
-    s_plan_msg_free(&m);
 }
 
 void coord_push_assignments(coord_t *c, coord_run_t *r, coord_worker_t **ws, uint32_t n)
@@ -626,7 +647,7 @@ void coord_push_assignments(coord_t *c, coord_run_t *r, coord_worker_t **ws, uin
         return;
     }
     for (uint32_t i = 0; i < n; i++)
-        s_send_assignment(c, r, ws[i], &m, 0);
+        s_send_assignment(c, r, ws[i], &m, 0, 1);
     if (m.has_delta)
         log_debug("run %s: generation %" PRIu64 ": delta of %zu of %zu peers", r->id,
                   r->plan.generation, m.delta.n_peers, m.pb.plan.n_peers);

@@ -271,6 +271,14 @@ static void s_push_replicate(coord_t *c, coord_run_t *r, coord_worker_t *to, int
 /* Orders copies so that every shard of `step`'s manifest has `total` live holders: for each
  * shard with at least one live holder, the workers coord_replicas_choose prefers among those
  * not yet holding it; one Replicate per target worker. Returns the copies ordered. */
+/* Forgets run r's holder index: its newest manifest changed. */
+static void s_holders_forget(coord_run_t *r)
+{
+    r->holders_step = 0;
+    idmap_clear(&r->holders);
+    r->pull_msg_stale = 1; /* the sources it names may have changed */
+}
+
 /* The committed manifest of (run, step), parsed; NULL when there is none or it does not parse. */
 static json_t *s_manifest_at(coord_t *c, const char *run, int64_t step)
 {
@@ -347,6 +355,7 @@ static int s_order_copies(coord_t *c, coord_run_t *r, int64_t step, const json_t
 
 void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *manifest)
 {
+    s_holders_forget(r); /* a new newest manifest */
     json_t *shards = json_object_get(manifest, CTL_F_SHARDS);
     for (size_t i = 0; i < json_array_size(shards); i++) {
         json_t *sh = json_array_get(shards, i);
@@ -361,28 +370,61 @@ void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *
         (void)s_order_copies(c, r, step, shards, replicas + 1, 0);
 }
 
+/* Indexes the holders of r's newest checkpoint (its manifest read once). 0, or -1 when the
+ * manifest is unreadable or memory is short (the caller then knows nothing). */
+static int s_holders_build(coord_t *c, coord_run_t *r)
+{
+    s_holders_forget(r);
+    json_t *m = s_manifest_at(c, r->id, r->checkpoint_step);
+    const json_t *shards = json_object_get(m, CTL_F_SHARDS);
+    size_t n = 0;
+    for (size_t k = 0; k < json_array_size(shards); k++)
+        n += json_array_size(json_object_get(json_array_get(shards, k), CTL_F_HOLDERS));
+    char(*ids)[COORD_ID_MAX] = m ? realloc(r->holder_ids, (n + 1) * sizeof *ids) : NULL;
+    if (!ids) {
+        json_decref(m);
+        return -1;
+    }
+    r->holder_ids = ids;
+    size_t at = 0;
+    for (size_t k = 0; k < json_array_size(shards); k++) {
+        const json_t *holders = json_object_get(json_array_get(shards, k), CTL_F_HOLDERS);
+        for (size_t h = 0; h < json_array_size(holders) && at < n; h++) {
+            const char *id = json_string_value(json_object_get(json_array_get(holders, h),
+                                                               "worker"));
+            if (!id)
+                continue;
+            snprintf(ids[at], COORD_ID_MAX, "%s", id);
+            if (idmap_put(&r->holders, ids[at], strlen(ids[at]), ids[at]) != SHOAL_OK) {
+                json_decref(m);
+                s_holders_forget(r);
+                return -1;
+            }
+            at++;
+        }
+    }
+    json_decref(m);
+    r->holders_step = r->checkpoint_step;
+    return 0;
+}
+
 void coord_replicas_on_loss(coord_t *c, const coord_worker_t *w)
 {
     for (int i = 0; i < c->n_runs; i++) {
         coord_run_t *r = c->runs[i];
-        json_t *m = NULL;
-        /* the manifest (0.8 MB of JSON at 2,048 shards) is read at most once a cron: once a
-         * loss is marked the cron's order covers every later one (a relay's death, or a
-         * coordinator that lost 10,000 connections, read it once per worker before) */
-        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 || r->repl_lost ||
-            s_replicas_of(r) <= 0)
+        /* a loss already marked covers this one (the cron orders whatever is short) */
+        if (coord_run_is_terminal(r->state) || r->checkpoint_step <= 0 || r->repl_lost)
             continue;
-        if ((m = s_manifest_at(c, r->id, r->checkpoint_step))) {
-            const json_t *shards = json_object_get(m, CTL_F_SHARDS);
-            for (size_t k = 0; k < json_array_size(shards); k++)
-                if (s_is_holder(json_array_get(shards, k), w->id)) {
-                    r->repl_lost = 1; /* ordered by the cron, after the re-plan's push */
-                    log_info("run %s: checkpoint %" PRId64 ": %s lost, new copies to order",
-                             r->id, r->checkpoint_step, w->id);
-                    break;
-                }
+        /* the manifest is read once per checkpoint, not per death: a relay's death, or a
+         * coordinator losing 10,000 connections, parsed it once per worker (minutes of CPU) */
+        if (r->holders_step != r->checkpoint_step && s_holders_build(c, r) != 0)
+            continue;
+        if (idmap_get(&r->holders, w->id, strlen(w->id)) && s_replicas_of(r) > 0) {
+            r->repl_lost = 1; /* ordered by the cron, after the re-plan's push */
+            r->pull_msg_stale = 1; /* a source it names is gone */
+            log_info("run %s: checkpoint %" PRId64 ": %s lost, new copies to order", r->id,
+                     r->checkpoint_step, w->id);
         }
-        json_decref(m);
     }
 }
 
@@ -483,6 +525,7 @@ void coord_on_shard_held(coord_t *c, const wire_route_t *route, coord_worker_t *
     if (o)
         s_order_drop(c, o); /* confirmed: nothing to send again */
     coord_put_json(c, STORE_CF_MANIFESTS, key, m); /* stolen */
+    s_holders_forget(r);
     if (coord_txn_commit(c) != SHOAL_OK) {
         coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, mine,
                           "holder not persisted");
@@ -629,6 +672,7 @@ void coord_on_shard_corrupt(coord_t *c, const wire_route_t *route, coord_worker_
             (void)s_order_copies(c, r, cs->step, shards, replicas + 1, 0);
         coord_put_json(c, STORE_CF_MANIFESTS, key, m); /* stolen */
         m = NULL;
+        s_holders_forget(r);
         if (coord_txn_commit(c) != SHOAL_OK) {
             coord_reply_error(c, route, SHOAL__ERROR_CODE__ERR_INTERNAL, env, mine,
                               "holder change not persisted");
