@@ -53,7 +53,9 @@ size_t plan_peers_diff(const plan_peers_t *base, Shoal__Peer *const *peers, size
  * wire-checked envelope's) for run `run_id` on `base`. Refused (SHOAL_ERR_INVALID, *why says
  * why, *out empty) when base is not the delta's base (run or generation), when n_peers or the
  * listed ranks are out of bounds or not increasing, when a rank is neither listed nor in base,
- * or when the rebuilt table's digest differs from peers_digest. SHOAL_ERR_NOMEM: out of memory. */
+ * or when the rebuilt table's digest differs from peers_digest. A delta whose result base already
+ * is (same run, generation, size and digest: delivered twice) gives a copy of base.
+ * SHOAL_ERR_NOMEM: out of memory. */
 shoal_err_t plan_peers_apply(const plan_peers_t *base, const char *run_id,
                              const Shoal__Assignment *a, plan_peers_t *out, const char **why);
 

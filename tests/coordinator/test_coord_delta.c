@@ -241,6 +241,12 @@ static void test_delta(void **state)
     const char *why = NULL;
     assert_int_equal(plan_peers_apply(&base, d->run_id, a, &out, &why), SHOAL_OK);
     s_assert_same_table(&out, &s_m[0].held);
+    /* delivered again to a worker that applied it (a push and a pull's answer crossed): the
+     * table held is the result, not a refusal and a full fetch */
+    plan_peers_t again = {0};
+    assert_int_equal(plan_peers_apply(&out, d->run_id, a, &again, &why), SHOAL_OK);
+    s_assert_same_table(&again, &s_m[0].held);
+    plan_peers_clear(&again);
     a->peers_digest.data[0] ^= 1;
     assert_int_equal(plan_peers_apply(&base, d->run_id, a, &out, &why), SHOAL_ERR_INVALID);
     assert_non_null(strstr(why, "digest"));
