@@ -16,7 +16,7 @@
 #include "err.h"
 
 /* `shoal-worker relay --hold-ms` and shoal-sim --hold-ms by default */
-#define RELAY_DEFAULT_HOLD_MS 20
+#define RELAY_DEFAULT_HOLD_MS 100
 
 typedef struct {
     uint32_t slot;

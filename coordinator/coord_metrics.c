@@ -284,6 +284,9 @@ static void s_render_coordinator(coord_t *c, prom_text_t *t)
                 "messages dropped (stale generation, outside the lease, malformed, unknown "
                 "sender) since the coordinator started");
     prom_sample(t, "shoal_messages_dropped_total", (double)c->dropped, NULL);
+    prom_family(t, "shoal_relay_batches_total", "counter",
+                "batches of relayed workers' messages from host relays (shoal-worker relay)");
+    prom_sample(t, "shoal_relay_batches_total", (double)c->relay_batches, NULL);
     coord_guard_counters_t g;
     coord_guard_counters(c, &g);
     prom_family(t, "shoal_messages_rate_limited_total", "counter",

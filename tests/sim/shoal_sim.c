@@ -9,6 +9,7 @@
  *             [--churn-ms 0] [--churn-offset-ms 0] [--events FILE] [--quiet-after-ms 0]
  *             [--memory-gb 80] [--ramp-ms 0]
  *             [--experts N --first-moe K [--zipf 1.0] [--expert-tokens 8192]]
+ *             [--relay 0|1 [--hold-ms 100]]
  *
  * Worker i (global index K + i) is named sim-<K+i> on host h<(K+i)/hosts-of>, institution
  * inst-<host % institutions>. With --churn-ms P every P ms (from --churn-offset-ms) one event
@@ -27,6 +28,10 @@
  * Assignments are held as a worker holds them (plan_delta.h): a plan delta applies on the peer
  * table of the generation held, checked against its digest, or the full plan is fetched (each
  * refusal is a line on stderr: worker, the delta's generation and base, what it holds, why).
+ * With --relay 1 the workers of a host share one connection, as behind `shoal-worker relay`
+ * (worker/relay.h): their messages go up in the relay's batches (common/relay_hold.h, heartbeats
+ * held up to --hold-ms), the coordinator's batches of answers are handed to each worker by its
+ * slot, and a death is the relay's RelayClosed on the worker's route.
  * Exit 0, or 1 on a setup error. */
 #include <errno.h>
 #include <math.h>
@@ -1068,7 +1073,7 @@ static int s_parse(int argc, char **argv, s_opts_t *o)
                         "[--ckpt-every 0] [--seconds 30] [--seed 1] [--churn-ms 0] "
                         "[--churn-offset-ms 0] [--quiet-after-ms 0] [--memory-gb 80] [--ramp-ms 0] "
                         "[--events FILE] [--experts N --first-moe K --zipf 1.0 "
-                        "--expert-tokens 8192] [--relay 0|1 [--hold-ms 20]]\n");
+                        "--expert-tokens 8192] [--relay 0|1 [--hold-ms 100]]\n");
         return -1;
     }
     return 0;
