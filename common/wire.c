@@ -651,3 +651,27 @@ int wire_relay_slot_get(const void *frame, size_t len, uint32_t *slot)
     *slot = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
     return 1;
 }
+
+int wire_monitor_event(void *mon, uint16_t *event, uint32_t *fd)
+{
+    zmq_msg_t ev, ep;
+    zmq_msg_init(&ev);
+    if (zmq_msg_recv(&ev, mon, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&ev);
+        return 0;
+    }
+    *event = 0;
+    *fd = 0;
+    if (zmq_msg_size(&ev) >= 6) {
+        memcpy(event, zmq_msg_data(&ev), 2);
+        memcpy(fd, (const char *)zmq_msg_data(&ev) + 2, 4);
+    }
+    const int more = zmq_msg_more(&ev);
+    zmq_msg_close(&ev);
+    if (more) { /* the endpoint's frame */
+        zmq_msg_init(&ep);
+        (void)zmq_msg_recv(&ep, mon, ZMQ_DONTWAIT);
+        zmq_msg_close(&ep);
+    }
+    return 1;
+}

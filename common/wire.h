@@ -102,6 +102,10 @@ void wire_relay_slot_put(unsigned char out[WIRE_RELAY_SLOT_LEN], uint32_t slot);
 /* 1 and *slot when frame is a slot frame, else 0. */
 int wire_relay_slot_get(const void *frame, size_t len, uint32_t *slot);
 
+/* Reads one event of a socket monitor (the PAIR connected to zmq_socket_monitor's endpoint):
+ * its ZMQ_EVENT_* and the descriptor it is about. 0 when none is waiting. */
+int wire_monitor_event(void *mon, uint16_t *event, uint32_t *fd);
+
 /* Sets the receive bounds on a socket: ZMQ_MAXMSGSIZE (peers sending larger frames are
  * disconnected by libzmq before anything is allocated) and ZMQ_LINGER 0. */
 shoal_err_t wire_socket_limits(void *sock);

@@ -297,24 +297,12 @@ static shoal_err_t s_monitor_open(coord_t *c)
  * marked (cleared by its next message). */
 static void s_monitor_drain(coord_t *c)
 {
-    for (;;) {
-        zmq_msg_t ev, ep;
-        zmq_msg_init(&ev);
-        if (zmq_msg_recv(&ev, c->wmon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&ev);
-            return;
-        }
-        uint16_t what = 0;
-        uint32_t fd = 0;
-        if (zmq_msg_size(&ev) >= 6) {
-            memcpy(&what, zmq_msg_data(&ev), 2);
-            memcpy(&fd, (const char *)zmq_msg_data(&ev) + 2, 4);
-        }
-        zmq_msg_close(&ev);
-        zmq_msg_init(&ep); /* the endpoint frame */
+    uint16_t what;
+    uint32_t fd;
+    while (wire_monitor_event(c->wmon, &what, &fd)) {
         /* the workers whose last message came on descriptor fd (O(1), was a scan of all) */
         coord_worker_t *on_fd = (int)fd >= 0 && (int)fd < c->cap_by_fd ? c->by_fd[fd] : NULL;
-        if (zmq_msg_recv(&ep, c->wmon, ZMQ_DONTWAIT) >= 0 && what == ZMQ_EVENT_DISCONNECTED) {
+        if (what == ZMQ_EVENT_DISCONNECTED) {
             for (coord_worker_t *w = on_fd; w; w = w->fd_next) {
                 if (!coord_worker_is_live(w->state) || w->conn_lost_ms)
                     continue;
@@ -331,7 +319,6 @@ static void s_monitor_drain(coord_t *c)
                     coord_worker_set_conn(c, w, -1);
             }
         }
-        zmq_msg_close(&ep);
     }
 }
 

@@ -268,29 +268,13 @@ static void s_closed(relay_t *r, s_entry_t *x, int64_t now)
 
 static void s_monitor_drain(relay_t *r, int64_t now)
 {
-    for (;;) {
-        zmq_msg_t ev, ep;
-        zmq_msg_init(&ev);
-        if (zmq_msg_recv(&ev, r->mon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&ev);
-            return;
-        }
-        uint16_t what = 0;
-        uint32_t fd = 0;
-        if (zmq_msg_size(&ev) >= 6) {
-            memcpy(&what, zmq_msg_data(&ev), 2);
-            memcpy(&fd, (const char *)zmq_msg_data(&ev) + 2, 4);
-        }
-        zmq_msg_close(&ev);
-        zmq_msg_init(&ep);
-        (void)zmq_msg_recv(&ep, r->mon, 0);
-        zmq_msg_close(&ep);
-        if (what != ZMQ_EVENT_DISCONNECTED)
-            continue;
-        for (int i = 0; i < r->n; i++)
-            if (!r->e[i]->closed_ms && r->e[i]->fd == (int)fd)
-                s_closed(r, r->e[i], now);
-    }
+    uint16_t what;
+    uint32_t fd;
+    while (wire_monitor_event(r->mon, &what, &fd))
+        if (what == ZMQ_EVENT_DISCONNECTED)
+            for (int i = 0; i < r->n; i++)
+                if (!r->e[i]->closed_ms && r->e[i]->fd == (int)fd)
+                    s_closed(r, r->e[i], now);
 }
 
 /* Forgets closed entries once their connections can hold nothing more. */
