@@ -571,19 +571,18 @@ static void s_drain_burst(coord_t *c, void *sock, wire_handler_fn fn)
             log_warn("receive failed: %s", shoal_errmsg());
             return;
         }
-        c->dropped++;
-        log_warn("dropped a bad message on the %s socket: %s",
-                 sock == c->wsock ? "worker" : "control", shoal_errmsg());
-        Shoal__ErrorCode code = rc == SHOAL_ERR_INVALID ? SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE
-                                                        : SHOAL__ERROR_CODE__ERR_BAD_MESSAGE;
         if (sock == c->csock) {
+            c->dropped++;
+            log_warn("dropped a bad message on the control socket: %s", shoal_errmsg());
             if (c->control.reject)
-                c->control.reject(c, &route, code, shoal_errmsg());
+                c->control.reject(c, &route,
+                                  rc == SHOAL_ERR_INVALID ? SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE
+                                                          : SHOAL__ERROR_CODE__ERR_BAD_MESSAGE,
+                                  shoal_errmsg());
         } else if (coord_guard_admit(c, &route)) {
-            char why[256];
-            snprintf(why, sizeof why, "%s", shoal_errmsg());
-            coord_reply_error(c, &route, code, NULL, NULL, "%s", why);
-            coord_guard_strike_route(c, &route, why); /* the sender's strike */
+            coord_worker_msg_bad(c, &route, rc, "on the worker socket");
+        } else {
+            c->dropped++;
         }
         coord_outbox_flush(c);
     }

@@ -434,6 +434,11 @@ int coord_worker_is_standby(const coord_t *c, const coord_worker_t *w);
 void coord_run_release_workers(coord_t *c, coord_run_t *r, const char *reason);
 
 /* ---- coord_worker.c: the worker protocol --------------------------------------------------- */
+/* A worker message that did not decode (rc: wire_decode's error, shoal_errmsg() its reason),
+ * from `route` (where: "on the worker socket", "relayed by ..."): counted, logged, answered with
+ * an Error and a strike against its sender. */
+void coord_worker_msg_bad(coord_t *c, const wire_route_t *route, shoal_err_t rc,
+                          const char *where);
 /* wire_handler_fn for the worker socket (ctx: coord_msg_ctx_t); every message is answered. */
 void coord_on_worker_msg(const Shoal__Envelope *env, void *ctx);
 /* Run and generation check of a worker message: the message's run must be the worker's run

@@ -268,10 +268,8 @@ static void s_push_replicate(coord_t *c, coord_run_t *r, coord_worker_t *to, int
     free(ptrs);
 }
 
-/* Orders copies so that every shard of `step`'s manifest has `total` live holders: for each
- * shard with at least one live holder, the workers coord_replicas_choose prefers among those
- * not yet holding it; one Replicate per target worker. Returns the copies ordered. */
-/* Forgets run r's holder index: its newest manifest changed. */
+/* Forgets run r's holder index: its newest manifest changed (and so may the checkpoint sources
+ * the cached answer to pulls names). */
 static void s_holders_forget(coord_run_t *r)
 {
     r->holders_step = 0;
@@ -374,7 +372,8 @@ void coord_replicas_on_commit(coord_t *c, coord_run_t *r, int64_t step, json_t *
  * manifest is unreadable or memory is short (the caller then knows nothing). */
 static int s_holders_build(coord_t *c, coord_run_t *r)
 {
-    s_holders_forget(r);
+    r->holders_step = 0;
+    idmap_clear(&r->holders);
     json_t *m = s_manifest_at(c, r->id, r->checkpoint_step);
     const json_t *shards = json_object_get(m, CTL_F_SHARDS);
     size_t n = 0;
@@ -397,7 +396,7 @@ static int s_holders_build(coord_t *c, coord_run_t *r)
             snprintf(ids[at], COORD_ID_MAX, "%s", id);
             if (idmap_put(&r->holders, ids[at], strlen(ids[at]), ids[at]) != SHOAL_OK) {
                 json_decref(m);
-                s_holders_forget(r);
+                idmap_clear(&r->holders);
                 return -1;
             }
             at++;

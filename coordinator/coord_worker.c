@@ -491,6 +491,20 @@ static void s_on_answer(coord_t *c, const wire_route_t *route, coord_worker_t *u
                  env->error->message);
 }
 
+void coord_worker_msg_bad(coord_t *c, const wire_route_t *route, shoal_err_t rc,
+                          const char *where)
+{
+    char why[256];
+    snprintf(why, sizeof why, "%s", shoal_errmsg());
+    c->dropped++;
+    log_warn("dropped a bad message %s: %s", where, why);
+    coord_reply_error(c, route,
+                      rc == SHOAL_ERR_INVALID ? SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE
+                                              : SHOAL__ERROR_CODE__ERR_BAD_MESSAGE,
+                      NULL, NULL, "%s", why);
+    coord_guard_strike_route(c, route, why); /* the sender's strike */
+}
+
 /* A host relay's notice that the worker it relays on this route closed its connection to the
  * relay: what the socket monitor says of a direct worker's connection (no answer: the slot is
  * gone). A route that names no live worker is ignored. */
@@ -526,26 +540,18 @@ static void s_on_relay_batch(coord_t *c, const wire_route_t *route, coord_worker
     }
     const Shoal__RelayBatch *b = env->relay_batch;
     c->relay_batches++;
+    char where[96];
+    snprintf(where, sizeof where, "relayed by '%.64s'", env->sender);
+    wire_route_t vr = *route; /* [relay][slot]: the slot frame is rewritten per item */
+    vr.len[1] = WIRE_RELAY_SLOT_LEN;
+    vr.n = 2;
     for (size_t i = 0; i < b->n_items; i++) {
-        wire_route_t vr = *route;
         wire_relay_slot_put(vr.data[1], b->items[i]->slot);
-        vr.len[1] = WIRE_RELAY_SLOT_LEN;
-        vr.n = 2;
         coord_msg_ctx_t ctx = {c, &vr};
         const shoal_err_t rc = wire_decode(b->items[i]->envelope.data, b->items[i]->envelope.len,
                                            coord_on_worker_msg, &ctx);
-        if (rc == SHOAL_OK)
-            continue;
-        c->dropped++;
-        char why[256];
-        snprintf(why, sizeof why, "%s", shoal_errmsg());
-        log_warn("dropped a bad message relayed by '%.64s' (slot %u): %s", env->sender,
-                 b->items[i]->slot, why);
-        coord_reply_error(c, &vr,
-                          rc == SHOAL_ERR_INVALID ? SHOAL__ERROR_CODE__ERR_UNKNOWN_TYPE
-                                                  : SHOAL__ERROR_CODE__ERR_BAD_MESSAGE,
-                          NULL, NULL, "%s", why);
-        coord_guard_strike_route(c, &vr, why);
+        if (rc != SHOAL_OK)
+            coord_worker_msg_bad(c, &vr, rc, where);
     }
 }
 

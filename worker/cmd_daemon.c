@@ -13,14 +13,6 @@
 #include "daemon_config.h"
 #include "log.h"
 
-static volatile sig_atomic_t s_stop;
-
-static void s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
-
 static void s_usage(FILE *f)
 {
     fprintf(f,
@@ -70,7 +62,7 @@ int cmd_daemon(int argc, char **argv)
         {"metrics-listen", required_argument, 0, 'M'},
         {"keys", required_argument, 0, 'K'},        {"insecure", no_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
-    daemon_config_t cfg = {.stop_flag = &s_stop};
+    daemon_config_t cfg = {.stop_flag = &commands_stop};
     daemon_config_defaults(&cfg);
     log_set_format(log_format_auto());
     int c;
@@ -130,12 +122,7 @@ int cmd_daemon(int argc, char **argv)
     if (cfg.threads > 0)
         blas_select_set_threads(cfg.threads);
     blas_select_log("shoal-worker");
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    commands_trap_stop();
     signal(SIGPIPE, SIG_IGN);
     shoal_err_t rc = daemon_run(&cfg);
     if (rc != SHOAL_OK) {

@@ -12,14 +12,6 @@
 #include "numparse.h"
 #include "relay.h"
 
-static volatile sig_atomic_t s_stop;
-
-static void s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
-
 static void s_usage(FILE *f)
 {
     fprintf(f,
@@ -123,12 +115,7 @@ int cmd_relay(int argc, char **argv)
         return 2;
     }
     log_set_component("shoal-relay");
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    commands_trap_stop();
     relay_t *r = NULL;
     shoal_err_t rc = relay_open(&cfg, &r);
     if (rc != SHOAL_OK) {
@@ -137,7 +124,7 @@ int cmd_relay(int argc, char **argv)
     }
     log_warn("relaying %s -> %s in plaintext (heartbeats held up to %d ms)", cfg.listen,
              cfg.coordinator, cfg.hold_ms);
-    rc = relay_run(r, &s_stop);
+    rc = relay_run(r, &commands_stop);
     relay_stats_t st;
     relay_stats(r, &st);
     log_info("stopping: %llu messages up, %llu down, %llu worker connections closed, dropped "

@@ -1,5 +1,6 @@
 /* main.c: shoal-worker. `train` and `grads` run in this process; the daemon mode serves a
  * coordinator. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,24 @@ int commands_parse_count(const char *arg)
 {
     int v;
     return numparse_int(arg, 1, 1 << 30, &v) == SHOAL_OK ? v : -1;
+}
+
+volatile sig_atomic_t commands_stop;
+
+static void s_on_stop_signal(int sig)
+{
+    (void)sig;
+    commands_stop = 1;
+}
+
+void commands_trap_stop(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 static void s_usage(FILE *f)
